@@ -1,0 +1,386 @@
+"""The one configuration schema (``AppConfig``) and its pure parser.
+
+Reading files is the composition root's job (``actors.pipeline.load_config``); this module only
+turns a mapping into a validated, frozen ``AppConfig`` or raises ``ConfigError`` naming every bad
+field with what was received and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import ConfigError
+
+__all__ = [
+    "AppConfig",
+    "AssemblyConfig",
+    "FindingSpec",
+    "ListenerConfig",
+    "LoggingConfig",
+    "ModelEntry",
+    "ModelInputSpec",
+    "PacsConfig",
+    "RayConfig",
+    "RetryConfig",
+    "RoutingConfig",
+    "RoutingRule",
+    "SRConfig",
+    "ServeDeploymentConfig",
+    "StageConfig",
+    "StagesConfig",
+    "StorageConfig",
+    "TlsConfig",
+    "parse_config",
+]
+
+AE_TITLE = r"^[A-Za-z0-9_\-. ]{1,16}$"
+"""PS3.5 6.2 AE VR: up to 16 characters of the default repertoire; we forbid backslash."""
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+"""PS3.5 9.1: dotted numeric components without leading zeros."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Model):
+    """TLS for a DICOM or MLLP endpoint (PS3.15 B.12: TLS 1.2 or newer)."""
+
+    certificate: str = Field(description="PEM certificate file of this endpoint")
+    private_key: str = Field(description="PEM private key file of this endpoint")
+    ca_certificates: str = Field(description="PEM file of CAs whose peers are trusted")
+    require_client_certificate: bool = Field(
+        default=True, description="Server side: refuse peers without a trusted certificate"
+    )
+    server_hostname: str | None = Field(
+        default=None, description="Client side: the name to verify in the server certificate"
+    )
+
+
+class ListenerConfig(_Model):
+    """The DICOM C-STORE / C-ECHO SCP that receives studies."""
+
+    ae_title: str = Field(default="PACSAI", pattern=AE_TITLE, description="Our AE title")
+    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 for all")
+    port: int = Field(default=11112, ge=0, le=65535, description="DIMSE port; 0 picks a free one")
+    check_called_ae_title: bool = Field(
+        default=True, description="Reject associations not addressed to ae_title"
+    )
+    allowed_calling_ae_titles: tuple[str, ...] = Field(
+        default=(), description="If not empty, only these calling AE titles may associate"
+    )
+    min_free_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Below this much free space on the spool disk, C-STORE answers 0xA700",
+    )
+    max_pdu_size: int = Field(
+        default=0, ge=0, description="Maximum PDU we receive; 0 means unlimited (fastest)"
+    )
+    network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout")
+    max_associations: int = Field(default=16, ge=1, description="Concurrent associations")
+    tls: TlsConfig | None = Field(default=None, description="Accept only TLS if set")
+
+
+class PacsConfig(_Model):
+    """The PACS that receives our results and answers queries."""
+
+    ae_title: str = Field(pattern=AE_TITLE, description="The PACS's AE title")
+    host: str = Field(description="The PACS's host name or address")
+    port: int = Field(ge=1, le=65535, description="The PACS's DIMSE port")
+    calling_ae_title: str = Field(
+        default="PACSAI", pattern=AE_TITLE, description="Our AE title when we call the PACS"
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Connect and DIMSE timeout")
+    tls: TlsConfig | None = Field(default=None, description="Use TLS to the PACS if set")
+
+
+class StorageConfig(_Model):
+    """Where durable state lives on this machine."""
+
+    var_dir: str = Field(default="./var", description="Root of spool, ledger and outbox")
+
+
+class AssemblyConfig(_Model):
+    """When a study counts as complete."""
+
+    quiet_period_s: float = Field(
+        default=2.0, ge=0, description="Seconds without a new instance before a study is complete"
+    )
+
+
+class RoutingRule(_Model):
+    """Send series that match every given criterion to a model family (empty = any)."""
+
+    name: str = Field(min_length=1, description="Rule name, shown in the audit trail")
+    family: str = Field(min_length=1, description="Model family key in `models`")
+    modalities: tuple[str, ...] = Field(default=(), description="Modality (0008,0060) values")
+    body_parts: tuple[str, ...] = Field(
+        default=(), description="Body Part Examined (0018,0015) values, case-insensitive"
+    )
+    sop_class_uids: tuple[Annotated[str, Field(pattern=UID_PATTERN)], ...] = Field(
+        default=(), description="SOP Class UIDs"
+    )
+    series_description: str | None = Field(
+        default=None, description="Regular expression searched in Series Description (0008,103E)"
+    )
+    priority: int = Field(default=0, ge=0, le=10, description="Priority floor for matched jobs")
+
+    @field_validator("series_description")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"a valid regular expression; re.compile said: {exc}") from exc
+        return value
+
+
+class RoutingConfig(_Model):
+    """Routing rules and the AI off-switches that apply from startup."""
+
+    rules: tuple[RoutingRule, ...] = Field(default=(), description="Evaluated in order")
+    ai_disabled_modalities: tuple[str, ...] = Field(
+        default=(), description="Modalities for which AI is off (runtime switches override)"
+    )
+
+
+class FindingSpec(_Model):
+    """One output of a model and how to read it."""
+
+    key: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Finding key, e.g. pneumothorax")
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Present at or above this")
+    critical: bool = Field(default=False, description="A positive result is a critical finding")
+
+
+class ModelInputSpec(_Model):
+    """What the network takes."""
+
+    spatial_size: tuple[int, ...] = Field(description="(H, W) or (D, H, W) after resampling")
+    channels: int = Field(default=1, ge=1, description="Input channels")
+
+
+class ServeDeploymentConfig(_Model):
+    """Ray Serve options of one model deployment. Every resource request lives here."""
+
+    num_cpus: float = Field(default=0.5, ge=0, description="CPUs per replica (fractions allowed)")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica")
+    torch_threads: int = Field(default=0, ge=0, description="torch threads per replica; 0 = auto")
+    max_batch_size: int = Field(default=8, ge=1, description="@serve.batch max_batch_size")
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0, description="@serve.batch wait")
+    min_replicas: int = Field(default=1, ge=0, description="Autoscaling lower bound")
+    max_replicas: int = Field(default=1, ge=1, description="Autoscaling upper bound")
+    target_ongoing_requests: float = Field(
+        default=8.0, gt=0, description="Autoscaling target of ongoing requests per replica"
+    )
+    max_ongoing_requests: int = Field(
+        default=16, ge=1, description="Per replica; must exceed max_batch_size to fill batches"
+    )
+    max_queued_requests: int = Field(
+        default=64, ge=-1, description="Requests waiting beyond that are rejected (backpressure)"
+    )
+    health_check_period_s: float = Field(default=10.0, gt=0, description="check_health period")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Caller-side timeout")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeDeploymentConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ModelEntry(_Model):
+    """One model in the registry: which weights, which outputs, how it is served."""
+
+    name: str = Field(min_length=1, description="Algorithm name (TID 4019 Algorithm Name)")
+    version: str = Field(min_length=1, description="Algorithm version (TID 4019)")
+    weights: str = Field(description="state_dict or TorchScript file; relative to the CWD")
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256; if absent, the sidecar '<weights>.sha256' must hold it",
+    )
+    demo: bool = Field(default=False, description="Trained on synthetic phantoms; not clinical")
+    manufacturer: str = Field(default="PACS-AI Bridge", description="Algorithm manufacturer")
+    input: ModelInputSpec = Field(description="Network input")
+    findings: tuple[FindingSpec, ...] = Field(min_length=1, description="Outputs, in order")
+    serve: ServeDeploymentConfig = Field(
+        default_factory=ServeDeploymentConfig, description="Ray Serve options"
+    )
+
+
+class StageConfig(_Model):
+    """How one pipeline stage pulls work from the ledger."""
+
+    concurrency: int = Field(default=2, ge=1, description="Jobs in flight at once")
+    num_cpus: float = Field(default=0.0, ge=0, description="Ray CPUs for the stage actor")
+
+
+class StagesConfig(_Model):
+    """All pipeline stages."""
+
+    poll_interval_s: float = Field(default=0.05, gt=0, description="Idle poll of the ledger")
+    lease_s: float = Field(default=60.0, gt=0, description="A job lease; expired leases re-run")
+    assembler: StageConfig = Field(default_factory=StageConfig, description="Study assembler")
+    validator: StageConfig = Field(default_factory=StageConfig, description="Validator")
+    router: StageConfig = Field(default_factory=StageConfig, description="Router")
+    prior_linker: StageConfig = Field(default_factory=StageConfig, description="Prior linker")
+    inference: StageConfig = Field(
+        default_factory=lambda: StageConfig(concurrency=16), description="Model dispatcher"
+    )
+    sr_writer: StageConfig = Field(default_factory=StageConfig, description="SR writer")
+    delivery: StageConfig = Field(default_factory=StageConfig, description="Outbox to PACS")
+
+
+class RetryConfig(_Model):
+    """Exponential backoff and the dead-letter limit."""
+
+    max_attempts: int = Field(default=5, ge=1, description="Failures before a job is dead")
+    base_delay_s: float = Field(default=1.0, gt=0, description="Delay after the first failure")
+    multiplier: float = Field(default=2.0, ge=1.0, description="Backoff growth per failure")
+    max_delay_s: float = Field(default=300.0, gt=0, description="Backoff cap")
+    unavailable_delay_s: float = Field(
+        default=2.0, gt=0, description="Wait before retrying a peer that was unreachable"
+    )
+
+
+class RayConfig(_Model):
+    """Where the actors run."""
+
+    address: str | None = Field(
+        default=None, description="Ray cluster address; None starts a local Ray (or RAY_ADDRESS)"
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="Local Ray only: CPUs to offer")
+    namespace: str = Field(default="pacsai", description="Ray namespace of our named actors")
+    actor_max_restarts: int = Field(default=-1, ge=-1, description="-1 restarts forever")
+
+
+class SRConfig(_Model):
+    """Identity of the result objects we write."""
+
+    manufacturer: str = Field(default="PACS-AI Bridge", description="General Equipment")
+    series_number: int = Field(default=9900, ge=1, description="Series Number of AI SR series")
+    institution_name: str | None = Field(default=None, description="Institution Name, if set")
+
+
+class LoggingConfig(_Model):
+    """Logging. Identifiers stay out of logs unless explicitly allowed."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Root log level"
+    )
+    log_identifiers: bool = Field(
+        default=False, description="Log DICOM identifiers of requests (pynetdicom); never PHI"
+    )
+
+
+class AppConfig(_Model):
+    """The whole configuration of one PACS-AI Bridge installation."""
+
+    site_name: str = Field(default="pacsai", min_length=1, description="Installation name")
+    hash_key_env: str | None = Field(
+        default=None,
+        description="Env var holding the key for hashed patient identifiers (else a built-in)",
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Durable state")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray")
+    listener: ListenerConfig = Field(default_factory=ListenerConfig, description="DICOM SCP")
+    pacs: PacsConfig | None = Field(default=None, description="The PACS; required to deliver")
+    assembly: AssemblyConfig = Field(default_factory=AssemblyConfig, description="Assembly")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Routing")
+    models: dict[str, ModelEntry] = Field(default_factory=dict, description="Registry by family")
+    stages: StagesConfig = Field(default_factory=StagesConfig, description="Pipeline stages")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy")
+    sr: SRConfig = Field(default_factory=SRConfig, description="Result objects")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at the parent of ``loc`` (for "unknown field" messages)."""
+    ann: Any = AppConfig
+    for part in loc[:-1]:
+        ann = _step(ann, part)
+    models = [a for a in _flatten(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return sorted(models[0].model_fields) if models else []
+
+
+def _step(ann: Any, part: Any) -> Any:
+    for option in _flatten(ann):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            field = option.model_fields.get(str(part))
+            return field.annotation if field is not None else None
+        args = getattr(option, "__args__", None)
+        if args:  # dict[str, X], tuple[X, ...]: the element type
+            return args[-1] if args[-1] is not Ellipsis else args[0]
+    return None
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    origin = getattr(annotation, "__origin__", None)
+    args = getattr(annotation, "__args__", None)
+    if args and origin is None:  # X | Y
+        return [x for a in args for x in _flatten(a)]
+    return [annotation]
+
+
+def _expected(error: Mapping[str, Any]) -> str:
+    msg = str(error.get("msg", ""))
+    for prefix in ("Input should be ", "Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    if msg.startswith("String should "):
+        return "a string that should " + msg[len("String should ") :]
+    return msg[:1].lower() + msg[1:]
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = tuple(error.get("loc", ()))
+    where = ".".join(str(p) for p in loc) or "<root>"
+    kind = error.get("type")
+    if kind == "missing":
+        return f"{where}: missing; expected a value (required field)"
+    if kind == "extra_forbidden":
+        known = _known_fields(loc)
+        return f"{where}: unknown field; expected one of {known}"
+    got = error.get("input")
+    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{where}: got {shown}; expected {_expected(error)}"
+
+
+def parse_config(raw: Mapping[str, Any] | None, source: str = "<mapping>") -> AppConfig:
+    """Validate a raw mapping (e.g. parsed YAML) into an ``AppConfig``.
+
+    Args:
+        raw: The configuration tree. ``None`` (an empty file) means all defaults.
+        source: Where it came from, for the error message.
+
+    Returns:
+        The validated, frozen configuration.
+
+    Raises:
+        ConfigError: Listing every invalid field with what was received and what was expected.
+    """
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(source, [f"<root>: got {type(raw).__name__}; expected a mapping"])
+    try:
+        cfg = AppConfig.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+    problems = [
+        f"routing.rules.{i}.family: got {rule.family!r}; expected one of the model families "
+        f"{sorted(cfg.models)}"
+        for i, rule in enumerate(cfg.routing.rules)
+        if rule.family not in cfg.models
+    ]
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg

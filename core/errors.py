@@ -1,0 +1,153 @@
+"""The PacsAIError tree, grouped by what the caller does with the error.
+
+- ``ConfigError``: abort startup. The message lists every bad field.
+- ``RejectedInput``: answer the peer with a failure status; do not retry the same data.
+  - ``ValidationFailed``: the data parsed but broke a rule (quarantine it, with reasons).
+- ``TransientIOError``: retry with backoff; the data is kept.
+  - ``OutOfResources``: our own disk is below its floor (DICOM 0xA700: the sender retries).
+  - ``DependencyUnavailable``: a peer (PACS, model deployment, FHIR endpoint) cannot be
+    reached now. Work waits without spending its retry budget.
+- ``ModelError``: the model could not produce a result for this input (audit it, no SR).
+  - ``ModelWeightsError``: a weights file is missing or its sha256 does not match.
+- ``AccessDenied``: the principal may not do this.
+- ``LeaseLost``: another worker owns the job now; drop the result, the ledger is right.
+
+Every exception here can cross a Ray actor boundary: each passes all of its arguments
+positionally to ``super().__init__`` so that pickling round-trips (Ray issue #50211).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "ConfigError",
+    "DependencyUnavailable",
+    "LeaseLost",
+    "ModelError",
+    "ModelWeightsError",
+    "OutOfResources",
+    "PacsAIError",
+    "RejectedInput",
+    "TransientIOError",
+    "ValidationFailed",
+]
+
+
+class PacsAIError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class ConfigError(PacsAIError):
+    """A configuration cannot be used; startup must stop.
+
+    Args:
+        source: Where the configuration came from (a file path or ``"<mapping>"``).
+        problems: One line per bad field: ``path.to.field: got X; expected Y``.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(source, problems)
+        self.source = source
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class RejectedInput(PacsAIError):
+    """Input we will not accept as it is; the sender must not retry it unchanged.
+
+    Args:
+        reason: Human-readable reason, naming the field.
+        subject: The identifier of what was rejected (a SOP Instance UID, MSH-10, ...).
+    """
+
+    def __init__(self, reason: str, subject: str = "") -> None:
+        super().__init__(reason, subject)
+        self.reason = reason
+        self.subject = subject
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.subject})" if self.subject else self.reason
+
+
+class ValidationFailed(RejectedInput):
+    """Input parsed but broke validation rules.
+
+    Args:
+        reason: Summary.
+        subject: What failed.
+        codes: Machine-readable reason codes.
+    """
+
+    def __init__(self, reason: str, subject: str = "", codes: tuple[str, ...] = ()) -> None:
+        PacsAIError.__init__(self, reason, subject, tuple(codes))
+        self.reason = reason
+        self.subject = subject
+        self.codes = tuple(codes)
+
+
+class TransientIOError(PacsAIError):
+    """An I/O failure that may succeed later; the work is kept and retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OutOfResources(TransientIOError):
+    """Our own storage is below its configured floor (DICOM status 0xA700)."""
+
+
+class DependencyUnavailable(TransientIOError):
+    """A peer cannot be reached now; retry later without spending the retry budget.
+
+    Args:
+        dependency: Which peer (``"pacs"``, ``"model:chest_xray"``, ...).
+        reason: What happened.
+    """
+
+    def __init__(self, dependency: str, reason: str) -> None:
+        PacsAIError.__init__(self, dependency, reason)
+        self.dependency = dependency
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.dependency} unavailable: {self.reason}"
+
+
+class ModelError(PacsAIError):
+    """The model could not produce a result for this input."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ModelWeightsError(ModelError):
+    """A weights file is missing, unreadable or does not match its sha256."""
+
+
+class AccessDenied(PacsAIError):
+    """The principal is not allowed to perform the action.
+
+    Args:
+        principal: Who asked.
+        action: What they asked for.
+    """
+
+    def __init__(self, principal: str, action: str) -> None:
+        super().__init__(principal, action)
+        self.principal = principal
+        self.action = action
+
+
+class LeaseLost(PacsAIError):
+    """The job's lease expired and another worker took it; this result is discarded."""
+
+    def __init__(self, job_id: int, owner: str) -> None:
+        super().__init__(job_id, owner)
+        self.job_id = job_id
+        self.owner = owner

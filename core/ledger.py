@@ -1,0 +1,124 @@
+"""The job state machine and the retry policy (pure; the SQLite adapter stores it).
+
+``receiving -> complete -> validated | quarantined -> routed | skipped -> linked -> inferred ->
+written -> delivered``; ``dead`` is reachable from every working state and a dead job can be
+replayed into the state it died in. "retry(after)" is not a state: a failed job keeps its state
+and gets ``not_before`` in the future.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import RetryConfig
+from core.types import InstanceState, JobState
+
+__all__ = [
+    "NEXT_STATES",
+    "RetryPolicy",
+    "WORKING_STATES",
+    "can_transition",
+    "instance_state",
+]
+
+NEXT_STATES: dict[JobState, frozenset[JobState]] = {
+    JobState.RECEIVING: frozenset({JobState.COMPLETE}),
+    JobState.COMPLETE: frozenset({JobState.VALIDATED, JobState.QUARANTINED}),
+    JobState.VALIDATED: frozenset({JobState.ROUTED, JobState.SKIPPED}),
+    JobState.ROUTED: frozenset({JobState.LINKED, JobState.SKIPPED}),
+    JobState.LINKED: frozenset({JobState.INFERRED, JobState.SKIPPED}),
+    JobState.INFERRED: frozenset({JobState.WRITTEN}),
+    JobState.WRITTEN: frozenset({JobState.DELIVERED}),
+    JobState.QUARANTINED: frozenset({JobState.COMPLETE}),  # operator release re-runs it
+    JobState.SKIPPED: frozenset(),
+    JobState.DELIVERED: frozenset(),
+    JobState.DEAD: frozenset(),  # replay restores the state it died in
+}
+"""Allowed forward transitions. ``dead`` is allowed from every working state."""
+
+WORKING_STATES = frozenset(s for s in JobState if not s.is_terminal)
+"""States some stage works on."""
+
+
+def can_transition(current: JobState, new: JobState) -> bool:
+    """Whether the ledger may move a job from ``current`` to ``new``.
+
+    >>> can_transition(JobState.RECEIVING, JobState.COMPLETE)
+    True
+    >>> can_transition(JobState.RECEIVING, JobState.DELIVERED)
+    False
+    >>> can_transition(JobState.INFERRED, JobState.DEAD)
+    True
+    """
+    if new is JobState.DEAD:
+        return current in WORKING_STATES
+    return new in NEXT_STATES[current]
+
+
+def instance_state(job_state: JobState, instance_override: str | None) -> InstanceState:
+    """What one instance's state is, given its job's state and its own override.
+
+    Args:
+        job_state: State of the latest job that covers the instance.
+        instance_override: ``"quarantined"`` or ``"skipped"`` when the instance itself was
+            set aside while the rest of its study went on; else ``None``.
+
+    Returns:
+        The user-visible state.
+    """
+    if instance_override:
+        return InstanceState(instance_override)
+    return {
+        JobState.DELIVERED: InstanceState.REPORTED,
+        JobState.SKIPPED: InstanceState.SKIPPED,
+        JobState.QUARANTINED: InstanceState.QUARANTINED,
+        JobState.DEAD: InstanceState.DEAD,
+    }.get(job_state, InstanceState.PENDING)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with a dead-letter limit.
+
+    Failures of the job itself (a model error, a PACS refusal) spend the retry budget. A peer
+    that cannot be reached does not: the work waits (``unavailable_delay``) for as long as the
+    outage lasts, visible in ``pacsai status`` as the oldest waiting job.
+    """
+
+    max_attempts: int
+    base_delay_s: float
+    multiplier: float
+    max_delay_s: float
+    unavailable_delay_s: float
+
+    @classmethod
+    def from_config(cls, cfg: RetryConfig) -> RetryPolicy:
+        """Build the policy from its config slice."""
+        return cls(
+            cfg.max_attempts,
+            cfg.base_delay_s,
+            cfg.multiplier,
+            cfg.max_delay_s,
+            cfg.unavailable_delay_s,
+        )
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failure (1-based).
+
+        >>> RetryPolicy(5, 1.0, 2.0, 10.0, 2.0).delay_after(1)
+        1.0
+        >>> RetryPolicy(5, 1.0, 2.0, 10.0, 2.0).delay_after(3)
+        4.0
+        >>> RetryPolicy(5, 1.0, 2.0, 10.0, 2.0).delay_after(9)
+        10.0
+        """
+        exponent = max(0, attempts - 1)
+        return min(self.max_delay_s, self.base_delay_s * self.multiplier**exponent)
+
+    def is_exhausted(self, attempts: int) -> bool:
+        """Whether ``attempts`` failures make the job dead."""
+        return attempts >= self.max_attempts
+
+    def unavailable_delay(self, consecutive: int) -> float:
+        """Wait before re-trying an unreachable peer, growing gently up to ``max_delay_s``."""
+        return min(self.max_delay_s, self.unavailable_delay_s * 1.5 ** max(0, consecutive - 1))

@@ -1,0 +1,201 @@
+"""Build the TID 1500 Comprehensive 3D SR for one model's result on one study (in memory).
+
+The tree follows ``shared/reference/standards.md`` 1.3 / 1.4:
+
+- Observer context: the AI is a device (TID 1004), one stable Device Observer UID per model
+  name and version.
+- One TID 1501 Measurement Group per finding: Tracking Identifier and UID (stable across SR
+  versions of the same study and model, so that viewers and later versions relate findings),
+  Finding = the finding's code, TID 4019 algorithm name / version / manufacturer / threshold,
+  Presence of property = Present or Absent, Probability (122157, DCM) as a NUM in UCUM "1",
+  and the source images it was computed from.
+- Every source instance in the Current Requested Procedure Evidence Sequence.
+- Patient and study attributes are copied from the source by highdicom; ``copy_check`` lets the
+  caller prove they are identical.
+- Completion Flag COMPLETE, Verification Flag UNVERIFIED (no human signed it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from core.types import Finding, Prediction
+from core.uids import output_uid, uid_from_parts
+
+__all__ = ["COPIED_ATTRIBUTES", "SRBuilder", "SRIdentity", "differing_attributes"]
+
+COPIED_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+"""Patient and study attributes that results must carry exactly as the source has them
+(IHE RAD TF-2x Appendix A.2, evidence documents)."""
+
+_PROCEDURE = {
+    "CR": codes.LN.XRUnspecifiedBodyRegion,
+    "DX": codes.LN.XRUnspecifiedBodyRegion,
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    "PT": codes.LN.PETUnspecifiedBodyRegion,
+    "NM": codes.LN.NMUnspecifiedBodyRegion,
+}
+_NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+
+@dataclass(frozen=True, slots=True)
+class SRIdentity:
+    """Who writes the SR (General Equipment) and where it goes in the study."""
+
+    manufacturer: str
+    series_number: int
+    institution_name: str | None = None
+
+
+def differing_attributes(source: Dataset, result: Dataset) -> list[str]:
+    """Return the ``COPIED_ATTRIBUTES`` whose values differ between source and result."""
+    return [
+        kw
+        for kw in COPIED_ATTRIBUTES
+        if (kw in source) != (kw in result) or (kw in source and source[kw].value != result[kw].value)
+    ]
+
+
+class SRBuilder:
+    """Builds the SR for one ``Prediction``."""
+
+    def __init__(self, identity: SRIdentity) -> None:
+        """Args:
+        identity: Equipment identity and series placement.
+        """
+        self._identity = identity
+
+    @staticmethod
+    def sr_uids(study_uid: str, prediction: Prediction) -> tuple[str, str]:
+        """Return the deterministic ``(SeriesInstanceUID, SOPInstanceUID)`` of the SR."""
+        series = output_uid(study_uid, prediction.model_name, prediction.model_version, (), "sr-s")
+        sop = output_uid(
+            study_uid,
+            prediction.model_name,
+            prediction.model_version,
+            prediction.source_uids,
+            "sr",
+        )
+        return series, sop
+
+    def build(
+        self,
+        sources: Sequence[Dataset],
+        prediction: Prediction,
+        previous_versions: Sequence[Dataset] = (),
+    ) -> hd.sr.Comprehensive3DSR:
+        """Build the SR.
+
+        Args:
+            sources: Headers (no pixel data needed) of every instance the prediction used,
+                in a stable order; all from one study.
+            prediction: The model's result.
+            previous_versions: Earlier SRs this one supersedes (Predecessor Documents).
+
+        Returns:
+            The SR dataset.
+
+        Raises:
+            ValueError: ``sources`` is empty or spans studies.
+        """
+        if not sources:
+            raise ValueError("an SR needs at least one source instance")
+        study_uid = str(sources[0].StudyInstanceUID)
+        if any(str(s.StudyInstanceUID) != study_uid for s in sources):
+            raise ValueError("sources span more than one study")
+        by_uid = {str(s.SOPInstanceUID): s for s in sources}
+        used = [by_uid[u] for u in prediction.source_uids if u in by_uid] or list(sources)
+        groups = [self._group(study_uid, prediction, f, used) for f in prediction.findings]
+        report = hd.sr.MeasurementReport(
+            observation_context=self._observer(prediction),
+            procedure_reported=_PROCEDURE.get(
+                str(sources[0].get("Modality", "")), codes.LN.XRUnspecifiedBodyRegion
+            ),
+            imaging_measurements=groups,
+            title=codes.DCM.ImagingMeasurementReport,
+        )
+        series_uid, sop_uid = self.sr_uids(study_uid, prediction)
+        return hd.sr.Comprehensive3DSR(
+            evidence=list(sources),
+            content=report,
+            series_instance_uid=series_uid,
+            series_number=self._identity.series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            manufacturer=self._identity.manufacturer,
+            institution_name=self._identity.institution_name,
+            series_description=self._series_description(prediction),
+            is_complete=True,
+            is_final=False,
+            previous_versions=list(previous_versions) or None,
+        )
+
+    def _observer(self, prediction: Prediction) -> hd.sr.ObservationContext:
+        device_uid = uid_from_parts("device", prediction.model_name, prediction.model_version)
+        return hd.sr.ObservationContext(
+            observer_device_context=hd.sr.ObserverContext(
+                observer_type=codes.DCM.Device,
+                observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                    uid=device_uid,
+                    name=prediction.model_name[:64],
+                    manufacturer_name=self._identity.manufacturer,
+                    model_name=prediction.model_name[:64],
+                ),
+            )
+        )
+
+    def _group(
+        self, study_uid: str, prediction: Prediction, finding: Finding, used: Sequence[Dataset]
+    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+        algo = hd.sr.AlgorithmIdentification(
+            name=prediction.model_name,
+            version=prediction.model_version,
+            parameters=[f"threshold={finding.threshold:g}"],
+            manufacturer=self._identity.manufacturer,
+        )
+        presence = codes.SCT.Present if finding.present else codes.SCT.Absent
+        term = hd.sr.CodedConcept(finding.term.value, finding.term.scheme, finding.term.meaning)
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=uid_from_parts("tracking", study_uid, prediction.family, finding.key),
+                identifier=f"{prediction.family}:{finding.key}",
+            ),
+            finding_type=term,
+            algorithm_id=algo,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, presence)
+            ],
+            measurements=[
+                hd.sr.Measurement(
+                    name=codes.DCM.Probability,
+                    value=round(float(finding.probability), 6),
+                    unit=_NO_UNITS,
+                    algorithm_id=algo,
+                )
+            ],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in used],
+        )
+
+    @staticmethod
+    def _series_description(prediction: Prediction) -> str:
+        label = f"AI {prediction.model_name} {prediction.model_version}"
+        suffix = " DEMO model, not for clinical use" if prediction.demo else " (unverified)"
+        return (label + suffix)[:64]
