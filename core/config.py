@@ -34,6 +34,7 @@ __all__ = [
     "StagesConfig",
     "StorageConfig",
     "TlsConfig",
+    "app_name",
     "parse_config",
 ]
 
@@ -41,6 +42,15 @@ AE_TITLE = r"^[A-Za-z0-9_\-. ]{1,16}$"
 """PS3.5 6.2 AE VR: up to 16 characters of the default repertoire; we forbid backslash."""
 UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 """PS3.5 9.1: dotted numeric components without leading zeros."""
+
+
+def app_name(family: str) -> str:
+    """The Ray Serve application name of a model family (shared by actors and serve).
+
+    >>> app_name("chest_xray")
+    'model-chest_xray'
+    """
+    return f"model-{family}"
 
 
 class _Model(BaseModel):

@@ -1,0 +1,57 @@
+# The README's two commands do all set-up on a fresh machine: `make demo`, `make test`.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+PIP   := .venv/bin/pip
+STAMP := .venv/.installed
+DEBS  := orthanc dcmtk dicom3tools
+CONFIG ?= configs/default.yaml
+
+.PHONY: setup system-packages weights test unit integration demo lint clean
+
+setup: system-packages $(STAMP)
+
+# Debian packages: the PACS (Orthanc), the reference DICOM clients (dcmtk) and the IOD checker
+# (dicom3tools' dciodvfy). Installed only when missing, and only as root.
+system-packages:
+	@missing=""; \
+	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+# torch first, from the CPU wheel on this machine's disk, so nothing pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3.11 -m venv .venv || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+# Demo weights, trained on synthetic phantoms (never committed; cached under var/models).
+weights: setup
+	$(PY) -m actors.cli models train-demo --config $(CONFIG)
+
+test: setup weights
+	$(PY) -m pytest -q --timeout=600
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+integration: setup weights
+	$(PY) -m pytest -q tests/integration --timeout=600
+
+demo: setup weights
+	$(PY) -m actors.cli demo --config configs/demo.yaml
+
+lint: setup
+	.venv/bin/lint-imports
+
+clean:
+	rm -rf var/demo .pytest_cache

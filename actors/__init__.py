@@ -1,0 +1,17 @@
+"""Ray actors (thin shells around core) and adapters for real I/O; ``pipeline`` composes them."""
+
+__all__ = [
+    "adapters",
+    "assembler",
+    "auditor",
+    "cli",
+    "delivery",
+    "inference",
+    "listener",
+    "pipeline",
+    "prior_linker",
+    "router",
+    "sr_writer",
+    "stage",
+    "validator",
+]

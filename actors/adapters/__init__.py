@@ -1,0 +1,3 @@
+"""Real I/O behind core's ports: files, the SQLite ledger, DIMSE, TLS."""
+
+__all__ = ["dimse", "fs", "ledger", "paths", "tls"]

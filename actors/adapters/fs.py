@@ -1,0 +1,86 @@
+"""Durable files: write, fsync, atomic rename, fsync the directory.
+
+A file written by ``durable_write`` either exists with all its bytes after a crash or power loss,
+or does not exist at all. This is what lets the listener answer C-STORE success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from core.errors import OutOfResources
+
+__all__ = ["check_free_space", "durable_write", "fsync_dir", "sha256_file"]
+
+logger = logging.getLogger(__name__)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that entries created or renamed in it survive a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(path: Path) -> None:
+    """Create ``path`` (and parents) durably: each new directory entry is fsynced."""
+    if path.is_dir():
+        return
+    _ensure_dir(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    fsync_dir(path.parent)
+
+
+def durable_write(final: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``final`` so that it is on disk when this returns.
+
+    Write to a temporary file in the same directory, fsync it, rename it over ``final``
+    (atomic on POSIX), then fsync the directory.
+
+    Raises:
+        OutOfResources: The disk is full (ENOSPC / EDQUOT).
+        OSError: Any other I/O failure; nothing is left at ``final``.
+    """
+    _ensure_dir(final.parent)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+            raise OutOfResources(f"disk full writing {final.name}: {exc}") from exc
+        raise
+    fsync_dir(final.parent)
+
+
+def check_free_space(path: Path, min_free_bytes: int) -> None:
+    """Raise ``OutOfResources`` when the filesystem holding ``path`` is below its floor."""
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < min_free_bytes:
+        raise OutOfResources(
+            f"spool disk has {free} bytes free; the configured floor is {min_free_bytes}"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

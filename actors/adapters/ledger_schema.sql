@@ -1,0 +1,100 @@
+-- The ledger: the durable queue and the source of truth (DESIGN.md).
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid   TEXT PRIMARY KEY,
+    sop_class_uid      TEXT NOT NULL,
+    study_uid          TEXT NOT NULL,
+    series_uid         TEXT NOT NULL,
+    modality           TEXT NOT NULL DEFAULT '',
+    transfer_syntax    TEXT NOT NULL DEFAULT '',
+    body_part          TEXT NOT NULL DEFAULT '',
+    series_description TEXT NOT NULL DEFAULT '',
+    patient_key        TEXT NOT NULL DEFAULT '',
+    calling_ae         TEXT NOT NULL DEFAULT '',
+    path               TEXT NOT NULL,
+    sha256             TEXT NOT NULL,
+    size               INTEGER NOT NULL,
+    received_at        REAL NOT NULL,
+    override           TEXT,            -- 'quarantined' | 'skipped' | 'discarded'
+    reason             TEXT NOT NULL DEFAULT '',
+    job_id             INTEGER          -- latest job covering the instance
+);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid        TEXT NOT NULL,
+    version          INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    priority         INTEGER NOT NULL DEFAULT 0,
+    attempts         INTEGER NOT NULL DEFAULT 0,   -- failures that spend the retry budget
+    waits            INTEGER NOT NULL DEFAULT 0,   -- consecutive "peer unavailable" waits
+    not_before       REAL NOT NULL,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    last_instance_at REAL NOT NULL,
+    lease_owner      TEXT NOT NULL DEFAULT '',
+    leased_until     REAL NOT NULL DEFAULT 0,
+    reason           TEXT NOT NULL DEFAULT '',
+    dead_from        TEXT NOT NULL DEFAULT '',
+    data             TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (study_uid, version)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_work ON jobs (state, not_before);
+
+CREATE TABLE IF NOT EXISTS job_instances (
+    job_id           INTEGER NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    PRIMARY KEY (job_id, sop_instance_uid)
+);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    item_id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id           INTEGER NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    family           TEXT NOT NULL DEFAULT '',
+    path             TEXT NOT NULL,
+    state            TEXT NOT NULL DEFAULT 'pending',   -- 'pending' | 'delivered'
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT NOT NULL DEFAULT '',
+    created_at       REAL NOT NULL,
+    delivered_at     REAL,
+    UNIQUE (job_id, sop_instance_uid)
+);
+
+CREATE TABLE IF NOT EXISTS audit (
+    seq              INTEGER PRIMARY KEY,
+    at               REAL NOT NULL,
+    type             TEXT NOT NULL,
+    actor            TEXT NOT NULL,
+    study_uid        TEXT NOT NULL DEFAULT '',
+    sop_instance_uid TEXT NOT NULL DEFAULT '',
+    job_id           INTEGER,
+    detail           TEXT NOT NULL DEFAULT '{}',
+    canonical        TEXT NOT NULL,
+    prev_hash        TEXT NOT NULL,
+    hash             TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_study ON audit (study_uid);
+
+CREATE TABLE IF NOT EXISTS ai_switches (
+    scope    TEXT NOT NULL,     -- 'study' | 'modality'
+    key      TEXT NOT NULL,
+    enabled  INTEGER NOT NULL,
+    reason   TEXT NOT NULL DEFAULT '',
+    actor    TEXT NOT NULL DEFAULT '',
+    at       REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+
+CREATE TABLE IF NOT EXISTS stage_health (
+    stage        TEXT PRIMARY KEY,
+    pid          INTEGER NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    processed    INTEGER NOT NULL DEFAULT 0,
+    failures     INTEGER NOT NULL DEFAULT 0,
+    in_flight    INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT NOT NULL DEFAULT '',
+    status       TEXT NOT NULL DEFAULT 'ok'
+);

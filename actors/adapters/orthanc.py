@@ -1,0 +1,167 @@
+"""A local Orthanc process as the PACS, for the demo and the integration tests.
+
+Each instance gets its own temporary config, storage and free ports, and runs with
+``TCP_NODELAY=1`` (dcmtk, which Orthanc uses for DICOM, otherwise stalls ~44 ms per instance
+against delayed ACK; see ``shared/reference/baselines.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["OrthancProcess", "free_port", "orthanc_binary"]
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on localhost now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def orthanc_binary() -> str | None:
+    """Return the Orthanc executable, if installed."""
+    return shutil.which("Orthanc") or shutil.which("orthanc")
+
+
+@dataclass
+class OrthancProcess:
+    """Start, stop and query a private Orthanc.
+
+    Attributes:
+        workdir: Holds config, storage and the log.
+        aet: Orthanc's AE title.
+        dicom_port: Its DIMSE port (free port if 0).
+        http_port: Its REST port (free port if 0).
+        modalities: ``{name: (aet, host, port)}`` Orthanc may C-MOVE / C-STORE to.
+    """
+
+    workdir: Path
+    aet: str = "ORTHANC"
+    dicom_port: int = 0
+    http_port: int = 0
+    modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.dicom_port = self.dicom_port or free_port()
+        self.http_port = self.http_port or free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the REST API."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _write_config(self) -> Path:
+        config = {
+            "Name": "pacsai-orthanc",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "DicomCheckCalledAet": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "OrthancExplorerEnabled": False,
+            "Plugins": [],
+            "UnknownSopClassAccepted": True,
+            "SyncStorageArea": True,
+            "StableAge": 1,
+            "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
+            "HttpTimeout": 30,
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start(self, timeout_s: float = 30.0) -> OrthancProcess:
+        """Start Orthanc and wait until its REST API answers.
+
+        Raises:
+            RuntimeError: Orthanc is not installed, exits, or does not answer in time.
+        """
+        binary = orthanc_binary()
+        if binary is None:
+            raise RuntimeError("Orthanc is not installed (Debian package 'orthanc')")
+        config = self._write_config()
+        log = (self.workdir / "orthanc.log").open("ab")
+        env = dict(os.environ, TCP_NODELAY="1")
+        self._proc = subprocess.Popen(
+            [binary, str(config)], stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self._proc.returncode}; see {self.workdir}/orthanc.log")
+            try:
+                if httpx.get(f"{self.url}/system", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Orthanc did not answer on {self.url} within {timeout_s} s")
+
+    def stop(self) -> None:
+        """Stop Orthanc (SIGTERM, then SIGKILL)."""
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    # ------------------------------------------------------------------ REST
+    def find(self, level: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        """``/tools/find`` with ``Expand``: matching resources at ``level``."""
+        r = httpx.post(f"{self.url}/tools/find", json={"Level": level, "Query": query, "Expand": True}, timeout=30)
+        r.raise_for_status()
+        return list(r.json())
+
+    def instances_of_study(self, study_uid: str, modality: str | None = None) -> list[dict[str, Any]]:
+        """Instances (expanded, with ``MainDicomTags``) of one study, optionally one modality."""
+        out = []
+        for series in self.find("Series", {"StudyInstanceUID": study_uid}):
+            if modality and series["MainDicomTags"].get("Modality") != modality:
+                continue
+            for iid in series["Instances"]:
+                r = httpx.get(f"{self.url}/instances/{iid}", timeout=30)
+                r.raise_for_status()
+                out.append(r.json())
+        return out
+
+    def file(self, orthanc_id: str) -> bytes:
+        """The stored DICOM file of an instance."""
+        r = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=60)
+        r.raise_for_status()
+        return r.content
+
+    def statistics(self) -> dict[str, Any]:
+        """``/statistics``: counts of stored resources."""
+        r = httpx.get(f"{self.url}/statistics", timeout=10)
+        r.raise_for_status()
+        return dict(r.json())

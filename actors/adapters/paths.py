@@ -1,0 +1,50 @@
+"""Where durable state lives under ``storage.var_dir``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["VarLayout"]
+
+
+@dataclass(frozen=True, slots=True)
+class VarLayout:
+    """The layout of the var directory (spool, ledger, outbox, rejected data, models)."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, var_dir: str | Path) -> VarLayout:
+        """Return the layout rooted at ``var_dir`` (made absolute, so actors agree on it)."""
+        return cls(Path(var_dir).expanduser().resolve())
+
+    @property
+    def spool(self) -> Path:
+        """Received instances, byte-identical to what was sent."""
+        return self.root / "spool"
+
+    @property
+    def rejected(self) -> Path:
+        """Data that could not be parsed, kept for inspection."""
+        return self.root / "rejected"
+
+    @property
+    def outbox(self) -> Path:
+        """Result objects waiting for (or after) delivery to the PACS."""
+        return self.root / "outbox"
+
+    @property
+    def ledger(self) -> Path:
+        """The SQLite ledger."""
+        return self.root / "ledger.sqlite"
+
+    @property
+    def models(self) -> Path:
+        """Demo weights written by ``pacsai models train-demo``."""
+        return self.root / "models"
+
+    @property
+    def logs(self) -> Path:
+        """Log files of ``pacsai up``."""
+        return self.root / "logs"

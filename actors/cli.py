@@ -1,0 +1,222 @@
+"""The ``pacsai`` command: up, status, check-config, models, ai, replay, audit, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from actors.adapters.ledger import SqliteLedger
+from actors.adapters.paths import VarLayout
+from core.config import AppConfig
+from core.errors import ConfigError, PacsAIError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("pacsai")
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _config(args: argparse.Namespace) -> AppConfig:
+    from actors.pipeline import load_config
+
+    return load_config(args.config)
+
+
+def _ledger(cfg: AppConfig) -> SqliteLedger:
+    return SqliteLedger(VarLayout.at(cfg.storage.var_dir).ledger)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file; print every bad field."""
+    from actors.pipeline import load_config
+
+    cfg = load_config(args.file)
+    print(f"{args.file}: OK ({len(cfg.models)} model(s), {len(cfg.routing.rules)} routing rule(s))")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the service in the foreground until SIGTERM / SIGINT."""
+    from actors.pipeline import Pipeline
+    from actors.supervisor import Supervisor
+
+    cfg = _config(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    pipeline = Pipeline(cfg).start(deploy=not args.no_deploy)
+    print(
+        f"pacsai up: listener {cfg.listener.ae_title} on {cfg.listener.host}:"
+        f"{pipeline.listener_port()}, var {pipeline.layout.root}",
+        flush=True,
+    )
+    supervisor = Supervisor(pipeline, _ledger(cfg))
+    try:
+        while not stop.is_set():
+            supervisor.check()
+            stop.wait(2.0)
+    finally:
+        print("pacsai up: stopping (work in flight stays in the ledger)", flush=True)
+        pipeline.stop()
+        import ray
+
+        ray.shutdown()
+    return 0
+
+
+def _format_status(report: dict[str, Any]) -> str:
+    lines = ["jobs:"]
+    lines += [f"  {state:<12} {n}" for state, n in report["jobs"].items()]
+    lines.append("instances:")
+    lines += [f"  {state:<12} {n}" for state, n in report["instances"].items()]
+    lines.append(f"queue depth: {report['queue_depth']}   outbox pending: {report['outbox_pending']}")
+    oldest = report["oldest_waiting"]
+    if oldest:
+        lines.append(
+            f"oldest waiting: job {oldest['job_id']} ({oldest['state']}, {oldest['age_s']:.1f} s)"
+            + (f": {oldest['reason']}" if oldest["reason"] else "")
+        )
+    lines.append("stages:")
+    now = time.time()
+    for s in report["stages"]:
+        age = now - s["heartbeat_at"]
+        health = "ok" if age < 10 and s["status"] == "ok" else f"STALE ({age:.0f} s)"
+        err = f"  last error: {s['last_error']}" if s["last_error"] else ""
+        lines.append(
+            f"  {s['stage']:<13} {health:<10} processed {s['processed']:<6} failures "
+            f"{s['failures']:<4} in flight {s['in_flight']}{err}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print jobs per state, per-stage health, queue depth and the oldest waiting job."""
+    cfg = _config(args)
+    report = _ledger(cfg).status(time.time())
+    print(json.dumps(report, indent=2) if args.json else _format_status(report))
+    return 0
+
+
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    """Train demo weights on synthetic phantoms for each family (or the one asked for)."""
+    from models.training import train_demo
+
+    cfg = _config(args)
+    families = [args.family] if args.family else sorted(cfg.models)
+    for family in families:
+        entry = cfg.models[family]
+        out = Path(entry.weights)
+        if out.exists() and Path(f"{out}.sha256").exists() and not args.force:
+            print(f"{family}: {out} exists (use --force to retrain)")
+            continue
+        report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed)
+        print(f"{family}: wrote {out}: {report}")
+    return 0
+
+
+def cmd_ai(args: argparse.Namespace) -> int:
+    """Switch AI on or off for a study or a modality (effective without restart)."""
+    cfg = _config(args)
+    scope, key = ("study", args.study) if args.study else ("modality", args.modality)
+    _ledger(cfg).set_ai_switch(
+        scope, key, args.state == "on", args.reason or "", f"user:{args.user}", time.time()
+    )
+    print(f"AI {args.state} for {scope} {key}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Put a dead job back into the state it died in, with a fresh retry budget."""
+    cfg = _config(args)
+    state = _ledger(cfg).replay(args.job_id, f"user:{args.user}", time.time())
+    print(f"job {args.job_id} replayed into {state}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify the audit chain or show events."""
+    ledger = _ledger(_config(args))
+    if args.action == "verify":
+        broken = ledger.verify_audit_chain()
+        print("audit chain intact" if broken is None else f"audit chain BROKEN at seq {broken.seq}: {broken.reason}")
+        return 0 if broken is None else 1
+    for e in ledger.audit_events(args.study, args.limit):
+        print(json.dumps(e, default=str))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the end-to-end demo (see actors/demo.py)."""
+    from actors.demo import run_demo
+
+    return run_demo(Path(args.config), n_studies=args.studies)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pacsai", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
+        if name != "check-config":
+            sp.add_argument("--config", default=DEFAULT_CONFIG, help="config YAML file")
+        return sp
+
+    up = add("up", cmd_up, "run the service in the foreground")
+    up.add_argument("--no-deploy", action="store_true", help="use already deployed models")
+    st = add("status", cmd_status, "jobs per state, stage health, queue depth")
+    st.add_argument("--json", action="store_true")
+    cc = add("check-config", cmd_check_config, "validate a config file")
+    cc.add_argument("file")
+    models = add("models", None, "model weights")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    td = msub.add_parser("train-demo", help="train demo weights on synthetic phantoms")
+    td.set_defaults(func=cmd_train_demo)
+    td.add_argument("--config", default=DEFAULT_CONFIG)
+    td.add_argument("--family")
+    td.add_argument("--steps", type=int, default=0, help="0 = the family's default")
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--force", action="store_true")
+    ai = add("ai", cmd_ai, "switch AI on/off per study or modality")
+    ai.add_argument("state", choices=["on", "off"])
+    grp = ai.add_mutually_exclusive_group(required=True)
+    grp.add_argument("--study", help="Study Instance UID")
+    grp.add_argument("--modality", help="Modality, e.g. CR")
+    ai.add_argument("--reason", default="")
+    ai.add_argument("--user", default="operator")
+    rp = add("replay", cmd_replay, "replay a dead job")
+    rp.add_argument("job_id", type=int)
+    rp.add_argument("--user", default="operator")
+    au = add("audit", cmd_audit, "verify or show the audit trail")
+    au.add_argument("action", choices=["verify", "show"])
+    au.add_argument("--study")
+    au.add_argument("--limit", type=int, default=200)
+    dm = add("demo", cmd_demo, "run the end-to-end demo")
+    dm.add_argument("--studies", type=int, default=3)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``pacsai``; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PacsAIError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Composition root: load the config once, start Ray, deploy models, create the actors.
+
+``Pipeline`` is what ``pacsai up`` runs and what the integration tests start. It is the only
+module that knows every actor and the Serve application builder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import serve
+
+from actors.adapters.ledger import SqliteLedger
+from actors.adapters.paths import VarLayout
+from actors.assembler import AssemblerActor
+from actors.auditor import AuditorActor
+from actors.delivery import DeliveryActor
+from actors.inference import InferenceActor
+from actors.listener import ListenerActor
+from actors.prior_linker import PriorLinkerActor
+from actors.router import RouterActor
+from actors.sr_writer import SRWriterActor
+from actors.stage import StageRuntime
+from actors.validator import ValidatorActor
+from core.config import AppConfig, StageConfig, app_name, parse_config
+from core.errors import ConfigError
+from core.identifiers import DEFAULT_KEY
+
+__all__ = ["Pipeline", "deploy_models", "ensure_ray", "load_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_config(path: str | Path) -> AppConfig:
+    """Read and validate a YAML config file.
+
+    Raises:
+        ConfigError: The file cannot be read, is not YAML, or has invalid fields (all listed).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(str(p), [f"<file>: cannot read ({exc.strerror})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(p), [f"<file>: not valid YAML ({exc})"]) from None
+    return parse_config(raw, str(p))
+
+
+def hash_key(cfg: AppConfig) -> bytes:
+    """Return the key for hashed identifiers (from the configured env var, else the default).
+
+    Raises:
+        ConfigError: ``hash_key_env`` names a variable that is not set.
+    """
+    if cfg.hash_key_env is None:
+        return DEFAULT_KEY
+    value = os.environ.get(cfg.hash_key_env)
+    if not value:
+        raise ConfigError("environment", [f"{cfg.hash_key_env}: not set; expected the identifier hash key"])
+    return value.encode()
+
+
+def ensure_ray(cfg: AppConfig) -> None:
+    """Connect to (or start) Ray as configured, unless this process already did."""
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=cfg.ray.address,
+        num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
+        namespace=cfg.ray.namespace,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+
+
+def deploy_models(cfg: AppConfig, families: list[str] | None = None) -> list[str]:
+    """Deploy (or update) one Serve application per model family.
+
+    Weights are verified before anything is deployed, so a missing or mismatched file stops
+    startup with an error naming the file.
+
+    Returns:
+        The deployed application names.
+
+    Raises:
+        ModelWeightsError: A weights file is missing or does not match its sha256.
+    """
+    from serve.app import build_app  # the composition root is the one place that knows serve
+
+    chosen = sorted(cfg.models) if families is None else families
+    apps = {family: build_app(family, cfg.models[family]) for family in chosen}
+    serve.start(http_options={"location": "NoServer"})
+    for family, app in apps.items():
+        serve.run(app, name=app_name(family), route_prefix=None)
+    return [app_name(f) for f in chosen]
+
+
+@dataclass
+class Pipeline:
+    """The running pipeline: actor handles and how to stop them."""
+
+    cfg: AppConfig
+    layout: VarLayout = field(init=False)
+    actors: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.layout = VarLayout.at(self.cfg.storage.var_dir)
+
+    def runtime(self, stage: StageConfig) -> StageRuntime:
+        """The runtime settings handed to one stage actor."""
+        return StageRuntime(
+            ledger_path=self.layout.ledger,
+            stage=stage,
+            lease_s=self.cfg.stages.lease_s,
+            poll_interval_s=self.cfg.stages.poll_interval_s,
+            retry=self.cfg.retry,
+            log_level=self.cfg.logging.level,
+        )
+
+    def _options(self, name: str, num_cpus: float) -> dict[str, Any]:
+        return {
+            "name": f"{self.cfg.site_name}-{name}",
+            "namespace": self.cfg.ray.namespace,
+            "max_restarts": self.cfg.ray.actor_max_restarts,
+            "num_cpus": num_cpus,
+            "lifetime": None,
+        }
+
+    def start(self, *, deploy: bool = True) -> Pipeline:
+        """Start everything; return when every actor answered its first health check.
+
+        Args:
+            deploy: Deploy the model applications too (tests may share one deployment).
+        """
+        key = hash_key(self.cfg)
+        ensure_ray(self.cfg)
+        SqliteLedger(self.layout.ledger).close()  # create the schema once, before the actors
+        if deploy and self.cfg.models:
+            deploy_models(self.cfg)
+        st = self.cfg.stages
+        self.actors = {
+            "listener": ListenerActor.options(**self._options("listener", 0)).remote(
+                self.cfg.listener, self.layout, self.cfg.assembly.quiet_period_s, key,
+                self.cfg.logging.level,
+            ),
+            "assembler": AssemblerActor.options(**self._options("assembler", st.assembler.num_cpus)).remote(
+                self.runtime(st.assembler), self.cfg.assembly
+            ),
+            "validator": ValidatorActor.options(**self._options("validator", st.validator.num_cpus)).remote(
+                self.runtime(st.validator)
+            ),
+            "router": RouterActor.options(**self._options("router", st.router.num_cpus)).remote(
+                self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models)
+            ),
+            "prior_linker": PriorLinkerActor.options(**self._options("prior_linker", st.prior_linker.num_cpus)).remote(
+                self.runtime(st.prior_linker)
+            ),
+            "inference": InferenceActor.options(**self._options("inference", st.inference.num_cpus)).remote(
+                self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing
+            ),
+            "sr_writer": SRWriterActor.options(**self._options("sr_writer", st.sr_writer.num_cpus)).remote(
+                self.runtime(st.sr_writer), self.layout, self.cfg.sr
+            ),
+            "delivery": DeliveryActor.options(**self._options("delivery", st.delivery.num_cpus)).remote(
+                self.runtime(st.delivery), self.cfg.pacs
+            ),
+            "auditor": AuditorActor.options(**self._options("auditor", 0)).remote(
+                self.layout, 30.0, self.cfg.logging.level
+            ),
+        }
+        ray.get([a.health.remote() for a in self.actors.values()], timeout=120)
+        return self
+
+    def listener_port(self) -> int:
+        """The listener's bound port."""
+        return int(ray.get(self.actors["listener"].port.remote(), timeout=30))
+
+    def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
+        """Ask every actor for its health; an actor that does not answer is reported down."""
+        refs = {name: actor.health.remote() for name, actor in self.actors.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for name, ref in refs.items():
+            try:
+                out[name] = ray.get(ref, timeout=timeout_s)
+            except Exception as exc:  # a dead or hung actor is a health finding, not a crash
+                out[name] = {"stage": name, "alive": False, "last_error": f"{type(exc).__name__}: {exc}"}
+        return out
+
+    def stop(self, *, timeout_s: float = 30.0) -> None:
+        """Stop taking work, give back leases, and end the actors. In-flight work stays in
+        the ledger and resumes on the next start."""
+        refs = []
+        for name, actor in self.actors.items():
+            try:
+                refs.append(actor.stop.remote())
+            except Exception:  # already gone: nothing to stop
+                logger.warning("actor %s could not be asked to stop", name)
+        try:
+            ray.get(refs, timeout=timeout_s)
+        except Exception as exc:  # stop is best effort; kill below ends them anyway
+            logger.warning("not every actor stopped cleanly: %s", exc)
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+        self.actors = {}
+
+
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Poll ``predicate()`` until it is truthy or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())

@@ -1,0 +1,17 @@
+"""Shared test settings: strict pydicom reading and writing (highdicom's conftest does the same)."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom import config as dicom_config
+
+
+@pytest.fixture(autouse=True)
+def strict_pydicom():
+    """Make pydicom raise on invalid values while a test runs, then restore the settings."""
+    reading, writing = dicom_config.settings.reading_validation_mode, dicom_config.settings.writing_validation_mode
+    dicom_config.settings.reading_validation_mode = dicom_config.RAISE
+    dicom_config.settings.writing_validation_mode = dicom_config.RAISE
+    yield
+    dicom_config.settings.reading_validation_mode = reading
+    dicom_config.settings.writing_validation_mode = writing

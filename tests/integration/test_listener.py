@@ -1,0 +1,134 @@
+"""The listener against real peers (dcmtk storescu / echoscu, a pynetdicom SCU), without Ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.filewriter import write_file_meta_info
+from pydicom.dataset import FileMetaDataset
+from pynetdicom import AE
+
+from actors.adapters.dcmtk import storescu
+from actors.adapters.dimse import Listener
+from actors.adapters.ledger import SqliteLedger
+from core.config import ListenerConfig
+
+pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")
+
+
+@pytest.fixture
+def listener(tmp_path):
+    def start(**overrides):
+        cfg = ListenerConfig(port=0, min_free_bytes=overrides.pop("min_free_bytes", 0), **overrides)
+        ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+        lst = Listener(cfg, tmp_path / "spool", tmp_path / "rejected", ledger, quiet_period_s=60.0)
+        lst.start()
+        started.append((lst, ledger))
+        return lst, ledger
+
+    started: list = []
+    yield start
+    for lst, ledger in started:
+        lst.stop()
+        ledger.close()
+
+
+def _dataset_bytes(raw: bytes) -> bytes:
+    """The data set part of a DICOM file (after preamble and file meta)."""
+    ds = dcmread(BytesIO(raw), stop_before_pixels=True)
+    meta_len = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    return raw[meta_len:]
+
+
+def _send(path: Path, port: int) -> int:
+    ds = dcmread(path)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSAI")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
+def test_echo_and_store_are_durable_and_byte_identical(listener):
+    lst, ledger = listener()
+    env = dict(os.environ, TCP_NODELAY="1")
+    echo = subprocess.run(["echoscu", "-aec", "PACSAI", "127.0.0.1", str(lst.port)], env=env, capture_output=True)
+    assert echo.returncode == 0
+    src = Path(get_testdata_file("CT_small.dcm"))
+    res = storescu([src], "127.0.0.1", lst.port, "PACSAI", propose_own_syntax=True)
+    assert res.returncode == 0, res.stderr
+    ds = dcmread(src)
+    assert ledger.has_instance(ds.SOPInstanceUID)
+    [spooled] = (Path(lst._spool) / ds.StudyInstanceUID).glob("*.dcm")
+    # storescu sends the file's data set as stored, except that dcmtk drops the trailing
+    # (FFFC,FFFC) Data Set Trailing Padding this test file ends with.
+    sent = _dataset_bytes(src.read_bytes())
+    sent = sent[: sent.rfind(b"\xfc\xff\xfc\xff")] if b"\xfc\xff\xfc\xff" in sent[-200:] else sent
+    assert _dataset_bytes(spooled.read_bytes()) == sent
+    assert not list(Path(lst._spool).rglob("*.part"))  # no temp file left behind
+
+
+def test_resent_instance_is_acknowledged_once(listener):
+    lst, ledger = listener()
+    src = Path(get_testdata_file("CT_small.dcm"))
+    for _ in range(3):
+        assert storescu([src], "127.0.0.1", lst.port, "PACSAI").returncode == 0
+    assert ledger.status(time.time())["jobs"]["receiving"] == 1
+    types = [e["type"] for e in ledger.audit_events()]
+    assert types.count("instance_received") == 1 and types.count("instance_duplicate") == 2
+
+
+def test_disk_below_floor_answers_out_of_resources(listener):
+    lst, ledger = listener(min_free_bytes=1 << 62)
+    src = Path(get_testdata_file("CT_small.dcm"))
+    assert _send(src, lst.port) == 0xA700
+    assert storescu([src], "127.0.0.1", lst.port, "PACSAI").returncode != 0
+    assert not ledger.has_instance(dcmread(src).SOPInstanceUID)
+
+
+def test_unparseable_data_set_fails_is_audited_and_the_listener_keeps_serving(listener, tmp_path, monkeypatch):
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the file's bytes raw
+    lst, ledger = listener()
+    bad = tmp_path / "bad.dcm"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buf = BytesIO()
+    buf.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    # A sequence of undefined length whose items are garbage: pydicom cannot parse it.
+    buf.write(b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + bytes(range(1, 9)) * 4)
+    bad.write_bytes(buf.getvalue())
+
+    ae = AE(ae_title="FUZZ")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", lst.port, ae_title="PACSAI")
+    assert assoc.is_established
+    status = assoc.send_c_store(bad)
+    assoc.release()
+    assert status.Status == 0xC000
+    rejected = [e for e in ledger.audit_events() if e["type"] == "instance_rejected"]
+    assert rejected and "cannot be parsed" in rejected[0]["detail"]["reason"]
+    assert list((tmp_path / "rejected").glob("*.dcm"))  # kept for inspection
+    src = Path(get_testdata_file("CT_small.dcm"))
+    assert storescu([src], "127.0.0.1", lst.port, "PACSAI").returncode == 0  # still serving
+
+
+def test_wrong_called_ae_title_is_refused(listener):
+    lst, _ = listener()
+    res = storescu([Path(get_testdata_file("CT_small.dcm"))], "127.0.0.1", lst.port, "NOT_US")
+    assert res.returncode != 0

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from core.config import AppConfig, parse_config
+from core.errors import ConfigError
+
+MODEL = {
+    "name": "m",
+    "version": "1",
+    "weights": "w.pt",
+    "input": {"spatial_size": [64, 64]},
+    "findings": [{"key": "nodule"}],
+}
+
+
+def test_empty_config_gives_embedded_defaults():
+    cfg = parse_config(None)
+    assert isinstance(cfg, AppConfig)
+    assert cfg.listener.ae_title == "PACSAI"
+    assert cfg.assembly.quiet_period_s == 2.0
+
+
+@pytest.mark.parametrize("path", ["configs/default.yaml", "configs/demo.yaml", "configs/prod.example.yaml"])
+def test_shipped_configs_are_valid(path):
+    with open(path) as f:
+        cfg = parse_config(yaml.safe_load(f), path)
+    assert cfg.site_name
+
+
+def test_every_bad_field_is_named_with_what_was_expected():
+    raw = {
+        "listener": {"ae_title": "X" * 17, "port": 70000, "typo": 1},
+        "retry": {"max_attempts": 0},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "site.yaml")
+    text = str(info.value)
+    assert "site.yaml: 4 problem(s)" in text
+    assert "listener.ae_title: got 'XXXXXXXXXXXXXXXXX'" in text
+    assert "listener.port: got 70000; expected" in text
+    assert "listener.typo: unknown field; expected one of" in text and "'ae_title'" in text
+    assert "retry.max_attempts: got 0" in text
+
+
+def test_routing_rule_must_name_a_registered_family():
+    raw = {"models": {"chest_xray": MODEL}, "routing": {"rules": [{"name": "r", "family": "brain"}]}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert "routing.rules.0.family: got 'brain'; expected one of the model families ['chest_xray']" in str(info.value)
+
+
+def test_bad_regex_and_bad_sha256_are_reported():
+    model = dict(MODEL, sha256="not-a-hash")
+    raw = {"models": {"x": model}, "routing": {"rules": [{"name": "r", "family": "x", "series_description": "(["}]}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    text = str(info.value)
+    assert "models.x.sha256" in text
+    assert "routing.rules.0.series_description" in text and "regular expression" in text
+
+
+def test_replica_bounds_are_checked():
+    model = dict(MODEL, serve={"min_replicas": 3, "max_replicas": 1})
+    with pytest.raises(ConfigError, match="min_replicas"):
+        parse_config({"models": {"x": model}})
+
+
+def test_root_must_be_a_mapping():
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse_config(["a"])  # type: ignore[arg-type]
+
+
+def test_config_is_frozen():
+    cfg = parse_config(None)
+    with pytest.raises(Exception):
+        cfg.listener.port = 1  # type: ignore[misc]

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from core import errors
+
+CASES = [
+    errors.ConfigError("a.yaml", ["x: got 1; expected 2"]),
+    errors.RejectedInput("bad", "1.2.3"),
+    errors.ValidationFailed("bad", "1.2.3", ("missing_attribute",)),
+    errors.TransientIOError("disk"),
+    errors.OutOfResources("full"),
+    errors.DependencyUnavailable("pacs", "refused"),
+    errors.ModelError("nan"),
+    errors.ModelWeightsError("missing w.pt"),
+    errors.AccessDenied("alice", "override"),
+    errors.LeaseLost(3, "owner"),
+]
+
+
+@pytest.mark.parametrize("exc", CASES, ids=lambda e: type(e).__name__)
+def test_every_error_survives_a_pickle_round_trip(exc):
+    """Errors cross Ray actor boundaries; Ray #50211 broke backpressure this way."""
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc)
+    assert str(back) == str(exc)
+    assert back.args == exc.args
+
+
+def test_error_tree_groups_by_caller_action():
+    assert issubclass(errors.OutOfResources, errors.TransientIOError)
+    assert issubclass(errors.DependencyUnavailable, errors.TransientIOError)
+    assert issubclass(errors.ValidationFailed, errors.RejectedInput)
+    assert issubclass(errors.ModelWeightsError, errors.ModelError)
+    assert all(issubclass(type(e), errors.PacsAIError) for e in CASES)
