@@ -6,6 +6,7 @@ __all__ = [
     "auditor",
     "cli",
     "delivery",
+    "demo",
     "inference",
     "listener",
     "pipeline",
@@ -13,5 +14,6 @@ __all__ = [
     "router",
     "sr_writer",
     "stage",
+    "supervisor",
     "validator",
 ]

@@ -12,7 +12,7 @@ from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.types import AuditEventType, Job, JobState
 
-__all__ = ["PriorLinkerActor", "PriorLinkWork"]
+__all__ = ["PriorLinkWork", "PriorLinkerActor"]
 
 
 class PriorLinkWork:

@@ -19,7 +19,7 @@ from core.config import SRConfig
 from core.sr import SRBuilder, SRIdentity
 from core.types import AuditEventType, Job, JobState, Prediction
 
-__all__ = ["SRWriterActor", "SRWriteWork"]
+__all__ = ["SRWriteWork", "SRWriterActor"]
 
 
 class SRWriteWork:

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.types import AuditEventType
 
-__all__ = ["GENESIS", "AuditEvent", "ChainBreak", "chain_hash", "verify_chain"]
+__all__ = ["AuditEvent", "ChainBreak", "GENESIS", "chain_hash", "verify_chain"]
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first event."""
