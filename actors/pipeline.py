@@ -99,7 +99,7 @@ def deploy_models(cfg: AppConfig, families: list[str] | None = None) -> list[str
 
     chosen = sorted(cfg.models) if families is None else families
     apps = {family: build_app(family, cfg.models[family]) for family in chosen}
-    serve.start(http_options={"location": "NoServer"})
+    serve.start(proxy_location="Disabled")  # no HTTP proxy until the REST API is deployed
     for family, app in apps.items():
         serve.run(app, name=app_name(family), route_prefix=None)
     return [app_name(f) for f in chosen]

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -87,6 +88,7 @@ class Listener:
         self._actor = f"listener:{cfg.ae_title}"
         self.received = 0
         self.failed = 0
+        self._hasher = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="sha256")
 
     @property
     def port(self) -> int:
@@ -124,6 +126,7 @@ class Listener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self._hasher.shutdown(wait=True)
 
     def handle_store(self, event: Any) -> int:
         """EVT_C_STORE handler: make the instance durable, then answer. Never raises."""
@@ -167,8 +170,14 @@ class Listener:
         """
         now = self._clock()
         check_free_space(self._spool, self._cfg.min_free_bytes)
-        digest = hashlib.sha256(raw).hexdigest()
-        ds = self._parse_header(raw, digest, sop_uid, calling_ae, now)
+        # hashlib releases the GIL on large buffers: hash while the header is parsed.
+        hashing = self._hasher.submit(lambda: hashlib.sha256(raw).hexdigest())
+        try:
+            ds = self._parse_header(raw, sop_uid)
+        except RejectedInput as exc:
+            self._reject(raw, hashing.result(), sop_uid, calling_ae, now, exc.reason)
+            raise
+        digest = hashing.result()
         meta = self._meta(ds, sop_uid, sop_class, digest, len(raw), calling_ae, now)
         if not self._ledger.has_instance(sop_uid):
             durable_write(Path(meta.path), raw)
@@ -177,25 +186,28 @@ class Listener:
             logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
         return STATUS_SUCCESS
 
-    def _parse_header(
-        self, raw: bytes, digest: str, sop_uid: str, calling_ae: str, now: float
-    ) -> Dataset:
+    @staticmethod
+    def _parse_header(raw: bytes, sop_uid: str) -> Dataset:
         try:
             ds = dcmread(BytesIO(raw), stop_before_pixels=True)
             ds.get("StudyInstanceUID")  # force parsing up to the UIDs we need
             return ds
         except Exception as exc:  # any parser failure means "cannot understand"
             reason = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"
-            kept = self._rejected / f"{digest}.dcm"
-            durable_write(kept, raw)
-            event = AuditEvent(
-                AuditEventType.INSTANCE_REJECTED,
-                self._actor,
-                sop_instance_uid=sop_uid,
-                detail={"reason": reason, "calling_ae": calling_ae, "sha256": digest},
-            )
-            self._ledger.audit([event], now)
             raise RejectedInput(reason, sop_uid) from exc
+
+    def _reject(
+        self, raw: bytes, digest: str, sop_uid: str, calling_ae: str, now: float, reason: str
+    ) -> None:
+        """Keep unparseable data aside for inspection and audit the rejection."""
+        durable_write(self._rejected / f"{digest}.dcm", raw)
+        event = AuditEvent(
+            AuditEventType.INSTANCE_REJECTED,
+            self._actor,
+            sop_instance_uid=sop_uid,
+            detail={"reason": reason, "calling_ae": calling_ae, "sha256": digest},
+        )
+        self._ledger.audit([event], now)
 
     def _meta(
         self,

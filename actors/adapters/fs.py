@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
+import threading
 from pathlib import Path
 
 from core.errors import OutOfResources
@@ -52,15 +52,20 @@ def durable_write(final: Path, data: bytes | memoryview) -> None:
         OSError: Any other I/O failure; nothing is left at ``final``.
     """
     _ensure_dir(final.parent)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
+    # One writer thread owns each temp name, so no random name (mkstemp) is needed.
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{threading.get_ident()}.part"
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if exc.errno in (28, 122):  # ENOSPC, EDQUOT
             raise OutOfResources(f"disk full writing {final.name}: {exc}") from exc
         raise

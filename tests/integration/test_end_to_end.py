@@ -1,0 +1,190 @@
+"""Issue #2 end to end: storescu -> listener -> ... -> Ray Serve -> SR -> a real Orthanc."""
+
+from __future__ import annotations
+
+import time
+from io import BytesIO
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+from pydicom import dcmread
+from pydicom.sr.codedict import codes
+from ray import serve
+
+from actors.adapters.dcmtk import dciodvfy, storescu
+from actors.pipeline import deploy_models, wait_until
+from core.config import app_name
+from core.sr import differing_attributes
+from models.synthetic_dicom import make_cxr_study, save_study
+from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
+
+pytestmark = [pytest.mark.integration, needs_peers]
+
+
+def send(files, pipeline, cfg):
+    res = storescu(files, "127.0.0.1", pipeline.listener_port(), cfg.listener.ae_title)
+    assert res.returncode == 0, res.stderr[-500:]
+
+
+def study(tmp_path: Path, seed: int, findings=frozenset(), n=1, modality="DX", **kw):
+    datasets = make_cxr_study(seed=seed, findings=frozenset(findings), n_images=n, modality=modality,
+                              patient_id=f"P{seed}", accession=f"A{seed}", **kw)
+    return datasets, save_study(datasets, tmp_path / f"in{seed}")
+
+
+def sr_instances(orthanc, study_uid):
+    return orthanc.instances_of_study(study_uid, modality="SR")
+
+
+def test_study_comes_back_as_a_valid_sr_in_the_pacs(tmp_path, orthanc, make_pipeline):
+    pipeline, cfg = make_pipeline(orthanc)
+    datasets, files = study(tmp_path, 11, {"nodule"}, n=2)
+    study_uid = str(datasets[0].StudyInstanceUID)
+    send(files, pipeline, cfg)
+    ledger = ledger_of(pipeline)
+    assert wait_for_states(ledger, [study_uid], {"delivered"}), ledger.status(time.time())
+
+    [sr_meta] = sr_instances(orthanc, study_uid)
+    raw = orthanc.file(sr_meta["ID"])
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(raw)
+    errors, _ = dciodvfy(path)
+    assert errors == []
+    sr = dcmread(BytesIO(raw))
+    refs = {
+        sop.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in s.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert refs == {str(d.SOPInstanceUID) for d in datasets}
+    assert differing_attributes(datasets[0], sr) == []
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
+    assert len(groups) == 19
+    probs = {g.tracking_identifier.split(":")[1]: g.get_measurements(name=codes.DCM.Probability)[0].value for g in groups}
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    texts = {i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in groups[0][0].ContentSequence if i.ValueType == "TEXT"}
+    assert texts["111001"] == cfg.models["chest_xray"].name and texts["111003"] == cfg.models["chest_xray"].version
+
+    path_types = [e["type"] for e in ledger.audit_events(study_uid)]
+    for expected in ("instance_received", "study_complete", "validated", "routed", "linked", "inferred", "sr_built", "sr_delivered"):
+        assert expected in path_types, (expected, path_types)
+    assert path_types.count("instance_received") == 2
+    assert set(ledger.instance_states(study_uid).values()) == {"reported"}
+    assert ledger.verify_audit_chain() is None
+
+
+def test_trained_demo_model_finds_the_phantom_lesion(tmp_path, orthanc, make_pipeline):
+    pipeline, cfg = make_pipeline(orthanc)
+    pos, pos_files = study(tmp_path, 21, {"effusion"})
+    neg, neg_files = study(tmp_path, 22, set())
+    send(pos_files + neg_files, pipeline, cfg)
+    ledger = ledger_of(pipeline)
+    uids = [str(pos[0].StudyInstanceUID), str(neg[0].StudyInstanceUID)]
+    assert wait_for_states(ledger, uids, {"delivered"})
+
+    def effusion(uid):
+        [m] = sr_instances(orthanc, uid)
+        groups = hd.sr.Comprehensive3DSR.from_dataset(dcmread(BytesIO(orthanc.file(m["ID"])))).content.get_image_measurement_groups()
+        [g] = [g for g in groups if g.tracking_identifier.endswith(":effusion")]
+        return g.get_measurements(name=codes.DCM.Probability)[0].value
+
+    assert effusion(uids[0]) > 0.5 > effusion(uids[1])
+
+
+def test_ai_outage_queues_durably_and_every_study_is_reported_once(tmp_path, orthanc, make_pipeline, model_app):
+    pipeline, cfg = make_pipeline(orthanc)
+    serve.delete(app_name("chest_xray"))
+    try:
+        sent = [study(tmp_path, 30 + i) for i in range(3)]
+        for _, files in sent:
+            send(files, pipeline, cfg)  # C-STORE keeps succeeding while the AI is down
+        uids = [str(d[0].StudyInstanceUID) for d, _ in sent]
+        ledger = ledger_of(pipeline)
+        assert wait_for_states(ledger, uids, {"linked"}, timeout_s=30)
+        time.sleep(2.0)  # several retry rounds against the missing deployment
+        status = ledger.status(time.time())
+        assert status["jobs"]["linked"] == 3 and status["jobs"]["dead"] == 0
+        assert "model:chest_xray unavailable" in status["oldest_waiting"]["reason"]
+    finally:
+        deploy_models(model_app)
+    assert wait_for_states(ledger, uids, {"delivered"}, timeout_s=120)
+    for uid in uids:
+        assert len(sr_instances(orthanc, uid)) == 1
+
+
+def test_pacs_outage_keeps_srs_in_the_outbox_until_it_returns(tmp_path, orthanc, make_pipeline):
+    pipeline, cfg = make_pipeline(orthanc)
+    orthanc.stop()
+    datasets, files = study(tmp_path, 41, {"mass"})
+    uid = str(datasets[0].StudyInstanceUID)
+    send(files, pipeline, cfg)
+    ledger = ledger_of(pipeline)
+    assert wait_for_states(ledger, [uid], {"written"}, timeout_s=60)
+    time.sleep(1.5)
+    [job] = ledger.jobs_for_study(uid)
+    assert job.state.value == "written" and "pacs unavailable" in job.reason
+    assert ledger.status(time.time())["outbox_pending"] == 1
+    orthanc.start()
+    assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=60)
+    assert len(sr_instances(orthanc, uid)) == 1
+    assert ledger.outbox_items(job.job_id, "pending") == []
+
+
+def test_unrouted_studies_and_ai_switches_end_skipped_with_reasons(tmp_path, orthanc, make_pipeline):
+    pipeline, cfg = make_pipeline(orthanc)
+    ledger = ledger_of(pipeline)
+    ledger.set_ai_switch("modality", "CR", False, "scanner QA", "user:rad", time.time())
+    cr, cr_files = study(tmp_path, 51, modality="CR")
+    other, other_files = study(tmp_path, 52)
+    ledger.set_ai_switch("study", str(other[0].StudyInstanceUID), False, "patient request", "user:rad", time.time())
+    send(cr_files + other_files, pipeline, cfg)
+    uids = [str(cr[0].StudyInstanceUID), str(other[0].StudyInstanceUID)]
+    assert wait_for_states(ledger, uids, {"skipped"}, timeout_s=30)
+    reasons = [ledger.jobs_for_study(u)[-1].reason for u in uids]
+    assert "AI switched off for modality CR" in reasons[0]
+    assert "AI switched off for this study" in reasons[1]
+    assert set(ledger.instance_states(uids[0]).values()) == {"skipped"}
+    assert sr_instances(orthanc, uids[0]) == []
+    # Switching back on needs no restart: a new study of the same modality runs.
+    ledger.set_ai_switch("modality", "CR", True, "", "user:rad", time.time())
+    again, again_files = study(tmp_path, 53, modality="CR")
+    send(again_files, pipeline, cfg)
+    assert wait_for_states(ledger, [str(again[0].StudyInstanceUID)], {"delivered"})
+
+
+def test_invalid_instance_is_quarantined_never_processed(tmp_path, orthanc, make_pipeline):
+    pipeline, cfg = make_pipeline(orthanc)
+    datasets, _ = study(tmp_path, 61)
+    ds = datasets[0]
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # truncated pixel data
+    files = save_study([ds], tmp_path / "bad")
+    send(files, pipeline, cfg)  # accepted: kept and flagged, not refused
+    ledger = ledger_of(pipeline)
+    uid = str(ds.StudyInstanceUID)
+    assert wait_for_states(ledger, [uid], {"quarantined"}, timeout_s=30)
+    quarantined = [e for e in ledger.audit_events(uid) if e["type"] == "quarantined" and e["sop_instance_uid"]]
+    assert quarantined[0]["detail"]["codes"] == ["pixel_length_mismatch"]
+    assert set(ledger.instance_states(uid).values()) == {"quarantined"}
+    assert sr_instances(orthanc, uid) == []
+
+
+def test_a_stopped_pipeline_resumes_its_work_on_the_next_start(tmp_path, orthanc, make_pipeline, model_app):
+    pipeline, cfg = make_pipeline(orthanc)
+    serve.delete(app_name("chest_xray"))
+    try:
+        datasets, files = study(tmp_path, 71)
+        uid = str(datasets[0].StudyInstanceUID)
+        send(files, pipeline, cfg)
+        ledger = ledger_of(pipeline)
+        assert wait_for_states(ledger, [uid], {"linked"}, timeout_s=30)
+        pipeline.stop()
+    finally:
+        deploy_models(model_app)
+    restarted = type(pipeline)(cfg).start(deploy=False)
+    try:
+        assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=90)
+    finally:
+        restarted.stop()
+    assert len(sr_instances(orthanc, uid)) == 1
