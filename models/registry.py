@@ -1,0 +1,171 @@
+"""Model weights: find the file, check its sha256, load it into the family's network.
+
+No model hub can be reached (DESIGN.md, "Where the models come from"): a weights file is named in
+the registry entry, with its sha256 either in the entry or in a sidecar ``<weights>.sha256``
+written next to it (``sha256sum`` format, as ``train_demo`` writes it). A missing or mismatched
+file stops the replica with a ``ModelWeightsError`` naming the file, the expected and the found.
+
+Two formats load: TorchScript archives (``torch.jit.save``; the archive holds
+``constants.pkl`` and ``code/``) and ``state_dict`` files (``torch.save``), read with
+``weights_only=True`` so that a weights file cannot run code. State dicts load strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from core.config import ModelEntry
+from core.errors import ModelWeightsError
+from models.networks import build_network
+
+__all__ = ["SIDECAR_SUFFIX", "file_sha256", "load_network", "resolve_weights", "sidecar_path"]
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".sha256"
+"""Appended to the weights file name to get the sidecar holding its expected sha256."""
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def sidecar_path(weights: Path) -> Path:
+    """Return ``<weights>.sha256``."""
+    return weights.with_name(weights.name + SIDECAR_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    """Return the lowercase hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(entry: ModelEntry) -> Path:
+    """Return the weights file of ``entry`` after checking it against its expected sha256.
+
+    Args:
+        entry: The registry entry; ``entry.weights`` is relative to the working directory.
+
+    Returns:
+        The weights path.
+
+    Raises:
+        ModelWeightsError: If the file or its sidecar is missing or unreadable, the sidecar holds
+            no sha256, or the file's sha256 differs from the expected one.
+    """
+    path = Path(entry.weights)
+    if not path.is_file():
+        raise ModelWeightsError(
+            f"Weights file {path} of model {entry.name} {entry.version} not found "
+            f"(resolved to {path.absolute()}); expected a state_dict or TorchScript file "
+            "(run `pacsai models train-demo` for demo weights)"
+        )
+    expected = entry.sha256 or _sidecar_sha256(path)
+    try:
+        found = file_sha256(path)
+    except OSError as exc:
+        raise ModelWeightsError(f"Cannot read weights file {path}: {exc}") from exc
+    if found != expected:
+        source = "the registry entry" if entry.sha256 else f"sidecar {sidecar_path(path)}"
+        raise ModelWeightsError(
+            f"Weights file {path} has sha256 {found}; expected {expected} (from {source})"
+        )
+    return path
+
+
+def _sidecar_sha256(weights: Path) -> str:
+    """Read the expected sha256 from ``<weights>.sha256`` (first token, ``sha256sum`` format)."""
+    sidecar = sidecar_path(weights)
+    try:
+        text = sidecar.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelWeightsError(
+            f"Weights file {weights} has no sha256 in its registry entry and its sidecar "
+            f"{sidecar} cannot be read ({type(exc).__name__}); expected the entry's sha256 or a "
+            "sidecar holding 64 hex digits"
+        ) from exc
+    token = text.split()[0].lower() if text.split() else ""
+    if len(token) != 64 or not set(token) <= _HEX_DIGITS:
+        raise ModelWeightsError(
+            f"Sidecar {sidecar} of weights file {weights} holds {token[:80]!r}; "
+            "expected a sha256 of 64 hex digits"
+        )
+    return token
+
+
+def load_network(family: str, entry: ModelEntry, map_location: str = "cpu") -> torch.nn.Module:
+    """Check and load the weights of ``entry`` into the family's network, in eval mode.
+
+    Args:
+        family: Model family key (selects the architecture for a state_dict).
+        entry: The registry entry.
+        map_location: Device to load the tensors onto.
+
+    Returns:
+        The network in eval mode (a ``ScriptModule`` for TorchScript files).
+
+    Raises:
+        ModelWeightsError: If the file is missing, mismatched or unreadable, or its state_dict does
+            not fit the family's network exactly.
+        ModelError: If the family is unknown.
+    """
+    path = resolve_weights(entry)
+    if _is_torchscript(path):
+        try:
+            network: torch.nn.Module = torch.jit.load(str(path), map_location=map_location)
+        except RuntimeError as exc:
+            raise ModelWeightsError(f"Cannot load TorchScript weights file {path}: {exc}") from exc
+    else:
+        network = build_network(family, entry)
+        _load_state_dict(network, _read_state_dict(path, map_location), path)
+        network = network.to(map_location)
+    logger.info("Loaded %s %s from %s", entry.name, entry.version, path)
+    return network.eval()
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with ``<name>/constants.pkl`` and ``<name>/code/``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _read_state_dict(path: Path, map_location: str) -> Mapping[str, torch.Tensor]:
+    try:
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ModelWeightsError(
+            f"Cannot read weights file {path} as a state_dict (torch.load, weights_only=True): "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise ModelWeightsError(
+            f"Weights file {path} holds a {type(loaded).__name__}; "
+            "expected a state_dict (a mapping of parameter names to tensors)"
+        )
+    return loaded
+
+
+def _load_state_dict(
+    network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path
+) -> None:
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelWeightsError(
+            f"Weights file {path} does not fit the network: {str(exc)[:600]}; expected exactly "
+            "the parameters of the configured architecture and finding count"
+        ) from exc

@@ -1,0 +1,13 @@
+"""Ray Serve deployments: one per model family, each wrapping a Ray-free predictor of ``models``.
+
+- ``app``: ``build_app(family, entry)`` applies the entry's Serve options (resources, queue bounds,
+  replicas or autoscaling); ``FAMILIES`` maps a family key to its deployment.
+- ``chest_xray``: ``ChestXrayDeployment`` (cross-request ``@serve.batch`` of radiographs).
+
+``serve`` may import ``core`` and ``models``, never ``actors``: the pipeline reaches a deployment
+through its Serve handle (application ``app_name(family)``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["app", "chest_xray"]
