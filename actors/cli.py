@@ -49,9 +49,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     stop = threading.Event()
+    pipeline = Pipeline(cfg).start(deploy=not args.no_deploy)
+    # After ray.init: Ray installs its own SIGTERM handler, which would kill us mid-shutdown.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    pipeline = Pipeline(cfg).start(deploy=not args.no_deploy)
     print(
         f"pacsai up: listener {cfg.listener.ae_title} on {cfg.listener.host}:"
         f"{pipeline.listener_port()}, var {pipeline.layout.root}",

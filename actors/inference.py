@@ -84,8 +84,9 @@ class InferenceWork:
         timeout = self._models[task.family].serve.request_timeout_s
         try:
             return self._handle(task.family).remote(request).result(timeout_s=timeout)
-        except ModelError:
-            raise
+        except ModelError as exc:  # Ray wraps it (RayTaskError subclassing ModelError)
+            cause = getattr(exc, "cause", exc)
+            raise ModelError(f"{task.family}: {getattr(cause, 'reason', cause)}") from None
         except (BackPressureError, RayServeException, RayActorError, GetTimeoutError, TimeoutError) as exc:
             self._handles.pop(task.family, None)
             raise DependencyUnavailable(f"model:{task.family}", f"{type(exc).__name__}: {exc}") from exc
