@@ -84,3 +84,20 @@ def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-2000:]
     assert "stopping" in out
+
+
+def test_up_refuses_to_start_with_missing_or_wrong_weights(tmp_path):
+    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    raw["storage"]["var_dir"] = str(tmp_path / "var")
+    raw["models"]["chest_xray"]["weights"] = str(tmp_path / "nowhere.pt")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = pacsai("up", "--config", str(path))
+    assert res.returncode == 1
+    assert "nowhere.pt" in res.stderr and "ModelWeightsError" in res.stderr
+    wrong = tmp_path / "wrong.pt"
+    wrong.write_bytes(b"not the weights")
+    raw["models"]["chest_xray"].update(weights=str(wrong), sha256="0" * 64)
+    path.write_text(yaml.safe_dump(raw))
+    res = pacsai("up", "--config", str(path))
+    assert res.returncode == 1 and "wrong.pt" in res.stderr and "0" * 64 in res.stderr
