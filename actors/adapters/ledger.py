@@ -343,7 +343,6 @@ class SqliteLedger:
             LeaseLost: The job changed state or owner meanwhile.
         """
         attempts = job.attempts + (0 if unavailable else 1)
-        waits = _column(self, job.job_id, "waits") + 1 if unavailable else 0
         if not unavailable and policy.is_exhausted(attempts):
             event = AuditEvent(
                 AuditEventType.JOB_DEAD,
@@ -352,26 +351,18 @@ class SqliteLedger:
                 job_id=job.job_id,
                 detail={"error": error, "attempts": attempts, "state": str(job.state)},
             )
-            self.transition(job, JobState.DEAD, now, events=[event], reason=error)
-            with self._tx() as cur:
-                cur.execute("UPDATE jobs SET attempts = ? WHERE job_id = ?", (attempts, job.job_id))
+            count = ("UPDATE jobs SET attempts = ? WHERE job_id = ?", (attempts, job.job_id))
+            self.transition(job, JobState.DEAD, now, events=[event], reason=error, extra=[count])
             return JobState.DEAD
-        delay = policy.unavailable_delay(waits) if unavailable else policy.delay_after(attempts)
         with self._tx() as cur:
+            row = cur.execute("SELECT waits FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+            waits = (int(row[0]) + 1 if row else 1) if unavailable else 0
+            delay = policy.unavailable_delay(waits) if unavailable else policy.delay_after(attempts)
             cur.execute(
                 "UPDATE jobs SET attempts = ?, waits = ?, not_before = ?, reason = ?,"
                 " lease_owner = '', leased_until = 0, updated_at = ?"
                 " WHERE job_id = ? AND state = ? AND lease_owner = ?",
-                (
-                    attempts,
-                    waits,
-                    now + delay,
-                    error,
-                    now,
-                    job.job_id,
-                    job.state.value,
-                    job.lease_owner,
-                ),
+                (attempts, waits, now + delay, error, now, job.job_id, job.state.value, job.lease_owner),
             )
             if cur.rowcount != 1:
                 raise LeaseLost(job.job_id, job.lease_owner)
@@ -685,11 +676,6 @@ class SqliteLedger:
         return {
             r[0]: instance_state(JobState(r[2] or "receiving"), r[1]).value for r in rows
         }
-
-
-def _column(ledger: SqliteLedger, job_id: int, column: str) -> int:
-    rows = ledger._read(f"SELECT {column} FROM jobs WHERE job_id = ?", (job_id,))  # noqa: SLF001
-    return int(rows[0][0]) if rows else 0
 
 
 def _duplicate_event(meta: InstanceMeta, old_sha: str, actor: str) -> AuditEvent:
