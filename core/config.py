@@ -169,10 +169,33 @@ class FindingSpec(_Model):
 
 
 class ModelInputSpec(_Model):
-    """What the network takes."""
+    """What the network takes, and how DICOM pixels become that input."""
 
     spatial_size: tuple[int, ...] = Field(description="(H, W) or (D, H, W) after resampling")
     channels: int = Field(default=1, ge=1, description="Input channels")
+    window: tuple[float, float] | None = Field(
+        default=None,
+        description="(center, width) of a fixed window in modality units (HU for CT), mapped "
+        "to [0, 1]; None maps the robust percentile range instead (radiographs, MR)",
+    )
+    spacing_mm: tuple[float, ...] | None = Field(
+        default=None,
+        description="Resample to this spacing (one value per axis of spatial_size, mm) and "
+        "centre-crop or pad to spatial_size; None fits the whole image or volume into it",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelInputSpec:
+        if self.window is not None and self.window[1] <= 0:
+            raise ValueError(f"window width {self.window[1]} is not positive")
+        if self.spacing_mm is not None and (
+            len(self.spacing_mm) != len(self.spatial_size) or min(self.spacing_mm) <= 0
+        ):
+            raise ValueError(
+                f"spacing_mm {self.spacing_mm} does not give one positive spacing per axis of "
+                f"spatial_size {self.spatial_size}"
+            )
+        return self
 
 
 class ServeDeploymentConfig(_Model):
@@ -220,6 +243,10 @@ class ModelEntry(_Model):
     demo: bool = Field(default=False, description="Trained on synthetic phantoms; not clinical")
     manufacturer: str = Field(default="PACS-AI Bridge", description="Algorithm manufacturer")
     input: ModelInputSpec = Field(description="Network input")
+    heatmaps: bool = Field(
+        default=True,
+        description="Grad-CAM heatmap (Parametric Map) and image region for each positive finding",
+    )
     findings: tuple[FindingSpec, ...] = Field(min_length=1, description="Outputs, in order")
     serve: ServeDeploymentConfig = Field(
         default_factory=ServeDeploymentConfig, description="Ray Serve options"

@@ -55,6 +55,9 @@ CATALOGUE: dict[str, CodedTerm] = {
     "intraparenchymal": _local("ICH004", "Intraparenchymal hemorrhage"),
     "intraventricular": _local("ICH005", "Intraventricular hemorrhage"),
     "traumatic": _local("ICH006", "Traumatic intracranial hemorrhage"),
+    # Image-quality flags for technologists (measured, not predicted by a network).
+    "motion_artefact": CodedTerm("128553", "DCM", "Patient motion"),
+    "incomplete_series": _local("QC001", "Incomplete series"),
 }
 """Finding key -> coded concept."""
 
