@@ -8,6 +8,7 @@ __all__ = [
     "findings",
     "identifiers",
     "ledger",
+    "parametric_maps",
     "ports",
     "routing",
     "sr",

@@ -9,6 +9,13 @@ The tree follows ``shared/reference/standards.md`` 1.3 / 1.4:
   Finding = the finding's code, TID 4019 algorithm name / version / manufacturer / threshold,
   Presence of property = Present or Absent, Probability (122157, DCM) as a NUM in UCUM "1",
   and the source images it was computed from.
+- For each positive finding the model localised (``Prediction.extra["locations"]``), a second
+  group with the same finding, presence and probability and where it is: TID 1410 (planar ROI)
+  with a closed POLYLINE SCOORD on the exact source instance and frame, or TID 1411 (volumetric
+  ROI) with an ELLIPSOID SCOORD3D in the frame of reference, selected from the instance and frame
+  at its peak (AIR 6.5.3.4: locations in a Comprehensive 3D SR).
+- For each image-quality flag (``Prediction.extra["quality_flags"]``), a TID 1501 group whose
+  finding is the flag (e.g. patient motion), present, computed from the flagged series.
 - Every source instance in the Current Requested Procedure Evidence Sequence.
 - Patient and study attributes are copied from the source by highdicom; ``copy_check`` lets the
   caller prove they are identical.
@@ -17,13 +24,16 @@ The tree follows ``shared/reference/standards.md`` 1.3 / 1.4:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from core.findings import term_for
 from core.types import Finding, Prediction
 from core.uids import output_uid, uid_from_parts
 
@@ -123,7 +133,11 @@ class SRBuilder:
             raise ValueError("sources span more than one study")
         by_uid = {str(s.SOPInstanceUID): s for s in sources}
         used = [by_uid[u] for u in prediction.source_uids if u in by_uid] or list(sources)
-        groups = [self._group(study_uid, prediction, f, used) for f in prediction.findings]
+        groups: list[hd.sr.Template] = [
+            self._group(study_uid, prediction, f, used) for f in prediction.findings
+        ]
+        groups += self._region_groups(study_uid, prediction)
+        groups += self._quality_groups(study_uid, prediction, list(sources))
         report = hd.sr.MeasurementReport(
             observation_context=self._observer(prediction),
             procedure_reported=_PROCEDURE.get(
@@ -194,8 +208,124 @@ class SRBuilder:
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in used],
         )
 
+    def _algorithm(self, prediction: Prediction, threshold: float) -> hd.sr.AlgorithmIdentification:
+        return hd.sr.AlgorithmIdentification(
+            name=prediction.model_name,
+            version=prediction.model_version,
+            parameters=[f"threshold={threshold:g}"],
+            manufacturer=self._identity.manufacturer,
+        )
+
+    def _region_groups(self, study_uid: str, prediction: Prediction) -> list[hd.sr.Template]:
+        """TID 1410 / 1411 groups of the localised findings (in finding order)."""
+        locations = prediction.extra.get("locations", {})
+        out: list[hd.sr.Template] = []
+        for finding in prediction.findings:
+            location = locations.get(finding.key)
+            if location is None:
+                continue
+            algo = self._algorithm(prediction, finding.threshold)
+            common = {
+                "tracking_identifier": hd.sr.TrackingIdentifier(
+                    uid=uid_from_parts("tracking", study_uid, prediction.family, finding.key, "roi"),
+                    identifier=f"{prediction.family}:{finding.key}:region",
+                ),
+                "finding_type": _coded(finding),
+                "algorithm_id": algo,
+                "qualitative_evaluations": [_presence(finding)],
+                "measurements": [_probability(finding, algo)],
+            }
+            if location["kind"] == "volumetric":
+                out.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    referenced_volume_surface=_surface(location), **common
+                ))
+            else:
+                out.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    referenced_region=_planar_region(location), **common
+                ))
+        return out
+
+    def _quality_groups(
+        self, study_uid: str, prediction: Prediction, sources: list[Dataset]
+    ) -> list[hd.sr.Template]:
+        """One TID 1501 group per image-quality flag, referencing the flagged series."""
+        out: list[hd.sr.Template] = []
+        for flag in prediction.extra.get("quality_flags", []):
+            series = [s for s in sources if str(s.SeriesInstanceUID) == flag["series_instance_uid"]]
+            term = term_for(flag["key"])
+            algo = hd.sr.AlgorithmIdentification(
+                name=f"{prediction.model_name} image quality"[:64],
+                version=prediction.model_version,
+                parameters=[f"threshold={flag['threshold']:g}", f"measured={flag['score']:g}"],
+                manufacturer=self._identity.manufacturer,
+            )
+            out.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=uid_from_parts("tracking", study_uid, prediction.family, "quality",
+                                       flag["key"], flag["series_instance_uid"]),
+                    identifier=f"{prediction.family}:quality:{flag['key']}",
+                ),
+                finding_type=hd.sr.CodedConcept(term.value, term.scheme, term.meaning),
+                algorithm_id=algo,
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Present)
+                ],
+                source_images=[
+                    hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in series
+                ] or None,
+            ))
+        return out
+
     @staticmethod
     def _series_description(prediction: Prediction) -> str:
         label = f"AI {prediction.model_name} {prediction.model_version}"
         suffix = " DEMO model, not for clinical use" if prediction.demo else " (unverified)"
         return (label + suffix)[:64]
+
+
+def _coded(finding: Finding) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(finding.term.value, finding.term.scheme, finding.term.meaning)
+
+
+def _presence(finding: Finding) -> hd.sr.QualitativeEvaluation:
+    value = codes.SCT.Present if finding.present else codes.SCT.Absent
+    return hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, value)
+
+
+def _probability(finding: Finding, algo: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=codes.DCM.Probability,
+        value=round(float(finding.probability), 6),
+        unit=_NO_UNITS,
+        algorithm_id=algo,
+    )
+
+
+def _frames(location: Mapping[str, Any]) -> list[int] | None:
+    number = location.get("frame_number")
+    return [int(number)] if number else None
+
+
+def _planar_region(location: Mapping[str, Any]) -> hd.sr.ImageRegion:
+    """A closed POLYLINE in image coordinates on the exact source instance and frame."""
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.asarray(location["polyline"], dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion(
+            location["sop_class_uid"], location["sop_instance_uid"], _frames(location)
+        ),
+    )
+
+
+def _surface(location: Mapping[str, Any]) -> hd.sr.VolumeSurface:
+    """An ELLIPSOID SCOORD3D (three axes' end points) in the frame of reference."""
+    return hd.sr.VolumeSurface(
+        graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSOID,
+        graphic_data=np.asarray(location["ellipsoid"], dtype=np.float64),
+        frame_of_reference_uid=location["frame_of_reference_uid"],
+        source_images=[
+            hd.sr.SourceImageForSegmentation(
+                location["sop_class_uid"], location["sop_instance_uid"], _frames(location)
+            )
+        ],
+    )

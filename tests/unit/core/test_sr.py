@@ -3,6 +3,7 @@ from __future__ import annotations
 from io import BytesIO
 
 import highdicom as hd
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -105,3 +106,48 @@ def test_empty_or_mixed_sources_are_refused(source):
     other = dcmread(get_testdata_file("MR_small.dcm"))
     with pytest.raises(ValueError, match="more than one study"):
         builder.build([source, other], prediction(source))
+
+
+def _located(source, extra):
+    findings = (Finding("fracture", term_for("fracture"), 0.8, 0.5), Finding("nodule", term_for("nodule"), 0.1, 0.5))
+    return Prediction("bone_fracture", "fx-net", "0.1-demo", findings, (str(source.SOPInstanceUID),), True, extra)
+
+
+def test_planar_region_of_a_positive_finding_references_the_exact_instance_and_frame(source):
+    location = {"kind": "planar", "sop_instance_uid": str(source.SOPInstanceUID),
+                "sop_class_uid": str(source.SOPClassUID), "frame_number": None,
+                "polyline": [[1.0, 2.0], [9.0, 2.0], [9.0, 7.0], [1.0, 7.0], [1.0, 2.0]]}
+    ds, _ = build(source, _located(source, {"locations": {"fracture": location}}))
+    content = hd.sr.Comprehensive3DSR.from_dataset(ds).content
+    assert len(content.get_image_measurement_groups()) == 2  # TID 1501 groups unchanged
+    [roi] = content.get_planar_roi_measurement_groups()
+    assert roi.finding_type.value == "125605004" and roi.tracking_identifier == "bone_fracture:fracture:region"
+    assert roi.roi.GraphicType == "POLYLINE"
+    assert roi.roi.value.tolist() == location["polyline"]
+    assert roi.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert roi.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value == codes.SCT.Present
+
+
+def test_volumetric_region_is_an_ellipsoid_in_the_frame_of_reference_with_its_frame(source):
+    ellipsoid = [[0, 0, 10], [0, 0, -10], [0, 5, 0], [0, -5, 0], [3, 0, 0], [-3, 0, 0]]
+    location = {"kind": "volumetric", "sop_instance_uid": str(source.SOPInstanceUID),
+                "sop_class_uid": str(source.SOPClassUID), "frame_number": None,
+                "frame_of_reference_uid": str(source.FrameOfReferenceUID), "ellipsoid": ellipsoid}
+    ds, _ = build(source, _located(source, {"locations": {"fracture": location}}))
+    [roi] = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_volumetric_roi_measurement_groups()
+    surface = roi.roi
+    assert surface.graphic_type == hd.sr.GraphicTypeValues3D.ELLIPSOID
+    assert surface.frame_of_reference_uid == source.FrameOfReferenceUID
+    assert np.allclose(surface.graphic_data, ellipsoid)
+    [image] = surface.source_images_for_segmentation
+    assert image.referenced_sop_instance_uid == source.SOPInstanceUID
+
+
+def test_quality_flags_become_present_findings_on_their_series(source):
+    flag = {"key": "motion_artefact", "series_instance_uid": str(source.SeriesInstanceUID),
+            "score": 7.5, "threshold": 4.0, "detail": "moved"}
+    ds, _ = build(source, _located(source, {"quality_flags": [flag]}))
+    groups = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()
+    [motion] = [g for g in groups if g.tracking_identifier.endswith("quality:motion_artefact")]
+    assert motion.finding_type.value == "128553"  # (DCM) Patient motion
+    assert motion.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value == codes.SCT.Present
