@@ -1,62 +1,140 @@
-"""Chest X-ray predictor: DICOM bytes in, one ``Prediction`` per study task out. Ray-free.
+"""Predictors: DICOM bytes in, one ``Prediction`` per study task out. Ray-free.
 
-The steps are separate methods so that a Serve deployment can batch the network pass across
-requests: ``preprocess`` (per request, CPU) -> ``forward`` (per batch) -> ``to_prediction``
-(per request). ``predict`` chains them for one request without batching.
+Every family runs the same three steps, so that a Serve deployment can batch the network pass
+across requests: ``prepare`` (per request, CPU: decode, assemble, resample) -> ``forward`` (per
+batch of network inputs) -> ``finish`` (per request: combine the inputs' probabilities, and for
+each positive finding a Grad-CAM heatmap and the region it points at). ``predict`` chains them
+for one request.
 
-A study task may hold several radiographs (PA and lateral, repeats). Each is classified and a
-finding's probability is its maximum over the images: a finding seen on any view is reported.
+A family differs only in what its network inputs are (``_inputs``) and how a heatmap maps back
+to the source (``_localise``): radiograph frames here, CT slices and 3D volumes in
+:mod:`models.volume_predictor`. A finding's probability is its maximum over the inputs of the
+task (a finding seen on any view, slice or series is reported), and the input that gave it is
+the finding's evidence.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
 
 import numpy as np
+import pydicom
 import torch
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from core.config import ModelEntry
 from core.errors import ModelError
 from core.findings import term_for
+from core.parametric_maps import encode_heatmap
 from core.types import Finding, InferenceRequest, Prediction
-from models.preprocessing import radiograph_to_array
+from models.gradcam import GradCamMaker, region_of
+from models.networks import GRADCAM_LAYERS
+from models.preprocessing import prepare_pixels
 from models.registry import load_network
+from models.resampling import AxisMap
+from models.volumes import FrameRef, planes_of
 
-__all__ = ["ChestXrayPredictor"]
+__all__ = [
+    "BoneFracturePredictor",
+    "ChestXrayPredictor",
+    "PlaneItem",
+    "Predictor",
+    "Prepared",
+    "RadiographPredictor",
+]
 
 logger = logging.getLogger(__name__)
 
 
-class ChestXrayPredictor:
-    """Multi-label chest radiograph classifier around a loaded network.
+@dataclass(frozen=True, eq=False)
+class PlaneItem:
+    """A network input made from one 2D source frame.
+
+    Attributes:
+        ref: The source frame.
+        rows: Its Rows.
+        columns: Its Columns.
+        maps: Network-to-source index maps of rows and columns.
+        geometry: Plane geometry for cross-sectional frames (position, orientation, pixel
+            spacing, slice thickness, frame of reference); None for projection radiographs.
+    """
+
+    ref: FrameRef
+    rows: int
+    columns: int
+    maps: tuple[AxisMap, AxisMap]
+    geometry: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """One request as network inputs.
+
+    Attributes:
+        inputs: float32 ``(N, C, *spatial)``.
+        items: Per input, what it is (a ``PlaneItem``, a ``VolumeItem``, ...).
+        uids: The request's SOP Instance UIDs, in request order.
+        quality_flags: Image-quality flags (see :mod:`models.quality`).
+    """
+
+    inputs: np.ndarray
+    items: tuple[Any, ...]
+    uids: tuple[str, ...]
+    quality_flags: tuple[dict[str, Any], ...] = field(default=())
+
+
+def decode_instance(uid: str, data: bytes) -> Dataset:
+    """Parse one instance's bytes.
+
+    Raises:
+        ModelError: If they are not DICOM (the message names the SOP Instance UID).
+    """
+    try:
+        return pydicom.dcmread(BytesIO(data))
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"SOP Instance {uid}: got {len(data)} bytes that pydicom cannot parse "
+            f"({type(exc).__name__}: {exc}); expected a DICOM Part 10 file"
+        ) from exc
+
+
+class Predictor:
+    """Common machinery: weights, batching-friendly steps, aggregation and heatmaps.
 
     Args:
-        entry: The registry entry (input size, findings with thresholds, name and version).
+        entry: The registry entry (input spec, findings with thresholds, name, version).
         network: The network, in eval mode, with one output per finding of ``entry``.
-        family: Model family key reported in predictions.
+        family: Model family key reported in predictions (default: the class's family).
         device: Torch device of ``network``.
     """
+
+    default_family = ""
 
     def __init__(
         self,
         entry: ModelEntry,
         network: torch.nn.Module,
-        family: str = "chest_xray",
+        family: str | None = None,
         device: str = "cpu",
     ) -> None:
         self.entry = entry
-        self.family = family
+        self.family = family or self.default_family
         self._network = network.eval()
         self._device = torch.device(device)
         self._spatial_size = tuple(entry.input.spatial_size)
+        self._gradcam: GradCamMaker | None = None
 
     @classmethod
-    def load(cls, entry: ModelEntry, family: str = "chest_xray") -> ChestXrayPredictor:
+    def load(cls, entry: ModelEntry, family: str | None = None) -> Predictor:
         """Check and load the weights of ``entry``; use a GPU only if the entry asks for one.
 
         Args:
             entry: The registry entry.
-            family: Model family key.
+            family: Model family key (default: the class's family).
 
         Returns:
             The predictor, ready to run.
@@ -65,6 +143,7 @@ class ChestXrayPredictor:
             ModelWeightsError: If the weights are missing, mismatched or do not fit.
             ModelError: If the family is unknown.
         """
+        family = family or cls.default_family
         if entry.serve.torch_threads > 0:
             torch.set_num_threads(entry.serve.torch_threads)
         device = "cuda" if entry.serve.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -77,18 +156,12 @@ class ChestXrayPredictor:
         """The output keys, in network order."""
         return tuple(spec.key for spec in self.entry.findings)
 
-    def preprocess(self, request: InferenceRequest) -> tuple[np.ndarray, tuple[str, ...]]:
-        """Decode and prepare every instance of the request.
-
-        Args:
-            request: The task, with the DICOM file bytes of each instance.
-
-        Returns:
-            float32 ``(N, C, H, W)`` network input and the N SOP Instance UIDs, in order.
+    def prepare(self, request: InferenceRequest) -> Prepared:
+        """Decode every instance of the request and turn it into network inputs.
 
         Raises:
             ModelError: If the request is for another family, holds no instance, or an instance
-                cannot be turned into an input (the message names its SOP Instance UID).
+                cannot be turned into an input (the message names it).
         """
         if request.family != self.family:
             raise ModelError(
@@ -96,23 +169,19 @@ class ChestXrayPredictor:
             )
         if not request.instances:
             raise ModelError(f"Got a request for study {request.study_uid} with no instances")
-        images = []
-        for uid, data in request.instances:
-            try:
-                images.append(radiograph_to_array(data, self._spatial_size))
-            except ModelError as exc:
-                raise ModelError(f"SOP Instance {uid}: {exc.reason}") from exc
-        batch = np.stack(images)
-        channels = self.entry.input.channels
-        if channels > 1:
-            batch = np.repeat(batch, channels, axis=1)
-        return batch, tuple(uid for uid, _ in request.instances)
+        datasets = [decode_instance(uid, data) for uid, data in request.instances]
+        inputs, items, flags = self._inputs(datasets)
+        batch = np.stack(inputs).astype(np.float32, copy=False)
+        if self.entry.input.channels > 1:
+            batch = np.repeat(batch, self.entry.input.channels, axis=1)
+        uids = tuple(uid for uid, _ in request.instances)
+        return Prepared(batch, tuple(items), uids, tuple(flags))
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Run the network on a batch and return sigmoid probabilities.
 
         Args:
-            batch: float32 ``(N, C, H, W)``.
+            batch: float32 ``(N, C, *spatial)``.
 
         Returns:
             float32 ``(N, K)`` probabilities, K = number of findings.
@@ -121,7 +190,7 @@ class ChestXrayPredictor:
             ModelError: If the batch or the output has an unexpected shape.
         """
         expected = (self.entry.input.channels, *self._spatial_size)
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+        if batch.ndim != 2 + len(self._spatial_size) or tuple(batch.shape[1:]) != expected:
             raise ModelError(f"Got a batch of shape {batch.shape}; expected (N, {expected})")
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -134,25 +203,27 @@ class ChestXrayPredictor:
             )
         return probs
 
-    def to_prediction(self, probs_per_image: np.ndarray, uids: tuple[str, ...]) -> Prediction:
-        """Combine per-image probabilities into the study's prediction (maximum over images).
+    def to_prediction(
+        self, probs_per_item: np.ndarray, item_uids: tuple[str, ...]
+    ) -> Prediction:
+        """Combine per-input probabilities into the study's prediction (maximum over inputs).
 
         Args:
-            probs_per_image: ``(N, K)`` probabilities, one row per instance of ``uids``.
-            uids: The N SOP Instance UIDs.
+            probs_per_item: ``(N, K)`` probabilities, one row per input.
+            item_uids: The SOP Instance UID of each input.
 
         Returns:
-            The prediction; ``extra["source_by_finding"]`` names, per finding, the instance with
-            the highest probability (the evidence image for the SR).
+            The prediction; ``extra["source_by_finding"]`` names, per finding, the instance of
+            the input with the highest probability (the evidence image for the SR).
 
         Raises:
-            ModelError: If the shapes disagree with ``uids`` or the findings.
+            ModelError: If the shapes disagree with ``item_uids`` or the findings.
         """
-        probs = np.asarray(probs_per_image, dtype=np.float64)
-        if probs.ndim != 2 or probs.shape != (len(uids), len(self.entry.findings)):
+        probs = np.asarray(probs_per_item, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape != (len(item_uids), len(self.entry.findings)):
             raise ModelError(
                 f"Got probabilities of shape {probs.shape}; "
-                f"expected ({len(uids)}, {len(self.entry.findings)})"
+                f"expected ({len(item_uids)}, {len(self.entry.findings)})"
             )
         best = probs.argmax(axis=0)
         findings = tuple(
@@ -170,28 +241,59 @@ class ChestXrayPredictor:
             model_name=self.entry.name,
             model_version=self.entry.version,
             findings=findings,
-            source_uids=tuple(uids),
+            source_uids=tuple(dict.fromkeys(item_uids)),
             demo=self.entry.demo,
-            extra={"source_by_finding": {f.key: uids[best[k]] for k, f in enumerate(findings)}},
+            extra={"source_by_finding": {f.key: item_uids[best[k]] for k, f in enumerate(findings)}},
+        )
+
+    def finish(self, prepared: Prepared, probs: np.ndarray) -> Prediction:
+        """Combine the inputs' probabilities; localise every positive finding.
+
+        Args:
+            prepared: What ``prepare`` returned.
+            probs: ``(N, K)``: ``forward`` of ``prepared.inputs``.
+
+        Returns:
+            The prediction, with ``extra`` holding ``evidence`` (the source frame per
+            finding), ``quality_flags``, and for positive findings ``locations`` and
+            ``heatmaps`` (unless the entry turns heatmaps off).
+
+        Raises:
+            ModelError: If the shapes disagree.
+        """
+        item_uids = tuple(item.ref.sop_instance_uid for item in prepared.items)
+        base = self.to_prediction(probs, item_uids)
+        best = np.asarray(probs).argmax(axis=0)
+        extra: dict[str, Any] = dict(base.extra)
+        extra["evidence"] = {
+            f.key: prepared.items[best[k]].ref.to_json() for k, f in enumerate(base.findings)
+        }
+        extra["quality_flags"] = list(prepared.quality_flags)
+        locations, heatmaps = {}, {}
+        for k, finding in enumerate(base.findings):
+            if not (finding.present and self.entry.heatmaps):
+                continue
+            heat = self._heatmap(prepared.inputs[best[k]], k)
+            located = self._localise(prepared.items[best[k]], heat) if heat is not None else None
+            if located is not None:
+                locations[finding.key], heatmaps[finding.key] = located
+        extra.update(locations=locations, heatmaps=heatmaps)
+        return Prediction(
+            base.family, base.model_name, base.model_version, base.findings,
+            tuple(prepared.uids), base.demo, extra,
         )
 
     def predict(self, request: InferenceRequest) -> Prediction:
-        """Preprocess, classify and combine one request (no cross-request batching).
-
-        Args:
-            request: The task.
-
-        Returns:
-            The prediction.
+        """Prepare, classify and finish one request (no cross-request batching).
 
         Raises:
             ModelError: If an instance cannot be used or the network misbehaves.
         """
-        batch, uids = self.preprocess(request)
-        return self.to_prediction(self.forward(batch), uids)
+        prepared = self.prepare(request)
+        return self.finish(prepared, self.forward(prepared.inputs))
 
     def self_test(self) -> None:
-        """Run a blank image through the network; check the output's shape and range.
+        """Run a blank input through the network; check the output's shape and range.
 
         Raises:
             ModelError: If the output is not finite probabilities of the right shape.
@@ -203,3 +305,96 @@ class ChestXrayPredictor:
                 f"Self-test of {self.entry.name} {self.entry.version}: got outputs "
                 f"{probs.ravel()[:5]}...; expected finite probabilities in [0, 1]"
             )
+
+    def _heatmap(self, item: np.ndarray, class_index: int) -> np.ndarray | None:
+        """Grad-CAM of one input, or None where the network cannot be hooked."""
+        if self._gradcam is None:
+            layer = GRADCAM_LAYERS.get(self.family, "class_layers.relu")
+            try:
+                self._gradcam = GradCamMaker(self._network, layer, str(self._device))
+            except ModelError as exc:
+                logger.warning("%s: no heatmaps: %s", self.family, exc.reason)
+                return None
+        return self._gradcam(item, class_index)
+
+    def _inputs(
+        self, datasets: list[Dataset]
+    ) -> tuple[list[np.ndarray], list[Any], list[dict[str, Any]]]:
+        """Return the network inputs ``(C, *spatial)``, their items and quality flags."""
+        raise NotImplementedError
+
+    def _localise(self, item: Any, heat: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Return ``(location, heatmap payload)`` of a heatmap of ``item``, or None."""
+        raise NotImplementedError
+
+
+def plane_location(item: PlaneItem, heat: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The region (a closed POLYLINE in image coordinates, PS3.3 C.18.6.1.2) and the heatmap
+    payload of a 2D input. Image coordinates put the top-left pixel's centre at (0.5, 0.5)."""
+    region = region_of(heat)
+    if region is None:
+        return None
+    row_map, col_map = item.maps
+
+    def point(row: float, col: float) -> list[float]:
+        r = float(np.clip(row_map.source(row) + 0.5, 0.0, item.rows))
+        c = float(np.clip(col_map.source(col) + 0.5, 0.0, item.columns))
+        return [round(c, 3), round(r, 3)]
+
+    (r0, c0), (r1, c1) = (region.low[0] - 0.5, region.low[1] - 0.5), (
+        region.high[0] + 0.5, region.high[1] + 0.5)
+    corners = [point(r0, c0), point(r0, c1), point(r1, c1), point(r1, c0), point(r0, c0)]
+    location = {"kind": "planar", **item.ref.to_json(), "polyline": corners,
+                "peak": point(*region.peak)}
+    payload = {
+        "kind": "plane", "ref": item.ref.to_json(), "rows": item.rows, "columns": item.columns,
+        "row_map": [row_map.scale, row_map.offset],
+        "column_map": [col_map.scale, col_map.offset],
+        "geometry": item.geometry, **encode_heatmap(heat),
+    }
+    return location, payload
+
+
+class RadiographPredictor(Predictor):
+    """Projection radiographs: every frame of every instance is one input."""
+
+    def _inputs(
+        self, datasets: list[Dataset]
+    ) -> tuple[list[np.ndarray], list[Any], list[dict[str, Any]]]:
+        inputs, items = [], []
+        for ds in datasets:
+            uid = str(ds.get("SOPInstanceUID", "?"))
+            try:
+                for plane in planes_of(ds):
+                    rows, cols = plane.pixels.shape
+                    inputs.append(prepare_pixels(plane.pixels, self._spatial_size))
+                    maps = (AxisMap.fit(rows, self._spatial_size[0]),
+                            AxisMap.fit(cols, self._spatial_size[1]))
+                    items.append(PlaneItem(plane.ref, rows, cols, maps))
+            except ModelError as exc:
+                raise ModelError(f"SOP Instance {uid}: {exc.reason}") from exc
+        return inputs, items, []
+
+    def _localise(self, item: Any, heat: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        return plane_location(item, heat)
+
+
+class ChestXrayPredictor(RadiographPredictor):
+    """Multi-label chest radiograph classifier (18 findings and tension pneumothorax)."""
+
+    default_family = "chest_xray"
+
+    def preprocess(self, request: InferenceRequest) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Return the network inputs ``(N, C, H, W)`` and the SOP Instance UID of each.
+
+        Raises:
+            ModelError: As ``prepare``.
+        """
+        prepared = self.prepare(request)
+        return prepared.inputs, tuple(item.ref.sop_instance_uid for item in prepared.items)
+
+
+class BoneFracturePredictor(RadiographPredictor):
+    """Limb radiographs: fracture present, and where (Grad-CAM region)."""
+
+    default_family = "bone_fracture"

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,12 @@ import torch
 
 from core.config import ModelEntry
 from core.errors import ModelError
+from core.types import InferenceRequest
+from models.families import PREDICTORS
 from models.networks import build_network
 from models.phantoms import PHANTOM_FINDINGS, chest_phantom, implied_findings, sample_findings
 from models.preprocessing import prepare_pixels, radiograph_to_array
+from models.recipes import RECIPES
 from models.registry import file_sha256, sidecar_path
 from models.synthetic_dicom import make_cxr_study
 
@@ -128,22 +132,22 @@ def train_demo(
     *,
     steps: int,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 0,
     log: Callable[[str], None] = print,
-    eval_size: int = 64,
+    eval_size: int = 0,
 ) -> TrainReport:
     """Train the family's network briefly on CPU on phantoms; write weights and sidecar.
 
     Args:
-        family: Model family key; only ``"chest_xray"`` has phantoms so far.
+        family: Model family key: ``"chest_xray"`` or one of ``models.recipes.RECIPES``.
         entry: The registry entry (input size and findings, in output order).
         out_path: Where to write the ``state_dict``; ``<out_path>.sha256`` is written too.
-        steps: Optimiser steps (each on a freshly drawn batch); 0 means ``DEFAULT_STEPS``.
+        steps: Optimiser steps (each on a freshly drawn batch); 0 means the family's default.
         seed: Seed of the phantoms and the initial weights.
-        batch_size: Phantoms per step.
+        batch_size: Phantoms per step; 0 means the family's default.
         log: Receives progress lines.
-        eval_size: Held-out phantoms for the evaluation (synthetic DX DICOM at twice the input
-            size, through the same preprocessing as inference).
+        eval_size: Held-out phantoms or studies for the evaluation (synthetic DICOM through the
+            same preprocessing as inference); 0 means the family's default.
 
     Returns:
         The report, with the held-out evaluation of every phantom finding the model outputs.
@@ -152,18 +156,44 @@ def train_demo(
         ModelError: If the family has no phantoms, the entry has no phantom finding, or the
             arguments are out of range.
     """
-    steps = steps or DEFAULT_STEPS
-    keys = _check_arguments(family, entry, steps, batch_size)
+    if family in RECIPES:
+        recipe = RECIPES[family]
+        steps, batch_size = steps or recipe.steps, batch_size or recipe.batch_size
+        _check_steps(steps, batch_size)
+        keys = tuple(spec.key for spec in entry.findings)
+
+        def draw(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            images, labels = recipe.draw(rng, entry, batch_size)
+            return torch.from_numpy(images), torch.from_numpy(labels)
+
+        def evaluate(network: torch.nn.Module, rng: np.random.Generator) -> tuple[FindingEvaluation, ...]:
+            return _evaluate_studies(network, family, entry, rng, eval_size or recipe.eval_size)
+
+        learning_rate = recipe.learning_rate
+    else:
+        steps, batch_size = steps or DEFAULT_STEPS, batch_size or 16
+        keys = _check_arguments(family, entry, steps, batch_size)
+
+        def draw(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            return _batch(rng, entry, keys, batch_size)
+
+        def evaluate(network: torch.nn.Module, rng: np.random.Generator) -> tuple[FindingEvaluation, ...]:
+            return _evaluate(network, entry, keys, rng, eval_size or 64)
+
+        learning_rate = _LEARNING_RATE
+
     torch.manual_seed(seed)
-    # channels_last makes the oneDNN convolutions about 15 % faster on CPU; the saved
-    # state_dict loads into a default (contiguous) network all the same.
-    network = build_network(family, entry).to(memory_format=torch.channels_last)
+    network = build_network(family, entry)
+    planar = len(entry.input.spatial_size) == 2
+    if planar:  # oneDNN convolutions run about 15 % faster channels_last on CPU (2D only)
+        network = network.to(memory_format=torch.channels_last)
+    weights = torch.tensor([_LOSS_WEIGHTS.get(key, 1.0) for key in keys])
     start = time.perf_counter()
-    losses = _fit(network, entry, keys, np.random.default_rng(seed), steps, batch_size, log)
+    losses = _fit(network, draw, weights, np.random.default_rng(seed), steps, log, planar, learning_rate)
     seconds = time.perf_counter() - start
     network.eval()
     digest = _save_atomically(network, out_path)
-    evaluation = _evaluate(network, entry, keys, np.random.default_rng(seed + 1_000_003), eval_size)
+    evaluation = evaluate(network, np.random.default_rng(seed + 1_000_003))
     for e in evaluation:
         log(f"held-out {e.key}: AUC {e.auc:.3f}, mean p {e.mean_positive:.3f} (positive, "
             f"n={e.n_positive}) vs {e.mean_negative:.3f} (negative, n={e.n_negative})")
@@ -173,27 +203,29 @@ def train_demo(
 
 def _fit(
     network: torch.nn.Module,
-    entry: ModelEntry,
-    keys: tuple[str, ...],
+    draw: Callable[[np.random.Generator], tuple[torch.Tensor, torch.Tensor]],
+    weights: torch.Tensor,
     rng: np.random.Generator,
     steps: int,
-    batch_size: int,
     log: Callable[[str], None],
+    channels_last: bool,
+    learning_rate: float = _LEARNING_RATE,
 ) -> list[float]:
     """AdamW with warm-up and cosine decay, one fresh batch per step; return the losses."""
-    weights = torch.tensor([_LOSS_WEIGHTS.get(key, 1.0) for key in keys])
-    optimiser = torch.optim.AdamW(network.parameters(), _LEARNING_RATE, weight_decay=_WEIGHT_DECAY)
+    optimiser = torch.optim.AdamW(network.parameters(), learning_rate, weight_decay=_WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _lr_factor(s, steps))
     losses: list[float] = []
     network.train()
     start = time.perf_counter()
     # One thread draws the next batch while torch trains on this one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="phantoms") as pool:
-        pending = pool.submit(_batch, rng, entry, keys, batch_size)
+        pending = pool.submit(draw, rng)
         for step in range(1, steps + 1):
             images, labels = pending.result()
             if step < steps:
-                pending = pool.submit(_batch, rng, entry, keys, batch_size)
+                pending = pool.submit(draw, rng)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             losses.append(_step(network, optimiser, images, labels, weights))
             schedule.step()
             if step == 1 or step % 10 == 0 or step == steps:
@@ -212,7 +244,7 @@ def _step(
     weights: torch.Tensor,
 ) -> float:
     """One optimiser step of weighted multi-label BCE; return the loss."""
-    logits = network(images.contiguous(memory_format=torch.channels_last))
+    logits = network(images)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, weight=weights)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
@@ -225,9 +257,11 @@ def _check_arguments(
 ) -> tuple[str, ...]:
     """Validate; return the entry's finding keys in output order."""
     if family != "chest_xray":
-        raise ModelError(f'Got family "{family}" for train-demo; expected "chest_xray"')
-    if steps < 1 or batch_size < 1:
-        raise ModelError(f"Got steps={steps}, batch_size={batch_size}; expected both >= 1")
+        raise ModelError(
+            f'Got family "{family}" for train-demo; expected one of '
+            f'{sorted(["chest_xray", *RECIPES])}'
+        )
+    _check_steps(steps, batch_size)
     keys = tuple(spec.key for spec in entry.findings)
     if not set(keys) & set(PHANTOM_FINDINGS):
         raise ModelError(
@@ -235,6 +269,11 @@ def _check_arguments(
             f"{list(PHANTOM_FINDINGS)}, the findings phantoms can show"
         )
     return keys
+
+
+def _check_steps(steps: int, batch_size: int) -> None:
+    if steps < 1 or batch_size < 1:
+        raise ModelError(f"Got steps={steps}, batch_size={batch_size}; expected both >= 1")
 
 
 def _lr_factor(step: int, steps: int) -> float:
@@ -311,6 +350,38 @@ def _evaluate(
             )
         )
     return tuple(results)
+
+
+def _evaluate_studies(
+    network: torch.nn.Module, family: str, entry: ModelEntry, rng: np.random.Generator, size: int
+) -> tuple[FindingEvaluation, ...]:
+    """Send ``size`` held-out synthetic studies through the family's whole predictor (decode,
+    volume assembly, resampling, study-level maximum); per finding, AUC and mean p."""
+    predictor = PREDICTORS[family](entry, network, family)
+    keys = tuple(spec.key for spec in entry.findings)
+    scores = np.empty((size, len(keys)))
+    truth = np.empty((size, len(keys)))
+    for i in range(size):
+        study = RECIPES[family].held_out(rng, i)
+        instances = []
+        for ds in study.datasets:
+            buffer = BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            instances.append((str(ds.SOPInstanceUID), buffer.getvalue()))
+        prepared = predictor.prepare(InferenceRequest(study.study_uid, family, tuple(instances)))
+        scores[i] = predictor.forward(prepared.inputs).max(axis=0)
+        truth[i] = [key in study.findings for key in keys]
+    return tuple(
+        FindingEvaluation(
+            key=key,
+            auc=auc(scores[:, k], truth[:, k]),
+            mean_positive=float(scores[truth[:, k] == 1, k].mean()) if truth[:, k].any() else math.nan,
+            mean_negative=float(scores[truth[:, k] == 0, k].mean()) if (truth[:, k] == 0).any() else math.nan,
+            n_positive=int(truth[:, k].sum()),
+            n_negative=int((truth[:, k] == 0).sum()),
+        )
+        for k, key in enumerate(keys)
+    )
 
 
 def _held_out(
