@@ -2,7 +2,8 @@
 
 - ``app``: ``build_app(family, entry)`` applies the entry's Serve options (resources, queue bounds,
   replicas or autoscaling); ``FAMILIES`` maps a family key to its deployment.
-- ``chest_xray``: ``ChestXrayDeployment`` (cross-request ``@serve.batch`` of radiographs).
+- ``deployment``: ``ModelDeployment``, the one deployment class of every family (cross-request
+  ``@serve.batch`` of network inputs: radiograph frames, CT slices or volumes; Grad-CAM after).
 
 ``serve`` may import ``core`` and ``models``, never ``actors``: the pipeline reaches a deployment
 through its Serve handle (application ``app_name(family)``).
@@ -10,4 +11,4 @@ through its Serve handle (application ``app_name(family)``).
 
 from __future__ import annotations
 
-__all__ = ["app", "chest_xray"]
+__all__ = ["app", "deployment"]

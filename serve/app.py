@@ -1,8 +1,12 @@
 """Build the Ray Serve application of a model family from its registry entry.
 
-Every resource request and limit comes from ``entry.serve`` (``core.config.ServeDeploymentConfig``);
-nothing is hard-coded here (on a 2-core machine the default of 1 CPU per replica starves the
-other deployments; see the baselines). Adding a family is one line in ``FAMILIES``.
+Every resource request and limit comes from ``entry.serve`` (``core.config.ServeDeploymentConfig``):
+CPUs and GPUs per replica, fixed replicas or an autoscaling range with its target of ongoing
+requests, ``max_ongoing_requests`` / ``max_queued_requests`` (backpressure) and the health-check
+period. Nothing is hard-coded here (on a 2-core machine the default of 1 CPU per replica starves
+the other deployments; see the baselines). Every family is the same ``ModelDeployment`` over
+its own predictor, so a new family needs no code here: only a predictor in
+``models.families``.
 """
 
 from __future__ import annotations
@@ -15,16 +19,15 @@ from ray.serve.deployment import Deployment
 
 from core.config import ModelEntry, ServeDeploymentConfig, app_name
 from core.errors import ConfigError
+from models.families import PREDICTORS
 from models.registry import resolve_weights
-from serve.chest_xray import ChestXrayDeployment
+from serve.deployment import ModelDeployment
 
 __all__ = ["FAMILIES", "build_app", "deployment_options"]
 
 logger = logging.getLogger(__name__)
 
-FAMILIES: dict[str, Deployment] = {
-    "chest_xray": ChestXrayDeployment,
-}
+FAMILIES: dict[str, Deployment] = {family: ModelDeployment for family in sorted(PREDICTORS)}
 """Model family key -> its Serve deployment (a class decorated with ``@serve.deployment``)."""
 
 
@@ -89,4 +92,4 @@ def build_app(family: str, entry: ModelEntry) -> Application:
         )
     options = deployment_options(cfg)
     logger.info("Serve options of %s: %s", family, options)
-    return deployment.options(**options).bind(entry, family)
+    return deployment.options(name=family, **options).bind(entry, family)

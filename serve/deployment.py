@@ -1,0 +1,108 @@
+"""The Ray Serve deployment of every model family: a thin shell over a Ray-free predictor.
+
+A request is one study task (``InferenceRequest``). The replica prepares it in a worker thread
+(decode, volume assembly, resampling), sends each of its network inputs (a radiograph frame, a
+CT slice or a whole volume) through ``_forward_batch`` (``@serve.batch``), which stacks the
+inputs of concurrent requests into one network pass, and finishes it in a worker thread
+(study-level aggregation, Grad-CAM heatmaps and regions of positive findings). The event loop
+never runs torch or pydicom itself, so requests keep arriving while a batch runs.
+
+Batch size and wait come from the registry entry (``serve.max_batch_size``,
+``serve.batch_wait_timeout_s``); resources, replicas, autoscaling and queue bounds are applied by
+``serve.app.build_app``. Errors reach the caller as raised: a ``ModelError`` comes back from the
+handle as a ``RayTaskError`` that is also a ``ModelError``. A replica whose ``check_health``
+raises is restarted by Serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+from ray import serve
+
+from core.config import ModelEntry
+from core.types import InferenceRequest, Prediction
+from models.families import load_predictor
+
+__all__ = ["ModelDeployment"]
+
+logger = logging.getLogger(__name__)
+
+_OUR_PACKAGES = ("core", "models", "serve")
+"""Top-level packages whose module loggers should reach the replica's Serve log."""
+
+
+def _log_through_serve() -> None:
+    """Send our module loggers' records to the replica's Serve log, at Serve's level.
+
+    Serve configures only the ``ray.serve`` logger in a replica, so ``logging.getLogger(__name__)``
+    records would otherwise be dropped; ``logging_config={"log_level": "DEBUG"}`` on
+    ``serve.run`` then shows the batch sizes.
+    """
+    serve_logger = logging.getLogger("ray.serve")
+    for name in _OUR_PACKAGES:
+        ours = logging.getLogger(name)
+        ours.setLevel(serve_logger.level)
+        for handler in serve_logger.handlers:
+            if handler not in ours.handlers:
+                ours.addHandler(handler)
+        ours.propagate = False
+
+
+@serve.deployment
+class ModelDeployment:
+    """One replica of one model family. Resources and limits come from ``build_app``.
+
+    Args:
+        entry: The registry entry (weights, findings, ``serve`` options).
+        family: Model family key (selects the predictor).
+
+    Raises:
+        ModelWeightsError: If the weights are missing or do not match (the replica fails to
+            start and Serve reports the deployment unhealthy).
+    """
+
+    def __init__(self, entry: ModelEntry, family: str) -> None:
+        _log_through_serve()
+        self._family = family
+        self._predictor = load_predictor(family, entry)
+        self._forward_batch.set_max_batch_size(entry.serve.max_batch_size)
+        self._forward_batch.set_batch_wait_timeout_s(entry.serve.batch_wait_timeout_s)
+        logger.info(
+            "%s replica ready: %s %s, batches of up to %d, wait %.3f s",
+            family, entry.name, entry.version, entry.serve.max_batch_size,
+            entry.serve.batch_wait_timeout_s,
+        )
+
+    async def __call__(self, request: InferenceRequest) -> Prediction:
+        """Run every network input of one study task and combine them.
+
+        Args:
+            request: The task, with the DICOM bytes of each instance.
+
+        Returns:
+            The prediction.
+
+        Raises:
+            ModelError: If an instance cannot be turned into network input.
+        """
+        prepared = await asyncio.to_thread(self._predictor.prepare, request)
+        probs = await asyncio.gather(*(self._forward_batch(item) for item in prepared.inputs))
+        return await asyncio.to_thread(self._predictor.finish, prepared, np.stack(probs))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _forward_batch(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run one network pass over inputs of concurrent requests (sizes set in ``__init__``)."""
+        logger.debug("%s: forward batch of %d", self._family, len(inputs))
+        probs = await asyncio.to_thread(self._predictor.forward, np.stack(inputs))
+        return list(probs)
+
+    async def check_health(self) -> None:
+        """Run the predictor's self-test off the event loop; raising makes Serve restart us.
+
+        Raises:
+            ModelError: If the network gives non-finite or ill-shaped output.
+        """
+        await asyncio.to_thread(self._predictor.self_test)
