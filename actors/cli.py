@@ -118,7 +118,39 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
             print(f"{family}: {out} exists (use --force to retrain)")
             continue
         report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed)
-        print(f"{family}: wrote {out}: {report}")
+        aucs = ", ".join(f"{e.key} {e.auc:.3f}" for e in report.evaluation)
+        print(f"{family}: wrote {out} ({report.steps} steps, {report.seconds:.0f} s); held-out AUC: {aucs}")
+    return 0
+
+
+def cmd_models_deploy(args: argparse.Namespace) -> int:
+    """Deploy (or update) one family's Serve application on the running Ray; others keep running."""
+    from actors.pipeline import connect_ray, deploy_models
+
+    cfg = _config(args)
+    if args.family not in cfg.models:
+        raise ConfigError(args.config, [f"family: got {args.family!r}; expected one of {sorted(cfg.models)}"])
+    connect_ray(cfg)
+    print(f"deployed {', '.join(deploy_models(cfg, [args.family]))}")
+    return 0
+
+
+def cmd_models_remove(args: argparse.Namespace) -> int:
+    """Remove one family's Serve application; its jobs wait (visibly) until it is deployed again."""
+    from actors.pipeline import connect_ray, remove_models
+
+    connect_ray(_config(args))
+    print(f"removed {', '.join(remove_models([args.family]))}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """Print the deployed model applications and their status."""
+    from actors.pipeline import connect_ray, deployed_models
+
+    connect_ray(_config(args))
+    for name, status in sorted(deployed_models().items()):
+        print(f"{name:<32} {status}")
     return 0
 
 
@@ -186,6 +218,17 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--steps", type=int, default=0, help="0 = the family's default")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--force", action="store_true")
+    for name, func, help_ in (
+        ("deploy", cmd_models_deploy, "deploy one family on the running Ray"),
+        ("remove", cmd_models_remove, "remove one family from the running Ray"),
+    ):
+        sp = msub.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
+        sp.add_argument("family")
+        sp.add_argument("--config", default=DEFAULT_CONFIG)
+    ls = msub.add_parser("list", help="deployed model applications")
+    ls.set_defaults(func=cmd_models_list)
+    ls.add_argument("--config", default=DEFAULT_CONFIG)
     ai = add("ai", cmd_ai, "switch AI on/off per study or modality")
     ai.add_argument("state", choices=["on", "off"])
     grp = ai.add_mutually_exclusive_group(required=True)

@@ -30,10 +30,21 @@ from actors.sr_writer import SRWriterActor
 from actors.stage import StageRuntime
 from actors.validator import ValidatorActor
 from core.config import AppConfig, StageConfig, app_name, parse_config
-from core.errors import ConfigError
+from core.errors import ConfigError, DependencyUnavailable
 from core.identifiers import DEFAULT_KEY
 
-__all__ = ["Pipeline", "build_model_apps", "deploy_models", "ensure_ray", "hash_key", "load_config", "wait_until"]
+__all__ = [
+    "Pipeline",
+    "build_model_apps",
+    "connect_ray",
+    "deploy_models",
+    "deployed_models",
+    "ensure_ray",
+    "hash_key",
+    "load_config",
+    "remove_models",
+    "wait_until",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +123,44 @@ def deploy_models(
     for family, app in apps.items():
         serve.run(app, name=app_name(family), route_prefix=None)
     return [app_name(f) for f in apps]
+
+
+def remove_models(families: list[str]) -> list[str]:
+    """Delete the Serve applications of ``families``; every other family keeps serving.
+
+    Jobs routed to a removed family wait in the ledger (``linked``, reason
+    ``model:<family> unavailable``) without spending retries, as in any AI outage, until the
+    family is deployed again.
+
+    Returns:
+        The deleted application names.
+    """
+    names = [app_name(f) for f in families]
+    for name in names:
+        serve.delete(name)
+        logger.info("removed Serve application %s", name)
+    return names
+
+
+def deployed_models() -> dict[str, str]:
+    """Return ``{application name: status}`` of the Serve applications of model families."""
+    applications = serve.status().applications
+    return {name: str(app.status) for name, app in applications.items() if name.startswith(app_name(""))}
+
+
+def connect_ray(cfg: AppConfig) -> None:
+    """Join the running Ray of an installation (config address, else RAY_ADDRESS, else auto).
+
+    Raises:
+        DependencyUnavailable: No Ray is running there (``pacsai up`` starts one).
+    """
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=address, namespace=cfg.ray.namespace, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError) as exc:
+        raise DependencyUnavailable("ray", f"no running Ray at {address!r} ({exc}); start `pacsai up` first") from exc
 
 
 @dataclass

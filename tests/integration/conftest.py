@@ -1,5 +1,6 @@
-"""Real peers for integration tests: one local Ray for the session, the chest X-ray model
-deployed once, a private Orthanc per test, and a pipeline per test on its own var dir."""
+"""Real peers for integration tests: one local Ray for the session, every model family of
+configs/test.yaml deployed once, a private Orthanc per test, and a pipeline per test on its own
+var dir."""
 
 from __future__ import annotations
 
@@ -30,22 +31,24 @@ needs_peers = pytest.mark.skipif(
 def base_config() -> dict[str, Any]:
     """The raw test config (a fresh copy each time)."""
     raw = yaml.safe_load(TEST_CONFIG.read_text())
-    entry = raw["models"]["chest_xray"]
-    entry["weights"] = str(ROOT / entry["weights"])
+    for entry in raw["models"].values():
+        entry["weights"] = str(ROOT / entry["weights"])
     return copy.deepcopy(raw)
 
 
 @pytest.fixture(scope="session")
-def cxr_weights() -> Path:
-    """Demo weights, trained once if `make weights` did not already."""
+def demo_weights() -> dict[str, Path]:
+    """Demo weights of every family, trained once if `make weights` did not already."""
     cfg = parse_config(base_config())
-    entry = cfg.models["chest_xray"]
-    path = Path(entry.weights)
-    if not (path.exists() and Path(f"{path}.sha256").exists()):
-        from models.training import train_demo
+    paths = {}
+    for family, entry in cfg.models.items():
+        path = Path(entry.weights)
+        if not (path.exists() and Path(f"{path}.sha256").exists()):
+            from models.training import train_demo
 
-        train_demo("chest_xray", entry, path, steps=0)
-    return path
+            train_demo(family, entry, path, steps=0)
+        paths[family] = path
+    return paths
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +62,8 @@ def ray_session() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def model_app(ray_session: None, cxr_weights: Path) -> AppConfig:
-    """The chest X-ray deployment, shared by every test."""
+def model_app(ray_session: None, demo_weights: dict[str, Path]) -> AppConfig:
+    """Every family's deployment (a fraction of a CPU each), shared by every test."""
     cfg = parse_config(base_config())
     deploy_models(cfg)
     return cfg
