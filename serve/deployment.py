@@ -92,6 +92,28 @@ class ModelDeployment:
         probs = await asyncio.gather(*(self._forward_batch(item) for item in prepared.inputs))
         return await asyncio.to_thread(self._predictor.finish, prepared, np.stack(probs))
 
+    async def forward(self, item: np.ndarray) -> np.ndarray:
+        """Classify one prepared network input (``(C, *spatial)``) through the batcher.
+
+        For clients that prepare inputs themselves, and for the batching benchmark.
+
+        Returns:
+            float32 ``(K,)`` probabilities.
+        """
+        return await self._forward_batch(item)
+
+    def reconfigure(self, config: dict[str, float]) -> None:
+        """Apply live batching knobs from Serve's ``user_config`` without a restart.
+
+        Args:
+            config: ``max_batch_size`` and / or ``batch_wait_timeout_s``.
+        """
+        if "max_batch_size" in config:
+            self._forward_batch.set_max_batch_size(int(config["max_batch_size"]))
+        if "batch_wait_timeout_s" in config:
+            self._forward_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        logger.info("%s: batching reconfigured to %s", self._family, config)
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def _forward_batch(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run one network pass over inputs of concurrent requests (sizes set in ``__init__``)."""

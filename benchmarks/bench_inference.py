@@ -1,0 +1,139 @@
+"""Inference throughput per model family: Ray Serve with dynamic batching vs a plain torch loop.
+
+For each family a synthetic study is prepared once (decode, volume assembly, resampling), giving
+network inputs: radiograph frames, CT slices or whole volumes. Then, for each batch size, on
+this machine and in this run:
+
+- raw: the predictor's ``forward`` in a loop over batches of that size, in this process.
+- serve: the family's ``ModelDeployment`` (one replica, ``max_batch_size`` set live through
+  ``user_config``), sent one input per request with ``2 x batch`` requests in flight, so that
+  ``@serve.batch`` forms the batches.
+
+Inputs per second, p50/p95 latency (raw: per batch call; serve: per request, submit to
+result) and the ratio serve / raw are printed as JSON lines. It never asserts.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_inference.py [--n 64] [--batches 1 8 32]
+        [--families bone_fracture chest_cta ...] [--config configs/default.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+
+from _common import emit  # benchmarks/ is on sys.path when run as a script
+from actors.pipeline import load_config
+from core.config import app_name
+from core.types import InferenceRequest
+from models.families import load_predictor
+from models.synthetic_dicom import make_cxr_study
+from models.synthetic_studies import brain_mr_study, chest_cta_study, fracture_study, head_ct_study
+from serve.app import build_app
+
+STUDIES = {
+    "chest_xray": lambda: make_cxr_study(1, frozenset({"effusion"})),
+    "bone_fracture": lambda: fracture_study(2, True).datasets,
+    "head_ct_haemorrhage": lambda: head_ct_study(3, {10: ["subdural"]}, n_slices=32).datasets,
+    "brain_mri_tumour": lambda: brain_mr_study(4, True).datasets,
+    "chest_cta": lambda: chest_cta_study(5, True).datasets,
+}
+
+
+def _inputs(family: str, predictor: Any, n: int) -> np.ndarray:
+    """``n`` network inputs of the family, cycled from one prepared synthetic study."""
+    instances = []
+    for ds in STUDIES[family]():
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        instances.append((str(ds.SOPInstanceUID), buffer.getvalue()))
+    prepared = predictor.prepare(InferenceRequest("bench", family, tuple(instances)))
+    return np.stack([prepared.inputs[i % len(prepared.inputs)] for i in range(n)])
+
+
+def _raw(predictor: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
+    predictor.forward(inputs[:batch])  # warm-up
+    latencies = []
+    start = time.perf_counter()
+    for i in range(0, len(inputs), batch):
+        t = time.perf_counter()
+        predictor.forward(inputs[i:i + batch])
+        latencies.append(time.perf_counter() - t)
+    return _summary(len(inputs), time.perf_counter() - start, latencies)
+
+
+def _serve(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
+    [ray.get(r) for r in [handle.forward.remote(inputs[0]) for _ in range(batch)]]  # warm-up
+    window, pending, latencies = 2 * batch, [], []
+    refs = [ray.put(item) for item in inputs]
+    start = time.perf_counter()
+    for ref in refs:
+        pending.append((time.perf_counter(), handle.forward.remote(ref)))
+        if len(pending) >= window:
+            submitted, response = pending.pop(0)
+            response.result()
+            latencies.append(time.perf_counter() - submitted)
+    for submitted, response in pending:
+        response.result()
+        latencies.append(time.perf_counter() - submitted)
+    return _summary(len(inputs), time.perf_counter() - start, latencies)
+
+
+def _summary(n: int, seconds: float, latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "items_per_s": round(n / seconds, 2),
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p95_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1),
+    }
+
+
+def _deploy(family: str, entry: Any, batch: int) -> Any:
+    serve_cfg = entry.serve.model_copy(update={
+        "max_batch_size": batch, "max_ongoing_requests": max(4 * batch, 8),
+        "max_queued_requests": -1, "min_replicas": 1, "max_replicas": 1,
+    })
+    app = build_app(family, entry.model_copy(update={"serve": serve_cfg}))
+    name = app_name(family)
+    serve.run(app, name=name, route_prefix=None)
+    return serve.get_app_handle(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--n", type=int, default=64, help="inputs per measurement")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--families", nargs="+", default=sorted(STUDIES))
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench")
+    serve.start(proxy_location="Disabled")
+    try:
+        for family in args.families:
+            entry = cfg.models[family]
+            predictor = load_predictor(family, entry)
+            inputs = _inputs(family, predictor, args.n)
+            for batch in args.batches:
+                handle = _deploy(family, entry, batch)
+                raw, served = _raw(predictor, inputs, batch), _serve(handle, inputs, batch)
+                for mode, result in (("raw_torch", raw), ("ray_serve", served)):
+                    emit({"name": "inference", "family": family, "mode": mode, "batch_size": batch,
+                          "n": args.n, "input_shape": list(inputs.shape[1:]), **result})
+                emit({"name": "inference", "family": family, "mode": "summary", "batch_size": batch,
+                      "ratio_serve_over_raw": round(served["items_per_s"] / raw["items_per_s"], 3),
+                      "goal": ">= 0.9 at batch 8 and above"})
+            serve.delete(app_name(family))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
