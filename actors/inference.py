@@ -117,6 +117,8 @@ class InferenceWork:
                         "model": pred.model_name,
                         "version": pred.model_version,
                         "positive": [f.key for f in pred.findings if f.present],
+                        "critical": [f.key for f in pred.findings if f.present and f.critical],
+                        "quality_flags": [q["key"] for q in pred.extra.get("quality_flags", [])],
                         "seconds": round(time.time() - started, 3),
                     },
                 )

@@ -117,3 +117,26 @@ def wait_for_states(ledger: SqliteLedger, study_uids: list[str], states: set[str
         return True
 
     return wait_until(done, timeout_s, 0.2)
+
+
+def send_files(files: list[Path], pipeline: Pipeline, cfg: AppConfig, *, own_syntax: bool = False) -> None:
+    """storescu the files to the pipeline's listener (each in its own syntax with ``own_syntax``)."""
+    from actors.adapters.dcmtk import storescu
+
+    res = storescu(files, "127.0.0.1", pipeline.listener_port(), cfg.listener.ae_title,
+                   propose_own_syntax=own_syntax)
+    assert res.returncode == 0, res.stderr[-800:]
+
+
+def pacs_outputs(pacs: OrthancProcess, study_uid: str) -> dict[str, list[Any]]:
+    """Every object Orthanc holds for a study, parsed, by SOP Class UID (only our results are
+    ever stored there in these tests)."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    out: dict[str, list[Any]] = {}
+    for meta in pacs.instances_of_study(study_uid):
+        ds = dcmread(BytesIO(pacs.file(meta["ID"])))
+        out.setdefault(str(ds.SOPClassUID), []).append(ds)
+    return out

@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.config import FindingSpec, ModelEntry, ModelInputSpec
 from core.errors import ModelError
+from models.families import load_predictor
+from models.head_phantoms import HEAD_CT_FINDINGS
 from models.phantoms import PHANTOM_FINDINGS
 from models.predictor import ChestXrayPredictor
 from models.registry import file_sha256, resolve_weights, sidecar_path
@@ -47,3 +50,23 @@ def test_auc() -> None:
     assert auc(np.array([0.2, 0.2]), np.array([0, 1])) == 0.5
     assert auc(np.array([0.9, 0.1]), np.array([1, 0])) == 1.0
     assert math.isnan(auc(np.array([0.3]), np.array([1])))
+
+
+@pytest.mark.parametrize(
+    ("family", "spec", "keys"),
+    [
+        ("brain_mri_tumour", ModelInputSpec(spatial_size=(16, 24, 24)), ("brain_tumour",)),
+        ("head_ct_haemorrhage", ModelInputSpec(spatial_size=(32, 32), window=(40.0, 80.0)), HEAD_CT_FINDINGS),
+    ],
+)
+def test_recipe_families_train_and_evaluate_through_their_predictor(
+    tmp_path: Path, family: str, spec: ModelInputSpec, keys: tuple[str, ...]
+) -> None:
+    out = tmp_path / f"{family}.pt"
+    entry = ModelEntry(name=family, version="0-test", weights=str(out), demo=True, input=spec,
+                       findings=tuple(FindingSpec(key=k) for k in keys))
+    report = train_demo(family, entry, out, steps=2, batch_size=2, log=lambda _: None, eval_size=2)
+    assert report.steps == 2 and report.batch_size == 2 and math.isfinite(report.final_loss)
+    assert [e.key for e in report.evaluation] == list(keys)
+    assert sum(e.n_positive + e.n_negative for e in report.evaluation[:1]) == 2
+    load_predictor(family, entry).self_test()

@@ -1,0 +1,97 @@
+"""Ray Serve as operated: a replica dies mid-batch, a family is removed and deployed again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ComprehensiveSRStorage
+
+from actors.pipeline import wait_until
+from core.config import app_name
+from models.synthetic_dicom import save_study
+from models.synthetic_studies import brain_mr_study, fracture_study, head_ct_study
+from tests.integration.conftest import ledger_of, needs_peers, pacs_outputs, send_files, wait_for_states
+
+pytestmark = [pytest.mark.integration, needs_peers]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _replicas(family: str) -> list[str]:
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app_name(family)}#"
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(prefix))
+
+
+def _pacsai(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    import ray
+
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args, "--config", "configs/test.yaml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_reported_once(
+    tmp_path, orthanc, make_pipeline, model_app
+):
+    import ray
+
+    pipeline, cfg = make_pipeline(orthanc)
+    studies = [head_ct_study(500 + i, {20: ["intraventricular"]} if i % 2 else None, n_slices=60)
+               for i in range(4)]
+    for n, study in enumerate(studies):
+        send_files(save_study(study.datasets, tmp_path / f"in{n}"), pipeline, cfg)
+    uids = [s.study_uid for s in studies]
+    ledger = ledger_of(pipeline)
+
+    def in_flight() -> bool:  # the inference stage holds a job: its request is at the replica
+        return any(j.state.value == "linked" and j.lease_owner.startswith("inference")
+                   for uid in uids for j in ledger.jobs_for_study(uid))
+
+    assert wait_until(in_flight, 180, 0.02), ledger.status(time.time())
+    [replica] = _replicas("head_ct_haemorrhage")
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+
+    assert wait_for_states(ledger, uids, {"delivered"}, timeout_s=420), ledger.status(time.time())
+    retries = [e["detail"] for uid in uids for e in ledger.audit_events(uid) if e["type"] == "job_retry"]
+    assert any("model:head_ct_haemorrhage unavailable" in r["error"] and r["unavailable"] for r in retries), retries
+    assert _replicas("head_ct_haemorrhage") and _replicas("head_ct_haemorrhage") != [replica]
+    for uid in uids:
+        assert len(ledger.jobs_for_study(uid)) == 1
+        assert len(pacs_outputs(orthanc, uid)[ComprehensiveSRStorage]) == 1
+        assert set(ledger.instance_states(uid).values()) == {"reported"}
+    assert ledger.status(time.time())["jobs"].get("dead", 0) == 0
+
+
+def test_a_family_is_removed_and_deployed_again_while_the_others_keep_serving(
+    tmp_path, orthanc, make_pipeline, model_app
+):
+    pipeline, cfg = make_pipeline(orthanc)
+    others = _replicas("bone_fracture")
+    removed = _pacsai("models", "remove", "brain_mri_tumour")
+    assert removed.returncode == 0 and "removed model-brain_mri_tumour" in removed.stdout, removed.stderr[-2000:]
+    try:
+        brain, limb = brain_mr_study(520, True), fracture_study(521, True)
+        send_files(save_study(brain.datasets, tmp_path / "brain"), pipeline, cfg)
+        send_files(save_study(limb.datasets, tmp_path / "limb"), pipeline, cfg)
+        ledger = ledger_of(pipeline)
+        assert wait_for_states(ledger, [limb.study_uid], {"delivered"}, timeout_s=180)
+        assert wait_for_states(ledger, [brain.study_uid], {"linked"}, timeout_s=60)
+        time.sleep(1.5)  # several rounds against the missing deployment
+        [job] = ledger.jobs_for_study(brain.study_uid)
+        assert job.state.value == "linked" and job.attempts == 0
+        assert "model:brain_mri_tumour unavailable" in job.reason
+        listing = _pacsai("models", "list", timeout=120)
+        assert "model-brain_mri_tumour" not in listing.stdout and "model-bone_fracture" in listing.stdout
+    finally:
+        deployed = _pacsai("models", "deploy", "brain_mri_tumour")
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+    assert wait_for_states(ledger, [brain.study_uid], {"delivered"}, timeout_s=180)
+    assert len(pacs_outputs(orthanc, brain.study_uid)[ComprehensiveSRStorage]) == 1
+    assert _replicas("bone_fracture") == others  # the other families were never restarted
