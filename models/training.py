@@ -156,49 +156,64 @@ def train_demo(
         ModelError: If the family has no phantoms, the entry has no phantom finding, or the
             arguments are out of range.
     """
-    if family in RECIPES:
-        recipe = RECIPES[family]
-        steps, batch_size = steps or recipe.steps, batch_size or recipe.batch_size
-        _check_steps(steps, batch_size)
-        keys = tuple(spec.key for spec in entry.findings)
-
-        def draw(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-            images, labels = recipe.draw(rng, entry, batch_size)
-            return torch.from_numpy(images), torch.from_numpy(labels)
-
-        def evaluate(network: torch.nn.Module, rng: np.random.Generator) -> tuple[FindingEvaluation, ...]:
-            return _evaluate_studies(network, family, entry, rng, eval_size or recipe.eval_size)
-
-        learning_rate = recipe.learning_rate
-    else:
-        steps, batch_size = steps or DEFAULT_STEPS, batch_size or 16
-        keys = _check_arguments(family, entry, steps, batch_size)
-
-        def draw(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-            return _batch(rng, entry, keys, batch_size)
-
-        def evaluate(network: torch.nn.Module, rng: np.random.Generator) -> tuple[FindingEvaluation, ...]:
-            return _evaluate(network, entry, keys, rng, eval_size or 64)
-
-        learning_rate = _LEARNING_RATE
-
+    plan = _plan(family, entry, steps, batch_size, eval_size)
+    steps, batch_size = plan.steps, plan.batch_size
     torch.manual_seed(seed)
     network = build_network(family, entry)
     planar = len(entry.input.spatial_size) == 2
     if planar:  # oneDNN convolutions run about 15 % faster channels_last on CPU (2D only)
         network = network.to(memory_format=torch.channels_last)
-    weights = torch.tensor([_LOSS_WEIGHTS.get(key, 1.0) for key in keys])
+    weights = torch.tensor([_LOSS_WEIGHTS.get(key, 1.0) for key in plan.keys])
     start = time.perf_counter()
-    losses = _fit(network, draw, weights, np.random.default_rng(seed), steps, log, planar, learning_rate)
+    losses = _fit(network, plan.draw, weights, np.random.default_rng(seed), steps, log, planar,
+                  plan.learning_rate)
     seconds = time.perf_counter() - start
     network.eval()
     digest = _save_atomically(network, out_path)
-    evaluation = evaluate(network, np.random.default_rng(seed + 1_000_003))
+    evaluation = plan.evaluate(network, np.random.default_rng(seed + 1_000_003))
     for e in evaluation:
         log(f"held-out {e.key}: AUC {e.auc:.3f}, mean p {e.mean_positive:.3f} (positive, "
             f"n={e.n_positive}) vs {e.mean_negative:.3f} (negative, n={e.n_negative})")
     final_loss = float(np.mean(losses[-10:]))
     return TrainReport(family, out_path, digest, steps, batch_size, final_loss, seconds, evaluation)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one family's training run draws, evaluates and how fast it learns."""
+
+    steps: int
+    batch_size: int
+    keys: tuple[str, ...]
+    draw: Callable[[np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
+    evaluate: Callable[[torch.nn.Module, np.random.Generator], tuple[FindingEvaluation, ...]]
+    learning_rate: float
+
+
+def _plan(family: str, entry: ModelEntry, steps: int, batch_size: int, eval_size: int) -> _Plan:
+    """The chest X-ray run (phantoms of :mod:`models.phantoms`) or a family's recipe."""
+    if family not in RECIPES:
+        steps, batch_size = steps or DEFAULT_STEPS, batch_size or 16
+        keys = _check_arguments(family, entry, steps, batch_size)
+        return _Plan(
+            steps, batch_size, keys,
+            lambda rng: _batch(rng, entry, keys, batch_size),
+            lambda net, rng: _evaluate(net, entry, keys, rng, eval_size or 64),
+            _LEARNING_RATE,
+        )
+    recipe = RECIPES[family]
+    steps, batch_size = steps or recipe.steps, batch_size or recipe.batch_size
+    _check_steps(steps, batch_size)
+
+    def draw(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = recipe.draw(rng, entry, batch_size)
+        return torch.from_numpy(images), torch.from_numpy(labels)
+
+    return _Plan(
+        steps, batch_size, tuple(spec.key for spec in entry.findings), draw,
+        lambda net, rng: _evaluate_studies(net, family, entry, rng, eval_size or recipe.eval_size),
+        recipe.learning_rate,
+    )
 
 
 def _fit(

@@ -125,7 +125,9 @@ def test_pacs_outage_keeps_srs_in_the_outbox_until_it_returns(tmp_path, orthanc,
     time.sleep(1.5)
     [job] = ledger.jobs_for_study(uid)
     assert job.state.value == "written" and "pacs unavailable" in job.reason
-    assert ledger.status(time.time())["outbox_pending"] == 1
+    pending = ledger.outbox_items(job.job_id, "pending")  # the SR, and a heatmap per positive finding
+    assert ledger.status(time.time())["outbox_pending"] == len(pending)
+    assert [i["kind"] for i in pending].count("sr") == 1
     orthanc.start()
     assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=60)
     assert len(sr_instances(orthanc, uid)) == 1

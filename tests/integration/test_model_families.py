@@ -33,7 +33,7 @@ from tests.integration.conftest import ledger_of, needs_peers, pacs_outputs, sen
 pytestmark = [pytest.mark.integration, needs_peers]
 
 BIG_BLEED = Bleed("intraparenchymal", angle=0.5, extent=0.0, depth=0.0, x=-0.35, y=0.1,
-                  radius=0.3, hu=76.0)
+                  radius=0.4, hu=76.0)
 """A large clot in the left hemisphere: obvious on its slice, absent on every other."""
 
 
