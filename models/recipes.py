@@ -148,7 +148,7 @@ RECIPES: dict[str, Recipe] = {
     "chest_cta": Recipe(
         _volume_batch(_cta, CTA_SPACING),
         lambda rng, i: chest_cta_study(int(rng.integers(2**31)), bool(i % 2)),
-        steps=140, batch_size=8, eval_size=32,
+        steps=160, batch_size=8, eval_size=32,
     ),
     "head_ct_haemorrhage": Recipe(
         _head_batch, _held_out_head, steps=240, batch_size=32, eval_size=60,

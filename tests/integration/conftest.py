@@ -119,12 +119,29 @@ def wait_for_states(ledger: SqliteLedger, study_uids: list[str], states: set[str
     return wait_until(done, timeout_s, 0.2)
 
 
-def send_files(files: list[Path], pipeline: Pipeline, cfg: AppConfig, *, own_syntax: bool = False) -> None:
-    """storescu the files to the pipeline's listener (each in its own syntax with ``own_syntax``)."""
+STORESCU_PROPOSE = {
+    "1.2.840.10008.1.2": ("-xi",),
+    "1.2.840.10008.1.2.1": ("-xe",),
+    "1.2.840.10008.1.2.2": ("-xb",),
+    "1.2.840.10008.1.2.1.99": ("-xd",),
+    "1.2.840.10008.1.2.5": ("-xr",),
+    "1.2.840.10008.1.2.4.80": ("-xt",),
+    "1.2.840.10008.1.2.4.90": ("-xv",),
+}
+"""storescu options that propose a file's own transfer syntax (one presentation context per
+syntax), so that the file travels as stored instead of being converted by storescu."""
+
+
+def send_files(
+    files: list[Path], pipeline: Pipeline, cfg: AppConfig, *, own_syntax: str | bool = False
+) -> None:
+    """storescu the files to the pipeline's listener. ``own_syntax``: propose only the contexts
+    the files need (True), or that and this transfer syntax UID, in which the files are."""
     from actors.adapters.dcmtk import storescu
 
+    extra = STORESCU_PROPOSE[own_syntax] if isinstance(own_syntax, str) else ()
     res = storescu(files, "127.0.0.1", pipeline.listener_port(), cfg.listener.ae_title,
-                   propose_own_syntax=own_syntax)
+                   propose_own_syntax=bool(own_syntax), extra=extra)
     assert res.returncode == 0, res.stderr[-800:]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.sr.codedict import codes
-from pydicom.uid import ComprehensiveSRStorage, ParametricMapStorage
+from pydicom.uid import Comprehensive3DSRStorage, ParametricMapStorage
 
 from actors.adapters.dcmtk import dciodvfy
 from models.head_phantoms import Bleed
@@ -84,7 +84,7 @@ def test_each_family_reports_sr_and_heatmap_that_orthanc_accepts(tmp_path, ortha
     assert wait_for_states(ledger, [study.study_uid], {"delivered"}, timeout_s=240), ledger.status(time.time())
 
     outputs = pacs_outputs(orthanc, study.study_uid)
-    [sr] = outputs[ComprehensiveSRStorage]
+    [sr] = outputs[Comprehensive3DSRStorage]
     maps = outputs[ParametricMapStorage]
     _valid(sr, tmp_path / "sr.dcm")
     for n, pm in enumerate(maps):
@@ -131,12 +131,12 @@ def test_lesion_in_slice_47_is_referenced_and_the_heatmap_peaks_inside_it(tmp_pa
         files = [p for ds in datasets for p in _save([ds], tmp_path / "in")]
     else:
         files = _save([to_enhanced(study.datasets, frame_order=order)], tmp_path / "in")
-    send_files(files, pipeline, cfg)
+    send_files(files, pipeline, cfg, own_syntax=True)  # storescu's default list lacks Legacy Enhanced CT
     ledger = ledger_of(pipeline)
     assert wait_for_states(ledger, [study.study_uid], {"delivered"}, timeout_s=300), ledger.status(time.time())
 
     outputs = pacs_outputs(orthanc, study.study_uid)
-    [sr] = outputs[ComprehensiveSRStorage]
+    [sr] = outputs[Comprehensive3DSRStorage]
     [region] = [g for g in _region_groups(sr)
                 if g.tracking_identifier == "head_ct_haemorrhage:any_haemorrhage:region"]
     source = region.roi.ContentSequence[0]
@@ -184,7 +184,7 @@ def test_every_lossless_transfer_syntax_gives_the_same_probabilities(tmp_path, m
                 path = folder / f"{ds.SOPInstanceUID}.dcm"
                 path.write_bytes(encode(ds, syntax))
                 files.append(path)
-            send_files(files, pipeline, cfg, own_syntax=True)
+            send_files(files, pipeline, cfg, own_syntax=syntax)
             studies.setdefault(name, {})[syntax] = str(variant[0].StudyInstanceUID)
     ledger = ledger_of(pipeline)
     uids = [uid for per in studies.values() for uid in per.values()]

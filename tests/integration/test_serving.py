@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ComprehensiveSRStorage
+from pydicom.uid import Comprehensive3DSRStorage
 
 from actors.pipeline import wait_until
 from core.config import app_name
@@ -64,7 +64,7 @@ def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_report
     assert _replicas("head_ct_haemorrhage") and _replicas("head_ct_haemorrhage") != [replica]
     for uid in uids:
         assert len(ledger.jobs_for_study(uid)) == 1
-        assert len(pacs_outputs(orthanc, uid)[ComprehensiveSRStorage]) == 1
+        assert len(pacs_outputs(orthanc, uid)[Comprehensive3DSRStorage]) == 1
         assert set(ledger.instance_states(uid).values()) == {"reported"}
     assert ledger.status(time.time())["jobs"].get("dead", 0) == 0
 
@@ -93,5 +93,5 @@ def test_a_family_is_removed_and_deployed_again_while_the_others_keep_serving(
         deployed = _pacsai("models", "deploy", "brain_mri_tumour")
         assert deployed.returncode == 0, deployed.stderr[-2000:]
     assert wait_for_states(ledger, [brain.study_uid], {"delivered"}, timeout_s=180)
-    assert len(pacs_outputs(orthanc, brain.study_uid)[ComprehensiveSRStorage]) == 1
+    assert len(pacs_outputs(orthanc, brain.study_uid)[Comprehensive3DSRStorage]) == 1
     assert _replicas("bone_fracture") == others  # the other families were never restarted
