@@ -76,3 +76,13 @@ def test_config_is_frozen():
     cfg = parse_config(None)
     with pytest.raises(Exception):
         cfg.listener.port = 1  # type: ignore[misc]
+
+
+def test_input_window_and_spacing_are_checked_against_the_network_size():
+    good = dict(MODEL, input={"spatial_size": [32, 48, 48], "window": [40, 80], "spacing_mm": [5, 1, 1]})
+    cfg = parse_config({"models": {"head": good}})
+    assert cfg.models["head"].input.window == (40.0, 80.0) and cfg.models["head"].heatmaps is True
+    bad = dict(MODEL, input={"spatial_size": [64, 64], "window": [40, 0], "spacing_mm": [1.0]})
+    with pytest.raises(ConfigError) as info:
+        parse_config({"models": {"head": bad}})
+    assert "models.head.input" in str(info.value) and "window width 0.0 is not positive" in str(info.value)
