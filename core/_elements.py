@@ -125,7 +125,9 @@ def _from_element(keyword: str, elem: DataElement, expected: str) -> Element:
 
 
 def _from_raw(keyword: str, raw: RawDataElement, expected: str) -> Element:
-    encoded = str(raw.VR) if raw.VR else expected.split(" or ")[0]
+    # Implicit VR leaves the VR to the dictionary; pydicom may already have put the dictionary's
+    # "OB or OW" there. Either way the first option is what the element is read as.
+    encoded = (str(raw.VR) if raw.VR else expected).split(" or ")[0]
     data = raw.value
     if data is None or not isinstance(data, bytes | bytearray | memoryview):
         data = b""  # deferred or buffered values are not read here; treated as empty

@@ -29,11 +29,15 @@ class GeometryPolicy:
         orientation_tolerance: Largest difference of a direction cosine still "the same".
         position_tolerance_mm: Slices closer than this along the normal share a position.
         gap_tolerance: A step larger than ``(1 + gap_tolerance)`` x the median step is a gap.
+        plane_tolerance: Orientations differing by more than this (about 6 degrees) are
+            different planes on purpose (localizers, radial projections); closer ones that are
+            not within ``orientation_tolerance`` are slices tilted against their stack.
     """
 
     orientation_tolerance: float = 1e-3
     position_tolerance_mm: float = 0.01
     gap_tolerance: float = 0.5
+    plane_tolerance: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,25 +99,55 @@ def check_stack(series_uid: str, slices: Sequence[Slice], policy: GeometryPolicy
         slices: Its slices that have a plane (orientation and position).
         policy: Tolerances.
     """
-    if len(slices) < 2:
-        return []
-    sizes = sorted({(s.rows, s.columns) for s in slices})
-    if len(sizes) > 1:
-        shown = ", ".join(f"{r}x{c}" for r, c in sizes[:4])
-        return [Problem(ReasonCode.SERIES_DIMENSIONS_MISMATCH,
-                        f"series {series_uid}: slices have Rows x Columns {shown}; expected one size",
-                        Level.SERIES)]
-    first = slices[0].orientation
-    if any(max(abs(a - b) for a, b in zip(s.orientation, first, strict=True))
-           > policy.orientation_tolerance for s in slices[1:]):
+    planes = _planes(slices, policy.orientation_tolerance)
+    tilted = _tilted(planes, policy)
+    if tilted:
         return [Problem(ReasonCode.SERIES_ORIENTATION_MISMATCH,
-                        f"series {series_uid}: ImageOrientationPatient (0020,0037) differs between "
-                        f"slices (tolerance {policy.orientation_tolerance}); expected one orientation",
+                        f"series {series_uid}: ImageOrientationPatient (0020,0037) of some slices "
+                        f"differs by {tilted:.3g} from the others' (tolerance "
+                        f"{policy.orientation_tolerance}); expected one orientation per plane",
                         Level.SERIES)]
     problems: list[Problem] = []
-    for stack in _stacks(slices):
-        problems += _positions(series_uid, stack, first, policy)
+    for plane in planes:
+        sizes = sorted({(s.rows, s.columns) for s in plane})
+        if len(sizes) > 1:
+            shown = ", ".join(f"{r}x{c}" for r, c in sizes[:4])
+            return [Problem(ReasonCode.SERIES_DIMENSIONS_MISMATCH,
+                            f"series {series_uid}: slices of one plane have Rows x Columns {shown}; "
+                            "expected one size", Level.SERIES)]
+        for stack in _stacks(plane):
+            problems += _positions(series_uid, stack, plane[0].orientation, policy)
     return problems
+
+
+def _difference(a: Sequence[float], b: Sequence[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def _planes(slices: Sequence[Slice], tolerance: float) -> list[list[Slice]]:
+    """Group slices by orientation. A series may hold several planes on purpose (three-plane
+    localizers, radial projections); each plane is a stack of its own."""
+    planes: list[list[Slice]] = []
+    for s in slices:
+        for plane in planes:
+            if _difference(plane[0].orientation, s.orientation) <= tolerance:
+                plane.append(s)
+                break
+        else:
+            planes.append([s])
+    return planes
+
+
+def _tilted(planes: list[list[Slice]], policy: GeometryPolicy) -> float:
+    """The largest orientation difference between two planes that are too close to be two
+    planes on purpose (a slice tilted against its stack); 0 when there is none."""
+    worst = 0.0
+    for i, a in enumerate(planes):
+        for b in planes[i + 1 :]:
+            diff = _difference(a[0].orientation, b[0].orientation)
+            if diff <= policy.plane_tolerance:
+                worst = max(worst, diff)
+    return worst
 
 
 def _stacks(slices: Sequence[Slice]) -> list[list[Slice]]:

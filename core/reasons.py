@@ -19,6 +19,8 @@ class ReasonCode(enum.StrEnum):
 
     UNREADABLE = "unreadable"
     """The data set could not be parsed, or a check could not interpret it at all."""
+    TRUNCATED = "truncated"
+    """The data set ends inside an element: bytes were lost in transfer or storage."""
     MISSING_ATTRIBUTE = "missing_attribute"
     """A required attribute is absent or empty."""
     INVALID_UID = "invalid_uid"

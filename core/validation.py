@@ -25,6 +25,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -167,8 +169,8 @@ class Validator:
         return issues, self._facts(attrs, sop)
 
     def _checks(self) -> tuple[_Check, ...]:
-        return (_check_transfer_syntax, _check_identity, _check_meta, self._check_plane,
-                self._check_pixels)
+        return (_check_complete, _check_transfer_syntax, _check_identity, _check_meta,
+                self._check_plane, self._check_pixels)
 
     def _check_pixels(self, attrs: Attributes, ts: str, _sop: str) -> list[Problem]:
         return check_pixels(attrs, _syntax(attrs, ts), self.policy.decode)
@@ -305,6 +307,24 @@ def _slice(attrs: Attributes, sop: str) -> Slice | None:
         return None
     stack = tuple(_safe_text(attrs, k) for k in _STACK)
     return Slice(sop, rows, columns, tuple(orientation), tuple(position), stack)
+
+
+def _check_complete(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
+    """A file cut short leaves its last element with fewer bytes than its length says (pydicom
+    reads what is there). Only the last top-level element can be cut, so only it is looked at."""
+    tags = attrs.ds.keys()
+    if not tags:
+        return []
+    last = attrs.ds.get_item(next(reversed(tags)))
+    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value is None:
+        return []
+    if len(last.value) < last.length:
+        tag = int(last.tag)
+        name = f"{keyword_for_tag(tag)} ".lstrip() + f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        return [Problem(ReasonCode.TRUNCATED,
+                        f"{name}: got {len(last.value)} bytes; its length says {last.length} "
+                        "(the data set ends inside this element)")]
+    return []
 
 
 def _check_transfer_syntax(attrs: Attributes, ts: str, _sop: str) -> list[Problem]:

@@ -147,7 +147,7 @@ def _other_size(datasets: list[FileDataset]) -> None:
 
 
 def _tilted(datasets: list[FileDataset]) -> None:
-    datasets[1].ImageOrientationPatient = [1, 0, 0, 0, 0.8, 0.6]
+    datasets[1].ImageOrientationPatient = [1, 0, 0, 0, 0.99863, 0.05234]  # tilted by 3 degrees
 
 
 CORRUPTIONS: tuple[Corruption, ...] = (

@@ -62,3 +62,19 @@ def test_uncorrupted_synthetic_studies_pass(seed):
             assert issues == []
             facts.append(fact)
         assert validator.check_collection(facts) == []
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_a_file_cut_short_is_truncated(keep):
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from tests.corruptions import cxr, write
+
+    buf = BytesIO()
+    write(cxr(4), buf)
+    data = buf.getvalue()
+    ds = dcmread(BytesIO(data[: int(len(data) * keep)]))
+    codes = {i.code for i in Validator().check_instance(ds)}
+    assert "truncated" in codes

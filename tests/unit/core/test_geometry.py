@@ -48,8 +48,16 @@ def test_one_acquisition_number_per_slice_falls_back_to_one_stack():
 
 def test_sizes_and_orientation_must_agree():
     assert codes(stack([0, 1]) + stack([2], rows=16)) == ["series_dimensions_mismatch"]
-    tilted = (1.0, 0.0, 0.0, 0.0, 0.8, 0.6)
+    tilted = (1.0, 0.0, 0.0, 0.0, 0.99863, 0.05234)  # 3 degrees
     assert codes(stack([0, 1]) + stack([2], orientation=tilted)) == ["series_orientation_mismatch"]
+
+
+def test_planes_on_purpose_are_separate_stacks():
+    """Three-plane localizers and radial projections (pydicom's dicomdirtests MR2 / MR700)."""
+    sagittal, coronal = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+    slices = stack([0, 1, 2]) + stack([0, 1], orientation=sagittal, rows=16) + stack([5], orientation=coronal)
+    assert codes(slices) == []
+    assert codes(slices + stack([1], orientation=sagittal, rows=16)) == ["duplicate_position"]
 
 
 def test_oblique_stack_uses_the_normal():
