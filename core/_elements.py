@@ -91,7 +91,7 @@ def read(ds: Dataset, keyword: str) -> Element | None:
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise ElementError(f"{keyword}: not a DICOM keyword")
-    item = ds.get_item(tag) if tag in ds else None
+    item = ds.get_item(tag, keep_deferred=True) if tag in ds else None
     if item is None:
         return None
     expected = _dictionary_vr(tag)

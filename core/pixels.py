@@ -123,9 +123,9 @@ def check_pixels(attrs: Attributes, transfer_syntax_uid: str, mode: DecodeMode) 
                         f"{describe('PixelData')}: missing; expected the image data that Rows, "
                         "Columns and the other Image Pixel attributes describe")]
     ts = str(transfer_syntax_uid)
-    if keyword != "PixelData" or ts in NATIVE_SYNTAXES:
+    if keyword != "PixelData" or not ts or ts in NATIVE_SYNTAXES:  # no syntax known: as native
         return _native_length(attrs, keyword, desc)
-    if not UID(ts).is_encapsulated:
+    if not UID(ts).is_transfer_syntax or not UID(ts).is_encapsulated:
         return []  # unknown syntax: the transfer syntax check reports it
     return _encapsulated(attrs.ds, ts, desc, mode)
 
@@ -238,7 +238,7 @@ def _encapsulated(ds: Dataset, ts: str, desc: PixelDescription, mode: DecodeMode
 def _frames(ds: Dataset, ts: str, desc: PixelDescription) -> tuple[list[bytes], list[Problem]]:
     """Split encapsulated Pixel Data into frames (PS3.5 A.4), checking the frame count."""
     where = describe("PixelData")
-    data = ds.get_item(0x7FE00010).value
+    data = ds.get_item(0x7FE00010, keep_deferred=True).value
     if not isinstance(data, bytes | bytearray | memoryview) or not data:
         return [], [Problem(ReasonCode.PIXEL_DATA_MISSING, f"{where}: empty; expected fragments")]
     data = bytes(data)

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from core._elements import Attributes, describe
+from core._elements import Attributes, ElementError, describe, read
 from core.config import ValidationConfig
 from core.geometry import GeometryPolicy, Slice, check_plane, check_stack
 from core.identifiers import hash_identifier
@@ -44,6 +45,7 @@ __all__ = [
     "ReasonCode",
     "ValidationPolicy",
     "Validator",
+    "attribute_text",
 ]
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -270,6 +272,27 @@ def _group(items: Iterable[InstanceFacts],
     return dict(groups)
 
 
+def attribute_text(ds: Dataset, keyword: str) -> str:
+    """Return an attribute's first value as stripped text; ``""`` when absent or unreadable.
+
+    Unlike ``ds.get(keyword)`` this never raises, whatever pydicom's reading validation mode,
+    so that data with invalid values is still filed (and then flagged by the validator). Values
+    pydicom can convert come decoded in the data set's character set; others from raw bytes.
+    """
+    try:
+        value = ds.get(keyword)
+        first = value[0] if isinstance(value, MultiValue | list | tuple) and value else value
+        return "" if first is None else str(first).strip()
+    except (ValueError, TypeError, LookupError, AttributeError, OverflowError, IndexError):
+        pass  # an invalid value: read its bytes instead
+    try:
+        elem = read(ds, keyword)
+    except ElementError:
+        return ""
+    first = elem.first if elem is not None else None
+    return "" if first is None else str(first).strip()
+
+
 def _safe_text(attrs: Attributes, keyword: str) -> str:
     elem = attrs.get(keyword)
     first = elem.first if elem is not None else None
@@ -315,7 +338,7 @@ def _check_complete(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
     tags = attrs.ds.keys()
     if not tags:
         return []
-    last = attrs.ds.get_item(next(reversed(tags)))
+    last = attrs.ds.get_item(next(reversed(tags)), keep_deferred=True)
     if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value is None:
         return []
     if len(last.value) < last.length:

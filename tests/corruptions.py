@@ -37,8 +37,9 @@ class Corruption:
     name: str
     code: str
     build: Callable[[int], list[FileDataset]]
-    sendable: bool = True
-    """Whether a C-STORE can carry it (an unknown transfer syntax cannot be negotiated)."""
+    round_trips: bool = True
+    """Whether it can be written and read back under the suite's strict pydicom settings (a
+    malformed transfer syntax cannot be written; an unknown one cannot be read strictly)."""
 
 
 def cxr(seed: int, size: int = 64) -> FileDataset:
@@ -184,10 +185,10 @@ CORRUPTIONS: tuple[Corruption, ...] = (
                _one(_set("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7"))),
     Corruption("unknown_transfer_syntax", "unsupported_transfer_syntax",
                _one(lambda ds: put(ds.file_meta, "TransferSyntaxUID", "1.3.6.1.4.1.9590.100.1.2.999")),
-               sendable=False),
+               round_trips=False),
     Corruption("malformed_transfer_syntax", "invalid_uid",
                _one(lambda ds: put(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.x")),
-               sendable=False),
+               round_trips=False),
     Corruption("truncated_rle_stream", "pixel_data_undecodable", _compressed(RLELossless, _truncate_frame)),
     Corruption("truncated_jpeg_ls_stream", "pixel_data_undecodable", _compressed(JPEGLSLossless, _truncate_frame)),
     Corruption("jpeg2000_rows_contradict_codestream", "pixel_attributes_inconsistent",

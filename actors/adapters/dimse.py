@@ -37,7 +37,7 @@ from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
 from core.types import AuditEventType, InstanceMeta
 from core.pixels import NATIVE_SYNTAXES, decode_plugins
-from core.validation import NON_PATIENT_SOP_CLASSES
+from core.validation import NON_PATIENT_SOP_CLASSES, attribute_text
 
 __all__ = [
     "DimsePacsClient",
@@ -211,9 +211,7 @@ class Listener:
     @staticmethod
     def _parse_header(raw: bytes, sop_uid: str) -> Dataset:
         try:
-            ds = dcmread(BytesIO(raw), stop_before_pixels=True)
-            ds.get("StudyInstanceUID")  # force parsing up to the UIDs we need
-            return ds
+            return dcmread(BytesIO(raw), stop_before_pixels=True)
         except Exception as exc:  # any parser failure means "cannot understand"
             reason = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"
             raise RejectedInput(reason, sop_uid) from exc
@@ -241,24 +239,25 @@ class Listener:
         calling_ae: str,
         now: float,
     ) -> InstanceMeta:
-        study = str(ds.get("StudyInstanceUID", "") or "").strip() or f"unknown-study:{sop_uid}"
-        series = str(ds.get("SeriesInstanceUID", "") or "").strip() or f"unknown-series:{sop_uid}"
+        # attribute_text never raises: invalid values are filed here and flagged by the validator.
+        study = attribute_text(ds, "StudyInstanceUID") or f"unknown-study:{sop_uid}"
+        series = attribute_text(ds, "SeriesInstanceUID") or f"unknown-series:{sop_uid}"
         path = self._spool / _safe_name(study) / f"{_safe_name(sop_uid)}.dcm"
         return InstanceMeta(
             sop_instance_uid=sop_uid,
             sop_class_uid=sop_class,
             study_instance_uid=study,
             series_instance_uid=series,
-            modality=str(ds.get("Modality", "") or "").strip(),
-            transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+            modality=attribute_text(ds, "Modality"),
+            transfer_syntax_uid=attribute_text(ds.file_meta, "TransferSyntaxUID"),
             path=str(path),
             sha256=digest,
             size=size,
             received_at=now,
             calling_ae=calling_ae,
-            body_part=str(ds.get("BodyPartExamined", "") or "").strip(),
-            series_description=str(ds.get("SeriesDescription", "") or "").strip(),
-            patient_key=hash_identifier(str(ds.get("PatientID", "") or ""), self._hash_key),
+            body_part=attribute_text(ds, "BodyPartExamined"),
+            series_description=attribute_text(ds, "SeriesDescription"),
+            patient_key=hash_identifier(attribute_text(ds, "PatientID"), self._hash_key),
         )
 
 

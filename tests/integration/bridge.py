@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
@@ -93,7 +93,7 @@ def send_raw(paths: Iterable[Path], port: int, *, ae_title: str = "RAWSCU") -> l
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
         for path in paths:
-            meta = dcmread(path, stop_before_pixels=True).file_meta
+            meta = read_file_meta_info(path)
             ae = AE(ae_title=ae_title)
             ae.add_requested_context(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
             assoc = ae.associate("127.0.0.1", port, ae_title="PACSAI")

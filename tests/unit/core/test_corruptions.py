@@ -15,8 +15,7 @@ from tests.corruptions import CORRUPTIONS, Corruption, reread
 
 def _codes_by_instance(corruption: Corruption, seed: int = 3) -> tuple[dict[str, set[str]], list[str]]:
     validator = Validator()
-    # An unknown or malformed transfer syntax cannot be written or negotiated: checked in memory.
-    datasets = [reread(ds) if corruption.sendable else ds for ds in corruption.build(seed)]
+    datasets = [reread(ds) if corruption.round_trips else ds for ds in corruption.build(seed)]
     codes: dict[str, set[str]] = {}
     messages: list[str] = []
     facts = []
