@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from core.reasons import Problem, ReasonCode
 
@@ -38,9 +38,8 @@ class ElementError(ValueError):
     """An element's bytes cannot be read as its VR."""
 
 
-@dataclass(frozen=True, slots=True)
-class Element:
-    """One attribute as the validator sees it.
+class Element(NamedTuple):
+    """One attribute as the validator sees it (a tuple: cheap to make, ~40 per instance).
 
     Attributes:
         keyword: DICOM keyword.
@@ -68,8 +67,7 @@ class Element:
     @property
     def vr_matches(self) -> bool:
         """Whether the encoded VR is one the dictionary allows (UN always is: PS3.5 6.2.2)."""
-        allowed = {v.strip() for v in self.expected_vr.split(" or ")}
-        return self.vr in allowed or self.vr == "UN" or not self.expected_vr
+        return not self.expected_vr or self.vr == "UN" or self.vr in _spec(self.keyword)[2]
 
 
 def describe(keyword: str) -> str:
@@ -82,29 +80,39 @@ def describe(keyword: str) -> str:
     return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else keyword
 
 
+_SPECS: dict[str, tuple[int, str, frozenset[str]]] = {}
+
+
+def _spec(keyword: str) -> tuple[int, str, frozenset[str]]:
+    """``(tag, dictionary VR, allowed VRs)`` of a keyword, looked up once."""
+    found = _SPECS.get(keyword)
+    if found is None:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise ElementError(f"{keyword}: not a DICOM keyword")
+        try:
+            expected = str(dictionary_VR(tag))
+        except KeyError:
+            expected = ""
+        # A BaseTag key saves pydicom's Tag() conversion on every get_item.
+        found = (BaseTag(tag), expected, frozenset(v.strip() for v in expected.split(" or ")))
+        _SPECS[keyword] = found
+    return found
+
+
 def read(ds: Dataset, keyword: str) -> Element | None:
     """Return the attribute ``keyword`` of ``ds``, or ``None`` when it is absent.
 
     Raises:
-        ElementError: The element's bytes cannot be read as its VR.
+        ElementError: ``keyword`` is unknown, or the element's bytes cannot be read as its VR.
     """
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise ElementError(f"{keyword}: not a DICOM keyword")
-    item = ds.get_item(tag, keep_deferred=True) if tag in ds else None
+    tag, expected, _ = _spec(keyword)
+    item = ds.get_item(tag, keep_deferred=True)  # the raw element as read: no conversion
     if item is None:
         return None
-    expected = _dictionary_vr(tag)
     if isinstance(item, RawDataElement):
         return _from_raw(keyword, item, expected)
     return _from_element(keyword, item, expected)
-
-
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return ""
 
 
 def _from_element(keyword: str, elem: DataElement, expected: str) -> Element:
@@ -127,36 +135,47 @@ def _from_element(keyword: str, elem: DataElement, expected: str) -> Element:
 def _from_raw(keyword: str, raw: RawDataElement, expected: str) -> Element:
     # Implicit VR leaves the VR to the dictionary; pydicom may already have put the dictionary's
     # "OB or OW" there. Either way the first option is what the element is read as.
-    encoded = (str(raw.VR) if raw.VR else expected).split(" or ")[0]
+    encoded = raw.VR or expected
+    if " or " in encoded:
+        encoded = encoded.split(" or ")[0]
     data = raw.value
-    if data is None or not isinstance(data, bytes | bytearray | memoryview):
-        data = b""  # deferred or buffered values are not read here; treated as empty
-    data = bytes(data)
-    decode_as = expected.split(" or ")[0] if encoded == "UN" and expected else encoded
-    little = True if encoded == "UN" else bool(raw.is_little_endian)
-    values = _decode(keyword, decode_as, data, little)
+    if data.__class__ is not bytes:
+        # deferred or buffered values are not read here: treated as empty
+        data = bytes(data) if isinstance(data, bytearray | memoryview) else b""
+    if encoded == "UN" and expected:  # UN holds Implicit VR Little Endian bytes (PS3.5 6.2.2)
+        values = _decode(keyword, expected.split(" or ")[0], data, True)
+    else:
+        values = _decode(keyword, encoded, data, raw.is_little_endian)
     return Element(keyword, int(raw.tag), encoded, expected, values, data, len(data))
 
 
+_STRUCTS: dict[tuple[bool, str, int], struct.Struct] = {}
+_STRIPPED = frozenset({"DS", "IS", "UI"})
+
+
 def _decode(keyword: str, vr: str, data: bytes, little: bool) -> tuple[Any, ...]:
-    if not data:
+    if not data or vr in _BULK or vr == "SQ":
         return ()
-    if vr in _BINARY:
-        fmt = _BINARY[vr]
+    if vr in _TEXT:
+        text = data.decode("latin-1").rstrip("\x00 ")
+        if "\\" not in text:
+            return (text.strip(" \x00") if vr in _STRIPPED else text,)
+        return tuple(v.strip(" \x00") if vr in _STRIPPED else v for v in text.split("\\"))
+    fmt = _BINARY.get(vr)
+    if fmt is None:
+        return ()
+    key = (little, vr, len(data))
+    packer = _STRUCTS.get(key)
+    if packer is None:
         size = struct.calcsize("<" + fmt)  # standard sizes, not the platform's
         if len(data) % size:
             raise ElementError(
                 f"{describe(keyword)}: got {len(data)} bytes; expected a multiple of {size} for VR {vr}"
             )
-        count = len(data) // size
-        order = "<" if little else ">"
-        return tuple(struct.unpack(f"{order}{fmt * count}", data))
-    if vr in _TEXT:
-        text = data.decode("latin-1").rstrip("\x00 ")
-        return tuple(v.strip(" \x00") if vr in ("DS", "IS", "UI") else v for v in text.split("\\"))
-    if vr in _BULK or vr == "SQ":
-        return ()
-    return ()
+        packer = struct.Struct(("<" if little else ">") + fmt * (len(data) // size))
+        if len(_STRUCTS) < 4096:  # bounded: lengths come from the data
+            _STRUCTS[key] = packer
+    return packer.unpack(data)
 
 
 class Attributes:
@@ -182,22 +201,45 @@ class Attributes:
 
     def get(self, keyword: str) -> Element | None:
         """Return the element (``None`` if absent or unreadable as its VR)."""
-        if keyword in self._cache:
-            return self._cache[keyword]
-        try:
-            elem = read(self.ds, keyword)
-        except ElementError as exc:
-            self._flag(keyword, str(exc))
-            elem = None
-        if elem is not None and not elem.vr_matches:
+        cache = self._cache
+        if keyword in cache:
+            return cache[keyword]
+        tag, expected, allowed = _spec(keyword)  # read(), inlined: this runs ~40 times per instance
+        item = self.ds.get_item(tag, keep_deferred=True)
+        elem = None
+        if item is not None:
+            try:
+                elem = (_from_raw(keyword, item, expected) if isinstance(item, RawDataElement)
+                        else _from_element(keyword, item, expected))
+            except ElementError as exc:
+                self._flag(keyword, str(exc))
+        if elem is not None and expected and elem.vr not in allowed and elem.vr != "UN":
             self._flag(keyword, f"{describe(keyword)}: got VR {elem.vr}; expected {elem.expected_vr}")
             elem = None
-        self._cache[keyword] = elem
+        cache[keyword] = elem
         return elem
 
     def _flag(self, keyword: str, message: str) -> None:
         self._bad.add(keyword)
         self.problems.append(Problem(ReasonCode.INVALID_VR, message))
+
+    def quick_text(self, keyword: str) -> str:
+        """The whole value as stripped text, without decoding it as its VR: for attributes that
+        are only compared between instances (Patient's Sex, Echo Numbers...). Raw bytes are
+        read as Latin-1, as :func:`read` does, so raw and converted elements compare alike for
+        the default repertoire."""
+        if keyword in self._cache:
+            elem = self._cache[keyword]
+            return "\\".join(map(str, elem.values)).strip() if elem is not None else ""
+        item = self.ds.get_item(_spec(keyword)[0], keep_deferred=True)
+        if item is None:
+            return ""
+        value = item.value
+        if isinstance(value, bytes):
+            return value.decode("latin-1").strip(" \x00")
+        if isinstance(value, MultiValue | list | tuple):
+            return "\\".join(map(str, value)).strip()
+        return "" if value is None else str(value).strip()
 
     def present(self, keyword: str) -> bool:
         """Whether the attribute is in the data set with a value (even an unreadable one)."""
@@ -220,8 +262,11 @@ class Attributes:
         elem = self.get(keyword)
         if elem is None or not elem.values:
             return None
+        values = elem.values
+        if kind is int and all(type(v) is int for v in values):
+            return values  # binary VRs (US, UL...) decode to ints already
         try:
-            return tuple(_number(v, kind) for v in elem.values)
+            return tuple(_number(v, kind) for v in values)
         except (TypeError, ValueError, OverflowError):
             shown = "\\".join(str(v) for v in elem.values)[:40]
             self._flag(

@@ -161,27 +161,29 @@ def _description(
 
 
 def _coherence(desc: PixelDescription, high_bit: int | None, attrs: Attributes) -> list[Problem]:
+    problems = []
     bad, odd = ReasonCode.INVALID_VALUE, ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT
-    checks = [
-        (desc.rows >= 1 and desc.columns >= 1, bad,
-         f"Rows/Columns (0028,0010/0011): got {desc.rows} x {desc.columns}; expected both >= 1"),
-        (desc.bits_allocated == 1 or (desc.bits_allocated % 8 == 0 and 8 <= desc.bits_allocated <= 64),
-         bad, f"{describe('BitsAllocated')}: got {desc.bits_allocated}; expected 1 or 8/16/32/64"),
-        (1 <= desc.bits_stored <= desc.bits_allocated, odd,
-         f"{describe('BitsStored')}: got {desc.bits_stored}; expected 1..BitsAllocated "
-         f"({desc.bits_allocated})"),
-        (high_bit == desc.bits_stored - 1, odd,
-         f"{describe('HighBit')}: got {high_bit}; expected BitsStored - 1 ({desc.bits_stored - 1}, "
-         "PS3.5 8.1.1)"),
-        (desc.pixel_representation in (0, 1), bad,
-         f"{describe('PixelRepresentation')}: got {desc.pixel_representation}; expected 0 or 1"),
-        (desc.photometric in _PHOTOMETRIC_SAMPLES, bad,
-         f"{describe('PhotometricInterpretation')}: got {desc.photometric[:40]!r}; expected a "
-         "PS3.3 C.7.6.3.1.2 defined term"),
-        (desc.frames >= 1, bad,
-         f"{describe('NumberOfFrames')}: got {desc.frames}; expected an integer >= 1"),
-    ]
-    problems = [Problem(code, message) for ok, code, message in checks if not ok]
+    if desc.rows < 1 or desc.columns < 1:
+        problems.append(Problem(bad, f"Rows/Columns (0028,0010/0011): got {desc.rows} x "
+                                     f"{desc.columns}; expected both >= 1"))
+    if not (desc.bits_allocated == 1 or (desc.bits_allocated % 8 == 0 and 8 <= desc.bits_allocated <= 64)):
+        problems.append(Problem(bad, f"{describe('BitsAllocated')}: got {desc.bits_allocated}; "
+                                     "expected 1 or 8/16/32/64"))
+    if not 1 <= desc.bits_stored <= desc.bits_allocated:
+        problems.append(Problem(odd, f"{describe('BitsStored')}: got {desc.bits_stored}; expected "
+                                     f"1..BitsAllocated ({desc.bits_allocated})"))
+    if high_bit != desc.bits_stored - 1:
+        problems.append(Problem(odd, f"{describe('HighBit')}: got {high_bit}; expected BitsStored - 1 "
+                                     f"({desc.bits_stored - 1}, PS3.5 8.1.1)"))
+    if desc.pixel_representation not in (0, 1):
+        problems.append(Problem(bad, f"{describe('PixelRepresentation')}: got "
+                                     f"{desc.pixel_representation}; expected 0 or 1"))
+    if desc.photometric not in _PHOTOMETRIC_SAMPLES:
+        problems.append(Problem(bad, f"{describe('PhotometricInterpretation')}: got "
+                                     f"{desc.photometric[:40]!r}; expected a PS3.3 C.7.6.3.1.2 defined term"))
+    if desc.frames < 1:
+        problems.append(Problem(bad, f"{describe('NumberOfFrames')}: got {desc.frames}; expected an "
+                                     "integer >= 1"))
     return problems + _samples(desc, attrs)
 
 
