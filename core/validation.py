@@ -172,7 +172,7 @@ class Validator:
 
     def _checks(self) -> tuple[_Check, ...]:
         return (_check_complete, _check_transfer_syntax, _check_identity, _check_meta,
-                self._check_plane, self._check_pixels)
+                self._check_plane, self._check_pixels, _check_functional_groups)
 
     def _check_pixels(self, attrs: Attributes, ts: str, _sop: str) -> list[Problem]:
         return check_pixels(attrs, _syntax(attrs, ts), self.policy.decode)
@@ -356,6 +356,24 @@ def _check_complete(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
         return [Problem(ReasonCode.TRUNCATED,
                         f"{name}: got {len(last.value)} bytes; its length says {last.length} "
                         "(the data set ends inside this element)")]
+    return []
+
+
+def _check_functional_groups(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
+    """Enhanced multi-frame images describe each frame in one Per-Frame Functional Groups item
+    (PS3.3 C.7.6.16): as many items as Number of Frames."""
+    if 0x52009230 not in attrs.ds:
+        return []
+    frames = attrs.integer("NumberOfFrames")
+    items = len(attrs.ds.PerFrameFunctionalGroupsSequence)
+    if frames is None and not attrs.present("NumberOfFrames"):
+        return [Problem(ReasonCode.MISSING_ATTRIBUTE,
+                        f"NumberOfFrames (0028,0008): missing; expected {items} (Type 1 for a "
+                        "multi-frame image with Per-Frame Functional Groups)")]
+    if frames is not None and items != frames:
+        return [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
+                        f"PerFrameFunctionalGroupsSequence (5200,9230): got {items} items; "
+                        f"NumberOfFrames (0028,0008) says {frames}")]
     return []
 
 

@@ -95,3 +95,15 @@ def test_first_frame_mode_decodes_one_frame_only():
     policy = ValidationPolicy(decode=DecodeMode.FIRST_FRAME)
     ds = dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
     assert Validator(policy).check_instance(ds) == []
+
+
+def test_per_frame_functional_groups_must_match_the_frame_count():
+    """liver_1frame.dcm (an enhanced SEG cut down to one frame) keeps three Per-Frame
+    Functional Groups items and no Number of Frames."""
+    ds = dcmread(get_testdata_file("liver_1frame.dcm"))
+    assert [i.code for i in Validator().check_instance(ds)] == ["missing_attribute"]
+    del ds.PerFrameFunctionalGroupsSequence[1:]
+    ds.NumberOfFrames = 1
+    assert Validator().check_instance(ds) == []
+    ds.PerFrameFunctionalGroupsSequence.append(ds.PerFrameFunctionalGroupsSequence[0])
+    assert [i.code for i in Validator().check_instance(ds)] == ["frame_count_mismatch"]
