@@ -117,8 +117,9 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
         if out.exists() and Path(f"{out}.sha256").exists() and not args.force:
             print(f"{family}: {out} exists (use --force to retrain)")
             continue
-        report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed)
-        print(f"{family}: wrote {out}: {report}")
+        report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed, log=lambda _m: None)
+        aucs = ", ".join(f"{e.key} {e.auc:.3f}" for e in report.evaluation)
+        print(f"{family}: wrote {out} ({report.steps} steps, {report.seconds:.0f} s); held-out AUC: {aucs}")
     return 0
 
 
