@@ -16,25 +16,28 @@ import hashlib
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from actors.adapters.fs import check_free_space, durable_write
+from actors.adapters.fs import check_free_space, durable_write, publish, write_temp
 from actors.adapters.ledger import RecordResult, SqliteLedger
 from actors.adapters.tls import client_context, server_context
 from core.audit import AuditEvent
 from core.config import ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
+from core.part10 import part10_header
 from core.types import AuditEventType, InstanceMeta
 
 __all__ = ["DimsePacsClient", "Listener", "StoreOutcome"]
@@ -42,6 +45,8 @@ __all__ = ["DimsePacsClient", "Listener", "StoreOutcome"]
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
+_LAST_RECORDED_TAG = 0x0020000E
+"""Series Instance UID: every attribute the ledger records comes before it."""
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -88,7 +93,7 @@ class Listener:
         self._actor = f"listener:{cfg.ae_title}"
         self.received = 0
         self.failed = 0
-        self._hasher = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="sha256")
+        self._writer = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="spool")
 
     @property
     def port(self) -> int:
@@ -126,7 +131,7 @@ class Listener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        self._hasher.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
 
     def handle_store(self, event: Any) -> int:
         """EVT_C_STORE handler: make the instance durable, then answer. Never raises."""
@@ -134,7 +139,8 @@ class Listener:
             status = self.ingest(
                 sop_uid=str(event.request.AffectedSOPInstanceUID or ""),
                 sop_class=str(event.request.AffectedSOPClassUID or ""),
-                raw=event.encoded_dataset(),
+                dataset=event.encoded_dataset(include_meta=False),
+                transfer_syntax=str(event.context.transfer_syntax),
                 calling_ae=str(event.assoc.requestor.ae_title).strip(),
             )
         except OutOfResources as exc:
@@ -155,52 +161,85 @@ class Listener:
             self.failed += 1
         return status
 
-    def ingest(self, sop_uid: str, sop_class: str, raw: bytes, calling_ae: str) -> int:
+    def ingest(
+        self, sop_uid: str, sop_class: str, dataset: bytes, transfer_syntax: str, calling_ae: str
+    ) -> int:
         """Make one received instance durable and record it; return the DIMSE status.
+
+        The file (Part 10 header + the data set exactly as received) is written and fsynced
+        in a worker thread while this thread hashes and parses it; the OS calls and hashlib
+        release the GIL, so the work overlaps. Success is returned only after the rename,
+        the directory fsync and the ledger commit.
 
         Args:
             sop_uid: Affected SOP Instance UID from the C-STORE request.
             sop_class: Affected SOP Class UID from the C-STORE request.
-            raw: The instance as a DICOM file (preamble, file meta, data set as received).
+            dataset: The data set as received (no file meta).
+            transfer_syntax: The presentation context's transfer syntax.
             calling_ae: The sender's AE title.
 
         Raises:
-            OutOfResources: The spool disk is below its floor.
+            OutOfResources: The spool disk is below its floor or full.
             RejectedInput: The data set cannot be parsed (audited, bytes kept aside).
         """
         now = self._clock()
         check_free_space(self._spool, self._cfg.min_free_bytes)
-        # hashlib releases the GIL on large buffers: hash while the header is parsed.
-        hashing = self._hasher.submit(lambda: hashlib.sha256(raw).hexdigest())
+        header = part10_header(sop_class, sop_uid, transfer_syntax, calling_ae)
+        duplicate = self._ledger.has_instance(sop_uid)
+        writing = None
+        if not duplicate:
+            writing = self._writer.submit(
+                write_temp, self._spool / ".incoming", _safe_name(sop_uid), [header, dataset]
+            )
+        digest = hashlib.sha256(header)
+        digest.update(dataset)
         try:
-            ds = self._parse_header(raw, sop_uid)
+            ds = self._parse_header(dataset, transfer_syntax, sop_uid)
         except RejectedInput as exc:
-            self._reject(raw, hashing.result(), sop_uid, calling_ae, now, exc.reason)
+            self._reject(writing, header, dataset, digest.hexdigest(), sop_uid, calling_ae, now, exc.reason)
             raise
-        digest = hashing.result()
-        meta = self._meta(ds, sop_uid, sop_class, digest, len(raw), calling_ae, now)
-        if not self._ledger.has_instance(sop_uid):
-            durable_write(Path(meta.path), raw)
+        size = len(header) + len(dataset)
+        meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
+        if writing is not None:
+            publish(writing.result(), Path(meta.path))
         result = self._ledger.record_instance(meta, now, now + self._quiet, self._actor)
         if result == RecordResult.DUPLICATE:
             logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
         return STATUS_SUCCESS
 
     @staticmethod
-    def _parse_header(raw: bytes, sop_uid: str) -> Dataset:
+    def _parse_header(dataset: bytes, transfer_syntax: str, sop_uid: str) -> Dataset:
+        """Parse the data set up to the attributes the ledger records (Series Instance UID)."""
         try:
-            ds = dcmread(BytesIO(raw), stop_before_pixels=True)
-            ds.get("StudyInstanceUID")  # force parsing up to the UIDs we need
-            return ds
+            if transfer_syntax == DeflatedExplicitVRLittleEndian:
+                dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
+            return read_dataset(
+                BytesIO(dataset),
+                is_implicit_VR=transfer_syntax == ImplicitVRLittleEndian,
+                is_little_endian=transfer_syntax != ExplicitVRBigEndian,
+                stop_when=lambda tag, _vr, _length: tag > _LAST_RECORDED_TAG,
+            )
         except Exception as exc:  # any parser failure means "cannot understand"
             reason = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"
             raise RejectedInput(reason, sop_uid) from exc
 
     def _reject(
-        self, raw: bytes, digest: str, sop_uid: str, calling_ae: str, now: float, reason: str
+        self,
+        writing: Future[Path] | None,
+        header: bytes,
+        dataset: bytes,
+        digest: str,
+        sop_uid: str,
+        calling_ae: str,
+        now: float,
+        reason: str,
     ) -> None:
         """Keep unparseable data aside for inspection and audit the rejection."""
-        durable_write(self._rejected / f"{digest}.dcm", raw)
+        kept = self._rejected / f"{digest}.dcm"
+        if writing is not None:
+            publish(writing.result(), kept)
+        else:
+            durable_write(kept, header + dataset)
         event = AuditEvent(
             AuditEventType.INSTANCE_REJECTED,
             self._actor,
@@ -214,6 +253,7 @@ class Listener:
         ds: Dataset,
         sop_uid: str,
         sop_class: str,
+        transfer_syntax: str,
         digest: str,
         size: int,
         calling_ae: str,
@@ -228,7 +268,7 @@ class Listener:
             study_instance_uid=study,
             series_instance_uid=series,
             modality=str(ds.get("Modality", "") or "").strip(),
-            transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+            transfer_syntax_uid=transfer_syntax,
             path=str(path),
             sha256=digest,
             size=size,
