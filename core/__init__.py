@@ -8,6 +8,7 @@ __all__ = [
     "findings",
     "identifiers",
     "ledger",
+    "part10",
     "ports",
     "routing",
     "sr",
