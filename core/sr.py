@@ -24,6 +24,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from core.findings import LOCAL_SCHEME
 from core.types import Finding, Prediction
 from core.uids import output_uid, uid_from_parts
 
@@ -133,7 +134,7 @@ class SRBuilder:
             title=codes.DCM.ImagingMeasurementReport,
         )
         series_uid, sop_uid = self.sr_uids(study_uid, prediction)
-        return hd.sr.Comprehensive3DSR(
+        sr = hd.sr.Comprehensive3DSR(
             evidence=list(sources),
             content=report,
             series_instance_uid=series_uid,
@@ -147,6 +148,9 @@ class SRBuilder:
             is_final=False,
             previous_versions=list(previous_versions) or None,
         )
+        if any(f.term.scheme == LOCAL_SCHEME for f in prediction.findings):
+            sr.CodingSchemeIdentificationSequence = [_local_scheme_item()]
+        return sr
 
     def _observer(self, prediction: Prediction) -> hd.sr.ObservationContext:
         device_uid = uid_from_parts("device", prediction.model_name, prediction.model_version)
@@ -188,7 +192,6 @@ class SRBuilder:
                     name=codes.DCM.Probability,
                     value=round(float(finding.probability), 6),
                     unit=_NO_UNITS,
-                    algorithm_id=algo,
                 )
             ],
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in used],
@@ -196,6 +199,15 @@ class SRBuilder:
 
     @staticmethod
     def _series_description(prediction: Prediction) -> str:
-        label = f"AI {prediction.model_name} {prediction.model_version}"
-        suffix = " DEMO model, not for clinical use" if prediction.demo else " (unverified)"
-        return (label + suffix)[:64]
+        """Series Description (LO, 64 chars): the DEMO marker first, so truncation keeps it."""
+        prefix = "DEMO AI, not for clinical use: " if prediction.demo else "AI (unverified): "
+        return f"{prefix}{prediction.model_name} {prediction.model_version}"[:64]
+
+
+def _local_scheme_item() -> Dataset:
+    """Coding Scheme Identification (PS3.3 C.12.1.1.2) declaring our local scheme."""
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "PACS-AI Bridge local finding codes"
+    item.CodingSchemeResponsibleOrganization = "PACS-AI Bridge"
+    return item
