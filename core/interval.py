@@ -335,7 +335,7 @@ def _plain_reason(status: PriorStatus, reason: str) -> str:
     lead = {
         PriorStatus.UNAVAILABLE: "Priors were not available: the PACS could not be queried",
         PriorStatus.NONE_FOUND: "No prior study was found",
-        PriorStatus.DISABLED: "Prior studies were not looked up (prior linking is off)",
+        PriorStatus.DISABLED: "Prior studies were not looked up",
         PriorStatus.NOT_LOOKED_UP: "Prior studies were not looked up",
     }[status]
     return f"{lead} ({reason})." if reason else f"{lead}."
