@@ -77,6 +77,16 @@ class StudyRecords:
             for jid, e in out.items()
         ]
 
+    def receiving_instances(self) -> list[InstanceMeta]:
+        """Instances of studies whose latest job is still receiving (for pre-validation)."""
+        rows = self._ledger._read(
+            "SELECT i.* FROM jobs j JOIN instances i ON i.study_uid = j.study_uid"
+            " WHERE j.state = ? AND COALESCE(i.override, '') = ''"
+            " ORDER BY i.received_at, i.sop_instance_uid",
+            (JobState.RECEIVING.value,),
+        )
+        return [_instance(r) for r in rows]
+
     def own_series(self, study_uid: str) -> set[str]:
         """Series of the study that hold our own results."""
         rows = self._ledger._read(
