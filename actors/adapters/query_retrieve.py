@@ -125,7 +125,11 @@ class DimseQueryRetrieve:
 
     # ---------------------------------------------------------------- C-FIND
     def find_studies(self, query: StudyQuery) -> list[StudyRecord]:
-        """STUDY-level C-FIND for one patient's studies (``core.ports.PacsQuery``)."""
+        """STUDY-level C-FIND for one patient's studies (``core.ports.PacsQuery``).
+
+        Raises:
+            DependencyUnavailable: The PACS cannot be reached, refuses, or answers a failure.
+        """
         q = _identifier("STUDY", StudyInstanceUID="", StudyDate=f"{query.date_from}-{query.date_to}",
                         StudyTime="", AccessionNumber="", StudyDescription="",
                         ModalitiesInStudy="\\".join(query.modalities),
@@ -134,12 +138,20 @@ class DimseQueryRetrieve:
         return [_study(a) for a in self._find([q])[0] if a.get("StudyInstanceUID")]
 
     def find_series(self, study_uid: str) -> list[SeriesRecord]:
-        """SERIES-level C-FIND of one study (``core.ports.PacsQuery``)."""
+        """SERIES-level C-FIND of one study (``core.ports.PacsQuery``).
+
+        Raises:
+            DependencyUnavailable: The PACS cannot be reached, refuses, or answers a failure.
+        """
         return [_series(a, study_uid) for a in self._find([_series_query(study_uid)])[0]
                 if a.get("SeriesInstanceUID")]
 
     def find_instances(self, study_uid: str, series_uid: str) -> list[InstanceRef]:
-        """IMAGE-level C-FIND: the instances of one series."""
+        """IMAGE-level C-FIND: the instances of one series.
+
+        Raises:
+            DependencyUnavailable: The PACS cannot be reached, refuses, or answers a failure.
+        """
         q = _identifier("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid,
                         SOPInstanceUID="", SOPClassUID="", InstanceNumber="")
         return [InstanceRef(study_uid, series_uid, str(a.get("SOPClassUID", "")),
@@ -147,7 +159,11 @@ class DimseQueryRetrieve:
                 for a in self._find([q])[0] if a.get("SOPInstanceUID")]
 
     def study_counts(self, study_uid: str) -> PacsCounts:
-        """Number of Study and Series Related Instances of one study, over one association."""
+        """Number of Study and Series Related Instances of one study, over one association.
+
+        Raises:
+            DependencyUnavailable: The PACS cannot be reached, refuses, or answers a failure.
+        """
         study_q = _identifier("STUDY", StudyInstanceUID=study_uid, NumberOfStudyRelatedInstances="")
         studies, series = self._find([study_q, _series_query(study_uid)])
         if not studies and not series:
