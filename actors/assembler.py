@@ -222,7 +222,7 @@ class AssemblerActor(StageShell):
         self, runtime: StageRuntime, cfg: AssemblyConfig, pacs: PacsConfig | None = None
     ) -> None:
         ledger = self._open_ledger(runtime)
-        client = DimseQueryRetrieve(pacs) if pacs is not None else None
+        client = DimseQueryRetrieve(pacs, cfg.query_timeout_s) if pacs is not None else None
         evidence = Evidence(EvidenceTracker(CompletenessPolicy(cfg)), client, StudyRecords(ledger))
         self._start(runtime, AssemblyWork(ledger, evidence, "stage:assembler"))
         self._watcher = EvidenceWatcher(

@@ -164,6 +164,12 @@ class AssemblyConfig(_Model):
         description="pacs_counts: least seconds between count queries for one study, unless our "
         "count just reached the PACS's last answer",
     )
+    query_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="pacs_counts: connect and C-FIND timeout of a count query; a slower PACS "
+        "cannot tell, and the quiet period decides",
+    )
     sources: dict[Annotated[str, Field(pattern=AE_TITLE)], SourceCompletionConfig] = Field(
         default_factory=dict, description="Per calling AE title of the sender"
     )

@@ -694,7 +694,9 @@ class SqliteLedger:
                 "reason": r[4],
             }
         pending = self._read("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")[0][0]
+        flags = self._read("SELECT COUNT(*) FROM review_flags WHERE resolved = 0")[0][0]
         return {
+            "review_flags_open": flags,
             "jobs": {s.value: jobs.get(s.value, 0) for s in JobState},
             "instances": per_instance,
             "queue_depth": sum(jobs.get(s, 0) for s in working),

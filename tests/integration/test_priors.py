@@ -113,6 +113,7 @@ def test_right_prior_is_found_retrieved_and_compared_another_patient_is_not(tmp_
     assert ledger.jobs_for_study(prior_uid) == []
     # The other patient's study: never retrieved, flagged for review, audited.
     assert ledger.instance_states(str(impostor[0].StudyInstanceUID)) == {}
+    assert ledger.status(time.time())["review_flags_open"] == 1
     [flag] = StudyRecords(ledger).review_flags()
     assert (flag["kind"], flag["other_study_uid"]) == ("prior_identity_conflict", str(impostor[0].StudyInstanceUID))
     conflicts = [e for e in ledger.audit_events(uid) if e["type"] == "prior_identity_conflict"]
