@@ -143,3 +143,42 @@ def test_pacs_down_for_queries_results_still_come_saying_priors_unavailable(tmp_
     assert complete["detail"]["rule"] == "quiet_period" and complete["detail"]["verdict"] == "cannot_tell"
     [query] = [e for e in events if e["type"] == "prior_query"]
     assert query["detail"]["status"] == "unavailable"
+
+
+@pytest.mark.parametrize("method", ["c-move", "c-get"])
+def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method):
+    """No Ray: C-FIND answers and counts, then one series retrieved the configured way."""
+    from actors.adapters.dimse import Listener
+    from actors.adapters.ledger import SqliteLedger
+    from actors.adapters.query_retrieve import DimseQueryRetrieve
+    from core.config import ListenerConfig, PacsConfig
+    from core.errors import DependencyUnavailable
+    from core.priors import StudyQuery
+
+    prior = cxr(221, n=2, when=400)
+    seed_pacs(pacs, tmp_path, prior)
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    listener = Listener(ListenerConfig(port=pacs.listener_port, min_free_bytes=0), tmp_path / "spool",
+                        tmp_path / "rejected", ledger, 60.0)
+    listener.start()
+    try:
+        qr = DimseQueryRetrieve(PacsConfig(ae_title=pacs.aet, host="127.0.0.1", port=pacs.dicom_port), 5,
+                                move_destination="PACSAI", on_store=listener.handle_store)
+        [study] = qr.find_studies(StudyQuery("PRI-7", "", ("DX",), _days_ago(1000), _days_ago(0)))
+        assert (study.study_uid, study.study_date, study.identity.birth_date) == (
+            str(prior[0].StudyInstanceUID), _days_ago(400), BIRTH)
+        [series] = qr.find_series(study.study_uid)
+        counts = qr.study_counts(study.study_uid)
+        assert (counts.study_count, dict(counts.series)) == (2, {series.series_uid: 2})
+        assert not qr.study_counts("1.2.3.4.5").known
+        StudyRecords(ledger).expect_prior_series(series.series_uid, study.study_uid, "9.9", 1, time.time())
+        outcome = qr.retrieve_series(study.study_uid, series.series_uid, method)
+        assert outcome.ok and outcome.completed == 2
+        assert ledger.instance_states(study.study_uid) == {str(d.SOPInstanceUID): "skipped" for d in prior}
+        assert ledger.jobs_for_study(study.study_uid) == []
+        pacs.stop()
+        with pytest.raises(DependencyUnavailable):
+            qr.find_series(study.study_uid)
+    finally:
+        listener.stop()
+        ledger.close()
