@@ -78,6 +78,9 @@ def _format_status(report: dict[str, Any]) -> str:
     lines.append("instances:")
     lines += [f"  {state:<12} {n}" for state, n in report["instances"].items()]
     lines.append(f"queue depth: {report['queue_depth']}   outbox pending: {report['outbox_pending']}")
+    if report.get("review_flags_open"):
+        lines.append(f"for review: {report['review_flags_open']} (e.g. a prior with our Patient ID "
+                     "but another patient's name or birth date)")
     oldest = report["oldest_waiting"]
     if oldest:
         lines.append(

@@ -161,10 +161,10 @@ class Pipeline:
         self.actors = {
             "listener": ListenerActor.options(**self._options("listener", 0)).remote(
                 self.cfg.listener, self.layout, self.cfg.assembly.quiet_period_s, key,
-                self.cfg.logging.level,
+                self.cfg.logging.level, self.cfg.assembly,
             ),
             "assembler": AssemblerActor.options(**self._options("assembler", st.assembler.num_cpus)).remote(
-                self.runtime(st.assembler), self.cfg.assembly
+                self.runtime(st.assembler), self.cfg.assembly, self.cfg.pacs
             ),
             "validator": ValidatorActor.options(**self._options("validator", st.validator.num_cpus)).remote(
                 self.runtime(st.validator)
@@ -173,13 +173,14 @@ class Pipeline:
                 self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models)
             ),
             "prior_linker": PriorLinkerActor.options(**self._options("prior_linker", st.prior_linker.num_cpus)).remote(
-                self.runtime(st.prior_linker)
+                self.runtime(st.prior_linker), self.cfg.priors, self.cfg.pacs, self.cfg.listener,
+                self.layout, dict(self.cfg.models), key,
             ),
             "inference": InferenceActor.options(**self._options("inference", st.inference.num_cpus)).remote(
-                self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing
+                self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing, self.cfg.priors
             ),
             "sr_writer": SRWriterActor.options(**self._options("sr_writer", st.sr_writer.num_cpus)).remote(
-                self.runtime(st.sr_writer), self.layout, self.cfg.sr
+                self.runtime(st.sr_writer), self.layout, self.cfg.sr, self.cfg.priors
             ),
             "delivery": DeliveryActor.options(**self._options("delivery", st.delivery.num_cpus)).remote(
                 self.runtime(st.delivery), self.cfg.pacs

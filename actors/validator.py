@@ -1,4 +1,8 @@
-"""Validator actor: checks every instance of a complete study; failures go to quarantine."""
+"""Validator actor: checks every instance of a complete study; failures go to quarantine.
+
+Instances are checked while their study is still receiving (``actors.prevalidation``), so a
+study completed at once on PACS evidence is validated from the cached verdicts.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import ray
 from pydicom import dcmread
 
 from actors.adapters.ledger import SqliteLedger
+from actors.adapters.study_records import StudyRecords
+from actors.prevalidation import PreValidator, VerdictCache
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.types import AuditEventType, InstanceMeta, Job, JobState, ValidationIssue
@@ -20,10 +26,19 @@ __all__ = ["ValidationWork", "ValidatorActor"]
 class ValidationWork:
     """Validates one job's instances and records the verdict."""
 
-    def __init__(self, ledger: SqliteLedger, validator: Validator, actor: str) -> None:
+    def __init__(
+        self, ledger: SqliteLedger, validator: Validator, actor: str,
+        cache: VerdictCache | None = None,
+    ) -> None:
         self._ledger = ledger
         self._validator = validator
         self._actor = actor
+        self._cache = cache
+
+    def checked(self, inst: InstanceMeta) -> list[ValidationIssue]:
+        """The instance's problems: checked while its study was receiving, else now."""
+        cached = self._cache.get(inst) if self._cache is not None else None
+        return cached if cached is not None else self.check(inst)
 
     def check(self, inst: InstanceMeta) -> list[ValidationIssue]:
         """Read one spooled instance and return its problems."""
@@ -50,13 +65,14 @@ class ValidationWork:
 
     def __call__(self, job: Job) -> None:
         """Validate and move the job to ``validated`` or ``quarantined``."""
+        overrides = self._ledger.instance_overrides(job.job_id)  # once, not per instance
         instances = [
             i for i in self._ledger.job_instances(job.job_id)
-            if self._ledger.instance_overrides(job.job_id).get(i.sop_instance_uid) != "discarded"
+            if overrides.get(i.sop_instance_uid) != "discarded"
         ]
         bad: dict[str, list[ValidationIssue]] = {}
         for inst in instances:
-            issues = self.check(inst)
+            issues = self.checked(inst)
             if issues:
                 bad[inst.sop_instance_uid] = issues
         events = [
@@ -105,4 +121,13 @@ class ValidatorActor(StageShell):
 
     def __init__(self, runtime: StageRuntime) -> None:
         ledger = self._open_ledger(runtime)
-        self._start(runtime, ValidationWork(ledger, Validator(), "stage:validator"))
+        cache = VerdictCache()
+        work = ValidationWork(ledger, Validator(), "stage:validator", cache)
+        self._start(runtime, work)
+        self._pre = PreValidator(StudyRecords(ledger), work.check, cache, runtime.poll_interval_s)
+        self._pre.start()
+
+    def stop(self) -> None:
+        """Stop pre-validation, then the runner."""
+        self._pre.stop()
+        super().stop()

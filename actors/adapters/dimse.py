@@ -32,9 +32,11 @@ from pynetdicom.sop_class import Verification
 
 from actors.adapters.fs import check_free_space, durable_write, publish, write_temp
 from actors.adapters.ledger import RecordResult, SqliteLedger
+from actors.adapters.query_retrieve import tcp_nodelay
 from actors.adapters.tls import client_context, server_context
 from core.audit import AuditEvent
-from core.config import ListenerConfig, PacsConfig
+from core.completeness import CompletenessPolicy
+from core.config import AssemblyConfig, ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
 from core.part10 import part10_header
@@ -70,6 +72,7 @@ class Listener:
         quiet_period_s: float,
         clock: Callable[[], float] = time.time,
         hash_key: bytes = b"pacsai-default-identifier-key",
+        assembly: AssemblyConfig | None = None,
     ) -> None:
         """Prepare the listener; ``start()`` opens the port.
 
@@ -81,6 +84,8 @@ class Listener:
             quiet_period_s: Study quiet period, to schedule the assembler.
             clock: Wall clock.
             hash_key: Key for hashed patient identifiers.
+            assembly: Per-sender completion rules; when given, a sender's own quiet period
+                schedules the assembler instead of ``quiet_period_s``.
         """
         self._cfg = cfg
         self._spool = spool_dir
@@ -89,6 +94,7 @@ class Listener:
         self._quiet = quiet_period_s
         self._clock = clock
         self._hash_key = hash_key
+        self._policy = CompletenessPolicy(assembly) if assembly is not None else None
         self._server: Any = None
         self._actor = f"listener:{cfg.ae_title}"
         self.received = 0
@@ -202,7 +208,8 @@ class Listener:
         meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
         if writing is not None:
             publish(writing.result(), Path(meta.path))
-        result = self._ledger.record_instance(meta, now, now + self._quiet, self._actor)
+        quiet = self._policy.quiet_period_for(calling_ae) if self._policy else self._quiet
+        result = self._ledger.record_instance(meta, now, now + quiet, self._actor)
         if result == RecordResult.DUPLICATE:
             logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
         return STATUS_SUCCESS
@@ -320,7 +327,8 @@ class DimsePacsClient:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._cfg.timeout_s
         ae.connection_timeout = self._cfg.timeout_s
         tls = (client_context(self._cfg.tls), self._cfg.tls.server_hostname or self._cfg.host) if self._cfg.tls else None
-        assoc = ae.associate(self._cfg.host, self._cfg.port, ae_title=self._cfg.ae_title, tls_args=tls)
+        assoc = ae.associate(self._cfg.host, self._cfg.port, ae_title=self._cfg.ae_title, tls_args=tls,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
         if not assoc.is_established:
             raise DependencyUnavailable("pacs", f"no association with {self._cfg.ae_title}@{self._cfg.host}:{self._cfg.port}")
         try:
