@@ -27,11 +27,11 @@ system-packages:
 	fi
 
 # torch first, from the CPU wheel on this machine's disk, so nothing pulls a CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -c requirements.lock -e '.[test]'
 	touch $(STAMP)
 
 # Demo weights, trained on synthetic phantoms (never committed; cached under var/models).

@@ -10,6 +10,7 @@ __all__ = [
     "inference",
     "listener",
     "pipeline",
+    "prevalidation",
     "prior_linker",
     "router",
     "sr_writer",

@@ -50,9 +50,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     stop = threading.Event()
+    pipeline = Pipeline(cfg).start(deploy=not args.no_deploy)
+    # After ray.init: Ray installs its own SIGTERM handler, which would kill us mid-shutdown.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    pipeline = Pipeline(cfg).start(deploy=not args.no_deploy)
     print(
         f"pacsai up: listener {cfg.listener.ae_title} on {cfg.listener.host}:"
         f"{pipeline.listener_port()}, var {pipeline.layout.root}",
@@ -84,6 +85,9 @@ def _format_status(report: dict[str, Any]) -> str:
         lines.append(f"quarantine: held {q['held']}" + (f" ({codes})" if codes else "")
                      + f", released {q['released']}, discarded {q['discarded']}"
                      + ("   -> pacsai quarantine list" if q["held"] else ""))
+    if report.get("review_flags_open"):
+        lines.append(f"for review: {report['review_flags_open']} (e.g. a prior with our Patient ID "
+                     "but another patient's name or birth date)")
     oldest = report["oldest_waiting"]
     if oldest:
         lines.append(
@@ -162,8 +166,9 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
         if out.exists() and Path(f"{out}.sha256").exists() and not args.force:
             print(f"{family}: {out} exists (use --force to retrain)")
             continue
-        report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed)
-        print(f"{family}: wrote {out}: {report}")
+        report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed, log=lambda _m: None)
+        aucs = ", ".join(f"{e.key} {e.auc:.3f}" for e in report.evaluation)
+        print(f"{family}: wrote {out} ({report.steps} steps, {report.seconds:.0f} s); held-out AUC: {aucs}")
     return 0
 
 

@@ -33,7 +33,7 @@ from core.config import AppConfig, StageConfig, app_name, parse_config
 from core.errors import ConfigError
 from core.identifiers import DEFAULT_KEY
 
-__all__ = ["Pipeline", "deploy_models", "ensure_ray", "load_config"]
+__all__ = ["Pipeline", "build_model_apps", "deploy_models", "ensure_ray", "hash_key", "load_config", "wait_until"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,23 @@ def ensure_ray(cfg: AppConfig) -> None:
     )
 
 
-def deploy_models(cfg: AppConfig, families: list[str] | None = None) -> list[str]:
-    """Deploy (or update) one Serve application per model family.
+def build_model_apps(cfg: AppConfig, families: list[str] | None = None) -> dict[str, Any]:
+    """Build (not deploy) one Serve application per model family; needs no running Ray.
 
-    Weights are verified before anything is deployed, so a missing or mismatched file stops
-    startup with an error naming the file.
+    Raises:
+        ModelWeightsError: A weights file is missing or does not match its sha256 (the file
+            is named), so startup stops before anything starts.
+    """
+    from serve.app import build_app  # the composition root is the one place that knows serve
+
+    chosen = sorted(cfg.models) if families is None else families
+    return {family: build_app(family, cfg.models[family]) for family in chosen}
+
+
+def deploy_models(
+    cfg: AppConfig, families: list[str] | None = None, apps: dict[str, Any] | None = None
+) -> list[str]:
+    """Deploy (or update) one Serve application per model family.
 
     Returns:
         The deployed application names.
@@ -95,14 +107,11 @@ def deploy_models(cfg: AppConfig, families: list[str] | None = None) -> list[str
     Raises:
         ModelWeightsError: A weights file is missing or does not match its sha256.
     """
-    from serve.app import build_app  # the composition root is the one place that knows serve
-
-    chosen = sorted(cfg.models) if families is None else families
-    apps = {family: build_app(family, cfg.models[family]) for family in chosen}
+    apps = apps if apps is not None else build_model_apps(cfg, families)
     serve.start(proxy_location="Disabled")  # no HTTP proxy until the REST API is deployed
     for family, app in apps.items():
         serve.run(app, name=app_name(family), route_prefix=None)
-    return [app_name(f) for f in chosen]
+    return [app_name(f) for f in apps]
 
 
 @dataclass
@@ -143,18 +152,19 @@ class Pipeline:
             deploy: Deploy the model applications too (tests may share one deployment).
         """
         key = hash_key(self.cfg)
+        apps = build_model_apps(self.cfg) if deploy and self.cfg.models else {}
         ensure_ray(self.cfg)
         SqliteLedger(self.layout.ledger).close()  # create the schema once, before the actors
-        if deploy and self.cfg.models:
-            deploy_models(self.cfg)
+        if apps:
+            deploy_models(self.cfg, apps=apps)
         st = self.cfg.stages
         self.actors = {
             "listener": ListenerActor.options(**self._options("listener", 0)).remote(
                 self.cfg.listener, self.layout, self.cfg.assembly.quiet_period_s, key,
-                self.cfg.logging.level,
+                self.cfg.logging.level, self.cfg.assembly,
             ),
             "assembler": AssemblerActor.options(**self._options("assembler", st.assembler.num_cpus)).remote(
-                self.runtime(st.assembler), self.cfg.assembly
+                self.runtime(st.assembler), self.cfg.assembly, self.cfg.pacs
             ),
             "validator": ValidatorActor.options(**self._options("validator", st.validator.num_cpus)).remote(
                 self.runtime(st.validator), self.cfg.validation
@@ -163,13 +173,14 @@ class Pipeline:
                 self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models)
             ),
             "prior_linker": PriorLinkerActor.options(**self._options("prior_linker", st.prior_linker.num_cpus)).remote(
-                self.runtime(st.prior_linker)
+                self.runtime(st.prior_linker), self.cfg.priors, self.cfg.pacs, self.cfg.listener,
+                self.layout, dict(self.cfg.models), key,
             ),
             "inference": InferenceActor.options(**self._options("inference", st.inference.num_cpus)).remote(
-                self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing
+                self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing, self.cfg.priors
             ),
             "sr_writer": SRWriterActor.options(**self._options("sr_writer", st.sr_writer.num_cpus)).remote(
-                self.runtime(st.sr_writer), self.layout, self.cfg.sr
+                self.runtime(st.sr_writer), self.layout, self.cfg.sr, self.cfg.priors
             ),
             "delivery": DeliveryActor.options(**self._options("delivery", st.delivery.num_cpus)).remote(
                 self.runtime(st.delivery), self.cfg.pacs

@@ -21,7 +21,7 @@ from typing import Any
 
 from actors.adapters.ledger import SqliteLedger
 from core.config import RetryConfig, StageConfig
-from core.errors import DependencyUnavailable, LeaseLost, TransientIOError
+from core.errors import DependencyUnavailable, LeaseLost, ModelError, TransientIOError
 from core.ledger import RetryPolicy
 from core.types import Job, JobState
 
@@ -170,6 +170,8 @@ class StageRunner:
             self._retry(job, str(exc), unavailable=True)
         except (TransientIOError, OSError) as exc:
             self._retry(job, f"{type(exc).__name__}: {exc}", unavailable=False)
+        except ModelError as exc:
+            self._retry(job, f"ModelError: {exc.reason}", unavailable=False)
         except Exception as exc:  # the broad catch at the stage boundary: count it, retry
             logger.exception("stage %s: job %d failed", self.name, job.job_id)
             self._retry(job, f"{type(exc).__name__}: {exc}", unavailable=False)

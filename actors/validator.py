@@ -4,17 +4,25 @@ Instances with problems are held in quarantine (kept on disk, reasons in the led
 the rest of the study goes on. Instances an operator released go on if they show only the
 issues that were accepted (``core.quarantine``). A study whose every instance is held ends
 ``quarantined``.
+
+Instances are checked while their study is still receiving (``actors.prevalidation``), so a
+study completed at once on PACS evidence is validated from the cached verdicts; the facts the
+series and study checks need are cached with them.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 
 import ray
 from pydicom import dcmread
 
 from actors.adapters.ledger import SqliteLedger
 from actors.adapters.quarantine import QuarantineLedger
+from actors.adapters.study_records import StudyRecords
+from actors.prevalidation import PreValidator, VerdictCache
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import ValidationConfig
@@ -23,6 +31,9 @@ from core.types import AuditEventType, InstanceMeta, Job, JobState, ValidationIs
 from core.validation import InstanceFacts, ReasonCode, ValidationPolicy, Validator
 
 __all__ = ["ValidationWork", "ValidatorActor"]
+
+_FACTS_KEPT = 100_000
+"""Facts kept for pre-validated instances (the verdict cache keeps as many verdicts)."""
 
 
 class ValidationWork:
@@ -33,22 +44,40 @@ class ValidationWork:
         ledger: SqliteLedger,
         validator: Validator,
         actor: str,
+        cache: VerdictCache | None = None,
         quarantine: QuarantineLedger | None = None,
     ) -> None:
         """Args:
         ledger: The process's ledger.
         validator: The pure validator.
         actor: Audit-trail name of this stage.
+        cache: Verdicts of instances checked while their study was receiving.
         quarantine: The quarantine table (default: on ``ledger``).
         """
         self._ledger = ledger
         self._validator = validator
         self._actor = actor
+        self._cache = cache
         self._quarantine = quarantine or QuarantineLedger(ledger)
+        self._facts: OrderedDict[tuple[str, str], InstanceFacts] = OrderedDict()
+        self._facts_lock = threading.Lock()
 
     def check(self, inst: InstanceMeta) -> list[ValidationIssue]:
-        """Read one spooled instance and return its own problems."""
+        """Read one spooled instance and return its own problems (its facts are kept)."""
         return self.inspect(inst)[0]
+
+    def checked(self, inst: InstanceMeta) -> tuple[list[ValidationIssue], InstanceFacts | None]:
+        """The instance's problems and facts: checked while its study was receiving, else now.
+
+        Raises:
+            OSError: The spooled file cannot be read.
+        """
+        cached = self._cache.get(inst) if self._cache is not None else None
+        with self._facts_lock:
+            facts = self._facts.get((inst.sop_instance_uid, inst.sha256))
+        if cached is not None and facts is not None:
+            return cached, facts
+        return self.inspect(inst)
 
     def inspect(self, inst: InstanceMeta) -> tuple[list[ValidationIssue], InstanceFacts | None]:
         """Read one spooled instance; return its problems and its facts for the series checks.
@@ -64,11 +93,16 @@ class ValidationWork:
             # failure is a finding about them, not a failure of this stage
             message = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:300]}"
             return [ValidationIssue(str(ReasonCode.UNREADABLE), message, inst.sop_instance_uid)], None
-        return self._validator.inspect(ds, inst.transfer_syntax_uid, inst.sop_instance_uid)
+        issues, facts = self._validator.inspect(ds, inst.transfer_syntax_uid, inst.sop_instance_uid)
+        with self._facts_lock:
+            self._facts[(inst.sop_instance_uid, inst.sha256)] = facts
+            while len(self._facts) > _FACTS_KEPT:
+                self._facts.popitem(last=False)
+        return issues, facts
 
     def __call__(self, job: Job) -> None:
         """Validate and move the job to ``validated`` or ``quarantined``."""
-        overrides = self._ledger.instance_overrides(job.job_id)
+        overrides = self._ledger.instance_overrides(job.job_id)  # once, not per instance
         instances = [
             i for i in self._ledger.job_instances(job.job_id)
             if overrides.get(i.sop_instance_uid) != "discarded"
@@ -76,8 +110,8 @@ class ValidationWork:
         issues: dict[str, list[ValidationIssue]] = {}
         facts: list[InstanceFacts] = []
         for inst in instances:
-            found, fact = self.inspect(inst)
-            issues[inst.sop_instance_uid] = found
+            found, fact = self.checked(inst)
+            issues[inst.sop_instance_uid] = list(found)
             if fact is not None:
                 facts.append(fact)
         for issue in self._validator.check_collection(facts):
@@ -114,12 +148,21 @@ class ValidationWork:
 
 @ray.remote
 class ValidatorActor(StageShell):
-    """Ray shell around ``ValidationWork``."""
+    """Ray shell around ``ValidationWork``, with pre-validation of receiving studies."""
 
     name = "validator"
     state = JobState.COMPLETE
 
     def __init__(self, runtime: StageRuntime, cfg: ValidationConfig | None = None) -> None:
         ledger = self._open_ledger(runtime)
+        cache = VerdictCache()
         policy = ValidationPolicy.from_config(cfg or ValidationConfig())
-        self._start(runtime, ValidationWork(ledger, Validator(policy), "stage:validator"))
+        work = ValidationWork(ledger, Validator(policy), "stage:validator", cache)
+        self._start(runtime, work)
+        self._pre = PreValidator(StudyRecords(ledger), work.check, cache, runtime.poll_interval_s)
+        self._pre.start()
+
+    def stop(self) -> None:
+        """Stop pre-validation, then the runner."""
+        self._pre.stop()
+        super().stop()

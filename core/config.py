@@ -24,12 +24,14 @@ __all__ = [
     "ModelEntry",
     "ModelInputSpec",
     "PacsConfig",
+    "PriorsConfig",
     "RayConfig",
     "RetryConfig",
     "RoutingConfig",
     "RoutingRule",
     "SRConfig",
     "ServeDeploymentConfig",
+    "SourceCompletionConfig",
     "StageConfig",
     "StagesConfig",
     "StorageConfig",
@@ -116,11 +118,61 @@ class StorageConfig(_Model):
     var_dir: str = Field(default="./var", description="Root of spool, ledger and outbox")
 
 
+CompletionMode = Literal["quiet_period", "pacs_counts"]
+"""How a study is judged complete: silence only, or the PACS's instance counts (then silence
+where the PACS cannot tell)."""
+CountScope = Literal["study", "series"]
+"""Which PACS counts must match: the whole study, or only the series we received."""
+
+
+class SourceCompletionConfig(_Model):
+    """Completion rule for studies sent by one calling AE title."""
+
+    completion: CompletionMode = Field(description="quiet_period, or pacs_counts (C-FIND counts)")
+    quiet_period_s: float | None = Field(
+        default=None, ge=0, description="Quiet period for this sender; None: assembly.quiet_period_s"
+    )
+    count_scope: CountScope | None = Field(
+        default=None, description="study or series; None: assembly.count_scope"
+    )
+
+
 class AssemblyConfig(_Model):
     """When a study counts as complete."""
 
     quiet_period_s: float = Field(
         default=2.0, ge=0, description="Seconds without a new instance before a study is complete"
+    )
+    completion: CompletionMode = Field(
+        default="quiet_period",
+        description="Rule for senders not listed in `sources`: quiet_period, or pacs_counts "
+        "(complete as soon as the PACS's NumberOf*RelatedInstances equal what we hold)",
+    )
+    count_scope: CountScope = Field(
+        default="study",
+        description="pacs_counts: 'study' needs every series the PACS holds; 'series' only the "
+        "series we received (for PACS forwarding rules that send part of a study)",
+    )
+    max_wait_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="pacs_counts: the PACS holds more than we received, yet nothing arrived for "
+        "this long; complete anyway (audited as max_wait)",
+    )
+    requery_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="pacs_counts: least seconds between count queries for one study, unless our "
+        "count just reached the PACS's last answer",
+    )
+    query_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="pacs_counts: connect and C-FIND timeout of a count query; a slower PACS "
+        "cannot tell, and the quiet period decides",
+    )
+    sources: dict[Annotated[str, Field(pattern=AE_TITLE)], SourceCompletionConfig] = Field(
+        default_factory=dict, description="Per calling AE title of the sender"
     )
 
 
@@ -273,6 +325,38 @@ class RayConfig(_Model):
     actor_max_restarts: int = Field(default=-1, ge=-1, description="-1 restarts forever")
 
 
+class PriorsConfig(_Model):
+    """Prior studies: look-up at the PACS, retrieval, and interval change against prior AI results."""
+
+    enabled: bool = Field(default=False, description="Look up priors at the PACS (needs `pacs`)")
+    lookback_days: int = Field(default=1825, ge=1, description="Oldest prior considered, in days")
+    same_modality: bool = Field(default=True, description="Only priors of the current modality")
+    same_body_part: bool = Field(
+        default=True, description="Only priors with a series of the current Body Part Examined"
+    )
+    max_candidates: int = Field(default=20, ge=1, description="Candidate studies inspected")
+    retrieve: Literal["c-move", "c-get"] = Field(
+        default="c-move", description="How prior series reach us: C-MOVE to our listener, or C-GET"
+    )
+    compare_images: tuple[str, ...] = Field(
+        default=(),
+        description="Model families that compare images: their prior series is retrieved and "
+        "the model runs on it too; other families link only",
+    )
+    probability_change: float = Field(
+        default=0.15, gt=0, le=1, description="Probability change reported as up or down"
+    )
+    size_change_mm: float = Field(default=2.0, gt=0, description="Size change reported, in mm")
+    query_timeout_s: float = Field(default=5.0, gt=0, description="C-FIND / connect timeout")
+    retrieve_timeout_s: float = Field(default=120.0, gt=0, description="C-MOVE / C-GET timeout")
+    unavailable_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="PACS unreachable: jobs wait this long (per outage), then go on without "
+        "priors and their SR says so",
+    )
+
+
 class SRConfig(_Model):
     """Identity of the result objects we write."""
 
@@ -335,6 +419,7 @@ class AppConfig(_Model):
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Pipeline stages")
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy")
     sr: SRConfig = Field(default_factory=SRConfig, description="Result objects")
+    priors: PriorsConfig = Field(default_factory=PriorsConfig, description="Prior studies")
     validation: ValidationConfig = Field(
         default_factory=ValidationConfig, description="Validation of received data"
     )
@@ -419,6 +504,12 @@ def parse_config(raw: Mapping[str, Any] | None, source: str = "<mapping>") -> Ap
         f"{sorted(cfg.models)}"
         for i, rule in enumerate(cfg.routing.rules)
         if rule.family not in cfg.models
+    ]
+    problems += [
+        f"priors.compare_images.{i}: got {family!r}; expected one of the model families "
+        f"{sorted(cfg.models)}"
+        for i, family in enumerate(cfg.priors.compare_images)
+        if family not in cfg.models
     ]
     if problems:
         raise ConfigError(source, problems)

@@ -13,6 +13,20 @@ The tree follows ``shared/reference/standards.md`` 1.3 / 1.4:
 - Patient and study attributes are copied from the source by highdicom; ``copy_check`` lets the
   caller prove they are identical.
 - Completion Flag COMPLETE, Verification Flag UNVERIFIED (no human signed it).
+- A later version (late instances) names its predecessor in the Predecessor Documents Sequence
+  (PS3.3 C.17.2.3) and keeps the findings' tracking UIDs.
+
+Priors (issue #5), when a ``Comparison`` is given:
+
+- Root "Qualitative Evaluations" container (TID 1500 row 12, (C0034375, UMLS)):
+  (122140, DCM, "Comparison with Prior Study Done") = Yes / No, and
+  (121066, DCM, "Prior Procedure Descriptions") naming the prior study (UID, date, what it is,
+  which AI result) or saying why none was compared (none found, PACS unavailable, off).
+- Per finding, in its TID 1501 group: (111424, DCM, "Comparison to previous studies") coded as
+  New finding (129721008, SCT), Problem resolved (413322009, SCT), Increased (35105006, SCT),
+  Decreased (1250004, SCT) or No change (260388006, SCT), and (111021, DCM,
+  "Description of Change") with the probabilities (and sizes) before and after.
+- The prior instances compared with (images, prior SR) in the Pertinent Other Evidence Sequence.
 """
 
 from __future__ import annotations
@@ -24,10 +38,12 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from core.findings import LOCAL_SCHEME
+from core.interval import Comparison, FindingChange, IntervalChange
 from core.types import Finding, Prediction
 from core.uids import output_uid, uid_from_parts
 
-__all__ = ["COPIED_ATTRIBUTES", "SRBuilder", "SRIdentity", "differing_attributes"]
+__all__ = ["CHANGE_CODES", "COPIED_ATTRIBUTES", "SRBuilder", "SRIdentity", "describes_our_sr", "differing_attributes"]
 
 COPIED_ATTRIBUTES = (
     "PatientName",
@@ -54,6 +70,21 @@ _PROCEDURE = {
     "NM": codes.LN.NMUnspecifiedBodyRegion,
 }
 _NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+_QUALITATIVE = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_COMPARISON_DONE = hd.sr.CodedConcept("122140", "DCM", "Comparison with Prior Study Done")
+_PRIOR_DESCRIPTION = hd.sr.CodedConcept("121066", "DCM", "Prior Procedure Descriptions")
+_COMPARED_TO_PREVIOUS = hd.sr.CodedConcept("111424", "DCM", "Comparison to previous studies")
+_DESCRIPTION_OF_CHANGE = hd.sr.CodedConcept("111021", "DCM", "Description of Change")
+_YES = hd.sr.CodedConcept("373066001", "SCT", "Yes")
+_NO = hd.sr.CodedConcept("373067005", "SCT", "No")
+CHANGE_CODES: dict[IntervalChange, hd.sr.CodedConcept] = {
+    IntervalChange.NEW: hd.sr.CodedConcept("129721008", "SCT", "New finding"),
+    IntervalChange.RESOLVED: hd.sr.CodedConcept("413322009", "SCT", "Problem resolved"),
+    IntervalChange.INCREASED: hd.sr.CodedConcept("35105006", "SCT", "Increased"),
+    IntervalChange.DECREASED: hd.sr.CodedConcept("1250004", "SCT", "Decreased"),
+    IntervalChange.UNCHANGED: hd.sr.CodedConcept("260388006", "SCT", "No change"),
+}
+"""Coded interval change per finding (the value of "Comparison to previous studies")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +132,7 @@ class SRBuilder:
         sources: Sequence[Dataset],
         prediction: Prediction,
         previous_versions: Sequence[Dataset] = (),
+        comparison: Comparison | None = None,
     ) -> hd.sr.Comprehensive3DSR:
         """Build the SR.
 
@@ -108,7 +140,9 @@ class SRBuilder:
             sources: Headers (no pixel data needed) of every instance the prediction used,
                 in a stable order; all from one study.
             prediction: The model's result.
-            previous_versions: Earlier SRs this one supersedes (Predecessor Documents).
+            previous_versions: Earlier SRs this one supersedes (Predecessor Documents); only
+                their SOP Class, SOP Instance, Series and Study Instance UIDs are read.
+            comparison: What to state about prior studies (``None``: nothing, as before #5).
 
         Returns:
             The SR dataset.
@@ -123,7 +157,11 @@ class SRBuilder:
             raise ValueError("sources span more than one study")
         by_uid = {str(s.SOPInstanceUID): s for s in sources}
         used = [by_uid[u] for u in prediction.source_uids if u in by_uid] or list(sources)
-        groups = [self._group(study_uid, prediction, f, used) for f in prediction.findings]
+        changes = {c.key: c for c in (comparison.changes if comparison else ())}
+        groups = [
+            self._group(study_uid, prediction, f, used, changes.get(f.key))
+            for f in prediction.findings
+        ]
         report = hd.sr.MeasurementReport(
             observation_context=self._observer(prediction),
             procedure_reported=_PROCEDURE.get(
@@ -132,9 +170,12 @@ class SRBuilder:
             imaging_measurements=groups,
             title=codes.DCM.ImagingMeasurementReport,
         )
+        if comparison is not None:
+            report[0].ContentSequence.append(_comparison_container(comparison))
         series_uid, sop_uid = self.sr_uids(study_uid, prediction)
-        return hd.sr.Comprehensive3DSR(
-            evidence=list(sources),
+        other = [r.as_dataset() for r in comparison.evidence] if comparison else []
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=list(sources) + other,
             content=report,
             series_instance_uid=series_uid,
             series_number=self._identity.series_number,
@@ -147,6 +188,9 @@ class SRBuilder:
             is_final=False,
             previous_versions=list(previous_versions) or None,
         )
+        if any(f.term.scheme == LOCAL_SCHEME for f in prediction.findings):
+            sr.CodingSchemeIdentificationSequence = [_local_scheme_item()]
+        return sr
 
     def _observer(self, prediction: Prediction) -> hd.sr.ObservationContext:
         device_uid = uid_from_parts("device", prediction.model_name, prediction.model_version)
@@ -163,7 +207,12 @@ class SRBuilder:
         )
 
     def _group(
-        self, study_uid: str, prediction: Prediction, finding: Finding, used: Sequence[Dataset]
+        self,
+        study_uid: str,
+        prediction: Prediction,
+        finding: Finding,
+        used: Sequence[Dataset],
+        change: FindingChange | None = None,
     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
         algo = hd.sr.AlgorithmIdentification(
             name=prediction.model_name,
@@ -173,29 +222,80 @@ class SRBuilder:
         )
         presence = codes.SCT.Present if finding.present else codes.SCT.Absent
         term = hd.sr.CodedConcept(finding.term.value, finding.term.scheme, finding.term.meaning)
-        return hd.sr.MeasurementsAndQualitativeEvaluations(
+        evaluations = [hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, presence)]
+        if change is not None and change.change in CHANGE_CODES:
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(_COMPARED_TO_PREVIOUS, CHANGE_CODES[change.change])
+            )
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uid_from_parts("tracking", study_uid, prediction.family, finding.key),
                 identifier=f"{prediction.family}:{finding.key}",
             ),
             finding_type=term,
             algorithm_id=algo,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, presence)
-            ],
+            qualitative_evaluations=evaluations,
             measurements=[
                 hd.sr.Measurement(
                     name=codes.DCM.Probability,
                     value=round(float(finding.probability), 6),
                     unit=_NO_UNITS,
-                    algorithm_id=algo,
                 )
             ],
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in used],
         )
+        if change is not None:
+            group[0].ContentSequence.append(_text(_DESCRIPTION_OF_CHANGE, change.describe()))
+        return group
 
     @staticmethod
     def _series_description(prediction: Prediction) -> str:
-        label = f"AI {prediction.model_name} {prediction.model_version}"
-        suffix = " DEMO model, not for clinical use" if prediction.demo else " (unverified)"
-        return (label + suffix)[:64]
+        """Series Description (LO, 64 chars): the DEMO marker first, so truncation keeps it."""
+        prefix = "DEMO AI, not for clinical use: " if prediction.demo else "AI (unverified): "
+        return f"{prefix}{prediction.model_name} {prediction.model_version}"[:64]
+
+
+def describes_our_sr(series_description: str, model_name: str) -> bool:
+    """Whether a Series Description is one ``SRBuilder`` writes for ``model_name``.
+
+    Used to find our earlier SRs at the PACS; kept next to the writer so the two agree.
+
+    >>> describes_our_sr("DEMO AI, not for clinical use: cxr-net 0.1.0-demo", "cxr-net")
+    True
+    >>> describes_our_sr("AI (unverified): other-net 1.0", "cxr-net")
+    False
+    """
+    return series_description.startswith(("DEMO AI", "AI (unverified)")) and (
+        f": {model_name} " in series_description
+    )
+
+
+def _local_scheme_item() -> Dataset:
+    """Coding Scheme Identification (PS3.3 C.12.1.1.2) declaring our local scheme."""
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "PACS-AI Bridge local finding codes"
+    item.CodingSchemeResponsibleOrganization = "PACS-AI Bridge"
+    return item
+
+
+def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def _comparison_container(comparison: Comparison) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: the study-level qualitative evaluations about priors."""
+    container = hd.sr.ContainerContentItem(
+        name=_QUALITATIVE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(
+            name=_COMPARISON_DONE,
+            value=_YES if comparison.done else _NO,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ),
+        _text(_PRIOR_DESCRIPTION, comparison.summary()),
+    ])
+    return container

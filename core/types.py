@@ -107,6 +107,12 @@ class AuditEventType(enum.StrEnum):
     """The router skipped a job or some of its instances."""
     LINKED = "linked"
     """The prior linker finished for a job."""
+    PRIOR_QUERY = "prior_query"
+    """The PACS was asked for a patient's prior studies (C-FIND; PS3.15 A.5.3.8 Query)."""
+    PRIOR_RETRIEVED = "prior_retrieved"
+    """A prior series was retrieved from the PACS (C-MOVE / C-GET; Instances Transferred)."""
+    PRIOR_IDENTITY_CONFLICT = "prior_identity_conflict"
+    """A study shares the Patient ID but not the name or birth date: not linked, for review."""
     INFERRED = "inferred"
     """A model produced a prediction."""
     INFERENCE_FAILED = "inference_failed"
@@ -226,6 +232,8 @@ class Finding:
     probability: float
     threshold: float
     critical: bool = False
+    size_mm: float | None = None
+    """The finding's measured size (longest diameter), where the model measures one."""
 
     @property
     def present(self) -> bool:
@@ -259,6 +267,7 @@ class Prediction:
                 probability=float(f["probability"]),
                 threshold=float(f["threshold"]),
                 critical=bool(f.get("critical", False)),
+                size_mm=None if f.get("size_mm") is None else float(f["size_mm"]),
             )
             for f in raw["findings"]
         )

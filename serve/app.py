@@ -13,11 +13,12 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
-from core.config import ModelEntry, ServeDeploymentConfig
+from core.config import ModelEntry, ServeDeploymentConfig, app_name
 from core.errors import ConfigError
+from models.registry import resolve_weights
 from serve.chest_xray import ChestXrayDeployment
 
-__all__ = ["FAMILIES", "app_name", "build_app", "deployment_options"]
+__all__ = ["FAMILIES", "build_app", "deployment_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +26,6 @@ FAMILIES: dict[str, Deployment] = {
     "chest_xray": ChestXrayDeployment,
 }
 """Model family key -> its Serve deployment (a class decorated with ``@serve.deployment``)."""
-
-
-def app_name(family: str) -> str:
-    """Return the Serve application name of a family (``model-<family>``).
-
-    >>> app_name("chest_xray")
-    'model-chest_xray'
-    """
-    return f"model-{family}"
 
 
 def deployment_options(cfg: ServeDeploymentConfig) -> dict[str, Any]:
@@ -79,6 +71,8 @@ def build_app(family: str, entry: ModelEntry) -> Application:
 
     Raises:
         ConfigError: If no deployment exists for ``family``.
+        ModelWeightsError: The weights file is missing or does not match its sha256; checked
+            here, before anything is deployed, so startup stops with the file named.
     """
     deployment = FAMILIES.get(family)
     if deployment is None:
@@ -86,6 +80,7 @@ def build_app(family: str, entry: ModelEntry) -> Application:
             f"models.{family}", [f"models.{family}: got family {family!r}; expected one of "
                                  f"{sorted(FAMILIES)}"]
         )
+    resolve_weights(entry)
     cfg = entry.serve
     if cfg.max_ongoing_requests < cfg.max_batch_size:
         logger.warning(

@@ -16,27 +16,32 @@ import hashlib
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from actors.adapters.fs import check_free_space, durable_write
+from actors.adapters.fs import check_free_space, durable_write, publish, write_temp
 from actors.adapters.ledger import RecordResult, SqliteLedger
+from actors.adapters.query_retrieve import tcp_nodelay
 from actors.adapters.tls import client_context, server_context
 from core.audit import AuditEvent
-from core.config import ListenerConfig, PacsConfig
+from core.completeness import CompletenessPolicy
+from core.config import AssemblyConfig, ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
-from core.types import AuditEventType, InstanceMeta
+from core.part10 import part10_header
 from core.pixels import NATIVE_SYNTAXES, decode_plugins
+from core.types import AuditEventType, InstanceMeta
 from core.validation import NON_PATIENT_SOP_CLASSES, attribute_text
 
 __all__ = [
@@ -50,6 +55,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
+_LAST_RECORDED_TAG = 0x0020000E
+"""Series Instance UID: every attribute the ledger records comes before it."""
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -73,6 +80,7 @@ class Listener:
         quiet_period_s: float,
         clock: Callable[[], float] = time.time,
         hash_key: bytes = b"pacsai-default-identifier-key",
+        assembly: AssemblyConfig | None = None,
     ) -> None:
         """Prepare the listener; ``start()`` opens the port.
 
@@ -84,6 +92,8 @@ class Listener:
             quiet_period_s: Study quiet period, to schedule the assembler.
             clock: Wall clock.
             hash_key: Key for hashed patient identifiers.
+            assembly: Per-sender completion rules; when given, a sender's own quiet period
+                schedules the assembler instead of ``quiet_period_s``.
         """
         self._cfg = cfg
         self._spool = spool_dir
@@ -92,11 +102,12 @@ class Listener:
         self._quiet = quiet_period_s
         self._clock = clock
         self._hash_key = hash_key
+        self._policy = CompletenessPolicy(assembly) if assembly is not None else None
         self._server: Any = None
         self._actor = f"listener:{cfg.ae_title}"
         self.received = 0
         self.failed = 0
-        self._hasher = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="sha256")
+        self._writer = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="spool")
 
     @property
     def port(self) -> int:
@@ -148,7 +159,7 @@ class Listener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        self._hasher.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
 
     def handle_store(self, event: Any) -> int:
         """EVT_C_STORE handler: make the instance durable, then answer. Never raises."""
@@ -156,7 +167,8 @@ class Listener:
             status = self.ingest(
                 sop_uid=str(event.request.AffectedSOPInstanceUID or ""),
                 sop_class=str(event.request.AffectedSOPClassUID or ""),
-                raw=event.encoded_dataset(),
+                dataset=event.encoded_dataset(include_meta=False),
+                transfer_syntax=str(event.context.transfer_syntax),
                 calling_ae=str(event.assoc.requestor.ae_title).strip(),
             )
         except OutOfResources as exc:
@@ -177,50 +189,86 @@ class Listener:
             self.failed += 1
         return status
 
-    def ingest(self, sop_uid: str, sop_class: str, raw: bytes, calling_ae: str) -> int:
+    def ingest(
+        self, sop_uid: str, sop_class: str, dataset: bytes, transfer_syntax: str, calling_ae: str
+    ) -> int:
         """Make one received instance durable and record it; return the DIMSE status.
+
+        The file (Part 10 header + the data set exactly as received) is written and fsynced
+        in a worker thread while this thread hashes and parses it; the OS calls and hashlib
+        release the GIL, so the work overlaps. Success is returned only after the rename,
+        the directory fsync and the ledger commit.
 
         Args:
             sop_uid: Affected SOP Instance UID from the C-STORE request.
             sop_class: Affected SOP Class UID from the C-STORE request.
-            raw: The instance as a DICOM file (preamble, file meta, data set as received).
+            dataset: The data set as received (no file meta).
+            transfer_syntax: The presentation context's transfer syntax.
             calling_ae: The sender's AE title.
 
         Raises:
-            OutOfResources: The spool disk is below its floor.
+            OutOfResources: The spool disk is below its floor or full.
             RejectedInput: The data set cannot be parsed (audited, bytes kept aside).
         """
         now = self._clock()
         check_free_space(self._spool, self._cfg.min_free_bytes)
-        # hashlib releases the GIL on large buffers: hash while the header is parsed.
-        hashing = self._hasher.submit(lambda: hashlib.sha256(raw).hexdigest())
+        header = part10_header(sop_class, sop_uid, transfer_syntax, calling_ae)
+        duplicate = self._ledger.has_instance(sop_uid)
+        writing = None
+        if not duplicate:
+            writing = self._writer.submit(
+                write_temp, self._spool / ".incoming", _safe_name(sop_uid), [header, dataset]
+            )
+        digest = hashlib.sha256(header)
+        digest.update(dataset)
         try:
-            ds = self._parse_header(raw, sop_uid)
+            ds = self._parse_header(dataset, transfer_syntax, sop_uid)
         except RejectedInput as exc:
-            self._reject(raw, hashing.result(), sop_uid, calling_ae, now, exc.reason)
+            self._reject(writing, header, dataset, digest.hexdigest(), sop_uid, calling_ae, now, exc.reason)
             raise
-        digest = hashing.result()
-        meta = self._meta(ds, sop_uid, sop_class, digest, len(raw), calling_ae, now)
-        if not self._ledger.has_instance(sop_uid):
-            durable_write(Path(meta.path), raw)
-        result = self._ledger.record_instance(meta, now, now + self._quiet, self._actor)
+        size = len(header) + len(dataset)
+        meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
+        if writing is not None:
+            publish(writing.result(), Path(meta.path))
+        quiet = self._policy.quiet_period_for(calling_ae) if self._policy else self._quiet
+        result = self._ledger.record_instance(meta, now, now + quiet, self._actor)
         if result == RecordResult.DUPLICATE:
             logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
         return STATUS_SUCCESS
 
     @staticmethod
-    def _parse_header(raw: bytes, sop_uid: str) -> Dataset:
+    def _parse_header(dataset: bytes, transfer_syntax: str, sop_uid: str) -> Dataset:
+        """Parse the data set up to the attributes the ledger records (Series Instance UID)."""
         try:
-            return dcmread(BytesIO(raw), stop_before_pixels=True)
+            if transfer_syntax == DeflatedExplicitVRLittleEndian:
+                dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
+            return read_dataset(
+                BytesIO(dataset),
+                is_implicit_VR=transfer_syntax == ImplicitVRLittleEndian,
+                is_little_endian=transfer_syntax != ExplicitVRBigEndian,
+                stop_when=lambda tag, _vr, _length: tag > _LAST_RECORDED_TAG,
+            )
         except Exception as exc:  # any parser failure means "cannot understand"
             reason = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"
             raise RejectedInput(reason, sop_uid) from exc
 
     def _reject(
-        self, raw: bytes, digest: str, sop_uid: str, calling_ae: str, now: float, reason: str
+        self,
+        writing: Future[Path] | None,
+        header: bytes,
+        dataset: bytes,
+        digest: str,
+        sop_uid: str,
+        calling_ae: str,
+        now: float,
+        reason: str,
     ) -> None:
         """Keep unparseable data aside for inspection and audit the rejection."""
-        durable_write(self._rejected / f"{digest}.dcm", raw)
+        kept = self._rejected / f"{digest}.dcm"
+        if writing is not None:
+            publish(writing.result(), kept)
+        else:
+            durable_write(kept, header + dataset)
         event = AuditEvent(
             AuditEventType.INSTANCE_REJECTED,
             self._actor,
@@ -234,6 +282,7 @@ class Listener:
         ds: Dataset,
         sop_uid: str,
         sop_class: str,
+        transfer_syntax: str,
         digest: str,
         size: int,
         calling_ae: str,
@@ -249,7 +298,7 @@ class Listener:
             study_instance_uid=study,
             series_instance_uid=series,
             modality=attribute_text(ds, "Modality"),
-            transfer_syntax_uid=attribute_text(ds.file_meta, "TransferSyntaxUID"),
+            transfer_syntax_uid=transfer_syntax,
             path=str(path),
             sha256=digest,
             size=size,
@@ -337,7 +386,8 @@ class DimsePacsClient:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._cfg.timeout_s
         ae.connection_timeout = self._cfg.timeout_s
         tls = (client_context(self._cfg.tls), self._cfg.tls.server_hostname or self._cfg.host) if self._cfg.tls else None
-        assoc = ae.associate(self._cfg.host, self._cfg.port, ae_title=self._cfg.ae_title, tls_args=tls)
+        assoc = ae.associate(self._cfg.host, self._cfg.port, ae_title=self._cfg.ae_title, tls_args=tls,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
         if not assoc.is_established:
             raise DependencyUnavailable("pacs", f"no association with {self._cfg.ae_title}@{self._cfg.host}:{self._cfg.port}")
         try:

@@ -179,7 +179,8 @@ class SqliteLedger:
             if old is not None:
                 self._append_audit(cur, [_duplicate_event(meta, old[0], actor)], now)
                 return RecordResult.DUPLICATE
-            job_id = self._receiving_job(cur, meta, now, complete_at)
+            prior_of = _prior_retrieval_of(cur, meta.series_instance_uid)
+            job_id = None if prior_of else self._receiving_job(cur, meta, now, complete_at)
             cur.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,"
                 " modality, transfer_syntax, body_part, series_description, patient_key,"
@@ -203,18 +204,25 @@ class SqliteLedger:
                     job_id,
                 ),
             )
+            detail = {
+                "calling_ae": meta.calling_ae,
+                "sha256": meta.sha256,
+                "transfer_syntax": meta.transfer_syntax_uid,
+                "patient_key": meta.patient_key,
+            }
+            if prior_of:  # asked for as a prior: kept, set aside, starts no job (issue #5)
+                cur.execute(
+                    "UPDATE instances SET override = 'skipped', reason = ? WHERE sop_instance_uid = ?",
+                    (f"retrieved as a prior for study {prior_of}; not reported", meta.sop_instance_uid),
+                )
+                detail["origin"] = "prior_retrieval"
             event = AuditEvent(
                 AuditEventType.INSTANCE_RECEIVED,
                 actor,
                 meta.study_instance_uid,
                 meta.sop_instance_uid,
                 job_id,
-                {
-                    "calling_ae": meta.calling_ae,
-                    "sha256": meta.sha256,
-                    "transfer_syntax": meta.transfer_syntax_uid,
-                    "patient_key": meta.patient_key,
-                },
+                detail,
             )
             self._append_audit(cur, [event], now)
             return RecordResult.NEW
@@ -360,7 +368,6 @@ class SqliteLedger:
             LeaseLost: The job changed state or owner meanwhile.
         """
         attempts = job.attempts + (0 if unavailable else 1)
-        waits = _column(self, job.job_id, "waits") + 1 if unavailable else 0
         if not unavailable and policy.is_exhausted(attempts):
             event = AuditEvent(
                 AuditEventType.JOB_DEAD,
@@ -369,26 +376,18 @@ class SqliteLedger:
                 job_id=job.job_id,
                 detail={"error": error, "attempts": attempts, "state": str(job.state)},
             )
-            self.transition(job, JobState.DEAD, now, events=[event], reason=error)
-            with self._tx() as cur:
-                cur.execute("UPDATE jobs SET attempts = ? WHERE job_id = ?", (attempts, job.job_id))
+            count = ("UPDATE jobs SET attempts = ? WHERE job_id = ?", (attempts, job.job_id))
+            self.transition(job, JobState.DEAD, now, events=[event], reason=error, extra=[count])
             return JobState.DEAD
-        delay = policy.unavailable_delay(waits) if unavailable else policy.delay_after(attempts)
         with self._tx() as cur:
+            row = cur.execute("SELECT waits FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+            waits = (int(row[0]) + 1 if row else 1) if unavailable else 0
+            delay = policy.unavailable_delay(waits) if unavailable else policy.delay_after(attempts)
             cur.execute(
                 "UPDATE jobs SET attempts = ?, waits = ?, not_before = ?, reason = ?,"
                 " lease_owner = '', leased_until = 0, updated_at = ?"
                 " WHERE job_id = ? AND state = ? AND lease_owner = ?",
-                (
-                    attempts,
-                    waits,
-                    now + delay,
-                    error,
-                    now,
-                    job.job_id,
-                    job.state.value,
-                    job.lease_owner,
-                ),
+                (attempts, waits, now + delay, error, now, job.job_id, job.state.value, job.lease_owner),
             )
             if cur.rowcount != 1:
                 raise LeaseLost(job.job_id, job.lease_owner)
@@ -411,6 +410,27 @@ class SqliteLedger:
             cur.execute(
                 f"UPDATE jobs SET leased_until = ? WHERE lease_owner = ? AND job_id IN ({marks})",
                 (until, owner, *job_ids),
+            )
+
+    def lease_job(
+        self, job_id: int, state: JobState, owner: str, lease_s: float, now: float
+    ) -> Job | None:
+        """Lease one given job if it is in ``state`` and nobody holds it (else ``None``)."""
+        with self._tx() as cur:
+            row = cur.execute(
+                "UPDATE jobs SET lease_owner = ?, leased_until = ? WHERE job_id = ? AND state = ?"
+                " AND leased_until <= ? RETURNING *",
+                (owner, now + lease_s, job_id, state.value, now),
+            ).fetchone()
+        return _job(row) if row is not None else None
+
+    def postpone(self, job: Job, not_before: float) -> None:
+        """Give a lease back and make the job due again only at ``not_before``."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET lease_owner = '', leased_until = 0, not_before = ?"
+                " WHERE job_id = ? AND lease_owner = ?",
+                (not_before, job.job_id, job.lease_owner),
             )
 
     def release(self, job: Job) -> None:
@@ -514,7 +534,12 @@ class SqliteLedger:
         )
 
     def written(
-        self, job: Job, items: Sequence[dict[str, str]], now: float, events: Sequence[AuditEvent]
+        self,
+        job: Job,
+        items: Sequence[dict[str, str]],
+        now: float,
+        events: Sequence[AuditEvent],
+        results: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Put result objects in the outbox and mark the job written, in one transaction.
 
@@ -524,6 +549,9 @@ class SqliteLedger:
                 ``path`` (the file is already durable).
             now: Current time.
             events: Audit events.
+            results: SR versions to record in ``sr_results``: each with ``sop_instance_uid``,
+                ``sop_class_uid``, ``series_instance_uid``, ``family``, ``model_name``,
+                ``model_version``, ``predecessor_uid`` and ``prediction`` (JSON-able).
         """
         extra = [
             (
@@ -541,6 +569,7 @@ class SqliteLedger:
             )
             for it in items
         ]
+        extra += [_result_row(job, r, now) for r in results]
         self.transition(job, JobState.WRITTEN, now, events=events, extra=extra)
 
     def job_instances(self, job_id: int) -> list[InstanceMeta]:
@@ -688,7 +717,9 @@ class SqliteLedger:
         for (codes,) in self._read("SELECT codes FROM quarantine WHERE state = 'held'"):
             for code in json.loads(codes or "[]"):
                 held_codes[code] = held_codes.get(code, 0) + 1
+        flags = self._read("SELECT COUNT(*) FROM review_flags WHERE resolved = 0")[0][0]
         return {
+            "review_flags_open": flags,
             "jobs": {s.value: jobs.get(s.value, 0) for s in JobState},
             "instances": per_instance,
             "queue_depth": sum(jobs.get(s, 0) for s in working),
@@ -716,9 +747,34 @@ class SqliteLedger:
         }
 
 
-def _column(ledger: SqliteLedger, job_id: int, column: str) -> int:
-    rows = ledger._read(f"SELECT {column} FROM jobs WHERE job_id = ?", (job_id,))  # noqa: SLF001
-    return int(rows[0][0]) if rows else 0
+def _prior_retrieval_of(cur: sqlite3.Cursor, series_uid: str) -> str:
+    """The study a series was retrieved for as a prior, or ``""``."""
+    row = cur.execute(
+        "SELECT for_study_uid FROM prior_retrievals WHERE series_uid = ?", (series_uid,)
+    ).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _result_row(job: Job, r: dict[str, Any], now: float) -> tuple[str, Sequence[Any]]:
+    return (
+        "INSERT OR IGNORE INTO sr_results (sop_instance_uid, sop_class_uid, series_uid,"
+        " study_uid, job_id, job_version, family, model_name, model_version, predecessor_uid,"
+        " prediction, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            r["sop_instance_uid"],
+            r["sop_class_uid"],
+            r["series_instance_uid"],
+            job.study_instance_uid,
+            job.job_id,
+            job.version,
+            r["family"],
+            r["model_name"],
+            r["model_version"],
+            r.get("predecessor_uid", ""),
+            json.dumps(r.get("prediction", {}), default=str),
+            now,
+        ),
+    )
 
 
 def _duplicate_event(meta: InstanceMeta, old_sha: str, actor: str) -> AuditEvent:

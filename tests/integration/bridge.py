@@ -19,11 +19,12 @@ from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
 from actors.adapters.ledger import SqliteLedger
 from actors.adapters.quarantine import QuarantineLedger
-from actors.assembler import AssemblyWork
+from actors.adapters.study_records import StudyRecords
+from actors.assembler import AssemblyWork, Evidence
 from actors.router import RoutingWork
 from actors.validator import ValidationWork
-from core.assembly import StudyAssembler
-from core.config import ListenerConfig, RoutingConfig, parse_config
+from core.completeness import CompletenessPolicy, EvidenceTracker
+from core.config import AssemblyConfig, ListenerConfig, RoutingConfig, parse_config
 from core.routing import Router
 from core.types import Job, JobState
 from core.validation import Validator
@@ -44,7 +45,7 @@ class Bridge:
         self.quarantine = QuarantineLedger(self.ledger)
         routing = routing or parse_config(base_config()).routing
         self._stages = [
-            (JobState.RECEIVING, AssemblyWork(self.ledger, StudyAssembler(0.0), "stage:assembler")),
+            (JobState.RECEIVING, AssemblyWork(self.ledger, _quiet_evidence(self.ledger), "stage:assembler")),
             (JobState.COMPLETE, ValidationWork(self.ledger, Validator(), "stage:validator")),
             (JobState.VALIDATED, RoutingWork(self.ledger, Router(routing, ["chest_xray"]), "stage:router")),
         ]
@@ -78,6 +79,12 @@ class Bridge:
         """Close the port and the ledger."""
         self.listener.stop()
         self.ledger.close()
+
+
+def _quiet_evidence(ledger: SqliteLedger) -> Evidence:
+    """Completion on a zero quiet period, no PACS to ask (issue #5's evidence left out)."""
+    policy = CompletenessPolicy(AssemblyConfig(quiet_period_s=0.0))
+    return Evidence(EvidenceTracker(policy), None, StudyRecords(ledger))
 
 
 def send_raw(paths: Iterable[Path], port: int, *, ae_title: str = "RAWSCU") -> list[int]:

@@ -188,3 +188,50 @@ def test_a_stopped_pipeline_resumes_its_work_on_the_next_start(tmp_path, orthanc
     finally:
         restarted.stop()
     assert len(sr_instances(orthanc, uid)) == 1
+
+
+def test_model_error_spends_the_retry_budget_then_the_job_is_dead_and_replayable(tmp_path, orthanc, make_pipeline):
+    pipeline, cfg = make_pipeline(orthanc)
+    datasets, _ = study(tmp_path, 81)
+    ds = datasets[0]
+    # Valid DICOM, but colour: the chest X-ray model refuses it (SamplesPerPixel != 1).
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.PixelData = bytes(ds.Rows * ds.Columns * 3 * 2)
+    files = save_study([ds], tmp_path / "rgb")
+    send(files, pipeline, cfg)
+    ledger = ledger_of(pipeline)
+    uid = str(ds.StudyInstanceUID)
+    assert wait_for_states(ledger, [uid], {"dead"}, timeout_s=60)
+    [job] = ledger.jobs_for_study(uid)
+    assert job.attempts == cfg.retry.max_attempts
+    assert "SamplesPerPixel" in job.reason
+    assert ledger.status(time.time())["instances"]["dead"] == 1
+    types = [e["type"] for e in ledger.audit_events(uid)]
+    assert types.count("job_retry") == cfg.retry.max_attempts - 1 and types[-1] == "job_dead"
+    assert ledger.replay(job.job_id, "user:test", time.time()).value == "linked"
+    assert wait_for_states(ledger, [uid], {"dead"}, timeout_s=60)  # same input, same verdict
+    assert [e["type"] for e in ledger.audit_events(uid)].count("job_replayed") == 1
+
+
+def test_killed_actors_are_restarted_and_work_resumes(tmp_path, orthanc, make_pipeline):
+    import ray
+
+    pipeline, cfg = make_pipeline(orthanc)
+    port = pipeline.listener_port()
+    for name in ("listener", "validator", "sr_writer"):
+        ray.kill(pipeline.actors[name], no_restart=False)  # a crash: Ray restarts it
+
+    def listener_back() -> bool:
+        try:
+            return pipeline.listener_port() == port
+        except Exception:  # still restarting
+            return False
+
+    assert wait_until(listener_back, 60, 0.5)
+    datasets, files = study(tmp_path, 91)
+    send(files, pipeline, cfg)
+    ledger = ledger_of(pipeline)
+    assert wait_for_states(ledger, [str(datasets[0].StudyInstanceUID)], {"delivered"}, timeout_s=90)
+    assert all(h["alive"] for h in pipeline.health().values())

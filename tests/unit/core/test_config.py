@@ -76,3 +76,21 @@ def test_config_is_frozen():
     cfg = parse_config(None)
     with pytest.raises(Exception):
         cfg.listener.port = 1  # type: ignore[misc]
+
+
+def test_priors_and_per_sender_completion():
+    cfg = parse_config({
+        "models": {"chest_xray": MODEL},
+        "assembly": {"completion": "pacs_counts", "sources": {"CT_1": {"completion": "quiet_period", "quiet_period_s": 30}}},
+        "priors": {"enabled": True, "compare_images": ["chest_xray"], "retrieve": "c-get"},
+    })
+    assert cfg.assembly.sources["CT_1"].quiet_period_s == 30 and cfg.priors.retrieve == "c-get"
+    assert parse_config(None).priors.enabled is False and parse_config(None).assembly.completion == "quiet_period"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"models": {"chest_xray": MODEL}, "priors": {"compare_images": ["brain"], "retrieve": "ftp"},
+                      "assembly": {"completion": "psychic", "sources": {"BAD\\AE": {"completion": "pacs_counts"}}}})
+    text = str(info.value)
+    assert "priors.retrieve: got 'ftp'" in text and "assembly.completion: got 'psychic'" in text
+    assert "assembly.sources.BAD\\AE" in text
+    with pytest.raises(ConfigError, match=r"priors.compare_images.0: got 'brain'; expected one of the model families"):
+        parse_config({"models": {"chest_xray": MODEL}, "priors": {"compare_images": ["brain"]}})

@@ -1,0 +1,103 @@
+"""The `pacsai` command as an operator uses it: check-config, up (with SIGTERM), status, ai, replay."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from actors.adapters.dcmtk import storescu
+from actors.adapters.orthanc import free_port
+from models.synthetic_dicom import make_cxr_study, save_study
+from tests.integration.conftest import needs_peers
+
+pytestmark = [pytest.mark.integration, needs_peers]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pacsai(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def test_check_config_names_every_bad_field(tmp_path):
+    good = pacsai("check-config", "configs/default.yaml")
+    assert good.returncode == 0 and "OK" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listener: {ae_title: WAY_TOO_LONG_FOR_DICOM, port: nope}\nretry: {max_attempts: 0}\n")
+    res = pacsai("check-config", str(bad))
+    assert res.returncode == 2
+    for field in ("listener.ae_title", "listener.port", "retry.max_attempts"):
+        assert field in res.stderr
+    missing = pacsai("check-config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
+    port = free_port()
+    cfg = {
+        "site_name": "cli-test",
+        "storage": {"var_dir": str(tmp_path / "var")},
+        "ray": {"num_cpus": 2, "namespace": "pacsai-cli-test"},
+        "listener": {"port": port, "min_free_bytes": 0},
+        "assembly": {"quiet_period_s": 0.3},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, RAY_ADDRESS="")  # a Ray of its own, like a fresh `pacsai up`
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "up", "--config", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        ready = ""
+        deadline = time.monotonic() + 120
+        while "pacsai up: listener" not in ready and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            ready += line
+        assert "pacsai up: listener" in ready, ready[-2000:]
+        files = save_study(make_cxr_study(seed=5), tmp_path / "in")
+        assert storescu(files, "127.0.0.1", port, "PACSAI").returncode == 0
+
+        def status():
+            res = pacsai("status", "--config", str(path), "--json")
+            assert res.returncode == 0, res.stderr
+            return json.loads(res.stdout)
+
+        deadline = time.monotonic() + 30
+        while status()["instances"]["skipped"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        report = status()
+        assert report["instances"]["skipped"] == 1  # no model configured: skipped, with a reason
+        assert {s["stage"] for s in report["stages"]} >= {"listener", "validator", "router"}
+        text = pacsai("status", "--config", str(path)).stdout
+        assert "skipped" in text and "queue depth: 0" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-2000:]
+    assert "stopping" in out
+
+
+def test_up_refuses_to_start_with_missing_or_wrong_weights(tmp_path):
+    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    raw["storage"]["var_dir"] = str(tmp_path / "var")
+    raw["models"]["chest_xray"]["weights"] = str(tmp_path / "nowhere.pt")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = pacsai("up", "--config", str(path))
+    assert res.returncode == 1
+    assert "nowhere.pt" in res.stderr and "ModelWeightsError" in res.stderr
+    wrong = tmp_path / "wrong.pt"
+    wrong.write_bytes(b"not the weights")
+    raw["models"]["chest_xray"].update(weights=str(wrong), sha256="0" * 64)
+    path.write_text(yaml.safe_dump(raw))
+    res = pacsai("up", "--config", str(path))
+    assert res.returncode == 1 and "wrong.pt" in res.stderr and "0" * 64 in res.stderr
