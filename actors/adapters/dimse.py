@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -49,6 +51,7 @@ __all__ = [
     "Listener",
     "StoreOutcome",
     "prefer_decodable_syntaxes",
+    "read_preamble_and_meta",
     "storage_sop_classes",
 ]
 
@@ -236,6 +239,26 @@ class Listener:
             logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
         return STATUS_SUCCESS
 
+    def ingest_file(self, raw: bytes, calling_ae: str) -> int:
+        """Ingest a whole DICOM Part 10 file (e.g. from STOW-RS or a test) as if C-STOREd.
+
+        Raises:
+            OutOfResources: The spool disk is below its floor or full.
+            RejectedInput: The file meta or the data set cannot be parsed.
+        """
+        try:
+            fp = BytesIO(raw)
+            meta = read_preamble_and_meta(fp)
+        except Exception as exc:  # an unreadable header is "cannot understand"
+            raise RejectedInput(f"file meta cannot be parsed: {type(exc).__name__}: {exc}") from exc
+        return self.ingest(
+            str(meta.get("MediaStorageSOPInstanceUID", "")),
+            str(meta.get("MediaStorageSOPClassUID", "")),
+            raw[fp.tell() :],
+            str(meta.get("TransferSyntaxUID", "")),
+            calling_ae,
+        )
+
     @staticmethod
     def _parse_header(dataset: bytes, transfer_syntax: str, sop_uid: str) -> Dataset:
         """Parse the data set up to the attributes the ledger records (Series Instance UID)."""
@@ -344,6 +367,18 @@ def storage_sop_classes() -> list[str]:
     accepted through ``UNRESTRICTED_STORAGE_SERVICE``."""
     uids = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     return uids + [u for u in sorted(NON_PATIENT_SOP_CLASSES) if u not in uids]
+def read_preamble_and_meta(fp: BytesIO) -> FileMetaDataset:
+    """Read the preamble and File Meta Information; leave ``fp`` at the data set.
+
+    Raises:
+        ValueError: The file has no Part 10 header (PS3.10 7.1).
+    """
+    meta = dcmread(fp, stop_before_pixels=True, specific_tags=[]).file_meta
+    length = meta.get("FileMetaInformationGroupLength")
+    if length is None:
+        raise ValueError("no File Meta Information Group Length (0002,0000)")
+    fp.seek(128 + 4 + 12 + int(length))  # preamble, "DICM", the group length element
+    return meta
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,7 @@ def test_instances_are_validated_while_the_study_is_receiving(ledger, tmp_path):
     good, bad = make_cxr_study(seed=401, n_images=2, patient_id="PV1", size=64)
     bad.PixelData = bad.PixelData[: len(bad.PixelData) // 2]
     for ds, path in zip((good, bad), save_study([good, bad], tmp_path / "in"), strict=True):
-        listener.ingest(str(ds.SOPInstanceUID), str(ds.SOPClassUID), path.read_bytes(), "PACSFWD")
+        listener.ingest_file(path.read_bytes(), "PACSFWD")
     cache = VerdictCache()
     work = ValidationWork(ledger, Validator(), "stage:validator", cache)
     pre = PreValidator(StudyRecords(ledger), work.check, cache, 0.05)
