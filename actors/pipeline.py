@@ -167,7 +167,7 @@ class Pipeline:
                 self.runtime(st.assembler), self.cfg.assembly, self.cfg.pacs
             ),
             "validator": ValidatorActor.options(**self._options("validator", st.validator.num_cpus)).remote(
-                self.runtime(st.validator)
+                self.runtime(st.validator), self.cfg.validation
             ),
             "router": RouterActor.options(**self._options("router", st.router.num_cpus)).remote(
                 self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models)

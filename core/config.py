@@ -36,6 +36,7 @@ __all__ = [
     "StagesConfig",
     "StorageConfig",
     "TlsConfig",
+    "ValidationConfig",
     "app_name",
     "parse_config",
 ]
@@ -364,6 +365,31 @@ class SRConfig(_Model):
     institution_name: str | None = Field(default=None, description="Institution Name, if set")
 
 
+class ValidationConfig(_Model):
+    """What the validator demands of received data (issue #4; see core.validation)."""
+
+    decode: Literal["all_frames", "first_frame", "headers"] = Field(
+        default="all_frames",
+        description="Encapsulated Pixel Data: decode every frame, only the first (headers of the "
+        "rest), or check frame headers only",
+    )
+    pixel_spacing_modalities: tuple[str, ...] = Field(
+        default=("CT", "MR", "PT"),
+        description="Modalities whose models measure: Pixel Spacing (0028,0030) is required",
+    )
+    orientation_tolerance: float = Field(
+        default=1e-3, gt=0, description="Largest direction-cosine difference inside one series"
+    )
+    position_tolerance_mm: float = Field(
+        default=0.01, gt=0, description="Slices closer than this share a position (duplicates)"
+    )
+    gap_tolerance: float = Field(
+        default=0.5,
+        gt=0,
+        description="A step between slices above (1 + this) x the median step is a gap",
+    )
+
+
 class LoggingConfig(_Model):
     """Logging. Identifiers stay out of logs unless explicitly allowed."""
 
@@ -394,6 +420,9 @@ class AppConfig(_Model):
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy")
     sr: SRConfig = Field(default_factory=SRConfig, description="Result objects")
     priors: PriorsConfig = Field(default_factory=PriorsConfig, description="Prior studies")
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig, description="Validation of received data"
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
 
 

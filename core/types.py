@@ -71,6 +71,8 @@ class InstanceState(enum.StrEnum):
     """It failed validation; reason codes are recorded."""
     DEAD = "dead"
     """Retries were exhausted for its job; it can be replayed."""
+    DISCARDED = "discarded"
+    """An operator discarded it from quarantine, with a reason; no job will ever process it."""
 
 
 class Priority(enum.IntEnum):
@@ -217,6 +219,8 @@ class ValidationIssue:
     code: str
     message: str
     sop_instance_uid: str = ""
+    level: str = "instance"
+    """``instance``, ``series`` or ``study``: what the finding is about (``core.reasons.Level``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,9 +42,18 @@ from core.config import AssemblyConfig, ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
 from core.part10 import part10_header
+from core.pixels import NATIVE_SYNTAXES, decode_plugins
 from core.types import AuditEventType, InstanceMeta
+from core.validation import NON_PATIENT_SOP_CLASSES, attribute_text
 
-__all__ = ["DimsePacsClient", "Listener", "StoreOutcome"]
+__all__ = [
+    "DimsePacsClient",
+    "Listener",
+    "StoreOutcome",
+    "prefer_decodable_syntaxes",
+    "read_preamble_and_meta",
+    "storage_sop_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +124,8 @@ class Listener:
         _config.UNRESTRICTED_STORAGE_SERVICE = True  # private and new storage SOP classes too
         _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers stay out of logs (PHI)
         ae = AE(ae_title=self._cfg.ae_title)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for uid in storage_sop_classes():
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         ae.maximum_pdu_size = self._cfg.max_pdu_size
         ae.network_timeout = self._cfg.network_timeout_s
@@ -129,10 +138,24 @@ class Listener:
         self._server = ae.start_server(
             (self._cfg.host, self._cfg.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self.handle_store)],
+            evt_handlers=[(evt.EVT_C_STORE, self.handle_store),
+                          (evt.EVT_CONN_OPEN, self._bound_reads),
+                          (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes)],
             ssl_context=ssl_ctx,
         )
         logger.info("listener %s on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
+
+    def _bound_reads(self, event: Any) -> None:
+        """EVT_CONN_OPEN: give the accepted socket the network timeout.
+
+        pynetdicom's DUL reads a whole PDU with blocking ``recv`` calls on the accepted socket,
+        which has no timeout: a peer that stops in the middle of a PDU (or announces more bytes
+        than it sends) would hold the association and a thread forever. With a timeout the read
+        fails, the DUL sees the connection as closed (Evt17) and ends the association.
+        """
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            sock.settimeout(self._cfg.network_timeout_s)
 
     def stop(self) -> None:
         """Stop accepting and close open associations."""
@@ -288,27 +311,62 @@ class Listener:
         calling_ae: str,
         now: float,
     ) -> InstanceMeta:
-        study = str(ds.get("StudyInstanceUID", "") or "").strip() or f"unknown-study:{sop_uid}"
-        series = str(ds.get("SeriesInstanceUID", "") or "").strip() or f"unknown-series:{sop_uid}"
+        # attribute_text never raises: invalid values are filed here and flagged by the validator.
+        study = attribute_text(ds, "StudyInstanceUID") or f"unknown-study:{sop_uid}"
+        series = attribute_text(ds, "SeriesInstanceUID") or f"unknown-series:{sop_uid}"
         path = self._spool / _safe_name(study) / f"{_safe_name(sop_uid)}.dcm"
         return InstanceMeta(
             sop_instance_uid=sop_uid,
             sop_class_uid=sop_class,
             study_instance_uid=study,
             series_instance_uid=series,
-            modality=str(ds.get("Modality", "") or "").strip(),
+            modality=attribute_text(ds, "Modality"),
             transfer_syntax_uid=transfer_syntax,
             path=str(path),
             sha256=digest,
             size=size,
             received_at=now,
             calling_ae=calling_ae,
-            body_part=str(ds.get("BodyPartExamined", "") or "").strip(),
-            series_description=str(ds.get("SeriesDescription", "") or "").strip(),
-            patient_key=hash_identifier(str(ds.get("PatientID", "") or ""), self._hash_key),
+            body_part=attribute_text(ds, "BodyPartExamined"),
+            series_description=attribute_text(ds, "SeriesDescription"),
+            patient_key=hash_identifier(attribute_text(ds, "PatientID"), self._hash_key),
         )
 
 
+def _syntax_rank(uid: str) -> int:
+    if uid in NATIVE_SYNTAXES or decode_plugins(uid):
+        return 0  # we can read and decode it
+    return 1 if uid in ALL_TRANSFER_SYNTAXES else 2  # known but not decodable here / unknown
+
+
+def prefer_decodable_syntaxes(event: Any) -> None:
+    """EVT_ACSE_RECV: put the transfer syntaxes we can decode first in each proposed context.
+
+    ``UNRESTRICTED_STORAGE_SERVICE`` (needed to store private SOP classes) makes pynetdicom
+    accept every storage context with the requestor's *first* transfer syntax, whatever it is,
+    and ignore our supported contexts. A requestor that offers, in one context, a syntax we
+    cannot decode before one we can would otherwise send data we must quarantine. The order
+    among syntaxes of one rank stays the requestor's. A context offering only syntaxes we
+    cannot decode is still accepted: the data is stored and the validator quarantines it
+    (standards.md 5.1: store, then flag "undecodable for inference").
+    """
+    primitive = getattr(event, "primitive", None)
+    contexts = getattr(primitive, "presentation_context_definition_list", None)
+    if getattr(primitive, "result", 1) is not None or not contexts:
+        return  # not an A-ASSOCIATE request
+    for cx in contexts:
+        ranked = sorted(cx.transfer_syntax, key=lambda uid: _syntax_rank(str(uid)))
+        if ranked != list(cx.transfer_syntax):
+            cx.transfer_syntax = ranked
+
+
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class we accept: pynetdicom's Storage Service classes and the
+    Non-Patient Object Storage classes (PS3.4 Annex GG: hanging protocols, color palettes,
+    implant templates...), which pynetdicom lists apart. Private and unknown classes are
+    accepted through ``UNRESTRICTED_STORAGE_SERVICE``."""
+    uids = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    return uids + [u for u in sorted(NON_PATIENT_SOP_CLASSES) if u not in uids]
 def read_preamble_and_meta(fp: BytesIO) -> FileMetaDataset:
     """Read the preamble and File Meta Information; leave ``fp`` at the data set.
 

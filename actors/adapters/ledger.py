@@ -81,6 +81,23 @@ class SqliteLedger:
         with self._lock:
             return self._con.execute(sql, args).fetchall()
 
+    # ----------------------------------------- for adapters built on the ledger
+    def transaction(self) -> Any:
+        """A write transaction (``BEGIN IMMEDIATE``) yielding a cursor; rolled back on error.
+
+        For adapters that keep their own tables in the ledger file (e.g. the quarantine),
+        so that their changes and the audit events that describe them commit together.
+        """
+        return self._tx()
+
+    def append_audit(self, cur: sqlite3.Cursor, events: Iterable[AuditEvent], now: float) -> None:
+        """Append audit events inside a transaction opened with :meth:`transaction`."""
+        self._append_audit(cur, events, now)
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read-only query; rows as dicts."""
+        return [dict(r) for r in self._read(sql, args)]
+
     # ----------------------------------------------------------------- audit
     @staticmethod
     def _append_audit(cur: sqlite3.Cursor, events: Iterable[AuditEvent], now: float) -> None:
@@ -694,6 +711,12 @@ class SqliteLedger:
                 "reason": r[4],
             }
         pending = self._read("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")[0][0]
+        quarantine = {r[0]: r[1] for r in self._read(
+            "SELECT state, COUNT(*) FROM quarantine GROUP BY state")}
+        held_codes: dict[str, int] = {}
+        for (codes,) in self._read("SELECT codes FROM quarantine WHERE state = 'held'"):
+            for code in json.loads(codes or "[]"):
+                held_codes[code] = held_codes.get(code, 0) + 1
         flags = self._read("SELECT COUNT(*) FROM review_flags WHERE resolved = 0")[0][0]
         return {
             "review_flags_open": flags,
@@ -702,6 +725,12 @@ class SqliteLedger:
             "queue_depth": sum(jobs.get(s, 0) for s in working),
             "oldest_waiting": waiting,
             "outbox_pending": pending,
+            "quarantine": {
+                "held": quarantine.get("held", 0),
+                "released": quarantine.get("released", 0),
+                "discarded": quarantine.get("discarded", 0),
+                "held_by_code": dict(sorted(held_codes.items())),
+            },
             "stages": self.stage_health(),
         }
 

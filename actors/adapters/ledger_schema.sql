@@ -99,6 +99,26 @@ CREATE TABLE IF NOT EXISTS stage_health (
     status       TEXT NOT NULL DEFAULT 'ok'
 );
 
+-- Quarantine (issue #4): one entry per instance that failed validation. Shown as Q<qid>.
+CREATE TABLE IF NOT EXISTS quarantine (
+    qid              INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    study_uid        TEXT NOT NULL,
+    series_uid       TEXT NOT NULL,
+    job_id           INTEGER,                        -- the job that last held it
+    state            TEXT NOT NULL DEFAULT 'held',   -- 'held' | 'released' | 'discarded'
+    codes            TEXT NOT NULL DEFAULT '[]',     -- JSON: sorted reason codes
+    reasons          TEXT NOT NULL DEFAULT '[]',     -- JSON: [{code, message, level}]
+    accepted_codes   TEXT NOT NULL DEFAULT '[]',     -- JSON: codes an operator accepted
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    decided_by       TEXT NOT NULL DEFAULT '',
+    decided_at       REAL,
+    decision_reason  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS quarantine_by_state ON quarantine (state);
+CREATE INDEX IF NOT EXISTS quarantine_by_series ON quarantine (series_uid);
+CREATE INDEX IF NOT EXISTS quarantine_by_study ON quarantine (study_uid);
 -- Issue #5. Every AI result we wrote (one row per SR version): predecessor lookup for late
 -- instances, prior AI results for interval change, and our own series left out of PACS counts.
 CREATE TABLE IF NOT EXISTS sr_results (
