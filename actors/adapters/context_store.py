@@ -166,7 +166,9 @@ class ContextWriter:
             " AND control_id = ?", key,
         ).fetchone()
         if row is not None and row["status"] == "applied":
-            cur.execute("UPDATE hl7_inbox SET resends = resends + 1 WHERE seq = ?", (row["seq"],))
+            cur.execute(
+                "UPDATE hl7_inbox SET resends = resends + 1, audited = 0 WHERE seq = ?", (row["seq"],)
+            )
             return Disposition.DUPLICATE, None
         error = entry.error
         if entry.update is not None:
