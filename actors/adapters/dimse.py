@@ -237,6 +237,9 @@ class Listener:
             body_part=str(ds.get("BodyPartExamined", "") or "").strip(),
             series_description=str(ds.get("SeriesDescription", "") or "").strip(),
             patient_key=hash_identifier(str(ds.get("PatientID", "") or ""), self._hash_key),
+            accession_key=hash_identifier(
+                str(ds.get("AccessionNumber", "") or "").strip(), self._hash_key
+            ),
         )
 
 
