@@ -16,7 +16,8 @@ from actors.adapters.paths import VarLayout
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import SRConfig
-from core.sr import SRBuilder, SRIdentity
+from core.context import StudyContext
+from core.sr import ReferencedRequest, SRBuilder, SRIdentity
 from core.types import AuditEventType, Job, JobState, Prediction
 
 __all__ = ["SRWriteWork", "SRWriterActor"]
@@ -35,10 +36,22 @@ class SRWriteWork:
         paths = {i.sop_instance_uid: i.path for i in self._ledger.job_instances(job.job_id)}
         return [dcmread(paths[u], stop_before_pixels=True) for u in uids if u in paths]
 
-    def write_one(self, job: Job, family: str, task_uids: list[str], prediction: Prediction) -> dict[str, str]:
+    @staticmethod
+    def request_of(job: Job) -> ReferencedRequest | None:
+        """The order the job's SRs fulfil, from its HL7 context (issue #6), if it has one."""
+        raw = job.data.get("context")
+        if not raw:
+            return None
+        ctx = StudyContext.from_json(raw)
+        return ReferencedRequest(ctx.indication, ctx.indication_codes, ctx.procedure, ctx.procedure_text)
+
+    def write_one(
+        self, job: Job, family: str, task_uids: list[str], prediction: Prediction,
+        request: ReferencedRequest | None = None,
+    ) -> dict[str, str]:
         """Build, durably write and describe the SR of one prediction."""
         sources = self._sources(job, task_uids)
-        sr = self._builder.build(sources, prediction)
+        sr = self._builder.build(sources, prediction, request=request)
         buf = BytesIO()
         sr.save_as(buf, enforce_file_format=True)
         path = self._outbox / f"{sr.SOPInstanceUID}.dcm"
@@ -56,9 +69,19 @@ class SRWriteWork:
         """Write every result and move the job to ``written``."""
         tasks = {t["family"]: list(t["sop_instance_uids"]) for t in job.data.get("tasks", [])}
         items, events = [], []
+        request = self.request_of(job)
+        if request is not None:  # the job's copy of the context is PHI-light, but still audited
+            events.append(AuditEvent(
+                AuditEventType.CONTEXT_READ, self._actor, job.study_instance_uid, job_id=job.job_id,
+                detail={"purpose": "sr: referenced request and reason for the study",
+                        "match": job.data["context"].get("match", ""),
+                        "resources": [job.data["context"].get("service_request", "")]},
+            ))
         for family, raw in sorted(job.data.get("predictions", {}).items()):
             prediction = Prediction.from_json(raw)
-            item = self.write_one(job, family, tasks.get(family, list(prediction.source_uids)), prediction)
+            item = self.write_one(
+                job, family, tasks.get(family, list(prediction.source_uids)), prediction, request
+            )
             items.append(item)
             events.append(
                 AuditEvent(
