@@ -28,6 +28,7 @@ class Hl7ListenerActor:
         self, cfg: Hl7Config, layout: VarLayout, hash_key: bytes, log_level: str = "INFO"
     ) -> None:
         configure_logging(log_level)
+        Hl7Listener.tune_process()
         self._listener = Hl7Listener(cfg, layout.context, SqliteLedger(layout.ledger), hash_key)
         self._listener.start()
 

@@ -13,7 +13,6 @@ per patient, encounter and order. This module holds the pure parts:
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -100,18 +99,19 @@ def merge_resource(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
 
     Top-level elements the message carries replace the stored ones; elements it does not
     carry are kept (an ORM's minimal PID must not erase the birth date an ADT gave). Links
-    from earlier merges are kept and extended.
+    from earlier merges are kept and extended. Neither argument is changed.
 
     >>> merge_resource({"id": "p", "gender": "male", "birthDate": "1970"}, {"id": "p", "gender": "female"})
     {'id': 'p', 'gender': 'female', 'birthDate': '1970'}
     """
-    out = copy.deepcopy(dict(old or {}))
+    out = dict(old or {})  # shallow: both sides are fresh from JSON or the mapper
     for key, value in new.items():
         if key == "link" and out.get("link"):
             seen = {json.dumps(x, sort_keys=True) for x in out["link"]}
-            out["link"] = out["link"] + [x for x in value if json.dumps(x, sort_keys=True) not in seen]
+            fresh = [x for x in value if json.dumps(x, sort_keys=True) not in seen]
+            out["link"] = list(out["link"]) + fresh
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = value
     return out
 
 

@@ -93,13 +93,16 @@ class V2FhirMapper:
         key: bytes = DEFAULT_KEY,
         identifier_systems: Mapping[str, str] | None = None,
         accession_fields: Sequence[str] = ("IPC-1", "OBR-18"),
+        validate_resources: bool = True,
     ) -> None:
         """Args:
         key: Key of the hashed identifiers (the same as the DICOM listener's).
         identifier_systems: Assigning authority namespace -> Identifier.system.
         accession_fields: Where the accession number is, first valued wins.
+        validate_resources: Check every resource with fhir.resources (R4) before returning.
         """
         self._key = key
+        self._validate = validate_resources
         self._ids = IdentifierMapper(identifier_systems or {})
         self._accession_fields = tuple(accession_fields)
 
@@ -117,7 +120,7 @@ class V2FhirMapper:
             update = self._admission(message)
         else:
             update = self._orders(message)
-        for resource in update.resources:
+        for resource in update.resources if self._validate else ():
             try:
                 validate(resource)
             except ValueError as exc:

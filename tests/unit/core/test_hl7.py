@@ -112,3 +112,9 @@ def test_escape_round_trips_through_the_parser():
     value = "a|b^c&d~e\\f"
     raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||{escape(value)}\r"
     assert parse_message(raw.encode()).first("PID").get(3) == value
+
+
+def test_blanks_around_values_are_dropped_so_codes_stay_valid_fhir():
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\r\rPID|1|| X1 ^^^H^ MR ||DOE \r"
+    pid = parse_message(raw.encode()).first("PID")
+    assert pid.comps(3) == ("X1", "", "", "H", "MR") and pid.get(5) == "DOE"
