@@ -163,7 +163,8 @@ class EhrDeliveryWork:
                     "resources": [r for r in (context.patient, context.service_request) if r]},
         )
         identifier = (
-            {k: v for k, v in chosen.items() if k in ("system", "value", "type")} if chosen else None
+            {k: v for k, v in chosen.items() if k in ("system", "value", "type")}
+            if chosen else None
         )
         return identifier, acsn.get("system"), [event]
 

@@ -56,7 +56,8 @@ def messages(n: int, seed: int = 6) -> list[bytes]:
     for i in range(n):
         mrn = f"BM{rng.randrange(2000):05d}"
         stamp = "20250301103000+0100"
-        pid = f"PID|1||{mrn}^^^HOSP^MR||SYNTHETIC^PATIENT{i % 97}||1970{1 + i % 12:02d}15|{'FM'[i % 2]}"
+        pid = (f"PID|1||{mrn}^^^HOSP^MR||SYNTHETIC^PATIENT{i % 97}||1970{1 + i % 12:02d}15"
+               f"|{'FM'[i % 2]}")
         pv1 = f"PV1|1|{'EIO'[i % 3]}|ED^BAY{i % 9}^BED{i % 4}^HOSP||||1234^SYNDOC^ANN"
         kind = rng.choice(("A01", "A08", "ORM", "ORM"))
         if kind == "ORM":
@@ -66,7 +67,8 @@ def messages(n: int, seed: int = 6) -> list[bytes]:
                 pid, pv1,
                 f"ORC|NW|PLC{i}^RIS|FIL{i}^PACS||SC||^^^^^{rng.choice('SAR')}||20250301102900",
                 f"OBR|1|PLC{i}^RIS|FIL{i}^PACS|36554-4^XR Chest 2 Views^LN|||20250301103000"
-                f"|||||||||5678^SYNREF^BOB||{acc}|RP01|SPS01||||DX|||^^^^^R||||R07.4^Chest pain^I10",
+                f"|||||||||5678^SYNREF^BOB||{acc}|RP01|SPS01||||DX|||^^^^^R"
+                "||||R07.4^Chest pain^I10",
             ]
         else:
             body = [f"MSH|^~\\&|ADT|HOSP|PACSAI|HOSP|{stamp}||ADT^{kind}^ADT_A01|B{i:07d}|P|2.5.1",
@@ -112,7 +114,8 @@ def _pacsai_server(
 
     Hl7Listener.tune_process()  # as the Ray actor does
     cfg = Hl7Config(listener=MllpListenerConfig(port=0), **overrides)
-    listener = Hl7Listener(cfg, Path(root) / "context.sqlite", SqliteLedger(Path(root) / "ledger.sqlite"))
+    ledger = SqliteLedger(Path(root) / "ledger.sqlite")
+    listener = Hl7Listener(cfg, Path(root) / "context.sqlite", ledger)
     listener.start()
     port_q.put((listener.port, {}))
     stop.wait()
@@ -156,7 +159,9 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run_variant(variant: str, msgs: list[bytes], connections: int, warmup: list[bytes]) -> dict[str, Any]:
+def run_variant(
+    variant: str, msgs: list[bytes], connections: int, warmup: list[bytes]
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     port_q, stats_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     with tempfile.TemporaryDirectory(prefix="bench-hl7-", dir=os.environ.get("BENCH_DIR")) as root:
@@ -216,7 +221,8 @@ def main() -> None:
             results[(variant, connections)] = record
             emit(record)
     for connections in args.connections:
-        base, ours = results.get(("python_hl7_echo", connections)), results.get(("pacsai", connections))
+        base = results.get(("python_hl7_echo", connections))
+        ours = results.get(("pacsai", connections))
         if base and ours:
             emit({
                 "name": "hl7_ack", "variant": "summary", "connections": connections, "n": args.n,

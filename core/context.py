@@ -101,8 +101,8 @@ def merge_resource(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     carry are kept (an ORM's minimal PID must not erase the birth date an ADT gave). Links
     from earlier merges are kept and extended. Neither argument is changed.
 
-    >>> merge_resource({"id": "p", "gender": "male", "birthDate": "1970"}, {"id": "p", "gender": "female"})
-    {'id': 'p', 'gender': 'female', 'birthDate': '1970'}
+    >>> merge_resource({"id": "p", "sex": "male", "born": "1970"}, {"id": "p", "sex": "female"})
+    {'id': 'p', 'sex': 'female', 'born': '1970'}
     """
     out = dict(old or {})  # shallow: both sides are fresh from JSON or the mapper
     for key, value in new.items():
@@ -117,7 +117,10 @@ def merge_resource(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
 
 def _swap_refs(node: Any, old: str, new: str) -> Any:
     if isinstance(node, dict):
-        return {k: (new if k == "reference" and v == old else _swap_refs(v, old, new)) for k, v in node.items()}
+        return {
+            k: (new if k == "reference" and v == old else _swap_refs(v, old, new))
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_swap_refs(x, old, new) for x in node]
     return node
@@ -166,7 +169,8 @@ def merge_patients(
         the survivor ``replaces`` the prior. ``prior`` is ``None`` if it was never stored.
     """
     new_survivor = merge_resource(
-        survivor, {"link": [{"other": {"reference": f"Patient/{merge.prior_id}"}, "type": "replaces"}]}
+        survivor,
+        {"link": [{"other": {"reference": f"Patient/{merge.prior_id}"}, "type": "replaces"}]},
     )
     if prior is None:
         return None, new_survivor
@@ -174,7 +178,9 @@ def merge_patients(
         prior,
         {
             "active": False,
-            "link": [{"other": {"reference": f"Patient/{merge.survivor_id}"}, "type": "replaced-by"}],
+            "link": [
+                {"other": {"reference": f"Patient/{merge.survivor_id}"}, "type": "replaced-by"}
+            ],
         },
     )
     return new_prior, new_survivor
@@ -242,7 +248,8 @@ def _text(concept: Mapping[str, Any]) -> str:
     if concept.get("text"):
         return str(concept["text"])
     codings = concept.get("coding", [])
-    return next((str(c.get("display") or c.get("code")) for c in codings if c.get("display") or c.get("code")), "")
+    named = [str(n) for n in (c.get("display") or c.get("code") for c in codings) if n]
+    return named[0] if named else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,7 +173,9 @@ class V2FhirMapper:
             "resourceType": "Patient",
             "id": self._patient_id(ids),
             "active": True,
-            "identifier": [self._ids.cx(cx) for n in (2, 3, 4) for cx in pid.reps(n) if cx and cx[0]],
+            "identifier": [
+                self._ids.cx(cx) for n in (2, 3, 4) for cx in pid.reps(n) if cx and cx[0]
+            ],
         }
         names = [human_name(x) for x in pid.reps(5) if any(x)]
         if names:
@@ -243,7 +245,9 @@ class V2FhirMapper:
         location = self._place(pv1.comps(3))
         if location is not None:
             enc["location"] = [{
-                "location": {"reference": f"Location/{location['id']}", "display": location["name"]},
+                "location": {
+                    "reference": f"Location/{location['id']}", "display": location["name"]
+                },
                 "status": "planned" if cls == "P" else "active",
             }]
         return enc, location
@@ -380,7 +384,7 @@ class V2FhirMapper:
     def _service_request(
         self, message: Hl7Message, group: _Order, patient_id: str, enc_id: str
     ) -> tuple[dict[str, Any], OrderIndex]:
-        """ORC + OBR (+ TQ1, IPC) -> ServiceRequest (IG ORC[ServiceRequest], OBR[ServiceRequest])."""
+        """ORC + OBR (+ TQ1, IPC) -> ServiceRequest (IG ORC/OBR[ServiceRequest])."""
         orc, obr = group.orc, group.obr
         ctrl = message.header.control_id
         if obr is None or not obr.get(4):
@@ -390,7 +394,9 @@ class V2FhirMapper:
                 ctrl, "101" if obr is not None else "100", where,
             )
         if not orc.get(1):
-            raise MessageInvalid("ORC-1: missing; expected an order control code", ctrl, "101", orc.loc(1))
+            raise MessageInvalid(
+                "ORC-1: missing; expected an order control code", ctrl, "101", orc.loc(1)
+            )
         accession, acsn = self._accession(message, group)
         request: dict[str, Any] = {
             "resourceType": "ServiceRequest",
@@ -416,7 +422,8 @@ class V2FhirMapper:
     @staticmethod
     def _status(orc: Segment) -> str:
         """ORC-5 (OrderStatus) if valued, else ORC-1 (OrderControlCode[ServiceRequest.status])."""
-        return _ORDER_STATUS.get(orc.get(5).upper()) or _ORDER_CONTROL.get(orc.get(1).upper(), "active")
+        by_status = _ORDER_STATUS.get(orc.get(5).upper())
+        return by_status or _ORDER_CONTROL.get(orc.get(1).upper(), "active")
 
     def _order_ids(self, orc: Segment, obr: Segment) -> list[dict[str, Any]]:
         """ORC-2 / ORC-3 (else OBR-2 / OBR-3) -> identifier PLAC / FILL."""

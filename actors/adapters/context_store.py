@@ -65,7 +65,9 @@ class ContextMatch:
 
 
 def _load(cur: sqlite3.Cursor, kind: str, rid: str) -> dict[str, Any] | None:
-    row = cur.execute("SELECT json FROM resources WHERE type = ? AND id = ?", (kind, rid)).fetchone()
+    row = cur.execute(
+        "SELECT json FROM resources WHERE type = ? AND id = ?", (kind, rid)
+    ).fetchone()
     return json.loads(row[0]) if row else None
 
 
@@ -167,7 +169,8 @@ class ContextWriter:
         ).fetchone()
         if row is not None and row["status"] == "applied":
             cur.execute(
-                "UPDATE hl7_inbox SET resends = resends + 1, audited = 0 WHERE seq = ?", (row["seq"],)
+                "UPDATE hl7_inbox SET resends = resends + 1, audited = 0 WHERE seq = ?",
+                (row["seq"],),
             )
             return Disposition.DUPLICATE, None
         error = entry.error
@@ -219,7 +222,8 @@ class ContextWriter:
             if known is not None:
                 update = rebind_patient(update, patient["id"], known)
         for resource in update.resources:
-            _save(cur, merge_resource(_load(cur, resource["resourceType"], resource["id"]), resource), now)
+            stored = _load(cur, resource["resourceType"], resource["id"])
+            _save(cur, merge_resource(stored, resource), now)
         cur.executemany(
             "INSERT OR IGNORE INTO patient_keys (patient_key, patient_id) VALUES (?,?)",
             update.patient_keys,
@@ -257,13 +261,16 @@ class ContextWriter:
         prior_id = _known_patient(cur, merge.prior_keys) or merge.prior_id
         if prior_id == survivor_id:
             return
-        survivor = _load(cur, "Patient", survivor_id) or {"resourceType": "Patient", "id": survivor_id}
+        survivor = _load(cur, "Patient", survivor_id) or {
+            "resourceType": "Patient", "id": survivor_id
+        }
         prior, survivor = merge_patients(_load(cur, "Patient", prior_id), survivor, merge)
         for resource in (prior, survivor):
             if resource is not None:
                 _save(cur, resource, now)
         cur.execute(
-            "INSERT OR REPLACE INTO patient_merges (prior_id, survivor_id, merged_at) VALUES (?,?,?)",
+            "INSERT OR REPLACE INTO patient_merges (prior_id, survivor_id, merged_at)"
+            " VALUES (?,?,?)",
             (prior_id, survivor_id, now),
         )
         cur.executemany(
@@ -272,12 +279,15 @@ class ContextWriter:
         )
         for table, kind, column in (("orders", "ServiceRequest", "service_request_id"),
                                     ("encounters", "Encounter", "encounter_id")):
-            ids = [r[0] for r in cur.execute(f"SELECT {column} FROM {table} WHERE patient_id = ?", (prior_id,))]
+            query = f"SELECT {column} FROM {table} WHERE patient_id = ?"
+            ids = [r[0] for r in cur.execute(query, (prior_id,))]
             for rid in ids:
                 old = _load(cur, kind, rid)
                 if old is not None:
                     _save(cur, relink_subject(old, prior_id, survivor_id), now)
-            cur.execute(f"UPDATE {table} SET patient_id = ? WHERE patient_id = ?", (survivor_id, prior_id))
+            cur.execute(
+                f"UPDATE {table} SET patient_id = ? WHERE patient_id = ?", (survivor_id, prior_id)
+            )
 
 
 class ContextReader:
@@ -325,7 +335,8 @@ class ContextReader:
         cur = self._con.cursor()
         order, how = self._by_study_or_accession(cur, study_uid, accession_keys)
         if order is None:
-            order, how = self._by_patient_and_date(cur, patient_keys, study_date, window_days), "patient+date"
+            how = "patient+date"
+            order = self._by_patient_and_date(cur, patient_keys, study_date, window_days)
         if order is None:
             return None
         request = _load(cur, "ServiceRequest", order.service_request_id)
@@ -377,7 +388,9 @@ class ContextReader:
         return ids | {_survivor(cur, p) for p in ids}
 
     @staticmethod
-    def _encounter(cur: sqlite3.Cursor, order: OrderIndex, patient_id: str) -> dict[str, Any] | None:
+    def _encounter(
+        cur: sqlite3.Cursor, order: OrderIndex, patient_id: str
+    ) -> dict[str, Any] | None:
         if order.encounter_id:
             found = _load(cur, "Encounter", order.encounter_id)
             if found is not None:

@@ -36,7 +36,14 @@ from core.audit import AuditEvent
 from core.config import Hl7Config
 from core.context import ContextUpdate
 from core.errors import MessageInvalid, MessageRejected, TransientIOError
-from core.hl7 import Hl7Message, MessageHeader, check_field_sizes, check_supported, parse_message, peek_header
+from core.hl7 import (
+    Hl7Message,
+    MessageHeader,
+    check_field_sizes,
+    check_supported,
+    parse_message,
+    peek_header,
+)
 from core.identifiers import DEFAULT_KEY
 from core.types import AuditEventType
 from core.v2fhir import V2FhirMapper
@@ -190,7 +197,8 @@ class Hl7Listener:
             header.control_id if header else "?", peer, exc.error_code, exc.location or "-",
         )
         try:
-            await asyncio.wrap_future(self._writer.reject(received.payload, peer, header, error, now))
+            kept = self._writer.reject(received.payload, peer, header, error, now)
+            await asyncio.wrap_future(kept)
         except TransientIOError as store_exc:  # answering AR does not depend on keeping it
             logger.error("rejected message not kept: %s", store_exc)
         return Disposition.REJECTED, error
@@ -210,8 +218,8 @@ class Hl7Listener:
         while not self._stop.wait(AUDIT_PERIOD_S):
             if self._ledger is None:
                 continue
-            try:
-                while self.audit_once(AUDIT_CHUNK) and not self._stop.is_set():
+            try:  # another chunk at once only after a full one: a backlog, not a trickle
+                while self.audit_once(AUDIT_CHUNK) == AUDIT_CHUNK and not self._stop.is_set():
                     time.sleep(0.002)  # let the event loop answer between chunks
             except Exception:  # the pump must survive a busy ledger; the rows stay unaudited
                 logger.exception("HL7 audit pump round failed")
@@ -232,7 +240,8 @@ class Hl7Listener:
         ]
         # At least once: a crash between these two lines repeats events (same inbox seq).
         self._ledger.audit(events, self._clock())
-        self._writer.mark_audited([r["seq"] for r in received], [r["seq"] for r in rejected]).result(30)
+        seqs = [r["seq"] for r in received], [r["seq"] for r in rejected]
+        self._writer.mark_audited(*seqs).result(30)
         return len(events)
 
     def _received_event(self, row: dict[str, Any]) -> AuditEvent:

@@ -234,7 +234,9 @@ class MllpServer:
                     writer.write(frame(reply))
                 await writer.drain()
             if framer.dropped > self._max:
-                logger.warning("MLLP peer %s sent %d bytes outside frames; closing", peer, framer.dropped)
+                logger.warning(
+                    "MLLP peer %s sent %d bytes outside frames; closing", peer, framer.dropped
+                )
                 return
 
 
@@ -242,15 +244,19 @@ class MllpClient:
     """A blocking MLLP client on one persistent connection (tests, benchmarks, ORU out)."""
 
     def __init__(
-        self, host: str, port: int, timeout_s: float = 10.0, ssl_context: ssl.SSLContext | None = None,
+        self,
+        host: str,
+        port: int,
+        timeout_s: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
     ) -> None:
         """Connect (and do the TLS handshake if a context is given)."""
         raw = socket.create_connection((host, port), timeout=timeout_s)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock: socket.socket = (
-            ssl_context.wrap_socket(raw, server_hostname=server_hostname or host) if ssl_context else raw
-        )
+        self._sock: socket.socket = raw
+        if ssl_context is not None:
+            self._sock = ssl_context.wrap_socket(raw, server_hostname=server_hostname or host)
         self._framer = MllpFramer(16 << 20)
         self._ready: list[Frame] = []
 
