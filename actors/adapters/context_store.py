@@ -147,11 +147,20 @@ class ContextWriter:
 
         return self._committer.submit(work)
 
-    def mark_audited(self, inbox: Sequence[int], rejected: Sequence[int]) -> Future[None]:
-        """Record that these rows' audit events are in the ledger."""
+    def mark_audited(
+        self, inbox: Sequence[tuple[int, int]], rejected: Sequence[int]
+    ) -> Future[None]:
+        """Record that these rows' audit events are in the ledger.
+
+        Args:
+            inbox: ``(seq, resends)`` as audited; a row re-sent since stays unaudited.
+            rejected: Sequence numbers of rejected rows.
+        """
 
         def work(cur: sqlite3.Cursor) -> None:
-            cur.executemany("UPDATE hl7_inbox SET audited = 1 WHERE seq = ?", [(s,) for s in inbox])
+            cur.executemany(
+                "UPDATE hl7_inbox SET audited = 1 WHERE seq = ? AND resends = ?", list(inbox)
+            )
             cur.executemany(
                 "UPDATE hl7_rejected SET audited = 1 WHERE seq = ?", [(s,) for s in rejected]
             )

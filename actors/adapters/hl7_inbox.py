@@ -94,6 +94,7 @@ class Hl7Listener:
         self._ack_prefix = f"{os.getpid() % 100000:05d}{int(clock()) % 1000:03d}"
         self._ack_seq = 0
         self._stop = threading.Event()
+        self._audit_lock = threading.Lock()  # one audit pass at a time: no event twice
         self._pump = threading.Thread(target=self._audit_loop, name="hl7-audit", daemon=True)
         self.counts: dict[str, int] = {d.value: 0 for d in Disposition}
         self._actor = f"hl7:{cfg.application}"
@@ -232,6 +233,10 @@ class Hl7Listener:
         """
         if self._ledger is None:
             return 0
+        with self._audit_lock:
+            return self._audit_pass(self._ledger, limit)
+
+    def _audit_pass(self, ledger: SqliteLedger, limit: int) -> int:
         received, rejected = self._reader.unaudited(limit)
         if not received and not rejected:
             return 0
@@ -239,9 +244,9 @@ class Hl7Listener:
             AuditEvent(AuditEventType.HL7_REJECTED, self._actor, detail=dict(r)) for r in rejected
         ]
         # At least once: a crash between these two lines repeats events (same inbox seq).
-        self._ledger.audit(events, self._clock())
-        seqs = [r["seq"] for r in received], [r["seq"] for r in rejected]
-        self._writer.mark_audited(*seqs).result(30)
+        ledger.audit(events, self._clock())
+        inbox = [(r["seq"], r["resends"]) for r in received]
+        self._writer.mark_audited(inbox, [r["seq"] for r in rejected]).result(30)
         return len(events)
 
     def _received_event(self, row: dict[str, Any]) -> AuditEvent:
