@@ -24,6 +24,8 @@ class FhirTestServer:
         self.bundles: list[dict[str, Any]] = []
         self.resources: dict[str, dict[str, Any]] = {}
         self.errors: list[str] = []
+        self.force_status: int | None = None
+        """Answer every request with this status (and an OperationOutcome) when set."""
         self._httpd: ThreadingHTTPServer | None = None
 
     def start(self) -> FhirTestServer:
@@ -54,6 +56,9 @@ class FhirTestServer:
             self._httpd = None
 
     def accept(self, path: str, content_type: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        if self.force_status is not None:
+            return self.force_status, {"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "forbidden", "diagnostics": "forced by the test"}]}
         try:
             if path.rstrip("/") != "/fhir" or "application/fhir+json" not in content_type:
                 raise ValueError(f"POST {path} ({content_type}); expected /fhir, fhir+json")
