@@ -73,12 +73,15 @@ def codeable(cwe: Sequence[str]) -> dict[str, Any]:
     'http://hl7.org/fhir/sid/icd-10'
     >>> codeable(("", "cough for 3 weeks"))
     {'text': 'cough for 3 weeks'}
+    >>> codeable(("A  1",))["coding"][0]["code"]
+    'A 1'
+
     """
     codings = []
     for code, display, system in ((0, 1, 2), (3, 4, 5)):
         part = [cwe[i] if len(cwe) > i else "" for i in (code, display, system)]
         if part[0]:
-            coding = {"code": part[0]}
+            coding = {"code": " ".join(part[0].split())}  # FHIR code: single inner blanks
             if part[1]:
                 coding["display"] = part[1]
             uri = system_for_v2(part[2]) if part[2] else None
