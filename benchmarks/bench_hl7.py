@@ -184,6 +184,7 @@ def run_variant(
         "p50_ms": round(statistics.median(latencies), 3), "p95_ms": round(_pct(latencies, 0.95), 3),
         "p99_ms": round(_pct(latencies, 0.99), 3), "max_ms": round(max(latencies), 3),
         "msgs_per_s": round(len(msgs) / seconds, 1), "not_aa": bad,
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # others share this machine's 2 cores
     }
     if stats:  # group commit at work (items include the audit pump's marks)
         record["commits"] = stats["commits"]
@@ -222,15 +223,16 @@ def main() -> None:
             emit(record)
     for connections in args.connections:
         base = results.get(("python_hl7_echo", connections))
-        ours = results.get(("pacsai", connections))
-        if base and ours:
-            emit({
-                "name": "hl7_ack", "variant": "summary", "connections": connections, "n": args.n,
-                "pacsai_p99_ms": ours["p99_ms"], "echo_p99_ms": base["p99_ms"],
-                "throughput_ratio": round(ours["msgs_per_s"] / base["msgs_per_s"], 3),
-                "p99_ratio": round(ours["p99_ms"] / base["p99_ms"], 2),
-                "goal": "p99 < 10 ms", "met": ours["p99_ms"] < 10.0,
-            })
+        for name in ("pacsai", "pacsai_no_validation"):
+            ours = results.get((name, connections))
+            if base and ours:
+                emit({
+                    "name": "hl7_ack", "variant": f"summary:{name}", "connections": connections,
+                    "n": args.n, "p99_ms": ours["p99_ms"], "echo_p99_ms": base["p99_ms"],
+                    "throughput_ratio": round(ours["msgs_per_s"] / base["msgs_per_s"], 3),
+                    "p99_ratio": round(ours["p99_ms"] / base["p99_ms"], 2),
+                    "goal": "p99 < 10 ms", "met": ours["p99_ms"] < 10.0,
+                })
 
 
 if __name__ == "__main__":
