@@ -303,3 +303,38 @@ def test_every_message_is_audited_without_phi(bridge):
     for phi in ("SYNTHETIC", "MRN123", "19700615", "ACC3003", "Chest pain"):
         assert phi not in text
     assert ledger.verify_audit_chain() is None
+
+
+def _serve_in_child(root: str, ports) -> None:  # runs in a spawned process
+    listener, _ = make_listener(Path(root))
+    ports.put(listener.port)
+    time.sleep(3600)
+
+
+def test_an_acknowledged_message_survives_kill_9_and_is_not_applied_again(tmp_path):
+    """AA only after the commit: kill -9 right after the ACK, restart, resend -> one order."""
+    import multiprocessing as mp
+    import os
+    import signal
+
+    ctx = mp.get_context("spawn")
+    for attempt in range(2):
+        ports = ctx.Queue()
+        child = ctx.Process(target=_serve_in_child, args=(str(tmp_path), ports))
+        child.start()
+        try:
+            client = MllpClient("127.0.0.1", ports.get(timeout=60))
+            [reply] = client.send(orm("KILL1").encode())
+            os.kill(child.pid, signal.SIGKILL)  # no shutdown, no flush: only what was committed
+            client.close()
+        finally:
+            child.join(30)
+        assert msa(reply) == ("AA", "KILL1")
+    reader = ContextReader(tmp_path / "context.sqlite")
+    try:
+        [row] = reader.inbox()
+        assert (row["control_id"], row["status"], row["resends"]) == ("KILL1", "applied", 1)
+        version = reader._con.execute("SELECT version FROM resources WHERE type = 'ServiceRequest'")
+        assert version.fetchone()[0] == 1
+    finally:
+        reader.close()
