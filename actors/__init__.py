@@ -7,6 +7,8 @@ __all__ = [
     "cli",
     "delivery",
     "demo",
+    "ehr_delivery",
+    "hl7_listener",
     "inference",
     "listener",
     "pipeline",

@@ -39,7 +39,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from actors.pipeline import load_config
 
     cfg = load_config(args.file)
-    print(f"{args.file}: OK ({len(cfg.models)} model(s), {len(cfg.routing.rules)} routing rule(s))")
+    bridge = f"HL7 bridge {'on' if cfg.hl7 else 'off'}, EHR results {'on' if cfg.ehr else 'off'}"
+    print(f"{args.file}: OK ({len(cfg.models)} model(s), {len(cfg.routing.rules)} routing rule(s),"
+          f" {bridge})")
     return 0
 
 
@@ -59,6 +61,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{pipeline.listener_port()}, var {pipeline.layout.root}",
         flush=True,
     )
+    if cfg.hl7 is not None:
+        print(f"pacsai up: HL7 MLLP on {cfg.hl7.listener.host}:{pipeline.hl7_port()}", flush=True)
     supervisor = Supervisor(pipeline, _ledger(cfg))
     try:
         while not stop.is_set():

@@ -22,6 +22,8 @@ from actors.adapters.paths import VarLayout
 from actors.assembler import AssemblerActor
 from actors.auditor import AuditorActor
 from actors.delivery import DeliveryActor
+from actors.ehr_delivery import EhrDeliveryActor
+from actors.hl7_listener import Hl7ListenerActor
 from actors.inference import InferenceActor
 from actors.listener import ListenerActor
 from actors.prior_linker import PriorLinkerActor
@@ -170,7 +172,8 @@ class Pipeline:
                 self.runtime(st.validator), self.cfg.validation
             ),
             "router": RouterActor.options(**self._options("router", st.router.num_cpus)).remote(
-                self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models)
+                self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models),
+                self._context_db(), self.cfg.hl7.join_window_days if self.cfg.hl7 else 1,
             ),
             "prior_linker": PriorLinkerActor.options(**self._options("prior_linker", st.prior_linker.num_cpus)).remote(
                 self.runtime(st.prior_linker), self.cfg.priors, self.cfg.pacs, self.cfg.listener,
@@ -189,12 +192,40 @@ class Pipeline:
                 self.layout, 30.0, self.cfg.logging.level
             ),
         }
+        self.actors.update(self._bridge_actors(key))
         ray.get([a.health.remote() for a in self.actors.values()], timeout=120)
         return self
+
+    def _context_db(self) -> Path | None:
+        """The HL7 context store, when the HL7 bridge is configured (issue #6)."""
+        return self.layout.context if self.cfg.hl7 is not None else None
+
+    def _bridge_actors(self, key: bytes) -> dict[str, Any]:
+        """The HL7 listener and the EHR delivery, each only when its config section is set."""
+        out: dict[str, Any] = {}
+        level = self.cfg.logging.level
+        if self.cfg.hl7 is not None:
+            out["hl7_listener"] = Hl7ListenerActor.options(**self._options("hl7", 0)).remote(
+                self.cfg.hl7, self.layout, key, level
+            )
+        if self.cfg.ehr is not None:
+            out["ehr_delivery"] = EhrDeliveryActor.options(**self._options("ehr", 0)).remote(
+                self.cfg.ehr, self.layout, self.cfg.retry, self.cfg.sr.manufacturer,
+                self._context_db(), level,
+            )
+        return out
 
     def listener_port(self) -> int:
         """The listener's bound port."""
         return int(ray.get(self.actors["listener"].port.remote(), timeout=30))
+
+    def hl7_port(self) -> int:
+        """The HL7 MLLP listener's bound port.
+
+        Raises:
+            KeyError: The HL7 bridge is not configured (config section ``hl7``).
+        """
+        return int(ray.get(self.actors["hl7_listener"].port.remote(), timeout=30))
 
     def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
         """Ask every actor for its health; an actor that does not answer is reported down."""

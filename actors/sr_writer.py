@@ -21,9 +21,10 @@ from actors.adapters.paths import VarLayout
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import PriorsConfig, SRConfig
+from core.context import StudyContext
 from core.interval import Comparison, comparison_for
 from core.priors import InstanceRef
-from core.sr import SRBuilder, SRIdentity
+from core.sr import ReferencedRequest, SRBuilder, SRIdentity
 from core.types import AuditEventType, Job, JobState, Prediction
 
 __all__ = ["SRWriteWork", "SRWriterActor"]
@@ -62,14 +63,26 @@ class SRWriteWork:
             self._priors.probability_change, self._priors.size_change_mm,
         )
 
-    def write_one(self, job: Job, family: str, task_uids: list[str], prediction: Prediction) -> dict[str, str]:
+    @staticmethod
+    def request_of(job: Job) -> ReferencedRequest | None:
+        """The order the job's SRs fulfil, from its HL7 context (issue #6), if it has one."""
+        raw = job.data.get("context")
+        if not raw:
+            return None
+        ctx = StudyContext.from_json(raw)
+        return ReferencedRequest(ctx.indication, ctx.indication_codes, ctx.procedure, ctx.procedure_text)
+
+    def write_one(
+        self, job: Job, family: str, task_uids: list[str], prediction: Prediction,
+        request: ReferencedRequest | None = None,
+    ) -> dict[str, str]:
         """Build, durably write and describe the SR of one prediction."""
         sources = self._sources(job, task_uids)
         _, sop_uid = self._builder.sr_uids(job.study_instance_uid, prediction)
         predecessor = self._predecessor(job, family, sop_uid)
         sr = self._builder.build(
             sources, prediction, previous_versions=[predecessor] if predecessor is not None else (),
-            comparison=self._comparison(job, family, prediction),
+            comparison=self._comparison(job, family, prediction), request=request,
         )
         buf = BytesIO()
         sr.save_as(buf, enforce_file_format=True)
@@ -89,9 +102,19 @@ class SRWriteWork:
         """Write every result and move the job to ``written``."""
         tasks = {t["family"]: list(t["sop_instance_uids"]) for t in job.data.get("tasks", [])}
         items, events, results = [], [], []
+        request = self.request_of(job)
+        if request is not None:  # the job's copy of the context is PHI-light, but still audited
+            events.append(AuditEvent(
+                AuditEventType.CONTEXT_READ, self._actor, job.study_instance_uid, job_id=job.job_id,
+                detail={"purpose": "sr: referenced request and reason for the study",
+                        "match": job.data["context"].get("match", ""),
+                        "resources": [job.data["context"].get("service_request", "")]},
+            ))
         for family, raw in sorted(job.data.get("predictions", {}).items()):
             prediction = Prediction.from_json(raw)
-            item = self.write_one(job, family, tasks.get(family, list(prediction.source_uids)), prediction)
+            item = self.write_one(
+                job, family, tasks.get(family, list(prediction.source_uids)), prediction, request
+            )
             items.append(item)
             results.append(item | {"model_name": prediction.model_name,
                                    "model_version": prediction.model_version, "prediction": raw})

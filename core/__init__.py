@@ -1,14 +1,18 @@
 """Pure domain logic of PACS-AI Bridge: no Ray, no sockets, no files, no wall clock."""
 
 __all__ = [
+    "acks",
     "assembly",
     "audit",
     "codestreams",
     "completeness",
     "config",
+    "context",
     "errors",
+    "fhir",
     "findings",
     "geometry",
+    "hl7",
     "identifiers",
     "interval",
     "ledger",
@@ -22,5 +26,7 @@ __all__ = [
     "sr",
     "types",
     "uids",
+    "v2fhir",
+    "v2types",
     "validation",
 ]

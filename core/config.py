@@ -18,9 +18,13 @@ from core.errors import ConfigError
 __all__ = [
     "AppConfig",
     "AssemblyConfig",
+    "EhrConfig",
+    "FhirEndpointConfig",
     "FindingSpec",
+    "Hl7Config",
     "ListenerConfig",
     "LoggingConfig",
+    "MllpListenerConfig",
     "ModelEntry",
     "ModelInputSpec",
     "PacsConfig",
@@ -401,6 +405,93 @@ class LoggingConfig(_Model):
     )
 
 
+class MllpListenerConfig(_Model):
+    """The HL7 v2 MLLP listener that receives ADT and order messages (persistent connections)."""
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 for all")
+    port: int = Field(default=2575, ge=0, le=65535, description="MLLP port; 0 picks a free one")
+    tls: TlsConfig | None = Field(default=None, description="Accept only TLS 1.2+ if set")
+    max_message_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="A frame longer than this is discarded up to its end block and answered AR",
+    )
+    max_field_chars: int = Field(
+        default=65536, ge=64, description="A longer field is answered AE naming the field"
+    )
+    idle_timeout_s: float = Field(
+        default=600.0, gt=0, description="Close a connection that sends nothing for this long"
+    )
+    max_connections: int = Field(default=64, ge=1, description="Concurrent connections")
+
+
+class Hl7Config(_Model):
+    """The HL7 v2 bridge: patient and order context from the RIS / EHR (off unless set)."""
+
+    listener: MllpListenerConfig = Field(
+        default_factory=MllpListenerConfig, description="The MLLP listener"
+    )
+    application: str = Field(
+        default="PACSAI", min_length=1, description="MSH-3 Sending Application of our ACKs"
+    )
+    facility: str = Field(default="", description="MSH-4 Sending Facility of our ACKs")
+    processing_ids: tuple[str, ...] = Field(
+        default=("P",), min_length=1, description="Accepted MSH-11 values; others get AR"
+    )
+    versions: tuple[str, ...] = Field(
+        default=("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"),
+        min_length=1,
+        description="Accepted MSH-12 versions; others get AR",
+    )
+    accession_fields: tuple[Literal["IPC-1", "OBR-18", "ORC-3", "OBR-3", "OBR-20"], ...] = Field(
+        default=("IPC-1", "OBR-18"),
+        min_length=1,
+        description="Where orders carry the accession number, first valued wins (IHE SWF: "
+        "OBR-18; OMI: IPC-1; many RIS use ORC-3 / OBR-3)",
+    )
+    identifier_systems: dict[str, str] = Field(
+        default_factory=dict,
+        description="Assigning authority namespace (CX.4.1 / EI.2) -> FHIR Identifier.system",
+    )
+    join_window_days: int = Field(
+        default=1, ge=0, le=30, description="Patient ID + date join: order date within +-N days"
+    )
+    batch_max: int = Field(
+        default=256, ge=1, description="Most messages committed (one fsync) in one group commit"
+    )
+    validate_resources: bool = Field(
+        default=True,
+        description="Validate every mapped FHIR resource against the R4 structures before "
+        "the ACK (fhir.resources; about 0.5 ms per message); the mapping is valid by "
+        "construction and tested, so a site may turn this off for throughput",
+    )
+
+
+class FhirEndpointConfig(_Model):
+    """A FHIR R4 server that takes transaction Bundles."""
+
+    base_url: str = Field(pattern=r"^https?://\S+$", description="FHIR base URL")
+    timeout_s: float = Field(default=10.0, gt=0, description="Connect and read timeout")
+    token_env: str | None = Field(
+        default=None, description="Env var holding a bearer token (never stored in YAML)"
+    )
+    tls: TlsConfig | None = Field(
+        default=None, description="Verify the server with these CAs and present this certificate"
+    )
+    patient_identifier_system: str | None = Field(
+        default=None,
+        description="Identifier.system for DICOM Patient ID when no HL7 context names one",
+    )
+
+
+class EhrConfig(_Model):
+    """Results to the EHR: a FHIR DiagnosticReport per delivered SR (off unless set)."""
+
+    fhir: FhirEndpointConfig = Field(description="Where DiagnosticReports go")
+    poll_interval_s: float = Field(default=0.5, gt=0, description="Idle poll of the outboxes")
+    batch: int = Field(default=16, ge=1, description="Reports sent per round")
+
+
 class AppConfig(_Model):
     """The whole configuration of one PACS-AI Bridge installation."""
 
@@ -424,6 +515,8 @@ class AppConfig(_Model):
         default_factory=ValidationConfig, description="Validation of received data"
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
+    hl7: Hl7Config | None = Field(default=None, description="HL7 v2 bridge; off unless set")
+    ehr: EhrConfig | None = Field(default=None, description="Results to the EHR; off unless set")
 
 
 def _known_fields(loc: tuple[Any, ...]) -> list[str]:

@@ -27,6 +27,12 @@ Priors (issue #5), when a ``Comparison`` is given:
   Decreased (1250004, SCT) or No change (260388006, SCT), and (111021, DCM,
   "Description of Change") with the probabilities (and sizes) before and after.
 - The prior instances compared with (images, prior SR) in the Pertinent Other Evidence Sequence.
+- With HL7 order context (issue #6): the order the SR fulfils, in the SR Document General
+  Module's Referenced Request Sequence (0040,A370) (PS3.3 C.17.2): Study Instance UID,
+  Accession Number, Requested Procedure Description and Code (OBR-4), and the reason for the
+  study (OBR-31) as Reason for the Requested Procedure (0040,1002) and its Code Sequence
+  (0040,100A), where IHE SWF puts OBR-31. TID 1500 has no row for an indication; the request
+  is a property of the document, not a measurement.
 """
 
 from __future__ import annotations
@@ -40,10 +46,19 @@ from pydicom.sr.codedict import codes
 
 from core.findings import LOCAL_SCHEME
 from core.interval import Comparison, FindingChange, IntervalChange
-from core.types import Finding, Prediction
+from core.types import CodedTerm, Finding, Prediction
 from core.uids import output_uid, uid_from_parts
 
-__all__ = ["CHANGE_CODES", "COPIED_ATTRIBUTES", "SRBuilder", "SRIdentity", "describes_our_sr", "differing_attributes"]
+__all__ = [
+    "CHANGE_CODES",
+    "COPIED_ATTRIBUTES",
+    "ReferencedRequest",
+    "SRBuilder",
+    "SRIdentity",
+    "describes_our_sr",
+    "differing_attributes",
+    "referenced_request_item",
+]
 
 COPIED_ATTRIBUTES = (
     "PatientName",
@@ -96,6 +111,44 @@ class SRIdentity:
     institution_name: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReferencedRequest:
+    """The order an SR fulfils, from the HL7 context (no identifiers beyond the accession)."""
+
+    reason: str = ""
+    reason_codes: tuple[CodedTerm, ...] = ()
+    procedure: CodedTerm | None = None
+    procedure_description: str = ""
+
+
+def _code_item(term: CodedTerm) -> Dataset:
+    return hd.sr.CodedConcept(term.value, term.scheme, term.meaning[:64])
+
+
+def referenced_request_item(source: Dataset, request: ReferencedRequest) -> Dataset:
+    """One Referenced Request Sequence item (PS3.3 Table C.17-2) for ``source``'s study.
+
+    Type 2 attributes we do not know (referenced study, placer / filler order numbers,
+    requested procedure ID) are present and empty; LO values are cut to 64 characters.
+    """
+    item = Dataset()
+    item.ReferencedStudySequence = []  # Type 2: no separate study reference
+    item.StudyInstanceUID = source.StudyInstanceUID
+    item.AccessionNumber = source.get("AccessionNumber", "")
+    item.PlacerOrderNumberImagingServiceRequest = ""
+    item.FillerOrderNumberImagingServiceRequest = ""
+    item.RequestedProcedureID = ""
+    item.RequestedProcedureDescription = request.procedure_description[:64]
+    item.RequestedProcedureCodeSequence = (
+        [_code_item(request.procedure)] if request.procedure else []
+    )
+    if request.reason:
+        item.ReasonForTheRequestedProcedure = request.reason[:64]
+    if request.reason_codes:
+        item.ReasonForRequestedProcedureCodeSequence = [_code_item(c) for c in request.reason_codes]
+    return item
+
+
 def differing_attributes(source: Dataset, result: Dataset) -> list[str]:
     """Return the ``COPIED_ATTRIBUTES`` whose values differ between source and result."""
     return [
@@ -133,6 +186,7 @@ class SRBuilder:
         prediction: Prediction,
         previous_versions: Sequence[Dataset] = (),
         comparison: Comparison | None = None,
+        request: ReferencedRequest | None = None,
     ) -> hd.sr.Comprehensive3DSR:
         """Build the SR.
 
@@ -143,6 +197,7 @@ class SRBuilder:
             previous_versions: Earlier SRs this one supersedes (Predecessor Documents); only
                 their SOP Class, SOP Instance, Series and Study Instance UIDs are read.
             comparison: What to state about prior studies (``None``: nothing, as before #5).
+            request: The order the SR fulfils, with its reason (from HL7), if known.
 
         Returns:
             The SR dataset.
@@ -187,6 +242,9 @@ class SRBuilder:
             is_complete=True,
             is_final=False,
             previous_versions=list(previous_versions) or None,
+            requested_procedures=(
+                [referenced_request_item(sources[0], request)] if request is not None else None
+            ),
         )
         if any(f.term.scheme == LOCAL_SCHEME for f in prediction.findings):
             sr.CodingSchemeIdentificationSequence = [_local_scheme_item()]

@@ -135,6 +135,18 @@ class AuditEventType(enum.StrEnum):
     """An operator released quarantined data back into the pipeline."""
     QUARANTINE_DISCARDED = "quarantine_discarded"
     """An operator discarded quarantined data, with a reason."""
+    HL7_RECEIVED = "hl7_received"
+    """An HL7 v2 message was made durable and acknowledged (AA, or AE when it broke a rule)."""
+    HL7_REJECTED = "hl7_rejected"
+    """Bytes on the MLLP link could not be taken as an HL7 message (ACK AR)."""
+    CONTEXT_READ = "context_read"
+    """Patient context (PHI from the HL7 bridge) was read, by whom and for what purpose."""
+    EHR_REPORT_QUEUED = "ehr_report_queued"
+    """A FHIR DiagnosticReport for a delivered SR was put in the durable EHR outbox."""
+    EHR_REPORT_DELIVERED = "ehr_report_delivered"
+    """The FHIR endpoint accepted a DiagnosticReport."""
+    EHR_REPORT_FAILED = "ehr_report_failed"
+    """The FHIR endpoint refused a DiagnosticReport (retried, or dead when retries ran out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +177,8 @@ class InstanceMeta:
     series_description: str = ""
     patient_key: str = ""
     """A keyed hash of the patient identifier, for grouping without storing the identifier."""
+    accession_key: str = ""
+    """A keyed hash of the Accession Number (0008,0050): joins HL7 order context without PHI."""
 
 
 @dataclass(frozen=True, slots=True)

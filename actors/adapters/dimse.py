@@ -330,6 +330,7 @@ class Listener:
             body_part=attribute_text(ds, "BodyPartExamined"),
             series_description=attribute_text(ds, "SeriesDescription"),
             patient_key=hash_identifier(attribute_text(ds, "PatientID"), self._hash_key),
+            accession_key=hash_identifier(attribute_text(ds, "AccessionNumber"), self._hash_key),
         )
 
 

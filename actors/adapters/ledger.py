@@ -27,6 +27,23 @@ __all__ = ["RecordResult", "SqliteLedger"]
 logger = logging.getLogger(__name__)
 
 _SCHEMA = (Path(__file__).with_name("ledger_schema.sql")).read_text()
+_ADDED_COLUMNS = (
+    ("instances", "accession_key", "TEXT NOT NULL DEFAULT ''"),  # issue #6: HL7 context join
+    ("outbox", "ehr_queued", "INTEGER NOT NULL DEFAULT 0"),  # issue #6: 1 = FHIR report queued
+)
+"""Columns added to existing tables after they shipped (ALTER TABLE, guarded)."""
+
+
+def _add_columns(con: sqlite3.Connection) -> None:
+    """Add each missing column of ``_ADDED_COLUMNS`` (an additive, idempotent migration)."""
+    for table, column, decl in _ADDED_COLUMNS:
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class RecordResult:
@@ -58,6 +75,7 @@ class SqliteLedger:
         self._con.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         with self._lock:
             self._con.executescript(_SCHEMA)
+            _add_columns(self._con)
 
     def close(self) -> None:
         """Close the connection."""
@@ -184,8 +202,8 @@ class SqliteLedger:
             cur.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,"
                 " modality, transfer_syntax, body_part, series_description, patient_key,"
-                " calling_ae, path, sha256, size, received_at, job_id)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " calling_ae, path, sha256, size, received_at, job_id, accession_key)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     meta.sop_instance_uid,
                     meta.sop_class_uid,
@@ -202,6 +220,7 @@ class SqliteLedger:
                     meta.size,
                     meta.received_at,
                     job_id,
+                    meta.accession_key,
                 ),
             )
             detail = {
@@ -620,6 +639,23 @@ class SqliteLedger:
                 (error[:500], item_id),
             )
 
+    def results_for_ehr(self, delivered_since: float, limit: int = 100) -> list[dict[str, Any]]:
+        """SR outbox items the PACS accepted that are not yet queued for the EHR (issue #6)."""
+        rows = self._read(
+            "SELECT o.*, j.priority FROM outbox o JOIN jobs j ON j.job_id = o.job_id"
+            " WHERE o.state = 'delivered' AND o.kind = 'sr' AND o.ehr_queued = 0"
+            " AND o.delivered_at >= ? ORDER BY j.priority DESC, o.delivered_at LIMIT ?",
+            (delivered_since, limit),
+        )
+        return [dict(r) for r in rows]
+
+    def mark_ehr_queued(self, item_ids: Sequence[int]) -> None:
+        """Record that these SRs' FHIR reports are in the EHR outbox."""
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE outbox SET ehr_queued = 1 WHERE item_id = ?", [(i,) for i in item_ids]
+            )
+
     # ------------------------------------------------------------ AI switches
     def ai_switches(self) -> AiSwitches:
         """Return the current runtime AI switches."""
@@ -822,4 +858,5 @@ def _instance(row: sqlite3.Row) -> InstanceMeta:
         body_part=row["body_part"],
         series_description=row["series_description"],
         patient_key=row["patient_key"],
+        accession_key=row["accession_key"] if "accession_key" in row.keys() else "",
     )

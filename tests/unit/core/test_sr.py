@@ -175,3 +175,32 @@ def build_with(source, **kw):
     sr.save_as(buf, enforce_file_format=True)
     buf.seek(0)
     return dcmread(buf), sr
+
+
+def test_sr_records_the_order_and_reason_it_fulfils(source):
+    """Issue #6: Referenced Request Sequence (PS3.3 C.17.2) with the HL7 reason for study."""
+    from core.sr import ReferencedRequest
+    from core.types import CodedTerm
+
+    request = ReferencedRequest(
+        "Acute chest pain, rule out pneumothorax; " + "x" * 80,
+        (CodedTerm("R07.4", "I10", "Chest pain"),),
+        CodedTerm("36554-4", "LN", "XR Chest 2 Views"),
+        "XR Chest 2 Views",
+    )
+    sr = SRBuilder(SRIdentity("PACS-AI Bridge", 9900)).build([source], prediction(source), request=request)
+    buf = BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    ds = dcmread(BytesIO(buf.getvalue()))
+    [item] = ds.ReferencedRequestSequence
+    assert item.StudyInstanceUID == source.StudyInstanceUID and item.AccessionNumber == "ACC42"
+    assert item.ReasonForTheRequestedProcedure.startswith("Acute chest pain, rule out pneumothorax")
+    assert len(item.ReasonForTheRequestedProcedure) == 64  # LO
+    assert item.ReasonForRequestedProcedureCodeSequence[0].CodeValue == "R07.4"
+    assert item.ReasonForRequestedProcedureCodeSequence[0].CodingSchemeDesignator == "I10"
+    assert item.RequestedProcedureCodeSequence[0].CodeValue == "36554-4"
+    assert item.RequestedProcedureDescription == "XR Chest 2 Views"
+    assert differing_attributes(source, ds) == []
+    # without context nothing changes
+    plain, _ = build(source, prediction(source))
+    assert "ReferencedRequestSequence" not in plain
