@@ -16,6 +16,7 @@ from typing import Any
 import ray
 import yaml
 from ray import serve
+from ray.exceptions import ActorUnavailableError
 
 from actors.adapters.ledger import SqliteLedger
 from actors.adapters.paths import VarLayout
@@ -215,17 +216,20 @@ class Pipeline:
             )
         return out
 
-    def listener_port(self) -> int:
-        """The listener's bound port."""
-        return int(ray.get(self.actors["listener"].port.remote(), timeout=30))
-
-    def hl7_port(self) -> int:
-        """The HL7 MLLP listener's bound port.
+    def listener_port(self, timeout_s: float = 60.0) -> int:
+        """The listener's bound port; waits while Ray restarts a crashed listener.
 
         Raises:
-            KeyError: The HL7 bridge is not configured (config section ``hl7``).
+            TimeoutError: The listener did not answer within ``timeout_s``.
         """
-        return int(ray.get(self.actors["hl7_listener"].port.remote(), timeout=30))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return int(ray.get(self.actors["listener"].port.remote(), timeout=timeout_s))
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"listener did not come back within {timeout_s} s") from None
+                time.sleep(0.5)
 
     def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
         """Ask every actor for its health; an actor that does not answer is reported down."""
