@@ -231,6 +231,14 @@ class Pipeline:
                     raise TimeoutError(f"listener did not come back within {timeout_s} s") from None
                 time.sleep(0.5)
 
+    def hl7_port(self) -> int:
+        """The HL7 MLLP listener's bound port.
+
+        Raises:
+            KeyError: The HL7 bridge is not configured (config section ``hl7``).
+        """
+        return int(ray.get(self.actors["hl7_listener"].port.remote(), timeout=30))
+
     def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
         """Ask every actor for its health; an actor that does not answer is reported down."""
         refs = {name: actor.health.remote() for name, actor in self.actors.items()}
