@@ -1,52 +1,237 @@
-"""Study assembler actor: declares receiving studies complete after the quiet period."""
+"""Study assembler actor: declares receiving studies complete, on PACS evidence or after silence.
+
+Two paths share one ``EvidenceTracker`` (``core.completeness``):
+
+- The stage runner leases receiving jobs whose quiet period ran out (the listener sets
+  ``not_before``) and decides with ``on_quiet_timer``: complete (``quiet_period``, or
+  ``pacs_counts`` / ``max_wait``), or postpone while the PACS holds instances we lack.
+- ``EvidenceWatcher`` looks at receiving studies of ``pacs_counts`` senders every poll interval,
+  before any timer, asks the PACS for its counts when that can change the answer, and completes
+  a study at once when the counts match.
+
+The STUDY_COMPLETE audit event records which rule completed the study and the evidence.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import ray
 
 from actors.adapters.ledger import SqliteLedger
+from actors.adapters.query_retrieve import DimseQueryRetrieve
+from actors.adapters.study_records import StudyRecords
 from actors.stage import StageRuntime, StageShell
-from core.assembly import StudyAssembler
 from core.audit import AuditEvent
-from core.config import AssemblyConfig
+from core.completeness import (
+    CompletenessPolicy,
+    CompletionRule,
+    EvidenceTracker,
+    ReceivingStudy,
+    TimerDecision,
+    Verdict,
+)
+from core.config import AssemblyConfig, PacsConfig
+from core.errors import DependencyUnavailable
 from core.types import AuditEventType, Job, JobState
 
-__all__ = ["AssemblerActor", "AssemblyWork"]
+__all__ = ["AssemblerActor", "AssemblyWork", "Evidence", "EvidenceWatcher"]
+
+logger = logging.getLogger(__name__)
+
+
+class Evidence:
+    """The tracker, the PACS client and the study records, safe to share between threads."""
+
+    def __init__(
+        self, tracker: EvidenceTracker, pacs: DimseQueryRetrieve | None, records: StudyRecords
+    ) -> None:
+        self.tracker = tracker
+        self._pacs = pacs
+        self.records = records
+        self._lock = threading.Lock()
+
+    def refresh(self, study: ReceivingStudy, now: float) -> None:
+        """Ask the PACS for the study's counts if that can change the answer (bounded)."""
+        if self._pacs is None:
+            return
+        own = self.records.own_series(study.study_uid)
+        with self._lock:
+            if not self.tracker.wants_query(study, now, own):
+                return
+        try:
+            counts = self._pacs.study_counts(study.study_uid)
+        except DependencyUnavailable as exc:
+            logger.info("study %s: PACS cannot tell (%s); the quiet period decides", study.study_uid, exc)
+            counts = None
+        with self._lock:
+            self.tracker.record(study, counts, now)
+
+    def complete_now(self, study: ReceivingStudy) -> bool:
+        """Whether a fresh PACS answer matches what we hold."""
+        own = self.records.own_series(study.study_uid)
+        with self._lock:
+            return self.tracker.complete_now(study, own)
+
+    def on_quiet_timer(self, study: ReceivingStudy, now: float) -> TimerDecision:
+        """Refresh the PACS answer if useful, then decide for a job whose timer ran out."""
+        self.refresh(study, now)
+        own = self.records.own_series(study.study_uid)
+        with self._lock:
+            return self.tracker.on_quiet_timer(study, now, own)
+
+    def forget_except(self, study_uids: Iterable[str]) -> None:
+        """Drop cached answers of studies no longer receiving."""
+        with self._lock:
+            self.tracker.forget_except(study_uids)
+
+    def describe(self, study: ReceivingStudy) -> dict[str, Any]:
+        """The evidence for the audit trail (counts only, no identifiers)."""
+        own = self.records.own_series(study.study_uid)
+        with self._lock:
+            verdict, fresh = self.tracker.verdict(study, own)
+            counts = self.tracker.answer_of(study.study_uid)
+        return {
+            "verdict": str(verdict),
+            "fresh": fresh,
+            "received": sum(study.received.values()),
+            "received_series": len(study.received),
+            "pacs_study_count": counts.study_count if counts else None,
+            "pacs_series": len(counts.series) if counts else None,
+            "own_series": len(own),
+        }
+
+
+def _complete(
+    ledger: SqliteLedger, evidence: Evidence, job: Job, study: ReceivingStudy,
+    rule: CompletionRule, actor: str, now: float,
+) -> None:
+    """Declare the study complete, auditing the rule and the evidence."""
+    source = evidence.tracker.policy.rule_for(study.calling_ae)
+    detail = {
+        "rule": str(rule),
+        "source_rule": source.completion,
+        "calling_ae": study.calling_ae,
+        "quiet_period_s": source.quiet_period_s,
+        "since_last_instance_s": round(now - study.last_instance_at, 3),
+        **evidence.describe(study),
+    }
+    event = AuditEvent(
+        AuditEventType.STUDY_COMPLETE, actor, job.study_instance_uid, job_id=job.job_id, detail=detail
+    )
+    ledger.complete_study(job, now, [event])
 
 
 class AssemblyWork:
-    """Completes one due receiving job (the ledger only hands out jobs whose timer ran out)."""
+    """Decides for one receiving job whose quiet period ran out."""
 
-    def __init__(self, ledger: SqliteLedger, assembler: StudyAssembler, actor: str) -> None:
+    def __init__(
+        self, ledger: SqliteLedger, evidence: Evidence, actor: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._ledger = ledger
-        self._assembler = assembler
+        self._evidence = evidence
         self._actor = actor
+        self._clock = clock
 
     def __call__(self, job: Job) -> None:
-        """Complete ``job`` if its quiet period has passed (else leave it for later)."""
-        now = time.time()
-        if not self._assembler.is_complete(job.last_instance_at, now):
-            self._ledger.release(job)
+        """Complete ``job``, or postpone it while the PACS holds instances we lack."""
+        now = self._clock()
+        found = self._evidence.records.receiving_studies(now, job_id=job.job_id)
+        study = found[0] if found else ReceivingStudy(job.job_id, job.study_instance_uid, "", job.last_instance_at, {})
+        decision = self._evidence.on_quiet_timer(study, now)
+        if decision.complete and decision.rule is not None:
+            _complete(self._ledger, self._evidence, job, study, decision.rule, self._actor, now)
             return
-        event = AuditEvent(
-            AuditEventType.STUDY_COMPLETE,
-            self._actor,
-            job.study_instance_uid,
-            job_id=job.job_id,
-            detail={"rule": "quiet_period", "quiet_period_s": self._assembler.quiet_period_s},
-        )
-        self._ledger.complete_study(job, now, [event])
+        if decision.verdict is Verdict.MORE_EXPECTED:
+            logger.info("study %s: the PACS holds more; waiting until %.0f", job.study_instance_uid, decision.not_before)
+        self._ledger.postpone(job, decision.not_before)
+
+
+class EvidenceWatcher:
+    """Completes studies of ``pacs_counts`` senders as soon as the PACS's counts match."""
+
+    def __init__(
+        self, ledger: SqliteLedger, evidence: Evidence, owner: str, lease_s: float,
+        poll_s: float, actor: str, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ledger = ledger
+        self._evidence = evidence
+        self._owner = owner
+        self._lease_s = lease_s
+        self._poll_s = poll_s
+        self._actor = actor
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.completed = 0
+
+    def run_once(self) -> int:
+        """Look at every receiving study once; return how many were completed."""
+        now = self._clock()
+        studies = self._evidence.records.receiving_studies(now)
+        self._evidence.forget_except(s.study_uid for s in studies)
+        policy = self._evidence.tracker.policy
+        done = 0
+        for study in studies:
+            if not policy.uses_pacs(study.calling_ae):
+                continue
+            self._evidence.refresh(study, now)
+            if not self._evidence.complete_now(study):
+                continue
+            job = self._ledger.lease_job(study.job_id, JobState.RECEIVING, self._owner, self._lease_s, now)
+            if job is not None:
+                _complete(self._ledger, self._evidence, job, study, CompletionRule.PACS_COUNTS,
+                         self._actor, self._clock())
+                done += 1
+        self.completed += done
+        return done
+
+    def start(self) -> None:
+        """Run in a daemon thread until ``stop``."""
+        self._thread = threading.Thread(target=self._loop, name="evidence-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # the loop must survive a bad round (ledger busy, PACS odd)
+                logger.exception("evidence watcher: round failed")
+            self._stop.wait(self._poll_s)
 
 
 @ray.remote
 class AssemblerActor(StageShell):
-    """Ray shell around ``AssemblyWork``."""
+    """Ray shell around ``AssemblyWork`` and ``EvidenceWatcher``."""
 
     name = "assembler"
     state = JobState.RECEIVING
 
-    def __init__(self, runtime: StageRuntime, cfg: AssemblyConfig) -> None:
+    def __init__(
+        self, runtime: StageRuntime, cfg: AssemblyConfig, pacs: PacsConfig | None = None
+    ) -> None:
         ledger = self._open_ledger(runtime)
-        self._start(runtime, AssemblyWork(ledger, StudyAssembler.from_config(cfg), "stage:assembler"))
+        client = DimseQueryRetrieve(pacs, cfg.query_timeout_s) if pacs is not None else None
+        evidence = Evidence(EvidenceTracker(CompletenessPolicy(cfg)), client, StudyRecords(ledger))
+        self._start(runtime, AssemblyWork(ledger, evidence, "stage:assembler"))
+        self._watcher = EvidenceWatcher(
+            ledger, evidence, f"assembler-evidence:{id(self):x}", runtime.lease_s,
+            runtime.poll_interval_s, "stage:assembler",
+        )
+        self._watcher.start()
+
+    def stop(self) -> None:
+        """Stop the watcher, then the runner."""
+        self._watcher.stop()
+        super().stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import signal
@@ -38,7 +39,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from actors.pipeline import load_config
 
     cfg = load_config(args.file)
-    print(f"{args.file}: OK ({len(cfg.models)} model(s), {len(cfg.routing.rules)} routing rule(s))")
+    bridge = f"HL7 bridge {'on' if cfg.hl7 else 'off'}, EHR results {'on' if cfg.ehr else 'off'}"
+    print(f"{args.file}: OK ({len(cfg.models)} model(s), {len(cfg.routing.rules)} routing rule(s),"
+          f" {bridge})")
     return 0
 
 
@@ -58,6 +61,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{pipeline.listener_port()}, var {pipeline.layout.root}",
         flush=True,
     )
+    if cfg.hl7 is not None:
+        print(f"pacsai up: HL7 MLLP on {cfg.hl7.listener.host}:{pipeline.hl7_port()}", flush=True)
     supervisor = Supervisor(pipeline, _ledger(cfg))
     try:
         while not stop.is_set():
@@ -78,6 +83,15 @@ def _format_status(report: dict[str, Any]) -> str:
     lines.append("instances:")
     lines += [f"  {state:<12} {n}" for state, n in report["instances"].items()]
     lines.append(f"queue depth: {report['queue_depth']}   outbox pending: {report['outbox_pending']}")
+    q = report.get("quarantine")
+    if q:
+        codes = ", ".join(f"{c} {n}" for c, n in q["held_by_code"].items())
+        lines.append(f"quarantine: held {q['held']}" + (f" ({codes})" if codes else "")
+                     + f", released {q['released']}, discarded {q['discarded']}"
+                     + ("   -> pacsai quarantine list" if q["held"] else ""))
+    if report.get("review_flags_open"):
+        lines.append(f"for review: {report['review_flags_open']} (e.g. a prior with our Patient ID "
+                     "but another patient's name or birth date)")
     oldest = report["oldest_waiting"]
     if oldest:
         lines.append(
@@ -105,6 +119,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_entry(e: dict[str, Any], verbose: bool = False) -> str:
+    head = (f"{e['id']:<6} {e['state']:<9} {e.get('modality') or '-':<4} {e['sop_instance_uid']}"
+            f"  [{', '.join(e['codes'])}]")
+    if not verbose:
+        return head
+    lines = [head, f"  study  {e['study_uid']}", f"  series {e['series_uid']}",
+             f"  file   {e.get('path')} ({e.get('size')} bytes, sha256 {e.get('sha256')})",
+             f"  from   {e.get('calling_ae') or '-'} in {e.get('transfer_syntax') or '-'}",
+             f"  job    {e['job_id']}"]
+    lines += [f"  - {r['code']} ({r.get('level', 'instance')}): {r['message']}" for r in e["reasons"]]
+    if e["decided_by"]:
+        lines.append(f"  {e['state']} by {e['decided_by']}: {e['decision_reason']}"
+                     + (f" (accepted: {', '.join(e['accepted_codes'])})" if e["accepted_codes"] else ""))
+    return "\n".join(lines)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """List, show, release or discard quarantined instances (core.quarantine has the rules)."""
+    from actors.adapters.quarantine import QuarantineLedger
+
+    ledger = _ledger(_config(args))
+    store = QuarantineLedger(ledger)
+    actor = f"user:{args.user}" if hasattr(args, "user") else ""
+    if args.quarantine_command == "list":
+        entries = store.entries(None if args.state == "all" else args.state, args.study, args.limit)
+    elif args.quarantine_command == "show":
+        entries = store.resolve(args.id)
+    elif args.quarantine_command == "release":
+        entries = store.release(args.id, actor, args.reason, time.time())
+    else:
+        entries = store.discard(args.id, actor, args.reason, time.time())
+    if args.json:
+        print(json.dumps(entries, indent=2, default=str))
+    else:
+        verbose = args.quarantine_command != "list"
+        print("\n".join(_format_entry(e, verbose) for e in entries) or "quarantine: nothing")
+    return 0
+
+
 def cmd_train_demo(args: argparse.Namespace) -> int:
     """Train demo weights on synthetic phantoms for each family (or the one asked for)."""
     from models.training import train_demo
@@ -117,7 +170,7 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
         if out.exists() and Path(f"{out}.sha256").exists() and not args.force:
             print(f"{family}: {out} exists (use --force to retrain)")
             continue
-        report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed)
+        report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed, log=lambda _m: None)
         aucs = ", ".join(f"{e.key} {e.auc:.3f}" for e in report.evaluation)
         print(f"{family}: wrote {out} ({report.steps} steps, {report.seconds:.0f} s); held-out AUC: {aucs}")
     return 0
@@ -243,9 +296,30 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("action", choices=["verify", "show"])
     au.add_argument("--study")
     au.add_argument("--limit", type=int, default=200)
+    _quarantine_parser(add("quarantine", cmd_quarantine, "quarantined instances: list, show, release, discard"))
     dm = add("demo", cmd_demo, "run the end-to-end demo")
     dm.add_argument("--studies", type=int, default=3)
     return p
+
+
+def _quarantine_parser(q: argparse.ArgumentParser) -> None:
+    qsub = q.add_subparsers(dest="quarantine_command", required=True)
+    ls = qsub.add_parser("list", help="quarantine entries (held by default)")
+    ls.add_argument("--state", choices=["held", "released", "discarded", "all"], default="held")
+    ls.add_argument("--study", help="only this Study Instance UID")
+    ls.add_argument("--limit", type=int, default=200)
+    show = qsub.add_parser("show", help="one entry, or every entry of a series or study")
+    show.add_argument("id", help="Q<n>, or a SOP Instance / Series / Study Instance UID")
+    for name, action in (("release", "process it despite its issues (re-opens its study)"),
+                         ("discard", "never process it; the file stays, marked")):
+        sp = qsub.add_parser(name, help=action)
+        sp.add_argument("id", help="Q<n>, or a SOP Instance / Series / Study Instance UID")
+        sp.add_argument("--reason", required=True, help="why (audited)")
+        sp.add_argument("--user", default=getpass.getuser(), help="who decides (audited)")
+    for sp in (ls, show, *(qsub.choices[n] for n in ("release", "discard"))):
+        # SUPPRESS: a value given before the sub-command (`quarantine --config x list`) stays.
+        sp.add_argument("--config", default=argparse.SUPPRESS, help="config YAML file")
+        sp.add_argument("--json", action="store_true")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,16 +88,18 @@ def _result(pacs: OrthancProcess, ledger: SqliteLedger, study: DemoStudy) -> Dem
 
 def _table(results: list[DemoStudy]) -> str:
     lines = [
-        f"{'study':<14} {'truth (phantom)':<24} {'AI findings (p >= threshold), top probabilities':<58} {'SR UID':<22} {'s':>6}",
+        f"{'study':<14} {'truth (phantom)':<24} {'AI findings (p >= threshold), top probabilities':<52} "
+        f"{'agree':<6}{'SR UID':<22} {'s':>6}",
         "-" * 128,
     ]
     for r in results:
         positive = [f"{k} {p:.2f}" for k, p, present in sorted(r.findings, key=lambda f: -f[1]) if present]
         top = [f"{k} {p:.2f}" for k, p, _ in sorted(r.findings, key=lambda f: -f[1])[:3]]
         shown = ", ".join(positive) if positive else "none; top: " + ", ".join(top)
+        agree = "yes" if {k for k, _, present in r.findings if present} == set(r.truth) else "NO"
         lines.append(
-            f"...{r.study_uid[-11:]:<11} {', '.join(sorted(r.truth)) or 'normal':<24} {shown[:58]:<58} "
-            f"...{r.sr_uid[-19:]:<19} {r.seconds:6.2f}"
+            f"...{r.study_uid[-11:]:<11} {', '.join(sorted(r.truth)) or 'normal':<24} {shown[:52]:<52} "
+            f"{agree:<6}...{r.sr_uid[-19:]:<19} {r.seconds:6.2f}"
         )
     return "\n".join(lines)
 

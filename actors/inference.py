@@ -18,9 +18,10 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.serve.exceptions import BackPressureError, RayServeException
 
 from actors.adapters.ledger import SqliteLedger
+from actors.adapters.study_records import StudyRecords
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
-from core.config import ModelEntry, RoutingConfig, app_name
+from core.config import ModelEntry, PriorsConfig, RoutingConfig, app_name
 from core.errors import DependencyUnavailable, ModelError
 from core.routing import Router
 from core.types import AuditEventType, InferenceRequest, Job, JobState, ModelTask, Prediction
@@ -39,11 +40,14 @@ class InferenceWork:
         models: dict[str, ModelEntry],
         router: Router,
         actor: str,
+        compare_images: tuple[str, ...] = (),
     ) -> None:
         self._ledger = ledger
+        self._records = StudyRecords(ledger)
         self._models = models
         self._router = router
         self._actor = actor
+        self._compare = compare_images
         self._handles: dict[str, Any] = {}
 
     def _handle(self, family: str) -> Any:
@@ -75,8 +79,11 @@ class InferenceWork:
             ModelError: The model failed on this input.
         """
         paths = {i.sop_instance_uid: i.path for i in self._ledger.job_instances(job.job_id)}
+        return self._request(job, job.study_instance_uid, task, paths)
+
+    def _request(self, job: Job, study_uid: str, task: ModelTask, paths: dict[str, str]) -> Prediction:
         request = InferenceRequest(
-            study_uid=job.study_instance_uid,
+            study_uid=study_uid,
             family=task.family,
             instances=tuple((uid, Path(paths[uid]).read_bytes()) for uid in task.sop_instance_uids),
             job_id=job.job_id,
@@ -102,7 +109,7 @@ class InferenceWork:
                 return
         predictions: dict[str, Any] = {}
         events = []
-        for task in tasks:
+        for task in self._affected(job, tasks, events):
             started = time.time()
             pred = self.infer(job, task)
             predictions[task.family] = pred.to_json()
@@ -120,13 +127,51 @@ class InferenceWork:
                         "critical": [f.key for f in pred.findings if f.present and f.critical],
                         "quality_flags": [q["key"] for q in pred.extra.get("quality_flags", [])],
                         "seconds": round(time.time() - started, 3),
+                        "started_at": round(started, 6),
                     },
                 )
             )
-        self._ledger.transition(
-            job, JobState.INFERRED, time.time(), events=events,
-            data={"predictions": predictions, "inferred_at": time.time()},
-        )
+        data: dict[str, Any] = {"predictions": predictions, "inferred_at": time.time()}
+        data["prior_predictions"] = self._prior_predictions(job, tasks, predictions, events)
+        self._ledger.transition(job, JobState.INFERRED, time.time(), events=events, data=data)
+
+    def _affected(self, job: Job, tasks: list[ModelTask], events: list[AuditEvent]) -> list[ModelTask]:
+        """Tasks whose input differs from the study's latest result (late instances re-run
+        only the affected models; an unchanged input would give the same SR again)."""
+        if job.version <= 1:
+            return tasks
+        out = []
+        for task in tasks:
+            last = self._records.latest_result(job.study_instance_uid, task.family, job.version)
+            used = set((last or {}).get("prediction", {}).get("source_uids", ()))
+            if last is not None and used == set(task.sop_instance_uids):
+                events.append(AuditEvent(
+                    AuditEventType.SKIPPED, self._actor, job.study_instance_uid, job_id=job.job_id,
+                    detail={"family": task.family, "reason": "input unchanged since SR "
+                            f"{last['sop_instance_uid']}; not re-run"}))
+                continue
+            out.append(task)
+        return out
+
+    def _prior_predictions(
+        self, job: Job, tasks: list[ModelTask], predictions: dict[str, Any], events: list[AuditEvent]
+    ) -> dict[str, Any]:
+        """Run families that compare images on the retrieved prior series too (issue #5)."""
+        retrieved = (job.data.get("priors") or {}).get("retrieved") or {}
+        uids = list(retrieved.get("sop_instance_uids", ()))
+        paths = {i.sop_instance_uid: i.path for i in self._records.instances(uids)}
+        out: dict[str, Any] = {}
+        for task in tasks:
+            if task.family not in self._compare or task.family not in predictions or not paths:
+                continue
+            prior_task = ModelTask(task.family, tuple(u for u in uids if u in paths))
+            try:
+                out[task.family] = self._request(job, retrieved["study_uid"], prior_task, paths).to_json()
+            except ModelError as exc:  # the prior is unreadable for the model: compare without it
+                events.append(AuditEvent(
+                    AuditEventType.INFERENCE_FAILED, self._actor, job.study_instance_uid,
+                    job_id=job.job_id, detail={"family": task.family, "prior": True, "error": exc.reason}))
+        return out
 
 
 @ray.remote
@@ -137,8 +182,10 @@ class InferenceActor(StageShell):
     state = JobState.LINKED
 
     def __init__(
-        self, runtime: StageRuntime, models: dict[str, ModelEntry], routing: RoutingConfig
+        self, runtime: StageRuntime, models: dict[str, ModelEntry], routing: RoutingConfig,
+        priors: PriorsConfig | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime)
         router = Router(routing, list(models))
-        self._start(runtime, InferenceWork(ledger, models, router, "stage:inference"))
+        compare = priors.compare_images if priors is not None and priors.enabled else ()
+        self._start(runtime, InferenceWork(ledger, models, router, "stage:inference", compare))

@@ -10,7 +10,7 @@ from actors.adapters.dimse import Listener
 from actors.adapters.ledger import SqliteLedger
 from actors.adapters.paths import VarLayout
 from actors.stage import configure_logging
-from core.config import ListenerConfig
+from core.config import AssemblyConfig, ListenerConfig
 
 __all__ = ["ListenerActor"]
 
@@ -26,11 +26,13 @@ class ListenerActor:
         quiet_period_s: float,
         hash_key: bytes,
         log_level: str = "INFO",
+        assembly: AssemblyConfig | None = None,
     ) -> None:
         configure_logging(log_level)
         self._ledger = SqliteLedger(layout.ledger)
         self._listener = Listener(
-            cfg, layout.spool, layout.rejected, self._ledger, quiet_period_s, hash_key=hash_key
+            cfg, layout.spool, layout.rejected, self._ledger, quiet_period_s, hash_key=hash_key,
+            assembly=assembly,
         )
         self._listener.start()
 

@@ -16,12 +16,15 @@ from typing import Any
 import ray
 import yaml
 from ray import serve
+from ray.exceptions import ActorUnavailableError
 
 from actors.adapters.ledger import SqliteLedger
 from actors.adapters.paths import VarLayout
 from actors.assembler import AssemblerActor
 from actors.auditor import AuditorActor
 from actors.delivery import DeliveryActor
+from actors.ehr_delivery import EhrDeliveryActor
+from actors.hl7_listener import Hl7ListenerActor
 from actors.inference import InferenceActor
 from actors.listener import ListenerActor
 from actors.prior_linker import PriorLinkerActor
@@ -210,25 +213,27 @@ class Pipeline:
         self.actors = {
             "listener": ListenerActor.options(**self._options("listener", 0)).remote(
                 self.cfg.listener, self.layout, self.cfg.assembly.quiet_period_s, key,
-                self.cfg.logging.level,
+                self.cfg.logging.level, self.cfg.assembly,
             ),
             "assembler": AssemblerActor.options(**self._options("assembler", st.assembler.num_cpus)).remote(
-                self.runtime(st.assembler), self.cfg.assembly
+                self.runtime(st.assembler), self.cfg.assembly, self.cfg.pacs
             ),
             "validator": ValidatorActor.options(**self._options("validator", st.validator.num_cpus)).remote(
-                self.runtime(st.validator)
+                self.runtime(st.validator), self.cfg.validation
             ),
             "router": RouterActor.options(**self._options("router", st.router.num_cpus)).remote(
-                self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models)
+                self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models),
+                self._context_db(), self.cfg.hl7.join_window_days if self.cfg.hl7 else 1,
             ),
             "prior_linker": PriorLinkerActor.options(**self._options("prior_linker", st.prior_linker.num_cpus)).remote(
-                self.runtime(st.prior_linker)
+                self.runtime(st.prior_linker), self.cfg.priors, self.cfg.pacs, self.cfg.listener,
+                self.layout, dict(self.cfg.models), key,
             ),
             "inference": InferenceActor.options(**self._options("inference", st.inference.num_cpus)).remote(
-                self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing
+                self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing, self.cfg.priors
             ),
             "sr_writer": SRWriterActor.options(**self._options("sr_writer", st.sr_writer.num_cpus)).remote(
-                self.runtime(st.sr_writer), self.layout, self.cfg.sr
+                self.runtime(st.sr_writer), self.layout, self.cfg.sr, self.cfg.priors
             ),
             "delivery": DeliveryActor.options(**self._options("delivery", st.delivery.num_cpus)).remote(
                 self.runtime(st.delivery), self.cfg.pacs
@@ -237,12 +242,51 @@ class Pipeline:
                 self.layout, 30.0, self.cfg.logging.level
             ),
         }
+        self.actors.update(self._bridge_actors(key))
         ray.get([a.health.remote() for a in self.actors.values()], timeout=120)
         return self
 
-    def listener_port(self) -> int:
-        """The listener's bound port."""
-        return int(ray.get(self.actors["listener"].port.remote(), timeout=30))
+    def _context_db(self) -> Path | None:
+        """The HL7 context store, when the HL7 bridge is configured (issue #6)."""
+        return self.layout.context if self.cfg.hl7 is not None else None
+
+    def _bridge_actors(self, key: bytes) -> dict[str, Any]:
+        """The HL7 listener and the EHR delivery, each only when its config section is set."""
+        out: dict[str, Any] = {}
+        level = self.cfg.logging.level
+        if self.cfg.hl7 is not None:
+            out["hl7_listener"] = Hl7ListenerActor.options(**self._options("hl7", 0)).remote(
+                self.cfg.hl7, self.layout, key, level
+            )
+        if self.cfg.ehr is not None:
+            out["ehr_delivery"] = EhrDeliveryActor.options(**self._options("ehr", 0)).remote(
+                self.cfg.ehr, self.layout, self.cfg.retry, self.cfg.sr.manufacturer,
+                self._context_db(), level,
+            )
+        return out
+
+    def listener_port(self, timeout_s: float = 60.0) -> int:
+        """The listener's bound port; waits while Ray restarts a crashed listener.
+
+        Raises:
+            TimeoutError: The listener did not answer within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return int(ray.get(self.actors["listener"].port.remote(), timeout=timeout_s))
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"listener did not come back within {timeout_s} s") from None
+                time.sleep(0.5)
+
+    def hl7_port(self) -> int:
+        """The HL7 MLLP listener's bound port.
+
+        Raises:
+            KeyError: The HL7 bridge is not configured (config section ``hl7``).
+        """
+        return int(ray.get(self.actors["hl7_listener"].port.remote(), timeout=30))
 
     def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
         """Ask every actor for its health; an actor that does not answer is reported down."""

@@ -1,108 +1,168 @@
-"""Validator actor: checks every instance of a complete study; failures go to quarantine."""
+"""Validator actor: checks every instance of a complete study, then its series and the study.
+
+Instances with problems are held in quarantine (kept on disk, reasons in the ledger, audited);
+the rest of the study goes on. Instances an operator released go on if they show only the
+issues that were accepted (``core.quarantine``). A study whose every instance is held ends
+``quarantined``.
+
+Instances are checked while their study is still receiving (``actors.prevalidation``), so a
+study completed at once on PACS evidence is validated from the cached verdicts; the facts the
+series and study checks need are cached with them.
+"""
 
 from __future__ import annotations
 
-import json
+import threading
 import time
+from collections import OrderedDict
 
 import ray
 from pydicom import dcmread
 
 from actors.adapters.ledger import SqliteLedger
+from actors.adapters.quarantine import QuarantineLedger
+from actors.adapters.study_records import StudyRecords
+from actors.prevalidation import PreValidator, VerdictCache
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
+from core.config import ValidationConfig
+from core.quarantine import Verdict, decide
 from core.types import AuditEventType, InstanceMeta, Job, JobState, ValidationIssue
-from core.validation import ReasonCode, Validator
+from core.validation import InstanceFacts, ReasonCode, ValidationPolicy, Validator
 
 __all__ = ["ValidationWork", "ValidatorActor"]
+
+_FACTS_KEPT = 100_000
+"""Facts kept for pre-validated instances (the verdict cache keeps as many verdicts)."""
 
 
 class ValidationWork:
     """Validates one job's instances and records the verdict."""
 
-    def __init__(self, ledger: SqliteLedger, validator: Validator, actor: str) -> None:
+    def __init__(
+        self,
+        ledger: SqliteLedger,
+        validator: Validator,
+        actor: str,
+        cache: VerdictCache | None = None,
+        quarantine: QuarantineLedger | None = None,
+    ) -> None:
+        """Args:
+        ledger: The process's ledger.
+        validator: The pure validator.
+        actor: Audit-trail name of this stage.
+        cache: Verdicts of instances checked while their study was receiving.
+        quarantine: The quarantine table (default: on ``ledger``).
+        """
         self._ledger = ledger
         self._validator = validator
         self._actor = actor
+        self._cache = cache
+        self._quarantine = quarantine or QuarantineLedger(ledger)
+        self._facts: OrderedDict[tuple[str, str], InstanceFacts] = OrderedDict()
+        self._facts_lock = threading.Lock()
 
     def check(self, inst: InstanceMeta) -> list[ValidationIssue]:
-        """Read one spooled instance and return its problems."""
+        """Read one spooled instance and return its own problems (its facts are kept)."""
+        return self.inspect(inst)[0]
+
+    def checked(self, inst: InstanceMeta) -> tuple[list[ValidationIssue], InstanceFacts | None]:
+        """The instance's problems and facts: checked while its study was receiving, else now.
+
+        Raises:
+            OSError: The spooled file cannot be read.
+        """
+        cached = self._cache.get(inst) if self._cache is not None else None
+        with self._facts_lock:
+            facts = self._facts.get((inst.sop_instance_uid, inst.sha256))
+        if cached is not None and facts is not None:
+            return cached, facts
+        return self.inspect(inst)
+
+    def inspect(self, inst: InstanceMeta) -> tuple[list[ValidationIssue], InstanceFacts | None]:
+        """Read one spooled instance; return its problems and its facts for the series checks.
+
+        Raises:
+            OSError: The spooled file cannot be read (retried by the stage, then dead).
+        """
         try:
             ds = dcmread(inst.path)
-        except Exception as exc:  # unreadable from disk is a finding, not a crash
-            return [
-                ValidationIssue(
-                    str(ReasonCode.UNREADABLE), f"{type(exc).__name__}: {exc}", inst.sop_instance_uid
-                )
-            ]
-        issues = self._validator.check_instance(ds, inst.transfer_syntax_uid)
-        found = str(ds.get("SOPInstanceUID", "") or "")
-        if found and found != inst.sop_instance_uid:
-            issues.append(
-                ValidationIssue(
-                    str(ReasonCode.INVALID_VALUE),
-                    f"SOPInstanceUID: data set has {found!r}; the C-STORE request named "
-                    f"{inst.sop_instance_uid!r}",
-                    inst.sop_instance_uid,
-                )
-            )
-        return issues
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the bytes came from a peer: any parser
+            # failure is a finding about them, not a failure of this stage
+            message = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:300]}"
+            return [ValidationIssue(str(ReasonCode.UNREADABLE), message, inst.sop_instance_uid)], None
+        issues, facts = self._validator.inspect(ds, inst.transfer_syntax_uid, inst.sop_instance_uid)
+        with self._facts_lock:
+            self._facts[(inst.sop_instance_uid, inst.sha256)] = facts
+            while len(self._facts) > _FACTS_KEPT:
+                self._facts.popitem(last=False)
+        return issues, facts
 
     def __call__(self, job: Job) -> None:
         """Validate and move the job to ``validated`` or ``quarantined``."""
+        overrides = self._ledger.instance_overrides(job.job_id)  # once, not per instance
         instances = [
             i for i in self._ledger.job_instances(job.job_id)
-            if self._ledger.instance_overrides(job.job_id).get(i.sop_instance_uid) != "discarded"
+            if overrides.get(i.sop_instance_uid) != "discarded"
         ]
-        bad: dict[str, list[ValidationIssue]] = {}
+        issues: dict[str, list[ValidationIssue]] = {}
+        facts: list[InstanceFacts] = []
         for inst in instances:
-            issues = self.check(inst)
-            if issues:
-                bad[inst.sop_instance_uid] = issues
+            found, fact = self.checked(inst)
+            issues[inst.sop_instance_uid] = list(found)
+            if fact is not None:
+                facts.append(fact)
+        for issue in self._validator.check_collection(facts):
+            issues.setdefault(issue.sop_instance_uid, []).append(issue)
+        flagged = [uid for uid, found in issues.items() if found]
+        verdict = decide(issues, self._quarantine.accepted_codes(flagged))
+        good = len(instances) - len(verdict.held)
+        state = JobState.VALIDATED if good or not instances else JobState.QUARANTINED
+        reason = None if state is JobState.VALIDATED else f"all {len(verdict.held)} instance(s) failed validation"
+        events = self._events(job, verdict, good)
+        self._quarantine.record(job, state, time.time(), verdict, events, reason)
+
+    def _events(self, job: Job, verdict: Verdict, good: int) -> list[AuditEvent]:
         events = [
             AuditEvent(
-                AuditEventType.QUARANTINED,
-                self._actor,
-                job.study_instance_uid,
-                uid,
-                job.job_id,
-                {"codes": sorted({i.code for i in issues}), "messages": [i.message for i in issues]},
+                AuditEventType.QUARANTINED, self._actor, job.study_instance_uid, uid, job.job_id,
+                {"codes": sorted({i.code for i in found}), "messages": [i.message for i in found]},
             )
-            for uid, issues in bad.items()
+            for uid, found in verdict.held.items()
         ]
-        good = len(instances) - len(bad)
-        new_state = JobState.VALIDATED if good else JobState.QUARANTINED
-        events.append(
+        events += [
             AuditEvent(
-                AuditEventType.VALIDATED if good else AuditEventType.QUARANTINED,
-                self._actor,
-                job.study_instance_uid,
-                job_id=job.job_id,
-                detail={"valid": good, "quarantined": len(bad)},
+                AuditEventType.VALIDATED, self._actor, job.study_instance_uid, uid, job.job_id,
+                {"accepted_codes": sorted({i.code for i in found}), "released": True},
             )
-        )
-        reasons = {
-            uid: json.dumps([{"code": i.code, "message": i.message} for i in issues])
-            for uid, issues in bad.items()
-        }
-        self._ledger.set_aside(
-            job,
-            new_state,
-            time.time(),
-            override="quarantined",
-            reasons=reasons,
-            events=events,
-            reason=None if good else f"all {len(bad)} instance(s) failed validation",
-        )
+            for uid, found in verdict.accepted.items()
+        ]
+        summary = {"valid": good, "quarantined": len(verdict.held), "accepted": len(verdict.accepted)}
+        kind = AuditEventType.VALIDATED if good else AuditEventType.QUARANTINED
+        events.append(AuditEvent(kind, self._actor, job.study_instance_uid, job_id=job.job_id,
+                                 detail=summary))
+        return events
 
 
 @ray.remote
 class ValidatorActor(StageShell):
-    """Ray shell around ``ValidationWork``."""
+    """Ray shell around ``ValidationWork``, with pre-validation of receiving studies."""
 
     name = "validator"
     state = JobState.COMPLETE
 
-    def __init__(self, runtime: StageRuntime) -> None:
+    def __init__(self, runtime: StageRuntime, cfg: ValidationConfig | None = None) -> None:
         ledger = self._open_ledger(runtime)
-        self._start(runtime, ValidationWork(ledger, Validator(), "stage:validator"))
+        cache = VerdictCache()
+        policy = ValidationPolicy.from_config(cfg or ValidationConfig())
+        work = ValidationWork(ledger, Validator(policy), "stage:validator", cache)
+        self._start(runtime, work)
+        self._pre = PreValidator(StudyRecords(ledger), work.check, cache, runtime.poll_interval_s)
+        self._pre.start()
+
+    def stop(self) -> None:
+        """Stop pre-validation, then the runner."""
+        self._pre.stop()
+        super().stop()

@@ -1,7 +1,9 @@
 """Study assembly: which instances form a series and a study, and when a study is complete.
 
-Completion here is the quiet-period rule: a study is complete once no instance arrived for
-``quiet_period_s``. (Evidence from the PACS, e.g. C-FIND instance counts, is issue #5.)
+``StudyAssembler`` is the bare quiet-period rule: a study is complete once no instance arrived
+for ``quiet_period_s``. The assembler stage decides with ``core.completeness`` (issue #5), which
+completes on the PACS's instance counts where a sender is configured for it and keeps this
+rule, per sender, where the PACS cannot tell.
 """
 
 from __future__ import annotations

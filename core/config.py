@@ -18,22 +18,29 @@ from core.errors import ConfigError
 __all__ = [
     "AppConfig",
     "AssemblyConfig",
+    "EhrConfig",
+    "FhirEndpointConfig",
     "FindingSpec",
+    "Hl7Config",
     "ListenerConfig",
     "LoggingConfig",
+    "MllpListenerConfig",
     "ModelEntry",
     "ModelInputSpec",
     "PacsConfig",
+    "PriorsConfig",
     "RayConfig",
     "RetryConfig",
     "RoutingConfig",
     "RoutingRule",
     "SRConfig",
     "ServeDeploymentConfig",
+    "SourceCompletionConfig",
     "StageConfig",
     "StagesConfig",
     "StorageConfig",
     "TlsConfig",
+    "ValidationConfig",
     "app_name",
     "parse_config",
 ]
@@ -115,11 +122,61 @@ class StorageConfig(_Model):
     var_dir: str = Field(default="./var", description="Root of spool, ledger and outbox")
 
 
+CompletionMode = Literal["quiet_period", "pacs_counts"]
+"""How a study is judged complete: silence only, or the PACS's instance counts (then silence
+where the PACS cannot tell)."""
+CountScope = Literal["study", "series"]
+"""Which PACS counts must match: the whole study, or only the series we received."""
+
+
+class SourceCompletionConfig(_Model):
+    """Completion rule for studies sent by one calling AE title."""
+
+    completion: CompletionMode = Field(description="quiet_period, or pacs_counts (C-FIND counts)")
+    quiet_period_s: float | None = Field(
+        default=None, ge=0, description="Quiet period for this sender; None: assembly.quiet_period_s"
+    )
+    count_scope: CountScope | None = Field(
+        default=None, description="study or series; None: assembly.count_scope"
+    )
+
+
 class AssemblyConfig(_Model):
     """When a study counts as complete."""
 
     quiet_period_s: float = Field(
         default=2.0, ge=0, description="Seconds without a new instance before a study is complete"
+    )
+    completion: CompletionMode = Field(
+        default="quiet_period",
+        description="Rule for senders not listed in `sources`: quiet_period, or pacs_counts "
+        "(complete as soon as the PACS's NumberOf*RelatedInstances equal what we hold)",
+    )
+    count_scope: CountScope = Field(
+        default="study",
+        description="pacs_counts: 'study' needs every series the PACS holds; 'series' only the "
+        "series we received (for PACS forwarding rules that send part of a study)",
+    )
+    max_wait_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="pacs_counts: the PACS holds more than we received, yet nothing arrived for "
+        "this long; complete anyway (audited as max_wait)",
+    )
+    requery_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="pacs_counts: least seconds between count queries for one study, unless our "
+        "count just reached the PACS's last answer",
+    )
+    query_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="pacs_counts: connect and C-FIND timeout of a count query; a slower PACS "
+        "cannot tell, and the quiet period decides",
+    )
+    sources: dict[Annotated[str, Field(pattern=AE_TITLE)], SourceCompletionConfig] = Field(
+        default_factory=dict, description="Per calling AE title of the sender"
     )
 
 
@@ -299,12 +356,69 @@ class RayConfig(_Model):
     actor_max_restarts: int = Field(default=-1, ge=-1, description="-1 restarts forever")
 
 
+class PriorsConfig(_Model):
+    """Prior studies: look-up at the PACS, retrieval, and interval change against prior AI results."""
+
+    enabled: bool = Field(default=False, description="Look up priors at the PACS (needs `pacs`)")
+    lookback_days: int = Field(default=1825, ge=1, description="Oldest prior considered, in days")
+    same_modality: bool = Field(default=True, description="Only priors of the current modality")
+    same_body_part: bool = Field(
+        default=True, description="Only priors with a series of the current Body Part Examined"
+    )
+    max_candidates: int = Field(default=20, ge=1, description="Candidate studies inspected")
+    retrieve: Literal["c-move", "c-get"] = Field(
+        default="c-move", description="How prior series reach us: C-MOVE to our listener, or C-GET"
+    )
+    compare_images: tuple[str, ...] = Field(
+        default=(),
+        description="Model families that compare images: their prior series is retrieved and "
+        "the model runs on it too; other families link only",
+    )
+    probability_change: float = Field(
+        default=0.15, gt=0, le=1, description="Probability change reported as up or down"
+    )
+    size_change_mm: float = Field(default=2.0, gt=0, description="Size change reported, in mm")
+    query_timeout_s: float = Field(default=5.0, gt=0, description="C-FIND / connect timeout")
+    retrieve_timeout_s: float = Field(default=120.0, gt=0, description="C-MOVE / C-GET timeout")
+    unavailable_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="PACS unreachable: jobs wait this long (per outage), then go on without "
+        "priors and their SR says so",
+    )
+
+
 class SRConfig(_Model):
     """Identity of the result objects we write."""
 
     manufacturer: str = Field(default="PACS-AI Bridge", description="General Equipment")
     series_number: int = Field(default=9900, ge=1, description="Series Number of AI SR series")
     institution_name: str | None = Field(default=None, description="Institution Name, if set")
+
+
+class ValidationConfig(_Model):
+    """What the validator demands of received data (issue #4; see core.validation)."""
+
+    decode: Literal["all_frames", "first_frame", "headers"] = Field(
+        default="all_frames",
+        description="Encapsulated Pixel Data: decode every frame, only the first (headers of the "
+        "rest), or check frame headers only",
+    )
+    pixel_spacing_modalities: tuple[str, ...] = Field(
+        default=("CT", "MR", "PT"),
+        description="Modalities whose models measure: Pixel Spacing (0028,0030) is required",
+    )
+    orientation_tolerance: float = Field(
+        default=1e-3, gt=0, description="Largest direction-cosine difference inside one series"
+    )
+    position_tolerance_mm: float = Field(
+        default=0.01, gt=0, description="Slices closer than this share a position (duplicates)"
+    )
+    gap_tolerance: float = Field(
+        default=0.5,
+        gt=0,
+        description="A step between slices above (1 + this) x the median step is a gap",
+    )
 
 
 class LoggingConfig(_Model):
@@ -316,6 +430,93 @@ class LoggingConfig(_Model):
     log_identifiers: bool = Field(
         default=False, description="Log DICOM identifiers of requests (pynetdicom); never PHI"
     )
+
+
+class MllpListenerConfig(_Model):
+    """The HL7 v2 MLLP listener that receives ADT and order messages (persistent connections)."""
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 for all")
+    port: int = Field(default=2575, ge=0, le=65535, description="MLLP port; 0 picks a free one")
+    tls: TlsConfig | None = Field(default=None, description="Accept only TLS 1.2+ if set")
+    max_message_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="A frame longer than this is discarded up to its end block and answered AR",
+    )
+    max_field_chars: int = Field(
+        default=65536, ge=64, description="A longer field is answered AE naming the field"
+    )
+    idle_timeout_s: float = Field(
+        default=600.0, gt=0, description="Close a connection that sends nothing for this long"
+    )
+    max_connections: int = Field(default=64, ge=1, description="Concurrent connections")
+
+
+class Hl7Config(_Model):
+    """The HL7 v2 bridge: patient and order context from the RIS / EHR (off unless set)."""
+
+    listener: MllpListenerConfig = Field(
+        default_factory=MllpListenerConfig, description="The MLLP listener"
+    )
+    application: str = Field(
+        default="PACSAI", min_length=1, description="MSH-3 Sending Application of our ACKs"
+    )
+    facility: str = Field(default="", description="MSH-4 Sending Facility of our ACKs")
+    processing_ids: tuple[str, ...] = Field(
+        default=("P",), min_length=1, description="Accepted MSH-11 values; others get AR"
+    )
+    versions: tuple[str, ...] = Field(
+        default=("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"),
+        min_length=1,
+        description="Accepted MSH-12 versions; others get AR",
+    )
+    accession_fields: tuple[Literal["IPC-1", "OBR-18", "ORC-3", "OBR-3", "OBR-20"], ...] = Field(
+        default=("IPC-1", "OBR-18"),
+        min_length=1,
+        description="Where orders carry the accession number, first valued wins (IHE SWF: "
+        "OBR-18; OMI: IPC-1; many RIS use ORC-3 / OBR-3)",
+    )
+    identifier_systems: dict[str, str] = Field(
+        default_factory=dict,
+        description="Assigning authority namespace (CX.4.1 / EI.2) -> FHIR Identifier.system",
+    )
+    join_window_days: int = Field(
+        default=1, ge=0, le=30, description="Patient ID + date join: order date within +-N days"
+    )
+    batch_max: int = Field(
+        default=256, ge=1, description="Most messages committed (one fsync) in one group commit"
+    )
+    validate_resources: bool = Field(
+        default=True,
+        description="Validate every mapped FHIR resource against the R4 structures before "
+        "the ACK (fhir.resources; about 0.5 ms per message); the mapping is valid by "
+        "construction and tested, so a site may turn this off for throughput",
+    )
+
+
+class FhirEndpointConfig(_Model):
+    """A FHIR R4 server that takes transaction Bundles."""
+
+    base_url: str = Field(pattern=r"^https?://\S+$", description="FHIR base URL")
+    timeout_s: float = Field(default=10.0, gt=0, description="Connect and read timeout")
+    token_env: str | None = Field(
+        default=None, description="Env var holding a bearer token (never stored in YAML)"
+    )
+    tls: TlsConfig | None = Field(
+        default=None, description="Verify the server with these CAs and present this certificate"
+    )
+    patient_identifier_system: str | None = Field(
+        default=None,
+        description="Identifier.system for DICOM Patient ID when no HL7 context names one",
+    )
+
+
+class EhrConfig(_Model):
+    """Results to the EHR: a FHIR DiagnosticReport per delivered SR (off unless set)."""
+
+    fhir: FhirEndpointConfig = Field(description="Where DiagnosticReports go")
+    poll_interval_s: float = Field(default=0.5, gt=0, description="Idle poll of the outboxes")
+    batch: int = Field(default=16, ge=1, description="Reports sent per round")
 
 
 class AppConfig(_Model):
@@ -336,7 +537,13 @@ class AppConfig(_Model):
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Pipeline stages")
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy")
     sr: SRConfig = Field(default_factory=SRConfig, description="Result objects")
+    priors: PriorsConfig = Field(default_factory=PriorsConfig, description="Prior studies")
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig, description="Validation of received data"
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
+    hl7: Hl7Config | None = Field(default=None, description="HL7 v2 bridge; off unless set")
+    ehr: EhrConfig | None = Field(default=None, description="Results to the EHR; off unless set")
 
 
 def _known_fields(loc: tuple[Any, ...]) -> list[str]:
@@ -417,6 +624,12 @@ def parse_config(raw: Mapping[str, Any] | None, source: str = "<mapping>") -> Ap
         f"{sorted(cfg.models)}"
         for i, rule in enumerate(cfg.routing.rules)
         if rule.family not in cfg.models
+    ]
+    problems += [
+        f"priors.compare_images.{i}: got {family!r}; expected one of the model families "
+        f"{sorted(cfg.models)}"
+        for i, family in enumerate(cfg.priors.compare_images)
+        if family not in cfg.models
     ]
     if problems:
         raise ConfigError(source, problems)

@@ -3,6 +3,10 @@
 - ``ConfigError``: abort startup. The message lists every bad field.
 - ``RejectedInput``: answer the peer with a failure status; do not retry the same data.
   - ``ValidationFailed``: the data parsed but broke a rule (quarantine it, with reasons).
+  - ``MessageInvalid``: an HL7 v2 message parsed but broke a rule (ACK ``AE`` with ``ERR``).
+  - ``MessageRejected``: an HL7 v2 message cannot be taken as a message at all: it cannot be
+    parsed, its MSH is broken, or its type, version or processing ID is not supported
+    (ACK ``AR``; HL7 v2.5 2.9.2.1).
 - ``TransientIOError``: retry with backoff; the data is kept.
   - ``OutOfResources``: our own disk is below its floor (DICOM 0xA700: the sender retries).
   - ``DependencyUnavailable``: a peer (PACS, model deployment, FHIR endpoint) cannot be
@@ -23,6 +27,8 @@ __all__ = [
     "ConfigError",
     "DependencyUnavailable",
     "LeaseLost",
+    "MessageInvalid",
+    "MessageRejected",
     "ModelError",
     "ModelWeightsError",
     "OutOfResources",
@@ -87,6 +93,35 @@ class ValidationFailed(RejectedInput):
         self.reason = reason
         self.subject = subject
         self.codes = tuple(codes)
+
+
+class MessageInvalid(RejectedInput):
+    """An HL7 v2 message parsed but breaks a rule; the ACK is ``AE`` with an ``ERR`` segment.
+
+    Args:
+        reason: What is wrong, naming the field, what was received and what was expected.
+        subject: MSH-10 (message control ID) of the message, if known.
+        error_code: HL7 table 0357 code (``101`` required field missing, ``102`` data type
+            error, ``103`` table value not found, ``207`` application internal error, ...).
+        location: Where, as an HL7 ERL: ``SEG^sequence^field`` (e.g. ``PID^1^3``).
+    """
+
+    def __init__(
+        self, reason: str, subject: str = "", error_code: str = "207", location: str = ""
+    ) -> None:
+        PacsAIError.__init__(self, reason, subject, error_code, location)
+        self.reason = reason
+        self.subject = subject
+        self.error_code = error_code
+        self.location = location
+
+
+class MessageRejected(MessageInvalid):
+    """An HL7 v2 message cannot be accepted as a message; the ACK is ``AR``.
+
+    Raised for bytes that cannot be parsed, a broken MSH, and an unsupported message type,
+    version or processing ID (HL7 v2.5 2.9.2.1: the sender must not resend it unchanged).
+    """
 
 
 class TransientIOError(PacsAIError):

@@ -20,6 +20,26 @@ The tree follows ``shared/reference/standards.md`` 1.3 / 1.4:
 - Patient and study attributes are copied from the source by highdicom; ``copy_check`` lets the
   caller prove they are identical.
 - Completion Flag COMPLETE, Verification Flag UNVERIFIED (no human signed it).
+- A later version (late instances) names its predecessor in the Predecessor Documents Sequence
+  (PS3.3 C.17.2.3) and keeps the findings' tracking UIDs.
+
+Priors (issue #5), when a ``Comparison`` is given:
+
+- Root "Qualitative Evaluations" container (TID 1500 row 12, (C0034375, UMLS)):
+  (122140, DCM, "Comparison with Prior Study Done") = Yes / No, and
+  (121066, DCM, "Prior Procedure Descriptions") naming the prior study (UID, date, what it is,
+  which AI result) or saying why none was compared (none found, PACS unavailable, off).
+- Per finding, in its TID 1501 group: (111424, DCM, "Comparison to previous studies") coded as
+  New finding (129721008, SCT), Problem resolved (413322009, SCT), Increased (35105006, SCT),
+  Decreased (1250004, SCT) or No change (260388006, SCT), and (111021, DCM,
+  "Description of Change") with the probabilities (and sizes) before and after.
+- The prior instances compared with (images, prior SR) in the Pertinent Other Evidence Sequence.
+- With HL7 order context (issue #6): the order the SR fulfils, in the SR Document General
+  Module's Referenced Request Sequence (0040,A370) (PS3.3 C.17.2): Study Instance UID,
+  Accession Number, Requested Procedure Description and Code (OBR-4), and the reason for the
+  study (OBR-31) as Reason for the Requested Procedure (0040,1002) and its Code Sequence
+  (0040,100A), where IHE SWF puts OBR-31. TID 1500 has no row for an indication; the request
+  is a property of the document, not a measurement.
 """
 
 from __future__ import annotations
@@ -33,11 +53,21 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from core.findings import term_for
-from core.types import Finding, Prediction
+from core.findings import LOCAL_SCHEME, term_for
+from core.interval import Comparison, FindingChange, IntervalChange
+from core.types import CodedTerm, Finding, Prediction
 from core.uids import output_uid, uid_from_parts
 
-__all__ = ["COPIED_ATTRIBUTES", "SRBuilder", "SRIdentity", "differing_attributes"]
+__all__ = [
+    "CHANGE_CODES",
+    "COPIED_ATTRIBUTES",
+    "ReferencedRequest",
+    "SRBuilder",
+    "SRIdentity",
+    "describes_our_sr",
+    "differing_attributes",
+    "referenced_request_item",
+]
 
 COPIED_ATTRIBUTES = (
     "PatientName",
@@ -64,6 +94,21 @@ _PROCEDURE = {
     "NM": codes.LN.NMUnspecifiedBodyRegion,
 }
 _NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+_QUALITATIVE = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_COMPARISON_DONE = hd.sr.CodedConcept("122140", "DCM", "Comparison with Prior Study Done")
+_PRIOR_DESCRIPTION = hd.sr.CodedConcept("121066", "DCM", "Prior Procedure Descriptions")
+_COMPARED_TO_PREVIOUS = hd.sr.CodedConcept("111424", "DCM", "Comparison to previous studies")
+_DESCRIPTION_OF_CHANGE = hd.sr.CodedConcept("111021", "DCM", "Description of Change")
+_YES = hd.sr.CodedConcept("373066001", "SCT", "Yes")
+_NO = hd.sr.CodedConcept("373067005", "SCT", "No")
+CHANGE_CODES: dict[IntervalChange, hd.sr.CodedConcept] = {
+    IntervalChange.NEW: hd.sr.CodedConcept("129721008", "SCT", "New finding"),
+    IntervalChange.RESOLVED: hd.sr.CodedConcept("413322009", "SCT", "Problem resolved"),
+    IntervalChange.INCREASED: hd.sr.CodedConcept("35105006", "SCT", "Increased"),
+    IntervalChange.DECREASED: hd.sr.CodedConcept("1250004", "SCT", "Decreased"),
+    IntervalChange.UNCHANGED: hd.sr.CodedConcept("260388006", "SCT", "No change"),
+}
+"""Coded interval change per finding (the value of "Comparison to previous studies")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +118,44 @@ class SRIdentity:
     manufacturer: str
     series_number: int
     institution_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferencedRequest:
+    """The order an SR fulfils, from the HL7 context (no identifiers beyond the accession)."""
+
+    reason: str = ""
+    reason_codes: tuple[CodedTerm, ...] = ()
+    procedure: CodedTerm | None = None
+    procedure_description: str = ""
+
+
+def _code_item(term: CodedTerm) -> Dataset:
+    return hd.sr.CodedConcept(term.value, term.scheme, term.meaning[:64])
+
+
+def referenced_request_item(source: Dataset, request: ReferencedRequest) -> Dataset:
+    """One Referenced Request Sequence item (PS3.3 Table C.17-2) for ``source``'s study.
+
+    Type 2 attributes we do not know (referenced study, placer / filler order numbers,
+    requested procedure ID) are present and empty; LO values are cut to 64 characters.
+    """
+    item = Dataset()
+    item.ReferencedStudySequence = []  # Type 2: no separate study reference
+    item.StudyInstanceUID = source.StudyInstanceUID
+    item.AccessionNumber = source.get("AccessionNumber", "")
+    item.PlacerOrderNumberImagingServiceRequest = ""
+    item.FillerOrderNumberImagingServiceRequest = ""
+    item.RequestedProcedureID = ""
+    item.RequestedProcedureDescription = request.procedure_description[:64]
+    item.RequestedProcedureCodeSequence = (
+        [_code_item(request.procedure)] if request.procedure else []
+    )
+    if request.reason:
+        item.ReasonForTheRequestedProcedure = request.reason[:64]
+    if request.reason_codes:
+        item.ReasonForRequestedProcedureCodeSequence = [_code_item(c) for c in request.reason_codes]
+    return item
 
 
 def differing_attributes(source: Dataset, result: Dataset) -> list[str]:
@@ -111,6 +194,8 @@ class SRBuilder:
         sources: Sequence[Dataset],
         prediction: Prediction,
         previous_versions: Sequence[Dataset] = (),
+        comparison: Comparison | None = None,
+        request: ReferencedRequest | None = None,
     ) -> hd.sr.Comprehensive3DSR:
         """Build the SR.
 
@@ -118,7 +203,10 @@ class SRBuilder:
             sources: Headers (no pixel data needed) of every instance the prediction used,
                 in a stable order; all from one study.
             prediction: The model's result.
-            previous_versions: Earlier SRs this one supersedes (Predecessor Documents).
+            previous_versions: Earlier SRs this one supersedes (Predecessor Documents); only
+                their SOP Class, SOP Instance, Series and Study Instance UIDs are read.
+            comparison: What to state about prior studies (``None``: nothing, as before #5).
+            request: The order the SR fulfils, with its reason (from HL7), if known.
 
         Returns:
             The SR dataset.
@@ -133,8 +221,10 @@ class SRBuilder:
             raise ValueError("sources span more than one study")
         by_uid = {str(s.SOPInstanceUID): s for s in sources}
         used = [by_uid[u] for u in prediction.source_uids if u in by_uid] or list(sources)
+        changes = {c.key: c for c in (comparison.changes if comparison else ())}
         groups: list[hd.sr.Template] = [
-            self._group(study_uid, prediction, f, used) for f in prediction.findings
+            self._group(study_uid, prediction, f, used, changes.get(f.key))
+            for f in prediction.findings
         ]
         groups += self._region_groups(study_uid, prediction)
         groups += self._quality_groups(study_uid, prediction, list(sources))
@@ -146,9 +236,12 @@ class SRBuilder:
             imaging_measurements=groups,
             title=codes.DCM.ImagingMeasurementReport,
         )
+        if comparison is not None:
+            report[0].ContentSequence.append(_comparison_container(comparison))
         series_uid, sop_uid = self.sr_uids(study_uid, prediction)
-        return hd.sr.Comprehensive3DSR(
-            evidence=list(sources),
+        other = [r.as_dataset() for r in comparison.evidence] if comparison else []
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=list(sources) + other,
             content=report,
             series_instance_uid=series_uid,
             series_number=self._identity.series_number,
@@ -160,7 +253,16 @@ class SRBuilder:
             is_complete=True,
             is_final=False,
             previous_versions=list(previous_versions) or None,
+            requested_procedures=(
+                [referenced_request_item(sources[0], request)] if request is not None else None
+            ),
         )
+        schemes = {f.term.scheme for f in prediction.findings} | {
+            term_for(q["key"]).scheme for q in prediction.extra.get("quality_flags", [])
+        }
+        if LOCAL_SCHEME in schemes:
+            sr.CodingSchemeIdentificationSequence = [_local_scheme_item()]
+        return sr
 
     def _observer(self, prediction: Prediction) -> hd.sr.ObservationContext:
         device_uid = uid_from_parts("device", prediction.model_name, prediction.model_version)
@@ -177,36 +279,33 @@ class SRBuilder:
         )
 
     def _group(
-        self, study_uid: str, prediction: Prediction, finding: Finding, used: Sequence[Dataset]
+        self,
+        study_uid: str,
+        prediction: Prediction,
+        finding: Finding,
+        used: Sequence[Dataset],
+        change: FindingChange | None = None,
     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-        algo = hd.sr.AlgorithmIdentification(
-            name=prediction.model_name,
-            version=prediction.model_version,
-            parameters=[f"threshold={finding.threshold:g}"],
-            manufacturer=self._identity.manufacturer,
-        )
-        presence = codes.SCT.Present if finding.present else codes.SCT.Absent
-        term = hd.sr.CodedConcept(finding.term.value, finding.term.scheme, finding.term.meaning)
-        return hd.sr.MeasurementsAndQualitativeEvaluations(
+        algo = self._algorithm(prediction, finding.threshold)
+        evaluations = [_presence(finding)]
+        if change is not None and change.change in CHANGE_CODES:
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(_COMPARED_TO_PREVIOUS, CHANGE_CODES[change.change])
+            )
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uid_from_parts("tracking", study_uid, prediction.family, finding.key),
                 identifier=f"{prediction.family}:{finding.key}",
             ),
-            finding_type=term,
+            finding_type=_coded(finding),
             algorithm_id=algo,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, presence)
-            ],
-            measurements=[
-                hd.sr.Measurement(
-                    name=codes.DCM.Probability,
-                    value=round(float(finding.probability), 6),
-                    unit=_NO_UNITS,
-                    algorithm_id=algo,
-                )
-            ],
+            qualitative_evaluations=evaluations,
+            measurements=[_probability(finding, algo)],
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in used],
         )
+        if change is not None:
+            group[0].ContentSequence.append(_text(_DESCRIPTION_OF_CHANGE, change.describe()))
+        return group
 
     def _algorithm(self, prediction: Prediction, threshold: float) -> hd.sr.AlgorithmIdentification:
         return hd.sr.AlgorithmIdentification(
@@ -278,9 +377,9 @@ class SRBuilder:
 
     @staticmethod
     def _series_description(prediction: Prediction) -> str:
-        label = f"AI {prediction.model_name} {prediction.model_version}"
-        suffix = " DEMO model, not for clinical use" if prediction.demo else " (unverified)"
-        return (label + suffix)[:64]
+        """Series Description (LO, 64 chars): the DEMO marker first, so truncation keeps it."""
+        prefix = "DEMO AI, not for clinical use: " if prediction.demo else "AI (unverified): "
+        return f"{prefix}{prediction.model_name} {prediction.model_version}"[:64]
 
 
 def _coded(finding: Finding) -> hd.sr.CodedConcept:
@@ -329,3 +428,49 @@ def _surface(location: Mapping[str, Any]) -> hd.sr.VolumeSurface:
             )
         ],
     )
+
+
+def describes_our_sr(series_description: str, model_name: str) -> bool:
+    """Whether a Series Description is one ``SRBuilder`` writes for ``model_name``.
+
+    Used to find our earlier SRs at the PACS; kept next to the writer so the two agree.
+
+    >>> describes_our_sr("DEMO AI, not for clinical use: cxr-net 0.1.0-demo", "cxr-net")
+    True
+    >>> describes_our_sr("AI (unverified): other-net 1.0", "cxr-net")
+    False
+    """
+    return series_description.startswith(("DEMO AI", "AI (unverified)")) and (
+        f": {model_name} " in series_description
+    )
+
+
+def _local_scheme_item() -> Dataset:
+    """Coding Scheme Identification (PS3.3 C.12.1.1.2) declaring our local scheme."""
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "PACS-AI Bridge local finding codes"
+    item.CodingSchemeResponsibleOrganization = "PACS-AI Bridge"
+    return item
+
+
+def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def _comparison_container(comparison: Comparison) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: the study-level qualitative evaluations about priors."""
+    container = hd.sr.ContainerContentItem(
+        name=_QUALITATIVE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(
+            name=_COMPARISON_DONE,
+            value=_YES if comparison.done else _NO,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ),
+        _text(_PRIOR_DESCRIPTION, comparison.summary()),
+    ])
+    return container

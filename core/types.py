@@ -71,6 +71,8 @@ class InstanceState(enum.StrEnum):
     """It failed validation; reason codes are recorded."""
     DEAD = "dead"
     """Retries were exhausted for its job; it can be replayed."""
+    DISCARDED = "discarded"
+    """An operator discarded it from quarantine, with a reason; no job will ever process it."""
 
 
 class Priority(enum.IntEnum):
@@ -105,6 +107,12 @@ class AuditEventType(enum.StrEnum):
     """The router skipped a job or some of its instances."""
     LINKED = "linked"
     """The prior linker finished for a job."""
+    PRIOR_QUERY = "prior_query"
+    """The PACS was asked for a patient's prior studies (C-FIND; PS3.15 A.5.3.8 Query)."""
+    PRIOR_RETRIEVED = "prior_retrieved"
+    """A prior series was retrieved from the PACS (C-MOVE / C-GET; Instances Transferred)."""
+    PRIOR_IDENTITY_CONFLICT = "prior_identity_conflict"
+    """A study shares the Patient ID but not the name or birth date: not linked, for review."""
     INFERRED = "inferred"
     """A model produced a prediction."""
     INFERENCE_FAILED = "inference_failed"
@@ -127,6 +135,18 @@ class AuditEventType(enum.StrEnum):
     """An operator released quarantined data back into the pipeline."""
     QUARANTINE_DISCARDED = "quarantine_discarded"
     """An operator discarded quarantined data, with a reason."""
+    HL7_RECEIVED = "hl7_received"
+    """An HL7 v2 message was made durable and acknowledged (AA, or AE when it broke a rule)."""
+    HL7_REJECTED = "hl7_rejected"
+    """Bytes on the MLLP link could not be taken as an HL7 message (ACK AR)."""
+    CONTEXT_READ = "context_read"
+    """Patient context (PHI from the HL7 bridge) was read, by whom and for what purpose."""
+    EHR_REPORT_QUEUED = "ehr_report_queued"
+    """A FHIR DiagnosticReport for a delivered SR was put in the durable EHR outbox."""
+    EHR_REPORT_DELIVERED = "ehr_report_delivered"
+    """The FHIR endpoint accepted a DiagnosticReport."""
+    EHR_REPORT_FAILED = "ehr_report_failed"
+    """The FHIR endpoint refused a DiagnosticReport (retried, or dead when retries ran out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +177,8 @@ class InstanceMeta:
     series_description: str = ""
     patient_key: str = ""
     """A keyed hash of the patient identifier, for grouping without storing the identifier."""
+    accession_key: str = ""
+    """A keyed hash of the Accession Number (0008,0050): joins HL7 order context without PHI."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +233,8 @@ class ValidationIssue:
     code: str
     message: str
     sop_instance_uid: str = ""
+    level: str = "instance"
+    """``instance``, ``series`` or ``study``: what the finding is about (``core.reasons.Level``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +246,8 @@ class Finding:
     probability: float
     threshold: float
     critical: bool = False
+    size_mm: float | None = None
+    """The finding's measured size (longest diameter), where the model measures one."""
 
     @property
     def present(self) -> bool:
@@ -255,6 +281,7 @@ class Prediction:
                 probability=float(f["probability"]),
                 threshold=float(f["threshold"]),
                 critical=bool(f.get("critical", False)),
+                size_mm=None if f.get("size_mm") is None else float(f["size_mm"]),
             )
             for f in raw["findings"]
         )

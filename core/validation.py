@@ -1,197 +1,483 @@
-"""Validation of received instances (first cut; issue #4 extends it).
+"""Validation of received instances, their series and their study (issue #4).
 
-Every problem has a machine-readable reason code (``ReasonCode``) and a message that names the
-attribute, what was found and what was expected. The validator never raises on a dataset: a
-dataset too broken to inspect is itself a finding (``UNREADABLE``).
+Every problem has a machine-readable reason code (``core.reasons.ReasonCode``) and a message
+that names the attribute (keyword and tag), what was found and what was expected; messages never
+carry patient names or IDs. The validator never raises on a dataset: a dataset too broken to
+inspect is itself a finding (``UNREADABLE``).
+
+Three levels (``core.reasons.Level``):
+
+- instance (:meth:`Validator.inspect`): the attributes the models and the SR need (Patient ID,
+  Study / Series / SOP Instance UIDs, SOP Class UID, Modality, the Image Pixel module, the Image
+  Plane module of CT / MR / PET images, Pixel Spacing where a model measures), each with a valid
+  value for its VR; File Meta Information and the C-STORE request agreeing with the data set;
+  Pixel Data consistent with its description and decodable (``core.pixels``).
+- series (:meth:`Validator.check_collection`): one Modality and Frame of Reference, slices of
+  one size and orientation, no duplicate positions, no gaps (``core.geometry``).
+- study: one patient (Patient ID, issuer, birth date, sex) and one Accession Number and Study
+  Date.
 """
 
 from __future__ import annotations
 
-import enum
+import functools
 import re
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
+from core._elements import Attributes, ElementError, describe, read
+from core.config import ValidationConfig
+from core.geometry import GeometryPolicy, Slice, check_plane, check_stack
+from core.pixels import DecodeMode, check_pixels
+from core.reasons import Level, Problem, ReasonCode
 from core.types import ValidationIssue
 
-__all__ = ["ReasonCode", "Validator"]
+__all__ = [
+    "InstanceFacts",
+    "NON_PATIENT_SOP_CLASSES",
+    "ReasonCode",
+    "ValidationPolicy",
+    "Validator",
+    "attribute_text",
+]
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-class ReasonCode(enum.StrEnum):
-    """Why an instance was quarantined."""
-
-    UNREADABLE = "unreadable"
-    """The dataset could not be parsed at all."""
-    MISSING_ATTRIBUTE = "missing_attribute"
-    """A required attribute is absent or empty."""
-    INVALID_UID = "invalid_uid"
-    """A UID breaks PS3.5 9.1 (digits and dots, no leading zeros, at most 64 characters)."""
-    INVALID_VALUE = "invalid_value"
-    """An attribute has a value outside what the standard allows."""
-    PIXEL_ATTRIBUTES_INCONSISTENT = "pixel_attributes_inconsistent"
-    """Pixel description attributes contradict each other (e.g. Bits Stored > Bits Allocated)."""
-    PIXEL_DATA_MISSING = "pixel_data_missing"
-    """An image has no Pixel Data, or an empty one."""
-    PIXEL_LENGTH_MISMATCH = "pixel_length_mismatch"
-    """Native Pixel Data length differs from Rows x Columns x Samples x Frames x Bits / 8."""
-
-
-_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-_PIXEL_KEYWORDS = (
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "BitsStored",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
+_CS = re.compile(r"^[A-Z0-9 _]{1,16}$")
+_SOP_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_PATIENT = ("PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+_STUDY = ("AccessionNumber", "StudyDate")
+_STACK = ("EchoNumbers", "TemporalPositionIdentifier", "TriggerTime", "AcquisitionNumber")
+_PLANE_SOP_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"}
 )
-_PHOTOMETRIC = frozenset(
-    {
-        "MONOCHROME1",
-        "MONOCHROME2",
-        "PALETTE COLOR",
-        "RGB",
-        "YBR_FULL",
-        "YBR_FULL_422",
-        "YBR_PARTIAL_420",
-        "YBR_ICT",
-        "YBR_RCT",
-        "XYB",
-    }
+"""CT, MR and PET Image Storage: the Image Plane module is mandatory (PS3.3 A.3, A.4, A.21)."""
+_MULTIBYTE_CHARSETS = ("ISO_IR 192", "ISO 2022", "GB18030", "GBK")
+NON_PATIENT_SOP_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.38.1", "1.2.840.10008.5.1.4.39.1", "1.2.840.10008.5.1.4.43.1",
+     "1.2.840.10008.5.1.4.44.1", "1.2.840.10008.5.1.4.45.1", "1.2.840.10008.5.1.4.1.1.200.1",
+     "1.2.840.10008.5.1.4.1.1.200.3", "1.2.840.10008.5.1.4.1.1.200.7",
+     "1.2.840.10008.5.1.4.1.1.201.1"}
 )
-_NATIVE_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
-)
+"""Non-Patient Object Storage (PS3.4 Annex GG): hanging protocols, color palettes, implant
+templates, protocols, inventories. They have no patient, study or series."""
+
+
+_Check = Callable[[Attributes, str, str], list[Problem]]
+"""An instance check: ``(attributes, transfer syntax, expected SOP Instance UID) -> problems``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationPolicy:
+    """What the validator demands beyond the standard's minimum.
+
+    Attributes:
+        decode: How much encapsulated Pixel Data is decoded.
+        pixel_spacing_modalities: Modalities whose models measure: Pixel Spacing is required.
+        geometry: Tolerances of the series geometry checks.
+    """
+
+    decode: DecodeMode = DecodeMode.ALL_FRAMES
+    pixel_spacing_modalities: frozenset[str] = frozenset({"CT", "MR", "PT"})
+    geometry: GeometryPolicy = field(default_factory=GeometryPolicy)
+
+    @classmethod
+    def from_config(cls, cfg: ValidationConfig) -> ValidationPolicy:
+        """Build the policy from its config slice."""
+        return cls(
+            DecodeMode(cfg.decode),
+            frozenset(m.upper() for m in cfg.pixel_spacing_modalities),
+            GeometryPolicy(cfg.orientation_tolerance, cfg.position_tolerance_mm, cfg.gap_tolerance),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFacts:
+    """What the series and study checks need from one instance. Identifiers are keyed hashes.
+
+    Attributes:
+        sop_instance_uid: The instance.
+        series_instance_uid: Its series.
+        study_instance_uid: Its study.
+        modality: Modality.
+        frame_of_reference_uid: Frame of Reference UID.
+        slice: Its plane, for single-frame images with a valid one.
+        patient: Hashed Patient ID, Issuer of Patient ID, Patient's Birth Date, Patient's Sex.
+        study: Hashed Accession Number and Study Date.
+    """
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str = ""
+    frame_of_reference_uid: str = ""
+    slice: Slice | None = None
+    patient: tuple[str, ...] = ()
+    study: tuple[str, ...] = ()
 
 
 class Validator:
-    """Checks one instance's header and pixel description."""
+    """Checks instances, series and studies against the policy. Pure; never raises on data."""
 
-    def check_instance(self, ds: Dataset, transfer_syntax_uid: str = "") -> list[ValidationIssue]:
-        """Return every problem found in ``ds`` (empty when it is fine). Never raises.
+    def __init__(self, policy: ValidationPolicy | None = None) -> None:
+        """Args:
+        policy: Demands and tolerances (defaults: decode every frame).
+        """
+        self.policy = policy or ValidationPolicy()
+
+    def check_instance(
+        self, ds: Dataset, transfer_syntax_uid: str = "", expected_sop_instance_uid: str = ""
+    ) -> list[ValidationIssue]:
+        """Return every problem of one instance (empty when it is fine). Never raises.
 
         Args:
             ds: The full dataset (with Pixel Data when it has any).
-            transfer_syntax_uid: The transfer syntax it arrived in.
+            transfer_syntax_uid: The transfer syntax it arrived in (default: its File Meta's).
+            expected_sop_instance_uid: The SOP Instance UID the C-STORE request named.
         """
-        sop = str(getattr(ds, "SOPInstanceUID", "") or "")
-        issues: list[ValidationIssue] = []
-        checks: tuple[Callable[[Dataset, str], list[tuple[ReasonCode, str]]], ...] = (
-            _check_uids,
-            _check_modality,
-            _check_pixels,
-        )
-        for check in checks:
+        return self.inspect(ds, transfer_syntax_uid, expected_sop_instance_uid)[0]
+
+    def inspect(
+        self, ds: Dataset, transfer_syntax_uid: str = "", expected_sop_instance_uid: str = ""
+    ) -> tuple[list[ValidationIssue], InstanceFacts]:
+        """Check one instance and return its problems and the facts the collection checks need.
+
+        Args:
+            ds: The full dataset.
+            transfer_syntax_uid: The transfer syntax it arrived in (default: its File Meta's).
+            expected_sop_instance_uid: The SOP Instance UID the C-STORE request named.
+
+        Returns:
+            ``(issues, facts)``; never raises.
+        """
+        attrs = Attributes(ds)
+        sop = expected_sop_instance_uid or _safe_text(attrs, "SOPInstanceUID")
+        problems: list[Problem] = []
+        for check in self._checks():
             try:
-                found = check(ds, transfer_syntax_uid)
-            except Exception as exc:  # a check must never take the validator down
-                found = [(ReasonCode.UNREADABLE, f"{check.__name__}: {type(exc).__name__}: {exc}")]
-            issues += [ValidationIssue(str(code), msg, sop) for code, msg in found]
+                problems += check(attrs, transfer_syntax_uid, expected_sop_instance_uid)
+            except Exception as exc:  # noqa: BLE001 - the validator is a boundary: data from a
+                # network peer that breaks a check in an unforeseen way is a finding, not a crash.
+                problems.append(Problem(ReasonCode.UNREADABLE,
+                                        f"{check.__name__}: {type(exc).__name__}: {str(exc)[:200]}"))
+        problems += [p for p in attrs.problems if p not in problems]
+        issues = [ValidationIssue(str(p.code), p.message, sop, str(p.level)) for p in problems]
+        return issues, self._facts(attrs, sop)
+
+    def _checks(self) -> tuple[_Check, ...]:
+        return (_check_complete, _check_transfer_syntax, _check_identity, _check_meta,
+                self._check_plane, self._check_pixels, _check_functional_groups)
+
+    def _check_pixels(self, attrs: Attributes, ts: str, _sop: str) -> list[Problem]:
+        return check_pixels(attrs, _syntax(attrs, ts), self.policy.decode)
+
+    def _check_plane(self, attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
+        orientation = attrs.numbers("ImageOrientationPatient")
+        position = attrs.numbers("ImagePositionPatient")
+        spacing = attrs.numbers("PixelSpacing")
+        problems = check_plane(orientation, position, spacing)
+        sop_class = attrs.text("SOPClassUID")
+        required = list(("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")
+                        if sop_class in _PLANE_SOP_CLASSES else ())
+        modality = attrs.text("Modality").upper()
+        if modality in self.policy.pixel_spacing_modalities and not _has_spacing(attrs):
+            required.append("PixelSpacing")
+        for keyword in dict.fromkeys(required):
+            if not attrs.present(keyword) and not (keyword == "PixelSpacing" and _has_spacing(attrs)):
+                problems.append(Problem(ReasonCode.MISSING_ATTRIBUTE,
+                                        f"{describe(keyword)}: missing; expected a value "
+                                        f"(needed for {modality or sop_class} geometry)"))
+        return problems
+
+    def _facts(self, attrs: Attributes, sop: str) -> InstanceFacts:
+        try:
+            return InstanceFacts(
+                sop_instance_uid=sop,
+                series_instance_uid=_safe_text(attrs, "SeriesInstanceUID"),
+                study_instance_uid=_safe_text(attrs, "StudyInstanceUID"),
+                modality=_safe_text(attrs, "Modality").upper(),
+                frame_of_reference_uid=attrs.quick_text("FrameOfReferenceUID"),
+                slice=_slice(attrs, sop),
+                patient=tuple(_fingerprint(attrs.quick_text(k)) for k in _PATIENT),
+                study=tuple(_fingerprint(attrs.quick_text(k)) for k in _STUDY),
+            )
+        except Exception:  # noqa: BLE001 - facts of an unreadable dataset are just its UID
+            return InstanceFacts(sop, "", "")
+
+    def check_collection(self, facts: Iterable[InstanceFacts]) -> list[ValidationIssue]:
+        """Return series- and study-level problems, one issue per instance they concern.
+
+        Args:
+            facts: The facts of every instance of one job (one study, possibly several series).
+        """
+        items = list(facts)
+        issues: list[ValidationIssue] = []
+        for members, problem in _study_problems(items) + self._series_problems(items):
+            issues += [ValidationIssue(str(problem.code), problem.message, m.sop_instance_uid,
+                                       str(problem.level)) for m in members]
         return issues
 
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-def _check_uids(ds: Dataset, _ts: str) -> list[tuple[ReasonCode, str]]:
-    found: list[tuple[ReasonCode, str]] = []
-    for kw in _UID_KEYWORDS:
-        value = _text(ds, kw)
-        if not value:
-            found.append((ReasonCode.MISSING_ATTRIBUTE, f"{kw}: missing; expected a UID"))
-        elif len(value) > 64 or not _UID.match(value):
-            found.append(
-                (ReasonCode.INVALID_UID, f"{kw}: got {value[:70]!r}; expected PS3.5 9.1 UID syntax")
-            )
-    return found
-
-
-def _check_modality(ds: Dataset, _ts: str) -> list[tuple[ReasonCode, str]]:
-    value = _text(ds, "Modality")
-    if not value:
-        return [(ReasonCode.MISSING_ATTRIBUTE, "Modality: missing; expected a CS value")]
-    if len(value) > 16 or not re.fullmatch(r"[A-Z0-9_ ]+", value):
-        return [(ReasonCode.INVALID_VALUE, f"Modality: got {value!r}; expected a CS value")]
-    return []
-
-
-def _check_pixels(ds: Dataset, ts: str) -> list[tuple[ReasonCode, str]]:
-    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    described = any(k in ds for k in _PIXEL_KEYWORDS)
-    if not has_pixels and not described:
-        return []  # not an image (SR, KOS, ...): nothing to check here
-    missing = [k for k in _PIXEL_KEYWORDS if _text(ds, k) == ""]
-    if missing:
-        return [(ReasonCode.MISSING_ATTRIBUTE, f"{k}: missing; expected a value") for k in missing]
-    if not has_pixels:
-        return [(ReasonCode.PIXEL_DATA_MISSING, "PixelData: missing; expected image data")]
-    found = _pixel_description(ds)
-    if found:
+    def _series_problems(self, items: list[InstanceFacts]) -> list[_Found]:
+        found = []
+        for series_uid, members in _group(items, lambda f: f.series_instance_uid).items():
+            problems = _differing(members, f"series {series_uid}", _SERIES_NAMES,
+                                  lambda f: (f.modality, f.frame_of_reference_uid),
+                                  ReasonCode.SERIES_ATTRIBUTE_MISMATCH, Level.SERIES)
+            slices = [f.slice for f in members if f.slice is not None]
+            problems += check_stack(series_uid, slices, self.policy.geometry)
+            found += [(members, p) for p in problems]
         return found
-    return _pixel_length(ds, ts)
 
 
-def _pixel_description(ds: Dataset) -> list[tuple[ReasonCode, str]]:
-    found: list[tuple[ReasonCode, str]] = []
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
-    if rows < 1 or cols < 1:
-        found.append(
-            (ReasonCode.INVALID_VALUE, f"Rows/Columns: got {rows}x{cols}; expected both >= 1")
-        )
-    if allocated not in (1, 8, 16, 32, 64):
-        found.append(
-            (ReasonCode.INVALID_VALUE, f"BitsAllocated: got {allocated}; expected 1/8/16/32/64")
-        )
-    if not 1 <= stored <= allocated:
-        found.append(
-            (
-                ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT,
-                f"BitsStored: got {stored}; expected 1..BitsAllocated ({allocated})",
-            )
-        )
-    photometric = _text(ds, "PhotometricInterpretation")
-    if photometric not in _PHOTOMETRIC:
-        found.append(
-            (
-                ReasonCode.INVALID_VALUE,
-                f"PhotometricInterpretation: got {photometric!r}; expected a PS3.3 C.7.6.3.1.2 term",
-            )
-        )
-    samples = int(ds.SamplesPerPixel)
-    if photometric.startswith("MONOCHROME") and samples != 1:
-        found.append(
-            (
-                ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT,
-                f"SamplesPerPixel: got {samples}; expected 1 for {photometric}",
-            )
-        )
+_Found = tuple[list[InstanceFacts], Problem]
+_SERIES_NAMES = ("Modality (0008,0060)", "FrameOfReferenceUID (0020,0052)")
+
+
+def _study_problems(items: list[InstanceFacts]) -> list[_Found]:
+    found = []
+    for study_uid, members in _group(items, lambda f: f.study_instance_uid).items():
+        where = f"study {study_uid}"
+        problems = _differing(members, where, tuple(describe(k) for k in _PATIENT),
+                              lambda f: f.patient, ReasonCode.PATIENT_MISMATCH, Level.STUDY)
+        problems += _differing(members, where, tuple(describe(k) for k in _STUDY),
+                               lambda f: f.study, ReasonCode.STUDY_ATTRIBUTE_MISMATCH, Level.STUDY)
+        found += [(members, p) for p in problems]
     return found
 
 
-def _pixel_length(ds: Dataset, ts: str) -> list[tuple[ReasonCode, str]]:
-    if "PixelData" not in ds:
+def _differing(members: Sequence[InstanceFacts], where: str, names: Sequence[str],
+               values_of: Callable[[InstanceFacts], tuple[str, ...]], code: ReasonCode,
+               level: Level) -> list[Problem]:
+    """One problem per attribute with more than one distinct non-empty value among members."""
+    problems = []
+    for index, name in enumerate(names):
+        values = {v[index] for v in map(values_of, members) if len(v) > index} - {""}
+        if len(values) > 1:
+            problems.append(Problem(code, f"{name}: {len(values)} different values in {where}; "
+                                          f"expected one", level))
+    return problems
+
+
+def _group(items: Iterable[InstanceFacts],
+           key: Callable[[InstanceFacts], str]) -> dict[str, list[InstanceFacts]]:
+    groups: dict[str, list[InstanceFacts]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    return dict(groups)
+
+
+def attribute_text(ds: Dataset, keyword: str) -> str:
+    """Return an attribute's first value as stripped text; ``""`` when absent or unreadable.
+
+    Unlike ``ds.get(keyword)`` this never raises, whatever pydicom's reading validation mode,
+    so that data with invalid values is still filed (and then flagged by the validator). Values
+    pydicom can convert come decoded in the data set's character set; others from raw bytes.
+    """
+    try:
+        value = ds.get(keyword)
+        first = value[0] if isinstance(value, MultiValue | list | tuple) and value else value
+        return "" if first is None else str(first).strip()
+    except (ValueError, TypeError, LookupError, AttributeError, OverflowError, IndexError):
+        pass  # an invalid value: read its bytes instead
+    try:
+        elem = read(ds, keyword)
+    except ElementError:
+        return ""
+    first = elem.first if elem is not None else None
+    return "" if first is None else str(first).strip()
+
+
+def _fingerprint(value: str) -> str:
+    """A keyed hash of an identifier, for comparing instances without holding the identifier.
+
+    Facts live only inside one validator process, so Python's own string hash (SipHash with a
+    random per-process key) serves, at a tenth of the cost of an HMAC. ``""`` stays ``""``.
+    """
+    return format(hash(("pacsai-facts", value)) & 0xFFFFFFFFFFFFFFFF, "016x") if value else ""
+
+
+def _safe_text(attrs: Attributes, keyword: str) -> str:
+    elem = attrs.get(keyword)
+    first = elem.first if elem is not None else None
+    return "" if first is None else str(first).strip()
+
+
+def _syntax(attrs: Attributes, ts: str) -> str:
+    return str(ts) if ts else attrs.meta_text("TransferSyntaxUID")
+
+
+def _has_spacing(attrs: Attributes) -> bool:
+    return attrs.present("PixelSpacing") or attrs.present("ImagerPixelSpacing") or _shared_spacing(attrs)
+
+
+def _shared_spacing(attrs: Attributes) -> bool:
+    """Enhanced multi-frame images keep Pixel Spacing in the functional groups (PS3.3 C.7.6.16)."""
+    for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            groups = attrs.ds.get(keyword)
+            measures = groups[0].get("PixelMeasuresSequence") if groups else None
+            if measures and measures[0].get("PixelSpacing"):
+                return True
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            continue  # an unreadable sequence holds no usable spacing: reported as missing
+    return False
+
+
+def _slice(attrs: Attributes, sop: str) -> Slice | None:
+    orientation = attrs.numbers("ImageOrientationPatient")
+    position = attrs.numbers("ImagePositionPatient")
+    frames = attrs.integer("NumberOfFrames") if attrs.present("NumberOfFrames") else 1
+    rows, columns = attrs.integer("Rows"), attrs.integer("Columns")
+    if (orientation is None or position is None or frames != 1 or rows is None or columns is None
+            or check_plane(orientation, position, None)):
+        return None
+    stack = tuple(attrs.quick_text(k) for k in _STACK)
+    return Slice(sop, rows, columns, tuple(orientation), tuple(position), stack)
+
+
+def _check_complete(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
+    """A file cut short leaves its last element with fewer bytes than its length says (pydicom
+    reads what is there). Only the last top-level element can be cut, so only it is looked at."""
+    tags = attrs.ds.keys()
+    if not tags:
         return []
-    if ts and ts not in _NATIVE_SYNTAXES:
-        return []  # encapsulated: decodability is checked by the pixel decoder (issue #4)
-    data = ds.PixelData
-    frames = int(_text(ds, "NumberOfFrames") or 1)
-    bits = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * frames * int(ds.BitsAllocated)
-    expected = (bits + 7) // 8
-    if not data:
-        return [(ReasonCode.PIXEL_DATA_MISSING, "PixelData: empty; expected image data")]
-    # PS3.5 8.1.1: odd lengths are padded to even.
-    if len(data) not in (expected, expected + (expected % 2)):
-        return [
-            (
-                ReasonCode.PIXEL_LENGTH_MISMATCH,
-                f"PixelData: got {len(data)} bytes; expected {expected} "
-                f"(Rows x Columns x Samples x Frames x BitsAllocated / 8)",
-            )
-        ]
+    last = attrs.ds.get_item(next(reversed(tags)), keep_deferred=True)
+    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF or last.value is None:
+        return []
+    if len(last.value) < last.length:
+        tag = int(last.tag)
+        name = f"{keyword_for_tag(tag)} ".lstrip() + f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        return [Problem(ReasonCode.TRUNCATED,
+                        f"{name}: got {len(last.value)} bytes; its length says {last.length} "
+                        "(the data set ends inside this element)")]
     return []
+
+
+def _check_functional_groups(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
+    """Enhanced multi-frame images describe each frame in one Per-Frame Functional Groups item
+    (PS3.3 C.7.6.16): as many items as Number of Frames."""
+    if 0x52009230 not in attrs.ds:
+        return []
+    frames = attrs.integer("NumberOfFrames")
+    items = len(attrs.ds.PerFrameFunctionalGroupsSequence)
+    if frames is None and not attrs.present("NumberOfFrames"):
+        return [Problem(ReasonCode.MISSING_ATTRIBUTE,
+                        f"NumberOfFrames (0028,0008): missing; expected {items} (Type 1 for a "
+                        "multi-frame image with Per-Frame Functional Groups)")]
+    if frames is not None and items != frames:
+        return [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
+                        f"PerFrameFunctionalGroupsSequence (5200,9230): got {items} items; "
+                        f"NumberOfFrames (0028,0008) says {frames}")]
+    return []
+
+
+def _check_transfer_syntax(attrs: Attributes, ts: str, _sop: str) -> list[Problem]:
+    return list(_syntax_problems(attrs.meta_text("TransferSyntaxUID"), ts))
+
+
+@functools.lru_cache(maxsize=256)
+def _syntax_problems(declared: str, ts: str) -> tuple[Problem, ...]:
+    """Problems of a (declared, received) transfer syntax pair; a handful of pairs recur."""
+    where = "TransferSyntaxUID (0002,0010)"
+    problems = []
+    if ts and declared and ts != declared:
+        problems.append(Problem(ReasonCode.META_MISMATCH,
+                                f"{where}: File Meta says {declared[:70]!r}; it was received as {ts!r}"))
+    value = ts or declared
+    if not value:
+        return tuple(problems)
+    if len(value) > 64 or not _UID.match(value):
+        problems.append(Problem(ReasonCode.INVALID_UID,
+                                f"{where}: got {value[:70]!r}; expected PS3.5 9.1 UID syntax"))
+    elif not UID(value).is_transfer_syntax:
+        problems.append(Problem(ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
+                                f"{where}: got {value!r}; expected a transfer syntax of PS3.6 "
+                                "Table A-1 (unknown or private syntaxes cannot be decoded)"))
+    return tuple(problems)
+
+
+def _check_uid(attrs: Attributes, keyword: str) -> list[Problem]:
+    value = attrs.text(keyword)
+    if not value:
+        if attrs.present(keyword):
+            return []  # present but unreadable as its VR: already flagged
+        return [Problem(ReasonCode.MISSING_ATTRIBUTE, f"{describe(keyword)}: missing; expected a UID")]
+    if len(value) > 64 or not _UID.match(value):
+        return [Problem(ReasonCode.INVALID_UID,
+                        f"{describe(keyword)}: got {value[:70]!r}; expected PS3.5 9.1 UID syntax "
+                        "(digits and dots, no leading zeros, at most 64 characters)")]
+    return []
+
+
+def _check_identity(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
+    if attrs.text("SOPClassUID") in NON_PATIENT_SOP_CLASSES:
+        return _check_uid(attrs, "SOPClassUID") + _check_uid(attrs, "SOPInstanceUID")
+    problems = [p for kw in _SOP_UIDS for p in _check_uid(attrs, kw)]
+    uids = {kw: attrs.text(kw) for kw in _SOP_UIDS[:3]}
+    if len({u for u in uids.values() if u}) < len([u for u in uids.values() if u]):
+        problems.append(Problem(ReasonCode.INVALID_VALUE,
+                                "StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID: two of them "
+                                "are equal; expected three distinct UIDs"))
+    return problems + _check_modality(attrs) + _check_patient_id(attrs)
+
+
+def _check_modality(attrs: Attributes) -> list[Problem]:
+    value = attrs.text("Modality")
+    if not value:
+        return [] if attrs.present("Modality") else [
+            Problem(ReasonCode.MISSING_ATTRIBUTE, f"{describe('Modality')}: missing; expected a CS value")]
+    if not _CS.match(value):
+        return [Problem(ReasonCode.INVALID_VR,
+                        f"{describe('Modality')}: got {value[:20]!r}; expected a CS value "
+                        "(at most 16 of A-Z, 0-9, space, underscore)")]
+    return []
+
+
+def _check_patient_id(attrs: Attributes) -> list[Problem]:
+    elem = attrs.get("PatientID")
+    where = describe("PatientID")
+    if elem is None or not elem.values or not str(elem.first).strip():
+        return [] if attrs.present("PatientID") and elem is None else [
+            Problem(ReasonCode.MISSING_ATTRIBUTE,
+                    f"{where}: missing or empty; expected a value (the SR copies it and studies "
+                    "are checked for one patient)")]
+    if len(elem.values) > 1:
+        return [Problem(ReasonCode.INVALID_VR, f"{where}: got {len(elem.values)} values; expected VM 1")]
+    if len(str(elem.first)) > 64 and not _multibyte(attrs):
+        return [Problem(ReasonCode.INVALID_VR,
+                        f"{where}: got {len(str(elem.first))} characters; expected at most 64 (LO)")]
+    if any(ord(ch) < 0x20 and ch != "\x1b" for ch in str(elem.first)):
+        return [Problem(ReasonCode.INVALID_VR, f"{where}: contains control characters; expected LO text")]
+    return []
+
+
+def _multibyte(attrs: Attributes) -> bool:
+    """Whether Specific Character Set allows several bytes per character (LO limits count
+    characters, not bytes, PS3.5 6.2)."""
+    charsets = attrs.get("SpecificCharacterSet")
+    charset = "\\".join(str(v) for v in charsets.values) if charsets is not None else ""
+    return any(c in charset for c in _MULTIBYTE_CHARSETS)
+
+
+def _check_meta(attrs: Attributes, _ts: str, expected_sop: str) -> list[Problem]:
+    pairs = [
+        ("SOPInstanceUID", "C-STORE request (Affected SOP Instance UID)", expected_sop),
+        ("SOPClassUID", "MediaStorageSOPClassUID (0002,0002)",
+         attrs.meta_text("MediaStorageSOPClassUID")),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID (0002,0003)",
+         attrs.meta_text("MediaStorageSOPInstanceUID")),
+    ]
+    problems = []
+    for keyword, source, claimed in pairs:
+        actual = attrs.text(keyword)
+        if claimed.strip() and actual and claimed.strip() != actual:
+            problems.append(Problem(ReasonCode.META_MISMATCH,
+                                    f"{describe(keyword)}: data set has {actual[:70]!r}; "
+                                    f"{source} says {claimed.strip()[:70]!r}"))
+    return problems

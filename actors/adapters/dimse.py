@@ -16,32 +16,50 @@ import hashlib
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from actors.adapters.fs import check_free_space, durable_write
+from actors.adapters.fs import check_free_space, durable_write, publish, write_temp
 from actors.adapters.ledger import RecordResult, SqliteLedger
+from actors.adapters.query_retrieve import tcp_nodelay
 from actors.adapters.tls import client_context, server_context
 from core.audit import AuditEvent
-from core.config import ListenerConfig, PacsConfig
+from core.completeness import CompletenessPolicy
+from core.config import AssemblyConfig, ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
+from core.part10 import part10_header
+from core.pixels import NATIVE_SYNTAXES, decode_plugins
 from core.types import AuditEventType, InstanceMeta
+from core.validation import NON_PATIENT_SOP_CLASSES, attribute_text
 
-__all__ = ["DimsePacsClient", "Listener", "StoreOutcome"]
+__all__ = [
+    "DimsePacsClient",
+    "Listener",
+    "StoreOutcome",
+    "prefer_decodable_syntaxes",
+    "read_preamble_and_meta",
+    "storage_sop_classes",
+]
 
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
+_LAST_RECORDED_TAG = 0x0020000E
+"""Series Instance UID: every attribute the ledger records comes before it."""
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -65,6 +83,7 @@ class Listener:
         quiet_period_s: float,
         clock: Callable[[], float] = time.time,
         hash_key: bytes = b"pacsai-default-identifier-key",
+        assembly: AssemblyConfig | None = None,
     ) -> None:
         """Prepare the listener; ``start()`` opens the port.
 
@@ -76,6 +95,8 @@ class Listener:
             quiet_period_s: Study quiet period, to schedule the assembler.
             clock: Wall clock.
             hash_key: Key for hashed patient identifiers.
+            assembly: Per-sender completion rules; when given, a sender's own quiet period
+                schedules the assembler instead of ``quiet_period_s``.
         """
         self._cfg = cfg
         self._spool = spool_dir
@@ -84,11 +105,12 @@ class Listener:
         self._quiet = quiet_period_s
         self._clock = clock
         self._hash_key = hash_key
+        self._policy = CompletenessPolicy(assembly) if assembly is not None else None
         self._server: Any = None
         self._actor = f"listener:{cfg.ae_title}"
         self.received = 0
         self.failed = 0
-        self._hasher = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="sha256")
+        self._writer = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="spool")
 
     @property
     def port(self) -> int:
@@ -102,8 +124,8 @@ class Listener:
         _config.UNRESTRICTED_STORAGE_SERVICE = True  # private and new storage SOP classes too
         _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers stay out of logs (PHI)
         ae = AE(ae_title=self._cfg.ae_title)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for uid in storage_sop_classes():
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         ae.maximum_pdu_size = self._cfg.max_pdu_size
         ae.network_timeout = self._cfg.network_timeout_s
@@ -116,17 +138,31 @@ class Listener:
         self._server = ae.start_server(
             (self._cfg.host, self._cfg.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self.handle_store)],
+            evt_handlers=[(evt.EVT_C_STORE, self.handle_store),
+                          (evt.EVT_CONN_OPEN, self._bound_reads),
+                          (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes)],
             ssl_context=ssl_ctx,
         )
         logger.info("listener %s on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
+
+    def _bound_reads(self, event: Any) -> None:
+        """EVT_CONN_OPEN: give the accepted socket the network timeout.
+
+        pynetdicom's DUL reads a whole PDU with blocking ``recv`` calls on the accepted socket,
+        which has no timeout: a peer that stops in the middle of a PDU (or announces more bytes
+        than it sends) would hold the association and a thread forever. With a timeout the read
+        fails, the DUL sees the connection as closed (Evt17) and ends the association.
+        """
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            sock.settimeout(self._cfg.network_timeout_s)
 
     def stop(self) -> None:
         """Stop accepting and close open associations."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        self._hasher.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
 
     def handle_store(self, event: Any) -> int:
         """EVT_C_STORE handler: make the instance durable, then answer. Never raises."""
@@ -134,7 +170,8 @@ class Listener:
             status = self.ingest(
                 sop_uid=str(event.request.AffectedSOPInstanceUID or ""),
                 sop_class=str(event.request.AffectedSOPClassUID or ""),
-                raw=event.encoded_dataset(),
+                dataset=event.encoded_dataset(include_meta=False),
+                transfer_syntax=str(event.context.transfer_syntax),
                 calling_ae=str(event.assoc.requestor.ae_title).strip(),
             )
         except OutOfResources as exc:
@@ -155,52 +192,106 @@ class Listener:
             self.failed += 1
         return status
 
-    def ingest(self, sop_uid: str, sop_class: str, raw: bytes, calling_ae: str) -> int:
+    def ingest(
+        self, sop_uid: str, sop_class: str, dataset: bytes, transfer_syntax: str, calling_ae: str
+    ) -> int:
         """Make one received instance durable and record it; return the DIMSE status.
+
+        The file (Part 10 header + the data set exactly as received) is written and fsynced
+        in a worker thread while this thread hashes and parses it; the OS calls and hashlib
+        release the GIL, so the work overlaps. Success is returned only after the rename,
+        the directory fsync and the ledger commit.
 
         Args:
             sop_uid: Affected SOP Instance UID from the C-STORE request.
             sop_class: Affected SOP Class UID from the C-STORE request.
-            raw: The instance as a DICOM file (preamble, file meta, data set as received).
+            dataset: The data set as received (no file meta).
+            transfer_syntax: The presentation context's transfer syntax.
             calling_ae: The sender's AE title.
 
         Raises:
-            OutOfResources: The spool disk is below its floor.
+            OutOfResources: The spool disk is below its floor or full.
             RejectedInput: The data set cannot be parsed (audited, bytes kept aside).
         """
         now = self._clock()
         check_free_space(self._spool, self._cfg.min_free_bytes)
-        # hashlib releases the GIL on large buffers: hash while the header is parsed.
-        hashing = self._hasher.submit(lambda: hashlib.sha256(raw).hexdigest())
+        header = part10_header(sop_class, sop_uid, transfer_syntax, calling_ae)
+        duplicate = self._ledger.has_instance(sop_uid)
+        writing = None
+        if not duplicate:
+            writing = self._writer.submit(
+                write_temp, self._spool / ".incoming", _safe_name(sop_uid), [header, dataset]
+            )
+        digest = hashlib.sha256(header)
+        digest.update(dataset)
         try:
-            ds = self._parse_header(raw, sop_uid)
+            ds = self._parse_header(dataset, transfer_syntax, sop_uid)
         except RejectedInput as exc:
-            self._reject(raw, hashing.result(), sop_uid, calling_ae, now, exc.reason)
+            self._reject(writing, header, dataset, digest.hexdigest(), sop_uid, calling_ae, now, exc.reason)
             raise
-        digest = hashing.result()
-        meta = self._meta(ds, sop_uid, sop_class, digest, len(raw), calling_ae, now)
-        if not self._ledger.has_instance(sop_uid):
-            durable_write(Path(meta.path), raw)
-        result = self._ledger.record_instance(meta, now, now + self._quiet, self._actor)
+        size = len(header) + len(dataset)
+        meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
+        if writing is not None:
+            publish(writing.result(), Path(meta.path))
+        quiet = self._policy.quiet_period_for(calling_ae) if self._policy else self._quiet
+        result = self._ledger.record_instance(meta, now, now + quiet, self._actor)
         if result == RecordResult.DUPLICATE:
             logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
         return STATUS_SUCCESS
 
-    @staticmethod
-    def _parse_header(raw: bytes, sop_uid: str) -> Dataset:
+    def ingest_file(self, raw: bytes, calling_ae: str) -> int:
+        """Ingest a whole DICOM Part 10 file (e.g. from STOW-RS or a test) as if C-STOREd.
+
+        Raises:
+            OutOfResources: The spool disk is below its floor or full.
+            RejectedInput: The file meta or the data set cannot be parsed.
+        """
         try:
-            ds = dcmread(BytesIO(raw), stop_before_pixels=True)
-            ds.get("StudyInstanceUID")  # force parsing up to the UIDs we need
-            return ds
+            fp = BytesIO(raw)
+            meta = read_preamble_and_meta(fp)
+        except Exception as exc:  # an unreadable header is "cannot understand"
+            raise RejectedInput(f"file meta cannot be parsed: {type(exc).__name__}: {exc}") from exc
+        return self.ingest(
+            str(meta.get("MediaStorageSOPInstanceUID", "")),
+            str(meta.get("MediaStorageSOPClassUID", "")),
+            raw[fp.tell() :],
+            str(meta.get("TransferSyntaxUID", "")),
+            calling_ae,
+        )
+
+    @staticmethod
+    def _parse_header(dataset: bytes, transfer_syntax: str, sop_uid: str) -> Dataset:
+        """Parse the data set up to the attributes the ledger records (Series Instance UID)."""
+        try:
+            if transfer_syntax == DeflatedExplicitVRLittleEndian:
+                dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
+            return read_dataset(
+                BytesIO(dataset),
+                is_implicit_VR=transfer_syntax == ImplicitVRLittleEndian,
+                is_little_endian=transfer_syntax != ExplicitVRBigEndian,
+                stop_when=lambda tag, _vr, _length: tag > _LAST_RECORDED_TAG,
+            )
         except Exception as exc:  # any parser failure means "cannot understand"
             reason = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"
             raise RejectedInput(reason, sop_uid) from exc
 
     def _reject(
-        self, raw: bytes, digest: str, sop_uid: str, calling_ae: str, now: float, reason: str
+        self,
+        writing: Future[Path] | None,
+        header: bytes,
+        dataset: bytes,
+        digest: str,
+        sop_uid: str,
+        calling_ae: str,
+        now: float,
+        reason: str,
     ) -> None:
         """Keep unparseable data aside for inspection and audit the rejection."""
-        durable_write(self._rejected / f"{digest}.dcm", raw)
+        kept = self._rejected / f"{digest}.dcm"
+        if writing is not None:
+            publish(writing.result(), kept)
+        else:
+            durable_write(kept, header + dataset)
         event = AuditEvent(
             AuditEventType.INSTANCE_REJECTED,
             self._actor,
@@ -214,30 +305,81 @@ class Listener:
         ds: Dataset,
         sop_uid: str,
         sop_class: str,
+        transfer_syntax: str,
         digest: str,
         size: int,
         calling_ae: str,
         now: float,
     ) -> InstanceMeta:
-        study = str(ds.get("StudyInstanceUID", "") or "").strip() or f"unknown-study:{sop_uid}"
-        series = str(ds.get("SeriesInstanceUID", "") or "").strip() or f"unknown-series:{sop_uid}"
+        # attribute_text never raises: invalid values are filed here and flagged by the validator.
+        study = attribute_text(ds, "StudyInstanceUID") or f"unknown-study:{sop_uid}"
+        series = attribute_text(ds, "SeriesInstanceUID") or f"unknown-series:{sop_uid}"
         path = self._spool / _safe_name(study) / f"{_safe_name(sop_uid)}.dcm"
         return InstanceMeta(
             sop_instance_uid=sop_uid,
             sop_class_uid=sop_class,
             study_instance_uid=study,
             series_instance_uid=series,
-            modality=str(ds.get("Modality", "") or "").strip(),
-            transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+            modality=attribute_text(ds, "Modality"),
+            transfer_syntax_uid=transfer_syntax,
             path=str(path),
             sha256=digest,
             size=size,
             received_at=now,
             calling_ae=calling_ae,
-            body_part=str(ds.get("BodyPartExamined", "") or "").strip(),
-            series_description=str(ds.get("SeriesDescription", "") or "").strip(),
-            patient_key=hash_identifier(str(ds.get("PatientID", "") or ""), self._hash_key),
+            body_part=attribute_text(ds, "BodyPartExamined"),
+            series_description=attribute_text(ds, "SeriesDescription"),
+            patient_key=hash_identifier(attribute_text(ds, "PatientID"), self._hash_key),
+            accession_key=hash_identifier(attribute_text(ds, "AccessionNumber"), self._hash_key),
         )
+
+
+def _syntax_rank(uid: str) -> int:
+    if uid in NATIVE_SYNTAXES or decode_plugins(uid):
+        return 0  # we can read and decode it
+    return 1 if uid in ALL_TRANSFER_SYNTAXES else 2  # known but not decodable here / unknown
+
+
+def prefer_decodable_syntaxes(event: Any) -> None:
+    """EVT_ACSE_RECV: put the transfer syntaxes we can decode first in each proposed context.
+
+    ``UNRESTRICTED_STORAGE_SERVICE`` (needed to store private SOP classes) makes pynetdicom
+    accept every storage context with the requestor's *first* transfer syntax, whatever it is,
+    and ignore our supported contexts. A requestor that offers, in one context, a syntax we
+    cannot decode before one we can would otherwise send data we must quarantine. The order
+    among syntaxes of one rank stays the requestor's. A context offering only syntaxes we
+    cannot decode is still accepted: the data is stored and the validator quarantines it
+    (standards.md 5.1: store, then flag "undecodable for inference").
+    """
+    primitive = getattr(event, "primitive", None)
+    contexts = getattr(primitive, "presentation_context_definition_list", None)
+    if getattr(primitive, "result", 1) is not None or not contexts:
+        return  # not an A-ASSOCIATE request
+    for cx in contexts:
+        ranked = sorted(cx.transfer_syntax, key=lambda uid: _syntax_rank(str(uid)))
+        if ranked != list(cx.transfer_syntax):
+            cx.transfer_syntax = ranked
+
+
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class we accept: pynetdicom's Storage Service classes and the
+    Non-Patient Object Storage classes (PS3.4 Annex GG: hanging protocols, color palettes,
+    implant templates...), which pynetdicom lists apart. Private and unknown classes are
+    accepted through ``UNRESTRICTED_STORAGE_SERVICE``."""
+    uids = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    return uids + [u for u in sorted(NON_PATIENT_SOP_CLASSES) if u not in uids]
+def read_preamble_and_meta(fp: BytesIO) -> FileMetaDataset:
+    """Read the preamble and File Meta Information; leave ``fp`` at the data set.
+
+    Raises:
+        ValueError: The file has no Part 10 header (PS3.10 7.1).
+    """
+    meta = dcmread(fp, stop_before_pixels=True, specific_tags=[]).file_meta
+    length = meta.get("FileMetaInformationGroupLength")
+    if length is None:
+        raise ValueError("no File Meta Information Group Length (0002,0000)")
+    fp.seek(128 + 4 + 12 + int(length))  # preamble, "DICM", the group length element
+    return meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +422,8 @@ class DimsePacsClient:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._cfg.timeout_s
         ae.connection_timeout = self._cfg.timeout_s
         tls = (client_context(self._cfg.tls), self._cfg.tls.server_hostname or self._cfg.host) if self._cfg.tls else None
-        assoc = ae.associate(self._cfg.host, self._cfg.port, ae_title=self._cfg.ae_title, tls_args=tls)
+        assoc = ae.associate(self._cfg.host, self._cfg.port, ae_title=self._cfg.ae_title, tls_args=tls,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
         if not assoc.is_established:
             raise DependencyUnavailable("pacs", f"no association with {self._cfg.ae_title}@{self._cfg.host}:{self._cfg.port}")
         try:

@@ -11,11 +11,12 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from core.errors import OutOfResources
 
-__all__ = ["check_free_space", "durable_write", "fsync_dir", "sha256_file"]
+__all__ = ["check_free_space", "durable_write", "fsync_dir", "publish", "sha256_file", "write_temp"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,51 @@ def _ensure_dir(path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def write_temp(directory: Path, name: str, parts: Sequence[bytes | memoryview]) -> Path:
+    """Write ``parts`` to a temporary file in ``directory`` and fsync it; return its path.
+
+    ``publish`` makes it visible under its final name. The OS calls release the GIL, so
+    another thread can parse or hash meanwhile.
+
+    Raises:
+        OutOfResources: The disk is full (ENOSPC / EDQUOT).
+        OSError: Any other I/O failure; the temporary file is removed.
+    """
+    _ensure_dir(directory)
+    # One writer thread owns each temp name, so no random name (mkstemp) is needed.
+    tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            _write_all(fd, [memoryview(p) for p in parts])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+            raise OutOfResources(f"disk full writing {name}: {exc}") from exc
+        raise
+    return tmp
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a written temporary file to its final name (atomic) and fsync the directory."""
+    _ensure_dir(final.parent)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
 def durable_write(final: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``final`` so that it is on disk when this returns.
 
@@ -51,25 +97,7 @@ def durable_write(final: Path, data: bytes | memoryview) -> None:
         OutOfResources: The disk is full (ENOSPC / EDQUOT).
         OSError: Any other I/O failure; nothing is left at ``final``.
     """
-    _ensure_dir(final.parent)
-    # One writer thread owns each temp name, so no random name (mkstemp) is needed.
-    tmp = final.parent / f".{final.name}.{os.getpid()}.{threading.get_ident()}.part"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise OutOfResources(f"disk full writing {final.name}: {exc}") from exc
-        raise
-    fsync_dir(final.parent)
+    publish(write_temp(final.parent, final.name, [data]), final)
 
 
 def check_free_space(path: Path, min_free_bytes: int) -> None:

@@ -27,6 +27,23 @@ __all__ = ["RecordResult", "SqliteLedger"]
 logger = logging.getLogger(__name__)
 
 _SCHEMA = (Path(__file__).with_name("ledger_schema.sql")).read_text()
+_ADDED_COLUMNS = (
+    ("instances", "accession_key", "TEXT NOT NULL DEFAULT ''"),  # issue #6: HL7 context join
+    ("outbox", "ehr_queued", "INTEGER NOT NULL DEFAULT 0"),  # issue #6: 1 = FHIR report queued
+)
+"""Columns added to existing tables after they shipped (ALTER TABLE, guarded)."""
+
+
+def _add_columns(con: sqlite3.Connection) -> None:
+    """Add each missing column of ``_ADDED_COLUMNS`` (an additive, idempotent migration)."""
+    for table, column, decl in _ADDED_COLUMNS:
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class RecordResult:
@@ -58,6 +75,7 @@ class SqliteLedger:
         self._con.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         with self._lock:
             self._con.executescript(_SCHEMA)
+            _add_columns(self._con)
 
     def close(self) -> None:
         """Close the connection."""
@@ -80,6 +98,23 @@ class SqliteLedger:
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._con.execute(sql, args).fetchall()
+
+    # ----------------------------------------- for adapters built on the ledger
+    def transaction(self) -> Any:
+        """A write transaction (``BEGIN IMMEDIATE``) yielding a cursor; rolled back on error.
+
+        For adapters that keep their own tables in the ledger file (e.g. the quarantine),
+        so that their changes and the audit events that describe them commit together.
+        """
+        return self._tx()
+
+    def append_audit(self, cur: sqlite3.Cursor, events: Iterable[AuditEvent], now: float) -> None:
+        """Append audit events inside a transaction opened with :meth:`transaction`."""
+        self._append_audit(cur, events, now)
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read-only query; rows as dicts."""
+        return [dict(r) for r in self._read(sql, args)]
 
     # ----------------------------------------------------------------- audit
     @staticmethod
@@ -162,12 +197,13 @@ class SqliteLedger:
             if old is not None:
                 self._append_audit(cur, [_duplicate_event(meta, old[0], actor)], now)
                 return RecordResult.DUPLICATE
-            job_id = self._receiving_job(cur, meta, now, complete_at)
+            prior_of = _prior_retrieval_of(cur, meta.series_instance_uid)
+            job_id = None if prior_of else self._receiving_job(cur, meta, now, complete_at)
             cur.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,"
                 " modality, transfer_syntax, body_part, series_description, patient_key,"
-                " calling_ae, path, sha256, size, received_at, job_id)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " calling_ae, path, sha256, size, received_at, job_id, accession_key)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     meta.sop_instance_uid,
                     meta.sop_class_uid,
@@ -184,20 +220,28 @@ class SqliteLedger:
                     meta.size,
                     meta.received_at,
                     job_id,
+                    meta.accession_key,
                 ),
             )
+            detail = {
+                "calling_ae": meta.calling_ae,
+                "sha256": meta.sha256,
+                "transfer_syntax": meta.transfer_syntax_uid,
+                "patient_key": meta.patient_key,
+            }
+            if prior_of:  # asked for as a prior: kept, set aside, starts no job (issue #5)
+                cur.execute(
+                    "UPDATE instances SET override = 'skipped', reason = ? WHERE sop_instance_uid = ?",
+                    (f"retrieved as a prior for study {prior_of}; not reported", meta.sop_instance_uid),
+                )
+                detail["origin"] = "prior_retrieval"
             event = AuditEvent(
                 AuditEventType.INSTANCE_RECEIVED,
                 actor,
                 meta.study_instance_uid,
                 meta.sop_instance_uid,
                 job_id,
-                {
-                    "calling_ae": meta.calling_ae,
-                    "sha256": meta.sha256,
-                    "transfer_syntax": meta.transfer_syntax_uid,
-                    "patient_key": meta.patient_key,
-                },
+                detail,
             )
             self._append_audit(cur, [event], now)
             return RecordResult.NEW
@@ -387,6 +431,27 @@ class SqliteLedger:
                 (until, owner, *job_ids),
             )
 
+    def lease_job(
+        self, job_id: int, state: JobState, owner: str, lease_s: float, now: float
+    ) -> Job | None:
+        """Lease one given job if it is in ``state`` and nobody holds it (else ``None``)."""
+        with self._tx() as cur:
+            row = cur.execute(
+                "UPDATE jobs SET lease_owner = ?, leased_until = ? WHERE job_id = ? AND state = ?"
+                " AND leased_until <= ? RETURNING *",
+                (owner, now + lease_s, job_id, state.value, now),
+            ).fetchone()
+        return _job(row) if row is not None else None
+
+    def postpone(self, job: Job, not_before: float) -> None:
+        """Give a lease back and make the job due again only at ``not_before``."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET lease_owner = '', leased_until = 0, not_before = ?"
+                " WHERE job_id = ? AND lease_owner = ?",
+                (not_before, job.job_id, job.lease_owner),
+            )
+
     def release(self, job: Job) -> None:
         """Give a lease back without any change (e.g. on shutdown)."""
         with self._tx() as cur:
@@ -488,7 +553,12 @@ class SqliteLedger:
         )
 
     def written(
-        self, job: Job, items: Sequence[dict[str, str]], now: float, events: Sequence[AuditEvent]
+        self,
+        job: Job,
+        items: Sequence[dict[str, str]],
+        now: float,
+        events: Sequence[AuditEvent],
+        results: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Put result objects in the outbox and mark the job written, in one transaction.
 
@@ -498,6 +568,9 @@ class SqliteLedger:
                 ``path`` (the file is already durable).
             now: Current time.
             events: Audit events.
+            results: SR versions to record in ``sr_results``: each with ``sop_instance_uid``,
+                ``sop_class_uid``, ``series_instance_uid``, ``family``, ``model_name``,
+                ``model_version``, ``predecessor_uid`` and ``prediction`` (JSON-able).
         """
         extra = [
             (
@@ -515,6 +588,7 @@ class SqliteLedger:
             )
             for it in items
         ]
+        extra += [_result_row(job, r, now) for r in results]
         self.transition(job, JobState.WRITTEN, now, events=events, extra=extra)
 
     def job_instances(self, job_id: int) -> list[InstanceMeta]:
@@ -563,6 +637,23 @@ class SqliteLedger:
             cur.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE item_id = ?",
                 (error[:500], item_id),
+            )
+
+    def results_for_ehr(self, delivered_since: float, limit: int = 100) -> list[dict[str, Any]]:
+        """SR outbox items the PACS accepted that are not yet queued for the EHR (issue #6)."""
+        rows = self._read(
+            "SELECT o.*, j.priority FROM outbox o JOIN jobs j ON j.job_id = o.job_id"
+            " WHERE o.state = 'delivered' AND o.kind = 'sr' AND o.ehr_queued = 0"
+            " AND o.delivered_at >= ? ORDER BY j.priority DESC, o.delivered_at LIMIT ?",
+            (delivered_since, limit),
+        )
+        return [dict(r) for r in rows]
+
+    def mark_ehr_queued(self, item_ids: Sequence[int]) -> None:
+        """Record that these SRs' FHIR reports are in the EHR outbox."""
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE outbox SET ehr_queued = 1 WHERE item_id = ?", [(i,) for i in item_ids]
             )
 
     # ------------------------------------------------------------ AI switches
@@ -656,12 +747,26 @@ class SqliteLedger:
                 "reason": r[4],
             }
         pending = self._read("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")[0][0]
+        quarantine = {r[0]: r[1] for r in self._read(
+            "SELECT state, COUNT(*) FROM quarantine GROUP BY state")}
+        held_codes: dict[str, int] = {}
+        for (codes,) in self._read("SELECT codes FROM quarantine WHERE state = 'held'"):
+            for code in json.loads(codes or "[]"):
+                held_codes[code] = held_codes.get(code, 0) + 1
+        flags = self._read("SELECT COUNT(*) FROM review_flags WHERE resolved = 0")[0][0]
         return {
+            "review_flags_open": flags,
             "jobs": {s.value: jobs.get(s.value, 0) for s in JobState},
             "instances": per_instance,
             "queue_depth": sum(jobs.get(s, 0) for s in working),
             "oldest_waiting": waiting,
             "outbox_pending": pending,
+            "quarantine": {
+                "held": quarantine.get("held", 0),
+                "released": quarantine.get("released", 0),
+                "discarded": quarantine.get("discarded", 0),
+                "held_by_code": dict(sorted(held_codes.items())),
+            },
             "stages": self.stage_health(),
         }
 
@@ -676,6 +781,36 @@ class SqliteLedger:
         return {
             r[0]: instance_state(JobState(r[2] or "receiving"), r[1]).value for r in rows
         }
+
+
+def _prior_retrieval_of(cur: sqlite3.Cursor, series_uid: str) -> str:
+    """The study a series was retrieved for as a prior, or ``""``."""
+    row = cur.execute(
+        "SELECT for_study_uid FROM prior_retrievals WHERE series_uid = ?", (series_uid,)
+    ).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _result_row(job: Job, r: dict[str, Any], now: float) -> tuple[str, Sequence[Any]]:
+    return (
+        "INSERT OR IGNORE INTO sr_results (sop_instance_uid, sop_class_uid, series_uid,"
+        " study_uid, job_id, job_version, family, model_name, model_version, predecessor_uid,"
+        " prediction, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            r["sop_instance_uid"],
+            r["sop_class_uid"],
+            r["series_instance_uid"],
+            job.study_instance_uid,
+            job.job_id,
+            job.version,
+            r["family"],
+            r["model_name"],
+            r["model_version"],
+            r.get("predecessor_uid", ""),
+            json.dumps(r.get("prediction", {}), default=str),
+            now,
+        ),
+    )
 
 
 def _duplicate_event(meta: InstanceMeta, old_sha: str, actor: str) -> AuditEvent:
@@ -723,4 +858,5 @@ def _instance(row: sqlite3.Row) -> InstanceMeta:
         body_part=row["body_part"],
         series_description=row["series_description"],
         patient_key=row["patient_key"],
+        accession_key=row["accession_key"] if "accession_key" in row.keys() else "",
     )

@@ -98,3 +98,64 @@ CREATE TABLE IF NOT EXISTS stage_health (
     last_error   TEXT NOT NULL DEFAULT '',
     status       TEXT NOT NULL DEFAULT 'ok'
 );
+
+-- Quarantine (issue #4): one entry per instance that failed validation. Shown as Q<qid>.
+CREATE TABLE IF NOT EXISTS quarantine (
+    qid              INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    study_uid        TEXT NOT NULL,
+    series_uid       TEXT NOT NULL,
+    job_id           INTEGER,                        -- the job that last held it
+    state            TEXT NOT NULL DEFAULT 'held',   -- 'held' | 'released' | 'discarded'
+    codes            TEXT NOT NULL DEFAULT '[]',     -- JSON: sorted reason codes
+    reasons          TEXT NOT NULL DEFAULT '[]',     -- JSON: [{code, message, level}]
+    accepted_codes   TEXT NOT NULL DEFAULT '[]',     -- JSON: codes an operator accepted
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    decided_by       TEXT NOT NULL DEFAULT '',
+    decided_at       REAL,
+    decision_reason  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS quarantine_by_state ON quarantine (state);
+CREATE INDEX IF NOT EXISTS quarantine_by_series ON quarantine (series_uid);
+CREATE INDEX IF NOT EXISTS quarantine_by_study ON quarantine (study_uid);
+-- Issue #5. Every AI result we wrote (one row per SR version): predecessor lookup for late
+-- instances, prior AI results for interval change, and our own series left out of PACS counts.
+CREATE TABLE IF NOT EXISTS sr_results (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid    TEXT NOT NULL,
+    series_uid       TEXT NOT NULL,
+    study_uid        TEXT NOT NULL,
+    job_id           INTEGER NOT NULL,
+    job_version      INTEGER NOT NULL,
+    family           TEXT NOT NULL,
+    model_name       TEXT NOT NULL,
+    model_version    TEXT NOT NULL,
+    predecessor_uid  TEXT NOT NULL DEFAULT '',   -- the SR version this one supersedes
+    prediction       TEXT NOT NULL DEFAULT '{}', -- Prediction.to_json()
+    created_at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sr_results_by_study ON sr_results (study_uid, family);
+
+-- Prior series we asked the PACS to send us: their instances are kept (spool + ledger), set
+-- aside as 'skipped' with the reason, and never start a job of their own.
+CREATE TABLE IF NOT EXISTS prior_retrievals (
+    series_uid    TEXT PRIMARY KEY,
+    study_uid     TEXT NOT NULL,
+    for_study_uid TEXT NOT NULL,
+    job_id        INTEGER,
+    requested_at  REAL NOT NULL
+);
+
+-- Things a person must look at (e.g. a study with our patient's ID but another name).
+CREATE TABLE IF NOT EXISTS review_flags (
+    flag_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at              REAL NOT NULL,
+    kind            TEXT NOT NULL,
+    study_uid       TEXT NOT NULL,
+    other_study_uid TEXT NOT NULL DEFAULT '',
+    job_id          INTEGER,
+    detail          TEXT NOT NULL DEFAULT '{}',
+    resolved        INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (kind, study_uid, other_study_uid)
+);

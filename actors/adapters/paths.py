@@ -40,6 +40,16 @@ class VarLayout:
         return self.root / "ledger.sqlite"
 
     @property
+    def context(self) -> Path:
+        """The HL7 bridge's context store: raw HL7 messages and FHIR resources (PHI)."""
+        return self.root / "context.sqlite"
+
+    @property
+    def ehr_outbox(self) -> Path:
+        """FHIR DiagnosticReports waiting for (or after) delivery to the EHR (PHI)."""
+        return self.root / "ehr_outbox.sqlite"
+
+    @property
     def models(self) -> Path:
         """Demo weights written by ``pacsai models train-demo``."""
         return self.root / "models"

@@ -90,7 +90,10 @@ def make_pipeline(tmp_path: Path, model_app: AppConfig) -> Iterator[Callable[...
         if pacs is not None:
             raw["pacs"].update(port=pacs.dicom_port, ae_title=pacs.aet)
         for section, values in overrides.items():
-            raw[section].update(values) if isinstance(values, dict) else raw.__setitem__(section, values)
+            if isinstance(values, dict) and isinstance(raw.get(section), dict):
+                raw[section].update(values)
+            else:  # a scalar, or a section the base config does not have (hl7, ehr)
+                raw[section] = values
         cfg = parse_config(raw)
         pipeline = Pipeline(cfg).start(deploy=False)
         started.append(pipeline)

@@ -17,6 +17,8 @@ CASES = [
     errors.ModelWeightsError("missing w.pt"),
     errors.AccessDenied("alice", "override"),
     errors.LeaseLost(3, "owner"),
+    errors.MessageInvalid("PID-3: missing", "MSG1", "101", "PID^1^3"),
+    errors.MessageRejected("MSH-9: got 'ORU^R01'", "MSG2", "200", "MSH^1^9"),
 ]
 
 
@@ -34,4 +36,6 @@ def test_error_tree_groups_by_caller_action():
     assert issubclass(errors.DependencyUnavailable, errors.TransientIOError)
     assert issubclass(errors.ValidationFailed, errors.RejectedInput)
     assert issubclass(errors.ModelWeightsError, errors.ModelError)
+    assert issubclass(errors.MessageRejected, errors.MessageInvalid)
+    assert issubclass(errors.MessageInvalid, errors.RejectedInput)
     assert all(issubclass(type(e), errors.PacsAIError) for e in CASES)

@@ -151,3 +151,102 @@ def test_quality_flags_become_present_findings_on_their_series(source):
     [motion] = [g for g in groups if g.tracking_identifier.endswith("quality:motion_artefact")]
     assert motion.finding_type.value == "128553"  # (DCM) Patient motion
     assert motion.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value == codes.SCT.Present
+
+
+def _items(ds):
+    [container] = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    return {i.ConceptNameCodeSequence[0].CodeValue: i for i in container.ContentSequence}
+
+
+def test_comparison_names_the_prior_and_states_change_per_finding(source, tmp_path):
+    from core.interval import comparison_for
+
+    priors = {
+        "status": "found",
+        "study": {"study_uid": "1.2.3.4", "study_date": "20240101", "modalities": ["CT"]},
+        "evidence": [{"study_uid": "1.2.3.4", "series_uid": "1.2.3.4.1",
+                      "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": "1.2.3.4.1.1"}],
+    }
+    before = prediction(source, probs=(0.2, 0.9))  # pneumothorax new, nodule resolved
+    comparison = comparison_for(priors, prediction(source), before, 0.15, 2.0)
+    sr = SRBuilder(SRIdentity("PACS-AI Bridge", 9900)).build([source], prediction(source), comparison=comparison)
+    buf = BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    ds = dcmread(BytesIO(buf.getvalue()))
+    items = _items(ds)
+    assert items["122140"].ConceptCodeSequence[0].CodeValue == "373066001"  # Yes
+    assert "Prior study 1.2.3.4 of 20240101" in items["121066"].TextValue
+    assert ds.PertinentOtherEvidenceSequence[0].StudyInstanceUID == "1.2.3.4"
+    groups = {g.tracking_identifier: g for g in hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()}
+    name = hd.sr.CodedConcept("111424", "DCM", "Comparison to previous studies")
+    assert groups["chest_xray:pneumothorax"].get_qualitative_evaluations(name=name)[0].value.value == "129721008"
+    assert groups["chest_xray:nodule"].get_qualitative_evaluations(name=name)[0].value.value == "413322009"
+    texts = [i.TextValue for i in groups["chest_xray:nodule"][0].ContentSequence if i.ValueType == "TEXT"
+             and i.ConceptNameCodeSequence[0].CodeValue == "111021"]
+    assert texts == ["resolved: probability 0.90 -> 0.12 (-0.78)"]
+    dciodvfy = pytest.importorskip("actors.adapters.dcmtk").dciodvfy
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(buf.getvalue())
+    try:
+        assert dciodvfy(path)[0] == []
+    except FileNotFoundError:
+        pytest.skip("dciodvfy is installed by `make setup`")
+
+
+def test_unavailable_priors_are_stated_never_omitted(source):
+    from core.interval import comparison_for
+
+    comparison = comparison_for({"status": "unavailable", "reason": "pacs unavailable: refused"},
+                                prediction(source), None, 0.15, 2.0)
+    ds, _ = build_with(source, comparison=comparison)
+    items = _items(ds)
+    assert items["122140"].ConceptCodeSequence[0].CodeValue == "373067005"  # No
+    assert items["121066"].TextValue.startswith("Priors were not available")
+    assert "PertinentOtherEvidenceSequence" not in ds
+    plain, _ = build(source, prediction(source))  # without a comparison: as before issue #5
+    assert not [i for i in plain.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+
+
+def test_a_later_version_names_its_predecessor(source):
+    first, _ = build(source, prediction(source))
+    newer, _ = build_with(source, previous_versions=[first])
+    [study] = newer.PredecessorDocumentsSequence
+    ref = study.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert (study.StudyInstanceUID, ref.ReferencedSOPInstanceUID) == (first.StudyInstanceUID, first.SOPInstanceUID)
+
+
+def build_with(source, **kw):
+    sr = SRBuilder(SRIdentity("PACS-AI Bridge", 9900)).build([source], prediction(source), **kw)
+    buf = BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return dcmread(buf), sr
+
+
+def test_sr_records_the_order_and_reason_it_fulfils(source):
+    """Issue #6: Referenced Request Sequence (PS3.3 C.17.2) with the HL7 reason for study."""
+    from core.sr import ReferencedRequest
+    from core.types import CodedTerm
+
+    request = ReferencedRequest(
+        "Acute chest pain, rule out pneumothorax; " + "x" * 80,
+        (CodedTerm("R07.4", "I10", "Chest pain"),),
+        CodedTerm("36554-4", "LN", "XR Chest 2 Views"),
+        "XR Chest 2 Views",
+    )
+    sr = SRBuilder(SRIdentity("PACS-AI Bridge", 9900)).build([source], prediction(source), request=request)
+    buf = BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    ds = dcmread(BytesIO(buf.getvalue()))
+    [item] = ds.ReferencedRequestSequence
+    assert item.StudyInstanceUID == source.StudyInstanceUID and item.AccessionNumber == "ACC42"
+    assert item.ReasonForTheRequestedProcedure.startswith("Acute chest pain, rule out pneumothorax")
+    assert len(item.ReasonForTheRequestedProcedure) == 64  # LO
+    assert item.ReasonForRequestedProcedureCodeSequence[0].CodeValue == "R07.4"
+    assert item.ReasonForRequestedProcedureCodeSequence[0].CodingSchemeDesignator == "I10"
+    assert item.RequestedProcedureCodeSequence[0].CodeValue == "36554-4"
+    assert item.RequestedProcedureDescription == "XR Chest 2 Views"
+    assert differing_attributes(source, ds) == []
+    # without context nothing changes
+    plain, _ = build(source, prediction(source))
+    assert "ReferencedRequestSequence" not in plain

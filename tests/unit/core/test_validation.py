@@ -71,3 +71,20 @@ def test_non_image_objects_need_no_pixel_attributes(ct):
         if kw in ct:
             del ct[kw]
     assert codes(ct) == set()
+
+
+def test_attribute_text_never_raises_on_invalid_values():
+    """The listener files data with invalid values (the validator flags them later); pydicom's
+    own conversion raises under strict reading, as in this suite."""
+    from core.validation import attribute_text
+    from tests.corruptions import cxr, put, reread
+
+    ds = cxr(9)
+    put(ds, "SeriesInstanceUID", "1." + "2" * 70)
+    back = reread(ds)
+    assert config.settings.reading_validation_mode == config.RAISE
+    with pytest.raises(ValueError):
+        back.SeriesInstanceUID  # noqa: B018 - pydicom refuses it
+    assert attribute_text(back, "SeriesInstanceUID") == "1." + "2" * 70
+    assert attribute_text(back, "Modality") == "DX"
+    assert attribute_text(back, "AcquisitionNumber") == ""

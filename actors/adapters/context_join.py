@@ -1,0 +1,85 @@
+"""Join a study job to its HL7 order context (issue #6), and audit the read.
+
+Order of the join: Study Instance UID (OMI IPC-3), then accession number, then Patient ID
+and the study date (within ``hl7.join_window_days``). Both sides hold keyed hashes of the
+accession and the patient ID (``InstanceMeta.accession_key`` / ``patient_key``), so the
+ledger never needs the identifiers themselves. Every lookup - found or not - is an audit
+event: the context store is PHI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, timezone
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from actors.adapters.context_store import ContextReader
+from core.audit import AuditEvent
+from core.context import StudyContext, study_context
+from core.types import AuditEventType, InstanceMeta, Job
+
+__all__ = ["ContextJoin"]
+
+logger = logging.getLogger(__name__)
+
+
+def study_date(instances: Sequence[InstanceMeta]) -> date | None:
+    """Study Date (0008,0020) of the first instance that has a valid one."""
+    for inst in instances[:3]:
+        try:
+            value = str(dcmread(inst.path, stop_before_pixels=True, specific_tags=["StudyDate"])
+                        .get("StudyDate", "") or "")
+            return datetime.strptime(value[:8], "%Y%m%d").date()
+        except (OSError, InvalidDicomError, ValueError):
+            continue
+    return None
+
+
+class ContextJoin:
+    """Finds the context of a job in the context store."""
+
+    def __init__(
+        self, reader: ContextReader, window_days: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        """Args:
+        reader: Read access to the context store.
+        window_days: Patient ID + date join tolerance.
+        clock: Wall clock (the age reference when a study has no date).
+        """
+        self._reader = reader
+        self._window = window_days
+        self._clock = clock
+
+    def lookup(
+        self, job: Job, instances: Sequence[InstanceMeta], actor: str, purpose: str
+    ) -> tuple[StudyContext | None, AuditEvent]:
+        """Return the job's context (or ``None``) and the audit event of the read."""
+        day = study_date(instances)
+        found = self._reader.find(
+            job.study_instance_uid,
+            sorted({i.accession_key for i in instances if i.accession_key}),
+            sorted({i.patient_key for i in instances if i.patient_key}),
+            day,
+            self._window,
+        )
+        context = None
+        if found is not None:
+            today = datetime.fromtimestamp(self._clock(), timezone.utc).date()
+            context = study_context(
+                found.match, found.patient, found.service_request, found.encounter, day or today
+            )
+        resources = (
+            [r for r in (context.service_request, context.patient, context.encounter) if r]
+            if context else []
+        )
+        event = AuditEvent(
+            AuditEventType.CONTEXT_READ, actor, job.study_instance_uid, job_id=job.job_id,
+            detail={"purpose": purpose, "match": context.match if context else "none",
+                    "resources": resources},
+        )
+        logger.info("job %d: context %s", job.job_id, context.match if context else "not found")
+        return context, event

@@ -1,0 +1,329 @@
+"""Pixel Data consistent with its description (PS3.3 C.7.6.3, PS3.5 8 and A.4), and decodable.
+
+- The description must be complete and coherent: Rows, Columns, Samples per Pixel, Bits
+  Allocated / Stored, High Bit, Pixel Representation, Photometric Interpretation, Planar
+  Configuration and Number of Frames.
+- Native Pixel Data must be exactly ``Rows x Columns x Samples x Frames x Bits Allocated / 8``
+  bytes (padded to even; YBR_FULL_422 holds two samples per pixel, PS3.3 C.7.6.3.1.2).
+- Encapsulated Pixel Data must hold one frame per declared frame, each frame's own header must
+  agree with the description, and (unless the policy says otherwise) every frame must decode to
+  the described shape. Decoding uses pydicom's decoders with the maintained plugins first:
+  pylibjpeg (libjpeg, openjpeg, rle), then pyjpegls, pydicom's own, GDCM, and Pillow last (pydicom
+  advises against Pillow; it cannot do 12-bit JPEG Extended).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames, parse_basic_offsets, parse_fragments
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from core._elements import Attributes, describe
+from core.codestreams import RLE_SYNTAX, CodestreamError, read_header, rle_segment_count
+from core.reasons import Problem, ReasonCode
+
+__all__ = [
+    "DecodeMode",
+    "NATIVE_SYNTAXES",
+    "PREFERRED_PLUGINS",
+    "PixelDescription",
+    "check_pixels",
+    "decode_plugins",
+]
+
+NATIVE_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+)
+"""Transfer syntaxes whose Pixel Data is native (not encapsulated)."""
+PREFERRED_PLUGINS = ("pylibjpeg", "pyjpegls", "pydicom", "gdcm", "pillow")
+"""Decoding plugins in the order they are tried (standards.md 5.2)."""
+
+_PHOTOMETRIC_SAMPLES = {
+    "MONOCHROME1": 1,
+    "MONOCHROME2": 1,
+    "PALETTE COLOR": 1,
+    "RGB": 3,
+    "YBR_FULL": 3,
+    "YBR_FULL_422": 3,
+    "YBR_PARTIAL_420": 3,
+    "YBR_ICT": 3,
+    "YBR_RCT": 3,
+    "XYB": 3,
+}
+"""PS3.3 C.7.6.3.1.2 defined terms and the Samples per Pixel each needs."""
+_INTEGER_DESCRIPTION = ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+                        "PixelRepresentation", "SamplesPerPixel")
+_FLOAT_DESCRIPTION = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+
+
+class DecodeMode(enum.StrEnum):
+    """How much of encapsulated Pixel Data the validator decodes."""
+
+    ALL_FRAMES = "all_frames"
+    """Decode every frame: finds any corrupt frame (costs a full decode)."""
+    FIRST_FRAME = "first_frame"
+    """Decode the first frame; the other frames get the header checks only."""
+    HEADERS = "headers"
+    """Decode nothing: check every frame's header (dimensions, components, end marker) only."""
+
+
+@dataclass(frozen=True, slots=True)
+class PixelDescription:
+    """The Image Pixel module's description of the pixels (PS3.3 C.7.6.3)."""
+
+    rows: int
+    columns: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric: str
+    frames: int
+
+
+def decode_plugins(transfer_syntax_uid: str) -> tuple[str, ...]:
+    """Return the installed plugins that decode this syntax, in the order they are tried.
+
+    Returns:
+        Empty when pydicom has no decoder for it or no plugin for it is installed.
+    """
+    try:
+        available = get_decoder(UID(transfer_syntax_uid)).available_plugins
+    except NotImplementedError:
+        return ()
+    return tuple(p for p in PREFERRED_PLUGINS if p in available) + tuple(
+        p for p in available if p not in PREFERRED_PLUGINS
+    )
+
+
+def check_pixels(attrs: Attributes, transfer_syntax_uid: str, mode: DecodeMode) -> list[Problem]:
+    """Return the problems of an image's pixel description and Pixel Data (none for non-images).
+
+    Args:
+        attrs: The dataset's attributes.
+        transfer_syntax_uid: The transfer syntax the data set is encoded in.
+        mode: How much encapsulated Pixel Data to decode.
+    """
+    keyword = next((k for k in _PIXEL_KEYWORDS if attrs.present(k)), None)
+    described = any(attrs.present(k) for k in (*_INTEGER_DESCRIPTION, "PhotometricInterpretation"))
+    if keyword is None and not described:
+        return []  # not an image (SR, KOS, waveform...): nothing to check here
+    desc, problems = _description(attrs, float_pixels=keyword not in (None, "PixelData"))
+    if problems or desc is None:
+        return problems
+    if keyword is None:
+        return [Problem(ReasonCode.PIXEL_DATA_MISSING,
+                        f"{describe('PixelData')}: missing; expected the image data that Rows, "
+                        "Columns and the other Image Pixel attributes describe")]
+    ts = str(transfer_syntax_uid)
+    if keyword != "PixelData" or not ts or ts in NATIVE_SYNTAXES:  # no syntax known: as native
+        return _native_length(attrs, keyword, desc)
+    if not UID(ts).is_transfer_syntax or not UID(ts).is_encapsulated:
+        return []  # unknown syntax: the transfer syntax check reports it
+    return _encapsulated(attrs.ds, ts, desc, mode)
+
+
+def _description(
+    attrs: Attributes, *, float_pixels: bool
+) -> tuple[PixelDescription | None, list[Problem]]:
+    required = _FLOAT_DESCRIPTION if float_pixels else _INTEGER_DESCRIPTION
+    missing = [
+        Problem(ReasonCode.MISSING_ATTRIBUTE, f"{describe(k)}: missing; expected a value")
+        for k in (*required, "PhotometricInterpretation")
+        if not attrs.present(k)
+    ]
+    values = {k: attrs.integer(k) for k in required}
+    if missing or None in values.values():
+        return None, missing + [p for p in attrs.problems if p not in missing]
+    allocated = int(values["BitsAllocated"] or 0)
+    frames = attrs.integer("NumberOfFrames") if attrs.present("NumberOfFrames") else 1
+    if frames is None:
+        return None, []  # Number of Frames unreadable as IS: already flagged as invalid_vr
+    desc = PixelDescription(
+        rows=int(values["Rows"] or 0),
+        columns=int(values["Columns"] or 0),
+        samples=int(values["SamplesPerPixel"] or 0),
+        bits_allocated=allocated,
+        bits_stored=int(values.get("BitsStored", allocated) or 0),
+        pixel_representation=int(values.get("PixelRepresentation", 0) or 0),
+        photometric=attrs.text("PhotometricInterpretation"),
+        frames=frames,
+    )
+    high_bit = values.get("HighBit", desc.bits_stored - 1)
+    return desc, _coherence(desc, high_bit, attrs)
+
+
+def _coherence(desc: PixelDescription, high_bit: int | None, attrs: Attributes) -> list[Problem]:
+    problems = []
+    bad, odd = ReasonCode.INVALID_VALUE, ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT
+    if desc.rows < 1 or desc.columns < 1:
+        problems.append(Problem(bad, f"Rows/Columns (0028,0010/0011): got {desc.rows} x "
+                                     f"{desc.columns}; expected both >= 1"))
+    if not (desc.bits_allocated == 1 or (desc.bits_allocated % 8 == 0 and 8 <= desc.bits_allocated <= 64)):
+        problems.append(Problem(bad, f"{describe('BitsAllocated')}: got {desc.bits_allocated}; "
+                                     "expected 1 or 8/16/32/64"))
+    if not 1 <= desc.bits_stored <= desc.bits_allocated:
+        problems.append(Problem(odd, f"{describe('BitsStored')}: got {desc.bits_stored}; expected "
+                                     f"1..BitsAllocated ({desc.bits_allocated})"))
+    if high_bit != desc.bits_stored - 1:
+        problems.append(Problem(odd, f"{describe('HighBit')}: got {high_bit}; expected BitsStored - 1 "
+                                     f"({desc.bits_stored - 1}, PS3.5 8.1.1)"))
+    if desc.pixel_representation not in (0, 1):
+        problems.append(Problem(bad, f"{describe('PixelRepresentation')}: got "
+                                     f"{desc.pixel_representation}; expected 0 or 1"))
+    if desc.photometric not in _PHOTOMETRIC_SAMPLES:
+        problems.append(Problem(bad, f"{describe('PhotometricInterpretation')}: got "
+                                     f"{desc.photometric[:40]!r}; expected a PS3.3 C.7.6.3.1.2 defined term"))
+    if desc.frames < 1:
+        problems.append(Problem(bad, f"{describe('NumberOfFrames')}: got {desc.frames}; expected an "
+                                     "integer >= 1"))
+    return problems + _samples(desc, attrs)
+
+
+def _samples(desc: PixelDescription, attrs: Attributes) -> list[Problem]:
+    needed = _PHOTOMETRIC_SAMPLES.get(desc.photometric)
+    if needed is not None and desc.samples != needed:
+        return [Problem(ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT,
+                        f"{describe('SamplesPerPixel')}: got {desc.samples}; expected {needed} "
+                        f"for PhotometricInterpretation {desc.photometric}")]
+    if desc.samples > 1:
+        planar = attrs.integer("PlanarConfiguration")
+        if planar is None:
+            return [Problem(ReasonCode.MISSING_ATTRIBUTE,
+                            f"{describe('PlanarConfiguration')}: missing; expected 0 or 1 when "
+                            f"SamplesPerPixel is {desc.samples} (Type 1C)")]
+        if planar not in (0, 1):
+            return [Problem(ReasonCode.INVALID_VALUE,
+                            f"{describe('PlanarConfiguration')}: got {planar}; expected 0 or 1")]
+    return []
+
+
+def _native_length(attrs: Attributes, keyword: str, desc: PixelDescription) -> list[Problem]:
+    elem = attrs.get(keyword)
+    got = 0 if elem is None else elem.length
+    if got == 0:
+        return [Problem(ReasonCode.PIXEL_DATA_MISSING,
+                        f"{describe(keyword)}: empty; expected image data")]
+    samples = 2 if desc.photometric == "YBR_FULL_422" else desc.samples
+    bits = desc.rows * desc.columns * samples * desc.frames * desc.bits_allocated
+    expected = (bits + 7) // 8
+    if got not in (expected, expected + expected % 2):  # PS3.5 8.1.1: padded to even
+        return [Problem(ReasonCode.PIXEL_LENGTH_MISMATCH,
+                        f"{describe(keyword)}: got {got} bytes; expected {expected} (Rows "
+                        f"{desc.rows} x Columns {desc.columns} x Samples {samples} x Frames "
+                        f"{desc.frames} x BitsAllocated {desc.bits_allocated} / 8)")]
+    return []
+
+
+def _encapsulated(ds: Dataset, ts: str, desc: PixelDescription, mode: DecodeMode) -> list[Problem]:
+    if not decode_plugins(ts):
+        return [Problem(ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
+                        f"TransferSyntaxUID (0002,0010): {ts} ({UID(ts).name}) has no installed "
+                        "decoder; the pixels cannot reach a model")]
+    frames, problems = _frames(ds, ts, desc)
+    if problems:
+        return problems
+    problems = _headers(ts, frames, desc)
+    if problems or mode is DecodeMode.HEADERS:
+        return problems
+    indices = range(desc.frames) if mode is DecodeMode.ALL_FRAMES else range(1)
+    return _decode(ds, ts, desc, indices)
+
+
+def _frames(ds: Dataset, ts: str, desc: PixelDescription) -> tuple[list[bytes], list[Problem]]:
+    """Split encapsulated Pixel Data into frames (PS3.5 A.4), checking the frame count."""
+    where = describe("PixelData")
+    data = ds.get_item(0x7FE00010, keep_deferred=True).value
+    if not isinstance(data, bytes | bytearray | memoryview) or not data:
+        return [], [Problem(ReasonCode.PIXEL_DATA_MISSING, f"{where}: empty; expected fragments")]
+    data = bytes(data)
+    if data[:4] != _ITEM_TAG:
+        return [], [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
+                            f"{where}: not encapsulated; expected an item sequence (PS3.5 A.4) "
+                            f"for {UID(ts).name}")]
+    try:
+        offsets = parse_basic_offsets(data)
+        count, _ = parse_fragments(data)
+    except (ValueError, EOFError) as exc:
+        return [], [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
+                            f"{where}: fragments cannot be read ({exc}); expected PS3.5 A.4 items")]
+    declared = desc.frames
+    if (offsets and len(offsets) != declared) or count < declared:
+        found = len(offsets) if offsets else count
+        what = "Basic Offset Table entries" if offsets else "fragments"
+        return [], [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
+                            f"{describe('NumberOfFrames')}: got {declared}; the Pixel Data has "
+                            f"{found} {what}")]
+    try:
+        frames = list(generate_frames(data, number_of_frames=declared))
+    except (ValueError, EOFError, IndexError) as exc:
+        return [], [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
+                            f"{where}: cannot be split into {declared} frame(s): {exc}")]
+    if len(frames) != declared:
+        return [], [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
+                            f"{describe('NumberOfFrames')}: got {declared}; found {len(frames)} frames")]
+    return frames, []
+
+
+def _headers(ts: str, frames: list[bytes], desc: PixelDescription) -> list[Problem]:
+    where = describe("PixelData")
+    for index, frame in enumerate(frames, start=1):
+        try:
+            problem = _header_problem(ts, frame, desc)
+        except CodestreamError as exc:
+            return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE, f"{where}: frame {index} header: {exc}")]
+        if problem:
+            code = (ReasonCode.PIXEL_DATA_UNDECODABLE if problem.startswith("truncated")
+                    else ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT)
+            return [Problem(code, f"{where}: frame {index}: {problem}")]
+    return []
+
+
+def _header_problem(ts: str, frame: bytes, desc: PixelDescription) -> str:
+    if ts == RLE_SYNTAX:
+        segments = rle_segment_count(frame)
+        expected = desc.samples * max(1, desc.bits_allocated // 8)
+        if segments != expected:
+            return (f"RLE header has {segments} segments; SamplesPerPixel {desc.samples} x "
+                    f"BitsAllocated {desc.bits_allocated} / 8 needs {expected}")
+        return ""
+    header = read_header(ts, frame)
+    if header is None:
+        return ""
+    if (header.rows, header.columns, header.samples) != (desc.rows, desc.columns, desc.samples):
+        return (f"the codestream holds {header.rows} x {header.columns} x {header.samples} "
+                f"samples; Rows x Columns x SamplesPerPixel say {desc.rows} x {desc.columns} x "
+                f"{desc.samples}")
+    if header.signed is not None and header.signed != bool(desc.pixel_representation):
+        return (f"the JPEG 2000 codestream is {'signed' if header.signed else 'unsigned'}; "
+                f"PixelRepresentation (0028,0103) says {desc.pixel_representation}")
+    if not header.complete:
+        return "truncated: the codestream has no end-of-image marker"
+    return ""
+
+
+def _decode(ds: Dataset, ts: str, desc: PixelDescription, indices: Iterable[int]) -> list[Problem]:
+    plugins = decode_plugins(ts)
+    wanted = list(indices)
+    shape = (desc.rows, desc.columns) if desc.samples == 1 else (desc.rows, desc.columns, desc.samples)
+    errors = []
+    decoder = get_decoder(UID(ts))
+    for plugin in plugins:
+        try:
+            for arr, _ in decoder.iter_array(ds, indices=wanted, raw=True, decoding_plugin=plugin):
+                if tuple(arr.shape) != shape:
+                    return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
+                                    f"{describe('PixelData')}: decodes to shape {tuple(arr.shape)}; "
+                                    f"expected {shape} from Rows, Columns, SamplesPerPixel")]
+            return []
+        except Exception as exc:  # noqa: BLE001 - a decoder failing is the finding; try the next
+            errors.append(f"{plugin}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}")
+    return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
+                    f"{describe('PixelData')}: does not decode as {UID(ts).name} ({'; '.join(errors)})")]

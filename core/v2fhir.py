@@ -1,0 +1,458 @@
+"""HL7 v2 -> FHIR R4 for the patient context, after the HL7 v2-to-FHIR IG (STU1, R4).
+
+Message maps (IG ``mappings/messages``): ADT_A01 (A01, A04 and A08 share its structure):
+PID -> Patient, PV1 -> Encounter (+ Location); ADT_A39 (A40): PID -> the surviving Patient,
+MRG -> the prior patient merged into it; ORM_O01: PID -> Patient, PV1 -> Encounter, ORC and
+its OBR -> one ServiceRequest (the IG incorporates OBR content into the ServiceRequest made by
+ORC); OMI_O23 (the IG has no map): as ORM_O01, plus IPC-1 (accession) and IPC-3 (Study
+Instance UID) from IHE RAD-4. Segment and data type rows are cited where they are used.
+
+Minimum necessary: we map what the AI, the report and the join need (identifiers, name, birth
+date, sex, death, visit, location, order, priority, reason). Address, telecom, next of kin,
+race, religion and the like are not stored: the context store is a PHI vault and keeps no more
+than its purpose needs.
+
+Resource ids are keyed hashes of the identifiers (``pat-``, ``enc-``, ``loc-``, ``sr-``), so
+that ids can appear in audit events and job data without revealing an MRN or accession.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from core.context import ContextUpdate, OrderIndex, PatientMerge
+from core.errors import MessageInvalid
+from core.fhir import validate
+from core.hl7 import Hl7Message, Segment
+from core.identifiers import DEFAULT_KEY, hash_identifier
+from core.v2types import (
+    DTM,
+    V2_TABLE,
+    IdentifierMapper,
+    codeable,
+    fhir_datetime,
+    human_name,
+    location,
+    practitioner,
+)
+
+__all__ = ["ENCOUNTER_CLASS", "PRIORITY", "V2FhirMapper"]
+
+_V2 = V2_TABLE
+_ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+ENCOUNTER_CLASS = {
+    "E": (_ACT, "EMER", "emergency"),
+    "I": (_ACT, "IMP", "inpatient encounter"),
+    "O": (_ACT, "AMB", "ambulatory"),
+    "P": (_ACT, "PRENC", "pre-admission"),
+    "R": (f"{_V2}0004", "R", "Recurring patient"),
+    "B": (f"{_V2}0004", "B", "Obstetrics"),
+    "C": (f"{_V2}0004", "C", "Commercial Account"),
+    "N": (f"{_V2}0004", "N", "Not Applicable"),
+    "U": (f"{_V2}0004", "U", "Unknown"),
+}
+"""IG concept map PatientClass[EncounterClass]: PV1-2 -> Encounter.class."""
+_ENCOUNTER_STATUS = {"P": "planned", "U": "unknown"}
+"""IG concept map PatientClass[EncounterStatus]; every other class is ``in-progress``."""
+_GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
+"""IG concept map AdministrativeSex: PID-8 -> Patient.gender."""
+PRIORITY = {
+    "S": "stat", "A": "asap", "R": "routine", "P": "urgent", "C": "urgent", "T": "urgent",
+    "PRN": "routine",
+}
+"""HL7 table 0485 (extended priority, TQ1-9 / TQ.6) -> ServiceRequest.priority."""
+_ORDER_CONTROL = {
+    "NW": "active", "OK": "active", "CA": "active", "HD": "active", "RL": "active",
+    "RO": "active", "OC": "revoked", "OD": "revoked", "CR": "revoked", "DC": "revoked",
+    "DR": "revoked", "HR": "on-hold", "OH": "on-hold",
+}
+"""IG concept map OrderControlCode[ServiceRequest.status] (ORC-1, when ORC-5 is empty)."""
+_ORDER_STATUS = {
+    "A": "active", "IP": "active", "SC": "active", "CA": "revoked", "DC": "revoked",
+    "RP": "revoked", "CM": "completed", "HD": "on-hold", "ER": "entered-in-error",
+}
+"""IG concept map OrderStatus (ORC-5 -> ServiceRequest.status)."""
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """The segments of one order group: ORC and what follows it up to the next ORC."""
+
+    orc: Segment
+    obr: Segment | None
+    tq1: Segment | None
+    ipc: Segment | None
+
+
+class V2FhirMapper:
+    """Maps a supported HL7 message to a ``ContextUpdate`` of FHIR R4 resources."""
+
+    def __init__(
+        self,
+        key: bytes = DEFAULT_KEY,
+        identifier_systems: Mapping[str, str] | None = None,
+        accession_fields: Sequence[str] = ("IPC-1", "OBR-18"),
+        validate_resources: bool = True,
+    ) -> None:
+        """Args:
+        key: Key of the hashed identifiers (the same as the DICOM listener's).
+        identifier_systems: Assigning authority namespace -> Identifier.system.
+        accession_fields: Where the accession number is, first valued wins.
+        validate_resources: Check every resource with fhir.resources (R4) before returning.
+        """
+        self._key = key
+        self._validate = validate_resources
+        self._ids = IdentifierMapper(identifier_systems or {})
+        self._accession_fields = tuple(accession_fields)
+
+    def map(self, message: Hl7Message) -> ContextUpdate:
+        """Map one message (already checked by ``core.hl7.check_supported``).
+
+        Raises:
+            MessageInvalid: A required segment or field is missing or malformed (the error
+                names the field, what was received and what was expected).
+        """
+        h = message.header
+        if h.message_code == "ADT" and h.trigger_event == "A40":
+            update = self._merge(message)
+        elif h.message_code == "ADT":
+            update = self._admission(message)
+        else:
+            update = self._orders(message)
+        for resource in update.resources if self._validate else ():
+            try:
+                validate(resource)
+            except ValueError as exc:
+                raise MessageInvalid(f"mapped {exc}", h.control_id, "207") from None
+        return update
+
+    # ------------------------------------------------------------ helpers
+    def _hash(self, value: str) -> str:
+        return hash_identifier(value, self._key)
+
+    def _need(self, message: Hl7Message, name: str) -> Segment:
+        seg = message.first(name)
+        if seg is None:
+            raise MessageInvalid(
+                f"{name}: segment missing; expected a {name} segment in "
+                f"{message.header.message_type}",
+                message.header.control_id, "100", name,
+            )
+        return seg
+
+    def _dtm(self, message: Hl7Message, seg: Segment, n: int, comp: int = 1) -> str:
+        value = seg.get(n, comp)
+        if not value:
+            return ""
+        offset = DTM.match(message.header.timestamp)
+        try:
+            return fhir_datetime(value, offset.group(8) if offset else None)
+        except ValueError as exc:
+            raise MessageInvalid(
+                f"{seg.name}-{n}: got {value[:40]!r}; expected an HL7 DTM ({exc})",
+                message.header.control_id, "102", seg.loc(n),
+            ) from None
+
+    def _patient_id(self, cx_list: Sequence[Sequence[str]]) -> str:
+        main = next((cx for cx in cx_list if len(cx) > 4 and cx[4] == "MR"), cx_list[0])
+        authority = main[3] if len(main) > 3 else ""
+        return "pat-" + self._hash(f"{authority}|{main[0]}")
+
+    # ------------------------------------------------------------ patient
+    def _patient(self, message: Hl7Message, pid: Segment) -> tuple[dict[str, Any], list[str]]:
+        """PID -> Patient (IG PID[Patient]): PID-2/3/4 identifier, -5 name, -7 birthDate,
+        -8 gender, -29/-30 deceased. Returns the resource and the keyed hashes of PID-3."""
+        ids = [cx for cx in pid.reps(3) if cx and cx[0]]
+        if not ids:
+            raise MessageInvalid(
+                "PID-3: missing; expected at least one patient identifier (CX.1)",
+                message.header.control_id, "101", pid.loc(3),
+            )
+        patient: dict[str, Any] = {
+            "resourceType": "Patient",
+            "id": self._patient_id(ids),
+            "active": True,
+            "identifier": [
+                self._ids.cx(cx) for n in (2, 3, 4) for cx in pid.reps(n) if cx and cx[0]
+            ],
+        }
+        names = [human_name(x) for x in pid.reps(5) if any(x)]
+        if names:
+            patient["name"] = names
+        birth = self._dtm(message, pid, 7)
+        if birth:
+            patient["birthDate"] = birth[:10]
+        self._gender(message, pid, patient)
+        died = self._dtm(message, pid, 29)
+        if died:
+            patient["deceasedDateTime"] = died
+        elif pid.get(30).upper() in ("Y", "N"):
+            patient["deceasedBoolean"] = pid.get(30).upper() == "Y"
+        return patient, [self._hash(cx[0]) for cx in ids]
+
+    @staticmethod
+    def _gender(message: Hl7Message, pid: Segment, patient: dict[str, Any]) -> None:
+        sex = pid.get(8).upper()
+        if not sex:
+            return
+        if sex not in _GENDER:
+            raise MessageInvalid(
+                f"PID-8: got {sex[:10]!r}; expected one of HL7 table 0001 {sorted(_GENDER)}",
+                message.header.control_id, "103", pid.loc(8),
+            )
+        patient["gender"] = _GENDER[sex]
+
+    # ---------------------------------------------------------- encounter
+    def _encounter(
+        self, message: Hl7Message, pv1: Segment, patient_id: str
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """PV1 -> Encounter (IG PV1[Encounter]): -2 class and status, -3 location, -7
+        attending, -19 identifier (VN), -44/-45 period (-45 valued: finished)."""
+        cls = pv1.get(2).upper()
+        if cls not in ENCOUNTER_CLASS:
+            got = f"got {cls[:10]!r}" if cls else "missing"
+            raise MessageInvalid(
+                f"PV1-2: {got}; expected a patient class from HL7 table 0004 "
+                f"{sorted(ENCOUNTER_CLASS)}",
+                message.header.control_id, "101" if not cls else "103", pv1.loc(2),
+            )
+        visit = pv1.comps(19)
+        admitted, discharged = self._dtm(message, pv1, 44), self._dtm(message, pv1, 45)
+        seed = f"{visit[3] if len(visit) > 3 else ''}|{visit[0]}" if visit and visit[0] else (
+            f"{patient_id}|{admitted}"
+        )
+        system, code, display = ENCOUNTER_CLASS[cls]
+        enc: dict[str, Any] = {
+            "resourceType": "Encounter",
+            "id": "enc-" + self._hash(seed),
+            "status": "finished" if discharged else _ENCOUNTER_STATUS.get(cls, "in-progress"),
+            "class": {"system": system, "code": code, "display": display},
+            "subject": {"reference": f"Patient/{patient_id}"},
+        }
+        if visit and visit[0]:
+            enc["identifier"] = [self._ids.cx(visit, "VN")]
+        period = {k: v for k, v in (("start", admitted), ("end", discharged)) if v}
+        if period:
+            enc["period"] = period
+        attending = pv1.comps(7)
+        if attending and any(attending):
+            enc["participant"] = [{
+                "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                      "v3-ParticipationType", "code": "ATND"}]}],
+                "individual": practitioner(attending),
+            }]
+        location = self._place(pv1.comps(3))
+        if location is not None:
+            enc["location"] = [{
+                "location": {
+                    "reference": f"Location/{location['id']}", "display": location["name"]
+                },
+                "status": "planned" if cls == "P" else "active",
+            }]
+        return enc, location
+
+    def _place(self, pl: Sequence[str]) -> dict[str, Any] | None:
+        return location(pl, "loc-" + self._hash("|".join((list(pl) + [""] * 4)[:4])))
+
+    # --------------------------------------------------------- messages
+    def _admission(self, message: Hl7Message) -> ContextUpdate:
+        """ADT^A01 / A04 / A08 (ADT_A01 structure): Patient, and Encounter from PV1."""
+        patient, keys = self._patient(message, self._need(message, "PID"))
+        resources: list[dict[str, Any]] = [patient]
+        encounters: tuple[tuple[str, str], ...] = ()
+        enc, location = self._encounter(message, self._need(message, "PV1"), patient["id"])
+        resources += [r for r in (location, enc) if r is not None]
+        encounters = ((enc["id"], patient["id"]),)
+        return ContextUpdate(
+            resources=tuple(resources),
+            patient_keys=tuple((k, patient["id"]) for k in keys),
+            encounters=encounters,
+            patient_key=keys[0],
+        )
+
+    def _merge(self, message: Hl7Message) -> ContextUpdate:
+        """ADT^A40 (ADT_A39): each PID (survivor) with its MRG (MRG-1: prior identifiers)."""
+        pids, mrgs = message.all("PID"), message.all("MRG")
+        if not pids or len(mrgs) != len(pids):
+            raise MessageInvalid(
+                f"MRG: got {len(mrgs)} MRG for {len(pids)} PID; expected one MRG after each PID",
+                message.header.control_id, "100", "MRG",
+            )
+        resources, keys, merges = [], [], []
+        for pid, mrg in zip(pids, mrgs, strict=True):
+            survivor, survivor_keys = self._patient(message, pid)
+            prior_ids = [cx for cx in mrg.reps(1) if cx and cx[0]]
+            if not prior_ids:
+                raise MessageInvalid(
+                    "MRG-1: missing; expected the prior patient identifier list",
+                    message.header.control_id, "101", mrg.loc(1),
+                )
+            prior_id = self._patient_id(prior_ids)
+            merges.append(PatientMerge(
+                prior_id, tuple(self._hash(cx[0]) for cx in prior_ids), survivor["id"]
+            ))
+            resources.append(survivor)
+            keys += [(k, survivor["id"]) for k in survivor_keys]
+        return ContextUpdate(
+            resources=tuple(resources), patient_keys=tuple(keys), merges=tuple(merges),
+            patient_key=keys[0][0],
+        )
+
+    def _groups(self, message: Hl7Message) -> list[_Order]:
+        """Split ORM_O01 / OMI_O23 into order groups: ORC, then its OBR, TQ1 and IPC."""
+        groups: list[_Order] = []
+        for seg in message.segments:
+            if seg.name == "ORC":
+                groups.append(_Order(seg, None, None, None))
+            elif seg.name in ("OBR", "TQ1", "IPC") and groups:
+                if getattr(groups[-1], seg.name.lower()) is None:
+                    groups[-1] = replace(groups[-1], **{seg.name.lower(): seg})
+            elif seg.name == "OBR":
+                raise MessageInvalid(
+                    "OBR: got an OBR before any ORC; expected ORC then OBR (ORM_O01 / OMI_O23)",
+                    message.header.control_id, "100", seg.loc(0),
+                )
+        if not groups:
+            raise MessageInvalid(
+                "ORC: segment missing; expected at least one ORC with its OBR",
+                message.header.control_id, "100", "ORC",
+            )
+        return groups
+
+    def _orders(self, message: Hl7Message) -> ContextUpdate:
+        """ORM^O01 / OMI^O23: Patient, Encounter (PV1, optional), one ServiceRequest per ORC."""
+        patient, keys = self._patient(message, self._need(message, "PID"))
+        resources: list[dict[str, Any]] = [patient]
+        pv1 = message.first("PV1")
+        enc_id = ""
+        encounters: tuple[tuple[str, str], ...] = ()
+        if pv1 is not None and pv1.get(2):
+            enc, location = self._encounter(message, pv1, patient["id"])
+            resources += [r for r in (location, enc) if r is not None]
+            enc_id = enc["id"]
+            encounters = ((enc_id, patient["id"]),)
+        orders = []
+        for group in self._groups(message):
+            request, index = self._service_request(message, group, patient["id"], enc_id)
+            resources.append(request)
+            orders.append(index)
+        return ContextUpdate(
+            resources=tuple(resources),
+            patient_keys=tuple((k, patient["id"]) for k in keys),
+            encounters=encounters,
+            orders=tuple(orders),
+            patient_key=keys[0],
+            accession_key=orders[0].accession_key,
+        )
+
+    # ---------------------------------------------------------- orders
+    def _accession(self, message: Hl7Message, group: _Order) -> tuple[str, dict[str, Any]]:
+        """The accession (IHE SWF: OBR-18; OMI: IPC-1) as an identifier of type ACSN."""
+        segs = {"IPC": group.ipc, "OBR": group.obr, "ORC": group.orc}
+        for name in self._accession_fields:
+            seg_name, n = name.split("-")
+            seg = segs[seg_name]
+            value = seg.get(int(n)) if seg is not None else ""
+            if seg is not None and value:
+                if name in ("IPC-1", "ORC-3", "OBR-3"):  # EI: the authority gives the system
+                    return value, self._ids.ei(seg.comps(int(n)), "ACSN")
+                return value, {"type": {"coding": [{"system": f"{_V2}0203", "code": "ACSN"}]},
+                               "value": value}
+        raise MessageInvalid(
+            f"accession number: none of {', '.join(self._accession_fields)} is valued; expected "
+            "the accession number there (set hl7.accession_fields for this RIS)",
+            message.header.control_id, "101", self._accession_fields[0].replace("-", "^1^"),
+        )
+
+    def _priority(self, message: Hl7Message, group: _Order) -> str:
+        """TQ1-9, else OBR-27.6 / ORC-7.6 (TQ priority), else OBR-5 (IG TQ1[ServiceRequest])."""
+        candidates = [(group.tq1, 9, 1), (group.obr, 27, 6), (group.orc, 7, 6), (group.obr, 5, 1)]
+        for seg, n, comp in candidates:
+            if seg is None or not seg.get(n, comp):
+                continue
+            value = seg.get(n, comp).upper()
+            if value not in PRIORITY:
+                raise MessageInvalid(
+                    f"{seg.name}-{n}: got {value[:10]!r}; expected a priority from HL7 table "
+                    f"0485 {sorted(PRIORITY)}",
+                    message.header.control_id, "103", seg.loc(n),
+                )
+            return PRIORITY[value]
+        return "routine"
+
+    def _service_request(
+        self, message: Hl7Message, group: _Order, patient_id: str, enc_id: str
+    ) -> tuple[dict[str, Any], OrderIndex]:
+        """ORC + OBR (+ TQ1, IPC) -> ServiceRequest (IG ORC/OBR[ServiceRequest])."""
+        orc, obr = group.orc, group.obr
+        ctrl = message.header.control_id
+        if obr is None or not obr.get(4):
+            where = obr.loc(4) if obr is not None else "OBR"
+            raise MessageInvalid(
+                "OBR-4: missing; expected the universal service identifier (requested procedure)",
+                ctrl, "101" if obr is not None else "100", where,
+            )
+        if not orc.get(1):
+            raise MessageInvalid(
+                "ORC-1: missing; expected an order control code", ctrl, "101", orc.loc(1)
+            )
+        accession, acsn = self._accession(message, group)
+        request: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "id": "sr-" + self._hash(accession),
+            "status": self._status(orc),
+            "intent": "order",
+            "identifier": self._order_ids(orc, obr) + [acsn],
+            "code": codeable(obr.comps(4)),
+            "priority": self._priority(message, group),
+            "subject": {"reference": f"Patient/{patient_id}"},
+        }
+        self._order_details(message, group, request, enc_id)
+        study_uid = group.ipc.get(3) if group.ipc is not None else ""
+        when = request.get("occurrenceDateTime") or request.get("authoredOn") or ""
+        timing = request.get("occurrenceTiming", {}).get("repeat", {}).get("boundsPeriod", {})
+        when = timing.get("start", when)
+        index = OrderIndex(
+            request["id"], self._hash(accession), study_uid, patient_id, enc_id,
+            when[:10] if len(when) >= 10 else "", request["status"],
+        )
+        return request, index
+
+    @staticmethod
+    def _status(orc: Segment) -> str:
+        """ORC-5 (OrderStatus) if valued, else ORC-1 (OrderControlCode[ServiceRequest.status])."""
+        by_status = _ORDER_STATUS.get(orc.get(5).upper())
+        return by_status or _ORDER_CONTROL.get(orc.get(1).upper(), "active")
+
+    def _order_ids(self, orc: Segment, obr: Segment) -> list[dict[str, Any]]:
+        """ORC-2 / ORC-3 (else OBR-2 / OBR-3) -> identifier PLAC / FILL."""
+        out = []
+        for n, code in ((2, "PLAC"), (3, "FILL")):
+            ei = orc.comps(n) if orc.get(n) else obr.comps(n)
+            if ei and ei[0]:
+                out.append(self._ids.ei(ei, code))
+        return out
+
+    def _order_details(
+        self, message: Hl7Message, group: _Order, request: dict[str, Any], enc_id: str
+    ) -> None:
+        orc, obr, tq1 = group.orc, group.obr, group.tq1
+        assert obr is not None  # checked by the caller
+        reasons = [codeable(r) for r in obr.reps(31)]
+        if [r for r in reasons if r]:
+            request["reasonCode"] = [r for r in reasons if r]
+        start = self._dtm(message, tq1, 7) if tq1 is not None else ""
+        requested = self._dtm(message, obr, 6)
+        if start:
+            request["occurrenceTiming"] = {"repeat": {"boundsPeriod": {"start": start}}}
+        elif requested:
+            request["occurrenceDateTime"] = requested
+        authored = self._dtm(message, orc, 9)
+        if authored and orc.get(1).upper() == "NW":
+            request["authoredOn"] = authored
+        requester = orc.comps(12) if orc.get(12) else obr.comps(16)
+        if requester and any(requester):
+            request["requester"] = practitioner(requester)
+        if enc_id:
+            request["encounter"] = {"reference": f"Encounter/{enc_id}"}

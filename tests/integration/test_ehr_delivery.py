@@ -1,0 +1,92 @@
+"""Issue #6: the FHIR client and the EHR outbox against a real HTTP FHIR server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from actors.adapters.ehr_outbox import EhrOutbox
+from actors.adapters.fhir_http import FhirClient
+from actors.adapters.ledger import SqliteLedger
+from actors.adapters.orthanc import free_port
+from actors.ehr_delivery import EhrDeliveryWork
+from core.config import EhrConfig, FhirEndpointConfig, RetryConfig
+from core.errors import DependencyUnavailable, RejectedInput
+from core.fhir import ResultSubject, build_result_bundle
+from core.findings import term_for
+from core.ledger import RetryPolicy
+from core.types import Finding, Prediction
+from tests.integration.fhir_server import FhirTestServer
+
+pytestmark = pytest.mark.integration
+
+PREDICTION = Prediction(
+    "chest_xray", "cxr", "1.0", (Finding("effusion", term_for("effusion"), 0.7, 0.5),), ("1.2.3.1",)
+)
+
+
+def bundle(base_url: str, sr_uid: str = "1.2.3.9") -> dict:
+    subject = ResultSubject(
+        "1.2.3", sr_uid, {"value": "P1"}, "ACC1", None, "2025-03-01T10:00:00+00:00"
+    )
+    return build_result_bundle(PREDICTION, subject, base_url, "PACS-AI Bridge")
+
+
+@pytest.fixture
+def server():
+    srv = FhirTestServer(free_port()).start()
+    yield srv
+    srv.stop()
+
+
+def test_answers_map_to_delivered_unavailable_or_refused(server):
+    client = FhirClient(FhirEndpointConfig(base_url=server.base_url, timeout_s=2))
+    try:
+        assert client.transaction(bundle(server.base_url))["type"] == "transaction-response"
+        assert len(server.of_type("Observation")) == 1
+        for status, error in ((503, DependencyUnavailable), (429, DependencyUnavailable),
+                              (400, RejectedInput), (403, RejectedInput)):
+            server.force_status = status
+            with pytest.raises(error) as info:
+                client.transaction(bundle(server.base_url))
+            assert str(status) in str(info.value)
+        server.force_status = None
+        broken = bundle(server.base_url)
+        del broken["entry"][-1]["resource"]["status"]  # the server's validation refuses it
+        with pytest.raises(RejectedInput, match=r"(?s)HTTP 400: .*status"):
+            client.transaction(broken)
+    finally:
+        client.close()
+    nobody = f"http://127.0.0.1:{free_port()}/fhir"
+    down = FhirClient(FhirEndpointConfig(base_url=nobody, timeout_s=2))
+    with pytest.raises(DependencyUnavailable):
+        down.transaction(bundle("http://x"))
+    down.close()
+
+
+def test_a_refused_report_is_retried_then_dead_and_audited(server, tmp_path):
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    outbox = EhrOutbox(tmp_path / "ehr.sqlite")
+    cfg = EhrConfig(fhir=FhirEndpointConfig(base_url=server.base_url, timeout_s=2))
+    retry = RetryConfig(max_attempts=2, base_delay_s=0.05, max_delay_s=0.1)
+    policy = RetryPolicy.from_config(retry)
+    client = FhirClient(cfg.fhir)
+    work = EhrDeliveryWork(ledger, outbox, None, client, cfg, policy, "PACS-AI Bridge")
+    try:
+        assert outbox.enqueue("1.2.3.9", 7, "1.2.3", 10, bundle(server.base_url), time.time())
+        assert not outbox.enqueue("1.2.3.9", 7, "1.2.3", 10, bundle(server.base_url), time.time())
+        server.force_status = 422
+        for _ in range(20):
+            work.send_round()
+            if outbox.counts()["dead"]:
+                break
+            time.sleep(0.06)
+        [row] = outbox.reports()
+        assert (row["state"], row["attempts"]) == ("dead", 2)
+        failed = [e for e in ledger.audit_events() if e["type"] == "ehr_report_failed"]
+        assert [e["detail"]["dead"] for e in failed] == [False, True]
+        assert failed[0]["detail"]["error"] == "HTTP 422"  # no server text (may quote PHI)
+    finally:
+        client.close()
+        outbox.close()

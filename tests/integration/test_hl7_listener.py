@@ -1,0 +1,340 @@
+"""Issue #6: the HL7 MLLP listener against real MLLP clients on real sockets.
+
+The listener runs in-process (the Ray actor is a thin shell around it); clients are
+python-hl7's asyncio connection, python-hl7's MLLPClient (what ``mllp_send`` uses) and raw
+sockets scripted as bad peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import struct
+import time
+from datetime import date
+from pathlib import Path
+
+import hl7
+import hl7.mllp
+import pytest
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from hl7.client import MLLPClient
+
+from actors.adapters.context_store import ContextReader
+from actors.adapters.hl7_inbox import Hl7Listener
+from actors.adapters.ledger import SqliteLedger
+from actors.adapters.mllp import END, START, MllpClient
+from actors.adapters.tls import client_context
+from actors.pipeline import wait_until
+from core.config import Hl7Config, MllpListenerConfig, TlsConfig
+from core.identifiers import hash_identifier
+from tests.hl7_messages import a40, adt, omi, orm
+
+pytestmark = pytest.mark.integration
+
+KEY = b"integration-key"
+PKI = Path("/work/shared/examples/pki")
+MAX_BYTES = 64 * 1024
+
+
+def make_listener(tmp_path: Path, tls: TlsConfig | None = None) -> tuple[Hl7Listener, SqliteLedger]:
+    cfg = Hl7Config(
+        listener=MllpListenerConfig(port=0, max_message_bytes=MAX_BYTES, max_field_chars=4096,
+                                    idle_timeout_s=30, tls=tls),
+        identifier_systems={"HOSP": "http://hosp.example/mrn"},
+    )
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    listener = Hl7Listener(cfg, tmp_path / "context.sqlite", ledger, KEY)
+    listener.start()
+    return listener, ledger
+
+
+@pytest.fixture
+def bridge(tmp_path):
+    listener, ledger = make_listener(tmp_path)
+    reader = ContextReader(tmp_path / "context.sqlite")
+    yield listener, ledger, reader
+    listener.stop()
+    reader.close()
+
+
+def msa(reply: bytes) -> tuple[str, str]:
+    """MSA-1 and MSA-2 of an ACK, read with python-hl7 (not our parser)."""
+    seg = hl7.parse(reply.decode()).segment("MSA")
+    return str(seg(1)), str(seg(2))
+
+
+def err(reply: bytes) -> tuple[str, str]:
+    """ERR-2 (location) and ERR-3.1 (table 0357 code) of an ACK."""
+    seg = hl7.parse(reply.decode()).segment("ERR")
+    return str(seg(2)), str(seg(3)(1)(1))
+
+
+def the(reader: ContextReader, kind: str) -> dict:
+    rows = reader._con.execute("SELECT json FROM resources WHERE type = ?", (kind,)).fetchall()
+    assert len(rows) == 1, f"{len(rows)} {kind} resources"
+    return json.loads(rows[0][0])
+
+
+def test_adt_and_orders_over_one_persistent_connection_become_fhir_r4(bridge):
+    listener, _, reader = bridge
+
+    async def session() -> list:
+        r, w = await hl7.mllp.open_hl7_connection("127.0.0.1", listener.port)
+        acks = []
+        for raw in (adt("A01", "ADT1"), orm("ORM1"), adt("A08", "ADT2", sex="M")):
+            w.writemessage(hl7.parse(raw))
+            acks.append(await asyncio.wait_for(r.readmessage(), 10))
+        w.close()
+        return acks
+
+    acks = asyncio.run(session())
+    assert [(str(a.segment("MSA")(1)), str(a.segment("MSA")(2))) for a in acks] == [
+        ("AA", "ADT1"), ("AA", "ORM1"), ("AA", "ADT2")]
+    assert listener._server.connections == 1  # one persistent connection, three messages
+
+    patient = Patient.model_validate(the(reader, "Patient"))  # A08 updated it, no duplicate
+    assert patient.gender == "male" and str(patient.birthDate) == "1970-06-15"
+    assert patient.identifier[0].value == "MRN123"
+    assert patient.identifier[0].system == "http://hosp.example/mrn"
+    assert patient.name[0].family == "SYNTHETIC"
+    request = ServiceRequest.model_validate(the(reader, "ServiceRequest"))
+    assert request.priority == "stat" and request.status == "active" and request.intent == "order"
+    assert request.reasonCode[0].text == "Acute chest pain, rule out pneumothorax"
+    assert request.code.coding[0].code == "36554-4"
+    assert request.subject.reference == f"Patient/{patient.id}"
+    encounters = reader._con.execute("SELECT json FROM resources WHERE type = 'Encounter'")
+    for row in encounters:
+        enc = Encounter.model_validate_json(row[0])
+        assert enc.class_fhir.code == "EMER" and enc.subject.reference == f"Patient/{patient.id}"
+
+
+def test_a_resent_message_is_acknowledged_and_not_applied_twice(bridge):
+    listener, _, reader = bridge
+    client = MLLPClient("127.0.0.1", listener.port)
+    try:
+        first = client.send_message(orm("DUP1"))
+        again = client.send_message(orm("DUP1"))
+        changed = client.send_message(orm("DUP1", priority="R"))  # same MSH-10, other content
+    finally:
+        client.close()
+    assert [msa(first), msa(again), msa(changed)] == [("AA", "DUP1")] * 3
+    row = reader._con.execute("SELECT version, json FROM resources WHERE type = 'ServiceRequest'").fetchone()
+    assert row[0] == 1 and '"priority": "stat"' in row[1]
+    [inbox] = reader.inbox()
+    assert (inbox["status"], inbox["resends"]) == ("applied", 2)
+
+
+def test_connection_dropped_before_the_ack_loses_nothing_and_applies_once(bridge):
+    listener, _, reader = bridge
+    sock = socket.create_connection(("127.0.0.1", listener.port))
+    sock.sendall(START + orm("DROP1").encode() + END)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST: the sender never sees the ACK
+    assert wait_until(lambda: reader.count("hl7_inbox") == 1, 10)
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        [reply] = client.send(orm("DROP1").encode())  # the sender resends on timeout
+    finally:
+        client.close()
+    assert msa(reply) == ("AA", "DROP1")
+    version = reader._con.execute("SELECT version FROM resources WHERE type = 'ServiceRequest'")
+    assert version.fetchone()[0] == 1
+    assert reader.inbox()[0]["resends"] == 1
+
+
+def test_hostile_input_gets_clear_answers_and_the_listener_keeps_serving(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    good = orm("OK1")
+    cases = [
+        (b"\x0b\x00\xff\xfe binary \x01\x02", "AR", "", "102"),
+        (b"PID|1||X\r", "AR", "MSH^1", "100"),
+        (good.replace("MSH|^~\\&|", "MSH|^^\\&|", 1).encode(), "AR", "MSH^1^2", "102"),
+        (good.replace("ORM^O01^ORM_O01", "ORU^R01^ORU_R01").encode(), "AR", "MSH^1^9", "200"),
+        (orm("BIG1").replace("Acute chest pain", "x" * 5000).encode(), "AE", "OBR^1^31", "102"),
+        (orm("NOID").replace("MRN123^^^HOSP^MR", "").encode(), "AE", "PID^1^3", "101"),
+        (orm("HUGE").encode() + b"Z" * (MAX_BYTES + 10), "AR", "", "102"),
+    ]
+    try:
+        for payload, code, where, table_0357 in cases:
+            [reply] = client.send(payload)
+            assert msa(reply)[0] == code, (payload[:30], reply)
+            assert err(reply) == (where, table_0357), (payload[:30], reply)
+        # bytes outside any frame are dropped; a message split across TCP packets still arrives
+        client.send_raw(b"noise outside frames\r\n")
+        framed = START + good.encode() + END
+        for i in range(0, len(framed), 7):
+            client.send_raw(framed[i:i + 7])
+            time.sleep(0.002)
+        [reply] = client.receive()
+        assert msa(reply) == ("AA", "OK1")
+    finally:
+        client.close()
+    assert reader.count("hl7_rejected") == 5
+    statuses = sorted((r["control_id"], r["status"]) for r in reader.inbox())
+    assert statuses == [("BIG1", "invalid"), ("NOID", "invalid"), ("OK1", "applied")]
+    assert reader.count("orders") == 1  # nothing of the bad messages was applied
+
+
+def test_a_peer_that_does_not_speak_mllp_is_closed_cleanly(bridge):
+    listener, _, _ = bridge
+    sock = socket.create_connection(("127.0.0.1", listener.port))
+    sock.settimeout(10)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\n" + b"x" * (MAX_BYTES + 100))
+        assert sock.recv(100) == b""  # closed, no reply to garbage that is not framed
+    finally:
+        sock.close()
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        assert msa(client.send(adt().encode())[0]) == ("AA", "ADT0001")
+    finally:
+        client.close()
+
+
+def test_enhanced_mode_acks_follow_msh_15_and_16(bridge):
+    listener, _, _ = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+
+    def enhanced(control: str, accept: str, application: str) -> str:
+        return orm(control, extra=f"|||{accept}|{application}")
+
+    try:
+        assert [msa(r)[0] for r in client.send(enhanced("E1", "AL", "NE").encode())] == ["CA"]
+        assert [msa(r)[0] for r in client.send(enhanced("E2", "AL", "AL").encode(), 2)] == ["CA", "AA"]
+        bad = enhanced("E3", "AL", "ER").replace("36554-4^XR Chest 2 Views^LN", "")
+        replies = client.send(bad.encode(), 2)
+        assert [msa(r)[0] for r in replies] == ["CA", "AE"] and err(replies[1])[0] == "OBR^1^4"
+        client.send_raw(START + enhanced("E4", "NE", "NE").encode() + END)  # no answer wanted
+        assert msa(client.send(orm("E5").encode())[0]) == ("AA", "E5")  # the next reply is E5's
+    finally:
+        client.close()
+
+
+def test_a40_merge_moves_orders_to_the_surviving_patient(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for raw in (adt("A04", "P1", mrn="MRN999"), orm("O1", mrn="MRN999", accession="ACCM"),
+                    adt("A01", "P2", mrn="MRN123"), a40("M1", survivor="MRN123", prior="MRN999")):
+            assert msa(client.send(raw.encode())[0])[0] == "AA"
+    finally:
+        client.close()
+    patients = {p["identifier"][0]["value"]: p for p in (
+        json.loads(r[0]) for r in
+        reader._con.execute("SELECT json FROM resources WHERE type = 'Patient'"))}
+    prior, survivor = patients["MRN999"], patients["MRN123"]
+    assert prior["active"] is False
+    assert prior["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
+    assert {"other": {"reference": f"Patient/{prior['id']}"}, "type": "replaces"} in survivor["link"]
+    found = reader.find("", [hash_identifier("ACCM", KEY)], [], None, 1)
+    assert found.service_request["subject"] == {"reference": f"Patient/{survivor['id']}"}
+    assert found.patient["id"] == survivor["id"]
+    # a study still filed under the old MRN joins the surviving patient by Patient ID + date
+    by_old_id = reader.find("", [], [hash_identifier("MRN999", KEY)],
+                            date(2025, 3, 1), 1)
+    assert by_old_id is not None and by_old_id.patient["id"] == survivor["id"]
+
+
+def test_join_prefers_study_uid_then_accession_then_patient_and_date(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for raw in (omi("I1", accession="ACC-OMI", study_uid="1.2.3.99"), orm("O2", accession="ACC-ORM")):
+            assert msa(client.send(raw.encode())[0])[0] == "AA"
+    finally:
+        client.close()
+    acc = hash_identifier("ACC-ORM", KEY)
+    assert reader.find("1.2.3.99", [acc], [], None, 1).match == "study_uid"
+    assert reader.find("9.9", [acc], [], None, 1).match == "accession"
+    by_date = reader.find("9.9", [], [hash_identifier("MRN123", KEY)], date(2025, 3, 2), 0)
+    assert by_date.match == "patient+date"
+    assert by_date.service_request["identifier"][-1]["value"] == "ACC-OMI"  # ordered for 03-02
+    assert reader.find("9.9", [], [hash_identifier("MRN123", KEY)], date(2025, 4, 1), 1) is None
+
+
+def test_mllp_over_tls(tmp_path):
+    tls = TlsConfig(certificate=str(PKI / "server.crt"), private_key=str(PKI / "server.key"),
+                    ca_certificates=str(PKI / "ca.crt"))
+    listener, _ = make_listener(tmp_path, tls)
+    try:
+        ctx = client_context(TlsConfig(certificate=str(PKI / "client.crt"),
+                                       private_key=str(PKI / "client.key"),
+                                       ca_certificates=str(PKI / "ca.crt")))
+        client = MllpClient("127.0.0.1", listener.port, ssl_context=ctx, server_hostname="localhost")
+        try:
+            assert client._sock.version() in ("TLSv1.2", "TLSv1.3")
+            assert msa(client.send(adt().encode())[0]) == ("AA", "ADT0001")
+        finally:
+            client.close()
+        plain = socket.create_connection(("127.0.0.1", listener.port), timeout=10)
+        try:
+            plain.sendall(START + adt("A01", "PLAIN").encode() + END)
+            with pytest.raises((ConnectionError, ssl.SSLError, TimeoutError, OSError)):
+                data = plain.recv(100)
+                if not data:
+                    raise ConnectionError("closed")
+        finally:
+            plain.close()
+    finally:
+        listener.stop()
+
+
+def test_every_message_is_audited_without_phi(bridge):
+    listener, ledger, _ = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for raw in (adt("A01", "AU1"), orm("AU2"), orm("AU2"), "garbage"):
+            client.send(raw.encode())
+    finally:
+        client.close()
+    assert wait_until(lambda: len(ledger.audit_events()) >= 3, 10)
+    listener.audit_once()
+    events = ledger.audit_events()
+    received = [e for e in events if e["type"] == "hl7_received"]
+    assert {e["detail"]["control_id"] for e in received} == {"AU1", "AU2"}
+    assert [e["type"] for e in events].count("hl7_rejected") == 1
+    text = str(events)
+    for phi in ("SYNTHETIC", "MRN123", "19700615", "ACC3003", "Chest pain"):
+        assert phi not in text
+    assert ledger.verify_audit_chain() is None
+
+
+def _serve_in_child(root: str, ports) -> None:  # runs in a spawned process
+    listener, _ = make_listener(Path(root))
+    ports.put(listener.port)
+    time.sleep(3600)
+
+
+def test_an_acknowledged_message_survives_kill_9_and_is_not_applied_again(tmp_path):
+    """AA only after the commit: kill -9 right after the ACK, restart, resend -> one order."""
+    import multiprocessing as mp
+    import os
+    import signal
+
+    ctx = mp.get_context("spawn")
+    for attempt in range(2):
+        ports = ctx.Queue()
+        child = ctx.Process(target=_serve_in_child, args=(str(tmp_path), ports))
+        child.start()
+        try:
+            client = MllpClient("127.0.0.1", ports.get(timeout=60))
+            [reply] = client.send(orm("KILL1").encode())
+            os.kill(child.pid, signal.SIGKILL)  # no shutdown, no flush: only what was committed
+            client.close()
+        finally:
+            child.join(30)
+        assert msa(reply) == ("AA", "KILL1")
+    reader = ContextReader(tmp_path / "context.sqlite")
+    try:
+        [row] = reader.inbox()
+        assert (row["control_id"], row["status"], row["resends"]) == ("KILL1", "applied", 1)
+        version = reader._con.execute("SELECT version FROM resources WHERE type = 'ServiceRequest'")
+        assert version.fetchone()[0] == 1
+    finally:
+        reader.close()

@@ -1,0 +1,120 @@
+"""core.hl7: parse and check HL7 v2 messages (HL7 v2.5 chapter 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import MessageInvalid, MessageRejected
+from core.hl7 import check_field_sizes, check_supported, escape, parse_message, peek_header
+from tests.hl7_messages import adt, orm
+
+VERSIONS = ("2.3", "2.5.1")
+
+
+def test_header_fields_are_read_from_msh():
+    msg = parse_message(orm().encode())
+    h = msg.header
+    assert (h.sending_application, h.sending_facility) == ("RIS", "HOSP")
+    assert (h.receiving_application, h.receiving_facility) == ("PACSAI", "HOSP")
+    assert (h.message_code, h.trigger_event, h.structure) == ("ORM", "O01", "ORM_O01")
+    assert (h.control_id, h.processing_id, h.version) == ("ORM0001", "P", "2.5.1")
+    assert h.message_type == "ORM^O01" and not h.enhanced_mode
+
+
+def test_segments_give_components_repetitions_and_error_locations():
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1^^^H^MR~X2^^^N^NI||DOE^JANE\r"
+    pid = parse_message(raw.encode()).first("PID")
+    assert pid.reps(3) == (("X1", "", "", "H", "MR"), ("X2", "", "", "N", "NI"))
+    assert pid.comps(5) == ("DOE", "JANE") and pid.get(5, 2) == "JANE"
+    assert pid.get(3, 1, rep=2) == "X2" and pid.get(40) == "" and pid.loc(3) == "PID^1^3"
+
+
+def test_escape_sequences_are_resolved():
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X\\F\\Y\\S\\Z\r"
+    assert parse_message(raw.encode()).first("PID").get(3) == "X|Y^Z"
+
+
+def test_other_delimiters_are_honoured_and_header_is_canonical():
+    raw = "MSH#!*$@#APP!1.2.3!ISO#FAC#C#D###ADT!A01#1#P#2.5\rPID#1##X1!!!H!MR\r"
+    msg = parse_message(raw.encode())
+    assert msg.header.sending_application == "APP^1.2.3^ISO"
+    assert msg.first("PID").get(3, 5) == "MR"
+
+
+def test_crlf_and_lf_segment_terminators_are_accepted():
+    for sep in ("\r\n", "\n"):
+        assert parse_message(adt().replace("\r", sep).encode()).first("PV1") is not None
+
+
+def test_utf8_is_decoded_when_declared():
+    raw = ("MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||X1||MÜLLER\r").encode()
+    assert parse_message(raw).first("PID").get(5) == "MÜLLER"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "words"),
+    [
+        (b"\x00\x01\xffgarbage", "102", "control characters"),
+        (b"PID|1||X", "100", "expected an MSH segment first"),
+        (b"MSH|^~|A|B", "102", "4 distinct non-alphanumeric"),
+        (b"MSH|^^\\&|A|B", "102", "4 distinct non-alphanumeric"),
+        (b"MSH|^~\\A|A|B", "102", "4 distinct non-alphanumeric"),
+        (b"MSHA^~\\&A", "102", "field separator"),
+        (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rpid|1", "100", "3-character segment ID"),
+        (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||KOI8-R\rPID|1", "102", "MSH-18"),
+        (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|\xff", "102", "not valid"),
+    ],
+)
+def test_unparseable_input_is_rejected_with_a_reason(raw, code, words):
+    with pytest.raises(MessageRejected) as err:
+        parse_message(raw)
+    assert err.value.error_code == code
+    assert words in err.value.reason
+
+
+def test_peek_header_addresses_an_ar_to_a_message_that_failed_later():
+    header = peek_header(b"MSH|^~\\&|A|B|C|D|||ZZZ^Q01|c1|P|2.5\rPID|\x00")
+    assert header is not None and header.control_id == "c1"
+    assert peek_header(b"\x00garbage") is None
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "where"),
+    [
+        (("ORM^O01^ORM_O01", "ORU^R01^ORU_R01"), "200", "MSH^1^9"),
+        (("ORM^O01^ORM_O01", "ORM^O02^ORM_O02"), "201", "MSH^1^9"),
+        (("|P|2.5.1", "|P|2.9"), "203", "MSH^1^12"),
+        (("|P|2.5.1", "|T|2.5.1"), "202", "MSH^1^11"),
+        (("|ORM0001|", "||"), "101", "MSH^1^10"),
+    ],
+)
+def test_unsupported_header_values_are_rejected_per_2_9_2_1(change, code, where):
+    msg = parse_message(orm().replace(*change).encode())
+    with pytest.raises(MessageRejected) as err:
+        check_supported(msg.header, (*VERSIONS, "2.9") if code != "203" else VERSIONS, ("P",))
+    assert (err.value.error_code, err.value.location) == (code, where)
+
+
+def test_supported_messages_pass():
+    for raw in (adt("A01"), adt("A04"), adt("A08"), orm()):
+        check_supported(parse_message(raw.encode()).header, VERSIONS, ("P",))
+
+
+def test_an_oversized_field_is_invalid_and_named():
+    raw = orm().replace("Acute chest pain", "x" * 5000)
+    with pytest.raises(MessageInvalid) as err:
+        check_field_sizes(parse_message(raw.encode()), 1000)
+    assert err.value.location == "OBR^1^31" and "expected at most 1000" in err.value.reason
+    assert not isinstance(err.value, MessageRejected)
+
+
+def test_escape_round_trips_through_the_parser():
+    value = "a|b^c&d~e\\f"
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||{escape(value)}\r"
+    assert parse_message(raw.encode()).first("PID").get(3) == value
+
+
+def test_blanks_around_values_are_dropped_so_codes_stay_valid_fhir():
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\r\rPID|1|| X1 ^^^H^ MR ||DOE \r"
+    pid = parse_message(raw.encode()).first("PID")
+    assert pid.comps(3) == ("X1", "", "", "H", "MR") and pid.get(5) == "DOE"

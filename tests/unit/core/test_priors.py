@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pytest
+
+from core.config import PriorsConfig
+from core.errors import DependencyUnavailable
+from core.priors import (
+    CurrentStudy,
+    PacsOutage,
+    PatientIdentity,
+    PriorFinder,
+    PriorStatus,
+    SeriesRecord,
+    StudyRecord,
+)
+from tests.fakes import FakePacs
+
+TODAY = date(2026, 6, 1)
+JANE = PatientIdentity("P1", "", "DOE^JANE", "19600101")
+
+
+def current(**kw):
+    base = dict(study_uid="now", identity=JANE, study_date="20260601", modalities=("DX",), body_parts=("CHEST",))
+    return CurrentStudy(**(base | kw))
+
+
+def record(uid, when, who=JANE, modalities=("DX",)):
+    return StudyRecord(uid, who, when, "080000", f"A-{uid}", "CHEST", modalities, 1)
+
+
+def series(study, modality="DX", part="CHEST", n=1):
+    return [SeriesRecord(study, f"{study}.1", modality, part, "", n)]
+
+
+def pacs_with(*studies, parts=None):
+    parts = parts or {}
+    return FakePacs(
+        studies=list(studies),
+        series={s.study_uid: series(s.study_uid, s.modalities[0], parts.get(s.study_uid, "CHEST")) for s in studies},
+    )
+
+
+@pytest.mark.parametrize(
+    ("other", "differing"),
+    [
+        (PatientIdentity("P1", "", "doe^jane^^", "19600101"), ()),  # case, empty components
+        (PatientIdentity("P1", "", " DOE ^ JANE", ""), ()),  # a missing date is no disagreement
+        (PatientIdentity("P1", "", "ROE^RICHARD", "19600101"), ("PatientName",)),
+        (PatientIdentity("P1", "", "DOE^JANE", "19991231"), ("PatientBirthDate",)),
+        (PatientIdentity("P1", "OTHER", "DOE^JANE", ""), ()),  # issuer only when both have one
+        (PatientIdentity("P2", "", "DOE^JANE", ""), ("PatientID",)),
+    ],
+)
+def test_identity_disagreements(other, differing):
+    assert JANE.disagreements(other) == differing
+
+
+def test_most_recent_same_modality_prior_is_chosen():
+    pacs = pacs_with(record("old", "20220101"), record("mid", "20250101"), record("ct", "20260101", modalities=("CT",)))
+    search = PriorFinder(PriorsConfig(), pacs).search(current(), TODAY)
+    assert search.status is PriorStatus.FOUND and search.study.study_uid == "mid"
+    assert [s.series_uid for s in search.series] == ["mid.1"]
+    assert [c[0] for c in pacs.calls] == ["studies", "series"]  # one series query: no hammering
+
+
+def test_another_patient_with_the_same_id_is_never_linked_but_reported():
+    impostor = record("imp", "20260301", PatientIdentity("P1", "", "ROE^RICHARD", "19991231"))
+    pacs = pacs_with(record("old", "20240101"), impostor)
+    search = PriorFinder(PriorsConfig(), pacs).search(current(), TODAY)
+    assert search.study.study_uid == "old"
+    [conflict] = search.conflicts
+    assert (conflict.study_uid, conflict.differing) == ("imp", ("PatientName", "PatientBirthDate"))
+    assert ("series", "imp") not in pacs.calls
+    only = PriorFinder(PriorsConfig(), pacs_with(impostor)).search(current(), TODAY)
+    assert only.status is PriorStatus.NONE_FOUND and "another patient" in only.reason
+
+
+def test_body_part_filter_and_ranking():
+    pacs = pacs_with(record("abd", "20260101"), record("chest", "20250101"), parts={"abd": "ABDOMEN"})
+    assert PriorFinder(PriorsConfig(), pacs).search(current(), TODAY).study.study_uid == "chest"
+    loose = PriorsConfig(same_body_part=False)
+    assert PriorFinder(loose, pacs).search(current(), TODAY).study.study_uid == "chest"  # full match first
+    only_abd = pacs_with(record("abd", "20260101"), parts={"abd": "ABDOMEN"})
+    assert PriorFinder(loose, only_abd).search(current(), TODAY).study.study_uid == "abd"
+    assert PriorFinder(PriorsConfig(), only_abd).search(current(), TODAY).status is PriorStatus.NONE_FOUND
+
+
+def test_window_issuer_and_the_current_study_itself_are_excluded():
+    other_issuer = record("iss", "20250101", PatientIdentity("P1", "ELSEWHERE", "DOE^JANE", ""))
+    pacs = pacs_with(record("now", "20260601"), record("ancient", "20100101"), other_issuer)
+    me = current(identity=PatientIdentity("P1", "HOSP", "DOE^JANE", "19600101"))
+    search = PriorFinder(PriorsConfig(lookback_days=3650), pacs).search(me, TODAY)
+    assert search.status is PriorStatus.NONE_FOUND and search.considered == 0
+    query = pacs.calls[0][1]
+    assert (query.patient_id, query.issuer, query.modalities) == ("P1", "HOSP", ("DX",))
+    assert (query.date_from, query.date_to) == ("20160603", "20260601")
+
+
+def test_no_patient_id_means_no_query_and_a_down_pacs_raises():
+    pacs = FakePacs(down=True)
+    empty = current(identity=PatientIdentity(""))
+    assert PriorFinder(PriorsConfig(), pacs).search(empty, TODAY).status is PriorStatus.NONE_FOUND
+    assert pacs.calls == []
+    with pytest.raises(DependencyUnavailable):
+        PriorFinder(PriorsConfig(), pacs).search(current(), TODAY)
+
+
+def test_search_json_carries_no_patient_identity():
+    pacs = pacs_with(record("old", "20240101"), record("imp", "20250101", PatientIdentity("P1", "", "ROE^R", "")))
+    text = json.dumps(PriorFinder(PriorsConfig(), pacs).search(current(), TODAY).to_json())
+    assert "DOE" not in text and "ROE" not in text and "19600101" not in text and '"old"' in text
+
+
+def test_outage_is_waited_out_once_per_outage():
+    outage = PacsOutage(10.0)
+    assert outage.keep_waiting(0.0) and outage.keep_waiting(9.9)
+    assert not outage.keep_waiting(10.0) and not outage.keep_waiting(50.0)
+    outage.succeeded()
+    assert outage.keep_waiting(60.0)
