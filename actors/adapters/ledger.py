@@ -30,6 +30,7 @@ _SCHEMA = (Path(__file__).with_name("ledger_schema.sql")).read_text()
 _ADDED_COLUMNS = (
     ("instances", "accession_key", "TEXT NOT NULL DEFAULT ''"),  # issue #6: HL7 context join
     ("outbox", "ehr_queued", "INTEGER NOT NULL DEFAULT 0"),  # issue #6: 1 = FHIR report queued
+    ("outbox", "series_uid", "TEXT NOT NULL DEFAULT ''"),  # issue #3: our result series (SR, PM)
 )
 """Columns added to existing tables after they shipped (ALTER TABLE, guarded)."""
 
@@ -565,7 +566,7 @@ class SqliteLedger:
         Args:
             job: The leased job (state ``inferred``).
             items: Each with ``sop_instance_uid``, ``sop_class_uid``, ``kind``, ``family``,
-                ``path`` (the file is already durable).
+                ``path`` (the file is already durable) and ``series_instance_uid``.
             now: Current time.
             events: Audit events.
             results: SR versions to record in ``sr_results``: each with ``sop_instance_uid``,
@@ -575,7 +576,7 @@ class SqliteLedger:
         extra = [
             (
                 "INSERT OR IGNORE INTO outbox (job_id, sop_instance_uid, sop_class_uid, kind,"
-                " family, path, created_at) VALUES (?,?,?,?,?,?,?)",
+                " family, path, created_at, series_uid) VALUES (?,?,?,?,?,?,?,?)",
                 (
                     job.job_id,
                     it["sop_instance_uid"],
@@ -584,6 +585,7 @@ class SqliteLedger:
                     it.get("family", ""),
                     it["path"],
                     now,
+                    it.get("series_instance_uid", ""),
                 ),
             )
             for it in items

@@ -88,9 +88,12 @@ class StudyRecords:
         return [_instance(r) for r in rows]
 
     def own_series(self, study_uid: str) -> set[str]:
-        """Series of the study that hold our own results."""
+        """Series of the study that hold our own results (SRs and Parametric Maps)."""
         rows = self._ledger._read(
-            "SELECT DISTINCT series_uid FROM sr_results WHERE study_uid = ?", (study_uid,)
+            "SELECT series_uid FROM sr_results WHERE study_uid = ?"
+            " UNION SELECT o.series_uid FROM outbox o JOIN jobs j ON j.job_id = o.job_id"
+            " WHERE j.study_uid = ? AND o.series_uid != ''",
+            (study_uid, study_uid),
         )
         return {r[0] for r in rows}
 

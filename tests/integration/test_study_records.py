@@ -81,8 +81,12 @@ def test_sr_versions_and_review_flags(ledger):
     for state in (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED, JobState.LINKED, JobState.INFERRED):
         ledger.transition(late, state, 201.0)
         late = ledger.lease(state, "w", 1, 10.0, now=201.0)[0]
-    ledger.written(late, [], 201.0, [], results=[result | {"predecessor_uid": ""}])
-    assert records.own_series("1.2.3") == {"2.25.9"}
+    heatmap = {"sop_instance_uid": "2.25.2", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.30",
+               "series_instance_uid": "2.25.10", "kind": "pm", "family": "chest_xray", "path": "/o/2.dcm"}
+    ledger.written(late, [result | {"kind": "sr", "path": "/o/1.dcm"}, heatmap], 201.0, [],
+                   results=[result | {"predecessor_uid": ""}])
+    # The Parametric Map series is ours too: PACS counts must not wait for it (issue #3).
+    assert records.own_series("1.2.3") == {"2.25.9", "2.25.10"}
     assert records.latest_result("1.2.3", "chest_xray")["prediction"] == {"source_uids": ["1"]}
     assert records.latest_result("1.2.3", "chest_xray", before_version=2) is None
     [flagged] = records.review_flags()
