@@ -5,20 +5,27 @@ network inputs: radiograph frames, CT slices or whole volumes. Then, for each ba
 this machine and in this run:
 
 - raw: the predictor's ``forward`` in a loop over batches of that size, in this process.
-- serve: the family's ``ModelDeployment`` (one replica, ``max_batch_size`` set live through
-  ``user_config``), sent one input per request with ``2 x batch`` requests in flight, so that
-  ``@serve.batch`` forms the batches.
+- serve: the family's ``ModelDeployment`` (one replica, ``max_batch_size`` = batch), sent one
+  input per request with ``2 x batch`` requests in flight, so that ``@serve.batch`` forms the
+  batches: the cost of one Serve request per input.
+- serve grouped: the same replica, sent requests of ``batch`` inputs each (``forward_many``),
+  two in flight: the shape of the pipeline's requests, one per study task, whose inputs
+  ``__call__`` feeds to ``@serve.batch`` the same way.
+
+Both sides use the same number of torch threads (``--threads``, default: every core), since
+Ray would otherwise give the replica one thread per CPU it reserves.
 
 Inputs per second, p50/p95 latency (raw: per batch call; serve: per request, submit to
 result) and the ratio serve / raw are printed as JSON lines. It never asserts.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_inference.py [--n 64] [--batches 1 8 32]
-        [--families bone_fracture chest_cta ...] [--config configs/default.yaml]
+        [--families bone_fracture chest_cta ...] [--config configs/default.yaml] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from io import BytesIO
@@ -69,13 +76,32 @@ def _raw(predictor: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
 
 
 def _serve(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
-    [ray.get(r) for r in [handle.forward.remote(inputs[0]) for _ in range(batch)]]  # warm-up
+    [r.result() for r in [handle.forward.remote(inputs[0]) for _ in range(batch)]]  # warm-up
     window, pending, latencies = 2 * batch, [], []
     refs = [ray.put(item) for item in inputs]
     start = time.perf_counter()
     for ref in refs:
         pending.append((time.perf_counter(), handle.forward.remote(ref)))
         if len(pending) >= window:
+            submitted, response = pending.pop(0)
+            response.result()
+            latencies.append(time.perf_counter() - submitted)
+    for submitted, response in pending:
+        response.result()
+        latencies.append(time.perf_counter() - submitted)
+    return _summary(len(inputs), time.perf_counter() - start, latencies)
+
+
+def _serve_grouped(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
+    """Requests of ``batch`` inputs each (a study's slices or frames), two in flight: the
+    shape of the pipeline's own requests (``__call__`` batches a study's inputs the same way)."""
+    handle.forward_many.remote(inputs[:batch]).result()  # warm-up
+    chunks = [ray.put(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
+    pending, latencies = [], []
+    start = time.perf_counter()
+    for ref in chunks:
+        pending.append((time.perf_counter(), handle.forward_many.remote(ref)))
+        if len(pending) >= 2:
             submitted, response = pending.pop(0)
             response.result()
             latencies.append(time.perf_counter() - submitted)
@@ -111,6 +137,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="inputs per measurement")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--families", nargs="+", default=sorted(STUDIES))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads for both the raw loop and the replica (same device)")
     args = parser.parse_args()
     cfg = load_config(args.config)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench")
@@ -118,16 +146,21 @@ def main() -> None:
     try:
         for family in args.families:
             entry = cfg.models[family]
+            # Same compute for both sides: Ray would give the replica one thread per CPU it asks.
+            entry = entry.model_copy(update={"serve": entry.serve.model_copy(update={"torch_threads": args.threads})})
             predictor = load_predictor(family, entry)
             inputs = _inputs(family, predictor, args.n)
             for batch in args.batches:
                 handle = _deploy(family, entry, batch)
-                raw, served = _raw(predictor, inputs, batch), _serve(handle, inputs, batch)
-                for mode, result in (("raw_torch", raw), ("ray_serve", served)):
+                raw = _raw(predictor, inputs, batch)
+                served = _serve(handle, inputs, batch)
+                grouped = _serve_grouped(handle, inputs, batch)
+                for mode, result in (("raw_torch", raw), ("ray_serve", served), ("ray_serve_grouped", grouped)):
                     emit({"name": "inference", "family": family, "mode": mode, "batch_size": batch,
                           "n": args.n, "input_shape": list(inputs.shape[1:]), **result})
                 emit({"name": "inference", "family": family, "mode": "summary", "batch_size": batch,
                       "ratio_serve_over_raw": round(served["items_per_s"] / raw["items_per_s"], 3),
+                      "ratio_grouped_over_raw": round(grouped["items_per_s"] / raw["items_per_s"], 3),
                       "goal": ">= 0.9 at batch 8 and above"})
             serve.delete(app_name(family))
     finally:

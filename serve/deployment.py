@@ -102,6 +102,17 @@ class ModelDeployment:
         """
         return await self._forward_batch(item)
 
+    async def forward_many(self, items: np.ndarray) -> np.ndarray:
+        """Classify a stack of prepared inputs (``(N, C, *spatial)``) through the batcher.
+
+        The path of ``__call__`` without the DICOM preparation: each input joins a batch on
+        its own, so inputs of concurrent requests share network passes.
+
+        Returns:
+            float32 ``(N, K)`` probabilities.
+        """
+        return np.stack(await asyncio.gather(*(self._forward_batch(item) for item in items)))
+
     def reconfigure(self, config: dict[str, float]) -> None:
         """Apply live batching knobs from Serve's ``user_config`` without a restart.
 
