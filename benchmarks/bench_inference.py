@@ -75,13 +75,13 @@ def _raw(predictor: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
     return _summary(len(inputs), time.perf_counter() - start, latencies)
 
 
-def _serve(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
-    [r.result() for r in [handle.forward.remote(inputs[0]) for _ in range(batch)]]  # warm-up
-    window, pending, latencies = 2 * batch, [], []
-    refs = [ray.put(item) for item in inputs]
+def _windowed(method: Any, payloads: list[Any], window: int, n_inputs: int) -> dict[str, float]:
+    """Submit ``payloads`` to a handle method with at most ``window`` in flight; per-request
+    latency is submit to result."""
+    pending, latencies = [], []
     start = time.perf_counter()
-    for ref in refs:
-        pending.append((time.perf_counter(), handle.forward.remote(ref)))
+    for payload in payloads:
+        pending.append((time.perf_counter(), method.remote(payload)))
         if len(pending) >= window:
             submitted, response = pending.pop(0)
             response.result()
@@ -89,7 +89,13 @@ def _serve(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
     for submitted, response in pending:
         response.result()
         latencies.append(time.perf_counter() - submitted)
-    return _summary(len(inputs), time.perf_counter() - start, latencies)
+    return _summary(n_inputs, time.perf_counter() - start, latencies)
+
+
+def _serve(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
+    """One request per input, ``2 x batch`` in flight, so that ``@serve.batch`` fills batches."""
+    [r.result() for r in [handle.forward.remote(inputs[0]) for _ in range(batch)]]  # warm-up
+    return _windowed(handle.forward, [ray.put(item) for item in inputs], 2 * batch, len(inputs))
 
 
 def _serve_grouped(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
@@ -97,18 +103,7 @@ def _serve_grouped(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, flo
     shape of the pipeline's own requests (``__call__`` batches a study's inputs the same way)."""
     handle.forward_many.remote(inputs[:batch]).result()  # warm-up
     chunks = [ray.put(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
-    pending, latencies = [], []
-    start = time.perf_counter()
-    for ref in chunks:
-        pending.append((time.perf_counter(), handle.forward_many.remote(ref)))
-        if len(pending) >= 2:
-            submitted, response = pending.pop(0)
-            response.result()
-            latencies.append(time.perf_counter() - submitted)
-    for submitted, response in pending:
-        response.result()
-        latencies.append(time.perf_counter() - submitted)
-    return _summary(len(inputs), time.perf_counter() - start, latencies)
+    return _windowed(handle.forward_many, chunks, 2, len(inputs))
 
 
 def _summary(n: int, seconds: float, latencies: list[float]) -> dict[str, float]:
