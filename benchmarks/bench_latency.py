@@ -91,6 +91,8 @@ def run_one(pipeline: Pipeline, orthanc: OrthancProcess, ledger: SqliteLedger, f
         "rule": events["study_complete"]["detail"]["rule"],
         "to_complete": 1000 * (events["study_complete"]["at"] - t0),
         "to_inference_start": 1000 * (events["inferred"]["detail"]["started_at"] - t0),
+        "to_inferred": 1000 * (events["inferred"]["at"] - t0),
+        "to_written": 1000 * (events["sr_built"]["at"] - t0),
         "to_sr_stored": 1000 * (events["sr_delivered"]["at"] - t0),
     }
 
@@ -105,7 +107,7 @@ def percentile(values: list[float], q: float) -> float:
 def summarise(size: int, variant: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"name": "latency", "instances": size, "completion": variant, "n": len(runs),
                            "rules": sorted({r["rule"] for r in runs})}
-    for metric in ("to_complete", "to_inference_start", "to_sr_stored"):
+    for metric in ("to_complete", "to_inference_start", "to_inferred", "to_written", "to_sr_stored"):
         values = [r[metric] for r in runs]
         out[f"{metric}_p50_ms"] = round(percentile(values, 50), 1)
         out[f"{metric}_p95_ms"] = round(percentile(values, 95), 1)

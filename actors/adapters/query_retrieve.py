@@ -28,7 +28,7 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     RLELossless,
 )
-from pynetdicom import AE, build_role, evt, sop_class
+from pynetdicom import AE, _config, build_role, evt, sop_class
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind as FIND,
 )
@@ -44,6 +44,11 @@ from core.completeness import PacsCounts
 from core.config import PacsConfig
 from core.errors import DependencyUnavailable
 from core.priors import InstanceRef, PatientIdentity, SeriesRecord, StudyQuery, StudyRecord
+
+# pynetdicom logs C-FIND / C-MOVE / C-GET identifiers (patient names and IDs) at INFO, for
+# every SCU and SCP in the process: logs carry UIDs and keyed hashes only.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 __all__ = ["DimseQueryRetrieve", "RetrieveOutcome", "tcp_nodelay"]
 

@@ -146,8 +146,12 @@ def test_pacs_down_for_queries_results_still_come_saying_priors_unavailable(tmp_
 
 
 @pytest.mark.parametrize("method", ["c-move", "c-get"])
-def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method):
-    """No Ray: C-FIND answers and counts, then one series retrieved the configured way."""
+def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method, caplog):
+    """No Ray: C-FIND answers and counts, then one series retrieved the configured way; the
+    patient's name and ID never reach the logs."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
     from actors.adapters.dimse import Listener
     from actors.adapters.ledger import SqliteLedger
     from actors.adapters.query_retrieve import DimseQueryRetrieve
@@ -176,6 +180,9 @@ def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method):
         assert outcome.ok and outcome.completed == 2
         assert ledger.instance_states(study.study_uid) == {str(d.SOPInstanceUID): "skipped" for d in prior}
         assert ledger.jobs_for_study(study.study_uid) == []
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "Find SCP Result" in logged or "C-FIND" in logged  # pynetdicom did log the exchange
+        assert "PRI-7" not in logged and str(prior[0].PatientName) not in logged
         pacs.stop()
         with pytest.raises(DependencyUnavailable):
             qr.find_series(study.study_uid)
