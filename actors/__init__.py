@@ -12,6 +12,7 @@ __all__ = [
     "inference",
     "listener",
     "pipeline",
+    "polling",
     "prevalidation",
     "prior_linker",
     "router",

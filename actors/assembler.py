@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 
+from actors.polling import PollingLoop
 from actors.adapters.ledger import SqliteLedger
 from actors.adapters.query_retrieve import DimseQueryRetrieve
 from actors.adapters.study_records import StudyRecords
@@ -152,22 +153,22 @@ class AssemblyWork:
         self._ledger.postpone(job, decision.not_before)
 
 
-class EvidenceWatcher:
+class EvidenceWatcher(PollingLoop):
     """Completes studies of ``pacs_counts`` senders as soon as the PACS's counts match."""
+
+    thread_name = "evidence-watcher"
 
     def __init__(
         self, ledger: SqliteLedger, evidence: Evidence, owner: str, lease_s: float,
         poll_s: float, actor: str, clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(poll_s)
         self._ledger = ledger
         self._evidence = evidence
         self._owner = owner
         self._lease_s = lease_s
-        self._poll_s = poll_s
         self._actor = actor
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.completed = 0
 
     def run_once(self) -> int:
@@ -190,25 +191,6 @@ class EvidenceWatcher:
                 done += 1
         self.completed += done
         return done
-
-    def start(self) -> None:
-        """Run in a daemon thread until ``stop``."""
-        self._thread = threading.Thread(target=self._loop, name="evidence-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # the loop must survive a bad round (ledger busy, PACS odd)
-                logger.exception("evidence watcher: round failed")
-            self._stop.wait(self._poll_s)
 
 
 @ray.remote

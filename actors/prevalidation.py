@@ -11,18 +11,15 @@ optimisation: a restarted validator starts empty and checks everything, as befor
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from actors.adapters.study_records import StudyRecords
+from actors.polling import PollingLoop
 from core.types import InstanceMeta, ValidationIssue
 
 __all__ = ["PreValidator", "VerdictCache"]
-
-logger = logging.getLogger(__name__)
 
 
 class VerdictCache:
@@ -53,19 +50,19 @@ class VerdictCache:
             return (inst.sop_instance_uid, inst.sha256) in self._items
 
 
-class PreValidator:
+class PreValidator(PollingLoop):
     """Checks instances of receiving studies in a background thread."""
+
+    thread_name = "pre-validator"
 
     def __init__(
         self, records: StudyRecords, check: Callable[[InstanceMeta], list[ValidationIssue]],
         cache: VerdictCache, poll_s: float,
     ) -> None:
+        super().__init__(poll_s)
         self._records = records
         self._check = check
         self._cache = cache
-        self._poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.checked = 0
 
     def run_once(self) -> int:
@@ -79,23 +76,3 @@ class PreValidator:
                 done += 1
         self.checked += done
         return done
-
-    def start(self) -> None:
-        """Run in a daemon thread until ``stop``."""
-        self._thread = threading.Thread(target=self._loop, name="pre-validator", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.run_once()
-            except Exception:  # the loop must survive a bad round (ledger busy, file gone)
-                logger.exception("pre-validation round failed")
-            self._stop.wait(max(0.0, self._poll_s - (time.monotonic() - started)))
