@@ -172,7 +172,8 @@ class SRWriterActor(StageShell):
         priors: PriorsConfig | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime)
-        identity = SRIdentity(cfg.manufacturer, cfg.series_number, cfg.institution_name)
+        identity = SRIdentity(cfg.manufacturer, cfg.series_number, cfg.institution_name,
+                              cfg.group_source_images_max)
         work = SRWriteWork(
             ledger, layout.outbox, SRBuilder(identity), "stage:sr_writer", priors,
             ParametricMapBuilder(identity),

@@ -394,6 +394,12 @@ class SRConfig(_Model):
     manufacturer: str = Field(default="PACS-AI Bridge", description="General Equipment")
     series_number: int = Field(default=9900, ge=1, description="Series Number of AI SR series")
     institution_name: str | None = Field(default=None, description="Institution Name, if set")
+    group_source_images_max: int = Field(
+        default=16, ge=0,
+        description="List the source images in each finding's measurement group only when a "
+        "model read at most this many; every source is always in the evidence sequence, and a "
+        "localised finding references its exact image in its region group",
+    )
 
 
 class ValidationConfig(_Model):

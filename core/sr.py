@@ -118,6 +118,10 @@ class SRIdentity:
     manufacturer: str
     series_number: int
     institution_name: str | None = None
+    group_source_images_max: int = 16
+    """Per finding group, list the source images only up to this many (TID 1501 row 12 is
+    optional); a 400-slice CT with 7 findings would otherwise repeat 2,800 references and
+    take most of the SR writing time. The evidence sequence always lists every source."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,11 +305,17 @@ class SRBuilder:
             algorithm_id=algo,
             qualitative_evaluations=evaluations,
             measurements=[_probability(finding, algo)],
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in used],
+            source_images=self._group_sources(used),
         )
         if change is not None:
             group[0].ContentSequence.append(_text(_DESCRIPTION_OF_CHANGE, change.describe()))
         return group
+
+    def _group_sources(self, images: Sequence[Dataset]) -> list[hd.sr.SourceImageForMeasurementGroup] | None:
+        """A group's source images, or none when there are more than the identity allows."""
+        if not images or len(images) > self._identity.group_source_images_max:
+            return None
+        return [hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in images]
 
     def _algorithm(self, prediction: Prediction, threshold: float) -> hd.sr.AlgorithmIdentification:
         return hd.sr.AlgorithmIdentification(
@@ -369,9 +379,7 @@ class SRBuilder:
                 qualitative_evaluations=[
                     hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Present)
                 ],
-                source_images=[
-                    hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in series
-                ] or None,
+                source_images=self._group_sources(series),
             ))
         return out
 

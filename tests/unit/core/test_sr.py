@@ -250,3 +250,28 @@ def test_sr_records_the_order_and_reason_it_fulfils(source):
     # without context nothing changes
     plain, _ = build(source, prediction(source))
     assert "ReferencedRequestSequence" not in plain
+
+
+def _sources_of(group):
+    return [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in group[0].ContentSequence
+            if i.ValueType == "IMAGE" and i.ConceptNameCodeSequence[0].CodeValue == "121112"]  # Source of Measurement
+
+
+def test_groups_list_their_sources_only_up_to_the_cap_the_evidence_always_all(source):
+    """A 400-slice CT must not repeat 400 references per finding; the evidence keeps them all."""
+    from copy import deepcopy
+
+    slices = []
+    for n in range(3):
+        ds = deepcopy(source)
+        ds.SOPInstanceUID = f"{source.SOPInstanceUID}.{n + 1}"
+        slices.append(ds)
+    pred = Prediction("chest_xray", "cxr-net", "1", prediction(source).findings,
+                      tuple(str(s.SOPInstanceUID) for s in slices), demo=True)
+    for cap, listed in ((3, 3), (2, 0)):
+        sr = SRBuilder(SRIdentity("PACS-AI Bridge", 9900, group_source_images_max=cap)).build(slices, pred)
+        groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
+        assert [len(_sources_of(g)) for g in groups] == [listed, listed]
+        evidence = {sop.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                    for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+        assert evidence == {str(s.SOPInstanceUID) for s in slices}
