@@ -42,7 +42,9 @@ def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_report
 ):
     import ray
 
-    pipeline, cfg = make_pipeline(orthanc)
+    # A quiet period well above any stall of the loaded machine: this test is about the replica,
+    # and a study completed early would come back as two versions (right, but not this test).
+    pipeline, cfg = make_pipeline(orthanc, assembly={"quiet_period_s": 3.0})
     ledger = ledger_of(pipeline)
     uids: list[str] = []
     hit, kills = False, 0
