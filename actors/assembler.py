@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import ray
 
-from actors.polling import PollingLoop
-from actors.adapters.ledger import SqliteLedger
 from actors.adapters.query_retrieve import DimseQueryRetrieve
-from actors.adapters.study_records import StudyRecords
+from actors.polling import Loop
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.completeness import (
@@ -38,7 +35,11 @@ from core.completeness import (
 )
 from core.config import AssemblyConfig, PacsConfig
 from core.errors import DependencyUnavailable
-from core.types import AuditEventType, Job, JobState
+from core.job import Job
+from core.ledger import CoverStudy
+from core.ports import Clock
+from core.types import AuditEventType, JobState
+from state.ledger import Ledger
 
 __all__ = ["AssemblerActor", "AssemblyWork", "Evidence", "EvidenceWatcher"]
 
@@ -46,21 +47,21 @@ logger = logging.getLogger(__name__)
 
 
 class Evidence:
-    """The tracker, the PACS client and the study records, safe to share between threads."""
+    """The tracker, the PACS client and the ledger, safe to share between threads."""
 
     def __init__(
-        self, tracker: EvidenceTracker, pacs: DimseQueryRetrieve | None, records: StudyRecords
+        self, tracker: EvidenceTracker, pacs: DimseQueryRetrieve | None, ledger: Ledger
     ) -> None:
         self.tracker = tracker
         self._pacs = pacs
-        self.records = records
+        self.ledger = ledger
         self._lock = threading.Lock()
 
     def refresh(self, study: ReceivingStudy, now: float) -> None:
         """Ask the PACS for the study's counts if that can change the answer (bounded)."""
         if self._pacs is None:
             return
-        own = self.records.own_series(study.study_uid)
+        own = self.ledger.results.own_series(study.study_uid)
         with self._lock:
             if not self.tracker.wants_query(study, now, own):
                 return
@@ -74,14 +75,14 @@ class Evidence:
 
     def complete_now(self, study: ReceivingStudy) -> bool:
         """Whether a fresh PACS answer matches what we hold."""
-        own = self.records.own_series(study.study_uid)
+        own = self.ledger.results.own_series(study.study_uid)
         with self._lock:
             return self.tracker.complete_now(study, own)
 
     def on_quiet_timer(self, study: ReceivingStudy, now: float) -> TimerDecision:
         """Refresh the PACS answer if useful, then decide for a job whose timer ran out."""
         self.refresh(study, now)
-        own = self.records.own_series(study.study_uid)
+        own = self.ledger.results.own_series(study.study_uid)
         with self._lock:
             return self.tracker.on_quiet_timer(study, now, own)
 
@@ -92,7 +93,7 @@ class Evidence:
 
     def describe(self, study: ReceivingStudy) -> dict[str, Any]:
         """The evidence for the audit trail (counts only, no identifiers)."""
-        own = self.records.own_series(study.study_uid)
+        own = self.ledger.results.own_series(study.study_uid)
         with self._lock:
             verdict, fresh = self.tracker.verdict(study, own)
             counts = self.tracker.answer_of(study.study_uid)
@@ -108,7 +109,7 @@ class Evidence:
 
 
 def _complete(
-    ledger: SqliteLedger, evidence: Evidence, job: Job, study: ReceivingStudy,
+    ledger: Ledger, evidence: Evidence, job: Job, study: ReceivingStudy,
     rule: CompletionRule, actor: str, now: float,
 ) -> None:
     """Declare the study complete, auditing the rule and the evidence."""
@@ -124,16 +125,13 @@ def _complete(
     event = AuditEvent(
         AuditEventType.STUDY_COMPLETE, actor, job.study_instance_uid, job_id=job.job_id, detail=detail
     )
-    ledger.complete_study(job, now, [event])
+    ledger.jobs.transition(job, JobState.COMPLETE, now, events=[event], effects=[CoverStudy()])
 
 
 class AssemblyWork:
     """Decides for one receiving job whose quiet period ran out."""
 
-    def __init__(
-        self, ledger: SqliteLedger, evidence: Evidence, actor: str,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, ledger: Ledger, evidence: Evidence, actor: str, clock: Clock) -> None:
         self._ledger = ledger
         self._evidence = evidence
         self._actor = actor
@@ -141,8 +139,8 @@ class AssemblyWork:
 
     def __call__(self, job: Job) -> None:
         """Complete ``job``, or postpone it while the PACS holds instances we lack."""
-        now = self._clock()
-        found = self._evidence.records.receiving_studies(now, job_id=job.job_id)
+        now = self._clock.now()
+        found = self._ledger.intake.receiving_studies(now, job_id=job.job_id)
         study = found[0] if found else ReceivingStudy(job.job_id, job.study_instance_uid, "", job.last_instance_at, {})
         decision = self._evidence.on_quiet_timer(study, now)
         if decision.complete and decision.rule is not None:
@@ -150,19 +148,16 @@ class AssemblyWork:
             return
         if decision.verdict is Verdict.MORE_EXPECTED:
             logger.info("study %s: the PACS holds more; waiting until %.0f", job.study_instance_uid, decision.not_before)
-        self._ledger.postpone(job, decision.not_before)
+        self._ledger.jobs.postpone(job, decision.not_before)
 
 
-class EvidenceWatcher(PollingLoop):
+class EvidenceWatcher:
     """Completes studies of ``pacs_counts`` senders as soon as the PACS's counts match."""
 
-    thread_name = "evidence-watcher"
-
     def __init__(
-        self, ledger: SqliteLedger, evidence: Evidence, owner: str, lease_s: float,
-        poll_s: float, actor: str, clock: Callable[[], float] = time.time,
+        self, ledger: Ledger, evidence: Evidence, owner: str, lease_s: float, actor: str,
+        clock: Clock,
     ) -> None:
-        super().__init__(poll_s)
         self._ledger = ledger
         self._evidence = evidence
         self._owner = owner
@@ -173,8 +168,8 @@ class EvidenceWatcher(PollingLoop):
 
     def run_once(self) -> int:
         """Look at every receiving study once; return how many were completed."""
-        now = self._clock()
-        studies = self._evidence.records.receiving_studies(now)
+        now = self._clock.now()
+        studies = self._ledger.intake.receiving_studies(now)
         self._evidence.forget_except(s.study_uid for s in studies)
         policy = self._evidence.tracker.policy
         done = 0
@@ -184,10 +179,11 @@ class EvidenceWatcher(PollingLoop):
             self._evidence.refresh(study, now)
             if not self._evidence.complete_now(study):
                 continue
-            job = self._ledger.lease_job(study.job_id, JobState.RECEIVING, self._owner, self._lease_s, now)
+            job = self._ledger.jobs.lease_job(study.job_id, JobState.RECEIVING, self._owner,
+                                              self._lease_s, now)
             if job is not None:
                 _complete(self._ledger, self._evidence, job, study, CompletionRule.PACS_COUNTS,
-                         self._actor, self._clock())
+                          self._actor, self._clock.now())
                 done += 1
         self.completed += done
         return done
@@ -203,17 +199,11 @@ class AssemblerActor(StageShell):
     def __init__(
         self, runtime: StageRuntime, cfg: AssemblyConfig, pacs: PacsConfig | None = None
     ) -> None:
-        ledger = self._open_ledger(runtime)
+        ledger = self._open_ledger(runtime.storage, runtime.log_level)
         client = DimseQueryRetrieve(pacs, cfg.query_timeout_s) if pacs is not None else None
-        evidence = Evidence(EvidenceTracker(CompletenessPolicy(cfg)), client, StudyRecords(ledger))
-        self._start(runtime, AssemblyWork(ledger, evidence, "stage:assembler"))
-        self._watcher = EvidenceWatcher(
-            ledger, evidence, f"assembler-evidence:{id(self):x}", runtime.lease_s,
-            runtime.poll_interval_s, "stage:assembler",
-        )
-        self._watcher.start()
-
-    def stop(self) -> None:
-        """Stop the watcher, then the runner."""
-        self._watcher.stop()
-        super().stop()
+        evidence = Evidence(EvidenceTracker(CompletenessPolicy(cfg)), client, ledger)
+        watcher = EvidenceWatcher(ledger, evidence, f"assembler-evidence:{id(self):x}",
+                                  runtime.lease_s, "stage:assembler", self._clock)
+        self._add_loop(Loop("evidence-watcher", watcher.run_once, runtime.poll_interval_s,
+                            clock=self._clock))
+        self._start(runtime, AssemblyWork(ledger, evidence, "stage:assembler", self._clock))

@@ -5,15 +5,14 @@ change they describe, so the trail can never disagree with the ledger."""
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import Any
 
 import ray
 
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.paths import VarLayout
-from actors.stage import configure_logging
+from actors.polling import Loop
+from actors.stage import ActorShell
+from core.audit import AuditEntry
+from core.config import StorageConfig
 
 __all__ = ["AuditorActor"]
 
@@ -21,43 +20,37 @@ logger = logging.getLogger(__name__)
 
 
 @ray.remote
-class AuditorActor:
+class AuditorActor(ActorShell):
     """Verifies the audit chain periodically; serves audit queries."""
 
-    def __init__(self, layout: VarLayout, period_s: float = 30.0, log_level: str = "INFO") -> None:
-        configure_logging(log_level)
-        self._ledger = SqliteLedger(layout.ledger)
-        self._period = period_s
-        self._stop = threading.Event()
-        self._last: dict[str, Any] = {"intact": None, "checked_at": None}
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+    name = "auditor"
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.verify()
-            self._stop.wait(self._period)
+    def __init__(self, storage: StorageConfig, period_s: float = 30.0, log_level: str = "INFO") -> None:
+        self._open_ledger(storage, log_level)
+        self._last: dict[str, Any] = {"intact": None, "checked_at": None}
+        self._add_loop(Loop("audit-verify", self._round, period_s, clock=self._clock))
+        self._start_heartbeat()
+
+    def _round(self) -> int:
+        self.verify()
+        return 1
 
     def verify(self) -> dict[str, Any]:
         """Check the chain now; return ``{"intact": bool, "break": ..., "checked_at": t}``."""
-        broken = self._ledger.verify_audit_chain()
+        broken = self._ledger.audit.verify()
         self._last = {
             "intact": broken is None,
             "break": None if broken is None else {"seq": broken.seq, "reason": broken.reason},
-            "checked_at": time.time(),
+            "checked_at": self._clock.now(),
         }
         if broken is not None:
             logger.error("audit chain broken at seq %d: %s", broken.seq, broken.reason)
         return self._last
 
-    def events(self, study_uid: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Return audit events, optionally for one study."""
-        return self._ledger.audit_events(study_uid, limit)
+    def events(self, study_uid: str | None = None, limit: int = 1000) -> list[AuditEntry]:
+        """Stored audit events, optionally of one study."""
+        return self._ledger.audit.events(study_uid, limit)
 
-    def health(self) -> dict[str, Any]:
-        """Return the last verification for the supervisor."""
-        return {"stage": "auditor", "alive": True, "processed": 0, "failures": 0 if self._last.get("intact") is not False else 1, "in_flight": 0, "last_error": "" if self._last.get("intact") is not False else "audit chain broken"}
-
-    def stop(self) -> None:
-        """Stop the periodic check."""
-        self._stop.set()
+    def _counters(self) -> tuple[int, int, int, str]:
+        broken = self._last.get("intact") is False
+        return 0, int(broken), 0, "audit chain broken" if broken else ""

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.paths import VarLayout
+from core.codec import to_jsonable
 from core.config import AppConfig
 from core.errors import ConfigError, PacsAIError
+from core.quarantine import QuarantineEntry, QuarantineState
+from core.status import LedgerStatus
+from state.ledger import Ledger, open_ledger
 
 __all__ = ["main"]
 
@@ -30,8 +32,8 @@ def _config(args: argparse.Namespace) -> AppConfig:
     return load_config(args.config)
 
 
-def _ledger(cfg: AppConfig) -> SqliteLedger:
-    return SqliteLedger(VarLayout.at(cfg.storage.var_dir).ledger)
+def _ledger(cfg: AppConfig) -> Ledger:
+    return open_ledger(cfg.storage)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -48,6 +50,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the service in the foreground until SIGTERM / SIGINT."""
     from actors.pipeline import Pipeline
+    from actors.polling import Loop
     from actors.supervisor import Supervisor
 
     cfg = _config(args)
@@ -63,12 +66,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if cfg.hl7 is not None:
         print(f"pacsai up: HL7 MLLP on {cfg.hl7.listener.host}:{pipeline.hl7_port()}", flush=True)
-    supervisor = Supervisor(pipeline, _ledger(cfg))
+    supervision = Loop("supervisor", Supervisor(pipeline, _ledger(cfg)).run_once, 2.0).start()
     try:
         while not stop.is_set():
-            supervisor.check()
-            stop.wait(2.0)
+            stop.wait(1.0)
     finally:
+        supervision.stop()
         print("pacsai up: stopping (work in flight stays in the ledger)", flush=True)
         pipeline.stop()
         import ray
@@ -77,36 +80,38 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_status(report: dict[str, Any]) -> str:
+def _format_status(report: LedgerStatus) -> str:
     lines = ["jobs:"]
-    lines += [f"  {state:<12} {n}" for state, n in report["jobs"].items()]
+    lines += [f"  {state:<12} {n}" for state, n in report.jobs.items()]
     lines.append("instances:")
-    lines += [f"  {state:<12} {n}" for state, n in report["instances"].items()]
-    lines.append(f"queue depth: {report['queue_depth']}   outbox pending: {report['outbox_pending']}")
-    q = report.get("quarantine")
-    if q:
-        codes = ", ".join(f"{c} {n}" for c, n in q["held_by_code"].items())
-        lines.append(f"quarantine: held {q['held']}" + (f" ({codes})" if codes else "")
-                     + f", released {q['released']}, discarded {q['discarded']}"
-                     + ("   -> pacsai quarantine list" if q["held"] else ""))
-    if report.get("review_flags_open"):
-        lines.append(f"for review: {report['review_flags_open']} (e.g. a prior with our Patient ID "
+    lines += [f"  {state:<12} {n}" for state, n in report.instances.items()]
+    lines.append(f"queue depth: {report.queue_depth}   outbox pending: {report.outbox_pending}")
+    q = report.quarantine
+    codes = ", ".join(f"{c} {n}" for c, n in q.held_by_code.items())
+    lines.append(f"quarantine: held {q.held}" + (f" ({codes})" if codes else "")
+                 + f", released {q.released}, discarded {q.discarded}"
+                 + ("   -> pacsai quarantine list" if q.held else ""))
+    if report.review_flags_open:
+        lines.append(f"for review: {report.review_flags_open} (e.g. a prior with our Patient ID "
                      "but another patient's name or birth date)")
-    oldest = report["oldest_waiting"]
+    oldest = report.oldest_waiting
     if oldest:
         lines.append(
-            f"oldest waiting: job {oldest['job_id']} ({oldest['state']}, {oldest['age_s']:.1f} s)"
-            + (f": {oldest['reason']}" if oldest["reason"] else "")
+            f"oldest waiting: job {oldest.job_id} ({oldest.state}, {oldest.age_s:.1f} s)"
+            + (f": {oldest.reason}" if oldest.reason else "")
         )
     lines.append("stages:")
     now = time.time()
-    for s in report["stages"]:
-        age = now - s["heartbeat_at"]
-        health = "ok" if age < 10 and s["status"] == "ok" else f"STALE ({age:.0f} s)"
-        err = f"  last error: {s['last_error']}" if s["last_error"] else ""
+    for s in report.stages:
+        h, age = s.health, now - s.heartbeat_at
+        health = s.status.value if age < 10 else f"STALE ({age:.0f} s)"
+        idle = f"  last work {now - h.last_work_at:.0f} s ago" if h.last_work_at else ""
+        err = f"  last error: {h.last_error}" if h.last_error else ""
+        dead = [loop.name for loop in h.loops if not loop.alive]
+        down = f"  stopped: {', '.join(dead)}" if dead else ""
         lines.append(
-            f"  {s['stage']:<13} {health:<10} processed {s['processed']:<6} failures "
-            f"{s['failures']:<4} in flight {s['in_flight']}{err}"
+            f"  {h.actor:<13} {health:<10} processed {h.processed:<6} failures "
+            f"{h.failures:<4} in flight {h.in_flight}{idle}{down}{err}"
         )
     return "\n".join(lines)
 
@@ -114,36 +119,38 @@ def _format_status(report: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print jobs per state, per-stage health, queue depth and the oldest waiting job."""
     cfg = _config(args)
-    report = _ledger(cfg).status(time.time())
-    print(json.dumps(report, indent=2) if args.json else _format_status(report))
+    report = _ledger(cfg).status.report(time.time())
+    print(json.dumps(to_jsonable(report), indent=2) if args.json else _format_status(report))
     return 0
 
 
-def _format_entry(e: dict[str, Any], verbose: bool = False) -> str:
-    head = (f"{e['id']:<6} {e['state']:<9} {e.get('modality') or '-':<4} {e['sop_instance_uid']}"
-            f"  [{', '.join(e['codes'])}]")
+def _format_entry(e: QuarantineEntry, verbose: bool = False) -> str:
+    head = (f"{e.id:<6} {e.state.value:<9} {e.modality or '-':<4} {e.sop_instance_uid}"
+            f"  [{', '.join(e.codes)}]")
     if not verbose:
         return head
-    lines = [head, f"  study  {e['study_uid']}", f"  series {e['series_uid']}",
-             f"  file   {e.get('path')} ({e.get('size')} bytes, sha256 {e.get('sha256')})",
-             f"  from   {e.get('calling_ae') or '-'} in {e.get('transfer_syntax') or '-'}",
-             f"  job    {e['job_id']}"]
-    lines += [f"  - {r['code']} ({r.get('level', 'instance')}): {r['message']}" for r in e["reasons"]]
-    if e["decided_by"]:
-        lines.append(f"  {e['state']} by {e['decided_by']}: {e['decision_reason']}"
-                     + (f" (accepted: {', '.join(e['accepted_codes'])})" if e["accepted_codes"] else ""))
+    lines = [head, f"  study  {e.study_uid}", f"  series {e.series_uid}",
+             f"  file   {e.path} ({e.size} bytes, sha256 {e.sha256})",
+             f"  from   {e.calling_ae or '-'} in {e.transfer_syntax or '-'}",
+             f"  job    {e.job_id}"]
+    lines += [f"  - {r.code} ({r.level}): {r.message}" for r in e.reasons]
+    if e.decided_by:
+        lines.append(f"  {e.state.value} by {e.decided_by}: {e.decision_reason}"
+                     + (f" (accepted: {', '.join(e.accepted_codes)})" if e.accepted_codes else ""))
     return "\n".join(lines)
+
+
+def _entry_json(e: QuarantineEntry) -> dict[str, Any]:
+    return {"id": e.id, **to_jsonable(e)}
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """List, show, release or discard quarantined instances (core.quarantine has the rules)."""
-    from actors.adapters.quarantine import QuarantineLedger
-
-    ledger = _ledger(_config(args))
-    store = QuarantineLedger(ledger)
+    store = _ledger(_config(args)).quarantine
     actor = f"user:{args.user}" if hasattr(args, "user") else ""
     if args.quarantine_command == "list":
-        entries = store.entries(None if args.state == "all" else args.state, args.study, args.limit)
+        state = None if args.state == "all" else QuarantineState(args.state)
+        entries = store.entries(state, args.study, args.limit)
     elif args.quarantine_command == "show":
         entries = store.resolve(args.id)
     elif args.quarantine_command == "release":
@@ -151,7 +158,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     else:
         entries = store.discard(args.id, actor, args.reason, time.time())
     if args.json:
-        print(json.dumps(entries, indent=2, default=str))
+        print(json.dumps([_entry_json(e) for e in entries], indent=2, default=str))
     else:
         verbose = args.quarantine_command != "list"
         print("\n".join(_format_entry(e, verbose) for e in entries) or "quarantine: nothing")
@@ -211,7 +218,7 @@ def cmd_ai(args: argparse.Namespace) -> int:
     """Switch AI on or off for a study or a modality (effective without restart)."""
     cfg = _config(args)
     scope, key = ("study", args.study) if args.study else ("modality", args.modality)
-    _ledger(cfg).set_ai_switch(
+    _ledger(cfg).controls.set_ai_switch(
         scope, key, args.state == "on", args.reason or "", f"user:{args.user}", time.time()
     )
     print(f"AI {args.state} for {scope} {key}")
@@ -221,7 +228,7 @@ def cmd_ai(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Put a dead job back into the state it died in, with a fresh retry budget."""
     cfg = _config(args)
-    state = _ledger(cfg).replay(args.job_id, f"user:{args.user}", time.time())
+    state = _ledger(cfg).jobs.replay(args.job_id, f"user:{args.user}", time.time())
     print(f"job {args.job_id} replayed into {state}")
     return 0
 
@@ -230,11 +237,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Verify the audit chain or show events."""
     ledger = _ledger(_config(args))
     if args.action == "verify":
-        broken = ledger.verify_audit_chain()
+        broken = ledger.audit.verify()
         print("audit chain intact" if broken is None else f"audit chain BROKEN at seq {broken.seq}: {broken.reason}")
         return 0 if broken is None else 1
-    for e in ledger.audit_events(args.study, args.limit):
-        print(json.dumps(e, default=str))
+    for e in ledger.audit.events(args.study, args.limit):
+        print(json.dumps(to_jsonable(e), default=str))
     return 0
 
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import time
-
 import ray
 from pydicom import dcmread
 
 from actors.adapters.dimse import DimsePacsClient
-from actors.adapters.ledger import SqliteLedger
+from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import PacsConfig
 from core.errors import DependencyUnavailable, TransientIOError
-from core.types import AuditEventType, Job, JobState
+from core.job import Job
+from core.ports import Clock
+from core.results import DeliveryState
+from core.types import AuditEventType, JobState
+from state.ledger import Ledger
 
 __all__ = ["DeliveryActor", "DeliveryWork"]
 
@@ -21,10 +23,12 @@ __all__ = ["DeliveryActor", "DeliveryWork"]
 class DeliveryWork:
     """Delivers the pending outbox items of one written job."""
 
-    def __init__(self, ledger: SqliteLedger, pacs: DimsePacsClient | None, actor: str) -> None:
+    def __init__(self, ledger: Ledger, pacs: DimsePacsClient | None, actor: str,
+                 clock: Clock | None = None) -> None:
         self._ledger = ledger
         self._pacs = pacs
         self._actor = actor
+        self._clock = clock or SystemClock()
 
     def __call__(self, job: Job) -> None:
         """Send what is pending; move the job to ``delivered`` once everything is.
@@ -33,28 +37,30 @@ class DeliveryWork:
             DependencyUnavailable: No PACS is configured or it cannot be reached (job waits).
             TransientIOError: The PACS refused an object (spends the retry budget).
         """
-        pending = self._ledger.outbox_items(job.job_id, "pending")
+        outbox = self._ledger.outbox
+        pending = outbox.items(job.job_id, DeliveryState.PENDING)
         if pending:
             if self._pacs is None:
                 raise DependencyUnavailable("pacs", "no PACS is configured (config key 'pacs')")
-            datasets = [dcmread(item["path"]) for item in pending]
-            outcomes = self._pacs.store(datasets)
+            outcomes = self._pacs.store([dcmread(entry.item.path) for entry in pending])
             refused = []
-            for item, outcome in zip(pending, outcomes, strict=True):
+            for entry, outcome in zip(pending, outcomes, strict=True):
+                item = entry.item
                 if outcome.ok:
                     event = AuditEvent(
                         AuditEventType.SR_DELIVERED, self._actor, job.study_instance_uid,
-                        item["sop_instance_uid"], job.job_id,
-                        {"status": f"0x{outcome.status:04X}", "kind": item["kind"], "family": item["family"]},
+                        item.sop_instance_uid, job.job_id,
+                        {"status": f"0x{outcome.status:04X}", "kind": item.kind.value,
+                         "family": item.family},
                     )
-                    self._ledger.mark_delivered(item["item_id"], time.time(), event)
+                    outbox.mark_delivered(entry.item_id, self._clock.now(), event)
                 else:
-                    error = f"PACS answered 0x{outcome.status:04X} for {item['sop_instance_uid']}"
-                    self._ledger.note_delivery_failure(item["item_id"], error)
+                    error = f"PACS answered 0x{outcome.status:04X} for {item.sop_instance_uid}"
+                    outbox.note_failure(entry.item_id, error)
                     refused.append(error)
             if refused:
                 raise TransientIOError("; ".join(refused))
-        self._ledger.transition(job, JobState.DELIVERED, time.time(), reason="")
+        self._ledger.jobs.transition(job, JobState.DELIVERED, self._clock.now(), reason="")
 
 
 @ray.remote
@@ -65,6 +71,6 @@ class DeliveryActor(StageShell):
     state = JobState.WRITTEN
 
     def __init__(self, runtime: StageRuntime, pacs: PacsConfig | None) -> None:
-        ledger = self._open_ledger(runtime)
+        ledger = self._open_ledger(runtime.storage, runtime.log_level)
         client = DimsePacsClient(pacs) if pacs is not None else None
-        self._start(runtime, DeliveryWork(ledger, client, "stage:delivery"))
+        self._start(runtime, DeliveryWork(ledger, client, "stage:delivery", self._clock))

@@ -22,7 +22,7 @@ from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
 from actors.adapters.dcmtk import storescu
-from actors.adapters.ledger import SqliteLedger
+from state.ledger import Ledger, open_ledger
 from actors.adapters.orthanc import OrthancProcess
 from actors.pipeline import Pipeline, load_config, wait_until
 from core.config import AppConfig
@@ -72,7 +72,7 @@ def _send_studies(cfg: AppConfig, port: int, n: int, workdir: Path) -> list[Demo
     return sent
 
 
-def _result(pacs: OrthancProcess, ledger: SqliteLedger, study: DemoStudy) -> DemoStudy:
+def _result(pacs: OrthancProcess, ledger: Ledger, study: DemoStudy) -> DemoStudy:
     [sr_meta] = pacs.instances_of_study(study.study_uid, modality="SR")
     ds = dcmread(BytesIO(pacs.file(sr_meta["ID"])))
     groups = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()
@@ -81,8 +81,9 @@ def _result(pacs: OrthancProcess, ledger: SqliteLedger, study: DemoStudy) -> Dem
         prob = g.get_measurements(name=codes.DCM.Probability)[0].value
         present = g.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value
         findings.append((g.tracking_identifier.split(":")[-1], float(prob), present == codes.SCT.Present))
-    last_received = max(e["at"] for e in ledger.audit_events(study.study_uid) if e["type"] == "instance_received")
-    stored = max(e["at"] for e in ledger.audit_events(study.study_uid) if e["type"] == "sr_delivered")
+    events = ledger.audit.events(study.study_uid)
+    last_received = max(e.at for e in events if e.type == "instance_received")
+    stored = max(e.at for e in events if e.type == "sr_delivered")
     return DemoStudy(study.study_uid, study.truth, str(ds.SOPInstanceUID), tuple(findings), stored - last_received)
 
 
@@ -127,16 +128,16 @@ def run_demo(config_path: Path, n_studies: int = 3, timeout_s: float = 300.0) ->
         pipeline = Pipeline(cfg).start()
         print(f"demo: pipeline up in {time.time() - t0:.1f} s; sending {n_studies} studies with storescu", flush=True)
         sent = _send_studies(cfg, pipeline.listener_port(), n_studies, work / "input")
-        ledger = SqliteLedger(pipeline.layout.ledger)
+        ledger = open_ledger(cfg.storage, pipeline.layout)
 
         def all_delivered() -> bool:
             return all(
-                any(j.state.value == "delivered" for j in ledger.jobs_for_study(s.study_uid)) for s in sent
+                any(j.state.value == "delivered" for j in ledger.jobs.for_study(s.study_uid)) for s in sent
             )
 
         if not wait_until(all_delivered, timeout_s, 0.2):
             print("demo: not every study was reported in time; `pacsai status`:", flush=True)
-            print(ledger.status(time.time()))
+            print(ledger.status.report(time.time()))
             return 1
         results = [_result(pacs, ledger, s) for s in sent]
         print("\n" + _table(results) + "\n", flush=True)

@@ -15,9 +15,6 @@ audited), else by the SR's Patient ID.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,18 +23,21 @@ import ray
 from pydicom import dcmread
 
 from actors.adapters.context_store import ContextReader
-from actors.adapters.ehr_outbox import EhrOutbox
 from actors.adapters.fhir_http import FhirClient
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.paths import VarLayout
-from actors.stage import configure_logging
+from actors.polling import Loop, SystemClock
+from actors.stage import ActorShell
 from core.audit import AuditEvent
-from core.config import EhrConfig, RetryConfig
+from core.config import EhrConfig, RetryConfig, StorageConfig
 from core.context import StudyContext
 from core.errors import DependencyUnavailable, RejectedInput
 from core.fhir import ResultSubject, build_result_bundle
 from core.ledger import RetryPolicy
-from core.types import AuditEventType, Prediction
+from core.ports import Clock
+from core.results import OutboxEntry
+from core.types import AuditEventType
+from state.ehr_outbox import EhrOutbox, EhrReport
+from state.layout import VarLayout
+from state.ledger import Ledger, open_database
 
 __all__ = ["EhrDeliveryActor", "EhrDeliveryWork"]
 
@@ -53,21 +53,21 @@ class EhrDeliveryWork:
 
     def __init__(
         self,
-        ledger: SqliteLedger,
+        ledger: Ledger,
         outbox: EhrOutbox,
         context: ContextReader | None,
         client: FhirClient,
         cfg: EhrConfig,
         policy: RetryPolicy,
         manufacturer: str,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self._ledger, self._outbox, self._context = ledger, outbox, context
         self._client, self._cfg, self._policy = client, cfg, policy
         self._manufacturer = manufacturer
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._actor = "stage:ehr_delivery"
-        self._since = outbox.enabled_since(clock())
+        self._since = outbox.enabled_since(self._clock.now())
         self.sent = 0
         self.failures = 0
         self.last_error = ""
@@ -79,33 +79,33 @@ class EhrDeliveryWork:
     # -------------------------------------------------------------- queue
     def enqueue_round(self) -> int:
         """Turn newly delivered SRs into queued report Bundles."""
-        items = self._ledger.results_for_ehr(self._since, self._cfg.batch)
-        for item in items:
-            events = self._enqueue(item)
-            self._ledger.mark_ehr_queued([item["item_id"]])
-            self._ledger.audit(events, self._clock())
-        return len(items)
+        entries = self._ledger.outbox.for_ehr(self._since, self._cfg.batch)
+        for entry in entries:
+            events = self._enqueue(entry)
+            self._ledger.outbox.mark_ehr_queued([entry.item_id])
+            self._ledger.audit.append(events, self._clock.now())
+        return len(entries)
 
-    def _enqueue(self, item: dict[str, Any]) -> list[AuditEvent]:
-        job = self._ledger.get_job(int(item["job_id"]))
-        raw = (job.data.get("predictions", {}) if job else {}).get(item["family"])
-        if job is None or raw is None:
-            logger.error(
-                "SR %s: no prediction in job %s; no EHR report",
-                item["sop_instance_uid"], item["job_id"],
-            )
+    def _enqueue(self, entry: OutboxEntry) -> list[AuditEvent]:
+        job = self._ledger.jobs.get(entry.job_id)
+        inference = job.record.inference if job is not None else None
+        prediction = next((p for p in (inference.predictions if inference else ())
+                           if p.family == entry.item.family), None)
+        if job is None or prediction is None:
+            logger.error("SR %s: no prediction in job %s; no EHR report",
+                         entry.item.sop_instance_uid, entry.job_id)
             return []
-        prediction = Prediction.from_json(raw)
-        context = StudyContext.from_json(job.data["context"]) if job.data.get("context") else None
-        subject, reads = self._subject(item, job.job_id, context)
+        context = job.record.context
+        subject, reads = self._subject(entry, job.job_id, context)
         bundle = build_result_bundle(
             prediction, subject, self._cfg.fhir.base_url, self._manufacturer
         )
         new = self._outbox.enqueue(
-            subject.sr_uid, job.job_id, job.study_instance_uid, job.priority, bundle, self._clock()
+            subject.sr_uid, job.job_id, job.study_instance_uid, job.priority, bundle,
+            self._clock.now(),
         )
         detail = {
-            "sr_uid": subject.sr_uid, "family": item["family"], "model": prediction.model_name,
+            "sr_uid": subject.sr_uid, "family": entry.item.family, "model": prediction.model_name,
             "version": prediction.model_version, "with_context": context is not None, "new": new,
         }
         queued = AuditEvent(AuditEventType.EHR_REPORT_QUEUED, self._actor,
@@ -113,9 +113,9 @@ class EhrDeliveryWork:
         return [*reads, queued]
 
     def _subject(
-        self, item: dict[str, Any], job_id: int, context: StudyContext | None
+        self, entry: OutboxEntry, job_id: int, context: StudyContext | None
     ) -> tuple[ResultSubject, list[AuditEvent]]:
-        sr = dcmread(item["path"], stop_before_pixels=True)
+        sr = dcmread(entry.item.path, stop_before_pixels=True)
         patient_id = str(sr.get("PatientID", "") or "")
         accession = str(sr.get("AccessionNumber", "") or "")
         identifier: dict[str, Any] | None = None
@@ -135,7 +135,7 @@ class EhrDeliveryWork:
         return ResultSubject(
             study_uid=str(sr.StudyInstanceUID), sr_uid=str(sr.SOPInstanceUID), patient=identifier,
             accession=accession, accession_system=accession_system,
-            issued=_instant(self._clock()), effective=effective,
+            issued=_instant(self._clock.now()), effective=effective,
         ), reads
 
     def _from_context(
@@ -176,95 +176,73 @@ class EhrDeliveryWork:
         for the next round instead of each waiting out a timeout.
         """
         done = 0
-        for row in self._outbox.due(self._clock(), self._cfg.batch):
+        for row in self._outbox.due(self._clock.now(), self._cfg.batch):
             if not self._send(row):
                 break
             done += 1
         return done
 
-    def _send(self, row: dict[str, Any]) -> bool:
+    def _send(self, row: EhrReport) -> bool:
         """Send one report; ``False`` when the endpoint is unavailable."""
-        now = self._clock()
+        now = self._clock.now()
         try:
-            self._client.transaction(row["bundle"], row["sr_uid"])
+            self._client.transaction(row.bundle, row.sr_uid)
         except DependencyUnavailable as exc:
-            waits = int(row["waits"]) + 1
+            waits = row.waits + 1
             delay = self._policy.unavailable_delay(waits)
-            self._outbox.defer(row["item_id"], now + delay, str(exc), spent=False)
+            self._outbox.defer(row.item_id, now + delay, str(exc), spent=False)
             if waits == 1:  # one audit line per outage, not one per poll
-                self._failed(row, str(exc), attempts=int(row["attempts"]), dead=False,
-                             unavailable=True)
+                self._failed(row, str(exc), attempts=row.attempts, dead=False, unavailable=True)
             return False
         except RejectedInput as exc:
-            attempts = int(row["attempts"]) + 1
+            attempts = row.attempts + 1
             dead = self._policy.is_exhausted(attempts)
             delay = self._policy.delay_after(attempts)
-            self._outbox.defer(row["item_id"], now + delay, exc.reason, spent=True, dead=dead)
+            self._outbox.defer(row.item_id, now + delay, exc.reason, spent=True, dead=dead)
             self.failures += 1
             self._failed(row, exc.reason.split(":")[0], attempts=attempts, dead=dead,
                          unavailable=False)
             return True
-        self._outbox.delivered(row["item_id"], now)
+        self._outbox.delivered(row.item_id, now)
         self.sent += 1
         event = AuditEvent(
-            AuditEventType.EHR_REPORT_DELIVERED, self._actor, row["study_uid"],
-            job_id=row["job_id"], detail={"sr_uid": row["sr_uid"], "waits": row["waits"]},
+            AuditEventType.EHR_REPORT_DELIVERED, self._actor, row.study_uid,
+            job_id=row.job_id, detail={"sr_uid": row.sr_uid, "waits": row.waits},
         )
-        self._ledger.audit([event], now)
+        self._ledger.audit.append([event], now)
         return True
 
     def _failed(
-        self, row: dict[str, Any], error: str, *, attempts: int, dead: bool, unavailable: bool
+        self, row: EhrReport, error: str, *, attempts: int, dead: bool, unavailable: bool
     ) -> None:
         self.last_error = error[:300]
         event = AuditEvent(
-            AuditEventType.EHR_REPORT_FAILED, self._actor, row["study_uid"], job_id=row["job_id"],
-            detail={"sr_uid": row["sr_uid"], "error": error[:200], "attempts": attempts,
+            AuditEventType.EHR_REPORT_FAILED, self._actor, row.study_uid, job_id=row.job_id,
+            detail={"sr_uid": row.sr_uid, "error": error[:200], "attempts": attempts,
                     "dead": dead, "unavailable": unavailable},
         )
-        self._ledger.audit([event], self._clock())
+        self._ledger.audit.append([event], self._clock.now())
 
 
 @ray.remote
-class EhrDeliveryActor:
-    """Ray shell: runs ``EhrDeliveryWork`` rounds on a thread until stopped."""
+class EhrDeliveryActor(ActorShell):
+    """Ray shell: runs ``EhrDeliveryWork`` rounds in its loop until stopped."""
+
+    name = "ehr_delivery"
 
     def __init__(
-        self, cfg: EhrConfig, layout: VarLayout, retry: RetryConfig, manufacturer: str,
+        self, cfg: EhrConfig, storage: StorageConfig, retry: RetryConfig, manufacturer: str,
         context_db: Path | None = None, log_level: str = "INFO",
     ) -> None:
-        configure_logging(log_level)
-        self._ledger = SqliteLedger(layout.ledger)
+        ledger = self._open_ledger(storage, log_level)
+        outbox = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr"))
         self._work = EhrDeliveryWork(
-            self._ledger, EhrOutbox(layout.ehr_outbox),
-            ContextReader(context_db) if context_db else None, FhirClient(cfg.fhir), cfg,
-            RetryPolicy.from_config(retry), manufacturer,
+            ledger, outbox, ContextReader(context_db) if context_db else None,
+            FhirClient(cfg.fhir), cfg, RetryPolicy.from_config(retry), manufacturer, self._clock,
         )
-        self._poll = cfg.poll_interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="ehr-delivery", daemon=True)
-        self._thread.start()
+        self._add_loop(Loop("ehr-delivery", self._work.run_once, cfg.poll_interval_s, eager=True,
+                            clock=self._clock))
+        self._start_heartbeat()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self._work.run_once()
-            except Exception as exc:  # the loop must survive a bad round (ledger busy, bad file)
-                logger.exception("EHR delivery round failed")
-                self._work.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                busy = 0
-            if not busy:
-                self._stop.wait(self._poll)
-
-    def health(self) -> dict[str, Any]:
-        """Return counters for the supervisor."""
-        return {
-            "stage": "ehr_delivery", "alive": self._thread.is_alive(),
-            "processed": self._work.sent, "failures": self._work.failures, "in_flight": 0,
-            "last_error": self._work.last_error,
-        }
-
-    def stop(self) -> None:
-        """Stop the loop; queued reports stay in the outbox."""
-        self._stop.set()
-        self._thread.join(10)
+    def _counters(self) -> tuple[int, int, int, str]:
+        return self._work.sent, self._work.failures, 0, self._work.last_error

@@ -1,54 +1,47 @@
 """HL7 listener actor: the MLLP listener of the HL7 bridge as a Ray actor.
 
-Like the DICOM listener it depends only on its disk: the context store it writes and the
+Like the DICOM listener it depends only on its stores: the context store it writes and the
 ledger it audits into. Ray restarts it (and so rebinds the port) if it dies; the sender
 resends what was not acknowledged, and the inbox keeps it from being applied twice.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import ray
 
 from actors.adapters.hl7_inbox import Hl7Listener
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.paths import VarLayout
-from actors.stage import configure_logging
-from core.config import Hl7Config
+from actors.stage import ActorShell
+from core.config import Hl7Config, StorageConfig
+from state.layout import VarLayout
 
 __all__ = ["Hl7ListenerActor"]
 
 
 @ray.remote
-class Hl7ListenerActor:
+class Hl7ListenerActor(ActorShell):
     """Ray shell around ``Hl7Listener``."""
 
+    name = "hl7_listener"
+
     def __init__(
-        self, cfg: Hl7Config, layout: VarLayout, hash_key: bytes, log_level: str = "INFO"
+        self, cfg: Hl7Config, storage: StorageConfig, hash_key: bytes, log_level: str = "INFO"
     ) -> None:
-        configure_logging(log_level)
+        ledger = self._open_ledger(storage, log_level)
         Hl7Listener.tune_process()
-        self._listener = Hl7Listener(cfg, layout.context, SqliteLedger(layout.ledger), hash_key)
+        self._listener = Hl7Listener(cfg, VarLayout.at(storage.var_dir).context, ledger, hash_key)
         self._listener.start()
+        self._start_heartbeat()
 
     def port(self) -> int:
         """Return the bound MLLP port."""
         return self._listener.port
 
-    def health(self) -> dict[str, Any]:
-        """Return counters for the supervisor."""
+    def _counters(self) -> tuple[int, int, int, str]:
         counts = self._listener.counts
-        return {
-            "stage": "hl7_listener",
-            "alive": True,
-            "processed": counts["applied"] + counts["duplicate"],
-            "failures": counts["invalid"] + counts["rejected"] + counts["failed"],
-            "in_flight": 0,
-            "last_error": "",
-            "counts": dict(counts),
-        }
+        return (counts["applied"] + counts["duplicate"],
+                counts["invalid"] + counts["rejected"] + counts["failed"], 0, "")
 
     def stop(self) -> None:
         """Close the port; audit what is left."""
+        super().stop()
         self._listener.stop()

@@ -8,7 +8,7 @@ job waits in the ledger without spending its retry budget, and C-STOREs keep suc
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,17 @@ from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.serve.exceptions import BackPressureError, RayServeException
 
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.study_records import StudyRecords
+from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import ModelEntry, PriorsConfig, RoutingConfig, app_name
 from core.errors import DependencyUnavailable, ModelError
+from core.job import Inference, Job
+from core.ports import Clock
+from core.records import InferenceRequest, ModelOutput, ModelTask, Prediction
 from core.routing import Router
-from core.types import AuditEventType, InferenceRequest, Job, JobState, ModelTask, Prediction
+from core.types import AuditEventType, JobState
+from state.ledger import Ledger
 
 __all__ = ["InferenceActor", "InferenceWork"]
 
@@ -36,18 +39,19 @@ class InferenceWork:
 
     def __init__(
         self,
-        ledger: SqliteLedger,
+        ledger: Ledger,
         models: dict[str, ModelEntry],
         router: Router,
         actor: str,
         compare_images: tuple[str, ...] = (),
+        clock: Clock | None = None,
     ) -> None:
         self._ledger = ledger
-        self._records = StudyRecords(ledger)
         self._models = models
         self._router = router
         self._actor = actor
         self._compare = compare_images
+        self._clock = clock or SystemClock()
         self._handles: dict[str, Any] = {}
 
     def _handle(self, family: str) -> Any:
@@ -61,24 +65,23 @@ class InferenceWork:
         return handle
 
     def _switched_off(self, job: Job, task: ModelTask) -> str:
-        switches = self._ledger.ai_switches()
+        switches = self._ledger.controls.ai_switches()
         if job.study_instance_uid in switches.studies_off:
             return "AI switched off for this study"
-        modalities = {
-            i.modality for i in self._ledger.job_instances(job.job_id)
-            if i.sop_instance_uid in set(task.sop_instance_uids)
-        }
+        wanted = set(task.sop_instance_uids)
+        modalities = {i.modality for i in self._ledger.intake.job_instances(job.job_id)
+                      if i.sop_instance_uid in wanted}
         off = [m for m in modalities if not self._router.ai_enabled_for_modality(m, switches)]
         return f"AI switched off for modality {', '.join(sorted(off))}" if off else ""
 
     def infer(self, job: Job, task: ModelTask) -> Prediction:
-        """Run one task on its deployment.
+        """Run one task on its deployment; store its heatmaps as blobs.
 
         Raises:
             DependencyUnavailable: The deployment cannot take the request now.
             ModelError: The model failed on this input.
         """
-        paths = {i.sop_instance_uid: i.path for i in self._ledger.job_instances(job.job_id)}
+        paths = {i.sop_instance_uid: i.path for i in self._ledger.intake.job_instances(job.job_id)}
         return self._request(job, job.study_instance_uid, task, paths)
 
     def _request(self, job: Job, study_uid: str, task: ModelTask, paths: dict[str, str]) -> Prediction:
@@ -90,50 +93,54 @@ class InferenceWork:
         )
         timeout = self._models[task.family].serve.request_timeout_s
         try:
-            return self._handle(task.family).remote(request).result(timeout_s=timeout)
+            output: ModelOutput = self._handle(task.family).remote(request).result(timeout_s=timeout)
         except ModelError as exc:  # Ray wraps it (RayTaskError subclassing ModelError)
             cause = getattr(exc, "cause", exc)
             raise ModelError(f"{task.family}: {getattr(cause, 'reason', cause)}") from None
         except (BackPressureError, RayServeException, RayActorError, GetTimeoutError, TimeoutError) as exc:
             self._handles.pop(task.family, None)
             raise DependencyUnavailable(f"model:{task.family}", f"{type(exc).__name__}: {exc}") from exc
+        blobs = self._ledger.blobs
+        return output.with_stored(tuple(h.stored_as(blobs.put(h.levels)) for h in output.heatmaps))
 
     def __call__(self, job: Job) -> None:
         """Infer every task; move the job to ``inferred`` (or ``skipped`` if AI was switched off)."""
-        tasks = [ModelTask(t["family"], tuple(t["sop_instance_uids"])) for t in job.data.get("tasks", [])]
+        route = job.record.route
+        tasks = list(route.tasks) if route is not None else []
         for task in tasks:
             why = self._switched_off(job, task)
             if why:
-                event = AuditEvent(AuditEventType.SKIPPED, self._actor, job.study_instance_uid, job_id=job.job_id, detail={"reason": why})
-                self._ledger.transition(job, JobState.SKIPPED, time.time(), events=[event], reason=why)
+                event = AuditEvent(AuditEventType.SKIPPED, self._actor, job.study_instance_uid,
+                                   job_id=job.job_id, detail={"reason": why})
+                self._ledger.jobs.transition(job, JobState.SKIPPED, self._clock.now(),
+                                             events=[event], reason=why)
                 return
-        predictions: dict[str, Any] = {}
-        events = []
+        predictions: list[Prediction] = []
+        events: list[AuditEvent] = []
         for task in self._affected(job, tasks, events):
-            started = time.time()
+            started = self._clock.now()
             pred = self.infer(job, task)
-            predictions[task.family] = pred.to_json()
-            events.append(
-                AuditEvent(
-                    AuditEventType.INFERRED,
-                    self._actor,
-                    job.study_instance_uid,
-                    job_id=job.job_id,
-                    detail={
-                        "family": task.family,
-                        "model": pred.model_name,
-                        "version": pred.model_version,
-                        "positive": [f.key for f in pred.findings if f.present],
-                        "critical": [f.key for f in pred.findings if f.present and f.critical],
-                        "quality_flags": [q["key"] for q in pred.extra.get("quality_flags", [])],
-                        "seconds": round(time.time() - started, 3),
-                        "started_at": round(started, 6),
-                    },
-                )
-            )
-        data: dict[str, Any] = {"predictions": predictions, "inferred_at": time.time()}
-        data["prior_predictions"] = self._prior_predictions(job, tasks, predictions, events)
-        self._ledger.transition(job, JobState.INFERRED, time.time(), events=events, data=data)
+            predictions.append(pred)
+            events.append(self._inferred(job, pred, started))
+        prior = self._prior_predictions(job, tasks, predictions, events)
+        inference = Inference(tuple(predictions), prior, self._clock.now())
+        self._ledger.jobs.transition(job, JobState.INFERRED, self._clock.now(), events=events,
+                                     record=replace(job.record, inference=inference))
+
+    def _inferred(self, job: Job, pred: Prediction, started: float) -> AuditEvent:
+        return AuditEvent(
+            AuditEventType.INFERRED, self._actor, job.study_instance_uid, job_id=job.job_id,
+            detail={
+                "family": pred.family,
+                "model": pred.model_name,
+                "version": pred.model_version,
+                "positive": [f.key for f in pred.findings if f.present],
+                "critical": [f.key for f in pred.findings if f.present and f.critical],
+                "quality_flags": [q.key for q in pred.quality_flags],
+                "seconds": round(self._clock.now() - started, 3),
+                "started_at": round(started, 6),
+            },
+        )
 
     def _affected(self, job: Job, tasks: list[ModelTask], events: list[AuditEvent]) -> list[ModelTask]:
         """Tasks whose input differs from the study's latest result (late instances re-run
@@ -142,36 +149,40 @@ class InferenceWork:
             return tasks
         out = []
         for task in tasks:
-            last = self._records.latest_result(job.study_instance_uid, task.family, job.version)
-            used = set((last or {}).get("prediction", {}).get("source_uids", ()))
-            if last is not None and used == set(task.sop_instance_uids):
+            last = self._ledger.results.latest(job.study_instance_uid, task.family, job.version)
+            if last is not None and set(last.prediction.source_uids) == set(task.sop_instance_uids):
                 events.append(AuditEvent(
                     AuditEventType.SKIPPED, self._actor, job.study_instance_uid, job_id=job.job_id,
                     detail={"family": task.family, "reason": "input unchanged since SR "
-                            f"{last['sop_instance_uid']}; not re-run"}))
+                            f"{last.sop_instance_uid}; not re-run"}))
                 continue
             out.append(task)
         return out
 
     def _prior_predictions(
-        self, job: Job, tasks: list[ModelTask], predictions: dict[str, Any], events: list[AuditEvent]
-    ) -> dict[str, Any]:
+        self, job: Job, tasks: list[ModelTask], predictions: list[Prediction],
+        events: list[AuditEvent],
+    ) -> tuple[Prediction, ...]:
         """Run families that compare images on the retrieved prior series too (issue #5)."""
-        retrieved = (job.data.get("priors") or {}).get("retrieved") or {}
-        uids = list(retrieved.get("sop_instance_uids", ()))
-        paths = {i.sop_instance_uid: i.path for i in self._records.instances(uids)}
-        out: dict[str, Any] = {}
+        priors = job.record.priors
+        retrieved = priors.retrieved if priors is not None else None
+        if retrieved is None:
+            return ()
+        uids = list(retrieved.sop_instance_uids)
+        paths = {i.sop_instance_uid: i.path for i in self._ledger.intake.instances(uids)}
+        ran = {p.family for p in predictions}
+        out = []
         for task in tasks:
-            if task.family not in self._compare or task.family not in predictions or not paths:
+            if task.family not in self._compare or task.family not in ran or not paths:
                 continue
             prior_task = ModelTask(task.family, tuple(u for u in uids if u in paths))
             try:
-                out[task.family] = self._request(job, retrieved["study_uid"], prior_task, paths).to_json()
+                out.append(self._request(job, retrieved.study_uid, prior_task, paths))
             except ModelError as exc:  # the prior is unreadable for the model: compare without it
                 events.append(AuditEvent(
                     AuditEventType.INFERENCE_FAILED, self._actor, job.study_instance_uid,
                     job_id=job.job_id, detail={"family": task.family, "prior": True, "error": exc.reason}))
-        return out
+        return tuple(out)
 
 
 @ray.remote
@@ -185,7 +196,8 @@ class InferenceActor(StageShell):
         self, runtime: StageRuntime, models: dict[str, ModelEntry], routing: RoutingConfig,
         priors: PriorsConfig | None = None,
     ) -> None:
-        ledger = self._open_ledger(runtime)
+        ledger = self._open_ledger(runtime.storage, runtime.log_level)
         router = Router(routing, list(models))
         compare = priors.compare_images if priors is not None and priors.enabled else ()
-        self._start(runtime, InferenceWork(ledger, models, router, "stage:inference", compare))
+        self._start(runtime, InferenceWork(ledger, models, router, "stage:inference", compare,
+                                           self._clock))

@@ -2,55 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import ray
 
 from actors.adapters.dimse import Listener
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.paths import VarLayout
-from actors.stage import configure_logging
-from core.config import AssemblyConfig, ListenerConfig
+from actors.stage import ActorShell
+from core.config import AssemblyConfig, ListenerConfig, StorageConfig
+from core.health import ActorHealth, LoopHealth
+from state.layout import VarLayout
 
 __all__ = ["ListenerActor"]
 
 
 @ray.remote
-class ListenerActor:
+class ListenerActor(ActorShell):
     """Ray shell around ``Listener``; Ray restarts it (and so rebinds the port) if it dies."""
+
+    name = "listener"
 
     def __init__(
         self,
         cfg: ListenerConfig,
-        layout: VarLayout,
+        storage: StorageConfig,
         quiet_period_s: float,
         hash_key: bytes,
         log_level: str = "INFO",
         assembly: AssemblyConfig | None = None,
     ) -> None:
-        configure_logging(log_level)
-        self._ledger = SqliteLedger(layout.ledger)
+        ledger = self._open_ledger(storage, log_level)
+        layout = VarLayout.at(storage.var_dir)
         self._listener = Listener(
-            cfg, layout.spool, layout.rejected, self._ledger, quiet_period_s, hash_key=hash_key,
-            assembly=assembly,
+            cfg, layout.spool, layout.rejected, ledger, quiet_period_s, self._clock,
+            hash_key=hash_key, assembly=assembly,
         )
         self._listener.start()
+        self._start_heartbeat()
 
     def port(self) -> int:
         """Return the bound DIMSE port."""
         return self._listener.port
 
-    def health(self) -> dict[str, Any]:
-        """Return counters for the supervisor."""
-        return {
-            "stage": "listener",
-            "alive": True,
-            "processed": self._listener.received,
-            "failures": self._listener.failed,
-            "in_flight": 0,
-            "last_error": "",
-        }
+    def health(self) -> ActorHealth:
+        """The DICOM server's thread, and what it received."""
+        base = super().health()
+        server = LoopHealth("dicom-server", self._listener.serving, self._listener.received,
+                            self._listener.failed, last_work_at=self._listener.last_received_at)
+        return ActorHealth(base.actor, base.pid, self._listener.received, self._listener.failed,
+                           0, "", (server, *base.loops))
 
     def stop(self) -> None:
         """Close the port."""
+        super().stop()
         self._listener.stop()
+

@@ -18,8 +18,6 @@ import yaml
 from ray import serve
 from ray.exceptions import ActorUnavailableError
 
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.paths import VarLayout
 from actors.assembler import AssemblerActor
 from actors.auditor import AuditorActor
 from actors.delivery import DeliveryActor
@@ -34,7 +32,10 @@ from actors.stage import StageRuntime
 from actors.validator import ValidatorActor
 from core.config import AppConfig, StageConfig, app_name, parse_config
 from core.errors import ConfigError, DependencyUnavailable
+from core.health import ActorHealth
 from core.identifiers import DEFAULT_KEY
+from state.layout import VarLayout
+from state.ledger import open_database, open_ledger
 
 __all__ = [
     "Pipeline",
@@ -180,12 +181,13 @@ class Pipeline:
     def runtime(self, stage: StageConfig) -> StageRuntime:
         """The runtime settings handed to one stage actor."""
         return StageRuntime(
-            ledger_path=self.layout.ledger,
+            storage=self.cfg.storage,
             stage=stage,
             lease_s=self.cfg.stages.lease_s,
             poll_interval_s=self.cfg.stages.poll_interval_s,
             retry=self.cfg.retry,
             log_level=self.cfg.logging.level,
+            notify_wait_s=self.cfg.stages.notify_wait_s,
         )
 
     def _options(self, name: str, num_cpus: float) -> dict[str, Any]:
@@ -206,13 +208,13 @@ class Pipeline:
         key = hash_key(self.cfg)
         apps = build_model_apps(self.cfg) if deploy and self.cfg.models else {}
         ensure_ray(self.cfg)
-        SqliteLedger(self.layout.ledger).close()  # create the schema once, before the actors
+        self._migrate()
         if apps:
             deploy_models(self.cfg, apps=apps)
         st = self.cfg.stages
         self.actors = {
             "listener": ListenerActor.options(**self._options("listener", 0)).remote(
-                self.cfg.listener, self.layout, self.cfg.assembly.quiet_period_s, key,
+                self.cfg.listener, self.cfg.storage, self.cfg.assembly.quiet_period_s, key,
                 self.cfg.logging.level, self.cfg.assembly,
             ),
             "assembler": AssemblerActor.options(**self._options("assembler", st.assembler.num_cpus)).remote(
@@ -239,12 +241,18 @@ class Pipeline:
                 self.runtime(st.delivery), self.cfg.pacs
             ),
             "auditor": AuditorActor.options(**self._options("auditor", 0)).remote(
-                self.layout, 30.0, self.cfg.logging.level
+                self.cfg.storage, 30.0, self.cfg.logging.level
             ),
         }
         self.actors.update(self._bridge_actors(key))
         ray.get([a.health.remote() for a in self.actors.values()], timeout=120)
         return self
+
+    def _migrate(self) -> None:
+        """Apply pending schema migrations of every store once, before any actor opens one."""
+        open_ledger(self.cfg.storage, self.layout).close()
+        if self.cfg.ehr is not None:
+            open_database(self.cfg.storage.ledger, self.layout, "ehr").close()
 
     def _context_db(self) -> Path | None:
         """The HL7 context store, when the HL7 bridge is configured (issue #6)."""
@@ -256,11 +264,11 @@ class Pipeline:
         level = self.cfg.logging.level
         if self.cfg.hl7 is not None:
             out["hl7_listener"] = Hl7ListenerActor.options(**self._options("hl7", 0)).remote(
-                self.cfg.hl7, self.layout, key, level
+                self.cfg.hl7, self.cfg.storage, key, level
             )
         if self.cfg.ehr is not None:
             out["ehr_delivery"] = EhrDeliveryActor.options(**self._options("ehr", 0)).remote(
-                self.cfg.ehr, self.layout, self.cfg.retry, self.cfg.sr.manufacturer,
+                self.cfg.ehr, self.cfg.storage, self.cfg.retry, self.cfg.sr.manufacturer,
                 self._context_db(), level,
             )
         return out
@@ -288,15 +296,15 @@ class Pipeline:
         """
         return int(ray.get(self.actors["hl7_listener"].port.remote(), timeout=30))
 
-    def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
+    def health(self, timeout_s: float = 5.0) -> dict[str, ActorHealth]:
         """Ask every actor for its health; an actor that does not answer is reported down."""
         refs = {name: actor.health.remote() for name, actor in self.actors.items()}
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, ActorHealth] = {}
         for name, ref in refs.items():
             try:
                 out[name] = ray.get(ref, timeout=timeout_s)
             except Exception as exc:  # a dead or hung actor is a health finding, not a crash
-                out[name] = {"stage": name, "alive": False, "last_error": f"{type(exc).__name__}: {exc}"}
+                out[name] = ActorHealth.unreachable(name, f"{type(exc).__name__}: {exc}"[:300])
         return out
 
     def stop(self, *, timeout_s: float = 30.0) -> None:

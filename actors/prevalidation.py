@@ -15,9 +15,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from actors.adapters.study_records import StudyRecords
-from actors.polling import PollingLoop
 from core.types import InstanceMeta, ValidationIssue
+from state.ledger import Ledger
 
 __all__ = ["PreValidator", "VerdictCache"]
 
@@ -50,26 +49,25 @@ class VerdictCache:
             return (inst.sop_instance_uid, inst.sha256) in self._items
 
 
-class PreValidator(PollingLoop):
-    """Checks instances of receiving studies in a background thread."""
-
-    thread_name = "pre-validator"
+class PreValidator:
+    """Checks instances of receiving studies (one ``run_once`` per round of its loop)."""
 
     def __init__(
-        self, records: StudyRecords, check: Callable[[InstanceMeta], list[ValidationIssue]],
-        cache: VerdictCache, poll_s: float,
+        self, ledger: Ledger, check: Callable[[InstanceMeta], list[ValidationIssue]],
+        cache: VerdictCache,
     ) -> None:
-        super().__init__(poll_s)
-        self._records = records
+        self._ledger = ledger
         self._check = check
         self._cache = cache
         self.checked = 0
+        self.cancelled = threading.Event()
+        """Set to end a round early (the actor is stopping)."""
 
     def run_once(self) -> int:
         """Check every not yet checked instance of a receiving study; return how many."""
         done = 0
-        for inst in self._records.receiving_instances():
-            if self._stop.is_set():
+        for inst in self._ledger.intake.receiving_instances():
+            if self.cancelled.is_set():
                 break
             if inst not in self._cache:
                 self._cache.put(inst, self._check(inst))

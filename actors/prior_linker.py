@@ -11,7 +11,8 @@ For each routed job:
 3. Families in ``priors.compare_images``: the prior series is retrieved (C-MOVE to our listener
    or C-GET) unless we hold it; its headers are checked against the patient again; the
    inference stage then runs the model on it too.
-4. The job moves to ``linked`` with ``data["priors"]`` describing what was found, or why not.
+4. The job moves to ``linked`` with its record's ``priors`` (a ``PriorLink``) describing what
+   was found, or why not.
 
 The PACS being unreachable is waited out for ``priors.unavailable_wait_s`` per outage (jobs wait
 without spending retries); after that jobs go on without priors and their SR says so.
@@ -21,9 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -32,16 +31,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from actors.adapters.dimse import Listener
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.paths import VarLayout
 from actors.adapters.query_retrieve import DimseQueryRetrieve
-from actors.adapters.study_records import StudyRecords, review_flag_statement
+from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import ListenerConfig, ModelEntry, PacsConfig, PriorsConfig
 from core.errors import DependencyUnavailable
 from core.interval import PriorResult
-from core.sr import describes_our_sr
+from core.job import Job, PriorLink, RetrievedSeries
+from core.ledger import RaiseReviewFlag
+from core.ports import Clock
 from core.priors import (
     Conflict,
     CurrentStudy,
@@ -53,7 +52,10 @@ from core.priors import (
     PriorStatus,
     SeriesRecord,
 )
-from core.types import AuditEventType, InstanceMeta, Job, JobState, Prediction
+from core.sr import describes_our_sr
+from core.types import AuditEventType, InstanceMeta, JobState
+from state.layout import VarLayout
+from state.ledger import Ledger
 
 __all__ = ["PriorLinkWork", "PriorLinkerActor"]
 
@@ -65,20 +67,19 @@ class PriorLinkWork:
 
     def __init__(
         self,
-        ledger: SqliteLedger,
+        ledger: Ledger,
         actor: str,
         cfg: PriorsConfig | None = None,
         pacs: DimseQueryRetrieve | None = None,
         models: dict[str, ModelEntry] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self._ledger = ledger
-        self._records = StudyRecords(ledger)
         self._actor = actor
         self._cfg = cfg or PriorsConfig()
         self._pacs = pacs
         self._models = models or {}
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._finder = PriorFinder(self._cfg, pacs) if pacs is not None else None
         self._outage = PacsOutage(self._cfg.unavailable_wait_s)
         self._outage_lock = threading.Lock()
@@ -92,18 +93,18 @@ class PriorLinkWork:
         if self._finder is None or not self._cfg.enabled:
             why = ("priors.enabled is false" if not self._cfg.enabled
                    else "no PACS is configured (config key 'pacs')")
-            self._link(job, {"status": str(PriorStatus.DISABLED), "reason": why}, [], [])
+            self._link(job, PriorLink(PriorStatus.DISABLED, why), [], [])
             return
         current, patient_key = self._current(job)
-        now = self._clock()
+        now = self._clock.now()
         try:
             search = self._finder.search(current, date.fromtimestamp(now))
         except DependencyUnavailable as exc:
             with self._outage_lock:
                 if self._outage.keep_waiting(now):
                     raise
-            priors = {"status": str(PriorStatus.UNAVAILABLE), "reason": str(exc)}
-            self._link(job, priors, [self._query_event(job, current, patient_key, None, str(exc))], [])
+            link = PriorLink(PriorStatus.UNAVAILABLE, str(exc))
+            self._link(job, link, [self._query_event(job, current, patient_key, None, str(exc))], [])
             return
         with self._outage_lock:
             self._outage.succeeded()
@@ -111,51 +112,54 @@ class PriorLinkWork:
 
     def _linked(self, job: Job, current: CurrentStudy, patient_key: str, search: PriorSearch) -> None:
         events = [self._query_event(job, current, patient_key, search, "")]
-        priors = search.to_json()
+        link = PriorLink.from_search(search)
         if search.status is PriorStatus.FOUND and search.study is not None:
-            conflict = self._attach_prior(job, current, search, priors, events)
-            if conflict:
+            link, conflict = self._attach_prior(job, current, search, link, events)
+            if conflict is not None:
                 search = PriorSearch(PriorStatus.NONE_FOUND, None, (), search.conflicts + (conflict,),
                                      search.considered, "the retrieved prior's headers name another patient")
-                priors = search.to_json()
+                link = PriorLink.from_search(search)
         flags = []
         for c in search.conflicts:
             detail = {"differing": list(c.differing), "patient_key": patient_key, "study_date": c.study_date}
             events.append(AuditEvent(AuditEventType.PRIOR_IDENTITY_CONFLICT, self._actor,
                                      job.study_instance_uid, job_id=job.job_id,
                                      detail={"candidate_study_uid": c.study_uid, **detail}))
-            flags.append(review_flag_statement("prior_identity_conflict", job.study_instance_uid,
-                                               c.study_uid, job.job_id, detail, self._clock()))
-        self._link(job, priors, events, flags)
+            flags.append(RaiseReviewFlag("prior_identity_conflict", job.study_instance_uid,
+                                         c.study_uid, detail))
+        self._link(job, link, events, flags)
 
     def _attach_prior(
-        self, job: Job, current: CurrentStudy, search: PriorSearch, priors: dict[str, Any],
+        self, job: Job, current: CurrentStudy, search: PriorSearch, link: PriorLink,
         events: list[AuditEvent],
-    ) -> Conflict | None:
-        """Add prior results and retrieved images to ``priors``; return a conflict, if any."""
+    ) -> tuple[PriorLink, Conflict | None]:
+        """Add prior results and retrieved images to the link; or return a conflict."""
         assert search.study is not None
-        families = [t["family"] for t in job.data.get("tasks", [])]
+        route = job.record.route
+        families = [t.family for t in route.tasks] if route is not None else []
         compare = [f for f in families if f in self._cfg.compare_images]
         if compare and search.series:
-            conflict = self._retrieve_images(job, current, search, search.series[0], priors, events)
+            link, conflict = self._retrieve_images(job, current, search, search.series[0], link, events)
             if conflict is not None:
-                return conflict
+                return link, conflict
         else:
-            priors["evidence"] = self._evidence_refs(search)
-        priors["results"] = {
-            f: r.to_json() for f in families
-            if (r := self._prior_result(job, search, f, skip_pacs=f in compare and "retrieved" in priors))
-        }
-        return None
+            link = replace(link, evidence=self._evidence_refs(search))
+        retrieved = link.retrieved is not None
+        results = tuple(
+            r for f in families
+            if (r := self._prior_result(job, search, f, skip_pacs=f in compare and retrieved))
+        )
+        return replace(link, results=results), None
 
     # ----------------------------------------------------------- current study
     def _current(self, job: Job) -> tuple[CurrentStudy, str]:
-        overrides = self._ledger.instance_overrides(job.job_id)
-        routed = {u for t in job.data.get("tasks", []) for u in t["sop_instance_uids"]}
-        instances = [i for i in self._ledger.job_instances(job.job_id)
-                     if i.sop_instance_uid not in overrides and (not routed or i.sop_instance_uid in routed)]
+        intake = self._ledger.intake
+        route = job.record.route
+        routed = {u for t in (route.tasks if route else ()) for u in t.sop_instance_uids}
+        instances = [i for i in intake.job_instances(job.job_id, include_set_aside=False)
+                     if not routed or i.sop_instance_uid in routed]
         if not instances:
-            instances = self._ledger.job_instances(job.job_id)
+            instances = intake.job_instances(job.job_id)
         header = dcmread(instances[0].path, stop_before_pixels=True)
         study = CurrentStudy(
             study_uid=job.study_instance_uid,
@@ -169,9 +173,9 @@ class PriorLinkWork:
     # ----------------------------------------------------------- prior images
     def _retrieve_images(
         self, job: Job, current: CurrentStudy, search: PriorSearch, series: SeriesRecord,
-        priors: dict[str, Any], events: list[AuditEvent],
-    ) -> Conflict | None:
-        """Retrieve the prior series (unless held) and check whose it is; return a conflict."""
+        link: PriorLink, events: list[AuditEvent],
+    ) -> tuple[PriorLink, Conflict | None]:
+        """Retrieve the prior series (unless held) and check whose it is."""
         held, outcome = self._fetch(job, series)
         events.append(AuditEvent(AuditEventType.PRIOR_RETRIEVED, self._actor, job.study_instance_uid,
                                  job_id=job.job_id, detail={"prior_study_uid": series.study_uid,
@@ -179,45 +183,46 @@ class PriorLinkWork:
                                                             "method": self._cfg.retrieve,
                                                             "instances": len(held), **outcome}))
         if not held:
-            priors["reason"] = f"{priors.get('reason', '')}; prior images could not be retrieved"
-            priors["evidence"] = self._evidence_refs(search)
-            return None
+            return replace(link, reason=f"{link.reason}; prior images could not be retrieved",
+                           evidence=self._evidence_refs(search)), None
         header = dcmread(held[0].path, stop_before_pixels=True)
         differing = current.identity.disagreements(PatientIdentity.from_dataset(header))
         if differing:  # the PACS's C-FIND answer and the stored headers disagree: trust neither
-            return Conflict(series.study_uid, differing, search.study.study_date if search.study else "")
-        priors["retrieved"] = {"study_uid": series.study_uid, "series_uid": series.series_uid,
-                               "sop_instance_uids": [i.sop_instance_uid for i in held]}
-        priors["evidence"] = [_ref(InstanceRef(series.study_uid, series.series_uid, i.sop_class_uid,
-                                               i.sop_instance_uid)) for i in held]
-        return None
+            return link, Conflict(series.study_uid, differing,
+                                  search.study.study_date if search.study else "")
+        retrieved = RetrievedSeries(series.study_uid, series.series_uid,
+                                    tuple(i.sop_instance_uid for i in held))
+        evidence = tuple(InstanceRef(series.study_uid, series.series_uid, i.sop_class_uid,
+                                     i.sop_instance_uid) for i in held)
+        return replace(link, retrieved=retrieved, evidence=evidence), None
 
     def _fetch(self, job: Job, series: SeriesRecord) -> tuple[list[InstanceMeta], dict[str, Any]]:
         """The prior series' instances we hold, retrieving them first unless all are held."""
-        held = self._records.series_instances(series.series_uid)
+        intake = self._ledger.intake
+        held = intake.series_instances(series.series_uid)
         outcome: dict[str, Any] = {"already_held": bool(held) and len(held) == series.n_instances}
         if outcome["already_held"] or self._pacs is None:
             return held, outcome
-        self._records.expect_prior_series(series.series_uid, series.study_uid,
-                                          job.study_instance_uid, job.job_id, self._clock())
+        intake.expect_prior_series(series.series_uid, series.study_uid, job.study_instance_uid,
+                                   job.job_id, self._clock.now())
         try:
             result = self._pacs.retrieve_series(series.study_uid, series.series_uid, self._cfg.retrieve)
             outcome |= {"status": f"0x{result.status:04X}", "completed": result.completed,
                         "failed": result.failed}
         except DependencyUnavailable as exc:
             outcome["error"] = str(exc)
-        return self._records.series_instances(series.series_uid), outcome
+        return intake.series_instances(series.series_uid), outcome
 
-    def _evidence_refs(self, search: PriorSearch) -> list[dict[str, str]]:
+    def _evidence_refs(self, search: PriorSearch) -> tuple[InstanceRef, ...]:
         """The chosen prior series' instances (IMAGE-level C-FIND), to name in the SR."""
         if not search.series or self._pacs is None:
-            return []
+            return ()
         try:
             refs = self._pacs.find_instances(search.series[0].study_uid, search.series[0].series_uid)
         except DependencyUnavailable as exc:
             logger.info("prior instances could not be listed: %s", exc)
-            return []
-        return [_ref(r) for r in refs if r.sop_class_uid]
+            return ()
+        return tuple(r for r in refs if r.sop_class_uid)
 
     # ------------------------------------------------------ prior AI results
     def _prior_result(
@@ -225,11 +230,12 @@ class PriorLinkWork:
     ) -> PriorResult | None:
         assert search.study is not None
         study = search.study
-        row = self._records.latest_result(study.study_uid, family)
-        if row is not None:
-            sr = InstanceRef(study.study_uid, row["series_uid"], row["sop_class_uid"], row["sop_instance_uid"])
-            pred = Prediction.from_json(row["prediction"])
-            return PriorResult.from_prediction(pred, study.study_uid, study.study_date, "ledger", sr)
+        version = self._ledger.results.latest(study.study_uid, family)
+        if version is not None:
+            sr = InstanceRef(study.study_uid, version.series_instance_uid, version.sop_class_uid,
+                             version.sop_instance_uid)
+            return PriorResult.from_prediction(version.prediction, study.study_uid,
+                                               study.study_date, "ledger", sr)
         if skip_pacs or family not in self._models:
             return None
         try:
@@ -241,16 +247,17 @@ class PriorLinkWork:
     def _prior_result_at_pacs(self, job: Job, study_uid: str, family: str) -> PriorResult | None:
         assert self._pacs is not None
         name = self._models[family].name
+        intake = self._ledger.intake
         series = [s for s in self._pacs.find_series(study_uid)
                   if s.modality == "SR" and describes_our_sr(s.description, name)]
         datasets: list[Dataset] = []
         for s in series:
-            held = self._records.series_instances(s.series_uid)
+            held = intake.series_instances(s.series_uid)
             if not held:
-                self._records.expect_prior_series(s.series_uid, study_uid, job.study_instance_uid,
-                                                  job.job_id, self._clock())
+                intake.expect_prior_series(s.series_uid, study_uid, job.study_instance_uid,
+                                           job.job_id, self._clock.now())
                 self._pacs.retrieve_series(study_uid, s.series_uid, self._cfg.retrieve)
-                held = self._records.series_instances(s.series_uid)
+                held = intake.series_instances(s.series_uid)
             datasets += [dcmread(i.path) for i in held]
         newest = _newest_version(datasets)
         return PriorResult.from_sr(newest, family, "pacs") if newest is not None else None
@@ -270,21 +277,18 @@ class PriorLinkWork:
                           job_id=job.job_id, detail=detail)
 
     def _link(
-        self, job: Job, priors: dict[str, Any], events: list[AuditEvent], extra: list[Any],
+        self, job: Job, link: PriorLink, events: list[AuditEvent], flags: list[RaiseReviewFlag],
     ) -> None:
-        study = priors.get("study") or {}
         event = AuditEvent(
             AuditEventType.LINKED, self._actor, job.study_instance_uid, job_id=job.job_id,
-            detail={"priors": priors["status"], "prior_study_uid": study.get("study_uid", ""),
-                    "results": sorted(priors.get("results", {})),
-                    "retrieved": len((priors.get("retrieved") or {}).get("sop_instance_uids", ()))},
+            detail={"priors": str(link.status),
+                    "prior_study_uid": link.study.study_uid if link.study else "",
+                    "results": sorted(r.family for r in link.results),
+                    "retrieved": len(link.retrieved.sop_instance_uids) if link.retrieved else 0},
         )
-        self._ledger.transition(job, JobState.LINKED, self._clock(), events=[*events, event],
-                                data={"priors": priors}, extra=extra)
-
-
-def _ref(ref: InstanceRef) -> dict[str, str]:
-    return asdict(ref)
+        self._ledger.jobs.transition(job, JobState.LINKED, self._clock.now(),
+                                     events=[*events, event], record=replace(job.record, priors=link),
+                                     effects=flags)
 
 
 def _newest_version(datasets: list[Dataset]) -> Dataset | None:
@@ -317,7 +321,7 @@ class PriorLinkerActor(StageShell):
         models: dict[str, ModelEntry] | None = None,
         hash_key: bytes | None = None,
     ) -> None:
-        ledger = self._open_ledger(runtime)
+        ledger = self._open_ledger(runtime.storage, runtime.log_level)
         client = None
         if cfg is not None and pacs is not None and listener is not None:
             store = None
@@ -327,4 +331,5 @@ class PriorLinkerActor(StageShell):
                 store = self._getter.handle_store
             client = DimseQueryRetrieve(pacs, cfg.query_timeout_s, cfg.retrieve_timeout_s,
                                         move_destination=listener.ae_title, on_store=store)
-        self._start(runtime, PriorLinkWork(ledger, "stage:prior_linker", cfg, client, models))
+        self._start(runtime, PriorLinkWork(ledger, "stage:prior_linker", cfg, client, models,
+                                           self._clock))

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import ray
 
 from actors.adapters.context_join import ContextJoin
 from actors.adapters.context_store import ContextReader
-from actors.adapters.ledger import SqliteLedger
+from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import RoutingConfig
 from core.context import StudyContext
-from core.routing import Router
-from core.types import AuditEventType, InstanceMeta, Job, JobState, RouteDecision
+from core.job import Job
+from core.ledger import Override, SetAside
+from core.ports import Clock
+from core.routing import RouteDecision, Router
+from core.types import AuditEventType, InstanceMeta, JobState
+from state.ledger import Ledger
 
 __all__ = ["RouterActor", "RoutingWork"]
 
@@ -26,12 +28,14 @@ class RoutingWork:
     """Routes one validated job, reading the AI switches afresh every time."""
 
     def __init__(
-        self, ledger: SqliteLedger, router: Router, actor: str, context: ContextJoin | None = None
+        self, ledger: Ledger, router: Router, actor: str, context: ContextJoin | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._ledger = ledger
         self._router = router
         self._actor = actor
         self._context = context
+        self._clock = clock or SystemClock()
 
     def _join(
         self, job: Job, instances: list[InstanceMeta]
@@ -66,30 +70,24 @@ class RoutingWork:
 
     def __call__(self, job: Job) -> None:
         """Move the job to ``routed`` (with its tasks) or ``skipped`` (with the reason)."""
-        overrides = self._ledger.instance_overrides(job.job_id)
-        instances = [
-            i for i in self._ledger.job_instances(job.job_id) if i.sop_instance_uid not in overrides
-        ]
+        instances = self._ledger.intake.job_instances(job.job_id, include_set_aside=False)
         decision = self._router.decide(
-            job.study_instance_uid, instances, self._ledger.ai_switches()
+            job.study_instance_uid, instances, self._ledger.controls.ai_switches()
         )
         context, reads = self._join(job, instances) if decision.tasks else (None, [])
-        data: dict[str, Any] = {"tasks": [asdict(t) for t in decision.tasks]}
-        lane = decision.priority
-        if context is not None:
-            data["context"] = context.to_json()
-            lane = max(lane, context.lane)
+        lane = decision.priority if context is None else max(decision.priority, context.lane)
+        record = replace(job.record, route=decision.route, context=context)
         events = reads + [self._event(job, decision, lane, context)]
-        self._ledger.set_aside(
+        skipped = decision.skipped if decision.tasks else ()
+        self._ledger.jobs.transition(
             job,
             JobState.ROUTED if decision.tasks else JobState.SKIPPED,
-            time.time(),
-            override="skipped",
-            reasons=dict(decision.skipped) if decision.tasks else {},
+            self._clock.now(),
             events=events,
-            data=data,
+            record=record,
             reason=decision.reason,
             priority=lane,
+            effects=[SetAside(Override.SKIPPED, tuple(skipped))] if skipped else [],
         )
 
 
@@ -108,7 +106,7 @@ class RouterActor(StageShell):
         context_db: Path | None = None,
         join_window_days: int = 1,
     ) -> None:
-        ledger = self._open_ledger(runtime)
+        ledger = self._open_ledger(runtime.storage, runtime.log_level)
         join = ContextJoin(ContextReader(context_db), join_window_days) if context_db else None
-        work = RoutingWork(ledger, Router(cfg, families), "stage:router", join)
+        work = RoutingWork(ledger, Router(cfg, families), "stage:router", join, self._clock)
         self._start(runtime, work)

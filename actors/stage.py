@@ -1,9 +1,14 @@
-"""The stage runner: pull due jobs of one state from the ledger and work on them.
+"""The stage runner: lease due jobs of one state from the ledger and work on them.
 
 Every pipeline stage is the same loop around a different ``work`` function: lease up to
 ``concurrency`` jobs (highest priority first), run each in a thread, and map failures to the
 retry policy. Leases of jobs in flight are renewed, so only a crashed worker's jobs are taken
 again. The ledger, not this process's memory, is the queue: killing the process loses nothing.
+
+Idle, a stage polls the ledger every ``poll_interval_s`` (SQLite), or waits for PostgreSQL's
+``NOTIFY`` of the commit that made work for it (up to ``notify_wait_s``, or the next job's
+``not_before``). Every actor is an ``ActorShell``: its loops (``actors.polling.Loop``) report
+true health, and a heartbeat loop records it in the ledger every second.
 """
 
 from __future__ import annotations
@@ -11,21 +16,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from actors.adapters.ledger import SqliteLedger
-from core.config import RetryConfig, StageConfig
+from actors.polling import Loop, SystemClock
+from core.config import RetryConfig, StageConfig, StorageConfig
 from core.errors import DependencyUnavailable, LeaseLost, ModelError, TransientIOError
+from core.health import ActorHealth
+from core.job import Job
 from core.ledger import RetryPolicy
-from core.types import Job, JobState
+from core.ports import Clock
+from core.types import JobState
+from state.ledger import Ledger, open_ledger
 
-__all__ = ["StageRunner", "StageRuntime", "StageShell", "configure_logging"]
+__all__ = ["ActorShell", "StageRunner", "StageRuntime", "StageShell", "configure_logging"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +42,13 @@ HEARTBEAT_S = 1.0
 class StageRuntime:
     """What every stage needs besides its own config slice."""
 
-    ledger_path: Path
+    storage: StorageConfig
     stage: StageConfig
     lease_s: float
     poll_interval_s: float
     retry: RetryConfig
     log_level: str = "INFO"
+    notify_wait_s: float = 1.0
 
 
 class StageRunner:
@@ -52,9 +59,9 @@ class StageRunner:
         name: str,
         state: JobState,
         runtime: StageRuntime,
-        ledger: SqliteLedger,
+        ledger: Ledger,
         work: Callable[[Job], None],
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         """Args:
         name: Stage name, used in leases, health and audit (``stage:<name>``).
@@ -69,96 +76,67 @@ class StageRunner:
         self._rt = runtime
         self._ledger = ledger
         self._work = work
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._policy = RetryPolicy.from_config(runtime.retry)
         self._owner = f"{name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._pool = ThreadPoolExecutor(max_workers=runtime.stage.concurrency)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max_workers=runtime.stage.concurrency,
+                                        thread_name_prefix=f"{name}-work")
         self._in_flight: dict[int, Job] = {}
         self._lock = threading.Lock()
         self.processed = 0
         self.failures = 0
         self.last_error = ""
-        self._last_beat = 0.0
+        notify = ledger.db.notifies
+        self.loop = Loop(
+            f"stage:{name}", self.run_once,
+            runtime.notify_wait_s if notify else runtime.poll_interval_s, eager=True,
+            idle=self._idle if notify else None, clock=self._clock,
+        )
 
     @property
     def actor(self) -> str:
         """The audit-trail name of this stage."""
         return f"stage:{self.name}"
 
+    @property
+    def in_flight(self) -> int:
+        """Jobs being worked on now."""
+        with self._lock:
+            return len(self._in_flight)
+
     def start(self) -> None:
-        """Start the loop in a daemon thread."""
-        self._thread = threading.Thread(target=self._loop, name=f"stage-{self.name}", daemon=True)
-        self._thread.start()
+        """Start the lease loop."""
+        self.loop.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop taking work, wait for work in flight, give back unused leases."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        self.loop.stop(timeout_s)
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             left = list(self._in_flight.values())
         for job in left:
-            self._ledger.release(job)
+            self._ledger.jobs.release(job)
 
-    def health(self) -> dict[str, Any]:
-        """Return counters for the supervisor."""
-        with self._lock:
-            in_flight = len(self._in_flight)
-        alive = self._thread is not None and self._thread.is_alive()
-        return {
-            "stage": self.name,
-            "alive": alive,
-            "processed": self.processed,
-            "failures": self.failures,
-            "in_flight": in_flight,
-            "last_error": self.last_error,
-        }
+    def _idle(self, max_wait_s: float) -> None:
+        self._ledger.jobs.wait_for_work(self.state, max_wait_s, self._clock.now())
 
     def run_once(self) -> int:
         """Lease and start one round of jobs; return how many were started."""
-        with self._lock:
-            free = self._rt.stage.concurrency - len(self._in_flight)
-        jobs = self._ledger.lease(self.state, self._owner, free, self._rt.lease_s, self._clock())
+        free = self._rt.stage.concurrency - self.in_flight
+        jobs = self._ledger.jobs.lease(self.state, self._owner, free, self._rt.lease_s,
+                                       self._clock.now())
         for job in jobs:
             with self._lock:
                 self._in_flight[job.job_id] = job
             self._pool.submit(self._run, job)
         return len(jobs)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                started = self.run_once()
-                self._maintain()
-            except Exception as exc:  # the loop must survive a bad round (e.g. ledger busy)
-                logger.exception("stage %s: lease round failed", self.name)
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                started = 0
-            if not started:
-                self._stop.wait(self._rt.poll_interval_s)
-
-    def _maintain(self) -> None:
-        now = self._clock()
-        if now - self._last_beat < HEARTBEAT_S:
-            return
-        self._last_beat = now
+    def renew(self) -> None:
+        """Extend the leases of the jobs in flight (the heartbeat calls this)."""
         with self._lock:
-            jobs = list(self._in_flight.values())
-        if jobs:
-            self._ledger.renew(self._owner, [j.job_id for j in jobs], now + self._rt.lease_s)
-        h = self.health()
-        self._ledger.heartbeat(
-            self.name,
-            os.getpid(),
-            now,
-            processed=h["processed"],
-            failures=h["failures"],
-            in_flight=h["in_flight"],
-            last_error=h["last_error"],
-        )
+            ids = list(self._in_flight)
+        if ids:
+            self._ledger.jobs.renew(self._owner, ids, self._clock.now() + self._rt.lease_s)
 
     def _run(self, job: Job) -> None:
         try:
@@ -183,11 +161,13 @@ class StageRunner:
         self.failures += 0 if unavailable else 1
         self.last_error = error[:500]
         try:
-            state = self._ledger.defer(
-                job, self._clock(), self._policy, error[:1000], unavailable=unavailable,
-                actor=self.actor,
-            )
+            state = self._ledger.jobs.defer(job, self._clock.now(), self._policy, error[:1000],
+                                            unavailable=unavailable, actor=self.actor)
         except LeaseLost:
+            return
+        except Exception:  # the ledger itself is down: the lease expires and the job returns
+            logger.exception("stage %s: could not record the failure of job %d", self.name,
+                             job.job_id)
             return
         if state is JobState.DEAD:
             logger.error("stage %s: job %d is dead: %s", self.name, job.job_id, error[:200])
@@ -201,28 +181,81 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
-class StageShell:
-    """Base of the stage actors: owns the ledger connection and the runner.
+class ActorShell:
+    """Base of every actor: its ledger, its loops, true health, a heartbeat in the ledger.
 
-    Subclasses (``XxxActor`` in ``actors/xxx.py``) build their work object and call ``_start``.
+    Subclasses open the ledger (``_open_ledger``), add their loops (``_add_loop``) and call
+    ``_start_heartbeat``.
     """
 
-    name = "stage"
+    name = "actor"
+    _ledger: Ledger
+    _clock: Clock
+
+    def _open_ledger(self, storage: StorageConfig, log_level: str = "INFO") -> Ledger:
+        configure_logging(log_level)
+        self._clock = SystemClock()
+        self._loops: list[Loop] = []
+        self._ledger = open_ledger(storage)
+        return self._ledger
+
+    def _add_loop(self, loop: Loop) -> Loop:
+        self._loops.append(loop)
+        return loop.start()
+
+    def _counters(self) -> tuple[int, int, int, str]:
+        """``(processed, failures, in_flight, last_error)`` (subclasses report theirs)."""
+        return 0, 0, 0, ""
+
+    def _beat(self) -> int:
+        """Record this actor's health in the ledger (and renew leases, for stages)."""
+        self._ledger.controls.record_health(self.health(), self._clock.now())
+        return 0
+
+    def _start_heartbeat(self) -> None:
+        self._heartbeat = Loop(f"{self.name}:heartbeat", self._beat, HEARTBEAT_S,
+                               clock=self._clock).start()
+
+    def health(self) -> ActorHealth:
+        """What every loop is doing (the supervisor calls this)."""
+        processed, failures, in_flight, last_error = self._counters()
+        loops = tuple(loop.health() for loop in self._loops)
+        return ActorHealth(self.name, os.getpid(), processed, failures, in_flight, last_error, loops)
+
+    def stop(self) -> None:
+        """Stop every loop (work in flight finishes; the ledger keeps the rest)."""
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stop()
+        for loop in reversed(self._loops):
+            loop.stop()
+
+
+class StageShell(ActorShell):
+    """Base of the stage actors: the runner's loop, plus the actor's other loops."""
+
     state = JobState.RECEIVING
 
     def _start(self, runtime: StageRuntime, work: Callable[[Job], None]) -> None:
-        configure_logging(runtime.log_level)
-        self._runner = StageRunner(self.name, self.state, runtime, self._ledger, work)
+        self._runner = StageRunner(self.name, self.state, runtime, self._ledger, work, self._clock)
+        self._loops.append(self._runner.loop)
         self._runner.start()
+        self._start_heartbeat()
 
-    def _open_ledger(self, runtime: StageRuntime) -> SqliteLedger:
-        self._ledger = SqliteLedger(runtime.ledger_path)
-        return self._ledger
+    def _beat(self) -> int:
+        self._runner.renew()
+        return super()._beat()
 
-    def health(self) -> dict[str, Any]:
-        """Return the runner's counters (the supervisor calls this)."""
-        return self._runner.health()
+    def _counters(self) -> tuple[int, int, int, str]:
+        r = self._runner
+        return r.processed, r.failures, r.in_flight, r.last_error
 
     def stop(self) -> None:
-        """Stop taking work and give back leases."""
+        """Stop the other loops, then the runner (leases of unstarted work go back)."""
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stop()
+        for loop in reversed(self._loops):
+            if loop is not self._runner.loop:
+                loop.stop()
         self._runner.stop()

@@ -13,22 +13,24 @@ series and study checks need are cached with them.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
+from dataclasses import replace
 
 import ray
 from pydicom import dcmread
 
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.quarantine import QuarantineLedger
-from actors.adapters.study_records import StudyRecords
+from actors.polling import Loop, SystemClock
 from actors.prevalidation import PreValidator, VerdictCache
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import ValidationConfig
+from core.job import AcceptedIssues, Job
+from core.ledger import HoldInQuarantine, Override
+from core.ports import Clock
 from core.quarantine import Verdict, decide
-from core.types import AuditEventType, InstanceMeta, Job, JobState, ValidationIssue
+from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import InstanceFacts, ReasonCode, ValidationPolicy, Validator
+from state.ledger import Ledger
 
 __all__ = ["ValidationWork", "ValidatorActor"]
 
@@ -41,24 +43,24 @@ class ValidationWork:
 
     def __init__(
         self,
-        ledger: SqliteLedger,
+        ledger: Ledger,
         validator: Validator,
         actor: str,
         cache: VerdictCache | None = None,
-        quarantine: QuarantineLedger | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """Args:
         ledger: The process's ledger.
         validator: The pure validator.
         actor: Audit-trail name of this stage.
         cache: Verdicts of instances checked while their study was receiving.
-        quarantine: The quarantine table (default: on ``ledger``).
+        clock: Wall clock.
         """
         self._ledger = ledger
         self._validator = validator
         self._actor = actor
         self._cache = cache
-        self._quarantine = quarantine or QuarantineLedger(ledger)
+        self._clock = clock or SystemClock()
         self._facts: OrderedDict[tuple[str, str], InstanceFacts] = OrderedDict()
         self._facts_lock = threading.Lock()
 
@@ -102,10 +104,10 @@ class ValidationWork:
 
     def __call__(self, job: Job) -> None:
         """Validate and move the job to ``validated`` or ``quarantined``."""
-        overrides = self._ledger.instance_overrides(job.job_id)  # once, not per instance
+        overrides = self._ledger.intake.overrides(job.job_id)  # once, not per instance
         instances = [
-            i for i in self._ledger.job_instances(job.job_id)
-            if overrides.get(i.sop_instance_uid) != "discarded"
+            i for i in self._ledger.intake.job_instances(job.job_id)
+            if overrides.get(i.sop_instance_uid) is not Override.DISCARDED
         ]
         issues: dict[str, list[ValidationIssue]] = {}
         facts: list[InstanceFacts] = []
@@ -117,12 +119,15 @@ class ValidationWork:
         for issue in self._validator.check_collection(facts):
             issues.setdefault(issue.sop_instance_uid, []).append(issue)
         flagged = [uid for uid, found in issues.items() if found]
-        verdict = decide(issues, self._quarantine.accepted_codes(flagged))
+        verdict = decide(issues, self._ledger.quarantine.accepted_codes(flagged))
         good = len(instances) - len(verdict.held)
         state = JobState.VALIDATED if good or not instances else JobState.QUARANTINED
         reason = None if state is JobState.VALIDATED else f"all {len(verdict.held)} instance(s) failed validation"
-        events = self._events(job, verdict, good)
-        self._quarantine.record(job, state, time.time(), verdict, events, reason)
+        accepted = tuple(AcceptedIssues(uid, tuple(found)) for uid, found in verdict.accepted.items())
+        record = replace(job.record, accepted=accepted) if accepted else None
+        holds = [HoldInQuarantine(uid, tuple(found)) for uid, found in verdict.held.items()]
+        self._ledger.jobs.transition(job, state, self._clock.now(), events=self._events(job, verdict, good),
+                                     record=record, reason=reason, effects=holds)
 
     def _events(self, job: Job, verdict: Verdict, good: int) -> list[AuditEvent]:
         events = [
@@ -154,15 +159,16 @@ class ValidatorActor(StageShell):
     state = JobState.COMPLETE
 
     def __init__(self, runtime: StageRuntime, cfg: ValidationConfig | None = None) -> None:
-        ledger = self._open_ledger(runtime)
+        ledger = self._open_ledger(runtime.storage, runtime.log_level)
         cache = VerdictCache()
         policy = ValidationPolicy.from_config(cfg or ValidationConfig())
-        work = ValidationWork(ledger, Validator(policy), "stage:validator", cache)
+        work = ValidationWork(ledger, Validator(policy), "stage:validator", cache, self._clock)
+        self._pre = PreValidator(ledger, work.check, cache)
+        self._add_loop(Loop("pre-validator", self._pre.run_once, runtime.poll_interval_s,
+                            clock=self._clock))
         self._start(runtime, work)
-        self._pre = PreValidator(StudyRecords(ledger), work.check, cache, runtime.poll_interval_s)
-        self._pre.start()
 
     def stop(self) -> None:
         """Stop pre-validation, then the runner."""
-        self._pre.stop()
+        self._pre.cancelled.set()
         super().stop()

@@ -38,7 +38,7 @@ from ray import serve
 from _common import emit  # benchmarks/ is on sys.path when run as a script
 from actors.pipeline import load_config
 from core.config import app_name
-from core.types import InferenceRequest
+from core.records import InferenceRequest
 from models.families import load_predictor
 from models.synthetic_dicom import make_cxr_study
 from models.synthetic_studies import brain_mr_study, chest_cta_study, fracture_study, head_ct_study

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.types import AuditEventType
 
-__all__ = ["AuditEvent", "ChainBreak", "GENESIS", "chain_hash", "verify_chain"]
+__all__ = ["AuditEntry", "AuditEvent", "ChainBreak", "GENESIS", "chain_hash", "verify_chain"]
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first event."""
@@ -58,6 +58,20 @@ class AuditEvent:
             separators=(",", ":"),
             default=str,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An audit event as stored: its place in the chain and when it was appended."""
+
+    seq: int
+    at: float
+    type: str
+    actor: str
+    study_uid: str
+    sop_instance_uid: str
+    job_id: int | None
+    detail: dict[str, Any]
 
 
 def chain_hash(prev_hash: str, canonical: str) -> str:

@@ -116,10 +116,53 @@ class PacsConfig(_Model):
     tls: TlsConfig | None = Field(default=None, description="Use TLS to the PACS if set")
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""An environment variable's name (secrets are referenced by name, never stored in YAML)."""
+
+
+class LedgerConfig(_Model):
+    """The database behind the ledger, the HL7 context store and the EHR outbox."""
+
+    backend: Literal["sqlite", "postgresql"] = Field(
+        default="sqlite",
+        description="sqlite: one file per store under var_dir (one machine); postgresql: a "
+        "shared server, so every node of a cluster sees the same state",
+    )
+    dsn_env: str | None = Field(
+        default=None, pattern=ENV_NAME,
+        description="postgresql: the environment variable holding the libpq DSN or URL (the "
+        "DSN itself never goes in a file or a log line)",
+    )
+    schema_prefix: str = Field(
+        default="pacsai", pattern=r"^[a-z_][a-z0-9_]{0,40}$",
+        description="postgresql: stores live in schemas <prefix>_ledger, <prefix>_context and "
+        "<prefix>_ehr (PHI apart, so it can be granted apart)",
+    )
+    pool_max: int = Field(
+        default=4, ge=1, le=64, description="postgresql: most pooled connections per process"
+    )
+
+    @model_validator(mode="after")
+    def _dsn_for_postgresql(self) -> LedgerConfig:
+        if self.backend == "postgresql" and not self.dsn_env:
+            raise ValueError("dsn_env: got nothing; expected the name of the environment "
+                             "variable that holds the PostgreSQL DSN")
+        return self
+
+
 class StorageConfig(_Model):
     """Where durable state lives on this machine."""
 
     var_dir: str = Field(default="./var", description="Root of spool, ledger and outbox")
+    ledger: LedgerConfig = Field(
+        default_factory=lambda: LedgerConfig(),
+        description="Where the ledger, the HL7 context store and the EHR outbox live",
+    )
+    inline_record_max_bytes: int = Field(
+        default=4096, ge=256, le=65536,
+        description="A job record section longer than this (JSON bytes) is stored as a "
+        "content-addressed blob under var/blobs and the ledger row keeps its reference",
+    )
 
 
 CompletionMode = Literal["quiet_period", "pacs_counts"]
@@ -320,7 +363,14 @@ class StageConfig(_Model):
 class StagesConfig(_Model):
     """All pipeline stages."""
 
-    poll_interval_s: float = Field(default=0.05, gt=0, description="Idle poll of the ledger")
+    poll_interval_s: float = Field(
+        default=0.05, gt=0, description="Idle poll of the ledger where it cannot notify (SQLite)"
+    )
+    notify_wait_s: float = Field(
+        default=1.0, gt=0,
+        description="PostgreSQL: longest idle wait for a NOTIFY before looking again (a job "
+        "due later wakes its stage at its not_before anyway)",
+    )
     lease_s: float = Field(default=60.0, gt=0, description="A job lease; expired leases re-run")
     assembler: StageConfig = Field(default_factory=StageConfig, description="Study assembler")
     validator: StageConfig = Field(default_factory=StageConfig, description="Validator")

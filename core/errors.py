@@ -15,6 +15,8 @@
   - ``ModelWeightsError``: a weights file is missing or its sha256 does not match.
 - ``AccessDenied``: the principal may not do this.
 - ``LeaseLost``: another worker owns the job now; drop the result, the ledger is right.
+- ``RecordError``: a stored record cannot be read (unknown schema version, wrong type, or
+  invalid content). The job it belongs to fails with the reason; nothing guesses.
 
 Every exception here can cross a Ray actor boundary: each passes all of its arguments
 positionally to ``super().__init__`` so that pickling round-trips (Ray issue #50211).
@@ -33,6 +35,7 @@ __all__ = [
     "ModelWeightsError",
     "OutOfResources",
     "PacsAIError",
+    "RecordError",
     "RejectedInput",
     "TransientIOError",
     "ValidationFailed",
@@ -186,3 +189,20 @@ class LeaseLost(PacsAIError):
         super().__init__(job_id, owner)
         self.job_id = job_id
         self.owner = owner
+
+
+class RecordError(PacsAIError):
+    """A stored record cannot be read back (``core.codec``).
+
+    Args:
+        kind: The record type that was expected (e.g. ``JobRecord``).
+        reason: What is wrong: ``got schema 7; expected 1``, or the first invalid field.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(kind, reason)
+        self.kind = kind
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.kind} record: {self.reason}"

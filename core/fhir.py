@@ -24,7 +24,8 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from core.types import CodedTerm, Finding, Prediction
+from core.records import Finding, Prediction
+from core.types import CodedTerm
 
 __all__ = [
     "AIAST",

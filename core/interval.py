@@ -17,16 +17,18 @@ including why no comparison was made: priors are never silently omitted.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from core.priors import InstanceRef, PriorStatus
-from core.types import Prediction
+from core.records import Prediction
+
+if TYPE_CHECKING:
+    from core.job import PriorLink
 
 __all__ = [
     "Comparison",
@@ -131,21 +133,6 @@ class PriorResult:
         return cls(str(ds.StudyInstanceUID), str(ds.get("StudyDate", "") or ""), family, name,
                    version, source, tuple(findings), ref)
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (for the ledger)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> PriorResult:
-        """Rebuild a result stored by ``to_json``."""
-        sr = raw.get("sr")
-        return cls(
-            raw["study_uid"], raw.get("study_date", ""), raw["family"], raw.get("model_name", ""),
-            raw.get("model_version", ""), raw.get("source", ""),
-            tuple(PriorFinding(**f) for f in raw.get("findings", ())),
-            InstanceRef(**sr) if sr else None,
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class FindingChange:
@@ -180,7 +167,8 @@ def interval_changes(
 ) -> tuple[FindingChange, ...]:
     """Compare every finding of ``current`` with ``prior`` (rules in the module docstring).
 
-    >>> from core.types import CodedTerm, Finding
+    >>> from core.records import Finding
+    >>> from core.types import CodedTerm
     >>> t = CodedTerm("1", "SCT", "x")
     >>> cur = Prediction("f", "m", "1", (Finding("a", t, 0.9, 0.5),), ())
     >>> old = PriorResult("s", "", "f", "m", "1", "ledger", (PriorFinding("a", 0.2, False),))
@@ -280,16 +268,16 @@ _STATUS = {
 
 
 def comparison_for(
-    priors: Mapping[str, Any] | None,
+    priors: PriorLink | None,
     current: Prediction,
     prior_prediction: Prediction | None,
     probability_change: float,
     size_change_mm: float,
 ) -> Comparison:
-    """Build the comparison of one family's result from the job's ``priors`` data.
+    """Build the comparison of one family's result from the job's prior link.
 
     Args:
-        priors: ``job.data["priors"]`` as the prior linker stored it (``None``: not looked up).
+        priors: What the prior linker found (``None``: it did not run for this job).
         current: The current prediction.
         prior_prediction: The same model's prediction on the retrieved prior images, if any.
         probability_change: Threshold for up / down.
@@ -298,17 +286,22 @@ def comparison_for(
     Returns:
         What the SR states.
     """
-    priors = priors or {"status": "not_looked_up", "reason": "prior linking did not run"}
-    status = PriorStatus(priors.get("status", "not_looked_up"))
-    reason = str(priors.get("reason", ""))
-    if status is not PriorStatus.FOUND:
-        return Comparison(_STATUS[status], _plain_reason(status, reason))
-    study = priors.get("study") or {}
-    evidence = tuple(InstanceRef(**e) for e in priors.get("evidence", ()))
-    result = _prior_result(priors, current, prior_prediction, study)
-    base = dict(prior_study_uid=study.get("study_uid", ""), prior_study_date=study.get("study_date", ""),
-                prior_description=" ".join(filter(None, [",".join(study.get("modalities", ())),
-                                                         study.get("description", "")])))
+    if priors is None:
+        return Comparison(ComparisonStatus.NOT_LOOKED_UP,
+                          _plain_reason(PriorStatus.NOT_LOOKED_UP, "prior linking did not run"))
+    if priors.status is not PriorStatus.FOUND or priors.study is None:
+        status = priors.status if priors.status is not PriorStatus.FOUND else PriorStatus.NONE_FOUND
+        return Comparison(_STATUS[status], _plain_reason(status, priors.reason))
+    study = priors.study
+    evidence = tuple(priors.evidence)
+    if prior_prediction is not None:
+        result: PriorResult | None = PriorResult.from_prediction(
+            prior_prediction, study.study_uid, study.study_date, "model")
+    else:
+        result = priors.result(current.family)
+    base = dict(prior_study_uid=study.study_uid, prior_study_date=study.study_date,
+                prior_description=" ".join(filter(None, [",".join(study.modalities),
+                                                         study.description])))
     if result is None:
         return Comparison(ComparisonStatus.NO_PRIOR_RESULT,
                           f"No earlier AI result of {current.family} for this prior; not compared.",
@@ -318,17 +311,6 @@ def comparison_for(
     changes = interval_changes(current, result, probability_change, size_change_mm)
     return Comparison(ComparisonStatus.COMPARED, "Interval change is stated per finding.",
                       prior_result=result, changes=changes, evidence=evidence, **base)
-
-
-def _prior_result(
-    priors: Mapping[str, Any], current: Prediction, prior_prediction: Prediction | None,
-    study: Mapping[str, Any],
-) -> PriorResult | None:
-    if prior_prediction is not None:
-        return PriorResult.from_prediction(prior_prediction, study.get("study_uid", ""),
-                                           study.get("study_date", ""), "model")
-    raw = (priors.get("results") or {}).get(current.family)
-    return PriorResult.from_json(raw) if raw else None
 
 
 def _plain_reason(status: PriorStatus, reason: str) -> str:

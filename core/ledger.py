@@ -1,25 +1,113 @@
-"""The job state machine and the retry policy (pure; the SQLite adapter stores it).
+"""The job state machine, the retry policy, and the typed effects of a transition (pure).
 
 ``receiving -> complete -> validated | quarantined -> routed | skipped -> linked -> inferred ->
 written -> delivered``; ``dead`` is reachable from every working state and a dead job can be
 replayed into the state it died in. "retry(after)" is not a state: a failed job keeps its state
 and gets ``not_before`` in the future.
+
+A stage moves a job on with ``Jobs.transition(job, state, ..., effects=[...])`` (``state.ledger``):
+the effects below are what else commits in the same transaction, as values. The ledger package
+turns each into SQL; no SQL crosses its boundary.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from core.config import RetryConfig
-from core.types import InstanceState, JobState
+from core.results import OutboxItem, SrVersion
+from core.types import InstanceState, JobState, ValidationIssue
 
 __all__ = [
+    "CoverStudy",
+    "Effect",
+    "HoldInQuarantine",
     "NEXT_STATES",
+    "Override",
+    "QueueOutbox",
+    "RaiseReviewFlag",
+    "RecordResult",
+    "RecordSrVersions",
     "RetryPolicy",
+    "SetAside",
     "WORKING_STATES",
     "can_transition",
     "instance_state",
 ]
+
+
+class RecordResult(enum.StrEnum):
+    """Outcome of recording a received instance."""
+
+    NEW = "new"
+    """First time we see this SOP Instance UID: stored and attached to its study's job."""
+    DUPLICATE = "duplicate"
+    """Already held: acknowledged and audited, not processed again."""
+
+
+class Override(enum.StrEnum):
+    """Why one instance is set aside while the rest of its study goes on."""
+
+    QUARANTINED = "quarantined"
+    """It failed validation (``quarantine`` has the reasons)."""
+    SKIPPED = "skipped"
+    """No rule routed it, AI is off for it, or it is a prior we retrieved."""
+    DISCARDED = "discarded"
+    """An operator discarded it from quarantine: no job includes it, ever."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """Set some of the job's instances aside, each with its reason."""
+
+    override: Override
+    reasons: tuple[tuple[str, str], ...]
+    """``(sop_instance_uid, reason)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoverStudy:
+    """The job (now complete) covers every instance of its study not discarded; every
+    instance is decided afresh for it (earlier quarantine / skip marks are cleared)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldInQuarantine:
+    """Hold one instance in quarantine with its validation issues (``core.quarantine``)."""
+
+    sop_instance_uid: str
+    issues: tuple[ValidationIssue, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOutbox:
+    """Put result objects (already durable files) in the outbox for delivery."""
+
+    items: tuple[OutboxItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSrVersions:
+    """Record SR versions we wrote (predecessors, priors, our own series at the PACS)."""
+
+    versions: tuple[SrVersion, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseReviewFlag:
+    """Something a person must look at (once per kind and study pair)."""
+
+    kind: str
+    study_uid: str
+    other_study_uid: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+Effect = SetAside | CoverStudy | HoldInQuarantine | QueueOutbox | RecordSrVersions | RaiseReviewFlag
+"""What may commit together with a job's transition."""
 
 NEXT_STATES: dict[JobState, frozenset[JobState]] = {
     JobState.RECEIVING: frozenset({JobState.COMPLETE}),

@@ -1,14 +1,15 @@
 """Grad-CAM heatmaps as DICOM Parametric Maps (PS3.3 A.75), built in memory with highdicom.
 
-A model returns each heatmap at network resolution in ``Prediction.extra["heatmaps"][key]``
-(compact: 16-bit, zlib, base64), with what is needed to place it on the source:
+A model returns each heatmap at network resolution (``core.records.Heatmap``: 16-bit levels,
+zlib), with the grid it lies on; the inference stage stores the levels as a blob and the
+prediction keeps a ``HeatmapRef``. Placing it on the source:
 
-- ``"plane"``: a map of one source frame, with the network-to-source index mapping of rows and
+- ``PlaneGrid``: a map of one source frame, with the network-to-source index mapping of rows and
   columns. It is resampled onto the frame's own pixel grid, so the PM frame and the source
   frame coincide pixel for pixel. Cross-sectional frames carry their plane geometry (position,
   orientation, spacing, frame of reference); projection radiographs have none, so the PM gets a
   frame of reference of its own on the source's pixel grid (see ``_projection_geometry``).
-- ``"volume"``: a 3D map on the network grid with its affine in the patient coordinate system;
+- ``VolumeGrid``: a 3D map on the network grid with its affine in the patient coordinate system;
   the PM is written on that grid (``highdicom.Volume``), in the source's frame of reference.
 
 The map's value is class activation (DCM 130059 "Class activation", no units, 0-1; see
@@ -17,10 +18,10 @@ The map's value is class activation (DCM 130059 "Class activation", no units, 0-
 
 from __future__ import annotations
 
-import base64
 import copy
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import highdicom as hd
@@ -28,37 +29,36 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from core.sr import SRIdentity
-from core.types import Prediction
+from core.records import HeatmapRef, PlaneGeometry, PlaneGrid, Prediction, VolumeGrid
+from core.sr import SRIdentity, stamp_times
 from core.uids import output_uid, uid_from_parts
 
-__all__ = ["ParametricMapBuilder", "decode_heatmap", "encode_heatmap", "plane_on_source"]
+__all__ = ["ParametricMapBuilder", "decode_levels", "encode_levels", "plane_on_source"]
 
 _LEVELS = 65535
 
 
-def encode_heatmap(heat: np.ndarray) -> dict[str, Any]:
-    """Return a JSON-safe encoding of a [0, 1] map (16-bit levels, zlib, base64).
+def encode_levels(heat: np.ndarray) -> bytes:
+    """A [0, 1] map as 16-bit little-endian levels, zlib-compressed (what a blob holds).
 
-    >>> decode_heatmap(encode_heatmap(np.array([[0.0, 1.0]])))[0, 1]
+    >>> decode_levels(encode_levels(np.array([[0.0, 1.0]])), (1, 2))[0, 1]
     1.0
     """
     levels = np.rint(np.clip(heat, 0.0, 1.0) * _LEVELS).astype("<u2")
-    packed = base64.b64encode(zlib.compress(levels.tobytes(), 6)).decode("ascii")
-    return {"shape": list(levels.shape), "data": packed}
+    return zlib.compress(levels.tobytes(), 6)
 
 
-def decode_heatmap(payload: Mapping[str, Any]) -> np.ndarray:
-    """Invert :func:`encode_heatmap`: float32 values in [0, 1].
+def decode_levels(data: bytes, shape: Sequence[int]) -> np.ndarray:
+    """Invert :func:`encode_levels`: float32 values in [0, 1].
 
     Raises:
-        ValueError: If the payload's data does not match its shape.
+        ValueError: If the data does not match the shape.
     """
-    raw = zlib.decompress(base64.b64decode(payload["data"]))
-    shape = tuple(int(n) for n in payload["shape"])
-    if len(raw) != 2 * int(np.prod(shape)):
-        raise ValueError(f"Heatmap holds {len(raw)} bytes; expected 2 x {shape}")
-    return (np.frombuffer(raw, dtype="<u2").reshape(shape) / _LEVELS).astype(np.float32)
+    raw = zlib.decompress(data)
+    dims = tuple(int(n) for n in shape)
+    if len(raw) != 2 * int(np.prod(dims)):
+        raise ValueError(f"Heatmap holds {len(raw)} bytes; expected 2 x {dims}")
+    return (np.frombuffer(raw, dtype="<u2").reshape(dims) / _LEVELS).astype(np.float32)
 
 
 def _onto_grid(heat: np.ndarray, size: int, scale: float, offset: float, axis: int) -> np.ndarray:
@@ -70,12 +70,12 @@ def _onto_grid(heat: np.ndarray, size: int, scale: float, offset: float, axis: i
     return np.moveaxis(out, -1, axis)
 
 
-def plane_on_source(payload: Mapping[str, Any]) -> np.ndarray:
-    """The map of a ``"plane"`` payload on its source frame's ``(rows, columns)`` grid."""
-    heat = decode_heatmap(payload)
-    (rs, ro), (cs, co) = payload["row_map"], payload["column_map"]
-    heat = _onto_grid(heat, int(payload["rows"]), float(rs), float(ro), 0)
-    return _onto_grid(heat, int(payload["columns"]), float(cs), float(co), 1).astype(np.float32)
+def plane_on_source(grid: PlaneGrid, heat: np.ndarray) -> np.ndarray:
+    """A plane heatmap resampled onto its source frame's ``(rows, columns)`` grid."""
+    heat = _onto_grid(heat, grid.rows, grid.row_map.scale, grid.row_map.offset, 0)
+    return _onto_grid(heat, grid.columns, grid.column_map.scale, grid.column_map.offset, 1).astype(
+        np.float32
+    )
 
 
 _DIRECTIONS = {
@@ -85,7 +85,7 @@ _DIRECTIONS = {
 """Patient Orientation (0020,0020) letters as LPS unit vectors (PS3.3 C.7.6.1.1.1)."""
 
 
-def _projection_geometry(source: Dataset) -> dict[str, Any]:
+def _projection_geometry(source: Dataset) -> PlaneGeometry:
     """A plane for a projection radiograph, which has no frame of reference.
 
     The Parametric Map IOD requires one (PS3.3 A.75: Frame of Reference and Plane Position /
@@ -96,41 +96,52 @@ def _projection_geometry(source: Dataset) -> dict[str, Any]:
     """
     letters = [str(v) for v in (source.get("PatientOrientation") or [])]
     if len(letters) == 2 and all(v in _DIRECTIONS for v in letters):
-        orientation = [*_DIRECTIONS[letters[0]], *_DIRECTIONS[letters[1]]]
+        orientation = (*_DIRECTIONS[letters[0]], *_DIRECTIONS[letters[1]])
     else:
-        orientation = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        orientation = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing") or [1.0, 1.0]
-    return {
-        "position": [0.0, 0.0, 0.0],
-        "orientation": orientation,
-        "pixel_spacing": [float(v) for v in spacing],
-        "slice_thickness": 1.0,
-        "frame_of_reference_uid": uid_from_parts("pm-frame-of-reference", str(source.SOPInstanceUID)),
-    }
+    return PlaneGeometry(
+        position=(0.0, 0.0, 0.0),
+        orientation=orientation,  # type: ignore[arg-type]
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        slice_thickness=1.0,
+        frame_of_reference_uid=uid_from_parts("pm-frame-of-reference", str(source.SOPInstanceUID)),
+    )
 
 
-def _plane(payload: Mapping[str, Any], source: Dataset) -> tuple[list[Dataset], Any]:
+def _plane(grid: PlaneGrid, heat: np.ndarray, source: Dataset) -> tuple[list[Dataset], Any]:
     """The source to reference and the map as a one-slice ``highdicom.Volume`` on its frame."""
-    geometry = payload.get("geometry")
+    geometry = grid.plane
     if geometry is None:
         geometry = _projection_geometry(source)
         source = copy.deepcopy(source)
-        source.FrameOfReferenceUID = geometry["frame_of_reference_uid"]
+        source.FrameOfReferenceUID = geometry.frame_of_reference_uid
         source.PositionReferenceIndicator = ""
-        source.ImagePositionPatient = geometry["position"]
-        source.ImageOrientationPatient = geometry["orientation"]
-        source.PixelSpacing = geometry["pixel_spacing"]
-        source.SliceThickness = geometry["slice_thickness"]
+        source.ImagePositionPatient = list(geometry.position)
+        source.ImageOrientationPatient = list(geometry.orientation)
+        source.PixelSpacing = list(geometry.pixel_spacing)
+        source.SliceThickness = geometry.slice_thickness
     volume = hd.Volume.from_attributes(
-        array=plane_on_source(payload)[None],
-        image_position=geometry["position"],
-        image_orientation=geometry["orientation"],
-        pixel_spacing=geometry["pixel_spacing"],
-        spacing_between_slices=float(geometry["slice_thickness"]),
-        frame_of_reference_uid=geometry["frame_of_reference_uid"],
+        array=plane_on_source(grid, heat)[None],
+        image_position=list(geometry.position),
+        image_orientation=list(geometry.orientation),
+        pixel_spacing=list(geometry.pixel_spacing),
+        spacing_between_slices=float(geometry.slice_thickness),
+        frame_of_reference_uid=geometry.frame_of_reference_uid,
         coordinate_system="PATIENT",
     )
     return [source], volume
+
+
+def _fix_dimension_organization(pm: Dataset) -> None:
+    """Derive the Dimension Organization UID from the PM's own UID (highdicom draws a random
+    one), so the same input gives a byte-identical PM."""
+    uid = uid_from_parts("pm-dimension-organization", str(pm.SOPInstanceUID))
+    for item in pm.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = uid
+    for item in pm.get("DimensionIndexSequence", []):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = uid
 
 
 class ParametricMapBuilder:
@@ -151,37 +162,38 @@ class ParametricMapBuilder:
         sop = output_uid(study_uid, name, version, prediction.source_uids, f"pm:{key}")
         return series, sop
 
-    def build(self, sources: Sequence[Dataset], prediction: Prediction, key: str) -> hd.pm.ParametricMap:
-        """Build the PM of ``prediction``'s heatmap for finding ``key``.
+    def build(
+        self, sources: Sequence[Dataset], prediction: Prediction, heatmap: HeatmapRef,
+        heat: np.ndarray, created_at: datetime | None = None,
+    ) -> hd.pm.ParametricMap:
+        """Build the PM of one finding's heatmap.
 
         Args:
             sources: Headers of the instances the prediction used (all of one study).
-            prediction: The model's result, with ``extra["heatmaps"][key]``.
-            key: The finding.
+            prediction: The model's result.
+            heatmap: The stored heatmap (its grid).
+            heat: Its values (``decode_levels`` of the blob).
+            created_at: Content and creation date/time (the job's time: byte-identical PMs
+                for the same input); ``None`` keeps highdicom's wall clock.
 
         Returns:
             The Parametric Map.
 
         Raises:
-            ValueError: The prediction has no heatmap for ``key``, or its source instances are
-                not among ``sources``.
+            ValueError: The heatmap's source instances are not among ``sources``.
         """
-        payload = prediction.extra.get("heatmaps", {}).get(key)
-        if payload is None:
-            raise ValueError(f"Prediction of {prediction.family} has no heatmap for {key!r}")
-        by_uid = {str(s.SOPInstanceUID): s for s in sources}
-        if payload["kind"] == "volume":
-            refs = [s for s in sources if str(s.get("FrameOfReferenceUID", "")) ==
-                    payload["frame_of_reference_uid"]]
+        key = heatmap.finding
+        grid = heatmap.grid
+        if isinstance(grid, VolumeGrid):
+            refs = [s for s in sources
+                    if str(s.get("FrameOfReferenceUID", "")) == grid.frame_of_reference_uid]
             pixels: Any = hd.Volume(
-                array=decode_heatmap(payload),
-                affine=np.asarray(payload["affine"], dtype=np.float64),
-                frame_of_reference_uid=payload["frame_of_reference_uid"],
-                coordinate_system="PATIENT",
+                array=heat, affine=np.asarray(grid.affine, dtype=np.float64),
+                frame_of_reference_uid=grid.frame_of_reference_uid, coordinate_system="PATIENT",
             )
         else:
-            source = by_uid.get(payload["ref"]["sop_instance_uid"])
-            refs, pixels = ([], None) if source is None else _plane(payload, source)
+            source = {str(s.SOPInstanceUID): s for s in sources}.get(grid.frame.sop_instance_uid)
+            refs, pixels = ([], None) if source is None else _plane(grid, heat, source)
         if not refs or pixels is None:
             raise ValueError(f"Heatmap of {key!r} refers to instances not in the {len(sources)} sources")
         pm = self._pm(refs, pixels, prediction, key)
@@ -189,6 +201,9 @@ class ParametricMapBuilder:
         # present and empty (dicom3tools cannot decide the condition and wants it present).
         laterality = str(refs[0].get("Laterality") or refs[0].get("ImageLaterality") or "")
         pm.Laterality = laterality if laterality in ("L", "R") else ""
+        _fix_dimension_organization(pm)
+        if created_at is not None:
+            stamp_times(pm, created_at)
         return pm
 
     def _pm(

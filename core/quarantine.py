@@ -27,6 +27,7 @@ from core.errors import RejectedInput
 from core.types import ValidationIssue
 
 __all__ = [
+    "QuarantineEntry",
     "QuarantineRef",
     "QuarantineState",
     "Verdict",
@@ -95,6 +96,57 @@ def decide(
         else:
             held[uid] = tuple(found)
     return Verdict(held, accepted)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """One quarantined instance as an operator sees it.
+
+    Attributes:
+        qid: Its number (shown as ``Q<qid>``).
+        sop_instance_uid: The instance.
+        study_uid: Its study.
+        series_uid: Its series.
+        job_id: The job that last held it.
+        state: Held, released or discarded.
+        codes: Its reason codes, sorted.
+        reasons: Each issue (code, message naming the attribute, level).
+        accepted_codes: Codes an operator accepted on release.
+        created_at: When it was first held.
+        updated_at: Its last change.
+        decided_by: Who released or discarded it.
+        decided_at: When.
+        decision_reason: Why (required).
+        instance: What was received (path, sha256, sender...), if the instance is recorded.
+    """
+
+    qid: int
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    job_id: int | None
+    state: QuarantineState
+    codes: tuple[str, ...]
+    reasons: tuple[ValidationIssue, ...]
+    accepted_codes: tuple[str, ...]
+    created_at: float
+    updated_at: float
+    decided_by: str = ""
+    decided_at: float | None = None
+    decision_reason: str = ""
+    modality: str = ""
+    sop_class_uid: str = ""
+    transfer_syntax: str = ""
+    path: str = ""
+    sha256: str = ""
+    size: int = 0
+    calling_ae: str = ""
+    received_at: float | None = None
+
+    @property
+    def id(self) -> str:
+        """The short ID operators use (``Q<qid>``)."""
+        return format_id(self.qid)
 
 
 def issues_json(issues: Iterable[ValidationIssue]) -> str:

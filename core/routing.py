@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from core.assembly import group_by_series
 from core.config import RoutingConfig, RoutingRule
-from core.types import InstanceMeta, ModelTask, RouteDecision
+from core.records import ModelTask, Route
+from core.types import InstanceMeta
 
-__all__ = ["AiSwitches", "Router"]
+__all__ = ["AiSwitches", "RouteDecision", "Router"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,34 @@ class AiSwitches:
 
     studies_off: frozenset[str] = frozenset()
     modalities: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """The router's answer for one job.
+
+    Attributes:
+        route: The tasks to run and why (what the job's record keeps).
+        skipped: ``(sop_instance_uid, reason)`` for instances no task covers.
+    """
+
+    route: Route
+    skipped: tuple[tuple[str, str], ...]
+
+    @property
+    def tasks(self) -> tuple[ModelTask, ...]:
+        """The tasks (empty: the job is skipped)."""
+        return self.route.tasks
+
+    @property
+    def reason(self) -> str:
+        """Why, in words."""
+        return self.route.reason
+
+    @property
+    def priority(self) -> int:
+        """Priority floor from the matched rules."""
+        return self.route.priority
 
 
 class Router:
@@ -90,7 +119,7 @@ class Router:
         insts = list(instances)
         if study_uid in switches.studies_off:
             reason = "AI switched off for this study"
-            return RouteDecision((), tuple((i.sop_instance_uid, reason) for i in insts), reason)
+            return RouteDecision(Route((), reason), tuple((i.sop_instance_uid, reason) for i in insts))
         by_family: dict[str, list[str]] = {}
         skipped: list[tuple[str, str]] = []
         priority = 0
@@ -109,7 +138,7 @@ class Router:
             reason = "routed to " + ", ".join(t.family for t in tasks)
         else:
             reason = "; ".join(sorted({why for _, why in skipped})) or "no instances"
-        return RouteDecision(tasks, tuple(skipped), reason, priority)
+        return RouteDecision(Route(tasks, reason, priority), tuple(skipped))
 
     def _route_series(self, sample: InstanceMeta, switches: AiSwitches) -> tuple[str | None, str]:
         """Return ``(family, "")`` for a series, or ``(None, reason)`` to skip it."""

@@ -9,12 +9,12 @@ The tree follows ``shared/reference/standards.md`` 1.3 / 1.4:
   Finding = the finding's code, TID 4019 algorithm name / version / manufacturer / threshold,
   Presence of property = Present or Absent, Probability (122157, DCM) as a NUM in UCUM "1",
   and the source images it was computed from.
-- For each positive finding the model localised (``Prediction.extra["locations"]``), a second
+- For each positive finding the model localised (``Finding.region``), a second
   group with the same finding, presence and probability and where it is: TID 1410 (planar ROI)
   with a closed POLYLINE SCOORD on the exact source instance and frame, or TID 1411 (volumetric
   ROI) with an ELLIPSOID SCOORD3D in the frame of reference, selected from the instance and frame
   at its peak (AIR 6.5.3.4: locations in a Comprehensive 3D SR).
-- For each image-quality flag (``Prediction.extra["quality_flags"]``), a TID 1501 group whose
+- For each image-quality flag (``Prediction.quality_flags``), a TID 1501 group whose
   finding is the flag (e.g. patient motion), present, computed from the flagged series.
 - Every source instance in the Current Requested Procedure Evidence Sequence.
 - Patient and study attributes are copied from the source by highdicom; ``copy_check`` lets the
@@ -44,9 +44,9 @@ Priors (issue #5), when a ``Comparison`` is given:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
@@ -55,7 +55,8 @@ from pydicom.sr.codedict import codes
 
 from core.findings import LOCAL_SCHEME, term_for
 from core.interval import Comparison, FindingChange, IntervalChange
-from core.types import CodedTerm, Finding, Prediction
+from core.records import Finding, FrameRef, PlanarRegion, Prediction, VolumetricRegion
+from core.types import CodedTerm
 from core.uids import output_uid, uid_from_parts
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "describes_our_sr",
     "differing_attributes",
     "referenced_request_item",
+    "stamp_times",
 ]
 
 COPIED_ATTRIBUTES = (
@@ -200,6 +202,7 @@ class SRBuilder:
         previous_versions: Sequence[Dataset] = (),
         comparison: Comparison | None = None,
         request: ReferencedRequest | None = None,
+        created_at: datetime | None = None,
     ) -> hd.sr.Comprehensive3DSR:
         """Build the SR.
 
@@ -211,6 +214,8 @@ class SRBuilder:
                 their SOP Class, SOP Instance, Series and Study Instance UIDs are read.
             comparison: What to state about prior studies (``None``: nothing, as before #5).
             request: The order the SR fulfils, with its reason (from HL7), if known.
+            created_at: Content and creation date/time (the job's time, so the same input
+                gives a byte-identical SR); ``None`` keeps highdicom's wall clock.
 
         Returns:
             The SR dataset.
@@ -262,10 +267,12 @@ class SRBuilder:
             ),
         )
         schemes = {f.term.scheme for f in prediction.findings} | {
-            term_for(q["key"]).scheme for q in prediction.extra.get("quality_flags", [])
+            term_for(q.key).scheme for q in prediction.quality_flags
         }
         if LOCAL_SCHEME in schemes:
             sr.CodingSchemeIdentificationSequence = [_local_scheme_item()]
+        if created_at is not None:
+            stamp_times(sr, created_at)
         return sr
 
     def _observer(self, prediction: Prediction) -> hd.sr.ObservationContext:
@@ -327,11 +334,10 @@ class SRBuilder:
 
     def _region_groups(self, study_uid: str, prediction: Prediction) -> list[hd.sr.Template]:
         """TID 1410 / 1411 groups of the localised findings (in finding order)."""
-        locations = prediction.extra.get("locations", {})
         out: list[hd.sr.Template] = []
         for finding in prediction.findings:
-            location = locations.get(finding.key)
-            if location is None:
+            region = finding.region
+            if region is None:
                 continue
             algo = self._algorithm(prediction, finding.threshold)
             common = {
@@ -344,13 +350,13 @@ class SRBuilder:
                 "qualitative_evaluations": [_presence(finding)],
                 "measurements": [_probability(finding, algo)],
             }
-            if location["kind"] == "volumetric":
+            if isinstance(region, VolumetricRegion):
                 out.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    referenced_volume_surface=_surface(location), **common
+                    referenced_volume_surface=_surface(region), **common
                 ))
             else:
                 out.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    referenced_region=_planar_region(location), **common
+                    referenced_region=_planar_region(region), **common
                 ))
         return out
 
@@ -359,20 +365,20 @@ class SRBuilder:
     ) -> list[hd.sr.Template]:
         """One TID 1501 group per image-quality flag, referencing the flagged series."""
         out: list[hd.sr.Template] = []
-        for flag in prediction.extra.get("quality_flags", []):
-            series = [s for s in sources if str(s.SeriesInstanceUID) == flag["series_instance_uid"]]
-            term = term_for(flag["key"])
+        for flag in prediction.quality_flags:
+            series = [s for s in sources if str(s.SeriesInstanceUID) == flag.series_instance_uid]
+            term = term_for(flag.key)
             algo = hd.sr.AlgorithmIdentification(
                 name=f"{prediction.model_name} image quality"[:64],
                 version=prediction.model_version,
-                parameters=[f"threshold={flag['threshold']:g}", f"measured={flag['score']:g}"],
+                parameters=[f"threshold={flag.threshold:g}", f"measured={flag.score:g}"],
                 manufacturer=self._identity.manufacturer,
             )
             out.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=uid_from_parts("tracking", study_uid, prediction.family, "quality",
-                                       flag["key"], flag["series_instance_uid"]),
-                    identifier=f"{prediction.family}:quality:{flag['key']}",
+                                       flag.key, flag.series_instance_uid),
+                    identifier=f"{prediction.family}:quality:{flag.key}",
                 ),
                 finding_type=hd.sr.CodedConcept(term.value, term.scheme, term.meaning),
                 algorithm_id=algo,
@@ -408,34 +414,48 @@ def _probability(finding: Finding, algo: hd.sr.AlgorithmIdentification) -> hd.sr
     )
 
 
-def _frames(location: Mapping[str, Any]) -> list[int] | None:
-    number = location.get("frame_number")
-    return [int(number)] if number else None
+def _frames(frame: FrameRef) -> list[int] | None:
+    return [int(frame.frame_number)] if frame.frame_number else None
 
 
-def _planar_region(location: Mapping[str, Any]) -> hd.sr.ImageRegion:
+def _planar_region(region: PlanarRegion) -> hd.sr.ImageRegion:
     """A closed POLYLINE in image coordinates on the exact source instance and frame."""
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=np.asarray(location["polyline"], dtype=np.float64),
+        graphic_data=np.asarray(region.polyline, dtype=np.float64),
         source_image=hd.sr.SourceImageForRegion(
-            location["sop_class_uid"], location["sop_instance_uid"], _frames(location)
+            region.frame.sop_class_uid, region.frame.sop_instance_uid, _frames(region.frame)
         ),
     )
 
 
-def _surface(location: Mapping[str, Any]) -> hd.sr.VolumeSurface:
+def _surface(region: VolumetricRegion) -> hd.sr.VolumeSurface:
     """An ELLIPSOID SCOORD3D (three axes' end points) in the frame of reference."""
     return hd.sr.VolumeSurface(
         graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSOID,
-        graphic_data=np.asarray(location["ellipsoid"], dtype=np.float64),
-        frame_of_reference_uid=location["frame_of_reference_uid"],
+        graphic_data=np.asarray(region.ellipsoid, dtype=np.float64),
+        frame_of_reference_uid=region.frame_of_reference_uid,
         source_images=[
             hd.sr.SourceImageForSegmentation(
-                location["sop_class_uid"], location["sop_instance_uid"], _frames(location)
+                region.frame.sop_class_uid, region.frame.sop_instance_uid, _frames(region.frame)
             )
         ],
     )
+
+
+def stamp_times(ds: Dataset, when: datetime) -> None:
+    """Set the object's content and creation date/time to ``when`` (the job's time).
+
+    highdicom stamps the wall clock; results stamped with the job's own time instead are
+    byte-identical when the same input is processed again (a retried stage, a replay).
+    """
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
+    for prefix in ("Content", "InstanceCreation", "Series"):
+        if f"{prefix}Date" in ds or prefix != "Series":
+            setattr(ds, f"{prefix}Date", date)
+            setattr(ds, f"{prefix}Time", time)
+    for item in ds.get("ContributingEquipmentSequence", []):
+        item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S.%f")
 
 
 def describes_our_sr(series_description: str, model_name: str) -> bool:

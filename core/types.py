@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 __all__ = [
     "AuditEventType",
     "CodedTerm",
-    "Finding",
-    "InferenceRequest",
     "InstanceMeta",
     "InstanceState",
-    "Job",
     "JobState",
-    "ModelTask",
-    "Prediction",
     "Priority",
-    "RouteDecision",
     "ValidationIssue",
 ]
 
@@ -182,51 +175,6 @@ class InstanceMeta:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelTask:
-    """One model family to run on a set of instances of a study."""
-
-    family: str
-    sop_instance_uids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RouteDecision:
-    """The router's answer for one job.
-
-    Attributes:
-        tasks: Model runs to do; empty means the job is skipped.
-        skipped: ``(sop_instance_uid, reason)`` for instances no task covers.
-        reason: Why, in words, for the audit trail and ``pacsai status``.
-        priority: Priority floor from the matched rules.
-    """
-
-    tasks: tuple[ModelTask, ...]
-    skipped: tuple[tuple[str, str], ...]
-    reason: str
-    priority: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceRequest:
-    """What the inference stage sends to a model deployment.
-
-    The DICOM files travel as bytes (exactly as spooled), so a replica on another node of a Ray
-    cluster needs no shared disk; decoding and preprocessing happen in the replica.
-
-    Attributes:
-        study_uid: Study Instance UID.
-        family: Model family key.
-        instances: ``(sop_instance_uid, dicom_file_bytes)`` of every instance of the task.
-        job_id: Ledger job, for logs.
-    """
-
-    study_uid: str
-    family: str
-    instances: tuple[tuple[str, bytes], ...]
-    job_id: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class ValidationIssue:
     """One validation finding with a machine-readable code (see core.validation)."""
 
@@ -235,82 +183,3 @@ class ValidationIssue:
     sop_instance_uid: str = ""
     level: str = "instance"
     """``instance``, ``series`` or ``study``: what the finding is about (``core.reasons.Level``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One model output for one finding of a study."""
-
-    key: str
-    term: CodedTerm
-    probability: float
-    threshold: float
-    critical: bool = False
-    size_mm: float | None = None
-    """The finding's measured size (longest diameter), where the model measures one."""
-
-    @property
-    def present(self) -> bool:
-        """Whether the probability reaches the finding's threshold."""
-        return self.probability >= self.threshold
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """What a model deployment returns for one task."""
-
-    family: str
-    model_name: str
-    model_version: str
-    findings: tuple[Finding, ...]
-    source_uids: tuple[str, ...]
-    demo: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict (for the ledger)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Prediction:
-        """Rebuild a prediction stored by :meth:`to_json`."""
-        findings = tuple(
-            Finding(
-                key=f["key"],
-                term=CodedTerm(**f["term"]),
-                probability=float(f["probability"]),
-                threshold=float(f["threshold"]),
-                critical=bool(f.get("critical", False)),
-                size_mm=None if f.get("size_mm") is None else float(f["size_mm"]),
-            )
-            for f in raw["findings"]
-        )
-        return cls(
-            family=raw["family"],
-            model_name=raw["model_name"],
-            model_version=raw["model_version"],
-            findings=findings,
-            source_uids=tuple(raw["source_uids"]),
-            demo=bool(raw.get("demo", False)),
-            extra=dict(raw.get("extra", {})),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A study job as stored in the ledger."""
-
-    job_id: int
-    study_instance_uid: str
-    version: int
-    state: JobState
-    priority: int
-    attempts: int
-    not_before: float
-    created_at: float
-    updated_at: float
-    last_instance_at: float
-    reason: str = ""
-    lease_owner: str = ""
-    leased_until: float = 0.0
-    data: dict[str, Any] = field(default_factory=dict)

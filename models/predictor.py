@@ -16,7 +16,7 @@ the finding's evidence.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from typing import Any
 
@@ -29,8 +29,21 @@ from pydicom.errors import InvalidDicomError
 from core.config import ModelEntry
 from core.errors import ModelError
 from core.findings import term_for
-from core.parametric_maps import encode_heatmap
-from core.types import Finding, InferenceRequest, Prediction
+from core.parametric_maps import encode_levels
+from core.records import (
+    AxisScale,
+    Finding,
+    Heatmap,
+    HeatmapGrid,
+    InferenceRequest,
+    ModelOutput,
+    PlanarRegion,
+    PlaneGeometry,
+    PlaneGrid,
+    Prediction,
+    QualityFlag,
+    Region,
+)
 from models.gradcam import GradCamMaker, region_of
 from models.networks import GRADCAM_LAYERS
 from models.preprocessing import prepare_pixels
@@ -67,7 +80,7 @@ class PlaneItem:
     rows: int
     columns: int
     maps: tuple[AxisMap, AxisMap]
-    geometry: dict[str, Any] | None = None
+    geometry: PlaneGeometry | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,7 +97,7 @@ class Prepared:
     inputs: np.ndarray
     items: tuple[Any, ...]
     uids: tuple[str, ...]
-    quality_flags: tuple[dict[str, Any], ...] = field(default=())
+    quality_flags: tuple[QualityFlag, ...] = field(default=())
 
 
 def decode_instance(uid: str, data: bytes) -> Dataset:
@@ -213,8 +226,7 @@ class Predictor:
             item_uids: The SOP Instance UID of each input.
 
         Returns:
-            The prediction; ``extra["source_by_finding"]`` names, per finding, the instance of
-            the input with the highest probability (the evidence image for the SR).
+            The prediction (study-level probabilities; ``finish`` adds evidence and regions).
 
         Raises:
             ModelError: If the shapes disagree with ``item_uids`` or the findings.
@@ -243,10 +255,9 @@ class Predictor:
             findings=findings,
             source_uids=tuple(dict.fromkeys(item_uids)),
             demo=self.entry.demo,
-            extra={"source_by_finding": {f.key: item_uids[best[k]] for k, f in enumerate(findings)}},
         )
 
-    def finish(self, prepared: Prepared, probs: np.ndarray) -> Prediction:
+    def finish(self, prepared: Prepared, probs: np.ndarray) -> ModelOutput:
         """Combine the inputs' probabilities; localise every positive finding.
 
         Args:
@@ -254,9 +265,9 @@ class Predictor:
             probs: ``(N, K)``: ``forward`` of ``prepared.inputs``.
 
         Returns:
-            The prediction, with ``extra`` holding ``evidence`` (the source frame per
-            finding), ``quality_flags``, and for positive findings ``locations`` and
-            ``heatmaps`` (unless the entry turns heatmaps off).
+            The prediction (each finding with its evidence frame and, when positive and
+            localised, its region; the quality flags) and the heatmaps' pixels (unless the
+            entry turns heatmaps off).
 
         Raises:
             ModelError: If the shapes disagree.
@@ -264,26 +275,23 @@ class Predictor:
         item_uids = tuple(item.ref.sop_instance_uid for item in prepared.items)
         base = self.to_prediction(probs, item_uids)
         best = np.asarray(probs).argmax(axis=0)
-        extra: dict[str, Any] = dict(base.extra)
-        extra["evidence"] = {
-            f.key: prepared.items[best[k]].ref.to_json() for k, f in enumerate(base.findings)
-        }
-        extra["quality_flags"] = list(prepared.quality_flags)
-        locations, heatmaps = {}, {}
+        findings, heatmaps = [], []
         for k, finding in enumerate(base.findings):
-            if not (finding.present and self.entry.heatmaps):
-                continue
-            heat = self._heatmap(prepared.inputs[best[k]], k)
-            located = self._localise(prepared.items[best[k]], heat) if heat is not None else None
-            if located is not None:
-                locations[finding.key], heatmaps[finding.key] = located
-        extra.update(locations=locations, heatmaps=heatmaps)
-        return Prediction(
-            base.family, base.model_name, base.model_version, base.findings,
-            tuple(prepared.uids), base.demo, extra,
-        )
+            item = prepared.items[best[k]]
+            finding = replace(finding, evidence=item.ref)
+            if finding.present and self.entry.heatmaps:
+                heat = self._heatmap(prepared.inputs[best[k]], k)
+                located = self._localise(item, heat) if heat is not None else None
+                if located is not None and heat is not None:
+                    region, grid = located
+                    finding = replace(finding, region=region)
+                    heatmaps.append(Heatmap(finding.key, grid, tuple(heat.shape), encode_levels(heat)))
+            findings.append(finding)
+        prediction = replace(base, findings=tuple(findings), source_uids=tuple(prepared.uids),
+                             quality_flags=tuple(prepared.quality_flags))
+        return ModelOutput(prediction, tuple(heatmaps))
 
-    def predict(self, request: InferenceRequest) -> Prediction:
+    def predict(self, request: InferenceRequest) -> ModelOutput:
         """Prepare, classify and finish one request (no cross-request batching).
 
         Raises:
@@ -319,40 +327,36 @@ class Predictor:
 
     def _inputs(
         self, datasets: list[Dataset]
-    ) -> tuple[list[np.ndarray], list[Any], list[dict[str, Any]]]:
+    ) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         """Return the network inputs ``(C, *spatial)``, their items and quality flags."""
         raise NotImplementedError
 
-    def _localise(self, item: Any, heat: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Return ``(location, heatmap payload)`` of a heatmap of ``item``, or None."""
+    def _localise(self, item: Any, heat: np.ndarray) -> tuple[Region, HeatmapGrid] | None:
+        """Return the region a heatmap of ``item`` points at and the grid it lies on, or None."""
         raise NotImplementedError
 
 
-def plane_location(item: PlaneItem, heat: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The region (a closed POLYLINE in image coordinates, PS3.3 C.18.6.1.2) and the heatmap
-    payload of a 2D input. Image coordinates put the top-left pixel's centre at (0.5, 0.5)."""
+def plane_location(item: PlaneItem, heat: np.ndarray) -> tuple[PlanarRegion, PlaneGrid] | None:
+    """The region (a closed POLYLINE in image coordinates, PS3.3 C.18.6.1.2) and the grid of a
+    2D input's heatmap. Image coordinates put the top-left pixel's centre at (0.5, 0.5)."""
     region = region_of(heat)
     if region is None:
         return None
     row_map, col_map = item.maps
 
-    def point(row: float, col: float) -> list[float]:
+    def point(row: float, col: float) -> tuple[float, float]:
         r = float(np.clip(row_map.source(row) + 0.5, 0.0, item.rows))
         c = float(np.clip(col_map.source(col) + 0.5, 0.0, item.columns))
-        return [round(c, 3), round(r, 3)]
+        return (round(c, 3), round(r, 3))
 
     (r0, c0), (r1, c1) = (region.low[0] - 0.5, region.low[1] - 0.5), (
         region.high[0] + 0.5, region.high[1] + 0.5)
-    corners = [point(r0, c0), point(r0, c1), point(r1, c1), point(r1, c0), point(r0, c0)]
-    location = {"kind": "planar", **item.ref.to_json(), "polyline": corners,
-                "peak": point(*region.peak)}
-    payload = {
-        "kind": "plane", "ref": item.ref.to_json(), "rows": item.rows, "columns": item.columns,
-        "row_map": [row_map.scale, row_map.offset],
-        "column_map": [col_map.scale, col_map.offset],
-        "geometry": item.geometry, **encode_heatmap(heat),
-    }
-    return location, payload
+    corners = (point(r0, c0), point(r0, c1), point(r1, c1), point(r1, c0), point(r0, c0))
+    located = PlanarRegion(item.ref, corners, point(*region.peak))
+    grid = PlaneGrid(item.ref, item.rows, item.columns,
+                     AxisScale(row_map.scale, row_map.offset),
+                     AxisScale(col_map.scale, col_map.offset), item.geometry)
+    return located, grid
 
 
 class RadiographPredictor(Predictor):
@@ -360,7 +364,7 @@ class RadiographPredictor(Predictor):
 
     def _inputs(
         self, datasets: list[Dataset]
-    ) -> tuple[list[np.ndarray], list[Any], list[dict[str, Any]]]:
+    ) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         inputs, items = [], []
         for ds in datasets:
             uid = str(ds.get("SOPInstanceUID", "?"))
@@ -375,7 +379,7 @@ class RadiographPredictor(Predictor):
                 raise ModelError(f"SOP Instance {uid}: {exc.reason}") from exc
         return inputs, items, []
 
-    def _localise(self, item: Any, heat: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def _localise(self, item: Any, heat: np.ndarray) -> tuple[Region, HeatmapGrid] | None:
         return plane_location(item, heat)
 
 

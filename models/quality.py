@@ -9,16 +9,16 @@
   dominate); a slow trend (the skull narrowing towards the vertex) does not count.
 
 A flag is a plain dict (``key``, ``series_instance_uid``, ``score``, ``threshold``, ``detail``)
-that travels in ``Prediction.extra["quality_flags"]`` into the SR and the audit trail.
+that travels in ``Prediction.quality_flags`` into the SR and the audit trail.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
+from core.records import QualityFlag
 from models.volumes import Volume
 
 __all__ = ["MOTION_THRESHOLD", "motion_score", "volume_flags"]
@@ -53,7 +53,7 @@ def motion_score(volume: Volume) -> float:
     return float(max(ratios))
 
 
-def volume_flags(volume: Volume) -> list[dict[str, Any]]:
+def volume_flags(volume: Volume) -> list[QualityFlag]:
     """Return the quality flags of one volume (empty when nothing is wrong).
 
     Args:
@@ -62,24 +62,18 @@ def volume_flags(volume: Volume) -> list[dict[str, Any]]:
     Returns:
         Zero, one or two flags.
     """
-    flags: list[dict[str, Any]] = []
+    flags: list[QualityFlag] = []
     missing = volume.missing
     if missing:
-        flags.append({
-            "key": "incomplete_series",
-            "series_instance_uid": volume.series_instance_uid,
-            "score": float(len(missing)),
-            "threshold": 1.0,
-            "detail": f"{len(missing)} of {len(volume.frames)} slices missing "
-                      f"(slice indices {list(missing)[:10]})",
-        })
+        flags.append(QualityFlag(
+            "incomplete_series", volume.series_instance_uid, float(len(missing)), 1.0,
+            f"{len(missing)} of {len(volume.frames)} slices missing "
+            f"(slice indices {list(missing)[:10]})",
+        ))
     score = motion_score(volume)
     if score > MOTION_THRESHOLD:
-        flags.append({
-            "key": "motion_artefact",
-            "series_instance_uid": volume.series_instance_uid,
-            "score": round(score, 3),
-            "threshold": MOTION_THRESHOLD,
-            "detail": f"a slice-to-slice change {score:.1f} times the median",
-        })
+        flags.append(QualityFlag(
+            "motion_artefact", volume.series_instance_uid, round(score, 3), MOTION_THRESHOLD,
+            f"a slice-to-slice change {score:.1f} times the median",
+        ))
     return flags

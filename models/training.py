@@ -30,7 +30,7 @@ import torch
 
 from core.config import ModelEntry
 from core.errors import ModelError
-from core.types import InferenceRequest
+from core.records import InferenceRequest
 from models.families import PREDICTORS
 from models.networks import build_network
 from models.phantoms import PHANTOM_FINDINGS, chest_phantom, implied_findings, sample_findings

@@ -21,7 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from core.errors import ModelError
-from core.parametric_maps import encode_heatmap
+from core.records import HeatmapGrid, PlaneGeometry, QualityFlag, Region, VolumeGrid, VolumetricRegion
 from models.gradcam import region_of
 from models.predictor import PlaneItem, Predictor, plane_location
 from models.quality import volume_flags
@@ -53,7 +53,7 @@ class SlicePredictor(Predictor):
 
     def _inputs(
         self, datasets: list[Dataset]
-    ) -> tuple[list[np.ndarray], list[Any], list[dict[str, Any]]]:
+    ) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         inputs, items, flags = [], [], []
         spacing_mm = self.entry.input.spacing_mm
         for volume in _volumes(datasets):
@@ -70,23 +70,25 @@ class SlicePredictor(Predictor):
             raise ModelError("Got no slices; expected at least one image")
         return inputs, items, flags
 
-    def _localise(self, item: Any, heat: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def _localise(self, item: Any, heat: np.ndarray) -> tuple[Region, HeatmapGrid] | None:
         return plane_location(item, heat)
 
 
-def _plane_geometry(volume: Volume, k: int) -> dict[str, Any]:
+def _plane_geometry(volume: Volume, k: int) -> PlaneGeometry:
     """Position, orientation and spacing of slice ``k`` (for its Parametric Map frame)."""
     origin = volume.to_patient(np.array([k, 0.0, 0.0]))
     row_dir = volume.affine[:3, 2] / np.linalg.norm(volume.affine[:3, 2])
     col_dir = volume.affine[:3, 1] / np.linalg.norm(volume.affine[:3, 1])
     spacing = volume.spacing
-    return {
-        "position": [round(float(c), 6) for c in origin],
-        "orientation": [round(float(c), 8) for c in (*row_dir, *col_dir)],
-        "pixel_spacing": [spacing[1], spacing[2]],
-        "slice_thickness": spacing[0],
-        "frame_of_reference_uid": volume.frame_of_reference_uid,
-    }
+    position = tuple(round(float(c), 6) for c in origin)
+    orientation = tuple(round(float(c), 8) for c in (*row_dir, *col_dir))
+    return PlaneGeometry(
+        position=position,  # type: ignore[arg-type]
+        orientation=orientation,  # type: ignore[arg-type]
+        pixel_spacing=(float(spacing[1]), float(spacing[2])),
+        slice_thickness=float(spacing[0]),
+        frame_of_reference_uid=volume.frame_of_reference_uid,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,7 +121,7 @@ class VolumePredictor(Predictor):
 
     def _inputs(
         self, datasets: list[Dataset]
-    ) -> tuple[list[np.ndarray], list[Any], list[dict[str, Any]]]:
+    ) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         inputs, items, flags = [], [], []
         for volume in _volumes(datasets):
             flags += volume_flags(volume)
@@ -131,7 +133,7 @@ class VolumePredictor(Predictor):
             items.append(VolumeItem(volume, maps))  # type: ignore[arg-type]
         return inputs, items, flags
 
-    def _localise(self, item: Any, heat: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def _localise(self, item: Any, heat: np.ndarray) -> tuple[Region, HeatmapGrid] | None:
         region = region_of(heat)
         if region is None:
             return None
@@ -153,18 +155,14 @@ class VolumePredictor(Predictor):
         source_slice = int(np.clip(np.rint(item.volume.to_indices(peak_mm)[0]), 0,
                                    len(item.volume.frames) - 1))
         frame = item.volume.nearest_frame(source_slice)
-        location = {
-            "kind": "volumetric", **frame.to_json(),
-            "frame_of_reference_uid": item.volume.frame_of_reference_uid,
-            "ellipsoid": [[round(float(c), 3) for c in p] for _, ends in axes for p in ends],
-            "peak_mm": [round(float(c), 3) for c in peak_mm],
-        }
-        payload = {
-            "kind": "volume", "affine": affine.round(8).tolist(),
-            "frame_of_reference_uid": item.volume.frame_of_reference_uid,
-            **encode_heatmap(heat),
-        }
-        return location, payload
+        located = VolumetricRegion(
+            frame, item.volume.frame_of_reference_uid,
+            tuple(tuple(round(float(c), 3) for c in p) for _, ends in axes for p in ends),  # type: ignore[misc]
+            tuple(round(float(c), 3) for c in peak_mm),  # type: ignore[arg-type]
+        )
+        grid = VolumeGrid(tuple(tuple(float(v) for v in row) for row in affine.round(8)),  # type: ignore[arg-type]
+                          item.volume.frame_of_reference_uid)
+        return located, grid
 
 
 class HeadCtPredictor(SlicePredictor):

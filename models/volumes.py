@@ -30,36 +30,16 @@ from pydicom.dataset import Dataset
 
 from core.errors import ModelError
 from core.pixels import decode_plugins
+from core.records import FrameRef
 
 __all__ = ["FrameRef", "Plane", "Volume", "assemble_volumes", "planes_of"]
+
+# FrameRef is the pipeline's one frame reference (core.records), re-exported here.
 
 logger = logging.getLogger(__name__)
 
 _POSITION_TOLERANCE_MM = 0.05
 """How far a frame may sit from where the volume's affine puts it (a convention check)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FrameRef:
-    """One source frame: the instance and, for multi-frame instances, the 1-based frame.
-
-    Attributes:
-        sop_instance_uid: SOP Instance UID of the source instance.
-        sop_class_uid: Its SOP Class UID.
-        frame_number: 1-based frame number in a multi-frame instance; None for single-frame.
-    """
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    frame_number: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict."""
-        return {
-            "sop_instance_uid": self.sop_instance_uid,
-            "sop_class_uid": self.sop_class_uid,
-            "frame_number": self.frame_number,
-        }
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,7 +23,7 @@ import numpy as np
 from ray import serve
 
 from core.config import ModelEntry
-from core.types import InferenceRequest, Prediction
+from core.records import InferenceRequest, ModelOutput
 from models.families import load_predictor
 
 __all__ = ["ModelDeployment"]
@@ -76,14 +76,14 @@ class ModelDeployment:
             entry.serve.batch_wait_timeout_s,
         )
 
-    async def __call__(self, request: InferenceRequest) -> Prediction:
+    async def __call__(self, request: InferenceRequest) -> ModelOutput:
         """Run every network input of one study task and combine them.
 
         Args:
             request: The task, with the DICOM bytes of each instance.
 
         Returns:
-            The prediction.
+            The prediction and its heatmaps' pixels (the caller stores them).
 
         Raises:
             ModelError: If an instance cannot be turned into network input.

@@ -1,22 +1,18 @@
-"""Real I/O behind core's ports: files, the SQLite ledger, DIMSE (store, query/retrieve),
-MLLP, FHIR HTTP, TLS, Orthanc, dcmtk, and the HL7 bridge's context store."""
+"""Real I/O behind core's ports: DIMSE (store, query/retrieve), MLLP, FHIR HTTP, TLS, the wall
+clock, the HL7 bridge's context store and join, and the demo's Orthanc and dcmtk. The ledger
+and the other durable stores are the ``state`` package."""
 
 __all__ = [
+    "clock",
     "context_join",
     "context_store",
     "dcmtk",
     "dimse",
-    "ehr_outbox",
     "fhir_http",
-    "fs",
     "group_commit",
     "hl7_inbox",
-    "ledger",
     "mllp",
     "orthanc",
-    "paths",
-    "quarantine",
     "query_retrieve",
-    "study_records",
     "tls",
 ]

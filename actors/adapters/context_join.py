@@ -20,7 +20,8 @@ from pydicom.errors import InvalidDicomError
 from actors.adapters.context_store import ContextReader
 from core.audit import AuditEvent
 from core.context import StudyContext, study_context
-from core.types import AuditEventType, InstanceMeta, Job
+from core.job import Job
+from core.types import AuditEventType, InstanceMeta
 
 __all__ = ["ContextJoin"]
 

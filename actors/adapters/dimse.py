@@ -15,10 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -32,8 +31,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from actors.adapters.fs import check_free_space, durable_write, publish, write_temp
-from actors.adapters.ledger import RecordResult, SqliteLedger
+from state.files import check_free_space, durable_write, publish, write_temp
+from actors.adapters.clock import SystemClock
 from actors.adapters.query_retrieve import tcp_nodelay
 from actors.adapters.tls import client_context, server_context
 from core.audit import AuditEvent
@@ -41,10 +40,13 @@ from core.completeness import CompletenessPolicy
 from core.config import AssemblyConfig, ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
+from core.ledger import RecordResult
+from core.ports import Clock
 from core.part10 import part10_header
 from core.pixels import NATIVE_SYNTAXES, decode_plugins
 from core.types import AuditEventType, InstanceMeta
 from core.validation import NON_PATIENT_SOP_CLASSES, attribute_text
+from state.ledger import Ledger
 
 __all__ = [
     "DimsePacsClient",
@@ -79,9 +81,9 @@ class Listener:
         cfg: ListenerConfig,
         spool_dir: Path,
         rejected_dir: Path,
-        ledger: SqliteLedger,
+        ledger: Ledger,
         quiet_period_s: float,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         hash_key: bytes = b"pacsai-default-identifier-key",
         assembly: AssemblyConfig | None = None,
     ) -> None:
@@ -103,13 +105,14 @@ class Listener:
         self._rejected = rejected_dir
         self._ledger = ledger
         self._quiet = quiet_period_s
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._hash_key = hash_key
         self._policy = CompletenessPolicy(assembly) if assembly is not None else None
         self._server: Any = None
         self._actor = f"listener:{cfg.ae_title}"
         self.received = 0
         self.failed = 0
+        self.last_received_at = 0.0
         self._writer = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="spool")
 
     @property
@@ -157,6 +160,15 @@ class Listener:
         if sock is not None:
             sock.settimeout(self._cfg.network_timeout_s)
 
+    @property
+    def serving(self) -> bool:
+        """Whether the server thread is accepting associations (``serve_forever`` runs)."""
+        server = self._server
+        if server is None:
+            return False
+        stopped = getattr(server, "_BaseServer__is_shut_down", None)  # socketserver's flag
+        return server.socket.fileno() != -1 and not (stopped is not None and stopped.is_set())
+
     def stop(self) -> None:
         """Stop accepting and close open associations."""
         if self._server is not None:
@@ -188,6 +200,7 @@ class Listener:
             status = STATUS_UNEXPECTED
         if status == STATUS_SUCCESS:
             self.received += 1
+            self.last_received_at = self._clock.now()
         else:
             self.failed += 1
         return status
@@ -213,10 +226,10 @@ class Listener:
             OutOfResources: The spool disk is below its floor or full.
             RejectedInput: The data set cannot be parsed (audited, bytes kept aside).
         """
-        now = self._clock()
+        now = self._clock.now()
         check_free_space(self._spool, self._cfg.min_free_bytes)
         header = part10_header(sop_class, sop_uid, transfer_syntax, calling_ae)
-        duplicate = self._ledger.has_instance(sop_uid)
+        duplicate = self._ledger.intake.has_instance(sop_uid)
         writing = None
         if not duplicate:
             writing = self._writer.submit(
@@ -234,8 +247,8 @@ class Listener:
         if writing is not None:
             publish(writing.result(), Path(meta.path))
         quiet = self._policy.quiet_period_for(calling_ae) if self._policy else self._quiet
-        result = self._ledger.record_instance(meta, now, now + quiet, self._actor)
-        if result == RecordResult.DUPLICATE:
+        result = self._ledger.intake.record(meta, now, now + quiet, self._actor)
+        if result is RecordResult.DUPLICATE:
             logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
         return STATUS_SUCCESS
 
@@ -298,7 +311,7 @@ class Listener:
             sop_instance_uid=sop_uid,
             detail={"reason": reason, "calling_ae": calling_ae, "sha256": digest},
         )
-        self._ledger.audit([event], now)
+        self._ledger.audit.append([event], now)
 
     def _meta(
         self,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.adapters.context_store import ContextReader, ContextWriter, InboxEntry
-from actors.adapters.ledger import SqliteLedger
+from state.ledger import Ledger
 from actors.adapters.mllp import Frame, MllpServer
 from actors.adapters.tls import server_context
 from core.acks import AckError, Disposition, ack_codes, build_ack
@@ -64,7 +64,7 @@ class Hl7Listener:
         self,
         cfg: Hl7Config,
         context_path: Path,
-        ledger: SqliteLedger | None,
+        ledger: Ledger | None,
         hash_key: bytes = DEFAULT_KEY,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -236,7 +236,7 @@ class Hl7Listener:
         with self._audit_lock:
             return self._audit_pass(self._ledger, limit)
 
-    def _audit_pass(self, ledger: SqliteLedger, limit: int) -> int:
+    def _audit_pass(self, ledger: Ledger, limit: int) -> int:
         received, rejected = self._reader.unaudited(limit)
         if not received and not rejected:
             return 0
@@ -244,7 +244,7 @@ class Hl7Listener:
             AuditEvent(AuditEventType.HL7_REJECTED, self._actor, detail=dict(r)) for r in rejected
         ]
         # At least once: a crash between these two lines repeats events (same inbox seq).
-        ledger.audit(events, self._clock())
+        ledger.audit.append(events, self._clock())
         inbox = [(r["seq"], r["resends"]) for r in received]
         self._writer.mark_audited(inbox, [r["seq"] for r in rejected]).result(30)
         return len(events)

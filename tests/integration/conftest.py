@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from actors.adapters.ledger import SqliteLedger
 from actors.adapters.orthanc import OrthancProcess, free_port, orthanc_binary
 from actors.pipeline import Pipeline, deploy_models, wait_until
 from core.config import AppConfig, parse_config
+from state.ledger import Ledger, open_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CONFIG = ROOT / "configs" / "test.yaml"
@@ -78,14 +78,18 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
 
 
 @pytest.fixture
-def make_pipeline(tmp_path: Path, model_app: AppConfig) -> Iterator[Callable[..., tuple[Pipeline, AppConfig]]]:
-    """Start a pipeline on this test's var dir; ``overrides`` patch the raw config."""
+def make_pipeline(
+    tmp_path: Path, model_app: AppConfig, storage_for: Callable[..., Any]
+) -> Iterator[Callable[..., tuple[Pipeline, AppConfig]]]:
+    """Start a pipeline on this test's var dir; ``overrides`` patch the raw config;
+    ``backend="postgresql"`` puts its ledger on the session's PostgreSQL server."""
     started: list[Pipeline] = []
 
-    def start(pacs: OrthancProcess | None = None, **overrides: Any) -> tuple[Pipeline, AppConfig]:
+    def start(pacs: OrthancProcess | None = None, backend: str = "sqlite",
+              **overrides: Any) -> tuple[Pipeline, AppConfig]:
         raw = base_config()
         raw["site_name"] = f"t{len(started)}-{int(time.time() * 1000) % 10**8}"
-        raw["storage"]["var_dir"] = str(tmp_path / "var")
+        raw["storage"] = storage_for(backend, tmp_path / "var").model_dump()
         raw["listener"]["port"] = free_port()
         if pacs is not None:
             raw["pacs"].update(port=pacs.dicom_port, ae_title=pacs.aet)
@@ -104,17 +108,17 @@ def make_pipeline(tmp_path: Path, model_app: AppConfig) -> Iterator[Callable[...
         p.stop()
 
 
-def ledger_of(pipeline: Pipeline) -> SqliteLedger:
+def ledger_of(pipeline: Pipeline) -> Ledger:
     """A ledger connection for assertions."""
-    return SqliteLedger(pipeline.layout.ledger)
+    return open_ledger(pipeline.cfg.storage, pipeline.layout)
 
 
-def wait_for_states(ledger: SqliteLedger, study_uids: list[str], states: set[str], timeout_s: float = 90.0) -> bool:
+def wait_for_states(ledger: Ledger, study_uids: list[str], states: set[str], timeout_s: float = 90.0) -> bool:
     """Wait until the latest job of every study is in one of ``states``."""
 
     def done() -> bool:
         for uid in study_uids:
-            jobs = ledger.jobs_for_study(uid)
+            jobs = ledger.jobs.for_study(uid)
             if not jobs or jobs[-1].state.value not in states:
                 return False
         return True

@@ -16,7 +16,7 @@ from core.errors import DependencyUnavailable, RejectedInput
 from core.fhir import ResultSubject, build_result_bundle
 from core.findings import term_for
 from core.ledger import RetryPolicy
-from core.types import Finding, Prediction
+from core.records import Finding, Prediction
 from tests.integration.fhir_server import FhirTestServer
 
 pytestmark = pytest.mark.integration

@@ -17,6 +17,7 @@ CASES = [
     errors.ModelWeightsError("missing w.pt"),
     errors.AccessDenied("alice", "override"),
     errors.LeaseLost(3, "owner"),
+    errors.RecordError("JobRecord", "got schema 7; expected 1"),
     errors.MessageInvalid("PID-3: missing", "MSG1", "101", "PID^1^3"),
     errors.MessageRejected("MSH-9: got 'ORU^R01'", "MSG2", "200", "MSH^1^9"),
 ]

@@ -7,7 +7,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from core.findings import term_for
 from core.fhir import AIAST, ResultSubject, build_result_bundle, validate
-from core.types import Finding, Prediction
+from core.records import Finding, Prediction
 
 PREDICTION = Prediction(
     "chest_xray", "pacsai-cxr", "0.1.0-demo",

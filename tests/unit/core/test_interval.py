@@ -16,9 +16,11 @@ from core.interval import (
     comparison_for,
     interval_changes,
 )
-from core.priors import InstanceRef
+from core.codec import dump_record, load_record
+from core.job import PriorLink, PriorStudy
+from core.priors import InstanceRef, PriorStatus
 from core.sr import SRBuilder, SRIdentity
-from core.types import Finding, Prediction
+from core.records import Finding, Prediction
 
 
 def pred(*findings, family="chest_xray"):
@@ -65,16 +67,16 @@ def test_a_finding_missing_from_the_prior_is_not_assessed_and_text_names_values(
     ],
 )
 def test_no_comparison_always_says_why(status, expected, text):
-    c = comparison_for({"status": status, "reason": "r"}, pred(("nodule", 0.8, None)), None, 0.15, 2.0)
+    c = comparison_for(PriorLink(PriorStatus(status), "r"), pred(("nodule", 0.8, None)), None, 0.15, 2.0)
     assert c.status is expected and not c.done and text in c.summary() and "(r)" in c.summary()
     assert comparison_for(None, pred(("nodule", 0.8, None)), None, 0.15, 2.0).status is ComparisonStatus.NOT_LOOKED_UP
 
 
-FOUND = {
-    "status": "found",
-    "study": {"study_uid": "old", "study_date": "20240101", "modalities": ["DX"], "description": "CHEST"},
-    "evidence": [{"study_uid": "old", "series_uid": "old.1", "sop_class_uid": "1.2", "sop_instance_uid": "old.1.1"}],
-}
+FOUND = PriorLink(
+    PriorStatus.FOUND,
+    study=PriorStudy("old", "20240101", modalities=("DX",), description="CHEST"),
+    evidence=(InstanceRef("old", "old.1", "1.2", "old.1.1"),),
+)
 
 
 def test_found_prior_without_a_result_is_named_but_not_compared():
@@ -86,13 +88,13 @@ def test_found_prior_without_a_result_is_named_but_not_compared():
 def test_prior_result_from_the_ledger_or_from_the_model_on_prior_images():
     sr = InstanceRef("old", "old.9", "1.2.840.10008.5.1.4.1.1.88.34", "old.9.1")
     stored = prior(("nodule", 0.2, None))
-    with_result = FOUND | {"results": {"chest_xray": replace(stored, sr=sr).to_json()}}
+    with_result = replace(FOUND, results=(replace(stored, sr=sr),))
     c = comparison_for(with_result, pred(("nodule", 0.8, None)), None, 0.15, 2.0)
     assert c.done and c.changes[0].change is IntervalChange.NEW
     assert sr in c.evidence and "cxr-net 0.9 (our earlier SR)" in c.summary()
     on_images = comparison_for(with_result, pred(("nodule", 0.8, None)), pred(("nodule", 0.75, None)), 0.15, 2.0)
     assert on_images.prior_result.source == "model" and on_images.changes[0].change is IntervalChange.UNCHANGED
-    assert PriorResult.from_json(stored.to_json()) == stored
+    assert load_record(PriorResult, dump_record(stored)) == stored
 
 
 def test_prior_result_read_back_from_our_own_sr():

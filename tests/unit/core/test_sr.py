@@ -11,7 +11,7 @@ from pydicom.sr.codedict import codes
 
 from core.findings import term_for
 from core.sr import COPIED_ATTRIBUTES, SRBuilder, SRIdentity, differing_attributes
-from core.types import Finding, Prediction
+from core.records import Finding, FrameRef, PlanarRegion, Prediction, QualityFlag, VolumetricRegion
 
 
 @pytest.fixture
@@ -108,32 +108,34 @@ def test_empty_or_mixed_sources_are_refused(source):
         builder.build([source, other], prediction(source))
 
 
-def _located(source, extra):
-    findings = (Finding("fracture", term_for("fracture"), 0.8, 0.5), Finding("nodule", term_for("nodule"), 0.1, 0.5))
-    return Prediction("bone_fracture", "fx-net", "0.1-demo", findings, (str(source.SOPInstanceUID),), True, extra)
+def _located(source, region=None, flags=()):
+    findings = (Finding("fracture", term_for("fracture"), 0.8, 0.5, region=region),
+                Finding("nodule", term_for("nodule"), 0.1, 0.5))
+    return Prediction("bone_fracture", "fx-net", "0.1-demo", findings, (str(source.SOPInstanceUID),), True,
+                      quality_flags=tuple(flags))
+
+
+def _frame(source):
+    return FrameRef(str(source.SOPInstanceUID), str(source.SOPClassUID))
 
 
 def test_planar_region_of_a_positive_finding_references_the_exact_instance_and_frame(source):
-    location = {"kind": "planar", "sop_instance_uid": str(source.SOPInstanceUID),
-                "sop_class_uid": str(source.SOPClassUID), "frame_number": None,
-                "polyline": [[1.0, 2.0], [9.0, 2.0], [9.0, 7.0], [1.0, 7.0], [1.0, 2.0]]}
-    ds, _ = build(source, _located(source, {"locations": {"fracture": location}}))
+    polyline = ((1.0, 2.0), (9.0, 2.0), (9.0, 7.0), (1.0, 7.0), (1.0, 2.0))
+    ds, _ = build(source, _located(source, PlanarRegion(_frame(source), polyline, (5.0, 4.0))))
     content = hd.sr.Comprehensive3DSR.from_dataset(ds).content
     assert len(content.get_image_measurement_groups()) == 2  # TID 1501 groups unchanged
     [roi] = content.get_planar_roi_measurement_groups()
     assert roi.finding_type.value == "125605004" and roi.tracking_identifier == "bone_fracture:fracture:region"
     assert roi.roi.GraphicType == "POLYLINE"
-    assert roi.roi.value.tolist() == location["polyline"]
+    assert roi.roi.value.tolist() == [list(p) for p in polyline]
     assert roi.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert roi.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value == codes.SCT.Present
 
 
 def test_volumetric_region_is_an_ellipsoid_in_the_frame_of_reference_with_its_frame(source):
-    ellipsoid = [[0, 0, 10], [0, 0, -10], [0, 5, 0], [0, -5, 0], [3, 0, 0], [-3, 0, 0]]
-    location = {"kind": "volumetric", "sop_instance_uid": str(source.SOPInstanceUID),
-                "sop_class_uid": str(source.SOPClassUID), "frame_number": None,
-                "frame_of_reference_uid": str(source.FrameOfReferenceUID), "ellipsoid": ellipsoid}
-    ds, _ = build(source, _located(source, {"locations": {"fracture": location}}))
+    ellipsoid = ((0, 0, 10), (0, 0, -10), (0, 5, 0), (0, -5, 0), (3, 0, 0), (-3, 0, 0))
+    region = VolumetricRegion(_frame(source), str(source.FrameOfReferenceUID), ellipsoid, (0, 0, 0))
+    ds, _ = build(source, _located(source, region))
     [roi] = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_volumetric_roi_measurement_groups()
     surface = roi.roi
     assert surface.graphic_type == hd.sr.GraphicTypeValues3D.ELLIPSOID
@@ -144,9 +146,8 @@ def test_volumetric_region_is_an_ellipsoid_in_the_frame_of_reference_with_its_fr
 
 
 def test_quality_flags_become_present_findings_on_their_series(source):
-    flag = {"key": "motion_artefact", "series_instance_uid": str(source.SeriesInstanceUID),
-            "score": 7.5, "threshold": 4.0, "detail": "moved"}
-    ds, _ = build(source, _located(source, {"quality_flags": [flag]}))
+    flag = QualityFlag("motion_artefact", str(source.SeriesInstanceUID), 7.5, 4.0, "moved")
+    ds, _ = build(source, _located(source, flags=[flag]))
     groups = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()
     [motion] = [g for g in groups if g.tracking_identifier.endswith("quality:motion_artefact")]
     assert motion.finding_type.value == "128553"  # (DCM) Patient motion
@@ -161,12 +162,14 @@ def _items(ds):
 def test_comparison_names_the_prior_and_states_change_per_finding(source, tmp_path):
     from core.interval import comparison_for
 
-    priors = {
-        "status": "found",
-        "study": {"study_uid": "1.2.3.4", "study_date": "20240101", "modalities": ["CT"]},
-        "evidence": [{"study_uid": "1.2.3.4", "series_uid": "1.2.3.4.1",
-                      "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": "1.2.3.4.1.1"}],
-    }
+    from core.job import PriorLink, PriorStudy
+    from core.priors import InstanceRef, PriorStatus
+
+    priors = PriorLink(
+        PriorStatus.FOUND,
+        study=PriorStudy("1.2.3.4", "20240101", modalities=("CT",)),
+        evidence=(InstanceRef("1.2.3.4", "1.2.3.4.1", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.1.1"),),
+    )
     before = prediction(source, probs=(0.2, 0.9))  # pneumothorax new, nodule resolved
     comparison = comparison_for(priors, prediction(source), before, 0.15, 2.0)
     sr = SRBuilder(SRIdentity("PACS-AI Bridge", 9900)).build([source], prediction(source), comparison=comparison)
@@ -196,7 +199,10 @@ def test_comparison_names_the_prior_and_states_change_per_finding(source, tmp_pa
 def test_unavailable_priors_are_stated_never_omitted(source):
     from core.interval import comparison_for
 
-    comparison = comparison_for({"status": "unavailable", "reason": "pacs unavailable: refused"},
+    from core.job import PriorLink
+    from core.priors import PriorStatus
+
+    comparison = comparison_for(PriorLink(PriorStatus.UNAVAILABLE, "pacs unavailable: refused"),
                                 prediction(source), None, 0.15, 2.0)
     ds, _ = build_with(source, comparison=comparison)
     items = _items(ds)

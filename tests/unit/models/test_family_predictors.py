@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from core.config import FindingSpec, ModelEntry, ModelInputSpec
-from core.types import InferenceRequest, Prediction
+from core.codec import dump_record, load_record
+from core.records import Geometry, InferenceRequest, ModelOutput, Prediction, VolumetricRegion
 from models.families import PREDICTORS, load_predictor
 from models.head_phantoms import HEAD_CT_FINDINGS
 from models.networks import build_network
@@ -60,30 +61,36 @@ STUDIES = {
 @pytest.mark.parametrize("family", sorted(SPECS))
 def test_positive_findings_are_localised_in_the_study(family: str) -> None:
     study = STUDIES[family]()
-    prediction = _predictor(family).predict(_request(family, study.datasets))
+    output = _predictor(family).predict(_request(family, study.datasets))
+    prediction = output.prediction
     uids = {str(ds.SOPInstanceUID) for ds in study.datasets}
     assert [f.key for f in prediction.findings] == list(SPECS[family][1])
     assert set(prediction.source_uids) == uids
-    assert prediction == Prediction.from_json(prediction.to_json())
-    extra = prediction.extra
-    assert set(extra["locations"]) == set(extra["heatmaps"]) == set(SPECS[family][1])
-    for location in extra["locations"].values():
-        assert location["sop_instance_uid"] in uids
-        if location["kind"] == "volumetric":
-            assert location["frame_of_reference_uid"] == str(study.datasets[0].FrameOfReferenceUID)
-            assert np.asarray(location["ellipsoid"]).shape == (6, 3)
+    assert prediction == load_record(Prediction, dump_record(prediction))
+    located = {f.key: f.region for f in prediction.findings if f.region is not None}
+    assert set(located) == {h.finding for h in output.heatmaps} == set(SPECS[family][1])
+    for region in located.values():
+        assert region.frame.sop_instance_uid in uids
+        if isinstance(region, VolumetricRegion):
+            assert region.geometry is Geometry.VOLUMETRIC
+            assert region.frame_of_reference_uid == str(study.datasets[0].FrameOfReferenceUID)
+            assert np.asarray(region.ellipsoid).shape == (6, 3)
         else:
-            assert np.asarray(location["polyline"]).shape == (5, 2)
-    assert all(e["sop_instance_uid"] in uids for e in extra["evidence"].values())
+            assert region.geometry is Geometry.PLANAR
+            assert np.asarray(region.polyline).shape == (5, 2)
+    assert all(f.evidence is not None and f.evidence.sop_instance_uid in uids
+               for f in prediction.findings)
+    for heatmap in output.heatmaps:  # the grid matches the region's geometry: one vocabulary
+        assert heatmap.grid.geometry is located[heatmap.finding].geometry
 
 
 def test_negative_findings_get_no_heatmap_and_heatmaps_can_be_switched_off() -> None:
     study = STUDIES["bone_fracture"]()
-    prediction = _predictor("bone_fracture", threshold=1.0).predict(_request("bone_fracture", study.datasets))
-    assert prediction.extra["locations"] == {} and prediction.extra["heatmaps"] == {}
+    output = _predictor("bone_fracture", threshold=1.0).predict(_request("bone_fracture", study.datasets))
+    assert all(f.region is None for f in output.prediction.findings) and output.heatmaps == ()
     entry = _entry("bone_fracture").model_copy(update={"heatmaps": False})
     quiet = PREDICTORS["bone_fracture"](entry, build_network("bone_fracture", entry).eval())
-    assert quiet.predict(_request("bone_fracture", study.datasets)).extra["heatmaps"] == {}
+    assert quiet.predict(_request("bone_fracture", study.datasets)).heatmaps == ()
 
 
 def test_slice_order_and_encoding_of_the_series_do_not_change_the_result() -> None:
@@ -92,15 +99,17 @@ def test_slice_order_and_encoding_of_the_series_do_not_change_the_result() -> No
     shuffled = study.datasets[:]
     random.Random(3).shuffle(shuffled)
     enhanced = to_enhanced(study.datasets, frame_order=[3, 9, 0, 5, 1, 8, 2, 7, 4, 6])
-    results = [predictor.predict(_request("head_ct_haemorrhage", d)) for d in (study.datasets, shuffled, [enhanced])]
+    results = [predictor.predict(_request("head_ct_haemorrhage", d)).prediction
+               for d in (study.datasets, shuffled, [enhanced])]
     probs = np.array([[f.probability for f in r.findings] for r in results])
     assert np.abs(probs - probs[0]).max() < 1e-6
     # the evidence of the single-frame and the multi-frame runs is the same slice
     by_uid = {str(d.SOPInstanceUID): k for k, d in enumerate(study.datasets)}
     order = [3, 9, 0, 5, 1, 8, 2, 7, 4, 6]
-    for key, evidence in results[0].extra["evidence"].items():
-        frame = results[2].extra["evidence"][key]["frame_number"]
-        assert order[frame - 1] == by_uid[evidence["sop_instance_uid"]]
+    for single, multi in zip(results[0].findings, results[2].findings, strict=True):
+        assert single.evidence is not None and multi.evidence is not None
+        frame = multi.evidence.frame_number
+        assert order[frame - 1] == by_uid[single.evidence.sop_instance_uid]
 
 
 def test_load_predictor_names_the_known_families(tmp_path: object) -> None:

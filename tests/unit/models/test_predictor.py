@@ -11,7 +11,8 @@ import torch
 from core.config import ModelEntry
 from core.errors import ModelError
 from core.findings import term_for
-from core.types import InferenceRequest, Prediction
+from core.codec import dump_record, load_record
+from core.records import InferenceRequest, ModelOutput, Prediction
 from models.phantoms import CXR_FINDINGS
 from models.predictor import ChestXrayPredictor
 from models.synthetic_dicom import make_cxr_study
@@ -37,8 +38,9 @@ def test_predict_returns_every_finding_as_a_probability(
     predictor: ChestXrayPredictor, untrained_entry: ModelEntry
 ) -> None:
     request = _request()
-    prediction = predictor.predict(request)
-    assert isinstance(prediction, Prediction)
+    output = predictor.predict(request)
+    prediction = output.prediction
+    assert isinstance(output, ModelOutput) and isinstance(prediction, Prediction)
     assert [f.key for f in prediction.findings] == list(CXR_FINDINGS)
     assert all(0.0 <= f.probability <= 1.0 for f in prediction.findings)
     assert prediction.source_uids == (request.instances[0][0],)
@@ -46,7 +48,7 @@ def test_predict_returns_every_finding_as_a_probability(
     assert prediction.demo is True and prediction.family == "chest_xray"
     tension = prediction.findings[-1]
     assert tension.critical and tension.term == term_for("tension_pneumothorax")
-    assert Prediction.from_json(prediction.to_json()) == prediction
+    assert load_record(Prediction, dump_record(prediction)) == prediction
 
 
 def test_several_images_combine_by_maximum(predictor: ChestXrayPredictor) -> None:
@@ -56,8 +58,10 @@ def test_several_images_combine_by_maximum(predictor: ChestXrayPredictor) -> Non
     probs = predictor.forward(batch)
     prediction = predictor.to_prediction(probs, uids)
     assert [f.probability for f in prediction.findings] == pytest.approx(probs.max(axis=0))
-    best = prediction.extra["source_by_finding"]["effusion"]
-    assert best == uids[int(probs[:, CXR_FINDINGS.index("effusion")].argmax())]
+    finished = predictor.finish(predictor.prepare(request), probs).prediction
+    [effusion] = [f for f in finished.findings if f.key == "effusion"]
+    assert effusion.evidence is not None
+    assert effusion.evidence.sop_instance_uid == uids[int(probs[:, CXR_FINDINGS.index("effusion")].argmax())]
 
 
 def test_bad_instance_is_named_in_the_model_error(predictor: ChestXrayPredictor) -> None:

@@ -21,14 +21,14 @@ def test_patient_motion_between_slices_is_flagged() -> None:
     [volume] = assemble_volumes(study.datasets)
     volume.array[12:] = np.roll(volume.array[12:], 6, axis=2)  # the head moved sideways
     [flag] = volume_flags(volume)
-    assert flag["key"] == "motion_artefact" and flag["score"] > MOTION_THRESHOLD
-    assert flag["series_instance_uid"] == str(study.datasets[0].SeriesInstanceUID)
+    assert flag.key == "motion_artefact" and flag.score > MOTION_THRESHOLD
+    assert flag.series_instance_uid == str(study.datasets[0].SeriesInstanceUID)
 
 
 def test_missing_slices_are_an_incomplete_series() -> None:
     study = head_ct_study(6, n_slices=24)
     [volume] = assemble_volumes(study.datasets[:10] + study.datasets[13:])
-    flags = {f["key"]: f for f in volume_flags(volume)}
+    flags = {f.key: f for f in volume_flags(volume)}
     assert set(flags) == {"incomplete_series"}
-    assert flags["incomplete_series"]["score"] == 3.0
-    assert "3 of 24 slices missing" in flags["incomplete_series"]["detail"]
+    assert flags["incomplete_series"].score == 3.0
+    assert "3 of 24 slices missing" in flags["incomplete_series"].detail

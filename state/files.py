@@ -1,12 +1,12 @@
-"""Durable files: write, fsync, atomic rename, fsync the directory.
+"""Durable files: write, fsync, atomic rename, fsync the directory (the one durability helper).
 
 A file written by ``durable_write`` either exists with all its bytes after a crash or power loss,
-or does not exist at all. This is what lets the listener answer C-STORE success.
+or does not exist at all. This is what lets the listener answer C-STORE success, and what the
+blob store, the outbox and the SR writer rely on too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core.errors import OutOfResources
 
-__all__ = ["check_free_space", "durable_write", "fsync_dir", "publish", "sha256_file", "write_temp"]
+__all__ = ["check_free_space", "durable_write", "fsync_dir", "publish", "write_temp"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +108,3 @@ def check_free_space(path: Path, min_free_bytes: int) -> None:
         raise OutOfResources(
             f"spool disk has {free} bytes free; the configured floor is {min_free_bytes}"
         )
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

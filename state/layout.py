@@ -10,7 +10,7 @@ __all__ = ["VarLayout"]
 
 @dataclass(frozen=True, slots=True)
 class VarLayout:
-    """The layout of the var directory (spool, ledger, outbox, rejected data, models)."""
+    """The layout of the var directory (spool, blobs, ledger, outbox, rejected data, models)."""
 
     root: Path
 
@@ -33,6 +33,11 @@ class VarLayout:
     def outbox(self) -> Path:
         """Result objects waiting for (or after) delivery to the PACS."""
         return self.root / "outbox"
+
+    @property
+    def blobs(self) -> Path:
+        """Content-addressed payloads too large for a ledger row (heatmaps, long records)."""
+        return self.root / "blobs"
 
     @property
     def ledger(self) -> Path:

@@ -1,0 +1,88 @@
+"""Content-addressed blobs beside the spool: heatmaps and any record section too big for a row.
+
+A blob is named by the sha256 of its bytes (``blobs/ab/abcdef...``) and written with the spool's
+durability rules (temporary file, fsync, atomic rename, directory fsync; ``state.files``), so a
+``BlobRef`` committed in the ledger always names a whole file. Writing the same bytes twice is a
+no-op, which makes every writer idempotent: a retried stage stores nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from core.errors import RecordError
+from core.records import BlobRef
+from state.files import durable_write
+
+__all__ = ["BlobStore"]
+
+JSON = "application/json"
+
+
+class BlobStore:
+    """Durable, content-addressed files under one directory."""
+
+    def __init__(self, root: Path) -> None:
+        """Args:
+        root: The blob directory (``VarLayout.blobs``).
+        """
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        """Where the blob with this digest lives."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise RecordError("BlobRef", f"got sha256 {sha256[:80]!r}; expected 64 hex digits")
+        return self.root / sha256[:2] / sha256
+
+    def put(self, data: bytes, media_type: str = "application/octet-stream") -> BlobRef:
+        """Store ``data`` durably (once) and return its reference.
+
+        Raises:
+            OutOfResources: The disk is full.
+            OSError: Another I/O failure; nothing is left half-written.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.path(digest)
+        if not path.exists():
+            durable_write(path, data)
+        return BlobRef(digest, len(data), media_type)
+
+    def get(self, ref: BlobRef) -> bytes:
+        """Read a blob and check it against its digest.
+
+        Raises:
+            RecordError: The blob is missing or its bytes do not match its name.
+        """
+        try:
+            data = self.path(ref.sha256).read_bytes()
+        except FileNotFoundError:
+            raise RecordError("BlobRef", f"blob {ref.sha256} is missing under {self.root}") from None
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise RecordError("BlobRef", f"blob {ref.sha256} does not match its digest")
+        return data
+
+    def put_json(self, value: Any) -> BlobRef:
+        """Store a JSON-ready value (compact, sorted keys, so equal values share a blob)."""
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return self.put(text.encode(), JSON)
+
+    def get_json(self, ref: BlobRef) -> Any:
+        """Read a blob written by :meth:`put_json`.
+
+        Raises:
+            RecordError: Missing, corrupt, or not JSON.
+        """
+        try:
+            return json.loads(self.get(ref))
+        except ValueError as exc:
+            raise RecordError("BlobRef", f"blob {ref.sha256} is not JSON: {exc}") from None
+
+    def count(self) -> int:
+        """How many blobs are stored (for tests and status)."""
+        if not self.root.is_dir():
+            return 0
+        return sum(len(files) for _, _, files in os.walk(self.root))

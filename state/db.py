@@ -1,0 +1,108 @@
+"""One contract over SQLite and PostgreSQL: transactions, rows as dicts, wake-ups.
+
+Repositories (``state.ledger``) write SQL once, with ``?`` placeholders and the portable subset
+both databases share (``INSERT ... ON CONFLICT``, ``UPDATE ... RETURNING``, ``CASE``). What
+differs is named here and nowhere else:
+
+- ``Tx.for_update`` / ``Tx.skip_locked``: row locks for leasing on PostgreSQL (``SELECT ... FOR
+  UPDATE SKIP LOCKED``); empty on SQLite, whose ``BEGIN IMMEDIATE`` already serialises writers.
+- ``Tx.lock_audit()``: the audit chain's appends are serialised (SQLite: the write lock already
+  is; PostgreSQL: a transaction-scoped advisory lock, taken as the last step of a transaction).
+- ``Tx.notify`` / ``Database.wait``: PostgreSQL wakes waiting stages with ``LISTEN/NOTIFY`` at
+  commit; SQLite has no such thing, so waiting there is a short sleep (polling).
+
+``Database.run(fn)`` runs ``fn(tx)`` in one write transaction and commits; on PostgreSQL a
+deadlock, serialisation failure or a lost insert race is retried with a fresh transaction, so
+``fn`` must be repeatable (everything it changes is in the transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
+
+__all__ = ["Database", "Row", "Tx", "chunks", "marks"]
+
+Row = dict[str, Any]
+T = TypeVar("T")
+
+
+class Tx(Protocol):
+    """One transaction (or, for ``Database.read``, one consistent read)."""
+
+    dialect: str
+    """``"sqlite"`` or ``"postgresql"``."""
+    for_update: str
+    """`` FOR UPDATE`` on PostgreSQL, empty on SQLite."""
+    skip_locked: str
+    """`` FOR UPDATE SKIP LOCKED`` on PostgreSQL, empty on SQLite."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each argument tuple."""
+        ...
+
+    def all(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        """Run a query (or a statement with ``RETURNING``); every row as a dict."""
+        ...
+
+    def one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        """The first row of a query, or ``None``."""
+        ...
+
+    def lock_audit(self) -> None:
+        """Serialise audit-chain appends until this transaction ends."""
+        ...
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Wake waiters on ``channel`` once this transaction commits (no-op on SQLite)."""
+        ...
+
+
+class Database(Protocol):
+    """A connection (pool) to one store: the ledger, the context store or the EHR outbox."""
+
+    dialect: str
+    notifies: bool
+    """Whether ``wait`` is woken by ``Tx.notify`` (else it only sleeps)."""
+    url: str
+    """The store as a URL for the migration tool (may hold a password: never log it)."""
+
+    def run(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in a write transaction and commit; retried on transient conflicts."""
+        ...
+
+    def read(self) -> AbstractContextManager[Tx]:
+        """A read-only view (autocommit; each statement sees committed data)."""
+        ...
+
+    def wait(self, channel: str, timeout_s: float) -> bool:
+        """Wait until ``channel`` is notified or ``timeout_s`` passes; return whether notified."""
+        ...
+
+    def channel(self, topic: str) -> str:
+        """The notification channel of ``topic`` for this store (unique per store)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    """Split ``items`` for ``IN (...)`` lists (SQLite binds at most 999 parameters)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def marks(n: int) -> str:
+    """``?,?,...`` for ``n`` parameters.
+
+    >>> marks(3)
+    '?,?,?'
+    """
+    return ",".join("?" * n)

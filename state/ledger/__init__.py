@@ -1,0 +1,106 @@
+"""The ledger: the durable queue and the source of truth, as repositories over one database.
+
+``Ledger`` groups the repositories; each owns its tables and offers typed methods only, and
+no SQL leaves this package:
+
+- ``intake``: received instances, the receiving job of their study, what a job covers.
+- ``jobs``: leasing, transitions with their effects (``core.ledger``), retries, replay.
+- ``outbox``: result objects and their delivery to the PACS.
+- ``results``: SR versions per study and family, our own series, review flags.
+- ``quarantine``: held instances and operators' decisions.
+- ``audit``: the hash-chained audit trail (appended inside each transaction).
+- ``controls``: AI switches and recorded actor health.
+- ``status``: the report behind ``pacsai status``.
+
+``open_ledger`` picks the backend from the config (SQLite file under ``var/``, or PostgreSQL
+from the DSN in the named environment variable) and applies pending migrations.
+"""
+
+from __future__ import annotations
+
+import os
+
+from core.config import LedgerConfig, StorageConfig
+from core.errors import ConfigError
+from state.blobs import BlobStore
+from state.db import Database
+from state.layout import VarLayout
+from state.ledger._codec import INLINE_MAX, RecordCodec
+from state.ledger.audit import AuditLog
+from state.ledger.controls import Controls
+from state.ledger.intake import Intake
+from state.ledger.jobs import Jobs
+from state.ledger.outbox import Outbox
+from state.ledger.quarantine import Quarantine
+from state.ledger.results import Results
+from state.ledger.status import Status
+from state.migrate import migrate
+from state.sqlite import SqliteDatabase
+
+__all__ = ["Ledger", "open_database", "open_ledger"]
+
+
+class Ledger:
+    """The ledger's repositories over one database (one per process)."""
+
+    def __init__(self, db: Database, blobs: BlobStore, inline_max: int = INLINE_MAX) -> None:
+        """Args:
+        db: The ledger database (schema already migrated).
+        blobs: Where large record sections go.
+        inline_max: Largest record section kept in a row, in bytes of JSON.
+        """
+        self.db = db
+        self.blobs = blobs
+        codec = RecordCodec(blobs, inline_max)
+        self.audit = AuditLog(db)
+        self.intake = Intake(db)
+        self.jobs = Jobs(db, codec)
+        self.outbox = Outbox(db)
+        self.results = Results(db, codec)
+        self.quarantine = Quarantine(db)
+        self.controls = Controls(db)
+        self.status = Status(db, self.controls)
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.db.dialect
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.db.close()
+
+
+def open_database(cfg: LedgerConfig, layout: VarLayout, store: str) -> Database:
+    """Open one store (``ledger``, ``context`` or ``ehr``) and apply its migrations.
+
+    Raises:
+        ConfigError: PostgreSQL is configured but its DSN variable is not set.
+        DependencyUnavailable: The PostgreSQL server cannot be reached.
+    """
+    db: Database
+    if cfg.backend == "postgresql":
+        from state.postgres import PostgresDatabase  # psycopg only where PostgreSQL is used
+
+        dsn = os.environ.get(cfg.dsn_env or "")
+        if not dsn:
+            raise ConfigError("environment", [f"{cfg.dsn_env}: not set; expected the PostgreSQL DSN "
+                                              "(storage.ledger.dsn_env)"])
+        db = PostgresDatabase(dsn, f"{cfg.schema_prefix}_{store}", cfg.pool_max)
+    else:
+        files = {"ledger": layout.ledger, "context": layout.context, "ehr": layout.ehr_outbox}
+        db = SqliteDatabase(files[store])
+    migrate(db.url, store, db.dialect)  # type: ignore[attr-defined]
+    return db
+
+
+def open_ledger(storage: StorageConfig, layout: VarLayout | None = None) -> Ledger:
+    """Open the configured ledger (migrated) with its blob store.
+
+    Raises:
+        ConfigError: PostgreSQL is configured but its DSN variable is not set.
+        DependencyUnavailable: The PostgreSQL server cannot be reached.
+    """
+    layout = layout or VarLayout.at(storage.var_dir)
+    db = open_database(storage.ledger, layout, "ledger")
+    return Ledger(db, BlobStore(layout.blobs), storage.inline_record_max_bytes)

@@ -1,0 +1,291 @@
+"""Jobs: leasing, transitions with their effects, retries, replay, and waiting for work."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from core.audit import AuditEvent
+from core.errors import LeaseLost, RejectedInput
+from core.job import Job, JobRecord
+from core.ledger import (
+    CoverStudy,
+    Effect,
+    HoldInQuarantine,
+    QueueOutbox,
+    RaiseReviewFlag,
+    RecordSrVersions,
+    RetryPolicy,
+    SetAside,
+    can_transition,
+)
+from core.types import AuditEventType, JobState
+from state.db import Database, Tx, marks
+from state.ledger._codec import RecordCodec
+from state.ledger._rows import job_of
+from state.ledger.audit import append_events
+from state.ledger.intake import apply_cover_study, apply_set_aside, reopen_study
+from state.ledger.outbox import apply_queue
+from state.ledger.quarantine import apply_hold
+from state.ledger.results import apply_flag, apply_versions
+
+__all__ = ["Jobs"]
+
+_JOB_COLUMNS = (
+    "job_id, study_uid, version, state, priority, attempts, not_before, created_at, updated_at,"
+    " last_instance_at, reason, lease_owner, leased_until, data"
+)
+
+
+class Jobs:
+    """The job table: the durable queue every stage leases from."""
+
+    def __init__(self, db: Database, codec: RecordCodec) -> None:
+        self._db = db
+        self._codec = codec
+
+    def _channel(self, state: JobState) -> str:
+        return self._db.channel(f"jobs_{state.value}")
+
+    # ----------------------------------------------------------------- leasing
+    def lease(self, state: JobState, owner: str, limit: int, lease_s: float, now: float) -> list[Job]:
+        """Take up to ``limit`` due jobs in ``state`` that no live worker holds.
+
+        Higher priority first, then oldest. An expired lease (a crashed worker) is taken again.
+        """
+        if limit <= 0:
+            return []
+
+        def take(tx: Tx) -> list[Any]:
+            return tx.all(
+                f"UPDATE jobs SET lease_owner = ?, leased_until = ? WHERE job_id IN ("
+                " SELECT job_id FROM jobs WHERE state = ? AND not_before <= ? AND leased_until <= ?"
+                f" ORDER BY priority DESC, created_at, job_id LIMIT ?{tx.skip_locked})"
+                f" RETURNING {_JOB_COLUMNS}",
+                (owner, now + lease_s, state.value, now, now, limit))
+
+        jobs = [job_of(r, self._codec) for r in self._db.run(take)]
+        return sorted(jobs, key=lambda j: (-j.priority, j.created_at, j.job_id))
+
+    def lease_job(self, job_id: int, state: JobState, owner: str, lease_s: float,
+                  now: float) -> Job | None:
+        """Lease one given job if it is in ``state`` and nobody holds it (else ``None``)."""
+        row = self._db.run(lambda tx: tx.one(
+            "UPDATE jobs SET lease_owner = ?, leased_until = ? WHERE job_id = ? AND state = ?"
+            f" AND leased_until <= ? RETURNING {_JOB_COLUMNS}",
+            (owner, now + lease_s, job_id, state.value, now)))
+        return job_of(row, self._codec) if row is not None else None
+
+    def renew(self, owner: str, job_ids: Sequence[int], until: float) -> None:
+        """Extend the leases this owner holds on jobs still in flight."""
+        if job_ids:
+            self._db.run(lambda tx: tx.execute(
+                f"UPDATE jobs SET leased_until = ? WHERE lease_owner = ? AND job_id IN"
+                f" ({marks(len(job_ids))})", (until, owner, *job_ids)))
+
+    def postpone(self, job: Job, not_before: float) -> None:
+        """Give a lease back and make the job due again only at ``not_before``."""
+        self._db.run(lambda tx: tx.execute(
+            "UPDATE jobs SET lease_owner = '', leased_until = 0, not_before = ?"
+            " WHERE job_id = ? AND lease_owner = ?", (not_before, job.job_id, job.lease_owner)))
+
+    def release(self, job: Job) -> None:
+        """Give a lease back without any change (e.g. on shutdown)."""
+        self._db.run(lambda tx: tx.execute(
+            "UPDATE jobs SET lease_owner = '', leased_until = 0 WHERE job_id = ? AND lease_owner = ?",
+            (job.job_id, job.lease_owner)))
+
+    def wait_for_work(self, state: JobState, max_wait_s: float, now: float) -> None:
+        """Idle until work in ``state`` may be due: a notification, the next ``not_before``
+        of a job in that state, or ``max_wait_s``, whichever comes first."""
+        if self._db.notifies:
+            with self._db.read() as tx:
+                row = tx.one("SELECT MIN(not_before) AS due FROM jobs WHERE state = ?"
+                             " AND not_before > ?", (state.value, now))
+            if row is not None and row["due"] is not None:
+                max_wait_s = min(max_wait_s, max(0.0, float(row["due"]) - now))
+        self._db.wait(self._channel(state), max_wait_s)
+
+    # ------------------------------------------------------------- transitions
+    def transition(
+        self,
+        job: Job,
+        new_state: JobState,
+        now: float,
+        *,
+        events: Sequence[AuditEvent] = (),
+        record: JobRecord | None = None,
+        reason: str | None = None,
+        priority: int | None = None,
+        not_before: float | None = None,
+        effects: Sequence[Effect] = (),
+    ) -> None:
+        """Move a leased job on and release the lease, with its effects and audit, atomically.
+
+        Args:
+            job: The job as leased (its ``state`` and ``lease_owner`` must still hold).
+            new_state: Where it goes; must be allowed by ``core.ledger.can_transition``.
+            now: Current time.
+            events: Audit events recorded in the same transaction.
+            record: The job's record with this stage's section (default: unchanged).
+            reason: Replaces the job's reason text when given.
+            priority: Raises the job's priority to at least this.
+            not_before: When the next stage may take it (default: now).
+            effects: What else commits with it (``core.ledger`` effects).
+
+        Raises:
+            ValueError: The transition is not allowed.
+            LeaseLost: The job changed state or owner meanwhile.
+        """
+        if not can_transition(job.state, new_state):
+            raise ValueError(f"job {job.job_id}: {job.state} -> {new_state} is not allowed")
+        data = self._codec.dump_job(record if record is not None else job.record)
+        floor = priority if priority is not None else 0
+
+        def move(tx: Tx) -> None:
+            changed = tx.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, lease_owner = '', leased_until = 0,"
+                " waits = 0, not_before = ?, data = ?, reason = COALESCE(?, reason),"
+                " priority = CASE WHEN priority > ? THEN priority ELSE ? END,"
+                " dead_from = CASE WHEN ? = 'dead' THEN state ELSE dead_from END"
+                " WHERE job_id = ? AND state = ? AND lease_owner = ?",
+                (new_state.value, now, now if not_before is None else not_before, data, reason,
+                 floor, floor, new_state.value, job.job_id, job.state.value, job.lease_owner))
+            if changed != 1:
+                raise LeaseLost(job.job_id, job.lease_owner)
+            for effect in effects:
+                self._apply(tx, job, effect, now)
+            if not new_state.is_terminal:
+                tx.notify(self._channel(new_state), "")
+            append_events(tx, events, now)
+
+        self._db.run(move)
+
+    def _apply(self, tx: Tx, job: Job, effect: Effect, now: float) -> None:
+        if isinstance(effect, SetAside):
+            apply_set_aside(tx, job.job_id, effect)
+        elif isinstance(effect, CoverStudy):
+            apply_cover_study(tx, job.job_id, job.study_instance_uid)
+        elif isinstance(effect, HoldInQuarantine):
+            apply_hold(tx, job.job_id, effect, now)
+        elif isinstance(effect, QueueOutbox):
+            apply_queue(tx, job.job_id, effect, now)
+        elif isinstance(effect, RecordSrVersions):
+            apply_versions(tx, effect, self._codec, now)
+        elif isinstance(effect, RaiseReviewFlag):
+            apply_flag(tx, job.job_id, effect, now)
+        else:  # pragma: no cover - Effect is a closed union
+            raise TypeError(f"effect: got {type(effect).__name__}; expected a core.ledger effect")
+
+    def defer(self, job: Job, now: float, policy: RetryPolicy, error: str, *, unavailable: bool,
+              actor: str) -> JobState:
+        """Put a leased job back to be retried later, or make it dead.
+
+        Args:
+            job: The leased job.
+            now: Current time.
+            policy: Backoff and the dead-letter limit.
+            error: What went wrong (no PHI).
+            unavailable: A peer could not be reached: wait without spending the retry budget.
+            actor: The stage, for the audit trail.
+
+        Returns:
+            The job's state afterwards (``DEAD`` when retries are exhausted).
+
+        Raises:
+            LeaseLost: The job changed state or owner meanwhile.
+        """
+        attempts = job.attempts + (0 if unavailable else 1)
+        if not unavailable and policy.is_exhausted(attempts):
+            event = AuditEvent(AuditEventType.JOB_DEAD, actor, job.study_instance_uid,
+                               job_id=job.job_id,
+                               detail={"error": error, "attempts": attempts, "state": str(job.state)})
+            self._db.run(lambda tx: self._die(tx, job, attempts, error, event, now))
+            return JobState.DEAD
+        self._db.run(lambda tx: self._retry_later(tx, job, attempts, error, unavailable, policy,
+                                                  actor, now))
+        return job.state
+
+    @staticmethod
+    def _die(tx: Tx, job: Job, attempts: int, error: str, event: AuditEvent, now: float) -> None:
+        changed = tx.execute(
+            "UPDATE jobs SET state = 'dead', dead_from = state, attempts = ?, reason = ?,"
+            " lease_owner = '', leased_until = 0, updated_at = ?"
+            " WHERE job_id = ? AND state = ? AND lease_owner = ?",
+            (attempts, error, now, job.job_id, job.state.value, job.lease_owner))
+        if changed != 1:
+            raise LeaseLost(job.job_id, job.lease_owner)
+        append_events(tx, [event], now)
+
+    @staticmethod
+    def _retry_later(tx: Tx, job: Job, attempts: int, error: str, unavailable: bool,
+                     policy: RetryPolicy, actor: str, now: float) -> None:
+        row = tx.one("SELECT waits FROM jobs WHERE job_id = ?", (job.job_id,))
+        waits = (int(row["waits"]) + 1 if row else 1) if unavailable else 0
+        delay = policy.unavailable_delay(waits) if unavailable else policy.delay_after(attempts)
+        changed = tx.execute(
+            "UPDATE jobs SET attempts = ?, waits = ?, not_before = ?, reason = ?, lease_owner = '',"
+            " leased_until = 0, updated_at = ? WHERE job_id = ? AND state = ? AND lease_owner = ?",
+            (attempts, waits, now + delay, error, now, job.job_id, job.state.value, job.lease_owner))
+        if changed != 1:
+            raise LeaseLost(job.job_id, job.lease_owner)
+        if not unavailable or waits == 1:  # one audit line per outage, not one per poll
+            detail = {"error": error, "attempts": attempts, "retry_in_s": round(delay, 3),
+                      "unavailable": unavailable}
+            append_events(tx, [AuditEvent(AuditEventType.JOB_RETRY, actor, job.study_instance_uid,
+                                          job_id=job.job_id, detail=detail)], now)
+
+    def replay(self, job_id: int, actor: str, now: float) -> JobState:
+        """Put a dead job back into the state it died in, with a fresh retry budget.
+
+        Raises:
+            RejectedInput: The job does not exist or is not dead.
+        """
+        def revive(tx: Tx) -> JobState:
+            row = tx.one("SELECT state, dead_from, study_uid FROM jobs WHERE job_id = ?"
+                         + tx.for_update, (job_id,))
+            if row is None or row["state"] != JobState.DEAD.value or not row["dead_from"]:
+                got = "no such job" if row is None else f"state {row['state']}"
+                raise RejectedInput(f"job {job_id}: got {got}; expected a dead job", str(job_id))
+            into = JobState(row["dead_from"])
+            tx.execute("UPDATE jobs SET state = ?, attempts = 0, waits = 0, not_before = ?,"
+                       " lease_owner = '', leased_until = 0, updated_at = ?, dead_from = ''"
+                       " WHERE job_id = ?", (into.value, now, now, job_id))
+            tx.notify(self._channel(into), "")
+            append_events(tx, [AuditEvent(AuditEventType.JOB_REPLAYED, actor, row["study_uid"],
+                                          job_id=job_id, detail={"into": into.value})], now)
+            return into
+
+        return self._db.run(revive)
+
+    def reopen(self, study_uid: str, now: float) -> int | None:
+        """Open a new receiving version of a study unless one is receiving (a release).
+
+        Returns:
+            The new job's ID, or ``None`` when the study already had a receiving job.
+        """
+        def open_(tx: Tx) -> int | None:
+            return reopen_study(tx, study_uid, now, self._channel(JobState.RECEIVING))
+
+        return self._db.run(open_)
+
+    # ------------------------------------------------------------------- reads
+    def get(self, job_id: int) -> Job | None:
+        """One job."""
+        with self._db.read() as tx:
+            row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        return job_of(row, self._codec) if row is not None else None
+
+    def for_study(self, study_uid: str) -> list[Job]:
+        """Every job of a study, oldest version first."""
+        with self._db.read() as tx:
+            rows = tx.all(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE study_uid = ? ORDER BY version",
+                          (study_uid,))
+        return [job_of(r, self._codec) for r in rows]
+
+    def raw_record(self, job_id: int) -> str:
+        """The stored text of a job's record (tests check its size)."""
+        with self._db.read() as tx:
+            row = tx.one("SELECT data FROM jobs WHERE job_id = ?", (job_id,))
+        return "" if row is None else str(row["data"])
+

@@ -1,0 +1,444 @@
+"""The ledger's contract, run against both backends: SQLite (a real file) and PostgreSQL (a real
+server started by the session fixture). Durability rules, leases, retries, records, effects,
+the audit chain, quarantine, health and wake-ups must behave the same on both."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from actors.adapters.dimse import Listener
+from actors.prevalidation import PreValidator, VerdictCache
+from actors.validator import ValidationWork
+from core.audit import AuditEvent
+from core.config import ListenerConfig, RetryConfig
+from core.errors import LeaseLost, RecordError, RejectedInput
+from core.health import ActorHealth, HealthStatus, LoopHealth
+from core.job import JobRecord
+from core.ledger import (
+    CoverStudy,
+    HoldInQuarantine,
+    Override,
+    QueueOutbox,
+    RaiseReviewFlag,
+    RecordResult,
+    RecordSrVersions,
+    RetryPolicy,
+    SetAside,
+)
+from core.quarantine import QuarantineState
+from core.records import ModelTask, Prediction, Route
+from core.results import DeliveryState, OutboxItem, OutputKind, SrVersion
+from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
+from core.validation import Validator
+from models.synthetic_dicom import make_cxr_study, save_study
+from state.ledger import Ledger, open_ledger
+from state.migrate import pending
+
+
+def meta(uid, study="1.2.3", series=None, t=100.0, ae="SCU", sha="aa"):
+    return InstanceMeta(uid, "1.2.840.10008.5.1.4.1.1.2", study, series or study + ".1", "CT",
+                        "1.2.840.10008.1.2.1", f"/spool/{uid}.dcm", sha, 10, t, ae, "CHEST", "", "k")
+
+
+@pytest.fixture
+def ledger(backend, storage_for):
+    led = open_ledger(storage_for(backend))
+    yield led
+    led.close()
+
+
+def raw_execute(ledger: Ledger, sql: str) -> None:
+    """Change the database behind the ledger's back (tampering, legacy rows)."""
+    if ledger.backend == "sqlite":
+        con = sqlite3.connect(ledger.db.path)  # type: ignore[attr-defined]
+        con.execute(sql)
+        con.commit()
+        con.close()
+    else:
+        ledger.db.run(lambda tx: tx.execute(sql))
+
+
+def advance(ledger: Ledger, job, states, now):
+    """Move a job through ``states`` (leasing each time), returning it leased in the last."""
+    for state in states:
+        ledger.jobs.transition(job, state, now)
+        [job] = ledger.jobs.lease(state, "w", 1, 10.0, now=now)
+    return job
+
+
+# ------------------------------------------------------------------------ intake and jobs
+def test_sqlite_pragmas_make_commits_durable(backend, storage_for):
+    if backend != "sqlite":
+        pytest.skip("SQLite only")
+    led = open_ledger(storage_for(backend))
+    con = sqlite3.connect(led.db.path)  # type: ignore[attr-defined]
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with led.db.read() as tx:
+        assert tx.one("PRAGMA synchronous")["synchronous"] == 2  # FULL
+
+
+def test_instances_of_a_study_share_one_receiving_job(ledger):
+    assert ledger.intake.record(meta("1"), 100.0, 102.0, "t") is RecordResult.NEW
+    assert ledger.intake.record(meta("2", t=101.0), 101.0, 103.0, "t") is RecordResult.NEW
+    jobs = ledger.jobs.for_study("1.2.3")
+    assert len(jobs) == 1 and jobs[0].state is JobState.RECEIVING
+    assert jobs[0].not_before == 103.0  # the quiet period restarts with each instance
+
+
+def test_resent_instance_is_a_duplicate_and_audited(ledger):
+    ledger.intake.record(meta("1"), 100.0, 102.0, "t")
+    assert ledger.intake.record(meta("1", sha="bb"), 100.5, 102.5, "t") is RecordResult.DUPLICATE
+    events = ledger.audit.events("1.2.3")
+    assert [e.type for e in events] == ["instance_received", "instance_duplicate"]
+    assert events[1].detail["same_bytes"] is False
+
+
+def test_lease_respects_not_before_priority_and_expiry(ledger):
+    ledger.intake.record(meta("1"), 100.0, 102.0, "t")
+    assert ledger.jobs.lease(JobState.RECEIVING, "w1", 5, 10.0, now=101.0) == []
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w1", 5, 10.0, now=102.0)
+    assert ledger.jobs.lease(JobState.RECEIVING, "w2", 5, 10.0, now=103.0) == []  # leased by w1
+    [again] = ledger.jobs.lease(JobState.RECEIVING, "w2", 5, 10.0, now=112.5)  # w1's lease expired
+    assert again.job_id == job.job_id and again.lease_owner == "w2"
+    with pytest.raises(LeaseLost):
+        ledger.jobs.transition(job, JobState.COMPLETE, 113.0, effects=[CoverStudy()])  # w1 lost it
+    ledger.jobs.transition(again, JobState.COMPLETE, 113.0, effects=[CoverStudy()])
+    assert [i.sop_instance_uid for i in ledger.intake.job_instances(job.job_id)] == ["1"]
+
+
+def test_higher_priority_is_leased_first(ledger):
+    ledger.intake.record(meta("1", study="1.1"), 100.0, 100.0, "t")
+    ledger.intake.record(meta("2", study="1.2"), 100.0, 100.0, "t")
+    for job in ledger.jobs.lease(JobState.RECEIVING, "w", 5, 10.0, now=101.0):
+        ledger.jobs.transition(job, JobState.COMPLETE, 101.0, priority=5 if job.study_instance_uid == "1.2" else 0)
+    assert [j.study_instance_uid for j in ledger.jobs.lease(JobState.COMPLETE, "w", 5, 10.0, now=102.0)] == ["1.2", "1.1"]
+
+
+def test_concurrent_workers_never_lease_the_same_job(ledger):
+    for k in range(40):
+        ledger.intake.record(meta(f"{k}", study=f"9.{k}"), 100.0, 100.0, "t")
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while True:
+            jobs = ledger.jobs.lease(JobState.RECEIVING, name, 3, 60.0, now=101.0)
+            if not jobs:
+                return
+            with lock:
+                got.extend(j.job_id for j in jobs)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 40 and len(set(got)) == 40
+
+
+def test_late_instance_opens_a_new_job_version_covering_the_whole_study(ledger):
+    ledger.intake.record(meta("1"), 100.0, 102.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=103.0)
+    ledger.jobs.transition(job, JobState.COMPLETE, 103.0, effects=[CoverStudy()])
+    ledger.intake.record(meta("2", t=200.0), 200.0, 202.0, "t")
+    jobs = ledger.jobs.for_study("1.2.3")
+    assert [(j.version, j.state) for j in jobs] == [(1, JobState.COMPLETE), (2, JobState.RECEIVING)]
+    [v2] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=203.0)
+    ledger.jobs.transition(v2, JobState.COMPLETE, 203.0, effects=[CoverStudy()])
+    assert {i.sop_instance_uid for i in ledger.intake.job_instances(v2.job_id)} == {"1", "2"}
+
+
+def test_failures_back_off_then_die_and_replay(ledger):
+    policy = RetryPolicy.from_config(RetryConfig(max_attempts=2, base_delay_s=5.0))
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=100.0)
+    assert ledger.jobs.defer(job, 100.0, policy, "boom", unavailable=False, actor="stage:x") is JobState.RECEIVING
+    assert ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=104.0) == []
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=105.0)
+    assert ledger.jobs.defer(job, 105.0, policy, "boom", unavailable=False, actor="stage:x") is JobState.DEAD
+    dead = ledger.jobs.get(job.job_id)
+    assert dead.state is JobState.DEAD and dead.attempts == 2
+    assert ledger.status.report(106.0).instances["dead"] == 1
+    assert ledger.jobs.replay(job.job_id, "user:op", 107.0) is JobState.RECEIVING
+    assert ledger.jobs.get(job.job_id).attempts == 0
+    with pytest.raises(RejectedInput, match="expected a dead job"):
+        ledger.jobs.replay(job.job_id, "user:op", 108.0)
+
+
+def test_unavailable_peer_does_not_spend_the_retry_budget(ledger):
+    policy = RetryPolicy.from_config(RetryConfig(max_attempts=1))
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    now = 100.0
+    for _ in range(5):
+        [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=now)
+        ledger.jobs.defer(job, now, policy, "pacs down", unavailable=True, actor="stage:x")
+        now += 1000.0
+    job = ledger.jobs.get(job.job_id)
+    assert job.state is JobState.RECEIVING and job.attempts == 0
+    retries = [e for e in ledger.audit.events() if e.type == "job_retry"]
+    assert len(retries) == 1  # one audit line per outage, not one per poll
+
+
+def test_receiving_studies_count_per_series_and_name_the_latest_sender(ledger):
+    ledger.intake.record(meta("1", series="1.2.3.1", ae="PACSFWD"), 100.0, 102.0, "t")
+    ledger.intake.record(meta("2", series="1.2.3.2", t=101.0, ae="OTHER"), 101.0, 103.0, "t")
+    ledger.intake.record(meta("3", series="1.2.3.2", t=101.5, ae="OTHER"), 101.5, 103.5, "t")
+    [study] = ledger.intake.receiving_studies(now=102.0)
+    assert study.received == {"1.2.3.1": 1, "1.2.3.2": 2}
+    assert (study.calling_ae, study.last_instance_at) == ("OTHER", 101.5)
+    job = ledger.jobs.lease_job(study.job_id, JobState.RECEIVING, "w", 10.0, now=102.0)
+    assert job is not None and ledger.intake.receiving_studies(now=102.0) == []  # leased: not offered
+    assert ledger.jobs.lease_job(study.job_id, JobState.RECEIVING, "w2", 10.0, now=102.0) is None
+    ledger.jobs.postpone(job, 500.0)
+    assert ledger.jobs.lease(JobState.RECEIVING, "w", 5, 10.0, now=499.0) == []
+    assert [j.job_id for j in ledger.jobs.lease(JobState.RECEIVING, "w", 5, 10.0, now=500.0)] == [job.job_id]
+
+
+def test_a_retrieved_prior_is_kept_set_aside_and_starts_no_job(ledger):
+    ledger.intake.expect_prior_series("9.9.1", "9.9", "1.2.3", 1, 100.0)
+    ledger.intake.record(meta("p1", study="9.9", series="9.9.1"), 100.0, 102.0, "t")
+    assert ledger.jobs.for_study("9.9") == [] and ledger.intake.states("9.9") == {"p1": "skipped"}
+    [event] = ledger.audit.events("9.9")
+    assert event.detail["origin"] == "prior_retrieval" and event.job_id is None
+    assert [i.sop_instance_uid for i in ledger.intake.series_instances("9.9.1")] == ["p1"]
+    assert ledger.intake.receiving_studies(now=200.0) == []
+    # A real new instance of that old study later: the whole study is processed then.
+    ledger.intake.record(meta("new", study="9.9", series="9.9.2", t=300.0), 300.0, 302.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=302.0)
+    ledger.jobs.transition(job, JobState.COMPLETE, 302.0, effects=[CoverStudy()])
+    assert set(ledger.intake.states("9.9").values()) == {"pending"}
+
+
+# ------------------------------------------------------------------ records and effects
+def _prediction(uids, family="chest_xray") -> Prediction:
+    return Prediction(family, "m", "1", (), tuple(uids))
+
+
+def test_records_round_trip_and_big_sections_go_to_blobs(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=101.0)
+    uids = tuple(f"1.2.840.113619.2.55.3.604688119.868.{k}.99" for k in range(400))
+    record = JobRecord(route=Route((ModelTask("head_ct", uids),), "routed to head_ct", 5))
+    ledger.jobs.transition(job, JobState.COMPLETE, 101.0, record=record)
+    stored = ledger.jobs.get(job.job_id)
+    assert stored.record == record
+    assert len(ledger.jobs.raw_record(job.job_id)) < 1000 and ledger.blobs.count() == 1
+
+
+def test_a_record_of_an_unknown_schema_version_is_a_clear_error(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    [job] = ledger.jobs.for_study("1.2.3")
+    raw_execute(ledger, """UPDATE jobs SET data = '{"schema": 99, "type": "JobRecord", "sections": {}}'""")
+    with pytest.raises(RecordError, match="got schema 99; expected 1"):
+        ledger.jobs.get(job.job_id)
+
+
+def test_effects_commit_with_the_transition_and_roll_back_with_it(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    ledger.intake.record(meta("2"), 100.0, 100.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=100.0)
+    ledger.jobs.transition(job, JobState.COMPLETE, 100.0, effects=[CoverStudy()])
+    [job] = ledger.jobs.lease(JobState.COMPLETE, "w", 1, 10.0, now=100.0)
+    issue = ValidationIssue("pixel_data_length", "Pixel Data: too short", "2")
+    stale = replace(job, lease_owner="someone-else")
+    with pytest.raises(LeaseLost):  # nothing of it may commit
+        ledger.jobs.transition(stale, JobState.VALIDATED, 101.0, effects=[HoldInQuarantine("2", (issue,))])
+    assert ledger.quarantine.entries() == [] and ledger.intake.states()["2"] == "pending"
+    ledger.jobs.transition(job, JobState.VALIDATED, 101.0, effects=[HoldInQuarantine("2", (issue,))])
+    [held] = ledger.quarantine.entries()
+    assert (held.sop_instance_uid, held.codes, held.reasons[0].message) == ("2", ("pixel_data_length",), "Pixel Data: too short")
+    assert ledger.intake.states() == {"1": "pending", "2": "quarantined"}
+    [job] = ledger.jobs.lease(JobState.VALIDATED, "w", 1, 10.0, now=102.0)
+    ledger.jobs.transition(job, JobState.ROUTED, 102.0,
+                           effects=[SetAside(Override.SKIPPED, (("1", "no rule matched"),))])
+    assert ledger.intake.states()["1"] == "skipped"
+
+
+def test_sr_versions_outbox_and_review_flags(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=101.0)
+    job = advance(ledger, job, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED,
+                                JobState.LINKED, JobState.INFERRED), 101.0)
+    flag = RaiseReviewFlag("prior_identity_conflict", "1.2.3", "7.7", {"differing": ["PatientName"]})
+    ledger.jobs.transition(job, JobState.WRITTEN, 101.0, effects=[flag, flag])  # at most once per pair
+    [job] = ledger.jobs.lease(JobState.WRITTEN, "w", 1, 10.0, now=101.0)
+    ledger.jobs.transition(job, JobState.DELIVERED, 101.0)
+    ledger.intake.record(meta("2", t=200.0), 200.0, 200.0, "t")  # late: version 2
+    [late] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=201.0)
+    late = advance(ledger, late, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED,
+                                  JobState.LINKED, JobState.INFERRED), 201.0)
+    sr = OutboxItem("2.25.1", "1.2.840.10008.5.1.4.1.1.88.34", "2.25.9", OutputKind.SR, "chest_xray", "/o/1.dcm")
+    pm = OutboxItem("2.25.2", "1.2.840.10008.5.1.4.1.1.30", "2.25.10", OutputKind.PM, "chest_xray", "/o/2.dcm")
+    version = SrVersion("2.25.1", sr.sop_class_uid, "2.25.9", "1.2.3", late.job_id, late.version,
+                        "chest_xray", "m", "1", "", _prediction(["1"]))
+    ledger.jobs.transition(late, JobState.WRITTEN, 201.0,
+                           effects=[QueueOutbox((sr, pm)), RecordSrVersions((version,))])
+    # The Parametric Map series is ours too: PACS counts must not wait for it (issue #3).
+    assert ledger.results.own_series("1.2.3") == {"2.25.9", "2.25.10"}
+    assert ledger.results.latest("1.2.3", "chest_xray").prediction == _prediction(["1"])
+    assert ledger.results.latest("1.2.3", "chest_xray", before_version=2) is None
+    [flagged] = ledger.results.review_flags()
+    assert (flagged.other_study_uid, dict(flagged.detail)) == ("7.7", {"differing": ["PatientName"]})
+    pending = ledger.outbox.items(late.job_id, DeliveryState.PENDING)
+    assert [e.item for e in pending] == [sr, pm] and ledger.status.report(202.0).outbox_pending == 2
+    event = AuditEvent(AuditEventType.SR_DELIVERED, "stage:delivery", "1.2.3", "2.25.1", late.job_id)
+    ledger.outbox.mark_delivered(pending[0].item_id, 203.0, event)
+    [for_ehr] = ledger.outbox.for_ehr(0.0)
+    assert for_ehr.item == sr
+    ledger.outbox.mark_ehr_queued([for_ehr.item_id])
+    assert ledger.outbox.for_ehr(0.0) == []
+
+
+# ------------------------------------------------------------------ quarantine, controls
+def test_release_reopens_the_study_and_discard_marks_the_instance(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    ledger.intake.record(meta("2"), 100.0, 100.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=100.0)
+    job = advance(ledger, job, (JobState.COMPLETE,), 100.0)
+    issue = ValidationIssue("slice_gap", "series 1.2.3.1: gap", "1")
+    ledger.jobs.transition(job, JobState.VALIDATED, 101.0,
+                           effects=[HoldInQuarantine("1", (issue,)), HoldInQuarantine("2", (issue,))])
+    with pytest.raises(RejectedInput, match="reason"):
+        ledger.quarantine.release("Q1", "user:op", " ", 102.0)
+    [released] = ledger.quarantine.release("1", "user:op", "gap is expected", 102.0)
+    assert released.state is QuarantineState.RELEASED and released.accepted_codes == ("slice_gap",)
+    assert ledger.quarantine.accepted_codes(["1", "2"]) == {"1": frozenset({"slice_gap"})}
+    assert [j.state for j in ledger.jobs.for_study("1.2.3")] == [JobState.VALIDATED, JobState.RECEIVING]
+    [discarded] = ledger.quarantine.discard("2", "user:op", "duplicate scan", 103.0)
+    assert discarded.state is QuarantineState.DISCARDED and ledger.intake.states()["2"] == "discarded"
+    with pytest.raises(RejectedInput, match="expected a held"):
+        ledger.quarantine.discard("2", "user:op", "again", 104.0)
+    kinds = [e.type for e in ledger.audit.events("1.2.3")]
+    assert kinds.count("quarantine_released") == 1 and kinds.count("quarantine_discarded") == 1
+
+
+def test_ai_switches_round_trip_and_are_audited(ledger):
+    ledger.controls.set_ai_switch("modality", "cr", False, "downtime", "user:rad", 1.0)
+    ledger.controls.set_ai_switch("study", "1.2.3", False, "patient request", "user:rad", 2.0)
+    sw = ledger.controls.ai_switches()
+    assert sw.modalities == {"CR": False} and sw.studies_off == frozenset({"1.2.3"})
+    ledger.controls.set_ai_switch("study", "1.2.3", True, "", "user:rad", 3.0)
+    assert ledger.controls.ai_switches().studies_off == frozenset()
+    assert sum(e.type == "ai_switch_changed" for e in ledger.audit.events()) == 3
+    with pytest.raises(ValueError, match="scope"):
+        ledger.controls.set_ai_switch("site", "x", False, "", "u", 4.0)
+
+
+def test_health_is_recorded_with_every_loop(ledger):
+    loops = (LoopHealth("stage:router", True, 5, 1, 9.0, 8.0, ""), LoopHealth("heartbeat", False))
+    ledger.controls.record_health(ActorHealth("router", 42, 5, 1, 0, "", loops), 10.0)
+    [stage] = ledger.status.report(11.0).stages
+    assert stage.health.loops == loops and stage.status is HealthStatus.DOWN  # a thread ended
+    assert stage.health.last_work_at == 8.0 and stage.heartbeat_at == 10.0
+
+
+# ------------------------------------------------------------------------- audit trail
+def test_audit_chain_detects_tampering_in_the_database(ledger):
+    ledger.intake.record(meta("1"), 100.0, 102.0, "t")
+    ledger.audit.append([AuditEvent(AuditEventType.JOB_REPLAYED, "user:x", "1.2.3")], 101.0)
+    assert ledger.audit.verify() is None
+    raw_execute(ledger, "UPDATE audit SET canonical = replace(canonical, 'user:x', 'user:y') WHERE seq = 2")
+    broken = ledger.audit.verify()
+    assert broken is not None and broken.seq == 2
+
+
+def test_concurrent_appends_keep_one_unbroken_chain(ledger):
+    def append(k: int) -> None:
+        for i in range(10):
+            ledger.audit.append([AuditEvent(AuditEventType.JOB_RETRY, f"w{k}", f"1.{i}")], 100.0 + i)
+
+    threads = [threading.Thread(target=append, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(ledger.audit.events()) == 40 and ledger.audit.verify() is None
+
+
+# --------------------------------------------------------------- processes and schema
+def test_a_second_process_connection_sees_committed_rows(ledger, backend, storage_for):
+    ledger.intake.record(meta("1"), 100.0, 102.0, "t")
+    other = Ledger(type(ledger.db)(**_same_database(ledger)), ledger.blobs)
+    assert other.intake.has_instance("1")
+    assert other.status.report(103.0).jobs["receiving"] == 1
+    other.close()
+
+
+def _same_database(ledger: Ledger) -> dict:
+    if ledger.backend == "sqlite":
+        return {"path": ledger.db.path}  # type: ignore[attr-defined]
+    db = ledger.db
+    return {"dsn": db._dsn, "schema": db.schema}  # type: ignore[attr-defined]
+
+
+def test_migrations_are_applied_once_and_recorded(ledger, backend, storage_for):
+    assert pending(ledger.db.url, "ledger", ledger.backend) == []
+    again = open_ledger(storage_for(backend, var_dir=ledger.blobs.root.parent))
+    assert pending(again.db.url, "ledger", again.backend) == []
+    again.close()
+
+
+def test_a_ledger_written_before_migrations_is_adopted(backend, tmp_path, storage_for):
+    if backend != "sqlite":
+        pytest.skip("only SQLite ledgers predate migrations")
+    from state.migrate import MIGRATIONS
+
+    path = tmp_path / "var" / "ledger.sqlite"
+    path.parent.mkdir(parents=True)
+    con = sqlite3.connect(path)
+    con.executescript((MIGRATIONS / "ledger" / "sqlite" / "0001_initial.sql").read_text())
+    con.execute("INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
+                " last_instance_at) VALUES ('7.7', 1, 'receiving', 0, 0, 0, 0)")
+    con.commit()
+    con.close()
+    led = open_ledger(storage_for(backend, var_dir=tmp_path / "var"))
+    assert [j.study_instance_uid for j in led.jobs.for_study("7.7")] == ["7.7"]
+    assert pending(led.db.url, "ledger", "sqlite") == []
+
+
+# -------------------------------------------------------------------------- wake-ups
+def test_a_transition_wakes_the_next_stage_where_the_backend_can(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=100.0)
+    woken: list[float] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        ledger.jobs.wait_for_work(JobState.COMPLETE, 5.0, 1e12)
+        woken.append(time.monotonic() - started)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.5)  # the waiter is listening
+    ledger.jobs.transition(job, JobState.COMPLETE, 100.0, effects=[CoverStudy()])
+    waiter.join(10)
+    if ledger.db.notifies:
+        assert woken[0] < 2.0  # NOTIFY, not the 5 s timeout
+    else:
+        assert woken[0] >= 5.0  # SQLite polls: nothing wakes it
+
+
+def test_instances_are_validated_while_the_study_is_receiving(ledger, tmp_path):
+    listener = Listener(ListenerConfig(port=0, min_free_bytes=0), tmp_path / "spool", tmp_path / "rej", ledger, 60.0)
+    good, bad = make_cxr_study(seed=401, n_images=2, patient_id="PV1", size=64)
+    bad.PixelData = bad.PixelData[: len(bad.PixelData) // 2]
+    for _ds, path in zip((good, bad), save_study([good, bad], tmp_path / "in"), strict=True):
+        listener.ingest_file(path.read_bytes(), "PACSFWD")
+    cache = VerdictCache()
+    work = ValidationWork(ledger, Validator(), "stage:validator", cache)
+    pre = PreValidator(ledger, work.check, cache)
+    assert pre.run_once() == 2 and pre.run_once() == 0  # each instance is read once
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=time.time() + 61)
+    ledger.jobs.transition(job, JobState.COMPLETE, time.time(), effects=[CoverStudy()])
+    [job] = ledger.jobs.lease(JobState.COMPLETE, "w", 1, 10.0, now=time.time())
+    work(job)
+    assert cache.hits == 2  # nothing re-read at completion
+    states = ledger.intake.states(str(good.StudyInstanceUID))
+    assert states == {str(good.SOPInstanceUID): "pending", str(bad.SOPInstanceUID): "quarantined"}
+    listener.stop()
+
