@@ -109,12 +109,13 @@ def _pacsai_server(
     port_q: Any, stop: Any, root: str, overrides: dict[str, Any], stats_q: Any
 ) -> None:
     from actors.adapters.hl7_inbox import Hl7Listener
-    from actors.adapters.ledger import SqliteLedger
+    from core.config import StorageConfig
+    from state.ledger import open_ledger
     from core.config import Hl7Config, MllpListenerConfig
 
     Hl7Listener.tune_process()  # as the Ray actor does
     cfg = Hl7Config(listener=MllpListenerConfig(port=0), **overrides)
-    ledger = SqliteLedger(Path(root) / "ledger.sqlite")
+    ledger = open_ledger(StorageConfig(var_dir=str(root)))
     listener = Hl7Listener(cfg, Path(root) / "context.sqlite", ledger)
     listener.start()
     port_q.put((listener.port, {}))

@@ -23,7 +23,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
 from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
-from actors.adapters.ledger import SqliteLedger
+from core.config import StorageConfig
+from state.ledger import open_ledger
 from _common import emit  # benchmarks/ is on sys.path when run as a script
 from core.config import ListenerConfig
 from models.synthetic_dicom import make_ct_series, save_study
@@ -109,7 +110,7 @@ def _measure(name: str, files: list[Path], workdir: Path) -> float:
             return _run(files, bare.port)
         finally:
             bare.stop()
-    ledger = SqliteLedger(workdir / "ledger.sqlite")
+    ledger = open_ledger(StorageConfig(var_dir=str(workdir)))
     ours = Listener(ListenerConfig(port=0, min_free_bytes=0), workdir / "spool", workdir / "rejected",
                     ledger, quiet_period_s=2.0)
     ours.start()

@@ -41,7 +41,7 @@ import yaml
 
 from _common import emit  # benchmarks/ is on sys.path when run as a script
 from actors.adapters.dcmtk import storescu
-from actors.adapters.ledger import SqliteLedger
+from state.ledger import Ledger, open_ledger
 from actors.adapters.orthanc import OrthancProcess, free_port
 from actors.pipeline import Pipeline, wait_until
 from core.config import AppConfig, parse_config
@@ -71,7 +71,7 @@ def make_study(size: int, seed: int) -> list[Any]:
                           accession=f"L{seed}")
 
 
-def run_one(pipeline: Pipeline, orthanc: OrthancProcess, ledger: SqliteLedger, files: list[Path],
+def run_one(pipeline: Pipeline, orthanc: OrthancProcess, ledger: Ledger, files: list[Path],
             study_uid: str, calling_ae: str, timeout_s: float) -> dict[str, Any]:
     """Send one study (already in Orthanc) to our listener; return its latencies in ms."""
     res = storescu(files, "127.0.0.1", pipeline.listener_port(), "PACSAI", calling_ae)
@@ -79,21 +79,21 @@ def run_one(pipeline: Pipeline, orthanc: OrthancProcess, ledger: SqliteLedger, f
         raise RuntimeError(f"storescu failed: {res.stderr[-300:]}")
 
     def delivered() -> bool:
-        jobs = ledger.jobs_for_study(study_uid)
+        jobs = ledger.jobs.for_study(study_uid)
         return bool(jobs) and jobs[-1].state.value in ("delivered", "dead", "skipped", "quarantined")
 
     if not wait_until(delivered, timeout_s, 0.1):
-        raise RuntimeError(f"study {study_uid} not delivered in {timeout_s} s: {ledger.status(time.time())}")
-    [job] = ledger.jobs_for_study(study_uid)
-    t0 = max(i.received_at for i in ledger.job_instances(job.job_id))
-    events = {e["type"]: e for e in ledger.audit_events(study_uid, limit=100000)}
+        raise RuntimeError(f"study {study_uid} not delivered in {timeout_s} s: {ledger.status.report(time.time())}")
+    [job] = ledger.jobs.for_study(study_uid)
+    t0 = max(i.received_at for i in ledger.intake.job_instances(job.job_id))
+    events = {e.type: e for e in ledger.audit.events(study_uid, limit=100000)}
     return {
-        "rule": events["study_complete"]["detail"]["rule"],
-        "to_complete": 1000 * (events["study_complete"]["at"] - t0),
-        "to_inference_start": 1000 * (events["inferred"]["detail"]["started_at"] - t0),
-        "to_inferred": 1000 * (events["inferred"]["at"] - t0),
-        "to_written": 1000 * (events["sr_built"]["at"] - t0),
-        "to_sr_stored": 1000 * (events["sr_delivered"]["at"] - t0),
+        "rule": events["study_complete"].detail["rule"],
+        "to_complete": 1000 * (events["study_complete"].at - t0),
+        "to_inference_start": 1000 * (events["inferred"].detail["started_at"] - t0),
+        "to_inferred": 1000 * (events["inferred"].at - t0),
+        "to_written": 1000 * (events["sr_built"].at - t0),
+        "to_sr_stored": 1000 * (events["sr_delivered"].at - t0),
     }
 
 
@@ -115,7 +115,7 @@ def summarise(size: int, variant: str, runs: list[dict[str, Any]]) -> dict[str, 
 
 
 def bench(pipeline: Pipeline, orthanc: OrthancProcess, work: Path, sizes: list[int], reps: list[int]) -> None:
-    ledger = SqliteLedger(pipeline.layout.ledger)
+    ledger = open_ledger(pipeline.cfg.storage, pipeline.layout)
     seed = 5000
     warm = make_study(1, seed)  # warm-up: first model call, first associations
     seed_files = save_study(warm, work / "warm")

@@ -17,20 +17,26 @@ from pynetdicom.dsutils import split_dataset
 
 from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
-from actors.adapters.ledger import SqliteLedger
-from actors.adapters.quarantine import QuarantineLedger
-from actors.adapters.study_records import StudyRecords
 from actors.assembler import AssemblyWork, Evidence
 from actors.router import RoutingWork
 from actors.validator import ValidationWork
 from core.completeness import CompletenessPolicy, EvidenceTracker
-from core.config import AssemblyConfig, ListenerConfig, RoutingConfig, parse_config
+from actors.polling import SystemClock
+from core.config import AssemblyConfig, ListenerConfig, RoutingConfig, StorageConfig, parse_config
+from core.job import Job
 from core.routing import Router
-from core.types import Job, JobState
+from core.types import JobState
 from core.validation import Validator
+from state.ledger import Ledger, open_ledger
 from tests.integration.conftest import base_config
 
-__all__ = ["Bridge", "dataset_bytes", "send_raw"]
+__all__ = ["Bridge", "dataset_bytes", "query", "send_raw"]
+
+
+def query(ledger: Ledger, sql: str, args: Sequence[object] = ()) -> list[dict]:
+    """A read-only SQL query for assertions (tests may look at tables directly)."""
+    with ledger.db.read() as tx:
+        return tx.all(sql, args)
 
 
 class Bridge:
@@ -38,14 +44,15 @@ class Bridge:
 
     def __init__(self, root: Path, routing: RoutingConfig | None = None) -> None:
         self.root = root
-        self.ledger = SqliteLedger(root / "ledger.sqlite")
+        self.ledger = open_ledger(StorageConfig(var_dir=str(root)))
         self.listener = Listener(ListenerConfig(port=0, min_free_bytes=0), root / "spool",
                                  root / "rejected", self.ledger, quiet_period_s=0.0)
         self.listener.start()
-        self.quarantine = QuarantineLedger(self.ledger)
+        self.quarantine = self.ledger.quarantine
         routing = routing or parse_config(base_config()).routing
         self._stages = [
-            (JobState.RECEIVING, AssemblyWork(self.ledger, _quiet_evidence(self.ledger), "stage:assembler")),
+            (JobState.RECEIVING, AssemblyWork(self.ledger, _quiet_evidence(self.ledger),
+                                              "stage:assembler", SystemClock())),
             (JobState.COMPLETE, ValidationWork(self.ledger, Validator(), "stage:validator")),
             (JobState.VALIDATED, RoutingWork(self.ledger, Router(routing, ["chest_xray"]), "stage:router")),
         ]
@@ -64,7 +71,7 @@ class Bridge:
         for _ in range(max_rounds):
             busy = False
             for state, work in self._stages:
-                for job in self.ledger.lease(state, "test", 1000, 60.0, time.time()):
+                for job in self.ledger.jobs.lease(state, "test", 1000, 60.0, time.time()):
                     work(job)
                     busy = True
             if not busy:
@@ -73,7 +80,7 @@ class Bridge:
 
     def latest_job(self, study_uid: str) -> Job:
         """The newest job version of a study."""
-        return self.ledger.jobs_for_study(study_uid)[-1]
+        return self.ledger.jobs.for_study(study_uid)[-1]
 
     def stop(self) -> None:
         """Close the port and the ledger."""
@@ -81,10 +88,10 @@ class Bridge:
         self.ledger.close()
 
 
-def _quiet_evidence(ledger: SqliteLedger) -> Evidence:
+def _quiet_evidence(ledger: Ledger) -> Evidence:
     """Completion on a zero quiet period, no PACS to ask (issue #5's evidence left out)."""
     policy = CompletenessPolicy(AssemblyConfig(quiet_period_s=0.0))
-    return Evidence(EvidenceTracker(policy), None, StudyRecords(ledger))
+    return Evidence(EvidenceTracker(policy), None, ledger)
 
 
 def send_raw(paths: Iterable[Path], port: int, *, ae_title: str = "RAWSCU") -> list[int]:

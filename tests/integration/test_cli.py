@@ -76,7 +76,8 @@ def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
             time.sleep(0.5)
         report = status()
         assert report["instances"]["skipped"] == 1  # no model configured: skipped, with a reason
-        assert {s["stage"] for s in report["stages"]} >= {"listener", "validator", "router"}
+        assert {s["health"]["actor"] for s in report["stages"]} >= {"listener", "validator", "router"}
+        assert all(s["status"] == "ok" for s in report["stages"])  # every loop's thread runs
         text = pacsai("status", "--config", str(path)).stdout
         assert "skipped" in text and "queue depth: 0" in text
     finally:

@@ -15,7 +15,6 @@ from pydicom import dcmread
 
 from actors.adapters.dcmtk import storescu
 from actors.adapters.orthanc import OrthancProcess, free_port
-from actors.adapters.study_records import StudyRecords
 from models.synthetic_dicom import make_cxr_study, save_study
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 
@@ -66,15 +65,15 @@ def _two_bursts(tmp_path, make_pipeline, pacs, port, completion):
     expected_jobs = 1 if completion == "pacs_counts" else 2
 
     def settled():
-        jobs = ledger.jobs_for_study(uid)
+        jobs = ledger.jobs.for_study(uid)
         return len(jobs) == expected_jobs and all(j.state.value == "delivered" for j in jobs)
 
     assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=90)
     time.sleep(1.0)  # a wrongly opened second version would show up now
-    assert settled(), [(j.version, j.state) for j in ledger.jobs_for_study(uid)]
-    events = ledger.audit_events(uid)
-    completions = [e["detail"] for e in events if e["type"] == "study_complete"]
-    inferred = [e for e in events if e["type"] == "inferred"]
+    assert settled(), [(j.version, j.state) for j in ledger.jobs.for_study(uid)]
+    events = ledger.audit.events(uid)
+    completions = [e.detail for e in events if e.type == "study_complete"]
+    inferred = [e for e in events if e.type == "inferred"]
     srs = [dcmread(BytesIO(pacs.file(m["ID"]))) for m in pacs.instances_of_study(uid, modality="SR")]
     all_uids = {str(d.SOPInstanceUID) for d in study}
     if completion == "pacs_counts":
@@ -90,6 +89,6 @@ def _two_bursts(tmp_path, make_pipeline, pacs, port, completion):
     [pred] = second.PredecessorDocumentsSequence
     assert pred.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
     assert _tracking(first) == _tracking(second)
-    versions = StudyRecords(ledger).results(uid, "chest_xray")
-    assert [r["job_version"] for r in versions] == [1, 2]
-    assert versions[1]["predecessor_uid"] == versions[0]["sop_instance_uid"] == first.SOPInstanceUID
+    versions = ledger.results.versions(uid, "chest_xray")
+    assert [r.job_version for r in versions] == [1, 2]
+    assert versions[1].predecessor_uid == versions[0].sop_instance_uid == first.SOPInstanceUID

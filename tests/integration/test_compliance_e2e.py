@@ -20,12 +20,12 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from actors.adapters.quarantine import QuarantineLedger
 from actors.cli import main
 from core.sr import differing_attributes
 from core.validation import attribute_text
 from tests.corruptions import CORRUPTIONS, cxr, put, write
 from tests.integration.bridge import send_raw
+from tests.integration.bridge import query
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 
 pytestmark = [pytest.mark.integration, needs_peers]
@@ -57,18 +57,17 @@ def test_corruptions_end_quarantined_with_their_reason_codes(tmp_path, make_pipe
     ledger = ledger_of(pipeline)
     uids = [u for u in studies.values() if u] + [str(dcmread(lossy, stop_before_pixels=True).StudyInstanceUID)]
     assert wait_for_states(ledger, uids, {"quarantined", "skipped", "routed", "delivered"}, timeout_s=90)
-    store = QuarantineLedger(ledger)
-    held = {e["sop_instance_uid"]: e for e in store.entries(limit=1000)}
+    held = {e.sop_instance_uid: e for e in ledger.quarantine.entries(limit=1000)}
     for name, study in studies.items():
-        codes = {c for e in held.values() if e["study_uid"] == study for c in e["codes"]} if study else {
-            c for e in held.values() for c in e["codes"] if c == chosen[name].code}
+        codes = {c for e in held.values() if e.study_uid == study for c in e.codes} if study else {
+            c for e in held.values() for c in e.codes if c == chosen[name].code}
         assert chosen[name].code in codes, (name, codes)
         if study:
-            assert ledger.jobs_for_study(study)[-1].state.value == "quarantined", name
+            assert ledger.jobs.for_study(study)[-1].state.value == "quarantined", name
     lossy_uid = str(dcmread(lossy, stop_before_pixels=True).SOPInstanceUID)
-    assert "pixel_data_undecodable" in held[lossy_uid]["codes"]
-    assert ledger.status(time.time())["quarantine"]["held"] == len(held)
-    assert ledger.verify_audit_chain() is None
+    assert "pixel_data_undecodable" in held[lossy_uid].codes
+    assert ledger.status.report(time.time()).quarantine.held == len(held)
+    assert ledger.audit.verify() is None
 
 
 def _radiograph(tmp_path: Path, seed: int, syntax: str | None, **broken: object) -> tuple[str, Path]:
@@ -103,13 +102,13 @@ def test_compressed_and_released_radiographs_come_back_as_srs_with_exact_attribu
     assert main(["quarantine", "release", released_study, "--reason", "HighBit checked with the vendor",
                  "--user", "physicist", "--config", str(config)]) == 0
     studies = [s for s, _ in sent] + [released_study]
-    assert wait_for_states(ledger, studies, {"delivered"}, timeout_s=150), ledger.status(time.time())
+    assert wait_for_states(ledger, studies, {"delivered"}, timeout_s=150), ledger.status.report(time.time())
     for study, path in [*sent, (released_study, released_path)]:
         syntax = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-        [row] = ledger.query("SELECT transfer_syntax FROM instances WHERE study_uid = ?", (study,))
+        [row] = query(ledger, "SELECT transfer_syntax FROM instances WHERE study_uid = ?", (study,))
         assert row["transfer_syntax"] == syntax  # stored as sent, not transcoded
         [sr_meta] = orthanc.instances_of_study(study, modality="SR")
         sr = dcmread(BytesIO(orthanc.file(sr_meta["ID"])))
         assert differing_attributes(dcmread(path), sr) == []
-    job = ledger.jobs_for_study(released_study)[-1]
-    assert list(job.data["accepted_issues"].values())[0][0]["code"] == "pixel_attributes_inconsistent"
+    job = ledger.jobs.for_study(released_study)[-1]
+    assert job.record.accepted[0].issues[0].code == "pixel_attributes_inconsistent"

@@ -37,7 +37,7 @@ import pytest
 from pydicom import config, dcmread
 
 from actors.adapters.dcmtk import PROPOSAL_OPTIONS
-from tests.integration.bridge import Bridge, dataset_bytes, send_raw
+from tests.integration.bridge import Bridge, dataset_bytes, query, send_raw
 from tests.integration.wire import RecordingRelay
 
 pytestmark = [pytest.mark.integration,
@@ -179,7 +179,7 @@ def _storescu(path: Path, port: int) -> subprocess.CompletedProcess[str]:
 
 
 def _spooled(bridge: Bridge, path: Path) -> Path:
-    [row] = bridge.ledger.query("SELECT path, sha256 FROM instances WHERE sop_instance_uid IN (?, ?)",
+    [row] = query(bridge.ledger, "SELECT path, sha256 FROM instances WHERE sop_instance_uid IN (?, ?)",
                                 _uids_of(path))
     spooled = Path(row["path"])
     assert row["sha256"] == hashlib.sha256(spooled.read_bytes()).hexdigest()  # recorded at receipt
@@ -191,7 +191,7 @@ def _check_syntax_kept(bridge: Bridge, path: Path) -> None:
     syntax = str(getattr(dcmread(path, stop_before_pixels=True, force=True), "file_meta", {}).get(
         "TransferSyntaxUID", "") or "")
     if syntax in PROPOSAL_OPTIONS:
-        [row] = bridge.ledger.query("SELECT transfer_syntax FROM instances WHERE sop_instance_uid IN (?, ?)",
+        [row] = query(bridge.ledger, "SELECT transfer_syntax FROM instances WHERE sop_instance_uid IN (?, ?)",
                                     _uids_of(path))
         assert row["transfer_syntax"] == syntax, _name(path)
 
@@ -202,7 +202,7 @@ def _check_spooled_equals_wire(bridge: Bridge, path: Path, wire: bytes) -> None:
 
 def _settle(bridge: Bridge, outcomes: dict[str, Outcome], by_uid: dict[str, str]) -> None:
     bridge.drain()
-    for row in bridge.ledger.query(
+    for row in query(bridge.ledger, 
         "SELECT i.sop_instance_uid, i.override, i.reason, j.state, j.reason AS job_reason"
         " FROM instances i JOIN jobs j ON j.job_id = i.job_id"
     ):

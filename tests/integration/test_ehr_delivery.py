@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from actors.adapters.ehr_outbox import EhrOutbox
 from actors.adapters.fhir_http import FhirClient
-from actors.adapters.ledger import SqliteLedger
+from state.ehr_outbox import EhrOutbox
+from state.layout import VarLayout
+from state.ledger import open_database, open_ledger
 from actors.adapters.orthanc import free_port
 from actors.ehr_delivery import EhrDeliveryWork
 from core.config import EhrConfig, FhirEndpointConfig, RetryConfig
@@ -65,9 +66,10 @@ def test_answers_map_to_delivered_unavailable_or_refused(server):
     down.close()
 
 
-def test_a_refused_report_is_retried_then_dead_and_audited(server, tmp_path):
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
-    outbox = EhrOutbox(tmp_path / "ehr.sqlite")
+def test_a_refused_report_is_retried_then_dead_and_audited(server, backend, storage_for):
+    storage = storage_for(backend)  # the EHR outbox follows the ledger's backend
+    ledger = open_ledger(storage)
+    outbox = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr"))
     cfg = EhrConfig(fhir=FhirEndpointConfig(base_url=server.base_url, timeout_s=2))
     retry = RetryConfig(max_attempts=2, base_delay_s=0.05, max_delay_s=0.1)
     policy = RetryPolicy.from_config(retry)
@@ -83,10 +85,10 @@ def test_a_refused_report_is_retried_then_dead_and_audited(server, tmp_path):
                 break
             time.sleep(0.06)
         [row] = outbox.reports()
-        assert (row["state"], row["attempts"]) == ("dead", 2)
-        failed = [e for e in ledger.audit_events() if e["type"] == "ehr_report_failed"]
-        assert [e["detail"]["dead"] for e in failed] == [False, True]
-        assert failed[0]["detail"]["error"] == "HTTP 422"  # no server text (may quote PHI)
+        assert (row.state, row.attempts) == ("dead", 2)
+        failed = [e for e in ledger.audit.events() if e.type == "ehr_report_failed"]
+        assert [e.detail["dead"] for e in failed] == [False, True]
+        assert failed[0].detail["error"] == "HTTP 422"  # no server text (may quote PHI)
     finally:
         client.close()
         outbox.close()

@@ -15,6 +15,7 @@ from ray import serve
 from actors.adapters.dcmtk import dciodvfy, storescu
 from actors.pipeline import deploy_models, wait_until
 from core.config import app_name
+from core.results import DeliveryState
 from core.sr import differing_attributes
 from models.synthetic_dicom import make_cxr_study, save_study
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
@@ -43,7 +44,7 @@ def test_study_comes_back_as_a_valid_sr_in_the_pacs(tmp_path, orthanc, make_pipe
     study_uid = str(datasets[0].StudyInstanceUID)
     send(files, pipeline, cfg)
     ledger = ledger_of(pipeline)
-    assert wait_for_states(ledger, [study_uid], {"delivered"}), ledger.status(time.time())
+    assert wait_for_states(ledger, [study_uid], {"delivered"}), ledger.status.report(time.time())
 
     [sr_meta] = sr_instances(orthanc, study_uid)
     raw = orthanc.file(sr_meta["ID"])
@@ -67,12 +68,12 @@ def test_study_comes_back_as_a_valid_sr_in_the_pacs(tmp_path, orthanc, make_pipe
     texts = {i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in groups[0][0].ContentSequence if i.ValueType == "TEXT"}
     assert texts["111001"] == cfg.models["chest_xray"].name and texts["111003"] == cfg.models["chest_xray"].version
 
-    path_types = [e["type"] for e in ledger.audit_events(study_uid)]
+    path_types = [e.type for e in ledger.audit.events(study_uid)]
     for expected in ("instance_received", "study_complete", "validated", "routed", "linked", "inferred", "sr_built", "sr_delivered"):
         assert expected in path_types, (expected, path_types)
     assert path_types.count("instance_received") == 2
-    assert set(ledger.instance_states(study_uid).values()) == {"reported"}
-    assert ledger.verify_audit_chain() is None
+    assert set(ledger.intake.states(study_uid).values()) == {"reported"}
+    assert ledger.audit.verify() is None
 
 
 def test_trained_demo_model_finds_the_phantom_lesion(tmp_path, orthanc, make_pipeline):
@@ -104,9 +105,9 @@ def test_ai_outage_queues_durably_and_every_study_is_reported_once(tmp_path, ort
         ledger = ledger_of(pipeline)
         assert wait_for_states(ledger, uids, {"linked"}, timeout_s=30)
         time.sleep(2.0)  # several retry rounds against the missing deployment
-        status = ledger.status(time.time())
-        assert status["jobs"]["linked"] == 3 and status["jobs"]["dead"] == 0
-        assert "model:chest_xray unavailable" in status["oldest_waiting"]["reason"]
+        status = ledger.status.report(time.time())
+        assert status.jobs["linked"] == 3 and status.jobs["dead"] == 0
+        assert "model:chest_xray unavailable" in status.oldest_waiting.reason
     finally:
         deploy_models(model_app)
     assert wait_for_states(ledger, uids, {"delivered"}, timeout_s=120)
@@ -123,34 +124,34 @@ def test_pacs_outage_keeps_srs_in_the_outbox_until_it_returns(tmp_path, orthanc,
     ledger = ledger_of(pipeline)
     assert wait_for_states(ledger, [uid], {"written"}, timeout_s=60)
     time.sleep(1.5)
-    [job] = ledger.jobs_for_study(uid)
+    [job] = ledger.jobs.for_study(uid)
     assert job.state.value == "written" and "pacs unavailable" in job.reason
-    pending = ledger.outbox_items(job.job_id, "pending")  # the SR, and a heatmap per positive finding
-    assert ledger.status(time.time())["outbox_pending"] == len(pending)
-    assert [i["kind"] for i in pending].count("sr") == 1
+    pending = ledger.outbox.items(job.job_id, DeliveryState.PENDING)  # the SR, and a heatmap per positive finding
+    assert ledger.status.report(time.time()).outbox_pending == len(pending)
+    assert [i.item.kind for i in pending].count("sr") == 1
     orthanc.start()
     assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=60)
     assert len(sr_instances(orthanc, uid)) == 1
-    assert ledger.outbox_items(job.job_id, "pending") == []
+    assert ledger.outbox.items(job.job_id, DeliveryState.PENDING) == []
 
 
 def test_unrouted_studies_and_ai_switches_end_skipped_with_reasons(tmp_path, orthanc, make_pipeline):
     pipeline, cfg = make_pipeline(orthanc)
     ledger = ledger_of(pipeline)
-    ledger.set_ai_switch("modality", "CR", False, "scanner QA", "user:rad", time.time())
+    ledger.controls.set_ai_switch("modality", "CR", False, "scanner QA", "user:rad", time.time())
     cr, cr_files = study(tmp_path, 51, modality="CR")
     other, other_files = study(tmp_path, 52)
-    ledger.set_ai_switch("study", str(other[0].StudyInstanceUID), False, "patient request", "user:rad", time.time())
+    ledger.controls.set_ai_switch("study", str(other[0].StudyInstanceUID), False, "patient request", "user:rad", time.time())
     send(cr_files + other_files, pipeline, cfg)
     uids = [str(cr[0].StudyInstanceUID), str(other[0].StudyInstanceUID)]
     assert wait_for_states(ledger, uids, {"skipped"}, timeout_s=30)
-    reasons = [ledger.jobs_for_study(u)[-1].reason for u in uids]
+    reasons = [ledger.jobs.for_study(u)[-1].reason for u in uids]
     assert "AI switched off for modality CR" in reasons[0]
     assert "AI switched off for this study" in reasons[1]
-    assert set(ledger.instance_states(uids[0]).values()) == {"skipped"}
+    assert set(ledger.intake.states(uids[0]).values()) == {"skipped"}
     assert sr_instances(orthanc, uids[0]) == []
     # Switching back on needs no restart: a new study of the same modality runs.
-    ledger.set_ai_switch("modality", "CR", True, "", "user:rad", time.time())
+    ledger.controls.set_ai_switch("modality", "CR", True, "", "user:rad", time.time())
     again, again_files = study(tmp_path, 53, modality="CR")
     send(again_files, pipeline, cfg)
     assert wait_for_states(ledger, [str(again[0].StudyInstanceUID)], {"delivered"})
@@ -166,9 +167,9 @@ def test_invalid_instance_is_quarantined_never_processed(tmp_path, orthanc, make
     ledger = ledger_of(pipeline)
     uid = str(ds.StudyInstanceUID)
     assert wait_for_states(ledger, [uid], {"quarantined"}, timeout_s=30)
-    quarantined = [e for e in ledger.audit_events(uid) if e["type"] == "quarantined" and e["sop_instance_uid"]]
-    assert quarantined[0]["detail"]["codes"] == ["pixel_length_mismatch"]
-    assert set(ledger.instance_states(uid).values()) == {"quarantined"}
+    quarantined = [e for e in ledger.audit.events(uid) if e.type == "quarantined" and e.sop_instance_uid]
+    assert quarantined[0].detail["codes"] == ["pixel_length_mismatch"]
+    assert set(ledger.intake.states(uid).values()) == {"quarantined"}
     assert sr_instances(orthanc, uid) == []
 
 
@@ -206,15 +207,15 @@ def test_model_error_spends_the_retry_budget_then_the_job_is_dead_and_replayable
     ledger = ledger_of(pipeline)
     uid = str(ds.StudyInstanceUID)
     assert wait_for_states(ledger, [uid], {"dead"}, timeout_s=60)
-    [job] = ledger.jobs_for_study(uid)
+    [job] = ledger.jobs.for_study(uid)
     assert job.attempts == cfg.retry.max_attempts
     assert "SamplesPerPixel" in job.reason
-    assert ledger.status(time.time())["instances"]["dead"] == 1
-    types = [e["type"] for e in ledger.audit_events(uid)]
+    assert ledger.status.report(time.time()).instances["dead"] == 1
+    types = [e.type for e in ledger.audit.events(uid)]
     assert types.count("job_retry") == cfg.retry.max_attempts - 1 and types[-1] == "job_dead"
-    assert ledger.replay(job.job_id, "user:test", time.time()).value == "linked"
+    assert ledger.jobs.replay(job.job_id, "user:test", time.time()).value == "linked"
     assert wait_for_states(ledger, [uid], {"dead"}, timeout_s=60)  # same input, same verdict
-    assert [e["type"] for e in ledger.audit_events(uid)].count("job_replayed") == 1
+    assert [e.type for e in ledger.audit.events(uid)].count("job_replayed") == 1
 
 
 def test_killed_actors_are_restarted_and_work_resumes(tmp_path, orthanc, make_pipeline):

@@ -26,7 +26,8 @@ from hl7.client import MLLPClient
 
 from actors.adapters.context_store import ContextReader
 from actors.adapters.hl7_inbox import Hl7Listener
-from actors.adapters.ledger import SqliteLedger
+from core.config import StorageConfig
+from state.ledger import Ledger, open_ledger
 from actors.adapters.mllp import END, START, MllpClient
 from actors.adapters.tls import client_context
 from actors.pipeline import wait_until
@@ -41,13 +42,13 @@ PKI = Path("/work/shared/examples/pki")
 MAX_BYTES = 64 * 1024
 
 
-def make_listener(tmp_path: Path, tls: TlsConfig | None = None) -> tuple[Hl7Listener, SqliteLedger]:
+def make_listener(tmp_path: Path, tls: TlsConfig | None = None) -> tuple[Hl7Listener, Ledger]:
     cfg = Hl7Config(
         listener=MllpListenerConfig(port=0, max_message_bytes=MAX_BYTES, max_field_chars=4096,
                                     idle_timeout_s=30, tls=tls),
         identifier_systems={"HOSP": "http://hosp.example/mrn"},
     )
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
     listener = Hl7Listener(cfg, tmp_path / "context.sqlite", ledger, KEY)
     listener.start()
     return listener, ledger
@@ -293,16 +294,16 @@ def test_every_message_is_audited_without_phi(bridge):
             client.send(raw.encode())
     finally:
         client.close()
-    assert wait_until(lambda: len(ledger.audit_events()) >= 3, 10)
+    assert wait_until(lambda: len(ledger.audit.events()) >= 3, 10)
     listener.audit_once()
-    events = ledger.audit_events()
-    received = [e for e in events if e["type"] == "hl7_received"]
-    assert {e["detail"]["control_id"] for e in received} == {"AU1", "AU2"}
-    assert [e["type"] for e in events].count("hl7_rejected") == 1
+    events = ledger.audit.events()
+    received = [e for e in events if e.type == "hl7_received"]
+    assert {e.detail["control_id"] for e in received} == {"AU1", "AU2"}
+    assert [e.type for e in events].count("hl7_rejected") == 1
     text = str(events)
     for phi in ("SYNTHETIC", "MRN123", "19700615", "ACC3003", "Chest pain"):
         assert phi not in text
-    assert ledger.verify_audit_chain() is None
+    assert ledger.audit.verify() is None
 
 
 def _serve_in_child(root: str, ports) -> None:  # runs in a spawned process

@@ -14,7 +14,8 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom import dcmread
 
 from actors.adapters.dcmtk import dciodvfy, storescu
-from actors.adapters.ehr_outbox import EhrOutbox
+from state.ehr_outbox import EhrOutbox
+from state.ledger import open_database
 from actors.adapters.mllp import MllpClient
 from actors.adapters.orthanc import free_port
 from actors.pipeline import wait_until
@@ -58,17 +59,18 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         assert str(hl7.parse(ack.decode()).segment("MSA")(1)) == "AA"
         uid = send_study(tmp_path, pipeline, cfg, 81, "P81", "ACC81")
         ledger = ledger_of(pipeline)
-        assert wait_for_states(ledger, [uid], {"delivered"}), ledger.status(time.time())
+        assert wait_for_states(ledger, [uid], {"delivered"}), ledger.status.report(time.time())
 
         # The job ran in the STAT lane and carries the clinical context, no identifiers.
-        job = ledger.jobs_for_study(uid)[-1]
+        job = ledger.jobs.for_study(uid)[-1]
         assert job.priority == Priority.STAT
-        ctx = job.data["context"]
-        assert (ctx["match"], ctx["priority"], ctx["encounter_class"]) == ("accession", "stat", "EMER")
-        assert (ctx["age_years"], ctx["sex"]) == (54, "female")  # born 1970-06-15, study 2025-01-01
-        assert ctx["indication"] == "Acute chest pain, rule out pneumothorax"
-        assert ctx["location"] == "ED BAY3 BED2 (HOSP)"
-        assert not any(s in json.dumps(job.data) for s in ("P81", "ACC81", "SYNTHETIC"))
+        ctx = job.record.context
+        assert (ctx.match, ctx.priority, ctx.encounter_class) == ("accession", "stat", "EMER")
+        assert (ctx.age_years, ctx.sex) == (54, "female")  # born 1970-06-15, study 2025-01-01
+        assert ctx.indication == "Acute chest pain, rule out pneumothorax"
+        assert ctx.location == "ED BAY3 BED2 (HOSP)"
+        stored = ledger.jobs.raw_record(job.job_id)
+        assert not any(s in stored for s in ("P81", "ACC81", "SYNTHETIC"))
 
         # The SR names the order it fulfils and the reason for the study; dciodvfy is clean.
         [meta] = orthanc.instances_of_study(uid, modality="SR")
@@ -82,12 +84,12 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         sr_uid = str(dcmread(BytesIO(raw)).SOPInstanceUID)
 
         # Every read of the context is audited; the routing decision records the lane.
-        events = ledger.audit_events(uid)
-        purposes = [e["detail"]["purpose"] for e in events if e["type"] == "context_read"]
+        events = ledger.audit.events(uid)
+        purposes = [e.detail["purpose"] for e in events if e.type == "context_read"]
         assert any(p.startswith("routing") for p in purposes)
         assert any(p.startswith("sr") for p in purposes)
-        routed = [e for e in events if e["type"] == "routed"][-1]
-        assert routed["detail"]["priority"] == Priority.STAT
+        routed = [e for e in events if e.type == "routed"][-1]
+        assert routed.detail["priority"] == Priority.STAT
 
         # The EHR got one DiagnosticReport for the SR, about the patient and the order.
         assert wait_until(lambda: fhir.of_type("DiagnosticReport"), 60), fhir.errors
@@ -101,7 +103,7 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         assert len(report["result"]) == len(cfg.models["chest_xray"].findings)
         assert len(fhir.of_type("Observation")) == len(report["result"])
         assert any(p.startswith("ehr report") for p in (
-            e["detail"]["purpose"] for e in ledger.audit_events(uid) if e["type"] == "context_read"))
+            e.detail["purpose"] for e in ledger.audit.events(uid) if e.type == "context_read"))
     finally:
         fhir.stop()
 
@@ -113,18 +115,18 @@ def test_reports_wait_in_the_outbox_while_the_fhir_endpoint_is_down(
     pipeline, cfg = make_pipeline(orthanc, ehr=ehr_section(fhir))
     uid = send_study(tmp_path, pipeline, cfg, 82, "P82", "ACC82")
     ledger = ledger_of(pipeline)
-    assert wait_for_states(ledger, [uid], {"delivered"}), ledger.status(time.time())
-    outbox = EhrOutbox(pipeline.layout.ehr_outbox)
+    assert wait_for_states(ledger, [uid], {"delivered"}), ledger.status.report(time.time())
+    outbox = EhrOutbox(open_database(cfg.storage.ledger, pipeline.layout, "ehr"))
 
     def waiting() -> bool:
         rows = outbox.reports()
-        return bool(rows) and rows[0]["waits"] >= 2
+        return bool(rows) and rows[0].waits >= 2
 
     assert wait_until(waiting, 60)
     [row] = outbox.reports()
-    assert (row["state"], row["attempts"]) == ("pending", 0)  # an outage spends no retries
-    failed = [e for e in ledger.audit_events(uid) if e["type"] == "ehr_report_failed"]
-    assert len(failed) == 1 and failed[0]["detail"]["unavailable"] is True  # one line per outage
+    assert (row.state, row.attempts) == ("pending", 0)  # an outage spends no retries
+    failed = [e for e in ledger.audit.events(uid) if e.type == "ehr_report_failed"]
+    assert len(failed) == 1 and failed[0].detail["unavailable"] is True  # one line per outage
 
     fhir.start()
     try:
@@ -133,7 +135,7 @@ def test_reports_wait_in_the_outbox_while_the_fhir_endpoint_is_down(
         DiagnosticReport.model_validate(report)
         assert report["subject"]["identifier"] == {"value": "P82"}  # no HL7 context: DICOM ID
         assert fhir.errors == []
-        assert [e["type"] for e in ledger.audit_events(uid)].count("ehr_report_delivered") == 1
+        assert [e.type for e in ledger.audit.events(uid)].count("ehr_report_delivered") == 1
     finally:
         fhir.stop()
         outbox.close()

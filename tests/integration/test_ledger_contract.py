@@ -230,6 +230,63 @@ def test_records_round_trip_and_big_sections_go_to_blobs(ledger):
     assert len(ledger.jobs.raw_record(job.job_id)) < 1000 and ledger.blobs.count() == 1
 
 
+def _uid(*parts: int) -> str:
+    """A 64-character UID, the longest DICOM allows (the worst case for row size)."""
+    head = "1.2.826.0.1.3680043.8.498." + ".".join(str(p) for p in parts) + "."
+    return head + "9" * (64 - len(head))
+
+
+def _ct_400_record(study: str) -> JobRecord:
+    """The record of a 400-slice head CT after inference: 7 findings, 7 heatmaps, a prior of
+    400 slices compared image by image."""
+    from core.interval import PriorResult
+    from core.job import Inference, PriorLink, PriorStudy, RetrievedSeries
+    from core.priors import InstanceRef, PriorStatus
+    from core.records import (AxisScale, BlobRef, Finding, FrameRef, HeatmapRef, PlanarRegion,
+                              PlaneGeometry, PlaneGrid, QualityFlag)
+    from core.types import CodedTerm
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    uids = tuple(_uid(1, k) for k in range(400))
+    prior = tuple(_uid(2, k) for k in range(400))
+    frame = FrameRef(uids[200], ct)
+    plane = PlaneGeometry((-120.0, -120.0, 35.5), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (0.4688, 0.4688), 1.25, _uid(3))
+    findings = tuple(
+        Finding(f"finding_{k}", CodedTerm("1386000", "SCT", "Intracranial hemorrhage"), 0.93, 0.5, True, None, frame,
+                PlanarRegion(frame, ((10.5, 20.5), (90.5, 20.5), (90.5, 80.5), (10.5, 80.5), (10.5, 20.5)), (50.5, 50.5)))
+        for k in range(7))
+    heatmaps = tuple(
+        HeatmapRef(f.key, PlaneGrid(frame, 512, 512, AxisScale(8.0, 3.5), AxisScale(8.0, 3.5), plane), (64, 64),
+                   BlobRef(f"{k:064x}", 8192)) for k, f in enumerate(findings))
+    prediction = Prediction("head_ct", "pacsai-ich-densenet", "0.1.0", findings, uids,
+                            quality_flags=(QualityFlag("motion_artefact", _uid(4), 5.5, 4.0, "moved"),),
+                            heatmaps=heatmaps)
+    link = PriorLink(PriorStatus.FOUND, "prior study of 20240101 chosen of 3", PriorStudy(_uid(5), "20240101"),
+                     evidence=tuple(InstanceRef(_uid(5), _uid(6), ct, u) for u in prior),
+                     retrieved=RetrievedSeries(_uid(5), _uid(6), prior),
+                     results=(PriorResult.from_prediction(prediction, _uid(5), "20240101", "model"),))
+    return JobRecord(route=Route((ModelTask("head_ct", uids),), "routed to head_ct", 5), priors=link,
+                     inference=Inference((prediction,), (replace(prediction, source_uids=prior),), 1.0))
+
+
+def test_the_row_of_a_400_slice_ct_with_7_heatmaps_stays_under_64_kb(ledger):
+    ledger.intake.record(meta(_uid(1, 0), study=_uid(0)), 100.0, 100.0, "t")
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=101.0)
+    record = _ct_400_record(_uid(0))
+    ledger.jobs.transition(job, JobState.COMPLETE, 101.0, record=record)
+    row = ledger.jobs.raw_record(job.job_id)
+    assert len(row.encode()) < 64 * 1024, len(row)
+    assert ledger.jobs.get(job.job_id).record == record  # nothing lost on the way to blobs
+    version = SrVersion(_uid(7), "1.2.840.10008.5.1.4.1.1.88.34", _uid(8), _uid(0), job.job_id, 1, "head_ct",
+                        "m", "1", "", record.inference.predictions[0])
+    [job] = ledger.jobs.lease(JobState.COMPLETE, "w", 1, 10.0, now=102.0)
+    ledger.jobs.transition(job, JobState.VALIDATED, 102.0, effects=[RecordSrVersions((version,))])
+    with ledger.db.read() as tx:
+        stored = tx.one("SELECT prediction FROM sr_results WHERE sop_instance_uid = ?", (_uid(7),))
+    assert len(stored["prediction"].encode()) < 64 * 1024
+    assert ledger.results.latest(_uid(0), "head_ct").prediction == version.prediction
+
+
 def test_a_record_of_an_unknown_schema_version_is_a_clear_error(ledger):
     ledger.intake.record(meta("1"), 100.0, 100.0, "t")
     [job] = ledger.jobs.for_study("1.2.3")
@@ -396,9 +453,18 @@ def test_a_ledger_written_before_migrations_is_adopted(backend, tmp_path, storag
                 " last_instance_at) VALUES ('7.7', 1, 'receiving', 0, 0, 0, 0)")
     con.commit()
     con.close()
+    con = sqlite3.connect(path)  # what an issue-2 ledger held: quarantined, but no entry
+    con.execute("INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,"
+                " path, sha256, size, received_at, override, reason, job_id) VALUES"
+                " ('7.7.1.1', '1.2', '7.7', '7.7.1', '/x', 'aa', 1, 5.0, 'quarantined',"
+                " '[{\"code\": \"pixel_attributes_inconsistent\", \"message\": \"m\"}]', 1)")
+    con.commit()
+    con.close()
     led = open_ledger(storage_for(backend, var_dir=tmp_path / "var"))
     assert [j.study_instance_uid for j in led.jobs.for_study("7.7")] == ["7.7"]
     assert pending(led.db.url, "ledger", "sqlite") == []
+    [entry] = led.quarantine.entries()
+    assert entry.codes == ("pixel_attributes_inconsistent",) and entry.study_uid == "7.7"
 
 
 # -------------------------------------------------------------------------- wake-ups

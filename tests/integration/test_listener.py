@@ -18,7 +18,8 @@ from pynetdicom import AE
 
 from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
-from actors.adapters.ledger import SqliteLedger
+from core.config import StorageConfig
+from state.ledger import Ledger, open_ledger
 from core.config import ListenerConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk 
 def listener(tmp_path):
     def start(**overrides):
         cfg = ListenerConfig(port=0, min_free_bytes=overrides.pop("min_free_bytes", 0), **overrides)
-        ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+        ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
         lst = Listener(cfg, tmp_path / "spool", tmp_path / "rejected", ledger, quiet_period_s=60.0)
         lst.start()
         started.append((lst, ledger))
@@ -69,7 +70,7 @@ def test_echo_and_store_are_durable_and_byte_identical(listener):
     res = storescu([src], "127.0.0.1", lst.port, "PACSAI", propose_own_syntax=True)
     assert res.returncode == 0, res.stderr
     ds = dcmread(src)
-    assert ledger.has_instance(ds.SOPInstanceUID)
+    assert ledger.intake.has_instance(ds.SOPInstanceUID)
     [spooled] = (Path(lst._spool) / ds.StudyInstanceUID).glob("*.dcm")
     # storescu sends the file's data set as stored, except that dcmtk drops the trailing
     # (FFFC,FFFC) Data Set Trailing Padding this test file ends with.
@@ -84,8 +85,8 @@ def test_resent_instance_is_acknowledged_once(listener):
     src = Path(get_testdata_file("CT_small.dcm"))
     for _ in range(3):
         assert storescu([src], "127.0.0.1", lst.port, "PACSAI").returncode == 0
-    assert ledger.status(time.time())["jobs"]["receiving"] == 1
-    types = [e["type"] for e in ledger.audit_events()]
+    assert ledger.status.report(time.time()).jobs["receiving"] == 1
+    types = [e.type for e in ledger.audit.events()]
     assert types.count("instance_received") == 1 and types.count("instance_duplicate") == 2
 
 
@@ -94,7 +95,7 @@ def test_disk_below_floor_answers_out_of_resources(listener):
     src = Path(get_testdata_file("CT_small.dcm"))
     assert _send(src, lst.port) == 0xA700
     assert storescu([src], "127.0.0.1", lst.port, "PACSAI").returncode != 0
-    assert not ledger.has_instance(dcmread(src).SOPInstanceUID)
+    assert not ledger.intake.has_instance(dcmread(src).SOPInstanceUID)
 
 
 def test_unparseable_data_set_fails_is_audited_and_the_listener_keeps_serving(listener, tmp_path, monkeypatch):
@@ -121,8 +122,8 @@ def test_unparseable_data_set_fails_is_audited_and_the_listener_keeps_serving(li
     status = assoc.send_c_store(bad)
     assoc.release()
     assert status.Status == 0xC000
-    rejected = [e for e in ledger.audit_events() if e["type"] == "instance_rejected"]
-    assert rejected and "cannot be parsed" in rejected[0]["detail"]["reason"]
+    rejected = [e for e in ledger.audit.events() if e.type == "instance_rejected"]
+    assert rejected and "cannot be parsed" in rejected[0].detail["reason"]
     assert list((tmp_path / "rejected").glob("*.dcm"))  # kept for inspection
     src = Path(get_testdata_file("CT_small.dcm"))
     assert storescu([src], "127.0.0.1", lst.port, "PACSAI").returncode == 0  # still serving

@@ -32,7 +32,8 @@ from pynetdicom.dsutils import decode, encode
 
 from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
-from actors.adapters.ledger import SqliteLedger
+from core.config import StorageConfig
+from state.ledger import Ledger, open_ledger
 from core.config import ListenerConfig
 
 pytestmark = [pytest.mark.integration,
@@ -134,7 +135,7 @@ def _read_for(sock: socket.socket, seconds: float, *, whole_pdu: bool = False) -
 
 @pytest.fixture
 def listener(tmp_path):
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
     cfg = ListenerConfig(port=0, min_free_bytes=0, network_timeout_s=TIMEOUT_S, max_associations=32)
     lst = Listener(cfg, tmp_path / "spool", tmp_path / "rejected", ledger, quiet_period_s=60.0)
     lst.start()
@@ -241,7 +242,7 @@ def test_abrupt_closes_and_broken_messages_inside_an_association(listener, tmp_p
         assert set(kinds) <= {A_ASSOCIATE_AC, A_ABORT, P_DATA}, (name, kinds)
         if chunks:
             assert kinds[0] == A_ASSOCIATE_AC, (name, kinds)
-    assert not ledger.has_instance("1.2.3.4.5.6.7.8")  # nothing half-received was kept
+    assert not ledger.intake.has_instance("1.2.3.4.5.6.7.8")  # nothing half-received was kept
     assert not list((tmp_path / "spool").rglob("*.part"))
     still_serves(lst)
 
@@ -272,6 +273,6 @@ def test_an_unparseable_data_set_gets_a_failure_status_and_is_kept_aside(listene
     [response] = [b for k, b in zip(kinds, bodies, strict=True) if k == P_DATA]
     command = decode(BytesIO(response[6:]), True, True)  # after the PDV header
     assert command.CommandField == 0x8001 and command.Status == 0xC000  # C-STORE-RSP: cannot understand
-    rejected = [e for e in ledger.audit_events() if e["type"] == "instance_rejected"]
+    rejected = [e for e in ledger.audit.events() if e.type == "instance_rejected"]
     assert rejected and list((tmp_path / "rejected").glob("*.dcm"))
     still_serves(lst)

@@ -16,7 +16,8 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
 from actors.adapters.dimse import Listener
-from actors.adapters.ledger import SqliteLedger
+from core.config import StorageConfig
+from state.ledger import Ledger, open_ledger
 from core.config import ListenerConfig, TlsConfig
 
 
@@ -64,7 +65,7 @@ def _client_ctx(pki: dict[str, Path], with_cert: bool = True) -> ssl.SSLContext:
 
 def test_tls_listener_accepts_trusted_clients_only(tmp_path, pki):
     tls = TlsConfig(certificate=f"{pki['server']}.crt", private_key=f"{pki['server']}.key", ca_certificates=str(pki["ca"]))
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
     listener = Listener(ListenerConfig(port=0, min_free_bytes=0, tls=tls, network_timeout_s=5),
                         tmp_path / "spool", tmp_path / "rejected", ledger, 60.0)
     listener.start()
@@ -81,7 +82,7 @@ def test_tls_listener_accepts_trusted_clients_only(tmp_path, pki):
         assert assoc.is_established
         assert assoc.send_c_store(ds).Status == 0x0000
         assoc.release()
-        assert ledger.has_instance(ds.SOPInstanceUID)
+        assert ledger.intake.has_instance(ds.SOPInstanceUID)
         assert not associate(None).is_established  # plaintext is refused
         assert not associate((_client_ctx(pki, with_cert=False), "localhost")).is_established  # no client cert
     finally:

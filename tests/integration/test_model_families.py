@@ -81,7 +81,7 @@ def test_each_family_reports_sr_and_heatmap_that_orthanc_accepts(tmp_path, ortha
     study = make()
     send_files(_save(study.datasets, tmp_path / "in"), pipeline, cfg)
     ledger = ledger_of(pipeline)
-    assert wait_for_states(ledger, [study.study_uid], {"delivered"}, timeout_s=240), ledger.status(time.time())
+    assert wait_for_states(ledger, [study.study_uid], {"delivered"}, timeout_s=240), ledger.status.report(time.time())
 
     outputs = pacs_outputs(orthanc, study.study_uid)
     [sr] = outputs[Comprehensive3DSRStorage]
@@ -108,9 +108,10 @@ def test_each_family_reports_sr_and_heatmap_that_orthanc_accepts(tmp_path, ortha
     [pm] = [m for m in maps if m.ContentDescription == f"Grad-CAM {key}"]
     pm_refs = {i.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
     assert pm_refs and pm_refs <= source_uids and pm.StudyInstanceUID == study.study_uid
-    [job] = ledger.jobs_for_study(study.study_uid)
-    assert {i["kind"] for i in ledger.outbox_items(job.job_id)} == {"sr", "pm"}
-    assert set(ledger.instance_states(study.study_uid).values()) == {"reported"}
+    [job] = ledger.jobs.for_study(study.study_uid)
+    assert {i.item.kind for i in ledger.outbox.items(job.job_id)} == {"sr", "pm"}
+    assert len(ledger.jobs.raw_record(job.job_id)) < 64 * 1024  # heatmaps are blobs, not row data
+    assert set(ledger.intake.states(study.study_uid).values()) == {"reported"}
 
 
 def _geometry_study() -> SyntheticStudy:
@@ -133,7 +134,7 @@ def test_lesion_in_slice_47_is_referenced_and_the_heatmap_peaks_inside_it(tmp_pa
         files = _save([to_enhanced(study.datasets, frame_order=order)], tmp_path / "in")
     send_files(files, pipeline, cfg, own_syntax=True)  # storescu's default list lacks Legacy Enhanced CT
     ledger = ledger_of(pipeline)
-    assert wait_for_states(ledger, [study.study_uid], {"delivered"}, timeout_s=300), ledger.status(time.time())
+    assert wait_for_states(ledger, [study.study_uid], {"delivered"}, timeout_s=300), ledger.status.report(time.time())
 
     outputs = pacs_outputs(orthanc, study.study_uid)
     [sr] = outputs[Comprehensive3DSRStorage]
@@ -188,13 +189,13 @@ def test_every_lossless_transfer_syntax_gives_the_same_probabilities(tmp_path, m
             studies.setdefault(name, {})[syntax] = str(variant[0].StudyInstanceUID)
     ledger = ledger_of(pipeline)
     uids = [uid for per in studies.values() for uid in per.values()]
-    assert wait_for_states(ledger, uids, {"written", "delivered"}, timeout_s=300), ledger.status(time.time())
+    assert wait_for_states(ledger, uids, {"written", "delivered"}, timeout_s=300), ledger.status.report(time.time())
     for name, per_syntax in studies.items():
         probabilities = []
         for syntax, uid in per_syntax.items():
-            [job] = ledger.jobs_for_study(uid)
-            assert {i.transfer_syntax_uid for i in ledger.job_instances(job.job_id)} == {syntax}
-            prediction = job.data["predictions"][name]
-            probabilities.append([f["probability"] for f in prediction["findings"]])
+            [job] = ledger.jobs.for_study(uid)
+            assert {i.transfer_syntax_uid for i in ledger.intake.job_instances(job.job_id)} == {syntax}
+            [prediction] = [p for p in job.record.inference.predictions if p.family == name]
+            probabilities.append([f.probability for f in prediction.findings])
         spread = np.ptp(np.array(probabilities), axis=0).max()
         assert spread <= 1e-6, (name, spread, probabilities)

@@ -8,7 +8,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import Verification
 
 from actors.adapters.dimse import Listener, storage_sop_classes
-from actors.adapters.ledger import SqliteLedger
+from core.config import StorageConfig
+from state.ledger import Ledger, open_ledger
 from core.config import ListenerConfig
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ COMMON = {
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
     root = tmp_path_factory.mktemp("negotiation")
-    ledger = SqliteLedger(root / "ledger.sqlite")
+    ledger = open_ledger(StorageConfig(var_dir=str(root)))
     lst = Listener(ListenerConfig(port=0, min_free_bytes=0), root / "spool", root / "rejected", ledger, 60.0)
     lst.start()
     yield lst.port

@@ -18,7 +18,6 @@ from pydicom.sr.codedict import codes
 
 from actors.adapters.dcmtk import dciodvfy, storescu
 from actors.adapters.orthanc import OrthancProcess, free_port
-from actors.adapters.study_records import StudyRecords
 from models.synthetic_dicom import make_ct_series, make_cxr_study, save_study
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 
@@ -81,7 +80,7 @@ def test_right_prior_is_found_retrieved_and_compared_another_patient_is_not(tmp_
     assert res.returncode == 0, res.stderr[-500:]
     ledger = ledger_of(pipeline)
     uid = str(current[0].StudyInstanceUID)
-    assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=120), ledger.status(time.time())
+    assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=120), ledger.status.report(time.time())
 
     raw = the_sr(pacs, uid)
     (tmp_path / "sr.dcm").write_bytes(raw)
@@ -103,23 +102,23 @@ def test_right_prior_is_found_retrieved_and_compared_another_patient_is_not(tmp_
     assert change[0].value.meaning == "New finding"
     assert effusion.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value == codes.SCT.Present
 
-    [job] = ledger.jobs_for_study(uid)
-    priors = job.data["priors"]
-    assert priors["status"] == "found" and priors["study"]["study_uid"] == prior_uid
-    assert sorted(priors["retrieved"]["sop_instance_uids"]) == sorted(str(d.SOPInstanceUID) for d in prior)
-    assert "chest_xray" in job.data["prior_predictions"]
+    [job] = ledger.jobs.for_study(uid)
+    priors = job.record.priors
+    assert priors.status == "found" and priors.study.study_uid == prior_uid
+    assert sorted(priors.retrieved.sop_instance_uids) == sorted(str(d.SOPInstanceUID) for d in prior)
+    assert job.record.inference.prior_prediction("chest_xray") is not None
     # The retrieved prior is kept and visible, starts no job, and is not reported.
-    assert set(ledger.instance_states(prior_uid).values()) == {"skipped"}
-    assert ledger.jobs_for_study(prior_uid) == []
+    assert set(ledger.intake.states(prior_uid).values()) == {"skipped"}
+    assert ledger.jobs.for_study(prior_uid) == []
     # The other patient's study: never retrieved, flagged for review, audited.
-    assert ledger.instance_states(str(impostor[0].StudyInstanceUID)) == {}
-    assert ledger.status(time.time())["review_flags_open"] == 1
-    [flag] = StudyRecords(ledger).review_flags()
-    assert (flag["kind"], flag["other_study_uid"]) == ("prior_identity_conflict", str(impostor[0].StudyInstanceUID))
-    conflicts = [e for e in ledger.audit_events(uid) if e["type"] == "prior_identity_conflict"]
-    assert conflicts[0]["detail"]["differing"] == ["PatientName", "PatientBirthDate"]
+    assert ledger.intake.states(str(impostor[0].StudyInstanceUID)) == {}
+    assert ledger.status.report(time.time()).review_flags_open == 1
+    [flag] = ledger.results.review_flags()
+    assert (flag.kind, flag.other_study_uid) == ("prior_identity_conflict", str(impostor[0].StudyInstanceUID))
+    conflicts = [e for e in ledger.audit.events(uid) if e.type == "prior_identity_conflict"]
+    assert conflicts[0].detail["differing"] == ["PatientName", "PatientBirthDate"]
     assert "ROE" not in str(conflicts) and "DOE" not in str(conflicts)  # no names in the audit trail
-    assert ledger.verify_audit_chain() is None
+    assert ledger.audit.verify() is None
 
 
 def test_pacs_down_for_queries_results_still_come_saying_priors_unavailable(tmp_path, pacs, make_pipeline):
@@ -131,18 +130,18 @@ def test_pacs_down_for_queries_results_still_come_saying_priors_unavailable(tmp_
     res = storescu(save_study(current, tmp_path / "now"), "127.0.0.1", pipeline.listener_port(), "PACSAI", "ORTHANC")
     assert res.returncode == 0, res.stderr[-500:]
     uid = str(current[0].StudyInstanceUID)
-    assert wait_for_states(ledger, [uid], {"written"}, timeout_s=60), ledger.status(time.time())
+    assert wait_for_states(ledger, [uid], {"written"}, timeout_s=60), ledger.status.report(time.time())
     pacs.start()
     assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=60)
 
     items = comparison_items(dcmread(BytesIO(the_sr(pacs, uid))))
     assert items["122140"].ConceptCodeSequence[0].CodeMeaning == "No"
     assert items["121066"].TextValue.startswith("Priors were not available: the PACS could not be queried")
-    events = ledger.audit_events(uid)
-    [complete] = [e for e in events if e["type"] == "study_complete"]
-    assert complete["detail"]["rule"] == "quiet_period" and complete["detail"]["verdict"] == "cannot_tell"
-    [query] = [e for e in events if e["type"] == "prior_query"]
-    assert query["detail"]["status"] == "unavailable"
+    events = ledger.audit.events(uid)
+    [complete] = [e for e in events if e.type == "study_complete"]
+    assert complete.detail["rule"] == "quiet_period" and complete.detail["verdict"] == "cannot_tell"
+    [query] = [e for e in events if e.type == "prior_query"]
+    assert query.detail["status"] == "unavailable"
 
 
 @pytest.mark.parametrize("method", ["c-move", "c-get"])
@@ -153,15 +152,15 @@ def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method, caplog):
 
     caplog.set_level(logging.DEBUG, logger="pynetdicom")
     from actors.adapters.dimse import Listener
-    from actors.adapters.ledger import SqliteLedger
     from actors.adapters.query_retrieve import DimseQueryRetrieve
-    from core.config import ListenerConfig, PacsConfig
+    from core.config import ListenerConfig, PacsConfig, StorageConfig
+    from state.ledger import open_ledger
     from core.errors import DependencyUnavailable
     from core.priors import StudyQuery
 
     prior = cxr(221, n=2, when=400)
     seed_pacs(pacs, tmp_path, prior)
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
     listener = Listener(ListenerConfig(port=pacs.listener_port, min_free_bytes=0), tmp_path / "spool",
                         tmp_path / "rejected", ledger, 60.0)
     listener.start()
@@ -175,11 +174,11 @@ def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method, caplog):
         counts = qr.study_counts(study.study_uid)
         assert (counts.study_count, dict(counts.series)) == (2, {series.series_uid: 2})
         assert not qr.study_counts("1.2.3.4.5").known
-        StudyRecords(ledger).expect_prior_series(series.series_uid, study.study_uid, "9.9", 1, time.time())
+        ledger.intake.expect_prior_series(series.series_uid, study.study_uid, "9.9", 1, time.time())
         outcome = qr.retrieve_series(study.study_uid, series.series_uid, method)
         assert outcome.ok and outcome.completed == 2
-        assert ledger.instance_states(study.study_uid) == {str(d.SOPInstanceUID): "skipped" for d in prior}
-        assert ledger.jobs_for_study(study.study_uid) == []
+        assert ledger.intake.states(study.study_uid) == {str(d.SOPInstanceUID): "skipped" for d in prior}
+        assert ledger.jobs.for_study(study.study_uid) == []
         logged = "\n".join(r.getMessage() for r in caplog.records)
         assert "Find SCP Result" in logged or "C-FIND" in logged  # pynetdicom did log the exchange
         assert "PRI-7" not in logged and str(prior[0].PatientName) not in logged

@@ -55,7 +55,7 @@ def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_report
     delays = (0.3, 0.6, 0.15, 0.9, 0.45)
 
     def landed(batch: list[str]) -> bool:
-        retries = [e["detail"] for uid in batch for e in ledger.audit_events(uid) if e["type"] == "job_retry"]
+        retries = [e.detail for uid in batch for e in ledger.audit.events(uid) if e.type == "job_retry"]
         return any("model:head_ct_haemorrhage unavailable" in r["error"] and r["unavailable"] for r in retries)
 
     for round_ in range(3):
@@ -69,10 +69,10 @@ def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_report
 
         def in_flight() -> bool:  # the inference stage holds a job: its request is on its way
             return any(j.state.value == "linked" and j.lease_owner.startswith("inference")
-                       for uid in batch for j in ledger.jobs_for_study(uid))
+                       for uid in batch for j in ledger.jobs.for_study(uid))
 
         def past_inference() -> bool:
-            states = [j.state.value for uid in batch for j in ledger.jobs_for_study(uid)]
+            states = [j.state.value for uid in batch for j in ledger.jobs.for_study(uid)]
             return len(states) == len(batch) and all(s in ("inferred", "written", "delivered") for s in states)
 
         deadline = time.monotonic() + 240
@@ -86,17 +86,17 @@ def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_report
             kills += 1
             assert wait_until(lambda: set(_replicas("head_ct_haemorrhage")) - set(replicas), 120, 0.1)
             hit = wait_until(lambda: landed(batch), 1, 0.1)
-        assert wait_for_states(ledger, batch, {"delivered"}, timeout_s=420), ledger.status(time.time())
+        assert wait_for_states(ledger, batch, {"delivered"}, timeout_s=420), ledger.status.report(time.time())
         assert _replicas("head_ct_haemorrhage")
         if hit or landed(batch):
             hit = True
             break
     assert hit, f"none of {kills} kills landed on a request in flight"
     for uid in uids:
-        assert len(ledger.jobs_for_study(uid)) == 1
+        assert len(ledger.jobs.for_study(uid)) == 1
         assert len(pacs_outputs(orthanc, uid)[Comprehensive3DSRStorage]) == 1
-        assert set(ledger.instance_states(uid).values()) == {"reported"}
-    assert ledger.status(time.time())["jobs"].get("dead", 0) == 0
+        assert set(ledger.intake.states(uid).values()) == {"reported"}
+    assert ledger.status.report(time.time()).jobs.get("dead", 0) == 0
 
 
 def test_a_family_is_removed_and_deployed_again_while_the_others_keep_serving(
@@ -114,7 +114,7 @@ def test_a_family_is_removed_and_deployed_again_while_the_others_keep_serving(
         assert wait_for_states(ledger, [limb.study_uid], {"delivered"}, timeout_s=180)
         assert wait_for_states(ledger, [brain.study_uid], {"linked"}, timeout_s=60)
         time.sleep(1.5)  # several rounds against the missing deployment
-        [job] = ledger.jobs_for_study(brain.study_uid)
+        [job] = ledger.jobs.for_study(brain.study_uid)
         assert job.state.value == "linked" and job.attempts == 0
         assert "model:brain_mri_tumour unavailable" in job.reason
         listing = _pacsai("models", "list", timeout=120)
