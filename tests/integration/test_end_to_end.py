@@ -237,4 +237,4 @@ def test_killed_actors_are_restarted_and_work_resumes(tmp_path, orthanc, make_pi
     send(files, pipeline, cfg)
     ledger = ledger_of(pipeline)
     assert wait_for_states(ledger, [str(datasets[0].StudyInstanceUID)], {"delivered"}, timeout_s=180)
-    assert wait_until(lambda: all(h["alive"] for h in pipeline.health().values()), 60, 1.0)
+    assert wait_until(lambda: all(h.alive for h in pipeline.health().values()), 60, 1.0)
