@@ -13,7 +13,7 @@ The steps follow PS3.3 C.11 ("Grayscale transformations") up to the VOI stage:
    ``[p0.5, p99.5]`` to ``[0, 1]``. Any shift or positive scale of the pixel values, and so the
    Modality LUT's arithmetic and MONOCHROME1's inversion, gives the same result.
 
-Training (:mod:`models.training`) sends phantoms through steps 5 and 6 too, so that the network
+Training (:mod:`training.training`) sends phantoms through steps 5 and 6 too, so that the network
 sees the same distribution at training and at inference time.
 """
 

@@ -1,10 +1,11 @@
 """Real I/O behind core's ports: files, the SQLite ledger, DIMSE (store, query/retrieve),
-MLLP, FHIR HTTP, TLS, Orthanc, dcmtk, and the HL7 bridge's context store."""
+MLLP, FHIR HTTP, TLS, and the HL7 bridge's context store.
+
+The demo's Orthanc runner and the dcmtk wrappers live in the ``demo`` package, outside the product."""
 
 __all__ = [
     "context_join",
     "context_store",
-    "dcmtk",
     "dimse",
     "ehr_outbox",
     "fhir_http",
@@ -13,7 +14,6 @@ __all__ = [
     "hl7_inbox",
     "ledger",
     "mllp",
-    "orthanc",
     "paths",
     "quarantine",
     "query_retrieve",

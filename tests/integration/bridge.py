@@ -15,7 +15,6 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
-from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
 from actors.adapters.ledger import SqliteLedger
 from actors.adapters.quarantine import QuarantineLedger
@@ -28,6 +27,7 @@ from core.config import AssemblyConfig, ListenerConfig, RoutingConfig, parse_con
 from core.routing import Router
 from core.types import Job, JobState
 from core.validation import Validator
+from demo.dcmtk import storescu
 from tests.integration.conftest import base_config
 
 __all__ = ["Bridge", "dataset_bytes", "send_raw"]

@@ -9,7 +9,6 @@ import pytest
 from actors.adapters.ehr_outbox import EhrOutbox
 from actors.adapters.fhir_http import FhirClient
 from actors.adapters.ledger import SqliteLedger
-from actors.adapters.orthanc import free_port
 from actors.ehr_delivery import EhrDeliveryWork
 from core.config import EhrConfig, FhirEndpointConfig, RetryConfig
 from core.errors import DependencyUnavailable, RejectedInput
@@ -17,6 +16,7 @@ from core.fhir import ResultSubject, build_result_bundle
 from core.findings import term_for
 from core.ledger import RetryPolicy
 from core.types import Finding, Prediction
+from demo.orthanc import free_port
 from tests.integration.fhir_server import FhirTestServer
 
 pytestmark = pytest.mark.integration

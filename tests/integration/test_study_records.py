@@ -15,7 +15,7 @@ from actors.validator import ValidationWork
 from core.config import ListenerConfig
 from core.types import InstanceMeta, JobState
 from core.validation import Validator
-from models.synthetic_dicom import make_cxr_study, save_study
+from synthetic.synthetic_dicom import make_cxr_study, save_study
 
 
 def meta(uid, study="1.2.3", series="1.2.3.1", t=100.0, ae="PACSFWD"):

@@ -13,7 +13,7 @@ from core.findings import term_for
 from core.parametric_maps import ParametricMapBuilder, decode_heatmap, encode_heatmap, plane_on_source
 from core.sr import SRIdentity
 from core.types import Finding, Prediction
-from models.synthetic_series import make_radiograph_study, make_volume_series
+from synthetic.synthetic_series import make_radiograph_study, make_volume_series
 
 IDENTITY = SRIdentity("PACS-AI Bridge", 9900)
 

@@ -13,10 +13,10 @@ import torch
 from core.config import FindingSpec, ModelEntry, ModelInputSpec
 from core.types import InferenceRequest, Prediction
 from models.families import PREDICTORS, load_predictor
-from models.head_phantoms import HEAD_CT_FINDINGS
 from models.networks import build_network
-from models.synthetic_series import to_enhanced
-from models.synthetic_studies import brain_mr_study, chest_cta_study, fracture_study, head_ct_study
+from synthetic.head_phantoms import HEAD_CT_FINDINGS
+from synthetic.synthetic_series import to_enhanced
+from synthetic.synthetic_studies import brain_mr_study, chest_cta_study, fracture_study, head_ct_study
 
 SPECS = {
     "bone_fracture": (ModelInputSpec(spatial_size=(64, 64)), ("limb_fracture",)),

@@ -1,4 +1,4 @@
-"""Demo weights: a short CPU training run on freshly drawn phantoms (``pacsai models train-demo``).
+"""Demo weights: a short CPU training run on freshly drawn phantoms (``python -m training``).
 
 The weights are for the demo and the tests only: they prove that detection works end to end on
 phantoms with known lesions, and say nothing about real radiographs. Every step draws a new
@@ -33,11 +33,11 @@ from core.errors import ModelError
 from core.types import InferenceRequest
 from models.families import PREDICTORS
 from models.networks import build_network
-from models.phantoms import PHANTOM_FINDINGS, chest_phantom, implied_findings, sample_findings
 from models.preprocessing import prepare_pixels, radiograph_to_array
-from models.recipes import RECIPES
 from models.registry import file_sha256, sidecar_path
-from models.synthetic_dicom import make_cxr_study
+from synthetic.phantoms import PHANTOM_FINDINGS, chest_phantom, implied_findings, sample_findings
+from synthetic.synthetic_dicom import make_cxr_study
+from training.recipes import RECIPES
 
 __all__ = ["DEFAULT_STEPS", "FindingEvaluation", "TrainReport", "auc", "train_demo"]
 
@@ -139,7 +139,7 @@ def train_demo(
     """Train the family's network briefly on CPU on phantoms; write weights and sidecar.
 
     Args:
-        family: Model family key: ``"chest_xray"`` or one of ``models.recipes.RECIPES``.
+        family: Model family key: ``"chest_xray"`` or one of ``training.recipes.RECIPES``.
         entry: The registry entry (input size and findings, in output order).
         out_path: Where to write the ``state_dict``; ``<out_path>.sha256`` is written too.
         steps: Optimiser steps (each on a freshly drawn batch); 0 means the family's default.
@@ -191,7 +191,7 @@ class _Plan:
 
 
 def _plan(family: str, entry: ModelEntry, steps: int, batch_size: int, eval_size: int) -> _Plan:
-    """The chest X-ray run (phantoms of :mod:`models.phantoms`) or a family's recipe."""
+    """The chest X-ray run (phantoms of :mod:`synthetic.phantoms`) or a family's recipe."""
     if family not in RECIPES:
         steps, batch_size = steps or DEFAULT_STEPS, batch_size or 16
         keys = _check_arguments(family, entry, steps, batch_size)
@@ -273,7 +273,7 @@ def _check_arguments(
     """Validate; return the entry's finding keys in output order."""
     if family != "chest_xray":
         raise ModelError(
-            f'Got family "{family}" for train-demo; expected one of '
+            f'Got family "{family}" for demo training; expected one of '
             f'{sorted(["chest_xray", *RECIPES])}'
         )
     _check_steps(steps, batch_size)
