@@ -7,12 +7,17 @@ import pkgutil
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["core", "models", "serve", "actors"]
+PRODUCT = ["core", "models", "serve", "actors"]
+"""The installed product. ``state`` joins it when the ledger package lands (issue 9)."""
+TOOLING = ["synthetic", "training", "demo"]
+"""Test data, demo training and the demo: run from the repository root, never installed."""
+PACKAGES = PRODUCT + TOOLING
 
 
 def test_import_contracts_hold():
@@ -32,7 +37,7 @@ def test_package_all_is_sorted_and_names_its_modules(package):
     assert set(names) == modules
 
 
-@pytest.mark.parametrize("package", ["core", "actors"])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_every_public_module_has_a_sorted_all(package):
     pkg = importlib.import_module(package)
     for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}."):
@@ -42,3 +47,20 @@ def test_every_public_module_has_a_sorted_all(package):
         exported = getattr(module, "__all__", None)
         assert exported is not None, f"{info.name} has no __all__"
         assert list(exported) == sorted(exported), info.name
+
+
+def test_only_the_product_is_installed():
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert sorted(pattern.rstrip("*") for pattern in find["include"]) == sorted([*PRODUCT, "state"])
+
+
+def test_every_package_is_in_the_import_contracts():
+    linter = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    assert set(PACKAGES) <= set(linter["root_packages"])
+    [product] = [c for c in linter["contracts"] if set(c.get("forbidden_modules", ())) == set(TOOLING)]
+    assert set(product["source_modules"]) >= set(PRODUCT)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_package_has_a_docstring(package):
+    assert (importlib.import_module(package).__doc__ or "").strip()
