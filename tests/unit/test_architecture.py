@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,20 @@ def test_every_package_is_in_the_import_contracts():
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_package_has_a_docstring(package):
     assert (importlib.import_module(package).__doc__ or "").strip()
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    """``name==version`` lines as {normalised name: version} (PEP 503 names, extras dropped)."""
+    pins = {}
+    for line in lines:
+        name, _, version = line.partition("==")
+        pins[re.sub(r"[-_.]+", "-", name.split("[")[0].strip()).lower()] = version.strip()
+    return pins
+
+
+def test_every_pinned_dependency_is_in_the_lock_at_the_same_version():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = _pins([*project["dependencies"], *project["optional-dependencies"]["test"]])
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    locked = _pins([line for line in lock if "==" in line and not line.lstrip().startswith("#")])
+    assert {name: locked.get(name) for name in pinned} == pinned
