@@ -35,8 +35,9 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 # Demo weights, trained on synthetic phantoms (never committed; cached under var/models).
+# training/ and demo/ run from the repository root; they are not installed with the product.
 weights: setup
-	$(PY) -m actors.cli models train-demo --config $(CONFIG)
+	$(PY) -m training --config $(CONFIG)
 
 test: setup weights
 	$(PY) -m pytest -q --timeout=600
@@ -48,7 +49,7 @@ integration: setup weights
 	$(PY) -m pytest -q tests/integration --timeout=600
 
 demo: setup weights
-	$(PY) -m actors.cli demo --config configs/demo.yaml
+	$(PY) -m demo --config configs/demo.yaml
 
 lint: setup
 	.venv/bin/lint-imports

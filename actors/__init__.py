@@ -6,7 +6,6 @@ __all__ = [
     "auditor",
     "cli",
     "delivery",
-    "demo",
     "ehr_delivery",
     "hl7_listener",
     "inference",

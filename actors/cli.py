@@ -1,4 +1,8 @@
-"""The ``pacsai`` command: up, status, check-config, models, ai, replay, audit, demo."""
+"""The ``pacsai`` command: up, status, check-config, models, ai, replay, audit, quarantine.
+
+Demo weights and the demo run from the repository root: ``python -m training`` and
+``python -m demo`` (they are not part of the installed product).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from core.codec import to_jsonable
@@ -165,24 +168,6 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_demo(args: argparse.Namespace) -> int:
-    """Train demo weights on synthetic phantoms for each family (or the one asked for)."""
-    from models.training import train_demo
-
-    cfg = _config(args)
-    families = [args.family] if args.family else sorted(cfg.models)
-    for family in families:
-        entry = cfg.models[family]
-        out = Path(entry.weights)
-        if out.exists() and Path(f"{out}.sha256").exists() and not args.force:
-            print(f"{family}: {out} exists (use --force to retrain)")
-            continue
-        report = train_demo(family, entry, out, steps=args.steps or 0, seed=args.seed, log=lambda _m: None)
-        aucs = ", ".join(f"{e.key} {e.auc:.3f}" for e in report.evaluation)
-        print(f"{family}: wrote {out} ({report.steps} steps, {report.seconds:.0f} s); held-out AUC: {aucs}")
-    return 0
-
-
 def cmd_models_deploy(args: argparse.Namespace) -> int:
     """Deploy (or update) one family's Serve application on the running Ray; others keep running."""
     from actors.pipeline import connect_ray, deploy_models
@@ -245,13 +230,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the end-to-end demo (see actors/demo.py)."""
-    from actors.demo import run_demo
-
-    return run_demo(Path(args.config), n_studies=args.studies)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pacsai", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,15 +247,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     cc = add("check-config", cmd_check_config, "validate a config file")
     cc.add_argument("file")
-    models = add("models", None, "model weights")
+    models = add("models", None, "model applications on the running Ray: deploy, remove, list")
     msub = models.add_subparsers(dest="models_command", required=True)
-    td = msub.add_parser("train-demo", help="train demo weights on synthetic phantoms")
-    td.set_defaults(func=cmd_train_demo)
-    td.add_argument("--config", default=DEFAULT_CONFIG)
-    td.add_argument("--family")
-    td.add_argument("--steps", type=int, default=0, help="0 = the family's default")
-    td.add_argument("--seed", type=int, default=0)
-    td.add_argument("--force", action="store_true")
     for name, func, help_ in (
         ("deploy", cmd_models_deploy, "deploy one family on the running Ray"),
         ("remove", cmd_models_remove, "remove one family from the running Ray"),
@@ -304,8 +275,6 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--study")
     au.add_argument("--limit", type=int, default=200)
     _quarantine_parser(add("quarantine", cmd_quarantine, "quarantined instances: list, show, release, discard"))
-    dm = add("demo", cmd_demo, "run the end-to-end demo")
-    dm.add_argument("--studies", type=int, default=3)
     return p
 
 

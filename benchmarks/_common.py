@@ -1,4 +1,9 @@
-"""Shared bits of the benchmark scripts: the JSON line format and the machine description."""
+"""Shared bits of the benchmark scripts: the JSON line format and the machine description.
+
+Importing this module puts the repository root on ``sys.path``: the scripts run as
+``benchmarks/bench_x.py`` and use ``synthetic/`` and ``demo/``, which are not installed with the
+product. So every script imports ``_common`` before any of the project's packages.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,16 @@ import json
 import os
 import platform
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-__all__ = ["commit", "device", "emit"]
+__all__ = ["ROOT", "commit", "device", "emit"]
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root."""
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def commit() -> str:

@@ -33,16 +33,16 @@ from typing import Any
 
 import numpy as np
 import ray
+from _common import emit  # benchmarks/ is on sys.path when run as a script
 from ray import serve
 
-from _common import emit  # benchmarks/ is on sys.path when run as a script
 from actors.pipeline import load_config
 from core.config import app_name
 from core.records import InferenceRequest
 from models.families import load_predictor
-from models.synthetic_dicom import make_cxr_study
-from models.synthetic_studies import brain_mr_study, chest_cta_study, fracture_study, head_ct_study
 from serve.app import build_app
+from synthetic.synthetic_dicom import make_cxr_study
+from synthetic.synthetic_studies import brain_mr_study, chest_cta_study, fracture_study, head_ct_study
 
 STUDIES = {
     "chest_xray": lambda: make_cxr_study(1, frozenset({"effusion"})),

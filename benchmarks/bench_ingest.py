@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import emit  # benchmarks/ is on sys.path when run as a script
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
 from core.config import StorageConfig
 from state.ledger import open_ledger
-from _common import emit  # benchmarks/ is on sys.path when run as a script
 from core.config import ListenerConfig
-from models.synthetic_dicom import make_ct_series, save_study
+from demo.dcmtk import storescu
+from synthetic.synthetic_dicom import make_ct_series, save_study
 
 
 class BareScp:

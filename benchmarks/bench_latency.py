@@ -38,14 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from _common import emit  # benchmarks/ is on sys.path when run as a script
-from actors.adapters.dcmtk import storescu
 from state.ledger import Ledger, open_ledger
-from actors.adapters.orthanc import OrthancProcess, free_port
 from actors.pipeline import Pipeline, wait_until
 from core.config import AppConfig, parse_config
-from models.synthetic_dicom import make_ct_series, make_cxr_study, save_study
+from demo.dcmtk import storescu
+from demo.orthanc import OrthancProcess, free_port
+from synthetic.synthetic_dicom import make_ct_series, make_cxr_study, save_study
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"pacs_counts": "EVIDENCE", "quiet_period": "QUIET"}

@@ -20,13 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from _common import emit  # benchmarks/ is on sys.path when run as a script; puts the root there
 
-from _common import emit  # noqa: E402  benchmarks/ is on sys.path when run as a script
-from core.audit import AuditEvent  # noqa: E402
-from core.config import LedgerConfig, StorageConfig  # noqa: E402
-from core.types import AuditEventType, JobState  # noqa: E402
-from state.ledger import open_ledger  # noqa: E402
+from core.audit import AuditEvent
+from core.config import LedgerConfig, StorageConfig
+from core.types import AuditEventType, JobState
+from state.ledger import open_ledger
 
 DSN_ENV = "PACSAI_BENCH_PG_DSN"
 
@@ -117,7 +116,7 @@ def main() -> int:
     if args.backend in ("sqlite", "both"):
         run("sqlite", root, args)
     if args.backend in ("postgresql", "both"):
-        from tests.postgres import PostgresServer
+        from demo.postgres import PostgresServer
 
         server = PostgresServer().start()
         os.environ[DSN_ENV] = server.dsn

@@ -22,14 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import emit  # benchmarks/ is on sys.path when run as a script
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from _common import emit  # benchmarks/ is on sys.path when run as a script
 from core.pixels import DecodeMode
 from core.validation import ValidationPolicy, Validator
-from models.synthetic_dicom import make_ct_series, make_cxr_study
+from synthetic.synthetic_dicom import make_ct_series, make_cxr_study
 
 
 def _files(root: Path) -> dict[str, Path]:

@@ -2,7 +2,6 @@
 
 - ``ConfigError``: abort startup. The message lists every bad field.
 - ``RejectedInput``: answer the peer with a failure status; do not retry the same data.
-  - ``ValidationFailed``: the data parsed but broke a rule (quarantine it, with reasons).
   - ``MessageInvalid``: an HL7 v2 message parsed but broke a rule (ACK ``AE`` with ``ERR``).
   - ``MessageRejected``: an HL7 v2 message cannot be taken as a message at all: it cannot be
     parsed, its MSH is broken, or its type, version or processing ID is not supported
@@ -38,7 +37,6 @@ __all__ = [
     "RecordError",
     "RejectedInput",
     "TransientIOError",
-    "ValidationFailed",
 ]
 
 
@@ -80,22 +78,6 @@ class RejectedInput(PacsAIError):
 
     def __str__(self) -> str:
         return f"{self.reason} ({self.subject})" if self.subject else self.reason
-
-
-class ValidationFailed(RejectedInput):
-    """Input parsed but broke validation rules.
-
-    Args:
-        reason: Summary.
-        subject: What failed.
-        codes: Machine-readable reason codes.
-    """
-
-    def __init__(self, reason: str, subject: str = "", codes: tuple[str, ...] = ()) -> None:
-        PacsAIError.__init__(self, reason, subject, tuple(codes))
-        self.reason = reason
-        self.subject = subject
-        self.codes = tuple(codes)
 
 
 class MessageInvalid(RejectedInput):

@@ -10,14 +10,21 @@
   the described shape. Decoding uses pydicom's decoders with the maintained plugins first:
   pylibjpeg (libjpeg, openjpeg, rle), then pyjpegls, pydicom's own, GDCM, and Pillow last (pydicom
   advises against Pillow; it cannot do 12-bit JPEG Extended).
+
+:func:`decode_frames` is the project's one way to decode Pixel Data: the validator's decode
+check here, serving (``models.preprocessing``, ``models.volumes``) and so the demo training's
+held-out evaluation all call it, so that a frame reaches a model through the plugin that
+decoded it when the validator accepted it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames, parse_basic_offsets, parse_fragments
 from pydicom.pixels import get_decoder
@@ -25,6 +32,7 @@ from pydicom.uid import UID
 
 from core._elements import Attributes, describe
 from core.codestreams import RLE_SYNTAX, CodestreamError, read_header, rle_segment_count
+from core.errors import RejectedInput
 from core.reasons import Problem, ReasonCode
 
 __all__ = [
@@ -33,6 +41,7 @@ __all__ = [
     "PREFERRED_PLUGINS",
     "PixelDescription",
     "check_pixels",
+    "decode_frames",
     "decode_plugins",
 ]
 
@@ -101,6 +110,80 @@ def decode_plugins(transfer_syntax_uid: str) -> tuple[str, ...]:
     return tuple(p for p in PREFERRED_PLUGINS if p in available) + tuple(
         p for p in available if p not in PREFERRED_PLUGINS
     )
+
+
+def decode_frames(
+    ds: Dataset,
+    indices: Sequence[int] | None = None,
+    *,
+    transfer_syntax_uid: str | None = None,
+    raw: bool = False,
+) -> np.ndarray:
+    """Decode frames of the Pixel Data, trying the installed plugins in :data:`PREFERRED_PLUGINS` order.
+
+    Args:
+        ds: A data set with Pixel Data.
+        indices: 0-based frame indices to decode; ``None`` decodes every frame.
+        transfer_syntax_uid: The syntax the Pixel Data is encoded in; ``None`` takes the File
+            Meta Information's Transfer Syntax UID (0002,0010).
+        raw: Return the samples as stored, without pydicom's colour-space conversion (the
+            validator checks them so); grayscale images are the same either way.
+
+    Returns:
+        ``(frames, rows, columns)``, or ``(frames, rows, columns, samples)`` for colour.
+
+    Raises:
+        RejectedInput: The transfer syntax is missing or has no installed decoder, or no
+            plugin decodes the frames (the reason names each plugin's failure).
+
+    >>> from pydicom import dcmread
+    >>> from pydicom.data import get_testdata_file
+    >>> decode_frames(dcmread(get_testdata_file("MR_small_RLE.dcm"))).shape
+    (1, 64, 64)
+    """
+    subject = str(ds.get("SOPInstanceUID", "") or "")
+    if transfer_syntax_uid is None:
+        meta = getattr(ds, "file_meta", None)
+        transfer_syntax_uid = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if not transfer_syntax_uid:
+        raise RejectedInput("TransferSyntaxUID (0002,0010): missing; expected the transfer syntax "
+                            "the Pixel Data is encoded in", subject)
+    uid = UID(transfer_syntax_uid)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        decoder = None
+    plugins = decode_plugins(uid) if decoder is not None and decoder.is_encapsulated else ("",)
+    if decoder is None or not plugins:
+        raise RejectedInput(f"TransferSyntaxUID (0002,0010): {uid} ({uid.name}) has no installed "
+                            "decoder; expected a syntax pydicom and its plugins decode", subject)
+    count = len(indices) if indices is not None else int(ds.get("NumberOfFrames", 1) or 1)
+    errors = []
+    for plugin in plugins:
+        try:
+            frames = decoder.iter_array(ds, indices=indices, raw=raw, decoding_plugin=plugin)
+            return _stacked(frames, count)
+        except Exception as exc:  # noqa: BLE001 - a plugin failing is a finding; try the next
+            detail = (str(exc).strip().splitlines() or [""])[-1][:160]
+            errors.append(f"{plugin or 'native'}: {type(exc).__name__}: {detail}")
+    raise RejectedInput(f"{describe('PixelData')}: does not decode as {uid.name} "
+                        f"({'; '.join(errors)})", subject)
+
+
+def _stacked(frames: Iterator[tuple[np.ndarray, Any]], count: int) -> np.ndarray:
+    """Copy ``count`` decoded frames into one array as they come (no second copy of them all)."""
+    out: np.ndarray | None = None
+    n = 0
+    for n, (frame, _) in enumerate(frames, start=1):
+        if out is None:
+            out = np.empty((count, *frame.shape), dtype=frame.dtype)
+        if n > count or frame.shape != out.shape[1:]:
+            raise ValueError(f"frame {n} decodes to shape {frame.shape}; expected {count} frames "
+                             f"of shape {out.shape[1:]}")
+        out[n - 1] = frame
+    if out is None or n != count:
+        raise ValueError(f"decoded {n} frame(s); expected {count}")
+    return out
 
 
 def check_pixels(attrs: Attributes, transfer_syntax_uid: str, mode: DecodeMode) -> list[Problem]:
@@ -233,8 +316,7 @@ def _encapsulated(ds: Dataset, ts: str, desc: PixelDescription, mode: DecodeMode
     problems = _headers(ts, frames, desc)
     if problems or mode is DecodeMode.HEADERS:
         return problems
-    indices = range(desc.frames) if mode is DecodeMode.ALL_FRAMES else range(1)
-    return _decode(ds, ts, desc, indices)
+    return _decode(ds, ts, desc, None if mode is DecodeMode.ALL_FRAMES else [0])
 
 
 def _frames(ds: Dataset, ts: str, desc: PixelDescription) -> tuple[list[bytes], list[Problem]]:
@@ -309,21 +391,14 @@ def _header_problem(ts: str, frame: bytes, desc: PixelDescription) -> str:
     return ""
 
 
-def _decode(ds: Dataset, ts: str, desc: PixelDescription, indices: Iterable[int]) -> list[Problem]:
-    plugins = decode_plugins(ts)
-    wanted = list(indices)
+def _decode(ds: Dataset, ts: str, desc: PixelDescription, indices: Sequence[int] | None) -> list[Problem]:
     shape = (desc.rows, desc.columns) if desc.samples == 1 else (desc.rows, desc.columns, desc.samples)
-    errors = []
-    decoder = get_decoder(UID(ts))
-    for plugin in plugins:
-        try:
-            for arr, _ in decoder.iter_array(ds, indices=wanted, raw=True, decoding_plugin=plugin):
-                if tuple(arr.shape) != shape:
-                    return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
-                                    f"{describe('PixelData')}: decodes to shape {tuple(arr.shape)}; "
-                                    f"expected {shape} from Rows, Columns, SamplesPerPixel")]
-            return []
-        except Exception as exc:  # noqa: BLE001 - a decoder failing is the finding; try the next
-            errors.append(f"{plugin}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}")
-    return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
-                    f"{describe('PixelData')}: does not decode as {UID(ts).name} ({'; '.join(errors)})")]
+    try:
+        frames = decode_frames(ds, indices, transfer_syntax_uid=ts, raw=True)
+    except RejectedInput as exc:
+        return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE, exc.reason)]
+    if tuple(frames.shape[1:]) != shape:
+        return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
+                        f"{describe('PixelData')}: decodes to shape {tuple(frames.shape[1:])}; "
+                        f"expected {shape} from Rows, Columns, SamplesPerPixel")]
+    return []

@@ -2,7 +2,7 @@
 
 Adding a family: a network builder and Grad-CAM layer in ``networks``, a predictor class here
 (usually a two-line subclass of a radiograph, slice or volume predictor), a training recipe in
-:mod:`models.recipes`, and a registry entry plus routing rule in the config.
+:mod:`training.recipes`, and a registry entry plus routing rule in the config.
 """
 
 from __future__ import annotations

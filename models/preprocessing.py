@@ -2,7 +2,8 @@
 
 The steps follow PS3.3 C.11 ("Grayscale transformations") up to the VOI stage:
 
-1. Decode the bytes (every transfer syntax pydicom and its pylibjpeg / pyjpegls plugins decode).
+1. Decode the bytes (every transfer syntax pydicom and its pylibjpeg / pyjpegls plugins decode),
+   with :func:`core.pixels.decode_frames`, the validator's plugin order.
 2. Only grayscale: Samples per Pixel (0028,0002) must be 1 and Photometric Interpretation
    (0028,0004) MONOCHROME1 or MONOCHROME2. A multi-frame image gives its first frame.
 3. Modality LUT (PS3.3 C.11.1): Rescale Slope / Intercept or a Modality LUT Sequence.
@@ -13,7 +14,7 @@ The steps follow PS3.3 C.11 ("Grayscale transformations") up to the VOI stage:
    ``[p0.5, p99.5]`` to ``[0, 1]``. Any shift or positive scale of the pixel values, and so the
    Modality LUT's arithmetic and MONOCHROME1's inversion, gives the same result.
 
-Training (:mod:`models.training`) sends phantoms through steps 5 and 6 too, so that the network
+Training (:mod:`training.training`) sends phantoms through steps 5 and 6 too, so that the network
 sees the same distribution at training and at inference time.
 """
 
@@ -27,9 +28,10 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, pixel_array
+from pydicom.pixels import apply_modality_lut
 
-from core.errors import ModelError
+import core.pixels
+from core.errors import ModelError, RejectedInput
 
 __all__ = [
     "PERCENTILE_WINDOW",
@@ -87,20 +89,16 @@ def grayscale_pixels(ds: Dataset) -> np.ndarray:
     """
     _check_grayscale(ds)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        logger.info("SOP Instance %s has %d frames; using the first", ds.get("SOPInstanceUID"), frames)
     try:
-        if frames > 1:
-            logger.info(
-                "SOP Instance %s has %d frames; using the first", ds.get("SOPInstanceUID"), frames
-            )
-            stored = pixel_array(ds, index=0)
-        else:
-            stored = ds.pixel_array
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError, TypeError) as exc:
+        stored = core.pixels.decode_frames(ds, [0])[0]
+    except RejectedInput as exc:
         meta = getattr(ds, "file_meta", None)
         syntax = meta.get("TransferSyntaxUID", "?") if meta is not None else "?"
         raise ModelError(
             f"Cannot decode Pixel Data of SOP Instance {ds.get('SOPInstanceUID', '?')} "
-            f"(Transfer Syntax {_syntax_name(syntax)}): {type(exc).__name__}: {exc}"
+            f"(Transfer Syntax {_syntax_name(syntax)}): {exc.reason}"
         ) from exc
     if stored.ndim != 2:
         raise ModelError(

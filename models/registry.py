@@ -67,7 +67,7 @@ def resolve_weights(entry: ModelEntry) -> Path:
         raise ModelWeightsError(
             f"Weights file {path} of model {entry.name} {entry.version} not found "
             f"(resolved to {path.absolute()}); expected a state_dict or TorchScript file "
-            "(run `pacsai models train-demo` for demo weights)"
+            "(run `make weights` or `python -m training` for demo weights)"
         )
     expected = entry.sha256 or _sidecar_sha256(path)
     try:

@@ -28,8 +28,8 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from core.errors import ModelError
-from core.pixels import decode_plugins
+import core.pixels
+from core.errors import ModelError, RejectedInput
 from core.records import FrameRef
 
 __all__ = ["FrameRef", "Plane", "Volume", "assemble_volumes", "planes_of"]
@@ -149,37 +149,19 @@ def _rescale(ds: Dataset, index: int, multiframe: bool) -> tuple[float, float]:
     return float(slope if slope not in (None, "") else 1.0), float(intercept or 0.0)
 
 
-def _decode_preferred(ds: Dataset, syntax: str) -> np.ndarray:
-    """Decode with the plugins in the validator's order (``core.pixels.PREFERRED_PLUGINS``).
+def _decoded(ds: Dataset) -> np.ndarray:
+    """All frames as ``(frames, rows, columns)`` stored values, decoded by ``core.pixels``.
 
-    The validator accepted the instance with this order; decoding here with pydicom's own
+    The validator accepted the instance with the same function and plugin order; pydicom's own
     default order could pick another plugin (GDCM, Pillow) that the validator never tried.
     """
-    plugins = decode_plugins(syntax) if syntax else ()
-    if not plugins:
-        return ds.pixel_array
-    errors: list[str] = []
-    for plugin in plugins:
-        try:
-            ds.pixel_array_options(decoding_plugin=plugin)
-            return ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - try the next plugin, report all at the end
-            errors.append(f"{plugin}: {type(exc).__name__}: {exc}")
-    raise RuntimeError("; ".join(errors))
-
-
-def _decoded(ds: Dataset) -> np.ndarray:
-    """All frames as ``(frames, rows, columns)`` stored values."""
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     try:
-        stored = _decode_preferred(ds, syntax)
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError, TypeError) as exc:
+        stored = core.pixels.decode_frames(ds)
+    except RejectedInput as exc:
         raise ModelError(
-            f"Cannot decode Pixel Data of SOP Instance {ds.get('SOPInstanceUID', '?')} "
-            f"(Transfer Syntax {syntax}): {type(exc).__name__}: {exc}"
+            f"Cannot decode Pixel Data of SOP Instance {ds.get('SOPInstanceUID', '?')}: {exc.reason}"
         ) from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    stored = stored.reshape(frames, *stored.shape[-2:]) if stored.ndim >= 2 else stored
     if stored.ndim != 3 or stored.shape[0] != frames:
         raise ModelError(
             f"SOP Instance {ds.get('SOPInstanceUID', '?')}: decoded pixels of shape "

@@ -25,7 +25,7 @@ def strict_pydicom():
 def postgres_dsn():
     """A private PostgreSQL server for the session (Debian's ``postgresql``, started with
     ``initdb``/``pg_ctl`` in a temp dir on a free port); its DSN."""
-    from tests.postgres import PostgresServer, postgres_bindir
+    from demo.postgres import PostgresServer, postgres_bindir
 
     if postgres_bindir() is None:
         pytest.skip("PostgreSQL is installed by `make test` (Debian package postgresql)")

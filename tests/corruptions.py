@@ -2,7 +2,7 @@
 validator must give. Shared by the unit tests (pure validator) and the integration test (real
 listener + pipeline).
 
-Every ``build(seed)`` starts from valid synthetic data (``models.synthetic_dicom``: a 64 x 64 DX
+Every ``build(seed)`` starts from valid synthetic data (``synthetic.synthetic_dicom``: a 64 x 64 DX
 radiograph, or a CT series of 32 x 32 slices), breaks one thing, and returns the datasets to
 send. Files are written with :func:`write`, which keeps the File Meta Information exactly as
 given (so meta/data-set contradictions survive) and ignores pydicom's value validation (so
@@ -25,7 +25,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
-from models.synthetic_dicom import make_ct_series, make_cxr_study
+from synthetic.synthetic_dicom import make_ct_series, make_cxr_study
 
 __all__ = ["CORRUPTIONS", "Corruption", "ct", "cxr", "put", "reread", "write"]
 

@@ -15,7 +15,6 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
-from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
 from actors.assembler import AssemblyWork, Evidence
 from actors.router import RoutingWork
@@ -28,6 +27,7 @@ from core.routing import Router
 from core.types import JobState
 from core.validation import Validator
 from state.ledger import Ledger, open_ledger
+from demo.dcmtk import storescu
 from tests.integration.conftest import base_config
 
 __all__ = ["Bridge", "dataset_bytes", "query", "send_raw"]

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from actors.adapters.orthanc import OrthancProcess, free_port, orthanc_binary
 from actors.pipeline import Pipeline, deploy_models, wait_until
 from core.config import AppConfig, parse_config
 from state.ledger import Ledger, open_ledger
+from demo.orthanc import OrthancProcess, free_port, orthanc_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CONFIG = ROOT / "configs" / "test.yaml"
@@ -44,7 +44,7 @@ def demo_weights() -> dict[str, Path]:
     for family, entry in cfg.models.items():
         path = Path(entry.weights)
         if not (path.exists() and Path(f"{path}.sha256").exists()):
-            from models.training import train_demo
+            from training.training import train_demo
 
             train_demo(family, entry, path, steps=0)
         paths[family] = path
@@ -144,7 +144,7 @@ def send_files(
 ) -> None:
     """storescu the files to the pipeline's listener. ``own_syntax``: propose only the contexts
     the files need (True), or that and this transfer syntax UID, in which the files are."""
-    from actors.adapters.dcmtk import storescu
+    from demo.dcmtk import storescu
 
     extra = STORESCU_PROPOSE[own_syntax] if isinstance(own_syntax, str) else ()
     res = storescu(files, "127.0.0.1", pipeline.listener_port(), cfg.listener.ae_title,

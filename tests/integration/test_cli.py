@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.adapters.dcmtk import storescu
-from actors.adapters.orthanc import free_port
-from models.synthetic_dicom import make_cxr_study, save_study
+from demo.dcmtk import storescu
+from demo.orthanc import free_port
+from synthetic.synthetic_dicom import make_cxr_study, save_study
 from tests.integration.conftest import needs_peers
 
 pytestmark = [pytest.mark.integration, needs_peers]

@@ -13,9 +13,9 @@ import highdicom as hd
 import pytest
 from pydicom import dcmread
 
-from actors.adapters.dcmtk import storescu
-from actors.adapters.orthanc import OrthancProcess, free_port
-from models.synthetic_dicom import make_cxr_study, save_study
+from demo.dcmtk import storescu
+from demo.orthanc import OrthancProcess, free_port
+from synthetic.synthetic_dicom import make_cxr_study, save_study
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 
 pytestmark = [pytest.mark.integration, needs_peers]

@@ -90,7 +90,7 @@ def test_compressed_and_released_radiographs_come_back_as_srs_with_exact_attribu
     pipeline, cfg = make_pipeline(orthanc)
     sent = [_radiograph(tmp_path, 200 + i, ts) for i, ts in enumerate((RLELossless, JPEGLSLossless, JPEG2000Lossless))]
     released_study, released_path = _radiograph(tmp_path, 210, None, HighBit=15)
-    from actors.adapters.dcmtk import storescu
+    from demo.dcmtk import storescu
 
     for _, path in [*sent, (released_study, released_path)]:  # one file per association: its own syntax
         res = storescu([path], "127.0.0.1", pipeline.listener_port(), cfg.listener.ae_title, propose_own_syntax=True)

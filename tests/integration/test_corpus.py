@@ -36,8 +36,9 @@ import pydicom
 import pytest
 from pydicom import config, dcmread
 
-from actors.adapters.dcmtk import PROPOSAL_OPTIONS
 from tests.integration.bridge import Bridge, dataset_bytes, query, send_raw
+from demo.dcmtk import PROPOSAL_OPTIONS
+from tests.integration.bridge import Bridge, dataset_bytes, send_raw
 from tests.integration.wire import RecordingRelay
 
 pytestmark = [pytest.mark.integration,
@@ -173,7 +174,7 @@ def _send_round(bridge: Bridge, relay: RecordingRelay, units: list[list[Path]], 
 
 
 def _storescu(path: Path, port: int) -> subprocess.CompletedProcess[str]:
-    from actors.adapters.dcmtk import storescu
+    from demo.dcmtk import storescu
 
     return storescu([path], "127.0.0.1", port, "PACSAI", propose_own_syntax=True, timeout_s=60)
 

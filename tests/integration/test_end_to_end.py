@@ -12,12 +12,12 @@ from pydicom import dcmread
 from pydicom.sr.codedict import codes
 from ray import serve
 
-from actors.adapters.dcmtk import dciodvfy, storescu
 from actors.pipeline import deploy_models, wait_until
 from core.config import app_name
 from core.results import DeliveryState
 from core.sr import differing_attributes
-from models.synthetic_dicom import make_cxr_study, save_study
+from demo.dcmtk import dciodvfy, storescu
+from synthetic.synthetic_dicom import make_cxr_study, save_study
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 
 pytestmark = [pytest.mark.integration, needs_peers]

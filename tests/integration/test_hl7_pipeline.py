@@ -13,15 +13,15 @@ import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom import dcmread
 
-from actors.adapters.dcmtk import dciodvfy, storescu
 from state.ehr_outbox import EhrOutbox
 from state.ledger import open_database
 from actors.adapters.mllp import MllpClient
-from actors.adapters.orthanc import free_port
 from actors.pipeline import wait_until
 from core.fhir import AIAST
 from core.types import Priority
-from models.synthetic_dicom import make_cxr_study, save_study
+from demo.dcmtk import dciodvfy, storescu
+from demo.orthanc import free_port
+from synthetic.synthetic_dicom import make_cxr_study, save_study
 from tests.hl7_messages import orm
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 from tests.integration.fhir_server import FhirTestServer

@@ -35,7 +35,7 @@ from core.records import ModelTask, Prediction, Route
 from core.results import DeliveryState, OutboxItem, OutputKind, SrVersion
 from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import Validator
-from models.synthetic_dicom import make_cxr_study, save_study
+from synthetic.synthetic_dicom import make_cxr_study, save_study
 from state.ledger import Ledger, open_ledger
 from state.migrate import pending
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.filewriter import write_file_meta_info
 from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE
 
-from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
 from core.config import StorageConfig
 from state.ledger import Ledger, open_ledger
 from core.config import ListenerConfig
+from demo.dcmtk import storescu
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")
 

@@ -30,11 +30,11 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
-from actors.adapters.dcmtk import storescu
 from actors.adapters.dimse import Listener
 from core.config import StorageConfig
 from state.ledger import Ledger, open_ledger
 from core.config import ListenerConfig
+from demo.dcmtk import storescu
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")]

@@ -17,11 +17,11 @@ from pydicom import dcmread
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, ParametricMapStorage
 
-from actors.adapters.dcmtk import dciodvfy
-from models.head_phantoms import Bleed
-from models.synthetic_dicom import make_cxr_study, save_study, synthetic_uid
-from models.synthetic_series import LOSSLESS_SYNTAXES, encode, to_enhanced
-from models.synthetic_studies import (
+from demo.dcmtk import dciodvfy
+from synthetic.head_phantoms import Bleed
+from synthetic.synthetic_dicom import make_cxr_study, save_study, synthetic_uid
+from synthetic.synthetic_series import LOSSLESS_SYNTAXES, encode, to_enhanced
+from synthetic.synthetic_studies import (
     SyntheticStudy,
     brain_mr_study,
     chest_cta_study,

@@ -16,9 +16,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
-from actors.adapters.dcmtk import dciodvfy, storescu
-from actors.adapters.orthanc import OrthancProcess, free_port
-from models.synthetic_dicom import make_ct_series, make_cxr_study, save_study
+from demo.dcmtk import dciodvfy, storescu
+from demo.orthanc import OrthancProcess, free_port
+from synthetic.synthetic_dicom import make_ct_series, make_cxr_study, save_study
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 
 pytestmark = [pytest.mark.integration, needs_peers]

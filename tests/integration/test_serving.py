@@ -13,8 +13,8 @@ from pydicom.uid import Comprehensive3DSRStorage
 
 from actors.pipeline import wait_until
 from core.config import app_name
-from models.synthetic_dicom import save_study
-from models.synthetic_studies import brain_mr_study, fracture_study, head_ct_study
+from synthetic.synthetic_dicom import save_study
+from synthetic.synthetic_studies import brain_mr_study, fracture_study, head_ct_study
 from tests.integration.conftest import ledger_of, needs_peers, pacs_outputs, send_files, wait_for_states
 
 pytestmark = [pytest.mark.integration, needs_peers]

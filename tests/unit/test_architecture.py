@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["core", "models", "serve", "actors"]
+PRODUCT = ["core", "models", "serve", "actors"]
+"""The installed product. ``state`` joins it when the ledger package lands (issue 9)."""
+TOOLING = ["synthetic", "training", "demo"]
+"""Test data, demo training and the demo: run from the repository root, never installed."""
+PACKAGES = PRODUCT + TOOLING
 
 
 def test_import_contracts_hold():
@@ -32,7 +38,7 @@ def test_package_all_is_sorted_and_names_its_modules(package):
     assert set(names) == modules
 
 
-@pytest.mark.parametrize("package", ["core", "actors"])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_every_public_module_has_a_sorted_all(package):
     pkg = importlib.import_module(package)
     for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}."):
@@ -42,3 +48,37 @@ def test_every_public_module_has_a_sorted_all(package):
         exported = getattr(module, "__all__", None)
         assert exported is not None, f"{info.name} has no __all__"
         assert list(exported) == sorted(exported), info.name
+
+
+def test_only_the_product_is_installed():
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert sorted(pattern.rstrip("*") for pattern in find["include"]) == sorted([*PRODUCT, "state"])
+
+
+def test_every_package_is_in_the_import_contracts():
+    linter = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    assert set(PACKAGES) <= set(linter["root_packages"])
+    [product] = [c for c in linter["contracts"] if set(c.get("forbidden_modules", ())) == set(TOOLING)]
+    assert set(product["source_modules"]) >= set(PRODUCT)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_package_has_a_docstring(package):
+    assert (importlib.import_module(package).__doc__ or "").strip()
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    """``name==version`` lines as {normalised name: version} (PEP 503 names, extras dropped)."""
+    pins = {}
+    for line in lines:
+        name, _, version = line.partition("==")
+        pins[re.sub(r"[-_.]+", "-", name.split("[")[0].strip()).lower()] = version.strip()
+    return pins
+
+
+def test_every_pinned_dependency_is_in_the_lock_at_the_same_version():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = _pins([*project["dependencies"], *project["optional-dependencies"]["test"]])
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    locked = _pins([line for line in lock if "==" in line and not line.lstrip().startswith("#")])
+    assert {name: locked.get(name) for name in pinned} == pinned

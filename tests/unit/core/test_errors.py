@@ -9,7 +9,6 @@ from core import errors
 CASES = [
     errors.ConfigError("a.yaml", ["x: got 1; expected 2"]),
     errors.RejectedInput("bad", "1.2.3"),
-    errors.ValidationFailed("bad", "1.2.3", ("missing_attribute",)),
     errors.TransientIOError("disk"),
     errors.OutOfResources("full"),
     errors.DependencyUnavailable("pacs", "refused"),
@@ -35,7 +34,6 @@ def test_every_error_survives_a_pickle_round_trip(exc):
 def test_error_tree_groups_by_caller_action():
     assert issubclass(errors.OutOfResources, errors.TransientIOError)
     assert issubclass(errors.DependencyUnavailable, errors.TransientIOError)
-    assert issubclass(errors.ValidationFailed, errors.RejectedInput)
     assert issubclass(errors.ModelWeightsError, errors.ModelError)
     assert issubclass(errors.MessageRejected, errors.MessageInvalid)
     assert issubclass(errors.MessageInvalid, errors.RejectedInput)

@@ -25,7 +25,7 @@ from core.records import (
     VolumeGrid,
 )
 from core.sr import SRIdentity
-from models.synthetic_series import make_radiograph_study, make_volume_series
+from synthetic.synthetic_series import make_radiograph_study, make_volume_series
 
 IDENTITY = SRIdentity("PACS-AI Bridge", 9900)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from core._elements import Attributes
 from core.codestreams import CodestreamError, read_header, rle_segment_count
-from core.pixels import DecodeMode, check_pixels, decode_plugins
+from core.errors import RejectedInput
+from core.pixels import DecodeMode, check_pixels, decode_frames, decode_plugins
 from core.validation import ValidationPolicy, Validator
 
 DECODES = [
@@ -107,3 +109,33 @@ def test_per_frame_functional_groups_must_match_the_frame_count():
     assert Validator().check_instance(ds) == []
     ds.PerFrameFunctionalGroupsSequence.append(ds.PerFrameFunctionalGroupsSequence[0])
     assert [i.code for i in Validator().check_instance(ds)] == ["frame_count_mismatch"]
+
+
+def test_decode_frames_gives_every_frame_or_the_ones_asked_for():
+    ds = dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    assert decode_frames(ds).shape == (2, 100, 100, 3)
+    [second] = decode_frames(ds, [1])
+    np.testing.assert_array_equal(second, decode_frames(ds)[1])
+    native = dcmread(get_testdata_file("MR_small.dcm"))
+    np.testing.assert_array_equal(decode_frames(native)[0], native.pixel_array)
+
+
+def test_decode_frames_names_every_plugin_that_failed():
+    ds = dcmread(get_testdata_file("JPEG-lossy.dcm"))
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    with pytest.raises(RejectedInput, match="does not decode as JPEG Extended") as exc:
+        decode_frames(ds)
+    plugins = decode_plugins(ts)
+    assert len(plugins) >= 2  # pylibjpeg fails first, then the next plugin is tried
+    where = [exc.value.reason.index(f"{plugin}: ") for plugin in plugins]
+    assert where == sorted(where)
+    assert exc.value.subject == str(ds.SOPInstanceUID)
+
+
+def test_decode_frames_refuses_a_missing_or_undecodable_syntax():
+    ds = dcmread(get_testdata_file("MR_small.dcm"))
+    del ds.file_meta.TransferSyntaxUID
+    with pytest.raises(RejectedInput, match=r"TransferSyntaxUID \(0002,0010\): missing"):
+        decode_frames(ds)
+    with pytest.raises(RejectedInput, match="has no installed decoder"):
+        decode_frames(ds, transfer_syntax_uid="1.2.840.10008.1.2.4.100")  # MPEG-2

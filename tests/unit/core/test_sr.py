@@ -187,7 +187,7 @@ def test_comparison_names_the_prior_and_states_change_per_finding(source, tmp_pa
     texts = [i.TextValue for i in groups["chest_xray:nodule"][0].ContentSequence if i.ValueType == "TEXT"
              and i.ConceptNameCodeSequence[0].CodeValue == "111021"]
     assert texts == ["resolved: probability 0.90 -> 0.12 (-0.78)"]
-    dciodvfy = pytest.importorskip("actors.adapters.dcmtk").dciodvfy
+    dciodvfy = pytest.importorskip("demo.dcmtk").dciodvfy
     path = tmp_path / "sr.dcm"
     path.write_bytes(buf.getvalue())
     try:

@@ -9,8 +9,8 @@ import torch
 
 from core.config import FindingSpec, ModelEntry, ModelInputSpec
 from models.networks import build_network
-from models.phantoms import CXR_FINDINGS
 from models.registry import file_sha256
+from synthetic.phantoms import CXR_FINDINGS
 
 SMALL_SIZE = (64, 64)
 """Spatial size of the unit-test networks: DenseNet-121 still works and stays fast."""

@@ -13,9 +13,9 @@ from core.errors import ModelError
 from core.findings import term_for
 from core.codec import dump_record, load_record
 from core.records import InferenceRequest, ModelOutput, Prediction
-from models.phantoms import CXR_FINDINGS
 from models.predictor import ChestXrayPredictor
-from models.synthetic_dicom import make_cxr_study
+from synthetic.phantoms import CXR_FINDINGS
+from synthetic.synthetic_dicom import make_cxr_study
 
 
 def _request(n_images: int = 1, family: str = "chest_xray") -> InferenceRequest:

@@ -18,7 +18,7 @@ from models.preprocessing import (
     prepare_pixels,
     radiograph_to_array,
 )
-from models.synthetic_dicom import make_cxr_study
+from synthetic.synthetic_dicom import make_cxr_study
 
 SPATIAL = (64, 64)
 

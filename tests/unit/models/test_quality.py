@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from models.quality import MOTION_THRESHOLD, motion_score, volume_flags
-from models.synthetic_studies import head_ct_study
 from models.volumes import assemble_volumes
+from synthetic.synthetic_studies import head_ct_study
 
 
 def test_a_still_head_with_a_one_slice_bleed_raises_no_flag() -> None:

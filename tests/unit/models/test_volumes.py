@@ -10,8 +10,8 @@ import pydicom
 import pytest
 
 from core.errors import ModelError
-from models.synthetic_series import LOSSLESS_SYNTAXES, encode, make_volume_series, to_enhanced
 from models.volumes import assemble_volumes, planes_of
+from synthetic.synthetic_series import LOSSLESS_SYNTAXES, encode, make_volume_series, to_enhanced
 
 
 def _values(n: int = 10) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Valid DICOM datasets built in memory from synthetic pixels (tests, demo, benchmarks).
 
-- :func:`make_cxr_study`: chest radiographs (phantoms from :mod:`models.phantoms`) as
+- :func:`make_cxr_study`: chest radiographs (phantoms from :mod:`synthetic.phantoms`) as
   Digital X-Ray Image Storage - For Presentation (PS3.3 A.26) or Computed Radiography Image
   Storage (PS3.3 A.2).
 - :func:`make_ct_series`: one axial CT series (PS3.3 A.3), built fast enough for ingest
@@ -24,14 +24,14 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
-    CTImageStorage,
     ComputedRadiographyImageStorage,
+    CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     generate_uid,
 )
 
-from models.phantoms import chest_phantom
+from synthetic.phantoms import chest_phantom
 
 __all__ = ["CXR_SOP_CLASSES", "make_ct_series", "make_cxr_study", "save_study", "synthetic_uid"]
 
@@ -141,7 +141,7 @@ def make_cxr_study(
 
     Args:
         seed: Seed of the phantoms and of the UIDs.
-        findings: Phantom findings every image shows (see :mod:`models.phantoms`).
+        findings: Phantom findings every image shows (see :mod:`synthetic.phantoms`).
         n_images: Images in the study's one series.
         patient_id: Patient ID (0010,0020).
         patient_name: Patient's Name (0010,0010).

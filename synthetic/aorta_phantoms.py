@@ -10,7 +10,7 @@ An ``aortic_dissection`` is an intimal flap: a thin, less dense membrane across 
 only; type A starts in the ascending aorta.
 
 Coordinates are millimetres from the volume centre; the volume is ``(slices, rows, columns)``,
-slice 0 at the top (the arch), as :mod:`models.synthetic_series` writes it.
+slice 0 at the top (the arch), as :mod:`synthetic.synthetic_series` writes it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Demo training recipes of the families other than chest X-ray (see :mod:`models.training`).
+"""Demo training recipes of the families other than chest X-ray (see :mod:`training.training`).
 
 A recipe draws a fresh training batch of network inputs and labels from phantoms, through the
 same resampling and intensity mapping as inference (:mod:`models.resampling`,
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.config import ModelEntry
-from models.aorta_phantoms import chest_cta_volume
-from models.brain_phantoms import brain_volume
-from models.head_phantoms import BLEEDS, head_slice, sample_bleed, sample_head
-from models.limb_phantoms import limb_phantom
 from models.preprocessing import prepare_pixels
 from models.resampling import grid_maps, resample, to_unit_range
-from models.synthetic_studies import (
+from synthetic.aorta_phantoms import chest_cta_volume
+from synthetic.brain_phantoms import brain_volume
+from synthetic.head_phantoms import BLEEDS, head_slice, sample_bleed, sample_head
+from synthetic.limb_phantoms import limb_phantom
+from synthetic.synthetic_studies import (
     BRAIN_SHAPE,
     BRAIN_SPACING,
     CTA_SHAPE,

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import FileDataset
 
-from models.aorta_phantoms import chest_cta_volume
-from models.brain_phantoms import brain_volume
-from models.head_phantoms import Bleed, head_volume, sample_bleed
-from models.limb_phantoms import limb_phantom
-from models.synthetic_series import make_radiograph_study, make_volume_series
+from synthetic.aorta_phantoms import chest_cta_volume
+from synthetic.brain_phantoms import brain_volume
+from synthetic.head_phantoms import Bleed, head_volume, sample_bleed
+from synthetic.limb_phantoms import limb_phantom
+from synthetic.synthetic_series import make_radiograph_study, make_volume_series
 
 __all__ = [
     "SyntheticStudy",

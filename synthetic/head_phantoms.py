@@ -28,8 +28,8 @@ import numpy as np
 
 __all__ = [
     "BLEEDS",
-    "HEAD_CT_FINDINGS",
     "Bleed",
+    "HEAD_CT_FINDINGS",
     "HeadAnatomy",
     "HeadSlice",
     "head_slice",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.findings import CATALOGUE
-from models.phantoms import (
+from synthetic.phantoms import (
     CXR_FINDINGS,
     PHANTOM_FINDINGS,
     chest_phantom,

@@ -1,4 +1,4 @@
-"""Demo weights: a short CPU training run on freshly drawn phantoms (``pacsai models train-demo``).
+"""Demo weights: a short CPU training run on freshly drawn phantoms (``python -m training``).
 
 The weights are for the demo and the tests only: they prove that detection works end to end on
 phantoms with known lesions, and say nothing about real radiographs. Every step draws a new
@@ -6,8 +6,9 @@ batch, balanced so that every phantom finding is positive about 30 % of the time
 a phantom signal are trained towards 0. A phantom with exactly one of nodule and mass comes with
 its twin (same anatomy, the other lesion), which teaches the two apart within the short budget.
 The images go through the same resize and percentile window as at inference time
-(:func:`models.preprocessing.prepare_pixels`); the held-out evaluation goes through synthetic
-DICOM and the whole inference preprocessing.
+(:func:`models.preprocessing.prepare_pixels`); the held-out evaluation sends synthetic DICOM
+files through the family's serving predictor, so through the same decode
+(:func:`core.pixels.decode_frames`) and preprocessing as a deployment.
 
 The file is written atomically (temporary file, fsync, rename) with a ``sha256sum``-style
 sidecar, which :func:`models.registry.resolve_weights` checks on load.
@@ -19,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
@@ -27,17 +28,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydicom.dataset import Dataset
 
 from core.config import ModelEntry
 from core.errors import ModelError
 from core.records import InferenceRequest
 from models.families import PREDICTORS
 from models.networks import build_network
-from models.phantoms import PHANTOM_FINDINGS, chest_phantom, implied_findings, sample_findings
-from models.preprocessing import prepare_pixels, radiograph_to_array
-from models.recipes import RECIPES
+from models.predictor import Predictor
+from models.preprocessing import prepare_pixels
 from models.registry import file_sha256, sidecar_path
-from models.synthetic_dicom import make_cxr_study
+from synthetic.phantoms import PHANTOM_FINDINGS, chest_phantom, implied_findings, sample_findings
+from synthetic.synthetic_dicom import make_cxr_study
+from training.recipes import RECIPES
 
 __all__ = ["DEFAULT_STEPS", "FindingEvaluation", "TrainReport", "auc", "train_demo"]
 
@@ -139,7 +142,7 @@ def train_demo(
     """Train the family's network briefly on CPU on phantoms; write weights and sidecar.
 
     Args:
-        family: Model family key: ``"chest_xray"`` or one of ``models.recipes.RECIPES``.
+        family: Model family key: ``"chest_xray"`` or one of ``training.recipes.RECIPES``.
         entry: The registry entry (input size and findings, in output order).
         out_path: Where to write the ``state_dict``; ``<out_path>.sha256`` is written too.
         steps: Optimiser steps (each on a freshly drawn batch); 0 means the family's default.
@@ -191,7 +194,7 @@ class _Plan:
 
 
 def _plan(family: str, entry: ModelEntry, steps: int, batch_size: int, eval_size: int) -> _Plan:
-    """The chest X-ray run (phantoms of :mod:`models.phantoms`) or a family's recipe."""
+    """The chest X-ray run (phantoms of :mod:`synthetic.phantoms`) or a family's recipe."""
     if family not in RECIPES:
         steps, batch_size = steps or DEFAULT_STEPS, batch_size or 16
         keys = _check_arguments(family, entry, steps, batch_size)
@@ -273,7 +276,7 @@ def _check_arguments(
     """Validate; return the entry's finding keys in output order."""
     if family != "chest_xray":
         raise ModelError(
-            f'Got family "{family}" for train-demo; expected one of '
+            f'Got family "{family}" for demo training; expected one of '
             f'{sorted(["chest_xray", *RECIPES])}'
         )
     _check_steps(steps, batch_size)
@@ -345,7 +348,7 @@ def _evaluate(
     size: int,
 ) -> tuple[FindingEvaluation, ...]:
     """Score ``size`` fresh phantoms; per phantom finding, AUC and mean probabilities."""
-    images, truth = _held_out(rng, entry, keys, size)
+    images, truth = _held_out(PREDICTORS["chest_xray"](entry, network, "chest_xray"), rng, keys, size)
     with torch.inference_mode():
         chunks = torch.from_numpy(images).split(16)
         probs = torch.cat([torch.sigmoid(network(chunk)) for chunk in chunks]).numpy()
@@ -378,12 +381,7 @@ def _evaluate_studies(
     truth = np.empty((size, len(keys)))
     for i in range(size):
         study = RECIPES[family].held_out(rng, i)
-        instances = []
-        for ds in study.datasets:
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            instances.append((str(ds.SOPInstanceUID), buffer.getvalue()))
-        prepared = predictor.prepare(InferenceRequest(study.study_uid, family, tuple(instances)))
+        prepared = predictor.prepare(_request(study.study_uid, family, study.datasets))
         scores[i] = predictor.forward(prepared.inputs).max(axis=0)
         truth[i] = [key in study.findings for key in keys]
     return tuple(
@@ -399,18 +397,30 @@ def _evaluate_studies(
     )
 
 
+def _request(study_uid: str, family: str, datasets: Sequence[Dataset]) -> InferenceRequest:
+    """The request serving would get for these datasets: each as Part 10 file bytes."""
+    instances = []
+    for ds in datasets:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        instances.append((str(ds.SOPInstanceUID), buffer.getvalue()))
+    return InferenceRequest(study_uid, family, tuple(instances))
+
+
 def _held_out(
-    rng: np.random.Generator, entry: ModelEntry, keys: tuple[str, ...], size: int
+    predictor: Predictor, rng: np.random.Generator, keys: tuple[str, ...], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh phantoms as a deployment sees them: DX datasets at twice the input size, through
-    the inference preprocessing. Return ``(N, C, H, W)`` inputs and ``(N, K)`` labels."""
+    """Fresh phantoms as a deployment gets them: DX Part 10 files at twice the input size, through
+    the serving predictor's ``prepare`` (decode, Modality LUT, resize, window). Return
+    ``(N, C, H, W)`` inputs and ``(N, K)`` labels."""
+    entry = predictor.entry
     spatial = tuple(entry.input.spatial_size)
     images = np.empty((size, entry.input.channels, *spatial), dtype=np.float32)
     labels = np.zeros((size, len(keys)), dtype=np.float32)
     for i in range(size):
         findings = implied_findings(sample_findings(rng))
         study = make_cxr_study(int(rng.integers(2**31)), findings, size=2 * max(spatial))
-        images[i] = radiograph_to_array(study[0], spatial)
+        [images[i]] = predictor.prepare(_request(str(study[0].StudyInstanceUID), predictor.family, study[:1])).inputs
         labels[i] = [key in findings for key in keys]
     return images, labels
 

@@ -8,7 +8,7 @@ necrotic core) or a solid enhancing one, inside a dark oedema halo. Noise is Ric
 of complex Gaussian noise) over a smooth bias field, as in real magnitude MR images.
 
 Coordinates are millimetres on voxel centres; the volume is ``(slices, rows, columns)`` with
-slice ``k`` at ``z = -k * spacing[0]`` (as :mod:`models.synthetic_series` writes it).
+slice ``k`` at ``z = -k * spacing[0]`` (as :mod:`synthetic.synthetic_series` writes it).
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ import highdicom as hd
 from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
-from actors.adapters.dcmtk import storescu
 from state.ledger import Ledger, open_ledger
-from actors.adapters.orthanc import OrthancProcess
 from actors.pipeline import Pipeline, load_config, wait_until
 from core.config import AppConfig
+from demo.dcmtk import storescu
+from demo.orthanc import OrthancProcess
 
 __all__ = ["DemoStudy", "run_demo"]
 
@@ -51,7 +51,7 @@ class DemoStudy:
 
 
 def _send_studies(cfg: AppConfig, port: int, n: int, workdir: Path) -> list[DemoStudy]:
-    from models.synthetic_dicom import make_cxr_study, save_study
+    from synthetic.synthetic_dicom import make_cxr_study, save_study
 
     sent = []
     for i in range(n):

@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import FileDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models.synthetic_dicom import (
+from synthetic.synthetic_dicom import (
     CXR_SOP_CLASSES,
     make_ct_series,
     make_cxr_study,

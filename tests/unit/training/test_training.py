@@ -11,13 +11,12 @@ import pytest
 from core.config import FindingSpec, ModelEntry, ModelInputSpec
 from core.errors import ModelError
 from models.families import load_predictor
-from models.head_phantoms import HEAD_CT_FINDINGS
-from models.phantoms import PHANTOM_FINDINGS
 from models.predictor import ChestXrayPredictor
 from models.registry import file_sha256, resolve_weights, sidecar_path
-from models.training import auc, train_demo
-
-from .conftest import cxr_entry
+from synthetic.head_phantoms import HEAD_CT_FINDINGS
+from synthetic.phantoms import PHANTOM_FINDINGS
+from tests.unit.models.conftest import cxr_entry
+from training.training import auc, train_demo
 
 
 def test_smoke_training_writes_weights_and_matching_sidecar(tmp_path: Path) -> None:

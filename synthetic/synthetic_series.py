@@ -37,7 +37,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from models.synthetic_dicom import (
+from synthetic.synthetic_dicom import (
     CXR_SOP_CLASSES,
     _code,
     _cr_modules,

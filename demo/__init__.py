@@ -1,0 +1,16 @@
+"""The end-to-end demo and the peers it, the tests and the benchmarks drive: a local Orthanc,
+dcmtk and a private PostgreSQL server.
+
+Not part of the installed product: the product never imports this package (an import-linter
+contract checks it). Run the demo from the repository root as ``python -m demo`` (``make
+demo``); see :mod:`demo.__main__`.
+
+- ``demo``: start Orthanc and the pipeline, send synthetic studies, print what came back.
+- ``orthanc``: a private Orthanc process as the PACS (own config, storage and free ports).
+- ``dcmtk``: dcmtk's command-line tools (``storescu``, ``dciodvfy``) with Nagle disabled.
+- ``postgres``: a private PostgreSQL server (``initdb``/``pg_ctl``, temp dir, free port).
+"""
+
+from __future__ import annotations
+
+__all__ = ["dcmtk", "demo", "orthanc", "postgres"]
