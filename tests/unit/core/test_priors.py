@@ -120,3 +120,72 @@ def test_outage_is_waited_out_once_per_outage():
     assert not outage.keep_waiting(10.0) and not outage.keep_waiting(50.0)
     outage.succeeded()
     assert outage.keep_waiting(60.0)
+
+
+# ------------------------------------------------ issue 18: priors that are truly earlier
+ISSUE18 = pytest.mark.xfail(strict=True, reason="issue 18: priors are not yet checked to be earlier/verified")
+
+
+@ISSUE18
+def test_a_late_arriving_study_is_compared_with_an_older_study_not_a_newer_one():
+    """Re-processed in 2026, a 2024 study must not be compared with the patient's 2025 study."""
+    pacs = pacs_with(record("older", "20230101"), record("newer", "20250101"))
+    late = current(study_date="20240301")
+    search = PriorFinder(PriorsConfig(), pacs).search(late, TODAY)
+    assert search.status is PriorStatus.FOUND and search.study.study_uid == "older"
+    query = pacs.calls[0][1]
+    assert query.date_to == "20240301"  # the look-back window ends at the current study, not today
+
+
+@ISSUE18
+def test_the_look_back_window_runs_from_the_current_study_date():
+    pacs = pacs_with(record("old", "20230101"))
+    late = current(study_date="20240301")
+    search = PriorFinder(PriorsConfig(lookback_days=365), pacs).search(late, TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    assert (pacs.calls[0][1].date_from, pacs.calls[0][1].date_to) == ("20230302", "20240301")
+
+
+@ISSUE18
+def test_same_day_studies_are_ordered_by_study_time():
+    morning = StudyRecord("morning", JANE, "20260601", "073000", "A1", "CHEST", ("DX",), 1)
+    evening = StudyRecord("evening", JANE, "20260601", "183000", "A2", "CHEST", ("DX",), 1)
+    pacs = pacs_with(morning, evening)
+    noon = current(study_time="120000")
+    assert PriorFinder(PriorsConfig(), pacs).search(noon, TODAY).study.study_uid == "morning"
+    dawn = current(study_time="060000")
+    assert PriorFinder(PriorsConfig(), pacs).search(dawn, TODAY).status is PriorStatus.NONE_FOUND
+
+
+@ISSUE18
+def test_an_unidentified_emergency_registration_is_not_linked_on_patient_id_alone():
+    """An empty name and birth date (trauma registration) leaves only the Patient ID."""
+    anonymous = record("er", "20260101", PatientIdentity("P1", "", "", ""))
+    search = PriorFinder(PriorsConfig(), pacs_with(anonymous)).search(current(), TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    [refusal] = search.conflicts
+    assert (refusal.study_uid, str(refusal.kind)) == ("er", "prior_unverified")
+    assert set(refusal.differing) == {"PatientName", "PatientBirthDate"}
+
+
+@ISSUE18
+def test_a_different_issuer_returned_by_the_pacs_is_a_refusal_not_silence():
+    elsewhere = record("iss", "20250101", PatientIdentity("P1", "ELSEWHERE", "DOE^JANE", "19600101"))
+    pacs = pacs_with(elsewhere)
+    pacs.match_issuer = False
+    me = current(identity=PatientIdentity("P1", "HOSP", "DOE^JANE", "19600101"))
+    search = PriorFinder(PriorsConfig(), pacs).search(me, TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    [refusal] = search.conflicts
+    assert (refusal.study_uid, str(refusal.kind), refusal.differing) == (
+        "iss", "prior_issuer_mismatch", ("IssuerOfPatientID",))
+
+
+@ISSUE18
+def test_an_issuer_the_pacs_does_not_return_is_unverified():
+    no_issuer = record("noiss", "20250101", JANE)
+    me = current(identity=PatientIdentity("P1", "HOSP", "DOE^JANE", "19600101"))
+    search = PriorFinder(PriorsConfig(), pacs_with(no_issuer)).search(me, TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    [refusal] = search.conflicts
+    assert (str(refusal.kind), refusal.differing) == ("prior_unverified", ("IssuerOfPatientID",))
