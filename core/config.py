@@ -360,12 +360,21 @@ class PriorsConfig(_Model):
     """Prior studies: look-up at the PACS, retrieval, and interval change against prior AI results."""
 
     enabled: bool = Field(default=False, description="Look up priors at the PACS (needs `pacs`)")
-    lookback_days: int = Field(default=1825, ge=1, description="Oldest prior considered, in days")
+    lookback_days: int = Field(
+        default=1825, ge=1,
+        description="Oldest prior considered, in days before the current study's Study Date",
+    )
     same_modality: bool = Field(default=True, description="Only priors of the current modality")
     same_body_part: bool = Field(
         default=True, description="Only priors with a series of the current Body Part Examined"
     )
     max_candidates: int = Field(default=20, ge=1, description="Candidate studies inspected")
+    link_unverified: bool = Field(
+        default=False,
+        description="Link an earlier study whose identity cannot be checked (Patient's Name or "
+        "Birth Date empty on either side, or Issuer of Patient ID on one side only); when "
+        "false it is refused, audited and flagged for review",
+    )
     retrieve: Literal["c-move", "c-get"] = Field(
         default="c-move", description="How prior series reach us: C-MOVE to our listener, or C-GET"
     )
