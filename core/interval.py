@@ -25,7 +25,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from core.priors import InstanceRef, PriorStatus
+from core.priors import InstanceRef, PriorStatus, is_earlier
 from core.types import Prediction
 
 __all__ = [
@@ -285,6 +285,9 @@ def comparison_for(
     prior_prediction: Prediction | None,
     probability_change: float,
     size_change_mm: float,
+    *,
+    current_study_date: str = "",
+    current_study_time: str = "",
 ) -> Comparison:
     """Build the comparison of one family's result from the job's ``priors`` data.
 
@@ -294,6 +297,9 @@ def comparison_for(
         prior_prediction: The same model's prediction on the retrieved prior images, if any.
         probability_change: Threshold for up / down.
         size_change_mm: Threshold for size change.
+        current_study_date: Study Date of the current study; when given, a linked study that
+            is not provably earlier (``core.priors.is_earlier``) is never compared (issue 18).
+        current_study_time: Study Time of the current study (orders studies of one day).
 
     Returns:
         What the SR states.
@@ -304,6 +310,11 @@ def comparison_for(
     if status is not PriorStatus.FOUND:
         return Comparison(_STATUS[status], _plain_reason(status, reason))
     study = priors.get("study") or {}
+    when = (str(study.get("study_date", "")), str(study.get("study_time", "")))
+    if current_study_date and not is_earlier(*when, current_study_date, current_study_time):
+        return Comparison(ComparisonStatus.NO_PRIOR,
+                          f"The linked study of {when[0] or 'unknown date'} is not earlier than this "
+                          "study; not compared.")
     evidence = tuple(InstanceRef(**e) for e in priors.get("evidence", ()))
     result = _prior_result(priors, current, prior_prediction, study)
     base = dict(prior_study_uid=study.get("study_uid", ""), prior_study_date=study.get("study_date", ""),
