@@ -137,3 +137,48 @@ def test_fresh_match_on_the_timer_is_recorded_as_pacs_counts_and_cache_is_pruned
     assert tracker.on_quiet_timer(s, clock.now() + 2).rule is CompletionRule.PACS_COUNTS
     tracker.forget_except([])
     assert tracker.answer_of("st") is None and tracker.wants_query(s, clock.now())
+
+
+# ------------------------------------------- issue 18: PACS counts with hysteresis
+ISSUE18 = pytest.mark.xfail(strict=True, reason="issue 18: a single count match completes at once")
+
+
+@ISSUE18
+def test_per_instance_forwarding_matches_after_every_slice_but_completes_once_settled():
+    """Orthanc OnStoredInstance + a scanner pacing 60 slices 0.1 s apart: the PACS holds exactly
+    what we hold after every slice. One fresh match used to complete the study 14-26 times."""
+    clock, tracker = FakeClock(), EvidenceTracker(policy())
+    for n in range(1, 61):
+        s = study({"a": n}, clock.now())
+        if tracker.wants_query(s, clock.now()):
+            tracker.record(s, counts(a=n), clock.now())
+        assert not tracker.complete_now(s), f"completed after slice {n}"
+        assert not tracker.on_quiet_timer(s, clock.now()).complete
+        clock.advance(0.1)
+    last = clock.now() - 0.1
+    clock.advance(2.0)  # the quiet period ran out, but the counts have not held for 5 s
+    d = tracker.on_quiet_timer(s, clock.now())
+    assert not d.complete and d.not_before == pytest.approx(last + 5.0, abs=0.11)
+    clock.t = d.not_before
+    assert tracker.wants_query(s, clock.now())  # the confirming query
+    tracker.record(s, counts(a=60), clock.now())
+    assert tracker.complete_now(s)
+    assert tracker.on_quiet_timer(s, clock.now()).rule is CompletionRule.PACS_COUNTS
+
+
+@ISSUE18
+def test_counts_that_change_within_the_settle_window_restart_it():
+    clock, tracker = FakeClock(), EvidenceTracker(policy())
+    s = study({"a": 2}, clock.now())
+    tracker.record(s, counts(a=2), clock.now())
+    clock.advance(5.0)
+    tracker.record(s, counts(a=3), clock.now())  # the PACS got one more meanwhile
+    assert not tracker.complete_now(s)
+    s = study({"a": 3}, clock.now())
+    tracker.record(s, counts(a=3), clock.now())
+    clock.advance(4.9)
+    tracker.record(s, counts(a=3), clock.now())
+    assert not tracker.complete_now(s)
+    clock.advance(0.1)
+    tracker.record(s, counts(a=3), clock.now())
+    assert tracker.complete_now(s)
