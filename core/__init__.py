@@ -16,6 +16,7 @@ __all__ = [
     "identifiers",
     "interval",
     "ledger",
+    "mpps",
     "parametric_maps",
     "part10",
     "pixels",
