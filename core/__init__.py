@@ -13,6 +13,7 @@ __all__ = [
     "findings",
     "geometry",
     "hl7",
+    "ian",
     "identifiers",
     "interval",
     "ledger",
