@@ -18,6 +18,7 @@ __all__ = [
     "interval",
     "ledger",
     "mpps",
+    "order_status",
     "parametric_maps",
     "part10",
     "pixels",
