@@ -33,4 +33,5 @@ __all__ = [
     "v2fhir",
     "v2types",
     "validation",
+    "versions",
 ]
