@@ -27,6 +27,7 @@ __all__ = [
     "priors",
     "quarantine",
     "reasons",
+    "review",
     "routing",
     "sources",
     "sr",
