@@ -196,7 +196,8 @@ def _by_steps(ev: StudyEvidence, rule: SourceRule, now: float, give_up: float) -
 def _steps_verdict(ev: StudyEvidence, rule: SourceRule) -> StepsVerdict:
     if "mpps" not in rule.evidence:
         return StepsVerdict(StepsState.NONE)
-    return judge_steps(ev.steps, ev.study.study_uid, ev.study.instance_uids | ev.held_elsewhere)
+    scope = set(ev.study.received) if rule.count_scope == "series" else None
+    return judge_steps(ev.steps, ev.study.study_uid, ev.study.instance_uids | ev.held_elsewhere, scope)
 
 
 def _by_notices(ev: StudyEvidence, rule: SourceRule, now: float, give_up: float) -> CompletionDecision | None:

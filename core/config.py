@@ -191,7 +191,7 @@ class AssemblyConfig(_Model):
     )
     count_scope: CountScope = Field(
         default="study",
-        description="pacs_counts and ian: 'study' needs every series the PACS holds; 'series' "
+        description="pacs_counts, ian and mpps: 'study' needs every series the PACS holds; 'series' "
         "only the series we received (for PACS forwarding rules that send part of a study)",
     )
     settle_s: float = Field(

@@ -331,13 +331,17 @@ class StepsVerdict:
     discontinued: bool = False
 
 
-def judge_steps(steps: Iterable[ProcedureStep], study_uid: str, held: Set[str]) -> StepsVerdict:
+def judge_steps(
+    steps: Iterable[ProcedureStep], study_uid: str, held: Set[str], series_scope: Set[str] | None = None
+) -> StepsVerdict:
     """Judge a study on the procedure steps that name it.
 
     Args:
         steps: Procedure steps (those not naming ``study_uid`` are ignored).
         study_uid: The study.
         held: SOP Instance UIDs we hold, in every study the steps name.
+        series_scope: Only these series are expected (``count_scope: series``: a PACS rule
+            that forwards part of a study); ``None``: every performed series.
 
     Returns:
         The verdict.
@@ -350,11 +354,11 @@ def judge_steps(steps: Iterable[ProcedureStep], study_uid: str, held: Set[str]) 
     discontinued = any(s.status is StepStatus.DISCONTINUED for s in mine)
     if any(s.status is StepStatus.IN_PROGRESS for s in mine):
         return StepsVerdict(StepsState.IN_PROGRESS, len(mine))
-    expected = frozenset().union(*(s.expected for s in mine)) if mine else frozenset()
+    performed = [se for s in mine for se in s.series if series_scope is None or se.series_uid in series_scope]
+    expected = frozenset(u for se in performed for u in se.sop_instance_uids)
     if not expected:
         return StepsVerdict(StepsState.NONE, len(mine), discontinued=discontinued)
     missing = frozenset(expected - held)
-    series = tuple(dict.fromkeys(se.series_uid for s in mine for se in s.series
-                                 if set(se.sop_instance_uids) & missing))
+    series = tuple(dict.fromkeys(se.series_uid for se in performed if set(se.sop_instance_uids) & missing))
     state = StepsState.MISSING if missing else StepsState.COMPLETE
     return StepsVerdict(state, len(mine), len(expected), missing, series, discontinued)

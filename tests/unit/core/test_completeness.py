@@ -307,3 +307,11 @@ def test_query_pacs_asks_first_then_at_a_lull_and_at_the_end_of_a_settle_window(
     unreachable = ev(s, counts=(CountObservation(T0, None, {"s1": 1}),))
     d = decide(unreachable, policy(), T0 + 10)
     assert d.rule is CompletionRule.QUIET_PERIOD and not d.query_pacs  # the PACS cannot tell
+
+
+def test_with_series_scope_mpps_expects_only_the_series_routed_to_us():
+    both = ProcedureStep("9.1", StepStatus.COMPLETED, ("st",),
+                         (PerformedSeries("s1", ("i1",)), PerformedSeries("s2", ("j1",))))
+    scoped = policy(count_scope="series")
+    assert decide(ev(held("i1"), steps=(both,)), scoped, T0).rule is CompletionRule.MPPS
+    assert decide(ev(held("i1"), steps=(both,)), policy(), T0).outcome is Outcome.MORE_EXPECTED

@@ -205,3 +205,9 @@ def test_group_case_expects_instances_across_the_studies_it_names():
     group = step_of(StepStatus.COMPLETED, ("1.2.3.1", ["1.2.3.1.1", "1.2.3.1.5"]), studies=(STUDY, OTHER_STUDY))
     assert judge_steps([group], STUDY, {"1.2.3.1.1"}).state is StepsState.MISSING
     assert judge_steps([group], OTHER_STUDY, {"1.2.3.1.1", "1.2.3.1.5"}).state is StepsState.COMPLETE
+
+
+def test_series_scope_expects_only_the_series_routed_to_us():
+    done = step_of(StepStatus.COMPLETED, ("1.2.3.1", ["1.2.3.1.1"]), ("1.2.3.2", ["1.2.3.2.1"]))
+    assert judge_steps([done], STUDY, {"1.2.3.1.1"}, {"1.2.3.1"}).state is StepsState.COMPLETE
+    assert judge_steps([done], STUDY, {"1.2.3.1.1"}).state is StepsState.MISSING
