@@ -1,83 +1,69 @@
-"""Study completeness on evidence: the PACS's instance counts, else the quiet period.
+"""When is a receiving study complete? One entry point over every kind of evidence.
 
 Every peer closes a study after silence (mercure 60 s / 900 s, Orthanc StableAge 60 s, XNAT
-5 min; ``shared/reference/peers.md`` section 2). We ask the PACS instead: a Study Root C-FIND
-answers Number of Study Related Instances (0020,1208) at STUDY level and Number of Series Related
-Instances (0020,1209) at SERIES level (PS3.4 C.6.2.1.2, optional return keys; Orthanc answers
-both). The rules, per sender (calling AE title; ``AssemblyConfig.sources``):
+5 min; ``shared/reference/peers.md`` section 2). Silence guesses; the modality, the PACS and
+the RIS know. ``decide`` weighs what is known of one receiving study, strongest evidence first,
+per sender (calling AE title; ``core.sources``):
 
-- ``pacs_counts``: complete at once when the PACS's counts equal what we hold, where the answer
-  was given after our last instance arrived (the counts we held when asking equal those we hold
-  now). The PACS holding *more* than we do stops the quiet period from completing the study:
-  the rest is awaited up to ``max_wait_s`` after the last instance. Where the PACS cannot tell
-  (it does not know the study, holds fewer than we do, omits the counts, or cannot be reached),
-  the quiet period decides.
-- ``quiet_period``: complete once nothing arrived for the sender's quiet period.
+1. **MPPS** (``core.mpps``, PS3.4 F): every procedure step naming the study final, and every
+   instance they list held. A step in progress, or listed instances missing: more expected.
+   DISCONTINUED: complete with what arrived, marked partial.
+2. **IAN** (``core.ian``, PS3.4 R): every instance the PACS's notices list as retrievable held.
+3. **Order status** (``core.order_status``, HL7 ORC-5 / OBR-25): the RIS reported the order
+   complete, and nothing arrived for ``order_settle_s`` since.
+4. **PACS counts with hysteresis** (``core.pacs_counts``): the counts equal ours and stayed so,
+   with no arrival, across ``settle_s``. The PACS holding more: more expected.
+5. **The quiet period**, by modality: nothing arrived for it.
 
-Our own result series (SRs we stored into the study) are left out of the PACS's counts.
+Evidence saying more is coming is waited on until ``max_wait_s`` after the last instance; the
+study then completes as ``max_wait``, marked partial (``core.versions.Incompleteness``). The
+decision also says whether a (new) count query could change it, so the assembler asks the PACS
+only then: a first query; after arrivals, once nothing has arrived for ``lull_s`` (which starts
+the settle window), when our counts reach its last answer, or ``requery_s`` after the last
+answer; and a confirming query when a settle window ends. Our own result series are left out.
 
-Querying is bounded: one answer is cached per study, with the counts we held when asking. A
-study is queried again only when our counts just reached that answer (a confirming query),
-or when ``requery_s`` has passed since the last query.
+``EvidenceTracker`` keeps the count answers per study for the assembler written before issue 18;
+``PacsCounts``, ``Verdict``, ``judge``, ``CompletionRule``, ``CompletenessPolicy`` and
+``SourceRule`` are re-exported from their modules for it.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from typing import Any
 
-from core.config import AssemblyConfig
+from core.ian import AvailabilityNotice, NoticesState, judge_notices
+from core.mpps import ProcedureStep, StepsState, StepsVerdict, judge_steps
+from core.order_status import OrderProgress, OrderStatus
+from core.pacs_counts import (
+    CountObservation,
+    CountsState,
+    PacsCounts,
+    Verdict,
+    judge,
+    read_counts,
+)
+from core.sources import CompletenessPolicy, CompletionRule, SenderStanding, SourceRule
+from core.versions import IncompleteReason, Incompleteness
 
 __all__ = [
     "CompletenessPolicy",
+    "CompletionDecision",
     "CompletionRule",
     "EvidenceTracker",
+    "Outcome",
     "PacsCounts",
     "ReceivingStudy",
     "SourceRule",
+    "StudyEvidence",
     "TimerDecision",
     "Verdict",
+    "count_query_due",
+    "decide",
     "judge",
 ]
-
-
-class CompletionRule(enum.StrEnum):
-    """Which rule declared a study complete (recorded in the STUDY_COMPLETE audit event)."""
-
-    PACS_COUNTS = "pacs_counts"
-    """The PACS's instance counts equal what we received."""
-    QUIET_PERIOD = "quiet_period"
-    """Nothing arrived for the quiet period, and the PACS could not tell (or was not asked)."""
-    MAX_WAIT = "max_wait"
-    """The PACS holds more than we received, but nothing arrived for ``max_wait_s``."""
-
-
-class Verdict(enum.StrEnum):
-    """What one PACS answer says about the instances we hold."""
-
-    MATCH = "match"
-    """The counts equal ours."""
-    MORE_EXPECTED = "more_expected"
-    """The PACS holds instances we do not have (yet)."""
-    CANNOT_TELL = "cannot_tell"
-    """Unknown study, missing counts, the PACS holds fewer than we do, or it was unreachable."""
-
-
-@dataclass(frozen=True, slots=True)
-class PacsCounts:
-    """The PACS's answer for one study.
-
-    Attributes:
-        known: Whether the PACS has the study at all.
-        study_count: Number of Study Related Instances, if answered.
-        series: Number of Series Related Instances by Series Instance UID (``None``: the PACS
-            listed the series without a count).
-    """
-
-    known: bool
-    study_count: int | None = None
-    series: Mapping[str, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +76,8 @@ class ReceivingStudy:
         calling_ae: Calling AE title of the sender of the latest instance.
         last_instance_at: When the latest instance arrived.
         received: Instances we hold in the whole study, by Series Instance UID.
+        modalities: Modalities of the instances (chooses the quiet period).
+        instance_uids: SOP Instance UIDs we hold (needed for MPPS and IAN evidence).
     """
 
     job_id: int
@@ -97,26 +85,237 @@ class ReceivingStudy:
     calling_ae: str
     last_instance_at: float
     received: Mapping[str, int]
+    modalities: tuple[str, ...] = ()
+    instance_uids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
-class SourceRule:
-    """The completion rule of one sender."""
+class StudyEvidence:
+    """Everything known about one receiving study that can say it is complete.
 
-    completion: str
-    quiet_period_s: float
-    count_scope: str
+    Attributes:
+        study: What we hold.
+        own_series: Our own result series in the study (SRs we stored): never counted.
+        steps: MPPS procedure steps (those not naming the study are ignored).
+        notices: IAN notices (those of other studies are ignored).
+        order: The latest order status from the RIS (``core.order_status.latest_order_status``).
+        counts: The PACS count answers for the study, oldest first.
+        standing: The sender's standing (``None``: never tightened).
+        held_elsewhere: SOP Instance UIDs held in other studies that an MPPS step names too
+            (the group case).
+    """
+
+    study: ReceivingStudy
+    own_series: frozenset[str] = frozenset()
+    steps: tuple[ProcedureStep, ...] = ()
+    notices: tuple[AvailabilityNotice, ...] = ()
+    order: OrderStatus | None = None
+    counts: tuple[CountObservation, ...] = ()
+    standing: SenderStanding | None = None
+    held_elsewhere: frozenset[str] = frozenset()
+
+
+class Outcome(enum.StrEnum):
+    """What the assembler does with a receiving study now."""
+
+    COMPLETE = "complete"
+    """Declare it complete (``CompletionDecision.rule`` says why)."""
+    WAIT = "wait"
+    """Nothing says more is coming, but nothing proves completeness yet: look again at ``not_before``."""
+    MORE_EXPECTED = "more_expected"
+    """Evidence says more is coming: wait for it, at most until ``not_before`` (then max_wait)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionDecision:
+    """The typed answer of ``decide``.
+
+    Attributes:
+        outcome: Complete, wait, or more expected.
+        rule: ``COMPLETE``: the rule that completed it (``MAX_WAIT`` when waiting gave up).
+        not_before: When to decide again (``now`` when complete).
+        evidence: The evidence that spoke (for ``MAX_WAIT``: what was waited on).
+        incomplete: ``COMPLETE`` but known partial: mark the SR (incomplete series flag).
+        missing: Instances the evidence lists (or the PACS holds) that we lack.
+        reason: In words, for the audit trail.
+        query_pacs: A new PACS count answer could change the decision: ask, then decide again.
+    """
+
+    outcome: Outcome
+    rule: CompletionRule | None
+    not_before: float
+    evidence: CompletionRule
+    incomplete: Incompleteness | None = None
+    missing: int = 0
+    reason: str = ""
+    query_pacs: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Whether the study is complete now."""
+        return self.outcome is Outcome.COMPLETE
+
+    def audit_detail(self) -> dict[str, Any]:
+        """The decision for the STUDY_COMPLETE audit event (no identifiers)."""
+        return {"outcome": str(self.outcome), "rule": str(self.rule or ""), "evidence": str(self.evidence),
+                "missing": self.missing, "reason": self.reason,
+                "incomplete": self.incomplete.to_json() if self.incomplete else None}
+
+
+def _complete(rule: CompletionRule, now: float, reason: str, incomplete: Incompleteness | None = None,
+              evidence: CompletionRule | None = None) -> CompletionDecision:
+    return CompletionDecision(Outcome.COMPLETE, rule, now, evidence or rule, incomplete,
+                              incomplete.missing if incomplete else 0, reason)
+
+
+def _more_expected(evidence: CompletionRule, give_up: float, now: float, missing: Incompleteness,
+                   reason: str) -> CompletionDecision:
+    """Wait for what the evidence lists, until ``give_up``; then complete as partial."""
+    if now >= give_up:
+        return _complete(CompletionRule.MAX_WAIT, now, f"{reason}; waited max_wait_s", missing, evidence)
+    return CompletionDecision(Outcome.MORE_EXPECTED, None, give_up, evidence, None, missing.missing, reason)
+
+
+def _by_steps(ev: StudyEvidence, rule: SourceRule, now: float, give_up: float) -> CompletionDecision | None:
+    """MPPS: every step naming the study final, every listed instance held."""
+    verdict = _steps_verdict(ev, rule)
+    if verdict.state is StepsState.NONE:
+        return None
+    if verdict.state is StepsState.IN_PROGRESS:
+        return _more_expected(CompletionRule.MPPS, give_up, now, Incompleteness(IncompleteReason.NOT_FINISHED),
+                              "a procedure step naming the study is in progress")
+    if verdict.state is StepsState.MISSING:
+        missing = Incompleteness(IncompleteReason.MISSING_INSTANCES, len(verdict.missing), verdict.missing_series)
+        return _more_expected(CompletionRule.MPPS, give_up, now, missing,
+                              f"{len(verdict.missing)} of {verdict.expected} listed instances not held")
+    partial = Incompleteness(IncompleteReason.DISCONTINUED) if verdict.discontinued else None
+    return _complete(CompletionRule.MPPS, now, f"{verdict.steps} step(s) final, {verdict.expected} instances held",
+                     partial)
+
+
+def _steps_verdict(ev: StudyEvidence, rule: SourceRule) -> StepsVerdict:
+    if "mpps" not in rule.evidence:
+        return StepsVerdict(StepsState.NONE)
+    scope = set(ev.study.received) if rule.count_scope == "series" else None
+    return judge_steps(ev.steps, ev.study.study_uid, ev.study.instance_uids | ev.held_elsewhere, scope)
+
+
+def _by_notices(ev: StudyEvidence, rule: SourceRule, now: float, give_up: float) -> CompletionDecision | None:
+    """IAN: every instance listed as retrievable held."""
+    if "ian" not in rule.evidence:
+        return None
+    study = ev.study
+    verdict = judge_notices(ev.notices, study.study_uid, study.instance_uids, set(study.received),
+                            ev.own_series, rule.count_scope)
+    if verdict.state is NoticesState.NONE:
+        return None
+    if verdict.state is NoticesState.MISSING:
+        missing = Incompleteness(IncompleteReason.MISSING_INSTANCES, len(verdict.missing), verdict.missing_series)
+        return _more_expected(CompletionRule.IAN, give_up, now, missing,
+                              f"{len(verdict.missing)} of {verdict.expected} available instances not held")
+    return _complete(CompletionRule.IAN, now, f"{verdict.expected} available instances held")
+
+
+def _by_order(ev: StudyEvidence, rule: SourceRule, now: float) -> CompletionDecision | None:
+    """Order status: reported complete (or discontinued), then ``order_settle_s`` of silence."""
+    order = ev.order
+    if "order_status" not in rule.evidence or order is None:
+        return None
+    if order.progress not in (OrderProgress.COMPLETED, OrderProgress.DISCONTINUED):
+        return None
+    due = max(order.at, ev.study.last_instance_at) + rule.order_settle_s
+    reason = f"the RIS reported {order.progress} ({order.source or 'order status'})"
+    if now < due:
+        return CompletionDecision(Outcome.WAIT, None, due, CompletionRule.ORDER_STATUS, reason=reason)
+    partial = Incompleteness(IncompleteReason.DISCONTINUED) if order.progress is OrderProgress.DISCONTINUED else None
+    return _complete(CompletionRule.ORDER_STATUS, now, reason, partial)
+
+
+def _by_counts(ev: StudyEvidence, rule: SourceRule, now: float, give_up: float) -> CompletionDecision | None:
+    """PACS counts with hysteresis (``core.pacs_counts.read_counts``)."""
+    if rule.completion != "pacs_counts":
+        return None
+    study = ev.study
+    reading = read_counts(ev.counts, study.received, study.last_instance_at, ev.own_series,
+                          rule.count_scope, rule.settle_s)
+    if reading.state is CountsState.SETTLED:
+        return _complete(CompletionRule.PACS_COUNTS, now,
+                         f"counts matched for {reading.settles_at - reading.since:g} s with no arrival")
+    if reading.state is CountsState.UNSETTLED:
+        return CompletionDecision(Outcome.WAIT, None, reading.settles_at, CompletionRule.PACS_COUNTS,
+                                  reason=f"counts match; settling until {reading.settles_at:.3f}")
+    if reading.state is CountsState.MORE_EXPECTED:
+        missing = Incompleteness(IncompleteReason.MISSING_INSTANCES, reading.missing)
+        return _more_expected(CompletionRule.PACS_COUNTS, give_up, now, missing,
+                              f"the PACS holds {reading.missing} more instance(s)")
+    return None
+
+
+def _by_quiet(ev: StudyEvidence, rule: SourceRule, now: float) -> CompletionDecision:
+    """The quiet period, last."""
+    end = ev.study.last_instance_at + rule.quiet_period_s
+    if now >= end:
+        return _complete(CompletionRule.QUIET_PERIOD, now, f"nothing arrived for {rule.quiet_period_s:g} s")
+    return CompletionDecision(Outcome.WAIT, None, end, CompletionRule.QUIET_PERIOD,
+                              reason=f"quiet period of {rule.quiet_period_s:g} s")
+
+
+def decide(evidence: StudyEvidence, policy: CompletenessPolicy, now: float) -> CompletionDecision:
+    """Decide whether a receiving study is complete, on the strongest evidence present.
+
+    Args:
+        evidence: What is known of the study.
+        policy: The completion rules per sender.
+        now: The current time (from the injected clock).
+
+    Returns:
+        Complete (with the rule) / wait until ``not_before`` / more expected. When
+        ``query_pacs`` is set (also on a quiet-period completion), a count answer could change
+        the decision: ask the PACS, record the answer (``None`` if it cannot be reached) and
+        decide again before acting on it.
+    """
+    study = evidence.study
+    rule = policy.rule_for(study.calling_ae, study.modalities, evidence.standing)
+    give_up = study.last_instance_at + rule.max_wait_s
+    for judged in (_by_steps(evidence, rule, now, give_up), _by_notices(evidence, rule, now, give_up),
+                   _by_order(evidence, rule, now)):
+        if judged is not None:
+            return judged
+    decision = _by_counts(evidence, rule, now, give_up) or _by_quiet(evidence, rule, now)
+    if decision.complete and decision.incomplete is None and _steps_verdict(evidence, rule).discontinued:
+        decision = replace(decision, incomplete=Incompleteness(IncompleteReason.DISCONTINUED))
+    return replace(decision, query_pacs=count_query_due(evidence, policy, now))
+
+
+def count_query_due(evidence: StudyEvidence, policy: CompletenessPolicy, now: float) -> bool:
+    """Whether to ask the PACS for the study's counts now (bounded; module docstring)."""
+    study = evidence.study
+    rule = policy.rule_for(study.calling_ae, study.modalities, evidence.standing)
+    if rule.completion != "pacs_counts":
+        return False
+    if not evidence.counts:
+        return True
+    latest = evidence.counts[-1]
+    if dict(latest.received_then) != dict(study.received):  # arrivals since the last answer
+        lull = now - study.last_instance_at >= min(policy.cfg.lull_s, rule.quiet_period_s)
+        if lull or now - latest.asked_at >= policy.requery_s:
+            return True
+        return latest.counts is not None and judge(
+            study.received, latest.counts, evidence.own_series, rule.count_scope) is Verdict.MATCH
+    reading = read_counts(evidence.counts, study.received, study.last_instance_at, evidence.own_series,
+                          rule.count_scope, rule.settle_s)
+    return reading.state is CountsState.UNSETTLED and now >= reading.settles_at
 
 
 @dataclass(frozen=True, slots=True)
 class TimerDecision:
-    """What to do with a receiving job whose quiet period ran out.
+    """What to do with a receiving job whose quiet period ran out (``EvidenceTracker``).
 
     Attributes:
         complete: Declare the study complete now.
         rule: Why (when ``complete``).
         not_before: Otherwise, when to look again.
-        verdict: The PACS evidence behind the decision.
+        verdict: The latest PACS answer against what we hold.
     """
 
     complete: bool
@@ -125,106 +324,12 @@ class TimerDecision:
     verdict: Verdict
 
 
-def judge(
-    received: Mapping[str, int], counts: PacsCounts, own_series: Iterable[str], scope: str
-) -> Verdict:
-    """Compare what we hold with one PACS answer.
-
-    Args:
-        received: Instances we hold, by series.
-        counts: The PACS's answer.
-        own_series: Series we wrote into the study ourselves (AI results); not counted.
-        scope: ``"study"`` (every series the PACS holds) or ``"series"`` (only ours).
-
-    Returns:
-        The verdict.
-
-    >>> judge({"s1": 2}, PacsCounts(True, 2, {"s1": 2}), (), "study")
-    <Verdict.MATCH: 'match'>
-    >>> judge({"s1": 1}, PacsCounts(True, 2, {"s1": 2}), (), "study")
-    <Verdict.MORE_EXPECTED: 'more_expected'>
-    """
-    if not counts.known:
-        return Verdict.CANNOT_TELL
-    own = set(own_series)
-    pacs = {s: n for s, n in counts.series.items() if s not in own}
-    if scope == "series":
-        pacs = {s: pacs.get(s) for s in received}
-    elif not pacs:
-        return _judge_total(received, counts.study_count)
-    if any(n is None for n in pacs.values()) or set(received) - set(pacs):
-        return Verdict.CANNOT_TELL
-    expected = {s: int(n or 0) for s, n in pacs.items()}
-    if any(received.get(s, 0) > n for s, n in expected.items()):
-        return Verdict.CANNOT_TELL
-    if all(received.get(s, 0) == n for s, n in expected.items()):
-        return Verdict.MATCH
-    return Verdict.MORE_EXPECTED
-
-
-def _judge_total(received: Mapping[str, int], study_count: int | None) -> Verdict:
-    """Judge on the study count alone (the PACS listed no series)."""
-    total = sum(received.values())
-    if study_count is None or study_count < total:
-        return Verdict.CANNOT_TELL
-    return Verdict.MATCH if study_count == total else Verdict.MORE_EXPECTED
-
-
-class CompletenessPolicy:
-    """The completion rules of every sender, from ``AssemblyConfig``."""
-
-    def __init__(self, cfg: AssemblyConfig) -> None:
-        """Args:
-        cfg: The assembly config slice.
-        """
-        self.cfg = cfg
-
-    @property
-    def max_wait_s(self) -> float:
-        """Longest wait for instances the PACS holds and we do not."""
-        return self.cfg.max_wait_s
-
-    @property
-    def requery_s(self) -> float:
-        """Least seconds between count queries of one study."""
-        return self.cfg.requery_s
-
-    def rule_for(self, calling_ae: str) -> SourceRule:
-        """Return the rule for a sender (the default rule if it is not listed).
-
-        >>> CompletenessPolicy(AssemblyConfig(quiet_period_s=3)).rule_for("CT1").quiet_period_s
-        3.0
-        """
-        src = self.cfg.sources.get(calling_ae.strip())
-        return SourceRule(
-            completion=src.completion if src else self.cfg.completion,
-            quiet_period_s=(
-                src.quiet_period_s
-                if src is not None and src.quiet_period_s is not None
-                else self.cfg.quiet_period_s
-            ),
-            count_scope=(src.count_scope if src and src.count_scope else self.cfg.count_scope),
-        )
-
-    def quiet_period_for(self, calling_ae: str) -> float:
-        """The quiet period of a sender."""
-        return self.rule_for(calling_ae).quiet_period_s
-
-    def uses_pacs(self, calling_ae: str) -> bool:
-        """Whether a sender's studies are completed on PACS counts."""
-        return self.rule_for(calling_ae).completion == "pacs_counts"
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    counts: PacsCounts | None
-    """``None``: the query failed (PACS unreachable)."""
-    asked_at: float
-    received_then: Mapping[str, int]
+_KEEP = 16
+"""Count answers kept per study (only a run of identical answers matters)."""
 
 
 class EvidenceTracker:
-    """Caches the PACS's answer per study and decides when to ask and when to complete.
+    """Keeps the PACS count answers per study and decides with ``decide`` (counts only).
 
     Not thread-safe: the owner serialises calls.
     """
@@ -234,30 +339,22 @@ class EvidenceTracker:
         policy: Completion rules per sender.
         """
         self.policy = policy
-        self._answers: dict[str, _Answer] = {}
         self.queries = 0
+        self._answers: dict[str, list[CountObservation]] = {}
+
+    def observations(self, study_uid: str) -> tuple[CountObservation, ...]:
+        """The count answers kept for a study, oldest first."""
+        return tuple(self._answers.get(study_uid, ()))
+
+    def _evidence(self, study: ReceivingStudy, own: Iterable[str]) -> StudyEvidence:
+        return StudyEvidence(study, frozenset(own), counts=self.observations(study.study_uid))
 
     def wants_query(self, study: ReceivingStudy, now: float, own: Iterable[str] = ()) -> bool:
-        """Whether to ask the PACS about ``study`` now (bounded: see the module docstring)."""
-        rule = self.policy.rule_for(study.calling_ae)
-        if rule.completion != "pacs_counts":
-            return False
-        answer = self._answers.get(study.study_uid)
-        if answer is None:
-            return True
-        if dict(answer.received_then) == dict(study.received):
-            return False
-        due = now - answer.asked_at >= self.policy.requery_s
-        if answer.counts is None:
-            return due
-        verdict = judge(study.received, answer.counts, own, rule.count_scope)
-        return verdict is Verdict.MATCH or due
+        """Whether to ask the PACS about ``study`` now (``count_query_due``)."""
+        return count_query_due(self._evidence(study, own), self.policy, now)
 
     def record(
-        self,
-        study: ReceivingStudy,
-        counts: PacsCounts | None,
-        asked_at: float,
+        self, study: ReceivingStudy, counts: PacsCounts | None, asked_at: float,
         received_then: Mapping[str, int] | None = None,
     ) -> None:
         """Store the PACS's answer (``None`` when it could not be reached).
@@ -269,52 +366,41 @@ class EvidenceTracker:
             received_then: Our counts when the query was sent (default: ``study.received``).
         """
         held = dict(study.received if received_then is None else received_then)
-        self._answers[study.study_uid] = _Answer(counts, asked_at, held)
+        kept = self._answers.setdefault(study.study_uid, [])
+        kept.append(CountObservation(asked_at, counts, held))
+        del kept[:-_KEEP]
         self.queries += 1
 
     def verdict(self, study: ReceivingStudy, own: Iterable[str] = ()) -> tuple[Verdict, bool]:
-        """Return the cached verdict and whether it is fresh (answered after our last instance)."""
-        answer = self._answers.get(study.study_uid)
-        if answer is None or answer.counts is None:
-            return Verdict.CANNOT_TELL, answer is not None
+        """Return the latest answer's verdict and whether it is fresh (no arrival since)."""
+        kept = self._answers.get(study.study_uid)
+        if not kept or kept[-1].counts is None:
+            return Verdict.CANNOT_TELL, bool(kept)
         rule = self.policy.rule_for(study.calling_ae)
-        fresh = dict(answer.received_then) == dict(study.received)
-        return judge(study.received, answer.counts, own, rule.count_scope), fresh
+        fresh = dict(kept[-1].received_then) == dict(study.received)
+        return judge(study.received, kept[-1].counts, own, rule.count_scope), fresh
 
     def complete_now(self, study: ReceivingStudy, own: Iterable[str] = ()) -> bool:
-        """Whether a fresh PACS answer matches what we hold (complete before any timer)."""
-        if self.policy.rule_for(study.calling_ae).completion != "pacs_counts":
-            return False
-        verdict, fresh = self.verdict(study, own)
-        return fresh and verdict is Verdict.MATCH
-
-    def on_quiet_timer(
-        self, study: ReceivingStudy, now: float, own: Iterable[str] = ()
-    ) -> TimerDecision:
-        """Decide for a job whose quiet period ran out (query first if ``wants_query``)."""
-        rule = self.policy.rule_for(study.calling_ae)
-        quiet_end = study.last_instance_at + rule.quiet_period_s
-        if now < quiet_end:
-            return TimerDecision(False, None, quiet_end, Verdict.CANNOT_TELL)
+        """Whether the counts settled (matched, unchanged, no arrival, across ``settle_s``)."""
+        rule = self.policy.rule_for(study.calling_ae, study.modalities)
         if rule.completion != "pacs_counts":
-            return TimerDecision(True, CompletionRule.QUIET_PERIOD, now, Verdict.CANNOT_TELL)
-        verdict, fresh = self.verdict(study, own)
-        if verdict is Verdict.MATCH and fresh:
-            return TimerDecision(True, CompletionRule.PACS_COUNTS, now, verdict)
-        if verdict is Verdict.MORE_EXPECTED:
-            give_up = study.last_instance_at + self.policy.max_wait_s
-            if now >= give_up:
-                return TimerDecision(True, CompletionRule.MAX_WAIT, now, verdict)
-            return TimerDecision(False, None, give_up, verdict)
-        return TimerDecision(True, CompletionRule.QUIET_PERIOD, now, verdict)
+            return False
+        reading = read_counts(self.observations(study.study_uid), study.received, study.last_instance_at,
+                              own, rule.count_scope, rule.settle_s)
+        return reading.state is CountsState.SETTLED
+
+    def on_quiet_timer(self, study: ReceivingStudy, now: float, own: Iterable[str] = ()) -> TimerDecision:
+        """Decide for a job whose quiet period ran out (query first if ``wants_query``)."""
+        decision = decide(self._evidence(study, own), self.policy, now)
+        return TimerDecision(decision.complete, decision.rule, decision.not_before, self.verdict(study, own)[0])
 
     def answer_of(self, study_uid: str) -> PacsCounts | None:
-        """The cached PACS answer of a study, if any."""
-        answer = self._answers.get(study_uid)
-        return answer.counts if answer else None
+        """The latest PACS answer of a study, if any."""
+        kept = self._answers.get(study_uid)
+        return kept[-1].counts if kept else None
 
     def forget_except(self, study_uids: Iterable[str]) -> None:
-        """Drop cached answers of studies no longer receiving."""
+        """Drop the answers of studies no longer receiving."""
         keep = set(study_uids)
         for uid in [u for u in self._answers if u not in keep]:
             del self._answers[uid]

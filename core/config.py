@@ -166,10 +166,22 @@ class StorageConfig(_Model):
 
 
 CompletionMode = Literal["quiet_period", "pacs_counts"]
-"""How a study is judged complete: silence only, or the PACS's instance counts (then silence
-where the PACS cannot tell)."""
+"""How a study is judged complete when no stronger evidence speaks: silence only, or the
+PACS's instance counts (then silence where the PACS cannot tell)."""
 CountScope = Literal["study", "series"]
 """Which PACS counts must match: the whole study, or only the series we received."""
+PushedEvidence = Literal["mpps", "ian", "order_status"]
+"""Completion evidence the bridge is told rather than asks for: MPPS (PS3.4 F), IHE Instance
+Availability Notification (PS3.4 R) and the RIS order status (HL7 ORC-5 / OBR-25)."""
+MODALITY = r"^[A-Z0-9_]{1,16}$"
+"""PS3.5 CS value of Modality (0008,0060)."""
+
+DEFAULT_QUIET_BY_MODALITY: dict[str, float] = {
+    "CT": 10.0, "MR": 10.0, "PT": 10.0, "NM": 10.0,
+    "XA": 5.0, "RF": 5.0, "US": 5.0, "MG": 3.0, "CR": 2.0, "DX": 2.0,
+}
+"""Quiet periods by modality: CT, MR, PET and NM series stream slice by slice while the scanner
+reconstructs; a radiograph is one or a few instances sent at once."""
 
 
 class SourceCompletionConfig(_Model):
@@ -177,46 +189,105 @@ class SourceCompletionConfig(_Model):
 
     completion: CompletionMode = Field(description="quiet_period, or pacs_counts (C-FIND counts)")
     quiet_period_s: float | None = Field(
-        default=None, ge=0, description="Quiet period for this sender; None: assembly.quiet_period_s"
+        default=None, ge=0,
+        description="Quiet period for this sender, whatever the modality; None: "
+        "assembly.quiet_period_by_modality, else assembly.quiet_period_s",
     )
     count_scope: CountScope | None = Field(
         default=None, description="study or series; None: assembly.count_scope"
     )
+    evidence: tuple[PushedEvidence, ...] | None = Field(
+        default=None, description="Pushed evidence trusted for this sender; None: assembly.evidence"
+    )
+    settle_s: float | None = Field(
+        default=None, ge=0, description="pacs_counts settle window for this sender; None: assembly.settle_s"
+    )
 
 
 class AssemblyConfig(_Model):
-    """When a study counts as complete."""
+    """When a study counts as complete (DESIGN.md "Study completion").
+
+    Evidence in order of strength: MPPS, IHE IAN, the RIS order status, PACS counts with
+    hysteresis, then the quiet period. The strongest evidence present decides.
+    """
 
     quiet_period_s: float = Field(
-        default=2.0, ge=0, description="Seconds without a new instance before a study is complete"
+        default=2.0, ge=0,
+        description="Seconds without a new instance before a study is complete, for modalities "
+        "not in quiet_period_by_modality",
+    )
+    quiet_period_by_modality: dict[Annotated[str, Field(pattern=MODALITY)], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_QUIET_BY_MODALITY),
+        description="Quiet period by Modality (the longest of a study's modalities applies); "
+        "{} uses quiet_period_s for every modality",
     )
     completion: CompletionMode = Field(
         default="quiet_period",
         description="Rule for senders not listed in `sources`: quiet_period, or pacs_counts "
-        "(complete as soon as the PACS's NumberOf*RelatedInstances equal what we hold)",
+        "(complete once the PACS's NumberOf*RelatedInstances equal what we hold and stay so "
+        "for settle_s)",
+    )
+    evidence: tuple[PushedEvidence, ...] = Field(
+        default=("mpps", "ian", "order_status"),
+        description="Pushed evidence trusted when present, before counts and the quiet period: "
+        "mpps, ian, order_status (strongest first, whatever the order here)",
     )
     count_scope: CountScope = Field(
         default="study",
-        description="pacs_counts: 'study' needs every series the PACS holds; 'series' only the "
-        "series we received (for PACS forwarding rules that send part of a study)",
+        description="pacs_counts, ian and mpps: 'study' needs every series the PACS holds; 'series' "
+        "only the series we received (for PACS forwarding rules that send part of a study)",
+    )
+    settle_s: float = Field(
+        default=5.0, ge=0,
+        description="pacs_counts: matching counts must hold, unchanged and with no arrival, "
+        "this long before the study is complete (a PACS forwarding each instance as stored "
+        "matches after every slice); 0 trusts one fresh match",
+    )
+    order_settle_s: float = Field(
+        default=2.0, ge=0,
+        description="order_status: after the RIS reports the order complete, complete once "
+        "nothing has arrived for this long",
     )
     max_wait_s: float = Field(
         default=600.0,
         gt=0,
-        description="pacs_counts: the PACS holds more than we received, yet nothing arrived for "
-        "this long; complete anyway (audited as max_wait)",
+        description="Evidence says more is coming (MPPS in progress or listing instances we "
+        "lack, IAN, PACS counts), yet nothing arrived for this long: complete anyway, marked "
+        "partial (audited as max_wait)",
     )
     requery_s: float = Field(
         default=5.0,
         gt=0,
-        description="pacs_counts: least seconds between count queries for one study, unless our "
-        "count just reached the PACS's last answer",
+        description="pacs_counts: least seconds between count queries for one study while "
+        "instances stream in, unless our count just reached the PACS's last answer, a lull "
+        "began or a settle window ends",
+    )
+    lull_s: float = Field(
+        default=1.0, gt=0,
+        description="pacs_counts: once nothing has arrived for this long (or the quiet period, "
+        "if shorter), ask the PACS again; a matching answer starts the settle window",
     )
     query_timeout_s: float = Field(
         default=2.0,
         gt=0,
         description="pacs_counts: connect and C-FIND timeout of a count query; a slower PACS "
         "cannot tell, and the quiet period decides",
+    )
+    early_window_s: float = Field(
+        default=600.0, ge=0,
+        description="An instance arriving this soon after its study was completed on counts, "
+        "order status or silence shows that rule completed it early for that sender",
+    )
+    tighten_after: int = Field(
+        default=1, ge=1, description="Early completions of one sender before its rule tightens"
+    )
+    tighten_factor: float = Field(
+        default=4.0, ge=1.0,
+        description="Each tightening multiplies the sender's settle window, order settle and "
+        "quiet period by this (audited; up to max_settle_s)",
+    )
+    max_settle_s: float = Field(
+        default=120.0, gt=0, description="Ceiling of a tightened settle window or quiet period"
     )
     sources: dict[Annotated[str, Field(pattern=AE_TITLE)], SourceCompletionConfig] = Field(
         default_factory=dict, description="Per calling AE title of the sender"
@@ -410,12 +481,21 @@ class PriorsConfig(_Model):
     """Prior studies: look-up at the PACS, retrieval, and interval change against prior AI results."""
 
     enabled: bool = Field(default=False, description="Look up priors at the PACS (needs `pacs`)")
-    lookback_days: int = Field(default=1825, ge=1, description="Oldest prior considered, in days")
+    lookback_days: int = Field(
+        default=1825, ge=1,
+        description="Oldest prior considered, in days before the current study's Study Date",
+    )
     same_modality: bool = Field(default=True, description="Only priors of the current modality")
     same_body_part: bool = Field(
         default=True, description="Only priors with a series of the current Body Part Examined"
     )
     max_candidates: int = Field(default=20, ge=1, description="Candidate studies inspected")
+    link_unverified: bool = Field(
+        default=False,
+        description="Link an earlier study whose identity cannot be checked (Patient's Name or "
+        "Birth Date empty on either side, or Issuer of Patient ID on one side only); when "
+        "false it is refused, audited and flagged for review",
+    )
     retrieve: Literal["c-move", "c-get"] = Field(
         default="c-move", description="How prior series reach us: C-MOVE to our listener, or C-GET"
     )
@@ -444,6 +524,11 @@ class SRConfig(_Model):
     manufacturer: str = Field(default="PACS-AI Bridge", description="General Equipment")
     series_number: int = Field(default=9900, ge=1, description="Series Number of AI SR series")
     institution_name: str | None = Field(default=None, description="Institution Name, if set")
+    max_versions: int = Field(
+        default=5, ge=1,
+        description="SR versions per study and model family sent to the PACS; a further "
+        "version is held, with an operator-visible warning (review flag), until released",
+    )
     group_source_images_max: int = Field(
         default=16, ge=0,
         description="List the source images in each finding's measurement group only when a "

@@ -6,6 +6,8 @@
   - ``MessageRejected``: an HL7 v2 message cannot be taken as a message at all: it cannot be
     parsed, its MSH is broken, or its type, version or processing ID is not supported
     (ACK ``AR``; HL7 v2.5 2.9.2.1).
+  - ``DimseRefused``: a DIMSE-N request (MPPS N-CREATE / N-SET, IAN N-CREATE) is refused;
+    answer it with the status, Error Comment, Error ID and Offending Element it carries.
 - ``TransientIOError``: retry with backoff; the data is kept.
   - ``OutOfResources``: our own disk is below its floor (DICOM 0xA700: the sender retries).
   - ``DependencyUnavailable``: a peer (PACS, model deployment, FHIR endpoint) cannot be
@@ -27,6 +29,7 @@ __all__ = [
     "AccessDenied",
     "ConfigError",
     "DependencyUnavailable",
+    "DimseRefused",
     "LeaseLost",
     "MessageInvalid",
     "MessageRejected",
@@ -107,6 +110,35 @@ class MessageRejected(MessageInvalid):
     Raised for bytes that cannot be parsed, a broken MSH, and an unsupported message type,
     version or processing ID (HL7 v2.5 2.9.2.1: the sender must not resend it unchanged).
     """
+
+
+class DimseRefused(RejectedInput):
+    """A DIMSE-N request we refuse, with the status to answer (PS3.7 C.5, PS3.4 F.7.2, R).
+
+    Args:
+        reason: Error Comment (0000,0902): what was received and what was expected; LO, so
+            the response carries its first 64 characters.
+        subject: The SOP Instance UID of the request.
+        status: The failure status, e.g. ``0x0110`` (processing failure).
+        offending: Offending Element (0000,0901) tags, as ints (``0x00400252``).
+        error_id: Error ID (0000,0903), 0 for none (PS3.4 Table F.7.2-2: ``0xA710``).
+    """
+
+    def __init__(
+        self, reason: str, subject: str = "", status: int = 0x0110,
+        offending: tuple[int, ...] = (), error_id: int = 0,
+    ) -> None:
+        PacsAIError.__init__(self, reason, subject, status, tuple(offending), error_id)
+        self.reason = reason
+        self.subject = subject
+        self.status = status
+        self.offending = tuple(offending)
+        self.error_id = error_id
+
+    @property
+    def error_comment(self) -> str:
+        """Error Comment (0000,0902): LO, at most 64 characters (PS3.5 6.2)."""
+        return self.reason[:64]
 
 
 class TransientIOError(PacsAIError):

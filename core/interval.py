@@ -24,7 +24,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from core.priors import InstanceRef, PriorStatus
+from core.priors import InstanceRef, PriorStatus, is_earlier
 from core.records import Prediction
 
 if TYPE_CHECKING:
@@ -273,6 +273,9 @@ def comparison_for(
     prior_prediction: Prediction | None,
     probability_change: float,
     size_change_mm: float,
+    *,
+    current_study_date: str = "",
+    current_study_time: str = "",
 ) -> Comparison:
     """Build the comparison of one family's result from the job's prior link.
 
@@ -282,6 +285,9 @@ def comparison_for(
         prior_prediction: The same model's prediction on the retrieved prior images, if any.
         probability_change: Threshold for up / down.
         size_change_mm: Threshold for size change.
+        current_study_date: Study Date of the current study; when given, a linked study that
+            is not provably earlier (``core.priors.is_earlier``) is never compared (issue 18).
+        current_study_time: Study Time of the current study (orders studies of one day).
 
     Returns:
         What the SR states.
@@ -293,6 +299,11 @@ def comparison_for(
         status = priors.status if priors.status is not PriorStatus.FOUND else PriorStatus.NONE_FOUND
         return Comparison(_STATUS[status], _plain_reason(status, priors.reason))
     study = priors.study
+    when = (study.study_date, study.study_time)
+    if current_study_date and not is_earlier(*when, current_study_date, current_study_time):
+        return Comparison(ComparisonStatus.NO_PRIOR,
+                          f"The linked study of {when[0] or 'unknown date'} is not earlier than this "
+                          "study; not compared.")
     evidence = tuple(priors.evidence)
     if prior_prediction is not None:
         result: PriorResult | None = PriorResult.from_prediction(

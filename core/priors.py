@@ -7,20 +7,37 @@ when the current study has one, within a look-back window, and of the current mo
 (Modalities in Study) when so configured. The best candidate's series are listed (SERIES level)
 to check Body Part Examined and to name the series to retrieve.
 
-Patient safety: a Patient ID alone is not proof of identity (IDs are reused, merged, mistyped).
-A candidate whose Patient's Name or Patient's Birth Date disagrees with the current study is
-never linked; it is returned as a conflict, to be flagged for review and audited. Names compare
-by PN component groups, ignoring case, surrounding spaces and trailing empty components; a value
-missing on either side is no disagreement.
+Only studies truly earlier than the current one are priors (issue 18): the look-back window
+ends at the current study's Study Date (not today, so a late or re-processed study is never
+compared with a newer one), and a candidate on the same day must have an earlier Study Time.
+A candidate whose date, or same-day time, is missing cannot be proven earlier and is left out.
 
-Ranking: same modality and body part first, then most recent first (Study Date, Study Time).
+Patient safety: a Patient ID alone is not proof of identity (IDs are reused, merged, mistyped,
+and an unidentified emergency registration has nothing else). Each earlier candidate is one of:
+
+- **linkable**: Patient ID, Patient's Name and Patient's Birth Date present on both sides and
+  equal, and Issuer of Patient ID equal or absent on both sides;
+- **identity conflict**: the name or birth date disagrees (``RefusalKind.IDENTITY_CONFLICT``);
+- **issuer mismatch**: the PACS returned another Issuer of Patient ID, so the same Patient ID
+  names a patient of another assigning authority (``RefusalKind.ISSUER_MISMATCH``);
+- **unverified**: the name or birth date is empty on either side, or only one side has an
+  issuer (the PACS did not return it); not linked unless ``priors.link_unverified`` is set or a
+  reviewer confirmed the pair (``RefusalKind.UNVERIFIED``).
+
+Every refusal is returned (``PriorSearch.conflicts``) so that the prior linker audits it and
+raises a review flag (``core.review``). Names compare by PN component groups, ignoring case,
+surrounding spaces and trailing empty components.
+
+Ranking: the closest earlier study first; among those, a full match of modality and body part
+wins over a partial one.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Set
 from dataclasses import asdict, dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -37,9 +54,11 @@ __all__ = [
     "PriorFinder",
     "PriorSearch",
     "PriorStatus",
+    "RefusalKind",
     "SeriesRecord",
     "StudyQuery",
     "StudyRecord",
+    "is_earlier",
 ]
 
 _NOT_IMAGES = frozenset({"SR", "KO", "PR", "SEG", "RTSTRUCT", "DOC"})
@@ -51,6 +70,50 @@ def _norm_name(name: str) -> str:
     groups = str(name).upper().split("=")
     norm = ["^".join(" ".join(c.split()) for c in g.split("^")).rstrip("^") for g in groups]
     return "=".join(norm).rstrip("=")
+
+
+def _da(value: str) -> str | None:
+    """A DA value as ``YYYYMMDD`` (PS3.5 6.2; ACR-NEMA ``YYYY.MM.DD`` too), or ``None``."""
+    text = str(value or "").strip().replace(".", "")
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return None
+    return text
+
+
+def _tm(value: str) -> str | None:
+    """A TM value as ``HHMMSS.FFFFFF`` (PS3.5 6.2: ``HH``, ``HHMM``, ``HHMMSS[.F{1,6}]``)."""
+    text = str(value or "").strip().replace(":", "")
+    whole, _, fraction = text.partition(".")
+    if len(whole) not in (2, 4, 6) or not whole.isdigit() or (fraction and not fraction.isdigit()):
+        return None
+    hhmmss = whole.ljust(6, "0")
+    if int(hhmmss[:2]) > 23 or int(hhmmss[2:4]) > 59 or int(hhmmss[4:]) > 60:  # 60: leap second
+        return None
+    return f"{hhmmss}.{fraction[:6].ljust(6, '0')}"
+
+
+def is_earlier(study_date: str, study_time: str, than_date: str, than_time: str) -> bool:
+    """Whether a study is provably earlier than another (Study Date, then Study Time).
+
+    On the same day both Study Times are needed; a missing or malformed date or needed time
+    proves nothing, so the answer is ``False``.
+
+    >>> is_earlier("20250101", "", "20260601", "")
+    True
+    >>> is_earlier("20260601", "0730", "20260601", "120000"), is_earlier("20260601", "", "20260601", "1200")
+    (True, False)
+    >>> is_earlier("20260601", "183000", "20260601", "120000")
+    False
+    """
+    mine, theirs = _da(study_date), _da(than_date)
+    if mine is None or theirs is None or mine > theirs:
+        return False
+    if mine < theirs:
+        return True
+    t_mine, t_theirs = _tm(study_time), _tm(than_time)
+    return t_mine is not None and t_theirs is not None and t_mine < t_theirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +156,25 @@ class PatientIdentity:
             out.append("PatientName")
         if self.birth_date and other.birth_date and self.birth_date != other.birth_date:
             out.append("PatientBirthDate")
+        return tuple(out)
+
+    def unverified(self, other: PatientIdentity) -> tuple[str, ...]:
+        """Return the DICOM keywords that cannot be compared: empty on either side, or (the
+        issuer) present on one side only.
+
+        >>> PatientIdentity("P1", "HOSP", "DOE^JANE", "19600101").unverified(PatientIdentity("P1"))
+        ('PatientName', 'PatientBirthDate', 'IssuerOfPatientID')
+        >>> PatientIdentity("P1", "", "DOE^JANE", "19600101").unverified(
+        ...     PatientIdentity("P1", "", "Doe^Jane", "19600101"))
+        ()
+        """
+        out = []
+        if not _norm_name(self.name) or not _norm_name(other.name):
+            out.append("PatientName")
+        if not self.birth_date or not other.birth_date:
+            out.append("PatientBirthDate")
+        if bool(self.issuer) != bool(other.issuer):
+            out.append("IssuerOfPatientID")
         return tuple(out)
 
 
@@ -154,22 +236,46 @@ class InstanceRef:
 
 @dataclass(frozen=True, slots=True)
 class CurrentStudy:
-    """The study a job is about, as far as prior linking needs it."""
+    """The study a job is about, as far as prior linking needs it.
+
+    Attributes:
+        study_time: Study Time (TM); needed to order studies of the same day.
+    """
 
     study_uid: str
     identity: PatientIdentity
     study_date: str
     modalities: tuple[str, ...]
     body_parts: tuple[str, ...]
+    study_time: str = ""
+
+
+class RefusalKind(enum.StrEnum):
+    """Why an earlier study of the same Patient ID was not linked (the review flag kind)."""
+
+    IDENTITY_CONFLICT = "prior_identity_conflict"
+    """Patient's Name or Birth Date disagrees: another patient with the same ID."""
+    ISSUER_MISMATCH = "prior_issuer_mismatch"
+    """The PACS returned another Issuer of Patient ID: an ID of another assigning authority."""
+    UNVERIFIED = "prior_unverified"
+    """Name or birth date empty on either side, or the issuer on one side only: no proof."""
 
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """A study that shares the Patient ID but not the patient: never linked."""
+    """An earlier study with the same Patient ID that was not linked: audited and flagged.
+
+    Attributes:
+        study_uid: The candidate study.
+        differing: DICOM keywords that disagree (or, when unverified, cannot be compared).
+        study_date: Its Study Date.
+        kind: Why it was refused.
+    """
 
     study_uid: str
     differing: tuple[str, ...]
     study_date: str = ""
+    kind: RefusalKind = RefusalKind.IDENTITY_CONFLICT
 
 
 class PriorStatus(enum.StrEnum):
@@ -195,8 +301,8 @@ class PriorSearch:
         status: ``FOUND`` or ``NONE_FOUND``.
         study: The chosen prior study.
         series: Its image series that match the current modality and body part, best first.
-        conflicts: Studies with the same Patient ID but another name or birth date.
-        considered: Candidate studies the PACS returned.
+        conflicts: Earlier studies with the same Patient ID that were refused (see ``kind``).
+        considered: Earlier candidate studies inspected.
         reason: In words, for the SR and the audit trail.
     """
 
@@ -265,22 +371,32 @@ class PriorFinder:
         self._pacs = pacs
 
     def query_for(self, current: CurrentStudy, today: date) -> StudyQuery:
-        """Build the STUDY-level query for ``current``."""
-        start = today - timedelta(days=self._cfg.lookback_days)
+        """Build the STUDY-level query for ``current``.
+
+        The window ends at the current study's Study Date and reaches ``lookback_days`` back
+        from it; ``today`` stands in only when the current study has no valid date.
+        """
+        known = _da(current.study_date)
+        end = datetime.strptime(known, "%Y%m%d").date() if known else today
+        start = end - timedelta(days=self._cfg.lookback_days)
         return StudyQuery(
             patient_id=current.identity.patient_id,
             issuer=current.identity.issuer,
             modalities=current.modalities if self._cfg.same_modality else (),
             date_from=start.strftime("%Y%m%d"),
-            date_to=today.strftime("%Y%m%d"),
+            date_to=end.strftime("%Y%m%d"),
         )
 
-    def search(self, current: CurrentStudy, today: date) -> PriorSearch:
+    def search(
+        self, current: CurrentStudy, today: date, confirmed: Set[str] = frozenset()
+    ) -> PriorSearch:
         """Query the PACS and choose the prior to link.
 
         Args:
             current: The job's study.
-            today: The date the look-back window ends (from the injected clock).
+            today: Ends the look-back window only if the current study has no valid date.
+            confirmed: Study UIDs a reviewer confirmed to be this patient's (a resolved
+                ``prior_unverified`` flag): linked although unverified.
 
         Returns:
             The search result; ``NONE_FOUND`` when no eligible study exists.
@@ -290,43 +406,52 @@ class PriorFinder:
         """
         if not current.identity.patient_id:
             return PriorSearch(PriorStatus.NONE_FOUND, reason="the current study has no Patient ID")
+        if _da(current.study_date) is None:
+            return PriorSearch(PriorStatus.NONE_FOUND,
+                               reason="the current study has no valid Study Date: no study can be proven earlier")
         query = self.query_for(current, today)
         studies = [s for s in self._pacs.find_studies(query) if self._eligible(s, current, query)]
-        studies.sort(key=lambda s: (s.study_date, s.study_time), reverse=True)
+        studies.sort(key=lambda s: (_da(s.study_date) or "", _tm(s.study_time) or ""), reverse=True)
         studies = studies[: self._cfg.max_candidates]
-        conflicts = tuple(
-            Conflict(s.study_uid, current.identity.disagreements(s.identity), s.study_date)
-            for s in studies
-            if current.identity.disagreements(s.identity)
-        )
-        conflicting = {c.study_uid for c in conflicts}
-        same_patient = [s for s in studies if s.study_uid not in conflicting]
-        study, series = self._choose(current, same_patient)
+        refused = [self._refusal(current, s, confirmed) for s in studies]
+        conflicts = tuple(r for r in refused if r is not None)
+        linkable = [s for s, r in zip(studies, refused, strict=True) if r is None]
+        study, series = self._choose(current, linkable)
         if study is None:
-            why = f"no prior study of this patient since {query.date_from}"
-            if conflicts:
-                why += f"; {len(conflicts)} study(ies) with the same Patient ID but another patient"
+            why = f"no earlier study of this patient since {query.date_from}" + _refusal_counts(conflicts)
             return PriorSearch(PriorStatus.NONE_FOUND, None, (), conflicts, len(studies), why)
-        why = f"prior study of {study.study_date or 'unknown date'} chosen of {len(studies)}"
+        why = f"prior study of {study.study_date} chosen of {len(studies)} earlier"
         return PriorSearch(PriorStatus.FOUND, study, series, conflicts, len(studies), why)
 
     @staticmethod
     def _eligible(study: StudyRecord, current: CurrentStudy, query: StudyQuery) -> bool:
-        """Client-side re-check of what the PACS may not have matched (issuer, dates, modality)."""
+        """Client-side re-check of what the PACS may not have matched: truly earlier, within the
+        window, of the wanted modality. Identity is judged apart (``_refusal``)."""
         if study.study_uid == current.study_uid:
             return False
-        mine, theirs = current.identity.issuer, study.identity.issuer
-        if mine and theirs and mine != theirs:
+        if not is_earlier(study.study_date, study.study_time, current.study_date, current.study_time):
             return False
-        if study.study_date and not query.date_from <= study.study_date <= query.date_to:
+        if (_da(study.study_date) or "") < query.date_from:
             return False
         wanted = set(query.modalities)
         return not wanted or not study.modalities or bool(wanted & set(study.modalities))
 
+    def _refusal(self, current: CurrentStudy, study: StudyRecord, confirmed: Set[str]) -> Conflict | None:
+        """Why ``study`` may not be linked to ``current`` (``None``: it may)."""
+        differing = current.identity.disagreements(study.identity)
+        if differing == ("IssuerOfPatientID",):
+            return Conflict(study.study_uid, differing, study.study_date, RefusalKind.ISSUER_MISMATCH)
+        if differing:
+            return Conflict(study.study_uid, differing, study.study_date, RefusalKind.IDENTITY_CONFLICT)
+        missing = current.identity.unverified(study.identity)
+        if missing and not self._cfg.link_unverified and study.study_uid not in confirmed:
+            return Conflict(study.study_uid, missing, study.study_date, RefusalKind.UNVERIFIED)
+        return None
+
     def _choose(
         self, current: CurrentStudy, studies: list[StudyRecord]
     ) -> tuple[StudyRecord | None, tuple[SeriesRecord, ...]]:
-        """Walk candidates newest first; the first full match wins, else the best partial."""
+        """Walk candidates closest earlier first; the first full match wins, else the best partial."""
         best: tuple[int, StudyRecord, tuple[SeriesRecord, ...]] | None = None
         for study in studies:
             series = [s for s in self._pacs.find_series(study.study_uid) if s.modality not in _NOT_IMAGES]
@@ -354,3 +479,19 @@ class PriorFinder:
             return False
         parts = {p.upper() for p in current.body_parts}
         return not (self._cfg.same_body_part and parts and series.body_part.upper() not in parts)
+
+
+def _refusal_counts(conflicts: tuple[Conflict, ...]) -> str:
+    """The refusals in words, for the SR and the audit trail (no identifiers).
+
+    >>> _refusal_counts((Conflict("1.2", ("PatientName",)),))
+    '; 1 study(ies) with the same Patient ID not linked: another patient (1); for review'
+    """
+    if not conflicts:
+        return ""
+    words = {RefusalKind.IDENTITY_CONFLICT: "another patient",
+             RefusalKind.ISSUER_MISMATCH: "another issuer of the Patient ID",
+             RefusalKind.UNVERIFIED: "identity not verifiable"}
+    parts = [f"{words[k]} ({n})" for k in RefusalKind
+             if (n := sum(1 for c in conflicts if c.kind is k))]
+    return f"; {len(conflicts)} study(ies) with the same Patient ID not linked: {', '.join(parts)}; for review"

@@ -23,13 +23,15 @@ class FakeClock:
 @dataclass
 class FakePacs:
     """A PACS that answers C-FIND from lists (``core.ports.PacsQuery``); ``down`` makes it
-    unreachable. ``calls`` records what was asked."""
+    unreachable. ``calls`` records what was asked. ``match_issuer=False`` plays a PACS that
+    ignores Issuer of Patient ID as a matching key (and returns other issuers' studies)."""
 
     studies: list = field(default_factory=list)
     series: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
     down: bool = False
     calls: list = field(default_factory=list)
+    match_issuer: bool = True
 
     def _answer(self, call):
         self.calls.append(call)
@@ -44,7 +46,8 @@ class FakePacs:
         return [
             s for s in self.studies
             if s.identity.patient_id == query.patient_id
-            and not (query.issuer and s.identity.issuer and query.issuer != s.identity.issuer)
+            and not (self.match_issuer and query.issuer and s.identity.issuer
+                     and query.issuer != s.identity.issuer)
             and (not query.modalities or set(query.modalities) & set(s.modalities))
         ]
 

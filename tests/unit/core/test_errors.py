@@ -19,6 +19,8 @@ CASES = [
     errors.RecordError("JobRecord", "got schema 7; expected 1"),
     errors.MessageInvalid("PID-3: missing", "MSG1", "101", "PID^1^3"),
     errors.MessageRejected("MSH-9: got 'ORU^R01'", "MSG2", "200", "MSH^1^9"),
+    errors.DimseRefused("Performed Procedure Step Object may no longer be updated", "1.2.3",
+                        0x0110, (0x00400252,), 0xA710),
 ]
 
 
@@ -37,4 +39,5 @@ def test_error_tree_groups_by_caller_action():
     assert issubclass(errors.ModelWeightsError, errors.ModelError)
     assert issubclass(errors.MessageRejected, errors.MessageInvalid)
     assert issubclass(errors.MessageInvalid, errors.RejectedInput)
+    assert issubclass(errors.DimseRefused, errors.RejectedInput)
     assert all(issubclass(type(e), errors.PacsAIError) for e in CASES)

@@ -111,3 +111,19 @@ def test_prior_result_read_back_from_our_own_sr():
     assert result.sr is not None and result.sr.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.34"
     with pytest.raises(ValueError, match="family 'brain'"):
         PriorResult.from_sr(dcmread(BytesIO(buf.getvalue())), "brain", "pacs")
+
+
+def test_a_linked_study_that_is_not_earlier_is_never_compared():
+    """Issue 18: interval change was stated backwards when the 'prior' was the newer study."""
+    sr = InstanceRef("old", "old.9", "1.2.840.10008.5.1.4.1.1.88.34", "old.9.1")
+    linked = replace(FOUND, results=(replace(prior(("nodule", 0.2, None)), sr=sr),))
+    late = comparison_for(linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0,
+                          current_study_date="20231231", current_study_time="")
+    assert late.status is ComparisonStatus.NO_PRIOR and not late.done and late.changes == ()
+    assert "not earlier than this study" in late.summary()
+    same_day = comparison_for(linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0,
+                              current_study_date="20240101", current_study_time="")
+    assert same_day.status is ComparisonStatus.NO_PRIOR  # same day, no times: not provably earlier
+    fine = comparison_for(linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0,
+                          current_study_date="20240102", current_study_time="")
+    assert fine.done

@@ -120,3 +120,127 @@ def test_outage_is_waited_out_once_per_outage():
     assert not outage.keep_waiting(10.0) and not outage.keep_waiting(50.0)
     outage.succeeded()
     assert outage.keep_waiting(60.0)
+
+
+# ------------------------------------------------ issue 18: priors that are truly earlier
+
+
+def test_a_late_arriving_study_is_compared_with_an_older_study_not_a_newer_one():
+    """Re-processed in 2026, a 2024 study must not be compared with the patient's 2025 study."""
+    pacs = pacs_with(record("older", "20230101"), record("newer", "20250101"))
+    late = current(study_date="20240301")
+    search = PriorFinder(PriorsConfig(), pacs).search(late, TODAY)
+    assert search.status is PriorStatus.FOUND and search.study.study_uid == "older"
+    query = pacs.calls[0][1]
+    assert query.date_to == "20240301"  # the look-back window ends at the current study, not today
+
+
+def test_the_look_back_window_runs_from_the_current_study_date():
+    pacs = pacs_with(record("old", "20230101"))
+    late = current(study_date="20240301")
+    search = PriorFinder(PriorsConfig(lookback_days=365), pacs).search(late, TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    assert (pacs.calls[0][1].date_from, pacs.calls[0][1].date_to) == ("20230302", "20240301")
+
+
+def test_same_day_studies_are_ordered_by_study_time():
+    morning = StudyRecord("morning", JANE, "20260601", "073000", "A1", "CHEST", ("DX",), 1)
+    evening = StudyRecord("evening", JANE, "20260601", "183000", "A2", "CHEST", ("DX",), 1)
+    pacs = pacs_with(morning, evening)
+    noon = current(study_time="120000")
+    assert PriorFinder(PriorsConfig(), pacs).search(noon, TODAY).study.study_uid == "morning"
+    dawn = current(study_time="060000")
+    assert PriorFinder(PriorsConfig(), pacs).search(dawn, TODAY).status is PriorStatus.NONE_FOUND
+
+
+def test_an_unidentified_emergency_registration_is_not_linked_on_patient_id_alone():
+    """An empty name and birth date (trauma registration) leaves only the Patient ID."""
+    anonymous = record("er", "20260101", PatientIdentity("P1", "", "", ""))
+    search = PriorFinder(PriorsConfig(), pacs_with(anonymous)).search(current(), TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    [refusal] = search.conflicts
+    assert (refusal.study_uid, str(refusal.kind)) == ("er", "prior_unverified")
+    assert set(refusal.differing) == {"PatientName", "PatientBirthDate"}
+
+
+def test_a_different_issuer_returned_by_the_pacs_is_a_refusal_not_silence():
+    elsewhere = record("iss", "20250101", PatientIdentity("P1", "ELSEWHERE", "DOE^JANE", "19600101"))
+    pacs = pacs_with(elsewhere)
+    pacs.match_issuer = False
+    me = current(identity=PatientIdentity("P1", "HOSP", "DOE^JANE", "19600101"))
+    search = PriorFinder(PriorsConfig(), pacs).search(me, TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    [refusal] = search.conflicts
+    assert (refusal.study_uid, str(refusal.kind), refusal.differing) == (
+        "iss", "prior_issuer_mismatch", ("IssuerOfPatientID",))
+
+
+def test_an_issuer_the_pacs_does_not_return_is_unverified():
+    no_issuer = record("noiss", "20250101", JANE)
+    me = current(identity=PatientIdentity("P1", "HOSP", "DOE^JANE", "19600101"))
+    search = PriorFinder(PriorsConfig(), pacs_with(no_issuer)).search(me, TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    [refusal] = search.conflicts
+    assert (str(refusal.kind), refusal.differing) == ("prior_unverified", ("IssuerOfPatientID",))
+
+
+def test_unverified_studies_are_linked_only_when_configured_or_confirmed_by_a_reviewer():
+    anonymous = record("er", "20260101", PatientIdentity("P1", "", "", ""))
+    loose = PriorFinder(PriorsConfig(link_unverified=True), pacs_with(anonymous)).search(current(), TODAY)
+    assert loose.status is PriorStatus.FOUND and loose.conflicts == ()
+    reviewed = PriorFinder(PriorsConfig(), pacs_with(anonymous)).search(current(), TODAY, confirmed={"er"})
+    assert reviewed.status is PriorStatus.FOUND and reviewed.study.study_uid == "er"
+
+
+def test_a_confirmation_never_overrides_a_conflict():
+    impostor = record("imp", "20260101", PatientIdentity("P1", "", "ROE^RICHARD", "19991231"))
+    search = PriorFinder(PriorsConfig(link_unverified=True), pacs_with(impostor)).search(
+        current(), TODAY, confirmed={"imp"})
+    assert search.status is PriorStatus.NONE_FOUND and str(search.conflicts[0].kind) == "prior_identity_conflict"
+
+
+def test_an_unidentified_current_study_links_nothing_automatically():
+    er_now = current(identity=PatientIdentity("P1", "", "", ""))
+    search = PriorFinder(PriorsConfig(), pacs_with(record("old", "20250101"))).search(er_now, TODAY)
+    assert search.status is PriorStatus.NONE_FOUND
+    assert [str(c.kind) for c in search.conflicts] == ["prior_unverified"]
+    assert "identity not verifiable (1)" in search.reason
+
+
+def test_undated_studies_prove_nothing():
+    pacs = pacs_with(record("undated", ""))
+    assert PriorFinder(PriorsConfig(), pacs).search(current(), TODAY).status is PriorStatus.NONE_FOUND
+    pacs = pacs_with(record("old", "20250101"))
+    search = PriorFinder(PriorsConfig(), pacs).search(current(study_date=""), TODAY)
+    assert search.status is PriorStatus.NONE_FOUND and "no valid Study Date" in search.reason
+    assert pacs.calls == []  # nothing to compare with: no query
+
+
+def test_closest_earlier_full_match_wins_and_refusals_are_in_the_json():
+    pacs = pacs_with(record("far", "20220101"), record("near", "20260531"),
+                     record("er", "20260530", PatientIdentity("P1", "", "", "")))
+    search = PriorFinder(PriorsConfig(), pacs).search(current(), TODAY)
+    assert search.study.study_uid == "near" and search.considered == 3
+    [refused] = search.to_json()["conflicts"]
+    assert refused["kind"] == "prior_unverified" and refused["study_uid"] == "er"
+
+
+@pytest.mark.parametrize(
+    ("candidate", "current_", "earlier"),
+    [
+        (("20250101", ""), ("20260601", ""), True),
+        (("2025.01.01", ""), ("20260601", ""), True),  # ACR-NEMA style DA
+        (("20260601", "07"), ("20260601", "07:30"), True),  # TM precision HH vs HH:MM
+        (("20260601", "073000.5"), ("20260601", "073000.25"), False),
+        (("20260601", "0730"), ("20260601", "0730"), False),  # same moment: not earlier
+        (("20260602", "0000"), ("20260601", "2359"), False),
+        (("20260601", ""), ("20260601", "1200"), False),
+        (("2026xx01", ""), ("20260601", ""), False),
+        (("20260601", "1160"), ("20260601", "12"), False),  # no 60th minute
+        (("20260601", "2400"), ("20260602", "00"), True),  # a bad time matters only on the same day
+    ],
+)
+def test_is_earlier(candidate, current_, earlier):
+    from core.priors import is_earlier
+
+    assert is_earlier(*candidate, *current_) is earlier
