@@ -3,20 +3,22 @@ SHELL := /bin/bash
 PY    := .venv/bin/python
 PIP   := .venv/bin/pip
 STAMP := .venv/.installed
-DEBS  := orthanc dcmtk dicom3tools
 CONFIG ?= configs/default.yaml
 
 .PHONY: setup system-packages weights test unit integration demo lint clean
 
 setup: system-packages $(STAMP)
 
-# Debian packages: the PACS (Orthanc), the reference DICOM clients (dcmtk) and the IOD checker
-# (dicom3tools' dciodvfy). Installed only when missing, and only as root.
+# Debian packages: the PACS (Orthanc), the reference DICOM clients (dcmtk), the IOD checker
+# (dicom3tools' dciodvfy) and PostgreSQL (the shared ledger backend; its tests start a private
+# server with initdb/pg_ctl, so the package's own cluster is never used). Installed only when
+# missing, and only as root.
 system-packages:
 	@missing=""; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -39,7 +41,7 @@ $(STAMP): pyproject.toml requirements.lock
 weights: setup
 	$(PY) -m training --config $(CONFIG)
 
-test: setup weights
+test: setup weights lint
 	$(PY) -m pytest -q --timeout=600
 
 unit: setup
@@ -51,8 +53,11 @@ integration: setup weights
 demo: setup weights
 	$(PY) -m demo --config configs/demo.yaml
 
+# Import-layer contracts, then ruff (lint rules and formatting, both checked, never rewritten).
 lint: setup
 	.venv/bin/lint-imports
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 clean:
 	rm -rf var/demo .pytest_cache

@@ -191,13 +191,26 @@ class Pipeline:
         )
 
     def _options(self, name: str, num_cpus: float) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "name": f"{self.cfg.site_name}-{name}",
             "namespace": self.cfg.ray.namespace,
             "max_restarts": self.cfg.ray.actor_max_restarts,
             "num_cpus": num_cpus,
             "lifetime": None,
         }
+        secrets = self._secret_env()
+        if secrets:
+            options["runtime_env"] = {"env_vars": secrets}
+        return options
+
+    def _secret_env(self) -> dict[str, str]:
+        """The secrets the actors read from their environment (the PostgreSQL DSN, the FHIR
+        token), handed to each actor's process by name through Ray's runtime environment: a
+        Ray worker does not inherit the environment of the process that started the pipeline,
+        and on a cluster it runs on another machine. Values never reach a file or a log line."""
+        names = [self.cfg.storage.ledger.dsn_env if self.cfg.storage.ledger.backend == "postgresql"
+                 else None, self.cfg.ehr.fhir.token_env if self.cfg.ehr else None]
+        return {n: os.environ[n] for n in names if n and n in os.environ}
 
     def start(self, *, deploy: bool = True) -> Pipeline:
         """Start everything; return when every actor answered its first health check.

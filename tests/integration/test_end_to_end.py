@@ -38,8 +38,10 @@ def sr_instances(orthanc, study_uid):
     return orthanc.instances_of_study(study_uid, modality="SR")
 
 
-def test_study_comes_back_as_a_valid_sr_in_the_pacs(tmp_path, orthanc, make_pipeline):
-    pipeline, cfg = make_pipeline(orthanc)
+def test_study_comes_back_as_a_valid_sr_in_the_pacs(tmp_path, orthanc, make_pipeline, backend):
+    """On both ledger backends: the embedded SQLite file and a shared PostgreSQL server."""
+    pipeline, cfg = make_pipeline(orthanc, backend=backend)
+    assert ledger_of(pipeline).backend == backend
     datasets, files = study(tmp_path, 11, {"nodule"}, n=2)
     study_uid = str(datasets[0].StudyInstanceUID)
     send(files, pipeline, cfg)
