@@ -1,6 +1,7 @@
-"""Auditor actor: keeps checking that the audit trail's hash chain is intact and answers
-queries. Events themselves are appended by each stage in the same transaction as the state
-change they describe, so the trail can never disagree with the ledger."""
+"""Auditor actor: chains new audit events (PostgreSQL), keeps checking that the trail's hash
+chain is intact, and answers queries. Events themselves are appended by each stage in the same
+transaction as the state change they describe, so the trail can never disagree with the
+ledger."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ __all__ = ["AuditorActor"]
 
 logger = logging.getLogger(__name__)
 
+CHAIN_S = 0.5
+"""How often events appended unchained (PostgreSQL) are linked into the chain."""
+
 
 @ray.remote
 class AuditorActor(ActorShell):
@@ -28,6 +32,7 @@ class AuditorActor(ActorShell):
     def __init__(self, storage: StorageConfig, period_s: float = 30.0, log_level: str = "INFO") -> None:
         self._open_ledger(storage, log_level)
         self._last: dict[str, Any] = {"intact": None, "checked_at": None}
+        self._add_loop(Loop("audit-chain", self._ledger.audit.chain, CHAIN_S, clock=self._clock))
         self._add_loop(Loop("audit-verify", self._round, period_s, clock=self._clock))
         self._start_heartbeat()
 

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,7 +82,9 @@ class StageRunner:
         self._owner = f"{name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pool = ThreadPoolExecutor(max_workers=runtime.stage.concurrency,
                                         thread_name_prefix=f"{name}-work")
-        self._in_flight: dict[int, Job] = {}
+        self._in_flight: dict[int, Job] = {}  # leased: running, or waiting in the backlog
+        self._backlog: deque[Job] = deque()
+        self._running = 0
         self._lock = threading.Lock()
         self.processed = 0
         self.failures = 0
@@ -90,7 +93,7 @@ class StageRunner:
         self.loop = Loop(
             f"stage:{name}", self.run_once,
             runtime.notify_wait_s if notify else runtime.poll_interval_s, eager=True,
-            idle=self._idle if notify else None, clock=self._clock,
+            idle=self._idle, clock=self._clock,
         )
 
     @property
@@ -102,7 +105,7 @@ class StageRunner:
     def in_flight(self) -> int:
         """Jobs being worked on now."""
         with self._lock:
-            return len(self._in_flight)
+            return self._running
 
     def start(self) -> None:
         """Start the lease loop."""
@@ -118,18 +121,38 @@ class StageRunner:
             self._ledger.jobs.release(job)
 
     def _idle(self, max_wait_s: float) -> None:
+        """Wait for work: a NOTIFY (PostgreSQL), the poll interval (SQLite), or one of our own
+        jobs finishing, which frees a slot (so a busy stage never sleeps a poll interval)."""
         self._ledger.jobs.wait_for_work(self.state, max_wait_s, self._clock.now())
 
     def run_once(self) -> int:
-        """Lease and start one round of jobs; return how many were started."""
-        free = self._rt.stage.concurrency - self.in_flight
-        jobs = self._ledger.jobs.lease(self.state, self._owner, free, self._rt.lease_s,
-                                       self._clock.now())
-        for job in jobs:
-            with self._lock:
+        """Refill the backlog if it ran low, start what the free slots allow; return how
+        many jobs were leased or started.
+
+        The runner holds at most twice its concurrency: the running jobs and a backlog as
+        deep again, leased in one transaction when the backlog is empty. One lease commit
+        then serves ``concurrency`` jobs instead of one job per freed slot; the backlog's
+        leases are renewed with the running ones, and a higher-priority job that arrives
+        waits behind at most ``concurrency`` leased ones.
+        """
+        concurrency = self._rt.stage.concurrency
+        with self._lock:
+            held = len(self._in_flight)
+        leased: list[Job] = []
+        if held <= concurrency:
+            leased = self._ledger.jobs.lease(self.state, self._owner, 2 * concurrency - held,
+                                             self._rt.lease_s, self._clock.now())
+        start: list[Job] = []
+        with self._lock:
+            for job in leased:
                 self._in_flight[job.job_id] = job
+                self._backlog.append(job)
+            while self._running < concurrency and self._backlog:
+                start.append(self._backlog.popleft())
+                self._running += 1
+        for job in start:
             self._pool.submit(self._run, job)
-        return len(jobs)
+        return len(leased) + len(start)
 
     def renew(self) -> None:
         """Extend the leases of the jobs in flight (the heartbeat calls this)."""
@@ -156,6 +179,8 @@ class StageRunner:
         finally:
             with self._lock:
                 self._in_flight.pop(job.job_id, None)
+                self._running -= 1
+            self._ledger.jobs.wake(self.state)
 
     def _retry(self, job: Job, error: str, *, unavailable: bool) -> None:
         self.failures += 0 if unavailable else 1

@@ -6,8 +6,9 @@ differs is named here and nowhere else:
 
 - ``Tx.for_update`` / ``Tx.skip_locked``: row locks for leasing on PostgreSQL (``SELECT ... FOR
   UPDATE SKIP LOCKED``); empty on SQLite, whose ``BEGIN IMMEDIATE`` already serialises writers.
-- ``Tx.lock_audit()``: the audit chain's appends are serialised (SQLite: the write lock already
-  is; PostgreSQL: a transaction-scoped advisory lock, taken as the last step of a transaction).
+- ``Tx.chains_inline``: SQLite chains audit events inside each transaction (its writers are
+  serialised anyway); PostgreSQL inserts them unchained and ``AuditLog.chain`` links them in
+  commit order, so no lock is held through a commit's fsync.
 - ``Tx.notify`` / ``Database.wait``: PostgreSQL wakes waiting stages with ``LISTEN/NOTIFY`` at
   commit; SQLite has no such thing, so waiting there is a short sleep (polling).
 
@@ -37,6 +38,8 @@ class Tx(Protocol):
     """`` FOR UPDATE`` on PostgreSQL, empty on SQLite."""
     skip_locked: str
     """`` FOR UPDATE SKIP LOCKED`` on PostgreSQL, empty on SQLite."""
+    chains_inline: bool
+    """Whether audit events are chained inside the transaction that appends them."""
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed."""
@@ -54,8 +57,8 @@ class Tx(Protocol):
         """The first row of a query, or ``None``."""
         ...
 
-    def lock_audit(self) -> None:
-        """Serialise audit-chain appends until this transaction ends."""
+    def lock_chain(self) -> None:
+        """Serialise chaining of audit events until this transaction ends (the chainer)."""
         ...
 
     def notify(self, channel: str, payload: str) -> None:
@@ -86,6 +89,10 @@ class Database(Protocol):
 
     def channel(self, topic: str) -> str:
         """The notification channel of ``topic`` for this store (unique per store)."""
+        ...
+
+    def wake(self, channel: str) -> None:
+        """Wake this process's waiters on ``channel`` now (e.g. a stage slot came free)."""
         ...
 
     def close(self) -> None:

@@ -62,6 +62,7 @@ class PostgresTx:
     dialect = "postgresql"
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    chains_inline = False
 
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
@@ -83,8 +84,8 @@ class PostgresTx:
         """The first row, or ``None``."""
         return self._conn.execute(_pg(sql), tuple(args)).fetchone()
 
-    def lock_audit(self) -> None:
-        """Take the audit chain's advisory lock until this transaction ends."""
+    def lock_chain(self) -> None:
+        """Take the audit chainer's advisory lock until this transaction ends."""
         self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUDIT_LOCK,))
 
     def notify(self, channel: str, payload: str) -> None:
@@ -191,6 +192,12 @@ class PostgresDatabase:
         woken = event.wait(timeout_s)
         event.clear()
         return woken
+
+    def wake(self, channel: str) -> None:
+        """End this process's waits on ``channel`` now (without a round trip to the server)."""
+        with self._events_lock:
+            event = self._events.setdefault(channel, threading.Event())
+        event.set()
 
     def _listen(self) -> None:
         """Keep one connection listening on every channel asked for; reconnect on failure."""

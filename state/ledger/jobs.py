@@ -57,9 +57,11 @@ class Jobs:
             return []
 
         def take(tx: Tx) -> list[Any]:
+            # ``+not_before`` keeps the planner on the lease-order index (migration 0004): it
+            # walks due jobs in priority order and stops at ``limit``, instead of sorting them.
             return tx.all(
                 f"UPDATE jobs SET lease_owner = ?, leased_until = ? WHERE job_id IN ("
-                " SELECT job_id FROM jobs WHERE state = ? AND not_before <= ? AND leased_until <= ?"
+                " SELECT job_id FROM jobs WHERE state = ? AND +not_before <= ? AND leased_until <= ?"
                 f" ORDER BY priority DESC, created_at, job_id LIMIT ?{tx.skip_locked})"
                 f" RETURNING {_JOB_COLUMNS}",
                 (owner, now + lease_s, state.value, now, now, limit))
@@ -105,6 +107,10 @@ class Jobs:
             if row is not None and row["due"] is not None:
                 max_wait_s = min(max_wait_s, max(0.0, float(row["due"]) - now))
         self._db.wait(self._channel(state), max_wait_s)
+
+    def wake(self, state: JobState) -> None:
+        """Wake this process's stage of ``state`` now (a slot came free)."""
+        self._db.wake(self._channel(state))
 
     # ------------------------------------------------------------- transitions
     def transition(

@@ -1,3 +1,0 @@
--- Issue 2 ledgers were SQLite only: nothing to adopt on PostgreSQL (kept so both dialects
--- share one migration history).
-SELECT 1;
