@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydicom import config as dicom_config
+
+from tests.pki import Pki, make_pki
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +19,9 @@ def strict_pydicom():
     yield
     dicom_config.settings.reading_validation_mode = reading
     dicom_config.settings.writing_validation_mode = writing
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA with a server and a client certificate for every TLS test (made once)."""
+    return make_pki(Path(tmp_path_factory.mktemp("pki")))

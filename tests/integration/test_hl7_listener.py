@@ -37,7 +37,6 @@ from tests.hl7_messages import a40, adt, omi, orm
 pytestmark = pytest.mark.integration
 
 KEY = b"integration-key"
-PKI = Path("/work/shared/examples/pki")
 MAX_BYTES = 64 * 1024
 
 
@@ -258,14 +257,10 @@ def test_join_prefers_study_uid_then_accession_then_patient_and_date(bridge):
     assert reader.find("9.9", [], [hash_identifier("MRN123", KEY)], date(2025, 4, 1), 1) is None
 
 
-def test_mllp_over_tls(tmp_path):
-    tls = TlsConfig(certificate=str(PKI / "server.crt"), private_key=str(PKI / "server.key"),
-                    ca_certificates=str(PKI / "ca.crt"))
-    listener, _ = make_listener(tmp_path, tls)
+def test_mllp_over_tls(tmp_path, pki):
+    listener, _ = make_listener(tmp_path, pki.server())
     try:
-        ctx = client_context(TlsConfig(certificate=str(PKI / "client.crt"),
-                                       private_key=str(PKI / "client.key"),
-                                       ca_certificates=str(PKI / "ca.crt")))
+        ctx = client_context(pki.client())
         client = MllpClient("127.0.0.1", listener.port, ssl_context=ctx, server_hostname="localhost")
         try:
             assert client._sock.version() in ("TLSv1.2", "TLSv1.3")
