@@ -333,3 +333,47 @@ def test_an_acknowledged_message_survives_kill_9_and_is_not_applied_again(tmp_pa
         assert version.fetchone()[0] == 1
     finally:
         reader.close()
+
+
+def patients_by_name(reader: ContextReader) -> dict[str, dict]:
+    rows = reader._con.execute("SELECT json FROM resources WHERE type = 'Patient'")
+    return {p["name"][0]["family"]: p for p in (json.loads(r[0]) for r in rows)}
+
+
+def test_the_same_id_from_two_assigning_authorities_is_two_patients(bridge):
+    """Issue #16, 1: 4711 from authority A and 4711 from authority B are different people."""
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for raw in (adt("A01", "ID1", pid3="4711^^^A^MR", name="ALPHA^ANNA", visit="V1^^^A^VN"),
+                    adt("A01", "ID2", pid3="4711^^^B^MR", name="BRAVO^BERT", visit="V2^^^B^VN"),
+                    orm("ID3", pid3="4711^^^A^MR", name="ALPHA^ANNA", accession="ACC-A")):
+            assert msa(client.send(raw.encode())[0])[0] == "AA"
+    finally:
+        client.close()
+    patients = patients_by_name(reader)
+    assert set(patients) == {"ALPHA", "BRAVO"}  # nobody was renamed into somebody else
+    rows = reader._con.execute("SELECT json FROM resources WHERE type = 'Encounter'")
+    subjects = {e["identifier"][0]["value"]: e["subject"]["reference"]
+                for e in (json.loads(r[0]) for r in rows)}
+    assert subjects["V1"] == f"Patient/{patients['ALPHA']['id']}"
+    assert subjects["V2"] == f"Patient/{patients['BRAVO']['id']}"
+    order = reader.find("", [hash_identifier("ACC-A", KEY)], [], None, 1)
+    assert order.patient["id"] == patients["ALPHA"]["id"]
+    # A study that carries only the bare Patient ID 4711 cannot tell A from B: no join.
+    assert reader.find("", [], [hash_identifier("4711", KEY)], date(2025, 3, 1), 1) is None
+
+
+def test_bare_ids_from_two_sending_facilities_are_never_matched(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for raw in (adt("A01", "F1", pid3="4711", name="NORTH^NINA", facility="NORTH"),
+                    adt("A01", "F2", pid3="4711", name="SOUTH^SAM", facility="SOUTH"),
+                    adt("A08", "F3", pid3="4711", name="NORTH^NINA", sex="M", facility="NORTH")):
+            assert msa(client.send(raw.encode())[0])[0] == "AA"
+    finally:
+        client.close()
+    patients = patients_by_name(reader)
+    assert set(patients) == {"NORTH", "SOUTH"}
+    assert (patients["NORTH"]["gender"], patients["SOUTH"]["gender"]) == ("male", "female")

@@ -168,3 +168,36 @@ def test_dtm_to_fhir_datetime(dtm, offset, expected):
 def test_bad_dtm_is_refused(bad):
     with pytest.raises(ValueError):
         fhir_datetime(bad)
+
+
+# ----------------------------------------------------------------- patient identity (issue #16, 1)
+def identity(raw, mapper=MAPPER):
+    """The Patient id and the identity keys a message maps to."""
+    update = mapper.map(parse_message(raw.encode()))
+    [patient] = [r for r in update.resources if r["resourceType"] == "Patient"]
+    return patient["id"], set(update.identity_keys), patient
+
+
+def test_patient_identity_is_id_assigning_authority_and_type():
+    from_a = identity(adt(pid3="4711^^^A^MR"))
+    from_b = identity(adt(pid3="4711^^^B^MR"))
+    other_type = identity(adt(pid3="4711^^^A^PI"))
+    assert len({from_a[0], from_b[0], other_type[0]}) == 3
+    assert not from_a[1] & from_b[1] and not from_a[1] & other_type[1]
+    assert identity(adt("A08", "ADT0002", pid3="4711^^^A^MR"))[:2] == from_a[:2]
+
+
+def test_an_id_without_authority_is_scoped_by_the_sending_facility():
+    north = identity(adt(pid3="4711", facility="NORTH"))
+    south = identity(adt(pid3="4711", facility="SOUTH"))
+    assert north[0] != south[0] and not north[1] & south[1]
+
+
+def test_sending_facilities_can_name_the_authority_of_bare_ids():
+    mapper = V2FhirMapper(KEY, {"HOSP": "http://hosp.example/mrn"},
+                          default_authorities={"NORTH": "HOSP", "SOUTH": "HOSP"})
+    north = identity(adt(pid3="4711^^^^MR", facility="NORTH"), mapper)
+    south = identity(adt(pid3="4711^^^^MR", facility="SOUTH"), mapper)
+    explicit = identity(adt(pid3="4711^^^HOSP^MR", facility="WEST"), mapper)
+    assert north[:2] == south[:2] == explicit[:2]
+    assert north[2]["identifier"][0]["system"] == "http://hosp.example/mrn"
