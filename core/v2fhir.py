@@ -13,7 +13,9 @@ race, religion and the like are not stored: the context store is a PHI vault and
 than its purpose needs.
 
 Resource ids are keyed hashes of the identifiers (``pat-``, ``enc-``, ``loc-``, ``sr-``), so
-that ids can appear in audit events and job data without revealing an MRN or accession.
+that ids can appear in audit events and job data without revealing an MRN or accession. A
+patient's and a visit's ids hash the whole identity (ID, assigning authority, type; see
+``core.v2types.IdentifierMapper.identity``), never the bare ID (issue #16).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from core.hl7 import Hl7Message, Segment
 from core.identifiers import DEFAULT_KEY, hash_identifier
 from core.v2types import (
     DTM,
+    HD,
     V2_TABLE,
     IdentifierMapper,
+    PatientIdentity,
     codeable,
     fhir_datetime,
     human_name,
@@ -76,6 +80,20 @@ _ORDER_STATUS = {
 }
 """IG concept map OrderStatus (ORC-5 -> ServiceRequest.status)."""
 @dataclass(frozen=True, slots=True)
+class _Patient:
+    """A mapped PID: the resource, and the keyed hashes of its bare IDs and identities."""
+
+    resource: dict[str, Any]
+    bare_keys: tuple[str, ...]
+    identity_keys: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """The Patient's id."""
+        return str(self.resource["id"])
+
+
+@dataclass(frozen=True, slots=True)
 class _Order:
     """The segments of one order group: ORC and what follows it up to the next ORC."""
 
@@ -94,16 +112,19 @@ class V2FhirMapper:
         identifier_systems: Mapping[str, str] | None = None,
         accession_fields: Sequence[str] = ("IPC-1", "OBR-18"),
         validate_resources: bool = True,
+        default_authorities: Mapping[str, str] | None = None,
     ) -> None:
         """Args:
         key: Key of the hashed identifiers (the same as the DICOM listener's).
         identifier_systems: Assigning authority namespace -> Identifier.system.
         accession_fields: Where the accession number is, first valued wins.
         validate_resources: Check every resource with fhir.resources (R4) before returning.
+        default_authorities: Sending facility (MSH-4) -> assigning authority of its
+            identifiers that name none (``hl7.default_assigning_authorities``).
         """
         self._key = key
         self._validate = validate_resources
-        self._ids = IdentifierMapper(identifier_systems or {})
+        self._ids = IdentifierMapper(identifier_systems or {}, default_authorities)
         self._accession_fields = tuple(accession_fields)
 
     def map(self, message: Hl7Message) -> ContextUpdate:
@@ -154,27 +175,40 @@ class V2FhirMapper:
                 message.header.control_id, "102", seg.loc(n),
             ) from None
 
-    def _patient_id(self, cx_list: Sequence[Sequence[str]]) -> str:
-        main = next((cx for cx in cx_list if len(cx) > 4 and cx[4] == "MR"), cx_list[0])
-        authority = main[3] if len(main) > 3 else ""
-        return "pat-" + self._hash(f"{authority}|{main[0]}")
+    def _identities(
+        self, message: Hl7Message, cx_list: Sequence[Sequence[str]]
+    ) -> list[PatientIdentity]:
+        h = message.header
+        return [
+            self._ids.identity(cx, HD.parse(cx[3] if len(cx) > 3 else ""), h.sending_facility,
+                               h.sending_application)
+            for cx in cx_list
+        ]
+
+    def _patient_id(self, identities: Sequence[PatientIdentity]) -> str:
+        """``pat-`` + keyed hash of the main identity (the MR one, else the first)."""
+        main = next((i for i in identities if i.type_code == "MR"), identities[0])
+        return "pat-" + self._hash(main.material)
 
     # ------------------------------------------------------------ patient
-    def _patient(self, message: Hl7Message, pid: Segment) -> tuple[dict[str, Any], list[str]]:
+    def _patient(self, message: Hl7Message, pid: Segment) -> _Patient:
         """PID -> Patient (IG PID[Patient]): PID-2/3/4 identifier, -5 name, -7 birthDate,
-        -8 gender, -29/-30 deceased. Returns the resource and the keyed hashes of PID-3."""
+        -8 gender, -29/-30 deceased; with the keyed hashes of PID-3's IDs and identities."""
         ids = [cx for cx in pid.reps(3) if cx and cx[0]]
         if not ids:
             raise MessageInvalid(
                 "PID-3: missing; expected at least one patient identifier (CX.1)",
                 message.header.control_id, "101", pid.loc(3),
             )
+        identities = self._identities(message, ids)
+        facility = message.header.sending_facility
         patient: dict[str, Any] = {
             "resourceType": "Patient",
-            "id": self._patient_id(ids),
+            "id": self._patient_id(identities),
             "active": True,
             "identifier": [
-                self._ids.cx(cx) for n in (2, 3, 4) for cx in pid.reps(n) if cx and cx[0]
+                self._ids.cx(cx, facility=facility)
+                for n in (2, 3, 4) for cx in pid.reps(n) if cx and cx[0]
             ],
         }
         names = [human_name(x) for x in pid.reps(5) if any(x)]
@@ -189,7 +223,8 @@ class V2FhirMapper:
             patient["deceasedDateTime"] = died
         elif pid.get(30).upper() in ("Y", "N"):
             patient["deceasedBoolean"] = pid.get(30).upper() == "Y"
-        return patient, [self._hash(cx[0]) for cx in ids]
+        return _Patient(patient, tuple(self._hash(cx[0]) for cx in ids),
+                        tuple(self._hash(i.material) for i in identities))
 
     @staticmethod
     def _gender(message: Hl7Message, pid: Segment, patient: dict[str, Any]) -> None:
@@ -219,9 +254,9 @@ class V2FhirMapper:
             )
         visit = pv1.comps(19)
         admitted, discharged = self._dtm(message, pv1, 44), self._dtm(message, pv1, 45)
-        seed = f"{visit[3] if len(visit) > 3 else ''}|{visit[0]}" if visit and visit[0] else (
-            f"{patient_id}|{admitted}"
-        )
+        seed = f"{patient_id}|{admitted}"
+        if visit and visit[0]:  # the visit number's identity: scoped like a patient's
+            seed = self._identities(message, [(*visit[:4], "VN")])[0].material
         system, code, display = ENCOUNTER_CLASS[cls]
         enc: dict[str, Any] = {
             "resourceType": "Encounter",
@@ -231,7 +266,8 @@ class V2FhirMapper:
             "subject": {"reference": f"Patient/{patient_id}"},
         }
         if visit and visit[0]:
-            enc["identifier"] = [self._ids.cx(visit, "VN")]
+            facility = message.header.sending_facility
+            enc["identifier"] = [self._ids.cx(visit, "VN", facility=facility)]
         period = {k: v for k, v in (("start", admitted), ("end", discharged)) if v}
         if period:
             enc["period"] = period
@@ -258,17 +294,15 @@ class V2FhirMapper:
     # --------------------------------------------------------- messages
     def _admission(self, message: Hl7Message) -> ContextUpdate:
         """ADT^A01 / A04 / A08 (ADT_A01 structure): Patient, and Encounter from PV1."""
-        patient, keys = self._patient(message, self._need(message, "PID"))
-        resources: list[dict[str, Any]] = [patient]
-        encounters: tuple[tuple[str, str], ...] = ()
-        enc, location = self._encounter(message, self._need(message, "PV1"), patient["id"])
-        resources += [r for r in (location, enc) if r is not None]
-        encounters = ((enc["id"], patient["id"]),)
+        patient = self._patient(message, self._need(message, "PID"))
+        enc, location = self._encounter(message, self._need(message, "PV1"), patient.id)
+        resources = [patient.resource] + [r for r in (location, enc) if r is not None]
         return ContextUpdate(
             resources=tuple(resources),
-            patient_keys=tuple((k, patient["id"]) for k in keys),
-            encounters=encounters,
-            patient_key=keys[0],
+            patient_keys=tuple((k, patient.id) for k in patient.bare_keys),
+            encounters=((enc["id"], patient.id),),
+            patient_key=patient.bare_keys[0],
+            identity_keys=tuple((k, patient.id) for k in patient.identity_keys),
         )
 
     def _merge(self, message: Hl7Message) -> ContextUpdate:
@@ -279,24 +313,26 @@ class V2FhirMapper:
                 f"MRG: got {len(mrgs)} MRG for {len(pids)} PID; expected one MRG after each PID",
                 message.header.control_id, "100", "MRG",
             )
-        resources, keys, merges = [], [], []
+        resources, keys, identity_keys, merges = [], [], [], []
         for pid, mrg in zip(pids, mrgs, strict=True):
-            survivor, survivor_keys = self._patient(message, pid)
+            survivor = self._patient(message, pid)
             prior_ids = [cx for cx in mrg.reps(1) if cx and cx[0]]
             if not prior_ids:
                 raise MessageInvalid(
                     "MRG-1: missing; expected the prior patient identifier list",
                     message.header.control_id, "101", mrg.loc(1),
                 )
-            prior_id = self._patient_id(prior_ids)
+            prior = self._identities(message, prior_ids)
             merges.append(PatientMerge(
-                prior_id, tuple(self._hash(cx[0]) for cx in prior_ids), survivor["id"]
+                self._patient_id(prior), tuple(self._hash(cx[0]) for cx in prior_ids),
+                survivor.id, tuple(self._hash(i.material) for i in prior),
             ))
-            resources.append(survivor)
-            keys += [(k, survivor["id"]) for k in survivor_keys]
+            resources.append(survivor.resource)
+            keys += [(k, survivor.id) for k in survivor.bare_keys]
+            identity_keys += [(k, survivor.id) for k in survivor.identity_keys]
         return ContextUpdate(
             resources=tuple(resources), patient_keys=tuple(keys), merges=tuple(merges),
-            patient_key=keys[0][0],
+            patient_key=keys[0][0], identity_keys=tuple(identity_keys),
         )
 
     def _groups(self, message: Hl7Message) -> list[_Order]:
@@ -322,28 +358,29 @@ class V2FhirMapper:
 
     def _orders(self, message: Hl7Message) -> ContextUpdate:
         """ORM^O01 / OMI^O23: Patient, Encounter (PV1, optional), one ServiceRequest per ORC."""
-        patient, keys = self._patient(message, self._need(message, "PID"))
-        resources: list[dict[str, Any]] = [patient]
+        patient = self._patient(message, self._need(message, "PID"))
+        resources: list[dict[str, Any]] = [patient.resource]
         pv1 = message.first("PV1")
         enc_id = ""
         encounters: tuple[tuple[str, str], ...] = ()
         if pv1 is not None and pv1.get(2):
-            enc, location = self._encounter(message, pv1, patient["id"])
+            enc, location = self._encounter(message, pv1, patient.id)
             resources += [r for r in (location, enc) if r is not None]
             enc_id = enc["id"]
-            encounters = ((enc_id, patient["id"]),)
+            encounters = ((enc_id, patient.id),)
         orders = []
         for group in self._groups(message):
-            request, index = self._service_request(message, group, patient["id"], enc_id)
+            request, index = self._service_request(message, group, patient.id, enc_id)
             resources.append(request)
             orders.append(index)
         return ContextUpdate(
             resources=tuple(resources),
-            patient_keys=tuple((k, patient["id"]) for k in keys),
+            patient_keys=tuple((k, patient.id) for k in patient.bare_keys),
             encounters=encounters,
             orders=tuple(orders),
-            patient_key=keys[0],
+            patient_key=patient.bare_keys[0],
             accession_key=orders[0].accession_key,
+            identity_keys=tuple((k, patient.id) for k in patient.identity_keys),
         )
 
     # ---------------------------------------------------------- orders

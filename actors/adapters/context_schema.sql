@@ -48,10 +48,16 @@ CREATE TABLE IF NOT EXISTS resources (
     PRIMARY KEY (type, id)
 );
 
-CREATE TABLE IF NOT EXISTS patient_keys (      -- keyed hash of a PID-3 ID -> Patient id
-    patient_key TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS patient_keys (      -- keyed hash of a bare PID-3 ID -> Patient id
+    patient_key TEXT NOT NULL,                  -- (the DICOM join's index; never rebinds)
     patient_id  TEXT NOT NULL,
     PRIMARY KEY (patient_key, patient_id)
+);
+
+CREATE TABLE IF NOT EXISTS patient_identities ( -- keyed hash of (CX.1, authority, CX.5) -> Patient
+    identity_key TEXT NOT NULL,
+    patient_id   TEXT NOT NULL,
+    PRIMARY KEY (identity_key, patient_id)
 );
 
 CREATE TABLE IF NOT EXISTS patient_merges (    -- ADT^A40: prior -> surviving patient

@@ -6,6 +6,10 @@ row and the resources it changes commit in one transaction, and the ACK goes out
 commit. Other processes (the router) open it read-only for the join; every such read is
 audited in the ledger by the caller.
 
+Patients are found again by their identities (ID, assigning authority, type:
+``patient_identities``); ``patient_keys`` holds the bare IDs only for the join of a study whose
+DICOM Patient ID has no authority, and that join refuses an ID that names two people.
+
 Idempotency: ``(MSH-3, MSH-4, MSH-10)`` is unique. A re-sent message whose first copy was
 applied is acknowledged and not applied again; one whose first copy broke a rule is evaluated
 afresh (nothing of it was applied).
@@ -93,14 +97,33 @@ def _survivor(cur: sqlite3.Cursor, patient_id: str) -> str:
         seen.add(patient_id)
 
 
-def _known_patient(cur: sqlite3.Cursor, keys: Sequence[str]) -> str | None:
-    if not keys:
-        return None
-    marks = ",".join("?" * len(keys))
-    row = cur.execute(
-        f"SELECT patient_id FROM patient_keys WHERE patient_key IN ({marks}) LIMIT 1", list(keys)
-    ).fetchone()
-    return _survivor(cur, row[0]) if row else None
+def _known_patient(cur: sqlite3.Cursor, identity_keys: Sequence[str]) -> str | None:
+    """The stored (surviving) patient of the first identity that is known, if any.
+
+    Identities are (ID, assigning authority, type): a bare ID never finds a patient here.
+    """
+    for key in identity_keys:
+        row = cur.execute(
+            "SELECT patient_id FROM patient_identities WHERE identity_key = ?"
+            " ORDER BY patient_id LIMIT 1", (key,),
+        ).fetchone()
+        if row is not None:
+            return _survivor(cur, row[0])
+    return None
+
+
+def _index_patient(
+    cur: sqlite3.Cursor, bare: Sequence[tuple[str, str]], identities: Sequence[tuple[str, str]]
+) -> None:
+    """Record which patient the bare IDs (the join's index) and the identities belong to."""
+    cur.executemany(
+        "INSERT INTO patient_keys (patient_key, patient_id) VALUES (?,?)"
+        " ON CONFLICT (patient_key, patient_id) DO NOTHING", list(bare),
+    )
+    cur.executemany(
+        "INSERT INTO patient_identities (identity_key, patient_id) VALUES (?,?)"
+        " ON CONFLICT (identity_key, patient_id) DO NOTHING", list(identities),
+    )
 
 
 class ContextWriter:
@@ -226,17 +249,14 @@ class ContextWriter:
 
     def _apply(self, cur: sqlite3.Cursor, update: ContextUpdate, now: float) -> None:
         for patient in [r for r in update.resources if r["resourceType"] == "Patient"]:
-            keys = [k for k, p in update.patient_keys if p == patient["id"]]
+            keys = [k for k, p in update.identity_keys if p == patient["id"]]
             known = _known_patient(cur, keys)
             if known is not None:
                 update = rebind_patient(update, patient["id"], known)
         for resource in update.resources:
             stored = _load(cur, resource["resourceType"], resource["id"])
             _save(cur, merge_resource(stored, resource), now)
-        cur.executemany(
-            "INSERT OR IGNORE INTO patient_keys (patient_key, patient_id) VALUES (?,?)",
-            update.patient_keys,
-        )
+        _index_patient(cur, update.patient_keys, update.identity_keys)
         cur.executemany(
             "INSERT INTO encounters (encounter_id, patient_id, updated_at) VALUES (?,?,?)"
             " ON CONFLICT (encounter_id) DO UPDATE SET patient_id = excluded.patient_id,"
@@ -267,7 +287,7 @@ class ContextWriter:
     def _merge(cur: sqlite3.Cursor, merge: PatientMerge, now: float) -> None:
         """A40: the prior patient's keys, orders and encounters move to the survivor."""
         survivor_id = _survivor(cur, merge.survivor_id)
-        prior_id = _known_patient(cur, merge.prior_keys) or merge.prior_id
+        prior_id = _known_patient(cur, merge.prior_identity_keys) or merge.prior_id
         if prior_id == survivor_id:
             return
         survivor = _load(cur, "Patient", survivor_id) or {
@@ -278,14 +298,13 @@ class ContextWriter:
             if resource is not None:
                 _save(cur, resource, now)
         cur.execute(
-            "INSERT OR REPLACE INTO patient_merges (prior_id, survivor_id, merged_at)"
-            " VALUES (?,?,?)",
+            "INSERT INTO patient_merges (prior_id, survivor_id, merged_at) VALUES (?,?,?)"
+            " ON CONFLICT (prior_id) DO UPDATE SET survivor_id = excluded.survivor_id,"
+            " merged_at = excluded.merged_at",
             (prior_id, survivor_id, now),
         )
-        cur.executemany(
-            "INSERT OR IGNORE INTO patient_keys (patient_key, patient_id) VALUES (?,?)",
-            [(k, survivor_id) for k in merge.prior_keys],
-        )
+        _index_patient(cur, [(k, survivor_id) for k in merge.prior_keys],
+                       [(k, survivor_id) for k in merge.prior_identity_keys])
         for table, kind, column in (("orders", "ServiceRequest", "service_request_id"),
                                     ("encounters", "Encounter", "encounter_id")):
             query = f"SELECT {column} FROM {table} WHERE patient_id = ?"
@@ -340,7 +359,11 @@ class ContextReader:
         window_days: int,
     ) -> ContextMatch | None:
         """Find the order of a study: by Study Instance UID (IPC-3), then accession, then
-        Patient ID + date; with its patient (after merges) and encounter."""
+        Patient ID + date; with its patient (after merges) and encounter.
+
+        A DICOM Patient ID carries no assigning authority we can trust, so the Patient ID +
+        date step joins only when exactly one (surviving) patient holds that bare ID.
+        """
         cur = self._con.cursor()
         order, how = self._by_study_or_accession(cur, study_uid, accession_keys)
         if order is None:
@@ -384,6 +407,8 @@ class ContextReader:
         patients = {p for k in patient_keys if k for p in self._patients(cur, k)}
         if not patients or study_date is None:
             return None
+        if len({_survivor(cur, p) for p in patients}) > 1:
+            return None  # the bare ID names more than one person (issue #16): no guess
         marks = ",".join("?" * len(patients))
         rows = cur.execute(f"SELECT * FROM orders WHERE patient_id IN ({marks})", list(patients))
         return choose_order([(self._order(r), float(r["updated_at"])) for r in rows],

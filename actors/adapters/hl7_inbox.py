@@ -81,7 +81,8 @@ class Hl7Listener:
         self._ledger = ledger
         self._clock = clock
         self._mapper = V2FhirMapper(
-            hash_key, cfg.identifier_systems, cfg.accession_fields, cfg.validate_resources
+            hash_key, cfg.identifier_systems, cfg.accession_fields, cfg.validate_resources,
+            cfg.default_assigning_authorities,
         )
         self._writer = ContextWriter(context_path, cfg.batch_max)
         self._reader = ContextReader(context_path)
