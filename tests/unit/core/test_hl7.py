@@ -118,3 +118,13 @@ def test_blanks_around_values_are_dropped_so_codes_stay_valid_fhir():
     raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\r\rPID|1|| X1 ^^^H^ MR ||DOE \r"
     pid = parse_message(raw.encode()).first("PID")
     assert pid.comps(3) == ("X1", "", "", "H", "MR") and pid.get(5) == "DOE"
+
+
+def test_subcomponents_survive_the_parser():
+    """Issue #16, 2: CX.4 is an HD; its universal ID and type are subcomponents."""
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||4711^^^HOSP&1.2.840.1&ISO^MR~9^^^&2.16.1&ISO\r"
+    pid = parse_message(raw.encode()).first("PID")
+    assert pid.subs(3, 4) == ("HOSP", "1.2.840.1", "ISO")
+    assert pid.subs(3, 4, rep=2) == ("", "2.16.1", "ISO")
+    assert pid.subs(3, 9) == () and pid.subs(7, 1) == ()
+    assert pid.get(3, 4, sub=2) == "1.2.840.1"

@@ -201,3 +201,27 @@ def test_sending_facilities_can_name_the_authority_of_bare_ids():
     explicit = identity(adt(pid3="4711^^^HOSP^MR", facility="WEST"), mapper)
     assert north[:2] == south[:2] == explicit[:2]
     assert north[2]["identifier"][0]["system"] == "http://hosp.example/mrn"
+
+
+@pytest.mark.parametrize(("pid3", "system"), [
+    ("4711^^^NORTH&1.2.840.99&ISO^MR", "urn:oid:1.2.840.99"),
+    ("4711^^^&1.2.840.99&ISO^MR", "urn:oid:1.2.840.99"),
+    ("4711^^^&A1B2C3D4-0000-4000-8000-000000000001&UUID^MR",
+     "urn:uuid:a1b2c3d4-0000-4000-8000-000000000001"),
+])
+def test_the_oid_of_an_assigning_authority_becomes_the_identifier_system(pid3, system):
+    """Issue #16, 2: CX.4 ``&OID&ISO`` -> Identifier.system ``urn:oid:<OID>`` (IG CX[Identifier])."""
+    _, _, patient = identity(adt(pid3=pid3))
+    assert patient["identifier"][0]["system"] == system
+    assert patient["identifier"][0]["value"] == "4711"
+
+
+def test_an_authority_is_the_same_with_or_without_its_namespace_id():
+    named = identity(adt(pid3="4711^^^NORTH&1.2.840.99&ISO^MR"))
+    unnamed = identity(adt(pid3="4711^^^&1.2.840.99&ISO^MR", facility="ELSEWHERE"))
+    assert named[:2] == unnamed[:2]
+
+
+def test_the_visit_number_keeps_its_authority_oid():
+    _, res = mapped(adt(visit="V789^^^VISITS&1.2.840.7&ISO^VN"))
+    assert res["Encounter"][0]["identifier"][0]["system"] == "urn:oid:1.2.840.7"
