@@ -104,6 +104,17 @@ class Segment:
             return ()
         return tuple(c[0] for c in self.fields[n][rep - 1])
 
+    def subs(self, n: int, comp: int, rep: int = 1) -> tuple[str, ...]:
+        """The subcomponents of component ``comp`` of repetition ``rep`` of field ``n``.
+
+        An HD inside a component (CX.4, PL.4, XCN.9, ...) keeps its universal ID and type
+        here, where ``reps`` and ``comps`` give only its namespace ID.
+        """
+        if n >= len(self.fields) or len(self.fields[n]) < rep:
+            return ()
+        components = self.fields[n][rep - 1]
+        return components[comp - 1] if len(components) >= comp else ()
+
     def get(self, n: int, comp: int = 1, rep: int = 1, sub: int = 1) -> str:
         """One value: field ``n``, component ``comp``, repetition ``rep``, subcomponent ``sub``."""
         if n >= len(self.fields) or len(self.fields[n]) < rep:

@@ -176,14 +176,25 @@ class V2FhirMapper:
             ) from None
 
     def _identities(
-        self, message: Hl7Message, cx_list: Sequence[Sequence[str]]
+        self, message: Hl7Message, cx_list: Sequence[Sequence[str]],
+        authorities: Sequence[HD] = (),
     ) -> list[PatientIdentity]:
         h = message.header
         return [
-            self._ids.identity(cx, HD.parse(cx[3] if len(cx) > 3 else ""), h.sending_facility,
-                               h.sending_application)
-            for cx in cx_list
+            self._ids.identity(cx, auth, h.sending_facility, h.sending_application)
+            for cx, auth in zip(cx_list, list(authorities) + [HD()] * len(cx_list), strict=False)
         ]
+
+    @staticmethod
+    def _cx_list(seg: Segment, n: int) -> list[tuple[tuple[str, ...], HD]]:
+        """The valued CX repetitions of field ``n``: components, and CX.4 with its
+        subcomponents (namespace ID, universal ID, its type; HL7 v2.5 2.A.33)."""
+        out = []
+        for rep in seg.fields[n] if n < len(seg.fields) else ():
+            cx = tuple(c[0] for c in rep)
+            if cx and cx[0]:
+                out.append((cx, HD.parse(rep[3] if len(rep) > 3 else ())))
+        return out
 
     def _patient_id(self, identities: Sequence[PatientIdentity]) -> str:
         """``pat-`` + keyed hash of the main identity (the MR one, else the first)."""
@@ -194,21 +205,22 @@ class V2FhirMapper:
     def _patient(self, message: Hl7Message, pid: Segment) -> _Patient:
         """PID -> Patient (IG PID[Patient]): PID-2/3/4 identifier, -5 name, -7 birthDate,
         -8 gender, -29/-30 deceased; with the keyed hashes of PID-3's IDs and identities."""
-        ids = [cx for cx in pid.reps(3) if cx and cx[0]]
+        cx_list = self._cx_list(pid, 3)
+        ids = [cx for cx, _ in cx_list]
         if not ids:
             raise MessageInvalid(
                 "PID-3: missing; expected at least one patient identifier (CX.1)",
                 message.header.control_id, "101", pid.loc(3),
             )
-        identities = self._identities(message, ids)
+        identities = self._identities(message, ids, [hd for _, hd in cx_list])
         facility = message.header.sending_facility
         patient: dict[str, Any] = {
             "resourceType": "Patient",
             "id": self._patient_id(identities),
             "active": True,
             "identifier": [
-                self._ids.cx(cx, facility=facility)
-                for n in (2, 3, 4) for cx in pid.reps(n) if cx and cx[0]
+                self._ids.cx(cx, authority=hd, facility=facility)
+                for n in (2, 3, 4) for cx, hd in self._cx_list(pid, n)
             ],
         }
         names = [human_name(x) for x in pid.reps(5) if any(x)]
@@ -252,11 +264,12 @@ class V2FhirMapper:
                 f"{sorted(ENCOUNTER_CLASS)}",
                 message.header.control_id, "101" if not cls else "103", pv1.loc(2),
             )
-        visit = pv1.comps(19)
+        visits = self._cx_list(pv1, 19)[:1]
+        visit, visit_hd = visits[0] if visits else ((), HD())
         admitted, discharged = self._dtm(message, pv1, 44), self._dtm(message, pv1, 45)
         seed = f"{patient_id}|{admitted}"
-        if visit and visit[0]:  # the visit number's identity: scoped like a patient's
-            seed = self._identities(message, [(*visit[:4], "VN")])[0].material
+        if visit:  # the visit number's identity: scoped like a patient's
+            seed = self._identities(message, [(*visit[:4], "VN")], [visit_hd])[0].material
         system, code, display = ENCOUNTER_CLASS[cls]
         enc: dict[str, Any] = {
             "resourceType": "Encounter",
@@ -265,9 +278,9 @@ class V2FhirMapper:
             "class": {"system": system, "code": code, "display": display},
             "subject": {"reference": f"Patient/{patient_id}"},
         }
-        if visit and visit[0]:
+        if visit:
             facility = message.header.sending_facility
-            enc["identifier"] = [self._ids.cx(visit, "VN", facility=facility)]
+            enc["identifier"] = [self._ids.cx(visit, "VN", visit_hd, facility)]
         period = {k: v for k, v in (("start", admitted), ("end", discharged)) if v}
         if period:
             enc["period"] = period
@@ -316,13 +329,14 @@ class V2FhirMapper:
         resources, keys, identity_keys, merges = [], [], [], []
         for pid, mrg in zip(pids, mrgs, strict=True):
             survivor = self._patient(message, pid)
-            prior_ids = [cx for cx in mrg.reps(1) if cx and cx[0]]
+            prior_list = self._cx_list(mrg, 1)
+            prior_ids = [cx for cx, _ in prior_list]
             if not prior_ids:
                 raise MessageInvalid(
                     "MRG-1: missing; expected the prior patient identifier list",
                     message.header.control_id, "101", mrg.loc(1),
                 )
-            prior = self._identities(message, prior_ids)
+            prior = self._identities(message, prior_ids, [hd for _, hd in prior_list])
             merges.append(PatientMerge(
                 self._patient_id(prior), tuple(self._hash(cx[0]) for cx in prior_ids),
                 survivor.id, tuple(self._hash(i.material) for i in prior),
