@@ -377,3 +377,32 @@ def test_bare_ids_from_two_sending_facilities_are_never_matched(bridge):
     patients = patients_by_name(reader)
     assert set(patients) == {"NORTH", "SOUTH"}
     assert (patients["NORTH"]["gender"], patients["SOUTH"]["gender"]) == ("male", "female")
+
+
+def test_lf_and_crlf_separated_messages_with_a_charset_are_applied(bridge):
+    """Issue #16, 3 and 4: real interfaces send LF or CRLF and write 'UTF-8' or 'UNICODE'."""
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for control, sep, label in (("LF1", "\n", "UTF-8"), ("CRLF1", "\r\n", "UNICODE"),
+                                    ("LF2", "\n", "UNICODE UTF-8")):
+            raw = adt("A01", control, name="MÜLLER^JÖRG", extra="||||||" + label)
+            [reply] = client.send(raw.replace("\r", sep).encode("utf-8"))
+            assert msa(reply) == ("AA", control), reply
+    finally:
+        client.close()
+    assert the(reader, "Patient")["name"][0]["family"] == "MÜLLER"
+
+
+def test_bytes_that_do_not_decode_get_ae_naming_the_field_never_ar(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        raw = adt("A01", "BADUTF", extra="||||||UTF-8").encode().replace(b"SYNTHETIC", b"SYN\xffTHETIC")
+        [reply] = client.send(raw)
+    finally:
+        client.close()
+    assert msa(reply) == ("AE", "BADUTF")
+    assert err(reply) == ("PID^1^5", "102")
+    assert [(r["control_id"], r["status"]) for r in reader.inbox()] == [("BADUTF", "invalid")]
+    assert reader.count("resources") == 0

@@ -61,8 +61,6 @@ def test_utf8_is_decoded_when_declared():
         (b"MSH|^~\\A|A|B", "102", "4 distinct non-alphanumeric"),
         (b"MSHA^~\\&A", "102", "field separator"),
         (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rpid|1", "100", "3-character segment ID"),
-        (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||KOI8-R\rPID|1", "102", "MSH-18"),
-        (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|\xff", "102", "not valid"),
     ],
 )
 def test_unparseable_input_is_rejected_with_a_reason(raw, code, words):
@@ -128,3 +126,57 @@ def test_subcomponents_survive_the_parser():
     assert pid.subs(3, 4, rep=2) == ("", "2.16.1", "ISO")
     assert pid.subs(3, 9) == () and pid.subs(7, 1) == ()
     assert pid.get(3, 4, sub=2) == "1.2.840.1"
+
+
+# ------------------------------------------------- segment separators (issue #16, 3)
+@pytest.mark.parametrize("sep", ["\r", "\n", "\r\n"])
+def test_msh18_is_read_from_the_msh_segment_whatever_the_separator(sep):
+    raw = sep.join(["MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8",
+                    "PID|1||X1||MÜLLER^JÖRG", ""]).encode("utf-8")
+    assert parse_message(raw).first("PID").get(5, 2) == "JÖRG"
+
+
+def test_the_next_segment_is_never_taken_for_msh18():
+    raw = b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\nPID|1||X1||DOE^JANE|MAIDEN|19700101|F\n"
+    msg = parse_message(raw)
+    assert msg.header.charset == "" and msg.first("PID").get(6) == "MAIDEN"
+
+
+# ----------------------------------------------------------- character sets (issue #16, 4)
+@pytest.mark.parametrize(("label", "codec"), [
+    ("UNICODE UTF-8", "utf-8"), ("UTF-8", "utf-8"), ("UNICODE", "utf-8"), ("utf8", "utf-8"),
+    ("8859/1", "latin-1"), ("ISO-8859-1", "latin-1"), ("ISO_IR 100", "latin-1"),
+    ("ISO IR100", "latin-1"), ("Latin1", "latin-1"), ("8859/15", "iso8859-15"),
+    ("WINDOWS-1252", "cp1252"), ("8859/2", "iso8859-2"), ("ISO-8859-2", "iso8859-2"),
+])
+def test_common_character_set_labels_are_accepted(label, codec):
+    name = "MÜLLER^JÖRG" if codec != "iso8859-2" else "NOWAK^ŁUKASZ"
+    raw = (f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||{label}\rPID|1||X1||{name}\r").encode(codec)
+    msg = parse_message(raw)
+    assert msg.problem is None and msg.first("PID").get(5, 2) == name.split("^")[1]
+
+
+@pytest.mark.parametrize("label", ["ASCII", "US-ASCII", "KOI8-R", "NO-SUCH-CHARSET"])
+def test_a_plain_ascii_message_is_taken_whatever_its_label(label):
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||{label}\rPID|1||X1||DOE\r".encode()
+    assert parse_message(raw).problem is None
+
+
+def test_bytes_that_do_not_decode_are_an_error_in_the_field_not_a_reject():
+    raw = b"MSH|^~\\&|A|B|C|D|||ADT^A01|c7|P|2.5||||||UTF-8\rPID|1||X1||DOE\xff^JANE\r"
+    msg = parse_message(raw)  # no MessageRejected: the sender must fix it, not drop it
+    assert msg.header.control_id == "c7"
+    assert (msg.problem.code, msg.problem.location) == ("102", "PID^1^5")
+    assert "0xFF" in msg.problem.reason and "UTF-8" in msg.problem.reason
+
+
+def test_an_unknown_label_on_non_ascii_bytes_is_an_error_naming_msh18():
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||KLINGON\rPID|1||X1||MÜLLER\r".encode()
+    problem = parse_message(raw).problem
+    assert (problem.code, problem.location) == ("103", "MSH^1^18")
+    assert "KLINGON" in problem.reason
+
+
+def test_a_utf8_byte_order_mark_before_msh_is_dropped():
+    raw = "\ufeffMSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||MÜLLER\r".encode("utf-8")
+    assert parse_message(raw).first("PID").get(5) == "MÜLLER"
