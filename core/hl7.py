@@ -50,6 +50,8 @@ _STD = "|^~\\&"
 _CONTROL = re.compile("[\x00-\x08\x0a-\x0c\x0e-\x1f\x7f]")
 """C0 controls other than TAB and CR (LF is normalised to CR before the check), and DEL."""
 _SEGMENT_ID = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_MSH_LINE = re.compile(rb"[\r\n]")
+"""Where the MSH segment ends: CR, or LF / CRLF as many interfaces send."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +154,13 @@ def _reject(
 
 
 def _decode(raw: bytes) -> str:
-    """Decode by MSH-18; an undeclared character set is UTF-8, else Latin-1 (lenient)."""
-    head = raw.split(b"\r", 1)[0].decode("latin-1")
+    """Decode by MSH-18; an undeclared character set is UTF-8, else Latin-1 (lenient).
+
+    MSH-18 is read from the MSH segment alone, whichever of CR, LF or CRLF ends it: the
+    separators are normalised only after decoding, and an LF-separated message must not
+    take its character set from the next segment (issue #16).
+    """
+    head = _MSH_LINE.split(raw, 1)[0].decode("latin-1")
     fields = head.split(head[3]) if len(head) > 3 else []
     declared = fields[17].split("^")[0].strip() if len(fields) > 17 else ""
     if not declared:
