@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 import hl7
 
+from core.charsets import BOM, TABLE_0211, decode
 from core.errors import MessageInvalid, MessageRejected
 
 __all__ = [
     "Hl7Message",
+    "Issue",
     "MessageHeader",
     "SUPPORTED_EVENTS",
     "Segment",
@@ -39,13 +41,6 @@ SUPPORTED_EVENTS = frozenset(
 )
 """(MSH-9.1, MSH-9.2) pairs we accept: admit, register, update, merge, and imaging orders."""
 
-_CHARSETS = {
-    "ASCII": "ascii",
-    "8859/1": "latin-1",
-    "8859/15": "iso8859-15",
-    "UNICODE UTF-8": "utf-8",
-}
-"""MSH-18 (HL7 table 0211) values we decode; others are answered AR."""
 _STD = "|^~\\&"
 _CONTROL = re.compile("[\x00-\x08\x0a-\x0c\x0e-\x1f\x7f]")
 """C0 controls other than TAB and CR (LF is normalised to CR before the check), and DEL."""
@@ -132,11 +127,33 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class Issue:
+    """Something wrong in one field that does not stop the message being stored (an ERR).
+
+    Attributes:
+        code: HL7 table 0357 code.
+        reason: What was received and what was expected (may quote values: PHI).
+        location: HL7 ERL, ``SEG^sequence^field``.
+        severity: ERR-4 (HL7 table 0516): ``E`` error, ``W`` warning.
+    """
+
+    code: str
+    reason: str
+    location: str = ""
+    severity: str = "E"
+
+
+@dataclass(frozen=True, slots=True)
 class Hl7Message:
-    """A parsed message: its header and its segments in order."""
+    """A parsed message: its header, its segments in order, and a decoding problem, if any.
+
+    ``problem`` is set when the bytes did not decode by MSH-18: the message was read byte
+    for byte as Latin-1 so that it can be stored and answered AE, but it must not be applied.
+    """
 
     header: MessageHeader
     segments: tuple[Segment, ...]
+    problem: Issue | None = None
 
     def all(self, name: str) -> list[Segment]:
         """Every segment with this ID, in order."""
@@ -153,35 +170,52 @@ def _reject(
     return MessageRejected(reason, subject, code, location)
 
 
-def _decode(raw: bytes) -> str:
-    """Decode by MSH-18; an undeclared character set is UTF-8, else Latin-1 (lenient).
+def _declared_charset(head: str) -> str:
+    """MSH-18's first repetition's first component, from the MSH line (Latin-1 text)."""
+    fields = head.split(head[3]) if len(head) > 3 else []
+    if len(fields) <= 17:
+        return ""
+    value = fields[17]
+    for sep in head[5:6] + head[4:5]:  # repetition, then component separator
+        if not sep.isalnum():
+            value = value.split(sep)[0]
+    return value.strip()
+
+
+def _where(text: str, offset: int) -> str:
+    """The HL7 ERL (``PID^1^5``) of a character offset in undecoded (Latin-1) text."""
+    before = _normalise(text[:offset] + "x")[:-1].split("\r")
+    line, names = before[-1], [seg[:3] for seg in before]
+    fs = text[3] if len(text) > 3 else "|"
+    field = line.count(fs) + (1 if line.startswith("MSH") else 0)
+    return f"{line[:3]}^{names.count(line[:3])}^{field}"
+
+
+def _decode(raw: bytes) -> tuple[str, Issue | None]:
+    """Decode by MSH-18 (``core.charsets``); never reject for the character set (issue #16).
 
     MSH-18 is read from the MSH segment alone, whichever of CR, LF or CRLF ends it: the
     separators are normalised only after decoding, and an LF-separated message must not
-    take its character set from the next segment (issue #16).
+    take its character set from the next segment. Bytes that do not decode give an
+    ``Issue`` (AE naming the field) and the text read as Latin-1, byte for byte.
     """
+    raw = raw[len(BOM):] if raw.startswith(BOM) else raw
     head = _MSH_LINE.split(raw, 1)[0].decode("latin-1")
-    fields = head.split(head[3]) if len(head) > 3 else []
-    declared = fields[17].split("^")[0].strip() if len(fields) > 17 else ""
-    if not declared:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("latin-1")
-    codec = _CHARSETS.get(declared.upper())
-    if codec is None:
-        raise _reject(
-            f"MSH-18: got {declared[:40]!r}; expected one of {sorted(_CHARSETS)}", "102", "MSH^1^18"
-        )
-    try:
-        return raw.decode(codec)
-    except UnicodeDecodeError as exc:
-        raise _reject(
-            f"MSH-18 declares {declared!r} but byte 0x{raw[exc.start]:02X} at offset {exc.start} "
-            f"is not valid {declared}",
-            "102",
-            "MSH^1^18",
-        ) from None
+    label = _declared_charset(head)
+    done = decode(raw, label)
+    if done.bad_offset < 0:
+        return done.text, None
+    byte = f"0x{raw[done.bad_offset]:02X} at offset {done.bad_offset}"
+    if done.unknown_label:
+        return done.text, Issue("103", (
+            f"MSH-18: got {label[:40]!r}, not a character set we know, and byte {byte} is not "
+            f"ASCII; expected one of HL7 table 0211 {sorted(TABLE_0211)} or a common alias "
+            "(UTF-8, ISO-8859-1, WINDOWS-1252, ...)"), "MSH^1^18")
+    where = _where(done.text, done.bad_offset)
+    field = where.split("^")[0] + "-" + where.split("^")[2]
+    return done.text, Issue("102", (
+        f"{field}: byte {byte} is not valid {label[:40]} (MSH-18); expected text in the "
+        "declared character set"), where)
 
 
 def _normalise(text: str) -> str:
@@ -326,14 +360,16 @@ def parse_message(raw: bytes) -> Hl7Message:
         The message with its header.
 
     Raises:
-        MessageRejected: It cannot be decoded or parsed, or its MSH is broken.
+        MessageRejected: It cannot be parsed, or its MSH is broken. Bytes that do not decode
+            by MSH-18 are not a reject: the message comes back with ``problem`` set.
     """
-    text = _normalise(_decode(raw))
+    decoded, problem = _decode(raw)
+    text = _normalise(decoded)
     _check_text(text)
     fs, enc = _delimiters(text)
     _check_segment_ids(text, fs)
     segments = _segments(text, fs, enc)
-    return Hl7Message(_header(segments[0]), segments)
+    return Hl7Message(_header(segments[0]), segments, problem)
 
 
 def peek_header(raw: bytes) -> MessageHeader | None:

@@ -183,6 +183,9 @@ class Hl7Listener:
             return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
 
     def _map(self, message: Hl7Message) -> tuple[ContextUpdate | None, AckError | None]:
+        if message.problem is not None:  # bytes that did not decode: store, answer AE
+            p = message.problem
+            return None, AckError(p.code, p.reason, p.location)
         try:
             check_field_sizes(message, self._cfg.listener.max_field_chars)
             return self._mapper.map(message), None

@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 
 import core.acks
+import core.charsets
 import core.context
 import core.fhir
 import core.hl7
@@ -26,7 +27,9 @@ from core.context import (
 from core.types import CodedTerm, Priority
 
 
-@pytest.mark.parametrize("module", [core.acks, core.context, core.fhir, core.hl7, core.v2types])
+@pytest.mark.parametrize(
+    "module", [core.acks, core.charsets, core.context, core.fhir, core.hl7, core.v2types]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
