@@ -118,14 +118,42 @@ def test_a_resent_message_is_acknowledged_and_not_applied_twice(bridge):
     try:
         first = client.send_message(orm("DUP1"))
         again = client.send_message(orm("DUP1"))
-        changed = client.send_message(orm("DUP1", priority="R"))  # same MSH-10, other content
+        later = client.send_message(orm("DUP1", stamp="20250301113000+0100"))  # resent later
     finally:
         client.close()
-    assert [msa(first), msa(again), msa(changed)] == [("AA", "DUP1")] * 3
+    assert [msa(first), msa(again), msa(later)] == [("AA", "DUP1")] * 3
     row = reader._con.execute("SELECT version, json FROM resources WHERE type = 'ServiceRequest'").fetchone()
     assert row[0] == 1 and '"priority": "stat"' in row[1]
     [inbox] = reader.inbox()
     assert (inbox["status"], inbox["resends"]) == ("applied", 2)
+
+
+def test_other_content_under_a_used_control_id_is_a_conflict_kept_for_review(bridge):
+    """Issue #16, 5: (MSH-3, MSH-4, MSH-10) plus the content: not a silent AA."""
+    listener, ledger, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        assert msa(client.send(orm("DUP1").encode())[0]) == ("AA", "DUP1")
+        changed = orm("DUP1", priority="R").encode()  # same MSH-10, other content
+        replies = [client.send(changed)[0] for _ in range(2)]  # and its own re-send
+        other_sender = orm("DUP1", priority="R", accession="ACC9", facility="ELSEWHERE").encode()
+        assert msa(client.send(other_sender)[0]) == ("AA", "DUP1")  # another sender's ID
+    finally:
+        client.close()
+    for reply in replies:
+        assert msa(reply) == ("AE", "DUP1")
+        assert err(reply) == ("MSH^1^10", "205")
+    requests = [json.loads(r[0]) for r in reader._con.execute(
+        "SELECT json FROM resources WHERE type = 'ServiceRequest'")]
+    priorities = {r["identifier"][-1]["value"]: r["priority"] for r in requests}
+    assert priorities == {"ACC3003": "stat", "ACC9": "routine"}  # the conflict changed nothing
+    [conflict] = reader.conflicts()
+    assert (conflict["control_id"], conflict["resends"]) == ("DUP1", 1)
+    assert b"^^^^^R" in conflict["raw"]  # the whole message, for review
+    listener.audit_once()
+    events = [e for e in ledger.audit_events() if e["type"] == "hl7_received"]
+    conflicts = [e["detail"] for e in events if e["detail"]["status"] == "conflict"]
+    assert len(conflicts) == 1 and conflicts[0]["error_code"] == "205"
 
 
 def test_connection_dropped_before_the_ack_loses_nothing_and_applies_once(bridge):

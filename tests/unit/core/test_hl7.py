@@ -180,3 +180,13 @@ def test_an_unknown_label_on_non_ascii_bytes_is_an_error_naming_msh18():
 def test_a_utf8_byte_order_mark_before_msh_is_dropped():
     raw = "\ufeffMSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||MÜLLER\r".encode("utf-8")
     assert parse_message(raw).first("PID").get(5) == "MÜLLER"
+
+
+def test_the_content_digest_ignores_separators_and_msh7_only():
+    """Issue #16, 5: what makes a re-sent message 'the same' (MSH-7 is the time of sending)."""
+    base = parse_message(orm().encode()).digest
+    assert len(base) == 64
+    assert parse_message(orm().replace("\r", "\r\n").encode()).digest == base
+    assert parse_message(orm(stamp="20250302000000+0100").encode()).digest == base
+    assert parse_message(orm(priority="R").encode()).digest != base
+    assert parse_message(orm(control="OTHER").encode()).digest != base
