@@ -43,7 +43,8 @@ class Hl7ListenerActor:
             "stage": "hl7_listener",
             "alive": True,
             "processed": counts["applied"] + counts["duplicate"],
-            "failures": counts["invalid"] + counts["rejected"] + counts["failed"],
+            "failures": counts["invalid"] + counts["conflict"] + counts["rejected"]
+            + counts["failed"],
             "in_flight": 0,
             "last_error": "",
             "counts": dict(counts),

@@ -4,7 +4,8 @@ Pure: the clock and the ACK's own control ID are passed in.
 
 - Original mode (MSH-15 and MSH-16 both empty; HL7 v2.5 2.9.2): one application ACK. ``AA``
   stored and applied (or a re-sent message applied before), ``AE`` stored but it broke a rule
-  (``ERR`` says which) or we could not store it (resend later), ``AR`` it cannot be taken as a
+  (``ERR`` says which), reused an applied message's control ID with other content (ERR 205),
+  or we could not store it (resend later), ``AR`` it cannot be taken as a
   message, or its type, version or processing ID is not supported (do not resend unchanged).
 - Enhanced mode (either valued; 2.9.3): an accept ACK when MSH-15 asks for it (``CA``
   committed to safe storage, ``CR`` rejected, ``CE`` could not store), then the application
@@ -32,6 +33,7 @@ ERROR_CODES = {
     "201": "Unsupported event code",
     "202": "Unsupported processing id",
     "203": "Unsupported version id",
+    "205": "Duplicate key identifier",
     "207": "Application internal error",
 }
 """HL7 table 0357 (message error condition codes) that we send in ERR-3."""
@@ -42,7 +44,11 @@ class Disposition(enum.StrEnum):
     APPLIED = "applied"
     """Stored durably and applied to the context store."""
     DUPLICATE = "duplicate"
-    """Same sender and MSH-10 as a message applied before: acknowledged, not applied again."""
+    """Same sender, MSH-10 and content as a message applied before: acknowledged, not applied
+    again."""
+    CONFLICT = "conflict"
+    """Same sender and MSH-10 as a message applied before, but other content: stored for
+    review, not applied (ERR 205, duplicate key identifier)."""
     INVALID = "invalid"
     """Stored durably, but it broke a rule, so it was not applied."""
     REJECTED = "rejected"
@@ -54,6 +60,7 @@ class Disposition(enum.StrEnum):
 _ORIGINAL = {
     Disposition.APPLIED: "AA",
     Disposition.DUPLICATE: "AA",
+    Disposition.CONFLICT: "AE",
     Disposition.INVALID: "AE",
     Disposition.REJECTED: "AR",
     Disposition.FAILED: "AE",
@@ -61,6 +68,7 @@ _ORIGINAL = {
 _ACCEPT = {
     Disposition.APPLIED: "CA",
     Disposition.DUPLICATE: "CA",
+    Disposition.CONFLICT: "CA",
     Disposition.INVALID: "CA",
     Disposition.REJECTED: "CR",
     Disposition.FAILED: "CE",

@@ -14,6 +14,7 @@ field).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "Segment",
     "check_field_sizes",
     "check_supported",
+    "content_digest",
     "escape",
     "parse_message",
     "peek_header",
@@ -149,11 +151,13 @@ class Hl7Message:
 
     ``problem`` is set when the bytes did not decode by MSH-18: the message was read byte
     for byte as Latin-1 so that it can be stored and answered AE, but it must not be applied.
+    ``digest`` identifies the content for idempotency (see ``content_digest``).
     """
 
     header: MessageHeader
     segments: tuple[Segment, ...]
     problem: Issue | None = None
+    digest: str = ""
 
     def all(self, name: str) -> list[Segment]:
         """Every segment with this ID, in order."""
@@ -369,7 +373,22 @@ def parse_message(raw: bytes) -> Hl7Message:
     fs, enc = _delimiters(text)
     _check_segment_ids(text, fs)
     segments = _segments(text, fs, enc)
-    return Hl7Message(_header(segments[0]), segments, problem)
+    return Hl7Message(_header(segments[0]), segments, problem, content_digest(text, fs))
+
+
+def content_digest(text: str, fs: str) -> str:
+    """SHA-256 of a message's content: the text with segments ending in CR, without MSH-7.
+
+    Two copies of one message compare equal when a sender resends it later (a new MSH-7,
+    the time of sending) or through an engine that ends segments in CRLF; any other
+    difference is other content (issue #16: a conflict, not a duplicate).
+    """
+    head, _, rest = text.partition("\r")
+    fields = head.split(fs)
+    if len(fields) > 6:
+        fields[6] = ""
+    content = fs.join(fields) + "\r" + rest
+    return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def peek_header(raw: bytes) -> MessageHeader | None:

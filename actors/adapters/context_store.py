@@ -10,9 +10,11 @@ Patients are found again by their identities (ID, assigning authority, type:
 ``patient_identities``); ``patient_keys`` holds the bare IDs only for the join of a study whose
 DICOM Patient ID has no authority, and that join refuses an ID that names two people.
 
-Idempotency: ``(MSH-3, MSH-4, MSH-10)`` is unique. A re-sent message whose first copy was
-applied is acknowledged and not applied again; one whose first copy broke a rule is evaluated
-afresh (nothing of it was applied).
+Idempotency: ``(MSH-3, MSH-4, MSH-10)`` is unique, and each inbox row keeps its content
+digest (``core.hl7.content_digest``). A re-sent message with the content of an applied one is
+acknowledged and not applied again; one with other content under that control ID is a
+conflict: kept whole in ``hl7_conflicts`` for review, audited, answered AE (issue #16). A
+message whose first copy broke a rule is evaluated afresh (nothing of it was applied).
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ class InboxEntry:
     received_at: float
     update: ContextUpdate | None
     error: AckError | None = None
+    digest: str = ""
+    """The content digest (``Hl7Message.digest``); empty: the SHA-256 of the raw bytes."""
+
+    @property
+    def content(self) -> str:
+        """The digest idempotency compares."""
+        return self.digest or hashlib.sha256(self.raw).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +180,15 @@ class ContextWriter:
         return self._committer.submit(work)
 
     def mark_audited(
-        self, inbox: Sequence[tuple[int, int]], rejected: Sequence[int]
+        self, inbox: Sequence[tuple[int, int]], rejected: Sequence[int],
+        conflicts: Sequence[tuple[int, int]] = (),
     ) -> Future[None]:
         """Record that these rows' audit events are in the ledger.
 
         Args:
             inbox: ``(seq, resends)`` as audited; a row re-sent since stays unaudited.
             rejected: Sequence numbers of rejected rows.
+            conflicts: ``(seq, resends)`` of conflict rows, as audited.
         """
 
         def work(cur: sqlite3.Cursor) -> None:
@@ -186,6 +197,10 @@ class ContextWriter:
             )
             cur.executemany(
                 "UPDATE hl7_rejected SET audited = 1 WHERE seq = ?", [(s,) for s in rejected]
+            )
+            cur.executemany(
+                "UPDATE hl7_conflicts SET audited = 1 WHERE seq = ? AND resends = ?",
+                list(conflicts),
             )
 
         return self._committer.submit(work)
@@ -196,10 +211,13 @@ class ContextWriter:
         h = entry.header
         key = (h.sending_application, h.sending_facility, h.control_id)
         row = cur.execute(
-            "SELECT seq, status FROM hl7_inbox WHERE sending_app = ? AND sending_facility = ?"
-            " AND control_id = ?", key,
+            "SELECT seq, status, sha256 FROM hl7_inbox WHERE sending_app = ?"
+            " AND sending_facility = ? AND control_id = ?", key,
         ).fetchone()
         if row is not None and row["status"] == "applied":
+            # rows from before content digests hold the SHA-256 of the raw bytes
+            if row["sha256"] not in (entry.content, hashlib.sha256(entry.raw).hexdigest()):
+                return self._conflict(cur, entry, row["seq"])
             cur.execute(
                 "UPDATE hl7_inbox SET resends = resends + 1, audited = 0 WHERE seq = ?",
                 (row["seq"],),
@@ -220,14 +238,34 @@ class ContextWriter:
         return (Disposition.INVALID if error else Disposition.APPLIED), error
 
     @staticmethod
+    def _conflict(
+        cur: sqlite3.Cursor, entry: InboxEntry, inbox_seq: int
+    ) -> tuple[Disposition, AckError]:
+        """Keep a message that reuses an applied message's control ID, for review."""
+        h = entry.header
+        cur.execute(
+            "INSERT INTO hl7_conflicts (received_at, peer, sending_app, sending_facility,"
+            " control_id, message_type, sha256, raw, inbox_seq) VALUES (?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (sending_app, sending_facility, control_id, sha256) DO UPDATE SET"
+            " resends = hl7_conflicts.resends + 1, received_at = excluded.received_at,"
+            " peer = excluded.peer, audited = 0",
+            (entry.received_at, entry.peer, h.sending_application, h.sending_facility,
+             h.control_id, h.message_type, entry.content, entry.raw, inbox_seq),
+        )
+        return Disposition.CONFLICT, AckError("205", (
+            f"MSH-10: control ID {h.control_id[:40]!r} of this sender belongs to an applied "
+            "message with other content; this one was kept for review and not applied; "
+            "expected a new control ID for a new message"), "MSH^1^10")
+
+    @staticmethod
     def _inbox_row(
         cur: sqlite3.Cursor, entry: InboxEntry, seq: int | None, status: str,
         error: AckError | None,
     ) -> None:
         h, u = entry.header, entry.update
         values = (
-            h.message_type, entry.received_at, entry.peer, hashlib.sha256(entry.raw).hexdigest(),
-            entry.raw, status, error.code if error else "", error.location if error else "",
+            h.message_type, entry.received_at, entry.peer, entry.content, entry.raw, status,
+            error.code if error else "", error.location if error else "",
             error.text[:2000] if error else "", u.patient_key if u else "",
             u.accession_key if u else "",
         )
@@ -337,7 +375,8 @@ class ContextReader:
 
     def count(self, table: str) -> int:
         """Rows in one of the store's tables (for status and tests)."""
-        if table not in ("hl7_inbox", "hl7_rejected", "resources", "orders", "patient_merges"):
+        if table not in ("hl7_inbox", "hl7_rejected", "hl7_conflicts", "resources", "orders",
+                         "patient_merges", "patient_identities"):
             raise ValueError(f"table: got {table!r}; expected a context store table")
         return int(self._con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
@@ -347,6 +386,16 @@ class ContextReader:
             "SELECT seq, sending_app, sending_facility, control_id, message_type, status,"
             " error_code, error_location, error, resends, audited FROM hl7_inbox ORDER BY seq"
             " LIMIT ?", (limit,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def conflicts(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Messages that reused an applied message's control ID, with their raw bytes, oldest
+        first (PHI: for review; callers audit)."""
+        rows = self._con.execute(
+            "SELECT seq, received_at, peer, sending_app, sending_facility, control_id,"
+            " message_type, sha256, raw, inbox_seq, resends, audited FROM hl7_conflicts"
+            " ORDER BY seq LIMIT ?", (limit,),
         ).fetchall()
         return [dict(r) for r in rows]
 
@@ -436,8 +485,11 @@ class ContextReader:
         return _load(cur, "Encounter", row[0]) if row else None
 
     # ------------------------------------------------------------- audit pump
-    def unaudited(self, limit: int = 500) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Inbox and rejected rows not yet in the ledger's audit trail (no PHI columns)."""
+    def unaudited(
+        self, limit: int = 500
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Inbox, rejected and conflict rows not yet in the ledger's audit trail (no PHI
+        columns)."""
         received = self._con.execute(
             "SELECT seq, sending_app, sending_facility, control_id, message_type, status,"
             " error_code, error_location, resends, patient_key, accession_key, peer"
@@ -447,4 +499,9 @@ class ContextReader:
             "SELECT seq, control_id, message_type, size, sha256, error_code, error_location, peer"
             " FROM hl7_rejected WHERE audited = 0 ORDER BY seq LIMIT ?", (limit,),
         ).fetchall()
-        return [dict(r) for r in received], [dict(r) for r in rejected]
+        conflicts = self._con.execute(
+            "SELECT seq, sending_app, sending_facility, control_id, message_type, inbox_seq,"
+            " resends, peer FROM hl7_conflicts WHERE audited = 0 ORDER BY seq LIMIT ?", (limit,),
+        ).fetchall()
+        return ([dict(r) for r in received], [dict(r) for r in rejected],
+                [dict(r) for r in conflicts])

@@ -166,7 +166,7 @@ class Hl7Listener:
             header = message.header
             check_supported(header, self._cfg.versions, self._cfg.processing_ids)
             update, error = self._map(message)
-            entry = InboxEntry(header, received.payload, peer, now, update, error)
+            entry = InboxEntry(header, received.payload, peer, now, update, error, message.digest)
             disposition, error = await asyncio.wrap_future(self._writer.receive(entry))
             self._log(header, disposition, error)
             return header, disposition, error
@@ -241,17 +241,31 @@ class Hl7Listener:
             return self._audit_pass(self._ledger, limit)
 
     def _audit_pass(self, ledger: SqliteLedger, limit: int) -> int:
-        received, rejected = self._reader.unaudited(limit)
-        if not received and not rejected:
+        received, rejected, conflicts = self._reader.unaudited(limit)
+        if not received and not rejected and not conflicts:
             return 0
         events = [self._received_event(r) for r in received] + [
             AuditEvent(AuditEventType.HL7_REJECTED, self._actor, detail=dict(r)) for r in rejected
-        ]
+        ] + [self._conflict_event(r) for r in conflicts]
         # At least once: a crash between these two lines repeats events (same inbox seq).
         ledger.audit(events, self._clock())
         inbox = [(r["seq"], r["resends"]) for r in received]
-        self._writer.mark_audited(inbox, [r["seq"] for r in rejected]).result(30)
+        self._writer.mark_audited(
+            inbox, [r["seq"] for r in rejected], [(r["seq"], r["resends"]) for r in conflicts]
+        ).result(30)
         return len(events)
+
+    def _conflict_event(self, row: dict[str, Any]) -> AuditEvent:
+        """A message stored for review: it reused an applied message's control ID."""
+        detail = {
+            "conflict_seq": row["seq"], "inbox_seq": row["inbox_seq"],
+            "message_type": row["message_type"], "control_id": row["control_id"],
+            "sending_application": row["sending_app"],
+            "sending_facility": row["sending_facility"], "status": "conflict",
+            "error_code": "205", "error_location": "MSH^1^10", "resends": row["resends"],
+            "peer": row["peer"],
+        }
+        return AuditEvent(AuditEventType.HL7_RECEIVED, self._actor, detail=detail)
 
     def _received_event(self, row: dict[str, Any]) -> AuditEvent:
         detail = {
