@@ -434,3 +434,19 @@ def test_bytes_that_do_not_decode_get_ae_naming_the_field_never_ar(bridge):
     assert err(reply) == ("PID^1^5", "102")
     assert [(r["control_id"], r["status"]) for r in reader.inbox()] == [("BADUTF", "invalid")]
     assert reader.count("resources") == 0
+
+
+def test_a_frame_ending_in_fs_without_cr_is_answered_on_the_fs(bridge):
+    """Issue #16, 6: answer on FS; a CR that follows later belongs to that frame, not the next."""
+    listener, _, _ = bridge
+    client = MllpClient("127.0.0.1", listener.port, timeout_s=3)
+    try:
+        client.send_raw(START + adt("A01", "FS1").encode() + b"\x1c")  # no CR after FS
+        assert msa(client.receive()[0]) == ("AA", "FS1")  # before any further byte arrives
+        client.send_raw(b"\r" + START + adt("A01", "FS2").encode() + END)
+        assert msa(client.receive()[0]) == ("AA", "FS2")
+        client.send_raw(START + adt("A01", "FS3").encode() + b"\x1c"
+                        + START + adt("A01", "FS4").encode() + b"\x1c")
+        assert [msa(r) for r in client.receive(2)] == [("AA", "FS3"), ("AA", "FS4")]
+    finally:
+        client.close()
