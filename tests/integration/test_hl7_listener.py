@@ -450,3 +450,17 @@ def test_a_frame_ending_in_fs_without_cr_is_answered_on_the_fs(bridge):
         assert [msa(r) for r in client.receive(2)] == [("AA", "FS3"), ("AA", "FS4")]
     finally:
         client.close()
+
+
+def test_an_ar_for_a_broken_msh2_still_names_the_message(bridge):
+    """Issue #16, 7: MSA-2 and MSH-9 of the AR come from the raw bytes when MSH-2 is broken."""
+    listener, _, _ = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        [reply] = client.send(orm("BROKEN2").replace("MSH|^~\\&|", "MSH|^~\\\\&|", 1).encode())
+    finally:
+        client.close()
+    assert msa(reply) == ("AR", "BROKEN2")
+    assert err(reply) == ("MSH^1^2", "102")
+    msh = hl7.parse(reply.decode()).segment("MSH")
+    assert (str(msh(9)), str(msh(5)), str(msh(6))) == ("ACK^O01^ACK", "RIS", "HOSP")

@@ -190,3 +190,20 @@ def test_the_content_digest_ignores_separators_and_msh7_only():
     assert parse_message(orm(stamp="20250302000000+0100").encode()).digest == base
     assert parse_message(orm(priority="R").encode()).digest != base
     assert parse_message(orm(control="OTHER").encode()).digest != base
+
+
+# ------------------------------------------------------ broken MSH-2 (issue #16, 7)
+@pytest.mark.parametrize("msh2", ["^^\\&", "^~\\\\&", "^~", "", "^~\\&AB"])
+def test_msh10_and_msh9_are_recovered_when_msh2_is_broken(msh2):
+    raw = orm("CTL9").replace("MSH|^~\\&|", f"MSH|{msh2}|", 1).replace("\r", "\n").encode()
+    with pytest.raises(MessageRejected):
+        parse_message(raw)
+    header = peek_header(raw)
+    assert header is not None
+    assert (header.control_id, header.message_code, header.trigger_event) == ("CTL9", "ORM", "O01")
+    assert (header.sending_application, header.version) == ("RIS", "2.5.1")
+
+
+def test_nothing_is_guessed_from_a_header_without_a_usable_field_separator():
+    assert peek_header(b"MSHA^~\\&ARISAHOSPAAAAAADT^A01AC1APA2.5\rPID|1") is None
+    assert peek_header(b"\x0b\x00garbage") is None
