@@ -392,13 +392,45 @@ def content_digest(text: str, fs: str) -> str:
 
 
 def peek_header(raw: bytes) -> MessageHeader | None:
-    """Best effort: the header of a message that failed to parse, to address the AR to it."""
+    """Best effort: the header of a message that failed to parse, to address the AR to it.
+
+    When MSH-2 is broken, MSH-9, MSH-10 and the rest are still read by position from the raw
+    MSH line (``_recover_header``), so the sender can match the AR to what it sent.
+    """
+    raw = raw[len(BOM):] if raw.startswith(BOM) else raw
+    line = _MSH_LINE.split(raw, 1)[0].decode("latin-1")
     try:
-        text = _normalise(raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1"))
-        fs, enc = _delimiters(text)
-        return _header(_segments(text, fs, enc)[0])
+        fs, enc = _delimiters(line)
+        return _header(_segments(line, fs, enc)[0])
     except (MessageRejected, IndexError, ValueError):
+        return _recover_header(line)
+
+
+def _recover_header(line: str) -> MessageHeader | None:
+    """Read an MSH with a broken MSH-2 by position (issue #16).
+
+    The field separator is MSH-1 (it must not be a letter, digit or blank); components are
+    split at MSH-2's first character when it can be a delimiter, else at ``^``. Values are
+    taken as they stand (no escape sequences resolved): they only address the AR.
+    """
+    if not line.startswith("MSH") or len(line) < 4 or line[3].isalnum() or line[3].isspace():
         return None
+    parts = line.split(line[3])  # parts[n - 1] is MSH-n
+    enc = parts[1] if len(parts) > 1 else ""
+    cs = enc[0] if enc and not (enc[0].isalnum() or enc[0].isspace()) else "^"
+
+    def comps(n: int) -> list[str]:
+        return [c.strip() for c in (parts[n - 1] if len(parts) >= n else "").split(cs)]
+
+    kind = comps(9) + ["", ""]
+    return MessageHeader(
+        sending_application=_er7(comps(3)), sending_facility=_er7(comps(4)),
+        receiving_application=_er7(comps(5)), receiving_facility=_er7(comps(6)),
+        message_code=kind[0].upper(), trigger_event=kind[1].upper(), structure=kind[2].upper(),
+        control_id=parts[9].strip() if len(parts) >= 10 else "", processing_id=comps(11)[0].upper(),
+        version=comps(12)[0], accept_ack_type=comps(15)[0].upper(),
+        application_ack_type=comps(16)[0].upper(), charset=comps(18)[0], timestamp=comps(7)[0],
+    )
 
 
 def check_supported(
