@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from core.errors import MessageInvalid, MessageRejected
@@ -207,3 +209,28 @@ def test_msh10_and_msh9_are_recovered_when_msh2_is_broken(msh2):
 def test_nothing_is_guessed_from_a_header_without_a_usable_field_separator():
     assert peek_header(b"MSHA^~\\&ARISAHOSPAAAAAADT^A01AC1APA2.5\rPID|1") is None
     assert peek_header(b"\x0b\x00garbage") is None
+
+
+# ------------------------------------------------------- no PHI in logs (issue #16, 8)
+@pytest.mark.parametrize("address", [
+    "42 ELM STREET \\Q\\ FLAT 7^^SPRINGFIELD",  # an escape sequence nobody defined
+    "42 ELM STREET \\C2842\\ FLAT 7^^SPRINGFIELD",  # a character set switch we cannot do
+    "42 ELM STREET \\XZZ\\ FLAT 7^^SPRINGFIELD",  # hex that is not hex
+    "42 ELM STREET \\ FLAT 7^^SPRINGFIELD",  # a stray escape character, never closed
+])
+def test_odd_escapes_keep_the_text_and_log_nothing_of_it(address, caplog):
+    caplog.set_level(logging.DEBUG)  # the root logger: every library's records reach caplog
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||DOE||||||{address}\r"
+    pid = parse_message(raw.encode()).first("PID")
+    assert pid.get(11).startswith("42 ELM STREET") and pid.get(11).endswith("FLAT 7")
+    assert pid.get(11, 3) == "SPRINGFIELD"
+    assert "ELM" not in caplog.text and "SPRINGFIELD" not in caplog.text
+
+
+@pytest.mark.parametrize(("escaped", "plain"), [
+    ("A\\X42\\C", "ABC"), ("LINE1\\.br\\LINE2", "LINE1\nLINE2"), ("C:\\E\\TEMP", "C:\\TEMP"),
+    ("\\X4DC3BC\\LLER", "MÜLLER"), ("50\\T\\50", "50&50"),
+])
+def test_escape_sequences_of_chapter_2_7(escaped, plain):
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
+    assert parse_message(raw.encode()).first("PID").get(5) == plain
