@@ -1,10 +1,13 @@
 """HL7 v2 messages: take what arrives on the MLLP link apart and check it.
 
 Pure: bytes in, immutable values out; no sockets, no clock. ``str.split`` cuts the ER7 text,
-python-hl7 resolves escape sequences; our own checks of the MSH come first, because a broken MSH is
-exactly what must be answered ``AR`` with a reason (``core.acks`` builds the answers). hl7apy
-parses the same ORM^O01 about 40 times slower here, too slow for the ACK latency goal; the
-tests use it as an independent check of our ACKs.
+``core.escapes`` resolves escape sequences; our own checks of the MSH come first, because a
+broken MSH is exactly what must be answered ``AR`` with a reason (``core.acks`` builds the
+answers). hl7apy parses the same ORM^O01 about 40 times slower here, too slow for the ACK
+latency goal; the tests use it as an independent check of our ACKs.
+
+Character sets live in ``core.charsets``, escape sequences in ``core.escapes`` (our own: the
+library's logged whole field values, issue #16).
 
 What is checked where (HL7 v2.5 2.9.2.1): ``parse_message`` and ``check_supported`` raise
 ``MessageRejected`` (AR: unparseable, broken MSH, unsupported MSH-9 / MSH-11 / MSH-12, no
@@ -19,10 +22,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import hl7
-
 from core.charsets import BOM, TABLE_0211, decode
 from core.errors import MessageInvalid, MessageRejected
+from core.escapes import Delimiters, escape, unescape
 
 __all__ = [
     "Hl7Message",
@@ -195,7 +197,7 @@ def _where(text: str, offset: int) -> str:
     return f"{line[:3]}^{names.count(line[:3])}^{field}"
 
 
-def _decode(raw: bytes) -> tuple[str, Issue | None]:
+def _decode(raw: bytes) -> tuple[str, str, Issue | None]:
     """Decode by MSH-18 (``core.charsets``); never reject for the character set (issue #16).
 
     MSH-18 is read from the MSH segment alone, whichever of CR, LF or CRLF ends it: the
@@ -208,16 +210,16 @@ def _decode(raw: bytes) -> tuple[str, Issue | None]:
     label = _declared_charset(head)
     done = decode(raw, label)
     if done.bad_offset < 0:
-        return done.text, None
+        return done.text, done.codec, None
     byte = f"0x{raw[done.bad_offset]:02X} at offset {done.bad_offset}"
     if done.unknown_label:
-        return done.text, Issue("103", (
+        return done.text, done.codec, Issue("103", (
             f"MSH-18: got {label[:40]!r}, not a character set we know, and byte {byte} is not "
             f"ASCII; expected one of HL7 table 0211 {sorted(TABLE_0211)} or a common alias "
             "(UTF-8, ISO-8859-1, WINDOWS-1252, ...)"), "MSH^1^18")
     where = _where(done.text, done.bad_offset)
     field = where.split("^")[0] + "-" + where.split("^")[2]
-    return done.text, Issue("102", (
+    return done.text, done.codec, Issue("102", (
         f"{field}: byte {byte} is not valid {label[:40]} (MSH-18); expected text in the "
         "declared character set"), where)
 
@@ -277,26 +279,29 @@ def _check_segment_ids(text: str, fs: str) -> None:
             )
 
 
-def _segments(text: str, fs: str, enc: str) -> tuple[Segment, ...]:
+def _segments(text: str, fs: str, enc: str, codec: str = "utf-8") -> tuple[Segment, ...]:
     """Split ER7 text into segments -> fields -> repetitions -> components -> subcomponents.
 
     ``str.split`` does the splitting (python-hl7's recursive parser costs about 0.6 ms per
-    ORM^O01 here, ten times more); python-hl7 resolves escape sequences (2.7 of chapter 2),
-    and only in values that contain the escape character. Leading and trailing blanks are
-    dropped from every value: they carry nothing, and FHIR codes must not have them.
+    ORM^O01 here, ten times more); ``core.escapes`` resolves escape sequences (2.7 of
+    chapter 2), only in values that contain the escape character, and logs nothing. Leading
+    and trailing blanks are dropped from every value: they carry nothing, and FHIR codes
+    must not have them. The HL7 null ``""`` ("delete this value") is read as empty: the
+    context store keeps what it has rather than deleting on a message's word.
     """
     cs, rs, esc, ss = enc[0], enc[1], enc[2], enc[3]
-    unescaper = hl7.Message("\r", [], esc=esc, separators="\r" + fs + rs + cs + ss)
+    delimiters = Delimiters.of(fs, enc)
 
-    def field(value: str) -> tuple[tuple[tuple[str, ...], ...], ...]:
-        if rs not in value and cs not in value and ss not in value and esc not in value:
-            return (((value.strip(),),),)  # most fields: one plain value
+    def value(v: str) -> str:
+        v = (unescape(v, delimiters, codec) if esc in v else v).strip()
+        return "" if v == '""' else v
+
+    def field(raw: str) -> tuple[tuple[tuple[str, ...], ...], ...]:
+        if rs not in raw and cs not in raw and ss not in raw and esc not in raw:
+            return (((value(raw),),),)  # most fields: one plain value
         return tuple([
-            tuple([
-                tuple([(unescaper.unescape(v) if esc in v else v).strip() for v in comp.split(ss)])
-                for comp in rep.split(cs)
-            ])
-            for rep in value.split(rs)
+            tuple([tuple([value(v) for v in comp.split(ss)]) for comp in rep.split(cs)])
+            for rep in raw.split(rs)
         ])
 
     counts: dict[str, int] = {}
@@ -319,17 +324,6 @@ def _segments(text: str, fs: str, enc: str) -> tuple[Segment, ...]:
 def _er7(parts: Iterable[str]) -> str:
     """Components joined with the standard delimiters, each escaped (2.7 escape sequences)."""
     return "^".join(escape(p) for p in parts).rstrip("^")
-
-
-def escape(value: str) -> str:
-    """Escape a value for ER7 with the standard delimiters.
-
-    >>> escape("a|b^c&d~e\\\\f")
-    'a\\\\F\\\\b\\\\S\\\\c\\\\T\\\\d\\\\R\\\\e\\\\E\\\\f'
-    """
-    out = value.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
-    out = out.replace("&", "\\T\\").replace("~", "\\R\\")
-    return out.replace("\r", "\\X0D\\").replace("\n", "\\X0A\\")
 
 
 def _header(msh: Segment) -> MessageHeader:
@@ -367,12 +361,12 @@ def parse_message(raw: bytes) -> Hl7Message:
         MessageRejected: It cannot be parsed, or its MSH is broken. Bytes that do not decode
             by MSH-18 are not a reject: the message comes back with ``problem`` set.
     """
-    decoded, problem = _decode(raw)
+    decoded, codec, problem = _decode(raw)
     text = _normalise(decoded)
     _check_text(text)
     fs, enc = _delimiters(text)
     _check_segment_ids(text, fs)
-    segments = _segments(text, fs, enc)
+    segments = _segments(text, fs, enc, codec)
     return Hl7Message(_header(segments[0]), segments, problem, content_digest(text, fs))
 
 
@@ -382,6 +376,12 @@ def content_digest(text: str, fs: str) -> str:
     Two copies of one message compare equal when a sender resends it later (a new MSH-7,
     the time of sending) or through an engine that ends segments in CRLF; any other
     difference is other content (issue #16: a conflict, not a duplicate).
+
+    >>> a = content_digest("MSH|^~\\\\&|RIS|H|||20250101||ADT^A01|7|P|2.5\\rPID|1", "|")
+    >>> a == content_digest("MSH|^~\\\\&|RIS|H|||20990101||ADT^A01|7|P|2.5\\rPID|1", "|")
+    True
+    >>> a == content_digest("MSH|^~\\\\&|RIS|H|||20250101||ADT^A01|7|P|2.5\\rPID|2", "|")
+    False
     """
     head, _, rest = text.partition("\r")
     fields = head.split(fs)

@@ -10,6 +10,7 @@ import pytest
 import core.acks
 import core.charsets
 import core.context
+import core.escapes
 import core.fhir
 import core.hl7
 import core.v2types
@@ -28,7 +29,8 @@ from core.types import CodedTerm, Priority
 
 
 @pytest.mark.parametrize(
-    "module", [core.acks, core.charsets, core.context, core.fhir, core.hl7, core.v2types]
+    "module",
+    [core.acks, core.charsets, core.context, core.escapes, core.fhir, core.hl7, core.v2types],
 )
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
