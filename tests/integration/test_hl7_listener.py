@@ -464,3 +464,32 @@ def test_an_ar_for_a_broken_msh2_still_names_the_message(bridge):
     assert err(reply) == ("MSH^1^2", "102")
     msh = hl7.parse(reply.decode()).segment("MSH")
     assert (str(msh(9)), str(msh(5)), str(msh(6))) == ("ACK^O01^ACK", "RIS", "HOSP")
+
+
+def test_enhanced_mode_with_msh16_empty_reports_application_errors(bridge):
+    """Issue #16, 9: MSH-15 = AL and MSH-16 empty: HL7's default application ACK is AL."""
+    listener, _, _ = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        bad = orm("E6", extra="|||AL|").replace("36554-4^XR Chest 2 Views^LN", "")
+        replies = client.send(bad.encode(), 2)
+        assert [msa(r) for r in replies] == [("CA", "E6"), ("AE", "E6")]
+        assert err(replies[1]) == ("OBR^1^4", "101")
+        assert [msa(r)[0] for r in client.send(orm("E7", extra="|||AL|").encode(), 2)] == ["CA", "AA"]
+    finally:
+        client.close()
+
+
+def test_an_order_with_an_odd_optional_patient_class_is_applied_with_a_warning(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        [reply] = client.send(orm("PV1Z", patient_class="Z").encode())
+        [second] = client.send(adt("A01", "MSH2X").encode() + adt("A01", "MSH2Y").encode())
+    finally:
+        client.close()
+    assert msa(reply) == ("AA", "PV1Z")
+    seg = hl7.parse(reply.decode()).segment("ERR")
+    assert (str(seg(2)), str(seg(3)(1)(1)), str(seg(4))) == ("PV1^1^2", "103", "W")
+    assert reader.count("orders") == 1
+    assert msa(second) == ("AR", "MSH2X") and err(second) == ("MSH^2", "100")

@@ -86,6 +86,7 @@ def test_peek_header_addresses_an_ar_to_a_message_that_failed_later():
         (("|P|2.5.1", "|P|2.9"), "203", "MSH^1^12"),
         (("|P|2.5.1", "|T|2.5.1"), "202", "MSH^1^11"),
         (("|ORM0001|", "||"), "101", "MSH^1^10"),
+        (("ORM^O01^ORM_O01", ""), "101", "MSH^1^9"),  # issue #16, 9: required field missing
     ],
 )
 def test_unsupported_header_values_are_rejected_per_2_9_2_1(change, code, where):
@@ -234,3 +235,17 @@ def test_odd_escapes_keep_the_text_and_log_nothing_of_it(address, caplog):
 def test_escape_sequences_of_chapter_2_7(escaped, plain):
     raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
     assert parse_message(raw.encode()).first("PID").get(5) == plain
+
+
+# ------------------------------------------------------------- smaller ones (issue #16, 9)
+def test_highlighting_is_dropped_and_the_highlighted_text_kept():
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||\\H\\DOE\\N\\^JANE\r"
+    assert parse_message(raw.encode()).first("PID").comps(5) == ("DOE", "JANE")
+
+
+def test_a_second_msh_in_one_frame_is_rejected():
+    two = (adt("A01", "ONE") + adt("A01", "TWO")).encode()
+    with pytest.raises(MessageRejected) as err:
+        parse_message(two)
+    assert (err.value.error_code, err.value.location) == ("100", "MSH^2")
+    assert "one message per MLLP frame" in err.value.reason

@@ -134,7 +134,9 @@ def test_a40_names_the_prior_patient_merged_into_the_survivor():
         (adt().replace("|19700615|F", "|19700615|Q"), "103", "PID^1^8", "PID-8: got 'Q'"),
         (adt().replace("PV1|1|E|", "PV1|1|Z|"), "103", "PV1^1^2", "table 0004"),
         (adt().split("PV1")[0], "100", "PV1", "PV1: segment missing"),
-        (orm().replace("|ACC3003|", "||"), "101", "IPC^1^1", "accession number"),
+        # issue #16, 9: ORM^O01 has no IPC; the accession is missing in OBR-18
+        (orm().replace("|ACC3003|", "||"), "101", "OBR^1^18", "accession number"),
+        (omi(accession=""), "101", "IPC^1^1", "accession number"),
         (orm(priority="X"), "103", "OBR^1^27", "table 0485"),
         (orm().replace("36554-4^XR Chest 2 Views^LN", ""), "101", "OBR^1^4", "OBR-4: missing"),
         (a40().split("MRG")[0], "100", "MRG", "expected one MRG after each PID"),
@@ -225,3 +227,18 @@ def test_an_authority_is_the_same_with_or_without_its_namespace_id():
 def test_the_visit_number_keeps_its_authority_oid():
     _, res = mapped(adt(visit="V789^^^VISITS&1.2.840.7&ISO^VN"))
     assert res["Encounter"][0]["identifier"][0]["system"] == "urn:oid:1.2.840.7"
+
+
+def test_an_optional_pv1_with_an_unknown_patient_class_loses_the_field_not_the_order():
+    """Issue #16, 9: PV1 is optional in ORM^O01; its bad PV1-2 is a warning, no Encounter."""
+    update, res = mapped(orm(patient_class="Z"))
+    assert len(res["ServiceRequest"]) == 1 and "Encounter" not in res
+    [warning] = update.warnings
+    assert (warning.code, warning.location, warning.severity) == ("103", "PV1^1^2", "W")
+    assert "table 0004" in warning.reason
+
+
+def test_a_bad_patient_class_still_rejects_an_admission():
+    with pytest.raises(MessageInvalid) as err:  # PV1 and PV1-2 are required in ADT_A01
+        MAPPER.map(parse_message(adt(patient_class="Z").encode()))
+    assert (err.value.error_code, err.value.location) == ("103", "PV1^1^2")
