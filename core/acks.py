@@ -11,7 +11,12 @@ Pure: the clock and the ACK's own control ID are passed in.
   committed to safe storage, ``CR`` rejected, ``CE`` could not store), then the application
   ACK when MSH-16 asks for it, on the same connection (we have no return link). Table 0155:
   ``AL`` always, ``NE`` never, ``ER`` on error or reject only, ``SU`` on success only. Both
-  are required in enhanced mode; we read an empty one as ``NE`` (send only what was asked).
+  are required in enhanced mode. An empty MSH-16 is read as ``AL``: the application ACK is
+  what original mode always sends, and the sender learns of every application error
+  (issue #16; HAPI's receiver does the same). An empty MSH-15 is read as ``NE``: accept ACKs
+  exist only where they are asked for.
+- Warnings: an ``AA`` may carry an ``ERR`` of severity ``W`` (HL7 table 0516) naming an
+  optional field that was ignored; pre-v2.5 ERR has no severity, so there it is left out.
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ def ack_codes(header: MessageHeader | None, disposition: Disposition) -> tuple[s
     accept_ok = disposition not in (Disposition.REJECTED, Disposition.FAILED)
     if _wanted(header.accept_ack_type, accept_ok):
         out.append(_ACCEPT[disposition])
-    if _wanted(header.application_ack_type, ok):
+    if _wanted(header.application_ack_type or "AL", ok):
         out.append(_ORIGINAL[disposition])
     return tuple(out)
 
@@ -155,15 +160,19 @@ def build_ack(
     text = error.text[:80] if error else ""
     msa = f"MSA|{code}|{escape(request.control_id) if request else ''}|{escape(text)}".rstrip("|")
     segments = [msh, msa]
-    if error is not None:
+    if error is not None and (error.severity != "W" or version not in _PRE_25):
         segments.append(_err(error, version))
     return "\r".join(segments) + "\r"
+
+
+_PRE_25 = ("2.1", "2.2", "2.3", "2.3.1", "2.4")
+"""Versions whose ERR is ERR-1 (ELD), without ERR-4 severity."""
 
 
 def _err(error: AckError, version: str) -> str:
     label = ERROR_CODES.get(error.code, "")
     location = "^".join(escape(p) for p in error.location.split("^")) if error.location else ""
-    if version in ("2.1", "2.2", "2.3", "2.3.1", "2.4"):  # ERR-1 (ELD) before v2.5
+    if version in _PRE_25:  # ERR-1 (ELD) before v2.5
         where = (location.split("^") + ["", "", ""])[:3]
         return f"ERR|{'^'.join(where)}^{escape(error.code)}&{escape(label)}&HL70357"
     cwe = f"{escape(error.code)}^{escape(label)}^HL70357"

@@ -20,6 +20,7 @@ from datetime import date
 from typing import Any
 
 from core.fhir import dicom_scheme
+from core.hl7 import Issue
 from core.types import CodedTerm, Priority
 
 __all__ = [
@@ -94,6 +95,7 @@ class ContextUpdate:
         accession_key: The first accession key (for the audit trail).
         identity_keys: ``(identity_key, patient_id)``: keyed hashes of every PID-3 identity
             (CX.1, assigning authority, CX.5); what finds a stored patient again.
+        warnings: Optional fields that were ignored (the ACK is AA with ERR severity W).
     """
 
     resources: tuple[dict[str, Any], ...]
@@ -104,6 +106,7 @@ class ContextUpdate:
     patient_key: str = ""
     accession_key: str = ""
     identity_keys: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[Issue, ...] = ()
 
 
 def merge_resource(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

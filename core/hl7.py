@@ -266,6 +266,7 @@ def _delimiters(text: str) -> tuple[str, str]:
 
 
 def _check_segment_ids(text: str, fs: str) -> None:
+    """Every segment starts with an ID and the field separator; one MSH per frame."""
     for number, seg in enumerate(text.split("\r"), start=1):
         if not seg:  # a blank line between segments carries nothing
             continue
@@ -276,6 +277,11 @@ def _check_segment_ids(text: str, fs: str) -> None:
                 f"segment {number}: got {shown!r}; expected a 3-character segment ID "
                 "(A-Z, 0-9) followed by the field separator",
                 "100",
+            )
+        if name == "MSH" and number > 1:  # a batch, or two messages in one frame
+            raise _reject(
+                f"segment {number}: a second MSH; expected one message per MLLP frame "
+                "(batches are not supported)", "100", "MSH^2",
             )
 
 
@@ -444,6 +450,9 @@ def check_supported(
     sid = header.control_id
     if not sid:
         raise _reject("MSH-10: missing; expected a message control ID", "101", "MSH^1^10")
+    if not header.message_code:  # a required field missing, not an unsupported type
+        raise _reject("MSH-9: missing; expected the message type, e.g. 'ORM^O01'", "101",
+                      "MSH^1^9", sid)
     if (header.message_code, header.trigger_event) not in SUPPORTED_EVENTS:
         known = sorted(f"{c}^{t}" for c, t in SUPPORTED_EVENTS)
         code = "200" if header.message_code not in {c for c, _ in SUPPORTED_EVENTS} else "201"

@@ -27,7 +27,7 @@ from typing import Any
 from core.context import ContextUpdate, OrderIndex, PatientMerge
 from core.errors import MessageInvalid
 from core.fhir import validate
-from core.hl7 import Hl7Message, Segment
+from core.hl7 import Hl7Message, Issue, Segment
 from core.identifiers import DEFAULT_KEY, hash_identifier
 from core.v2types import (
     DTM,
@@ -377,7 +377,10 @@ class V2FhirMapper:
         pv1 = message.first("PV1")
         enc_id = ""
         encounters: tuple[tuple[str, str], ...] = ()
-        if pv1 is not None and pv1.get(2):
+        warnings: tuple[Issue, ...] = ()
+        if pv1 is not None and pv1.get(2) and pv1.get(2).upper() not in ENCOUNTER_CLASS:
+            warnings = (self._ignored_class(message, pv1),)
+        elif pv1 is not None and pv1.get(2):
             enc, location = self._encounter(message, pv1, patient.id)
             resources += [r for r in (location, enc) if r is not None]
             enc_id = enc["id"]
@@ -395,7 +398,17 @@ class V2FhirMapper:
             patient_key=patient.bare_keys[0],
             accession_key=orders[0].accession_key,
             identity_keys=tuple((k, patient.id) for k in patient.identity_keys),
+            warnings=warnings,
         )
+
+    @staticmethod
+    def _ignored_class(message: Hl7Message, pv1: Segment) -> Issue:
+        """PV1 is optional in ORM_O01 and OMI_O23: an unknown PV1-2 loses the visit (no
+        Encounter), not the order; the AA says so with an ERR of severity W (issue #16)."""
+        return Issue("103", (
+            f"PV1-2: got {pv1.get(2)[:10]!r}; expected a patient class from HL7 table 0004 "
+            f"{sorted(ENCOUNTER_CLASS)}; the visit was ignored, the order applied"),
+            pv1.loc(2), "W")
 
     # ---------------------------------------------------------- orders
     def _accession(self, message: Hl7Message, group: _Order) -> tuple[str, dict[str, Any]]:
@@ -410,10 +423,16 @@ class V2FhirMapper:
                     return value, self._ids.ei(seg.comps(int(n)), "ACSN")
                 return value, {"type": {"coding": [{"system": f"{_V2}0203", "code": "ACSN"}]},
                                "value": value}
+        # Report it where this structure can carry it: ORM_O01 has no IPC (issue #16).
+        fields = [f for f in self._accession_fields
+                  if not f.startswith("IPC") or message.header.message_code == "OMI"]
+        seg_name, n = (fields or ["OBR-18"])[0].split("-")
+        seg = segs[seg_name]
         raise MessageInvalid(
-            f"accession number: none of {', '.join(self._accession_fields)} is valued; expected "
+            f"accession number: none of {', '.join(fields or ['OBR-18'])} is valued; expected "
             "the accession number there (set hl7.accession_fields for this RIS)",
-            message.header.control_id, "101", self._accession_fields[0].replace("-", "^1^"),
+            message.header.control_id, "101",
+            seg.loc(int(n)) if seg is not None else f"{seg_name}^1^{n}",
         )
 
     def _priority(self, message: Hl7Message, group: _Order) -> str:

@@ -135,6 +135,14 @@ def _index_patient(
     )
 
 
+def _warning(update: ContextUpdate | None) -> AckError | None:
+    """The first ignored optional field of an applied message (ERR severity W), if any."""
+    if update is None or not update.warnings:
+        return None
+    w = update.warnings[0]
+    return AckError(w.code, w.reason, w.location, w.severity)
+
+
 class ContextWriter:
     """The HL7 listener's side: durable inbox plus the resources, group-committed."""
 
@@ -234,8 +242,9 @@ class ContextWriter:
                 cur.execute("RELEASE apply")
                 error = AckError("207", f"could not apply the message: {type(exc).__name__}")
         status = "invalid" if error is not None else "applied"
-        self._inbox_row(cur, entry, row["seq"] if row else None, status, error)
-        return (Disposition.INVALID if error else Disposition.APPLIED), error
+        noted = error or _warning(entry.update)
+        self._inbox_row(cur, entry, row["seq"] if row else None, status, noted)
+        return (Disposition.INVALID, error) if error else (Disposition.APPLIED, noted)
 
     @staticmethod
     def _conflict(

@@ -4,7 +4,8 @@ For every frame: parse and check it (``core.hl7``), map it to FHIR (``core.v2fhi
 raw message and apply the change in one group-committed transaction (``ContextWriter``), and
 only then answer (``core.acks``). The handler never raises: every failure becomes an ACK code.
 
-- ``AA`` / ``CA``: stored (and applied, or already applied before: not applied twice).
+- ``AA`` / ``CA``: stored (and applied, or already applied before: not applied twice); an AA
+  may carry an ERR of severity W naming an optional field that was ignored.
 - ``AE`` + ERR: stored, but it broke a rule; ERR names the field. Or it could not be stored
   (ERR 207): the sender keeps it and resends.
 - ``AR`` + ERR: not a message we take; its first bytes are kept for inspection.
@@ -55,6 +56,13 @@ logger = logging.getLogger(__name__)
 AUDIT_PERIOD_S = 0.2
 AUDIT_CHUNK = 64
 """Audit events per ledger transaction: small, so the pump never holds the GIL for long."""
+
+
+def _err_for(code: str, error: AckError | None) -> AckError | None:
+    """What the ERR of one ACK says: nothing on CA, only a warning (severity W) on AA."""
+    if code == "CA" or (code == "AA" and (error is None or error.severity != "W")):
+        return None
+    return error
 
 
 class Hl7Listener:
@@ -146,7 +154,7 @@ class Hl7Listener:
             text = build_ack(
                 code, header, application=self._cfg.application, facility=self._cfg.facility,
                 control_id=f"A{self._ack_prefix}{self._ack_seq}", at=at,
-                error=None if code in ("AA", "CA") else error,
+                error=_err_for(code, error),
             )
             replies.append(text.encode("utf-8"))
         return replies
