@@ -457,11 +457,15 @@ class V2FhirMapper:
         """ORC + OBR (+ TQ1, IPC) -> ServiceRequest (IG ORC/OBR[ServiceRequest])."""
         orc, obr = group.orc, group.obr
         ctrl = message.header.control_id
-        if obr is None or not obr.get(4):
-            where = obr.loc(4) if obr is not None else "OBR"
+        if obr is None:  # a pharmacy or diet order (RXO, ODS), not a procedure
+            raise MessageInvalid(
+                f"OBR: segment missing in the order group of ORC {orc.index}; expected an OBR "
+                "(the requested procedure) after each ORC", ctrl, "100", "OBR",
+            )
+        if not obr.get(4):
             raise MessageInvalid(
                 "OBR-4: missing; expected the universal service identifier (requested procedure)",
-                ctrl, "101" if obr is not None else "100", where,
+                ctrl, "101", obr.loc(4),
             )
         if not orc.get(1):
             raise MessageInvalid(
