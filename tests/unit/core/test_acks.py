@@ -52,6 +52,9 @@ def test_original_mode_sends_one_application_ack(disposition, expected):
         ("AL", "", Disposition.INVALID, ("CA", "AE")),
         ("AL", "", Disposition.APPLIED, ("CA", "AA")),
         ("AL", "", Disposition.CONFLICT, ("CA", "AE")),
+        # A value outside table 0155 must not silence the frame: it is read as AL.
+        ("0", "0", Disposition.REJECTED, ("CR", "AR")),
+        ("NE", "XX", Disposition.APPLIED, ("AA",)),
     ],
 )
 def test_enhanced_mode_follows_table_0155(msh15, msh16, disposition, expected):
