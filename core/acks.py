@@ -14,7 +14,7 @@ Pure: the clock and the ACK's own control ID are passed in.
   are required in enhanced mode. An empty MSH-16 is read as ``AL``: the application ACK is
   what original mode always sends, and the sender learns of every application error
   (issue #16; HAPI's receiver does the same). An empty MSH-15 is read as ``NE``: accept ACKs
-  exist only where they are asked for.
+  exist only where they are asked for. A value outside table 0155 is read as ``AL``.
 - Warnings: an ``AA`` may carry an ``ERR`` of severity ``W`` (HL7 table 0516) naming an
   optional field that was ignored; pre-v2.5 ERR has no severity, so there it is left out.
 """
@@ -107,11 +107,19 @@ def ack_codes(header: MessageHeader | None, disposition: Disposition) -> tuple[s
     ok = disposition in (Disposition.APPLIED, Disposition.DUPLICATE)
     out = []
     accept_ok = disposition not in (Disposition.REJECTED, Disposition.FAILED)
-    if _wanted(header.accept_ack_type, accept_ok):
+    if _wanted(_condition(header.accept_ack_type, "NE"), accept_ok):
         out.append(_ACCEPT[disposition])
-    if _wanted(header.application_ack_type or "AL", ok):
+    if _wanted(_condition(header.application_ack_type, "AL"), ok):
         out.append(_ORIGINAL[disposition])
     return tuple(out)
+
+
+def _condition(value: str, empty: str) -> str:
+    """An MSH-15/16 value as table 0155 reads it: ``empty`` when empty, and ``AL`` for a value
+    the table does not have (a frame must never go unanswered because of a typo)."""
+    if not value:
+        return empty
+    return value if value in ("AL", "NE", "ER", "SU") else "AL"
 
 
 def _wanted(condition: str, success: bool) -> bool:
