@@ -3,9 +3,9 @@
 Message maps (IG ``mappings/messages``): ADT_A01 (A01, A04 and A08 share its structure):
 PID -> Patient, PV1 -> Encounter (+ Location); ADT_A39 (A40): PID -> the surviving Patient,
 MRG -> the prior patient merged into it; ORM_O01: PID -> Patient, PV1 -> Encounter, ORC and
-its OBR -> one ServiceRequest (the IG incorporates OBR content into the ServiceRequest made by
-ORC); OMI_O23 (the IG has no map): as ORM_O01, plus IPC-1 (accession) and IPC-3 (Study
-Instance UID) from IHE RAD-4. Segment and data type rows are cited where they are used.
+its OBR -> one ServiceRequest (``core.v2orders``); OMI_O23 (the IG has no map): as ORM_O01,
+plus IPC-1 (accession) and IPC-3 (Study Instance UID) from IHE RAD-4. Segment and data type
+rows are cited where they are used.
 
 Minimum necessary: we map what the AI, the report and the join need (identifiers, name, birth
 date, sex, death, visit, location, order, priority, reason). Address, telecom, next of kin,
@@ -21,28 +21,27 @@ patient's and a visit's ids hash the whole identity (ID, assigning authority, ty
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from core.context import ContextUpdate, OrderIndex, PatientMerge
+from core.context import ContextUpdate, PatientMerge
 from core.errors import MessageInvalid
 from core.fhir import validate
 from core.hl7 import Hl7Message, Issue, Segment
 from core.identifiers import DEFAULT_KEY, hash_identifier
+from core.v2orders import OrderMapper
 from core.v2types import (
-    DTM,
     HD,
     V2_TABLE,
     IdentifierMapper,
     PatientIdentity,
-    codeable,
-    fhir_datetime,
     human_name,
     location,
+    message_datetime,
     practitioner,
 )
 
-__all__ = ["ENCOUNTER_CLASS", "PRIORITY", "V2FhirMapper"]
+__all__ = ["ENCOUNTER_CLASS", "V2FhirMapper"]
 
 _V2 = V2_TABLE
 _ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -63,22 +62,6 @@ _ENCOUNTER_STATUS = {"P": "planned", "U": "unknown"}
 """IG concept map PatientClass[EncounterStatus]; every other class is ``in-progress``."""
 _GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
 """IG concept map AdministrativeSex: PID-8 -> Patient.gender."""
-PRIORITY = {
-    "S": "stat", "A": "asap", "R": "routine", "P": "urgent", "C": "urgent", "T": "urgent",
-    "PRN": "routine",
-}
-"""HL7 table 0485 (extended priority, TQ1-9 / TQ.6) -> ServiceRequest.priority."""
-_ORDER_CONTROL = {
-    "NW": "active", "OK": "active", "CA": "active", "HD": "active", "RL": "active",
-    "RO": "active", "OC": "revoked", "OD": "revoked", "CR": "revoked", "DC": "revoked",
-    "DR": "revoked", "HR": "on-hold", "OH": "on-hold",
-}
-"""IG concept map OrderControlCode[ServiceRequest.status] (ORC-1, when ORC-5 is empty)."""
-_ORDER_STATUS = {
-    "A": "active", "IP": "active", "SC": "active", "CA": "revoked", "DC": "revoked",
-    "RP": "revoked", "CM": "completed", "HD": "on-hold", "ER": "entered-in-error",
-}
-"""IG concept map OrderStatus (ORC-5 -> ServiceRequest.status)."""
 @dataclass(frozen=True, slots=True)
 class _Patient:
     """A mapped PID: the resource, and the keyed hashes of its bare IDs and identities."""
@@ -91,16 +74,6 @@ class _Patient:
     def id(self) -> str:
         """The Patient's id."""
         return str(self.resource["id"])
-
-
-@dataclass(frozen=True, slots=True)
-class _Order:
-    """The segments of one order group: ORC and what follows it up to the next ORC."""
-
-    orc: Segment
-    obr: Segment | None
-    tq1: Segment | None
-    ipc: Segment | None
 
 
 class V2FhirMapper:
@@ -125,7 +98,7 @@ class V2FhirMapper:
         self._key = key
         self._validate = validate_resources
         self._ids = IdentifierMapper(identifier_systems or {}, default_authorities)
-        self._accession_fields = tuple(accession_fields)
+        self._order_mapper = OrderMapper(self._hash, self._ids, accession_fields)
 
     def map(self, message: Hl7Message) -> ContextUpdate:
         """Map one message (already checked by ``core.hl7.check_supported``).
@@ -161,19 +134,6 @@ class V2FhirMapper:
                 message.header.control_id, "100", name,
             )
         return seg
-
-    def _dtm(self, message: Hl7Message, seg: Segment, n: int, comp: int = 1) -> str:
-        value = seg.get(n, comp)
-        if not value:
-            return ""
-        offset = DTM.match(message.header.timestamp)
-        try:
-            return fhir_datetime(value, offset.group(8) if offset else None)
-        except ValueError as exc:
-            raise MessageInvalid(
-                f"{seg.name}-{n}: got {value[:40]!r}; expected an HL7 DTM ({exc})",
-                message.header.control_id, "102", seg.loc(n),
-            ) from None
 
     def _identities(
         self, message: Hl7Message, cx_list: Sequence[Sequence[str]],
@@ -226,11 +186,11 @@ class V2FhirMapper:
         names = [human_name(x) for x in pid.reps(5) if any(x)]
         if names:
             patient["name"] = names
-        birth = self._dtm(message, pid, 7)
+        birth = message_datetime(message, pid, 7)
         if birth:
             patient["birthDate"] = birth[:10]
         self._gender(message, pid, patient)
-        died = self._dtm(message, pid, 29)
+        died = message_datetime(message, pid, 29)
         if died:
             patient["deceasedDateTime"] = died
         elif pid.get(30).upper() in ("Y", "N"):
@@ -266,7 +226,8 @@ class V2FhirMapper:
             )
         visits = self._cx_list(pv1, 19)[:1]
         visit, visit_hd = visits[0] if visits else ((), HD())
-        admitted, discharged = self._dtm(message, pv1, 44), self._dtm(message, pv1, 45)
+        admitted = message_datetime(message, pv1, 44)
+        discharged = message_datetime(message, pv1, 45)
         seed = f"{patient_id}|{admitted}"
         if visit:  # the visit number's identity: scoped like a patient's
             seed = self._identities(message, [(*visit[:4], "VN")], [visit_hd])[0].material
@@ -284,6 +245,12 @@ class V2FhirMapper:
         period = {k: v for k, v in (("start", admitted), ("end", discharged)) if v}
         if period:
             enc["period"] = period
+        return enc, self._where_and_who(pv1, enc, planned=cls == "P")
+
+    def _where_and_who(
+        self, pv1: Segment, enc: dict[str, Any], planned: bool
+    ) -> dict[str, Any] | None:
+        """PV1-7 -> participant ATND; PV1-3 -> location (and the Location it names)."""
         attending = pv1.comps(7)
         if attending and any(attending):
             enc["participant"] = [{
@@ -297,9 +264,9 @@ class V2FhirMapper:
                 "location": {
                     "reference": f"Location/{location['id']}", "display": location["name"]
                 },
-                "status": "planned" if cls == "P" else "active",
+                "status": "planned" if planned else "active",
             }]
-        return enc, location
+        return location
 
     def _place(self, pl: Sequence[str]) -> dict[str, Any] | None:
         return location(pl, "loc-" + self._hash("|".join((list(pl) + [""] * 4)[:4])))
@@ -349,27 +316,6 @@ class V2FhirMapper:
             patient_key=keys[0][0], identity_keys=tuple(identity_keys),
         )
 
-    def _groups(self, message: Hl7Message) -> list[_Order]:
-        """Split ORM_O01 / OMI_O23 into order groups: ORC, then its OBR, TQ1 and IPC."""
-        groups: list[_Order] = []
-        for seg in message.segments:
-            if seg.name == "ORC":
-                groups.append(_Order(seg, None, None, None))
-            elif seg.name in ("OBR", "TQ1", "IPC") and groups:
-                if getattr(groups[-1], seg.name.lower()) is None:
-                    groups[-1] = replace(groups[-1], **{seg.name.lower(): seg})
-            elif seg.name == "OBR":
-                raise MessageInvalid(
-                    "OBR: got an OBR before any ORC; expected ORC then OBR (ORM_O01 / OMI_O23)",
-                    message.header.control_id, "100", seg.loc(0),
-                )
-        if not groups:
-            raise MessageInvalid(
-                "ORC: segment missing; expected at least one ORC with its OBR",
-                message.header.control_id, "100", "ORC",
-            )
-        return groups
-
     def _orders(self, message: Hl7Message) -> ContextUpdate:
         """ORM^O01 / OMI^O23: Patient, Encounter (PV1, optional), one ServiceRequest per ORC."""
         patient = self._patient(message, self._need(message, "PID"))
@@ -386,8 +332,8 @@ class V2FhirMapper:
             enc_id = enc["id"]
             encounters = ((enc_id, patient.id),)
         orders = []
-        for group in self._groups(message):
-            request, index = self._service_request(message, group, patient.id, enc_id)
+        for group in self._order_mapper.groups(message):
+            request, index = self._order_mapper.service_request(message, group, patient.id, enc_id)
             resources.append(request)
             orders.append(index)
         return ContextUpdate(
@@ -409,124 +355,3 @@ class V2FhirMapper:
             f"PV1-2: got {pv1.get(2)[:10]!r}; expected a patient class from HL7 table 0004 "
             f"{sorted(ENCOUNTER_CLASS)}; the visit was ignored, the order applied"),
             pv1.loc(2), "W")
-
-    # ---------------------------------------------------------- orders
-    def _accession(self, message: Hl7Message, group: _Order) -> tuple[str, dict[str, Any]]:
-        """The accession (IHE SWF: OBR-18; OMI: IPC-1) as an identifier of type ACSN."""
-        segs = {"IPC": group.ipc, "OBR": group.obr, "ORC": group.orc}
-        for name in self._accession_fields:
-            seg_name, n = name.split("-")
-            seg = segs[seg_name]
-            value = seg.get(int(n)) if seg is not None else ""
-            if seg is not None and value:
-                if name in ("IPC-1", "ORC-3", "OBR-3"):  # EI: the authority gives the system
-                    return value, self._ids.ei(seg.comps(int(n)), "ACSN")
-                return value, {"type": {"coding": [{"system": f"{_V2}0203", "code": "ACSN"}]},
-                               "value": value}
-        # Report it where this structure can carry it: ORM_O01 has no IPC (issue #16).
-        fields = [f for f in self._accession_fields
-                  if not f.startswith("IPC") or message.header.message_code == "OMI"]
-        seg_name, n = (fields or ["OBR-18"])[0].split("-")
-        seg = segs[seg_name]
-        raise MessageInvalid(
-            f"accession number: none of {', '.join(fields or ['OBR-18'])} is valued; expected "
-            "the accession number there (set hl7.accession_fields for this RIS)",
-            message.header.control_id, "101",
-            seg.loc(int(n)) if seg is not None else f"{seg_name}^1^{n}",
-        )
-
-    def _priority(self, message: Hl7Message, group: _Order) -> str:
-        """TQ1-9, else OBR-27.6 / ORC-7.6 (TQ priority), else OBR-5 (IG TQ1[ServiceRequest])."""
-        candidates = [(group.tq1, 9, 1), (group.obr, 27, 6), (group.orc, 7, 6), (group.obr, 5, 1)]
-        for seg, n, comp in candidates:
-            if seg is None or not seg.get(n, comp):
-                continue
-            value = seg.get(n, comp).upper()
-            if value not in PRIORITY:
-                raise MessageInvalid(
-                    f"{seg.name}-{n}: got {value[:10]!r}; expected a priority from HL7 table "
-                    f"0485 {sorted(PRIORITY)}",
-                    message.header.control_id, "103", seg.loc(n),
-                )
-            return PRIORITY[value]
-        return "routine"
-
-    def _service_request(
-        self, message: Hl7Message, group: _Order, patient_id: str, enc_id: str
-    ) -> tuple[dict[str, Any], OrderIndex]:
-        """ORC + OBR (+ TQ1, IPC) -> ServiceRequest (IG ORC/OBR[ServiceRequest])."""
-        orc, obr = group.orc, group.obr
-        ctrl = message.header.control_id
-        if obr is None:  # a pharmacy or diet order (RXO, ODS), not a procedure
-            raise MessageInvalid(
-                f"OBR: segment missing in the order group of ORC {orc.index}; expected an OBR "
-                "(the requested procedure) after each ORC", ctrl, "100", "OBR",
-            )
-        if not obr.get(4):
-            raise MessageInvalid(
-                "OBR-4: missing; expected the universal service identifier (requested procedure)",
-                ctrl, "101", obr.loc(4),
-            )
-        if not orc.get(1):
-            raise MessageInvalid(
-                "ORC-1: missing; expected an order control code", ctrl, "101", orc.loc(1)
-            )
-        accession, acsn = self._accession(message, group)
-        request: dict[str, Any] = {
-            "resourceType": "ServiceRequest",
-            "id": "sr-" + self._hash(accession),
-            "status": self._status(orc),
-            "intent": "order",
-            "identifier": self._order_ids(orc, obr) + [acsn],
-            "code": codeable(obr.comps(4)),
-            "priority": self._priority(message, group),
-            "subject": {"reference": f"Patient/{patient_id}"},
-        }
-        self._order_details(message, group, request, enc_id)
-        study_uid = group.ipc.get(3) if group.ipc is not None else ""
-        when = request.get("occurrenceDateTime") or request.get("authoredOn") or ""
-        timing = request.get("occurrenceTiming", {}).get("repeat", {}).get("boundsPeriod", {})
-        when = timing.get("start", when)
-        index = OrderIndex(
-            request["id"], self._hash(accession), study_uid, patient_id, enc_id,
-            when[:10] if len(when) >= 10 else "", request["status"],
-        )
-        return request, index
-
-    @staticmethod
-    def _status(orc: Segment) -> str:
-        """ORC-5 (OrderStatus) if valued, else ORC-1 (OrderControlCode[ServiceRequest.status])."""
-        by_status = _ORDER_STATUS.get(orc.get(5).upper())
-        return by_status or _ORDER_CONTROL.get(orc.get(1).upper(), "active")
-
-    def _order_ids(self, orc: Segment, obr: Segment) -> list[dict[str, Any]]:
-        """ORC-2 / ORC-3 (else OBR-2 / OBR-3) -> identifier PLAC / FILL."""
-        out = []
-        for n, code in ((2, "PLAC"), (3, "FILL")):
-            ei = orc.comps(n) if orc.get(n) else obr.comps(n)
-            if ei and ei[0]:
-                out.append(self._ids.ei(ei, code))
-        return out
-
-    def _order_details(
-        self, message: Hl7Message, group: _Order, request: dict[str, Any], enc_id: str
-    ) -> None:
-        orc, obr, tq1 = group.orc, group.obr, group.tq1
-        assert obr is not None  # checked by the caller
-        reasons = [codeable(r) for r in obr.reps(31)]
-        if [r for r in reasons if r]:
-            request["reasonCode"] = [r for r in reasons if r]
-        start = self._dtm(message, tq1, 7) if tq1 is not None else ""
-        requested = self._dtm(message, obr, 6)
-        if start:
-            request["occurrenceTiming"] = {"repeat": {"boundsPeriod": {"start": start}}}
-        elif requested:
-            request["occurrenceDateTime"] = requested
-        authored = self._dtm(message, orc, 9)
-        if authored and orc.get(1).upper() == "NW":
-            request["authoredOn"] = authored
-        requester = orc.comps(12) if orc.get(12) else obr.comps(16)
-        if requester and any(requester):
-            request["requester"] = practitioner(requester)
-        if enc_id:
-            request["encounter"] = {"reference": f"Encounter/{enc_id}"}

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from core.errors import MessageInvalid
 from core.fhir import system_for_v2
+from core.hl7 import Hl7Message, Segment
 
 __all__ = [
     "DTM",
@@ -33,6 +35,7 @@ __all__ = [
     "fhir_datetime",
     "human_name",
     "location",
+    "message_datetime",
     "practitioner",
 ]
 
@@ -75,6 +78,25 @@ def fhir_datetime(value: str, default_offset: str | None = None) -> str:
     if h is None or d is None or offset is None:
         return day
     return f"{day}T{h}:{mi or '00'}:{s or '00'}{frac or ''}{offset[:3]}:{offset[3:]}"
+
+
+def message_datetime(message: Hl7Message, seg: Segment, n: int, comp: int = 1) -> str:
+    """Field ``n`` (component ``comp``) of ``seg`` as a FHIR dateTime, with MSH-7's offset.
+
+    Raises:
+        MessageInvalid: The value is not an HL7 DTM (ERR 102 naming the field).
+    """
+    value = seg.get(n, comp)
+    if not value:
+        return ""
+    offset = DTM.match(message.header.timestamp)
+    try:
+        return fhir_datetime(value, offset.group(8) if offset else None)
+    except ValueError as exc:
+        raise MessageInvalid(
+            f"{seg.name}-{n}: got {value[:40]!r}; expected an HL7 DTM ({exc})",
+            message.header.control_id, "102", seg.loc(n),
+        ) from None
 
 
 def codeable(cwe: Sequence[str]) -> dict[str, Any]:
