@@ -25,9 +25,9 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from core.hl7 import MessageHeader, escape
+from core.hl7 import Issue, MessageHeader, escape
 
-__all__ = ["AckError", "Disposition", "ERROR_CODES", "ack_codes", "build_ack"]
+__all__ = ["AckError", "Disposition", "ERROR_CODES", "ack_codes", "build_ack", "conflict_error"]
 
 ERROR_CODES = {
     "100": "Segment sequence error",
@@ -88,6 +88,19 @@ class AckError:
     text: str
     location: str = ""
     severity: str = "E"
+
+    @classmethod
+    def of(cls, issue: Issue) -> AckError:
+        """The ERR of a problem found in a message (``core.hl7.Issue``)."""
+        return cls(issue.code, issue.reason, issue.location, issue.severity)
+
+
+def conflict_error(control_id: str) -> AckError:
+    """ERR 205 for a message that reuses an applied message's MSH-10 with other content."""
+    return AckError("205", (
+        f"MSH-10: control ID {control_id[:40]!r} of this sender belongs to an applied message "
+        "with other content; this one was kept for review and not applied; expected a new "
+        "control ID for a new message"), "MSH^1^10")
 
 
 def ack_codes(header: MessageHeader | None, disposition: Disposition) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.adapters.group_commit import GroupCommitter, connect
-from core.acks import AckError, Disposition
+from core.acks import AckError, Disposition, conflict_error
 from core.context import (
     ContextUpdate,
     OrderIndex,
@@ -135,14 +135,6 @@ def _index_patient(
     )
 
 
-def _warning(update: ContextUpdate | None) -> AckError | None:
-    """The first ignored optional field of an applied message (ERR severity W), if any."""
-    if update is None or not update.warnings:
-        return None
-    w = update.warnings[0]
-    return AckError(w.code, w.reason, w.location, w.severity)
-
-
 class ContextWriter:
     """The HL7 listener's side: durable inbox plus the resources, group-committed."""
 
@@ -200,15 +192,12 @@ class ContextWriter:
         """
 
         def work(cur: sqlite3.Cursor) -> None:
-            cur.executemany(
-                "UPDATE hl7_inbox SET audited = 1 WHERE seq = ? AND resends = ?", list(inbox)
-            )
+            for table, rows in (("hl7_inbox", list(inbox)), ("hl7_conflicts", list(conflicts))):
+                cur.executemany(  # a row re-sent since it was read stays unaudited
+                    f"UPDATE {table} SET audited = 1 WHERE seq = ? AND resends = ?", rows
+                )
             cur.executemany(
                 "UPDATE hl7_rejected SET audited = 1 WHERE seq = ?", [(s,) for s in rejected]
-            )
-            cur.executemany(
-                "UPDATE hl7_conflicts SET audited = 1 WHERE seq = ? AND resends = ?",
-                list(conflicts),
             )
 
         return self._committer.submit(work)
@@ -242,7 +231,8 @@ class ContextWriter:
                 cur.execute("RELEASE apply")
                 error = AckError("207", f"could not apply the message: {type(exc).__name__}")
         status = "invalid" if error is not None else "applied"
-        noted = error or _warning(entry.update)
+        warnings = entry.update.warnings if entry.update else ()
+        noted = error or (AckError.of(warnings[0]) if warnings else None)  # ERR severity W
         self._inbox_row(cur, entry, row["seq"] if row else None, status, noted)
         return (Disposition.INVALID, error) if error else (Disposition.APPLIED, noted)
 
@@ -261,10 +251,7 @@ class ContextWriter:
             (entry.received_at, entry.peer, h.sending_application, h.sending_facility,
              h.control_id, h.message_type, entry.content, entry.raw, inbox_seq),
         )
-        return Disposition.CONFLICT, AckError("205", (
-            f"MSH-10: control ID {h.control_id[:40]!r} of this sender belongs to an applied "
-            "message with other content; this one was kept for review and not applied; "
-            "expected a new control ID for a new message"), "MSH^1^10")
+        return Disposition.CONFLICT, conflict_error(h.control_id)
 
     @staticmethod
     def _inbox_row(
@@ -494,23 +481,15 @@ class ContextReader:
         return _load(cur, "Encounter", row[0]) if row else None
 
     # ------------------------------------------------------------- audit pump
-    def unaudited(
-        self, limit: int = 500
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """Inbox, rejected and conflict rows not yet in the ledger's audit trail (no PHI
-        columns)."""
-        received = self._con.execute(
+    def unaudited(self, limit: int = 500) -> tuple[list[dict[str, Any]], ...]:
+        """Inbox, rejected and conflict rows not yet in the ledger's audit trail (no PHI)."""
+        queries = (
             "SELECT seq, sending_app, sending_facility, control_id, message_type, status,"
             " error_code, error_location, resends, patient_key, accession_key, peer"
-            " FROM hl7_inbox WHERE audited = 0 ORDER BY seq LIMIT ?", (limit,),
-        ).fetchall()
-        rejected = self._con.execute(
+            " FROM hl7_inbox WHERE audited = 0 ORDER BY seq LIMIT ?",
             "SELECT seq, control_id, message_type, size, sha256, error_code, error_location, peer"
-            " FROM hl7_rejected WHERE audited = 0 ORDER BY seq LIMIT ?", (limit,),
-        ).fetchall()
-        conflicts = self._con.execute(
+            " FROM hl7_rejected WHERE audited = 0 ORDER BY seq LIMIT ?",
             "SELECT seq, sending_app, sending_facility, control_id, message_type, inbox_seq,"
-            " resends, peer FROM hl7_conflicts WHERE audited = 0 ORDER BY seq LIMIT ?", (limit,),
-        ).fetchall()
-        return ([dict(r) for r in received], [dict(r) for r in rejected],
-                [dict(r) for r in conflicts])
+            " resends, peer FROM hl7_conflicts WHERE audited = 0 ORDER BY seq LIMIT ?",
+        )
+        return tuple([dict(r) for r in self._con.execute(q, (limit,))] for q in queries)

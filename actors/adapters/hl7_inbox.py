@@ -192,8 +192,7 @@ class Hl7Listener:
 
     def _map(self, message: Hl7Message) -> tuple[ContextUpdate | None, AckError | None]:
         if message.problem is not None:  # bytes that did not decode: store, answer AE
-            p = message.problem
-            return None, AckError(p.code, p.reason, p.location)
+            return None, AckError.of(message.problem)
         try:
             check_field_sizes(message, self._cfg.listener.max_field_chars)
             return self._mapper.map(message), None
