@@ -49,8 +49,6 @@ _STD = "|^~\\&"
 _CONTROL = re.compile("[\x00-\x08\x0a-\x0c\x0e-\x1f\x7f]")
 """C0 controls other than TAB and CR (LF is normalised to CR before the check), and DEL."""
 _SEGMENT_ID = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-_MSH_LINE = re.compile(rb"[\r\n]")
-"""Where the MSH segment ends: CR, or LF / CRLF as many interfaces send."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +174,12 @@ def _reject(
     return MessageRejected(reason, subject, code, location)
 
 
+def _msh_line(raw: bytes) -> bytes:
+    """The bytes up to the first CR or LF: the MSH segment, whichever separator ends it."""
+    ends = [i for i in (raw.find(b"\r"), raw.find(b"\n")) if i >= 0]
+    return raw[:min(ends)] if ends else raw
+
+
 def _declared_charset(head: str) -> str:
     """MSH-18's first repetition's first component, from the MSH line (Latin-1 text)."""
     fields = head.split(head[3]) if len(head) > 3 else []
@@ -206,7 +210,7 @@ def _decode(raw: bytes) -> tuple[str, str, Issue | None]:
     ``Issue`` (AE naming the field) and the text read as Latin-1, byte for byte.
     """
     raw = raw[len(BOM):] if raw.startswith(BOM) else raw
-    head = _MSH_LINE.split(raw, 1)[0].decode("latin-1")
+    head = _msh_line(raw).decode("latin-1")
     label = _declared_charset(head)
     done = decode(raw, label)
     if done.bad_offset < 0:
@@ -303,8 +307,14 @@ def _segments(text: str, fs: str, enc: str, codec: str = "utf-8") -> tuple[Segme
         return "" if v == '""' else v
 
     def field(raw: str) -> tuple[tuple[tuple[str, ...], ...], ...]:
-        if rs not in raw and cs not in raw and ss not in raw and esc not in raw:
-            return (((value(raw),),),)  # most fields: one plain value
+        plain = esc not in raw and '""' not in raw  # most values: nothing to resolve
+        if rs not in raw and cs not in raw and ss not in raw:
+            return (((raw.strip() if plain else value(raw),),),)  # most fields: one value
+        if plain:
+            return tuple([
+                tuple([tuple([v.strip() for v in comp.split(ss)]) for comp in rep.split(cs)])
+                for rep in raw.split(rs)
+            ])
         return tuple([
             tuple([tuple([value(v) for v in comp.split(ss)]) for comp in rep.split(cs)])
             for rep in raw.split(rs)
@@ -404,7 +414,7 @@ def peek_header(raw: bytes) -> MessageHeader | None:
     MSH line (``_recover_header``), so the sender can match the AR to what it sent.
     """
     raw = raw[len(BOM):] if raw.startswith(BOM) else raw
-    line = _MSH_LINE.split(raw, 1)[0].decode("latin-1")
+    line = _msh_line(raw).decode("latin-1")
     try:
         fs, enc = _delimiters(line)
         return _header(_segments(line, fs, enc)[0])

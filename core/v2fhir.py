@@ -156,10 +156,13 @@ class V2FhirMapper:
                 out.append((cx, HD.parse(rep[3] if len(rep) > 3 else ())))
         return out
 
-    def _patient_id(self, identities: Sequence[PatientIdentity]) -> str:
-        """``pat-`` + keyed hash of the main identity (the MR one, else the first)."""
-        main = next((i for i in identities if i.type_code == "MR"), identities[0])
-        return "pat-" + self._hash(main.material)
+    def _patient_id(
+        self, identities: Sequence[PatientIdentity], keys: Sequence[str] = ()
+    ) -> str:
+        """``pat-`` + keyed hash of the main identity (the MR one, else the first); ``keys``:
+        the identities' hashes if already made."""
+        main = next((n for n, i in enumerate(identities) if i.type_code == "MR"), 0)
+        return "pat-" + (keys[main] if keys else self._hash(identities[main].material))
 
     # ------------------------------------------------------------ patient
     def _patient(self, message: Hl7Message, pid: Segment) -> _Patient:
@@ -173,10 +176,11 @@ class V2FhirMapper:
                 message.header.control_id, "101", pid.loc(3),
             )
         identities = self._identities(message, ids, [hd for _, hd in cx_list])
+        identity_keys = tuple(self._hash(i.material) for i in identities)
         facility = message.header.sending_facility
         patient: dict[str, Any] = {
             "resourceType": "Patient",
-            "id": self._patient_id(identities),
+            "id": self._patient_id(identities, identity_keys),
             "active": True,
             "identifier": [
                 self._ids.cx(cx, authority=hd, facility=facility)
@@ -195,8 +199,7 @@ class V2FhirMapper:
             patient["deceasedDateTime"] = died
         elif pid.get(30).upper() in ("Y", "N"):
             patient["deceasedBoolean"] = pid.get(30).upper() == "Y"
-        return _Patient(patient, tuple(self._hash(cx[0]) for cx in ids),
-                        tuple(self._hash(i.material) for i in identities))
+        return _Patient(patient, tuple(self._hash(cx[0]) for cx in ids), identity_keys)
 
     @staticmethod
     def _gender(message: Hl7Message, pid: Segment, patient: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ one facility never meets the same bare ID from another.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -166,8 +165,13 @@ class PatientIdentity:
 
     @property
     def material(self) -> str:
-        """The unambiguous text a keyed hash of this identity is taken over."""
-        return json.dumps([self.value, self.authority, self.type_code], ensure_ascii=False)
+        """The unambiguous text a keyed hash of this identity is taken over: each part
+        prefixed with its length, so no value can pass for another split.
+
+        >>> PatientIdentity("4711", "ns:A", "MR").material
+        '4:4711|4:ns:A|2:MR'
+        """
+        return "|".join(f"{len(p)}:{p}" for p in (self.value, self.authority, self.type_code))
 
 
 class IdentifierMapper:

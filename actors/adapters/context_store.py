@@ -111,14 +111,15 @@ def _known_patient(cur: sqlite3.Cursor, identity_keys: Sequence[str]) -> str | N
 
     Identities are (ID, assigning authority, type): a bare ID never finds a patient here.
     """
-    for key in identity_keys:
-        row = cur.execute(
-            "SELECT patient_id FROM patient_identities WHERE identity_key = ?"
-            " ORDER BY patient_id LIMIT 1", (key,),
-        ).fetchone()
-        if row is not None:
-            return _survivor(cur, row[0])
-    return None
+    if not identity_keys:
+        return None
+    marks = ",".join("?" * len(identity_keys))
+    found = dict(cur.execute(
+        f"SELECT identity_key, MIN(patient_id) FROM patient_identities"
+        f" WHERE identity_key IN ({marks}) GROUP BY identity_key", list(identity_keys),
+    ).fetchall())
+    first = next((found[k] for k in identity_keys if k in found), None)
+    return _survivor(cur, first) if first is not None else None
 
 
 def _index_patient(
