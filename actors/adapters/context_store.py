@@ -106,34 +106,45 @@ def _survivor(cur: sqlite3.Cursor, patient_id: str) -> str:
         seen.add(patient_id)
 
 
-def _known_patient(cur: sqlite3.Cursor, identity_keys: Sequence[str]) -> str | None:
-    """The stored (surviving) patient of the first identity that is known, if any.
+def _known_patient(
+    cur: sqlite3.Cursor, identity_keys: Sequence[str]
+) -> tuple[str | None, dict[str, str]]:
+    """The stored (surviving) patient of the first identity that is known, if any, and the
+    stored rows of those identities (identity key -> patient id).
 
     Identities are (ID, assigning authority, type): a bare ID never finds a patient here.
     """
     if not identity_keys:
-        return None
+        return None, {}
     marks = ",".join("?" * len(identity_keys))
     found = dict(cur.execute(
         f"SELECT identity_key, MIN(patient_id) FROM patient_identities"
         f" WHERE identity_key IN ({marks}) GROUP BY identity_key", list(identity_keys),
     ).fetchall())
     first = next((found[k] for k in identity_keys if k in found), None)
-    return _survivor(cur, first) if first is not None else None
+    return (_survivor(cur, first) if first is not None else None), found
+
+
+def _insert_pairs(
+    cur: sqlite3.Cursor, table: str, key: str, pairs: Sequence[tuple[str, str]]
+) -> None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of (key, patient_id) rows, in one statement."""
+    if pairs:
+        cur.execute(
+            f"INSERT INTO {table} ({key}, patient_id) VALUES {','.join(['(?,?)'] * len(pairs))}"
+            f" ON CONFLICT ({key}, patient_id) DO NOTHING", [v for pair in pairs for v in pair],
+        )
 
 
 def _index_patient(
-    cur: sqlite3.Cursor, bare: Sequence[tuple[str, str]], identities: Sequence[tuple[str, str]]
+    cur: sqlite3.Cursor, bare: Sequence[tuple[str, str]], identities: Sequence[tuple[str, str]],
+    stored: dict[str, str] | None = None,
 ) -> None:
-    """Record which patient the bare IDs (the join's index) and the identities belong to."""
-    cur.executemany(
-        "INSERT INTO patient_keys (patient_key, patient_id) VALUES (?,?)"
-        " ON CONFLICT (patient_key, patient_id) DO NOTHING", list(bare),
-    )
-    cur.executemany(
-        "INSERT INTO patient_identities (identity_key, patient_id) VALUES (?,?)"
-        " ON CONFLICT (identity_key, patient_id) DO NOTHING", list(identities),
-    )
+    """Record which patient the bare IDs (the join's index) and the identities belong to;
+    ``stored``: identity rows known to exist already (not written again)."""
+    _insert_pairs(cur, "patient_keys", "patient_key", list(dict.fromkeys(bare)))
+    fresh = [(k, p) for k, p in dict.fromkeys(identities) if (stored or {}).get(k) != p]
+    _insert_pairs(cur, "patient_identities", "identity_key", fresh)
 
 
 class ContextWriter:
@@ -283,15 +294,17 @@ class ContextWriter:
             )
 
     def _apply(self, cur: sqlite3.Cursor, update: ContextUpdate, now: float) -> None:
+        stored_identities: dict[str, str] = {}
         for patient in [r for r in update.resources if r["resourceType"] == "Patient"]:
             keys = [k for k, p in update.identity_keys if p == patient["id"]]
-            known = _known_patient(cur, keys)
+            known, found = _known_patient(cur, keys)
+            stored_identities.update(found)
             if known is not None:
                 update = rebind_patient(update, patient["id"], known)
         for resource in update.resources:
             stored = _load(cur, resource["resourceType"], resource["id"])
             _save(cur, merge_resource(stored, resource), now)
-        _index_patient(cur, update.patient_keys, update.identity_keys)
+        _index_patient(cur, update.patient_keys, update.identity_keys, stored_identities)
         cur.executemany(
             "INSERT INTO encounters (encounter_id, patient_id, updated_at) VALUES (?,?,?)"
             " ON CONFLICT (encounter_id) DO UPDATE SET patient_id = excluded.patient_id,"
@@ -322,7 +335,7 @@ class ContextWriter:
     def _merge(cur: sqlite3.Cursor, merge: PatientMerge, now: float) -> None:
         """A40: the prior patient's keys, orders and encounters move to the survivor."""
         survivor_id = _survivor(cur, merge.survivor_id)
-        prior_id = _known_patient(cur, merge.prior_identity_keys) or merge.prior_id
+        prior_id = _known_patient(cur, merge.prior_identity_keys)[0] or merge.prior_id
         if prior_id == survivor_id:
             return
         survivor = _load(cur, "Patient", survivor_id) or {
