@@ -60,6 +60,7 @@ ENCOUNTER_CLASS = {
 """IG concept map PatientClass[EncounterClass]: PV1-2 -> Encounter.class."""
 _ENCOUNTER_STATUS = {"P": "planned", "U": "unknown"}
 """IG concept map PatientClass[EncounterStatus]; every other class is ``in-progress``."""
+_NO_AUTHORITY = HD()
 _GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
 """IG concept map AdministrativeSex: PID-8 -> Patient.gender."""
 @dataclass(frozen=True, slots=True)
@@ -151,9 +152,9 @@ class V2FhirMapper:
         subcomponents (namespace ID, universal ID, its type; HL7 v2.5 2.A.33)."""
         out = []
         for rep in seg.fields[n] if n < len(seg.fields) else ():
-            cx = tuple(c[0] for c in rep)
-            if cx and cx[0]:
-                out.append((cx, HD.parse(rep[3] if len(rep) > 3 else ())))
+            if rep[0][0]:  # CX.1 valued
+                hd = HD.parse(rep[3]) if len(rep) > 3 and any(rep[3]) else _NO_AUTHORITY
+                out.append((tuple([c[0] for c in rep]), hd))
         return out
 
     def _patient_id(
@@ -168,7 +169,7 @@ class V2FhirMapper:
     def _patient(self, message: Hl7Message, pid: Segment) -> _Patient:
         """PID -> Patient (IG PID[Patient]): PID-2/3/4 identifier, -5 name, -7 birthDate,
         -8 gender, -29/-30 deceased; with the keyed hashes of PID-3's IDs and identities."""
-        cx_list = self._cx_list(pid, 3)
+        cx_list = self._cx_list(pid, 3)  # read once: PID-3 is the identity and an identifier
         ids = [cx for cx, _ in cx_list]
         if not ids:
             raise MessageInvalid(
@@ -184,7 +185,7 @@ class V2FhirMapper:
             "active": True,
             "identifier": [
                 self._ids.cx(cx, authority=hd, facility=facility)
-                for n in (2, 3, 4) for cx, hd in self._cx_list(pid, n)
+                for n in (2, 3, 4) for cx, hd in (cx_list if n == 3 else self._cx_list(pid, n))
             ],
         }
         names = [human_name(x) for x in pid.reps(5) if any(x)]
