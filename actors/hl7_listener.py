@@ -39,7 +39,8 @@ class Hl7ListenerActor(ActorShell):
     def _counters(self) -> tuple[int, int, int, str]:
         counts = self._listener.counts
         return (counts["applied"] + counts["duplicate"],
-                counts["invalid"] + counts["rejected"] + counts["failed"], 0, "")
+                counts["invalid"] + counts["conflict"] + counts["rejected"] + counts["failed"],
+                0, "")
 
     def stop(self) -> None:
         """Close the port; audit what is left."""

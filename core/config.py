@@ -621,6 +621,13 @@ class Hl7Config(_Model):
         default_factory=dict,
         description="Assigning authority namespace (CX.4.1 / EI.2) -> FHIR Identifier.system",
     )
+    default_assigning_authorities: dict[str, str] = Field(
+        default_factory=dict,
+        description="Sending facility (MSH-4, whole or its namespace ID) -> the assigning "
+        "authority (CX.4 as an HD, '&' between subcomponents: 'HOSP' or 'HOSP&1.2.3&ISO') of "
+        "its patient and visit IDs that name none; unlisted facilities' bare IDs are scoped "
+        "to the facility and never match another facility's",
+    )
     join_window_days: int = Field(
         default=1, ge=0, le=30, description="Patient ID + date join: order date within +-N days"
     )

@@ -20,6 +20,7 @@ from datetime import date
 from typing import Any
 
 from core.fhir import dicom_scheme
+from core.hl7 import Issue
 from core.types import CodedTerm, Priority
 
 __all__ = [
@@ -64,11 +65,19 @@ class OrderIndex:
 
 @dataclass(frozen=True, slots=True)
 class PatientMerge:
-    """An A40 merge: the prior patient (MRG) is replaced by the surviving one (PID)."""
+    """An A40 merge: the prior patient (MRG) is replaced by the surviving one (PID).
+
+    Attributes:
+        prior_id: The Patient id the prior identifiers map to.
+        prior_keys: Keyed hashes of the bare prior IDs (MRG-1 CX.1; the DICOM join's index).
+        survivor_id: The surviving Patient's id.
+        prior_identity_keys: Keyed hashes of the prior identities (CX.1, authority, CX.5).
+    """
 
     prior_id: str
     prior_keys: tuple[str, ...]
     survivor_id: str
+    prior_identity_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +86,16 @@ class ContextUpdate:
 
     Attributes:
         resources: FHIR resources to upsert (merged into the stored version by id).
-        patient_keys: ``(patient_key, patient_id)``: keyed hashes of every PID-3 ID.
+        patient_keys: ``(patient_key, patient_id)``: keyed hashes of every bare PID-3 ID
+            (CX.1), the index a study's DICOM Patient ID is joined by.
         encounters: ``(encounter_id, patient_id)``.
         orders: Order indexes.
         merges: A40 merges.
         patient_key: The first patient key (for the audit trail).
         accession_key: The first accession key (for the audit trail).
+        identity_keys: ``(identity_key, patient_id)``: keyed hashes of every PID-3 identity
+            (CX.1, assigning authority, CX.5); what finds a stored patient again.
+        warnings: Optional fields that were ignored (the ACK is AA with ERR severity W).
     """
 
     resources: tuple[dict[str, Any], ...]
@@ -92,6 +105,8 @@ class ContextUpdate:
     merges: tuple[PatientMerge, ...] = ()
     patient_key: str = ""
     accession_key: str = ""
+    identity_keys: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[Issue, ...] = ()
 
 
 def merge_resource(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
@@ -134,8 +149,9 @@ def relink_subject(resource: Mapping[str, Any], prior_id: str, survivor_id: str)
 def rebind_patient(update: ContextUpdate, proposed: str, existing: str) -> ContextUpdate:
     """Use the stored patient ``existing`` instead of the id the message proposed.
 
-    A patient known under several identifiers (PID-3 repeats) keeps one Patient resource:
-    when any identifier of a message is already stored, the store rebinds the update.
+    A patient known under several identities (PID-3 repeats) keeps one Patient resource:
+    when any identity (ID, assigning authority, type) of a message is already stored, the
+    store rebinds the update. A bare ID alone never rebinds (issue #16).
     """
     if proposed == existing:
         return update
@@ -153,6 +169,7 @@ def rebind_patient(update: ContextUpdate, proposed: str, existing: str) -> Conte
         update,
         resources=tuple(resources),
         patient_keys=tuple((k, pid(p)) for k, p in update.patient_keys),
+        identity_keys=tuple((k, pid(p)) for k, p in update.identity_keys),
         encounters=tuple((e, pid(p)) for e, p in update.encounters),
         orders=tuple(replace(o, patient_id=pid(o.patient_id)) for o in update.orders),
         merges=tuple(replace(m, survivor_id=pid(m.survivor_id)) for m in update.merges),

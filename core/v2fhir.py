@@ -3,9 +3,9 @@
 Message maps (IG ``mappings/messages``): ADT_A01 (A01, A04 and A08 share its structure):
 PID -> Patient, PV1 -> Encounter (+ Location); ADT_A39 (A40): PID -> the surviving Patient,
 MRG -> the prior patient merged into it; ORM_O01: PID -> Patient, PV1 -> Encounter, ORC and
-its OBR -> one ServiceRequest (the IG incorporates OBR content into the ServiceRequest made by
-ORC); OMI_O23 (the IG has no map): as ORM_O01, plus IPC-1 (accession) and IPC-3 (Study
-Instance UID) from IHE RAD-4. Segment and data type rows are cited where they are used.
+its OBR -> one ServiceRequest (``core.v2orders``); OMI_O23 (the IG has no map): as ORM_O01,
+plus IPC-1 (accession) and IPC-3 (Study Instance UID) from IHE RAD-4. Segment and data type
+rows are cited where they are used.
 
 Minimum necessary: we map what the AI, the report and the join need (identifiers, name, birth
 date, sex, death, visit, location, order, priority, reason). Address, telecom, next of kin,
@@ -13,32 +13,35 @@ race, religion and the like are not stored: the context store is a PHI vault and
 than its purpose needs.
 
 Resource ids are keyed hashes of the identifiers (``pat-``, ``enc-``, ``loc-``, ``sr-``), so
-that ids can appear in audit events and job data without revealing an MRN or accession.
+that ids can appear in audit events and job data without revealing an MRN or accession. A
+patient's and a visit's ids hash the whole identity (ID, assigning authority, type; see
+``core.v2types.IdentifierMapper.identity``), never the bare ID (issue #16).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from core.context import ContextUpdate, OrderIndex, PatientMerge
+from core.context import ContextUpdate, PatientMerge
 from core.errors import MessageInvalid
 from core.fhir import validate
-from core.hl7 import Hl7Message, Segment
+from core.hl7 import Hl7Message, Issue, Segment
 from core.identifiers import DEFAULT_KEY, hash_identifier
+from core.v2orders import OrderMapper
 from core.v2types import (
-    DTM,
+    HD,
     V2_TABLE,
     IdentifierMapper,
-    codeable,
-    fhir_datetime,
+    PatientIdentity,
     human_name,
     location,
+    message_datetime,
     practitioner,
 )
 
-__all__ = ["ENCOUNTER_CLASS", "PRIORITY", "V2FhirMapper"]
+__all__ = ["ENCOUNTER_CLASS", "V2FhirMapper"]
 
 _V2 = V2_TABLE
 _ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -57,32 +60,21 @@ ENCOUNTER_CLASS = {
 """IG concept map PatientClass[EncounterClass]: PV1-2 -> Encounter.class."""
 _ENCOUNTER_STATUS = {"P": "planned", "U": "unknown"}
 """IG concept map PatientClass[EncounterStatus]; every other class is ``in-progress``."""
+_NO_AUTHORITY = HD()
 _GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
 """IG concept map AdministrativeSex: PID-8 -> Patient.gender."""
-PRIORITY = {
-    "S": "stat", "A": "asap", "R": "routine", "P": "urgent", "C": "urgent", "T": "urgent",
-    "PRN": "routine",
-}
-"""HL7 table 0485 (extended priority, TQ1-9 / TQ.6) -> ServiceRequest.priority."""
-_ORDER_CONTROL = {
-    "NW": "active", "OK": "active", "CA": "active", "HD": "active", "RL": "active",
-    "RO": "active", "OC": "revoked", "OD": "revoked", "CR": "revoked", "DC": "revoked",
-    "DR": "revoked", "HR": "on-hold", "OH": "on-hold",
-}
-"""IG concept map OrderControlCode[ServiceRequest.status] (ORC-1, when ORC-5 is empty)."""
-_ORDER_STATUS = {
-    "A": "active", "IP": "active", "SC": "active", "CA": "revoked", "DC": "revoked",
-    "RP": "revoked", "CM": "completed", "HD": "on-hold", "ER": "entered-in-error",
-}
-"""IG concept map OrderStatus (ORC-5 -> ServiceRequest.status)."""
 @dataclass(frozen=True, slots=True)
-class _Order:
-    """The segments of one order group: ORC and what follows it up to the next ORC."""
+class _Patient:
+    """A mapped PID: the resource, and the keyed hashes of its bare IDs and identities."""
 
-    orc: Segment
-    obr: Segment | None
-    tq1: Segment | None
-    ipc: Segment | None
+    resource: dict[str, Any]
+    bare_keys: tuple[str, ...]
+    identity_keys: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """The Patient's id."""
+        return str(self.resource["id"])
 
 
 class V2FhirMapper:
@@ -94,17 +86,20 @@ class V2FhirMapper:
         identifier_systems: Mapping[str, str] | None = None,
         accession_fields: Sequence[str] = ("IPC-1", "OBR-18"),
         validate_resources: bool = True,
+        default_authorities: Mapping[str, str] | None = None,
     ) -> None:
         """Args:
         key: Key of the hashed identifiers (the same as the DICOM listener's).
         identifier_systems: Assigning authority namespace -> Identifier.system.
         accession_fields: Where the accession number is, first valued wins.
         validate_resources: Check every resource with fhir.resources (R4) before returning.
+        default_authorities: Sending facility (MSH-4) -> assigning authority of its
+            identifiers that name none (``hl7.default_assigning_authorities``).
         """
         self._key = key
         self._validate = validate_resources
-        self._ids = IdentifierMapper(identifier_systems or {})
-        self._accession_fields = tuple(accession_fields)
+        self._ids = IdentifierMapper(identifier_systems or {}, default_authorities)
+        self._order_mapper = OrderMapper(self._hash, self._ids, accession_fields)
 
     def map(self, message: Hl7Message) -> ContextUpdate:
         """Map one message (already checked by ``core.hl7.check_supported``).
@@ -141,55 +136,71 @@ class V2FhirMapper:
             )
         return seg
 
-    def _dtm(self, message: Hl7Message, seg: Segment, n: int, comp: int = 1) -> str:
-        value = seg.get(n, comp)
-        if not value:
-            return ""
-        offset = DTM.match(message.header.timestamp)
-        try:
-            return fhir_datetime(value, offset.group(8) if offset else None)
-        except ValueError as exc:
-            raise MessageInvalid(
-                f"{seg.name}-{n}: got {value[:40]!r}; expected an HL7 DTM ({exc})",
-                message.header.control_id, "102", seg.loc(n),
-            ) from None
+    def _identities(
+        self, message: Hl7Message, cx_list: Sequence[Sequence[str]],
+        authorities: Sequence[HD] = (),
+    ) -> list[PatientIdentity]:
+        h = message.header
+        return [
+            self._ids.identity(cx, auth, h.sending_facility, h.sending_application)
+            for cx, auth in zip(cx_list, list(authorities) + [HD()] * len(cx_list), strict=False)
+        ]
 
-    def _patient_id(self, cx_list: Sequence[Sequence[str]]) -> str:
-        main = next((cx for cx in cx_list if len(cx) > 4 and cx[4] == "MR"), cx_list[0])
-        authority = main[3] if len(main) > 3 else ""
-        return "pat-" + self._hash(f"{authority}|{main[0]}")
+    @staticmethod
+    def _cx_list(seg: Segment, n: int) -> list[tuple[tuple[str, ...], HD]]:
+        """The valued CX repetitions of field ``n``: components, and CX.4 with its
+        subcomponents (namespace ID, universal ID, its type; HL7 v2.5 2.A.33)."""
+        out = []
+        for rep in seg.fields[n] if n < len(seg.fields) else ():
+            if rep[0][0]:  # CX.1 valued
+                hd = HD.parse(rep[3]) if len(rep) > 3 and any(rep[3]) else _NO_AUTHORITY
+                out.append((tuple([c[0] for c in rep]), hd))
+        return out
+
+    def _patient_id(
+        self, identities: Sequence[PatientIdentity], keys: Sequence[str] = ()
+    ) -> str:
+        """``pat-`` + keyed hash of the main identity (the MR one, else the first); ``keys``:
+        the identities' hashes if already made."""
+        main = next((n for n, i in enumerate(identities) if i.type_code == "MR"), 0)
+        return "pat-" + (keys[main] if keys else self._hash(identities[main].material))
 
     # ------------------------------------------------------------ patient
-    def _patient(self, message: Hl7Message, pid: Segment) -> tuple[dict[str, Any], list[str]]:
+    def _patient(self, message: Hl7Message, pid: Segment) -> _Patient:
         """PID -> Patient (IG PID[Patient]): PID-2/3/4 identifier, -5 name, -7 birthDate,
-        -8 gender, -29/-30 deceased. Returns the resource and the keyed hashes of PID-3."""
-        ids = [cx for cx in pid.reps(3) if cx and cx[0]]
+        -8 gender, -29/-30 deceased; with the keyed hashes of PID-3's IDs and identities."""
+        cx_list = self._cx_list(pid, 3)  # read once: PID-3 is the identity and an identifier
+        ids = [cx for cx, _ in cx_list]
         if not ids:
             raise MessageInvalid(
                 "PID-3: missing; expected at least one patient identifier (CX.1)",
                 message.header.control_id, "101", pid.loc(3),
             )
+        identities = self._identities(message, ids, [hd for _, hd in cx_list])
+        identity_keys = tuple(self._hash(i.material) for i in identities)
+        facility = message.header.sending_facility
         patient: dict[str, Any] = {
             "resourceType": "Patient",
-            "id": self._patient_id(ids),
+            "id": self._patient_id(identities, identity_keys),
             "active": True,
             "identifier": [
-                self._ids.cx(cx) for n in (2, 3, 4) for cx in pid.reps(n) if cx and cx[0]
+                self._ids.cx(cx, authority=hd, facility=facility)
+                for n in (2, 3, 4) for cx, hd in (cx_list if n == 3 else self._cx_list(pid, n))
             ],
         }
         names = [human_name(x) for x in pid.reps(5) if any(x)]
         if names:
             patient["name"] = names
-        birth = self._dtm(message, pid, 7)
+        birth = message_datetime(message, pid, 7)
         if birth:
             patient["birthDate"] = birth[:10]
         self._gender(message, pid, patient)
-        died = self._dtm(message, pid, 29)
+        died = message_datetime(message, pid, 29)
         if died:
             patient["deceasedDateTime"] = died
         elif pid.get(30).upper() in ("Y", "N"):
             patient["deceasedBoolean"] = pid.get(30).upper() == "Y"
-        return patient, [self._hash(cx[0]) for cx in ids]
+        return _Patient(patient, tuple(self._hash(cx[0]) for cx in ids), identity_keys)
 
     @staticmethod
     def _gender(message: Hl7Message, pid: Segment, patient: dict[str, Any]) -> None:
@@ -217,11 +228,13 @@ class V2FhirMapper:
                 f"{sorted(ENCOUNTER_CLASS)}",
                 message.header.control_id, "101" if not cls else "103", pv1.loc(2),
             )
-        visit = pv1.comps(19)
-        admitted, discharged = self._dtm(message, pv1, 44), self._dtm(message, pv1, 45)
-        seed = f"{visit[3] if len(visit) > 3 else ''}|{visit[0]}" if visit and visit[0] else (
-            f"{patient_id}|{admitted}"
-        )
+        visits = self._cx_list(pv1, 19)[:1]
+        visit, visit_hd = visits[0] if visits else ((), HD())
+        admitted = message_datetime(message, pv1, 44)
+        discharged = message_datetime(message, pv1, 45)
+        seed = f"{patient_id}|{admitted}"
+        if visit:  # the visit number's identity: scoped like a patient's
+            seed = self._identities(message, [(*visit[:4], "VN")], [visit_hd])[0].material
         system, code, display = ENCOUNTER_CLASS[cls]
         enc: dict[str, Any] = {
             "resourceType": "Encounter",
@@ -230,11 +243,18 @@ class V2FhirMapper:
             "class": {"system": system, "code": code, "display": display},
             "subject": {"reference": f"Patient/{patient_id}"},
         }
-        if visit and visit[0]:
-            enc["identifier"] = [self._ids.cx(visit, "VN")]
+        if visit:
+            facility = message.header.sending_facility
+            enc["identifier"] = [self._ids.cx(visit, "VN", visit_hd, facility)]
         period = {k: v for k, v in (("start", admitted), ("end", discharged)) if v}
         if period:
             enc["period"] = period
+        return enc, self._where_and_who(pv1, enc, planned=cls == "P")
+
+    def _where_and_who(
+        self, pv1: Segment, enc: dict[str, Any], planned: bool
+    ) -> dict[str, Any] | None:
+        """PV1-7 -> participant ATND; PV1-3 -> location (and the Location it names)."""
         attending = pv1.comps(7)
         if attending and any(attending):
             enc["participant"] = [{
@@ -248,9 +268,9 @@ class V2FhirMapper:
                 "location": {
                     "reference": f"Location/{location['id']}", "display": location["name"]
                 },
-                "status": "planned" if cls == "P" else "active",
+                "status": "planned" if planned else "active",
             }]
-        return enc, location
+        return location
 
     def _place(self, pl: Sequence[str]) -> dict[str, Any] | None:
         return location(pl, "loc-" + self._hash("|".join((list(pl) + [""] * 4)[:4])))
@@ -258,17 +278,15 @@ class V2FhirMapper:
     # --------------------------------------------------------- messages
     def _admission(self, message: Hl7Message) -> ContextUpdate:
         """ADT^A01 / A04 / A08 (ADT_A01 structure): Patient, and Encounter from PV1."""
-        patient, keys = self._patient(message, self._need(message, "PID"))
-        resources: list[dict[str, Any]] = [patient]
-        encounters: tuple[tuple[str, str], ...] = ()
-        enc, location = self._encounter(message, self._need(message, "PV1"), patient["id"])
-        resources += [r for r in (location, enc) if r is not None]
-        encounters = ((enc["id"], patient["id"]),)
+        patient = self._patient(message, self._need(message, "PID"))
+        enc, location = self._encounter(message, self._need(message, "PV1"), patient.id)
+        resources = [patient.resource] + [r for r in (location, enc) if r is not None]
         return ContextUpdate(
             resources=tuple(resources),
-            patient_keys=tuple((k, patient["id"]) for k in keys),
-            encounters=encounters,
-            patient_key=keys[0],
+            patient_keys=tuple((k, patient.id) for k in patient.bare_keys),
+            encounters=((enc["id"], patient.id),),
+            patient_key=patient.bare_keys[0],
+            identity_keys=tuple((k, patient.id) for k in patient.identity_keys),
         )
 
     def _merge(self, message: Hl7Message) -> ContextUpdate:
@@ -279,180 +297,65 @@ class V2FhirMapper:
                 f"MRG: got {len(mrgs)} MRG for {len(pids)} PID; expected one MRG after each PID",
                 message.header.control_id, "100", "MRG",
             )
-        resources, keys, merges = [], [], []
+        resources, keys, identity_keys, merges = [], [], [], []
         for pid, mrg in zip(pids, mrgs, strict=True):
-            survivor, survivor_keys = self._patient(message, pid)
-            prior_ids = [cx for cx in mrg.reps(1) if cx and cx[0]]
+            survivor = self._patient(message, pid)
+            prior_list = self._cx_list(mrg, 1)
+            prior_ids = [cx for cx, _ in prior_list]
             if not prior_ids:
                 raise MessageInvalid(
                     "MRG-1: missing; expected the prior patient identifier list",
                     message.header.control_id, "101", mrg.loc(1),
                 )
-            prior_id = self._patient_id(prior_ids)
+            prior = self._identities(message, prior_ids, [hd for _, hd in prior_list])
             merges.append(PatientMerge(
-                prior_id, tuple(self._hash(cx[0]) for cx in prior_ids), survivor["id"]
+                self._patient_id(prior), tuple(self._hash(cx[0]) for cx in prior_ids),
+                survivor.id, tuple(self._hash(i.material) for i in prior),
             ))
-            resources.append(survivor)
-            keys += [(k, survivor["id"]) for k in survivor_keys]
+            resources.append(survivor.resource)
+            keys += [(k, survivor.id) for k in survivor.bare_keys]
+            identity_keys += [(k, survivor.id) for k in survivor.identity_keys]
         return ContextUpdate(
             resources=tuple(resources), patient_keys=tuple(keys), merges=tuple(merges),
-            patient_key=keys[0][0],
+            patient_key=keys[0][0], identity_keys=tuple(identity_keys),
         )
-
-    def _groups(self, message: Hl7Message) -> list[_Order]:
-        """Split ORM_O01 / OMI_O23 into order groups: ORC, then its OBR, TQ1 and IPC."""
-        groups: list[_Order] = []
-        for seg in message.segments:
-            if seg.name == "ORC":
-                groups.append(_Order(seg, None, None, None))
-            elif seg.name in ("OBR", "TQ1", "IPC") and groups:
-                if getattr(groups[-1], seg.name.lower()) is None:
-                    groups[-1] = replace(groups[-1], **{seg.name.lower(): seg})
-            elif seg.name == "OBR":
-                raise MessageInvalid(
-                    "OBR: got an OBR before any ORC; expected ORC then OBR (ORM_O01 / OMI_O23)",
-                    message.header.control_id, "100", seg.loc(0),
-                )
-        if not groups:
-            raise MessageInvalid(
-                "ORC: segment missing; expected at least one ORC with its OBR",
-                message.header.control_id, "100", "ORC",
-            )
-        return groups
 
     def _orders(self, message: Hl7Message) -> ContextUpdate:
         """ORM^O01 / OMI^O23: Patient, Encounter (PV1, optional), one ServiceRequest per ORC."""
-        patient, keys = self._patient(message, self._need(message, "PID"))
-        resources: list[dict[str, Any]] = [patient]
+        patient = self._patient(message, self._need(message, "PID"))
+        resources: list[dict[str, Any]] = [patient.resource]
         pv1 = message.first("PV1")
         enc_id = ""
         encounters: tuple[tuple[str, str], ...] = ()
-        if pv1 is not None and pv1.get(2):
-            enc, location = self._encounter(message, pv1, patient["id"])
+        warnings: tuple[Issue, ...] = ()
+        if pv1 is not None and pv1.get(2) and pv1.get(2).upper() not in ENCOUNTER_CLASS:
+            warnings = (self._ignored_class(message, pv1),)
+        elif pv1 is not None and pv1.get(2):
+            enc, location = self._encounter(message, pv1, patient.id)
             resources += [r for r in (location, enc) if r is not None]
             enc_id = enc["id"]
-            encounters = ((enc_id, patient["id"]),)
+            encounters = ((enc_id, patient.id),)
         orders = []
-        for group in self._groups(message):
-            request, index = self._service_request(message, group, patient["id"], enc_id)
+        for group in self._order_mapper.groups(message):
+            request, index = self._order_mapper.service_request(message, group, patient.id, enc_id)
             resources.append(request)
             orders.append(index)
         return ContextUpdate(
             resources=tuple(resources),
-            patient_keys=tuple((k, patient["id"]) for k in keys),
+            patient_keys=tuple((k, patient.id) for k in patient.bare_keys),
             encounters=encounters,
             orders=tuple(orders),
-            patient_key=keys[0],
+            patient_key=patient.bare_keys[0],
             accession_key=orders[0].accession_key,
+            identity_keys=tuple((k, patient.id) for k in patient.identity_keys),
+            warnings=warnings,
         )
-
-    # ---------------------------------------------------------- orders
-    def _accession(self, message: Hl7Message, group: _Order) -> tuple[str, dict[str, Any]]:
-        """The accession (IHE SWF: OBR-18; OMI: IPC-1) as an identifier of type ACSN."""
-        segs = {"IPC": group.ipc, "OBR": group.obr, "ORC": group.orc}
-        for name in self._accession_fields:
-            seg_name, n = name.split("-")
-            seg = segs[seg_name]
-            value = seg.get(int(n)) if seg is not None else ""
-            if seg is not None and value:
-                if name in ("IPC-1", "ORC-3", "OBR-3"):  # EI: the authority gives the system
-                    return value, self._ids.ei(seg.comps(int(n)), "ACSN")
-                return value, {"type": {"coding": [{"system": f"{_V2}0203", "code": "ACSN"}]},
-                               "value": value}
-        raise MessageInvalid(
-            f"accession number: none of {', '.join(self._accession_fields)} is valued; expected "
-            "the accession number there (set hl7.accession_fields for this RIS)",
-            message.header.control_id, "101", self._accession_fields[0].replace("-", "^1^"),
-        )
-
-    def _priority(self, message: Hl7Message, group: _Order) -> str:
-        """TQ1-9, else OBR-27.6 / ORC-7.6 (TQ priority), else OBR-5 (IG TQ1[ServiceRequest])."""
-        candidates = [(group.tq1, 9, 1), (group.obr, 27, 6), (group.orc, 7, 6), (group.obr, 5, 1)]
-        for seg, n, comp in candidates:
-            if seg is None or not seg.get(n, comp):
-                continue
-            value = seg.get(n, comp).upper()
-            if value not in PRIORITY:
-                raise MessageInvalid(
-                    f"{seg.name}-{n}: got {value[:10]!r}; expected a priority from HL7 table "
-                    f"0485 {sorted(PRIORITY)}",
-                    message.header.control_id, "103", seg.loc(n),
-                )
-            return PRIORITY[value]
-        return "routine"
-
-    def _service_request(
-        self, message: Hl7Message, group: _Order, patient_id: str, enc_id: str
-    ) -> tuple[dict[str, Any], OrderIndex]:
-        """ORC + OBR (+ TQ1, IPC) -> ServiceRequest (IG ORC/OBR[ServiceRequest])."""
-        orc, obr = group.orc, group.obr
-        ctrl = message.header.control_id
-        if obr is None or not obr.get(4):
-            where = obr.loc(4) if obr is not None else "OBR"
-            raise MessageInvalid(
-                "OBR-4: missing; expected the universal service identifier (requested procedure)",
-                ctrl, "101" if obr is not None else "100", where,
-            )
-        if not orc.get(1):
-            raise MessageInvalid(
-                "ORC-1: missing; expected an order control code", ctrl, "101", orc.loc(1)
-            )
-        accession, acsn = self._accession(message, group)
-        request: dict[str, Any] = {
-            "resourceType": "ServiceRequest",
-            "id": "sr-" + self._hash(accession),
-            "status": self._status(orc),
-            "intent": "order",
-            "identifier": self._order_ids(orc, obr) + [acsn],
-            "code": codeable(obr.comps(4)),
-            "priority": self._priority(message, group),
-            "subject": {"reference": f"Patient/{patient_id}"},
-        }
-        self._order_details(message, group, request, enc_id)
-        study_uid = group.ipc.get(3) if group.ipc is not None else ""
-        when = request.get("occurrenceDateTime") or request.get("authoredOn") or ""
-        timing = request.get("occurrenceTiming", {}).get("repeat", {}).get("boundsPeriod", {})
-        when = timing.get("start", when)
-        index = OrderIndex(
-            request["id"], self._hash(accession), study_uid, patient_id, enc_id,
-            when[:10] if len(when) >= 10 else "", request["status"],
-        )
-        return request, index
 
     @staticmethod
-    def _status(orc: Segment) -> str:
-        """ORC-5 (OrderStatus) if valued, else ORC-1 (OrderControlCode[ServiceRequest.status])."""
-        by_status = _ORDER_STATUS.get(orc.get(5).upper())
-        return by_status or _ORDER_CONTROL.get(orc.get(1).upper(), "active")
-
-    def _order_ids(self, orc: Segment, obr: Segment) -> list[dict[str, Any]]:
-        """ORC-2 / ORC-3 (else OBR-2 / OBR-3) -> identifier PLAC / FILL."""
-        out = []
-        for n, code in ((2, "PLAC"), (3, "FILL")):
-            ei = orc.comps(n) if orc.get(n) else obr.comps(n)
-            if ei and ei[0]:
-                out.append(self._ids.ei(ei, code))
-        return out
-
-    def _order_details(
-        self, message: Hl7Message, group: _Order, request: dict[str, Any], enc_id: str
-    ) -> None:
-        orc, obr, tq1 = group.orc, group.obr, group.tq1
-        assert obr is not None  # checked by the caller
-        reasons = [codeable(r) for r in obr.reps(31)]
-        if [r for r in reasons if r]:
-            request["reasonCode"] = [r for r in reasons if r]
-        start = self._dtm(message, tq1, 7) if tq1 is not None else ""
-        requested = self._dtm(message, obr, 6)
-        if start:
-            request["occurrenceTiming"] = {"repeat": {"boundsPeriod": {"start": start}}}
-        elif requested:
-            request["occurrenceDateTime"] = requested
-        authored = self._dtm(message, orc, 9)
-        if authored and orc.get(1).upper() == "NW":
-            request["authoredOn"] = authored
-        requester = orc.comps(12) if orc.get(12) else obr.comps(16)
-        if requester and any(requester):
-            request["requester"] = practitioner(requester)
-        if enc_id:
-            request["encounter"] = {"reference": f"Encounter/{enc_id}"}
+    def _ignored_class(message: Hl7Message, pv1: Segment) -> Issue:
+        """PV1 is optional in ORM_O01 and OMI_O23: an unknown PV1-2 loses the visit (no
+        Encounter), not the order; the AA says so with an ERR of severity W (issue #16)."""
+        return Issue("103", (
+            f"PV1-2: got {pv1.get(2)[:10]!r}; expected a patient class from HL7 table 0004 "
+            f"{sorted(ENCOUNTER_CLASS)}; the visit was ignored, the order applied"),
+            pv1.loc(2), "W")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 
 import pytest
 from pydicom import config as dicom_config
+
+from tests.pki import Pki, make_pki
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +61,9 @@ def storage_for(request, tmp_path, monkeypatch):
         return StorageConfig(var_dir=str(var_dir or tmp_path / "var"), ledger=LedgerConfig(**ledger))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA with a server and a client certificate for every TLS test (made once)."""
+    return make_pki(Path(tmp_path_factory.mktemp("pki")))

@@ -22,8 +22,8 @@ def _msh(kind: str, control: str, *, app: str = "RIS", facility: str = "HOSP",
 
 
 def _pid(mrn: str, *, name: str = "SYNTHETIC^PATIENT^A^^DR^^L", birth: str = "19700615",
-         sex: str = "F", more_ids: str = "") -> str:
-    ids = f"{mrn}^^^HOSP^MR" + (f"~{more_ids}" if more_ids else "")
+         sex: str = "F", more_ids: str = "", pid3: str = "") -> str:
+    ids = pid3 or (f"{mrn}^^^HOSP^MR" + (f"~{more_ids}" if more_ids else ""))
     return field_list("PID", {1: "1", 3: ids, 5: name, 7: birth, 8: sex})
 
 
@@ -34,13 +34,15 @@ def _pv1(patient_class: str, *, location: str = "ED^BAY3^BED2^HOSP", visit: str 
 
 
 def adt(event: str = "A01", control: str = "ADT0001", *, mrn: str = "MRN123",
-        patient_class: str = "E", sex: str = "F", birth: str = "19700615", **kw: str) -> str:
-    """An ADT^A01 / A04 / A08 (ADT_A01 structure)."""
+        patient_class: str = "E", sex: str = "F", birth: str = "19700615", pid3: str = "",
+        name: str = "SYNTHETIC^PATIENT^A^^DR^^L", visit: str = "V789^^^HOSP^VN",
+        **kw: str) -> str:
+    """An ADT^A01 / A04 / A08 (ADT_A01 structure); ``pid3`` replaces the whole PID-3."""
     segments = [
         _msh(f"ADT^{event}^ADT_A01", control, app="ADT", **kw),
         f"EVN|{event}|20250301101500",
-        _pid(mrn, sex=sex, birth=birth),
-        _pv1(patient_class),
+        _pid(mrn, sex=sex, birth=birth, pid3=pid3, name=name),
+        _pv1(patient_class, visit=visit),
     ]
     return "\r".join(segments) + "\r"
 
@@ -60,9 +62,10 @@ def _order_segments(accession: str, priority: str, reason: str, *, placer: str =
 def orm(control: str = "ORM0001", *, mrn: str = "MRN123", accession: str = "ACC3003",
         priority: str = "S", patient_class: str = "E",
         reason: str = "R07.4^Chest pain^I10^^^^^^Acute chest pain, rule out pneumothorax",
-        **kw: str) -> str:
+        pid3: str = "", name: str = "SYNTHETIC^PATIENT^A^^DR^^L", **kw: str) -> str:
     """An ORM^O01 radiology order (IHE RAD-2/RAD-4 v2.3.1 style, sent here as v2.5.1)."""
-    segments = [_msh("ORM^O01^ORM_O01", control, **kw), _pid(mrn, birth="19700615")]
+    segments = [_msh("ORM^O01^ORM_O01", control, **kw),
+                _pid(mrn, birth="19700615", pid3=pid3, name=name)]
     if patient_class:
         segments.append(_pv1(patient_class, visit=""))
     segments += _order_segments(accession, priority, reason)

@@ -3,7 +3,9 @@
 Order of the join: Study Instance UID (OMI IPC-3), then accession number, then Patient ID
 and the study date (within ``hl7.join_window_days``). Both sides hold keyed hashes of the
 accession and the patient ID (``InstanceMeta.accession_key`` / ``patient_key``), so the
-ledger never needs the identifiers themselves. Every lookup - found or not - is an audit
+ledger never needs the identifiers themselves. A DICOM Patient ID has no assigning authority
+we can trust, so the Patient ID + date step joins only when exactly one patient holds that
+bare ID (``ContextReader.find``; issue #16). Every lookup - found or not - is an audit
 event: the context store is PHI.
 """
 

@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS hl7_inbox (
     message_type      TEXT NOT NULL,
     received_at       REAL NOT NULL,
     peer              TEXT NOT NULL DEFAULT '',
-    sha256            TEXT NOT NULL,
+    sha256            TEXT NOT NULL,          -- content digest (core.hl7.content_digest)
     raw               BLOB NOT NULL,          -- exactly as received (PHI)
     status            TEXT NOT NULL,          -- 'applied' | 'invalid'
     error_code        TEXT NOT NULL DEFAULT '',
@@ -39,6 +39,23 @@ CREATE TABLE IF NOT EXISTS hl7_rejected (
 );
 CREATE INDEX IF NOT EXISTS hl7_rejected_unaudited ON hl7_rejected (audited, seq);
 
+CREATE TABLE IF NOT EXISTS hl7_conflicts (      -- a used (MSH-3, MSH-4, MSH-10), other content
+    seq               INTEGER PRIMARY KEY,
+    received_at       REAL NOT NULL,
+    peer              TEXT NOT NULL DEFAULT '',
+    sending_app       TEXT NOT NULL,
+    sending_facility  TEXT NOT NULL,
+    control_id        TEXT NOT NULL,
+    message_type      TEXT NOT NULL,
+    sha256            TEXT NOT NULL,          -- content digest of this message
+    raw               BLOB NOT NULL,          -- exactly as received, for review (PHI)
+    inbox_seq         INTEGER NOT NULL,       -- the applied message that owns the control ID
+    resends           INTEGER NOT NULL DEFAULT 0,
+    audited           INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sending_app, sending_facility, control_id, sha256)
+);
+CREATE INDEX IF NOT EXISTS hl7_conflicts_unaudited ON hl7_conflicts (audited, seq);
+
 CREATE TABLE IF NOT EXISTS resources (
     type        TEXT NOT NULL,
     id          TEXT NOT NULL,
@@ -48,10 +65,16 @@ CREATE TABLE IF NOT EXISTS resources (
     PRIMARY KEY (type, id)
 );
 
-CREATE TABLE IF NOT EXISTS patient_keys (      -- keyed hash of a PID-3 ID -> Patient id
-    patient_key TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS patient_keys (      -- keyed hash of a bare PID-3 ID -> Patient id
+    patient_key TEXT NOT NULL,                  -- (the DICOM join's index; never rebinds)
     patient_id  TEXT NOT NULL,
     PRIMARY KEY (patient_key, patient_id)
+);
+
+CREATE TABLE IF NOT EXISTS patient_identities ( -- keyed hash of (CX.1, authority, CX.5) -> Patient
+    identity_key TEXT NOT NULL,
+    patient_id   TEXT NOT NULL,
+    PRIMARY KEY (identity_key, patient_id)
 );
 
 CREATE TABLE IF NOT EXISTS patient_merges (    -- ADT^A40: prior -> surviving patient

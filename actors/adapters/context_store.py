@@ -6,9 +6,15 @@ row and the resources it changes commit in one transaction, and the ACK goes out
 commit. Other processes (the router) open it read-only for the join; every such read is
 audited in the ledger by the caller.
 
-Idempotency: ``(MSH-3, MSH-4, MSH-10)`` is unique. A re-sent message whose first copy was
-applied is acknowledged and not applied again; one whose first copy broke a rule is evaluated
-afresh (nothing of it was applied).
+Patients are found again by their identities (ID, assigning authority, type:
+``patient_identities``); ``patient_keys`` holds the bare IDs only for the join of a study whose
+DICOM Patient ID has no authority, and that join refuses an ID that names two people.
+
+Idempotency: ``(MSH-3, MSH-4, MSH-10)`` is unique, and each inbox row keeps its content
+digest (``core.hl7.content_digest``). A re-sent message with the content of an applied one is
+acknowledged and not applied again; one with other content under that control ID is a
+conflict: kept whole in ``hl7_conflicts`` for review, audited, answered AE (issue #16). A
+message whose first copy broke a rule is evaluated afresh (nothing of it was applied).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.adapters.group_commit import GroupCommitter, connect
-from core.acks import AckError, Disposition
+from core.acks import AckError, Disposition, conflict_error
 from core.context import (
     ContextUpdate,
     OrderIndex,
@@ -52,6 +58,13 @@ class InboxEntry:
     received_at: float
     update: ContextUpdate | None
     error: AckError | None = None
+    digest: str = ""
+    """The content digest (``Hl7Message.digest``); empty: the SHA-256 of the raw bytes."""
+
+    @property
+    def content(self) -> str:
+        """The digest idempotency compares."""
+        return self.digest or hashlib.sha256(self.raw).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +106,45 @@ def _survivor(cur: sqlite3.Cursor, patient_id: str) -> str:
         seen.add(patient_id)
 
 
-def _known_patient(cur: sqlite3.Cursor, keys: Sequence[str]) -> str | None:
-    if not keys:
-        return None
-    marks = ",".join("?" * len(keys))
-    row = cur.execute(
-        f"SELECT patient_id FROM patient_keys WHERE patient_key IN ({marks}) LIMIT 1", list(keys)
-    ).fetchone()
-    return _survivor(cur, row[0]) if row else None
+def _known_patient(
+    cur: sqlite3.Cursor, identity_keys: Sequence[str]
+) -> tuple[str | None, dict[str, str]]:
+    """The stored (surviving) patient of the first identity that is known, if any, and the
+    stored rows of those identities (identity key -> patient id).
+
+    Identities are (ID, assigning authority, type): a bare ID never finds a patient here.
+    """
+    if not identity_keys:
+        return None, {}
+    marks = ",".join("?" * len(identity_keys))
+    found = dict(cur.execute(
+        f"SELECT identity_key, MIN(patient_id) FROM patient_identities"
+        f" WHERE identity_key IN ({marks}) GROUP BY identity_key", list(identity_keys),
+    ).fetchall())
+    first = next((found[k] for k in identity_keys if k in found), None)
+    return (_survivor(cur, first) if first is not None else None), found
+
+
+def _insert_pairs(
+    cur: sqlite3.Cursor, table: str, key: str, pairs: Sequence[tuple[str, str]]
+) -> None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of (key, patient_id) rows, in one statement."""
+    if pairs:
+        cur.execute(
+            f"INSERT INTO {table} ({key}, patient_id) VALUES {','.join(['(?,?)'] * len(pairs))}"
+            f" ON CONFLICT ({key}, patient_id) DO NOTHING", [v for pair in pairs for v in pair],
+        )
+
+
+def _index_patient(
+    cur: sqlite3.Cursor, bare: Sequence[tuple[str, str]], identities: Sequence[tuple[str, str]],
+    stored: dict[str, str] | None = None,
+) -> None:
+    """Record which patient the bare IDs (the join's index) and the identities belong to;
+    ``stored``: identity rows known to exist already (not written again)."""
+    _insert_pairs(cur, "patient_keys", "patient_key", list(dict.fromkeys(bare)))
+    fresh = [(k, p) for k, p in dict.fromkeys(identities) if (stored or {}).get(k) != p]
+    _insert_pairs(cur, "patient_identities", "identity_key", fresh)
 
 
 class ContextWriter:
@@ -148,19 +192,22 @@ class ContextWriter:
         return self._committer.submit(work)
 
     def mark_audited(
-        self, inbox: Sequence[tuple[int, int]], rejected: Sequence[int]
+        self, inbox: Sequence[tuple[int, int]], rejected: Sequence[int],
+        conflicts: Sequence[tuple[int, int]] = (),
     ) -> Future[None]:
         """Record that these rows' audit events are in the ledger.
 
         Args:
             inbox: ``(seq, resends)`` as audited; a row re-sent since stays unaudited.
             rejected: Sequence numbers of rejected rows.
+            conflicts: ``(seq, resends)`` of conflict rows, as audited.
         """
 
         def work(cur: sqlite3.Cursor) -> None:
-            cur.executemany(
-                "UPDATE hl7_inbox SET audited = 1 WHERE seq = ? AND resends = ?", list(inbox)
-            )
+            for table, rows in (("hl7_inbox", list(inbox)), ("hl7_conflicts", list(conflicts))):
+                cur.executemany(  # a row re-sent since it was read stays unaudited
+                    f"UPDATE {table} SET audited = 1 WHERE seq = ? AND resends = ?", rows
+                )
             cur.executemany(
                 "UPDATE hl7_rejected SET audited = 1 WHERE seq = ?", [(s,) for s in rejected]
             )
@@ -173,10 +220,13 @@ class ContextWriter:
         h = entry.header
         key = (h.sending_application, h.sending_facility, h.control_id)
         row = cur.execute(
-            "SELECT seq, status FROM hl7_inbox WHERE sending_app = ? AND sending_facility = ?"
-            " AND control_id = ?", key,
+            "SELECT seq, status, sha256 FROM hl7_inbox WHERE sending_app = ?"
+            " AND sending_facility = ? AND control_id = ?", key,
         ).fetchone()
         if row is not None and row["status"] == "applied":
+            # rows from before content digests hold the SHA-256 of the raw bytes
+            if row["sha256"] not in (entry.content, hashlib.sha256(entry.raw).hexdigest()):
+                return self._conflict(cur, entry, row["seq"])
             cur.execute(
                 "UPDATE hl7_inbox SET resends = resends + 1, audited = 0 WHERE seq = ?",
                 (row["seq"],),
@@ -193,8 +243,27 @@ class ContextWriter:
                 cur.execute("RELEASE apply")
                 error = AckError("207", f"could not apply the message: {type(exc).__name__}")
         status = "invalid" if error is not None else "applied"
-        self._inbox_row(cur, entry, row["seq"] if row else None, status, error)
-        return (Disposition.INVALID if error else Disposition.APPLIED), error
+        warnings = entry.update.warnings if entry.update else ()
+        noted = error or (AckError.of(warnings[0]) if warnings else None)  # ERR severity W
+        self._inbox_row(cur, entry, row["seq"] if row else None, status, noted)
+        return (Disposition.INVALID, error) if error else (Disposition.APPLIED, noted)
+
+    @staticmethod
+    def _conflict(
+        cur: sqlite3.Cursor, entry: InboxEntry, inbox_seq: int
+    ) -> tuple[Disposition, AckError]:
+        """Keep a message that reuses an applied message's control ID, for review."""
+        h = entry.header
+        cur.execute(
+            "INSERT INTO hl7_conflicts (received_at, peer, sending_app, sending_facility,"
+            " control_id, message_type, sha256, raw, inbox_seq) VALUES (?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (sending_app, sending_facility, control_id, sha256) DO UPDATE SET"
+            " resends = hl7_conflicts.resends + 1, received_at = excluded.received_at,"
+            " peer = excluded.peer, audited = 0",
+            (entry.received_at, entry.peer, h.sending_application, h.sending_facility,
+             h.control_id, h.message_type, entry.content, entry.raw, inbox_seq),
+        )
+        return Disposition.CONFLICT, conflict_error(h.control_id)
 
     @staticmethod
     def _inbox_row(
@@ -203,8 +272,8 @@ class ContextWriter:
     ) -> None:
         h, u = entry.header, entry.update
         values = (
-            h.message_type, entry.received_at, entry.peer, hashlib.sha256(entry.raw).hexdigest(),
-            entry.raw, status, error.code if error else "", error.location if error else "",
+            h.message_type, entry.received_at, entry.peer, entry.content, entry.raw, status,
+            error.code if error else "", error.location if error else "",
             error.text[:2000] if error else "", u.patient_key if u else "",
             u.accession_key if u else "",
         )
@@ -225,18 +294,17 @@ class ContextWriter:
             )
 
     def _apply(self, cur: sqlite3.Cursor, update: ContextUpdate, now: float) -> None:
+        stored_identities: dict[str, str] = {}
         for patient in [r for r in update.resources if r["resourceType"] == "Patient"]:
-            keys = [k for k, p in update.patient_keys if p == patient["id"]]
-            known = _known_patient(cur, keys)
+            keys = [k for k, p in update.identity_keys if p == patient["id"]]
+            known, found = _known_patient(cur, keys)
+            stored_identities.update(found)
             if known is not None:
                 update = rebind_patient(update, patient["id"], known)
         for resource in update.resources:
             stored = _load(cur, resource["resourceType"], resource["id"])
             _save(cur, merge_resource(stored, resource), now)
-        cur.executemany(
-            "INSERT OR IGNORE INTO patient_keys (patient_key, patient_id) VALUES (?,?)",
-            update.patient_keys,
-        )
+        _index_patient(cur, update.patient_keys, update.identity_keys, stored_identities)
         cur.executemany(
             "INSERT INTO encounters (encounter_id, patient_id, updated_at) VALUES (?,?,?)"
             " ON CONFLICT (encounter_id) DO UPDATE SET patient_id = excluded.patient_id,"
@@ -267,7 +335,7 @@ class ContextWriter:
     def _merge(cur: sqlite3.Cursor, merge: PatientMerge, now: float) -> None:
         """A40: the prior patient's keys, orders and encounters move to the survivor."""
         survivor_id = _survivor(cur, merge.survivor_id)
-        prior_id = _known_patient(cur, merge.prior_keys) or merge.prior_id
+        prior_id = _known_patient(cur, merge.prior_identity_keys)[0] or merge.prior_id
         if prior_id == survivor_id:
             return
         survivor = _load(cur, "Patient", survivor_id) or {
@@ -278,14 +346,13 @@ class ContextWriter:
             if resource is not None:
                 _save(cur, resource, now)
         cur.execute(
-            "INSERT OR REPLACE INTO patient_merges (prior_id, survivor_id, merged_at)"
-            " VALUES (?,?,?)",
+            "INSERT INTO patient_merges (prior_id, survivor_id, merged_at) VALUES (?,?,?)"
+            " ON CONFLICT (prior_id) DO UPDATE SET survivor_id = excluded.survivor_id,"
+            " merged_at = excluded.merged_at",
             (prior_id, survivor_id, now),
         )
-        cur.executemany(
-            "INSERT OR IGNORE INTO patient_keys (patient_key, patient_id) VALUES (?,?)",
-            [(k, survivor_id) for k in merge.prior_keys],
-        )
+        _index_patient(cur, [(k, survivor_id) for k in merge.prior_keys],
+                       [(k, survivor_id) for k in merge.prior_identity_keys])
         for table, kind, column in (("orders", "ServiceRequest", "service_request_id"),
                                     ("encounters", "Encounter", "encounter_id")):
             query = f"SELECT {column} FROM {table} WHERE patient_id = ?"
@@ -318,7 +385,8 @@ class ContextReader:
 
     def count(self, table: str) -> int:
         """Rows in one of the store's tables (for status and tests)."""
-        if table not in ("hl7_inbox", "hl7_rejected", "resources", "orders", "patient_merges"):
+        if table not in ("hl7_inbox", "hl7_rejected", "hl7_conflicts", "resources", "orders",
+                         "patient_merges", "patient_identities"):
             raise ValueError(f"table: got {table!r}; expected a context store table")
         return int(self._con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
@@ -331,6 +399,16 @@ class ContextReader:
         ).fetchall()
         return [dict(r) for r in rows]
 
+    def conflicts(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Messages that reused an applied message's control ID, with their raw bytes, oldest
+        first (PHI: for review; callers audit)."""
+        rows = self._con.execute(
+            "SELECT seq, received_at, peer, sending_app, sending_facility, control_id,"
+            " message_type, sha256, raw, inbox_seq, resends, audited FROM hl7_conflicts"
+            " ORDER BY seq LIMIT ?", (limit,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
     def find(
         self,
         study_uid: str,
@@ -340,7 +418,11 @@ class ContextReader:
         window_days: int,
     ) -> ContextMatch | None:
         """Find the order of a study: by Study Instance UID (IPC-3), then accession, then
-        Patient ID + date; with its patient (after merges) and encounter."""
+        Patient ID + date; with its patient (after merges) and encounter.
+
+        A DICOM Patient ID carries no assigning authority we can trust, so the Patient ID +
+        date step joins only when exactly one (surviving) patient holds that bare ID.
+        """
         cur = self._con.cursor()
         order, how = self._by_study_or_accession(cur, study_uid, accession_keys)
         if order is None:
@@ -384,6 +466,8 @@ class ContextReader:
         patients = {p for k in patient_keys if k for p in self._patients(cur, k)}
         if not patients or study_date is None:
             return None
+        if len({_survivor(cur, p) for p in patients}) > 1:
+            return None  # the bare ID names more than one person (issue #16): no guess
         marks = ",".join("?" * len(patients))
         rows = cur.execute(f"SELECT * FROM orders WHERE patient_id IN ({marks})", list(patients))
         return choose_order([(self._order(r), float(r["updated_at"])) for r in rows],
@@ -411,15 +495,15 @@ class ContextReader:
         return _load(cur, "Encounter", row[0]) if row else None
 
     # ------------------------------------------------------------- audit pump
-    def unaudited(self, limit: int = 500) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Inbox and rejected rows not yet in the ledger's audit trail (no PHI columns)."""
-        received = self._con.execute(
+    def unaudited(self, limit: int = 500) -> tuple[list[dict[str, Any]], ...]:
+        """Inbox, rejected and conflict rows not yet in the ledger's audit trail (no PHI)."""
+        queries = (
             "SELECT seq, sending_app, sending_facility, control_id, message_type, status,"
             " error_code, error_location, resends, patient_key, accession_key, peer"
-            " FROM hl7_inbox WHERE audited = 0 ORDER BY seq LIMIT ?", (limit,),
-        ).fetchall()
-        rejected = self._con.execute(
+            " FROM hl7_inbox WHERE audited = 0 ORDER BY seq LIMIT ?",
             "SELECT seq, control_id, message_type, size, sha256, error_code, error_location, peer"
-            " FROM hl7_rejected WHERE audited = 0 ORDER BY seq LIMIT ?", (limit,),
-        ).fetchall()
-        return [dict(r) for r in received], [dict(r) for r in rejected]
+            " FROM hl7_rejected WHERE audited = 0 ORDER BY seq LIMIT ?",
+            "SELECT seq, sending_app, sending_facility, control_id, message_type, inbox_seq,"
+            " resends, peer FROM hl7_conflicts WHERE audited = 0 ORDER BY seq LIMIT ?",
+        )
+        return tuple([dict(r) for r in self._con.execute(q, (limit,))] for q in queries)

@@ -4,7 +4,8 @@ For every frame: parse and check it (``core.hl7``), map it to FHIR (``core.v2fhi
 raw message and apply the change in one group-committed transaction (``ContextWriter``), and
 only then answer (``core.acks``). The handler never raises: every failure becomes an ACK code.
 
-- ``AA`` / ``CA``: stored (and applied, or already applied before: not applied twice).
+- ``AA`` / ``CA``: stored (and applied, or already applied before: not applied twice); an AA
+  may carry an ERR of severity W naming an optional field that was ignored.
 - ``AE`` + ERR: stored, but it broke a rule; ERR names the field. Or it could not be stored
   (ERR 207): the sender keeps it and resends.
 - ``AR`` + ERR: not a message we take; its first bytes are kept for inspection.
@@ -57,6 +58,13 @@ AUDIT_CHUNK = 64
 """Audit events per ledger transaction: small, so the pump never holds the GIL for long."""
 
 
+def _err_for(code: str, error: AckError | None) -> AckError | None:
+    """What the ERR of one ACK says: nothing on CA, only a warning (severity W) on AA."""
+    if code == "CA" or (code == "AA" and (error is None or error.severity != "W")):
+        return None
+    return error
+
+
 class Hl7Listener:
     """MLLP server + context store writer + the pump that audits what arrived."""
 
@@ -81,7 +89,8 @@ class Hl7Listener:
         self._ledger = ledger
         self._clock = clock
         self._mapper = V2FhirMapper(
-            hash_key, cfg.identifier_systems, cfg.accession_fields, cfg.validate_resources
+            hash_key, cfg.identifier_systems, cfg.accession_fields, cfg.validate_resources,
+            cfg.default_assigning_authorities,
         )
         self._writer = ContextWriter(context_path, cfg.batch_max)
         self._reader = ContextReader(context_path)
@@ -145,7 +154,7 @@ class Hl7Listener:
             text = build_ack(
                 code, header, application=self._cfg.application, facility=self._cfg.facility,
                 control_id=f"A{self._ack_prefix}{self._ack_seq}", at=at,
-                error=None if code in ("AA", "CA") else error,
+                error=_err_for(code, error),
             )
             replies.append(text.encode("utf-8"))
         return replies
@@ -165,7 +174,7 @@ class Hl7Listener:
             header = message.header
             check_supported(header, self._cfg.versions, self._cfg.processing_ids)
             update, error = self._map(message)
-            entry = InboxEntry(header, received.payload, peer, now, update, error)
+            entry = InboxEntry(header, received.payload, peer, now, update, error, message.digest)
             disposition, error = await asyncio.wrap_future(self._writer.receive(entry))
             self._log(header, disposition, error)
             return header, disposition, error
@@ -182,6 +191,8 @@ class Hl7Listener:
             return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
 
     def _map(self, message: Hl7Message) -> tuple[ContextUpdate | None, AckError | None]:
+        if message.problem is not None:  # bytes that did not decode: store, answer AE
+            return None, AckError.of(message.problem)
         try:
             check_field_sizes(message, self._cfg.listener.max_field_chars)
             return self._mapper.map(message), None
@@ -237,17 +248,31 @@ class Hl7Listener:
             return self._audit_pass(self._ledger, limit)
 
     def _audit_pass(self, ledger: Ledger, limit: int) -> int:
-        received, rejected = self._reader.unaudited(limit)
-        if not received and not rejected:
+        received, rejected, conflicts = self._reader.unaudited(limit)
+        if not received and not rejected and not conflicts:
             return 0
         events = [self._received_event(r) for r in received] + [
             AuditEvent(AuditEventType.HL7_REJECTED, self._actor, detail=dict(r)) for r in rejected
-        ]
+        ] + [self._conflict_event(r) for r in conflicts]
         # At least once: a crash between these two lines repeats events (same inbox seq).
         ledger.audit.append(events, self._clock())
         inbox = [(r["seq"], r["resends"]) for r in received]
-        self._writer.mark_audited(inbox, [r["seq"] for r in rejected]).result(30)
+        self._writer.mark_audited(
+            inbox, [r["seq"] for r in rejected], [(r["seq"], r["resends"]) for r in conflicts]
+        ).result(30)
         return len(events)
+
+    def _conflict_event(self, row: dict[str, Any]) -> AuditEvent:
+        """A message stored for review: it reused an applied message's control ID."""
+        detail = {
+            "conflict_seq": row["seq"], "inbox_seq": row["inbox_seq"],
+            "message_type": row["message_type"], "control_id": row["control_id"],
+            "sending_application": row["sending_app"],
+            "sending_facility": row["sending_facility"], "status": "conflict",
+            "error_code": "205", "error_location": "MSH^1^10", "resends": row["resends"],
+            "peer": row["peer"],
+        }
+        return AuditEvent(AuditEventType.HL7_RECEIVED, self._actor, detail=detail)
 
     def _received_event(self, row: dict[str, Any]) -> AuditEvent:
         detail = {

@@ -10,6 +10,9 @@ reader, which leaves no room to answer garbage with an AR). Hostile input is bou
 - a frame longer than ``max_message_bytes`` is read to its end block without keeping it and
   handed to the handler as *oversized* (it answers AR) - the connection keeps working;
 - a new start block inside a frame abandons the partial frame (a sender that restarted);
+- a frame ends at FS: it is answered at once, whether or not the CR follows, and a CR that
+  comes after the FS (in the same read or the next) is taken as the frame's end, not as a
+  stray byte (issue #16: waiting for the CR left FS-only senders without an ACK);
 - a connection silent for ``idle_timeout_s`` is closed; beyond ``max_connections`` new
   connections are closed at once.
 
@@ -61,7 +64,7 @@ class MllpFramer:
         self._buf = bytearray()
         self._in_frame = False
         self._size = 0
-        self._pending_fs = False
+        self._after_fs = False
         self.dropped = 0
         """Bytes outside frames dropped since the last frame started."""
 
@@ -71,6 +74,10 @@ class MllpFramer:
         i = 0
         while i < len(data):
             if not self._in_frame:
+                if self._after_fs:  # the CR of the frame just closed, if it came late
+                    self._after_fs = False
+                    i += data[i] == 0x0D
+                    continue
                 start = data.find(START, i)
                 if start < 0:
                     self.dropped += len(data) - i
@@ -83,16 +90,12 @@ class MllpFramer:
         return out
 
     def _open(self) -> None:
-        self._in_frame, self._size, self._pending_fs = True, 0, False
+        self._in_frame, self._size, self._after_fs = True, 0, False
         self._buf.clear()
         self.dropped = 0
 
     def _scan(self, data: bytes, i: int, out: list[Frame]) -> int:
         """Consume frame bytes from ``i``; return where scanning continues."""
-        if self._pending_fs:  # FS was the last byte of the previous chunk
-            self._pending_fs = False
-            self._close(out)
-            return i + 1 if data[i] == 0x0D else i
         ends = [p for p in (data.find(bytes([_FS]), i), data.find(START, i)) if p >= 0]
         stop = min(ends) if ends else len(data)
         self._keep(data[i:stop])
@@ -102,11 +105,9 @@ class MllpFramer:
             logger.warning("MLLP start block inside a frame; %d byte(s) abandoned", self._size)
             self._open()
             return stop + 1
-        if stop + 1 == len(data):
-            self._pending_fs = True
-            return stop + 1
-        self._close(out)
-        return stop + 2 if data[stop + 1] == 0x0D else stop + 1
+        self._close(out)  # FS ends the frame; its CR, if any, is skipped when it comes
+        self._after_fs = True
+        return stop + 1
 
     def _keep(self, chunk: bytes) -> None:
         self._size += len(chunk)

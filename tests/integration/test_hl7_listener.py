@@ -38,7 +38,6 @@ from tests.hl7_messages import a40, adt, omi, orm
 pytestmark = pytest.mark.integration
 
 KEY = b"integration-key"
-PKI = Path("/work/shared/examples/pki")
 MAX_BYTES = 64 * 1024
 
 
@@ -120,14 +119,42 @@ def test_a_resent_message_is_acknowledged_and_not_applied_twice(bridge):
     try:
         first = client.send_message(orm("DUP1"))
         again = client.send_message(orm("DUP1"))
-        changed = client.send_message(orm("DUP1", priority="R"))  # same MSH-10, other content
+        later = client.send_message(orm("DUP1", stamp="20250301113000+0100"))  # resent later
     finally:
         client.close()
-    assert [msa(first), msa(again), msa(changed)] == [("AA", "DUP1")] * 3
+    assert [msa(first), msa(again), msa(later)] == [("AA", "DUP1")] * 3
     row = reader._con.execute("SELECT version, json FROM resources WHERE type = 'ServiceRequest'").fetchone()
     assert row[0] == 1 and '"priority": "stat"' in row[1]
     [inbox] = reader.inbox()
     assert (inbox["status"], inbox["resends"]) == ("applied", 2)
+
+
+def test_other_content_under_a_used_control_id_is_a_conflict_kept_for_review(bridge):
+    """Issue #16, 5: (MSH-3, MSH-4, MSH-10) plus the content: not a silent AA."""
+    listener, ledger, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        assert msa(client.send(orm("DUP1").encode())[0]) == ("AA", "DUP1")
+        changed = orm("DUP1", priority="R").encode()  # same MSH-10, other content
+        replies = [client.send(changed)[0] for _ in range(2)]  # and its own re-send
+        other_sender = orm("DUP1", priority="R", accession="ACC9", facility="ELSEWHERE").encode()
+        assert msa(client.send(other_sender)[0]) == ("AA", "DUP1")  # another sender's ID
+    finally:
+        client.close()
+    for reply in replies:
+        assert msa(reply) == ("AE", "DUP1")
+        assert err(reply) == ("MSH^1^10", "205")
+    requests = [json.loads(r[0]) for r in reader._con.execute(
+        "SELECT json FROM resources WHERE type = 'ServiceRequest'")]
+    priorities = {r["identifier"][-1]["value"]: r["priority"] for r in requests}
+    assert priorities == {"ACC3003": "stat", "ACC9": "routine"}  # the conflict changed nothing
+    [conflict] = reader.conflicts()
+    assert (conflict["control_id"], conflict["resends"]) == ("DUP1", 1)
+    assert b"^^^^^R" in conflict["raw"]  # the whole message, for review
+    listener.audit_once()
+    events = [e for e in ledger.audit.events() if e.type == "hl7_received"]
+    conflicts = [e.detail for e in events if e.detail["status"] == "conflict"]
+    assert len(conflicts) == 1 and conflicts[0]["error_code"] == "205"
 
 
 def test_connection_dropped_before_the_ack_loses_nothing_and_applies_once(bridge):
@@ -259,14 +286,10 @@ def test_join_prefers_study_uid_then_accession_then_patient_and_date(bridge):
     assert reader.find("9.9", [], [hash_identifier("MRN123", KEY)], date(2025, 4, 1), 1) is None
 
 
-def test_mllp_over_tls(tmp_path):
-    tls = TlsConfig(certificate=str(PKI / "server.crt"), private_key=str(PKI / "server.key"),
-                    ca_certificates=str(PKI / "ca.crt"))
-    listener, _ = make_listener(tmp_path, tls)
+def test_mllp_over_tls(tmp_path, pki):
+    listener, _ = make_listener(tmp_path, pki.server())
     try:
-        ctx = client_context(TlsConfig(certificate=str(PKI / "client.crt"),
-                                       private_key=str(PKI / "client.key"),
-                                       ca_certificates=str(PKI / "ca.crt")))
+        ctx = client_context(pki.client())
         client = MllpClient("127.0.0.1", listener.port, ssl_context=ctx, server_hostname="localhost")
         try:
             assert client._sock.version() in ("TLSv1.2", "TLSv1.3")
@@ -339,3 +362,135 @@ def test_an_acknowledged_message_survives_kill_9_and_is_not_applied_again(tmp_pa
         assert version.fetchone()[0] == 1
     finally:
         reader.close()
+
+
+def patients_by_name(reader: ContextReader) -> dict[str, dict]:
+    rows = reader._con.execute("SELECT json FROM resources WHERE type = 'Patient'")
+    return {p["name"][0]["family"]: p for p in (json.loads(r[0]) for r in rows)}
+
+
+def test_the_same_id_from_two_assigning_authorities_is_two_patients(bridge):
+    """Issue #16, 1: 4711 from authority A and 4711 from authority B are different people."""
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for raw in (adt("A01", "ID1", pid3="4711^^^A^MR", name="ALPHA^ANNA", visit="V1^^^A^VN"),
+                    adt("A01", "ID2", pid3="4711^^^B^MR", name="BRAVO^BERT", visit="V2^^^B^VN"),
+                    orm("ID3", pid3="4711^^^A^MR", name="ALPHA^ANNA", accession="ACC-A")):
+            assert msa(client.send(raw.encode())[0])[0] == "AA"
+    finally:
+        client.close()
+    patients = patients_by_name(reader)
+    assert set(patients) == {"ALPHA", "BRAVO"}  # nobody was renamed into somebody else
+    rows = reader._con.execute("SELECT json FROM resources WHERE type = 'Encounter'")
+    subjects = {e["identifier"][0]["value"]: e["subject"]["reference"]
+                for e in (json.loads(r[0]) for r in rows) if "identifier" in e}
+    assert subjects["V1"] == f"Patient/{patients['ALPHA']['id']}"
+    assert subjects["V2"] == f"Patient/{patients['BRAVO']['id']}"
+    order = reader.find("", [hash_identifier("ACC-A", KEY)], [], None, 1)
+    assert order.patient["id"] == patients["ALPHA"]["id"]
+    # A study that carries only the bare Patient ID 4711 cannot tell A from B: no join.
+    assert reader.find("", [], [hash_identifier("4711", KEY)], date(2025, 3, 1), 1) is None
+
+
+def test_bare_ids_from_two_sending_facilities_are_never_matched(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for raw in (adt("A01", "F1", pid3="4711", name="NORTH^NINA", facility="NORTH"),
+                    adt("A01", "F2", pid3="4711", name="SOUTH^SAM", facility="SOUTH"),
+                    adt("A08", "F3", pid3="4711", name="NORTH^NINA", sex="M", facility="NORTH")):
+            assert msa(client.send(raw.encode())[0])[0] == "AA"
+    finally:
+        client.close()
+    patients = patients_by_name(reader)
+    assert set(patients) == {"NORTH", "SOUTH"}
+    assert (patients["NORTH"]["gender"], patients["SOUTH"]["gender"]) == ("male", "female")
+
+
+def test_lf_and_crlf_separated_messages_with_a_charset_are_applied(bridge):
+    """Issue #16, 3 and 4: real interfaces send LF or CRLF and write 'UTF-8' or 'UNICODE'."""
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        for control, sep, label in (("LF1", "\n", "UTF-8"), ("CRLF1", "\r\n", "UNICODE"),
+                                    ("LF2", "\n", "UNICODE UTF-8")):
+            raw = adt("A01", control, name="MÜLLER^JÖRG", extra="||||||" + label)
+            [reply] = client.send(raw.replace("\r", sep).encode("utf-8"))
+            assert msa(reply) == ("AA", control), reply
+    finally:
+        client.close()
+    assert the(reader, "Patient")["name"][0]["family"] == "MÜLLER"
+
+
+def test_bytes_that_do_not_decode_get_ae_naming_the_field_never_ar(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        raw = adt("A01", "BADUTF", extra="||||||UTF-8").encode().replace(b"SYNTHETIC", b"SYN\xffTHETIC")
+        [reply] = client.send(raw)
+    finally:
+        client.close()
+    assert msa(reply) == ("AE", "BADUTF")
+    assert err(reply) == ("PID^1^5", "102")
+    assert [(r["control_id"], r["status"]) for r in reader.inbox()] == [("BADUTF", "invalid")]
+    assert reader.count("resources") == 0
+
+
+def test_a_frame_ending_in_fs_without_cr_is_answered_on_the_fs(bridge):
+    """Issue #16, 6: answer on FS; a CR that follows later belongs to that frame, not the next."""
+    listener, _, _ = bridge
+    client = MllpClient("127.0.0.1", listener.port, timeout_s=3)
+    try:
+        client.send_raw(START + adt("A01", "FS1").encode() + b"\x1c")  # no CR after FS
+        assert msa(client.receive()[0]) == ("AA", "FS1")  # before any further byte arrives
+        client.send_raw(b"\r" + START + adt("A01", "FS2").encode() + END)
+        assert msa(client.receive()[0]) == ("AA", "FS2")
+        client.send_raw(START + adt("A01", "FS3").encode() + b"\x1c"
+                        + START + adt("A01", "FS4").encode() + b"\x1c")
+        assert [msa(r) for r in client.receive(2)] == [("AA", "FS3"), ("AA", "FS4")]
+    finally:
+        client.close()
+
+
+def test_an_ar_for_a_broken_msh2_still_names_the_message(bridge):
+    """Issue #16, 7: MSA-2 and MSH-9 of the AR come from the raw bytes when MSH-2 is broken."""
+    listener, _, _ = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        [reply] = client.send(orm("BROKEN2").replace("MSH|^~\\&|", "MSH|^~\\\\&|", 1).encode())
+    finally:
+        client.close()
+    assert msa(reply) == ("AR", "BROKEN2")
+    assert err(reply) == ("MSH^1^2", "102")
+    msh = hl7.parse(reply.decode()).segment("MSH")
+    assert (str(msh(9)), str(msh(5)), str(msh(6))) == ("ACK^O01^ACK", "RIS", "HOSP")
+
+
+def test_enhanced_mode_with_msh16_empty_reports_application_errors(bridge):
+    """Issue #16, 9: MSH-15 = AL and MSH-16 empty: HL7's default application ACK is AL."""
+    listener, _, _ = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        bad = orm("E6", extra="|||AL|").replace("36554-4^XR Chest 2 Views^LN", "")
+        replies = client.send(bad.encode(), 2)
+        assert [msa(r) for r in replies] == [("CA", "E6"), ("AE", "E6")]
+        assert err(replies[1]) == ("OBR^1^4", "101")
+        assert [msa(r)[0] for r in client.send(orm("E7", extra="|||AL|").encode(), 2)] == ["CA", "AA"]
+    finally:
+        client.close()
+
+
+def test_an_order_with_an_odd_optional_patient_class_is_applied_with_a_warning(bridge):
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        [reply] = client.send(orm("PV1Z", patient_class="Z").encode())
+        [second] = client.send(adt("A01", "MSH2X").encode() + adt("A01", "MSH2Y").encode())
+    finally:
+        client.close()
+    assert msa(reply) == ("AA", "PV1Z")
+    seg = hl7.parse(reply.decode()).segment("ERR")
+    assert (str(seg(2)), str(seg(3)(1)(1)), str(seg(4))) == ("PV1^1^2", "103", "W")
+    assert reader.count("orders") == 1
+    assert msa(second) == ("AR", "MSH2X") and err(second) == ("MSH^2", "100")

@@ -48,6 +48,13 @@ def test_original_mode_sends_one_application_ack(disposition, expected):
         ("SU", "NE", Disposition.FAILED, ()),
         ("NE", "NE", Disposition.APPLIED, ()),
         ("", "AL", Disposition.DUPLICATE, ("AA",)),
+        # Issue #16, 9: MSH-16 empty in enhanced mode is HL7's default, AL (always).
+        ("AL", "", Disposition.INVALID, ("CA", "AE")),
+        ("AL", "", Disposition.APPLIED, ("CA", "AA")),
+        ("AL", "", Disposition.CONFLICT, ("CA", "AE")),
+        # A value outside table 0155 must not silence the frame: it is read as AL.
+        ("0", "0", Disposition.REJECTED, ("CR", "AR")),
+        ("NE", "XX", Disposition.APPLIED, ("AA",)),
     ],
 )
 def test_enhanced_mode_follows_table_0155(msh15, msh16, disposition, expected):
@@ -94,3 +101,12 @@ def test_ar_for_an_unreadable_message_still_answers():
     msg = hl7apy_parse(ack("AR", None, AckError("102", "character 0x00 at offset 0")),
                        find_groups=False)
     assert msg.msa.msa_1.value == "AR" and msg.msa.msa_2.value == ""
+
+
+def test_a_warning_goes_with_aa_as_an_err_of_severity_w():
+    """Issue #16, 9: an optional field we could not use is reported, the message applied."""
+    warning = AckError("103", "PV1-2: got 'Z'; ignored", "PV1^1^2", "W")
+    msg = hl7apy_parse(ack("AA", error=warning), find_groups=False)
+    assert msg.msa.msa_1.value == "AA"
+    assert (msg.err.err_2.value, msg.err.err_4.value) == ("PV1^1^2", "W")
+    assert msg.err.err_3.value == "103^Table value not found^HL70357"

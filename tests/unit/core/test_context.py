@@ -8,7 +8,9 @@ from datetime import date
 import pytest
 
 import core.acks
+import core.charsets
 import core.context
+import core.escapes
 import core.fhir
 import core.hl7
 import core.v2types
@@ -26,7 +28,10 @@ from core.context import (
 from core.types import CodedTerm, Priority
 
 
-@pytest.mark.parametrize("module", [core.acks, core.context, core.fhir, core.hl7, core.v2types])
+@pytest.mark.parametrize(
+    "module",
+    [core.acks, core.charsets, core.context, core.escapes, core.fhir, core.hl7, core.v2types],
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0

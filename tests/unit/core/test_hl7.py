@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from core.errors import MessageInvalid, MessageRejected
@@ -61,8 +63,6 @@ def test_utf8_is_decoded_when_declared():
         (b"MSH|^~\\A|A|B", "102", "4 distinct non-alphanumeric"),
         (b"MSHA^~\\&A", "102", "field separator"),
         (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rpid|1", "100", "3-character segment ID"),
-        (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||KOI8-R\rPID|1", "102", "MSH-18"),
-        (b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|\xff", "102", "not valid"),
     ],
 )
 def test_unparseable_input_is_rejected_with_a_reason(raw, code, words):
@@ -86,6 +86,7 @@ def test_peek_header_addresses_an_ar_to_a_message_that_failed_later():
         (("|P|2.5.1", "|P|2.9"), "203", "MSH^1^12"),
         (("|P|2.5.1", "|T|2.5.1"), "202", "MSH^1^11"),
         (("|ORM0001|", "||"), "101", "MSH^1^10"),
+        (("ORM^O01^ORM_O01", ""), "101", "MSH^1^9"),  # issue #16, 9: required field missing
     ],
 )
 def test_unsupported_header_values_are_rejected_per_2_9_2_1(change, code, where):
@@ -118,3 +119,133 @@ def test_blanks_around_values_are_dropped_so_codes_stay_valid_fhir():
     raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\r\rPID|1|| X1 ^^^H^ MR ||DOE \r"
     pid = parse_message(raw.encode()).first("PID")
     assert pid.comps(3) == ("X1", "", "", "H", "MR") and pid.get(5) == "DOE"
+
+
+def test_subcomponents_survive_the_parser():
+    """Issue #16, 2: CX.4 is an HD; its universal ID and type are subcomponents."""
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||4711^^^HOSP&1.2.840.1&ISO^MR~9^^^&2.16.1&ISO\r"
+    pid = parse_message(raw.encode()).first("PID")
+    assert pid.subs(3, 4) == ("HOSP", "1.2.840.1", "ISO")
+    assert pid.subs(3, 4, rep=2) == ("", "2.16.1", "ISO")
+    assert pid.subs(3, 9) == () and pid.subs(7, 1) == ()
+    assert pid.get(3, 4, sub=2) == "1.2.840.1"
+
+
+# ------------------------------------------------- segment separators (issue #16, 3)
+@pytest.mark.parametrize("sep", ["\r", "\n", "\r\n"])
+def test_msh18_is_read_from_the_msh_segment_whatever_the_separator(sep):
+    raw = sep.join(["MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8",
+                    "PID|1||X1||MÜLLER^JÖRG", ""]).encode("utf-8")
+    assert parse_message(raw).first("PID").get(5, 2) == "JÖRG"
+
+
+def test_the_next_segment_is_never_taken_for_msh18():
+    raw = b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\nPID|1||X1||DOE^JANE|MAIDEN|19700101|F\n"
+    msg = parse_message(raw)
+    assert msg.header.charset == "" and msg.first("PID").get(6) == "MAIDEN"
+
+
+# ----------------------------------------------------------- character sets (issue #16, 4)
+@pytest.mark.parametrize(("label", "codec"), [
+    ("UNICODE UTF-8", "utf-8"), ("UTF-8", "utf-8"), ("UNICODE", "utf-8"), ("utf8", "utf-8"),
+    ("8859/1", "latin-1"), ("ISO-8859-1", "latin-1"), ("ISO_IR 100", "latin-1"),
+    ("ISO IR100", "latin-1"), ("Latin1", "latin-1"), ("8859/15", "iso8859-15"),
+    ("WINDOWS-1252", "cp1252"), ("8859/2", "iso8859-2"), ("ISO-8859-2", "iso8859-2"),
+])
+def test_common_character_set_labels_are_accepted(label, codec):
+    name = "MÜLLER^JÖRG" if codec != "iso8859-2" else "NOWAK^ŁUKASZ"
+    raw = (f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||{label}\rPID|1||X1||{name}\r").encode(codec)
+    msg = parse_message(raw)
+    assert msg.problem is None and msg.first("PID").get(5, 2) == name.split("^")[1]
+
+
+@pytest.mark.parametrize("label", ["ASCII", "US-ASCII", "KOI8-R", "NO-SUCH-CHARSET"])
+def test_a_plain_ascii_message_is_taken_whatever_its_label(label):
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||{label}\rPID|1||X1||DOE\r".encode()
+    assert parse_message(raw).problem is None
+
+
+def test_bytes_that_do_not_decode_are_an_error_in_the_field_not_a_reject():
+    raw = b"MSH|^~\\&|A|B|C|D|||ADT^A01|c7|P|2.5||||||UTF-8\rPID|1||X1||DOE\xff^JANE\r"
+    msg = parse_message(raw)  # no MessageRejected: the sender must fix it, not drop it
+    assert msg.header.control_id == "c7"
+    assert (msg.problem.code, msg.problem.location) == ("102", "PID^1^5")
+    assert "0xFF" in msg.problem.reason and "UTF-8" in msg.problem.reason
+
+
+def test_an_unknown_label_on_non_ascii_bytes_is_an_error_naming_msh18():
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||KLINGON\rPID|1||X1||MÜLLER\r".encode()
+    problem = parse_message(raw).problem
+    assert (problem.code, problem.location) == ("103", "MSH^1^18")
+    assert "KLINGON" in problem.reason
+
+
+def test_a_utf8_byte_order_mark_before_msh_is_dropped():
+    raw = "\ufeffMSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||MÜLLER\r".encode("utf-8")
+    assert parse_message(raw).first("PID").get(5) == "MÜLLER"
+
+
+def test_the_content_digest_ignores_separators_and_msh7_only():
+    """Issue #16, 5: what makes a re-sent message 'the same' (MSH-7 is the time of sending)."""
+    base = parse_message(orm().encode()).digest
+    assert len(base) == 64
+    assert parse_message(orm().replace("\r", "\r\n").encode()).digest == base
+    assert parse_message(orm(stamp="20250302000000+0100").encode()).digest == base
+    assert parse_message(orm(priority="R").encode()).digest != base
+    assert parse_message(orm(control="OTHER").encode()).digest != base
+
+
+# ------------------------------------------------------ broken MSH-2 (issue #16, 7)
+@pytest.mark.parametrize("msh2", ["^^\\&", "^~\\\\&", "^~", "", "^~\\&AB"])
+def test_msh10_and_msh9_are_recovered_when_msh2_is_broken(msh2):
+    raw = orm("CTL9").replace("MSH|^~\\&|", f"MSH|{msh2}|", 1).replace("\r", "\n").encode()
+    with pytest.raises(MessageRejected):
+        parse_message(raw)
+    header = peek_header(raw)
+    assert header is not None
+    assert (header.control_id, header.message_code, header.trigger_event) == ("CTL9", "ORM", "O01")
+    assert (header.sending_application, header.version) == ("RIS", "2.5.1")
+
+
+def test_nothing_is_guessed_from_a_header_without_a_usable_field_separator():
+    assert peek_header(b"MSHA^~\\&ARISAHOSPAAAAAADT^A01AC1APA2.5\rPID|1") is None
+    assert peek_header(b"\x0b\x00garbage") is None
+
+
+# ------------------------------------------------------- no PHI in logs (issue #16, 8)
+@pytest.mark.parametrize("address", [
+    "42 ELM STREET \\Q\\ FLAT 7^^SPRINGFIELD",  # an escape sequence nobody defined
+    "42 ELM STREET \\C2842\\ FLAT 7^^SPRINGFIELD",  # a character set switch we cannot do
+    "42 ELM STREET \\XZZ\\ FLAT 7^^SPRINGFIELD",  # hex that is not hex
+    "42 ELM STREET \\ FLAT 7^^SPRINGFIELD",  # a stray escape character, never closed
+])
+def test_odd_escapes_keep_the_text_and_log_nothing_of_it(address, caplog):
+    caplog.set_level(logging.DEBUG)  # the root logger: every library's records reach caplog
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||DOE||||||{address}\r"
+    pid = parse_message(raw.encode()).first("PID")
+    assert pid.get(11).startswith("42 ELM STREET") and pid.get(11).endswith("FLAT 7")
+    assert pid.get(11, 3) == "SPRINGFIELD"
+    assert "ELM" not in caplog.text and "SPRINGFIELD" not in caplog.text
+
+
+@pytest.mark.parametrize(("escaped", "plain"), [
+    ("A\\X42\\C", "ABC"), ("LINE1\\.br\\LINE2", "LINE1\nLINE2"), ("C:\\E\\TEMP", "C:\\TEMP"),
+    ("\\X4DC39C\\LLER", "MÜLLER"), ("50\\T\\50", "50&50"),
+])
+def test_escape_sequences_of_chapter_2_7(escaped, plain):
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
+    assert parse_message(raw.encode()).first("PID").get(5) == plain
+
+
+# ------------------------------------------------------------- smaller ones (issue #16, 9)
+def test_highlighting_is_dropped_and_the_highlighted_text_kept():
+    raw = "MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||\\H\\DOE\\N\\^JANE\r"
+    assert parse_message(raw.encode()).first("PID").comps(5) == ("DOE", "JANE")
+
+
+def test_a_second_msh_in_one_frame_is_rejected():
+    two = (adt("A01", "ONE") + adt("A01", "TWO")).encode()
+    with pytest.raises(MessageRejected) as err:
+        parse_message(two)
+    assert (err.value.error_code, err.value.location) == ("100", "MSH^2")
+    assert "one message per MLLP frame" in err.value.reason

@@ -134,7 +134,9 @@ def test_a40_names_the_prior_patient_merged_into_the_survivor():
         (adt().replace("|19700615|F", "|19700615|Q"), "103", "PID^1^8", "PID-8: got 'Q'"),
         (adt().replace("PV1|1|E|", "PV1|1|Z|"), "103", "PV1^1^2", "table 0004"),
         (adt().split("PV1")[0], "100", "PV1", "PV1: segment missing"),
-        (orm().replace("|ACC3003|", "||"), "101", "IPC^1^1", "accession number"),
+        # issue #16, 9: ORM^O01 has no IPC; the accession is missing in OBR-18
+        (orm().replace("|ACC3003|", "||"), "101", "OBR^1^18", "accession number"),
+        (omi(accession=""), "101", "IPC^1^1", "accession number"),
         (orm(priority="X"), "103", "OBR^1^27", "table 0485"),
         (orm().replace("36554-4^XR Chest 2 Views^LN", ""), "101", "OBR^1^4", "OBR-4: missing"),
         (a40().split("MRG")[0], "100", "MRG", "expected one MRG after each PID"),
@@ -168,3 +170,75 @@ def test_dtm_to_fhir_datetime(dtm, offset, expected):
 def test_bad_dtm_is_refused(bad):
     with pytest.raises(ValueError):
         fhir_datetime(bad)
+
+
+# ----------------------------------------------------------------- patient identity (issue #16, 1)
+def identity(raw, mapper=MAPPER):
+    """The Patient id and the identity keys a message maps to."""
+    update = mapper.map(parse_message(raw.encode()))
+    [patient] = [r for r in update.resources if r["resourceType"] == "Patient"]
+    return patient["id"], set(update.identity_keys), patient
+
+
+def test_patient_identity_is_id_assigning_authority_and_type():
+    from_a = identity(adt(pid3="4711^^^A^MR"))
+    from_b = identity(adt(pid3="4711^^^B^MR"))
+    other_type = identity(adt(pid3="4711^^^A^PI"))
+    assert len({from_a[0], from_b[0], other_type[0]}) == 3
+    assert not from_a[1] & from_b[1] and not from_a[1] & other_type[1]
+    assert identity(adt("A08", "ADT0002", pid3="4711^^^A^MR"))[:2] == from_a[:2]
+
+
+def test_an_id_without_authority_is_scoped_by_the_sending_facility():
+    north = identity(adt(pid3="4711", facility="NORTH"))
+    south = identity(adt(pid3="4711", facility="SOUTH"))
+    assert north[0] != south[0] and not north[1] & south[1]
+
+
+def test_sending_facilities_can_name_the_authority_of_bare_ids():
+    mapper = V2FhirMapper(KEY, {"HOSP": "http://hosp.example/mrn"},
+                          default_authorities={"NORTH": "HOSP", "SOUTH": "HOSP"})
+    north = identity(adt(pid3="4711^^^^MR", facility="NORTH"), mapper)
+    south = identity(adt(pid3="4711^^^^MR", facility="SOUTH"), mapper)
+    explicit = identity(adt(pid3="4711^^^HOSP^MR", facility="WEST"), mapper)
+    assert north[:2] == south[:2] == explicit[:2]
+    assert north[2]["identifier"][0]["system"] == "http://hosp.example/mrn"
+
+
+@pytest.mark.parametrize(("pid3", "system"), [
+    ("4711^^^NORTH&1.2.840.99&ISO^MR", "urn:oid:1.2.840.99"),
+    ("4711^^^&1.2.840.99&ISO^MR", "urn:oid:1.2.840.99"),
+    ("4711^^^&A1B2C3D4-0000-4000-8000-000000000001&UUID^MR",
+     "urn:uuid:a1b2c3d4-0000-4000-8000-000000000001"),
+])
+def test_the_oid_of_an_assigning_authority_becomes_the_identifier_system(pid3, system):
+    """Issue #16, 2: CX.4 ``&OID&ISO`` -> Identifier.system ``urn:oid:<OID>`` (IG CX[Identifier])."""
+    _, _, patient = identity(adt(pid3=pid3))
+    assert patient["identifier"][0]["system"] == system
+    assert patient["identifier"][0]["value"] == "4711"
+
+
+def test_an_authority_is_the_same_with_or_without_its_namespace_id():
+    named = identity(adt(pid3="4711^^^NORTH&1.2.840.99&ISO^MR"))
+    unnamed = identity(adt(pid3="4711^^^&1.2.840.99&ISO^MR", facility="ELSEWHERE"))
+    assert named[:2] == unnamed[:2]
+
+
+def test_the_visit_number_keeps_its_authority_oid():
+    _, res = mapped(adt(visit="V789^^^VISITS&1.2.840.7&ISO^VN"))
+    assert res["Encounter"][0]["identifier"][0]["system"] == "urn:oid:1.2.840.7"
+
+
+def test_an_optional_pv1_with_an_unknown_patient_class_loses_the_field_not_the_order():
+    """Issue #16, 9: PV1 is optional in ORM^O01; its bad PV1-2 is a warning, no Encounter."""
+    update, res = mapped(orm(patient_class="Z"))
+    assert len(res["ServiceRequest"]) == 1 and "Encounter" not in res
+    [warning] = update.warnings
+    assert (warning.code, warning.location, warning.severity) == ("103", "PV1^1^2", "W")
+    assert "table 0004" in warning.reason
+
+
+def test_a_bad_patient_class_still_rejects_an_admission():
+    with pytest.raises(MessageInvalid) as err:  # PV1 and PV1-2 are required in ADT_A01
+        MAPPER.map(parse_message(adt(patient_class="Z").encode()))
+    assert (err.value.error_code, err.value.location) == ("103", "PV1^1^2")
