@@ -11,6 +11,12 @@ differs is named here and nowhere else:
   commit order, so no lock is held through a commit's fsync.
 - ``Tx.notify`` / ``Database.wait``: PostgreSQL wakes waiting stages with ``LISTEN/NOTIFY`` at
   commit; SQLite has no such thing, so waiting there is a short sleep (polling).
+- ``Tx.integrity_error``: the exception a constraint violation raises, for a store that undoes
+  one step in a ``SAVEPOINT`` and goes on (the context store).
+- ``Database.checkpoint``: SQLite's WAL copied back in the background by a store that turned
+  autocheckpoint off; nothing to do on PostgreSQL, whose server checkpoints on its own.
+
+Savepoints are portable SQL: ``SAVEPOINT s``, ``ROLLBACK TO SAVEPOINT s``, ``RELEASE SAVEPOINT s``.
 
 ``Database.run(fn)`` runs ``fn(tx)`` in one write transaction and commits; on PostgreSQL a
 deadlock, serialisation failure or a lost insert race is retried with a fresh transaction, so
@@ -40,6 +46,8 @@ class Tx(Protocol):
     """`` FOR UPDATE SKIP LOCKED`` on PostgreSQL, empty on SQLite."""
     chains_inline: bool
     """Whether audit events are chained inside the transaction that appends them."""
+    integrity_error: type[Exception]
+    """What a constraint violation raises (``sqlite3.IntegrityError``, psycopg's)."""
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed."""
@@ -93,6 +101,13 @@ class Database(Protocol):
 
     def wake(self, channel: str) -> None:
         """Wake this process's waiters on ``channel`` now (e.g. a stage slot came free)."""
+        ...
+
+    def checkpoint(self) -> int:
+        """Copy the write-ahead log into the database now; return how much was copied.
+
+        Only SQLite with autocheckpoint off needs it (``state.sqlite``); 0 elsewhere.
+        """
         ...
 
     def close(self) -> None:

@@ -63,6 +63,7 @@ class PostgresTx:
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     chains_inline = False
+    integrity_error: type[Exception] = psycopg.IntegrityError
 
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
@@ -224,6 +225,10 @@ class PostgresDatabase:
     def channel(self, topic: str) -> str:
         """``<schema>_<topic>``: channels are per database, so the schema keeps stores apart."""
         return f"{self.schema}_{topic}"
+
+    def checkpoint(self) -> int:
+        """Nothing to do: the server checkpoints its WAL itself, off every commit's path."""
+        return 0
 
     def close(self) -> None:
         """Close the pool and stop listening."""

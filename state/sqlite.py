@@ -10,6 +10,13 @@ want to write while another thread's commit is in progress queue up, and the nex
 all queued transactions in one ``BEGIN IMMEDIATE ... COMMIT``, each inside its own SAVEPOINT:
 one fsync for many, each caller's changes still atomic (a failing one rolls back only itself),
 and nobody returns before the commit that holds its changes.
+
+Checkpoints: by default a commit that finds the WAL over 1,000 pages copies it back into the
+database file itself (SQLite's autocheckpoint), so now and then one caller waits for that copy
+and its fsync. A store whose commits are acknowledged to a peer (the HL7 context store: the ACK
+waits for the commit) opens with ``autocheckpoint=False`` and calls ``checkpoint()`` from a
+background loop instead: a PASSIVE checkpoint on a connection of its own, which neither waits
+for nor blocks the writers.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class SqliteTx:
     for_update = ""
     skip_locked = ""
     chains_inline = True
+    integrity_error: type[Exception] = sqlite3.IntegrityError
 
     def __init__(self, con: sqlite3.Connection) -> None:
         self._con = con
@@ -114,12 +122,16 @@ class SqliteDatabase:
     dialect = "sqlite"
     notifies = False
 
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, path: Path, busy_timeout_s: float = 30.0, *, autocheckpoint: bool = True
+    ) -> None:
         """Open (and create) the file.
 
         Args:
             path: The SQLite file.
             busy_timeout_s: How long a writer waits for another process's transaction.
+            autocheckpoint: Let commits checkpoint the WAL (SQLite's default); ``False``: the
+                owner calls ``checkpoint()`` in the background (module docstring).
         """
         self.path = path
         self._lock = threading.RLock()
@@ -130,6 +142,15 @@ class SqliteDatabase:
         self._con.execute("PRAGMA busy_timeout=0")  # writers wait in _begin; readers never block
         self._writer_lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._events: dict[str, threading.Event] = {}
+        if not autocheckpoint:
+            self._con.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_con: sqlite3.Connection | None = None
+        self._checkpointed = 0
+        self.commits = 0
+        """Commits of this process (each one fsync), for benchmarks and tests."""
+        self.items = 0
+        """Transactions (``run`` calls) those commits held: ``items / commits`` is the group size."""
 
     @property
     def url(self) -> str:
@@ -201,6 +222,8 @@ class SqliteDatabase:
                     self._con.execute("RELEASE item")
                     p.error = exc
             self._end("COMMIT")
+            self.commits += 1
+            self.items += len(group)
         except BaseException as exc:
             if self._con.in_transaction:
                 self._end("ROLLBACK")
@@ -236,8 +259,30 @@ class SqliteDatabase:
         """Channels are unused on SQLite; the topic itself."""
         return topic
 
+    def checkpoint(self) -> int:
+        """Copy committed WAL frames into the database file (PASSIVE, on a connection of its
+        own: it neither waits for nor blocks this process's writers); return how many frames
+        were copied since the last call.
+
+        Raises:
+            sqlite3.Error: The checkpoint failed (the next one tries again).
+        """
+        with self._checkpoint_lock:
+            if self._checkpoint_con is None:
+                self._checkpoint_con = connect(self.path, self._busy_timeout_s)
+            row = self._checkpoint_con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            done = max(0, int(row["checkpointed"])) if row else 0
+            # the count is of the WAL as it stands; a writer restarts the WAL once it is all copied
+            fresh = done - self._checkpointed if done >= self._checkpointed else done
+            self._checkpointed = done
+        return fresh
+
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
+        with self._checkpoint_lock:
+            if self._checkpoint_con is not None:
+                self._checkpoint_con.close()
+                self._checkpoint_con = None
         with self._lock:
             self._con.close()
             os.close(self._writer_lock)

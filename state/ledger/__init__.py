@@ -71,8 +71,17 @@ class Ledger:
         self.db.close()
 
 
-def open_database(cfg: LedgerConfig, layout: VarLayout, store: str) -> Database:
+def open_database(
+    cfg: LedgerConfig, layout: VarLayout, store: str, *, wal_autocheckpoint: bool = True
+) -> Database:
     """Open one store (``ledger``, ``context`` or ``ehr``) and apply its migrations.
+
+    Args:
+        cfg: Which backend, and where.
+        layout: The var directory (SQLite files).
+        store: The store.
+        wal_autocheckpoint: SQLite: ``False`` leaves checkpoints to the caller's background
+            loop (``Database.checkpoint``), so no commit waits for one. Ignored on PostgreSQL.
 
     Raises:
         ConfigError: PostgreSQL is configured but its DSN variable is not set.
@@ -89,7 +98,7 @@ def open_database(cfg: LedgerConfig, layout: VarLayout, store: str) -> Database:
         db = PostgresDatabase(dsn, f"{cfg.schema_prefix}_{store}", cfg.pool_max)
     else:
         files = {"ledger": layout.ledger, "context": layout.context, "ehr": layout.ehr_outbox}
-        db = SqliteDatabase(files[store])
+        db = SqliteDatabase(files[store], autocheckpoint=wal_autocheckpoint)
     migrate(db.url, store, db.dialect)  # type: ignore[attr-defined]
     return db
 
