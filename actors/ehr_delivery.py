@@ -15,14 +15,12 @@ audited), else by the SR's Patient ID.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import ray
 from pydicom import dcmread
 
-from actors.adapters.context_store import ContextReader
 from actors.adapters.fhir_http import FhirClient
 from actors.polling import Loop, SystemClock
 from actors.stage import ActorShell
@@ -35,6 +33,7 @@ from core.ledger import RetryPolicy
 from core.ports import Clock
 from core.results import OutboxEntry
 from core.types import AuditEventType
+from state.context_store import ContextReader, open_context
 from state.ehr_outbox import EhrOutbox, EhrReport
 from state.layout import VarLayout
 from state.ledger import Ledger, open_database
@@ -45,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 def _instant(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 class EhrDeliveryWork:
@@ -232,12 +231,20 @@ class EhrDeliveryActor(ActorShell):
 
     def __init__(
         self, cfg: EhrConfig, storage: StorageConfig, retry: RetryConfig, manufacturer: str,
-        context_db: Path | None = None, log_level: str = "INFO",
+        hl7_context: bool = False, log_level: str = "INFO",
     ) -> None:
+        """Args:
+        cfg: The ``ehr`` config slice.
+        storage: Where the ledger, the EHR outbox and the context store are.
+        retry: Retry policy of refused reports.
+        manufacturer: Our name in the reports.
+        hl7_context: Name the patient as the HL7 context does (the bridge is configured).
+        log_level: This process's log level.
+        """
         ledger = self._open_ledger(storage, log_level)
         outbox = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr"))
         self._work = EhrDeliveryWork(
-            ledger, outbox, ContextReader(context_db) if context_db else None,
+            ledger, outbox, ContextReader(open_context(storage)) if hl7_context else None,
             FhirClient(cfg.fhir), cfg, RetryPolicy.from_config(retry), manufacturer, self._clock,
         )
         self._add_loop(Loop("ehr-delivery", self._work.run_once, cfg.poll_interval_s, eager=True,

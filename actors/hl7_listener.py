@@ -1,8 +1,10 @@
 """HL7 listener actor: the MLLP listener of the HL7 bridge as a Ray actor.
 
-Like the DICOM listener it depends only on its stores: the context store it writes and the
-ledger it audits into. Ray restarts it (and so rebinds the port) if it dies; the sender
-resends what was not acknowledged, and the inbox keeps it from being applied twice.
+Like the DICOM listener it depends only on its stores: the context store it writes (on the
+configured backend: ``storage.ledger``) and the ledger it audits into. Ray restarts it (and so
+rebinds the port) if it dies; the sender resends what was not acknowledged, and the inbox keeps
+it from being applied twice. Its health reports the MLLP server's thread and both of the
+listener's loops (the audit pump, the WAL checkpoint).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import ray
 from actors.adapters.hl7_inbox import Hl7Listener
 from actors.stage import ActorShell
 from core.config import Hl7Config, StorageConfig
-from state.layout import VarLayout
+from core.health import ActorHealth
+from state.context_store import open_context
 
 __all__ = ["Hl7ListenerActor"]
 
@@ -28,8 +31,9 @@ class Hl7ListenerActor(ActorShell):
     ) -> None:
         ledger = self._open_ledger(storage, log_level)
         Hl7Listener.tune_process()
-        self._listener = Hl7Listener(cfg, VarLayout.at(storage.var_dir).context, ledger, hash_key)
+        self._listener = Hl7Listener(cfg, open_context(storage, writer=True), ledger, hash_key)
         self._listener.start()
+        self._loops.extend(self._listener.loops)  # started by the listener; stopped twice is fine
         self._start_heartbeat()
 
     def port(self) -> int:
@@ -41,6 +45,12 @@ class Hl7ListenerActor(ActorShell):
         return (counts["applied"] + counts["duplicate"],
                 counts["invalid"] + counts["conflict"] + counts["rejected"] + counts["failed"],
                 0, "")
+
+    def health(self) -> ActorHealth:
+        """The MLLP server's thread, the audit pump and the checkpoint loop."""
+        base = super().health()
+        return ActorHealth(base.actor, base.pid, base.processed, base.failures, base.in_flight,
+                           base.last_error, (self._listener.server_health(), *base.loops))
 
     def stop(self) -> None:
         """Close the port; audit what is left."""

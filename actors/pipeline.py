@@ -238,7 +238,7 @@ class Pipeline:
             ),
             "router": RouterActor.options(**self._options("router", st.router.num_cpus)).remote(
                 self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models),
-                self._context_db(), self.cfg.hl7.join_window_days if self.cfg.hl7 else 1,
+                self.cfg.hl7 is not None, self.cfg.hl7.join_window_days if self.cfg.hl7 else 1,
             ),
             "prior_linker": PriorLinkerActor.options(**self._options("prior_linker", st.prior_linker.num_cpus)).remote(
                 self.runtime(st.prior_linker), self.cfg.priors, self.cfg.pacs, self.cfg.listener,
@@ -264,12 +264,10 @@ class Pipeline:
     def _migrate(self) -> None:
         """Apply pending schema migrations of every store once, before any actor opens one."""
         open_ledger(self.cfg.storage, self.layout).close()
+        if self.cfg.hl7 is not None:
+            open_database(self.cfg.storage.ledger, self.layout, "context").close()
         if self.cfg.ehr is not None:
             open_database(self.cfg.storage.ledger, self.layout, "ehr").close()
-
-    def _context_db(self) -> Path | None:
-        """The HL7 context store, when the HL7 bridge is configured (issue #6)."""
-        return self.layout.context if self.cfg.hl7 is not None else None
 
     def _bridge_actors(self, key: bytes) -> dict[str, Any]:
         """The HL7 listener and the EHR delivery, each only when its config section is set."""
@@ -282,7 +280,7 @@ class Pipeline:
         if self.cfg.ehr is not None:
             out["ehr_delivery"] = EhrDeliveryActor.options(**self._options("ehr", 0)).remote(
                 self.cfg.ehr, self.cfg.storage, self.cfg.retry, self.cfg.sr.manufacturer,
-                self._context_db(), level,
+                self.cfg.hl7 is not None, level,
             )
         return out
 

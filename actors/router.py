@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import ray
 
 from actors.adapters.context_join import ContextJoin
-from actors.adapters.context_store import ContextReader
 from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
@@ -19,6 +17,7 @@ from core.ledger import Override, SetAside
 from core.ports import Clock
 from core.routing import RouteDecision, Router
 from core.types import AuditEventType, InstanceMeta, JobState
+from state.context_store import ContextReader, open_context
 from state.ledger import Ledger
 
 __all__ = ["RouterActor", "RoutingWork"]
@@ -103,10 +102,18 @@ class RouterActor(StageShell):
         runtime: StageRuntime,
         cfg: RoutingConfig,
         families: list[str],
-        context_db: Path | None = None,
+        hl7_context: bool = False,
         join_window_days: int = 1,
     ) -> None:
+        """Args:
+        runtime: Stage settings; ``runtime.storage`` also says where the context store is.
+        cfg: Routing rules.
+        families: The deployed model families.
+        hl7_context: Join jobs to their HL7 order context (the bridge is configured).
+        join_window_days: Patient ID + date join tolerance.
+        """
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
-        join = ContextJoin(ContextReader(context_db), join_window_days) if context_db else None
+        join = (ContextJoin(ContextReader(open_context(runtime.storage)), join_window_days)
+                if hl7_context else None)
         work = RoutingWork(ledger, Router(cfg, families), "stage:router", join, self._clock)
         self._start(runtime, work)

@@ -6,10 +6,23 @@
 - ``db``, ``sqlite``, ``postgres``: one database contract, two backends.
 - ``migrate``: versioned schemas applied at start (yoyo-migrations).
 - ``ledger``: the ledger's repositories (``open_ledger``).
+- ``context_store``: the HL7 bridge's context store (inbox, FHIR resources; PHI).
+- ``ehr_outbox``: FHIR report Bundles waiting for the EHR (PHI).
 
 Depends on ``core`` only (an import-linter contract): no Ray, no sockets, no actors.
 """
 
 from __future__ import annotations
 
-__all__ = ["blobs", "db", "files", "layout", "ledger", "migrate", "postgres", "sqlite"]
+__all__ = [
+    "blobs",
+    "context_store",
+    "db",
+    "ehr_outbox",
+    "files",
+    "layout",
+    "ledger",
+    "migrate",
+    "postgres",
+    "sqlite",
+]

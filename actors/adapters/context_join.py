@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from actors.adapters.context_store import ContextReader
 from core.audit import AuditEvent
 from core.context import StudyContext, study_context
 from core.job import Job
 from core.types import AuditEventType, InstanceMeta
+from state.context_store import ContextReader
 
 __all__ = ["ContextJoin"]
 
@@ -71,7 +71,7 @@ class ContextJoin:
         )
         context = None
         if found is not None:
-            today = datetime.fromtimestamp(self._clock(), timezone.utc).date()
+            today = datetime.fromtimestamp(self._clock(), UTC).date()
             context = study_context(
                 found.match, found.patient, found.service_request, found.encounter, day or today
             )

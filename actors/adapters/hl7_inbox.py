@@ -1,8 +1,15 @@
 """The HL7 v2 listener: MLLP in, durable inbox, FHIR context, ACK out.
 
 For every frame: parse and check it (``core.hl7``), map it to FHIR (``core.v2fhir``), store the
-raw message and apply the change in one group-committed transaction (``ContextWriter``), and
-only then answer (``core.acks``). The handler never raises: every failure becomes an ACK code.
+raw message and apply the change in one transaction (``ContextWriter``), and only then answer
+(``core.acks``). The handler never raises: every failure becomes an ACK code.
+
+The event loop hands each message's transaction to a small pool of commit threads
+(``hl7.batch_max`` of them, at most one per connection): messages that arrive together share
+one commit, so one fsync (SQLite's group commit; on PostgreSQL the server groups concurrent
+commits). Two background loops (``actors.polling.Loop``) keep other work off the ACK path: the
+audit pump, which turns stored messages into ledger audit events, and the WAL checkpoint of
+the SQLite context store (its commits never checkpoint themselves).
 
 - ``AA`` / ``CA``: stored (and applied, or already applied before: not applied twice); an AA
   may carry an ERR of severity W naming an optional field that was ignored.
@@ -24,19 +31,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from actors.adapters.context_store import ContextReader, ContextWriter, InboxEntry
-from state.ledger import Ledger
 from actors.adapters.mllp import Frame, MllpServer
 from actors.adapters.tls import server_context
+from actors.polling import Loop
 from core.acks import AckError, Disposition, ack_codes, build_ack
 from core.audit import AuditEvent
 from core.config import Hl7Config
 from core.context import ContextUpdate
 from core.errors import MessageInvalid, MessageRejected, TransientIOError
+from core.health import LoopHealth
 from core.hl7 import (
     Hl7Message,
     MessageHeader,
@@ -48,14 +55,21 @@ from core.hl7 import (
 from core.identifiers import DEFAULT_KEY
 from core.types import AuditEventType
 from core.v2fhir import V2FhirMapper
+from state.context_store import ContextReader, ContextWriter, InboxEntry
+from state.db import Database
+from state.ledger import Ledger
 
 __all__ = ["Hl7Listener"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 AUDIT_PERIOD_S = 0.2
 AUDIT_CHUNK = 64
 """Audit events per ledger transaction: small, so the pump never holds the GIL for long."""
+CHECKPOINT_S = 1.0
+"""Period of the context store's WAL checkpoint (SQLite)."""
 
 
 def _err_for(code: str, error: AckError | None) -> AckError | None:
@@ -66,12 +80,12 @@ def _err_for(code: str, error: AckError | None) -> AckError | None:
 
 
 class Hl7Listener:
-    """MLLP server + context store writer + the pump that audits what arrived."""
+    """MLLP server + context store writer + the loops that audit and checkpoint."""
 
     def __init__(
         self,
         cfg: Hl7Config,
-        context_path: Path,
+        context: Database,
         ledger: Ledger | None,
         hash_key: bytes = DEFAULT_KEY,
         clock: Callable[[], float] = time.time,
@@ -80,7 +94,8 @@ class Hl7Listener:
 
         Args:
             cfg: The ``hl7`` config slice.
-            context_path: The context store file.
+            context: The context store (``open_context(storage, writer=True)``); the listener
+                closes it in ``stop``.
             ledger: Where audit events go (``None``: not audited, for benchmarks only).
             hash_key: Key of the hashed identifiers (the DICOM listener's).
             clock: Wall clock.
@@ -92,8 +107,13 @@ class Hl7Listener:
             hash_key, cfg.identifier_systems, cfg.accession_fields, cfg.validate_resources,
             cfg.default_assigning_authorities,
         )
-        self._writer = ContextWriter(context_path, cfg.batch_max)
-        self._reader = ContextReader(context_path)
+        self._store = context
+        self._writer = ContextWriter(context)
+        self._reader = ContextReader(context)
+        self._commits = ThreadPoolExecutor(  # one commit thread per message in flight
+            max_workers=min(cfg.batch_max, cfg.listener.max_connections),
+            thread_name_prefix="hl7-commit",
+        )
         lst = cfg.listener
         self._server = MllpServer(
             lst.host, lst.port, self.handle, max_message_bytes=lst.max_message_bytes,
@@ -102,10 +122,11 @@ class Hl7Listener:
         )
         self._ack_prefix = f"{os.getpid() % 100000:05d}{int(clock()) % 1000:03d}"
         self._ack_seq = 0
-        self._stop = threading.Event()
         self._audit_lock = threading.Lock()  # one audit pass at a time: no event twice
-        self._pump = threading.Thread(target=self._audit_loop, name="hl7-audit", daemon=True)
+        self._pump = Loop("hl7-audit", self._audit_round, AUDIT_PERIOD_S) if ledger else None
+        self._checkpointer = Loop("context-checkpoint", context.checkpoint, CHECKPOINT_S)
         self.counts: dict[str, int] = {d.value: 0 for d in Disposition}
+        self.last_received_at = 0.0
         self._actor = f"hl7:{cfg.application}"
 
     @property
@@ -114,40 +135,49 @@ class Hl7Listener:
         return self._server.port
 
     @property
-    def writer(self) -> ContextWriter:
-        """The context store writer (its committer's counters show group commit at work)."""
-        return self._writer
+    def loops(self) -> tuple[Loop, ...]:
+        """The background loops (the actor reports their health): audit pump, checkpoint."""
+        return (self._checkpointer,) if self._pump is None else (self._pump, self._checkpointer)
+
+    def server_health(self) -> LoopHealth:
+        """The MLLP server's thread, and the frames it answered."""
+        failed = sum(self.counts[d.value] for d in (Disposition.REJECTED, Disposition.FAILED))
+        return LoopHealth("mllp-server", self._server.serving, self._server.frames, failed,
+                          last_work_at=self.last_received_at)
 
     @staticmethod
     def tune_process() -> None:
         """Make this process favour ACK latency: switch threads every 1 ms instead of 5 ms,
-        so the event loop never waits long behind the writer or the audit pump (call it in
-        a process that runs only the listener, like its Ray actor)."""
+        so the event loop never waits long behind the commit threads or the audit pump (call
+        it in a process that runs only the listener, like its Ray actor)."""
         sys.setswitchinterval(0.001)
 
     def start(self) -> None:
-        """Open the port and start the audit pump."""
+        """Open the port and start the loops."""
         self._server.start()
-        self._pump.start()
+        for loop in self.loops:
+            loop.start()
         logger.info("HL7 MLLP listener on %s:%d", self._cfg.listener.host, self.port)
 
     def stop(self) -> None:
-        """Close the port, audit what is left, close the store."""
+        """Close the port, let the commits in flight finish, audit what is left, close the
+        store."""
         self._server.stop()
-        self._stop.set()
-        self._pump.join(10)
+        self._commits.shutdown(wait=True)
+        for loop in self.loops:
+            loop.stop()
         if self._ledger is not None:
             self.audit_once()
-        self._writer.close()
-        self._reader.close()
+        self._store.close()
 
     # ------------------------------------------------------------ handler
     async def handle(self, received: Frame, peer: str) -> list[bytes]:
         """Answer one frame: the ACK(s) its MSH-15/16 ask for. Never raises."""
         now = self._clock()
+        self.last_received_at = now
         header, disposition, error = await self._process(received, peer, now)
         self.counts[disposition.value] += 1
-        at = datetime.fromtimestamp(now, timezone.utc)
+        at = datetime.fromtimestamp(now, UTC)
         replies = []
         for code in ack_codes(header, disposition):
             self._ack_seq += 1
@@ -175,7 +205,7 @@ class Hl7Listener:
             check_supported(header, self._cfg.versions, self._cfg.processing_ids)
             update, error = self._map(message)
             entry = InboxEntry(header, received.payload, peer, now, update, error, message.digest)
-            disposition, error = await asyncio.wrap_future(self._writer.receive(entry))
+            disposition, error = await self._commit(self._writer.receive, entry)
             self._log(header, disposition, error)
             return header, disposition, error
         except MessageRejected as exc:
@@ -189,6 +219,10 @@ class Hl7Listener:
         except Exception:  # the one broad catch at the protocol boundary: log, answer AE
             logger.exception("HL7 handler failed for %s", header.control_id if header else "?")
             return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
+
+    async def _commit(self, store: Callable[..., T], *args: Any) -> T:
+        """Run one store call on a commit thread; resume when its commit is durable."""
+        return await asyncio.get_running_loop().run_in_executor(self._commits, store, *args)
 
     def _map(self, message: Hl7Message) -> tuple[ContextUpdate | None, AckError | None]:
         if message.problem is not None:  # bytes that did not decode: store, answer AE
@@ -209,10 +243,9 @@ class Hl7Listener:
             header.control_id if header else "?", peer, exc.error_code, exc.location or "-",
         )
         try:
-            kept = self._writer.reject(received.payload, peer, header, error, now)
-            await asyncio.wrap_future(kept)
-        except TransientIOError as store_exc:  # answering AR does not depend on keeping it
-            logger.error("rejected message not kept: %s", store_exc)
+            await self._commit(self._writer.reject, received.payload, peer, header, error, now)
+        except Exception as store_exc:  # noqa: BLE001 - answering AR does not depend on keeping it
+            logger.error("rejected message not kept: %s", type(store_exc).__name__)
         return Disposition.REJECTED, error
 
     @staticmethod
@@ -226,15 +259,17 @@ class Hl7Listener:
             )
 
     # --------------------------------------------------------- audit pump
-    def _audit_loop(self) -> None:
-        while not self._stop.wait(AUDIT_PERIOD_S):
-            if self._ledger is None:
-                continue
-            try:  # another chunk at once only after a full one: a backlog, not a trickle
-                while self.audit_once(AUDIT_CHUNK) == AUDIT_CHUNK and not self._stop.is_set():
-                    time.sleep(0.002)  # let the event loop answer between chunks
-            except Exception:  # the pump must survive a busy ledger; the rows stay unaudited
-                logger.exception("HL7 audit pump round failed")
+    def _audit_round(self) -> int:
+        """One round of the pump: chunks until one comes back short (a backlog is drained at
+        once, a trickle waits for the next round); a failure leaves the rows unaudited, and
+        the loop logs it and tries again."""
+        total = 0
+        while True:
+            done = self.audit_once(AUDIT_CHUNK)
+            total += done
+            if done < AUDIT_CHUNK or self._pump is None or self._pump.stopping:
+                return total
+            time.sleep(0.002)  # let the event loop answer between chunks
 
     def audit_once(self, limit: int = 500) -> int:
         """Append audit events for stored messages not yet audited; return how many.
@@ -259,7 +294,7 @@ class Hl7Listener:
         inbox = [(r["seq"], r["resends"]) for r in received]
         self._writer.mark_audited(
             inbox, [r["seq"] for r in rejected], [(r["seq"], r["resends"]) for r in conflicts]
-        ).result(30)
+        )
         return len(events)
 
     def _conflict_event(self, row: dict[str, Any]) -> AuditEvent:

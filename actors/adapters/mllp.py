@@ -169,6 +169,13 @@ class MllpServer:
             raise RuntimeError("MLLP server is not started")
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def serving(self) -> bool:
+        """Whether the event loop's thread runs and the server accepts connections."""
+        server, thread = self._server, self._thread
+        return (server is not None and thread is not None and thread.is_alive()
+                and server.is_serving())
+
     def start(self) -> None:
         """Bind and serve on a daemon thread."""
         self._server = self._loop.run_until_complete(

@@ -5,7 +5,8 @@ The corpus (``tests/data/hl7``, one file per message, as published byte for byte
 the context store) goes over ONE persistent MLLP connection in manifest order. Then all of it
 is sent again: every answer is the same and nothing in the store changes (re-sends are counted,
 and a frame answered AR is logged again in ``hl7_rejected``, but nothing is applied twice).
-Every log record of the run, from every logger at DEBUG, is checked for field values.
+Every log record of the run, from every logger at DEBUG, is checked for field values. The run
+is made on both backends of the context store and the ledger (SQLite, PostgreSQL; issue 9).
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from typing import Any
 import hl7
 import pytest
 
-from actors.adapters.context_store import ContextReader
 from actors.adapters.hl7_inbox import Hl7Listener
-from core.config import StorageConfig
-from state.ledger import open_ledger
 from actors.adapters.mllp import END, START, MllpClient
 from core.config import Hl7Config, MllpListenerConfig
 from core.identifiers import hash_identifier
+from state.context_store import ContextReader, open_context
+from state.ledger import open_ledger
 from tests.hl7_messages import adt
 
 pytestmark = pytest.mark.integration
@@ -50,10 +50,17 @@ def test_the_corpus_is_large_and_varied_enough():
         assert m["source"]["url"].startswith("https://github.com/") and m["licence"]
 
 
+def _rows(reader: ContextReader, sql: str) -> list[dict[str, Any]]:
+    """Rows of the store behind the reader (tables the product has no view of)."""
+    with reader.db.read() as tx:
+        return tx.all(sql)
+
+
 def _state(reader: ContextReader) -> dict[str, int]:
-    con = reader._con
-    out = {t: n for t, n in con.execute("SELECT type, COUNT(*) FROM resources GROUP BY type")}
-    out["updated"] = con.execute("SELECT COALESCE(SUM(version - 1), 0) FROM resources").fetchone()[0]
+    out = {r["type"]: int(r["n"]) for r in
+           _rows(reader, "SELECT type, COUNT(*) AS n FROM resources GROUP BY type")}
+    [updated] = _rows(reader, "SELECT COALESCE(SUM(version - 1), 0) AS n FROM resources")
+    out["updated"] = int(updated["n"])
     for table in ("hl7_inbox", "hl7_conflicts", "hl7_rejected"):
         out[table] = reader.count(table)
     return out
@@ -61,7 +68,6 @@ def _state(reader: ContextReader) -> dict[str, int]:
 
 def _snapshot(reader: ContextReader) -> dict[str, list[Any]]:
     """Everything a re-send must leave alone (the counters of re-sends aside)."""
-    con = reader._con
     queries = {
         "resources": "SELECT type, id, version, json FROM resources ORDER BY type, id",
         "orders": "SELECT * FROM orders ORDER BY service_request_id",
@@ -73,7 +79,7 @@ def _snapshot(reader: ContextReader) -> dict[str, list[Any]]:
                  " ORDER BY seq",
         "conflicts": "SELECT seq, control_id, sha256, inbox_seq FROM hl7_conflicts ORDER BY seq",
     }
-    return {name: [tuple(r) for r in con.execute(sql)] for name, sql in queries.items()}
+    return {name: [tuple(r.values()) for r in _rows(reader, sql)] for name, sql in queries.items()}
 
 
 def _replies(client: MllpClient, count: int) -> list[tuple[str, str, dict[str, str] | None]]:
@@ -124,8 +130,8 @@ def _send_corpus(listener: Hl7Listener, client: MllpClient, reader: ContextReade
 
 def _check_identities(reader: ContextReader) -> None:
     """What the corpus shows about identity (issue #16, 1 and 2)."""
-    patients = [json.loads(r[0]) for r in reader._con.execute(
-        "SELECT json FROM resources WHERE type = 'Patient'")]
+    patients = [json.loads(r["json"]) for r in
+                _rows(reader, "SELECT json FROM resources WHERE type = 'Patient'")]
     systems = {i.get("system") for p in patients for i in p["identifier"]}
     assert "urn:oid:1.3.6.1.4.1.12559.11.1.4.1.2" in systems  # IHE PAM: DDS&<OID>&ISO
     # 123456789 is an SSN (authority USSSA) in one sample and a bare MRN of NINTENDO in
@@ -156,15 +162,17 @@ def _field_values() -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture
-def corpus_listener(tmp_path: Path):
+def corpus_listener(backend, storage_for):
+    storage = storage_for(backend)
     cfg = Hl7Config(listener=MllpListenerConfig(port=0), **MANIFEST["listener"])
-    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
-    listener = Hl7Listener(cfg, tmp_path / "context.sqlite", ledger, KEY)
+    ledger = open_ledger(storage)
+    listener = Hl7Listener(cfg, open_context(storage, writer=True), ledger, KEY)
     listener.start()
-    reader = ContextReader(tmp_path / "context.sqlite")
+    reader = ContextReader(open_context(storage))
     yield listener, ledger, reader
     listener.stop()
     reader.close()
+    ledger.close()
 
 
 def test_the_corpus_end_to_end_over_one_connection_then_again(corpus_listener, caplog):

@@ -2,7 +2,8 @@
 
 The listener runs in-process (the Ray actor is a thin shell around it); clients are
 python-hl7's asyncio connection, python-hl7's MLLPClient (what ``mllp_send`` uses) and raw
-sockets scripted as bad peers.
+sockets scripted as bad peers. Every test on the ``bridge`` runs on both backends of the context
+store and the ledger: a real SQLite file and a real PostgreSQL server (issue 9).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import json
 import socket
 import ssl
 import struct
+import threading
 import time
 from datetime import date
-from pathlib import Path
 
 import hl7
 import hl7.mllp
@@ -24,15 +25,14 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from hl7.client import MLLPClient
 
-from actors.adapters.context_store import ContextReader
 from actors.adapters.hl7_inbox import Hl7Listener
-from core.config import StorageConfig
-from state.ledger import Ledger, open_ledger
 from actors.adapters.mllp import END, START, MllpClient
 from actors.adapters.tls import client_context
 from actors.pipeline import wait_until
-from core.config import Hl7Config, MllpListenerConfig, TlsConfig
+from core.config import Hl7Config, MllpListenerConfig, StorageConfig, TlsConfig
 from core.identifiers import hash_identifier
+from state.context_store import ContextReader, open_context
+from state.ledger import Ledger, open_ledger
 from tests.hl7_messages import a40, adt, omi, orm
 
 pytestmark = pytest.mark.integration
@@ -41,25 +41,36 @@ KEY = b"integration-key"
 MAX_BYTES = 64 * 1024
 
 
-def make_listener(tmp_path: Path, tls: TlsConfig | None = None) -> tuple[Hl7Listener, Ledger]:
+def make_listener(
+    storage: StorageConfig, tls: TlsConfig | None = None
+) -> tuple[Hl7Listener, Ledger]:
     cfg = Hl7Config(
         listener=MllpListenerConfig(port=0, max_message_bytes=MAX_BYTES, max_field_chars=4096,
                                     idle_timeout_s=30, tls=tls),
         identifier_systems={"HOSP": "http://hosp.example/mrn"},
     )
-    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
-    listener = Hl7Listener(cfg, tmp_path / "context.sqlite", ledger, KEY)
+    ledger = open_ledger(storage)
+    listener = Hl7Listener(cfg, open_context(storage, writer=True), ledger, KEY)
     listener.start()
     return listener, ledger
 
 
 @pytest.fixture
-def bridge(tmp_path):
-    listener, ledger = make_listener(tmp_path)
-    reader = ContextReader(tmp_path / "context.sqlite")
+def bridge(backend, storage_for):
+    storage = storage_for(backend)
+    listener, ledger = make_listener(storage)
+    reader = ContextReader(open_context(storage))  # a connection of its own, as the router's
     yield listener, ledger, reader
     listener.stop()
     reader.close()
+    ledger.close()
+
+
+def resources(reader: ContextReader, kind: str) -> list[dict]:
+    """Every stored resource of one type, with its version (``_version``)."""
+    with reader.db.read() as tx:
+        rows = tx.all("SELECT version, json FROM resources WHERE type = ? ORDER BY id", (kind,))
+    return [{**json.loads(r["json"]), "_version": r["version"]} for r in rows]
 
 
 def msa(reply: bytes) -> tuple[str, str]:
@@ -75,9 +86,9 @@ def err(reply: bytes) -> tuple[str, str]:
 
 
 def the(reader: ContextReader, kind: str) -> dict:
-    rows = reader._con.execute("SELECT json FROM resources WHERE type = ?", (kind,)).fetchall()
-    assert len(rows) == 1, f"{len(rows)} {kind} resources"
-    return json.loads(rows[0][0])
+    found = resources(reader, kind)
+    assert len(found) == 1, f"{len(found)} {kind} resources"
+    return {k: v for k, v in found[0].items() if k != "_version"}
 
 
 def test_adt_and_orders_over_one_persistent_connection_become_fhir_r4(bridge):
@@ -107,9 +118,9 @@ def test_adt_and_orders_over_one_persistent_connection_become_fhir_r4(bridge):
     assert request.reasonCode[0].text == "Acute chest pain, rule out pneumothorax"
     assert request.code.coding[0].code == "36554-4"
     assert request.subject.reference == f"Patient/{patient.id}"
-    encounters = reader._con.execute("SELECT json FROM resources WHERE type = 'Encounter'")
-    for row in encounters:
-        enc = Encounter.model_validate_json(row[0])
+    for row in resources(reader, "Encounter"):
+        row.pop("_version")
+        enc = Encounter.model_validate(row)
         assert enc.class_fhir.code == "EMER" and enc.subject.reference == f"Patient/{patient.id}"
 
 
@@ -123,8 +134,8 @@ def test_a_resent_message_is_acknowledged_and_not_applied_twice(bridge):
     finally:
         client.close()
     assert [msa(first), msa(again), msa(later)] == [("AA", "DUP1")] * 3
-    row = reader._con.execute("SELECT version, json FROM resources WHERE type = 'ServiceRequest'").fetchone()
-    assert row[0] == 1 and '"priority": "stat"' in row[1]
+    [request] = resources(reader, "ServiceRequest")
+    assert request["_version"] == 1 and request["priority"] == "stat"
     [inbox] = reader.inbox()
     assert (inbox["status"], inbox["resends"]) == ("applied", 2)
 
@@ -144,8 +155,7 @@ def test_other_content_under_a_used_control_id_is_a_conflict_kept_for_review(bri
     for reply in replies:
         assert msa(reply) == ("AE", "DUP1")
         assert err(reply) == ("MSH^1^10", "205")
-    requests = [json.loads(r[0]) for r in reader._con.execute(
-        "SELECT json FROM resources WHERE type = 'ServiceRequest'")]
+    requests = resources(reader, "ServiceRequest")
     priorities = {r["identifier"][-1]["value"]: r["priority"] for r in requests}
     assert priorities == {"ACC3003": "stat", "ACC9": "routine"}  # the conflict changed nothing
     [conflict] = reader.conflicts()
@@ -170,8 +180,7 @@ def test_connection_dropped_before_the_ack_loses_nothing_and_applies_once(bridge
     finally:
         client.close()
     assert msa(reply) == ("AA", "DROP1")
-    version = reader._con.execute("SELECT version FROM resources WHERE type = 'ServiceRequest'")
-    assert version.fetchone()[0] == 1
+    assert [r["_version"] for r in resources(reader, "ServiceRequest")] == [1]
     assert reader.inbox()[0]["resends"] == 1
 
 
@@ -253,9 +262,7 @@ def test_a40_merge_moves_orders_to_the_surviving_patient(bridge):
             assert msa(client.send(raw.encode())[0])[0] == "AA"
     finally:
         client.close()
-    patients = {p["identifier"][0]["value"]: p for p in (
-        json.loads(r[0]) for r in
-        reader._con.execute("SELECT json FROM resources WHERE type = 'Patient'"))}
+    patients = {p["identifier"][0]["value"]: p for p in resources(reader, "Patient")}
     prior, survivor = patients["MRN999"], patients["MRN123"]
     assert prior["active"] is False
     assert prior["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
@@ -287,7 +294,7 @@ def test_join_prefers_study_uid_then_accession_then_patient_and_date(bridge):
 
 
 def test_mllp_over_tls(tmp_path, pki):
-    listener, _ = make_listener(tmp_path, pki.server())
+    listener, _ = make_listener(StorageConfig(var_dir=str(tmp_path)), pki.server())
     try:
         ctx = client_context(pki.client())
         client = MllpClient("127.0.0.1", listener.port, ssl_context=ctx, server_hostname="localhost")
@@ -330,7 +337,7 @@ def test_every_message_is_audited_without_phi(bridge):
 
 
 def _serve_in_child(root: str, ports) -> None:  # runs in a spawned process
-    listener, _ = make_listener(Path(root))
+    listener, _ = make_listener(StorageConfig(var_dir=root))
     ports.put(listener.port)
     time.sleep(3600)
 
@@ -342,7 +349,7 @@ def test_an_acknowledged_message_survives_kill_9_and_is_not_applied_again(tmp_pa
     import signal
 
     ctx = mp.get_context("spawn")
-    for attempt in range(2):
+    for _attempt in range(2):
         ports = ctx.Queue()
         child = ctx.Process(target=_serve_in_child, args=(str(tmp_path), ports))
         child.start()
@@ -354,19 +361,17 @@ def test_an_acknowledged_message_survives_kill_9_and_is_not_applied_again(tmp_pa
         finally:
             child.join(30)
         assert msa(reply) == ("AA", "KILL1")
-    reader = ContextReader(tmp_path / "context.sqlite")
+    reader = ContextReader(open_context(StorageConfig(var_dir=str(tmp_path))))
     try:
         [row] = reader.inbox()
         assert (row["control_id"], row["status"], row["resends"]) == ("KILL1", "applied", 1)
-        version = reader._con.execute("SELECT version FROM resources WHERE type = 'ServiceRequest'")
-        assert version.fetchone()[0] == 1
+        assert [r["_version"] for r in resources(reader, "ServiceRequest")] == [1]
     finally:
         reader.close()
 
 
 def patients_by_name(reader: ContextReader) -> dict[str, dict]:
-    rows = reader._con.execute("SELECT json FROM resources WHERE type = 'Patient'")
-    return {p["name"][0]["family"]: p for p in (json.loads(r[0]) for r in rows)}
+    return {p["name"][0]["family"]: p for p in resources(reader, "Patient")}
 
 
 def test_the_same_id_from_two_assigning_authorities_is_two_patients(bridge):
@@ -382,9 +387,8 @@ def test_the_same_id_from_two_assigning_authorities_is_two_patients(bridge):
         client.close()
     patients = patients_by_name(reader)
     assert set(patients) == {"ALPHA", "BRAVO"}  # nobody was renamed into somebody else
-    rows = reader._con.execute("SELECT json FROM resources WHERE type = 'Encounter'")
     subjects = {e["identifier"][0]["value"]: e["subject"]["reference"]
-                for e in (json.loads(r[0]) for r in rows) if "identifier" in e}
+                for e in resources(reader, "Encounter") if "identifier" in e}
     assert subjects["V1"] == f"Patient/{patients['ALPHA']['id']}"
     assert subjects["V2"] == f"Patient/{patients['BRAVO']['id']}"
     order = reader.find("", [hash_identifier("ACC-A", KEY)], [], None, 1)
@@ -494,3 +498,36 @@ def test_an_order_with_an_odd_optional_patient_class_is_applied_with_a_warning(b
     assert (str(seg(2)), str(seg(3)(1)(1)), str(seg(4))) == ("PV1^1^2", "103", "W")
     assert reader.count("orders") == 1
     assert msa(second) == ("AR", "MSH2X") and err(second) == ("MSH^2", "100")
+
+
+def test_health_reports_the_server_thread_and_both_loops(tmp_path):
+    """Issue 9, 5: the MLLP server's thread, the audit pump and the WAL checkpoint report
+    whether they really run; an event loop that stopped is a listener that is down."""
+    from core.health import ActorHealth, HealthStatus
+
+    listener, ledger = make_listener(StorageConfig(var_dir=str(tmp_path)))
+    try:
+        client = MllpClient("127.0.0.1", listener.port)
+        try:
+            assert msa(client.send(adt().encode())[0]) == ("AA", "ADT0001")
+        finally:
+            client.close()
+        assert [loop.name for loop in listener.loops] == ["hl7-audit", "context-checkpoint"]
+        assert wait_until(lambda: all(loop.health().last_work_at for loop in listener.loops), 10)
+        server = listener.server_health()
+        assert (server.name, server.alive, server.rounds) == ("mllp-server", True, 1)
+        assert server.last_work_at > 0
+        event_loop = listener._server._loop
+        event_loop.call_soon_threadsafe(event_loop.stop)  # the server's thread ends
+        assert wait_until(lambda: not listener.server_health().alive, 10)
+        health = ActorHealth("hl7_listener", 1, loops=(listener.server_health(),
+                                                      *(loop.health() for loop in listener.loops)))
+        assert health.status is HealthStatus.DOWN
+        listener._server._thread = threading.Thread(target=event_loop.run_forever, daemon=True)
+        listener._server._thread.start()  # back, so that stop() can close it
+        assert wait_until(lambda: listener.server_health().alive, 10)
+    finally:
+        listener.stop()
+    assert not any(loop.health().alive for loop in listener.loops)
+    assert not listener.server_health().alive
+    ledger.close()
