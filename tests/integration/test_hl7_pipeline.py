@@ -3,7 +3,6 @@ the study in a real Orthanc -> FHIR DiagnosticReport in a real (test) FHIR serve
 
 from __future__ import annotations
 
-import json
 import time
 from io import BytesIO
 from pathlib import Path
@@ -13,14 +12,14 @@ import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom import dcmread
 
-from state.ehr_outbox import EhrOutbox
-from state.ledger import open_database
 from actors.adapters.mllp import MllpClient
 from actors.pipeline import wait_until
 from core.fhir import AIAST
 from core.types import Priority
 from demo.dcmtk import dciodvfy, storescu
 from demo.orthanc import free_port
+from state.ehr_outbox import EhrOutbox
+from state.ledger import open_database
 from synthetic.synthetic_dicom import make_cxr_study, save_study
 from tests.hl7_messages import orm
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
@@ -45,11 +44,13 @@ def send_study(tmp_path: Path, pipeline, cfg, seed: int, patient_id: str, access
 
 
 def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr(
-    tmp_path, orthanc, make_pipeline
+    tmp_path, orthanc, make_pipeline, backend
 ):
+    """On both backends: with PostgreSQL the context store, the ledger and the EHR outbox are
+    all schemas of the one server (issue 9)."""
     fhir = FhirTestServer(free_port()).start()
     try:
-        pipeline, cfg = make_pipeline(orthanc, hl7=HL7, ehr=ehr_section(fhir))
+        pipeline, cfg = make_pipeline(orthanc, backend=backend, hl7=HL7, ehr=ehr_section(fhir))
         client = MllpClient("127.0.0.1", pipeline.hl7_port())
         try:
             [ack] = client.send(orm("STAT81", mrn="P81", accession="ACC81", priority="S",
@@ -104,6 +105,9 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         assert len(fhir.of_type("Observation")) == len(report["result"])
         assert any(p.startswith("ehr report") for p in (
             e.detail["purpose"] for e in ledger.audit.events(uid) if e.type == "context_read"))
+        if backend == "postgresql":  # nothing of the bridge went to a file under var/
+            assert not (pipeline.layout.context).exists()
+            assert not (pipeline.layout.ehr_outbox).exists()
     finally:
         fhir.stop()
 
