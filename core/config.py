@@ -632,7 +632,10 @@ class Hl7Config(_Model):
         default=1, ge=0, le=30, description="Patient ID + date join: order date within +-N days"
     )
     batch_max: int = Field(
-        default=256, ge=1, description="Most messages committed (one fsync) in one group commit"
+        default=256, ge=1,
+        description="Most messages committed (one fsync) in one group commit: the listener's "
+        "commit threads (at most one per connection, so listener.max_connections also bounds "
+        "it); 1 commits every message alone",
     )
     validate_resources: bool = Field(
         default=True,
