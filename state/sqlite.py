@@ -9,7 +9,9 @@ Group commit: the threads of one process (a stage's workers, the listener's asso
 want to write while another thread's commit is in progress queue up, and the next of them runs
 all queued transactions in one ``BEGIN IMMEDIATE ... COMMIT``, each inside its own SAVEPOINT:
 one fsync for many, each caller's changes still atomic (a failing one rolls back only itself),
-and nobody returns before the commit that holds its changes.
+and nobody returns before the commit that holds its changes. The end of a commit wakes every
+queued caller at once: those it committed return, and one of the others leads the next group
+(a caller whose work is done never waits behind the next group's fsync).
 
 Checkpoints: by default a commit that finds the WAL over 1,000 pages copies it back into the
 database file itself (SQLite's autocheckpoint), so now and then one caller waits for that copy
@@ -136,7 +138,9 @@ class SqliteDatabase:
         self.path = path
         self._lock = threading.RLock()
         self._queue_lock = threading.Lock()
+        self._turn = threading.Condition(threading.Lock())  # guards _queue and _leader
         self._queue: list[_Pending] = []
+        self._leader: int | None = None  # the thread committing a group now
         self._busy_timeout_s = busy_timeout_s
         self._con = connect(path, busy_timeout_s)
         self._con.execute("PRAGMA busy_timeout=0")  # writers wait in _begin; readers never block
@@ -190,17 +194,28 @@ class SqliteDatabase:
         """Run ``fn`` in a write transaction and commit (group commit; module docstring).
 
         Raises:
+            RuntimeError: Called from inside ``fn`` of this store (one transaction at a time).
             Whatever ``fn`` raised (only its own changes are rolled back), or the commit's
             ``sqlite3`` error (nothing of the group is stored).
         """
         pending = _Pending(fn)
-        with self._queue_lock:
+        with self._turn:
+            if self._leader == threading.get_ident():
+                raise RuntimeError("Database.run called inside a transaction of the same store")
             self._queue.append(pending)
-        with self._lock:
-            if not pending.done:  # else a thread before us committed it in its group
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
+            while self._leader is not None and not pending.done:
+                self._turn.wait()
+            if pending.done:  # a leader before us committed it in its group
+                return pending.result()  # type: ignore[no-any-return]
+            self._leader = threading.get_ident()
+            group, self._queue = self._queue, []
+        try:
+            with self._lock:
                 self._commit(group)
+        finally:
+            with self._turn:
+                self._leader = None
+                self._turn.notify_all()
         return pending.result()  # type: ignore[no-any-return]
 
     def _commit(self, group: list[_Pending]) -> None:

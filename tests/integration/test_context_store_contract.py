@@ -297,3 +297,15 @@ def test_with_autocheckpoint_off_only_checkpoint_copies_the_wal(tmp_path: Path, 
         assert db.checkpoint() == 0  # nothing new since
     finally:
         db.close()
+
+
+def test_a_run_inside_a_run_is_refused_not_deadlocked(tmp_path: Path):
+    """Group commit hands work between threads: a transaction that starts another on its own
+    store would wait for itself, so it is an error."""
+    db = SqliteDatabase(tmp_path / "store.sqlite")
+    try:
+        with pytest.raises(RuntimeError, match="inside a transaction"):
+            db.run(lambda tx: db.run(lambda inner: 1))
+        assert db.run(lambda tx: 2) == 2  # the store still takes work
+    finally:
+        db.close()
