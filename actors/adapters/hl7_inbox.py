@@ -123,7 +123,8 @@ class Hl7Listener:
         self._ack_prefix = f"{os.getpid() % 100000:05d}{int(clock()) % 1000:03d}"
         self._ack_seq = 0
         self._audit_lock = threading.Lock()  # one audit pass at a time: no event twice
-        self._pump = Loop("hl7-audit", self._audit_round, AUDIT_PERIOD_S) if ledger else None
+        self._pump = (Loop("hl7-audit", self._audit_round, AUDIT_PERIOD_S)
+                      if ledger is not None else None)
         self._checkpointer = Loop("context-checkpoint", context.checkpoint, CHECKPOINT_S)
         self.counts: dict[str, int] = {d.value: 0 for d in Disposition}
         self.last_received_at = 0.0
