@@ -20,12 +20,15 @@ Savepoints are portable SQL: ``SAVEPOINT s``, ``ROLLBACK TO SAVEPOINT s``, ``REL
 
 ``Database.run(fn)`` runs ``fn(tx)`` in one write transaction and commits; on PostgreSQL a
 deadlock, serialisation failure or a lost insert race is retried with a fresh transaction, so
-``fn`` must be repeatable (everything it changes is in the transaction).
+``fn`` must be repeatable (everything it changes is in the transaction). ``Database.submit(fn)``
+does the same without waiting (a future), for an event loop that must not block: SQLite
+group-commits it with whatever else is queued, PostgreSQL runs it on a small thread pool.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -85,6 +88,10 @@ class Database(Protocol):
 
     def run(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in a write transaction and commit; retried on transient conflicts."""
+        ...
+
+    def submit(self, fn: Callable[[Tx], T]) -> Future[T]:
+        """Like ``run``, but return at once; the future settles after the commit."""
         ...
 
     def read(self) -> AbstractContextManager[Tx]:

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -127,6 +128,8 @@ class PostgresDatabase:
         self._events_lock = threading.Lock()
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
+        self._submitted: ThreadPoolExecutor | None = None
+        self._pool_max = max(1, pool_max)
 
     @property
     def url(self) -> str:
@@ -170,6 +173,16 @@ class PostgresDatabase:
             except psycopg.OperationalError as exc:
                 raise DependencyUnavailable("postgresql", f"{self._where}: {exc}") from None
         raise AssertionError("unreachable")
+
+    def submit(self, fn: Callable[[PostgresTx], T]) -> Future[T]:
+        """Run ``fn`` as ``run`` does, on one of ``pool_max`` threads, and return at once:
+        transactions submitted together run side by side and the server groups their commits.
+        """
+        with self._events_lock:
+            if self._submitted is None:
+                self._submitted = ThreadPoolExecutor(self._pool_max,
+                                                     thread_name_prefix=f"pg-{self.schema}")
+            return self._submitted.submit(self.run, fn)
 
     @contextmanager
     def read(self) -> Iterator[PostgresTx]:
@@ -231,6 +244,8 @@ class PostgresDatabase:
         return 0
 
     def close(self) -> None:
-        """Close the pool and stop listening."""
+        """Finish what was submitted, close the pool and stop listening."""
+        if self._submitted is not None:
+            self._submitted.shutdown(wait=True)
         self._closed.set()
         self._pool.close()

@@ -9,9 +9,15 @@ Group commit: the threads of one process (a stage's workers, the listener's asso
 want to write while another thread's commit is in progress queue up, and the next of them runs
 all queued transactions in one ``BEGIN IMMEDIATE ... COMMIT``, each inside its own SAVEPOINT:
 one fsync for many, each caller's changes still atomic (a failing one rolls back only itself),
-and nobody returns before the commit that holds its changes. The end of a commit wakes every
-queued caller at once: those it committed return, and one of the others leads the next group
-(a caller whose work is done never waits behind the next group's fsync).
+and nobody returns before the commit that holds its changes. The end of a commit wakes each
+caller it held (and only those: a caller whose work is done never waits behind the next
+group's fsync) and hands the lead to the first caller queued meanwhile.
+
+``submit(fn)`` queues a transaction without waiting for it (an event loop's way in: the HL7
+listener). What is submitted is led by the store's writer thread, started on first use, which
+settles each caller's future the moment the commit is done: no thread wakes per message, so a
+listener's ACK waits for its commit and nothing else. ``group_max`` caps a group's size
+(``hl7.batch_max``; 1: every transaction commits alone).
 
 Checkpoints: by default a commit that finds the WAL over 1,000 pages copies it back into the
 database file itself (SQLite's autocheckpoint), so now and then one caller waits for that copy
@@ -30,6 +36,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,19 +105,38 @@ class SqliteTx:
         """SQLite cannot wake other processes; waiters poll."""
 
 
+_WRITER = -1
+"""``_leader`` while the store's writer thread leads (thread idents are positive)."""
+
+
 class _Pending:
     """One caller's transaction function, waiting for (or done by) a group commit."""
 
-    __slots__ = ("done", "error", "fn", "value")
+    __slots__ = ("done", "error", "fn", "future", "thread", "value", "wake")
 
-    def __init__(self, fn: Callable[[SqliteTx], Any]) -> None:
+    def __init__(self, fn: Callable[[SqliteTx], Any], future: Future[Any] | None = None) -> None:
         self.fn = fn
         self.value: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.future = future
+        """``submit``: settled by the leader; the caller does not wait in a thread."""
+        self.thread = _WRITER if future is not None else threading.get_ident()
+        """Who leads when this is first in the queue: its own thread, or the writer."""
+        self.wake = threading.Event()
+        """``run``: set when the work is done, or when this caller is to lead the next group."""
 
     def fail(self, exc: BaseException) -> None:
         self.value, self.error, self.done = None, exc, True
+
+    def settle(self) -> None:
+        """Tell the caller: settle its future, or wake its thread."""
+        if self.future is None:
+            self.wake.set()
+        elif self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.value)
 
     def result(self) -> Any:
         if self.error is not None:
@@ -125,7 +151,8 @@ class SqliteDatabase:
     notifies = False
 
     def __init__(
-        self, path: Path, busy_timeout_s: float = 30.0, *, autocheckpoint: bool = True
+        self, path: Path, busy_timeout_s: float = 30.0, *, autocheckpoint: bool = True,
+        group_max: int = 0,
     ) -> None:
         """Open (and create) the file.
 
@@ -134,13 +161,18 @@ class SqliteDatabase:
             busy_timeout_s: How long a writer waits for another process's transaction.
             autocheckpoint: Let commits checkpoint the WAL (SQLite's default); ``False``: the
                 owner calls ``checkpoint()`` in the background (module docstring).
+            group_max: Most transactions in one commit (0: no limit).
         """
         self.path = path
         self._lock = threading.RLock()
         self._queue_lock = threading.Lock()
-        self._turn = threading.Condition(threading.Lock())  # guards _queue and _leader
+        self._turn = threading.Lock()  # guards _queue, _leader and _writer
         self._queue: list[_Pending] = []
-        self._leader: int | None = None  # the thread committing a group now
+        self._leader: int | None = None  # who commits a group now: a thread, or _WRITER
+        self._group_max = group_max or None
+        self._writer: threading.Thread | None = None
+        self._writer_wake = threading.Event()
+        self._closing = False
         self._busy_timeout_s = busy_timeout_s
         self._con = connect(path, busy_timeout_s)
         self._con.execute("PRAGMA busy_timeout=0")  # writers wait in _begin; readers never block
@@ -200,23 +232,73 @@ class SqliteDatabase:
         """
         pending = _Pending(fn)
         with self._turn:
-            if self._leader == threading.get_ident():
+            if self._leader == pending.thread or (
+                self._leader == _WRITER and threading.current_thread() is self._writer
+            ):
                 raise RuntimeError("Database.run called inside a transaction of the same store")
             self._queue.append(pending)
-            while self._leader is not None and not pending.done:
-                self._turn.wait()
-            if pending.done:  # a leader before us committed it in its group
-                return pending.result()  # type: ignore[no-any-return]
-            self._leader = threading.get_ident()
-            group, self._queue = self._queue, []
+            leading = self._leader is None
+            if leading:
+                self._leader = pending.thread
+        if not leading:
+            pending.wake.wait()
+        if not pending.done:  # we lead: first in the queue, so in the group
+            self._lead()
+        return pending.result()  # type: ignore[no-any-return]
+
+    def submit(self, fn: Callable[[SqliteTx], T]) -> Future[T]:
+        """Queue ``fn`` for the next group commit and return at once (module docstring).
+
+        The future gives what ``run`` would have returned or raised, after the commit.
+        """
+        future: Future[T] = Future()
+        future.set_running_or_notify_cancel()  # queued work cannot be withdrawn
+        pending = _Pending(fn, future)
+        with self._turn:
+            if self._closing:
+                raise RuntimeError("the store is closed")
+            self._queue.append(pending)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write, name="sqlite-writer",
+                                                daemon=True)
+                self._writer.start()
+            if self._leader is not None:
+                return future  # the leader hands the lead to the writer when it comes up
+            self._leader = _WRITER
+        self._writer_wake.set()
+        return future
+
+    def _write(self) -> None:
+        """The writer thread: lead while the lead is the writer's, else sleep."""
+        while True:
+            self._writer_wake.wait()
+            self._writer_wake.clear()
+            while True:
+                with self._turn:
+                    mine = self._leader == _WRITER and bool(self._queue)
+                    if not mine and self._closing:
+                        return
+                if not mine:
+                    break
+                self._lead()
+
+    def _lead(self) -> None:
+        """Commit the queue's head (up to ``group_max``), tell each caller it held, and hand the
+        lead to whoever is first in the queue now (only callers with news wake)."""
+        with self._turn:
+            cut = self._group_max or len(self._queue)
+            group, self._queue = self._queue[:cut], self._queue[cut:]
         try:
             with self._lock:
                 self._commit(group)
         finally:
             with self._turn:
-                self._leader = None
-                self._turn.notify_all()
-        return pending.result()  # type: ignore[no-any-return]
+                successor = self._queue[0] if self._queue else None
+                self._leader = successor.thread if successor else None
+            for p in group:
+                p.settle()
+            if successor is not None:
+                (self._writer_wake if successor.thread == _WRITER else successor.wake).set()
 
     def _commit(self, group: list[_Pending]) -> None:
         try:
@@ -292,8 +374,19 @@ class SqliteDatabase:
             self._checkpointed = done
         return fresh
 
-    def close(self) -> None:
-        """Close the connections."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Commit what was submitted, stop the writer thread, close the connections."""
+        with self._turn:
+            self._closing = True
+            writer = self._writer
+        if writer is not None:
+            self._writer_wake.set()
+            writer.join(timeout_s)
+        with self._turn:
+            left, self._queue = self._queue, []
+        for p in left:  # only if the writer did not finish in time
+            p.fail(RuntimeError("the store was closed before this transaction committed"))
+            p.settle()
         with self._checkpoint_lock:
             if self._checkpoint_con is not None:
                 self._checkpoint_con.close()

@@ -72,7 +72,8 @@ class Ledger:
 
 
 def open_database(
-    cfg: LedgerConfig, layout: VarLayout, store: str, *, wal_autocheckpoint: bool = True
+    cfg: LedgerConfig, layout: VarLayout, store: str, *, wal_autocheckpoint: bool = True,
+    group_max: int = 0,
 ) -> Database:
     """Open one store (``ledger``, ``context`` or ``ehr``) and apply its migrations.
 
@@ -82,6 +83,7 @@ def open_database(
         store: The store.
         wal_autocheckpoint: SQLite: ``False`` leaves checkpoints to the caller's background
             loop (``Database.checkpoint``), so no commit waits for one. Ignored on PostgreSQL.
+        group_max: SQLite: most transactions in one group commit (0: no limit).
 
     Raises:
         ConfigError: PostgreSQL is configured but its DSN variable is not set.
@@ -98,7 +100,7 @@ def open_database(
         db = PostgresDatabase(dsn, f"{cfg.schema_prefix}_{store}", cfg.pool_max)
     else:
         files = {"ledger": layout.ledger, "context": layout.context, "ehr": layout.ehr_outbox}
-        db = SqliteDatabase(files[store], autocheckpoint=wal_autocheckpoint)
+        db = SqliteDatabase(files[store], autocheckpoint=wal_autocheckpoint, group_max=group_max)
     migrate(db.url, store, db.dialect)  # type: ignore[attr-defined]
     return db
 
