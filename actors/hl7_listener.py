@@ -31,7 +31,8 @@ class Hl7ListenerActor(ActorShell):
     ) -> None:
         ledger = self._open_ledger(storage, log_level)
         Hl7Listener.tune_process()
-        self._listener = Hl7Listener(cfg, open_context(storage, writer=True), ledger, hash_key)
+        context = open_context(storage, writer=True, group_max=cfg.batch_max)
+        self._listener = Hl7Listener(cfg, context, ledger, hash_key)
         self._listener.start()
         self._loops.extend(self._listener.loops)  # started by the listener; stopped twice is fine
         self._start_heartbeat()

@@ -11,12 +11,12 @@ as interface engines do). Per message we measure send -> ACK received.
   before its ACK (one fsync per message, no group commit): the durability floor of this disk.
 - ``pacsai``: our listener: parse, check, map to FHIR R4 (validated), store the raw message
   and the resources in the SQLite context store (WAL, synchronous=FULL: fsync before every
-  ACK), each message's transaction on one of the listener's commit threads, so messages that
-  arrive together share one commit (``SqliteDatabase``'s group commit), ACK; plus the audit
-  pump writing to a real ledger and the background WAL checkpoint.
+  ACK), submitted without blocking the event loop, so messages that arrive together share one
+  commit (``SqliteDatabase``'s group commit), ACK; plus the audit pump writing to a real
+  ledger and the background WAL checkpoint.
 - ``pacsai_no_validation``: the same without the fhir.resources check of each resource.
-- ``pacsai_no_group_commit``: the same with one commit thread (``hl7.batch_max: 1``): every
-  message waits for its own commit (one fsync each), as without group commit.
+- ``pacsai_no_group_commit``: the same with ``hl7.batch_max: 1``: every message is committed
+  alone (one fsync each).
 
 Prints one JSON line per (variant, connections) and a summary with the ratios.
 
@@ -120,7 +120,7 @@ def _pacsai_server(
     cfg = Hl7Config(listener=MllpListenerConfig(port=0), **overrides)
     storage = StorageConfig(var_dir=str(root))
     ledger = open_ledger(storage)
-    context = open_context(storage, writer=True)  # as the Ray actor opens it
+    context = open_context(storage, writer=True, group_max=cfg.batch_max)  # as the actor does
     listener = Hl7Listener(cfg, context, ledger)
     listener.start()
     port_q.put((listener.port, {}))

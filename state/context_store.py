@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from core.acks import AckError, Disposition, conflict_error
@@ -52,20 +53,22 @@ from state.ledger import open_database
 __all__ = ["ContextMatch", "ContextReader", "ContextWriter", "InboxEntry", "open_context"]
 
 
-def open_context(storage: StorageConfig, *, writer: bool = False) -> Database:
+def open_context(storage: StorageConfig, *, writer: bool = False, group_max: int = 0) -> Database:
     """Open the context store where ``storage.ledger`` says, with its migrations applied.
 
     Args:
         storage: The storage config (the backend of every store).
         writer: The HL7 listener's handle. On SQLite its commits never checkpoint the WAL;
             the listener's checkpoint loop does (``Database.checkpoint``), so no ACK waits.
+        group_max: SQLite: most messages in one commit (``hl7.batch_max``; 0: no limit).
 
     Raises:
         ConfigError: PostgreSQL is configured but its DSN variable is not set.
         DependencyUnavailable: The PostgreSQL server cannot be reached.
     """
     layout = VarLayout.at(storage.var_dir)
-    return open_database(storage.ledger, layout, "context", wal_autocheckpoint=not writer)
+    return open_database(storage.ledger, layout, "context", wal_autocheckpoint=not writer,
+                         group_max=group_max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +158,8 @@ def _index_patient(
 class ContextWriter:
     """The HL7 listener's side: durable inbox plus the resources, one transaction a message.
 
-    Every method blocks until its commit is durable; call them from worker threads, several
-    at once, so that their transactions share commits.
+    Every method returns at once with a future that settles when the commit is durable
+    (``Database.submit``): messages submitted together share commits.
     """
 
     def __init__(self, db: Database) -> None:
@@ -165,23 +168,22 @@ class ContextWriter:
         """
         self._db = db
 
-    def receive(self, entry: InboxEntry) -> tuple[Disposition, AckError | None]:
-        """Store a parsed message durably and apply it; return after the commit.
+    def receive(self, entry: InboxEntry) -> Future[tuple[Disposition, AckError | None]]:
+        """Store a parsed message durably and apply it.
 
         Returns:
-            ``(APPLIED | DUPLICATE | INVALID | CONFLICT, error or warning)``.
-
-        Raises:
-            TransientIOError: The store cannot be reached (PostgreSQL), nothing is stored.
-            Exception: The backend's error when the commit failed; nothing is stored.
+            A future of ``(APPLIED | DUPLICATE | INVALID | CONFLICT, error or warning)``,
+            settled after the commit. It raises ``TransientIOError`` when the store cannot
+            be reached (PostgreSQL), or the backend's error when the commit failed; either
+            way nothing of the message is stored.
         """
-        return self._db.run(lambda tx: self._receive(tx, entry))
+        return self._db.submit(lambda tx: self._receive(tx, entry))
 
     def reject(
         self, raw: bytes, peer: str, header: MessageHeader | None, error: AckError, now: float
-    ) -> None:
+    ) -> Future[int]:
         """Keep the head of a message answered AR, for inspection and the audit trail."""
-        self._db.run(lambda tx: tx.execute(
+        return self._db.submit(lambda tx: tx.execute(
             "INSERT INTO hl7_rejected (received_at, peer, control_id, message_type, size,"
             " sha256, head, error_code, error_location, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (now, peer, header.control_id if header else "",
@@ -192,7 +194,7 @@ class ContextWriter:
     def mark_audited(
         self, inbox: Sequence[tuple[int, int]], rejected: Sequence[int],
         conflicts: Sequence[tuple[int, int]] = (),
-    ) -> None:
+    ) -> Future[None]:
         """Record that these rows' audit events are in the ledger.
 
         Args:
@@ -211,7 +213,7 @@ class ContextWriter:
                 tx.executemany("UPDATE hl7_rejected SET audited = 1 WHERE seq = ?",
                                [(s,) for s in rejected])
 
-        self._db.run(work)
+        return self._db.submit(work)
 
     def _receive(self, tx: Tx, entry: InboxEntry) -> tuple[Disposition, AckError | None]:
         h = entry.header

@@ -4,12 +4,13 @@ For every frame: parse and check it (``core.hl7``), map it to FHIR (``core.v2fhi
 raw message and apply the change in one transaction (``ContextWriter``), and only then answer
 (``core.acks``). The handler never raises: every failure becomes an ACK code.
 
-The event loop hands each message's transaction to a small pool of commit threads
-(``hl7.batch_max`` of them, at most one per connection): messages that arrive together share
-one commit, so one fsync (SQLite's group commit; on PostgreSQL the server groups concurrent
-commits). Two background loops (``actors.polling.Loop``) keep other work off the ACK path: the
-audit pump, which turns stored messages into ledger audit events, and the WAL checkpoint of
-the SQLite context store (its commits never checkpoint themselves).
+The event loop submits each message's transaction to the store without blocking
+(``Database.submit``) and answers when its future settles: messages that arrive together share
+one commit, so one fsync (SQLite's group commit, at most ``hl7.batch_max`` messages; on
+PostgreSQL they run side by side and the server groups their commits). Two background loops
+(``actors.polling.Loop``) keep other work off the ACK path: the audit pump, which turns stored
+messages into ledger audit events, and the WAL checkpoint of the SQLite context store (its
+commits never checkpoint themselves).
 
 - ``AA`` / ``CA``: stored (and applied, or already applied before: not applied twice); an AA
   may carry an ERR of severity W naming an optional field that was ignored.
@@ -31,9 +32,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from actors.adapters.mllp import Frame, MllpServer
 from actors.adapters.tls import server_context
@@ -62,8 +62,6 @@ from state.ledger import Ledger
 __all__ = ["Hl7Listener"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 AUDIT_PERIOD_S = 0.2
 AUDIT_CHUNK = 64
@@ -94,8 +92,8 @@ class Hl7Listener:
 
         Args:
             cfg: The ``hl7`` config slice.
-            context: The context store (``open_context(storage, writer=True)``); the listener
-                closes it in ``stop``.
+            context: The context store (``open_context(storage, writer=True,
+                group_max=cfg.batch_max)``); the listener closes it in ``stop``.
             ledger: Where audit events go (``None``: not audited, for benchmarks only).
             hash_key: Key of the hashed identifiers (the DICOM listener's).
             clock: Wall clock.
@@ -110,10 +108,6 @@ class Hl7Listener:
         self._store = context
         self._writer = ContextWriter(context)
         self._reader = ContextReader(context)
-        self._commits = ThreadPoolExecutor(  # one commit thread per message in flight
-            max_workers=min(cfg.batch_max, cfg.listener.max_connections),
-            thread_name_prefix="hl7-commit",
-        )
         lst = cfg.listener
         self._server = MllpServer(
             lst.host, lst.port, self.handle, max_message_bytes=lst.max_message_bytes,
@@ -149,7 +143,7 @@ class Hl7Listener:
     @staticmethod
     def tune_process() -> None:
         """Make this process favour ACK latency: switch threads every 1 ms instead of 5 ms,
-        so the event loop never waits long behind the commit threads or the audit pump (call
+        so the event loop never waits long behind the store's writer or the audit pump (call
         it in a process that runs only the listener, like its Ray actor)."""
         sys.setswitchinterval(0.001)
 
@@ -161,10 +155,8 @@ class Hl7Listener:
         logger.info("HL7 MLLP listener on %s:%d", self._cfg.listener.host, self.port)
 
     def stop(self) -> None:
-        """Close the port, let the commits in flight finish, audit what is left, close the
-        store."""
+        """Close the port, audit what is left, close the store (commits in flight finish)."""
         self._server.stop()
-        self._commits.shutdown(wait=True)
         for loop in self.loops:
             loop.stop()
         if self._ledger is not None:
@@ -206,7 +198,7 @@ class Hl7Listener:
             check_supported(header, self._cfg.versions, self._cfg.processing_ids)
             update, error = self._map(message)
             entry = InboxEntry(header, received.payload, peer, now, update, error, message.digest)
-            disposition, error = await self._commit(self._writer.receive, entry)
+            disposition, error = await asyncio.wrap_future(self._writer.receive(entry))
             self._log(header, disposition, error)
             return header, disposition, error
         except MessageRejected as exc:
@@ -220,10 +212,6 @@ class Hl7Listener:
         except Exception:  # the one broad catch at the protocol boundary: log, answer AE
             logger.exception("HL7 handler failed for %s", header.control_id if header else "?")
             return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
-
-    async def _commit(self, store: Callable[..., T], *args: Any) -> T:
-        """Run one store call on a commit thread; resume when its commit is durable."""
-        return await asyncio.get_running_loop().run_in_executor(self._commits, store, *args)
 
     def _map(self, message: Hl7Message) -> tuple[ContextUpdate | None, AckError | None]:
         if message.problem is not None:  # bytes that did not decode: store, answer AE
@@ -244,7 +232,8 @@ class Hl7Listener:
             header.control_id if header else "?", peer, exc.error_code, exc.location or "-",
         )
         try:
-            await self._commit(self._writer.reject, received.payload, peer, header, error, now)
+            kept = self._writer.reject(received.payload, peer, header, error, now)
+            await asyncio.wrap_future(kept)
         except Exception as store_exc:  # noqa: BLE001 - answering AR does not depend on keeping it
             logger.error("rejected message not kept: %s", type(store_exc).__name__)
         return Disposition.REJECTED, error
@@ -295,7 +284,7 @@ class Hl7Listener:
         inbox = [(r["seq"], r["resends"]) for r in received]
         self._writer.mark_audited(
             inbox, [r["seq"] for r in rejected], [(r["seq"], r["resends"]) for r in conflicts]
-        )
+        ).result(30)
         return len(events)
 
     def _conflict_event(self, row: dict[str, Any]) -> AuditEvent:

@@ -107,7 +107,7 @@ def test_an_existing_context_sqlite_is_adopted_as_it_is(tmp_path):
 def test_a_message_is_stored_raw_and_applied_and_the_join_finds_it(store):
     writer, reader, _ = store
     raw = orm("W1", accession="ACC-W1")
-    assert writer.receive(entry(raw)) == (Disposition.APPLIED, None)
+    assert writer.receive(entry(raw)).result() == (Disposition.APPLIED, None)
     [row] = reader.inbox()
     assert (row["control_id"], row["status"], row["resends"], row["audited"]) == (
         "W1", "applied", 0, 0)
@@ -125,8 +125,8 @@ def test_a_message_is_stored_raw_and_applied_and_the_join_finds_it(store):
 
 def test_a_resend_is_a_duplicate_and_changes_nothing(store):
     writer, reader, _ = store
-    assert writer.receive(entry(orm("D1")))[0] is Disposition.APPLIED
-    assert writer.receive(entry(orm("D1"), now=200.0)) == (Disposition.DUPLICATE, None)
+    assert writer.receive(entry(orm("D1"))).result()[0] is Disposition.APPLIED
+    assert writer.receive(entry(orm("D1"), now=200.0)).result() == (Disposition.DUPLICATE, None)
     assert [r["_version"] for r in resources(reader, "ServiceRequest")] == [1]
     [row] = reader.inbox()
     assert (row["status"], row["resends"]) == ("applied", 1)
@@ -134,9 +134,9 @@ def test_a_resend_is_a_duplicate_and_changes_nothing(store):
 
 def test_other_content_under_a_used_control_id_is_a_conflict(store):
     writer, reader, _ = store
-    writer.receive(entry(orm("C1", priority="S")))
+    writer.receive(entry(orm("C1", priority="S"))).result()
     for _ in range(2):
-        disposition, error = writer.receive(entry(orm("C1", priority="R")))
+        disposition, error = writer.receive(entry(orm("C1", priority="R"))).result()
         assert disposition is Disposition.CONFLICT and error is not None
         assert (error.code, error.location) == ("205", "MSH^1^10")
     [request] = resources(reader, "ServiceRequest")
@@ -149,9 +149,9 @@ def test_other_content_under_a_used_control_id_is_a_conflict(store):
 def test_a_message_that_broke_a_rule_is_evaluated_afresh_when_resent(store):
     writer, reader, _ = store
     bad = replace(entry(orm("R1")), update=None, error=AckError("101", "OBR-4 missing", "OBR^1^4"))
-    assert writer.receive(bad) == (Disposition.INVALID, bad.error)
+    assert writer.receive(bad).result() == (Disposition.INVALID, bad.error)
     assert reader.count("resources") == 0
-    assert writer.receive(entry(orm("R1")))[0] is Disposition.APPLIED
+    assert writer.receive(entry(orm("R1"))).result()[0] is Disposition.APPLIED
     [row] = reader.inbox()
     assert (row["status"], row["resends"], row["error_code"]) == ("applied", 1, "")
 
@@ -164,24 +164,24 @@ def test_a_constraint_violation_undoes_only_the_apply(store):
     assert good.update is not None
     [order] = good.update.orders
     broken = replace(good, update=replace(good.update, orders=(replace(order, status=None),)))
-    disposition, error = writer.receive(broken)
+    disposition, error = writer.receive(broken).result()
     assert disposition is Disposition.INVALID and error is not None and error.code == "207"
     assert reader.count("resources") == 0 and reader.count("orders") == 0
     assert [(r["control_id"], r["status"]) for r in reader.inbox()] == [("I1", "invalid")]
-    assert writer.receive(good)[0] is Disposition.APPLIED  # the store still takes writes
+    assert writer.receive(good).result()[0] is Disposition.APPLIED  # the store still takes writes
 
 
 def test_rejected_heads_and_audit_marks(store):
     writer, reader, _ = store
-    writer.receive(entry(orm("A1")))
-    writer.reject(b"\x0bnot hl7\x00\xff", "peer", None, AckError("100", "no MSH"), 100.0)
+    writer.receive(entry(orm("A1"))).result()
+    writer.reject(b"\x0bnot hl7\x00\xff", "peer", None, AckError("100", "no MSH"), 100.0).result()
     inbox, rejected, conflicts = reader.unaudited()
     assert [r["control_id"] for r in inbox] == ["A1"] and len(rejected) == 1 and conflicts == []
-    writer.receive(entry(orm("A1")))  # re-sent after it was read: stays unaudited
-    writer.mark_audited([(r["seq"], r["resends"]) for r in inbox], [r["seq"] for r in rejected])
+    writer.receive(entry(orm("A1"))).result()  # re-sent after it was read: stays unaudited
+    writer.mark_audited([(r["seq"], r["resends"]) for r in inbox], [r["seq"] for r in rejected]).result()
     inbox, rejected, _ = reader.unaudited()
     assert [(r["control_id"], r["resends"]) for r in inbox] == [("A1", 1)] and rejected == []
-    writer.mark_audited([(r["seq"], r["resends"]) for r in inbox], [])
+    writer.mark_audited([(r["seq"], r["resends"]) for r in inbox], []).result()
     assert reader.unaudited() == ([], [], [])
     with pytest.raises(ValueError, match="expected one of"):
         reader.count("jobs")
@@ -192,7 +192,7 @@ def test_a40_moves_orders_and_encounters_to_the_survivor(store):
     writer, reader, _ = store
     for raw in (adt("A04", "P1", mrn="MRN999"), orm("O1", mrn="MRN999", accession="ACCM"),
                 adt("A01", "P2", mrn="MRN123"), a40("M1", survivor="MRN123", prior="MRN999")):
-        assert writer.receive(entry(raw))[0] is Disposition.APPLIED
+        assert writer.receive(entry(raw)).result()[0] is Disposition.APPLIED
     patients = {p["identifier"][0]["value"]: p for p in resources(reader, "Patient")}
     prior, survivor = patients["MRN999"], patients["MRN123"]
     assert prior["active"] is False and prior["_version"] == 3  # A04, ORM, A40
@@ -212,7 +212,7 @@ def test_a_known_identity_rebinds_and_two_authorities_are_two_people(store):
     for raw in (adt("A01", "ID1", pid3="4711^^^A^MR~X9^^^HOSP^PI", name="ALPHA^ANNA"),
                 orm("ID2", pid3="X9^^^HOSP^PI", name="ALPHA^ANNA", accession="ACC-A"),
                 adt("A01", "ID3", pid3="4711^^^B^MR", name="BRAVO^BERT", visit="V2^^^B^VN")):
-        assert writer.receive(entry(raw))[0] is Disposition.APPLIED
+        assert writer.receive(entry(raw)).result()[0] is Disposition.APPLIED
     patients = {p["name"][0]["family"]: p for p in resources(reader, "Patient")}
     assert set(patients) == {"ALPHA", "BRAVO"}
     assert patients["ALPHA"]["_version"] == 2  # the order found ALPHA by its second identity
@@ -224,8 +224,8 @@ def test_a_known_identity_rebinds_and_two_authorities_are_two_people(store):
 
 def test_the_join_prefers_study_uid_then_accession_then_patient_and_date(store):
     writer, reader, _ = store
-    writer.receive(entry(omi("J1", accession="ACC-OMI", study_uid="1.2.3.99")))
-    writer.receive(entry(orm("J2", accession="ACC-ORM")))
+    writer.receive(entry(omi("J1", accession="ACC-OMI", study_uid="1.2.3.99"))).result()
+    writer.receive(entry(orm("J2", accession="ACC-ORM"))).result()
     acc = hash_identifier("ACC-ORM", KEY)
     assert reader.find("1.2.3.99", [acc], [], None, 1).match == "study_uid"
     assert reader.find("9.9", [acc], [], None, 1).match == "accession"
@@ -238,7 +238,7 @@ def test_the_join_prefers_study_uid_then_accession_then_patient_and_date(store):
 # --------------------------------------------------------------- writers at once
 def test_copies_of_one_message_racing_each_other_apply_once(store):
     writer, reader, _ = store
-    results = at_once([lambda: writer.receive(entry(orm("RACE1")))] * 8)
+    results = at_once([lambda: writer.receive(entry(orm("RACE1"))).result()] * 8)
     assert sorted(r[0].value for r in results) == ["applied"] + ["duplicate"] * 7, results
     [row] = reader.inbox()
     assert row["resends"] == 7
@@ -251,9 +251,9 @@ def test_messages_creating_one_patient_at_once_lose_nothing(store):
     writer, reader, _ = store
     for i in range(12):
         mrn = f"NEW{i}"
-        at_once([lambda m=mrn, i=i: writer.receive(entry(adt("A08", f"NA{i}", mrn=m, birth=""))),
+        at_once([lambda m=mrn, i=i: writer.receive(entry(adt("A08", f"NA{i}", mrn=m, birth=""))).result(),
                  lambda m=mrn, i=i: writer.receive(entry(orm(f"NO{i}", mrn=m,
-                                                             accession=f"ACN{i}")))])
+                                                             accession=f"ACN{i}"))).result()])
     patients = resources(reader, "Patient")
     assert len(patients) == 12
     assert all(p.get("birthDate") == "1970-06-15" and p["_version"] == 2 for p in patients)
@@ -266,7 +266,7 @@ def test_concurrent_messages_share_commits_on_sqlite(backend, store):
     writer, reader, db = store
     assert isinstance(db, SqliteDatabase)
     before = db.commits
-    results = at_once([lambda i=i: writer.receive(entry(adt("A01", f"G{i}", mrn=f"G{i}")))
+    results = at_once([lambda i=i: writer.receive(entry(adt("A01", f"G{i}", mrn=f"G{i}"))).result()
                        for i in range(16)])
     assert all(r[0] is Disposition.APPLIED for r in results), results
     assert db.items >= 16 and db.commits - before < 16  # fewer fsyncs than messages
@@ -309,3 +309,43 @@ def test_a_run_inside_a_run_is_refused_not_deadlocked(tmp_path: Path):
         assert db.run(lambda tx: 2) == 2  # the store still takes work
     finally:
         db.close()
+
+
+# ------------------------------------------------------ submit: the listener's way in
+def test_submitted_transactions_settle_with_their_result_or_their_error(store):
+    """``Database.submit`` on both backends: a future per transaction, an error only its own."""
+    _, reader, db = store
+    futures = [db.submit(lambda tx, i=i: tx.execute(
+        "INSERT INTO patient_keys (patient_key, patient_id) VALUES (?, ?)", (f"k{i}", "p")))
+        for i in range(20)]
+    failing = db.submit(lambda tx: tx.execute(
+        "INSERT INTO patient_keys (patient_key, patient_id) VALUES (NULL, 'p')"))
+    assert [f.result(30) for f in futures] == [1] * 20
+    with pytest.raises(Exception) as info:
+        failing.result(30)
+    assert isinstance(info.value, db.run(lambda tx: tx.integrity_error))
+    with reader.db.read() as tx:
+        assert tx.one("SELECT COUNT(*) AS n FROM patient_keys")["n"] == 20
+
+
+@pytest.mark.parametrize("group_max", [0, 1])
+def test_threads_and_submissions_share_group_commits_on_sqlite(tmp_path: Path, group_max):
+    """Blocking callers (``run``: a stage's workers) and submissions (``submit``: an event loop)
+    join the same groups; every caller gets its own answer; ``group_max`` caps a group."""
+    db = SqliteDatabase(tmp_path / "g.sqlite", group_max=group_max)
+    try:
+        db.run(lambda tx: tx.execute("CREATE TABLE t (v INTEGER)"))
+        start = (db.commits, db.items)
+        submitted = [db.submit(lambda tx, v=v: tx.one(
+            "INSERT INTO t VALUES (?) RETURNING v", (v,))["v"]) for v in range(100, 130)]
+        threads = at_once([lambda v=v: db.run(lambda tx: tx.execute(
+            "INSERT INTO t VALUES (?)", (v,))) for v in range(12)])
+        assert threads == [1] * 12
+        assert [f.result(30) for f in submitted] == list(range(100, 130))
+        commits, items = db.commits - start[0], db.items - start[1]
+        assert items == 42
+        assert commits == items if group_max == 1 else commits < items
+    finally:
+        db.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        db.submit(lambda tx: 0)
