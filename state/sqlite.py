@@ -123,7 +123,7 @@ class _Pending:
         """``submit``: settled by the leader; the caller does not wait in a thread."""
         self.thread = _WRITER if future is not None else threading.get_ident()
         """Who leads when this is first in the queue: its own thread, or the writer."""
-        self.wake = threading.Event()
+        self.wake = threading.Event() if future is None else None
         """``run``: set when the work is done, or when this caller is to lead the next group."""
 
     def fail(self, exc: BaseException) -> None:
@@ -132,11 +132,16 @@ class _Pending:
     def settle(self) -> None:
         """Tell the caller: settle its future, or wake its thread."""
         if self.future is None:
-            self.wake.set()
+            self.signal()
         elif self.error is not None:
             self.future.set_exception(self.error)
         else:
             self.future.set_result(self.value)
+
+    def signal(self) -> None:
+        """Wake the thread of a ``run`` caller."""
+        if self.wake is not None:
+            self.wake.set()
 
     def result(self) -> Any:
         if self.error is not None:
@@ -240,7 +245,7 @@ class SqliteDatabase:
             leading = self._leader is None
             if leading:
                 self._leader = pending.thread
-        if not leading:
+        if not leading and pending.wake is not None:
             pending.wake.wait()
         if not pending.done:  # we lead: first in the queue, so in the group
             self._lead()
@@ -297,8 +302,10 @@ class SqliteDatabase:
                 self._leader = successor.thread if successor else None
             for p in group:
                 p.settle()
-            if successor is not None:
-                (self._writer_wake if successor.thread == _WRITER else successor.wake).set()
+            if successor is not None and successor.thread == _WRITER:
+                self._writer_wake.set()
+            elif successor is not None:
+                successor.signal()
 
     def _commit(self, group: list[_Pending]) -> None:
         try:
