@@ -633,9 +633,8 @@ class Hl7Config(_Model):
     )
     batch_max: int = Field(
         default=256, ge=1,
-        description="Most messages committed (one fsync) in one group commit: the listener's "
-        "commit threads (at most one per connection, so listener.max_connections also bounds "
-        "it); 1 commits every message alone",
+        description="SQLite: most messages committed (one fsync) in one group commit; 1 "
+        "commits every message alone (PostgreSQL groups concurrent commits in the server)",
     )
     validate_resources: bool = Field(
         default=True,
