@@ -139,7 +139,9 @@ def test_reports_wait_in_the_outbox_while_the_fhir_endpoint_is_down(
         DiagnosticReport.model_validate(report)
         assert report["subject"]["identifier"] == {"value": "P82"}  # no HL7 context: DICOM ID
         assert fhir.errors == []
-        assert [e.type for e in ledger.audit.events(uid)].count("ehr_report_delivered") == 1
+        # the outbox row is marked delivered first, the audit event follows in the ledger
+        assert wait_until(lambda: [e.type for e in ledger.audit.events(uid)].count(
+            "ehr_report_delivered") == 1, 10)
     finally:
         fhir.stop()
         outbox.close()
