@@ -20,7 +20,6 @@ section                 written by       read by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from core.context import StudyContext
 from core.interval import PriorResult
@@ -176,8 +175,3 @@ class Job:
     lease_owner: str = ""
     leased_until: float = 0.0
     record: JobRecord = field(default_factory=JobRecord)
-
-    def detail(self) -> dict[str, Any]:
-        """A few fields for log lines and errors (no record content)."""
-        return {"job_id": self.job_id, "study_uid": self.study_instance_uid,
-                "version": self.version, "state": str(self.state)}
