@@ -52,6 +52,7 @@ from core.priors import (
     PriorStatus,
     SeriesRecord,
 )
+from core.review import FlagKind
 from core.sr import describes_our_sr
 from core.types import AuditEventType, InstanceMeta, JobState
 from state.layout import VarLayout
@@ -125,7 +126,7 @@ class PriorLinkWork:
             events.append(AuditEvent(AuditEventType.PRIOR_IDENTITY_CONFLICT, self._actor,
                                      job.study_instance_uid, job_id=job.job_id,
                                      detail={"candidate_study_uid": c.study_uid, **detail}))
-            flags.append(RaiseReviewFlag("prior_identity_conflict", job.study_instance_uid,
+            flags.append(RaiseReviewFlag(FlagKind(str(c.kind)), job.study_instance_uid,
                                          c.study_uid, detail))
         self._link(job, link, events, flags)
 

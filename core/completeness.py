@@ -78,6 +78,9 @@ class ReceivingStudy:
         received: Instances we hold in the whole study, by Series Instance UID.
         modalities: Modalities of the instances (chooses the quiet period).
         instance_uids: SOP Instance UIDs we hold (needed for MPPS and IAN evidence).
+        version: The job's version (above 1: instances arrived after an earlier completion).
+        opened_at: When the job was opened (its first instance arrived).
+        accession_key: Keyed hash of the latest instance's accession (order status look-up).
     """
 
     job_id: int
@@ -87,6 +90,9 @@ class ReceivingStudy:
     received: Mapping[str, int]
     modalities: tuple[str, ...] = ()
     instance_uids: frozenset[str] = frozenset()
+    version: int = 1
+    opened_at: float = 0.0
+    accession_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

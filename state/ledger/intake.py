@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from core.audit import AuditEvent
@@ -179,26 +180,44 @@ class Intake:
                                                       r["override"]) for r in rows}
 
     def receiving_studies(self, now: float, job_id: int | None = None) -> list[ReceivingStudy]:
-        """Receiving jobs nobody leases now (or one given job), with what we hold per series."""
+        """Receiving jobs nobody leases now (or one given job), with what we hold per series,
+        their modalities and the sender and accession key of the latest instance."""
         where, args = ("j.job_id = ?", [job_id]) if job_id is not None else ("j.leased_until <= ?", [now])
         with self._db.read() as tx:
             rows = tx.all(
-                "SELECT j.job_id, j.study_uid, j.last_instance_at, i.series_uid, COUNT(*) AS n,"
+                "SELECT j.job_id, j.study_uid, j.version, j.created_at, j.last_instance_at,"
+                " i.series_uid, COUNT(*) AS n, MAX(i.modality) AS modality,"
                 " (SELECT l.calling_ae FROM instances l WHERE l.study_uid = j.study_uid"
-                "  ORDER BY l.received_at DESC LIMIT 1) AS ae"
+                "  ORDER BY l.received_at DESC LIMIT 1) AS ae,"
+                " (SELECT l.accession_key FROM instances l WHERE l.study_uid = j.study_uid"
+                "  ORDER BY l.received_at DESC LIMIT 1) AS accession_key"
                 " FROM jobs j JOIN instances i ON i.study_uid = j.study_uid"
                 f" WHERE j.state = ? AND {where} AND COALESCE(i.override, '') != 'discarded'"
-                " GROUP BY j.job_id, i.series_uid ORDER BY j.job_id",
+                " GROUP BY j.job_id, j.study_uid, j.version, j.created_at, j.last_instance_at,"
+                " i.series_uid ORDER BY j.job_id",
                 [JobState.RECEIVING.value, *args])
         out: dict[int, ReceivingStudy] = {}
         for r in rows:
             jid = int(r["job_id"])
-            study = out.get(jid) or ReceivingStudy(jid, r["study_uid"], r["ae"] or "",
-                                                    float(r["last_instance_at"]), {})
-            out[jid] = ReceivingStudy(study.job_id, study.study_uid, study.calling_ae,
-                                      study.last_instance_at,
-                                      {**study.received, r["series_uid"]: int(r["n"])})
+            study = out.get(jid) or ReceivingStudy(
+                jid, r["study_uid"], r["ae"] or "", float(r["last_instance_at"]), {}, (), frozenset(),
+                int(r["version"]), float(r["created_at"]), r["accession_key"] or "")
+            modalities = tuple(sorted({*study.modalities, *([r["modality"]] if r["modality"] else [])}))
+            out[jid] = replace(study, received={**study.received, r["series_uid"]: int(r["n"])},
+                               modalities=modalities)
         return list(out.values())
+
+    def held_uids(self, study_uids: Iterable[str]) -> dict[str, frozenset[str]]:
+        """SOP Instance UIDs we hold (not discarded) per study, for MPPS and IAN evidence."""
+        uids = sorted(set(study_uids))
+        found: dict[str, set[str]] = {u: set() for u in uids}
+        with self._db.read() as tx:
+            for part in chunks(uids):
+                rows = tx.all("SELECT study_uid, sop_instance_uid FROM instances WHERE study_uid IN"
+                              f" ({marks(len(part))}) AND COALESCE(override, '') != 'discarded'", part)
+                for r in rows:
+                    found[r["study_uid"]].add(r["sop_instance_uid"])
+        return {k: frozenset(v) for k, v in found.items()}
 
     def receiving_instances(self) -> list[InstanceMeta]:
         """Instances of studies whose latest job is still receiving (pre-validation)."""
