@@ -5,7 +5,7 @@ Actors inject real adapters (``actors.adapters``); unit tests inject fakes (``te
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from core.completeness import PacsCounts
@@ -42,6 +42,7 @@ class PacsQuery(Protocol):
         ...
 
 
+@runtime_checkable
 class OrderStatusSource(Protocol):
     """The RIS's latest order status of a study, as the HL7 context bridge keeps it.
 

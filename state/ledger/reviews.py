@@ -69,6 +69,14 @@ class Reviews:
                           " ORDER BY flag_id LIMIT ?", [*args, limit])
         return [_flag(r) for r in rows]
 
+    def raise_flag(self, job_id: int | None, flag: RaiseReviewFlag, event: AuditEvent, now: float) -> None:
+        """Raise a flag outside a job transition, with its audit event (e.g. a held SR version)."""
+        def apply(tx: Tx) -> None:
+            apply_flag(tx, job_id, flag, now)
+            append_events(tx, [event], now)
+
+        self._db.run(apply)
+
     def get(self, flag_id: int) -> ReviewFlag:
         """One flag.
 
