@@ -16,6 +16,8 @@ from state.ledger.audit import append_events
 
 __all__ = ["Intake", "apply_cover_study", "apply_set_aside", "reopen_study"]
 
+_OURS = "SELECT 1 AS x FROM outbox WHERE sop_instance_uid = ?"
+_KNOWN = f"SELECT 1 AS x FROM instances WHERE sop_instance_uid = ? UNION ALL {_OURS}"
 _INSERT = (
     f"INSERT INTO instances ({INSTANCE_COLUMNS}, job_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
@@ -78,10 +80,10 @@ class Intake:
         self._channel = db.channel(f"jobs_{JobState.RECEIVING.value}")
 
     def has_instance(self, sop_instance_uid: str) -> bool:
-        """Whether this SOP Instance UID was already recorded."""
+        """Whether this SOP Instance UID was already recorded, or is one of our own results
+        (a PACS routing rule forwards our SRs and maps back to us)."""
         with self._db.read() as tx:
-            return tx.one("SELECT 1 AS x FROM instances WHERE sop_instance_uid = ?",
-                          (sop_instance_uid,)) is not None
+            return tx.one(_KNOWN, (sop_instance_uid, sop_instance_uid)) is not None
 
     def record(self, meta: InstanceMeta, now: float, complete_at: float, actor: str) -> RecordResult:
         """Record a durable instance and attach it to its study's receiving job.
@@ -100,6 +102,9 @@ class Intake:
         old = tx.one("SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
                      (meta.sop_instance_uid,))
         detail: dict[str, Any] = {"calling_ae": meta.calling_ae}
+        if old is None and tx.one(_OURS, (meta.sop_instance_uid,)) is not None:
+            detail["origin"] = "own_result"  # our SR or map, forwarded back by the PACS
+            old = {"sha256": ""}
         if old is not None:
             detail["same_bytes"] = old["sha256"] == meta.sha256
             append_events(tx, [AuditEvent(AuditEventType.INSTANCE_DUPLICATE, actor,

@@ -653,3 +653,15 @@ def test_the_version_cap_holds_with_a_warning_until_a_reviewer_releases_it(ledge
         ledger.reviews.resolve(flag.flag_id, ops, Resolution.ACKNOWLEDGED, "again", 104.0)
     with pytest.raises(RejectedInput, match="review flag 999"):
         ledger.reviews.get(999)
+
+
+def test_our_own_result_forwarded_back_by_the_pacs_is_a_duplicate_and_opens_no_job(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    job = _written(ledger, "1.2.3", 100.0)
+    ledger.jobs.transition(job, JobState.DELIVERED, 101.0)
+    assert ledger.intake.has_instance("2.25.1")  # the SR of version 1
+    echo = replace(meta("2.25.1", series="2.25.9", t=102.0), sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34")
+    assert ledger.intake.record(echo, 102.0, 102.0, "t") is RecordResult.DUPLICATE
+    assert [j.version for j in ledger.jobs.for_study("1.2.3")] == [1]
+    [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "instance_duplicate"]
+    assert event.detail["origin"] == "own_result"

@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS late_arrivals (
 ALTER TABLE sr_results ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
 ALTER TABLE sr_results ADD COLUMN incomplete INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sr_results ADD COLUMN updated_at REAL NOT NULL DEFAULT 0;
+-- Our own results come back when a PACS forwards everything it stores: found by SOP UID.
+CREATE INDEX IF NOT EXISTS outbox_by_sop ON outbox (sop_instance_uid);
 UPDATE sr_results SET state = 'delivered'
  WHERE sop_instance_uid IN (SELECT sop_instance_uid FROM outbox WHERE state = 'delivered');
 
