@@ -66,6 +66,7 @@ class OrthancProcess:
             (``FORWARD_EACH_INSTANCE``, ``FORWARD_STABLE_STUDY``).
         stable_age: Seconds without a new instance before Orthanc calls a study stable
             (``OnStableStudy``).
+        options: More Orthanc configuration options (they override the defaults here).
     """
 
     workdir: Path
@@ -75,6 +76,7 @@ class OrthancProcess:
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     lua: tuple[str, ...] = ()
     stable_age: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -106,6 +108,7 @@ class OrthancProcess:
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
             "HttpTimeout": 30,
             "LuaScripts": self._lua_files(),
+            **self.options,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))

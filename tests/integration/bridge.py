@@ -88,8 +88,11 @@ class Bridge:
 
 
 def _quiet_assembly(ledger: Ledger) -> Assembly:
-    """Completion on a zero quiet period, no PACS to ask (issue #5's evidence left out)."""
-    policy = CompletenessPolicy(AssemblyConfig(quiet_period_s=0.0, quiet_period_by_modality={}))
+    """Completion on a zero quiet period, no PACS to ask (issue #5's evidence left out); a
+    sender that completes early is recorded but its quiet period stays zero (tighten_factor 1),
+    so ``drain`` completes every study it is given."""
+    policy = CompletenessPolicy(AssemblyConfig(quiet_period_s=0.0, quiet_period_by_modality={},
+                                               tighten_factor=1.0))
     return Assembly(ledger, Evidence(policy, None, ledger), "stage:assembler", SystemClock())
 
 
