@@ -32,10 +32,11 @@ end
 
 FORWARD_STABLE_STUDY = """
 function OnStableStudy(studyId, tags, metadata)
-  SendToModality(studyId, '{modality}')
+  RestApiPost('/modalities/{modality}/store', studyId)
 end
 """
-"""Forward a whole study once Orthanc calls it stable (``stable_age`` seconds of silence)."""
+"""Forward a whole study, over one association, once Orthanc calls it stable (``stable_age``
+seconds of silence). (Lua's ``SendToModality`` takes instances only in Orthanc 1.10.)"""
 
 logger = logging.getLogger(__name__)
 
