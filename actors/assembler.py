@@ -162,6 +162,11 @@ class Assembly:
             self._judge_arrival(study, now)
         return [self.evidence.decide(ev, now) for ev in self.evidence.gather(studies)]
 
+    def forget_except(self, studies: Sequence[ReceivingStudy]) -> None:
+        """Keep only what concerns studies still receiving (count answers, judged arrivals)."""
+        self.evidence.forget_except(s.study_uid for s in studies)
+        self._judged &= {s.job_id for s in studies}
+
     def complete(self, job: Job, decision: CompletionDecision, evidence: StudyEvidence, now: float) -> None:
         """Move the job to ``complete`` with its ``Completion`` section and audit event."""
         study = evidence.study
@@ -238,7 +243,7 @@ class EvidenceWatcher:
         now = self._clock.now()
         ledger = self._assembly.ledger
         studies = ledger.intake.receiving_studies(now)
-        self._assembly.evidence.forget_except(s.study_uid for s in studies)
+        self._assembly.forget_except(studies)
         done = 0
         for decision, evidence in self._assembly.consider(studies, now):
             if not decision.complete:

@@ -302,19 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     cc = add("check-config", cmd_check_config, "validate a config file")
     cc.add_argument("file")
-    models = add("models", None, "model applications on the running Ray: deploy, remove, list")
-    msub = models.add_subparsers(dest="models_command", required=True)
-    for name, func, help_ in (
-        ("deploy", cmd_models_deploy, "deploy one family on the running Ray"),
-        ("remove", cmd_models_remove, "remove one family from the running Ray"),
-    ):
-        sp = msub.add_parser(name, help=help_)
-        sp.set_defaults(func=func)
-        sp.add_argument("family")
-        sp.add_argument("--config", default=DEFAULT_CONFIG)
-    ls = msub.add_parser("list", help="deployed model applications")
-    ls.set_defaults(func=cmd_models_list)
-    ls.add_argument("--config", default=DEFAULT_CONFIG)
+    _models_parser(add("models", None, "model applications on the running Ray: deploy, remove, list"))
     ai = add("ai", cmd_ai, "switch AI on/off per study or modality")
     ai.add_argument("state", choices=["on", "off"])
     grp = ai.add_mutually_exclusive_group(required=True)
@@ -351,6 +339,21 @@ def _review_parser(r: argparse.ArgumentParser) -> None:
     for sp in (ls, show, res):
         sp.add_argument("--config", default=argparse.SUPPRESS, help="config YAML file")
         sp.add_argument("--json", action="store_true")
+
+
+def _models_parser(models: argparse.ArgumentParser) -> None:
+    msub = models.add_subparsers(dest="models_command", required=True)
+    for name, func, help_ in (
+        ("deploy", cmd_models_deploy, "deploy one family on the running Ray"),
+        ("remove", cmd_models_remove, "remove one family from the running Ray"),
+    ):
+        sp = msub.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
+        sp.add_argument("family")
+        sp.add_argument("--config", default=DEFAULT_CONFIG)
+    ls = msub.add_parser("list", help="deployed model applications")
+    ls.set_defaults(func=cmd_models_list)
+    ls.add_argument("--config", default=DEFAULT_CONFIG)
 
 
 def _quarantine_parser(q: argparse.ArgumentParser) -> None:
