@@ -22,7 +22,8 @@ only then: a first query; after arrivals, once nothing has arrived for ``lull_s`
 the settle window), when our counts reach its last answer, or ``requery_s`` after the last
 answer; and a confirming query when a settle window ends. Our own result series are left out.
 
-``EvidenceTracker`` keeps the count answers per study for the assembler written before issue 18;
+``EvidenceTracker`` kept the count answers per study for the assembler written before issue 18
+(no actor uses it now; ``actors.assembler`` calls ``decide`` itself);
 ``PacsCounts``, ``Verdict``, ``judge``, ``CompletionRule``, ``CompletenessPolicy`` and
 ``SourceRule`` are re-exported from their modules for it.
 """

@@ -2,41 +2,29 @@
 for the timer and the watcher. Time comes from a ``FakeClock``.
 
 The order status comes through ``core.ports.OrderStatusSource``; the HL7 context store will
-provide it (``ContextReader.order_status``), so a small source stands in for it here.
+provide it (``ContextReader.order_status``), so its fake stands in for it here.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import pytest
 
 from actors.assembler import Assembly, AssemblyWork, Evidence, EvidenceWatcher
 from core.completeness import CompletenessPolicy
 from core.config import AssemblyConfig, StorageConfig
-from core.order_status import OrderStatus, from_service_request
+from core.order_status import from_service_request
 from core.types import InstanceMeta, JobState
 from state.ledger import open_ledger
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, FakeOrders
 
 RIS_SENDER = "CT_RIS"
 STUDY = "1.2.826.0.1.3680043.10.9.1"
 
 
-@dataclass
-class RisOrders:
-    """The RIS's order status as the context store would answer it (one order)."""
-
-    status: OrderStatus | None = None
-
-    def order_status(self, study_uid: str, accession_key: str) -> OrderStatus | None:
-        return self.status if self.status and self.status.study_uid == study_uid else None
-
-
 @pytest.fixture
 def assembly(tmp_path):
     ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
-    clock, orders = FakeClock(1000.0), RisOrders()
+    clock, orders = FakeClock(1000.0), FakeOrders()
     cfg = AssemblyConfig(order_settle_s=2.0, sources={RIS_SENDER: {"completion": "quiet_period", "quiet_period_s": 60}})
     built = Assembly(ledger, Evidence(CompletenessPolicy(cfg), None, ledger, orders), "stage:assembler", clock)
     yield built, clock, orders
