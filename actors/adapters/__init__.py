@@ -1,4 +1,4 @@
-"""Real I/O behind core's ports: DIMSE (store, query/retrieve), MLLP, FHIR HTTP, TLS, the wall
+"""Real I/O behind core's ports: DIMSE (store, MPPS / IAN, query/retrieve), MLLP, FHIR HTTP, TLS, the wall
 clock, and the HL7 bridge's context store and join. The ledger and the other durable stores are
 the ``state`` package; the demo's Orthanc runner and the dcmtk wrappers live in the ``demo``
 package, outside the product."""
@@ -12,6 +12,7 @@ __all__ = [
     "group_commit",
     "hl7_inbox",
     "mllp",
+    "procedure_steps",
     "query_retrieve",
     "tls",
 ]
