@@ -1,4 +1,4 @@
-"""The ``pacsai`` command: up, status, check-config, models, ai, replay, audit, quarantine.
+"""The ``pacsai`` command: up, status, check-config, models, ai, replay, audit, quarantine, review.
 
 Demo weights and the demo run from the repository root: ``python -m training`` and
 ``python -m demo`` (they are not part of the installed product).
@@ -18,8 +18,9 @@ from typing import Any
 
 from core.codec import to_jsonable
 from core.config import AppConfig
-from core.errors import ConfigError, PacsAIError
+from core.errors import AccessDenied, ConfigError, PacsAIError
 from core.quarantine import QuarantineEntry, QuarantineState
+from core.review import FlagKind, FlagState, Resolution, Reviewer, ReviewFlag, ReviewRole
 from core.status import LedgerStatus
 from state.ledger import Ledger, open_ledger
 
@@ -95,8 +96,14 @@ def _format_status(report: LedgerStatus) -> str:
                  + f", released {q.released}, discarded {q.discarded}"
                  + ("   -> pacsai quarantine list" if q.held else ""))
     if report.review_flags_open:
-        lines.append(f"for review: {report.review_flags_open} (e.g. a prior with our Patient ID "
-                     "but another patient's name or birth date)")
+        kinds = ", ".join(f"{k} {n}" for k, n in report.review_flags_by_kind.items())
+        lines.append(f"for review: {report.review_flags_open} ({kinds})   -> pacsai review list")
+    if report.sr_versions_held:
+        lines.append(f"WARNING: {report.sr_versions_held} SR version(s) held at sr.max_versions; "
+                     "release or acknowledge with pacsai review resolve")
+    if report.senders_tightened:
+        tightened = ", ".join(f"{ae} (strictness {n})" for ae, n in report.senders_tightened.items())
+        lines.append(f"senders completing studies early, rules tightened: {tightened}")
     oldest = report.oldest_waiting
     if oldest:
         lines.append(
@@ -165,6 +172,54 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     else:
         verbose = args.quarantine_command != "list"
         print("\n".join(_format_entry(e, verbose) for e in entries) or "quarantine: nothing")
+    return 0
+
+
+def _format_flag(f: ReviewFlag, verbose: bool = False) -> str:
+    head = (f"R{f.flag_id:<5} {f.state.value:<8} {f.kind.value:<24} {f.study_uid}"
+            + (f"  other {f.other_study_uid}" if f.other_study_uid else "") + (f"  [{f.subject}]" if f.subject else ""))
+    if not verbose:
+        return head
+    lines = [head, f"  raised {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.raised_at))}"
+                   + (f" by job {f.job_id}" if f.job_id is not None else "")]
+    lines += [f"  {k}: {v}" for k, v in sorted(f.detail.items())]
+    if f.state is FlagState.RESOLVED:
+        lines.append(f"  {f.resolution} by {f.resolved_by}: {f.reason}")
+    return "\n".join(lines)
+
+
+def _flag_id(text: str) -> int:
+    try:
+        return int(text.upper().removeprefix("R"))
+    except ValueError:
+        raise ConfigError("arguments", [f"id: got {text!r}; expected R<n> or <n>"]) from None
+
+
+def _reviewer(cfg: AppConfig, user: str) -> Reviewer:
+    roles = cfg.review.reviewers.get(user)
+    if not roles:
+        raise AccessDenied(f"user:{user}", "resolve review flags (not in review.reviewers)")
+    return Reviewer(f"user:{user}", frozenset(ReviewRole(r) for r in roles))
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """List, show or resolve review flags (who may resolve what: ``core.review.RULES``)."""
+    cfg = _config(args)
+    reviews = _ledger(cfg).reviews
+    if args.review_command == "list":
+        state = None if args.state == "all" else FlagState(args.state)
+        kind = FlagKind(args.kind) if args.kind else None
+        flags = reviews.flags(state, args.study, kind, args.limit)
+    elif args.review_command == "show":
+        flags = [reviews.get(_flag_id(args.id))]
+    else:
+        flags = [reviews.resolve(_flag_id(args.id), _reviewer(cfg, args.user), Resolution(args.resolution),
+                                 args.reason, time.time())]
+    if args.json:
+        print(json.dumps([f.to_json() for f in flags], indent=2, default=str))
+    else:
+        verbose = args.review_command != "list"
+        print("\n".join(_format_flag(f, verbose) for f in flags) or "review: nothing")
     return 0
 
 
@@ -247,19 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     cc = add("check-config", cmd_check_config, "validate a config file")
     cc.add_argument("file")
-    models = add("models", None, "model applications on the running Ray: deploy, remove, list")
-    msub = models.add_subparsers(dest="models_command", required=True)
-    for name, func, help_ in (
-        ("deploy", cmd_models_deploy, "deploy one family on the running Ray"),
-        ("remove", cmd_models_remove, "remove one family from the running Ray"),
-    ):
-        sp = msub.add_parser(name, help=help_)
-        sp.set_defaults(func=func)
-        sp.add_argument("family")
-        sp.add_argument("--config", default=DEFAULT_CONFIG)
-    ls = msub.add_parser("list", help="deployed model applications")
-    ls.set_defaults(func=cmd_models_list)
-    ls.add_argument("--config", default=DEFAULT_CONFIG)
+    _models_parser(add("models", None, "model applications on the running Ray: deploy, remove, list"))
     ai = add("ai", cmd_ai, "switch AI on/off per study or modality")
     ai.add_argument("state", choices=["on", "off"])
     grp = ai.add_mutually_exclusive_group(required=True)
@@ -275,7 +318,42 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--study")
     au.add_argument("--limit", type=int, default=200)
     _quarantine_parser(add("quarantine", cmd_quarantine, "quarantined instances: list, show, release, discard"))
+    _review_parser(add("review", cmd_review, "review flags: list, show, resolve (who, why, audited)"))
     return p
+
+
+def _review_parser(r: argparse.ArgumentParser) -> None:
+    rsub = r.add_subparsers(dest="review_command", required=True)
+    ls = rsub.add_parser("list", help="review flags (open by default)")
+    ls.add_argument("--state", choices=["open", "resolved", "all"], default="open")
+    ls.add_argument("--study", help="only this Study Instance UID")
+    ls.add_argument("--kind", choices=[k.value for k in FlagKind])
+    ls.add_argument("--limit", type=int, default=200)
+    show = rsub.add_parser("show", help="one flag with its detail and resolution")
+    show.add_argument("id", help="R<n> or <n>")
+    res = rsub.add_parser("resolve", help="settle a flag (the roles in review.reviewers decide who may)")
+    res.add_argument("id", help="R<n> or <n>")
+    res.add_argument("--resolution", required=True, choices=[x.value for x in Resolution])
+    res.add_argument("--reason", required=True, help="why (audited)")
+    res.add_argument("--user", default=getpass.getuser(), help="who resolves (audited; see review.reviewers)")
+    for sp in (ls, show, res):
+        sp.add_argument("--config", default=argparse.SUPPRESS, help="config YAML file")
+        sp.add_argument("--json", action="store_true")
+
+
+def _models_parser(models: argparse.ArgumentParser) -> None:
+    msub = models.add_subparsers(dest="models_command", required=True)
+    for name, func, help_ in (
+        ("deploy", cmd_models_deploy, "deploy one family on the running Ray"),
+        ("remove", cmd_models_remove, "remove one family from the running Ray"),
+    ):
+        sp = msub.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
+        sp.add_argument("family")
+        sp.add_argument("--config", default=DEFAULT_CONFIG)
+    ls = msub.add_parser("list", help="deployed model applications")
+    ls.set_defaults(func=cmd_models_list)
+    ls.add_argument("--config", default=DEFAULT_CONFIG)
 
 
 def _quarantine_parser(q: argparse.ArgumentParser) -> None:

@@ -231,7 +231,7 @@ class Pipeline:
                 self.cfg.logging.level, self.cfg.assembly,
             ),
             "assembler": AssemblerActor.options(**self._options("assembler", st.assembler.num_cpus)).remote(
-                self.runtime(st.assembler), self.cfg.assembly, self.cfg.pacs
+                self.runtime(st.assembler), self.cfg.assembly, self.cfg.pacs, self.cfg.hl7 is not None
             ),
             "validator": ValidatorActor.options(**self._options("validator", st.validator.num_cpus)).remote(
                 self.runtime(st.validator), self.cfg.validation
@@ -251,7 +251,7 @@ class Pipeline:
                 self.runtime(st.sr_writer), self.layout, self.cfg.sr, self.cfg.priors
             ),
             "delivery": DeliveryActor.options(**self._options("delivery", st.delivery.num_cpus)).remote(
-                self.runtime(st.delivery), self.cfg.pacs
+                self.runtime(st.delivery), self.cfg.pacs, self.layout, self.cfg.sr, self.cfg.priors
             ),
             "auditor": AuditorActor.options(**self._options("auditor", 0)).remote(
                 self.cfg.storage, 30.0, self.cfg.logging.level

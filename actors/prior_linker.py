@@ -3,8 +3,11 @@ family compares images, and finds the prior AI result to compare with (``core.pr
 
 For each routed job:
 
-1. C-FIND (STUDY level) for the patient's studies; a study with the same Patient ID but another
-   name or birth date is never linked: a review flag and an audit event record it.
+1. C-FIND (STUDY level) for the patient's studies truly earlier than the current one (the
+   look-back runs from its Study Date; same day: by Study Time). A study with the same Patient
+   ID but another name or birth date, another issuer, or an identity that cannot be checked
+   (an unidentified emergency registration) is not linked: a review flag and an audit event
+   of its kind record it. A pair a reviewer confirmed (``pacsai review resolve``) is linked.
 2. For the chosen prior, the earlier AI result per model family: our SR in the ledger first,
    else our SR series at the PACS (SERIES level, Modality SR, our series description),
    retrieved and read.
@@ -50,8 +53,10 @@ from core.priors import (
     PriorFinder,
     PriorSearch,
     PriorStatus,
+    RefusalKind,
     SeriesRecord,
 )
+from core.review import FlagKind, confirmed_priors
 from core.sr import describes_our_sr
 from core.types import AuditEventType, InstanceMeta, JobState
 from state.layout import VarLayout
@@ -60,6 +65,13 @@ from state.ledger import Ledger
 __all__ = ["PriorLinkWork", "PriorLinkerActor"]
 
 logger = logging.getLogger(__name__)
+
+_REFUSAL_EVENTS = {
+    RefusalKind.IDENTITY_CONFLICT: AuditEventType.PRIOR_IDENTITY_CONFLICT,
+    RefusalKind.ISSUER_MISMATCH: AuditEventType.PRIOR_ISSUER_MISMATCH,
+    RefusalKind.UNVERIFIED: AuditEventType.PRIOR_UNVERIFIED,
+}
+"""The audit event of each kind of refused prior (each also raises a review flag)."""
 
 
 class PriorLinkWork:
@@ -97,8 +109,10 @@ class PriorLinkWork:
             return
         current, patient_key = self._current(job)
         now = self._clock.now()
+        flags = self._ledger.reviews.flags(None, job.study_instance_uid, FlagKind.PRIOR_UNVERIFIED)
         try:
-            search = self._finder.search(current, date.fromtimestamp(now))
+            search = self._finder.search(current, date.fromtimestamp(now),
+                                         confirmed_priors(flags, job.study_instance_uid))
         except DependencyUnavailable as exc:
             with self._outage_lock:
                 if self._outage.keep_waiting(now):
@@ -120,13 +134,11 @@ class PriorLinkWork:
                                      search.considered, "the retrieved prior's headers name another patient")
                 link = PriorLink.from_search(search)
         flags = []
-        for c in search.conflicts:
+        for c in search.conflicts:  # each refusal: an audit event and a review flag of its kind
             detail = {"differing": list(c.differing), "patient_key": patient_key, "study_date": c.study_date}
-            events.append(AuditEvent(AuditEventType.PRIOR_IDENTITY_CONFLICT, self._actor,
-                                     job.study_instance_uid, job_id=job.job_id,
-                                     detail={"candidate_study_uid": c.study_uid, **detail}))
-            flags.append(RaiseReviewFlag("prior_identity_conflict", job.study_instance_uid,
-                                         c.study_uid, detail))
+            events.append(AuditEvent(_REFUSAL_EVENTS[c.kind], self._actor, job.study_instance_uid,
+                                     job_id=job.job_id, detail={"candidate_study_uid": c.study_uid, **detail}))
+            flags.append(RaiseReviewFlag(FlagKind(str(c.kind)), job.study_instance_uid, c.study_uid, detail))
         self._link(job, link, events, flags)
 
     def _attach_prior(
@@ -165,6 +177,7 @@ class PriorLinkWork:
             study_uid=job.study_instance_uid,
             identity=PatientIdentity.from_dataset(header),
             study_date=str(header.get("StudyDate", "") or ""),
+            study_time=str(header.get("StudyTime", "") or ""),
             modalities=tuple(sorted({i.modality for i in instances if i.modality})),
             body_parts=tuple(sorted({i.body_part.upper() for i in instances if i.body_part})),
         )

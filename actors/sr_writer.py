@@ -1,15 +1,20 @@
 """SR writer actor: builds the TID 1500 SR per model result, and a Parametric Map per heatmap
 (Grad-CAM of each positive finding), and puts them in the durable outbox (kinds 'sr', 'pm').
 
-Each SR states the comparison with prior studies (or why there was none) and, for a later
-version of a study (late instances), names the SR it supersedes (Predecessor Documents).
+Each SR states the comparison with prior studies that are truly earlier (or why there was
+none). SR versions (issue 18, ``core.versions.plan_write``): a job version whose family a newer
+version of the study already wrote is not written; otherwise the SR names, as Predecessor
+Documents, the version in flight or the last delivered (delivery checks it again and may
+rebuild). A study completed known to be partial gets the incomplete-series quality flag.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import ray
 from pydicom import dcmread
@@ -29,6 +34,7 @@ from core.records import Prediction
 from core.results import OutboxItem, OutputKind, SrVersion
 from core.sr import ReferencedRequest, SRBuilder, SRIdentity
 from core.types import AuditEventType, JobState
+from core.versions import Incompleteness, plan_write
 from state.files import durable_write
 from state.layout import VarLayout
 from state.ledger import Ledger
@@ -44,7 +50,7 @@ def _written_at(job: Job) -> datetime:
 
 
 class SRWriteWork:
-    """Writes the result objects of one inferred job."""
+    """Writes the result objects of one inferred job: one SR version per model family."""
 
     def __init__(
         self, ledger: Ledger, outbox: Path, builder: SRBuilder, actor: str,
@@ -63,19 +69,21 @@ class SRWriteWork:
         paths = {i.sop_instance_uid: i.path for i in self._ledger.intake.job_instances(job.job_id)}
         return [dcmread(paths[u], stop_before_pixels=True) for u in uids if u in paths]
 
-    def _predecessor(self, job: Job, family: str, sop_uid: str) -> Dataset | None:
-        """The latest earlier SR version of this study and family (issue #5: late instances)."""
-        last = self._ledger.results.latest(job.study_instance_uid, family, before_version=job.version)
-        if last is None or last.sop_instance_uid == sop_uid:
-            return None
-        return InstanceRef(job.study_instance_uid, last.series_instance_uid, last.sop_class_uid,
-                           last.sop_instance_uid).as_dataset()
+    def _predecessor(self, study_uid: str, sop_uid: str) -> list[Dataset]:
+        """The Predecessor Documents reference of an SR version (empty: none)."""
+        last = self._ledger.results.version(sop_uid) if sop_uid else None
+        if last is None:
+            return []
+        return [InstanceRef(study_uid, last.series_instance_uid, last.sop_class_uid,
+                            last.sop_instance_uid).as_dataset()]
 
-    def _comparison(self, job: Job, prediction: Prediction) -> Comparison:
+    def _comparison(self, job: Job, prediction: Prediction, current: Dataset) -> Comparison:
         inference = job.record.inference
         prior = inference.prior_prediction(prediction.family) if inference else None
-        return comparison_for(job.record.priors, prediction, prior,
-                              self._priors.probability_change, self._priors.size_change_mm)
+        return comparison_for(job.record.priors, prediction, prior, self._priors.probability_change,
+                              self._priors.size_change_mm,
+                              current_study_date=str(current.get("StudyDate", "") or ""),
+                              current_study_time=str(current.get("StudyTime", "") or ""))
 
     @staticmethod
     def request_of(job: Job) -> ReferencedRequest | None:
@@ -85,27 +93,40 @@ class SRWriteWork:
             return None
         return ReferencedRequest(ctx.indication, ctx.indication_codes, ctx.procedure, ctx.procedure_text)
 
+    @staticmethod
+    def task_uids(job: Job, prediction: Prediction) -> list[str]:
+        """The instances the family's task covered (else those the model read)."""
+        route = job.record.route
+        task = route.task(prediction.family) if route is not None else None
+        return list(task.sop_instance_uids) if task else list(prediction.source_uids)
+
     def write_one(
-        self, job: Job, task_uids: list[str], prediction: Prediction,
-        request: ReferencedRequest | None = None,
-    ) -> tuple[OutboxItem, str]:
-        """Build and durably write the SR of one prediction; return it and its predecessor."""
-        sources = self._sources(job, task_uids)
-        _, sop_uid = self._builder.sr_uids(job.study_instance_uid, prediction)
-        predecessor = self._predecessor(job, prediction.family, sop_uid)
+        self, job: Job, prediction: Prediction, predecessor_uid: str = "",
+        incomplete: Incompleteness | None = None,
+    ) -> OutboxItem:
+        """Build and durably write the SR of one prediction (its SOP Instance UID does not
+        depend on the predecessor or the flags, so a rebuild replaces the same object).
+
+        Args:
+            job: The job.
+            prediction: The model's result.
+            predecessor_uid: The SR version it supersedes ("": none).
+            incomplete: Known incompleteness beyond the job's completion: both are marked.
+        """
+        sources = self._sources(job, self.task_uids(job, prediction))
+        marked = _marked(prediction, _incompleteness(job, incomplete), sources)
         sr = self._builder.build(
-            sources, prediction, previous_versions=[predecessor] if predecessor is not None else (),
-            comparison=self._comparison(job, prediction), request=request,
+            sources, marked, previous_versions=self._predecessor(job.study_instance_uid, predecessor_uid),
+            comparison=self._comparison(job, prediction, sources[0]), request=self.request_of(job),
             created_at=_written_at(job),
         )
-        item = self._write(sr, OutputKind.SR, prediction.family)
-        return item, str(predecessor.SOPInstanceUID) if predecessor is not None else ""
+        return self._write(sr, OutputKind.SR, prediction.family)
 
-    def write_maps(self, job: Job, task_uids: list[str], prediction: Prediction) -> list[OutboxItem]:
+    def write_maps(self, job: Job, prediction: Prediction) -> list[OutboxItem]:
         """Build and durably write the Parametric Map of every stored heatmap."""
         if not prediction.heatmaps or self._pm_builder is None:
             return []
-        sources = self._sources(job, task_uids)
+        sources = self._sources(job, self.task_uids(job, prediction))
         items = []
         for heatmap in sorted(prediction.heatmaps, key=lambda h: h.finding):
             heat = decode_levels(self._ledger.blobs.get(heatmap.blob), heatmap.shape)
@@ -122,32 +143,48 @@ class SRWriteWork:
                           kind, family, str(path))
 
     def __call__(self, job: Job) -> None:
-        """Write every result and move the job to ``written``."""
-        route, inference = job.record.route, job.record.inference
+        """Write one SR version per family unless a newer version of the study was written
+        (``core.versions.plan_write``); move the job to ``written`` (``skipped`` when every
+        family was superseded before it was written)."""
+        inference = job.record.inference
         items: list[OutboxItem] = []
         versions: list[SrVersion] = []
         events = self._context_read(job)
-        request = self.request_of(job)
         for prediction in sorted(inference.predictions if inference else (), key=lambda p: p.family):
-            task = route.task(prediction.family) if route is not None else None
-            uids = list(task.sop_instance_uids) if task else list(prediction.source_uids)
-            sr, predecessor = self.write_one(job, uids, prediction, request)
+            plan = plan_write([v.plan_view() for v in self._ledger.results.versions(
+                job.study_instance_uid, prediction.family)], job.version)
+            if not plan.write:
+                events.append(self._superseded(job, prediction.family, plan.superseded_by))
+                continue
+            sr = self.write_one(job, prediction, plan.predecessor_uid)
             items.append(sr)
-            versions.append(SrVersion(
-                sr.sop_instance_uid, sr.sop_class_uid, sr.series_instance_uid,
-                job.study_instance_uid, job.job_id, job.version, prediction.family,
-                prediction.model_name, prediction.model_version, predecessor, prediction))
+            versions.append(self._version(job, sr, prediction, plan.predecessor_uid))
             priors = job.record.priors
             events.append(self._built(job, sr, prediction, {
-                "predecessor": predecessor,
+                "predecessor": plan.predecessor_uid, "partial": versions[-1].incomplete,
                 "priors": str(priors.status) if priors else "not_looked_up"}))
-            for pm in self.write_maps(job, uids, prediction):
+            for pm in self.write_maps(job, prediction):
                 items.append(pm)
                 events.append(self._built(job, pm, prediction, {}))
-        self._ledger.jobs.transition(
-            job, JobState.WRITTEN, self._clock.now(), events=events,
-            effects=[QueueOutbox(tuple(items)), RecordSrVersions(tuple(versions))],
-        )
+        now = self._clock.now()
+        if not items and inference is not None and inference.predictions:
+            self._ledger.jobs.transition(job, JobState.SKIPPED, now, events=events,
+                                         reason="superseded: a newer version of the study was written")
+            return
+        self._ledger.jobs.transition(job, JobState.WRITTEN, now, events=events,
+                                     effects=[QueueOutbox(tuple(items)), RecordSrVersions(tuple(versions))])
+
+    @staticmethod
+    def _version(job: Job, sr: OutboxItem, prediction: Prediction, predecessor_uid: str) -> SrVersion:
+        incomplete = job.record.completion is not None and job.record.completion.partial
+        return SrVersion(sr.sop_instance_uid, sr.sop_class_uid, sr.series_instance_uid, job.study_instance_uid,
+                         job.job_id, job.version, prediction.family, prediction.model_name,
+                         prediction.model_version, predecessor_uid, prediction, incomplete=incomplete)
+
+    def _superseded(self, job: Job, family: str, by: int | None) -> AuditEvent:
+        return AuditEvent(AuditEventType.SR_VERSION_SUPERSEDED, self._actor, job.study_instance_uid,
+                          job_id=job.job_id, detail={"family": family, "version": job.version,
+                                                     "superseded_by": by, "reason": "not written"})
 
     def _context_read(self, job: Job) -> list[AuditEvent]:
         """The job's copy of the context is PHI-light, but reading it is still audited."""
@@ -161,12 +198,27 @@ class SRWriteWork:
         )]
 
     def _built(self, job: Job, item: OutboxItem, prediction: Prediction,
-               extra: dict[str, str]) -> AuditEvent:
+               extra: dict[str, Any]) -> AuditEvent:
         return AuditEvent(
             AuditEventType.SR_BUILT, self._actor, job.study_instance_uid, item.sop_instance_uid,
             job.job_id, {"family": prediction.family, "model": prediction.model_name,
                          "version": prediction.model_version, "kind": item.kind.value, **extra},
         )
+
+
+def _incompleteness(job: Job, extra: Incompleteness | None) -> list[Incompleteness]:
+    """What is known to be missing: the job's completion said so, and/or delivery found out."""
+    done = job.record.completion
+    return [i for i in (done.incomplete if done else None, extra) if i is not None]
+
+
+def _marked(prediction: Prediction, missing: list[Incompleteness], sources: list[Dataset]) -> Prediction:
+    """The prediction with an incomplete-series quality flag per known incompleteness."""
+    if not missing:
+        return prediction
+    series = list(dict.fromkeys(str(ds.SeriesInstanceUID) for ds in sources))
+    flags = tuple(f for m in missing for f in m.quality_flags(series))
+    return replace(prediction, quality_flags=prediction.quality_flags + flags)
 
 
 @ray.remote

@@ -2,13 +2,20 @@
 
 For each backend (a SQLite file; PostgreSQL, a private server started here with Debian's
 ``initdb``/``pg_ctl``, fsync on), N jobs wait in ``complete``. Four worker *processes* (as the
-stage actors are) each run the real ``StageRunner`` with the stages' default concurrency, whose
-work moves a job to ``validated`` with one audit event, as a stage does. The baseline, on the
-same database in the same run: one connection doing N single-row ``UPDATE ... COMMIT``. Rounds
-alternate which goes first; one JSON line per backend gives the medians and the per-round
-ratios: ``backend``, ``ops_per_s``, ``bare_ops_per_s``, ``ratio`` (goal >= 0.5).
+stage actors are) each open their own ledger and move jobs to ``validated`` with one audit
+event per transition, as a stage does:
 
-    .venv/bin/python benchmarks/bench_ledger.py [--n 1000] [--workers 4] [--rounds 3]
+- ``--mode ledger`` (default): the ledger's own cost. Each worker loops: lease as a stage does
+  (up to twice the stage concurrency at once), transition each job; until none is left.
+- ``--mode runner``: the same through the real ``StageRunner`` (thread pool, backlog,
+  wake-ups), to see what the runner adds.
+
+The baseline, on the same database in the same run: one connection doing N single-row
+``UPDATE ... COMMIT``. Rounds alternate which goes first; one JSON line per backend gives the
+medians and the per-round ratios: ``backend``, ``ops_per_s``, ``bare_ops_per_s``, ``ratio``
+(goal >= 0.5).
+
+    .venv/bin/python benchmarks/bench_ledger.py [--n 1000] [--workers 4] [--rounds 3] [--mode ledger]
 """
 
 from __future__ import annotations
@@ -48,31 +55,42 @@ def _count(ledger: Ledger, state: JobState) -> int:
     return int(row["n"]) if row else 0
 
 
-def _worker(storage: StorageConfig, name: str, ready: mp.Queue, start: mp.Event, stop: mp.Event,
-            done: mp.Queue) -> None:
+def _transition(ledger: Ledger, name: str, job: Job) -> None:
+    event = AuditEvent(AuditEventType.VALIDATED, f"stage:{name}", job.study_instance_uid,
+                       job_id=job.job_id, detail={"valid": 1})
+    ledger.jobs.transition(job, JobState.VALIDATED, time.time(), events=[event])
+
+
+def _worker(storage: StorageConfig, name: str, mode: str, ready: mp.Queue, start: mp.Event,
+            stop: mp.Event, done: mp.Queue) -> None:
     ledger = open_ledger(storage)
-    runtime = StageRuntime(storage, StageConfig(), lease_s=60.0, poll_interval_s=0.05,
-                           retry=RetryConfig())
-
-    def work(job: Job) -> None:
-        event = AuditEvent(AuditEventType.VALIDATED, f"stage:{name}", job.study_instance_uid,
-                           job_id=job.job_id, detail={"valid": 1})
-        ledger.jobs.transition(job, JobState.VALIDATED, time.time(), events=[event])
-
-    runner = StageRunner(name, JobState.COMPLETE, runtime, ledger, work)
     ready.put(name)
     start.wait()
-    runner.start()
-    stop.wait()
-    runner.stop()
-    done.put(runner.processed)
+    if mode == "ledger":
+        processed = 0
+        while jobs := ledger.jobs.lease(JobState.COMPLETE, name, 2 * StageConfig().concurrency,
+                                        60.0, time.time()):
+            for job in jobs:
+                _transition(ledger, name, job)
+            processed += len(jobs)
+        stop.wait()
+    else:
+        runtime = StageRuntime(storage, StageConfig(), lease_s=60.0, poll_interval_s=0.05,
+                               retry=RetryConfig())
+        runner = StageRunner(name, JobState.COMPLETE, runtime, ledger,
+                             lambda job: _transition(ledger, name, job))
+        runner.start()
+        stop.wait()
+        runner.stop()
+        processed = runner.processed
+    done.put(processed)
     ledger.close()
 
 
-def _stages(storage: StorageConfig, ledger: Ledger, n: int, workers: int) -> float:
+def _stages(storage: StorageConfig, ledger: Ledger, n: int, workers: int, mode: str) -> float:
     ctx = mp.get_context("spawn")
     ready, start, stop, done = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(storage, f"w{i}", ready, start, stop, done))
+    procs = [ctx.Process(target=_worker, args=(storage, f"w{i}", mode, ready, start, stop, done))
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -112,13 +130,14 @@ def run(backend: str, root: Path, args: argparse.Namespace) -> None:
         _seed(ledger, args.n, round_)
         if round_ % 2:
             bare.append(args.n / _bare(ledger, args.n))
-            staged.append(args.n / _stages(storage, ledger, args.n, args.workers))
+            staged.append(args.n / _stages(storage, ledger, args.n, args.workers, args.mode))
         else:
-            staged.append(args.n / _stages(storage, ledger, args.n, args.workers))
+            staged.append(args.n / _stages(storage, ledger, args.n, args.workers, args.mode))
             bare.append(args.n / _bare(ledger, args.n))
     ledger.close()
     ratios = [s / b for s, b in zip(staged, bare, strict=True)]
-    emit({"name": "ledger", "backend": backend, "n": args.n, "workers": args.workers,
+    emit({"name": "ledger", "backend": backend, "mode": args.mode, "n": args.n,
+          "workers": args.workers,
           "concurrency": StageConfig().concurrency, "rounds": args.rounds,
           "ops_per_s": round(statistics.median(staged), 1),
           "bare_ops_per_s": round(statistics.median(bare), 1),
@@ -132,6 +151,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4, help="concurrent stage worker processes")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--mode", choices=["ledger", "runner"], default="ledger",
+                        help="workers lease and transition directly, or through StageRunner")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
     if args.backend in ("sqlite", "both"):

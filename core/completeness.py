@@ -22,7 +22,8 @@ only then: a first query; after arrivals, once nothing has arrived for ``lull_s`
 the settle window), when our counts reach its last answer, or ``requery_s`` after the last
 answer; and a confirming query when a settle window ends. Our own result series are left out.
 
-``EvidenceTracker`` keeps the count answers per study for the assembler written before issue 18;
+``EvidenceTracker`` kept the count answers per study for the assembler written before issue 18
+(no actor uses it now; ``actors.assembler`` calls ``decide`` itself);
 ``PacsCounts``, ``Verdict``, ``judge``, ``CompletionRule``, ``CompletenessPolicy`` and
 ``SourceRule`` are re-exported from their modules for it.
 """
@@ -78,6 +79,9 @@ class ReceivingStudy:
         received: Instances we hold in the whole study, by Series Instance UID.
         modalities: Modalities of the instances (chooses the quiet period).
         instance_uids: SOP Instance UIDs we hold (needed for MPPS and IAN evidence).
+        version: The job's version (above 1: instances arrived after an earlier completion).
+        opened_at: When the job was opened (its first instance arrived).
+        accession_key: Keyed hash of the latest instance's accession (order status look-up).
     """
 
     job_id: int
@@ -87,6 +91,9 @@ class ReceivingStudy:
     received: Mapping[str, int]
     modalities: tuple[str, ...] = ()
     instance_uids: frozenset[str] = frozenset()
+    version: int = 1
+    opened_at: float = 0.0
+    accession_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

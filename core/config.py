@@ -31,6 +31,7 @@ __all__ = [
     "PriorsConfig",
     "RayConfig",
     "RetryConfig",
+    "ReviewConfig",
     "RoutingConfig",
     "RoutingRule",
     "SRConfig",
@@ -537,6 +538,20 @@ class SRConfig(_Model):
     )
 
 
+ReviewRoleName = Literal["pacs_admin", "radiologist", "operator"]
+"""Roles that may resolve review flags (``core.review.ReviewRole``)."""
+
+
+class ReviewConfig(_Model):
+    """Who may resolve review flags (``pacsai review resolve``; rules in ``core.review``)."""
+
+    reviewers: dict[Annotated[str, Field(min_length=1, max_length=64)], tuple[ReviewRoleName, ...]] = Field(
+        default_factory=dict,
+        description="User name (as given to `pacsai review resolve --user`) -> roles: pacs_admin "
+        "(any flag), radiologist (prior flags), operator (SR version cap, sender tightened)",
+    )
+
+
 class ValidationConfig(_Model):
     """What the validator demands of received data (issue #4; see core.validation)."""
 
@@ -688,6 +703,7 @@ class AppConfig(_Model):
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy")
     sr: SRConfig = Field(default_factory=SRConfig, description="Result objects")
     priors: PriorsConfig = Field(default_factory=PriorsConfig, description="Prior studies")
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="Review flags")
     validation: ValidationConfig = Field(
         default_factory=ValidationConfig, description="Validation of received data"
     )

@@ -9,6 +9,8 @@ UID, date and what it is.
 ======================  ===============  ==========================================
 section                 written by       read by
 ======================  ===============  ==========================================
+``completion``          assembler        SR writer (partial flag), assembler (late
+                                         arrivals of the next version)
 ``accepted``            validator        (audit, ``pacsai status``)
 ``route``               router           prior linker, inference, SR writer
 ``context``             router           SR writer (Referenced Request), EHR delivery
@@ -20,16 +22,19 @@ section                 written by       read by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from core.completeness import CompletionDecision
 from core.context import StudyContext
 from core.interval import PriorResult
 from core.priors import Conflict, InstanceRef, PriorSearch, PriorStatus, SeriesRecord
 from core.records import Prediction, Route
+from core.sources import CompletedStudy, CompletionRule
 from core.types import JobState, ValidationIssue
+from core.versions import Incompleteness
 
 __all__ = [
     "AcceptedIssues",
+    "Completion",
     "Inference",
     "Job",
     "JobRecord",
@@ -45,6 +50,49 @@ class AcceptedIssues:
 
     sop_instance_uid: str
     issues: tuple[ValidationIssue, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How the assembler declared the job's study complete.
+
+    Attributes:
+        rule: The rule that completed it (``core.sources.CompletionRule``).
+        at: When.
+        calling_ae: The sender whose rule applied.
+        evidence: The evidence that spoke (for ``max_wait``: what was waited on).
+        incomplete: Set when the study is known to be partial (MPPS discontinued, instances
+            listed but never arrived): its SRs carry the incomplete-series quality flag.
+        reason: In words, for the audit trail.
+    """
+
+    rule: CompletionRule
+    at: float
+    calling_ae: str = ""
+    evidence: CompletionRule | None = None
+    incomplete: Incompleteness | None = None
+    reason: str = ""
+
+    @property
+    def partial(self) -> bool:
+        """Whether the study was completed known to be partial."""
+        return self.incomplete is not None
+
+    @classmethod
+    def of(cls, decision: CompletionDecision, calling_ae: str) -> Completion:
+        """The section of a ``COMPLETE`` decision.
+
+        Raises:
+            ValueError: The decision does not complete the study.
+        """
+        if not decision.complete or decision.rule is None:
+            raise ValueError(f"decision: got {decision.outcome}; expected a complete decision")
+        return cls(decision.rule, decision.not_before, calling_ae.strip(), decision.evidence,
+                   decision.incomplete, decision.reason)
+
+    def completed_study(self, study_uid: str) -> CompletedStudy:
+        """What ``CompletenessPolicy.classify_arrival`` needs of this completion."""
+        return CompletedStudy(study_uid, self.calling_ae, self.rule, self.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +181,7 @@ class Inference:
 class JobRecord:
     """Everything the stages of one job have handed on, by section (module docstring)."""
 
+    completion: Completion | None = None
     route: Route | None = None
     context: StudyContext | None = None
     priors: PriorLink | None = None
@@ -176,8 +225,3 @@ class Job:
     lease_owner: str = ""
     leased_until: float = 0.0
     record: JobRecord = field(default_factory=JobRecord)
-
-    def detail(self) -> dict[str, Any]:
-        """A few fields for log lines and errors (no record content)."""
-        return {"job_id": self.job_id, "study_uid": self.study_instance_uid,
-                "version": self.version, "state": str(self.state)}

@@ -19,12 +19,15 @@ from typing import Any
 
 from core.config import RetryConfig
 from core.results import OutboxItem, SrVersion
+from core.review import FlagKind
 from core.types import InstanceState, JobState, ValidationIssue
+from core.versions import VersionState
 
 __all__ = [
     "CoverStudy",
     "Effect",
     "HoldInQuarantine",
+    "MarkSrVersions",
     "NEXT_STATES",
     "Override",
     "QueueOutbox",
@@ -34,6 +37,7 @@ __all__ = [
     "RetryPolicy",
     "SetAside",
     "WORKING_STATES",
+    "WithdrawOutbox",
     "can_transition",
     "instance_state",
 ]
@@ -98,15 +102,36 @@ class RecordSrVersions:
 
 @dataclass(frozen=True, slots=True)
 class RaiseReviewFlag:
-    """Something a person must look at (once per kind and study pair)."""
+    """Something a person must look at (once per kind and study pair; ``core.review``)."""
 
-    kind: str
+    kind: FlagKind
     study_uid: str
     other_study_uid: str = ""
     detail: Mapping[str, Any] = field(default_factory=dict)
+    subject: str = ""
+    """Tells flags of one kind and study apart where there is no other study."""
 
 
-Effect = SetAside | CoverStudy | HoldInQuarantine | QueueOutbox | RecordSrVersions | RaiseReviewFlag
+@dataclass(frozen=True, slots=True)
+class MarkSrVersions:
+    """Set the delivery state of SR versions of one study and family (``core.versions``)."""
+
+    study_uid: str
+    family: str
+    versions: tuple[int, ...]
+    """Job versions whose SR changes state."""
+    state: VersionState
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawOutbox:
+    """Mark the job's pending outbox items of one family superseded: never sent."""
+
+    family: str
+
+
+Effect = (SetAside | CoverStudy | HoldInQuarantine | QueueOutbox | RecordSrVersions | RaiseReviewFlag
+          | MarkSrVersions | WithdrawOutbox)
 """What may commit together with a job's transition."""
 
 NEXT_STATES: dict[JobState, frozenset[JobState]] = {
@@ -115,8 +140,8 @@ NEXT_STATES: dict[JobState, frozenset[JobState]] = {
     JobState.VALIDATED: frozenset({JobState.ROUTED, JobState.SKIPPED}),
     JobState.ROUTED: frozenset({JobState.LINKED, JobState.SKIPPED}),
     JobState.LINKED: frozenset({JobState.INFERRED, JobState.SKIPPED}),
-    JobState.INFERRED: frozenset({JobState.WRITTEN}),
-    JobState.WRITTEN: frozenset({JobState.DELIVERED}),
+    JobState.INFERRED: frozenset({JobState.WRITTEN, JobState.SKIPPED}),  # superseded, unwritten
+    JobState.WRITTEN: frozenset({JobState.DELIVERED, JobState.SKIPPED}),  # superseded, unsent
     JobState.QUARANTINED: frozenset({JobState.COMPLETE}),  # operator release re-runs it
     JobState.SKIPPED: frozenset(),
     JobState.DELIVERED: frozenset(),

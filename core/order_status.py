@@ -36,7 +36,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["OrderProgress", "OrderStatus", "latest_order_status"]
+__all__ = ["OrderProgress", "OrderStatus", "from_service_request", "latest_order_status"]
 
 
 class OrderProgress(enum.StrEnum):
@@ -105,6 +105,29 @@ class OrderStatus:
         """
         code = str(value or "").strip().upper()
         return cls(study_uid, accession_key, _OBR25.get(code, OrderProgress.UNKNOWN), at, f"OBR-25={code}")
+
+
+_SERVICE_REQUEST = {
+    "completed": OrderProgress.COMPLETED, "revoked": OrderProgress.DISCONTINUED,
+    "active": OrderProgress.IN_PROGRESS, "on-hold": OrderProgress.IN_PROGRESS,
+    "draft": OrderProgress.SCHEDULED,
+}
+"""FHIR R4 ServiceRequest.status (what the context bridge stores from ORC-5, HL7 v2-to-FHIR IG
+concept map OrderStatus) back to ``OrderProgress``: ``CM`` -> completed, ``CA``/``DC`` ->
+revoked, ``IP``/``A``/``SC`` -> active, ``HD`` -> on-hold."""
+
+
+def from_service_request(study_uid: str, accession_key: str, status: str, at: float) -> OrderStatus:
+    """The order status of a stored FHIR ServiceRequest status (``_SERVICE_REQUEST``).
+
+    >>> from_service_request("1.2", "k", "completed", 5.0).progress
+    <OrderProgress.COMPLETED: 'completed'>
+    >>> from_service_request("1.2", "k", "entered-in-error", 5.0).progress
+    <OrderProgress.UNKNOWN: 'unknown'>
+    """
+    value = str(status or "").strip().lower()
+    return OrderStatus(study_uid, accession_key, _SERVICE_REQUEST.get(value, OrderProgress.UNKNOWN), at,
+                       f"ServiceRequest.status={value}")
 
 
 def latest_order_status(

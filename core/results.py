@@ -1,15 +1,17 @@
-"""Our result objects as the ledger keeps them: outbox items, SR versions, review flags."""
+"""Our result objects as the ledger keeps them: outbox items and SR versions.
+
+Review flags are ``core.review.ReviewFlag`` (one type for the rules and the stored row).
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from core.records import Prediction
+from core.versions import DeliveryPlan, SRVersion, VersionState
 
-__all__ = ["DeliveryState", "OutboxEntry", "OutboxItem", "OutputKind", "ReviewFlag", "SrVersion"]
+__all__ = ["DeliveryClaim", "DeliveryState", "OutboxEntry", "OutboxItem", "OutputKind", "SrVersion"]
 
 
 class OutputKind(enum.StrEnum):
@@ -28,6 +30,8 @@ class DeliveryState(enum.StrEnum):
     """Waiting for (another) C-STORE to the PACS."""
     DELIVERED = "delivered"
     """The PACS answered success."""
+    SUPERSEDED = "superseded"
+    """A newer SR version of the study replaced it before it was sent: never sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,8 @@ class SrVersion:
         predecessor_uid: The SR version it supersedes, or empty.
         prediction: What the model said (interval change of later studies reads it).
         created_at: When it was written.
+        state: Where its delivery stands (``core.versions``).
+        incomplete: Whether it was built marked partial (incomplete series flag).
     """
 
     sop_instance_uid: str
@@ -88,17 +94,25 @@ class SrVersion:
     predecessor_uid: str
     prediction: Prediction
     created_at: float = 0.0
+    state: VersionState = VersionState.PENDING
+    incomplete: bool = False
+
+    def plan_view(self) -> SRVersion:
+        """This version as ``core.versions`` plans with it."""
+        return SRVersion(self.job_version, self.state, self.sop_instance_uid, self.predecessor_uid,
+                         self.incomplete)
 
 
 @dataclass(frozen=True, slots=True)
-class ReviewFlag:
-    """Something a person must look at, e.g. a prior with our Patient ID but another name."""
+class DeliveryClaim:
+    """What delivery may do with a job's SR version of one family, as the ledger applied it.
 
-    flag_id: int
-    at: float
-    kind: str
-    study_uid: str
-    other_study_uid: str
-    job_id: int | None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    resolved: bool = False
+    Attributes:
+        plan: The plan (``core.versions.plan_delivery``) over every version of the study and
+            family, applied atomically (superseded versions marked).
+        own: The job's own version's state afterwards: ``SENDING`` (send it now), ``HELD``,
+            ``SUPERSEDED`` (never send it), or ``PENDING`` (wait).
+    """
+
+    plan: DeliveryPlan
+    own: VersionState

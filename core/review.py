@@ -133,6 +133,9 @@ class ReviewFlag:
         resolved_by: Who resolved it.
         resolved_at: When.
         reason: Why, in the reviewer's words.
+        job_id: The job that raised it, if any.
+        subject: Tells flags of one kind and study apart where there is no other study (the
+            family and version of a capped SR, the sender of a tightened rule).
     """
 
     flag_id: int
@@ -146,6 +149,13 @@ class ReviewFlag:
     resolved_by: str = ""
     resolved_at: float | None = None
     reason: str = ""
+    job_id: int | None = None
+    subject: str = ""
+
+    @property
+    def is_open(self) -> bool:
+        """Whether it still needs a reviewer."""
+        return self.state is FlagState.OPEN
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (for the ledger and ``--json`` output)."""
@@ -153,7 +163,8 @@ class ReviewFlag:
                 "other_study_uid": self.other_study_uid, "detail": dict(self.detail),
                 "raised_at": self.raised_at, "state": str(self.state),
                 "resolution": str(self.resolution) if self.resolution else None,
-                "resolved_by": self.resolved_by, "resolved_at": self.resolved_at, "reason": self.reason}
+                "resolved_by": self.resolved_by, "resolved_at": self.resolved_at, "reason": self.reason,
+                "job_id": self.job_id, "subject": self.subject}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ReviewFlag:
@@ -162,7 +173,8 @@ class ReviewFlag:
         return cls(int(raw["flag_id"]), FlagKind(raw["kind"]), raw["study_uid"], raw.get("other_study_uid", ""),
                    dict(raw.get("detail") or {}), float(raw.get("raised_at", 0.0)),
                    FlagState(raw.get("state", "open")), Resolution(resolution) if resolution else None,
-                   raw.get("resolved_by", ""), raw.get("resolved_at"), raw.get("reason", ""))
+                   raw.get("resolved_by", ""), raw.get("resolved_at"), raw.get("reason", ""),
+                   raw.get("job_id"), raw.get("subject", ""))
 
     def audit_detail(self) -> dict[str, Any]:
         """The detail of the resolution's audit event."""

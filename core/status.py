@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.health import ActorHealth, HealthStatus
 
@@ -59,6 +59,9 @@ class LedgerStatus:
         quarantine: Quarantine counts.
         review_flags_open: Review flags not resolved.
         stages: Each actor's last recorded health.
+        review_flags_by_kind: Open review flags per kind (``pacsai review list``).
+        sr_versions_held: SR versions held at ``sr.max_versions``, waiting for an operator.
+        senders_tightened: Senders whose completion rule was tightened: AE title -> strictness.
     """
 
     jobs: Mapping[str, int]
@@ -69,3 +72,6 @@ class LedgerStatus:
     quarantine: QuarantineCounts
     review_flags_open: int
     stages: tuple[StageRecord, ...]
+    review_flags_by_kind: Mapping[str, int] = field(default_factory=dict)
+    sr_versions_held: int = 0
+    senders_tightened: Mapping[str, int] = field(default_factory=dict)

@@ -29,10 +29,13 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
+from core.records import QualityFlag
+
 __all__ = [
     "CapReached",
     "DeliveryAction",
     "DeliveryPlan",
+    "INCOMPLETE_SERIES",
     "IncompleteReason",
     "Incompleteness",
     "SRVersion",
@@ -41,6 +44,10 @@ __all__ = [
     "plan_delivery",
     "plan_write",
 ]
+
+
+INCOMPLETE_SERIES = "incomplete_series"
+"""The image-quality flag key of a partial result (``core.findings``: QC001)."""
 
 
 class IncompleteReason(enum.StrEnum):
@@ -87,8 +94,8 @@ class Incompleteness:
         count = f" ({self.missing} missing)" if self.missing else ""
         return f"Incomplete study: {_WORDS[self.reason]}{count}."
 
-    def quality_flags(self, covered_series: Sequence[str]) -> list[dict[str, Any]]:
-        """``incomplete_series`` flags in the form ``Prediction.extra["quality_flags"]`` takes.
+    def quality_flags(self, covered_series: Sequence[str]) -> tuple[QualityFlag, ...]:
+        """``incomplete_series`` image-quality flags for ``Prediction.quality_flags``.
 
         Args:
             covered_series: Series Instance UIDs the result was made from.
@@ -98,11 +105,10 @@ class Incompleteness:
             incomplete ones are not known).
         """
         named = [s for s in covered_series if s in self.series_uids]
-        return [
-            {"key": "incomplete_series", "series_instance_uid": s,
-             "score": float(max(self.missing, 1)), "threshold": 1.0, "detail": self.describe()}
+        return tuple(
+            QualityFlag(INCOMPLETE_SERIES, s, float(max(self.missing, 1)), 1.0, self.describe())
             for s in (named or list(covered_series))
-        ]
+        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""

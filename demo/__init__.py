@@ -9,8 +9,9 @@ demo``); see :mod:`demo.__main__`.
 - ``orthanc``: a private Orthanc process as the PACS (own config, storage and free ports).
 - ``dcmtk``: dcmtk's command-line tools (``storescu``, ``dciodvfy``) with Nagle disabled.
 - ``postgres``: a private PostgreSQL server (``initdb``/``pg_ctl``, temp dir, free port).
+- ``modality``: MPPS N-CREATE / N-SET and IAN N-CREATE as a modality and a PACS send them.
 """
 
 from __future__ import annotations
 
-__all__ = ["dcmtk", "demo", "orthanc", "postgres"]
+__all__ = ["dcmtk", "demo", "modality", "orthanc", "postgres"]

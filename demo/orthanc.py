@@ -20,7 +20,23 @@ from typing import Any
 
 import httpx
 
-__all__ = ["OrthancProcess", "free_port", "orthanc_binary"]
+__all__ = ["FORWARD_EACH_INSTANCE", "FORWARD_STABLE_STUDY", "OrthancProcess", "free_port", "orthanc_binary"]
+
+FORWARD_EACH_INSTANCE = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  SendToModality(instanceId, '{modality}')
+end
+"""
+"""The most common auto-routing rule: forward each instance to ``{modality}`` as it is stored
+(``.format(modality=...)``). It forwards our own results back to us too, as such rules do."""
+
+FORWARD_STABLE_STUDY = """
+function OnStableStudy(studyId, tags, metadata)
+  RestApiPost('/modalities/{modality}/store', studyId)
+end
+"""
+"""Forward a whole study, over one association, once Orthanc calls it stable (``stable_age``
+seconds of silence). (Lua's ``SendToModality`` takes instances only in Orthanc 1.10.)"""
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +63,11 @@ class OrthancProcess:
         dicom_port: Its DIMSE port (free port if 0).
         http_port: Its REST port (free port if 0).
         modalities: ``{name: (aet, host, port)}`` Orthanc may C-MOVE / C-STORE to.
+        lua: Lua scripts (their text) Orthanc runs, e.g. an auto-routing rule
+            (``FORWARD_EACH_INSTANCE``, ``FORWARD_STABLE_STUDY``).
+        stable_age: Seconds without a new instance before Orthanc calls a study stable
+            (``OnStableStudy``).
+        options: More Orthanc configuration options (they override the defaults here).
     """
 
     workdir: Path
@@ -54,6 +75,9 @@ class OrthancProcess:
     dicom_port: int = 0
     http_port: int = 0
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    lua: tuple[str, ...] = ()
+    stable_age: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -81,13 +105,23 @@ class OrthancProcess:
             "Plugins": [],
             "UnknownSopClassAccepted": True,
             "SyncStorageArea": True,
-            "StableAge": 1,
+            "StableAge": self.stable_age,
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
             "HttpTimeout": 30,
+            "LuaScripts": self._lua_files(),
+            **self.options,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
         return path
+
+    def _lua_files(self) -> list[str]:
+        paths = []
+        for n, text in enumerate(self.lua):
+            path = self.workdir / f"script{n}.lua"
+            path.write_text(text)
+            paths.append(str(path))
+        return paths
 
     def start(self, timeout_s: float = 30.0) -> OrthancProcess:
         """Start Orthanc and wait until its REST API answers.

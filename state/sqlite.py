@@ -316,6 +316,9 @@ class SqliteDatabase:
             return
         try:
             tx = SqliteTx(self._con)
+            if len(group) == 1:  # alone: the transaction is its own, no savepoint needed
+                self._alone(tx, group[0])
+                return
             for p in group:
                 self._con.execute("SAVEPOINT item")
                 try:
@@ -336,6 +339,19 @@ class SqliteDatabase:
             return
         for p in group:
             p.done = True
+
+    def _alone(self, tx: SqliteTx, pending: _Pending) -> None:
+        """One caller's transaction: commit it, or roll it back if its function raised."""
+        try:
+            pending.value = pending.fn(tx)
+        except BaseException as exc:
+            self._end("ROLLBACK")
+            pending.fail(exc)
+            return
+        self._end("COMMIT")
+        self.commits += 1
+        self.items += 1
+        pending.done = True
 
     @contextmanager
     def read(self) -> Iterator[SqliteTx]:

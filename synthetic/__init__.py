@@ -9,6 +9,8 @@ Submodules are imported explicitly; none of them imports torch.
   synthetic images and volumes with known lesions (numpy only).
 - ``synthetic_dicom``, ``synthetic_series``, ``synthetic_studies``: valid DICOM (radiographs,
   CT/MR series, enhanced multi-frame) built from phantoms, with their ground truth.
+- ``procedure_steps``: what a modality and a PACS say about such a study (MPPS N-CREATE /
+  N-SET, IAN), and a series split as a scanner sends several reconstructions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "head_phantoms",
     "limb_phantoms",
     "phantoms",
+    "procedure_steps",
     "synthetic_dicom",
     "synthetic_series",
     "synthetic_studies",

@@ -1,6 +1,7 @@
-"""Real I/O behind core's ports: DIMSE (store, query/retrieve), MLLP, FHIR HTTP, TLS, the wall
-clock, the HL7 listener and the join to its context. The ledger, the HL7 context store and the
-other durable stores are the ``state`` package; the demo's Orthanc runner and the dcmtk wrappers live in the ``demo``
+"""Real I/O behind core's ports: DIMSE (store, MPPS / IAN, query/retrieve), MLLP, FHIR HTTP,
+TLS, the wall clock, the HL7 listener and the join to its context. The ledger, the HL7 context
+store and the other durable stores are the ``state`` package; the demo's Orthanc runner and the
+dcmtk wrappers live in the ``demo``
 package, outside the product."""
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "fhir_http",
     "hl7_inbox",
     "mllp",
+    "procedure_steps",
     "query_retrieve",
     "tls",
 ]

@@ -1,5 +1,8 @@
 """DIMSE adapters: the durable C-STORE SCP (our listener) and the SCU that stores to the PACS.
 
+The listener is also the MPPS SCP (N-CREATE / N-SET) and the IAN SCP (N-CREATE): completion
+evidence, handled by ``actors.adapters.procedure_steps``.
+
 The SCP answers success (0x0000) only after the instance is durable: bytes written, fsync,
 atomic rename, directory fsync, ledger row committed (DESIGN.md, "Durability"). A handler never
 raises; every failure becomes an explicit DIMSE status (PS3.4 Annex B.2.3):
@@ -33,6 +36,7 @@ from pynetdicom.sop_class import Verification
 
 from state.files import check_free_space, durable_write, publish, write_temp
 from actors.adapters.clock import SystemClock
+from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
 from actors.adapters.query_retrieve import tcp_nodelay
 from actors.adapters.tls import client_context, server_context
 from core.audit import AuditEvent
@@ -114,6 +118,7 @@ class Listener:
         self.failed = 0
         self.last_received_at = 0.0
         self._writer = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="spool")
+        self.evidence = EvidenceScp(ledger, self._actor, self._clock)
 
     @property
     def port(self) -> int:
@@ -130,6 +135,8 @@ class Listener:
         for uid in storage_sop_classes():
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for uid in EVIDENCE_SOP_CLASSES:  # MPPS and IAN: completion evidence
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.maximum_pdu_size = self._cfg.max_pdu_size
         ae.network_timeout = self._cfg.network_timeout_s
         ae.acse_timeout = self._cfg.network_timeout_s
@@ -142,6 +149,8 @@ class Listener:
             (self._cfg.host, self._cfg.port),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self.handle_store),
+                          (evt.EVT_N_CREATE, self.evidence.handle_n_create),
+                          (evt.EVT_N_SET, self.evidence.handle_n_set),
                           (evt.EVT_CONN_OPEN, self._bound_reads),
                           (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes)],
             ssl_context=ssl_ctx,
@@ -246,7 +255,7 @@ class Listener:
         meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
         if writing is not None:
             publish(writing.result(), Path(meta.path))
-        quiet = self._policy.quiet_period_for(calling_ae) if self._policy else self._quiet
+        quiet = self._policy.quiet_period_for(calling_ae, [meta.modality]) if self._policy else self._quiet
         result = self._ledger.intake.record(meta, now, now + quiet, self._actor)
         if result is RecordResult.DUPLICATE:
             logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)

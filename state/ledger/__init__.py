@@ -6,7 +6,9 @@ no SQL leaves this package:
 - ``intake``: received instances, the receiving job of their study, what a job covers.
 - ``jobs``: leasing, transitions with their effects (``core.ledger``), retries, replay.
 - ``outbox``: result objects and their delivery to the PACS.
-- ``results``: SR versions per study and family, our own series, review flags.
+- ``results``: SR versions per study and family and their delivery states, our own series.
+- ``evidence``: MPPS steps, IAN notices, sender standings (study completion, issue 18).
+- ``reviews``: review flags and their resolution.
 - ``quarantine``: held instances and operators' decisions.
 - ``audit``: the hash-chained audit trail (appended inside each transaction).
 - ``controls``: AI switches and recorded actor health.
@@ -28,11 +30,13 @@ from state.layout import VarLayout
 from state.ledger._codec import INLINE_MAX, RecordCodec
 from state.ledger.audit import AuditLog
 from state.ledger.controls import Controls
+from state.ledger.evidence import CompletionEvidence
 from state.ledger.intake import Intake
 from state.ledger.jobs import Jobs
 from state.ledger.outbox import Outbox
 from state.ledger.quarantine import Quarantine
 from state.ledger.results import Results
+from state.ledger.reviews import Reviews
 from state.ledger.status import Status
 from state.migrate import migrate
 from state.sqlite import SqliteDatabase
@@ -57,6 +61,8 @@ class Ledger:
         self.jobs = Jobs(db, codec)
         self.outbox = Outbox(db)
         self.results = Results(db, codec)
+        self.evidence = CompletionEvidence(db)
+        self.reviews = Reviews(db)
         self.quarantine = Quarantine(db)
         self.controls = Controls(db)
         self.status = Status(db, self.controls)

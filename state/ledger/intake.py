@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from core.audit import AuditEvent
@@ -15,6 +16,8 @@ from state.ledger.audit import append_events
 
 __all__ = ["Intake", "apply_cover_study", "apply_set_aside", "reopen_study"]
 
+_OURS = "SELECT 1 AS x FROM outbox WHERE sop_instance_uid = ?"
+_KNOWN = f"SELECT 1 AS x FROM instances WHERE sop_instance_uid = ? UNION ALL {_OURS}"
 _INSERT = (
     f"INSERT INTO instances ({INSTANCE_COLUMNS}, job_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
@@ -77,10 +80,10 @@ class Intake:
         self._channel = db.channel(f"jobs_{JobState.RECEIVING.value}")
 
     def has_instance(self, sop_instance_uid: str) -> bool:
-        """Whether this SOP Instance UID was already recorded."""
+        """Whether this SOP Instance UID was already recorded, or is one of our own results
+        (a PACS routing rule forwards our SRs and maps back to us)."""
         with self._db.read() as tx:
-            return tx.one("SELECT 1 AS x FROM instances WHERE sop_instance_uid = ?",
-                          (sop_instance_uid,)) is not None
+            return tx.one(_KNOWN, (sop_instance_uid, sop_instance_uid)) is not None
 
     def record(self, meta: InstanceMeta, now: float, complete_at: float, actor: str) -> RecordResult:
         """Record a durable instance and attach it to its study's receiving job.
@@ -99,6 +102,9 @@ class Intake:
         old = tx.one("SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
                      (meta.sop_instance_uid,))
         detail: dict[str, Any] = {"calling_ae": meta.calling_ae}
+        if old is None and tx.one(_OURS, (meta.sop_instance_uid,)) is not None:
+            detail["origin"] = "own_result"  # our SR or map, forwarded back by the PACS
+            old = {"sha256": ""}
         if old is not None:
             detail["same_bytes"] = old["sha256"] == meta.sha256
             append_events(tx, [AuditEvent(AuditEventType.INSTANCE_DUPLICATE, actor,
@@ -179,26 +185,44 @@ class Intake:
                                                       r["override"]) for r in rows}
 
     def receiving_studies(self, now: float, job_id: int | None = None) -> list[ReceivingStudy]:
-        """Receiving jobs nobody leases now (or one given job), with what we hold per series."""
+        """Receiving jobs nobody leases now (or one given job), with what we hold per series,
+        their modalities and the sender and accession key of the latest instance."""
         where, args = ("j.job_id = ?", [job_id]) if job_id is not None else ("j.leased_until <= ?", [now])
         with self._db.read() as tx:
             rows = tx.all(
-                "SELECT j.job_id, j.study_uid, j.last_instance_at, i.series_uid, COUNT(*) AS n,"
+                "SELECT j.job_id, j.study_uid, j.version, j.created_at, j.last_instance_at,"
+                " i.series_uid, COUNT(*) AS n, MAX(i.modality) AS modality,"
                 " (SELECT l.calling_ae FROM instances l WHERE l.study_uid = j.study_uid"
-                "  ORDER BY l.received_at DESC LIMIT 1) AS ae"
+                "  ORDER BY l.received_at DESC LIMIT 1) AS ae,"
+                " (SELECT l.accession_key FROM instances l WHERE l.study_uid = j.study_uid"
+                "  ORDER BY l.received_at DESC LIMIT 1) AS accession_key"
                 " FROM jobs j JOIN instances i ON i.study_uid = j.study_uid"
                 f" WHERE j.state = ? AND {where} AND COALESCE(i.override, '') != 'discarded'"
-                " GROUP BY j.job_id, i.series_uid ORDER BY j.job_id",
+                " GROUP BY j.job_id, j.study_uid, j.version, j.created_at, j.last_instance_at,"
+                " i.series_uid ORDER BY j.job_id",
                 [JobState.RECEIVING.value, *args])
         out: dict[int, ReceivingStudy] = {}
         for r in rows:
             jid = int(r["job_id"])
-            study = out.get(jid) or ReceivingStudy(jid, r["study_uid"], r["ae"] or "",
-                                                    float(r["last_instance_at"]), {})
-            out[jid] = ReceivingStudy(study.job_id, study.study_uid, study.calling_ae,
-                                      study.last_instance_at,
-                                      {**study.received, r["series_uid"]: int(r["n"])})
+            study = out.get(jid) or ReceivingStudy(
+                jid, r["study_uid"], r["ae"] or "", float(r["last_instance_at"]), {}, (), frozenset(),
+                int(r["version"]), float(r["created_at"]), r["accession_key"] or "")
+            modalities = tuple(sorted({*study.modalities, *([r["modality"]] if r["modality"] else [])}))
+            out[jid] = replace(study, received={**study.received, r["series_uid"]: int(r["n"])},
+                               modalities=modalities)
         return list(out.values())
+
+    def held_uids(self, study_uids: Iterable[str]) -> dict[str, frozenset[str]]:
+        """SOP Instance UIDs we hold (not discarded) per study, for MPPS and IAN evidence."""
+        uids = sorted(set(study_uids))
+        found: dict[str, set[str]] = {u: set() for u in uids}
+        with self._db.read() as tx:
+            for part in chunks(uids):
+                rows = tx.all("SELECT study_uid, sop_instance_uid FROM instances WHERE study_uid IN"
+                              f" ({marks(len(part))}) AND COALESCE(override, '') != 'discarded'", part)
+                for r in rows:
+                    found[r["study_uid"]].add(r["sop_instance_uid"])
+        return {k: frozenset(v) for k, v in found.items()}
 
     def receiving_instances(self) -> list[InstanceMeta]:
         """Instances of studies whose latest job is still receiving (pre-validation)."""

@@ -12,11 +12,13 @@ from core.ledger import (
     CoverStudy,
     Effect,
     HoldInQuarantine,
+    MarkSrVersions,
     QueueOutbox,
     RaiseReviewFlag,
     RecordSrVersions,
     RetryPolicy,
     SetAside,
+    WithdrawOutbox,
     can_transition,
 )
 from core.types import AuditEventType, JobState
@@ -25,9 +27,10 @@ from state.ledger._codec import RecordCodec
 from state.ledger._rows import job_of
 from state.ledger.audit import append_events
 from state.ledger.intake import apply_cover_study, apply_set_aside, reopen_study
-from state.ledger.outbox import apply_queue
+from state.ledger.outbox import apply_queue, apply_withdraw
 from state.ledger.quarantine import apply_hold
-from state.ledger.results import apply_flag, apply_versions
+from state.ledger.results import apply_mark, apply_versions
+from state.ledger.reviews import apply_flag
 
 __all__ = ["Jobs"]
 
@@ -180,6 +183,10 @@ class Jobs:
             apply_versions(tx, effect, self._codec, now)
         elif isinstance(effect, RaiseReviewFlag):
             apply_flag(tx, job.job_id, effect, now)
+        elif isinstance(effect, MarkSrVersions):
+            apply_mark(tx, effect, now)
+        elif isinstance(effect, WithdrawOutbox):
+            apply_withdraw(tx, job.job_id, effect)
         else:  # pragma: no cover - Effect is a closed union
             raise TypeError(f"effect: got {type(effect).__name__}; expected a core.ledger effect")
 

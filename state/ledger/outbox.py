@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.audit import AuditEvent
-from core.ledger import QueueOutbox
+from core.ledger import QueueOutbox, WithdrawOutbox
 from core.results import DeliveryState, OutboxEntry, OutboxItem, OutputKind
+from core.versions import VersionState
 from state.db import Database, Row, Tx
 from state.ledger.audit import append_events
 
-__all__ = ["Outbox", "apply_queue"]
+__all__ = ["Outbox", "apply_queue", "apply_withdraw"]
 
 _COLUMNS = (
     "o.item_id, o.job_id, o.sop_instance_uid, o.sop_class_uid, o.series_uid, o.kind, o.family,"
@@ -27,6 +28,12 @@ def apply_queue(tx: Tx, job_id: int, effect: QueueOutbox, now: float) -> None:
         [(job_id, i.sop_instance_uid, i.sop_class_uid, i.kind.value, i.family, i.path, now,
           i.series_instance_uid) for i in effect.items],
     )
+
+
+def apply_withdraw(tx: Tx, job_id: int, effect: WithdrawOutbox) -> None:
+    """Mark the job's pending items of one family superseded: they are never sent."""
+    tx.execute("UPDATE outbox SET state = ? WHERE job_id = ? AND family = ? AND state = ?",
+               (DeliveryState.SUPERSEDED.value, job_id, effect.family, DeliveryState.PENDING.value))
 
 
 def _entry(row: Row) -> OutboxEntry:
@@ -53,10 +60,14 @@ class Outbox:
             return [_entry(r) for r in tx.all(sql + " ORDER BY o.item_id", args)]
 
     def mark_delivered(self, item_id: int, now: float, event: AuditEvent) -> None:
-        """Record that the PACS answered success for one item, with its audit event."""
+        """Record that the PACS answered success for one item, with its audit event; an SR's
+        version is then ``delivered`` (``core.versions``) in the same transaction."""
         def done(tx: Tx) -> None:
             tx.execute("UPDATE outbox SET state = 'delivered', delivered_at = ?,"
                        " attempts = attempts + 1 WHERE item_id = ?", (now, item_id))
+            tx.execute("UPDATE sr_results SET state = ?, updated_at = ? WHERE sop_instance_uid IN"
+                       " (SELECT sop_instance_uid FROM outbox WHERE item_id = ? AND kind = ?)",
+                       (VersionState.DELIVERED.value, now, item_id, OutputKind.SR.value))
             append_events(tx, [event], now)
 
         self._db.run(done)

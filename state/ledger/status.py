@@ -58,7 +58,11 @@ class Status:
             instances = _instances(tx)
             oldest = _oldest(tx, now)
             pending = tx.one("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")
-            flags = tx.one("SELECT COUNT(*) AS n FROM review_flags WHERE resolved = 0")
+            flags = {r["kind"]: int(r["n"]) for r in tx.all(
+                "SELECT kind, COUNT(*) AS n FROM review_flags WHERE resolved = 0 GROUP BY kind")}
+            held = tx.one("SELECT COUNT(*) AS n FROM sr_results WHERE state = 'held'")
+            senders = {r["calling_ae"]: int(r["strictness"]) for r in tx.all(
+                "SELECT calling_ae, strictness FROM sender_standings WHERE strictness > 0")}
             quarantine = _quarantine(tx)
         working = [s.value for s in JobState if not s.is_terminal]
         return LedgerStatus(
@@ -68,6 +72,9 @@ class Status:
             oldest_waiting=oldest,
             outbox_pending=int(pending["n"]) if pending else 0,
             quarantine=quarantine,
-            review_flags_open=int(flags["n"]) if flags else 0,
+            review_flags_open=sum(flags.values()),
             stages=self._controls.stages(),
+            review_flags_by_kind=dict(sorted(flags.items())),
+            sr_versions_held=int(held["n"]) if held else 0,
+            senders_tightened=dict(sorted(senders.items())),
         )

@@ -16,10 +16,10 @@ from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
 from actors.adapters.dimse import Listener
-from actors.assembler import AssemblyWork, Evidence
+from actors.assembler import Assembly, AssemblyWork, Evidence
 from actors.router import RoutingWork
 from actors.validator import ValidationWork
-from core.completeness import CompletenessPolicy, EvidenceTracker
+from core.completeness import CompletenessPolicy
 from actors.polling import SystemClock
 from core.config import AssemblyConfig, ListenerConfig, RoutingConfig, StorageConfig, parse_config
 from core.job import Job
@@ -51,8 +51,7 @@ class Bridge:
         self.quarantine = self.ledger.quarantine
         routing = routing or parse_config(base_config()).routing
         self._stages = [
-            (JobState.RECEIVING, AssemblyWork(self.ledger, _quiet_evidence(self.ledger),
-                                              "stage:assembler", SystemClock())),
+            (JobState.RECEIVING, AssemblyWork(_quiet_assembly(self.ledger), SystemClock())),
             (JobState.COMPLETE, ValidationWork(self.ledger, Validator(), "stage:validator")),
             (JobState.VALIDATED, RoutingWork(self.ledger, Router(routing, ["chest_xray"]), "stage:router")),
         ]
@@ -88,10 +87,13 @@ class Bridge:
         self.ledger.close()
 
 
-def _quiet_evidence(ledger: Ledger) -> Evidence:
-    """Completion on a zero quiet period, no PACS to ask (issue #5's evidence left out)."""
-    policy = CompletenessPolicy(AssemblyConfig(quiet_period_s=0.0))
-    return Evidence(EvidenceTracker(policy), None, ledger)
+def _quiet_assembly(ledger: Ledger) -> Assembly:
+    """Completion on a zero quiet period, no PACS to ask (issue #5's evidence left out); a
+    sender that completes early is recorded but its quiet period stays zero (tighten_factor 1),
+    so ``drain`` completes every study it is given."""
+    policy = CompletenessPolicy(AssemblyConfig(quiet_period_s=0.0, quiet_period_by_modality={},
+                                               tighten_factor=1.0))
+    return Assembly(ledger, Evidence(policy, None, ledger), "stage:assembler", SystemClock())
 
 
 def send_raw(paths: Iterable[Path], port: int, *, ae_title: str = "RAWSCU") -> list[int]:

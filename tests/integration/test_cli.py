@@ -102,3 +102,41 @@ def test_up_refuses_to_start_with_missing_or_wrong_weights(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     res = pacsai("up", "--config", str(path))
     assert res.returncode == 1 and "wrong.pt" in res.stderr and "0" * 64 in res.stderr
+
+
+def test_review_flags_are_listed_shown_and_resolved_by_who_may_with_why(tmp_path):
+    from core.audit import AuditEvent
+    from core.config import StorageConfig
+    from core.ledger import RaiseReviewFlag
+    from core.review import FlagKind
+    from core.types import AuditEventType
+    from state.ledger import open_ledger
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"storage": {"var_dir": str(tmp_path / "var")},
+                                    "review": {"reviewers": {"rita": ["radiologist"], "ada": ["pacs_admin"]}}}))
+    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path / "var")))
+    flag = RaiseReviewFlag(FlagKind.PRIOR_ISSUER_MISMATCH, "1.2.3", "1.2.0", {"differing": ["IssuerOfPatientID"]})
+    ledger.reviews.raise_flag(None, flag, AuditEvent(AuditEventType.PRIOR_ISSUER_MISMATCH, "t", "1.2.3"), 100.0)
+    [raised] = ledger.reviews.flags()
+    listed = pacsai("review", "--config", str(path), "list")
+    assert listed.returncode == 0 and f"R{raised.flag_id}" in listed.stdout and "prior_issuer_mismatch" in listed.stdout
+    shown = pacsai("review", "--config", str(path), "show", f"R{raised.flag_id}")
+    assert "IssuerOfPatientID" in shown.stdout and "1.2.0" in shown.stdout
+    # A radiologist may not declare a pair with another issuer the same patient ...
+    denied = pacsai("review", "--config", str(path), "resolve", str(raised.flag_id),
+                    "--resolution", "same_patient", "--reason", "looks alike", "--user", "rita")
+    assert denied.returncode == 1 and "AccessDenied" in denied.stderr
+    stranger = pacsai("review", "--config", str(path), "resolve", str(raised.flag_id),
+                      "--resolution", "acknowledged", "--reason", "seen", "--user", "mallory")
+    assert stranger.returncode == 1 and "review.reviewers" in stranger.stderr
+    # ... the PACS administrator may, and must say why.
+    done = pacsai("review", "--config", str(path), "resolve", str(raised.flag_id), "--json",
+                  "--resolution", "different_patient", "--reason", "issuer HOSP-B is the other site", "--user", "ada")
+    assert done.returncode == 0, done.stderr
+    [out] = json.loads(done.stdout)
+    assert (out["state"], out["resolved_by"], out["reason"]) == ("resolved", "user:ada", "issuer HOSP-B is the other site")
+    assert pacsai("review", "--config", str(path), "list").stdout.strip() == "review: nothing"
+    [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "review_flag_resolved"]
+    assert event.actor == "user:ada" and event.detail["resolution"] == "different_patient"
+    ledger.close()

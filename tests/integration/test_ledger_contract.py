@@ -16,7 +16,7 @@ from actors.prevalidation import PreValidator, VerdictCache
 from actors.validator import ValidationWork
 from core.audit import AuditEvent
 from core.config import ListenerConfig, RetryConfig
-from core.errors import LeaseLost, RecordError, RejectedInput
+from core.errors import AccessDenied, DimseRefused, LeaseLost, RecordError, RejectedInput
 from core.health import ActorHealth, HealthStatus, LoopHealth
 from core.job import JobRecord
 from core.ledger import (
@@ -29,14 +29,22 @@ from core.ledger import (
     RecordSrVersions,
     RetryPolicy,
     SetAside,
+    WithdrawOutbox,
 )
+from core.ian import notice_from_n_create
+from core.mpps import StepStatus, create_step, set_step
 from core.quarantine import QuarantineState
 from core.records import ModelTask, Prediction, Route
+from core.review import FlagKind, FlagState, Resolution, Reviewer, ReviewRole, released_versions
+from core.sources import ArrivalKind, CompletionRule, LateArrival, SenderStanding, SenderTightened
 from core.results import DeliveryState, OutboxItem, OutputKind, SrVersion
 from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import Validator
+from core.versions import DeliveryAction, VersionState, plan_delivery
+from synthetic.procedure_steps import ian_notice, mpps_n_create, mpps_n_set, mpps_uid
 from synthetic.synthetic_dicom import make_cxr_study, save_study
 from state.ledger import Ledger, open_ledger
+from state.ledger.reviews import apply_flag
 from state.migrate import pending
 
 
@@ -321,7 +329,7 @@ def test_sr_versions_outbox_and_review_flags(ledger):
     [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=101.0)
     job = advance(ledger, job, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED,
                                 JobState.LINKED, JobState.INFERRED), 101.0)
-    flag = RaiseReviewFlag("prior_identity_conflict", "1.2.3", "7.7", {"differing": ["PatientName"]})
+    flag = RaiseReviewFlag(FlagKind.PRIOR_IDENTITY_CONFLICT, "1.2.3", "7.7", {"differing": ["PatientName"]})
     ledger.jobs.transition(job, JobState.WRITTEN, 101.0, effects=[flag, flag])  # at most once per pair
     [job] = ledger.jobs.lease(JobState.WRITTEN, "w", 1, 10.0, now=101.0)
     ledger.jobs.transition(job, JobState.DELIVERED, 101.0)
@@ -339,7 +347,7 @@ def test_sr_versions_outbox_and_review_flags(ledger):
     assert ledger.results.own_series("1.2.3") == {"2.25.9", "2.25.10"}
     assert ledger.results.latest("1.2.3", "chest_xray").prediction == _prediction(["1"])
     assert ledger.results.latest("1.2.3", "chest_xray", before_version=2) is None
-    [flagged] = ledger.results.review_flags()
+    [flagged] = ledger.reviews.flags()
     assert (flagged.other_study_uid, dict(flagged.detail)) == ("7.7", {"differing": ["PatientName"]})
     pending = ledger.outbox.items(late.job_id, DeliveryState.PENDING)
     assert [e.item for e in pending] == [sr, pm] and ledger.status.report(202.0).outbox_pending == 2
@@ -508,3 +516,152 @@ def test_instances_are_validated_while_the_study_is_receiving(ledger, tmp_path):
     assert states == {str(good.SOPInstanceUID): "pending", str(bad.SOPInstanceUID): "quarantined"}
     listener.stop()
 
+
+
+# ------------------------------------------------------- issue 18: completion evidence
+def _step_uids(ds_list):
+    return [str(d.SOPInstanceUID) for d in ds_list]
+
+
+def test_mpps_steps_are_stored_whole_a_refusal_stores_nothing_and_a_step_wakes_its_study(ledger):
+    study = make_cxr_study(seed=18, n_images=2, patient_id="MPPS1")
+    uid, step_uid = str(study[0].StudyInstanceUID), mpps_uid(study)
+    ledger.intake.record(meta("i1", study=uid, t=100.0), 100.0, 500.0, "t")  # due only at 500
+    created = ledger.evidence.record_step(
+        step_uid, lambda old: create_step(mpps_n_create(study), step_uid, "CT1", 101.0, old), "l", 101.0)
+    assert created.status is StepStatus.IN_PROGRESS
+    with pytest.raises(DimseRefused) as refused:  # a second N-CREATE: 0111H, nothing changes
+        ledger.evidence.record_step(
+            step_uid, lambda old: create_step(mpps_n_create(study), step_uid, "CT1", 102.0, old), "l", 102.0)
+    assert refused.value.status == 0x0111
+    ledger.evidence.record_step(step_uid, lambda old: set_step(old, mpps_n_set(study), step_uid, 103.0), "l", 103.0)
+    [step] = ledger.evidence.steps_for([uid, "9.9"])[uid]
+    assert step.status is StepStatus.COMPLETED and step.expected == frozenset(_step_uids(study))
+    with pytest.raises(DimseRefused) as final:  # final: "may no longer be updated" (A710H)
+        ledger.evidence.record_step(step_uid, lambda old: set_step(old, mpps_n_set(study), step_uid, 104.0), "l", 104.0)
+    assert final.value.error_id == 0xA710
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=103.0)  # made due by the step
+    assert job.study_instance_uid == uid
+    events = [e for e in ledger.audit.events(uid) if e.type == "mpps_received"]
+    assert [e.detail["status"] for e in events] == ["IN PROGRESS", "COMPLETED"]
+    assert "MPPS1" not in str(events)  # no patient identity in the trail
+
+
+def test_availability_notices_are_kept_once_each_per_study(ledger):
+    study = make_cxr_study(seed=19, n_images=2, patient_id="IAN1")
+    uid = str(study[0].StudyInstanceUID)
+    notice = notice_from_n_create(ian_notice(study), "2.25.77", "PACS", 100.0)
+    assert ledger.evidence.record_notice(notice, "l", 100.0) is True
+    assert ledger.evidence.record_notice(notice, "l", 101.0) is False
+    assert ledger.evidence.notices_for([uid]) == {uid: (notice,)}
+    assert [e.type for e in ledger.audit.events(uid)] == ["ian_received"]
+
+
+def test_a_late_arrival_is_judged_once_and_a_tightened_sender_is_audited_and_flagged(ledger):
+    standing = SenderStanding("ORTHANC", 1, 0)
+    tightened = SenderTightened("ORTHANC", "1.2.3", CompletionRule.PACS_COUNTS, 3.0, 1, 20.0, 40.0)
+    verdict = LateArrival(ArrivalKind.EARLY, standing, tightened)
+    assert ledger.evidence.arrival_judged(7) is False
+    assert ledger.evidence.record_arrival(7, "1.2.3", verdict, "stage:assembler", 100.0) is True
+    assert ledger.evidence.record_arrival(7, "1.2.3", verdict, "stage:assembler", 101.0) is False
+    assert ledger.evidence.arrival_judged(7) and ledger.evidence.standings() == {"ORTHANC": standing}
+    [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "sender_tightened"]
+    assert event.detail == tightened.audit_detail()
+    [flag] = ledger.reviews.flags(kind=FlagKind.SENDER_TIGHTENED)
+    assert flag.subject == "ORTHANC:1" and ledger.status.report(102.0).senders_tightened == {"ORTHANC": 1}
+
+
+def test_receiving_studies_know_modalities_version_and_what_is_held(ledger):
+    ledger.intake.record(meta("1", series="1.2.3.1"), 100.0, 102.0, "t")
+    [study] = ledger.intake.receiving_studies(now=102.0)
+    assert (study.modalities, study.version, study.opened_at) == (("CT",), 1, 100.0)
+    assert ledger.intake.held_uids(["1.2.3", "4.4"]) == {"1.2.3": frozenset({"1"}), "4.4": frozenset()}
+
+
+# ------------------------------------------------------------ issue 18: SR versions
+def _written(ledger, uid, now, family="chest_xray"):
+    """Take the receiving job of the study through to written with one SR version."""
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=now)
+    job = advance(ledger, job, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED,
+                                JobState.LINKED, JobState.INFERRED), now)
+    sop = f"2.25.{job.version}"
+    sr = OutboxItem(sop, "1.2.840.10008.5.1.4.1.1.88.34", "2.25.9", OutputKind.SR, family, f"/o/{sop}.dcm")
+    version = SrVersion(sop, sr.sop_class_uid, "2.25.9", uid, job.job_id, job.version, family, "m", "1", "",
+                        _prediction(["1"]))
+    ledger.jobs.transition(job, JobState.WRITTEN, now, effects=[QueueOutbox((sr,)), RecordSrVersions((version,))])
+    [job] = ledger.jobs.lease(JobState.WRITTEN, "w", 1, 10.0, now=now)
+    return job
+
+
+def _plan(study_uid, cap=5):
+    return lambda versions: plan_delivery(study_uid, "chest_xray", versions, cap)
+
+
+def test_sr_versions_are_claimed_one_at_a_time_and_a_newer_one_supersedes_an_unsent_one(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    first = _written(ledger, "1.2.3", 100.0)
+    ledger.intake.record(meta("2", t=101.0), 101.0, 101.0, "t")  # version 2 is on its way
+    waiting = ledger.results.claim_delivery(first, "chest_xray", _plan("1.2.3"), "stage:delivery", 101.0)
+    assert waiting.plan.action is DeliveryAction.WAIT and "on its way" in waiting.plan.reason
+    assert waiting.own is VersionState.PENDING
+    second = _written(ledger, "1.2.3", 102.0)
+    sent = ledger.results.claim_delivery(second, "chest_xray", _plan("1.2.3"), "stage:delivery", 102.0)
+    assert (sent.plan.action, sent.plan.version.version, sent.plan.supersede) == (DeliveryAction.SEND, 2, (1,))
+    states = {v.job_version: v.state for v in ledger.results.versions("1.2.3")}
+    assert states == {1: VersionState.SUPERSEDED, 2: VersionState.SENDING} and sent.own is VersionState.SENDING
+    late = ledger.results.claim_delivery(first, "chest_xray", _plan("1.2.3"), "stage:delivery", 103.0)
+    assert (late.plan.action, late.own) == (DeliveryAction.NOTHING, VersionState.SUPERSEDED)
+    [item] = ledger.outbox.items(second.job_id)
+    ledger.outbox.mark_delivered(item.item_id, 104.0, AuditEvent(AuditEventType.SR_DELIVERED, "d", "1.2.3"))
+    assert ledger.results.version("2.25.2").state is VersionState.DELIVERED
+    assert ledger.results.latest("1.2.3", "chest_xray").job_version == 2  # superseded: not a result
+    ledger.jobs.transition(first, JobState.SKIPPED, 105.0, reason="superseded",
+                           effects=[WithdrawOutbox("chest_xray")])
+    assert [i.state for i in ledger.outbox.items(first.job_id)] == [DeliveryState.SUPERSEDED]
+    superseded = [e for e in ledger.audit.events("1.2.3") if e.type == "sr_version_superseded"]
+    assert [(e.detail["version"], e.detail["superseded_by"]) for e in superseded] == [(1, 2)]
+
+
+def test_the_version_cap_holds_with_a_warning_until_a_reviewer_releases_it(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    job = _written(ledger, "1.2.3", 100.0)
+    ledger.results.claim_delivery(job, "chest_xray", _plan("1.2.3"), "d", 100.0)
+    [item] = ledger.outbox.items(job.job_id)
+    ledger.outbox.mark_delivered(item.item_id, 100.5, AuditEvent(AuditEventType.SR_DELIVERED, "d", "1.2.3"))
+    ledger.jobs.transition(job, JobState.DELIVERED, 100.5)
+    ledger.intake.record(meta("2", t=101.0), 101.0, 101.0, "t")
+    second = _written(ledger, "1.2.3", 101.0)
+    held = ledger.results.claim_delivery(second, "chest_xray", _plan("1.2.3", cap=1), "d", 101.0).plan
+    assert held.action is DeliveryAction.HOLD and ledger.status.report(101.0).sr_versions_held == 1
+    ledger.jobs.postpone(second, 10_000.0)
+    ledger.db.run(lambda tx: apply_flag(tx, second.job_id, RaiseReviewFlag(  # as delivery raises it
+        FlagKind.SR_VERSION_CAP, "1.2.3", "", held.cap.audit_detail(), "chest_xray:2"), 101.0))
+    [flag] = ledger.reviews.flags(kind=FlagKind.SR_VERSION_CAP)
+    ops = Reviewer("user:otto", frozenset({ReviewRole.OPERATOR}))
+    with pytest.raises(AccessDenied):
+        ledger.reviews.resolve(flag.flag_id, Reviewer("user:rita", frozenset({ReviewRole.RADIOLOGIST})),
+                               Resolution.RELEASED, "send it", 102.0)
+    done = ledger.reviews.resolve(flag.flag_id, ops, Resolution.RELEASED, "the later slices matter", 103.0)
+    assert (done.resolved_by, done.reason, done.state) == ("user:otto", "the later slices matter", FlagState.RESOLVED)
+    assert released_versions(ledger.reviews.flags(None, "1.2.3"), "1.2.3", "chest_xray") == {2}
+    [again] = ledger.jobs.lease(JobState.WRITTEN, "w", 1, 10.0, now=103.0)  # due again at once
+    assert again.job_id == second.job_id
+    [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "review_flag_resolved"]
+    assert (event.actor, event.detail["resolution"], event.detail["reason"]) == (
+        "user:otto", "released", "the later slices matter")
+    with pytest.raises(RejectedInput, match="resolved by user:otto"):
+        ledger.reviews.resolve(flag.flag_id, ops, Resolution.ACKNOWLEDGED, "again", 104.0)
+    with pytest.raises(RejectedInput, match="review flag 999"):
+        ledger.reviews.get(999)
+
+
+def test_our_own_result_forwarded_back_by_the_pacs_is_a_duplicate_and_opens_no_job(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    job = _written(ledger, "1.2.3", 100.0)
+    ledger.jobs.transition(job, JobState.DELIVERED, 101.0)
+    assert ledger.intake.has_instance("2.25.1")  # the SR of version 1
+    echo = replace(meta("2.25.1", series="2.25.9", t=102.0), sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34")
+    assert ledger.intake.record(echo, 102.0, 102.0, "t") is RecordResult.DUPLICATE
+    assert [j.version for j in ledger.jobs.for_study("1.2.3")] == [1]
+    [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "instance_duplicate"]
+    assert event.detail["origin"] == "own_result"

@@ -113,7 +113,7 @@ def test_right_prior_is_found_retrieved_and_compared_another_patient_is_not(tmp_
     # The other patient's study: never retrieved, flagged for review, audited.
     assert ledger.intake.states(str(impostor[0].StudyInstanceUID)) == {}
     assert ledger.status.report(time.time()).review_flags_open == 1
-    [flag] = ledger.results.review_flags()
+    [flag] = ledger.reviews.flags()
     assert (flag.kind, flag.other_study_uid) == ("prior_identity_conflict", str(impostor[0].StudyInstanceUID))
     conflicts = [e for e in ledger.audit.events(uid) if e.type == "prior_identity_conflict"]
     assert conflicts[0].detail["differing"] == ["PatientName", "PatientBirthDate"]

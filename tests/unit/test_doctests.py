@@ -1,4 +1,5 @@
-"""Docstring examples run as doctests (core, models, synthetic, training): examples that run cannot rot."""
+"""Docstring examples run as doctests (core, models, state, synthetic, training): examples that
+run cannot rot."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-PACKAGES = ("core", "models", "synthetic", "training")
+PACKAGES = ("core", "models", "state", "synthetic", "training")
 
 
 def _modules() -> list[str]:

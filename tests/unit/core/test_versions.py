@@ -89,10 +89,10 @@ def test_plan_write_skips_a_version_a_newer_one_superseded_and_names_the_one_in_
 def test_incompleteness_becomes_incomplete_series_quality_flags():
     mark = Incompleteness(IncompleteReason.MISSING_INSTANCES, 3, ("se2",))
     [flag] = mark.quality_flags(["se1", "se2"])
-    assert flag["key"] == "incomplete_series" and flag["series_instance_uid"] == "se2"
-    assert (flag["score"], flag["threshold"]) == (3.0, 1.0) and "3 missing" in flag["detail"]
+    assert flag.key == "incomplete_series" and flag.series_instance_uid == "se2"
+    assert (flag.score, flag.threshold) == (3.0, 1.0) and "3 missing" in flag.detail
     unknown = Incompleteness(IncompleteReason.DISCONTINUED)
-    assert [f["series_instance_uid"] for f in unknown.quality_flags(["se1", "se2"])] == ["se1", "se2"]
+    assert [f.series_instance_uid for f in unknown.quality_flags(["se1", "se2"])] == ["se1", "se2"]
     assert "discontinued" in unknown.describe() and Incompleteness.from_json(mark.to_json()) == mark
 
 
