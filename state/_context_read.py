@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 from core.context import OrderIndex, choose_order
+from core.order_status import OrderStatus, from_service_request, latest_order_status
 from state.db import Database, Row, Tx, marks
 
 __all__ = ["ContextMatch", "ContextReader", "Resource", "TABLES", "load", "survivor"]
@@ -129,6 +130,25 @@ class ContextReader:
             patient_id = survivor(tx, order.patient_id)
             return ContextMatch(how, request, load(tx, "Patient", patient_id),
                                 self._encounter(tx, order, patient_id))
+
+    def order_status(self, study_uid: str, accession_key: str) -> OrderStatus | None:
+        """The RIS's latest status of a study's order (``core.ports.OrderStatusSource``).
+
+        Matched on Study Instance UID, else on the keyed hash of the accession number; the
+        stored FHIR ``ServiceRequest.status`` maps back through ``core.order_status``, and
+        statuses that say nothing about the examination are skipped. No patient identity is
+        read, so the caller need not audit it.
+        """
+        if not study_uid and not accession_key:
+            return None
+        with self.db.read() as tx:
+            rows = tx.all(
+                "SELECT study_uid, accession_key, status, updated_at FROM orders"
+                " WHERE (study_uid = ? AND study_uid <> '') OR (accession_key = ? AND accession_key <> '')"
+                " ORDER BY updated_at DESC LIMIT 20", (study_uid, accession_key))
+        statuses = [from_service_request(r["study_uid"], r["accession_key"], r["status"],
+                                         float(r["updated_at"])) for r in rows]
+        return latest_order_status(statuses, study_uid, accession_key)
 
     @staticmethod
     def _order(row: Row) -> OrderIndex:

@@ -48,8 +48,9 @@ def adt(event: str = "A01", control: str = "ADT0001", *, mrn: str = "MRN123",
 
 
 def _order_segments(accession: str, priority: str, reason: str, *, placer: str = "PLC1001",
-                    filler: str = "FIL2002", control_code: str = "NW") -> list[str]:
-    orc = field_list("ORC", {1: control_code, 2: f"{placer}^RIS", 3: f"{filler}^PACS", 5: "SC",
+                    filler: str = "FIL2002", control_code: str = "NW",
+                    status: str = "SC") -> list[str]:
+    orc = field_list("ORC", {1: control_code, 2: f"{placer}^RIS", 3: f"{filler}^PACS", 5: status,
                              7: f"^^^^^{priority}", 9: "20250301102900", 12: "5678^SYNREF^BOB"})
     obr = field_list("OBR", {
         1: "1", 2: f"{placer}^RIS", 3: f"{filler}^PACS", 4: "36554-4^XR Chest 2 Views^LN",
@@ -62,13 +63,16 @@ def _order_segments(accession: str, priority: str, reason: str, *, placer: str =
 def orm(control: str = "ORM0001", *, mrn: str = "MRN123", accession: str = "ACC3003",
         priority: str = "S", patient_class: str = "E",
         reason: str = "R07.4^Chest pain^I10^^^^^^Acute chest pain, rule out pneumothorax",
-        pid3: str = "", name: str = "SYNTHETIC^PATIENT^A^^DR^^L", **kw: str) -> str:
-    """An ORM^O01 radiology order (IHE RAD-2/RAD-4 v2.3.1 style, sent here as v2.5.1)."""
+        pid3: str = "", name: str = "SYNTHETIC^PATIENT^A^^DR^^L", control_code: str = "NW",
+        status: str = "SC", **kw: str) -> str:
+    """An ORM^O01 radiology order (IHE RAD-2/RAD-4 v2.3.1 style, sent here as v2.5.1);
+    ``control_code`` and ``status`` are ORC-1 and ORC-5 (``XO``/``CM``: the exam is done)."""
     segments = [_msh("ORM^O01^ORM_O01", control, **kw),
                 _pid(mrn, birth="19700615", pid3=pid3, name=name)]
     if patient_class:
         segments.append(_pv1(patient_class, visit=""))
-    segments += _order_segments(accession, priority, reason)
+    segments += _order_segments(accession, priority, reason, control_code=control_code,
+                                status=status)
     return "\r".join(segments) + "\r"
 
 

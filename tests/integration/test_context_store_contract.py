@@ -19,6 +19,8 @@ from core.acks import AckError, Disposition
 from core.config import StorageConfig
 from core.hl7 import parse_message
 from core.identifiers import hash_identifier
+from core.order_status import OrderProgress
+from core.ports import OrderStatusSource
 from core.v2fhir import V2FhirMapper
 from state.context_store import ContextReader, ContextWriter, InboxEntry, open_context
 from state.db import Database
@@ -233,6 +235,25 @@ def test_the_join_prefers_study_uid_then_accession_then_patient_and_date(store):
     assert by_date.match == "patient+date"
     assert by_date.service_request["identifier"][-1]["value"] == "ACC-OMI"
     assert reader.find("9.9", [], [hash_identifier("MRN123", KEY)], date(2025, 4, 1), 1) is None
+
+
+def test_the_order_status_is_the_latest_ris_report_of_the_study(store):
+    """The assembler's order-status evidence (issue 18): ORC-5 as stored, read back mapped."""
+    writer, reader, _ = store
+    acc = hash_identifier("ACC-ST", KEY)
+    assert reader.order_status("9.9", acc) is None
+    writer.receive(entry(orm("S1", accession="ACC-ST"), now=100.0)).result()
+    scheduled = reader.order_status("", acc)
+    assert scheduled is not None and scheduled.progress is OrderProgress.IN_PROGRESS
+    writer.receive(entry(orm("S2", accession="ACC-ST", control_code="XO", status="CM"),
+                         now=200.0)).result()
+    done = reader.order_status("9.9", acc)
+    assert done is not None and (done.progress, done.at) == (OrderProgress.COMPLETED, 200.0)
+    assert done.source == "ServiceRequest.status=completed"
+    writer.receive(entry(omi("S3", accession="ACC-OTHER", study_uid="1.2.3.7"), now=300.0)).result()
+    assert reader.order_status("1.2.3.7", "").progress is OrderProgress.IN_PROGRESS
+    assert reader.order_status("", hash_identifier("ACC-NONE", KEY)) is None
+    assert isinstance(reader, OrderStatusSource)
 
 
 # --------------------------------------------------------------- writers at once
