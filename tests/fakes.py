@@ -65,15 +65,3 @@ class FakePacs:
 
 
 @dataclass
-class FakeOrders:
-    """The RIS's order status as the HL7 context store answers it (``core.ports.OrderStatusSource``);
-    set ``status`` to what the RIS last reported."""
-
-    status: object = None
-
-    def order_status(self, study_uid: str, accession_key: str):
-        """The status, when it is this study's (by Study Instance UID or accession key)."""
-        s = self.status
-        if s is None:
-            return None
-        return s if study_uid == s.study_uid or (accession_key and accession_key == s.accession_key) else None
