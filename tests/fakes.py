@@ -62,6 +62,3 @@ class FakePacs:
         from core.completeness import PacsCounts
 
         return self.counts.get(study_uid, PacsCounts(known=False))
-
-
-@dataclass
