@@ -32,7 +32,13 @@ from actors.adapters.query_retrieve import DimseQueryRetrieve
 from actors.polling import Loop
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
-from core.completeness import CompletenessPolicy, CompletionDecision, ReceivingStudy, StudyEvidence, decide
+from core.completeness import (
+    CompletenessPolicy,
+    CompletionDecision,
+    ReceivingStudy,
+    StudyEvidence,
+    decide,
+)
 from core.config import AssemblyConfig, PacsConfig, StorageConfig
 from core.errors import DependencyUnavailable
 from core.job import Completion, Job

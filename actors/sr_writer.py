@@ -11,7 +11,7 @@ rebuild). A study completed known to be partial gets the incomplete-series quali
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ def _written_at(job: Job) -> datetime:
     """The results' content time: when the job's models answered (so a retried or replayed
     write gives byte-identical objects)."""
     at = job.record.inference.inferred_at if job.record.inference else job.updated_at
-    return datetime.fromtimestamp(at, timezone.utc)
+    return datetime.fromtimestamp(at, UTC)
 
 
 class SRWriteWork:

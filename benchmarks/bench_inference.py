@@ -42,7 +42,12 @@ from core.records import InferenceRequest
 from models.families import load_predictor
 from serve.app import build_app
 from synthetic.synthetic_dicom import make_cxr_study
-from synthetic.synthetic_studies import brain_mr_study, chest_cta_study, fracture_study, head_ct_study
+from synthetic.synthetic_studies import (
+    brain_mr_study,
+    chest_cta_study,
+    fracture_study,
+    head_ct_study,
+)
 
 STUDIES = {
     "chest_xray": lambda: make_cxr_study(1, frozenset({"effusion"})),

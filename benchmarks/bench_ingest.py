@@ -23,10 +23,9 @@ from _common import emit  # benchmarks/ is on sys.path when run as a script
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
 from actors.adapters.dimse import Listener
-from core.config import StorageConfig
-from state.ledger import open_ledger
-from core.config import ListenerConfig
+from core.config import ListenerConfig, StorageConfig
 from demo.dcmtk import storescu
+from state.ledger import open_ledger
 from synthetic.synthetic_dicom import make_ct_series, save_study
 
 

@@ -54,12 +54,13 @@ from typing import Any
 
 import yaml
 from _common import emit  # benchmarks/ is on sys.path when run as a script
-from state.ledger import Ledger, open_ledger
+
 from actors.pipeline import Pipeline, wait_until
 from core.config import AppConfig, parse_config
 from demo.dcmtk import storescu
 from demo.modality import send_mpps_create, send_mpps_set, send_paced
 from demo.orthanc import FORWARD_EACH_INSTANCE, OrthancProcess, free_port
+from state.ledger import Ledger, open_ledger
 from synthetic.procedure_steps import mpps_n_create, mpps_n_set, mpps_uid
 from synthetic.synthetic_dicom import make_ct_series, make_cxr_study, save_study
 from synthetic.synthetic_studies import head_ct_study

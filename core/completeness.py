@@ -47,7 +47,7 @@ from core.pacs_counts import (
     read_counts,
 )
 from core.sources import CompletenessPolicy, CompletionRule, SenderStanding, SourceRule
-from core.versions import IncompleteReason, Incompleteness
+from core.versions import Incompleteness, IncompleteReason
 
 __all__ = [
     "CompletenessPolicy",

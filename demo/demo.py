@@ -21,11 +21,11 @@ import highdicom as hd
 from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
-from state.ledger import Ledger, open_ledger
 from actors.pipeline import Pipeline, load_config, wait_until
 from core.config import AppConfig
 from demo.dcmtk import storescu
 from demo.orthanc import OrthancProcess
+from state.ledger import Ledger, open_ledger
 
 __all__ = ["DemoStudy", "run_demo"]
 

@@ -21,7 +21,14 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from core.errors import ModelError
-from core.records import HeatmapGrid, PlaneGeometry, QualityFlag, Region, VolumeGrid, VolumetricRegion
+from core.records import (
+    HeatmapGrid,
+    PlaneGeometry,
+    QualityFlag,
+    Region,
+    VolumeGrid,
+    VolumetricRegion,
+)
 from models.gradcam import region_of
 from models.predictor import PlaneItem, Predictor, plane_location
 from models.quality import volume_flags

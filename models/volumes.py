@@ -136,8 +136,12 @@ def _frame_geometry(ds: Dataset, index: int, multiframe: bool) -> tuple[Any, Any
     else:
         position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
         spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    as_tuple = (lambda v: tuple(float(x) for x in v) if v else None)
-    return as_tuple(position), as_tuple(orientation), as_tuple(spacing)
+    return _floats(position), _floats(orientation), _floats(spacing)
+
+
+def _floats(value: Any) -> tuple[float, ...] | None:
+    """A multi-valued DICOM number as floats (``None`` when absent or empty)."""
+    return tuple(float(x) for x in value) if value else None
 
 
 def _rescale(ds: Dataset, index: int, multiframe: bool) -> tuple[float, float]:

@@ -17,7 +17,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
-from core.config import ModelEntry, ServeDeploymentConfig, app_name
+from core.config import ModelEntry, ServeDeploymentConfig
 from core.errors import ConfigError
 from models.families import PREDICTORS
 from models.registry import resolve_weights

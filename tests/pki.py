@@ -58,7 +58,7 @@ def _certificate(
     subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
     issuer_key: ec.EllipticCurvePrivateKey, ca: bool,
 ) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))

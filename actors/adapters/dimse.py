@@ -19,22 +19,20 @@ import hashlib
 import logging
 import re
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom import dcmread
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from state.files import check_free_space, durable_write, publish, write_temp
 from actors.adapters.clock import SystemClock
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
 from actors.adapters.query_retrieve import tcp_nodelay
@@ -45,11 +43,12 @@ from core.config import AssemblyConfig, ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
 from core.ledger import RecordResult
-from core.ports import Clock
 from core.part10 import part10_header
 from core.pixels import NATIVE_SYNTAXES, decode_plugins
+from core.ports import Clock
 from core.types import AuditEventType, InstanceMeta
 from core.validation import NON_PATIENT_SOP_CLASSES, attribute_text
+from state.files import check_free_space, durable_write, publish, write_temp
 from state.ledger import Ledger
 
 __all__ = [

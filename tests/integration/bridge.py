@@ -17,17 +17,17 @@ from pynetdicom.dsutils import split_dataset
 
 from actors.adapters.dimse import Listener
 from actors.assembler import Assembly, AssemblyWork, Evidence
+from actors.polling import SystemClock
 from actors.router import RoutingWork
 from actors.validator import ValidationWork
 from core.completeness import CompletenessPolicy
-from actors.polling import SystemClock
 from core.config import AssemblyConfig, ListenerConfig, RoutingConfig, StorageConfig, parse_config
 from core.job import Job
 from core.routing import Router
 from core.types import JobState
 from core.validation import Validator
-from state.ledger import Ledger, open_ledger
 from demo.dcmtk import storescu
+from state.ledger import Ledger, open_ledger
 from tests.integration.conftest import base_config
 
 __all__ = ["Bridge", "dataset_bytes", "query", "send_raw"]

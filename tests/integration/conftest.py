@@ -16,8 +16,8 @@ import yaml
 
 from actors.pipeline import Pipeline, deploy_models, wait_until
 from core.config import AppConfig, parse_config
-from state.ledger import Ledger, open_ledger
 from demo.orthanc import OrthancProcess, free_port, orthanc_binary
+from state.ledger import Ledger, open_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CONFIG = ROOT / "configs" / "test.yaml"

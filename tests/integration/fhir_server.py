@@ -8,9 +8,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pydantic import ValidationError
-
 from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
 
 __all__ = ["FhirTestServer"]
 

@@ -24,8 +24,7 @@ from actors.cli import main
 from core.sr import differing_attributes
 from core.validation import attribute_text
 from tests.corruptions import CORRUPTIONS, cxr, put, write
-from tests.integration.bridge import send_raw
-from tests.integration.bridge import query
+from tests.integration.bridge import query, send_raw
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 
 pytestmark = [pytest.mark.integration, needs_peers]

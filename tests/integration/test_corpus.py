@@ -36,9 +36,8 @@ import pydicom
 import pytest
 from pydicom import config, dcmread
 
-from tests.integration.bridge import Bridge, dataset_bytes, query, send_raw
 from demo.dcmtk import PROPOSAL_OPTIONS
-from tests.integration.bridge import Bridge, dataset_bytes, send_raw
+from tests.integration.bridge import Bridge, dataset_bytes, query, send_raw
 from tests.integration.wire import RecordingRelay
 
 pytestmark = [pytest.mark.integration,
@@ -203,7 +202,7 @@ def _check_spooled_equals_wire(bridge: Bridge, path: Path, wire: bytes) -> None:
 
 def _settle(bridge: Bridge, outcomes: dict[str, Outcome], by_uid: dict[str, str]) -> None:
     bridge.drain()
-    for row in query(bridge.ledger, 
+    for row in query(bridge.ledger,
         "SELECT i.sop_instance_uid, i.override, i.reason, j.state, j.reason AS job_reason"
         " FROM instances i JOIN jobs j ON j.job_id = i.job_id"
     ):

@@ -7,9 +7,6 @@ import time
 import pytest
 
 from actors.adapters.fhir_http import FhirClient
-from state.ehr_outbox import EhrOutbox
-from state.layout import VarLayout
-from state.ledger import open_database, open_ledger
 from actors.ehr_delivery import EhrDeliveryWork
 from core.config import EhrConfig, FhirEndpointConfig, RetryConfig
 from core.errors import DependencyUnavailable, RejectedInput
@@ -18,6 +15,9 @@ from core.findings import term_for
 from core.ledger import RetryPolicy
 from core.records import Finding, Prediction
 from demo.orthanc import free_port
+from state.ehr_outbox import EhrOutbox
+from state.layout import VarLayout
+from state.ledger import open_database, open_ledger
 from tests.integration.fhir_server import FhirTestServer
 
 pytestmark = pytest.mark.integration

@@ -18,6 +18,7 @@ from core.audit import AuditEvent
 from core.config import ListenerConfig, RetryConfig
 from core.errors import AccessDenied, DimseRefused, LeaseLost, RecordError, RejectedInput
 from core.health import ActorHealth, HealthStatus, LoopHealth
+from core.ian import notice_from_n_create
 from core.job import JobRecord
 from core.ledger import (
     CoverStudy,
@@ -31,21 +32,20 @@ from core.ledger import (
     SetAside,
     WithdrawOutbox,
 )
-from core.ian import notice_from_n_create
 from core.mpps import StepStatus, create_step, set_step
 from core.quarantine import QuarantineState
 from core.records import ModelTask, Prediction, Route
+from core.results import DeliveryState, OutboxItem, OutputKind, SrVersion
 from core.review import FlagKind, FlagState, Resolution, Reviewer, ReviewRole, released_versions
 from core.sources import ArrivalKind, CompletionRule, LateArrival, SenderStanding, SenderTightened
-from core.results import DeliveryState, OutboxItem, OutputKind, SrVersion
 from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import Validator
 from core.versions import DeliveryAction, VersionState, plan_delivery
-from synthetic.procedure_steps import ian_notice, mpps_n_create, mpps_n_set, mpps_uid
-from synthetic.synthetic_dicom import make_cxr_study, save_study
 from state.ledger import Ledger, open_ledger
 from state.ledger.reviews import apply_flag
 from state.migrate import pending
+from synthetic.procedure_steps import ian_notice, mpps_n_create, mpps_n_set, mpps_uid
+from synthetic.synthetic_dicom import make_cxr_study, save_study
 
 
 def meta(uid, study="1.2.3", series=None, t=100.0, ae="SCU", sha="aa"):
@@ -250,8 +250,17 @@ def _ct_400_record(study: str) -> JobRecord:
     from core.interval import PriorResult
     from core.job import Inference, PriorLink, PriorStudy, RetrievedSeries
     from core.priors import InstanceRef, PriorStatus
-    from core.records import (AxisScale, BlobRef, Finding, FrameRef, HeatmapRef, PlanarRegion,
-                              PlaneGeometry, PlaneGrid, QualityFlag)
+    from core.records import (
+        AxisScale,
+        BlobRef,
+        Finding,
+        FrameRef,
+        HeatmapRef,
+        PlanarRegion,
+        PlaneGeometry,
+        PlaneGrid,
+        QualityFlag,
+    )
     from core.types import CodedTerm
 
     ct = "1.2.840.10008.5.1.4.1.1.2"

@@ -31,10 +31,9 @@ from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
 from actors.adapters.dimse import Listener
-from core.config import StorageConfig
-from state.ledger import Ledger, open_ledger
-from core.config import ListenerConfig
+from core.config import ListenerConfig, StorageConfig
 from demo.dcmtk import storescu
+from state.ledger import open_ledger
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")]

@@ -6,14 +6,12 @@ from __future__ import annotations
 import copy
 import random
 import time
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import highdicom as hd
 import numpy as np
 import pytest
-from pydicom import dcmread
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, ParametricMapStorage
 
@@ -28,7 +26,13 @@ from synthetic.synthetic_studies import (
     fracture_study,
     head_ct_study,
 )
-from tests.integration.conftest import ledger_of, needs_peers, pacs_outputs, send_files, wait_for_states
+from tests.integration.conftest import (
+    ledger_of,
+    needs_peers,
+    pacs_outputs,
+    send_files,
+    wait_for_states,
+)
 
 pytestmark = [pytest.mark.integration, needs_peers]
 

@@ -8,9 +8,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import Verification
 
 from actors.adapters.dimse import Listener, storage_sop_classes
-from core.config import StorageConfig
-from state.ledger import Ledger, open_ledger
-from core.config import ListenerConfig
+from core.config import ListenerConfig, StorageConfig
+from state.ledger import open_ledger
 
 pytestmark = pytest.mark.integration
 

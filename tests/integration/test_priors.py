@@ -154,9 +154,9 @@ def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method, caplog):
     from actors.adapters.dimse import Listener
     from actors.adapters.query_retrieve import DimseQueryRetrieve
     from core.config import ListenerConfig, PacsConfig, StorageConfig
-    from state.ledger import open_ledger
     from core.errors import DependencyUnavailable
     from core.priors import StudyQuery
+    from state.ledger import open_ledger
 
     prior = cxr(221, n=2, when=400)
     seed_pacs(pacs, tmp_path, prior)

@@ -15,7 +15,13 @@ from actors.pipeline import wait_until
 from core.config import app_name
 from synthetic.synthetic_dicom import save_study
 from synthetic.synthetic_studies import brain_mr_study, fracture_study, head_ct_study
-from tests.integration.conftest import ledger_of, needs_peers, pacs_outputs, send_files, wait_for_states
+from tests.integration.conftest import (
+    ledger_of,
+    needs_peers,
+    pacs_outputs,
+    send_files,
+    wait_for_states,
+)
 
 pytestmark = [pytest.mark.integration, needs_peers]
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,11 +73,11 @@ def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_report
         batch = [s.study_uid for s in studies]
         uids += batch
 
-        def in_flight() -> bool:  # the inference stage holds a job: its request is on its way
+        def in_flight(batch: list[str] = batch) -> bool:  # the inference stage holds a job: its request is on its way
             return any(j.state.value == "linked" and j.lease_owner.startswith("inference")
                        for uid in batch for j in ledger.jobs.for_study(uid))
 
-        def past_inference() -> bool:
+        def past_inference(batch: list[str] = batch) -> bool:
             states = [j.state.value for uid in batch for j in ledger.jobs.for_study(uid)]
             return len(states) == len(batch) and all(s in ("inferred", "written", "delivered") for s in states)
 
@@ -84,8 +90,8 @@ def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_report
             for replica in replicas:
                 ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
             kills += 1
-            assert wait_until(lambda: set(_replicas("head_ct_haemorrhage")) - set(replicas), 120, 0.1)
-            hit = wait_until(lambda: landed(batch), 1, 0.1)
+            assert wait_until(lambda gone=set(replicas): set(_replicas("head_ct_haemorrhage")) - gone, 120, 0.1)
+            hit = wait_until(lambda batch=batch: landed(batch), 1, 0.1)
         assert wait_for_states(ledger, batch, {"delivered"}, timeout_s=420), ledger.status.report(time.time())
         assert _replicas("head_ct_haemorrhage")
         if hit or landed(batch):

@@ -7,7 +7,7 @@ the listener uses, so a malformed ACK cannot pass by agreeing with itself.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hl7apy.parser import parse_message as hl7apy_parse
@@ -16,7 +16,7 @@ from core.acks import AckError, Disposition, ack_codes, build_ack
 from core.hl7 import parse_message
 from tests.hl7_messages import orm
 
-AT = datetime(2025, 3, 1, 10, 30, tzinfo=timezone.utc)
+AT = datetime(2025, 3, 1, 10, 30, tzinfo=UTC)
 HEADER = parse_message(orm().encode()).header
 
 

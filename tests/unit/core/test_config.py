@@ -74,7 +74,7 @@ def test_root_must_be_a_mapping():
 
 def test_config_is_frozen():
     cfg = parse_config(None)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="frozen"):
         cfg.listener.port = 1  # type: ignore[misc]
 
 

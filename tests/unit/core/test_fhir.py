@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from core.findings import term_for
 from core.fhir import AIAST, ResultSubject, build_result_bundle, validate
+from core.findings import term_for
 from core.records import Finding, Prediction
 
 PREDICTION = Prediction(

@@ -7,6 +7,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from core.codec import dump_record, load_record
 from core.findings import term_for
 from core.interval import (
     ComparisonStatus,
@@ -16,11 +17,10 @@ from core.interval import (
     comparison_for,
     interval_changes,
 )
-from core.codec import dump_record, load_record
 from core.job import PriorLink, PriorStudy
 from core.priors import InstanceRef, PriorStatus
-from core.sr import SRBuilder, SRIdentity
 from core.records import Finding, Prediction
+from core.sr import SRBuilder, SRIdentity
 
 
 def pred(*findings, family="chest_xray"):

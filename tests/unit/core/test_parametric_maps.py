@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from io import BytesIO
 
 import highdicom as hd
@@ -133,7 +133,7 @@ def test_the_same_input_at_the_same_job_time_gives_a_byte_identical_map() -> Non
     grid = PlaneGrid(_frame(source), 32, 32, AxisScale(1.0, 0.0), AxisScale(1.0, 0.0), None)
     ref = HeatmapRef("a", grid, (32, 32), BLOB)
     heat = np.random.default_rng(7).random((32, 32)).astype(np.float32)
-    when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
     builder = ParametricMapBuilder(IDENTITY)
     first = _bytes(builder.build([source], _prediction([source], "a"), ref, heat, when))
     time.sleep(1.1)  # a wall-clock stamp would differ now

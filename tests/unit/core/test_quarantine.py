@@ -7,7 +7,14 @@ import json
 import pytest
 
 from core.errors import RejectedInput
-from core.quarantine import QuarantineRef, decide, format_id, issues_json, parse_reference, require_reason
+from core.quarantine import (
+    QuarantineRef,
+    decide,
+    format_id,
+    issues_json,
+    parse_reference,
+    require_reason,
+)
 from core.types import ValidationIssue
 
 GAP = ValidationIssue("slice_gap", "series 1.2: gap", "1.2.3", "series")

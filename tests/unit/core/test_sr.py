@@ -10,8 +10,8 @@ from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
 
 from core.findings import term_for
-from core.sr import COPIED_ATTRIBUTES, SRBuilder, SRIdentity, differing_attributes
 from core.records import Finding, FrameRef, PlanarRegion, Prediction, QualityFlag, VolumetricRegion
+from core.sr import COPIED_ATTRIBUTES, SRBuilder, SRIdentity, differing_attributes
 
 
 @pytest.fixture
@@ -161,7 +161,6 @@ def _items(ds):
 
 def test_comparison_names_the_prior_and_states_change_per_finding(source, tmp_path):
     from core.interval import comparison_for
-
     from core.job import PriorLink, PriorStudy
     from core.priors import InstanceRef, PriorStatus
 
@@ -198,7 +197,6 @@ def test_comparison_names_the_prior_and_states_change_per_finding(source, tmp_pa
 
 def test_unavailable_priors_are_stated_never_omitted(source):
     from core.interval import comparison_for
-
     from core.job import PriorLink
     from core.priors import PriorStatus
 

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from core.versions import (
     DeliveryAction,
-    IncompleteReason,
     Incompleteness,
+    IncompleteReason,
     SRVersion,
     VersionState,
     WritePlan,

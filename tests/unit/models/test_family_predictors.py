@@ -10,14 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import FindingSpec, ModelEntry, ModelInputSpec
 from core.codec import dump_record, load_record
-from core.records import Geometry, InferenceRequest, ModelOutput, Prediction, VolumetricRegion
+from core.config import FindingSpec, ModelEntry, ModelInputSpec
+from core.records import Geometry, InferenceRequest, Prediction, VolumetricRegion
 from models.families import PREDICTORS, load_predictor
 from models.networks import build_network
 from synthetic.head_phantoms import HEAD_CT_FINDINGS
 from synthetic.synthetic_series import to_enhanced
-from synthetic.synthetic_studies import brain_mr_study, chest_cta_study, fracture_study, head_ct_study
+from synthetic.synthetic_studies import (
+    brain_mr_study,
+    chest_cta_study,
+    fracture_study,
+    head_ct_study,
+)
 
 SPECS = {
     "bone_fracture": (ModelInputSpec(spatial_size=(64, 64)), ("limb_fracture",)),

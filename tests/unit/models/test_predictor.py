@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.codec import dump_record, load_record
 from core.config import ModelEntry
 from core.errors import ModelError
 from core.findings import term_for
-from core.codec import dump_record, load_record
 from core.records import InferenceRequest, ModelOutput, Prediction
 from models.predictor import ChestXrayPredictor
 from synthetic.phantoms import CXR_FINDINGS
