@@ -64,7 +64,10 @@ class Evidence:
     process's memory) and the RIS order status. Safe to share between threads."""
 
     def __init__(
-        self, policy: CompletenessPolicy, pacs: DimseQueryRetrieve | None, ledger: Ledger,
+        self,
+        policy: CompletenessPolicy,
+        pacs: DimseQueryRetrieve | None,
+        ledger: Ledger,
         orders: OrderStatusSource | None = None,
     ) -> None:
         self.policy = policy
@@ -78,8 +81,10 @@ class Evidence:
     def gather(self, studies: Sequence[ReceivingStudy]) -> list[StudyEvidence]:
         """The evidence of each study (one batch of ledger reads for them all)."""
         standings = self._ledger.evidence.standings()
-        rules = {s.job_id: self.policy.rule_for(s.calling_ae, s.modalities, standings.get(s.calling_ae.strip()))
-                 for s in studies}
+        rules = {
+            s.job_id: self.policy.rule_for(s.calling_ae, s.modalities, standings.get(s.calling_ae.strip()))
+            for s in studies
+        }
         pushed = [s.study_uid for s in studies if _PUSHED & set(rules[s.job_id].evidence)]
         steps = self._ledger.evidence.steps_for(pushed) if pushed else {}
         notices = self._ledger.evidence.notices_for(pushed) if pushed else {}
@@ -89,12 +94,22 @@ class Evidence:
         for s in studies:
             own = self._own_series(s, rules[s.job_id].completion == "pacs_counts" or s.study_uid in notices)
             mine = steps.get(s.study_uid, ())
-            elsewhere = frozenset().union(*(held.get(u, frozenset()) for st in mine for u in st.study_uids
-                                            if u != s.study_uid))
+            elsewhere = frozenset().union(
+                *(held.get(u, frozenset()) for st in mine for u in st.study_uids if u != s.study_uid)
+            )
             study = replace(s, instance_uids=held.get(s.study_uid, frozenset()))
-            out.append(StudyEvidence(study, own, mine, notices.get(s.study_uid, ()),
-                                     self._order(s, rules[s.job_id].evidence), self.observations(s.study_uid),
-                                     standings.get(s.calling_ae.strip()), elsewhere))
+            out.append(
+                StudyEvidence(
+                    study,
+                    own,
+                    mine,
+                    notices.get(s.study_uid, ()),
+                    self._order(s, rules[s.job_id].evidence),
+                    self.observations(s.study_uid),
+                    standings.get(s.calling_ae.strip()),
+                    elsewhere,
+                )
+            )
         return out
 
     def _own_series(self, study: ReceivingStudy, needed: bool) -> frozenset[str]:
@@ -141,12 +156,17 @@ def _counts_detail(evidence: StudyEvidence, scope: str) -> dict[str, Any]:
     """What the count evidence was (no identifiers), for the STUDY_COMPLETE audit event."""
     latest = evidence.counts[-1].counts if evidence.counts else None
     verdict = judge(evidence.study.received, latest, evidence.own_series, scope) if latest else Verdict.CANNOT_TELL
-    return {"verdict": str(verdict),
-            "received": sum(evidence.study.received.values()), "received_series": len(evidence.study.received),
-            "pacs_study_count": latest.study_count if latest else None,
-            "pacs_series": len(latest.series) if latest else None, "count_queries": len(evidence.counts),
-            "own_series": len(evidence.own_series), "steps": len(evidence.steps),
-            "notices": len(evidence.notices)}
+    return {
+        "verdict": str(verdict),
+        "received": sum(evidence.study.received.values()),
+        "received_series": len(evidence.study.received),
+        "pacs_study_count": latest.study_count if latest else None,
+        "pacs_series": len(latest.series) if latest else None,
+        "count_queries": len(evidence.counts),
+        "own_series": len(evidence.own_series),
+        "steps": len(evidence.steps),
+        "notices": len(evidence.notices),
+    }
 
 
 class Assembly:
@@ -159,9 +179,7 @@ class Assembly:
         self._clock = clock
         self._judged: set[int] = set()
 
-    def consider(
-        self, studies: Sequence[ReceivingStudy], now: float
-    ) -> list[tuple[CompletionDecision, StudyEvidence]]:
+    def consider(self, studies: Sequence[ReceivingStudy], now: float) -> list[tuple[CompletionDecision, StudyEvidence]]:
         """Judge late arrivals, then decide for each study."""
         for study in studies:
             self._judge_arrival(study, now)
@@ -176,15 +194,21 @@ class Assembly:
         """Move the job to ``complete`` with its ``Completion`` section and audit event."""
         study = evidence.study
         rule = self.evidence.policy.rule_for(study.calling_ae, study.modalities, evidence.standing)
-        detail = {**decision.audit_detail(), "calling_ae": study.calling_ae, "source_rule": rule.completion,
-                  "strictness": rule.strictness, "quiet_period_s": rule.quiet_period_s,
-                  "settle_s": rule.settle_s, "since_last_instance_s": round(now - study.last_instance_at, 3),
-                  **_counts_detail(evidence, rule.count_scope)}
-        event = AuditEvent(AuditEventType.STUDY_COMPLETE, self._actor, job.study_instance_uid,
-                           job_id=job.job_id, detail=detail)
+        detail = {
+            **decision.audit_detail(),
+            "calling_ae": study.calling_ae,
+            "source_rule": rule.completion,
+            "strictness": rule.strictness,
+            "quiet_period_s": rule.quiet_period_s,
+            "settle_s": rule.settle_s,
+            "since_last_instance_s": round(now - study.last_instance_at, 3),
+            **_counts_detail(evidence, rule.count_scope),
+        }
+        event = AuditEvent(
+            AuditEventType.STUDY_COMPLETE, self._actor, job.study_instance_uid, job_id=job.job_id, detail=detail
+        )
         record = replace(job.record, completion=Completion.of(decision, study.calling_ae))
-        self.ledger.jobs.transition(job, JobState.COMPLETE, now, events=[event], record=record,
-                                    effects=[CoverStudy()])
+        self.ledger.jobs.transition(job, JobState.COMPLETE, now, events=[event], record=record, effects=[CoverStudy()])
 
     def _judge_arrival(self, study: ReceivingStudy, now: float) -> None:
         """Judge once the instances that opened a later version of a completed study."""
@@ -193,8 +217,11 @@ class Assembly:
         self._judged.add(study.job_id)
         if self.ledger.evidence.arrival_judged(study.job_id):
             return
-        earlier = [j for j in self.ledger.jobs.for_study(study.study_uid)
-                   if j.version < study.version and j.record.completion is not None]
+        earlier = [
+            j
+            for j in self.ledger.jobs.for_study(study.study_uid)
+            if j.version < study.version and j.record.completion is not None
+        ]
         if not earlier:
             return
         done = earlier[-1].record.completion
@@ -202,12 +229,17 @@ class Assembly:
         if study.last_instance_at <= done.at:
             return  # reopened without a new instance (a quarantine release): nothing arrived
         standing = self.ledger.evidence.standings().get(done.calling_ae) or SenderStanding(done.calling_ae)
-        verdict = self.evidence.policy.classify_arrival(done.completed_study(study.study_uid), study.opened_at,
-                                                        standing, study.modalities)
+        verdict = self.evidence.policy.classify_arrival(
+            done.completed_study(study.study_uid), study.opened_at, standing, study.modalities
+        )
         self.ledger.evidence.record_arrival(study.job_id, study.study_uid, verdict, self._actor, now)
         if verdict.tightened is not None:
-            logger.warning("sender %s completed study %s early; its rule is tightened to strictness %d",
-                           done.calling_ae, study.study_uid, verdict.tightened.strictness)
+            logger.warning(
+                "sender %s completed study %s early; its rule is tightened to strictness %d",
+                done.calling_ae,
+                study.study_uid,
+                verdict.tightened.strictness,
+            )
 
 
 class AssemblyWork:
@@ -223,9 +255,19 @@ class AssemblyWork:
         now = self._clock.now()
         ledger = self._assembly.ledger
         found = ledger.intake.receiving_studies(now, job_id=job.job_id)
-        study = found[0] if found else ReceivingStudy(job.job_id, job.study_instance_uid, "",
-                                                      job.last_instance_at, {}, version=job.version,
-                                                      opened_at=job.created_at)
+        study = (
+            found[0]
+            if found
+            else ReceivingStudy(
+                job.job_id,
+                job.study_instance_uid,
+                "",
+                job.last_instance_at,
+                {},
+                version=job.version,
+                opened_at=job.created_at,
+            )
+        )
         [(decision, evidence)] = self._assembly.consider([study], now)
         if decision.complete:
             self._assembly.complete(job, decision, evidence, now)
@@ -253,8 +295,7 @@ class EvidenceWatcher:
         for decision, evidence in self._assembly.consider(studies, now):
             if not decision.complete:
                 continue
-            job = ledger.jobs.lease_job(evidence.study.job_id, JobState.RECEIVING, self._owner,
-                                        self._lease_s, now)
+            job = ledger.jobs.lease_job(evidence.study.job_id, JobState.RECEIVING, self._owner, self._lease_s, now)
             if job is not None:
                 self._assembly.complete(job, decision, evidence, self._clock.now())
                 done += 1
@@ -291,7 +332,10 @@ class AssemblerActor(StageShell):
     state = JobState.RECEIVING
 
     def __init__(
-        self, runtime: StageRuntime, cfg: AssemblyConfig, pacs: PacsConfig | None = None,
+        self,
+        runtime: StageRuntime,
+        cfg: AssemblyConfig,
+        pacs: PacsConfig | None = None,
         hl7_context: bool = False,
     ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
@@ -302,4 +346,3 @@ class AssemblerActor(StageShell):
         watcher = EvidenceWatcher(assembly, f"assembler-evidence:{id(self):x}", runtime.lease_s, self._clock)
         self._add_loop(Loop("evidence-watcher", watcher.run_once, runtime.poll_interval_s, clock=self._clock))
         self._start(runtime, AssemblyWork(assembly, self._clock, runtime.poll_interval_s))
-

@@ -46,8 +46,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.file)
     bridge = f"HL7 bridge {'on' if cfg.hl7 else 'off'}, EHR results {'on' if cfg.ehr else 'off'}"
-    print(f"{args.file}: OK ({len(cfg.models)} model(s), {len(cfg.routing.rules)} routing rule(s),"
-          f" {bridge})")
+    print(f"{args.file}: OK ({len(cfg.models)} model(s), {len(cfg.routing.rules)} routing rule(s), {bridge})")
     return 0
 
 
@@ -92,15 +91,20 @@ def _format_status(report: LedgerStatus) -> str:
     lines.append(f"queue depth: {report.queue_depth}   outbox pending: {report.outbox_pending}")
     q = report.quarantine
     codes = ", ".join(f"{c} {n}" for c, n in q.held_by_code.items())
-    lines.append(f"quarantine: held {q.held}" + (f" ({codes})" if codes else "")
-                 + f", released {q.released}, discarded {q.discarded}"
-                 + ("   -> pacsai quarantine list" if q.held else ""))
+    lines.append(
+        f"quarantine: held {q.held}"
+        + (f" ({codes})" if codes else "")
+        + f", released {q.released}, discarded {q.discarded}"
+        + ("   -> pacsai quarantine list" if q.held else "")
+    )
     if report.review_flags_open:
         kinds = ", ".join(f"{k} {n}" for k, n in report.review_flags_by_kind.items())
         lines.append(f"for review: {report.review_flags_open} ({kinds})   -> pacsai review list")
     if report.sr_versions_held:
-        lines.append(f"WARNING: {report.sr_versions_held} SR version(s) held at sr.max_versions; "
-                     "release or acknowledge with pacsai review resolve")
+        lines.append(
+            f"WARNING: {report.sr_versions_held} SR version(s) held at sr.max_versions; "
+            "release or acknowledge with pacsai review resolve"
+        )
     if report.senders_tightened:
         tightened = ", ".join(f"{ae} (strictness {n})" for ae, n in report.senders_tightened.items())
         lines.append(f"senders completing studies early, rules tightened: {tightened}")
@@ -135,18 +139,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _format_entry(e: QuarantineEntry, verbose: bool = False) -> str:
-    head = (f"{e.id:<6} {e.state.value:<9} {e.modality or '-':<4} {e.sop_instance_uid}"
-            f"  [{', '.join(e.codes)}]")
+    head = f"{e.id:<6} {e.state.value:<9} {e.modality or '-':<4} {e.sop_instance_uid}  [{', '.join(e.codes)}]"
     if not verbose:
         return head
-    lines = [head, f"  study  {e.study_uid}", f"  series {e.series_uid}",
-             f"  file   {e.path} ({e.size} bytes, sha256 {e.sha256})",
-             f"  from   {e.calling_ae or '-'} in {e.transfer_syntax or '-'}",
-             f"  job    {e.job_id}"]
+    lines = [
+        head,
+        f"  study  {e.study_uid}",
+        f"  series {e.series_uid}",
+        f"  file   {e.path} ({e.size} bytes, sha256 {e.sha256})",
+        f"  from   {e.calling_ae or '-'} in {e.transfer_syntax or '-'}",
+        f"  job    {e.job_id}",
+    ]
     lines += [f"  - {r.code} ({r.level}): {r.message}" for r in e.reasons]
     if e.decided_by:
-        lines.append(f"  {e.state.value} by {e.decided_by}: {e.decision_reason}"
-                     + (f" (accepted: {', '.join(e.accepted_codes)})" if e.accepted_codes else ""))
+        lines.append(
+            f"  {e.state.value} by {e.decided_by}: {e.decision_reason}"
+            + (f" (accepted: {', '.join(e.accepted_codes)})" if e.accepted_codes else "")
+        )
     return "\n".join(lines)
 
 
@@ -176,12 +185,18 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def _format_flag(f: ReviewFlag, verbose: bool = False) -> str:
-    head = (f"R{f.flag_id:<5} {f.state.value:<8} {f.kind.value:<24} {f.study_uid}"
-            + (f"  other {f.other_study_uid}" if f.other_study_uid else "") + (f"  [{f.subject}]" if f.subject else ""))
+    head = (
+        f"R{f.flag_id:<5} {f.state.value:<8} {f.kind.value:<24} {f.study_uid}"
+        + (f"  other {f.other_study_uid}" if f.other_study_uid else "")
+        + (f"  [{f.subject}]" if f.subject else "")
+    )
     if not verbose:
         return head
-    lines = [head, f"  raised {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.raised_at))}"
-                   + (f" by job {f.job_id}" if f.job_id is not None else "")]
+    lines = [
+        head,
+        f"  raised {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.raised_at))}"
+        + (f" by job {f.job_id}" if f.job_id is not None else ""),
+    ]
     lines += [f"  {k}: {v}" for k, v in sorted(f.detail.items())]
     if f.state is FlagState.RESOLVED:
         lines.append(f"  {f.resolution} by {f.resolved_by}: {f.reason}")
@@ -213,8 +228,11 @@ def cmd_review(args: argparse.Namespace) -> int:
     elif args.review_command == "show":
         flags = [reviews.get(_flag_id(args.id))]
     else:
-        flags = [reviews.resolve(_flag_id(args.id), _reviewer(cfg, args.user), Resolution(args.resolution),
-                                 args.reason, time.time())]
+        flags = [
+            reviews.resolve(
+                _flag_id(args.id), _reviewer(cfg, args.user), Resolution(args.resolution), args.reason, time.time()
+            )
+        ]
     if args.json:
         print(json.dumps([f.to_json() for f in flags], indent=2, default=str))
     else:
@@ -364,8 +382,10 @@ def _quarantine_parser(q: argparse.ArgumentParser) -> None:
     ls.add_argument("--limit", type=int, default=200)
     show = qsub.add_parser("show", help="one entry, or every entry of a series or study")
     show.add_argument("id", help="Q<n>, or a SOP Instance / Series / Study Instance UID")
-    for name, action in (("release", "process it despite its issues (re-opens its study)"),
-                         ("discard", "never process it; the file stays, marked")):
+    for name, action in (
+        ("release", "process it despite its issues (re-opens its study)"),
+        ("discard", "never process it; the file stays, marked"),
+    ):
         sp = qsub.add_parser(name, help=action)
         sp.add_argument("id", help="Q<n>, or a SOP Instance / Series / Study Instance UID")
         sp.add_argument("--reason", required=True, help="why (audited)")

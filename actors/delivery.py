@@ -56,8 +56,14 @@ class DeliveryWork:
     """Delivers the pending outbox items of one written job, one model family at a time."""
 
     def __init__(
-        self, ledger: Ledger, pacs: DimsePacsClient | None, actor: str, clock: Clock | None = None,
-        writer: SRWriteWork | None = None, max_versions: int = 5, wait_s: float = 0.5,
+        self,
+        ledger: Ledger,
+        pacs: DimsePacsClient | None,
+        actor: str,
+        clock: Clock | None = None,
+        writer: SRWriteWork | None = None,
+        max_versions: int = 5,
+        wait_s: float = 0.5,
         hold_s: float = 3600.0,
     ) -> None:
         """Args:
@@ -97,8 +103,13 @@ class DeliveryWork:
             return
         withdrawn = [WithdrawOutbox(f) for f, o in outcomes.items() if o is FamilyOutcome.SUPERSEDED]
         if withdrawn and not self._ledger.outbox.items(job.job_id, DeliveryState.DELIVERED):
-            self._ledger.jobs.transition(job, JobState.SKIPPED, now, effects=withdrawn,
-                                         reason="superseded: a newer version of the study replaced its SRs")
+            self._ledger.jobs.transition(
+                job,
+                JobState.SKIPPED,
+                now,
+                effects=withdrawn,
+                reason="superseded: a newer version of the study replaced its SRs",
+            )
             return
         self._ledger.jobs.transition(job, JobState.DELIVERED, now, reason="", effects=withdrawn)
 
@@ -129,8 +140,12 @@ class DeliveryWork:
         study = job.study_instance_uid
         released = released_versions(self._ledger.reviews.flags(None, study, FlagKind.SR_VERSION_CAP), study, family)
         return self._ledger.results.claim_delivery(
-            job, family, lambda versions: plan_delivery(study, family, versions, self._max_versions, released),
-            self._actor, self._clock.now())
+            job,
+            family,
+            lambda versions: plan_delivery(study, family, versions, self._max_versions, released),
+            self._actor,
+            self._clock.now(),
+        )
 
     def _rebuild(self, job: Job, family: str, sr: OutboxEntry, plan: DeliveryPlan) -> None:
         """Rebuild the SR naming the last delivered version (and marked partial if it must be)."""
@@ -147,13 +162,19 @@ class DeliveryWork:
         cap = plan.cap
         subject = f"{family}:{job.version}"
         study = job.study_instance_uid
-        if cap is None or any(f.subject == subject for f in self._ledger.reviews.flags(None, study, FlagKind.SR_VERSION_CAP)):
+        if cap is None or any(
+            f.subject == subject for f in self._ledger.reviews.flags(None, study, FlagKind.SR_VERSION_CAP)
+        ):
             return
-        event = AuditEvent(AuditEventType.SR_VERSION_CAP_REACHED, self._actor, study, job_id=job.job_id,
-                           detail=cap.audit_detail())
-        self._ledger.reviews.raise_flag(job.job_id, RaiseReviewFlag(FlagKind.SR_VERSION_CAP, study, "",
-                                                                    cap.audit_detail(), subject),
-                                        event, self._clock.now())
+        event = AuditEvent(
+            AuditEventType.SR_VERSION_CAP_REACHED, self._actor, study, job_id=job.job_id, detail=cap.audit_detail()
+        )
+        self._ledger.reviews.raise_flag(
+            job.job_id,
+            RaiseReviewFlag(FlagKind.SR_VERSION_CAP, study, "", cap.audit_detail(), subject),
+            event,
+            self._clock.now(),
+        )
 
     def _send(self, job: Job, entries: list[OutboxEntry]) -> None:
         """C-STORE the objects over one association; each success is recorded with its event.
@@ -170,10 +191,19 @@ class DeliveryWork:
         for entry, outcome in zip(entries, outcomes, strict=True):
             item = entry.item
             if outcome.ok:
-                event = AuditEvent(AuditEventType.SR_DELIVERED, self._actor, job.study_instance_uid,
-                                   item.sop_instance_uid, job.job_id,
-                                   {"status": f"0x{outcome.status:04X}", "kind": item.kind.value,
-                                    "family": item.family, "version": job.version})
+                event = AuditEvent(
+                    AuditEventType.SR_DELIVERED,
+                    self._actor,
+                    job.study_instance_uid,
+                    item.sop_instance_uid,
+                    job.job_id,
+                    {
+                        "status": f"0x{outcome.status:04X}",
+                        "kind": item.kind.value,
+                        "family": item.family,
+                        "version": job.version,
+                    },
+                )
                 outbox.mark_delivered(entry.item_id, self._clock.now(), event)
             else:
                 error = f"PACS answered 0x{outcome.status:04X} for {item.sop_instance_uid}"
@@ -191,8 +221,12 @@ class DeliveryActor(StageShell):
     state = JobState.WRITTEN
 
     def __init__(
-        self, runtime: StageRuntime, pacs: PacsConfig | None, layout: VarLayout | None = None,
-        sr: SRConfig | None = None, priors: PriorsConfig | None = None,
+        self,
+        runtime: StageRuntime,
+        pacs: PacsConfig | None,
+        layout: VarLayout | None = None,
+        sr: SRConfig | None = None,
+        priors: PriorsConfig | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
         client = DimsePacsClient(pacs) if pacs is not None else None
@@ -200,8 +234,22 @@ class DeliveryActor(StageShell):
         writer = None
         if layout is not None:
             identity = SRIdentity(sr.manufacturer, sr.series_number, sr.institution_name, sr.group_source_images_max)
-            writer = SRWriteWork(ledger, layout.outbox, SRBuilder(identity), "stage:delivery", priors,
-                                 ParametricMapBuilder(identity), self._clock)
-        work = DeliveryWork(ledger, client, "stage:delivery", self._clock, writer, sr.max_versions,
-                            wait_s=max(runtime.poll_interval_s, 0.2))
+            writer = SRWriteWork(
+                ledger,
+                layout.outbox,
+                SRBuilder(identity),
+                "stage:delivery",
+                priors,
+                ParametricMapBuilder(identity),
+                self._clock,
+            )
+        work = DeliveryWork(
+            ledger,
+            client,
+            "stage:delivery",
+            self._clock,
+            writer,
+            sr.max_versions,
+            wait_s=max(runtime.poll_interval_s, 0.2),
+        )
         self._start(runtime, work)

@@ -88,27 +88,34 @@ class EhrDeliveryWork:
     def _enqueue(self, entry: OutboxEntry) -> list[AuditEvent]:
         job = self._ledger.jobs.get(entry.job_id)
         inference = job.record.inference if job is not None else None
-        prediction = next((p for p in (inference.predictions if inference else ())
-                           if p.family == entry.item.family), None)
+        prediction = next(
+            (p for p in (inference.predictions if inference else ()) if p.family == entry.item.family), None
+        )
         if job is None or prediction is None:
-            logger.error("SR %s: no prediction in job %s; no EHR report",
-                         entry.item.sop_instance_uid, entry.job_id)
+            logger.error("SR %s: no prediction in job %s; no EHR report", entry.item.sop_instance_uid, entry.job_id)
             return []
         context = job.record.context
         subject, reads = self._subject(entry, job.job_id, context)
-        bundle = build_result_bundle(
-            prediction, subject, self._cfg.fhir.base_url, self._manufacturer
-        )
+        bundle = build_result_bundle(prediction, subject, self._cfg.fhir.base_url, self._manufacturer)
         new = self._outbox.enqueue(
-            subject.sr_uid, job.job_id, job.study_instance_uid, job.priority, bundle,
+            subject.sr_uid,
+            job.job_id,
+            job.study_instance_uid,
+            job.priority,
+            bundle,
             self._clock.now(),
         )
         detail = {
-            "sr_uid": subject.sr_uid, "family": entry.item.family, "model": prediction.model_name,
-            "version": prediction.model_version, "with_context": context is not None, "new": new,
+            "sr_uid": subject.sr_uid,
+            "family": entry.item.family,
+            "model": prediction.model_name,
+            "version": prediction.model_version,
+            "with_context": context is not None,
+            "new": new,
         }
-        queued = AuditEvent(AuditEventType.EHR_REPORT_QUEUED, self._actor,
-                            job.study_instance_uid, job_id=job.job_id, detail=detail)
+        queued = AuditEvent(
+            AuditEventType.EHR_REPORT_QUEUED, self._actor, job.study_instance_uid, job_id=job.job_id, detail=detail
+        )
         return [*reads, queued]
 
     def _subject(
@@ -128,13 +135,15 @@ class EhrDeliveryWork:
             if self._cfg.fhir.patient_identifier_system:
                 identifier["system"] = self._cfg.fhir.patient_identifier_system
         study_date = str(sr.get("StudyDate", "") or "")
-        effective = (
-            f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:8]}" if len(study_date) == 8 else ""
-        )
+        effective = f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:8]}" if len(study_date) == 8 else ""
         return ResultSubject(
-            study_uid=str(sr.StudyInstanceUID), sr_uid=str(sr.SOPInstanceUID), patient=identifier,
-            accession=accession, accession_system=accession_system,
-            issued=_instant(self._clock.now()), effective=effective,
+            study_uid=str(sr.StudyInstanceUID),
+            sr_uid=str(sr.SOPInstanceUID),
+            patient=identifier,
+            accession=accession,
+            accession_system=accession_system,
+            issued=_instant(self._clock.now()),
+            effective=effective,
         ), reads
 
     def _from_context(
@@ -142,29 +151,30 @@ class EhrDeliveryWork:
     ) -> tuple[dict[str, Any] | None, str | None, list[AuditEvent]]:
         """The patient identifier and accession system from the stored resources (audited)."""
         assert self._context is not None
+
         def typed(ident: dict[str, Any], code: str) -> bool:
             return any(c.get("code") == code for c in ident.get("type", {}).get("coding", []))
 
         pid = context.patient.split("/", 1)[-1]
         patient = self._context.resource("Patient", pid) if pid else None
-        request = self._context.resource(
-            "ServiceRequest", context.service_request.split("/", 1)[-1]
-        )
+        request = self._context.resource("ServiceRequest", context.service_request.split("/", 1)[-1])
         ids = (patient or {}).get("identifier", [])
         mr = [i for i in ids if typed(i, "MR")]
         chosen = next((i for i in ids if i.get("value") == patient_id), None)
         chosen = chosen or (mr or ids or [None])[0]
         acsn = next((i for i in (request or {}).get("identifier", []) if typed(i, "ACSN")), {})
         event = AuditEvent(
-            AuditEventType.CONTEXT_READ, self._actor, study_uid, job_id=job_id,
-            detail={"purpose": "ehr report: patient identifier and order",
-                    "match": context.match,
-                    "resources": [r for r in (context.patient, context.service_request) if r]},
+            AuditEventType.CONTEXT_READ,
+            self._actor,
+            study_uid,
+            job_id=job_id,
+            detail={
+                "purpose": "ehr report: patient identifier and order",
+                "match": context.match,
+                "resources": [r for r in (context.patient, context.service_request) if r],
+            },
         )
-        identifier = (
-            {k: v for k, v in chosen.items() if k in ("system", "value", "type")}
-            if chosen else None
-        )
+        identifier = {k: v for k, v in chosen.items() if k in ("system", "value", "type")} if chosen else None
         return identifier, acsn.get("system"), [event]
 
     # --------------------------------------------------------------- send
@@ -199,26 +209,34 @@ class EhrDeliveryWork:
             delay = self._policy.delay_after(attempts)
             self._outbox.defer(row.item_id, now + delay, exc.reason, spent=True, dead=dead)
             self.failures += 1
-            self._failed(row, exc.reason.split(":")[0], attempts=attempts, dead=dead,
-                         unavailable=False)
+            self._failed(row, exc.reason.split(":")[0], attempts=attempts, dead=dead, unavailable=False)
             return True
         self._outbox.delivered(row.item_id, now)
         self.sent += 1
         event = AuditEvent(
-            AuditEventType.EHR_REPORT_DELIVERED, self._actor, row.study_uid,
-            job_id=row.job_id, detail={"sr_uid": row.sr_uid, "waits": row.waits},
+            AuditEventType.EHR_REPORT_DELIVERED,
+            self._actor,
+            row.study_uid,
+            job_id=row.job_id,
+            detail={"sr_uid": row.sr_uid, "waits": row.waits},
         )
         self._ledger.audit.append([event], now)
         return True
 
-    def _failed(
-        self, row: EhrReport, error: str, *, attempts: int, dead: bool, unavailable: bool
-    ) -> None:
+    def _failed(self, row: EhrReport, error: str, *, attempts: int, dead: bool, unavailable: bool) -> None:
         self.last_error = error[:300]
         event = AuditEvent(
-            AuditEventType.EHR_REPORT_FAILED, self._actor, row.study_uid, job_id=row.job_id,
-            detail={"sr_uid": row.sr_uid, "error": error[:200], "attempts": attempts,
-                    "dead": dead, "unavailable": unavailable},
+            AuditEventType.EHR_REPORT_FAILED,
+            self._actor,
+            row.study_uid,
+            job_id=row.job_id,
+            detail={
+                "sr_uid": row.sr_uid,
+                "error": error[:200],
+                "attempts": attempts,
+                "dead": dead,
+                "unavailable": unavailable,
+            },
         )
         self._ledger.audit.append([event], self._clock.now())
 
@@ -230,8 +248,13 @@ class EhrDeliveryActor(ActorShell):
     name = "ehr_delivery"
 
     def __init__(
-        self, cfg: EhrConfig, storage: StorageConfig, retry: RetryConfig, manufacturer: str,
-        hl7_context: bool = False, log_level: str = "INFO",
+        self,
+        cfg: EhrConfig,
+        storage: StorageConfig,
+        retry: RetryConfig,
+        manufacturer: str,
+        hl7_context: bool = False,
+        log_level: str = "INFO",
     ) -> None:
         """Args:
         cfg: The ``ehr`` config slice.
@@ -244,11 +267,16 @@ class EhrDeliveryActor(ActorShell):
         ledger = self._open_ledger(storage, log_level)
         outbox = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr"))
         self._work = EhrDeliveryWork(
-            ledger, outbox, ContextReader(open_context(storage)) if hl7_context else None,
-            FhirClient(cfg.fhir), cfg, RetryPolicy.from_config(retry), manufacturer, self._clock,
+            ledger,
+            outbox,
+            ContextReader(open_context(storage)) if hl7_context else None,
+            FhirClient(cfg.fhir),
+            cfg,
+            RetryPolicy.from_config(retry),
+            manufacturer,
+            self._clock,
         )
-        self._add_loop(Loop("ehr-delivery", self._work.run_once, cfg.poll_interval_s, eager=True,
-                            clock=self._clock))
+        self._add_loop(Loop("ehr-delivery", self._work.run_once, cfg.poll_interval_s, eager=True, clock=self._clock))
         self._start_heartbeat()
 
     def _counters(self) -> tuple[int, int, int, str]:

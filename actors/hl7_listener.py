@@ -26,9 +26,7 @@ class Hl7ListenerActor(ActorShell):
 
     name = "hl7_listener"
 
-    def __init__(
-        self, cfg: Hl7Config, storage: StorageConfig, hash_key: bytes, log_level: str = "INFO"
-    ) -> None:
+    def __init__(self, cfg: Hl7Config, storage: StorageConfig, hash_key: bytes, log_level: str = "INFO") -> None:
         ledger = self._open_ledger(storage, log_level)
         Hl7Listener.tune_process()
         context = open_context(storage, writer=True, group_max=cfg.batch_max)
@@ -43,15 +41,25 @@ class Hl7ListenerActor(ActorShell):
 
     def _counters(self) -> tuple[int, int, int, str]:
         counts = self._listener.counts
-        return (counts["applied"] + counts["duplicate"],
-                counts["invalid"] + counts["conflict"] + counts["rejected"] + counts["failed"],
-                0, "")
+        return (
+            counts["applied"] + counts["duplicate"],
+            counts["invalid"] + counts["conflict"] + counts["rejected"] + counts["failed"],
+            0,
+            "",
+        )
 
     def health(self) -> ActorHealth:
         """The MLLP server's thread, the audit pump and the checkpoint loop."""
         base = super().health()
-        return ActorHealth(base.actor, base.pid, base.processed, base.failures, base.in_flight,
-                           base.last_error, (self._listener.server_health(), *base.loops))
+        return ActorHealth(
+            base.actor,
+            base.pid,
+            base.processed,
+            base.failures,
+            base.in_flight,
+            base.last_error,
+            (self._listener.server_health(), *base.loops),
+        )
 
     def stop(self) -> None:
         """Close the port; audit what is left."""

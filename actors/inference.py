@@ -69,8 +69,7 @@ class InferenceWork:
         if job.study_instance_uid in switches.studies_off:
             return "AI switched off for this study"
         wanted = set(task.sop_instance_uids)
-        modalities = {i.modality for i in self._ledger.intake.job_instances(job.job_id)
-                      if i.sop_instance_uid in wanted}
+        modalities = {i.modality for i in self._ledger.intake.job_instances(job.job_id) if i.sop_instance_uid in wanted}
         off = [m for m in modalities if not self._router.ai_enabled_for_modality(m, switches)]
         return f"AI switched off for modality {', '.join(sorted(off))}" if off else ""
 
@@ -110,10 +109,14 @@ class InferenceWork:
         for task in tasks:
             why = self._switched_off(job, task)
             if why:
-                event = AuditEvent(AuditEventType.SKIPPED, self._actor, job.study_instance_uid,
-                                   job_id=job.job_id, detail={"reason": why})
-                self._ledger.jobs.transition(job, JobState.SKIPPED, self._clock.now(),
-                                             events=[event], reason=why)
+                event = AuditEvent(
+                    AuditEventType.SKIPPED,
+                    self._actor,
+                    job.study_instance_uid,
+                    job_id=job.job_id,
+                    detail={"reason": why},
+                )
+                self._ledger.jobs.transition(job, JobState.SKIPPED, self._clock.now(), events=[event], reason=why)
                 return
         predictions: list[Prediction] = []
         events: list[AuditEvent] = []
@@ -124,12 +127,16 @@ class InferenceWork:
             events.append(self._inferred(job, pred, started))
         prior = self._prior_predictions(job, tasks, predictions, events)
         inference = Inference(tuple(predictions), prior, self._clock.now())
-        self._ledger.jobs.transition(job, JobState.INFERRED, self._clock.now(), events=events,
-                                     record=replace(job.record, inference=inference))
+        self._ledger.jobs.transition(
+            job, JobState.INFERRED, self._clock.now(), events=events, record=replace(job.record, inference=inference)
+        )
 
     def _inferred(self, job: Job, pred: Prediction, started: float) -> AuditEvent:
         return AuditEvent(
-            AuditEventType.INFERRED, self._actor, job.study_instance_uid, job_id=job.job_id,
+            AuditEventType.INFERRED,
+            self._actor,
+            job.study_instance_uid,
+            job_id=job.job_id,
             detail={
                 "family": pred.family,
                 "model": pred.model_name,
@@ -151,16 +158,27 @@ class InferenceWork:
         for task in tasks:
             last = self._ledger.results.latest(job.study_instance_uid, task.family, job.version)
             if last is not None and set(last.prediction.source_uids) == set(task.sop_instance_uids):
-                events.append(AuditEvent(
-                    AuditEventType.SKIPPED, self._actor, job.study_instance_uid, job_id=job.job_id,
-                    detail={"family": task.family, "reason": "input unchanged since SR "
-                            f"{last.sop_instance_uid}; not re-run"}))
+                events.append(
+                    AuditEvent(
+                        AuditEventType.SKIPPED,
+                        self._actor,
+                        job.study_instance_uid,
+                        job_id=job.job_id,
+                        detail={
+                            "family": task.family,
+                            "reason": f"input unchanged since SR {last.sop_instance_uid}; not re-run",
+                        },
+                    )
+                )
                 continue
             out.append(task)
         return out
 
     def _prior_predictions(
-        self, job: Job, tasks: list[ModelTask], predictions: list[Prediction],
+        self,
+        job: Job,
+        tasks: list[ModelTask],
+        predictions: list[Prediction],
         events: list[AuditEvent],
     ) -> tuple[Prediction, ...]:
         """Run families that compare images on the retrieved prior series too (issue #5)."""
@@ -179,9 +197,15 @@ class InferenceWork:
             try:
                 out.append(self._request(job, retrieved.study_uid, prior_task, paths))
             except ModelError as exc:  # the prior is unreadable for the model: compare without it
-                events.append(AuditEvent(
-                    AuditEventType.INFERENCE_FAILED, self._actor, job.study_instance_uid,
-                    job_id=job.job_id, detail={"family": task.family, "prior": True, "error": exc.reason}))
+                events.append(
+                    AuditEvent(
+                        AuditEventType.INFERENCE_FAILED,
+                        self._actor,
+                        job.study_instance_uid,
+                        job_id=job.job_id,
+                        detail={"family": task.family, "prior": True, "error": exc.reason},
+                    )
+                )
         return tuple(out)
 
 
@@ -193,11 +217,13 @@ class InferenceActor(StageShell):
     state = JobState.LINKED
 
     def __init__(
-        self, runtime: StageRuntime, models: dict[str, ModelEntry], routing: RoutingConfig,
+        self,
+        runtime: StageRuntime,
+        models: dict[str, ModelEntry],
+        routing: RoutingConfig,
         priors: PriorsConfig | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
         router = Router(routing, list(models))
         compare = priors.compare_images if priors is not None and priors.enabled else ()
-        self._start(runtime, InferenceWork(ledger, models, router, "stage:inference", compare,
-                                           self._clock))
+        self._start(runtime, InferenceWork(ledger, models, router, "stage:inference", compare, self._clock))

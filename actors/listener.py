@@ -31,8 +31,14 @@ class ListenerActor(ActorShell):
         ledger = self._open_ledger(storage, log_level)
         layout = VarLayout.at(storage.var_dir)
         self._listener = Listener(
-            cfg, layout.spool, layout.rejected, ledger, quiet_period_s, self._clock,
-            hash_key=hash_key, assembly=assembly,
+            cfg,
+            layout.spool,
+            layout.rejected,
+            ledger,
+            quiet_period_s,
+            self._clock,
+            hash_key=hash_key,
+            assembly=assembly,
         )
         self._listener.start()
         self._start_heartbeat()
@@ -44,13 +50,18 @@ class ListenerActor(ActorShell):
     def health(self) -> ActorHealth:
         """The DICOM server's thread, and what it received."""
         base = super().health()
-        server = LoopHealth("dicom-server", self._listener.serving, self._listener.received,
-                            self._listener.failed, last_work_at=self._listener.last_received_at)
-        return ActorHealth(base.actor, base.pid, self._listener.received, self._listener.failed,
-                           0, "", (server, *base.loops))
+        server = LoopHealth(
+            "dicom-server",
+            self._listener.serving,
+            self._listener.received,
+            self._listener.failed,
+            last_work_at=self._listener.last_received_at,
+        )
+        return ActorHealth(
+            base.actor, base.pid, self._listener.received, self._listener.failed, 0, "", (server, *base.loops)
+        )
 
     def stop(self) -> None:
         """Close the port."""
         super().stop()
         self._listener.stop()
-

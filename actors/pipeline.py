@@ -111,9 +111,7 @@ def build_model_apps(cfg: AppConfig, families: list[str] | None = None) -> dict[
     return {family: build_app(family, cfg.models[family]) for family in chosen}
 
 
-def deploy_models(
-    cfg: AppConfig, families: list[str] | None = None, apps: dict[str, Any] | None = None
-) -> list[str]:
+def deploy_models(cfg: AppConfig, families: list[str] | None = None, apps: dict[str, Any] | None = None) -> list[str]:
     """Deploy (or update) one Serve application per model family.
 
     Returns:
@@ -208,8 +206,10 @@ class Pipeline:
         token), handed to each actor's process by name through Ray's runtime environment: a
         Ray worker does not inherit the environment of the process that started the pipeline,
         and on a cluster it runs on another machine. Values never reach a file or a log line."""
-        names = [self.cfg.storage.ledger.dsn_env if self.cfg.storage.ledger.backend == "postgresql"
-                 else None, self.cfg.ehr.fhir.token_env if self.cfg.ehr else None]
+        names = [
+            self.cfg.storage.ledger.dsn_env if self.cfg.storage.ledger.backend == "postgresql" else None,
+            self.cfg.ehr.fhir.token_env if self.cfg.ehr else None,
+        ]
         return {n: os.environ[n] for n in names if n and n in os.environ}
 
     def start(self, *, deploy: bool = True) -> Pipeline:
@@ -227,8 +227,12 @@ class Pipeline:
         st = self.cfg.stages
         self.actors = {
             "listener": ListenerActor.options(**self._options("listener", 0)).remote(
-                self.cfg.listener, self.cfg.storage, self.cfg.assembly.quiet_period_s, key,
-                self.cfg.logging.level, self.cfg.assembly,
+                self.cfg.listener,
+                self.cfg.storage,
+                self.cfg.assembly.quiet_period_s,
+                key,
+                self.cfg.logging.level,
+                self.cfg.assembly,
             ),
             "assembler": AssemblerActor.options(**self._options("assembler", st.assembler.num_cpus)).remote(
                 self.runtime(st.assembler), self.cfg.assembly, self.cfg.pacs, self.cfg.hl7 is not None
@@ -237,12 +241,20 @@ class Pipeline:
                 self.runtime(st.validator), self.cfg.validation
             ),
             "router": RouterActor.options(**self._options("router", st.router.num_cpus)).remote(
-                self.runtime(st.router), self.cfg.routing, sorted(self.cfg.models),
-                self.cfg.hl7 is not None, self.cfg.hl7.join_window_days if self.cfg.hl7 else 1,
+                self.runtime(st.router),
+                self.cfg.routing,
+                sorted(self.cfg.models),
+                self.cfg.hl7 is not None,
+                self.cfg.hl7.join_window_days if self.cfg.hl7 else 1,
             ),
             "prior_linker": PriorLinkerActor.options(**self._options("prior_linker", st.prior_linker.num_cpus)).remote(
-                self.runtime(st.prior_linker), self.cfg.priors, self.cfg.pacs, self.cfg.listener,
-                self.layout, dict(self.cfg.models), key,
+                self.runtime(st.prior_linker),
+                self.cfg.priors,
+                self.cfg.pacs,
+                self.cfg.listener,
+                self.layout,
+                dict(self.cfg.models),
+                key,
             ),
             "inference": InferenceActor.options(**self._options("inference", st.inference.num_cpus)).remote(
                 self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing, self.cfg.priors
@@ -279,8 +291,12 @@ class Pipeline:
             )
         if self.cfg.ehr is not None:
             out["ehr_delivery"] = EhrDeliveryActor.options(**self._options("ehr", 0)).remote(
-                self.cfg.ehr, self.cfg.storage, self.cfg.retry, self.cfg.sr.manufacturer,
-                self.cfg.hl7 is not None, level,
+                self.cfg.ehr,
+                self.cfg.storage,
+                self.cfg.retry,
+                self.cfg.sr.manufacturer,
+                self.cfg.hl7 is not None,
+                level,
             )
         return out
 

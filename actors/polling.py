@@ -84,8 +84,15 @@ class Loop:
         """Whether the thread runs, and what its rounds did."""
         alive = self._thread is not None and self._thread.is_alive()
         with self._lock:
-            return LoopHealth(self.name, alive, self._rounds, self._failures,
-                              self._last_round_at, self._last_work_at, self._last_error)
+            return LoopHealth(
+                self.name,
+                alive,
+                self._rounds,
+                self._failures,
+                self._last_round_at,
+                self._last_work_at,
+                self._last_error,
+            )
 
     def run_once(self) -> int:
         """One round, recorded in health (the thread calls this; so may tests)."""

@@ -53,7 +53,9 @@ class PreValidator:
     """Checks instances of receiving studies (one ``run_once`` per round of its loop)."""
 
     def __init__(
-        self, ledger: Ledger, check: Callable[[InstanceMeta], list[ValidationIssue]],
+        self,
+        ledger: Ledger,
+        check: Callable[[InstanceMeta], list[ValidationIssue]],
         cache: VerdictCache,
     ) -> None:
         self._ledger = ledger

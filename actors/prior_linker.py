@@ -103,16 +103,16 @@ class PriorLinkWork:
             DependencyUnavailable: The PACS is unreachable and the outage is still waited out.
         """
         if self._finder is None or not self._cfg.enabled:
-            why = ("priors.enabled is false" if not self._cfg.enabled
-                   else "no PACS is configured (config key 'pacs')")
+            why = "priors.enabled is false" if not self._cfg.enabled else "no PACS is configured (config key 'pacs')"
             self._link(job, PriorLink(PriorStatus.DISABLED, why), [], [])
             return
         current, patient_key = self._current(job)
         now = self._clock.now()
         flags = self._ledger.reviews.flags(None, job.study_instance_uid, FlagKind.PRIOR_UNVERIFIED)
         try:
-            search = self._finder.search(current, date.fromtimestamp(now),
-                                         confirmed_priors(flags, job.study_instance_uid))
+            search = self._finder.search(
+                current, date.fromtimestamp(now), confirmed_priors(flags, job.study_instance_uid)
+            )
         except DependencyUnavailable as exc:
             with self._outage_lock:
                 if self._outage.keep_waiting(now):
@@ -130,19 +130,36 @@ class PriorLinkWork:
         if search.status is PriorStatus.FOUND and search.study is not None:
             link, conflict = self._attach_prior(job, current, search, link, events)
             if conflict is not None:
-                search = PriorSearch(PriorStatus.NONE_FOUND, None, (), search.conflicts + (conflict,),
-                                     search.considered, "the retrieved prior's headers name another patient")
+                search = PriorSearch(
+                    PriorStatus.NONE_FOUND,
+                    None,
+                    (),
+                    search.conflicts + (conflict,),
+                    search.considered,
+                    "the retrieved prior's headers name another patient",
+                )
                 link = PriorLink.from_search(search)
         flags = []
         for c in search.conflicts:  # each refusal: an audit event and a review flag of its kind
             detail = {"differing": list(c.differing), "patient_key": patient_key, "study_date": c.study_date}
-            events.append(AuditEvent(_REFUSAL_EVENTS[c.kind], self._actor, job.study_instance_uid,
-                                     job_id=job.job_id, detail={"candidate_study_uid": c.study_uid, **detail}))
+            events.append(
+                AuditEvent(
+                    _REFUSAL_EVENTS[c.kind],
+                    self._actor,
+                    job.study_instance_uid,
+                    job_id=job.job_id,
+                    detail={"candidate_study_uid": c.study_uid, **detail},
+                )
+            )
             flags.append(RaiseReviewFlag(FlagKind(str(c.kind)), job.study_instance_uid, c.study_uid, detail))
         self._link(job, link, events, flags)
 
     def _attach_prior(
-        self, job: Job, current: CurrentStudy, search: PriorSearch, link: PriorLink,
+        self,
+        job: Job,
+        current: CurrentStudy,
+        search: PriorSearch,
+        link: PriorLink,
         events: list[AuditEvent],
     ) -> tuple[PriorLink, Conflict | None]:
         """Add prior results and retrieved images to the link; or return a conflict."""
@@ -158,8 +175,7 @@ class PriorLinkWork:
             link = replace(link, evidence=self._evidence_refs(search))
         retrieved = link.retrieved is not None
         results = tuple(
-            r for f in families
-            if (r := self._prior_result(job, search, f, skip_pacs=f in compare and retrieved))
+            r for f in families if (r := self._prior_result(job, search, f, skip_pacs=f in compare and retrieved))
         )
         return replace(link, results=results), None
 
@@ -168,8 +184,11 @@ class PriorLinkWork:
         intake = self._ledger.intake
         route = job.record.route
         routed = {u for t in (route.tasks if route else ()) for u in t.sop_instance_uids}
-        instances = [i for i in intake.job_instances(job.job_id, include_set_aside=False)
-                     if not routed or i.sop_instance_uid in routed]
+        instances = [
+            i
+            for i in intake.job_instances(job.job_id, include_set_aside=False)
+            if not routed or i.sop_instance_uid in routed
+        ]
         if not instances:
             instances = intake.job_instances(job.job_id)
         header = dcmread(instances[0].path, stop_before_pixels=True)
@@ -185,28 +204,43 @@ class PriorLinkWork:
 
     # ----------------------------------------------------------- prior images
     def _retrieve_images(
-        self, job: Job, current: CurrentStudy, search: PriorSearch, series: SeriesRecord,
-        link: PriorLink, events: list[AuditEvent],
+        self,
+        job: Job,
+        current: CurrentStudy,
+        search: PriorSearch,
+        series: SeriesRecord,
+        link: PriorLink,
+        events: list[AuditEvent],
     ) -> tuple[PriorLink, Conflict | None]:
         """Retrieve the prior series (unless held) and check whose it is."""
         held, outcome = self._fetch(job, series)
-        events.append(AuditEvent(AuditEventType.PRIOR_RETRIEVED, self._actor, job.study_instance_uid,
-                                 job_id=job.job_id, detail={"prior_study_uid": series.study_uid,
-                                                            "series_uid": series.series_uid,
-                                                            "method": self._cfg.retrieve,
-                                                            "instances": len(held), **outcome}))
+        events.append(
+            AuditEvent(
+                AuditEventType.PRIOR_RETRIEVED,
+                self._actor,
+                job.study_instance_uid,
+                job_id=job.job_id,
+                detail={
+                    "prior_study_uid": series.study_uid,
+                    "series_uid": series.series_uid,
+                    "method": self._cfg.retrieve,
+                    "instances": len(held),
+                    **outcome,
+                },
+            )
+        )
         if not held:
-            return replace(link, reason=f"{link.reason}; prior images could not be retrieved",
-                           evidence=self._evidence_refs(search)), None
+            return replace(
+                link, reason=f"{link.reason}; prior images could not be retrieved", evidence=self._evidence_refs(search)
+            ), None
         header = dcmread(held[0].path, stop_before_pixels=True)
         differing = current.identity.disagreements(PatientIdentity.from_dataset(header))
         if differing:  # the PACS's C-FIND answer and the stored headers disagree: trust neither
-            return link, Conflict(series.study_uid, differing,
-                                  search.study.study_date if search.study else "")
-        retrieved = RetrievedSeries(series.study_uid, series.series_uid,
-                                    tuple(i.sop_instance_uid for i in held))
-        evidence = tuple(InstanceRef(series.study_uid, series.series_uid, i.sop_class_uid,
-                                     i.sop_instance_uid) for i in held)
+            return link, Conflict(series.study_uid, differing, search.study.study_date if search.study else "")
+        retrieved = RetrievedSeries(series.study_uid, series.series_uid, tuple(i.sop_instance_uid for i in held))
+        evidence = tuple(
+            InstanceRef(series.study_uid, series.series_uid, i.sop_class_uid, i.sop_instance_uid) for i in held
+        )
         return replace(link, retrieved=retrieved, evidence=evidence), None
 
     def _fetch(self, job: Job, series: SeriesRecord) -> tuple[list[InstanceMeta], dict[str, Any]]:
@@ -216,12 +250,12 @@ class PriorLinkWork:
         outcome: dict[str, Any] = {"already_held": bool(held) and len(held) == series.n_instances}
         if outcome["already_held"] or self._pacs is None:
             return held, outcome
-        intake.expect_prior_series(series.series_uid, series.study_uid, job.study_instance_uid,
-                                   job.job_id, self._clock.now())
+        intake.expect_prior_series(
+            series.series_uid, series.study_uid, job.study_instance_uid, job.job_id, self._clock.now()
+        )
         try:
             result = self._pacs.retrieve_series(series.study_uid, series.series_uid, self._cfg.retrieve)
-            outcome |= {"status": f"0x{result.status:04X}", "completed": result.completed,
-                        "failed": result.failed}
+            outcome |= {"status": f"0x{result.status:04X}", "completed": result.completed, "failed": result.failed}
         except DependencyUnavailable as exc:
             outcome["error"] = str(exc)
         return intake.series_instances(series.series_uid), outcome
@@ -238,17 +272,15 @@ class PriorLinkWork:
         return tuple(r for r in refs if r.sop_class_uid)
 
     # ------------------------------------------------------ prior AI results
-    def _prior_result(
-        self, job: Job, search: PriorSearch, family: str, *, skip_pacs: bool
-    ) -> PriorResult | None:
+    def _prior_result(self, job: Job, search: PriorSearch, family: str, *, skip_pacs: bool) -> PriorResult | None:
         assert search.study is not None
         study = search.study
         version = self._ledger.results.latest(study.study_uid, family)
         if version is not None:
-            sr = InstanceRef(study.study_uid, version.series_instance_uid, version.sop_class_uid,
-                             version.sop_instance_uid)
-            return PriorResult.from_prediction(version.prediction, study.study_uid,
-                                               study.study_date, "ledger", sr)
+            sr = InstanceRef(
+                study.study_uid, version.series_instance_uid, version.sop_class_uid, version.sop_instance_uid
+            )
+            return PriorResult.from_prediction(version.prediction, study.study_uid, study.study_date, "ledger", sr)
         if skip_pacs or family not in self._models:
             return None
         try:
@@ -261,14 +293,16 @@ class PriorLinkWork:
         assert self._pacs is not None
         name = self._models[family].name
         intake = self._ledger.intake
-        series = [s for s in self._pacs.find_series(study_uid)
-                  if s.modality == "SR" and describes_our_sr(s.description, name)]
+        series = [
+            s for s in self._pacs.find_series(study_uid) if s.modality == "SR" and describes_our_sr(s.description, name)
+        ]
         datasets: list[Dataset] = []
         for s in series:
             held = intake.series_instances(s.series_uid)
             if not held:
-                intake.expect_prior_series(s.series_uid, study_uid, job.study_instance_uid,
-                                           job.job_id, self._clock.now())
+                intake.expect_prior_series(
+                    s.series_uid, study_uid, job.study_instance_uid, job.job_id, self._clock.now()
+                )
                 self._pacs.retrieve_series(study_uid, s.series_uid, self._cfg.retrieve)
                 held = intake.series_instances(s.series_uid)
             datasets += [dcmread(i.path) for i in held]
@@ -277,31 +311,57 @@ class PriorLinkWork:
 
     # ---------------------------------------------------------------- commit
     def _query_event(
-        self, job: Job, current: CurrentStudy, patient_key: str, search: PriorSearch | None, error: str,
+        self,
+        job: Job,
+        current: CurrentStudy,
+        patient_key: str,
+        search: PriorSearch | None,
+        error: str,
     ) -> AuditEvent:
-        detail: dict[str, Any] = {"patient_key": patient_key, "modalities": list(current.modalities),
-                                  "lookback_days": self._cfg.lookback_days}
+        detail: dict[str, Any] = {
+            "patient_key": patient_key,
+            "modalities": list(current.modalities),
+            "lookback_days": self._cfg.lookback_days,
+        }
         if search is not None:
-            detail |= {"status": str(search.status), "considered": search.considered,
-                       "prior_study_uid": search.study.study_uid if search.study else ""}
+            detail |= {
+                "status": str(search.status),
+                "considered": search.considered,
+                "prior_study_uid": search.study.study_uid if search.study else "",
+            }
         else:
             detail |= {"status": str(PriorStatus.UNAVAILABLE), "error": error}
-        return AuditEvent(AuditEventType.PRIOR_QUERY, self._actor, job.study_instance_uid,
-                          job_id=job.job_id, detail=detail)
+        return AuditEvent(
+            AuditEventType.PRIOR_QUERY, self._actor, job.study_instance_uid, job_id=job.job_id, detail=detail
+        )
 
     def _link(
-        self, job: Job, link: PriorLink, events: list[AuditEvent], flags: list[RaiseReviewFlag],
+        self,
+        job: Job,
+        link: PriorLink,
+        events: list[AuditEvent],
+        flags: list[RaiseReviewFlag],
     ) -> None:
         event = AuditEvent(
-            AuditEventType.LINKED, self._actor, job.study_instance_uid, job_id=job.job_id,
-            detail={"priors": str(link.status),
-                    "prior_study_uid": link.study.study_uid if link.study else "",
-                    "results": sorted(r.family for r in link.results),
-                    "retrieved": len(link.retrieved.sop_instance_uids) if link.retrieved else 0},
+            AuditEventType.LINKED,
+            self._actor,
+            job.study_instance_uid,
+            job_id=job.job_id,
+            detail={
+                "priors": str(link.status),
+                "prior_study_uid": link.study.study_uid if link.study else "",
+                "results": sorted(r.family for r in link.results),
+                "retrieved": len(link.retrieved.sop_instance_uids) if link.retrieved else 0,
+            },
         )
-        self._ledger.jobs.transition(job, JobState.LINKED, self._clock.now(),
-                                     events=[*events, event], record=replace(job.record, priors=link),
-                                     effects=flags)
+        self._ledger.jobs.transition(
+            job,
+            JobState.LINKED,
+            self._clock.now(),
+            events=[*events, event],
+            record=replace(job.record, priors=link),
+            effects=flags,
+        )
 
 
 def _newest_version(datasets: list[Dataset]) -> Dataset | None:
@@ -342,7 +402,7 @@ class PriorLinkerActor(StageShell):
                 kwargs = {"hash_key": hash_key} if hash_key else {}
                 self._getter = Listener(listener, layout.spool, layout.rejected, ledger, 0.0, **kwargs)
                 store = self._getter.handle_store
-            client = DimseQueryRetrieve(pacs, cfg.query_timeout_s, cfg.retrieve_timeout_s,
-                                        move_destination=listener.ae_title, on_store=store)
-        self._start(runtime, PriorLinkWork(ledger, "stage:prior_linker", cfg, client, models,
-                                           self._clock))
+            client = DimseQueryRetrieve(
+                pacs, cfg.query_timeout_s, cfg.retrieve_timeout_s, move_destination=listener.ae_title, on_store=store
+            )
+        self._start(runtime, PriorLinkWork(ledger, "stage:prior_linker", cfg, client, models, self._clock))

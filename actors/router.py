@@ -27,7 +27,11 @@ class RoutingWork:
     """Routes one validated job, reading the AI switches afresh every time."""
 
     def __init__(
-        self, ledger: Ledger, router: Router, actor: str, context: ContextJoin | None = None,
+        self,
+        ledger: Ledger,
+        router: Router,
+        actor: str,
+        context: ContextJoin | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._ledger = ledger
@@ -36,20 +40,14 @@ class RoutingWork:
         self._context = context
         self._clock = clock or SystemClock()
 
-    def _join(
-        self, job: Job, instances: list[InstanceMeta]
-    ) -> tuple[StudyContext | None, list[AuditEvent]]:
+    def _join(self, job: Job, instances: list[InstanceMeta]) -> tuple[StudyContext | None, list[AuditEvent]]:
         """The HL7 order context of a routed job (issue #6); none when the bridge is off."""
         if self._context is None:
             return None, []
-        context, event = self._context.lookup(
-            job, instances, self._actor, "routing: priority lane and job context"
-        )
+        context, event = self._context.lookup(job, instances, self._actor, "routing: priority lane and job context")
         return context, [event]
 
-    def _event(
-        self, job: Job, decision: RouteDecision, lane: int, context: StudyContext | None
-    ) -> AuditEvent:
+    def _event(self, job: Job, decision: RouteDecision, lane: int, context: StudyContext | None) -> AuditEvent:
         return AuditEvent(
             AuditEventType.ROUTED if decision.tasks else AuditEventType.SKIPPED,
             self._actor,
@@ -60,8 +58,11 @@ class RoutingWork:
                 "families": [t.family for t in decision.tasks],
                 "skipped_instances": len(decision.skipped),
                 "priority": lane,
-                "context": None if context is None else {
-                    "match": context.match, "order_priority": context.priority,
+                "context": None
+                if context is None
+                else {
+                    "match": context.match,
+                    "order_priority": context.priority,
                     "encounter_class": context.encounter_class,
                 },
             },
@@ -70,9 +71,7 @@ class RoutingWork:
     def __call__(self, job: Job) -> None:
         """Move the job to ``routed`` (with its tasks) or ``skipped`` (with the reason)."""
         instances = self._ledger.intake.job_instances(job.job_id, include_set_aside=False)
-        decision = self._router.decide(
-            job.study_instance_uid, instances, self._ledger.controls.ai_switches()
-        )
+        decision = self._router.decide(job.study_instance_uid, instances, self._ledger.controls.ai_switches())
         context, reads = self._join(job, instances) if decision.tasks else (None, [])
         lane = decision.priority if context is None else max(decision.priority, context.lane)
         record = replace(job.record, route=decision.route, context=context)
@@ -113,7 +112,6 @@ class RouterActor(StageShell):
         join_window_days: Patient ID + date join tolerance.
         """
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
-        join = (ContextJoin(ContextReader(open_context(runtime.storage)), join_window_days)
-                if hl7_context else None)
+        join = ContextJoin(ContextReader(open_context(runtime.storage)), join_window_days) if hl7_context else None
         work = RoutingWork(ledger, Router(cfg, families), "stage:router", join, self._clock)
         self._start(runtime, work)

@@ -53,8 +53,13 @@ class SRWriteWork:
     """Writes the result objects of one inferred job: one SR version per model family."""
 
     def __init__(
-        self, ledger: Ledger, outbox: Path, builder: SRBuilder, actor: str,
-        priors: PriorsConfig | None = None, pm_builder: ParametricMapBuilder | None = None,
+        self,
+        ledger: Ledger,
+        outbox: Path,
+        builder: SRBuilder,
+        actor: str,
+        priors: PriorsConfig | None = None,
+        pm_builder: ParametricMapBuilder | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._ledger = ledger
@@ -74,16 +79,22 @@ class SRWriteWork:
         last = self._ledger.results.version(sop_uid) if sop_uid else None
         if last is None:
             return []
-        return [InstanceRef(study_uid, last.series_instance_uid, last.sop_class_uid,
-                            last.sop_instance_uid).as_dataset()]
+        return [
+            InstanceRef(study_uid, last.series_instance_uid, last.sop_class_uid, last.sop_instance_uid).as_dataset()
+        ]
 
     def _comparison(self, job: Job, prediction: Prediction, current: Dataset) -> Comparison:
         inference = job.record.inference
         prior = inference.prior_prediction(prediction.family) if inference else None
-        return comparison_for(job.record.priors, prediction, prior, self._priors.probability_change,
-                              self._priors.size_change_mm,
-                              current_study_date=str(current.get("StudyDate", "") or ""),
-                              current_study_time=str(current.get("StudyTime", "") or ""))
+        return comparison_for(
+            job.record.priors,
+            prediction,
+            prior,
+            self._priors.probability_change,
+            self._priors.size_change_mm,
+            current_study_date=str(current.get("StudyDate", "") or ""),
+            current_study_time=str(current.get("StudyTime", "") or ""),
+        )
 
     @staticmethod
     def request_of(job: Job) -> ReferencedRequest | None:
@@ -101,7 +112,10 @@ class SRWriteWork:
         return list(task.sop_instance_uids) if task else list(prediction.source_uids)
 
     def write_one(
-        self, job: Job, prediction: Prediction, predecessor_uid: str = "",
+        self,
+        job: Job,
+        prediction: Prediction,
+        predecessor_uid: str = "",
         incomplete: Incompleteness | None = None,
     ) -> OutboxItem:
         """Build and durably write the SR of one prediction (its SOP Instance UID does not
@@ -116,8 +130,11 @@ class SRWriteWork:
         sources = self._sources(job, self.task_uids(job, prediction))
         marked = _marked(prediction, _incompleteness(job, incomplete), sources)
         sr = self._builder.build(
-            sources, marked, previous_versions=self._predecessor(job.study_instance_uid, predecessor_uid),
-            comparison=self._comparison(job, prediction, sources[0]), request=self.request_of(job),
+            sources,
+            marked,
+            previous_versions=self._predecessor(job.study_instance_uid, predecessor_uid),
+            comparison=self._comparison(job, prediction, sources[0]),
+            request=self.request_of(job),
             created_at=_written_at(job),
         )
         return self._write(sr, OutputKind.SR, prediction.family)
@@ -139,8 +156,9 @@ class SRWriteWork:
         ds.save_as(buf, enforce_file_format=True)
         path = self._outbox / f"{ds.SOPInstanceUID}.dcm"
         durable_write(path, buf.getvalue())
-        return OutboxItem(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID),
-                          kind, family, str(path))
+        return OutboxItem(
+            str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID), kind, family, str(path)
+        )
 
     def __call__(self, job: Job) -> None:
         """Write one SR version per family unless a newer version of the study was written
@@ -151,8 +169,10 @@ class SRWriteWork:
         versions: list[SrVersion] = []
         events = self._context_read(job)
         for prediction in sorted(inference.predictions if inference else (), key=lambda p: p.family):
-            plan = plan_write([v.plan_view() for v in self._ledger.results.versions(
-                job.study_instance_uid, prediction.family)], job.version)
+            plan = plan_write(
+                [v.plan_view() for v in self._ledger.results.versions(job.study_instance_uid, prediction.family)],
+                job.version,
+            )
             if not plan.write:
                 events.append(self._superseded(job, prediction.family, plan.superseded_by))
                 continue
@@ -160,49 +180,95 @@ class SRWriteWork:
             items.append(sr)
             versions.append(self._version(job, sr, prediction, plan.predecessor_uid))
             priors = job.record.priors
-            events.append(self._built(job, sr, prediction, {
-                "predecessor": plan.predecessor_uid, "partial": versions[-1].incomplete,
-                "priors": str(priors.status) if priors else "not_looked_up"}))
+            events.append(
+                self._built(
+                    job,
+                    sr,
+                    prediction,
+                    {
+                        "predecessor": plan.predecessor_uid,
+                        "partial": versions[-1].incomplete,
+                        "priors": str(priors.status) if priors else "not_looked_up",
+                    },
+                )
+            )
             for pm in self.write_maps(job, prediction):
                 items.append(pm)
                 events.append(self._built(job, pm, prediction, {}))
         now = self._clock.now()
         if not items and inference is not None and inference.predictions:
-            self._ledger.jobs.transition(job, JobState.SKIPPED, now, events=events,
-                                         reason="superseded: a newer version of the study was written")
+            self._ledger.jobs.transition(
+                job, JobState.SKIPPED, now, events=events, reason="superseded: a newer version of the study was written"
+            )
             return
-        self._ledger.jobs.transition(job, JobState.WRITTEN, now, events=events,
-                                     effects=[QueueOutbox(tuple(items)), RecordSrVersions(tuple(versions))])
+        self._ledger.jobs.transition(
+            job,
+            JobState.WRITTEN,
+            now,
+            events=events,
+            effects=[QueueOutbox(tuple(items)), RecordSrVersions(tuple(versions))],
+        )
 
     @staticmethod
     def _version(job: Job, sr: OutboxItem, prediction: Prediction, predecessor_uid: str) -> SrVersion:
         incomplete = job.record.completion is not None and job.record.completion.partial
-        return SrVersion(sr.sop_instance_uid, sr.sop_class_uid, sr.series_instance_uid, job.study_instance_uid,
-                         job.job_id, job.version, prediction.family, prediction.model_name,
-                         prediction.model_version, predecessor_uid, prediction, incomplete=incomplete)
+        return SrVersion(
+            sr.sop_instance_uid,
+            sr.sop_class_uid,
+            sr.series_instance_uid,
+            job.study_instance_uid,
+            job.job_id,
+            job.version,
+            prediction.family,
+            prediction.model_name,
+            prediction.model_version,
+            predecessor_uid,
+            prediction,
+            incomplete=incomplete,
+        )
 
     def _superseded(self, job: Job, family: str, by: int | None) -> AuditEvent:
-        return AuditEvent(AuditEventType.SR_VERSION_SUPERSEDED, self._actor, job.study_instance_uid,
-                          job_id=job.job_id, detail={"family": family, "version": job.version,
-                                                     "superseded_by": by, "reason": "not written"})
+        return AuditEvent(
+            AuditEventType.SR_VERSION_SUPERSEDED,
+            self._actor,
+            job.study_instance_uid,
+            job_id=job.job_id,
+            detail={"family": family, "version": job.version, "superseded_by": by, "reason": "not written"},
+        )
 
     def _context_read(self, job: Job) -> list[AuditEvent]:
         """The job's copy of the context is PHI-light, but reading it is still audited."""
         ctx = job.record.context
         if ctx is None:
             return []
-        return [AuditEvent(
-            AuditEventType.CONTEXT_READ, self._actor, job.study_instance_uid, job_id=job.job_id,
-            detail={"purpose": "sr: referenced request and reason for the study",
-                    "match": ctx.match, "resources": [ctx.service_request]},
-        )]
+        return [
+            AuditEvent(
+                AuditEventType.CONTEXT_READ,
+                self._actor,
+                job.study_instance_uid,
+                job_id=job.job_id,
+                detail={
+                    "purpose": "sr: referenced request and reason for the study",
+                    "match": ctx.match,
+                    "resources": [ctx.service_request],
+                },
+            )
+        ]
 
-    def _built(self, job: Job, item: OutboxItem, prediction: Prediction,
-               extra: dict[str, Any]) -> AuditEvent:
+    def _built(self, job: Job, item: OutboxItem, prediction: Prediction, extra: dict[str, Any]) -> AuditEvent:
         return AuditEvent(
-            AuditEventType.SR_BUILT, self._actor, job.study_instance_uid, item.sop_instance_uid,
-            job.job_id, {"family": prediction.family, "model": prediction.model_name,
-                         "version": prediction.model_version, "kind": item.kind.value, **extra},
+            AuditEventType.SR_BUILT,
+            self._actor,
+            job.study_instance_uid,
+            item.sop_instance_uid,
+            job.job_id,
+            {
+                "family": prediction.family,
+                "model": prediction.model_name,
+                "version": prediction.model_version,
+                "kind": item.kind.value,
+                **extra,
+            },
         )
 
 
@@ -229,14 +295,21 @@ class SRWriterActor(StageShell):
     state = JobState.INFERRED
 
     def __init__(
-        self, runtime: StageRuntime, layout: VarLayout, cfg: SRConfig,
+        self,
+        runtime: StageRuntime,
+        layout: VarLayout,
+        cfg: SRConfig,
         priors: PriorsConfig | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
-        identity = SRIdentity(cfg.manufacturer, cfg.series_number, cfg.institution_name,
-                              cfg.group_source_images_max)
+        identity = SRIdentity(cfg.manufacturer, cfg.series_number, cfg.institution_name, cfg.group_source_images_max)
         work = SRWriteWork(
-            ledger, layout.outbox, SRBuilder(identity), "stage:sr_writer", priors,
-            ParametricMapBuilder(identity), self._clock,
+            ledger,
+            layout.outbox,
+            SRBuilder(identity),
+            "stage:sr_writer",
+            priors,
+            ParametricMapBuilder(identity),
+            self._clock,
         )
         self._start(runtime, work)

@@ -80,8 +80,7 @@ class StageRunner:
         self._clock = clock or SystemClock()
         self._policy = RetryPolicy.from_config(runtime.retry)
         self._owner = f"{name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._pool = ThreadPoolExecutor(max_workers=runtime.stage.concurrency,
-                                        thread_name_prefix=f"{name}-work")
+        self._pool = ThreadPoolExecutor(max_workers=runtime.stage.concurrency, thread_name_prefix=f"{name}-work")
         self._in_flight: dict[int, Job] = {}  # leased: running, or waiting in the backlog
         self._backlog: deque[Job] = deque()
         self._running = 0
@@ -91,9 +90,12 @@ class StageRunner:
         self.last_error = ""
         notify = ledger.db.notifies
         self.loop = Loop(
-            f"stage:{name}", self.run_once,
-            runtime.notify_wait_s if notify else runtime.poll_interval_s, eager=True,
-            idle=self._idle, clock=self._clock,
+            f"stage:{name}",
+            self.run_once,
+            runtime.notify_wait_s if notify else runtime.poll_interval_s,
+            eager=True,
+            idle=self._idle,
+            clock=self._clock,
         )
 
     @property
@@ -140,8 +142,9 @@ class StageRunner:
             held = len(self._in_flight)
         leased: list[Job] = []
         if held <= concurrency:
-            leased = self._ledger.jobs.lease(self.state, self._owner, 2 * concurrency - held,
-                                             self._rt.lease_s, self._clock.now())
+            leased = self._ledger.jobs.lease(
+                self.state, self._owner, 2 * concurrency - held, self._rt.lease_s, self._clock.now()
+            )
         start: list[Job] = []
         with self._lock:
             for job in leased:
@@ -186,13 +189,13 @@ class StageRunner:
         self.failures += 0 if unavailable else 1
         self.last_error = error[:500]
         try:
-            state = self._ledger.jobs.defer(job, self._clock.now(), self._policy, error[:1000],
-                                            unavailable=unavailable, actor=self.actor)
+            state = self._ledger.jobs.defer(
+                job, self._clock.now(), self._policy, error[:1000], unavailable=unavailable, actor=self.actor
+            )
         except LeaseLost:
             return
         except Exception:  # the ledger itself is down: the lease expires and the job returns
-            logger.exception("stage %s: could not record the failure of job %d", self.name,
-                             job.job_id)
+            logger.exception("stage %s: could not record the failure of job %d", self.name, job.job_id)
             return
         if state is JobState.DEAD:
             logger.error("stage %s: job %d is dead: %s", self.name, job.job_id, error[:200])
@@ -238,8 +241,7 @@ class ActorShell:
         return 0
 
     def _start_heartbeat(self) -> None:
-        self._heartbeat = Loop(f"{self.name}:heartbeat", self._beat, HEARTBEAT_S,
-                               clock=self._clock).start()
+        self._heartbeat = Loop(f"{self.name}:heartbeat", self._beat, HEARTBEAT_S, clock=self._clock).start()
 
     def health(self) -> ActorHealth:
         """What every loop is doing (the supervisor calls this)."""

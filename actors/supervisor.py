@@ -43,8 +43,12 @@ class Supervisor:
             status = h.status
             if self._last.get(name) != status:
                 log = logger.info if status is HealthStatus.OK else logger.error
-                log("actor %s is %s%s", name, status.value,
-                    f": {h.last_error}" if status is not HealthStatus.OK and h.last_error else "")
+                log(
+                    "actor %s is %s%s",
+                    name,
+                    status.value,
+                    f": {h.last_error}" if status is not HealthStatus.OK and h.last_error else "",
+                )
             self._last[name] = status
             if h.pid == 0:  # did not answer: nobody else will record it
                 self._ledger.controls.record_health(h, self._clock.now(), HealthStatus.DOWN)

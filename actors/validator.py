@@ -106,7 +106,8 @@ class ValidationWork:
         """Validate and move the job to ``validated`` or ``quarantined``."""
         overrides = self._ledger.intake.overrides(job.job_id)  # once, not per instance
         instances = [
-            i for i in self._ledger.intake.job_instances(job.job_id)
+            i
+            for i in self._ledger.intake.job_instances(job.job_id)
             if overrides.get(i.sop_instance_uid) is not Override.DISCARDED
         ]
         issues: dict[str, list[ValidationIssue]] = {}
@@ -126,28 +127,42 @@ class ValidationWork:
         accepted = tuple(AcceptedIssues(uid, tuple(found)) for uid, found in verdict.accepted.items())
         record = replace(job.record, accepted=accepted) if accepted else None
         holds = [HoldInQuarantine(uid, tuple(found)) for uid, found in verdict.held.items()]
-        self._ledger.jobs.transition(job, state, self._clock.now(), events=self._events(job, verdict, good),
-                                     record=record, reason=reason, effects=holds)
+        self._ledger.jobs.transition(
+            job,
+            state,
+            self._clock.now(),
+            events=self._events(job, verdict, good),
+            record=record,
+            reason=reason,
+            effects=holds,
+        )
 
     def _events(self, job: Job, verdict: Verdict, good: int) -> list[AuditEvent]:
         events = [
             AuditEvent(
-                AuditEventType.QUARANTINED, self._actor, job.study_instance_uid, uid, job.job_id,
+                AuditEventType.QUARANTINED,
+                self._actor,
+                job.study_instance_uid,
+                uid,
+                job.job_id,
                 {"codes": sorted({i.code for i in found}), "messages": [i.message for i in found]},
             )
             for uid, found in verdict.held.items()
         ]
         events += [
             AuditEvent(
-                AuditEventType.VALIDATED, self._actor, job.study_instance_uid, uid, job.job_id,
+                AuditEventType.VALIDATED,
+                self._actor,
+                job.study_instance_uid,
+                uid,
+                job.job_id,
                 {"accepted_codes": sorted({i.code for i in found}), "released": True},
             )
             for uid, found in verdict.accepted.items()
         ]
         summary = {"valid": good, "quarantined": len(verdict.held), "accepted": len(verdict.accepted)}
         kind = AuditEventType.VALIDATED if good else AuditEventType.QUARANTINED
-        events.append(AuditEvent(kind, self._actor, job.study_instance_uid, job_id=job.job_id,
-                                 detail=summary))
+        events.append(AuditEvent(kind, self._actor, job.study_instance_uid, job_id=job.job_id, detail=summary))
         return events
 
 
@@ -164,8 +179,7 @@ class ValidatorActor(StageShell):
         policy = ValidationPolicy.from_config(cfg or ValidationConfig())
         work = ValidationWork(ledger, Validator(policy), "stage:validator", cache, self._clock)
         self._pre = PreValidator(ledger, work.check, cache)
-        self._add_loop(Loop("pre-validator", self._pre.run_once, runtime.poll_interval_s,
-                            clock=self._clock))
+        self._add_loop(Loop("pre-validator", self._pre.run_once, runtime.poll_interval_s, clock=self._clock))
         self._start(runtime, work)
 
     def stop(self) -> None:

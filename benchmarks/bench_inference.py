@@ -75,7 +75,7 @@ def _raw(predictor: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
     start = time.perf_counter()
     for i in range(0, len(inputs), batch):
         t = time.perf_counter()
-        predictor.forward(inputs[i:i + batch])
+        predictor.forward(inputs[i : i + batch])
         latencies.append(time.perf_counter() - t)
     return _summary(len(inputs), time.perf_counter() - start, latencies)
 
@@ -107,7 +107,7 @@ def _serve_grouped(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, flo
     """Requests of ``batch`` inputs each (a study's slices or frames), two in flight: the
     shape of the pipeline's own requests (``__call__`` batches a study's inputs the same way)."""
     handle.forward_many.remote(inputs[:batch]).result()  # warm-up
-    chunks = [ray.put(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
+    chunks = [ray.put(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
     return _windowed(handle.forward_many, chunks, 2, len(inputs))
 
 
@@ -121,10 +121,15 @@ def _summary(n: int, seconds: float, latencies: list[float]) -> dict[str, float]
 
 
 def _deploy(family: str, entry: Any, batch: int) -> Any:
-    serve_cfg = entry.serve.model_copy(update={
-        "max_batch_size": batch, "max_ongoing_requests": max(4 * batch, 8),
-        "max_queued_requests": -1, "min_replicas": 1, "max_replicas": 1,
-    })
+    serve_cfg = entry.serve.model_copy(
+        update={
+            "max_batch_size": batch,
+            "max_ongoing_requests": max(4 * batch, 8),
+            "max_queued_requests": -1,
+            "min_replicas": 1,
+            "max_replicas": 1,
+        }
+    )
     app = build_app(family, entry.model_copy(update={"serve": serve_cfg}))
     name = app_name(family)
     serve.run(app, name=name, route_prefix=None)
@@ -137,8 +142,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="inputs per measurement")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--families", nargs="+", default=sorted(STUDIES))
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads for both the raw loop and the replica (same device)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads for both the raw loop and the replica (same device)",
+    )
     args = parser.parse_args()
     cfg = load_config(args.config)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench")
@@ -156,12 +165,28 @@ def main() -> None:
                 served = _serve(handle, inputs, batch)
                 grouped = _serve_grouped(handle, inputs, batch)
                 for mode, result in (("raw_torch", raw), ("ray_serve", served), ("ray_serve_grouped", grouped)):
-                    emit({"name": "inference", "family": family, "mode": mode, "batch_size": batch,
-                          "n": args.n, "input_shape": list(inputs.shape[1:]), **result})
-                emit({"name": "inference", "family": family, "mode": "summary", "batch_size": batch,
-                      "ratio_serve_over_raw": round(served["items_per_s"] / raw["items_per_s"], 3),
-                      "ratio_grouped_over_raw": round(grouped["items_per_s"] / raw["items_per_s"], 3),
-                      "goal": ">= 0.9 at batch 8 and above"})
+                    emit(
+                        {
+                            "name": "inference",
+                            "family": family,
+                            "mode": mode,
+                            "batch_size": batch,
+                            "n": args.n,
+                            "input_shape": list(inputs.shape[1:]),
+                            **result,
+                        }
+                    )
+                emit(
+                    {
+                        "name": "inference",
+                        "family": family,
+                        "mode": "summary",
+                        "batch_size": batch,
+                        "ratio_serve_over_raw": round(served["items_per_s"] / raw["items_per_s"], 3),
+                        "ratio_grouped_over_raw": round(grouped["items_per_s"] / raw["items_per_s"], 3),
+                        "goal": ">= 0.9 at batch 8 and above",
+                    }
+                )
             serve.delete(app_name(family))
     finally:
         serve.shutdown()

@@ -78,27 +78,34 @@ def main() -> None:
             for name in order:
                 rates[name].append(args.n / _measure(name, files, root / f"{name}{rnd}"))
             ratio = rates["pacsai_listener"][-1] / rates["bare_scp"][-1]
-            emit({
-                "name": "ingest", "variant": "round", "round": rnd, "n": args.n,
-                "bare_scp_inst_per_s": round(rates["bare_scp"][-1], 1),
-                "pacsai_listener_inst_per_s": round(rates["pacsai_listener"][-1], 1),
-                "ratio": round(ratio, 3),
-            })
+            emit(
+                {
+                    "name": "ingest",
+                    "variant": "round",
+                    "round": rnd,
+                    "n": args.n,
+                    "bare_scp_inst_per_s": round(rates["bare_scp"][-1], 1),
+                    "pacsai_listener_inst_per_s": round(rates["pacsai_listener"][-1], 1),
+                    "ratio": round(ratio, 3),
+                }
+            )
         bare_med = statistics.median(rates["bare_scp"])
         ours_med = statistics.median(rates["pacsai_listener"])
         paired = [o / b for o, b in zip(rates["pacsai_listener"], rates["bare_scp"], strict=True)]
-        emit({
-            "name": "ingest",
-            "variant": "summary",
-            "n": args.n,
-            "rounds": args.rounds,
-            "bare_scp_inst_per_s": round(bare_med, 1),
-            "pacsai_listener_inst_per_s": round(ours_med, 1),
-            "ratio": round(ours_med / bare_med, 3),
-            "paired_ratio_median": round(statistics.median(paired), 3),
-            "p50_ms": round(1000 / ours_med, 2),
-            "goal": ">= 0.9",
-        })
+        emit(
+            {
+                "name": "ingest",
+                "variant": "summary",
+                "n": args.n,
+                "rounds": args.rounds,
+                "bare_scp_inst_per_s": round(bare_med, 1),
+                "pacsai_listener_inst_per_s": round(ours_med, 1),
+                "ratio": round(ours_med / bare_med, 3),
+                "paired_ratio_median": round(statistics.median(paired), 3),
+                "p50_ms": round(1000 / ours_med, 2),
+                "goal": ">= 0.9",
+            }
+        )
 
 
 def _measure(name: str, files: list[Path], workdir: Path) -> float:
@@ -110,8 +117,9 @@ def _measure(name: str, files: list[Path], workdir: Path) -> float:
         finally:
             bare.stop()
     ledger = open_ledger(StorageConfig(var_dir=str(workdir)))
-    ours = Listener(ListenerConfig(port=0, min_free_bytes=0), workdir / "spool", workdir / "rejected",
-                    ledger, quiet_period_s=2.0)
+    ours = Listener(
+        ListenerConfig(port=0, min_free_bytes=0), workdir / "spool", workdir / "rejected", ledger, quiet_period_s=2.0
+    )
     ours.start()
     try:
         return _run(files, ours.port)

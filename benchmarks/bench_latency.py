@@ -85,12 +85,18 @@ def config(var: Path, port: int, orthanc: OrthancProcess, quiet: float) -> AppCo
 def make_study(size: int, seed: int) -> list[Any]:
     if size == 1:
         return make_cxr_study(seed=seed, n_images=1, patient_id=f"LAT{seed}", accession=f"L{seed}")
-    return make_ct_series(seed=seed, n_slices=size, rows=64, cols=64, patient_id=f"LAT{seed}",
-                          accession=f"L{seed}")
+    return make_ct_series(seed=seed, n_slices=size, rows=64, cols=64, patient_id=f"LAT{seed}", accession=f"L{seed}")
 
 
-def run_one(pipeline: Pipeline, orthanc: OrthancProcess, ledger: Ledger, files: list[Path],
-            study_uid: str, calling_ae: str, timeout_s: float) -> dict[str, Any]:
+def run_one(
+    pipeline: Pipeline,
+    orthanc: OrthancProcess,
+    ledger: Ledger,
+    files: list[Path],
+    study_uid: str,
+    calling_ae: str,
+    timeout_s: float,
+) -> dict[str, Any]:
     """Send one study (already in Orthanc) to our listener; return its latencies in ms."""
     res = storescu(files, "127.0.0.1", pipeline.listener_port(), "PACSAI", calling_ae)
     if res.returncode != 0:
@@ -123,8 +129,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarise(size: int, variant: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": "latency", "instances": size, "completion": variant, "n": len(runs),
-                           "rules": sorted({r["rule"] for r in runs})}
+    out: dict[str, Any] = {
+        "name": "latency",
+        "instances": size,
+        "completion": variant,
+        "n": len(runs),
+        "rules": sorted({r["rule"] for r in runs}),
+    }
     for metric in ("to_complete", "to_inference_start", "to_inferred", "to_written", "to_sr_stored"):
         values = [r[metric] for r in runs]
         out[f"{metric}_p50_ms"] = round(percentile(values, 50), 1)
@@ -147,17 +158,28 @@ def bench(pipeline: Pipeline, orthanc: OrthancProcess, work: Path, sizes: list[i
                 study = make_study(size, seed)
                 files = save_study(study, work / f"s{seed}")
                 storescu(files, "127.0.0.1", orthanc.dicom_port, orthanc.aet, "MODALITY")
-                results[variant].append(run_one(pipeline, orthanc, ledger, files,
-                                                str(study[0].StudyInstanceUID), ae, 300))
+                results[variant].append(
+                    run_one(pipeline, orthanc, ledger, files, str(study[0].StudyInstanceUID), ae, 300)
+                )
         for variant, runs in results.items():
             emit(summarise(size, variant, runs) | {"quiet_period_s": pipeline.cfg.assembly.quiet_period_s})
         ev, qt = (summarise(size, v, results[v]) for v in VARIANTS)
-        emit({"name": "latency", "instances": size, "variant": "summary",
-              "inference_start_p95_ms": {"pacs_counts": ev["to_inference_start_p95_ms"],
-                                         "quiet_period": qt["to_inference_start_p95_ms"]},
-              "sr_stored_p50_ms": {"pacs_counts": ev["to_sr_stored_p50_ms"],
-                                   "quiet_period": qt["to_sr_stored_p50_ms"]},
-              "goal": "inference start <= 500 ms p95 with PACS counts"})
+        emit(
+            {
+                "name": "latency",
+                "instances": size,
+                "variant": "summary",
+                "inference_start_p95_ms": {
+                    "pacs_counts": ev["to_inference_start_p95_ms"],
+                    "quiet_period": qt["to_inference_start_p95_ms"],
+                },
+                "sr_stored_p50_ms": {
+                    "pacs_counts": ev["to_sr_stored_p50_ms"],
+                    "quiet_period": qt["to_sr_stored_p50_ms"],
+                },
+                "goal": "inference start <= 500 ms p95 with PACS counts",
+            }
+        )
 
 
 def main() -> None:
@@ -171,8 +193,9 @@ def main() -> None:
     args = parser.parse_args()
     scenarios = set(args.scenarios.split(","))
     if scenarios & {"routing", "mpps"}:
-        bench_routing_and_mpps(args.routing_reps if "routing" in scenarios else 0,
-                               args.mpps_reps if "mpps" in scenarios else 0)
+        bench_routing_and_mpps(
+            args.routing_reps if "routing" in scenarios else 0, args.mpps_reps if "mpps" in scenarios else 0
+        )
     if "counts" in scenarios:
         bench_counts([int(s) for s in args.sizes.split(",")], [int(r) for r in args.reps.split(",")], args.quiet)
 
@@ -189,7 +212,6 @@ def bench_counts(sizes: list[int], reps: list[int], quiet: float) -> None:
         finally:
             pipeline.stop()
             orthanc.stop()
-
 
 
 # ------------------------------------------------------------------ issue 18: routing and MPPS
@@ -217,12 +239,15 @@ def routing_config(var: Path, port: int, pacs: OrthancProcess) -> AppConfig:
 def forwarding_pacs(work: Path, port: int) -> dict[str, OrthancProcess]:
     """One Orthanc per rule, each forwarding every instance to the bridge as it stores it."""
     lua = (FORWARD_EACH_INSTANCE.format(modality="pacsai"),)
-    return {rule: OrthancProcess(work / rule, aet=ae, modalities={"pacsai": ("PACSAI", "127.0.0.1", port)},
-                                 lua=lua).start() for rule, ae in ROUTE_RULES.items()}
+    return {
+        rule: OrthancProcess(work / rule, aet=ae, modalities={"pacsai": ("PACSAI", "127.0.0.1", port)}, lua=lua).start()
+        for rule, ae in ROUTE_RULES.items()
+    }
 
 
 def wait_settled(ledger: Ledger, study_uid: str, n: int, timeout_s: float) -> None:
     """Wait until we hold all ``n`` instances and no job of the study is still working."""
+
     def settled() -> bool:
         jobs = ledger.jobs.for_study(study_uid)
         held = len(ledger.intake.states(study_uid))
@@ -245,19 +270,30 @@ def run_routed(ledger: Ledger, pacs: OrthancProcess, work: Path, seed: int) -> d
     t0 = max(i.received_at for i in ledger.intake.instances([str(d.SOPInstanceUID) for d in study]))
     events = ledger.audit.events(uid, limit=100000)
     stored = [e.at for e in events if e.type == "sr_delivered" and e.detail.get("kind") == "sr"]
-    return {"completions": [e.detail["rule"] for e in events if e.type == "study_complete"],
-            "versions": len(stored), "to_sr_stored": 1000 * (max(stored) - t0) if stored else float("nan")}
+    return {
+        "completions": [e.detail["rule"] for e in events if e.type == "study_complete"],
+        "versions": len(stored),
+        "to_sr_stored": 1000 * (max(stored) - t0) if stored else float("nan"),
+    }
 
 
 def summarise_routing(rule: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     stored = [r["to_sr_stored"] for r in runs]
-    return {"name": "latency", "scenario": "routing", "instances": ROUTING_SLICES, "pace_s": 0.1,
-            "routing": "OnStoredInstance", "completion": rule, "n": len(runs),
-            "completions": sorted({c for r in runs for c in r["completions"]}),
-            "completions_per_study_max": max(len(r["completions"]) for r in runs),
-            "versions_max": max(r["versions"] for r in runs), "versions_goal": 1,
-            "to_sr_stored_p50_ms": round(percentile(stored, 50), 1),
-            "to_sr_stored_p95_ms": round(percentile(stored, 95), 1)}
+    return {
+        "name": "latency",
+        "scenario": "routing",
+        "instances": ROUTING_SLICES,
+        "pace_s": 0.1,
+        "routing": "OnStoredInstance",
+        "completion": rule,
+        "n": len(runs),
+        "completions": sorted({c for r in runs for c in r["completions"]}),
+        "completions_per_study_max": max(len(r["completions"]) for r in runs),
+        "versions_max": max(r["versions"] for r in runs),
+        "versions_goal": 1,
+        "to_sr_stored_p50_ms": round(percentile(stored, 50), 1),
+        "to_sr_stored_p95_ms": round(percentile(stored, 95), 1),
+    }
 
 
 def run_mpps(pipeline: Pipeline, ledger: Ledger, work: Path, seed: int) -> float:
@@ -301,10 +337,18 @@ def bench_routing_and_mpps(routing_reps: int, mpps_reps: int) -> None:
                     emit(summarise_routing(rule, rows))
             starts = [run_mpps(pipeline, ledger, work, 18500 + n) for n in range(mpps_reps)]
             if starts:
-                emit({"name": "latency", "scenario": "mpps", "instances": ROUTING_SLICES, "n": len(starts),
-                      "completion": "mpps", "to_inference_start_p50_ms": round(percentile(starts, 50), 1),
-                      "to_inference_start_p95_ms": round(percentile(starts, 95), 1),
-                      "goal": "inference start <= 500 ms p95 after N-SET COMPLETED"})
+                emit(
+                    {
+                        "name": "latency",
+                        "scenario": "mpps",
+                        "instances": ROUTING_SLICES,
+                        "n": len(starts),
+                        "completion": "mpps",
+                        "to_inference_start_p50_ms": round(percentile(starts, 50), 1),
+                        "to_inference_start_p95_ms": round(percentile(starts, 95), 1),
+                        "goal": "inference start <= 500 ms p95 after N-SET COMPLETED",
+                    }
+                )
         finally:
             pipeline.stop()
             for orthanc in pacs.values():

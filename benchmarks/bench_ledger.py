@@ -44,9 +44,13 @@ DSN_ENV = "PACSAI_BENCH_PG_DSN"
 def _seed(ledger: Ledger, n: int, round_: int) -> None:
     """N jobs in ``complete``, due now (inserted directly: seeding is not what is measured)."""
     rows = [(f"1.2.{round_}.{k}", 1, JobState.COMPLETE.value, 0.0, 0.0, 0.0, 0.0) for k in range(n)]
-    ledger.db.run(lambda tx: tx.executemany(
-        "INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
-        " last_instance_at) VALUES (?,?,?,?,?,?,?)", rows))
+    ledger.db.run(
+        lambda tx: tx.executemany(
+            "INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
+            " last_instance_at) VALUES (?,?,?,?,?,?,?)",
+            rows,
+        )
+    )
 
 
 def _count(ledger: Ledger, state: JobState) -> int:
@@ -56,29 +60,28 @@ def _count(ledger: Ledger, state: JobState) -> int:
 
 
 def _transition(ledger: Ledger, name: str, job: Job) -> None:
-    event = AuditEvent(AuditEventType.VALIDATED, f"stage:{name}", job.study_instance_uid,
-                       job_id=job.job_id, detail={"valid": 1})
+    event = AuditEvent(
+        AuditEventType.VALIDATED, f"stage:{name}", job.study_instance_uid, job_id=job.job_id, detail={"valid": 1}
+    )
     ledger.jobs.transition(job, JobState.VALIDATED, time.time(), events=[event])
 
 
-def _worker(storage: StorageConfig, name: str, mode: str, ready: mp.Queue, start: mp.Event,
-            stop: mp.Event, done: mp.Queue) -> None:
+def _worker(
+    storage: StorageConfig, name: str, mode: str, ready: mp.Queue, start: mp.Event, stop: mp.Event, done: mp.Queue
+) -> None:
     ledger = open_ledger(storage)
     ready.put(name)
     start.wait()
     if mode == "ledger":
         processed = 0
-        while jobs := ledger.jobs.lease(JobState.COMPLETE, name, 2 * StageConfig().concurrency,
-                                        60.0, time.time()):
+        while jobs := ledger.jobs.lease(JobState.COMPLETE, name, 2 * StageConfig().concurrency, 60.0, time.time()):
             for job in jobs:
                 _transition(ledger, name, job)
             processed += len(jobs)
         stop.wait()
     else:
-        runtime = StageRuntime(storage, StageConfig(), lease_s=60.0, poll_interval_s=0.05,
-                               retry=RetryConfig())
-        runner = StageRunner(name, JobState.COMPLETE, runtime, ledger,
-                             lambda job: _transition(ledger, name, job))
+        runtime = StageRuntime(storage, StageConfig(), lease_s=60.0, poll_interval_s=0.05, retry=RetryConfig())
+        runner = StageRunner(name, JobState.COMPLETE, runtime, ledger, lambda job: _transition(ledger, name, job))
         runner.start()
         stop.wait()
         runner.stop()
@@ -90,8 +93,9 @@ def _worker(storage: StorageConfig, name: str, mode: str, ready: mp.Queue, start
 def _stages(storage: StorageConfig, ledger: Ledger, n: int, workers: int, mode: str) -> float:
     ctx = mp.get_context("spawn")
     ready, start, stop, done = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(storage, f"w{i}", mode, ready, start, stop, done))
-             for i in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(storage, f"w{i}", mode, ready, start, stop, done)) for i in range(workers)
+    ]
     for p in procs:
         p.start()
     for _ in procs:  # the clock starts when every worker has opened its ledger
@@ -115,14 +119,16 @@ def _bare(ledger: Ledger, n: int) -> float:
         ids = [int(r["job_id"]) for r in tx.all("SELECT job_id FROM jobs ORDER BY job_id LIMIT ?", (n,))]
     began = time.perf_counter()
     for job_id in ids:
-        ledger.db.run(lambda tx, j=job_id: tx.execute(
-            "UPDATE jobs SET updated_at = ? WHERE job_id = ?", (time.time(), j)))
+        ledger.db.run(
+            lambda tx, j=job_id: tx.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", (time.time(), j))
+        )
     return time.perf_counter() - began
 
 
 def run(backend: str, root: Path, args: argparse.Namespace) -> None:
-    ledger_cfg = LedgerConfig(backend=backend, schema_prefix="bench",
-                              dsn_env=DSN_ENV if backend == "postgresql" else None)
+    ledger_cfg = LedgerConfig(
+        backend=backend, schema_prefix="bench", dsn_env=DSN_ENV if backend == "postgresql" else None
+    )
     storage = StorageConfig(var_dir=str(root / backend), ledger=ledger_cfg)
     ledger = open_ledger(storage)
     staged, bare = [], []
@@ -136,13 +142,22 @@ def run(backend: str, root: Path, args: argparse.Namespace) -> None:
             bare.append(args.n / _bare(ledger, args.n))
     ledger.close()
     ratios = [s / b for s, b in zip(staged, bare, strict=True)]
-    emit({"name": "ledger", "backend": backend, "mode": args.mode, "n": args.n,
-          "workers": args.workers,
-          "concurrency": StageConfig().concurrency, "rounds": args.rounds,
-          "ops_per_s": round(statistics.median(staged), 1),
-          "bare_ops_per_s": round(statistics.median(bare), 1),
-          "ratio": round(statistics.median(ratios), 3),
-          "ratios": [round(r, 3) for r in ratios], "load_avg_1m": round(os.getloadavg()[0], 2)})
+    emit(
+        {
+            "name": "ledger",
+            "backend": backend,
+            "mode": args.mode,
+            "n": args.n,
+            "workers": args.workers,
+            "concurrency": StageConfig().concurrency,
+            "rounds": args.rounds,
+            "ops_per_s": round(statistics.median(staged), 1),
+            "bare_ops_per_s": round(statistics.median(bare), 1),
+            "ratio": round(statistics.median(ratios), 3),
+            "ratios": [round(r, 3) for r in ratios],
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        }
+    )
 
 
 def main() -> int:
@@ -151,8 +166,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4, help="concurrent stage worker processes")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
-    parser.add_argument("--mode", choices=["ledger", "runner"], default="ledger",
-                        help="workers lease and transition directly, or through StageRunner")
+    parser.add_argument(
+        "--mode",
+        choices=["ledger", "runner"],
+        default="ledger",
+        help="workers lease and transition directly, or through StageRunner",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
     if args.backend in ("sqlite", "both"):

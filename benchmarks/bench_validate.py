@@ -36,8 +36,11 @@ def _files(root: Path) -> dict[str, Path]:
     ct = make_ct_series(seed=3, n_slices=1, rows=512, cols=512)[0]
     dx = make_cxr_study(seed=3, size=2048)[0]
     files = {"native_ct_512": ct, "native_dx_2048": dx}
-    for name, syntax in (("rle_ct_512", RLELossless), ("jpegls_ct_512", JPEGLSLossless),
-                         ("j2k_ct_512", JPEG2000Lossless)):
+    for name, syntax in (
+        ("rle_ct_512", RLELossless),
+        ("jpegls_ct_512", JPEGLSLossless),
+        ("j2k_ct_512", JPEG2000Lossless),
+    ):
         compressed = make_ct_series(seed=3, n_slices=1, rows=512, cols=512)[0]
         compressed.compress(syntax)
         files[name] = compressed
@@ -49,7 +52,8 @@ def _files(root: Path) -> dict[str, Path]:
     # pydicom's GE CT (258 elements) and a CT of its DICOMDIR set (184 elements).
     paths["native_ct_vendor_header_fixture"] = Path(get_testdata_file("CT_small.dcm"))
     paths["native_ct_dicomdir_fixture"] = Path(get_testdata_file("CT_small.dcm")).parent / (
-        "dicomdirtests/77654033/CT2/17106")
+        "dicomdirtests/77654033/CT2/17106"
+    )
     paths["jpeg_extended_12bit_fixture"] = Path(get_testdata_file("JPGExtended.dcm"))
     paths["jpeg_baseline_rgb_fixture"] = Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
     return paths
@@ -98,10 +102,17 @@ def main() -> None:
                 times = _measure(path, validator, args.n, decode_baseline=not native)
                 read50, check50 = statistics.median(times["dcmread"]), statistics.median(times["inspect"])
                 record = {
-                    "name": "validate", "variant": variant, "decode": mode.value, "n": args.n,
-                    "bytes": path.stat().st_size, "elements": elements, "p50_ms": round(check50 * 1000, 4),
-                    "p95_ms": _ms(times["inspect"], 95), "dcmread_p50_ms": round(read50 * 1000, 4),
-                    "ratio": round(check50 / read50, 3), "goal": "< 0.2",
+                    "name": "validate",
+                    "variant": variant,
+                    "decode": mode.value,
+                    "n": args.n,
+                    "bytes": path.stat().st_size,
+                    "elements": elements,
+                    "p50_ms": round(check50 * 1000, 4),
+                    "p95_ms": _ms(times["inspect"], 95),
+                    "dcmread_p50_ms": round(read50 * 1000, 4),
+                    "ratio": round(check50 / read50, 3),
+                    "goal": "< 0.2",
                 }
                 if times["decode"]:
                     record["dcmread_pixel_array_p50_ms"] = round(statistics.median(times["decode"]) * 1000, 4)

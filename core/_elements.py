@@ -28,8 +28,7 @@ __all__ = ["Attributes", "Element", "ElementError", "describe", "read"]
 
 _BINARY = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "AT": "HH"}
 _TEXT = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
-     "UR", "UT"}
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
 _BULK = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
 
@@ -169,9 +168,7 @@ def _decode(keyword: str, vr: str, data: bytes, little: bool) -> tuple[Any, ...]
     if packer is None:
         size = struct.calcsize("<" + fmt)  # standard sizes, not the platform's
         if len(data) % size:
-            raise ElementError(
-                f"{describe(keyword)}: got {len(data)} bytes; expected a multiple of {size} for VR {vr}"
-            )
+            raise ElementError(f"{describe(keyword)}: got {len(data)} bytes; expected a multiple of {size} for VR {vr}")
         packer = struct.Struct(("<" if little else ">") + fmt * (len(data) // size))
         if len(_STRUCTS) < 4096:  # bounded: lengths come from the data
             _STRUCTS[key] = packer
@@ -209,8 +206,11 @@ class Attributes:
         elem = None
         if item is not None:
             try:
-                elem = (_from_raw(keyword, item, expected) if isinstance(item, RawDataElement)
-                        else _from_element(keyword, item, expected))
+                elem = (
+                    _from_raw(keyword, item, expected)
+                    if isinstance(item, RawDataElement)
+                    else _from_element(keyword, item, expected)
+                )
             except ElementError as exc:
                 self._flag(keyword, str(exc))
         if elem is not None and expected and elem.vr not in allowed and elem.vr != "UN":
@@ -271,8 +271,7 @@ class Attributes:
             shown = "\\".join(str(v) for v in elem.values)[:40]
             self._flag(
                 keyword,
-                f"{describe(keyword)}: got {shown!r}; expected finite {kind.__name__} value(s) "
-                f"for VR {elem.vr}",
+                f"{describe(keyword)}: got {shown!r}; expected finite {kind.__name__} value(s) for VR {elem.vr}",
             )
             self._cache[keyword] = None
             return None
@@ -287,4 +286,3 @@ def _number(value: Any, kind: type) -> Any:
     if not math.isfinite(number):
         raise ValueError(f"{value!r} is not finite")
     return number
-

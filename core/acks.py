@@ -43,6 +43,7 @@ ERROR_CODES = {
 }
 """HL7 table 0357 (message error condition codes) that we send in ERR-3."""
 
+
 class Disposition(enum.StrEnum):
     """What became of one message; decides the ACK codes."""
 
@@ -97,10 +98,15 @@ class AckError:
 
 def conflict_error(control_id: str) -> AckError:
     """ERR 205 for a message that reuses an applied message's MSH-10 with other content."""
-    return AckError("205", (
-        f"MSH-10: control ID {control_id[:40]!r} of this sender belongs to an applied message "
-        "with other content; this one was kept for review and not applied; expected a new "
-        "control ID for a new message"), "MSH^1^10")
+    return AckError(
+        "205",
+        (
+            f"MSH-10: control ID {control_id[:40]!r} of this sender belongs to an applied message "
+            "with other content; this one was kept for review and not applied; expected a new "
+            "control ID for a new message"
+        ),
+        "MSH^1^10",
+    )
 
 
 def ack_codes(header: MessageHeader | None, disposition: Disposition) -> tuple[str, ...]:
@@ -137,9 +143,7 @@ def _condition(value: str, empty: str) -> str:
 
 def _wanted(condition: str, success: bool) -> bool:
     """HL7 table 0155: AL always, NE never, ER on error only, SU on success only."""
-    return condition == "AL" or (condition == "ER" and not success) or (
-        condition == "SU" and success
-    )
+    return condition == "AL" or (condition == "ER" and not success) or (condition == "SU" and success)
 
 
 def build_ack(
@@ -170,14 +174,22 @@ def build_ack(
     trigger = request.trigger_event if request else ""
     msh9 = "ACK" if version in ("2.1", "2.2", "2.3") else f"ACK^{escape(trigger)}^ACK"
     stamp = at.strftime("%Y%m%d%H%M%S") + (at.strftime("%z") if at.tzinfo else "")
-    msh = "|".join([
-        "MSH", "^~\\&", escape(application), escape(facility),
-        request.sending_application if request else "",
-        request.sending_facility if request else "",
-        stamp, "", msh9, escape(control_id),
-        escape(request.processing_id) if request and request.processing_id else "P",
-        escape(version),
-    ])
+    msh = "|".join(
+        [
+            "MSH",
+            "^~\\&",
+            escape(application),
+            escape(facility),
+            request.sending_application if request else "",
+            request.sending_facility if request else "",
+            stamp,
+            "",
+            msh9,
+            escape(control_id),
+            escape(request.processing_id) if request and request.processing_id else "P",
+            escape(version),
+        ]
+    )
     text = error.text[:80] if error else ""
     msa = f"MSA|{code}|{escape(request.control_id) if request else ''}|{escape(text)}".rstrip("|")
     segments = [msh, msa]

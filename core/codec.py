@@ -106,8 +106,7 @@ def check_envelope(kind: str, raw: Mapping[str, Any]) -> None:
     if schema != SCHEMA_VERSION:
         raise RecordError(
             kind,
-            f"got schema {schema}; expected {SCHEMA_VERSION} "
-            "(written by another version of PACS-AI Bridge)",
+            f"got schema {schema}; expected {SCHEMA_VERSION} (written by another version of PACS-AI Bridge)",
         )
     if raw.get("type", kind) != kind:
         raise RecordError(kind, f"got a {raw.get('type')} record; expected {kind}")

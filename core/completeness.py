@@ -164,19 +164,31 @@ class CompletionDecision:
 
     def audit_detail(self) -> dict[str, Any]:
         """The decision for the STUDY_COMPLETE audit event (no identifiers)."""
-        return {"outcome": str(self.outcome), "rule": str(self.rule or ""), "evidence": str(self.evidence),
-                "missing": self.missing, "reason": self.reason,
-                "incomplete": self.incomplete.to_json() if self.incomplete else None}
+        return {
+            "outcome": str(self.outcome),
+            "rule": str(self.rule or ""),
+            "evidence": str(self.evidence),
+            "missing": self.missing,
+            "reason": self.reason,
+            "incomplete": self.incomplete.to_json() if self.incomplete else None,
+        }
 
 
-def _complete(rule: CompletionRule, now: float, reason: str, incomplete: Incompleteness | None = None,
-              evidence: CompletionRule | None = None) -> CompletionDecision:
-    return CompletionDecision(Outcome.COMPLETE, rule, now, evidence or rule, incomplete,
-                              incomplete.missing if incomplete else 0, reason)
+def _complete(
+    rule: CompletionRule,
+    now: float,
+    reason: str,
+    incomplete: Incompleteness | None = None,
+    evidence: CompletionRule | None = None,
+) -> CompletionDecision:
+    return CompletionDecision(
+        Outcome.COMPLETE, rule, now, evidence or rule, incomplete, incomplete.missing if incomplete else 0, reason
+    )
 
 
-def _more_expected(evidence: CompletionRule, give_up: float, now: float, missing: Incompleteness,
-                   reason: str) -> CompletionDecision:
+def _more_expected(
+    evidence: CompletionRule, give_up: float, now: float, missing: Incompleteness, reason: str
+) -> CompletionDecision:
     """Wait for what the evidence lists, until ``give_up``; then complete as partial."""
     if now >= give_up:
         return _complete(CompletionRule.MAX_WAIT, now, f"{reason}; waited max_wait_s", missing, evidence)
@@ -189,15 +201,26 @@ def _by_steps(ev: StudyEvidence, rule: SourceRule, now: float, give_up: float) -
     if verdict.state is StepsState.NONE:
         return None
     if verdict.state is StepsState.IN_PROGRESS:
-        return _more_expected(CompletionRule.MPPS, give_up, now, Incompleteness(IncompleteReason.NOT_FINISHED),
-                              "a procedure step naming the study is in progress")
+        return _more_expected(
+            CompletionRule.MPPS,
+            give_up,
+            now,
+            Incompleteness(IncompleteReason.NOT_FINISHED),
+            "a procedure step naming the study is in progress",
+        )
     if verdict.state is StepsState.MISSING:
         missing = Incompleteness(IncompleteReason.MISSING_INSTANCES, len(verdict.missing), verdict.missing_series)
-        return _more_expected(CompletionRule.MPPS, give_up, now, missing,
-                              f"{len(verdict.missing)} of {verdict.expected} listed instances not held")
+        return _more_expected(
+            CompletionRule.MPPS,
+            give_up,
+            now,
+            missing,
+            f"{len(verdict.missing)} of {verdict.expected} listed instances not held",
+        )
     partial = Incompleteness(IncompleteReason.DISCONTINUED) if verdict.discontinued else None
-    return _complete(CompletionRule.MPPS, now, f"{verdict.steps} step(s) final, {verdict.expected} instances held",
-                     partial)
+    return _complete(
+        CompletionRule.MPPS, now, f"{verdict.steps} step(s) final, {verdict.expected} instances held", partial
+    )
 
 
 def _steps_verdict(ev: StudyEvidence, rule: SourceRule) -> StepsVerdict:
@@ -212,14 +235,20 @@ def _by_notices(ev: StudyEvidence, rule: SourceRule, now: float, give_up: float)
     if "ian" not in rule.evidence:
         return None
     study = ev.study
-    verdict = judge_notices(ev.notices, study.study_uid, study.instance_uids, set(study.received),
-                            ev.own_series, rule.count_scope)
+    verdict = judge_notices(
+        ev.notices, study.study_uid, study.instance_uids, set(study.received), ev.own_series, rule.count_scope
+    )
     if verdict.state is NoticesState.NONE:
         return None
     if verdict.state is NoticesState.MISSING:
         missing = Incompleteness(IncompleteReason.MISSING_INSTANCES, len(verdict.missing), verdict.missing_series)
-        return _more_expected(CompletionRule.IAN, give_up, now, missing,
-                              f"{len(verdict.missing)} of {verdict.expected} available instances not held")
+        return _more_expected(
+            CompletionRule.IAN,
+            give_up,
+            now,
+            missing,
+            f"{len(verdict.missing)} of {verdict.expected} available instances not held",
+        )
     return _complete(CompletionRule.IAN, now, f"{verdict.expected} available instances held")
 
 
@@ -243,18 +272,28 @@ def _by_counts(ev: StudyEvidence, rule: SourceRule, now: float, give_up: float) 
     if rule.completion != "pacs_counts":
         return None
     study = ev.study
-    reading = read_counts(ev.counts, study.received, study.last_instance_at, ev.own_series,
-                          rule.count_scope, rule.settle_s)
+    reading = read_counts(
+        ev.counts, study.received, study.last_instance_at, ev.own_series, rule.count_scope, rule.settle_s
+    )
     if reading.state is CountsState.SETTLED:
-        return _complete(CompletionRule.PACS_COUNTS, now,
-                         f"counts matched for {reading.settles_at - reading.since:g} s with no arrival")
+        return _complete(
+            CompletionRule.PACS_COUNTS,
+            now,
+            f"counts matched for {reading.settles_at - reading.since:g} s with no arrival",
+        )
     if reading.state is CountsState.UNSETTLED:
-        return CompletionDecision(Outcome.WAIT, None, reading.settles_at, CompletionRule.PACS_COUNTS,
-                                  reason=f"counts match; settling until {reading.settles_at:.3f}")
+        return CompletionDecision(
+            Outcome.WAIT,
+            None,
+            reading.settles_at,
+            CompletionRule.PACS_COUNTS,
+            reason=f"counts match; settling until {reading.settles_at:.3f}",
+        )
     if reading.state is CountsState.MORE_EXPECTED:
         missing = Incompleteness(IncompleteReason.MISSING_INSTANCES, reading.missing)
-        return _more_expected(CompletionRule.PACS_COUNTS, give_up, now, missing,
-                              f"the PACS holds {reading.missing} more instance(s)")
+        return _more_expected(
+            CompletionRule.PACS_COUNTS, give_up, now, missing, f"the PACS holds {reading.missing} more instance(s)"
+        )
     return None
 
 
@@ -263,8 +302,9 @@ def _by_quiet(ev: StudyEvidence, rule: SourceRule, now: float) -> CompletionDeci
     end = ev.study.last_instance_at + rule.quiet_period_s
     if now >= end:
         return _complete(CompletionRule.QUIET_PERIOD, now, f"nothing arrived for {rule.quiet_period_s:g} s")
-    return CompletionDecision(Outcome.WAIT, None, end, CompletionRule.QUIET_PERIOD,
-                              reason=f"quiet period of {rule.quiet_period_s:g} s")
+    return CompletionDecision(
+        Outcome.WAIT, None, end, CompletionRule.QUIET_PERIOD, reason=f"quiet period of {rule.quiet_period_s:g} s"
+    )
 
 
 def decide(evidence: StudyEvidence, policy: CompletenessPolicy, now: float) -> CompletionDecision:
@@ -284,8 +324,11 @@ def decide(evidence: StudyEvidence, policy: CompletenessPolicy, now: float) -> C
     study = evidence.study
     rule = policy.rule_for(study.calling_ae, study.modalities, evidence.standing)
     give_up = study.last_instance_at + rule.max_wait_s
-    for judged in (_by_steps(evidence, rule, now, give_up), _by_notices(evidence, rule, now, give_up),
-                   _by_order(evidence, rule, now)):
+    for judged in (
+        _by_steps(evidence, rule, now, give_up),
+        _by_notices(evidence, rule, now, give_up),
+        _by_order(evidence, rule, now),
+    ):
         if judged is not None:
             return judged
     decision = _by_counts(evidence, rule, now, give_up) or _by_quiet(evidence, rule, now)
@@ -307,10 +350,13 @@ def count_query_due(evidence: StudyEvidence, policy: CompletenessPolicy, now: fl
         lull = now - study.last_instance_at >= min(policy.cfg.lull_s, rule.quiet_period_s)
         if lull or now - latest.asked_at >= policy.requery_s:
             return True
-        return latest.counts is not None and judge(
-            study.received, latest.counts, evidence.own_series, rule.count_scope) is Verdict.MATCH
-    reading = read_counts(evidence.counts, study.received, study.last_instance_at, evidence.own_series,
-                          rule.count_scope, rule.settle_s)
+        return (
+            latest.counts is not None
+            and judge(study.received, latest.counts, evidence.own_series, rule.count_scope) is Verdict.MATCH
+        )
+    reading = read_counts(
+        evidence.counts, study.received, study.last_instance_at, evidence.own_series, rule.count_scope, rule.settle_s
+    )
     return reading.state is CountsState.UNSETTLED and now >= reading.settles_at
 
 
@@ -361,7 +407,10 @@ class EvidenceTracker:
         return count_query_due(self._evidence(study, own), self.policy, now)
 
     def record(
-        self, study: ReceivingStudy, counts: PacsCounts | None, asked_at: float,
+        self,
+        study: ReceivingStudy,
+        counts: PacsCounts | None,
+        asked_at: float,
         received_then: Mapping[str, int] | None = None,
     ) -> None:
         """Store the PACS's answer (``None`` when it could not be reached).
@@ -392,8 +441,14 @@ class EvidenceTracker:
         rule = self.policy.rule_for(study.calling_ae, study.modalities)
         if rule.completion != "pacs_counts":
             return False
-        reading = read_counts(self.observations(study.study_uid), study.received, study.last_instance_at,
-                              own, rule.count_scope, rule.settle_s)
+        reading = read_counts(
+            self.observations(study.study_uid),
+            study.received,
+            study.last_instance_at,
+            own,
+            rule.count_scope,
+            rule.settle_s,
+        )
         return reading.state is CountsState.SETTLED
 
     def on_quiet_timer(self, study: ReceivingStudy, now: float, own: Iterable[str] = ()) -> TimerDecision:

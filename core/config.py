@@ -85,9 +85,7 @@ class ListenerConfig(_Model):
     ae_title: str = Field(default="PACSAI", pattern=AE_TITLE, description="Our AE title")
     host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 for all")
     port: int = Field(default=11112, ge=0, le=65535, description="DIMSE port; 0 picks a free one")
-    check_called_ae_title: bool = Field(
-        default=True, description="Reject associations not addressed to ae_title"
-    )
+    check_called_ae_title: bool = Field(default=True, description="Reject associations not addressed to ae_title")
     allowed_calling_ae_titles: tuple[str, ...] = Field(
         default=(), description="If not empty, only these calling AE titles may associate"
     )
@@ -96,9 +94,7 @@ class ListenerConfig(_Model):
         ge=0,
         description="Below this much free space on the spool disk, C-STORE answers 0xA700",
     )
-    max_pdu_size: int = Field(
-        default=0, ge=0, description="Maximum PDU we receive; 0 means unlimited (fastest)"
-    )
+    max_pdu_size: int = Field(default=0, ge=0, description="Maximum PDU we receive; 0 means unlimited (fastest)")
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout")
     max_associations: int = Field(default=16, ge=1, description="Concurrent associations")
     tls: TlsConfig | None = Field(default=None, description="Accept only TLS if set")
@@ -110,9 +106,7 @@ class PacsConfig(_Model):
     ae_title: str = Field(pattern=AE_TITLE, description="The PACS's AE title")
     host: str = Field(description="The PACS's host name or address")
     port: int = Field(ge=1, le=65535, description="The PACS's DIMSE port")
-    calling_ae_title: str = Field(
-        default="PACSAI", pattern=AE_TITLE, description="Our AE title when we call the PACS"
-    )
+    calling_ae_title: str = Field(default="PACSAI", pattern=AE_TITLE, description="Our AE title when we call the PACS")
     timeout_s: float = Field(default=30.0, gt=0, description="Connect and DIMSE timeout")
     tls: TlsConfig | None = Field(default=None, description="Use TLS to the PACS if set")
 
@@ -130,24 +124,25 @@ class LedgerConfig(_Model):
         "shared server, so every node of a cluster sees the same state",
     )
     dsn_env: str | None = Field(
-        default=None, pattern=ENV_NAME,
+        default=None,
+        pattern=ENV_NAME,
         description="postgresql: the environment variable holding the libpq DSN or URL (the "
         "DSN itself never goes in a file or a log line)",
     )
     schema_prefix: str = Field(
-        default="pacsai", pattern=r"^[a-z_][a-z0-9_]{0,40}$",
+        default="pacsai",
+        pattern=r"^[a-z_][a-z0-9_]{0,40}$",
         description="postgresql: stores live in schemas <prefix>_ledger, <prefix>_context and "
         "<prefix>_ehr (PHI apart, so it can be granted apart)",
     )
-    pool_max: int = Field(
-        default=4, ge=1, le=64, description="postgresql: most pooled connections per process"
-    )
+    pool_max: int = Field(default=4, ge=1, le=64, description="postgresql: most pooled connections per process")
 
     @model_validator(mode="after")
     def _dsn_for_postgresql(self) -> LedgerConfig:
         if self.backend == "postgresql" and not self.dsn_env:
-            raise ValueError("dsn_env: got nothing; expected the name of the environment "
-                             "variable that holds the PostgreSQL DSN")
+            raise ValueError(
+                "dsn_env: got nothing; expected the name of the environment variable that holds the PostgreSQL DSN"
+            )
         return self
 
 
@@ -160,7 +155,9 @@ class StorageConfig(_Model):
         description="Where the ledger, the HL7 context store and the EHR outbox live",
     )
     inline_record_max_bytes: int = Field(
-        default=4096, ge=256, le=65536,
+        default=4096,
+        ge=256,
+        le=65536,
         description="A job record section longer than this (JSON bytes) is stored as a "
         "content-addressed blob under var/blobs and the ledger row keeps its reference",
     )
@@ -178,8 +175,16 @@ MODALITY = r"^[A-Z0-9_]{1,16}$"
 """PS3.5 CS value of Modality (0008,0060)."""
 
 DEFAULT_QUIET_BY_MODALITY: dict[str, float] = {
-    "CT": 10.0, "MR": 10.0, "PT": 10.0, "NM": 10.0,
-    "XA": 5.0, "RF": 5.0, "US": 5.0, "MG": 3.0, "CR": 2.0, "DX": 2.0,
+    "CT": 10.0,
+    "MR": 10.0,
+    "PT": 10.0,
+    "NM": 10.0,
+    "XA": 5.0,
+    "RF": 5.0,
+    "US": 5.0,
+    "MG": 3.0,
+    "CR": 2.0,
+    "DX": 2.0,
 }
 """Quiet periods by modality: CT, MR, PET and NM series stream slice by slice while the scanner
 reconstructs; a radiograph is one or a few instances sent at once."""
@@ -190,13 +195,12 @@ class SourceCompletionConfig(_Model):
 
     completion: CompletionMode = Field(description="quiet_period, or pacs_counts (C-FIND counts)")
     quiet_period_s: float | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="Quiet period for this sender, whatever the modality; None: "
         "assembly.quiet_period_by_modality, else assembly.quiet_period_s",
     )
-    count_scope: CountScope | None = Field(
-        default=None, description="study or series; None: assembly.count_scope"
-    )
+    count_scope: CountScope | None = Field(default=None, description="study or series; None: assembly.count_scope")
     evidence: tuple[PushedEvidence, ...] | None = Field(
         default=None, description="Pushed evidence trusted for this sender; None: assembly.evidence"
     )
@@ -213,7 +217,8 @@ class AssemblyConfig(_Model):
     """
 
     quiet_period_s: float = Field(
-        default=2.0, ge=0,
+        default=2.0,
+        ge=0,
         description="Seconds without a new instance before a study is complete, for modalities "
         "not in quiet_period_by_modality",
     )
@@ -239,13 +244,15 @@ class AssemblyConfig(_Model):
         "only the series we received (for PACS forwarding rules that send part of a study)",
     )
     settle_s: float = Field(
-        default=5.0, ge=0,
+        default=5.0,
+        ge=0,
         description="pacs_counts: matching counts must hold, unchanged and with no arrival, "
         "this long before the study is complete (a PACS forwarding each instance as stored "
         "matches after every slice); 0 trusts one fresh match",
     )
     order_settle_s: float = Field(
-        default=2.0, ge=0,
+        default=2.0,
+        ge=0,
         description="order_status: after the RIS reports the order complete, complete once "
         "nothing has arrived for this long",
     )
@@ -264,7 +271,8 @@ class AssemblyConfig(_Model):
         "began or a settle window ends",
     )
     lull_s: float = Field(
-        default=1.0, gt=0,
+        default=1.0,
+        gt=0,
         description="pacs_counts: once nothing has arrived for this long (or the quiet period, "
         "if shorter), ask the PACS again; a matching answer starts the settle window",
     )
@@ -275,21 +283,19 @@ class AssemblyConfig(_Model):
         "cannot tell, and the quiet period decides",
     )
     early_window_s: float = Field(
-        default=600.0, ge=0,
+        default=600.0,
+        ge=0,
         description="An instance arriving this soon after its study was completed on counts, "
         "order status or silence shows that rule completed it early for that sender",
     )
-    tighten_after: int = Field(
-        default=1, ge=1, description="Early completions of one sender before its rule tightens"
-    )
+    tighten_after: int = Field(default=1, ge=1, description="Early completions of one sender before its rule tightens")
     tighten_factor: float = Field(
-        default=4.0, ge=1.0,
+        default=4.0,
+        ge=1.0,
         description="Each tightening multiplies the sender's settle window, order settle and "
         "quiet period by this (audited; up to max_settle_s)",
     )
-    max_settle_s: float = Field(
-        default=120.0, gt=0, description="Ceiling of a tightened settle window or quiet period"
-    )
+    max_settle_s: float = Field(default=120.0, gt=0, description="Ceiling of a tightened settle window or quiet period")
     sources: dict[Annotated[str, Field(pattern=AE_TITLE)], SourceCompletionConfig] = Field(
         default_factory=dict, description="Per calling AE title of the sender"
     )
@@ -395,9 +401,7 @@ class ServeDeploymentConfig(_Model):
     @model_validator(mode="after")
     def _bounds(self) -> ServeDeploymentConfig:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
-            )
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
         return self
 
 
@@ -420,9 +424,7 @@ class ModelEntry(_Model):
         description="Grad-CAM heatmap (Parametric Map) and image region for each positive finding",
     )
     findings: tuple[FindingSpec, ...] = Field(min_length=1, description="Outputs, in order")
-    serve: ServeDeploymentConfig = Field(
-        default_factory=ServeDeploymentConfig, description="Ray Serve options"
-    )
+    serve: ServeDeploymentConfig = Field(default_factory=ServeDeploymentConfig, description="Ray Serve options")
 
 
 class StageConfig(_Model):
@@ -439,7 +441,8 @@ class StagesConfig(_Model):
         default=0.05, gt=0, description="Idle poll of the ledger where it cannot notify (SQLite)"
     )
     notify_wait_s: float = Field(
-        default=1.0, gt=0,
+        default=1.0,
+        gt=0,
         description="PostgreSQL: longest idle wait for a NOTIFY before looking again (a job "
         "due later wakes its stage at its not_before anyway)",
     )
@@ -448,9 +451,7 @@ class StagesConfig(_Model):
     validator: StageConfig = Field(default_factory=StageConfig, description="Validator")
     router: StageConfig = Field(default_factory=StageConfig, description="Router")
     prior_linker: StageConfig = Field(default_factory=StageConfig, description="Prior linker")
-    inference: StageConfig = Field(
-        default_factory=lambda: StageConfig(concurrency=16), description="Model dispatcher"
-    )
+    inference: StageConfig = Field(default_factory=lambda: StageConfig(concurrency=16), description="Model dispatcher")
     sr_writer: StageConfig = Field(default_factory=StageConfig, description="SR writer")
     delivery: StageConfig = Field(default_factory=StageConfig, description="Outbox to PACS")
 
@@ -483,7 +484,8 @@ class PriorsConfig(_Model):
 
     enabled: bool = Field(default=False, description="Look up priors at the PACS (needs `pacs`)")
     lookback_days: int = Field(
-        default=1825, ge=1,
+        default=1825,
+        ge=1,
         description="Oldest prior considered, in days before the current study's Study Date",
     )
     same_modality: bool = Field(default=True, description="Only priors of the current modality")
@@ -505,9 +507,7 @@ class PriorsConfig(_Model):
         description="Model families that compare images: their prior series is retrieved and "
         "the model runs on it too; other families link only",
     )
-    probability_change: float = Field(
-        default=0.15, gt=0, le=1, description="Probability change reported as up or down"
-    )
+    probability_change: float = Field(default=0.15, gt=0, le=1, description="Probability change reported as up or down")
     size_change_mm: float = Field(default=2.0, gt=0, description="Size change reported, in mm")
     query_timeout_s: float = Field(default=5.0, gt=0, description="C-FIND / connect timeout")
     retrieve_timeout_s: float = Field(default=120.0, gt=0, description="C-MOVE / C-GET timeout")
@@ -526,12 +526,14 @@ class SRConfig(_Model):
     series_number: int = Field(default=9900, ge=1, description="Series Number of AI SR series")
     institution_name: str | None = Field(default=None, description="Institution Name, if set")
     max_versions: int = Field(
-        default=5, ge=1,
+        default=5,
+        ge=1,
         description="SR versions per study and model family sent to the PACS; a further "
         "version is held, with an operator-visible warning (review flag), until released",
     )
     group_source_images_max: int = Field(
-        default=16, ge=0,
+        default=16,
+        ge=0,
         description="List the source images in each finding's measurement group only when a "
         "model read at most this many; every source is always in the evidence sequence, and a "
         "localised finding references its exact image in its region group",
@@ -580,9 +582,7 @@ class ValidationConfig(_Model):
 class LoggingConfig(_Model):
     """Logging. Identifiers stay out of logs unless explicitly allowed."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Root log level"
-    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Root log level")
     log_identifiers: bool = Field(
         default=False, description="Log DICOM identifiers of requests (pynetdicom); never PHI"
     )
@@ -599,9 +599,7 @@ class MllpListenerConfig(_Model):
         ge=1024,
         description="A frame longer than this is discarded up to its end block and answered AR",
     )
-    max_field_chars: int = Field(
-        default=65536, ge=64, description="A longer field is answered AE naming the field"
-    )
+    max_field_chars: int = Field(default=65536, ge=64, description="A longer field is answered AE naming the field")
     idle_timeout_s: float = Field(
         default=600.0, gt=0, description="Close a connection that sends nothing for this long"
     )
@@ -611,12 +609,8 @@ class MllpListenerConfig(_Model):
 class Hl7Config(_Model):
     """The HL7 v2 bridge: patient and order context from the RIS / EHR (off unless set)."""
 
-    listener: MllpListenerConfig = Field(
-        default_factory=MllpListenerConfig, description="The MLLP listener"
-    )
-    application: str = Field(
-        default="PACSAI", min_length=1, description="MSH-3 Sending Application of our ACKs"
-    )
+    listener: MllpListenerConfig = Field(default_factory=MllpListenerConfig, description="The MLLP listener")
+    application: str = Field(default="PACSAI", min_length=1, description="MSH-3 Sending Application of our ACKs")
     facility: str = Field(default="", description="MSH-4 Sending Facility of our ACKs")
     processing_ids: tuple[str, ...] = Field(
         default=("P",), min_length=1, description="Accepted MSH-11 values; others get AR"
@@ -647,7 +641,8 @@ class Hl7Config(_Model):
         default=1, ge=0, le=30, description="Patient ID + date join: order date within +-N days"
     )
     batch_max: int = Field(
-        default=256, ge=1,
+        default=256,
+        ge=1,
         description="SQLite: most messages committed (one fsync) in one group commit; 1 "
         "commits every message alone (PostgreSQL groups concurrent commits in the server)",
     )
@@ -664,9 +659,7 @@ class FhirEndpointConfig(_Model):
 
     base_url: str = Field(pattern=r"^https?://\S+$", description="FHIR base URL")
     timeout_s: float = Field(default=10.0, gt=0, description="Connect and read timeout")
-    token_env: str | None = Field(
-        default=None, description="Env var holding a bearer token (never stored in YAML)"
-    )
+    token_env: str | None = Field(default=None, description="Env var holding a bearer token (never stored in YAML)")
     tls: TlsConfig | None = Field(
         default=None, description="Verify the server with these CAs and present this certificate"
     )
@@ -704,9 +697,7 @@ class AppConfig(_Model):
     sr: SRConfig = Field(default_factory=SRConfig, description="Result objects")
     priors: PriorsConfig = Field(default_factory=PriorsConfig, description="Prior studies")
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Review flags")
-    validation: ValidationConfig = Field(
-        default_factory=ValidationConfig, description="Validation of received data"
-    )
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Validation of received data")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
     hl7: Hl7Config | None = Field(default=None, description="HL7 v2 bridge; off unless set")
     ehr: EhrConfig | None = Field(default=None, description="Results to the EHR; off unless set")
@@ -786,14 +777,12 @@ def parse_config(raw: Mapping[str, Any] | None, source: str = "<mapping>") -> Ap
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
     problems = [
-        f"routing.rules.{i}.family: got {rule.family!r}; expected one of the model families "
-        f"{sorted(cfg.models)}"
+        f"routing.rules.{i}.family: got {rule.family!r}; expected one of the model families {sorted(cfg.models)}"
         for i, rule in enumerate(cfg.routing.rules)
         if rule.family not in cfg.models
     ]
     problems += [
-        f"priors.compare_images.{i}: got {family!r}; expected one of the model families "
-        f"{sorted(cfg.models)}"
+        f"priors.compare_images.{i}: got {family!r}; expected one of the model families {sorted(cfg.models)}"
         for i, family in enumerate(cfg.priors.compare_images)
         if family not in cfg.models
     ]

@@ -132,10 +132,7 @@ def merge_resource(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
 
 def _swap_refs(node: Any, old: str, new: str) -> Any:
     if isinstance(node, dict):
-        return {
-            k: (new if k == "reference" and v == old else _swap_refs(v, old, new))
-            for k, v in node.items()
-        }
+        return {k: (new if k == "reference" and v == old else _swap_refs(v, old, new)) for k, v in node.items()}
     if isinstance(node, list):
         return [_swap_refs(x, old, new) for x in node]
     return node
@@ -195,9 +192,7 @@ def merge_patients(
         prior,
         {
             "active": False,
-            "link": [
-                {"other": {"reference": f"Patient/{merge.survivor_id}"}, "type": "replaced-by"}
-            ],
+            "link": [{"other": {"reference": f"Patient/{merge.survivor_id}"}, "type": "replaced-by"}],
         },
     )
     return new_prior, new_survivor

@@ -94,9 +94,7 @@ class MessageInvalid(RejectedInput):
         location: Where, as an HL7 ERL: ``SEG^sequence^field`` (e.g. ``PID^1^3``).
     """
 
-    def __init__(
-        self, reason: str, subject: str = "", error_code: str = "207", location: str = ""
-    ) -> None:
+    def __init__(self, reason: str, subject: str = "", error_code: str = "207", location: str = "") -> None:
         PacsAIError.__init__(self, reason, subject, error_code, location)
         self.reason = reason
         self.subject = subject
@@ -125,8 +123,12 @@ class DimseRefused(RejectedInput):
     """
 
     def __init__(
-        self, reason: str, subject: str = "", status: int = 0x0110,
-        offending: tuple[int, ...] = (), error_id: int = 0,
+        self,
+        reason: str,
+        subject: str = "",
+        status: int = 0x0110,
+        offending: tuple[int, ...] = (),
+        error_id: int = 0,
     ) -> None:
         PacsAIError.__init__(self, reason, subject, status, tuple(offending), error_id)
         self.reason = reason

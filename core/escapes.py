@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 __all__ = ["Delimiters", "escape", "unescape"]
 
-_FORMATTING = {".br": "\n", ".sp": "\n", ".ce": "\n", ".sk": " ", ".fi": "", ".nf": "",
-               ".in": "", ".ti": ""}
+_FORMATTING = {".br": "\n", ".sp": "\n", ".ce": "\n", ".sk": " ", ".fi": "", ".nf": "", ".in": "", ".ti": ""}
 """HL7 v2.5 2.7.6 formatting commands -> plain text (FHIR strings carry no layout)."""
 
 
@@ -59,8 +58,16 @@ def _hex(digits: str, codec: str) -> str | None:
 def _sequence(body: str, d: Delimiters, codec: str) -> str | None:
     """What one escape sequence (without its escape characters) stands for; ``None``: keep
     it as received."""
-    simple = {"F": d.field, "S": d.component, "T": d.subcomponent, "R": d.repetition,
-              "E": d.escape, "P": d.truncation, "H": "", "N": ""}
+    simple = {
+        "F": d.field,
+        "S": d.component,
+        "T": d.subcomponent,
+        "R": d.repetition,
+        "E": d.escape,
+        "P": d.truncation,
+        "H": "",
+        "N": "",
+    }
     if body in simple:
         return simple[body]
     if body[:3] in _FORMATTING and (len(body) == 3 or body[3:].lstrip("+-").isdigit()):
@@ -97,8 +104,8 @@ def unescape(value: str, delimiters: Delimiters, codec: str = "utf-8") -> str:
             out.append(value[i:])
             return "".join(out)
         out.append(value[i:start])
-        resolved = _sequence(value[start + 1:end], delimiters, codec)
-        out.append(value[start:end + 1] if resolved is None else resolved)
+        resolved = _sequence(value[start + 1 : end], delimiters, codec)
+        out.append(value[start : end + 1] if resolved is None else resolved)
         i = end + 1
 
 

@@ -156,9 +156,7 @@ def _reference(kind: str, identifier: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _study_ref(subject: ResultSubject) -> dict[str, Any]:
-    return _reference(
-        "ImagingStudy", {"system": "urn:dicom:uid", "value": f"urn:oid:{subject.study_uid}"}
-    )
+    return _reference("ImagingStudy", {"system": "urn:dicom:uid", "value": f"urn:oid:{subject.study_uid}"})
 
 
 def _device(prediction: Prediction, manufacturer: str, rid: str) -> dict[str, Any]:
@@ -175,9 +173,7 @@ def _device(prediction: Prediction, manufacturer: str, rid: str) -> dict[str, An
     return device
 
 
-def _observation(
-    finding: Finding, subject: ResultSubject, rid: str, device_id: str
-) -> dict[str, Any]:
+def _observation(finding: Finding, subject: ResultSubject, rid: str, device_id: str) -> dict[str, Any]:
     presence = (
         {"system": _SCT, "code": "52101004", "display": "Present"}
         if finding.present
@@ -188,22 +184,30 @@ def _observation(
         "id": rid,
         "meta": {"security": [AIAST]},
         "status": "preliminary",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "imaging",
-        }]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "imaging",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [coding(finding.term)], "text": finding.key},
         "issued": subject.issued,
         "valueCodeableConcept": {"coding": [presence]},
-        "component": [{
-            "code": {"coding": [_PROBABILITY]},
-            "valueQuantity": {
-                "value": round(float(finding.probability), 6),
-                "unit": "1",
-                "system": "http://unitsofmeasure.org",
-                "code": "1",
-            },
-        }],
+        "component": [
+            {
+                "code": {"coding": [_PROBABILITY]},
+                "valueQuantity": {
+                    "value": round(float(finding.probability), 6),
+                    "unit": "1",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "1",
+                },
+            }
+        ],
         "note": [{"text": f"Present at or above threshold {finding.threshold:g}."}],
         "device": {"reference": f"Device/{device_id}"},
         "derivedFrom": [_study_ref(subject)],
@@ -215,9 +219,7 @@ def _observation(
     return obs
 
 
-def _report(
-    prediction: Prediction, subject: ResultSubject, rid: str, observation_ids: Sequence[str]
-) -> dict[str, Any]:
+def _report(prediction: Prediction, subject: ResultSubject, rid: str, observation_ids: Sequence[str]) -> dict[str, Any]:
     positive = [f.term.meaning for f in prediction.findings if f.present]
     conclusion = (
         f"AI ({prediction.model_name} {prediction.model_version}, unverified): "
@@ -232,10 +234,13 @@ def _report(
         "status": "preliminary",
         "category": [{"coding": [{"system": f"{_V2_TABLE}0074", "code": "RAD"}]}],
         "code": {
-            "coding": [{
-                "system": "http://loinc.org", "code": "18748-4",
-                "display": "Diagnostic imaging study",
-            }],
+            "coding": [
+                {
+                    "system": "http://loinc.org",
+                    "code": "18748-4",
+                    "display": "Diagnostic imaging study",
+                }
+            ],
             "text": f"AI result: {prediction.model_name}",
         },
         "issued": subject.issued,
@@ -278,10 +283,7 @@ def build_result_bundle(
     device_id = resource_id("device", prediction.model_name, prediction.model_version)
     obs_ids = [resource_id("obs", subject.sr_uid, f.key) for f in prediction.findings]
     resources = [_device(prediction, manufacturer, device_id)]
-    resources += [
-        _observation(f, subject, oid, device_id)
-        for f, oid in zip(prediction.findings, obs_ids, strict=True)
-    ]
+    resources += [_observation(f, subject, oid, device_id) for f, oid in zip(prediction.findings, obs_ids, strict=True)]
     resources.append(_report(prediction, subject, resource_id("dr", subject.sr_uid), obs_ids))
     base = base_url.rstrip("/")
     bundle = {

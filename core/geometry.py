@@ -52,8 +52,9 @@ class Slice:
     stack: tuple[str, ...] = ()
 
 
-def check_plane(orientation: Sequence[float] | None, position: Sequence[float] | None,
-                spacing: Sequence[float] | None) -> list[Problem]:
+def check_plane(
+    orientation: Sequence[float] | None, position: Sequence[float] | None, spacing: Sequence[float] | None
+) -> list[Problem]:
     """Return problems of one image's plane attributes (those that are present).
 
     Args:
@@ -65,17 +66,21 @@ def check_plane(orientation: Sequence[float] | None, position: Sequence[float] |
     if orientation is not None:
         why = _orientation_problem(orientation)
         if why:
-            problems.append(Problem(ReasonCode.INVALID_VALUE,
-                                    f"ImageOrientationPatient (0020,0037): {why}"))
+            problems.append(Problem(ReasonCode.INVALID_VALUE, f"ImageOrientationPatient (0020,0037): {why}"))
     if position is not None and len(position) != 3:
-        problems.append(Problem(ReasonCode.INVALID_VALUE,
-                                f"ImagePositionPatient (0020,0032): got {len(position)} values; "
-                                "expected 3 (x, y, z in mm)"))
+        problems.append(
+            Problem(
+                ReasonCode.INVALID_VALUE,
+                f"ImagePositionPatient (0020,0032): got {len(position)} values; expected 3 (x, y, z in mm)",
+            )
+        )
     if spacing is not None and (len(spacing) != 2 or min(spacing) <= 0):
         shown = "\\".join(f"{v:g}" for v in spacing)
-        problems.append(Problem(ReasonCode.INVALID_VALUE,
-                                f"PixelSpacing (0028,0030): got {shown!r}; expected two positive "
-                                "numbers (mm)"))
+        problems.append(
+            Problem(
+                ReasonCode.INVALID_VALUE, f"PixelSpacing (0028,0030): got {shown!r}; expected two positive numbers (mm)"
+            )
+        )
     return problems
 
 
@@ -102,19 +107,27 @@ def check_stack(series_uid: str, slices: Sequence[Slice], policy: GeometryPolicy
     planes = _planes(slices, policy.orientation_tolerance)
     tilted = _tilted(planes, policy)
     if tilted:
-        return [Problem(ReasonCode.SERIES_ORIENTATION_MISMATCH,
-                        f"series {series_uid}: ImageOrientationPatient (0020,0037) of some slices "
-                        f"differs by {tilted:.3g} from the others' (tolerance "
-                        f"{policy.orientation_tolerance}); expected one orientation per plane",
-                        Level.SERIES)]
+        return [
+            Problem(
+                ReasonCode.SERIES_ORIENTATION_MISMATCH,
+                f"series {series_uid}: ImageOrientationPatient (0020,0037) of some slices "
+                f"differs by {tilted:.3g} from the others' (tolerance "
+                f"{policy.orientation_tolerance}); expected one orientation per plane",
+                Level.SERIES,
+            )
+        ]
     problems: list[Problem] = []
     for plane in planes:
         sizes = sorted({(s.rows, s.columns) for s in plane})
         if len(sizes) > 1:
             shown = ", ".join(f"{r}x{c}" for r, c in sizes[:4])
-            return [Problem(ReasonCode.SERIES_DIMENSIONS_MISMATCH,
-                            f"series {series_uid}: slices of one plane have Rows x Columns {shown}; "
-                            "expected one size", Level.SERIES)]
+            return [
+                Problem(
+                    ReasonCode.SERIES_DIMENSIONS_MISMATCH,
+                    f"series {series_uid}: slices of one plane have Rows x Columns {shown}; expected one size",
+                    Level.SERIES,
+                )
+            ]
         for stack in _stacks(plane):
             problems += _positions(series_uid, stack, plane[0].orientation, policy)
     return problems
@@ -168,27 +181,37 @@ def _normal(orientation: Sequence[float]) -> tuple[float, float, float]:
     return (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
 
 
-def _positions(series_uid: str, stack: list[Slice], orientation: Sequence[float],
-               policy: GeometryPolicy) -> list[Problem]:
+def _positions(
+    series_uid: str, stack: list[Slice], orientation: Sequence[float], policy: GeometryPolicy
+) -> list[Problem]:
     normal = _normal(orientation)
-    placed = sorted(((sum(p * n for p, n in zip(s.position, normal, strict=True)), s)
-                     for s in stack), key=lambda item: item[0])
+    placed = sorted(
+        ((sum(p * n for p, n in zip(s.position, normal, strict=True)), s) for s in stack), key=lambda item: item[0]
+    )
     steps = [b[0] - a[0] for a, b in zip(placed, placed[1:], strict=False)]
-    same = [(a[1], b[1]) for (a, b), step in zip(zip(placed, placed[1:], strict=False), steps, strict=True)
-            if step < policy.position_tolerance_mm
-            and _distance(a[1], b[1]) < policy.position_tolerance_mm]
+    same = [
+        (a[1], b[1])
+        for (a, b), step in zip(zip(placed, placed[1:], strict=False), steps, strict=True)
+        if step < policy.position_tolerance_mm and _distance(a[1], b[1]) < policy.position_tolerance_mm
+    ]
     if same:
         a, b = same[0]
-        return [Problem(ReasonCode.DUPLICATE_POSITION,
-                        f"series {series_uid}: {len(same)} pair(s) of slices share an "
-                        f"ImagePositionPatient (0020,0032), e.g. {a.sop_instance_uid} and "
-                        f"{b.sop_instance_uid} at {_shown(a.position)}; expected one slice per "
-                        "position", Level.SERIES)]
+        return [
+            Problem(
+                ReasonCode.DUPLICATE_POSITION,
+                f"series {series_uid}: {len(same)} pair(s) of slices share an "
+                f"ImagePositionPatient (0020,0032), e.g. {a.sop_instance_uid} and "
+                f"{b.sop_instance_uid} at {_shown(a.position)}; expected one slice per "
+                "position",
+                Level.SERIES,
+            )
+        ]
     return _gaps(series_uid, placed, steps, policy)
 
 
-def _gaps(series_uid: str, placed: list[tuple[float, Slice]], steps: list[float],
-          policy: GeometryPolicy) -> list[Problem]:
+def _gaps(
+    series_uid: str, placed: list[tuple[float, Slice]], steps: list[float], policy: GeometryPolicy
+) -> list[Problem]:
     if len(steps) < 2:
         return []
     usual = sorted(steps)[len(steps) // 2]
@@ -197,10 +220,15 @@ def _gaps(series_uid: str, placed: list[tuple[float, Slice]], steps: list[float]
     if not gaps:
         return []
     i, step = gaps[0]
-    return [Problem(ReasonCode.SLICE_GAP,
-                    f"series {series_uid}: {len(gaps)} gap(s) between slices, e.g. {step:.3g} mm "
-                    f"after {placed[i][1].sop_instance_uid}; expected about {usual:.3g} mm "
-                    f"(tolerance {policy.gap_tolerance:.0%})", Level.SERIES)]
+    return [
+        Problem(
+            ReasonCode.SLICE_GAP,
+            f"series {series_uid}: {len(gaps)} gap(s) between slices, e.g. {step:.3g} mm "
+            f"after {placed[i][1].sop_instance_uid}; expected about {usual:.3g} mm "
+            f"(tolerance {policy.gap_tolerance:.0%})",
+            Level.SERIES,
+        )
+    ]
 
 
 def _distance(a: Slice, b: Slice) -> float:

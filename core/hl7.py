@@ -168,16 +168,14 @@ class Hl7Message:
         return next((s for s in self.segments if s.name == name), None)
 
 
-def _reject(
-    reason: str, code: str = "102", location: str = "", subject: str = ""
-) -> MessageRejected:
+def _reject(reason: str, code: str = "102", location: str = "", subject: str = "") -> MessageRejected:
     return MessageRejected(reason, subject, code, location)
 
 
 def _msh_line(raw: bytes) -> bytes:
     """The bytes up to the first CR or LF: the MSH segment, whichever separator ends it."""
     ends = [i for i in (raw.find(b"\r"), raw.find(b"\n")) if i >= 0]
-    return raw[:min(ends)] if ends else raw
+    return raw[: min(ends)] if ends else raw
 
 
 def _declared_charset(head: str) -> str:
@@ -209,7 +207,7 @@ def _decode(raw: bytes) -> tuple[str, str, Issue | None]:
     take its character set from the next segment. Bytes that do not decode give an
     ``Issue`` (AE naming the field) and the text read as Latin-1, byte for byte.
     """
-    raw = raw[len(BOM):] if raw.startswith(BOM) else raw
+    raw = raw[len(BOM) :] if raw.startswith(BOM) else raw
     head = _msh_line(raw).decode("latin-1")
     label = _declared_charset(head)
     done = decode(raw, label)
@@ -217,15 +215,30 @@ def _decode(raw: bytes) -> tuple[str, str, Issue | None]:
         return done.text, done.codec, None
     byte = f"0x{raw[done.bad_offset]:02X} at offset {done.bad_offset}"
     if done.unknown_label:
-        return done.text, done.codec, Issue("103", (
-            f"MSH-18: got {label[:40]!r}, not a character set we know, and byte {byte} is not "
-            f"ASCII; expected one of HL7 table 0211 {sorted(TABLE_0211)} or a common alias "
-            "(UTF-8, ISO-8859-1, WINDOWS-1252, ...)"), "MSH^1^18")
+        return (
+            done.text,
+            done.codec,
+            Issue(
+                "103",
+                (
+                    f"MSH-18: got {label[:40]!r}, not a character set we know, and byte {byte} is not "
+                    f"ASCII; expected one of HL7 table 0211 {sorted(TABLE_0211)} or a common alias "
+                    "(UTF-8, ISO-8859-1, WINDOWS-1252, ...)"
+                ),
+                "MSH^1^18",
+            ),
+        )
     where = _where(done.text, done.bad_offset)
     field = where.split("^")[0] + "-" + where.split("^")[2]
-    return done.text, done.codec, Issue("102", (
-        f"{field}: byte {byte} is not valid {label[:40]} (MSH-18); expected text in the "
-        "declared character set"), where)
+    return (
+        done.text,
+        done.codec,
+        Issue(
+            "102",
+            (f"{field}: byte {byte} is not valid {label[:40]} (MSH-18); expected text in the declared character set"),
+            where,
+        ),
+    )
 
 
 def _normalise(text: str) -> str:
@@ -284,8 +297,9 @@ def _check_segment_ids(text: str, fs: str) -> None:
             )
         if name == "MSH" and number > 1:  # a batch, or two messages in one frame
             raise _reject(
-                f"segment {number}: a second MSH; expected one message per MLLP frame "
-                "(batches are not supported)", "100", "MSH^2",
+                f"segment {number}: a second MSH; expected one message per MLLP frame (batches are not supported)",
+                "100",
+                "MSH^2",
             )
 
 
@@ -311,14 +325,12 @@ def _segments(text: str, fs: str, enc: str, codec: str = "utf-8") -> tuple[Segme
         if rs not in raw and cs not in raw and ss not in raw:
             return (((raw.strip() if plain else value(raw),),),)  # most fields: one value
         if plain:
-            return tuple([
-                tuple([tuple([v.strip() for v in comp.split(ss)]) for comp in rep.split(cs)])
-                for rep in raw.split(rs)
-            ])
-        return tuple([
-            tuple([tuple([value(v) for v in comp.split(ss)]) for comp in rep.split(cs)])
-            for rep in raw.split(rs)
-        ])
+            return tuple(
+                [tuple([tuple([v.strip() for v in comp.split(ss)]) for comp in rep.split(cs)]) for rep in raw.split(rs)]
+            )
+        return tuple(
+            [tuple([tuple([value(v) for v in comp.split(ss)]) for comp in rep.split(cs)]) for rep in raw.split(rs)]
+        )
 
     counts: dict[str, int] = {}
     out = []
@@ -413,7 +425,7 @@ def peek_header(raw: bytes) -> MessageHeader | None:
     When MSH-2 is broken, MSH-9, MSH-10 and the rest are still read by position from the raw
     MSH line (``_recover_header``), so the sender can match the AR to what it sent.
     """
-    raw = raw[len(BOM):] if raw.startswith(BOM) else raw
+    raw = raw[len(BOM) :] if raw.startswith(BOM) else raw
     line = _msh_line(raw).decode("latin-1")
     try:
         fs, enc = _delimiters(line)
@@ -440,18 +452,24 @@ def _recover_header(line: str) -> MessageHeader | None:
 
     kind = comps(9) + ["", ""]
     return MessageHeader(
-        sending_application=_er7(comps(3)), sending_facility=_er7(comps(4)),
-        receiving_application=_er7(comps(5)), receiving_facility=_er7(comps(6)),
-        message_code=kind[0].upper(), trigger_event=kind[1].upper(), structure=kind[2].upper(),
-        control_id=parts[9].strip() if len(parts) >= 10 else "", processing_id=comps(11)[0].upper(),
-        version=comps(12)[0], accept_ack_type=comps(15)[0].upper(),
-        application_ack_type=comps(16)[0].upper(), charset=comps(18)[0], timestamp=comps(7)[0],
+        sending_application=_er7(comps(3)),
+        sending_facility=_er7(comps(4)),
+        receiving_application=_er7(comps(5)),
+        receiving_facility=_er7(comps(6)),
+        message_code=kind[0].upper(),
+        trigger_event=kind[1].upper(),
+        structure=kind[2].upper(),
+        control_id=parts[9].strip() if len(parts) >= 10 else "",
+        processing_id=comps(11)[0].upper(),
+        version=comps(12)[0],
+        accept_ack_type=comps(15)[0].upper(),
+        application_ack_type=comps(16)[0].upper(),
+        charset=comps(18)[0],
+        timestamp=comps(7)[0],
     )
 
 
-def check_supported(
-    header: MessageHeader, versions: Iterable[str], processing_ids: Iterable[str]
-) -> None:
+def check_supported(header: MessageHeader, versions: Iterable[str], processing_ids: Iterable[str]) -> None:
     """Check what HL7 v2.5 2.9.2.1 says the receiver checks before processing.
 
     Raises:
@@ -461,25 +479,26 @@ def check_supported(
     if not sid:
         raise _reject("MSH-10: missing; expected a message control ID", "101", "MSH^1^10")
     if not header.message_code:  # a required field missing, not an unsupported type
-        raise _reject("MSH-9: missing; expected the message type, e.g. 'ORM^O01'", "101",
-                      "MSH^1^9", sid)
+        raise _reject("MSH-9: missing; expected the message type, e.g. 'ORM^O01'", "101", "MSH^1^9", sid)
     if (header.message_code, header.trigger_event) not in SUPPORTED_EVENTS:
         known = sorted(f"{c}^{t}" for c, t in SUPPORTED_EVENTS)
         code = "200" if header.message_code not in {c for c, _ in SUPPORTED_EVENTS} else "201"
-        raise _reject(
-            f"MSH-9: got {header.message_type!r}; expected one of {known}", code, "MSH^1^9", sid
-        )
+        raise _reject(f"MSH-9: got {header.message_type!r}; expected one of {known}", code, "MSH^1^9", sid)
     accepted = tuple(versions)
     if header.version not in accepted:
         raise _reject(
-            f"MSH-12: got {header.version!r}; expected one of {list(accepted)}", "203",
-            "MSH^1^12", sid,
+            f"MSH-12: got {header.version!r}; expected one of {list(accepted)}",
+            "203",
+            "MSH^1^12",
+            sid,
         )
     ids = tuple(processing_ids)
     if header.processing_id not in ids:
         raise _reject(
-            f"MSH-11: got {header.processing_id!r}; expected one of {list(ids)}", "202",
-            "MSH^1^11", sid,
+            f"MSH-11: got {header.processing_id!r}; expected one of {list(ids)}",
+            "202",
+            "MSH^1^11",
+            sid,
         )
 
 

@@ -90,19 +90,31 @@ class AvailabilityNotice:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (for the ledger)."""
-        return {"sop_instance_uid": self.sop_instance_uid, "study_uid": self.study_uid,
-                "instances": [[i.series_uid, i.sop_instance_uid, str(i.availability), i.sop_class_uid]
-                              for i in self.instances],
-                "step_uids": list(self.step_uids), "calling_ae": self.calling_ae,
-                "received_at": self.received_at}
+        return {
+            "sop_instance_uid": self.sop_instance_uid,
+            "study_uid": self.study_uid,
+            "instances": [
+                [i.series_uid, i.sop_instance_uid, str(i.availability), i.sop_class_uid] for i in self.instances
+            ],
+            "step_uids": list(self.step_uids),
+            "calling_ae": self.calling_ae,
+            "received_at": self.received_at,
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> AvailabilityNotice:
         """Read what ``to_json`` wrote."""
-        instances = tuple(AvailableInstance(se, sop, Availability(av), cls_uid)
-                          for se, sop, av, cls_uid in raw["instances"])
-        return cls(raw["sop_instance_uid"], raw["study_uid"], instances, tuple(raw.get("step_uids", ())),
-                   raw.get("calling_ae", ""), float(raw.get("received_at", 0.0)))
+        instances = tuple(
+            AvailableInstance(se, sop, Availability(av), cls_uid) for se, sop, av, cls_uid in raw["instances"]
+        )
+        return cls(
+            raw["sop_instance_uid"],
+            raw["study_uid"],
+            instances,
+            tuple(raw.get("step_uids", ())),
+            raw.get("calling_ae", ""),
+            float(raw.get("received_at", 0.0)),
+        )
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -113,15 +125,22 @@ def _instance(series_uid: str, item: Dataset, uid: str) -> AvailableInstance:
     """One Referenced SOP Sequence item (Type 1 UID and availability)."""
     sop = _text(item, "ReferencedSOPInstanceUID")
     if not sop:
-        raise DimseRefused("Referenced SOP Instance UID (0008,1155) is required in each item", uid,
-                           NStatus.MISSING_ATTRIBUTE_VALUE, (_SOP_UID,))
+        raise DimseRefused(
+            "Referenced SOP Instance UID (0008,1155) is required in each item",
+            uid,
+            NStatus.MISSING_ATTRIBUTE_VALUE,
+            (_SOP_UID,),
+        )
     value = _text(item, "InstanceAvailability")
     try:
         availability = Availability(value)
     except ValueError:
-        raise DimseRefused(f"Got {value!r} for Instance Availability (0008,0056); expected ONLINE, "
-                           "NEARLINE, OFFLINE or UNAVAILABLE", uid, NStatus.INVALID_ATTRIBUTE_VALUE,
-                           (_AVAILABILITY,)) from None
+        raise DimseRefused(
+            f"Got {value!r} for Instance Availability (0008,0056); expected ONLINE, NEARLINE, OFFLINE or UNAVAILABLE",
+            uid,
+            NStatus.INVALID_ATTRIBUTE_VALUE,
+            (_AVAILABILITY,),
+        ) from None
     return AvailableInstance(series_uid, sop, availability, _text(item, "ReferencedSOPClassUID"))
 
 
@@ -146,16 +165,23 @@ def notice_from_n_create(ds: Dataset, sop_instance_uid: str, calling_ae: str, at
         raise DimseRefused("Study Instance UID (0020,000D) is required", uid, NStatus.MISSING_ATTRIBUTE, (_STUDY_UID,))
     series_items = ds.get("ReferencedSeriesSequence") or []
     if not series_items:
-        raise DimseRefused("Referenced Series Sequence (0008,1115) is required", uid,
-                           NStatus.MISSING_ATTRIBUTE, (_SERIES_SEQ,))
+        raise DimseRefused(
+            "Referenced Series Sequence (0008,1115) is required", uid, NStatus.MISSING_ATTRIBUTE, (_SERIES_SEQ,)
+        )
     instances = []
     for item in series_items:
         series_uid = _text(item, "SeriesInstanceUID")
         if not series_uid:
-            raise DimseRefused("Series Instance UID (0020,000E) is required in each series", uid,
-                               NStatus.MISSING_ATTRIBUTE_VALUE, (_SERIES_UID,))
+            raise DimseRefused(
+                "Series Instance UID (0020,000E) is required in each series",
+                uid,
+                NStatus.MISSING_ATTRIBUTE_VALUE,
+                (_SERIES_UID,),
+            )
         instances += [_instance(series_uid, ref, uid) for ref in item.get("ReferencedSOPSequence") or []]
-    steps = tuple(_text(i, "ReferencedSOPInstanceUID") for i in ds.get("ReferencedPerformedProcedureStepSequence") or [])
+    steps = tuple(
+        _text(i, "ReferencedSOPInstanceUID") for i in ds.get("ReferencedPerformedProcedureStepSequence") or []
+    )
     return AvailabilityNotice(uid, study, tuple(instances), tuple(s for s in steps if s), calling_ae.strip(), at)
 
 
@@ -190,8 +216,12 @@ class NoticesVerdict:
 
 
 def judge_notices(
-    notices: Iterable[AvailabilityNotice], study_uid: str, held: Set[str], received_series: Set[str],
-    own_series: Set[str] = frozenset(), scope: str = "study",
+    notices: Iterable[AvailabilityNotice],
+    study_uid: str,
+    held: Set[str],
+    received_series: Set[str],
+    own_series: Set[str] = frozenset(),
+    scope: str = "study",
 ) -> NoticesVerdict:
     """Judge a study on its Instance Availability Notifications.
 
@@ -213,9 +243,13 @@ def judge_notices(
     """
     mine = sorted((n for n in notices if n.study_uid == study_uid), key=lambda n: n.received_at)
     latest = {i.sop_instance_uid: i for n in mine for i in n.instances}
-    expected = {uid: i.series_uid for uid, i in latest.items()
-                if i.availability is not Availability.UNAVAILABLE and i.series_uid not in own_series
-                and (scope != "series" or i.series_uid in received_series)}
+    expected = {
+        uid: i.series_uid
+        for uid, i in latest.items()
+        if i.availability is not Availability.UNAVAILABLE
+        and i.series_uid not in own_series
+        and (scope != "series" or i.series_uid in received_series)
+    }
     if not expected:
         return NoticesVerdict(NoticesState.NONE, len(mine))
     missing = frozenset(set(expected) - held)

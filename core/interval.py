@@ -96,15 +96,16 @@ class PriorResult:
 
     @classmethod
     def from_prediction(
-        cls, pred: Prediction, study_uid: str, study_date: str, source: str,
+        cls,
+        pred: Prediction,
+        study_uid: str,
+        study_date: str,
+        source: str,
         sr: InstanceRef | None = None,
     ) -> PriorResult:
         """Wrap a ``Prediction`` made for the prior study."""
-        findings = tuple(
-            PriorFinding(f.key, float(f.probability), f.present, f.size_mm) for f in pred.findings
-        )
-        return cls(study_uid, study_date, pred.family, pred.model_name, pred.model_version,
-                   source, findings, sr)
+        findings = tuple(PriorFinding(f.key, float(f.probability), f.present, f.size_mm) for f in pred.findings)
+        return cls(study_uid, study_date, pred.family, pred.model_name, pred.model_version, source, findings, sr)
 
     @classmethod
     def from_sr(cls, ds: Dataset, family: str, source: str) -> PriorResult:
@@ -123,15 +124,27 @@ class PriorResult:
             pres = g.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)
             present = bool(pres) and pres[0].value == codes.SCT.Present
             findings.append(PriorFinding(key, float(probs[0].value) if probs else 0.0, present))
-            texts = {i.ConceptNameCodeSequence[0].CodeValue: str(i.TextValue)
-                     for i in g[0].ContentSequence if i.ValueType == "TEXT"}
+            texts = {
+                i.ConceptNameCodeSequence[0].CodeValue: str(i.TextValue)
+                for i in g[0].ContentSequence
+                if i.ValueType == "TEXT"
+            }
             name, version = texts.get("111001", name), texts.get("111003", version)
         if not findings:
             raise ValueError(f"SR {ds.SOPInstanceUID}: got no measurement group of family {family!r}")
-        ref = InstanceRef(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
-                          str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-        return cls(str(ds.StudyInstanceUID), str(ds.get("StudyDate", "") or ""), family, name,
-                   version, source, tuple(findings), ref)
+        ref = InstanceRef(
+            str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+        )
+        return cls(
+            str(ds.StudyInstanceUID),
+            str(ds.get("StudyDate", "") or ""),
+            family,
+            name,
+            version,
+            source,
+            tuple(findings),
+            ref,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +167,12 @@ class FindingChange:
         if self.prior_probability is None:
             return f"not assessed in the prior result; probability now {self.probability:.2f}"
         delta = self.probability - self.prior_probability
-        text = (f"{self.change}: probability {self.prior_probability:.2f} -> "
-                f"{self.probability:.2f} ({delta:+.2f})")
+        text = f"{self.change}: probability {self.prior_probability:.2f} -> {self.probability:.2f} ({delta:+.2f})"
         if self.size_mm is not None and self.prior_size_mm is not None:
-            text += (f"; size {self.prior_size_mm:.1f} -> {self.size_mm:.1f} mm "
-                     f"({self.size_mm - self.prior_size_mm:+.1f} mm)")
+            text += (
+                f"; size {self.prior_size_mm:.1f} -> {self.size_mm:.1f} mm "
+                f"({self.size_mm - self.prior_size_mm:+.1f} mm)"
+            )
         return text
 
 
@@ -182,15 +196,26 @@ def interval_changes(
         if p is None:
             out.append(FindingChange(f.key, IntervalChange.NOT_ASSESSED, f.probability, None, f.size_mm))
             continue
-        out.append(FindingChange(f.key, _change(f.present, f.probability, f.size_mm, p,
-                                                probability_change, size_change_mm),
-                                 f.probability, p.probability, f.size_mm, p.size_mm))
+        out.append(
+            FindingChange(
+                f.key,
+                _change(f.present, f.probability, f.size_mm, p, probability_change, size_change_mm),
+                f.probability,
+                p.probability,
+                f.size_mm,
+                p.size_mm,
+            )
+        )
     return tuple(out)
 
 
 def _change(
-    present: bool, probability: float, size_mm: float | None, prior: PriorFinding,
-    probability_change: float, size_change_mm: float,
+    present: bool,
+    probability: float,
+    size_mm: float | None,
+    prior: PriorFinding,
+    probability_change: float,
+    size_change_mm: float,
 ) -> IntervalChange:
     if present and not prior.present:
         return IntervalChange.NEW
@@ -252,10 +277,14 @@ class Comparison:
             text += f" ({self.prior_description})"
         if self.prior_result is not None:
             r = self.prior_result
-            origin = {"model": "this model run on the retrieved prior images",
-                      "ledger": "our earlier SR", "pacs": "our earlier SR found at the PACS"}
-            text += (f"; compared with the AI result of {r.model_name} {r.model_version} "
-                     f"({origin.get(r.source, r.source)})")
+            origin = {
+                "model": "this model run on the retrieved prior images",
+                "ledger": "our earlier SR",
+                "pacs": "our earlier SR found at the PACS",
+            }
+            text += (
+                f"; compared with the AI result of {r.model_name} {r.model_version} ({origin.get(r.source, r.source)})"
+            )
         return f"{text}. {self.reason}".strip()
 
 
@@ -293,35 +322,49 @@ def comparison_for(
         What the SR states.
     """
     if priors is None:
-        return Comparison(ComparisonStatus.NOT_LOOKED_UP,
-                          _plain_reason(PriorStatus.NOT_LOOKED_UP, "prior linking did not run"))
+        return Comparison(
+            ComparisonStatus.NOT_LOOKED_UP, _plain_reason(PriorStatus.NOT_LOOKED_UP, "prior linking did not run")
+        )
     if priors.status is not PriorStatus.FOUND or priors.study is None:
         status = priors.status if priors.status is not PriorStatus.FOUND else PriorStatus.NONE_FOUND
         return Comparison(_STATUS[status], _plain_reason(status, priors.reason))
     study = priors.study
     when = (study.study_date, study.study_time)
     if current_study_date and not is_earlier(*when, current_study_date, current_study_time):
-        return Comparison(ComparisonStatus.NO_PRIOR,
-                          f"The linked study of {when[0] or 'unknown date'} is not earlier than this "
-                          "study; not compared.")
+        return Comparison(
+            ComparisonStatus.NO_PRIOR,
+            f"The linked study of {when[0] or 'unknown date'} is not earlier than this study; not compared.",
+        )
     evidence = tuple(priors.evidence)
     if prior_prediction is not None:
         result: PriorResult | None = PriorResult.from_prediction(
-            prior_prediction, study.study_uid, study.study_date, "model")
+            prior_prediction, study.study_uid, study.study_date, "model"
+        )
     else:
         result = priors.result(current.family)
-    base = dict(prior_study_uid=study.study_uid, prior_study_date=study.study_date,
-                prior_description=" ".join(filter(None, [",".join(study.modalities),
-                                                         study.description])))
+    base = dict(
+        prior_study_uid=study.study_uid,
+        prior_study_date=study.study_date,
+        prior_description=" ".join(filter(None, [",".join(study.modalities), study.description])),
+    )
     if result is None:
-        return Comparison(ComparisonStatus.NO_PRIOR_RESULT,
-                          f"No earlier AI result of {current.family} for this prior; not compared.",
-                          evidence=evidence, **base)
+        return Comparison(
+            ComparisonStatus.NO_PRIOR_RESULT,
+            f"No earlier AI result of {current.family} for this prior; not compared.",
+            evidence=evidence,
+            **base,
+        )
     if result.sr is not None:
         evidence += (result.sr,)
     changes = interval_changes(current, result, probability_change, size_change_mm)
-    return Comparison(ComparisonStatus.COMPARED, "Interval change is stated per finding.",
-                      prior_result=result, changes=changes, evidence=evidence, **base)
+    return Comparison(
+        ComparisonStatus.COMPARED,
+        "Interval change is stated per finding.",
+        prior_result=result,
+        changes=changes,
+        evidence=evidence,
+        **base,
+    )
 
 
 def _plain_reason(status: PriorStatus, reason: str) -> str:

@@ -87,8 +87,14 @@ class Completion:
         """
         if not decision.complete or decision.rule is None:
             raise ValueError(f"decision: got {decision.outcome}; expected a complete decision")
-        return cls(decision.rule, decision.not_before, calling_ae.strip(), decision.evidence,
-                   decision.incomplete, decision.reason)
+        return cls(
+            decision.rule,
+            decision.not_before,
+            calling_ae.strip(),
+            decision.evidence,
+            decision.incomplete,
+            decision.reason,
+        )
 
     def completed_study(self, study_uid: str) -> CompletedStudy:
         """What ``CompletenessPolicy.classify_arrival`` needs of this completion."""
@@ -146,11 +152,12 @@ class PriorLink:
     def from_search(cls, search: PriorSearch) -> PriorLink:
         """The link of a PACS search (the study without its patient identity)."""
         s = search.study
-        study = None if s is None else PriorStudy(
-            s.study_uid, s.study_date, s.study_time, s.description, s.modalities, s.n_instances
+        study = (
+            None
+            if s is None
+            else PriorStudy(s.study_uid, s.study_date, s.study_time, s.description, s.modalities, s.n_instances)
         )
-        return cls(search.status, search.reason, study, search.series, search.conflicts,
-                   search.considered)
+        return cls(search.status, search.reason, study, search.series, search.conflicts, search.considered)
 
     def result(self, family: str) -> PriorResult | None:
         """The prior AI result of one family, if any."""

@@ -130,8 +130,16 @@ class WithdrawOutbox:
     family: str
 
 
-Effect = (SetAside | CoverStudy | HoldInQuarantine | QueueOutbox | RecordSrVersions | RaiseReviewFlag
-          | MarkSrVersions | WithdrawOutbox)
+Effect = (
+    SetAside
+    | CoverStudy
+    | HoldInQuarantine
+    | QueueOutbox
+    | RecordSrVersions
+    | RaiseReviewFlag
+    | MarkSrVersions
+    | WithdrawOutbox
+)
 """What may commit together with a job's transition."""
 
 NEXT_STATES: dict[JobState, frozenset[JobState]] = {

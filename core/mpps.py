@@ -152,24 +152,44 @@ class ProcedureStep:
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (for the ledger; no patient identity in it)."""
         return {
-            "sop_instance_uid": self.sop_instance_uid, "status": str(self.status),
-            "study_uids": list(self.study_uids), "calling_ae": self.calling_ae,
-            "series": [{"series_uid": s.series_uid, "sop_instance_uids": list(s.sop_instance_uids),
-                        "retrieve_ae": s.retrieve_ae} for s in self.series],
-            "modality": self.modality, "station_ae": self.station_ae,
+            "sop_instance_uid": self.sop_instance_uid,
+            "status": str(self.status),
+            "study_uids": list(self.study_uids),
+            "calling_ae": self.calling_ae,
+            "series": [
+                {
+                    "series_uid": s.series_uid,
+                    "sop_instance_uids": list(s.sop_instance_uids),
+                    "retrieve_ae": s.retrieve_ae,
+                }
+                for s in self.series
+            ],
+            "modality": self.modality,
+            "station_ae": self.station_ae,
             "discontinued_reason": self.discontinued_reason,
-            "created_at": self.created_at, "updated_at": self.updated_at,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
         }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ProcedureStep:
         """Read what ``to_json`` wrote."""
-        series = tuple(PerformedSeries(s["series_uid"], tuple(s["sop_instance_uids"]), s.get("retrieve_ae", ""))
-                       for s in raw.get("series", ()))
-        return cls(raw["sop_instance_uid"], StepStatus(raw["status"]), tuple(raw["study_uids"]), series,
-                   raw.get("calling_ae", ""), raw.get("modality", ""), raw.get("station_ae", ""),
-                   raw.get("discontinued_reason", ""), float(raw.get("created_at", 0.0)),
-                   float(raw.get("updated_at", 0.0)))
+        series = tuple(
+            PerformedSeries(s["series_uid"], tuple(s["sop_instance_uids"]), s.get("retrieve_ae", ""))
+            for s in raw.get("series", ())
+        )
+        return cls(
+            raw["sop_instance_uid"],
+            StepStatus(raw["status"]),
+            tuple(raw["study_uids"]),
+            series,
+            raw.get("calling_ae", ""),
+            raw.get("modality", ""),
+            raw.get("station_ae", ""),
+            raw.get("discontinued_reason", ""),
+            float(raw.get("created_at", 0.0)),
+            float(raw.get("updated_at", 0.0)),
+        )
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -184,20 +204,29 @@ def _status(ds: Dataset, uid: str) -> StepStatus | None:
     try:
         return StepStatus(value)
     except ValueError:
-        raise DimseRefused(f"Got {value!r} for (0040,0252); expected IN PROGRESS, COMPLETED or DISCONTINUED",
-                           uid, NStatus.INVALID_ATTRIBUTE_VALUE, (_STATUS,)) from None
+        raise DimseRefused(
+            f"Got {value!r} for (0040,0252); expected IN PROGRESS, COMPLETED or DISCONTINUED",
+            uid,
+            NStatus.INVALID_ATTRIBUTE_VALUE,
+            (_STATUS,),
+        ) from None
 
 
 def _study_uids(ds: Dataset, uid: str) -> tuple[str, ...]:
     """Study Instance UIDs of the Scheduled Step Attribute Sequence (Type 1, F.7.2-1)."""
     items = ds.get("ScheduledStepAttributesSequence") or []
     if not items:
-        raise DimseRefused("Scheduled Step Attribute Sequence (0040,0270) is required",
-                           uid, NStatus.MISSING_ATTRIBUTE, (_SSAS,))
+        raise DimseRefused(
+            "Scheduled Step Attribute Sequence (0040,0270) is required", uid, NStatus.MISSING_ATTRIBUTE, (_SSAS,)
+        )
     studies = [_text(item, "StudyInstanceUID") for item in items]
     if not all(studies):
-        raise DimseRefused("Study Instance UID (0020,000D) is required in every scheduled step",
-                           uid, NStatus.MISSING_ATTRIBUTE_VALUE, (_STUDY_UID,))
+        raise DimseRefused(
+            "Study Instance UID (0020,000D) is required in every scheduled step",
+            uid,
+            NStatus.MISSING_ATTRIBUTE_VALUE,
+            (_STUDY_UID,),
+        )
     return tuple(dict.fromkeys(studies))
 
 
@@ -207,14 +236,24 @@ def _series(ds: Dataset, uid: str) -> tuple[PerformedSeries, ...]:
     for item in ds.get("PerformedSeriesSequence") or []:
         series_uid = _text(item, "SeriesInstanceUID")
         if not series_uid:
-            raise DimseRefused("Series Instance UID (0020,000E) is required in each performed series",
-                               uid, NStatus.MISSING_ATTRIBUTE_VALUE, (_SERIES_UID,))
-        refs = [*(item.get("ReferencedImageSequence") or []),
-                *(item.get("ReferencedNonImageCompositeSOPInstanceSequence") or [])]
+            raise DimseRefused(
+                "Series Instance UID (0020,000E) is required in each performed series",
+                uid,
+                NStatus.MISSING_ATTRIBUTE_VALUE,
+                (_SERIES_UID,),
+            )
+        refs = [
+            *(item.get("ReferencedImageSequence") or []),
+            *(item.get("ReferencedNonImageCompositeSOPInstanceSequence") or []),
+        ]
         sops = [_text(ref, "ReferencedSOPInstanceUID") for ref in refs]
         if not all(sops):
-            raise DimseRefused("Referenced SOP Instance UID (0008,1155) is required in each reference",
-                               uid, NStatus.MISSING_ATTRIBUTE_VALUE, (_SOP_UID,))
+            raise DimseRefused(
+                "Referenced SOP Instance UID (0008,1155) is required in each reference",
+                uid,
+                NStatus.MISSING_ATTRIBUTE_VALUE,
+                (_SOP_UID,),
+            )
         out.append(PerformedSeries(series_uid, tuple(dict.fromkeys(sops)), _text(item, "RetrieveAETitle")))
     return tuple(out)
 
@@ -228,7 +267,10 @@ def _reason(ds: Dataset) -> str:
 
 
 def create_step(
-    ds: Dataset, sop_instance_uid: str, calling_ae: str, at: float,
+    ds: Dataset,
+    sop_instance_uid: str,
+    calling_ae: str,
+    at: float,
     existing: ProcedureStep | None = None,
 ) -> ProcedureStep:
     """Apply an N-CREATE (PS3.4 F.7.2.1).
@@ -248,19 +290,35 @@ def create_step(
     """
     uid = str(sop_instance_uid or "").strip()
     if not uid:
-        raise DimseRefused("Affected SOP Instance UID (0000,1000) is required", "",
-                           NStatus.MISSING_ATTRIBUTE_VALUE, (_AFFECTED_SOP,))
+        raise DimseRefused(
+            "Affected SOP Instance UID (0000,1000) is required", "", NStatus.MISSING_ATTRIBUTE_VALUE, (_AFFECTED_SOP,)
+        )
     if existing is not None:
         raise DimseRefused("Duplicate SOP Instance: the step exists", uid, NStatus.DUPLICATE_SOP_INSTANCE)
     status = _status(ds, uid)
     if status is None:
-        raise DimseRefused("Performed Procedure Step Status (0040,0252) is required", uid,
-                           NStatus.MISSING_ATTRIBUTE, (_STATUS,))
+        raise DimseRefused(
+            "Performed Procedure Step Status (0040,0252) is required", uid, NStatus.MISSING_ATTRIBUTE, (_STATUS,)
+        )
     if status is not StepStatus.IN_PROGRESS:
-        raise DimseRefused(f"Got {str(status)!r} for (0040,0252) in N-CREATE; expected IN PROGRESS",
-                           uid, NStatus.INVALID_ATTRIBUTE_VALUE, (_STATUS,))
-    return ProcedureStep(uid, status, _study_uids(ds, uid), _series(ds, uid), calling_ae.strip(),
-                         _text(ds, "Modality"), _text(ds, "PerformedStationAETitle"), _reason(ds), at, at)
+        raise DimseRefused(
+            f"Got {str(status)!r} for (0040,0252) in N-CREATE; expected IN PROGRESS",
+            uid,
+            NStatus.INVALID_ATTRIBUTE_VALUE,
+            (_STATUS,),
+        )
+    return ProcedureStep(
+        uid,
+        status,
+        _study_uids(ds, uid),
+        _series(ds, uid),
+        calling_ae.strip(),
+        _text(ds, "Modality"),
+        _text(ds, "PerformedStationAETitle"),
+        _reason(ds),
+        at,
+        at,
+    )
 
 
 def set_step(step: ProcedureStep | None, ds: Dataset, sop_instance_uid: str, at: float) -> ProcedureStep:
@@ -280,20 +338,34 @@ def set_step(step: ProcedureStep | None, ds: Dataset, sop_instance_uid: str, at:
     """
     uid = str(sop_instance_uid or "").strip()
     if step is None:
-        raise DimseRefused("No Such SOP Instance: no step was created with this UID", uid,
-                           NStatus.NO_SUCH_SOP_INSTANCE)
+        raise DimseRefused("No Such SOP Instance: no step was created with this UID", uid, NStatus.NO_SUCH_SOP_INSTANCE)
     if step.status.is_final:
-        raise DimseRefused("Performed Procedure Step Object may no longer be updated", uid,
-                           NStatus.PROCESSING_FAILURE, (), MAY_NO_LONGER_BE_UPDATED)
+        raise DimseRefused(
+            "Performed Procedure Step Object may no longer be updated",
+            uid,
+            NStatus.PROCESSING_FAILURE,
+            (),
+            MAY_NO_LONGER_BE_UPDATED,
+        )
     status = _status(ds, uid) or step.status
     if "ScheduledStepAttributesSequence" in ds and _study_uids(ds, uid) != step.study_uids:
-        raise DimseRefused("Scheduled Step Attribute Sequence may not change in N-SET (Table F.7.2-1)",
-                           uid, NStatus.INVALID_ATTRIBUTE_VALUE, (_SSAS,))
+        raise DimseRefused(
+            "Scheduled Step Attribute Sequence may not change in N-SET (Table F.7.2-1)",
+            uid,
+            NStatus.INVALID_ATTRIBUTE_VALUE,
+            (_SSAS,),
+        )
     series = _series(ds, uid) if "PerformedSeriesSequence" in ds else step.series
     if status.is_final and not series:
-        raise DimseRefused(f"Performed Series Sequence (0040,0340) needs an item to set {status}",
-                           uid, NStatus.MISSING_ATTRIBUTE, (_PSS,))
-    reason = _reason(ds) if "PerformedProcedureStepDiscontinuationReasonCodeSequence" in ds else step.discontinued_reason
+        raise DimseRefused(
+            f"Performed Series Sequence (0040,0340) needs an item to set {status}",
+            uid,
+            NStatus.MISSING_ATTRIBUTE,
+            (_PSS,),
+        )
+    reason = (
+        _reason(ds) if "PerformedProcedureStepDiscontinuationReasonCodeSequence" in ds else step.discontinued_reason
+    )
     return replace(step, status=status, series=series, discontinued_reason=reason, updated_at=at)
 
 

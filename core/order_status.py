@@ -55,15 +55,25 @@ class OrderProgress(enum.StrEnum):
 
 
 _ORC5 = {
-    "CM": OrderProgress.COMPLETED, "CA": OrderProgress.DISCONTINUED, "DC": OrderProgress.DISCONTINUED,
-    "IP": OrderProgress.IN_PROGRESS, "A": OrderProgress.IN_PROGRESS, "HD": OrderProgress.IN_PROGRESS,
+    "CM": OrderProgress.COMPLETED,
+    "CA": OrderProgress.DISCONTINUED,
+    "DC": OrderProgress.DISCONTINUED,
+    "IP": OrderProgress.IN_PROGRESS,
+    "A": OrderProgress.IN_PROGRESS,
+    "HD": OrderProgress.IN_PROGRESS,
     "SC": OrderProgress.SCHEDULED,
 }
 """HL7 Table 0038 (ORC-5 Order Status)."""
 _OBR25 = {
-    "P": OrderProgress.COMPLETED, "R": OrderProgress.COMPLETED, "F": OrderProgress.COMPLETED,
-    "C": OrderProgress.COMPLETED, "X": OrderProgress.DISCONTINUED, "I": OrderProgress.IN_PROGRESS,
-    "A": OrderProgress.IN_PROGRESS, "O": OrderProgress.SCHEDULED, "S": OrderProgress.SCHEDULED,
+    "P": OrderProgress.COMPLETED,
+    "R": OrderProgress.COMPLETED,
+    "F": OrderProgress.COMPLETED,
+    "C": OrderProgress.COMPLETED,
+    "X": OrderProgress.DISCONTINUED,
+    "I": OrderProgress.IN_PROGRESS,
+    "A": OrderProgress.IN_PROGRESS,
+    "O": OrderProgress.SCHEDULED,
+    "S": OrderProgress.SCHEDULED,
 }
 """HL7 Table 0123 (OBR-25 Result Status)."""
 
@@ -108,8 +118,10 @@ class OrderStatus:
 
 
 _SERVICE_REQUEST = {
-    "completed": OrderProgress.COMPLETED, "revoked": OrderProgress.DISCONTINUED,
-    "active": OrderProgress.IN_PROGRESS, "on-hold": OrderProgress.IN_PROGRESS,
+    "completed": OrderProgress.COMPLETED,
+    "revoked": OrderProgress.DISCONTINUED,
+    "active": OrderProgress.IN_PROGRESS,
+    "on-hold": OrderProgress.IN_PROGRESS,
     "draft": OrderProgress.SCHEDULED,
 }
 """FHIR R4 ServiceRequest.status (what the context bridge stores from ORC-5, HL7 v2-to-FHIR IG
@@ -126,13 +138,16 @@ def from_service_request(study_uid: str, accession_key: str, status: str, at: fl
     <OrderProgress.UNKNOWN: 'unknown'>
     """
     value = str(status or "").strip().lower()
-    return OrderStatus(study_uid, accession_key, _SERVICE_REQUEST.get(value, OrderProgress.UNKNOWN), at,
-                       f"ServiceRequest.status={value}")
+    return OrderStatus(
+        study_uid,
+        accession_key,
+        _SERVICE_REQUEST.get(value, OrderProgress.UNKNOWN),
+        at,
+        f"ServiceRequest.status={value}",
+    )
 
 
-def latest_order_status(
-    statuses: Iterable[OrderStatus], study_uid: str, accession_key: str = ""
-) -> OrderStatus | None:
+def latest_order_status(statuses: Iterable[OrderStatus], study_uid: str, accession_key: str = "") -> OrderStatus | None:
     """The latest status of the study's order: matched on Study Instance UID, else accession key.
 
     ``UNKNOWN`` reports are skipped: they say nothing about the examination.
@@ -142,6 +157,10 @@ def latest_order_status(
     >>> latest_order_status([a, b], "1.2", "k").progress
     <OrderProgress.COMPLETED: 'completed'>
     """
-    mine = [s for s in statuses if s.progress is not OrderProgress.UNKNOWN
-            and ((study_uid and s.study_uid == study_uid) or (accession_key and s.accession_key == accession_key))]
+    mine = [
+        s
+        for s in statuses
+        if s.progress is not OrderProgress.UNKNOWN
+        and ((study_uid and s.study_uid == study_uid) or (accession_key and s.accession_key == accession_key))
+    ]
     return max(mine, key=lambda s: s.at) if mine else None

@@ -56,9 +56,7 @@ class PacsCounts:
     series: Mapping[str, int | None] = field(default_factory=dict)
 
 
-def judge(
-    received: Mapping[str, int], counts: PacsCounts, own_series: Iterable[str], scope: str
-) -> Verdict:
+def judge(received: Mapping[str, int], counts: PacsCounts, own_series: Iterable[str], scope: str) -> Verdict:
     """Compare what we hold with one PACS answer.
 
     Args:
@@ -205,7 +203,8 @@ def read_counts(
 def _missing(received: Mapping[str, int], counts: PacsCounts, own: Iterable[str], scope: str) -> int:
     """How many more instances the PACS holds than we do (own series left out)."""
     own_set = set(own)
-    listed = {s: int(n or 0) for s, n in counts.series.items()
-              if s not in own_set and (scope != "series" or s in received)}
+    listed = {
+        s: int(n or 0) for s, n in counts.series.items() if s not in own_set and (scope != "series" or s in received)
+    }
     total = sum(listed.values()) if listed else int(counts.study_count or 0)
     return max(0, total - sum(received.values()))

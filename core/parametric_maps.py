@@ -73,14 +73,16 @@ def _onto_grid(heat: np.ndarray, size: int, scale: float, offset: float, axis: i
 def plane_on_source(grid: PlaneGrid, heat: np.ndarray) -> np.ndarray:
     """A plane heatmap resampled onto its source frame's ``(rows, columns)`` grid."""
     heat = _onto_grid(heat, grid.rows, grid.row_map.scale, grid.row_map.offset, 0)
-    return _onto_grid(heat, grid.columns, grid.column_map.scale, grid.column_map.offset, 1).astype(
-        np.float32
-    )
+    return _onto_grid(heat, grid.columns, grid.column_map.scale, grid.column_map.offset, 1).astype(np.float32)
 
 
 _DIRECTIONS = {
-    "L": (1.0, 0.0, 0.0), "R": (-1.0, 0.0, 0.0), "P": (0.0, 1.0, 0.0), "A": (0.0, -1.0, 0.0),
-    "H": (0.0, 0.0, 1.0), "F": (0.0, 0.0, -1.0),
+    "L": (1.0, 0.0, 0.0),
+    "R": (-1.0, 0.0, 0.0),
+    "P": (0.0, 1.0, 0.0),
+    "A": (0.0, -1.0, 0.0),
+    "H": (0.0, 0.0, 1.0),
+    "F": (0.0, 0.0, -1.0),
 }
 """Patient Orientation (0020,0020) letters as LPS unit vectors (PS3.3 C.7.6.1.1.1)."""
 
@@ -163,8 +165,12 @@ class ParametricMapBuilder:
         return series, sop
 
     def build(
-        self, sources: Sequence[Dataset], prediction: Prediction, heatmap: HeatmapRef,
-        heat: np.ndarray, created_at: datetime | None = None,
+        self,
+        sources: Sequence[Dataset],
+        prediction: Prediction,
+        heatmap: HeatmapRef,
+        heat: np.ndarray,
+        created_at: datetime | None = None,
     ) -> hd.pm.ParametricMap:
         """Build the PM of one finding's heatmap.
 
@@ -185,11 +191,12 @@ class ParametricMapBuilder:
         key = heatmap.finding
         grid = heatmap.grid
         if isinstance(grid, VolumeGrid):
-            refs = [s for s in sources
-                    if str(s.get("FrameOfReferenceUID", "")) == grid.frame_of_reference_uid]
+            refs = [s for s in sources if str(s.get("FrameOfReferenceUID", "")) == grid.frame_of_reference_uid]
             pixels: Any = hd.Volume(
-                array=heat, affine=np.asarray(grid.affine, dtype=np.float64),
-                frame_of_reference_uid=grid.frame_of_reference_uid, coordinate_system="PATIENT",
+                array=heat,
+                affine=np.asarray(grid.affine, dtype=np.float64),
+                frame_of_reference_uid=grid.frame_of_reference_uid,
+                coordinate_system="PATIENT",
             )
         else:
             source = {str(s.SOPInstanceUID): s for s in sources}.get(grid.frame.sop_instance_uid)
@@ -206,9 +213,7 @@ class ParametricMapBuilder:
             stamp_times(pm, created_at)
         return pm
 
-    def _pm(
-        self, refs: list[Dataset], pixels: Any, prediction: Prediction, key: str
-    ) -> hd.pm.ParametricMap:
+    def _pm(self, refs: list[Dataset], pixels: Any, prediction: Prediction, key: str) -> hd.pm.ParametricMap:
         series_uid, sop_uid = self.pm_uids(str(refs[0].StudyInstanceUID), prediction, key)
         label = "DEMO " if prediction.demo else ""
         return hd.pm.ParametricMap(

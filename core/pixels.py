@@ -65,8 +65,15 @@ _PHOTOMETRIC_SAMPLES = {
     "XYB": 3,
 }
 """PS3.3 C.7.6.3.1.2 defined terms and the Samples per Pixel each needs."""
-_INTEGER_DESCRIPTION = ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
-                        "PixelRepresentation", "SamplesPerPixel")
+_INTEGER_DESCRIPTION = (
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+)
 _FLOAT_DESCRIPTION = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
@@ -146,8 +153,9 @@ def decode_frames(
         meta = getattr(ds, "file_meta", None)
         transfer_syntax_uid = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
     if not transfer_syntax_uid:
-        raise RejectedInput("TransferSyntaxUID (0002,0010): missing; expected the transfer syntax "
-                            "the Pixel Data is encoded in", subject)
+        raise RejectedInput(
+            "TransferSyntaxUID (0002,0010): missing; expected the transfer syntax the Pixel Data is encoded in", subject
+        )
     uid = UID(transfer_syntax_uid)
     try:
         decoder = get_decoder(uid)
@@ -155,8 +163,11 @@ def decode_frames(
         decoder = None
     plugins = decode_plugins(uid) if decoder is not None and decoder.is_encapsulated else ("",)
     if decoder is None or not plugins:
-        raise RejectedInput(f"TransferSyntaxUID (0002,0010): {uid} ({uid.name}) has no installed "
-                            "decoder; expected a syntax pydicom and its plugins decode", subject)
+        raise RejectedInput(
+            f"TransferSyntaxUID (0002,0010): {uid} ({uid.name}) has no installed "
+            "decoder; expected a syntax pydicom and its plugins decode",
+            subject,
+        )
     count = len(indices) if indices is not None else int(ds.get("NumberOfFrames", 1) or 1)
     errors = []
     for plugin in plugins:
@@ -166,8 +177,7 @@ def decode_frames(
         except Exception as exc:  # noqa: BLE001 - a plugin failing is a finding; try the next
             detail = (str(exc).strip().splitlines() or [""])[-1][:160]
             errors.append(f"{plugin or 'native'}: {type(exc).__name__}: {detail}")
-    raise RejectedInput(f"{describe('PixelData')}: does not decode as {uid.name} "
-                        f"({'; '.join(errors)})", subject)
+    raise RejectedInput(f"{describe('PixelData')}: does not decode as {uid.name} ({'; '.join(errors)})", subject)
 
 
 def _stacked(frames: Iterator[tuple[np.ndarray, Any]], count: int) -> np.ndarray:
@@ -178,8 +188,9 @@ def _stacked(frames: Iterator[tuple[np.ndarray, Any]], count: int) -> np.ndarray
         if out is None:
             out = np.empty((count, *frame.shape), dtype=frame.dtype)
         if n > count or frame.shape != out.shape[1:]:
-            raise ValueError(f"frame {n} decodes to shape {frame.shape}; expected {count} frames "
-                             f"of shape {out.shape[1:]}")
+            raise ValueError(
+                f"frame {n} decodes to shape {frame.shape}; expected {count} frames of shape {out.shape[1:]}"
+            )
         out[n - 1] = frame
     if out is None or n != count:
         raise ValueError(f"decoded {n} frame(s); expected {count}")
@@ -202,9 +213,13 @@ def check_pixels(attrs: Attributes, transfer_syntax_uid: str, mode: DecodeMode) 
     if problems or desc is None:
         return problems
     if keyword is None:
-        return [Problem(ReasonCode.PIXEL_DATA_MISSING,
-                        f"{describe('PixelData')}: missing; expected the image data that Rows, "
-                        "Columns and the other Image Pixel attributes describe")]
+        return [
+            Problem(
+                ReasonCode.PIXEL_DATA_MISSING,
+                f"{describe('PixelData')}: missing; expected the image data that Rows, "
+                "Columns and the other Image Pixel attributes describe",
+            )
+        ]
     ts = str(transfer_syntax_uid)
     if keyword != "PixelData" or not ts or ts in NATIVE_SYNTAXES:  # no syntax known: as native
         return _native_length(attrs, keyword, desc)
@@ -213,9 +228,7 @@ def check_pixels(attrs: Attributes, transfer_syntax_uid: str, mode: DecodeMode) 
     return _encapsulated(attrs.ds, ts, desc, mode)
 
 
-def _description(
-    attrs: Attributes, *, float_pixels: bool
-) -> tuple[PixelDescription | None, list[Problem]]:
+def _description(attrs: Attributes, *, float_pixels: bool) -> tuple[PixelDescription | None, list[Problem]]:
     required = _FLOAT_DESCRIPTION if float_pixels else _INTEGER_DESCRIPTION
     missing = [
         Problem(ReasonCode.MISSING_ATTRIBUTE, f"{describe(k)}: missing; expected a value")
@@ -247,44 +260,68 @@ def _coherence(desc: PixelDescription, high_bit: int | None, attrs: Attributes) 
     problems = []
     bad, odd = ReasonCode.INVALID_VALUE, ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT
     if desc.rows < 1 or desc.columns < 1:
-        problems.append(Problem(bad, f"Rows/Columns (0028,0010/0011): got {desc.rows} x "
-                                     f"{desc.columns}; expected both >= 1"))
+        problems.append(
+            Problem(bad, f"Rows/Columns (0028,0010/0011): got {desc.rows} x {desc.columns}; expected both >= 1")
+        )
     if not (desc.bits_allocated == 1 or (desc.bits_allocated % 8 == 0 and 8 <= desc.bits_allocated <= 64)):
-        problems.append(Problem(bad, f"{describe('BitsAllocated')}: got {desc.bits_allocated}; "
-                                     "expected 1 or 8/16/32/64"))
+        problems.append(
+            Problem(bad, f"{describe('BitsAllocated')}: got {desc.bits_allocated}; expected 1 or 8/16/32/64")
+        )
     if not 1 <= desc.bits_stored <= desc.bits_allocated:
-        problems.append(Problem(odd, f"{describe('BitsStored')}: got {desc.bits_stored}; expected "
-                                     f"1..BitsAllocated ({desc.bits_allocated})"))
+        problems.append(
+            Problem(
+                odd,
+                f"{describe('BitsStored')}: got {desc.bits_stored}; expected 1..BitsAllocated ({desc.bits_allocated})",
+            )
+        )
     if high_bit != desc.bits_stored - 1:
-        problems.append(Problem(odd, f"{describe('HighBit')}: got {high_bit}; expected BitsStored - 1 "
-                                     f"({desc.bits_stored - 1}, PS3.5 8.1.1)"))
+        problems.append(
+            Problem(
+                odd,
+                f"{describe('HighBit')}: got {high_bit}; expected BitsStored - 1 ({desc.bits_stored - 1}, PS3.5 8.1.1)",
+            )
+        )
     if desc.pixel_representation not in (0, 1):
-        problems.append(Problem(bad, f"{describe('PixelRepresentation')}: got "
-                                     f"{desc.pixel_representation}; expected 0 or 1"))
+        problems.append(
+            Problem(bad, f"{describe('PixelRepresentation')}: got {desc.pixel_representation}; expected 0 or 1")
+        )
     if desc.photometric not in _PHOTOMETRIC_SAMPLES:
-        problems.append(Problem(bad, f"{describe('PhotometricInterpretation')}: got "
-                                     f"{desc.photometric[:40]!r}; expected a PS3.3 C.7.6.3.1.2 defined term"))
+        problems.append(
+            Problem(
+                bad,
+                f"{describe('PhotometricInterpretation')}: got "
+                f"{desc.photometric[:40]!r}; expected a PS3.3 C.7.6.3.1.2 defined term",
+            )
+        )
     if desc.frames < 1:
-        problems.append(Problem(bad, f"{describe('NumberOfFrames')}: got {desc.frames}; expected an "
-                                     "integer >= 1"))
+        problems.append(Problem(bad, f"{describe('NumberOfFrames')}: got {desc.frames}; expected an integer >= 1"))
     return problems + _samples(desc, attrs)
 
 
 def _samples(desc: PixelDescription, attrs: Attributes) -> list[Problem]:
     needed = _PHOTOMETRIC_SAMPLES.get(desc.photometric)
     if needed is not None and desc.samples != needed:
-        return [Problem(ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT,
-                        f"{describe('SamplesPerPixel')}: got {desc.samples}; expected {needed} "
-                        f"for PhotometricInterpretation {desc.photometric}")]
+        return [
+            Problem(
+                ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT,
+                f"{describe('SamplesPerPixel')}: got {desc.samples}; expected {needed} "
+                f"for PhotometricInterpretation {desc.photometric}",
+            )
+        ]
     if desc.samples > 1:
         planar = attrs.integer("PlanarConfiguration")
         if planar is None:
-            return [Problem(ReasonCode.MISSING_ATTRIBUTE,
-                            f"{describe('PlanarConfiguration')}: missing; expected 0 or 1 when "
-                            f"SamplesPerPixel is {desc.samples} (Type 1C)")]
+            return [
+                Problem(
+                    ReasonCode.MISSING_ATTRIBUTE,
+                    f"{describe('PlanarConfiguration')}: missing; expected 0 or 1 when "
+                    f"SamplesPerPixel is {desc.samples} (Type 1C)",
+                )
+            ]
         if planar not in (0, 1):
-            return [Problem(ReasonCode.INVALID_VALUE,
-                            f"{describe('PlanarConfiguration')}: got {planar}; expected 0 or 1")]
+            return [
+                Problem(ReasonCode.INVALID_VALUE, f"{describe('PlanarConfiguration')}: got {planar}; expected 0 or 1")
+            ]
     return []
 
 
@@ -292,24 +329,31 @@ def _native_length(attrs: Attributes, keyword: str, desc: PixelDescription) -> l
     elem = attrs.get(keyword)
     got = 0 if elem is None else elem.length
     if got == 0:
-        return [Problem(ReasonCode.PIXEL_DATA_MISSING,
-                        f"{describe(keyword)}: empty; expected image data")]
+        return [Problem(ReasonCode.PIXEL_DATA_MISSING, f"{describe(keyword)}: empty; expected image data")]
     samples = 2 if desc.photometric == "YBR_FULL_422" else desc.samples
     bits = desc.rows * desc.columns * samples * desc.frames * desc.bits_allocated
     expected = (bits + 7) // 8
     if got not in (expected, expected + expected % 2):  # PS3.5 8.1.1: padded to even
-        return [Problem(ReasonCode.PIXEL_LENGTH_MISMATCH,
-                        f"{describe(keyword)}: got {got} bytes; expected {expected} (Rows "
-                        f"{desc.rows} x Columns {desc.columns} x Samples {samples} x Frames "
-                        f"{desc.frames} x BitsAllocated {desc.bits_allocated} / 8)")]
+        return [
+            Problem(
+                ReasonCode.PIXEL_LENGTH_MISMATCH,
+                f"{describe(keyword)}: got {got} bytes; expected {expected} (Rows "
+                f"{desc.rows} x Columns {desc.columns} x Samples {samples} x Frames "
+                f"{desc.frames} x BitsAllocated {desc.bits_allocated} / 8)",
+            )
+        ]
     return []
 
 
 def _encapsulated(ds: Dataset, ts: str, desc: PixelDescription, mode: DecodeMode) -> list[Problem]:
     if not decode_plugins(ts):
-        return [Problem(ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
-                        f"TransferSyntaxUID (0002,0010): {ts} ({UID(ts).name}) has no installed "
-                        "decoder; the pixels cannot reach a model")]
+        return [
+            Problem(
+                ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
+                f"TransferSyntaxUID (0002,0010): {ts} ({UID(ts).name}) has no installed "
+                "decoder; the pixels cannot reach a model",
+            )
+        ]
     frames, problems = _frames(ds, ts, desc)
     if problems:
         return problems
@@ -327,30 +371,45 @@ def _frames(ds: Dataset, ts: str, desc: PixelDescription) -> tuple[list[bytes], 
         return [], [Problem(ReasonCode.PIXEL_DATA_MISSING, f"{where}: empty; expected fragments")]
     data = bytes(data)
     if data[:4] != _ITEM_TAG:
-        return [], [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
-                            f"{where}: not encapsulated; expected an item sequence (PS3.5 A.4) "
-                            f"for {UID(ts).name}")]
+        return [], [
+            Problem(
+                ReasonCode.PIXEL_DATA_UNDECODABLE,
+                f"{where}: not encapsulated; expected an item sequence (PS3.5 A.4) for {UID(ts).name}",
+            )
+        ]
     try:
         offsets = parse_basic_offsets(data)
         count, _ = parse_fragments(data)
     except (ValueError, EOFError) as exc:
-        return [], [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
-                            f"{where}: fragments cannot be read ({exc}); expected PS3.5 A.4 items")]
+        return [], [
+            Problem(
+                ReasonCode.PIXEL_DATA_UNDECODABLE,
+                f"{where}: fragments cannot be read ({exc}); expected PS3.5 A.4 items",
+            )
+        ]
     declared = desc.frames
     if (offsets and len(offsets) != declared) or count < declared:
         found = len(offsets) if offsets else count
         what = "Basic Offset Table entries" if offsets else "fragments"
-        return [], [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
-                            f"{describe('NumberOfFrames')}: got {declared}; the Pixel Data has "
-                            f"{found} {what}")]
+        return [], [
+            Problem(
+                ReasonCode.FRAME_COUNT_MISMATCH,
+                f"{describe('NumberOfFrames')}: got {declared}; the Pixel Data has {found} {what}",
+            )
+        ]
     try:
         frames = list(generate_frames(data, number_of_frames=declared))
     except (ValueError, EOFError, IndexError) as exc:
-        return [], [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
-                            f"{where}: cannot be split into {declared} frame(s): {exc}")]
+        return [], [
+            Problem(ReasonCode.FRAME_COUNT_MISMATCH, f"{where}: cannot be split into {declared} frame(s): {exc}")
+        ]
     if len(frames) != declared:
-        return [], [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
-                            f"{describe('NumberOfFrames')}: got {declared}; found {len(frames)} frames")]
+        return [], [
+            Problem(
+                ReasonCode.FRAME_COUNT_MISMATCH,
+                f"{describe('NumberOfFrames')}: got {declared}; found {len(frames)} frames",
+            )
+        ]
     return frames, []
 
 
@@ -362,8 +421,11 @@ def _headers(ts: str, frames: list[bytes], desc: PixelDescription) -> list[Probl
         except CodestreamError as exc:
             return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE, f"{where}: frame {index} header: {exc}")]
         if problem:
-            code = (ReasonCode.PIXEL_DATA_UNDECODABLE if problem.startswith("truncated")
-                    else ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT)
+            code = (
+                ReasonCode.PIXEL_DATA_UNDECODABLE
+                if problem.startswith("truncated")
+                else ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT
+            )
             return [Problem(code, f"{where}: frame {index}: {problem}")]
     return []
 
@@ -373,19 +435,25 @@ def _header_problem(ts: str, frame: bytes, desc: PixelDescription) -> str:
         segments = rle_segment_count(frame)
         expected = desc.samples * max(1, desc.bits_allocated // 8)
         if segments != expected:
-            return (f"RLE header has {segments} segments; SamplesPerPixel {desc.samples} x "
-                    f"BitsAllocated {desc.bits_allocated} / 8 needs {expected}")
+            return (
+                f"RLE header has {segments} segments; SamplesPerPixel {desc.samples} x "
+                f"BitsAllocated {desc.bits_allocated} / 8 needs {expected}"
+            )
         return ""
     header = read_header(ts, frame)
     if header is None:
         return ""
     if (header.rows, header.columns, header.samples) != (desc.rows, desc.columns, desc.samples):
-        return (f"the codestream holds {header.rows} x {header.columns} x {header.samples} "
-                f"samples; Rows x Columns x SamplesPerPixel say {desc.rows} x {desc.columns} x "
-                f"{desc.samples}")
+        return (
+            f"the codestream holds {header.rows} x {header.columns} x {header.samples} "
+            f"samples; Rows x Columns x SamplesPerPixel say {desc.rows} x {desc.columns} x "
+            f"{desc.samples}"
+        )
     if header.signed is not None and header.signed != bool(desc.pixel_representation):
-        return (f"the JPEG 2000 codestream is {'signed' if header.signed else 'unsigned'}; "
-                f"PixelRepresentation (0028,0103) says {desc.pixel_representation}")
+        return (
+            f"the JPEG 2000 codestream is {'signed' if header.signed else 'unsigned'}; "
+            f"PixelRepresentation (0028,0103) says {desc.pixel_representation}"
+        )
     if not header.complete:
         return "truncated: the codestream has no end-of-image marker"
     return ""
@@ -398,7 +466,11 @@ def _decode(ds: Dataset, ts: str, desc: PixelDescription, indices: Sequence[int]
     except RejectedInput as exc:
         return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE, exc.reason)]
     if tuple(frames.shape[1:]) != shape:
-        return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE,
-                        f"{describe('PixelData')}: decodes to shape {tuple(frames.shape[1:])}; "
-                        f"expected {shape} from Rows, Columns, SamplesPerPixel")]
+        return [
+            Problem(
+                ReasonCode.PIXEL_DATA_UNDECODABLE,
+                f"{describe('PixelData')}: decodes to shape {tuple(frames.shape[1:])}; "
+                f"expected {shape} from Rows, Columns, SamplesPerPixel",
+            )
+        ]
     return []

@@ -387,9 +387,7 @@ class PriorFinder:
             date_to=end.strftime("%Y%m%d"),
         )
 
-    def search(
-        self, current: CurrentStudy, today: date, confirmed: Set[str] = frozenset()
-    ) -> PriorSearch:
+    def search(self, current: CurrentStudy, today: date, confirmed: Set[str] = frozenset()) -> PriorSearch:
         """Query the PACS and choose the prior to link.
 
         Args:
@@ -407,8 +405,10 @@ class PriorFinder:
         if not current.identity.patient_id:
             return PriorSearch(PriorStatus.NONE_FOUND, reason="the current study has no Patient ID")
         if _da(current.study_date) is None:
-            return PriorSearch(PriorStatus.NONE_FOUND,
-                               reason="the current study has no valid Study Date: no study can be proven earlier")
+            return PriorSearch(
+                PriorStatus.NONE_FOUND,
+                reason="the current study has no valid Study Date: no study can be proven earlier",
+            )
         query = self.query_for(current, today)
         studies = [s for s in self._pacs.find_studies(query) if self._eligible(s, current, query)]
         studies.sort(key=lambda s: (_da(s.study_date) or "", _tm(s.study_time) or ""), reverse=True)
@@ -489,9 +489,10 @@ def _refusal_counts(conflicts: tuple[Conflict, ...]) -> str:
     """
     if not conflicts:
         return ""
-    words = {RefusalKind.IDENTITY_CONFLICT: "another patient",
-             RefusalKind.ISSUER_MISMATCH: "another issuer of the Patient ID",
-             RefusalKind.UNVERIFIED: "identity not verifiable"}
-    parts = [f"{words[k]} ({n})" for k in RefusalKind
-             if (n := sum(1 for c in conflicts if c.kind is k))]
+    words = {
+        RefusalKind.IDENTITY_CONFLICT: "another patient",
+        RefusalKind.ISSUER_MISMATCH: "another issuer of the Patient ID",
+        RefusalKind.UNVERIFIED: "identity not verifiable",
+    }
+    parts = [f"{words[k]} ({n})" for k in RefusalKind if (n := sum(1 for c in conflicts if c.kind is k))]
     return f"; {len(conflicts)} study(ies) with the same Patient ID not linked: {', '.join(parts)}; for review"

@@ -67,9 +67,7 @@ class Verdict:
     accepted: dict[str, tuple[ValidationIssue, ...]]
 
 
-def decide(
-    issues: Mapping[str, Sequence[ValidationIssue]], released: Mapping[str, Iterable[str]]
-) -> Verdict:
+def decide(issues: Mapping[str, Sequence[ValidationIssue]], released: Mapping[str, Iterable[str]]) -> Verdict:
     """Split instances with issues into held and accepted.
 
     Args:
@@ -189,8 +187,7 @@ def parse_reference(text: str) -> QuarantineRef:
     if _UID.match(value) and len(value) <= 64:
         return QuarantineRef(uid=value)
     raise RejectedInput(
-        f"quarantine ID: got {value[:70]!r}; expected Q<number> or a SOP Instance, Series or "
-        "Study Instance UID",
+        f"quarantine ID: got {value[:70]!r}; expected Q<number> or a SOP Instance, Series or Study Instance UID",
         value[:70],
     )
 

@@ -99,8 +99,7 @@ class SrVersion:
 
     def plan_view(self) -> SRVersion:
         """This version as ``core.versions`` plans with it."""
-        return SRVersion(self.job_version, self.state, self.sop_instance_uid, self.predecessor_uid,
-                         self.incomplete)
+        return SRVersion(self.job_version, self.state, self.sop_instance_uid, self.predecessor_uid, self.incomplete)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,12 +97,21 @@ _ADMIN = frozenset({ReviewRole.PACS_ADMIN})
 _OPS = frozenset({ReviewRole.OPERATOR, ReviewRole.PACS_ADMIN})
 
 RULES: Mapping[FlagKind, Mapping[Resolution, frozenset[ReviewRole]]] = {
-    FlagKind.PRIOR_UNVERIFIED: {Resolution.SAME_PATIENT: _ANY_PRIOR, Resolution.DIFFERENT_PATIENT: _ANY_PRIOR,
-                                Resolution.ACKNOWLEDGED: _ANY_PRIOR},
-    FlagKind.PRIOR_IDENTITY_CONFLICT: {Resolution.SAME_PATIENT: _ADMIN, Resolution.DIFFERENT_PATIENT: _ANY_PRIOR,
-                                       Resolution.ACKNOWLEDGED: _ANY_PRIOR},
-    FlagKind.PRIOR_ISSUER_MISMATCH: {Resolution.SAME_PATIENT: _ADMIN, Resolution.DIFFERENT_PATIENT: _ANY_PRIOR,
-                                     Resolution.ACKNOWLEDGED: _ANY_PRIOR},
+    FlagKind.PRIOR_UNVERIFIED: {
+        Resolution.SAME_PATIENT: _ANY_PRIOR,
+        Resolution.DIFFERENT_PATIENT: _ANY_PRIOR,
+        Resolution.ACKNOWLEDGED: _ANY_PRIOR,
+    },
+    FlagKind.PRIOR_IDENTITY_CONFLICT: {
+        Resolution.SAME_PATIENT: _ADMIN,
+        Resolution.DIFFERENT_PATIENT: _ANY_PRIOR,
+        Resolution.ACKNOWLEDGED: _ANY_PRIOR,
+    },
+    FlagKind.PRIOR_ISSUER_MISMATCH: {
+        Resolution.SAME_PATIENT: _ADMIN,
+        Resolution.DIFFERENT_PATIENT: _ANY_PRIOR,
+        Resolution.ACKNOWLEDGED: _ANY_PRIOR,
+    },
     FlagKind.SR_VERSION_CAP: {Resolution.RELEASED: _OPS, Resolution.ACKNOWLEDGED: _OPS},
     FlagKind.SENDER_TIGHTENED: {Resolution.ACKNOWLEDGED: _OPS},
 }
@@ -159,33 +168,63 @@ class ReviewFlag:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (for the ledger and ``--json`` output)."""
-        return {"flag_id": self.flag_id, "kind": str(self.kind), "study_uid": self.study_uid,
-                "other_study_uid": self.other_study_uid, "detail": dict(self.detail),
-                "raised_at": self.raised_at, "state": str(self.state),
-                "resolution": str(self.resolution) if self.resolution else None,
-                "resolved_by": self.resolved_by, "resolved_at": self.resolved_at, "reason": self.reason,
-                "job_id": self.job_id, "subject": self.subject}
+        return {
+            "flag_id": self.flag_id,
+            "kind": str(self.kind),
+            "study_uid": self.study_uid,
+            "other_study_uid": self.other_study_uid,
+            "detail": dict(self.detail),
+            "raised_at": self.raised_at,
+            "state": str(self.state),
+            "resolution": str(self.resolution) if self.resolution else None,
+            "resolved_by": self.resolved_by,
+            "resolved_at": self.resolved_at,
+            "reason": self.reason,
+            "job_id": self.job_id,
+            "subject": self.subject,
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ReviewFlag:
         """Read what ``to_json`` wrote."""
         resolution = raw.get("resolution")
-        return cls(int(raw["flag_id"]), FlagKind(raw["kind"]), raw["study_uid"], raw.get("other_study_uid", ""),
-                   dict(raw.get("detail") or {}), float(raw.get("raised_at", 0.0)),
-                   FlagState(raw.get("state", "open")), Resolution(resolution) if resolution else None,
-                   raw.get("resolved_by", ""), raw.get("resolved_at"), raw.get("reason", ""),
-                   raw.get("job_id"), raw.get("subject", ""))
+        return cls(
+            int(raw["flag_id"]),
+            FlagKind(raw["kind"]),
+            raw["study_uid"],
+            raw.get("other_study_uid", ""),
+            dict(raw.get("detail") or {}),
+            float(raw.get("raised_at", 0.0)),
+            FlagState(raw.get("state", "open")),
+            Resolution(resolution) if resolution else None,
+            raw.get("resolved_by", ""),
+            raw.get("resolved_at"),
+            raw.get("reason", ""),
+            raw.get("job_id"),
+            raw.get("subject", ""),
+        )
 
     def audit_detail(self) -> dict[str, Any]:
         """The detail of the resolution's audit event."""
-        return {"flag_id": self.flag_id, "kind": str(self.kind), "other_study_uid": self.other_study_uid,
-                "resolution": str(self.resolution) if self.resolution else None, "reason": self.reason}
+        return {
+            "flag_id": self.flag_id,
+            "kind": str(self.kind),
+            "other_study_uid": self.other_study_uid,
+            "resolution": str(self.resolution) if self.resolution else None,
+            "reason": self.reason,
+        }
 
 
 def flag_for_refusal(refusal: Conflict, study_uid: str, detail: Mapping[str, Any], at: float) -> ReviewFlag:
     """The flag a refused prior raises (kind from ``RefusalKind``; not stored yet)."""
-    return ReviewFlag(0, FlagKind(str(refusal.kind)), study_uid, refusal.study_uid,
-                      {"differing": list(refusal.differing), **detail}, at)
+    return ReviewFlag(
+        0,
+        FlagKind(str(refusal.kind)),
+        study_uid,
+        refusal.study_uid,
+        {"differing": list(refusal.differing), **detail},
+        at,
+    )
 
 
 def resolve(flag: ReviewFlag, reviewer: Reviewer, resolution: Resolution, reason: str, at: float) -> ReviewFlag:
@@ -208,11 +247,15 @@ def resolve(flag: ReviewFlag, reviewer: Reviewer, resolution: Resolution, reason
     """
     subject = f"review flag {flag.flag_id}"
     if flag.state is FlagState.RESOLVED:
-        raise RejectedInput(f"Got a resolution for a flag resolved by {flag.resolved_by}; expected an open flag", subject)
+        raise RejectedInput(
+            f"Got a resolution for a flag resolved by {flag.resolved_by}; expected an open flag", subject
+        )
     allowed = RULES[flag.kind]
     if resolution not in allowed:
-        raise RejectedInput(f"Got {str(resolution)!r} for a {flag.kind} flag; expected one of "
-                            f"{sorted(str(r) for r in allowed)}", subject)
+        raise RejectedInput(
+            f"Got {str(resolution)!r} for a {flag.kind} flag; expected one of {sorted(str(r) for r in allowed)}",
+            subject,
+        )
     text = " ".join(str(reason or "").split())
     if not text or len(text) > REASON_MAX:
         raise RejectedInput(f"Got a reason of {len(text)} characters; expected 1 to {REASON_MAX}", subject)
@@ -220,8 +263,14 @@ def resolve(flag: ReviewFlag, reviewer: Reviewer, resolution: Resolution, reason
         raise RejectedInput("Got no user; expected who resolves the flag", subject)
     if not reviewer.roles & allowed[resolution]:
         raise AccessDenied(reviewer.user, f"resolve {flag.kind} as {resolution}")
-    return replace(flag, state=FlagState.RESOLVED, resolution=resolution, resolved_by=reviewer.user.strip(),
-                   resolved_at=at, reason=text)
+    return replace(
+        flag,
+        state=FlagState.RESOLVED,
+        resolution=resolution,
+        resolved_by=reviewer.user.strip(),
+        resolved_at=at,
+        reason=text,
+    )
 
 
 def confirmed_priors(flags: Iterable[ReviewFlag], study_uid: str) -> frozenset[str]:
@@ -230,13 +279,20 @@ def confirmed_priors(flags: Iterable[ReviewFlag], study_uid: str) -> frozenset[s
     Only unverified pairs count; a conflict resolved as the same patient still needs the PACS
     corrected, after which the pair is no longer a conflict.
     """
-    return frozenset(f.other_study_uid for f in flags
-                     if f.kind is FlagKind.PRIOR_UNVERIFIED and f.study_uid == study_uid
-                     and f.resolution is Resolution.SAME_PATIENT)
+    return frozenset(
+        f.other_study_uid
+        for f in flags
+        if f.kind is FlagKind.PRIOR_UNVERIFIED and f.study_uid == study_uid and f.resolution is Resolution.SAME_PATIENT
+    )
 
 
 def released_versions(flags: Iterable[ReviewFlag], study_uid: str, family: str) -> frozenset[int]:
     """SR versions an operator released over the cap (``plan_delivery(released=)``)."""
-    return frozenset(int(f.detail["held_version"]) for f in flags
-                     if f.kind is FlagKind.SR_VERSION_CAP and f.study_uid == study_uid
-                     and f.resolution is Resolution.RELEASED and f.detail.get("family") == family)
+    return frozenset(
+        int(f.detail["held_version"])
+        for f in flags
+        if f.kind is FlagKind.SR_VERSION_CAP
+        and f.study_uid == study_uid
+        and f.resolution is Resolution.RELEASED
+        and f.detail.get("family") == family
+    )

@@ -103,9 +103,7 @@ class Router:
         pattern = self._patterns.get(rule.name)
         return pattern is None or pattern.search(inst.series_description) is not None
 
-    def decide(
-        self, study_uid: str, instances: Iterable[InstanceMeta], switches: AiSwitches
-    ) -> RouteDecision:
+    def decide(self, study_uid: str, instances: Iterable[InstanceMeta], switches: AiSwitches) -> RouteDecision:
         """Route one study.
 
         Args:

@@ -54,9 +54,7 @@ class CompletionRule(enum.StrEnum):
     """Evidence said more was coming, but nothing arrived for ``max_wait_s``: partial."""
 
 
-HEURISTIC_RULES = frozenset(
-    {CompletionRule.PACS_COUNTS, CompletionRule.ORDER_STATUS, CompletionRule.QUIET_PERIOD}
-)
+HEURISTIC_RULES = frozenset({CompletionRule.PACS_COUNTS, CompletionRule.ORDER_STATUS, CompletionRule.QUIET_PERIOD})
 """Rules that infer completeness; an instance soon after them shows they were early."""
 
 
@@ -152,9 +150,14 @@ class SenderTightened:
 
     def audit_detail(self) -> dict[str, Any]:
         """The detail of the audit event (no identifiers beyond the AE title and UID)."""
-        return {"calling_ae": self.calling_ae, "rule": str(self.rule),
-                "after_s": round(self.after_s, 3), "strictness": self.strictness,
-                "settle_s": self.settle_s, "quiet_period_s": self.quiet_period_s}
+        return {
+            "calling_ae": self.calling_ae,
+            "rule": str(self.rule),
+            "after_s": round(self.after_s, 3),
+            "strictness": self.strictness,
+            "settle_s": self.settle_s,
+            "quiet_period_s": self.quiet_period_s,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +232,7 @@ class CompletenessPolicy:
         """The quiet period: the sender's, else the longest of the study's modalities, else the default."""
         if source_quiet is not None:
             return source_quiet
-        known = [self.cfg.quiet_period_by_modality[m] for m in modalities
-                 if m in self.cfg.quiet_period_by_modality]
+        known = [self.cfg.quiet_period_by_modality[m] for m in modalities if m in self.cfg.quiet_period_by_modality]
         return max(known) if known else self.cfg.quiet_period_s
 
     def quiet_period_for(self, calling_ae: str, modalities: Iterable[str] = ()) -> float:
@@ -242,7 +244,10 @@ class CompletenessPolicy:
         return self.rule_for(calling_ae).completion == "pacs_counts"
 
     def classify_arrival(
-        self, completed: CompletedStudy, arrived_at: float, standing: SenderStanding | None = None,
+        self,
+        completed: CompletedStudy,
+        arrived_at: float,
+        standing: SenderStanding | None = None,
         modalities: Iterable[str] = (),
     ) -> LateArrival:
         """Judge an instance that arrived after its study was completed (module docstring).
@@ -265,6 +270,13 @@ class CompletenessPolicy:
             return LateArrival(ArrivalKind.EARLY, counted)
         tighter = SenderStanding(before.calling_ae, before.strictness + 1, 0)
         rule = self.rule_for(completed.calling_ae, modalities, tighter)
-        event = SenderTightened(before.calling_ae, completed.study_uid, completed.rule, after_s,
-                                tighter.strictness, rule.settle_s, rule.quiet_period_s)
+        event = SenderTightened(
+            before.calling_ae,
+            completed.study_uid,
+            completed.rule,
+            after_s,
+            tighter.strictness,
+            rule.settle_s,
+            rule.quiet_period_s,
+        )
         return LateArrival(ArrivalKind.EARLY, tighter, event)

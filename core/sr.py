@@ -154,9 +154,7 @@ def referenced_request_item(source: Dataset, request: ReferencedRequest) -> Data
     item.FillerOrderNumberImagingServiceRequest = ""
     item.RequestedProcedureID = ""
     item.RequestedProcedureDescription = request.procedure_description[:64]
-    item.RequestedProcedureCodeSequence = (
-        [_code_item(request.procedure)] if request.procedure else []
-    )
+    item.RequestedProcedureCodeSequence = [_code_item(request.procedure)] if request.procedure else []
     if request.reason:
         item.ReasonForTheRequestedProcedure = request.reason[:64]
     if request.reason_codes:
@@ -232,16 +230,13 @@ class SRBuilder:
         used = [by_uid[u] for u in prediction.source_uids if u in by_uid] or list(sources)
         changes = {c.key: c for c in (comparison.changes if comparison else ())}
         groups: list[hd.sr.Template] = [
-            self._group(study_uid, prediction, f, used, changes.get(f.key))
-            for f in prediction.findings
+            self._group(study_uid, prediction, f, used, changes.get(f.key)) for f in prediction.findings
         ]
         groups += self._region_groups(study_uid, prediction)
         groups += self._quality_groups(study_uid, prediction, list(sources))
         report = hd.sr.MeasurementReport(
             observation_context=self._observer(prediction),
-            procedure_reported=_PROCEDURE.get(
-                str(sources[0].get("Modality", "")), codes.LN.XRUnspecifiedBodyRegion
-            ),
+            procedure_reported=_PROCEDURE.get(str(sources[0].get("Modality", "")), codes.LN.XRUnspecifiedBodyRegion),
             imaging_measurements=groups,
             title=codes.DCM.ImagingMeasurementReport,
         )
@@ -262,9 +257,7 @@ class SRBuilder:
             is_complete=True,
             is_final=False,
             previous_versions=list(previous_versions) or None,
-            requested_procedures=(
-                [referenced_request_item(sources[0], request)] if request is not None else None
-            ),
+            requested_procedures=([referenced_request_item(sources[0], request)] if request is not None else None),
         )
         schemes = {f.term.scheme for f in prediction.findings} | {
             term_for(q.key).scheme for q in prediction.quality_flags
@@ -300,9 +293,7 @@ class SRBuilder:
         algo = self._algorithm(prediction, finding.threshold)
         evaluations = [_presence(finding)]
         if change is not None and change.change in CHANGE_CODES:
-            evaluations.append(
-                hd.sr.QualitativeEvaluation(_COMPARED_TO_PREVIOUS, CHANGE_CODES[change.change])
-            )
+            evaluations.append(hd.sr.QualitativeEvaluation(_COMPARED_TO_PREVIOUS, CHANGE_CODES[change.change]))
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uid_from_parts("tracking", study_uid, prediction.family, finding.key),
@@ -351,18 +342,20 @@ class SRBuilder:
                 "measurements": [_probability(finding, algo)],
             }
             if isinstance(region, VolumetricRegion):
-                out.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    referenced_volume_surface=_surface(region), **common
-                ))
+                out.append(
+                    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                        referenced_volume_surface=_surface(region), **common
+                    )
+                )
             else:
-                out.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    referenced_region=_planar_region(region), **common
-                ))
+                out.append(
+                    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                        referenced_region=_planar_region(region), **common
+                    )
+                )
         return out
 
-    def _quality_groups(
-        self, study_uid: str, prediction: Prediction, sources: list[Dataset]
-    ) -> list[hd.sr.Template]:
+    def _quality_groups(self, study_uid: str, prediction: Prediction, sources: list[Dataset]) -> list[hd.sr.Template]:
         """One TID 1501 group per image-quality flag, referencing the flagged series."""
         out: list[hd.sr.Template] = []
         for flag in prediction.quality_flags:
@@ -374,19 +367,22 @@ class SRBuilder:
                 parameters=[f"threshold={flag.threshold:g}", f"measured={flag.score:g}"],
                 manufacturer=self._identity.manufacturer,
             )
-            out.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=uid_from_parts("tracking", study_uid, prediction.family, "quality",
-                                       flag.key, flag.series_instance_uid),
-                    identifier=f"{prediction.family}:quality:{flag.key}",
-                ),
-                finding_type=hd.sr.CodedConcept(term.value, term.scheme, term.meaning),
-                algorithm_id=algo,
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Present)
-                ],
-                source_images=self._group_sources(series),
-            ))
+            out.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=uid_from_parts(
+                            "tracking", study_uid, prediction.family, "quality", flag.key, flag.series_instance_uid
+                        ),
+                        identifier=f"{prediction.family}:quality:{flag.key}",
+                    ),
+                    finding_type=hd.sr.CodedConcept(term.value, term.scheme, term.meaning),
+                    algorithm_id=algo,
+                    qualitative_evaluations=[
+                        hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Present)
+                    ],
+                    source_images=self._group_sources(series),
+                )
+            )
         return out
 
     @staticmethod
@@ -468,9 +464,7 @@ def describes_our_sr(series_description: str, model_name: str) -> bool:
     >>> describes_our_sr("AI (unverified): other-net 1.0", "cxr-net")
     False
     """
-    return series_description.startswith(("DEMO AI", "AI (unverified)")) and (
-        f": {model_name} " in series_description
-    )
+    return series_description.startswith(("DEMO AI", "AI (unverified)")) and (f": {model_name} " in series_description)
 
 
 def _local_scheme_item() -> Dataset:
@@ -483,22 +477,20 @@ def _local_scheme_item() -> Dataset:
 
 
 def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(
-        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
+    return hd.sr.TextContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
 def _comparison_container(comparison: Comparison) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: the study-level qualitative evaluations about priors."""
-    container = hd.sr.ContainerContentItem(
-        name=_QUALITATIVE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    container = hd.sr.ContainerContentItem(name=_QUALITATIVE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.CodeContentItem(
+                name=_COMPARISON_DONE,
+                value=_YES if comparison.done else _NO,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            ),
+            _text(_PRIOR_DESCRIPTION, comparison.summary()),
+        ]
     )
-    container.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.CodeContentItem(
-            name=_COMPARISON_DONE,
-            value=_YES if comparison.done else _NO,
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        ),
-        _text(_PRIOR_DESCRIPTION, comparison.summary()),
-    ])
     return container

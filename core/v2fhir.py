@@ -63,6 +63,8 @@ _ENCOUNTER_STATUS = {"P": "planned", "U": "unknown"}
 _NO_AUTHORITY = HD()
 _GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
 """IG concept map AdministrativeSex: PID-8 -> Patient.gender."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Patient:
     """A mapped PID: the resource, and the keyed hashes of its bare IDs and identities."""
@@ -130,14 +132,17 @@ class V2FhirMapper:
         seg = message.first(name)
         if seg is None:
             raise MessageInvalid(
-                f"{name}: segment missing; expected a {name} segment in "
-                f"{message.header.message_type}",
-                message.header.control_id, "100", name,
+                f"{name}: segment missing; expected a {name} segment in {message.header.message_type}",
+                message.header.control_id,
+                "100",
+                name,
             )
         return seg
 
     def _identities(
-        self, message: Hl7Message, cx_list: Sequence[Sequence[str]],
+        self,
+        message: Hl7Message,
+        cx_list: Sequence[Sequence[str]],
         authorities: Sequence[HD] = (),
     ) -> list[PatientIdentity]:
         h = message.header
@@ -157,9 +162,7 @@ class V2FhirMapper:
                 out.append((tuple([c[0] for c in rep]), hd))
         return out
 
-    def _patient_id(
-        self, identities: Sequence[PatientIdentity], keys: Sequence[str] = ()
-    ) -> str:
+    def _patient_id(self, identities: Sequence[PatientIdentity], keys: Sequence[str] = ()) -> str:
         """``pat-`` + keyed hash of the main identity (the MR one, else the first); ``keys``:
         the identities' hashes if already made."""
         main = next((n for n, i in enumerate(identities) if i.type_code == "MR"), 0)
@@ -174,7 +177,9 @@ class V2FhirMapper:
         if not ids:
             raise MessageInvalid(
                 "PID-3: missing; expected at least one patient identifier (CX.1)",
-                message.header.control_id, "101", pid.loc(3),
+                message.header.control_id,
+                "101",
+                pid.loc(3),
             )
         identities = self._identities(message, ids, [hd for _, hd in cx_list])
         identity_keys = tuple(self._hash(i.material) for i in identities)
@@ -185,7 +190,8 @@ class V2FhirMapper:
             "active": True,
             "identifier": [
                 self._ids.cx(cx, authority=hd, facility=facility)
-                for n in (2, 3, 4) for cx, hd in (cx_list if n == 3 else self._cx_list(pid, n))
+                for n in (2, 3, 4)
+                for cx, hd in (cx_list if n == 3 else self._cx_list(pid, n))
             ],
         }
         names = [human_name(x) for x in pid.reps(5) if any(x)]
@@ -210,7 +216,9 @@ class V2FhirMapper:
         if sex not in _GENDER:
             raise MessageInvalid(
                 f"PID-8: got {sex[:10]!r}; expected one of HL7 table 0001 {sorted(_GENDER)}",
-                message.header.control_id, "103", pid.loc(8),
+                message.header.control_id,
+                "103",
+                pid.loc(8),
             )
         patient["gender"] = _GENDER[sex]
 
@@ -224,9 +232,10 @@ class V2FhirMapper:
         if cls not in ENCOUNTER_CLASS:
             got = f"got {cls[:10]!r}" if cls else "missing"
             raise MessageInvalid(
-                f"PV1-2: {got}; expected a patient class from HL7 table 0004 "
-                f"{sorted(ENCOUNTER_CLASS)}",
-                message.header.control_id, "101" if not cls else "103", pv1.loc(2),
+                f"PV1-2: {got}; expected a patient class from HL7 table 0004 {sorted(ENCOUNTER_CLASS)}",
+                message.header.control_id,
+                "101" if not cls else "103",
+                pv1.loc(2),
             )
         visits = self._cx_list(pv1, 19)[:1]
         visit, visit_hd = visits[0] if visits else ((), HD())
@@ -251,25 +260,30 @@ class V2FhirMapper:
             enc["period"] = period
         return enc, self._where_and_who(pv1, enc, planned=cls == "P")
 
-    def _where_and_who(
-        self, pv1: Segment, enc: dict[str, Any], planned: bool
-    ) -> dict[str, Any] | None:
+    def _where_and_who(self, pv1: Segment, enc: dict[str, Any], planned: bool) -> dict[str, Any] | None:
         """PV1-7 -> participant ATND; PV1-3 -> location (and the Location it names)."""
         attending = pv1.comps(7)
         if attending and any(attending):
-            enc["participant"] = [{
-                "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                      "v3-ParticipationType", "code": "ATND"}]}],
-                "individual": practitioner(attending),
-            }]
+            enc["participant"] = [
+                {
+                    "type": [
+                        {
+                            "coding": [
+                                {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "ATND"}
+                            ]
+                        }
+                    ],
+                    "individual": practitioner(attending),
+                }
+            ]
         location = self._place(pv1.comps(3))
         if location is not None:
-            enc["location"] = [{
-                "location": {
-                    "reference": f"Location/{location['id']}", "display": location["name"]
-                },
-                "status": "planned" if planned else "active",
-            }]
+            enc["location"] = [
+                {
+                    "location": {"reference": f"Location/{location['id']}", "display": location["name"]},
+                    "status": "planned" if planned else "active",
+                }
+            ]
         return location
 
     def _place(self, pl: Sequence[str]) -> dict[str, Any] | None:
@@ -295,7 +309,9 @@ class V2FhirMapper:
         if not pids or len(mrgs) != len(pids):
             raise MessageInvalid(
                 f"MRG: got {len(mrgs)} MRG for {len(pids)} PID; expected one MRG after each PID",
-                message.header.control_id, "100", "MRG",
+                message.header.control_id,
+                "100",
+                "MRG",
             )
         resources, keys, identity_keys, merges = [], [], [], []
         for pid, mrg in zip(pids, mrgs, strict=True):
@@ -305,19 +321,28 @@ class V2FhirMapper:
             if not prior_ids:
                 raise MessageInvalid(
                     "MRG-1: missing; expected the prior patient identifier list",
-                    message.header.control_id, "101", mrg.loc(1),
+                    message.header.control_id,
+                    "101",
+                    mrg.loc(1),
                 )
             prior = self._identities(message, prior_ids, [hd for _, hd in prior_list])
-            merges.append(PatientMerge(
-                self._patient_id(prior), tuple(self._hash(cx[0]) for cx in prior_ids),
-                survivor.id, tuple(self._hash(i.material) for i in prior),
-            ))
+            merges.append(
+                PatientMerge(
+                    self._patient_id(prior),
+                    tuple(self._hash(cx[0]) for cx in prior_ids),
+                    survivor.id,
+                    tuple(self._hash(i.material) for i in prior),
+                )
+            )
             resources.append(survivor.resource)
             keys += [(k, survivor.id) for k in survivor.bare_keys]
             identity_keys += [(k, survivor.id) for k in survivor.identity_keys]
         return ContextUpdate(
-            resources=tuple(resources), patient_keys=tuple(keys), merges=tuple(merges),
-            patient_key=keys[0][0], identity_keys=tuple(identity_keys),
+            resources=tuple(resources),
+            patient_keys=tuple(keys),
+            merges=tuple(merges),
+            patient_key=keys[0][0],
+            identity_keys=tuple(identity_keys),
         )
 
     def _orders(self, message: Hl7Message) -> ContextUpdate:
@@ -355,7 +380,12 @@ class V2FhirMapper:
     def _ignored_class(message: Hl7Message, pv1: Segment) -> Issue:
         """PV1 is optional in ORM_O01 and OMI_O23: an unknown PV1-2 loses the visit (no
         Encounter), not the order; the AA says so with an ERR of severity W (issue #16)."""
-        return Issue("103", (
-            f"PV1-2: got {pv1.get(2)[:10]!r}; expected a patient class from HL7 table 0004 "
-            f"{sorted(ENCOUNTER_CLASS)}; the visit was ignored, the order applied"),
-            pv1.loc(2), "W")
+        return Issue(
+            "103",
+            (
+                f"PV1-2: got {pv1.get(2)[:10]!r}; expected a patient class from HL7 table 0004 "
+                f"{sorted(ENCOUNTER_CLASS)}; the visit was ignored, the order applied"
+            ),
+            pv1.loc(2),
+            "W",
+        )

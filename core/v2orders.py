@@ -22,19 +22,41 @@ __all__ = ["OrderMapper", "PRIORITY"]
 
 _V2 = V2_TABLE
 PRIORITY = {
-    "S": "stat", "A": "asap", "R": "routine", "P": "urgent", "C": "urgent", "T": "urgent",
+    "S": "stat",
+    "A": "asap",
+    "R": "routine",
+    "P": "urgent",
+    "C": "urgent",
+    "T": "urgent",
     "PRN": "routine",
 }
 """HL7 table 0485 (extended priority, TQ1-9 / TQ.6) -> ServiceRequest.priority."""
 _ORDER_CONTROL = {
-    "NW": "active", "OK": "active", "CA": "active", "HD": "active", "RL": "active",
-    "RO": "active", "OC": "revoked", "OD": "revoked", "CR": "revoked", "DC": "revoked",
-    "DR": "revoked", "HR": "on-hold", "OH": "on-hold",
+    "NW": "active",
+    "OK": "active",
+    "CA": "active",
+    "HD": "active",
+    "RL": "active",
+    "RO": "active",
+    "OC": "revoked",
+    "OD": "revoked",
+    "CR": "revoked",
+    "DC": "revoked",
+    "DR": "revoked",
+    "HR": "on-hold",
+    "OH": "on-hold",
 }
 """IG concept map OrderControlCode[ServiceRequest.status] (ORC-1, when ORC-5 is empty)."""
 _ORDER_STATUS = {
-    "A": "active", "IP": "active", "SC": "active", "CA": "revoked", "DC": "revoked",
-    "RP": "revoked", "CM": "completed", "HD": "on-hold", "ER": "entered-in-error",
+    "A": "active",
+    "IP": "active",
+    "SC": "active",
+    "CA": "revoked",
+    "DC": "revoked",
+    "RP": "revoked",
+    "CM": "completed",
+    "HD": "on-hold",
+    "ER": "entered-in-error",
 }
 """IG concept map OrderStatus (ORC-5 -> ServiceRequest.status)."""
 
@@ -52,9 +74,7 @@ class _Order:
 class OrderMapper:
     """ORC (+ OBR, TQ1, IPC) -> ServiceRequest and the order's index for the join."""
 
-    def __init__(
-        self, hash_id: Callable[[str], str], ids: IdentifierMapper, accession_fields: Sequence[str]
-    ) -> None:
+    def __init__(self, hash_id: Callable[[str], str], ids: IdentifierMapper, accession_fields: Sequence[str]) -> None:
         """Args:
         hash_id: The keyed hash of identifiers (ids and join keys).
         ids: CX / EI -> Identifier.
@@ -76,12 +96,16 @@ class OrderMapper:
             elif seg.name == "OBR":
                 raise MessageInvalid(
                     "OBR: got an OBR before any ORC; expected ORC then OBR (ORM_O01 / OMI_O23)",
-                    message.header.control_id, "100", seg.loc(0),
+                    message.header.control_id,
+                    "100",
+                    seg.loc(0),
                 )
         if not groups:
             raise MessageInvalid(
                 "ORC: segment missing; expected at least one ORC with its OBR",
-                message.header.control_id, "100", "ORC",
+                message.header.control_id,
+                "100",
+                "ORC",
             )
         return groups
 
@@ -95,17 +119,16 @@ class OrderMapper:
             if seg is not None and value:
                 if name in ("IPC-1", "ORC-3", "OBR-3"):  # EI: the authority gives the system
                     return value, self._ids.ei(seg.comps(int(n)), "ACSN")
-                return value, {"type": {"coding": [{"system": f"{_V2}0203", "code": "ACSN"}]},
-                               "value": value}
+                return value, {"type": {"coding": [{"system": f"{_V2}0203", "code": "ACSN"}]}, "value": value}
         # Report it where this structure can carry it: ORM_O01 has no IPC (issue #16).
-        fields = [f for f in self._accession_fields
-                  if not f.startswith("IPC") or message.header.message_code == "OMI"]
+        fields = [f for f in self._accession_fields if not f.startswith("IPC") or message.header.message_code == "OMI"]
         seg_name, n = (fields or ["OBR-18"])[0].split("-")
         seg = segs[seg_name]
         raise MessageInvalid(
             f"accession number: none of {', '.join(fields or ['OBR-18'])} is valued; expected "
             "the accession number there (set hl7.accession_fields for this RIS)",
-            message.header.control_id, "101",
+            message.header.control_id,
+            "101",
             seg.loc(int(n)) if seg is not None else f"{seg_name}^1^{n}",
         )
 
@@ -118,9 +141,10 @@ class OrderMapper:
             value = seg.get(n, comp).upper()
             if value not in PRIORITY:
                 raise MessageInvalid(
-                    f"{seg.name}-{n}: got {value[:10]!r}; expected a priority from HL7 table "
-                    f"0485 {sorted(PRIORITY)}",
-                    message.header.control_id, "103", seg.loc(n),
+                    f"{seg.name}-{n}: got {value[:10]!r}; expected a priority from HL7 table 0485 {sorted(PRIORITY)}",
+                    message.header.control_id,
+                    "103",
+                    seg.loc(n),
                 )
             return PRIORITY[value]
         return "routine"
@@ -134,17 +158,20 @@ class OrderMapper:
         if obr is None:  # a pharmacy or diet order (RXO, ODS), not a procedure
             raise MessageInvalid(
                 f"OBR: segment missing in the order group of ORC {orc.index}; expected an OBR "
-                "(the requested procedure) after each ORC", ctrl, "100", "OBR",
+                "(the requested procedure) after each ORC",
+                ctrl,
+                "100",
+                "OBR",
             )
         if not obr.get(4):
             raise MessageInvalid(
                 "OBR-4: missing; expected the universal service identifier (requested procedure)",
-                ctrl, "101", obr.loc(4),
+                ctrl,
+                "101",
+                obr.loc(4),
             )
         if not orc.get(1):
-            raise MessageInvalid(
-                "ORC-1: missing; expected an order control code", ctrl, "101", orc.loc(1)
-            )
+            raise MessageInvalid("ORC-1: missing; expected an order control code", ctrl, "101", orc.loc(1))
         accession, acsn = self._accession(message, group)
         request: dict[str, Any] = {
             "resourceType": "ServiceRequest",
@@ -162,8 +189,13 @@ class OrderMapper:
         timing = request.get("occurrenceTiming", {}).get("repeat", {}).get("boundsPeriod", {})
         when = timing.get("start", when)
         index = OrderIndex(
-            request["id"], self._hash(accession), study_uid, patient_id, enc_id,
-            when[:10] if len(when) >= 10 else "", request["status"],
+            request["id"],
+            self._hash(accession),
+            study_uid,
+            patient_id,
+            enc_id,
+            when[:10] if len(when) >= 10 else "",
+            request["status"],
         )
         return request, index
 
@@ -182,9 +214,7 @@ class OrderMapper:
                 out.append(self._ids.ei(ei, code))
         return out
 
-    def _order_details(
-        self, message: Hl7Message, group: _Order, request: dict[str, Any], enc_id: str
-    ) -> None:
+    def _order_details(self, message: Hl7Message, group: _Order, request: dict[str, Any], enc_id: str) -> None:
         orc, obr, tq1 = group.orc, group.obr, group.tq1
         assert obr is not None  # checked by the caller
         reasons = [codeable(r) for r in obr.reps(31)]

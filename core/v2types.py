@@ -43,8 +43,14 @@ V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-"
 DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 """HL7 DTM: ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``; group 8 is the offset."""
 _NAME_USE = {
-    "L": "official", "D": "usual", "A": "usual", "M": "maiden", "N": "nickname",
-    "B": "old", "S": "anonymous", "TEMP": "temp",
+    "L": "official",
+    "D": "usual",
+    "A": "usual",
+    "M": "maiden",
+    "N": "nickname",
+    "B": "old",
+    "S": "anonymous",
+    "TEMP": "temp",
 }
 """IG concept map NameType (XPN.7 -> HumanName.use)."""
 
@@ -94,7 +100,9 @@ def message_datetime(message: Hl7Message, seg: Segment, n: int, comp: int = 1) -
     except ValueError as exc:
         raise MessageInvalid(
             f"{seg.name}-{n}: got {value[:40]!r}; expected an HL7 DTM ({exc})",
-            message.header.control_id, "102", seg.loc(n),
+            message.header.control_id,
+            "102",
+            seg.loc(n),
         ) from None
 
 
@@ -177,9 +185,7 @@ class PatientIdentity:
 class IdentifierMapper:
     """CX and EI -> Identifier, with the site's assigning authority -> system table."""
 
-    def __init__(
-        self, systems: Mapping[str, str], default_authorities: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, systems: Mapping[str, str], default_authorities: Mapping[str, str] | None = None) -> None:
         """Args:
         systems: Assigning authority namespace ID -> Identifier.system.
         default_authorities: Sending facility (MSH-4, whole or its namespace ID) -> the
@@ -231,7 +237,11 @@ class IdentifierMapper:
         return hd, f"{hd.universal_id_type}:{hd.universal_id}"
 
     def identity(
-        self, cx: Sequence[str], authority: HD, facility: str, application: str = "",
+        self,
+        cx: Sequence[str],
+        authority: HD,
+        facility: str,
+        application: str = "",
         type_code: str = "",
     ) -> PatientIdentity:
         """The identity of a CX: (CX.1, canonical authority, CX.5 or ``type_code``)."""
@@ -240,7 +250,10 @@ class IdentifierMapper:
         return PatientIdentity(cx[0], name, code.strip().upper())
 
     def cx(
-        self, cx: Sequence[str], type_code: str = "", authority: HD | None = None,
+        self,
+        cx: Sequence[str],
+        type_code: str = "",
+        authority: HD | None = None,
         facility: str = "",
     ) -> dict[str, Any]:
         """CX -> Identifier (IG CX[Identifier]): .1 value, .4 system or assigner, .5 type.
@@ -332,8 +345,12 @@ def location(pl: Sequence[str], location_id: str) -> dict[str, Any] | None:
         "status": "active",
         "name": name,
         "mode": "instance",
-        "physicalType": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/location-physical-type",
-            "code": kind,
-        }]},
+        "physicalType": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/location-physical-type",
+                    "code": kind,
+                }
+            ]
+        },
     }

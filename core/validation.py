@@ -60,10 +60,17 @@ _PLANE_SOP_CLASSES = frozenset(
 """CT, MR and PET Image Storage: the Image Plane module is mandatory (PS3.3 A.3, A.4, A.21)."""
 _MULTIBYTE_CHARSETS = ("ISO_IR 192", "ISO 2022", "GB18030", "GBK")
 NON_PATIENT_SOP_CLASSES = frozenset(
-    {"1.2.840.10008.5.1.4.38.1", "1.2.840.10008.5.1.4.39.1", "1.2.840.10008.5.1.4.43.1",
-     "1.2.840.10008.5.1.4.44.1", "1.2.840.10008.5.1.4.45.1", "1.2.840.10008.5.1.4.1.1.200.1",
-     "1.2.840.10008.5.1.4.1.1.200.3", "1.2.840.10008.5.1.4.1.1.200.7",
-     "1.2.840.10008.5.1.4.1.1.201.1"}
+    {
+        "1.2.840.10008.5.1.4.38.1",
+        "1.2.840.10008.5.1.4.39.1",
+        "1.2.840.10008.5.1.4.43.1",
+        "1.2.840.10008.5.1.4.44.1",
+        "1.2.840.10008.5.1.4.45.1",
+        "1.2.840.10008.5.1.4.1.1.200.1",
+        "1.2.840.10008.5.1.4.1.1.200.3",
+        "1.2.840.10008.5.1.4.1.1.200.7",
+        "1.2.840.10008.5.1.4.1.1.201.1",
+    }
 )
 """Non-Patient Object Storage (PS3.4 Annex GG): hanging protocols, color palettes, implant
 templates, protocols, inventories. They have no patient, study or series."""
@@ -164,15 +171,23 @@ class Validator:
                 problems += check(attrs, transfer_syntax_uid, expected_sop_instance_uid)
             except Exception as exc:  # noqa: BLE001 - the validator is a boundary: data from a
                 # network peer that breaks a check in an unforeseen way is a finding, not a crash.
-                problems.append(Problem(ReasonCode.UNREADABLE,
-                                        f"{check.__name__}: {type(exc).__name__}: {str(exc)[:200]}"))
+                problems.append(
+                    Problem(ReasonCode.UNREADABLE, f"{check.__name__}: {type(exc).__name__}: {str(exc)[:200]}")
+                )
         problems += [p for p in attrs.problems if p not in problems]
         issues = [ValidationIssue(str(p.code), p.message, sop, str(p.level)) for p in problems]
         return issues, self._facts(attrs, sop)
 
     def _checks(self) -> tuple[_Check, ...]:
-        return (_check_complete, _check_transfer_syntax, _check_identity, _check_meta,
-                self._check_plane, self._check_pixels, _check_functional_groups)
+        return (
+            _check_complete,
+            _check_transfer_syntax,
+            _check_identity,
+            _check_meta,
+            self._check_plane,
+            self._check_pixels,
+            _check_functional_groups,
+        )
 
     def _check_pixels(self, attrs: Attributes, ts: str, _sop: str) -> list[Problem]:
         return check_pixels(attrs, _syntax(attrs, ts), self.policy.decode)
@@ -183,16 +198,22 @@ class Validator:
         spacing = attrs.numbers("PixelSpacing")
         problems = check_plane(orientation, position, spacing)
         sop_class = attrs.text("SOPClassUID")
-        required = list(("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")
-                        if sop_class in _PLANE_SOP_CLASSES else ())
+        required = list(
+            ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")
+            if sop_class in _PLANE_SOP_CLASSES
+            else ()
+        )
         modality = attrs.text("Modality").upper()
         if modality in self.policy.pixel_spacing_modalities and not _has_spacing(attrs):
             required.append("PixelSpacing")
         for keyword in dict.fromkeys(required):
             if not attrs.present(keyword) and not (keyword == "PixelSpacing" and _has_spacing(attrs)):
-                problems.append(Problem(ReasonCode.MISSING_ATTRIBUTE,
-                                        f"{describe(keyword)}: missing; expected a value "
-                                        f"(needed for {modality or sop_class} geometry)"))
+                problems.append(
+                    Problem(
+                        ReasonCode.MISSING_ATTRIBUTE,
+                        f"{describe(keyword)}: missing; expected a value (needed for {modality or sop_class} geometry)",
+                    )
+                )
         return problems
 
     def _facts(self, attrs: Attributes, sop: str) -> InstanceFacts:
@@ -219,16 +240,23 @@ class Validator:
         items = list(facts)
         issues: list[ValidationIssue] = []
         for members, problem in _study_problems(items) + self._series_problems(items):
-            issues += [ValidationIssue(str(problem.code), problem.message, m.sop_instance_uid,
-                                       str(problem.level)) for m in members]
+            issues += [
+                ValidationIssue(str(problem.code), problem.message, m.sop_instance_uid, str(problem.level))
+                for m in members
+            ]
         return issues
 
     def _series_problems(self, items: list[InstanceFacts]) -> list[_Found]:
         found = []
         for series_uid, members in _group(items, lambda f: f.series_instance_uid).items():
-            problems = _differing(members, f"series {series_uid}", _SERIES_NAMES,
-                                  lambda f: (f.modality, f.frame_of_reference_uid),
-                                  ReasonCode.SERIES_ATTRIBUTE_MISMATCH, Level.SERIES)
+            problems = _differing(
+                members,
+                f"series {series_uid}",
+                _SERIES_NAMES,
+                lambda f: (f.modality, f.frame_of_reference_uid),
+                ReasonCode.SERIES_ATTRIBUTE_MISMATCH,
+                Level.SERIES,
+            )
             slices = [f.slice for f in members if f.slice is not None]
             problems += check_stack(series_uid, slices, self.policy.geometry)
             found += [(members, p) for p in problems]
@@ -243,29 +271,44 @@ def _study_problems(items: list[InstanceFacts]) -> list[_Found]:
     found = []
     for study_uid, members in _group(items, lambda f: f.study_instance_uid).items():
         where = f"study {study_uid}"
-        problems = _differing(members, where, tuple(describe(k) for k in _PATIENT),
-                              lambda f: f.patient, ReasonCode.PATIENT_MISMATCH, Level.STUDY)
-        problems += _differing(members, where, tuple(describe(k) for k in _STUDY),
-                               lambda f: f.study, ReasonCode.STUDY_ATTRIBUTE_MISMATCH, Level.STUDY)
+        problems = _differing(
+            members,
+            where,
+            tuple(describe(k) for k in _PATIENT),
+            lambda f: f.patient,
+            ReasonCode.PATIENT_MISMATCH,
+            Level.STUDY,
+        )
+        problems += _differing(
+            members,
+            where,
+            tuple(describe(k) for k in _STUDY),
+            lambda f: f.study,
+            ReasonCode.STUDY_ATTRIBUTE_MISMATCH,
+            Level.STUDY,
+        )
         found += [(members, p) for p in problems]
     return found
 
 
-def _differing(members: Sequence[InstanceFacts], where: str, names: Sequence[str],
-               values_of: Callable[[InstanceFacts], tuple[str, ...]], code: ReasonCode,
-               level: Level) -> list[Problem]:
+def _differing(
+    members: Sequence[InstanceFacts],
+    where: str,
+    names: Sequence[str],
+    values_of: Callable[[InstanceFacts], tuple[str, ...]],
+    code: ReasonCode,
+    level: Level,
+) -> list[Problem]:
     """One problem per attribute with more than one distinct non-empty value among members."""
     problems = []
     for index, name in enumerate(names):
         values = {v[index] for v in map(values_of, members) if len(v) > index} - {""}
         if len(values) > 1:
-            problems.append(Problem(code, f"{name}: {len(values)} different values in {where}; "
-                                          f"expected one", level))
+            problems.append(Problem(code, f"{name}: {len(values)} different values in {where}; expected one", level))
     return problems
 
 
-def _group(items: Iterable[InstanceFacts],
-           key: Callable[[InstanceFacts], str]) -> dict[str, list[InstanceFacts]]:
+def _group(items: Iterable[InstanceFacts], key: Callable[[InstanceFacts], str]) -> dict[str, list[InstanceFacts]]:
     groups: dict[str, list[InstanceFacts]] = defaultdict(list)
     for item in items:
         groups[key(item)].append(item)
@@ -334,8 +377,14 @@ def _slice(attrs: Attributes, sop: str) -> Slice | None:
     position = attrs.numbers("ImagePositionPatient")
     frames = attrs.integer("NumberOfFrames") if attrs.present("NumberOfFrames") else 1
     rows, columns = attrs.integer("Rows"), attrs.integer("Columns")
-    if (orientation is None or position is None or frames != 1 or rows is None or columns is None
-            or check_plane(orientation, position, None)):
+    if (
+        orientation is None
+        or position is None
+        or frames != 1
+        or rows is None
+        or columns is None
+        or check_plane(orientation, position, None)
+    ):
         return None
     stack = tuple(attrs.quick_text(k) for k in _STACK)
     return Slice(sop, rows, columns, tuple(orientation), tuple(position), stack)
@@ -353,9 +402,13 @@ def _check_complete(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
     if len(last.value) < last.length:
         tag = int(last.tag)
         name = f"{keyword_for_tag(tag)} ".lstrip() + f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-        return [Problem(ReasonCode.TRUNCATED,
-                        f"{name}: got {len(last.value)} bytes; its length says {last.length} "
-                        "(the data set ends inside this element)")]
+        return [
+            Problem(
+                ReasonCode.TRUNCATED,
+                f"{name}: got {len(last.value)} bytes; its length says {last.length} "
+                "(the data set ends inside this element)",
+            )
+        ]
     return []
 
 
@@ -367,13 +420,21 @@ def _check_functional_groups(attrs: Attributes, _ts: str, _sop: str) -> list[Pro
     frames = attrs.integer("NumberOfFrames")
     items = len(attrs.ds.PerFrameFunctionalGroupsSequence)
     if frames is None and not attrs.present("NumberOfFrames"):
-        return [Problem(ReasonCode.MISSING_ATTRIBUTE,
-                        f"NumberOfFrames (0028,0008): missing; expected {items} (Type 1 for a "
-                        "multi-frame image with Per-Frame Functional Groups)")]
+        return [
+            Problem(
+                ReasonCode.MISSING_ATTRIBUTE,
+                f"NumberOfFrames (0028,0008): missing; expected {items} (Type 1 for a "
+                "multi-frame image with Per-Frame Functional Groups)",
+            )
+        ]
     if frames is not None and items != frames:
-        return [Problem(ReasonCode.FRAME_COUNT_MISMATCH,
-                        f"PerFrameFunctionalGroupsSequence (5200,9230): got {items} items; "
-                        f"NumberOfFrames (0028,0008) says {frames}")]
+        return [
+            Problem(
+                ReasonCode.FRAME_COUNT_MISMATCH,
+                f"PerFrameFunctionalGroupsSequence (5200,9230): got {items} items; "
+                f"NumberOfFrames (0028,0008) says {frames}",
+            )
+        ]
     return []
 
 
@@ -387,18 +448,22 @@ def _syntax_problems(declared: str, ts: str) -> tuple[Problem, ...]:
     where = "TransferSyntaxUID (0002,0010)"
     problems = []
     if ts and declared and ts != declared:
-        problems.append(Problem(ReasonCode.META_MISMATCH,
-                                f"{where}: File Meta says {declared[:70]!r}; it was received as {ts!r}"))
+        problems.append(
+            Problem(ReasonCode.META_MISMATCH, f"{where}: File Meta says {declared[:70]!r}; it was received as {ts!r}")
+        )
     value = ts or declared
     if not value:
         return tuple(problems)
     if len(value) > 64 or not _UID.match(value):
-        problems.append(Problem(ReasonCode.INVALID_UID,
-                                f"{where}: got {value[:70]!r}; expected PS3.5 9.1 UID syntax"))
+        problems.append(Problem(ReasonCode.INVALID_UID, f"{where}: got {value[:70]!r}; expected PS3.5 9.1 UID syntax"))
     elif not UID(value).is_transfer_syntax:
-        problems.append(Problem(ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
-                                f"{where}: got {value!r}; expected a transfer syntax of PS3.6 "
-                                "Table A-1 (unknown or private syntaxes cannot be decoded)"))
+        problems.append(
+            Problem(
+                ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
+                f"{where}: got {value!r}; expected a transfer syntax of PS3.6 "
+                "Table A-1 (unknown or private syntaxes cannot be decoded)",
+            )
+        )
     return tuple(problems)
 
 
@@ -409,9 +474,13 @@ def _check_uid(attrs: Attributes, keyword: str) -> list[Problem]:
             return []  # present but unreadable as its VR: already flagged
         return [Problem(ReasonCode.MISSING_ATTRIBUTE, f"{describe(keyword)}: missing; expected a UID")]
     if len(value) > 64 or not _UID.match(value):
-        return [Problem(ReasonCode.INVALID_UID,
-                        f"{describe(keyword)}: got {value[:70]!r}; expected PS3.5 9.1 UID syntax "
-                        "(digits and dots, no leading zeros, at most 64 characters)")]
+        return [
+            Problem(
+                ReasonCode.INVALID_UID,
+                f"{describe(keyword)}: got {value[:70]!r}; expected PS3.5 9.1 UID syntax "
+                "(digits and dots, no leading zeros, at most 64 characters)",
+            )
+        ]
     return []
 
 
@@ -421,21 +490,32 @@ def _check_identity(attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
     problems = [p for kw in _SOP_UIDS for p in _check_uid(attrs, kw)]
     uids = {kw: attrs.text(kw) for kw in _SOP_UIDS[:3]}
     if len({u for u in uids.values() if u}) < len([u for u in uids.values() if u]):
-        problems.append(Problem(ReasonCode.INVALID_VALUE,
-                                "StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID: two of them "
-                                "are equal; expected three distinct UIDs"))
+        problems.append(
+            Problem(
+                ReasonCode.INVALID_VALUE,
+                "StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID: two of them "
+                "are equal; expected three distinct UIDs",
+            )
+        )
     return problems + _check_modality(attrs) + _check_patient_id(attrs)
 
 
 def _check_modality(attrs: Attributes) -> list[Problem]:
     value = attrs.text("Modality")
     if not value:
-        return [] if attrs.present("Modality") else [
-            Problem(ReasonCode.MISSING_ATTRIBUTE, f"{describe('Modality')}: missing; expected a CS value")]
+        return (
+            []
+            if attrs.present("Modality")
+            else [Problem(ReasonCode.MISSING_ATTRIBUTE, f"{describe('Modality')}: missing; expected a CS value")]
+        )
     if not _CS.match(value):
-        return [Problem(ReasonCode.INVALID_VR,
-                        f"{describe('Modality')}: got {value[:20]!r}; expected a CS value "
-                        "(at most 16 of A-Z, 0-9, space, underscore)")]
+        return [
+            Problem(
+                ReasonCode.INVALID_VR,
+                f"{describe('Modality')}: got {value[:20]!r}; expected a CS value "
+                "(at most 16 of A-Z, 0-9, space, underscore)",
+            )
+        ]
     return []
 
 
@@ -443,15 +523,23 @@ def _check_patient_id(attrs: Attributes) -> list[Problem]:
     elem = attrs.get("PatientID")
     where = describe("PatientID")
     if elem is None or not elem.values or not str(elem.first).strip():
-        return [] if attrs.present("PatientID") and elem is None else [
-            Problem(ReasonCode.MISSING_ATTRIBUTE,
+        return (
+            []
+            if attrs.present("PatientID") and elem is None
+            else [
+                Problem(
+                    ReasonCode.MISSING_ATTRIBUTE,
                     f"{where}: missing or empty; expected a value (the SR copies it and studies "
-                    "are checked for one patient)")]
+                    "are checked for one patient)",
+                )
+            ]
+        )
     if len(elem.values) > 1:
         return [Problem(ReasonCode.INVALID_VR, f"{where}: got {len(elem.values)} values; expected VM 1")]
     if len(str(elem.first)) > 64 and not _multibyte(attrs):
-        return [Problem(ReasonCode.INVALID_VR,
-                        f"{where}: got {len(str(elem.first))} characters; expected at most 64 (LO)")]
+        return [
+            Problem(ReasonCode.INVALID_VR, f"{where}: got {len(str(elem.first))} characters; expected at most 64 (LO)")
+        ]
     if any(ord(ch) < 0x20 and ch != "\x1b" for ch in str(elem.first)):
         return [Problem(ReasonCode.INVALID_VR, f"{where}: contains control characters; expected LO text")]
     return []
@@ -468,16 +556,17 @@ def _multibyte(attrs: Attributes) -> bool:
 def _check_meta(attrs: Attributes, _ts: str, expected_sop: str) -> list[Problem]:
     pairs = [
         ("SOPInstanceUID", "C-STORE request (Affected SOP Instance UID)", expected_sop),
-        ("SOPClassUID", "MediaStorageSOPClassUID (0002,0002)",
-         attrs.meta_text("MediaStorageSOPClassUID")),
-        ("SOPInstanceUID", "MediaStorageSOPInstanceUID (0002,0003)",
-         attrs.meta_text("MediaStorageSOPInstanceUID")),
+        ("SOPClassUID", "MediaStorageSOPClassUID (0002,0002)", attrs.meta_text("MediaStorageSOPClassUID")),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID (0002,0003)", attrs.meta_text("MediaStorageSOPInstanceUID")),
     ]
     problems = []
     for keyword, source, claimed in pairs:
         actual = attrs.text(keyword)
         if claimed.strip() and actual and claimed.strip() != actual:
-            problems.append(Problem(ReasonCode.META_MISMATCH,
-                                    f"{describe(keyword)}: data set has {actual[:70]!r}; "
-                                    f"{source} says {claimed.strip()[:70]!r}"))
+            problems.append(
+                Problem(
+                    ReasonCode.META_MISMATCH,
+                    f"{describe(keyword)}: data set has {actual[:70]!r}; {source} says {claimed.strip()[:70]!r}",
+                )
+            )
     return problems

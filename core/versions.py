@@ -117,8 +117,7 @@ class Incompleteness:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Incompleteness:
         """Read what ``to_json`` wrote."""
-        return cls(IncompleteReason(raw["reason"]), int(raw.get("missing", 0)),
-                   tuple(raw.get("series_uids", ())))
+        return cls(IncompleteReason(raw["reason"]), int(raw.get("missing", 0)), tuple(raw.get("series_uids", ())))
 
 
 class VersionState(enum.StrEnum):
@@ -188,8 +187,7 @@ class CapReached:
 
     def audit_detail(self) -> dict[str, Any]:
         """The detail of the audit event and review flag."""
-        return {"family": self.family, "delivered": self.delivered, "cap": self.cap,
-                "held_version": self.version}
+        return {"family": self.family, "delivered": self.delivered, "cap": self.cap, "held_version": self.version}
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +220,10 @@ def _by_version(versions: Iterable[SRVersion]) -> list[SRVersion]:
 
 
 def plan_delivery(
-    study_uid: str, family: str, versions: Iterable[SRVersion], max_versions: int,
+    study_uid: str,
+    family: str,
+    versions: Iterable[SRVersion],
+    max_versions: int,
     released: Set[int] = frozenset(),
 ) -> DeliveryPlan:
     """Decide what delivery does with the SR versions of one study and model family.
@@ -251,20 +252,36 @@ def plan_delivery(
         return DeliveryPlan(DeliveryAction.NOTHING, reason="nothing waits to be sent")
     newest, stale = waiting[-1], tuple(v.version for v in waiting[:-1])
     if last is not None and newest.version < last.version:
-        return DeliveryPlan(DeliveryAction.NOTHING, supersede=stale + (newest.version,),
-                            reason=f"version {last.version} was delivered already")
+        return DeliveryPlan(
+            DeliveryAction.NOTHING,
+            supersede=stale + (newest.version,),
+            reason=f"version {last.version} was delivered already",
+        )
     blocking = _blocking(ordered, newest)
     if blocking:
         return DeliveryPlan(DeliveryAction.WAIT, newest, supersede=stale, reason=blocking)
     predecessor = last.sop_instance_uid if last is not None else ""
     if len(delivered) >= max_versions and newest.version not in released:
         cap = CapReached(study_uid, family, len(delivered), max_versions, newest.version)
-        return DeliveryPlan(DeliveryAction.HOLD, newest, predecessor, supersede=stale, cap=cap,
-                            reason=f"{len(delivered)} versions delivered, the cap is {max_versions}")
+        return DeliveryPlan(
+            DeliveryAction.HOLD,
+            newest,
+            predecessor,
+            supersede=stale,
+            cap=cap,
+            reason=f"{len(delivered)} versions delivered, the cap is {max_versions}",
+        )
     incomplete = _newer_lost(ordered, newest)
     rebuild = newest.predecessor_uid != predecessor or (incomplete is not None and not newest.incomplete)
-    return DeliveryPlan(DeliveryAction.SEND, newest, predecessor, rebuild, stale, incomplete,
-                        reason=f"version {newest.version} after {last.version if last else 'none'}")
+    return DeliveryPlan(
+        DeliveryAction.SEND,
+        newest,
+        predecessor,
+        rebuild,
+        stale,
+        incomplete,
+        reason=f"version {newest.version} after {last.version if last else 'none'}",
+    )
 
 
 def _blocking(ordered: Sequence[SRVersion], newest: SRVersion) -> str:
@@ -314,6 +331,5 @@ def plan_write(versions: Iterable[SRVersion], version: int) -> WritePlan:
     newer = [v for v in ordered if v.version > version and v.state in _WRITTEN]
     if newer:
         return WritePlan(False, superseded_by=newer[-1].version)
-    earlier = [v for v in ordered if v.version < version
-               and v.state in (VersionState.SENDING, VersionState.DELIVERED)]
+    earlier = [v for v in ordered if v.version < version and v.state in (VersionState.SENDING, VersionState.DELIVERED)]
     return WritePlan(True, earlier[-1].sop_instance_uid if earlier else "")

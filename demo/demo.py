@@ -116,7 +116,9 @@ def run_demo(config_path: Path, n_studies: int = 3, timeout_s: float = 300.0) ->
     shutil.rmtree(var, ignore_errors=True)  # a fresh demo every time; weights live elsewhere
     work = Path(tempfile.mkdtemp(prefix="pacsai-demo-"))
     pacs = OrthancProcess(
-        work / "orthanc", aet=cfg.pacs.ae_title, dicom_port=cfg.pacs.port,
+        work / "orthanc",
+        aet=cfg.pacs.ae_title,
+        dicom_port=cfg.pacs.port,
         modalities={"pacsai": (cfg.listener.ae_title, "127.0.0.1", cfg.listener.port)},
     )
     pipeline: Pipeline | None = None
@@ -131,9 +133,7 @@ def run_demo(config_path: Path, n_studies: int = 3, timeout_s: float = 300.0) ->
         ledger = open_ledger(cfg.storage, pipeline.layout)
 
         def all_delivered() -> bool:
-            return all(
-                any(j.state.value == "delivered" for j in ledger.jobs.for_study(s.study_uid)) for s in sent
-            )
+            return all(any(j.state.value == "delivered" for j in ledger.jobs.for_study(s.study_uid)) for s in sent)
 
         if not wait_until(all_delivered, timeout_s, 0.2):
             print("demo: not every study was reported in time; `pacsai status`:", flush=True)

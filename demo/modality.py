@@ -63,20 +63,35 @@ def _send(sop_class: Any, port: int, called: str, calling: str, request: Any, ho
 
 def send_mpps_create(port: int, called: str, calling: str, attributes: Dataset, sop_instance_uid: str) -> NAnswer:
     """N-CREATE a Modality Performed Procedure Step (``IN PROGRESS``)."""
-    return _send(ModalityPerformedProcedureStep, port, called, calling,
-                 lambda a: a.send_n_create(attributes, ModalityPerformedProcedureStep, sop_instance_uid))
+    return _send(
+        ModalityPerformedProcedureStep,
+        port,
+        called,
+        calling,
+        lambda a: a.send_n_create(attributes, ModalityPerformedProcedureStep, sop_instance_uid),
+    )
 
 
 def send_mpps_set(port: int, called: str, calling: str, modification: Dataset, sop_instance_uid: str) -> NAnswer:
     """N-SET a Modality Performed Procedure Step (``COMPLETED`` / ``DISCONTINUED``)."""
-    return _send(ModalityPerformedProcedureStep, port, called, calling,
-                 lambda a: a.send_n_set(modification, ModalityPerformedProcedureStep, sop_instance_uid))
+    return _send(
+        ModalityPerformedProcedureStep,
+        port,
+        called,
+        calling,
+        lambda a: a.send_n_set(modification, ModalityPerformedProcedureStep, sop_instance_uid),
+    )
 
 
 def send_ian(port: int, called: str, calling: str, attributes: Dataset, sop_instance_uid: str) -> NAnswer:
     """N-CREATE an Instance Availability Notification."""
-    return _send(InstanceAvailabilityNotification, port, called, calling,
-                 lambda a: a.send_n_create(attributes, InstanceAvailabilityNotification, sop_instance_uid))
+    return _send(
+        InstanceAvailabilityNotification,
+        port,
+        called,
+        calling,
+        lambda a: a.send_n_create(attributes, InstanceAvailabilityNotification, sop_instance_uid),
+    )
 
 
 def send_paced(

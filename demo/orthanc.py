@@ -136,7 +136,10 @@ class OrthancProcess:
         log = (self.workdir / "orthanc.log").open("ab")
         env = dict(os.environ, TCP_NODELAY="1")
         self._proc = subprocess.Popen(
-            [binary, str(config)], stdout=log, stderr=subprocess.STDOUT, env=env,
+            [binary, str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s

@@ -23,8 +23,10 @@ __all__ = ["PostgresServer", "postgres_bindir"]
 
 def postgres_bindir() -> Path | None:
     """The newest installed PostgreSQL server's bin directory, or ``None``."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     ctl = shutil.which("pg_ctl")
@@ -70,13 +72,26 @@ class PostgresServer:
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
         data = self.root / "data"
-        self._run(str(self._bindir / "initdb"), "-D", str(data), "-U", "pacsai", "-A", "trust",
-                  "-E", "UTF8", "--no-sync")
+        self._run(
+            str(self._bindir / "initdb"), "-D", str(data), "-U", "pacsai", "-A", "trust", "-E", "UTF8", "--no-sync"
+        )
         self.port = _free_port()
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-                   f" -c max_connections={self._max_connections}")
-        self._run(str(self._bindir / "pg_ctl"), "-D", str(data), "-o", options,
-                  "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections={self._max_connections}"
+        )
+        self._run(
+            str(self._bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self._create_database()
         return self
 
@@ -86,8 +101,9 @@ class PostgresServer:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with psycopg.connect(f"host=127.0.0.1 port={self.port} user=pacsai dbname=postgres",
-                                     autocommit=True) as conn:
+                with psycopg.connect(
+                    f"host=127.0.0.1 port={self.port} user=pacsai dbname=postgres", autocommit=True
+                ) as conn:
                     conn.execute(f'CREATE DATABASE "{self.database}"')
                 return
             except psycopg.OperationalError:
@@ -100,8 +116,7 @@ class PostgresServer:
         if self.root is None:
             return
         try:
-            self._run(str(self._bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast",
-                      "-w", "stop")
+            self._run(str(self._bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None

@@ -28,9 +28,7 @@ def _chest_xray(entry: ModelEntry) -> torch.nn.Module:
             f"Got input.spatial_size {entry.input.spatial_size} for model {entry.name}; "
             "expected (H, W) for the 2D chest_xray network"
         )
-    return DenseNet121(
-        spatial_dims=2, in_channels=entry.input.channels, out_channels=len(entry.findings)
-    )
+    return DenseNet121(spatial_dims=2, in_channels=entry.input.channels, out_channels=len(entry.findings))
 
 
 def _small_densenet(

@@ -177,9 +177,7 @@ class Predictor:
                 cannot be turned into an input (the message names it).
         """
         if request.family != self.family:
-            raise ModelError(
-                f'Got a request for family "{request.family}"; expected "{self.family}"'
-            )
+            raise ModelError(f'Got a request for family "{request.family}"; expected "{self.family}"')
         if not request.instances:
             raise ModelError(f"Got a request for study {request.study_uid} with no instances")
         datasets = [decode_instance(uid, data) for uid, data in request.instances]
@@ -211,14 +209,11 @@ class Predictor:
             probs = torch.sigmoid(logits.float()).cpu().numpy()
         if probs.shape != (batch.shape[0], len(self.entry.findings)):
             raise ModelError(
-                f"Network returned shape {probs.shape}; "
-                f"expected ({batch.shape[0]}, {len(self.entry.findings)})"
+                f"Network returned shape {probs.shape}; expected ({batch.shape[0]}, {len(self.entry.findings)})"
             )
         return probs
 
-    def to_prediction(
-        self, probs_per_item: np.ndarray, item_uids: tuple[str, ...]
-    ) -> Prediction:
+    def to_prediction(self, probs_per_item: np.ndarray, item_uids: tuple[str, ...]) -> Prediction:
         """Combine per-input probabilities into the study's prediction (maximum over inputs).
 
         Args:
@@ -234,8 +229,7 @@ class Predictor:
         probs = np.asarray(probs_per_item, dtype=np.float64)
         if probs.ndim != 2 or probs.shape != (len(item_uids), len(self.entry.findings)):
             raise ModelError(
-                f"Got probabilities of shape {probs.shape}; "
-                f"expected ({len(item_uids)}, {len(self.entry.findings)})"
+                f"Got probabilities of shape {probs.shape}; expected ({len(item_uids)}, {len(self.entry.findings)})"
             )
         best = probs.argmax(axis=0)
         findings = tuple(
@@ -287,8 +281,12 @@ class Predictor:
                     finding = replace(finding, region=region)
                     heatmaps.append(Heatmap(finding.key, grid, tuple(heat.shape), encode_levels(heat)))
             findings.append(finding)
-        prediction = replace(base, findings=tuple(findings), source_uids=tuple(prepared.uids),
-                             quality_flags=tuple(prepared.quality_flags))
+        prediction = replace(
+            base,
+            findings=tuple(findings),
+            source_uids=tuple(prepared.uids),
+            quality_flags=tuple(prepared.quality_flags),
+        )
         return ModelOutput(prediction, tuple(heatmaps))
 
     def predict(self, request: InferenceRequest) -> ModelOutput:
@@ -325,9 +323,7 @@ class Predictor:
                 return None
         return self._gradcam(item, class_index)
 
-    def _inputs(
-        self, datasets: list[Dataset]
-    ) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
+    def _inputs(self, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         """Return the network inputs ``(C, *spatial)``, their items and quality flags."""
         raise NotImplementedError
 
@@ -349,22 +345,24 @@ def plane_location(item: PlaneItem, heat: np.ndarray) -> tuple[PlanarRegion, Pla
         c = float(np.clip(col_map.source(col) + 0.5, 0.0, item.columns))
         return (round(c, 3), round(r, 3))
 
-    (r0, c0), (r1, c1) = (region.low[0] - 0.5, region.low[1] - 0.5), (
-        region.high[0] + 0.5, region.high[1] + 0.5)
+    (r0, c0), (r1, c1) = (region.low[0] - 0.5, region.low[1] - 0.5), (region.high[0] + 0.5, region.high[1] + 0.5)
     corners = (point(r0, c0), point(r0, c1), point(r1, c1), point(r1, c0), point(r0, c0))
     located = PlanarRegion(item.ref, corners, point(*region.peak))
-    grid = PlaneGrid(item.ref, item.rows, item.columns,
-                     AxisScale(row_map.scale, row_map.offset),
-                     AxisScale(col_map.scale, col_map.offset), item.geometry)
+    grid = PlaneGrid(
+        item.ref,
+        item.rows,
+        item.columns,
+        AxisScale(row_map.scale, row_map.offset),
+        AxisScale(col_map.scale, col_map.offset),
+        item.geometry,
+    )
     return located, grid
 
 
 class RadiographPredictor(Predictor):
     """Projection radiographs: every frame of every instance is one input."""
 
-    def _inputs(
-        self, datasets: list[Dataset]
-    ) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
+    def _inputs(self, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         inputs, items = [], []
         for ds in datasets:
             uid = str(ds.get("SOPInstanceUID", "?"))
@@ -372,8 +370,7 @@ class RadiographPredictor(Predictor):
                 for plane in planes_of(ds):
                     rows, cols = plane.pixels.shape
                     inputs.append(prepare_pixels(plane.pixels, self._spatial_size))
-                    maps = (AxisMap.fit(rows, self._spatial_size[0]),
-                            AxisMap.fit(cols, self._spatial_size[1]))
+                    maps = (AxisMap.fit(rows, self._spatial_size[0]), AxisMap.fit(cols, self._spatial_size[1]))
                     items.append(PlaneItem(plane.ref, rows, cols, maps))
             except ModelError as exc:
                 raise ModelError(f"SOP Instance {uid}: {exc.reason}") from exc

@@ -101,9 +101,7 @@ def grayscale_pixels(ds: Dataset) -> np.ndarray:
             f"(Transfer Syntax {_syntax_name(syntax)}): {exc.reason}"
         ) from exc
     if stored.ndim != 2:
-        raise ModelError(
-            f"Got decoded pixels of shape {stored.shape}; expected one 2D frame (rows, columns)"
-        )
+        raise ModelError(f"Got decoded pixels of shape {stored.shape}; expected one 2D frame (rows, columns)")
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     return -values if ds.PhotometricInterpretation == "MONOCHROME1" else values
 
@@ -111,8 +109,7 @@ def grayscale_pixels(ds: Dataset) -> np.ndarray:
 def _check_grayscale(ds: Dataset) -> None:
     if "PixelData" not in ds:
         raise ModelError(
-            f"SOP Instance {ds.get('SOPInstanceUID', '?')} has no Pixel Data (7FE0,0010); "
-            "expected an image"
+            f"SOP Instance {ds.get('SOPInstanceUID', '?')} has no Pixel Data (7FE0,0010); expected an image"
         )
     samples = ds.get("SamplesPerPixel", 1)
     if samples != 1:
@@ -120,8 +117,7 @@ def _check_grayscale(ds: Dataset) -> None:
     photometric = ds.get("PhotometricInterpretation", "")
     if photometric not in _MONOCHROME:
         raise ModelError(
-            f'Got PhotometricInterpretation (0028,0004) = "{photometric}"; '
-            "expected MONOCHROME1 or MONOCHROME2"
+            f'Got PhotometricInterpretation (0028,0004) = "{photometric}"; expected MONOCHROME1 or MONOCHROME2'
         )
 
 
@@ -147,15 +143,11 @@ def resize(pixels: np.ndarray, spatial_size: tuple[int, int]) -> np.ndarray:
     if out_h <= tensor.shape[2] and out_w <= tensor.shape[3]:
         tensor = torch.nn.functional.interpolate(tensor, size=(out_h, out_w), mode="area")
     else:
-        tensor = torch.nn.functional.interpolate(
-            tensor, size=(out_h, out_w), mode="bilinear", align_corners=False
-        )
+        tensor = torch.nn.functional.interpolate(tensor, size=(out_h, out_w), mode="bilinear", align_corners=False)
     return tensor[0, 0].numpy()
 
 
-def normalise_intensity(
-    pixels: np.ndarray, window: tuple[float, float] = PERCENTILE_WINDOW
-) -> np.ndarray:
+def normalise_intensity(pixels: np.ndarray, window: tuple[float, float] = PERCENTILE_WINDOW) -> np.ndarray:
     """Map the ``window`` percentiles of ``pixels`` to 0 and 1, clipping outside.
 
     Args:
@@ -176,8 +168,7 @@ def normalise_intensity(
     low, high = np.percentile(sample, window)
     if not np.isfinite(low) or not np.isfinite(high) or high - low <= 1e-6 * max(1.0, abs(high)):
         raise ModelError(
-            f"Got an image without contrast (percentiles {window} are {low:g} and {high:g}); "
-            "expected a radiograph"
+            f"Got an image without contrast (percentiles {window} are {low:g} and {high:g}); expected a radiograph"
         )
     return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
 

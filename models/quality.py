@@ -48,7 +48,7 @@ def motion_score(volume: Volume) -> float:
         return 1.0
     ratios = []
     for k, step in enumerate(steps):
-        around = np.concatenate([steps[max(0, k - _NEIGHBOURS):k], steps[k + 1:k + 1 + _NEIGHBOURS]])
+        around = np.concatenate([steps[max(0, k - _NEIGHBOURS) : k], steps[k + 1 : k + 1 + _NEIGHBOURS]])
         ratios.append(step / max(float(np.median(around)), 1e-9))
     return float(max(ratios))
 
@@ -65,15 +65,24 @@ def volume_flags(volume: Volume) -> list[QualityFlag]:
     flags: list[QualityFlag] = []
     missing = volume.missing
     if missing:
-        flags.append(QualityFlag(
-            "incomplete_series", volume.series_instance_uid, float(len(missing)), 1.0,
-            f"{len(missing)} of {len(volume.frames)} slices missing "
-            f"(slice indices {list(missing)[:10]})",
-        ))
+        flags.append(
+            QualityFlag(
+                "incomplete_series",
+                volume.series_instance_uid,
+                float(len(missing)),
+                1.0,
+                f"{len(missing)} of {len(volume.frames)} slices missing (slice indices {list(missing)[:10]})",
+            )
+        )
     score = motion_score(volume)
     if score > MOTION_THRESHOLD:
-        flags.append(QualityFlag(
-            "motion_artefact", volume.series_instance_uid, round(score, 3), MOTION_THRESHOLD,
-            f"a slice-to-slice change {score:.1f} times the median",
-        ))
+        flags.append(
+            QualityFlag(
+                "motion_artefact",
+                volume.series_instance_uid,
+                round(score, 3),
+                MOTION_THRESHOLD,
+                f"a slice-to-slice change {score:.1f} times the median",
+            )
+        )
     return flags

@@ -76,9 +76,7 @@ def resolve_weights(entry: ModelEntry) -> Path:
         raise ModelWeightsError(f"Cannot read weights file {path}: {exc}") from exc
     if found != expected:
         source = "the registry entry" if entry.sha256 else f"sidecar {sidecar_path(path)}"
-        raise ModelWeightsError(
-            f"Weights file {path} has sha256 {found}; expected {expected} (from {source})"
-        )
+        raise ModelWeightsError(f"Weights file {path} has sha256 {found}; expected {expected} (from {source})")
     return path
 
 
@@ -96,8 +94,7 @@ def _sidecar_sha256(weights: Path) -> str:
     token = text.split()[0].lower() if text.split() else ""
     if len(token) != 64 or not set(token) <= _HEX_DIGITS:
         raise ModelWeightsError(
-            f"Sidecar {sidecar} of weights file {weights} holds {token[:80]!r}; "
-            "expected a sha256 of 64 hex digits"
+            f"Sidecar {sidecar} of weights file {weights} holds {token[:80]!r}; expected a sha256 of 64 hex digits"
         )
     return token
 
@@ -159,9 +156,7 @@ def _read_state_dict(path: Path, map_location: str) -> Mapping[str, torch.Tensor
     return loaded
 
 
-def _load_state_dict(
-    network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path
-) -> None:
+def _load_state_dict(network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:

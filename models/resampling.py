@@ -72,9 +72,7 @@ class AxisMap:
         if self.scale > 1.0:
             lo, hi = centres - self.scale / 2, centres + self.scale / 2
             edges = np.arange(self.size_in + 1) - 0.5
-            overlap = np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(
-                lo[:, None], edges[None, :-1]
-            )
+            overlap = np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1])
             return np.clip(overlap, 0.0, None) / self.scale
         inside = (centres >= -0.5) & (centres <= self.size_in - 0.5)
         clamped = np.clip(centres, 0.0, self.size_in - 1.0)
@@ -120,8 +118,7 @@ def grid_maps(
             "Pixel Spacing (0028,0030) or Imager Pixel Spacing (0018,1164)"
         )
     return tuple(
-        AxisMap.spacing(n, s, m, t)
-        for n, s, m, t in zip(shape, spacing, spatial_size, spacing_mm, strict=True)
+        AxisMap.spacing(n, s, m, t) for n, s, m, t in zip(shape, spacing, spatial_size, spacing_mm, strict=True)
     )
 
 
@@ -166,7 +163,6 @@ def to_unit_range(values: np.ndarray, window: tuple[float, float] | None) -> np.
     low, high = np.percentile(values, PERCENTILES)
     if not np.isfinite(low) or not np.isfinite(high) or high - low <= 1e-6 * max(1.0, abs(high)):
         raise ModelError(
-            f"Got an image without contrast (percentiles {PERCENTILES} are {low:g} and "
-            f"{high:g}); expected an image"
+            f"Got an image without contrast (percentiles {PERCENTILES} are {low:g} and {high:g}); expected an image"
         )
     return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)

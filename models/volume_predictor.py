@@ -58,9 +58,7 @@ def _volumes(datasets: list[Dataset]) -> list[Volume]:
 class SlicePredictor(Predictor):
     """Slice-wise classification of a CT volume with study-level aggregation."""
 
-    def _inputs(
-        self, datasets: list[Dataset]
-    ) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
+    def _inputs(self, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         inputs, items, flags = [], [], []
         spacing_mm = self.entry.input.spacing_mm
         for volume in _volumes(datasets):
@@ -126,15 +124,11 @@ class VolumeItem:
 class VolumePredictor(Predictor):
     """Whole-volume classification; each series of the task is one input."""
 
-    def _inputs(
-        self, datasets: list[Dataset]
-    ) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
+    def _inputs(self, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         inputs, items, flags = [], [], []
         for volume in _volumes(datasets):
             flags += volume_flags(volume)
-            maps = grid_maps(
-                volume.array.shape, volume.spacing, self._spatial_size, self.entry.input.spacing_mm
-            )
+            maps = grid_maps(volume.array.shape, volume.spacing, self._spatial_size, self.entry.input.spacing_mm)
             grid = resample(volume.array, maps)
             inputs.append(to_unit_range(grid, self.entry.input.window)[None])
             items.append(VolumeItem(volume, maps))  # type: ignore[arg-type]
@@ -159,16 +153,18 @@ class VolumePredictor(Predictor):
             axes.append((float(np.linalg.norm(ends[1] - ends[0])), ends))
         axes.sort(key=lambda pair: -pair[0])
         peak_mm = to_mm(np.array(region.peak, dtype=np.float64))
-        source_slice = int(np.clip(np.rint(item.volume.to_indices(peak_mm)[0]), 0,
-                                   len(item.volume.frames) - 1))
+        source_slice = int(np.clip(np.rint(item.volume.to_indices(peak_mm)[0]), 0, len(item.volume.frames) - 1))
         frame = item.volume.nearest_frame(source_slice)
         located = VolumetricRegion(
-            frame, item.volume.frame_of_reference_uid,
+            frame,
+            item.volume.frame_of_reference_uid,
             tuple(tuple(round(float(c), 3) for c in p) for _, ends in axes for p in ends),  # type: ignore[misc]
             tuple(round(float(c), 3) for c in peak_mm),  # type: ignore[arg-type]
         )
-        grid = VolumeGrid(tuple(tuple(float(v) for v in row) for row in affine.round(8)),  # type: ignore[arg-type]
-                          item.volume.frame_of_reference_uid)
+        grid = VolumeGrid(
+            tuple(tuple(float(v) for v in row) for row in affine.round(8)),  # type: ignore[arg-type]
+            item.volume.frame_of_reference_uid,
+        )
         return located, grid
 
 

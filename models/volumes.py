@@ -196,9 +196,7 @@ def planes_of(ds: Dataset) -> list[Plane]:
             "(1 sample, MONOCHROME1 or MONOCHROME2)"
         )
     stored = _decoded(ds)
-    multiframe = "NumberOfFrames" in ds and (
-        "PerFrameFunctionalGroupsSequence" in ds or int(ds.NumberOfFrames) > 1
-    )
+    multiframe = "NumberOfFrames" in ds and ("PerFrameFunctionalGroupsSequence" in ds or int(ds.NumberOfFrames) > 1)
     sign = -1.0 if photometric == "MONOCHROME1" else 1.0
     planes = []
     for index in range(stored.shape[0]):
@@ -210,9 +208,7 @@ def planes_of(ds: Dataset) -> list[Plane]:
             from pydicom.pixels import apply_modality_lut
 
             values = np.asarray(apply_modality_lut(stored[index], ds), dtype=np.float64)
-        ref = FrameRef(
-            str(ds.SOPInstanceUID), str(ds.SOPClassUID), index + 1 if multiframe else None
-        )
+        ref = FrameRef(str(ds.SOPInstanceUID), str(ds.SOPClassUID), index + 1 if multiframe else None)
         planes.append(
             Plane(
                 ref=ref,
@@ -308,7 +304,10 @@ def _stack(planes: Sequence[Plane]) -> Volume:
         coordinate_system="PATIENT",
     )
     volume = Volume(
-        array, np.array(geometry.affine), tuple(frames), first.frame_of_reference_uid,
+        array,
+        np.array(geometry.affine),
+        tuple(frames),
+        first.frame_of_reference_uid,
         first.series_instance_uid,
     )
     _check_positions(volume, by_index)

@@ -80,15 +80,16 @@ def build_app(family: str, entry: ModelEntry) -> Application:
     deployment = FAMILIES.get(family)
     if deployment is None:
         raise ConfigError(
-            f"models.{family}", [f"models.{family}: got family {family!r}; expected one of "
-                                 f"{sorted(FAMILIES)}"]
+            f"models.{family}", [f"models.{family}: got family {family!r}; expected one of {sorted(FAMILIES)}"]
         )
     resolve_weights(entry)
     cfg = entry.serve
     if cfg.max_ongoing_requests < cfg.max_batch_size:
         logger.warning(
             "%s: max_ongoing_requests %d < max_batch_size %d: batches never fill",
-            family, cfg.max_ongoing_requests, cfg.max_batch_size,
+            family,
+            cfg.max_ongoing_requests,
+            cfg.max_batch_size,
         )
     options = deployment_options(cfg)
     logger.info("Serve options of %s: %s", family, options)

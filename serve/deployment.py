@@ -72,7 +72,10 @@ class ModelDeployment:
         self._forward_batch.set_batch_wait_timeout_s(entry.serve.batch_wait_timeout_s)
         logger.info(
             "%s replica ready: %s %s, batches of up to %d, wait %.3f s",
-            family, entry.name, entry.version, entry.serve.max_batch_size,
+            family,
+            entry.name,
+            entry.version,
+            entry.serve.max_batch_size,
             entry.serve.batch_wait_timeout_s,
         )
 

@@ -18,8 +18,7 @@ from state.db import Database, Row, Tx, marks
 
 __all__ = ["ContextMatch", "ContextReader", "Resource", "TABLES", "load", "survivor"]
 
-TABLES = ("hl7_inbox", "hl7_rejected", "hl7_conflicts", "resources", "orders",
-          "patient_merges", "patient_identities")
+TABLES = ("hl7_inbox", "hl7_rejected", "hl7_conflicts", "resources", "orders", "patient_merges", "patient_identities")
 """The tables ``ContextReader.count`` answers for."""
 
 Resource = dict[str, Any]
@@ -38,8 +37,7 @@ class ContextMatch:
 
 def load(tx: Tx, kind: str, rid: str, *, lock: bool = False) -> Resource | None:
     """One stored resource; ``lock``: hold its row until the transaction ends."""
-    row = tx.one("SELECT json FROM resources WHERE type = ? AND id = ?"
-                 + (tx.for_update if lock else ""), (kind, rid))
+    row = tx.one("SELECT json FROM resources WHERE type = ? AND id = ?" + (tx.for_update if lock else ""), (kind, rid))
     return json.loads(row["json"]) if row else None
 
 
@@ -90,7 +88,8 @@ class ContextReader:
             return tx.all(
                 "SELECT seq, sending_app, sending_facility, control_id, message_type, status,"
                 " error_code, error_location, error, resends, audited FROM hl7_inbox"
-                " ORDER BY seq LIMIT ?", (limit,),
+                " ORDER BY seq LIMIT ?",
+                (limit,),
             )
 
     def conflicts(self, limit: int = 1000) -> list[Row]:
@@ -100,7 +99,8 @@ class ContextReader:
             return tx.all(
                 "SELECT seq, received_at, peer, sending_app, sending_facility, control_id,"
                 " message_type, sha256, raw, inbox_seq, resends, audited FROM hl7_conflicts"
-                " ORDER BY seq LIMIT ?", (limit,),
+                " ORDER BY seq LIMIT ?",
+                (limit,),
             )
 
     def find(
@@ -128,8 +128,7 @@ class ContextReader:
             if request is None:
                 return None
             patient_id = survivor(tx, order.patient_id)
-            return ContextMatch(how, request, load(tx, "Patient", patient_id),
-                                self._encounter(tx, order, patient_id))
+            return ContextMatch(how, request, load(tx, "Patient", patient_id), self._encounter(tx, order, patient_id))
 
     def order_status(self, study_uid: str, accession_key: str) -> OrderStatus | None:
         """The RIS's latest status of a study's order (``core.ports.OrderStatusSource``).
@@ -145,28 +144,39 @@ class ContextReader:
             rows = tx.all(
                 "SELECT study_uid, accession_key, status, updated_at FROM orders"
                 " WHERE (study_uid = ? AND study_uid <> '') OR (accession_key = ? AND accession_key <> '')"
-                " ORDER BY updated_at DESC LIMIT 20", (study_uid, accession_key))
-        statuses = [from_service_request(r["study_uid"], r["accession_key"], r["status"],
-                                         float(r["updated_at"])) for r in rows]
+                " ORDER BY updated_at DESC LIMIT 20",
+                (study_uid, accession_key),
+            )
+        statuses = [
+            from_service_request(r["study_uid"], r["accession_key"], r["status"], float(r["updated_at"])) for r in rows
+        ]
         return latest_order_status(statuses, study_uid, accession_key)
 
     @staticmethod
     def _order(row: Row) -> OrderIndex:
-        return OrderIndex(row["service_request_id"], row["accession_key"], row["study_uid"],
-                          row["patient_id"], row["encounter_id"], row["order_date"], row["status"])
+        return OrderIndex(
+            row["service_request_id"],
+            row["accession_key"],
+            row["study_uid"],
+            row["patient_id"],
+            row["encounter_id"],
+            row["order_date"],
+            row["status"],
+        )
 
     def _by_study_or_accession(
         self, tx: Tx, study_uid: str, accession_keys: Sequence[str]
     ) -> tuple[OrderIndex | None, str]:
         if study_uid:
-            row = tx.one("SELECT * FROM orders WHERE study_uid = ? ORDER BY updated_at DESC"
-                         " LIMIT 1", (study_uid,))
+            row = tx.one("SELECT * FROM orders WHERE study_uid = ? ORDER BY updated_at DESC LIMIT 1", (study_uid,))
             if row is not None:
                 return self._order(row), "study_uid"
         keys = [k for k in accession_keys if k]
         if keys:
-            row = tx.one(f"SELECT * FROM orders WHERE accession_key IN ({marks(len(keys))})"
-                         " ORDER BY updated_at DESC LIMIT 1", keys)
+            row = tx.one(
+                f"SELECT * FROM orders WHERE accession_key IN ({marks(len(keys))}) ORDER BY updated_at DESC LIMIT 1",
+                keys,
+            )
             if row is not None:
                 return self._order(row), "accession"
         return None, ""
@@ -179,16 +189,13 @@ class ContextReader:
             return None
         if len({survivor(tx, p) for p in patients}) > 1:
             return None  # the bare ID names more than one person (issue #16): no guess
-        rows = tx.all(f"SELECT * FROM orders WHERE patient_id IN ({marks(len(patients))})",
-                      patients)
-        return choose_order([(self._order(r), float(r["updated_at"])) for r in rows],
-                            study_date, window_days)
+        rows = tx.all(f"SELECT * FROM orders WHERE patient_id IN ({marks(len(patients))})", patients)
+        return choose_order([(self._order(r), float(r["updated_at"])) for r in rows], study_date, window_days)
 
     @staticmethod
     def _patients(tx: Tx, key: str) -> set[str]:
         """Every patient id a key names, before and after merges (orders keep either)."""
-        ids = {r["patient_id"] for r in tx.all(
-            "SELECT patient_id FROM patient_keys WHERE patient_key = ?", (key,))}
+        ids = {r["patient_id"] for r in tx.all("SELECT patient_id FROM patient_keys WHERE patient_key = ?", (key,))}
         return ids | {survivor(tx, p) for p in ids}
 
     @staticmethod
@@ -197,8 +204,9 @@ class ContextReader:
             found = load(tx, "Encounter", order.encounter_id)
             if found is not None:
                 return found
-        row = tx.one("SELECT encounter_id FROM encounters WHERE patient_id = ?"
-                     " ORDER BY updated_at DESC LIMIT 1", (patient_id,))
+        row = tx.one(
+            "SELECT encounter_id FROM encounters WHERE patient_id = ? ORDER BY updated_at DESC LIMIT 1", (patient_id,)
+        )
         return load(tx, "Encounter", row["encounter_id"]) if row else None
 
     # ------------------------------------------------------------- audit pump
@@ -206,14 +214,23 @@ class ContextReader:
         """Inbox, rejected and conflict rows not yet in the ledger's audit trail (no PHI)."""
         with self.db.read() as tx:
             return (
-                tx.all("SELECT seq, sending_app, sending_facility, control_id, message_type,"
-                       " status, error_code, error_location, resends, patient_key,"
-                       " accession_key, peer FROM hl7_inbox WHERE audited = 0 ORDER BY seq"
-                       " LIMIT ?", (limit,)),
-                tx.all("SELECT seq, control_id, message_type, size, sha256, error_code,"
-                       " error_location, peer FROM hl7_rejected WHERE audited = 0 ORDER BY seq"
-                       " LIMIT ?", (limit,)),
-                tx.all("SELECT seq, sending_app, sending_facility, control_id, message_type,"
-                       " inbox_seq, resends, peer FROM hl7_conflicts WHERE audited = 0"
-                       " ORDER BY seq LIMIT ?", (limit,)),
+                tx.all(
+                    "SELECT seq, sending_app, sending_facility, control_id, message_type,"
+                    " status, error_code, error_location, resends, patient_key,"
+                    " accession_key, peer FROM hl7_inbox WHERE audited = 0 ORDER BY seq"
+                    " LIMIT ?",
+                    (limit,),
+                ),
+                tx.all(
+                    "SELECT seq, control_id, message_type, size, sha256, error_code,"
+                    " error_location, peer FROM hl7_rejected WHERE audited = 0 ORDER BY seq"
+                    " LIMIT ?",
+                    (limit,),
+                ),
+                tx.all(
+                    "SELECT seq, sending_app, sending_facility, control_id, message_type,"
+                    " inbox_seq, resends, peer FROM hl7_conflicts WHERE audited = 0"
+                    " ORDER BY seq LIMIT ?",
+                    (limit,),
+                ),
             )

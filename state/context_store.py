@@ -67,8 +67,7 @@ def open_context(storage: StorageConfig, *, writer: bool = False, group_max: int
         DependencyUnavailable: The PostgreSQL server cannot be reached.
     """
     layout = VarLayout.at(storage.var_dir)
-    return open_database(storage.ledger, layout, "context", wal_autocheckpoint=not writer,
-                         group_max=group_max)
+    return open_database(storage.ledger, layout, "context", wal_autocheckpoint=not writer, group_max=group_max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +89,7 @@ class InboxEntry:
         return self.digest or hashlib.sha256(self.raw).hexdigest()
 
 
-def _write(
-    tx: Tx, kind: str, rid: str, change: Callable[[Resource | None], Resource | None], now: float
-) -> None:
+def _write(tx: Tx, kind: str, rid: str, change: Callable[[Resource | None], Resource | None], now: float) -> None:
     """Change one resource under its row lock and store it: version 1 when new, else + 1.
 
     ``change`` gets the stored resource (``None``: none yet) and returns the new one (``None``:
@@ -102,15 +99,23 @@ def _write(
     stored = load(tx, kind, rid, lock=True)
     if stored is None:
         new = change(None)
-        if new is None or tx.execute(
-            "INSERT INTO resources (type, id, version, updated_at, json) VALUES (?,?,1,?,?)"
-            " ON CONFLICT (type, id) DO NOTHING", (kind, rid, now, _dump(new))) == 1:
+        if (
+            new is None
+            or tx.execute(
+                "INSERT INTO resources (type, id, version, updated_at, json) VALUES (?,?,1,?,?)"
+                " ON CONFLICT (type, id) DO NOTHING",
+                (kind, rid, now, _dump(new)),
+            )
+            == 1
+        ):
             return
         stored = load(tx, kind, rid, lock=True)
     new = change(stored)
     if new is not None:
-        tx.execute("UPDATE resources SET version = version + 1, updated_at = ?, json = ?"
-                   " WHERE type = ? AND id = ?", (now, _dump(new), kind, rid))
+        tx.execute(
+            "UPDATE resources SET version = version + 1, updated_at = ?, json = ? WHERE type = ? AND id = ?",
+            (now, _dump(new), kind, rid),
+        )
 
 
 def _dump(resource: Resource) -> str:
@@ -140,12 +145,15 @@ def _insert_pairs(tx: Tx, table: str, key: str, pairs: Sequence[tuple[str, str]]
     if pairs:
         tx.execute(
             f"INSERT INTO {table} ({key}, patient_id) VALUES {','.join(['(?,?)'] * len(pairs))}"
-            f" ON CONFLICT ({key}, patient_id) DO NOTHING", [v for pair in pairs for v in pair],
+            f" ON CONFLICT ({key}, patient_id) DO NOTHING",
+            [v for pair in pairs for v in pair],
         )
 
 
 def _index_patient(
-    tx: Tx, bare: Sequence[tuple[str, str]], identities: Sequence[tuple[str, str]],
+    tx: Tx,
+    bare: Sequence[tuple[str, str]],
+    identities: Sequence[tuple[str, str]],
     stored: dict[str, str] | None = None,
 ) -> None:
     """Record which patient the bare IDs (the join's index) and the identities belong to;
@@ -179,20 +187,31 @@ class ContextWriter:
         """
         return self._db.submit(lambda tx: self._receive(tx, entry))
 
-    def reject(
-        self, raw: bytes, peer: str, header: MessageHeader | None, error: AckError, now: float
-    ) -> Future[int]:
+    def reject(self, raw: bytes, peer: str, header: MessageHeader | None, error: AckError, now: float) -> Future[int]:
         """Keep the head of a message answered AR, for inspection and the audit trail."""
-        return self._db.submit(lambda tx: tx.execute(
-            "INSERT INTO hl7_rejected (received_at, peer, control_id, message_type, size,"
-            " sha256, head, error_code, error_location, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (now, peer, header.control_id if header else "",
-             header.message_type if header else "", len(raw), hashlib.sha256(raw).hexdigest(),
-             raw[:4096], error.code, error.location, error.text[:2000]),
-        ))
+        return self._db.submit(
+            lambda tx: tx.execute(
+                "INSERT INTO hl7_rejected (received_at, peer, control_id, message_type, size,"
+                " sha256, head, error_code, error_location, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    now,
+                    peer,
+                    header.control_id if header else "",
+                    header.message_type if header else "",
+                    len(raw),
+                    hashlib.sha256(raw).hexdigest(),
+                    raw[:4096],
+                    error.code,
+                    error.location,
+                    error.text[:2000],
+                ),
+            )
+        )
 
     def mark_audited(
-        self, inbox: Sequence[tuple[int, int]], rejected: Sequence[int],
+        self,
+        inbox: Sequence[tuple[int, int]],
+        rejected: Sequence[int],
         conflicts: Sequence[tuple[int, int]] = (),
     ) -> Future[None]:
         """Record that these rows' audit events are in the ledger.
@@ -206,12 +225,9 @@ class ContextWriter:
         def work(tx: Tx) -> None:
             for table, rows in (("hl7_inbox", list(inbox)), ("hl7_conflicts", list(conflicts))):
                 if rows:  # a row re-sent since it was read stays unaudited
-                    tx.executemany(
-                        f"UPDATE {table} SET audited = 1 WHERE seq = ? AND resends = ?", rows
-                    )
+                    tx.executemany(f"UPDATE {table} SET audited = 1 WHERE seq = ? AND resends = ?", rows)
             if rejected:
-                tx.executemany("UPDATE hl7_rejected SET audited = 1 WHERE seq = ?",
-                               [(s,) for s in rejected])
+                tx.executemany("UPDATE hl7_rejected SET audited = 1 WHERE seq = ?", [(s,) for s in rejected])
 
         return self._db.submit(work)
 
@@ -226,8 +242,7 @@ class ContextWriter:
             # rows from before content digests hold the SHA-256 of the raw bytes
             if row["sha256"] not in (entry.content, hashlib.sha256(entry.raw).hexdigest()):
                 return self._conflict(tx, entry, row["seq"])
-            tx.execute("UPDATE hl7_inbox SET resends = resends + 1, audited = 0 WHERE seq = ?",
-                       (row["seq"],))
+            tx.execute("UPDATE hl7_inbox SET resends = resends + 1, audited = 0 WHERE seq = ?", (row["seq"],))
             return Disposition.DUPLICATE, None
         error = entry.error
         if entry.update is not None:
@@ -255,20 +270,34 @@ class ContextWriter:
             " ON CONFLICT (sending_app, sending_facility, control_id, sha256) DO UPDATE SET"
             " resends = hl7_conflicts.resends + 1, received_at = excluded.received_at,"
             " peer = excluded.peer, audited = 0",
-            (entry.received_at, entry.peer, h.sending_application, h.sending_facility,
-             h.control_id, h.message_type, entry.content, entry.raw, inbox_seq),
+            (
+                entry.received_at,
+                entry.peer,
+                h.sending_application,
+                h.sending_facility,
+                h.control_id,
+                h.message_type,
+                entry.content,
+                entry.raw,
+                inbox_seq,
+            ),
         )
         return Disposition.CONFLICT, conflict_error(h.control_id)
 
     @staticmethod
-    def _inbox_row(
-        tx: Tx, entry: InboxEntry, seq: int | None, status: str, error: AckError | None
-    ) -> None:
+    def _inbox_row(tx: Tx, entry: InboxEntry, seq: int | None, status: str, error: AckError | None) -> None:
         h, u = entry.header, entry.update
         values = (
-            h.message_type, entry.received_at, entry.peer, entry.content, entry.raw, status,
-            error.code if error else "", error.location if error else "",
-            error.text[:2000] if error else "", u.patient_key if u else "",
+            h.message_type,
+            entry.received_at,
+            entry.peer,
+            entry.content,
+            entry.raw,
+            status,
+            error.code if error else "",
+            error.location if error else "",
+            error.text[:2000] if error else "",
+            u.patient_key if u else "",
             u.accession_key if u else "",
         )
         if seq is None:  # a copy racing this one (PostgreSQL) makes this fail: retried
@@ -296,8 +325,13 @@ class ContextWriter:
             if known is not None:
                 update = rebind_patient(update, patient["id"], known)
         for resource in update.resources:
-            _write(tx, resource["resourceType"], resource["id"],
-                   lambda stored, new=resource: merge_resource(stored, new), now)
+            _write(
+                tx,
+                resource["resourceType"],
+                resource["id"],
+                lambda stored, new=resource: merge_resource(stored, new),
+                now,
+            )
         _index_patient(tx, update.patient_keys, update.identity_keys, stored_identities)
         if update.encounters:
             tx.executemany(
@@ -322,8 +356,16 @@ class ContextWriter:
             " COALESCE(NULLIF(excluded.encounter_id, ''), orders.encounter_id), order_date ="
             " COALESCE(NULLIF(excluded.order_date, ''), orders.order_date), status ="
             " excluded.status, updated_at = excluded.updated_at",
-            (order.service_request_id, order.accession_key, order.study_uid, order.patient_id,
-             order.encounter_id, order.order_date, order.status, now),
+            (
+                order.service_request_id,
+                order.accession_key,
+                order.study_uid,
+                order.patient_id,
+                order.encounter_id,
+                order.order_date,
+                order.status,
+                now,
+            ),
         )
 
     @staticmethod
@@ -334,25 +376,34 @@ class ContextWriter:
         if prior_id == survivor_id:
             return
         # merge_patients changes each side from that side alone: prior, then survivor
-        _write(tx, "Patient", prior_id,
-               lambda prior: merge_patients(prior, {}, merge)[0], now)
-        _write(tx, "Patient", survivor_id, lambda stored: merge_patients(
-            None, stored or {"resourceType": "Patient", "id": survivor_id}, merge)[1], now)
+        _write(tx, "Patient", prior_id, lambda prior: merge_patients(prior, {}, merge)[0], now)
+        _write(
+            tx,
+            "Patient",
+            survivor_id,
+            lambda stored: merge_patients(None, stored or {"resourceType": "Patient", "id": survivor_id}, merge)[1],
+            now,
+        )
         tx.execute(
             "INSERT INTO patient_merges (prior_id, survivor_id, merged_at) VALUES (?,?,?)"
             " ON CONFLICT (prior_id) DO UPDATE SET survivor_id = excluded.survivor_id,"
             " merged_at = excluded.merged_at",
             (prior_id, survivor_id, now),
         )
-        _index_patient(tx, [(k, survivor_id) for k in merge.prior_keys],
-                       [(k, survivor_id) for k in merge.prior_identity_keys])
-        for table, kind, column in (("orders", "ServiceRequest", "service_request_id"),
-                                    ("encounters", "Encounter", "encounter_id")):
-            rows = tx.all(f"SELECT {column} AS rid FROM {table} WHERE patient_id = ?"
-                          + tx.for_update, (prior_id,))
+        _index_patient(
+            tx, [(k, survivor_id) for k in merge.prior_keys], [(k, survivor_id) for k in merge.prior_identity_keys]
+        )
+        for table, kind, column in (
+            ("orders", "ServiceRequest", "service_request_id"),
+            ("encounters", "Encounter", "encounter_id"),
+        ):
+            rows = tx.all(f"SELECT {column} AS rid FROM {table} WHERE patient_id = ?" + tx.for_update, (prior_id,))
             for row in rows:
-                _write(tx, kind, row["rid"], lambda old: None if old is None else relink_subject(
-                    old, prior_id, survivor_id), now)
-            tx.execute(
-                f"UPDATE {table} SET patient_id = ? WHERE patient_id = ?", (survivor_id, prior_id)
-            )
+                _write(
+                    tx,
+                    kind,
+                    row["rid"],
+                    lambda old: None if old is None else relink_subject(old, prior_id, survivor_id),
+                    now,
+                )
+            tx.execute(f"UPDATE {table} SET patient_id = ? WHERE patient_id = ?", (survivor_id, prior_id))

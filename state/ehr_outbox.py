@@ -36,11 +36,21 @@ class EhrReport:
 
 
 def _report(row: Row) -> EhrReport:
-    return EhrReport(int(row["item_id"]), row["sr_uid"], int(row["job_id"]), row["study_uid"],
-                     int(row["priority"]), json.loads(row["bundle"]), row["state"],
-                     int(row["attempts"]), int(row["waits"]), float(row["not_before"]),
-                     row["last_error"], float(row["created_at"]),
-                     None if row["delivered_at"] is None else float(row["delivered_at"]))
+    return EhrReport(
+        int(row["item_id"]),
+        row["sr_uid"],
+        int(row["job_id"]),
+        row["study_uid"],
+        int(row["priority"]),
+        json.loads(row["bundle"]),
+        row["state"],
+        int(row["attempts"]),
+        int(row["waits"]),
+        float(row["not_before"]),
+        row["last_error"],
+        float(row["created_at"]),
+        None if row["delivered_at"] is None else float(row["delivered_at"]),
+    )
 
 
 class EhrOutbox:
@@ -58,43 +68,61 @@ class EhrOutbox:
 
     def enabled_since(self, now: float) -> float:
         """When results to the EHR were first switched on (SRs delivered before stay out)."""
+
         def first(tx: Tx) -> float:
-            tx.execute("INSERT INTO ehr_meta (name, value) VALUES ('enabled_at', ?)"
-                       " ON CONFLICT (name) DO NOTHING", (now,))
+            tx.execute(
+                "INSERT INTO ehr_meta (name, value) VALUES ('enabled_at', ?) ON CONFLICT (name) DO NOTHING", (now,)
+            )
             row = tx.one("SELECT value FROM ehr_meta WHERE name = 'enabled_at'")
             return float(row["value"]) if row else now
 
         return self._db.run(first)
 
-    def enqueue(self, sr_uid: str, job_id: int, study_uid: str, priority: int,
-                bundle: dict[str, Any], now: float) -> bool:
+    def enqueue(
+        self, sr_uid: str, job_id: int, study_uid: str, priority: int, bundle: dict[str, Any], now: float
+    ) -> bool:
         """Queue a report durably; ``False`` if this SR's report was queued before."""
-        return self._db.run(lambda tx: tx.execute(
-            "INSERT INTO ehr_reports (sr_uid, job_id, study_uid, priority, bundle, not_before,"
-            " created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (sr_uid) DO NOTHING",
-            (sr_uid, job_id, study_uid, priority, json.dumps(bundle), now, now)) == 1)
+        return self._db.run(
+            lambda tx: (
+                tx.execute(
+                    "INSERT INTO ehr_reports (sr_uid, job_id, study_uid, priority, bundle, not_before,"
+                    " created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (sr_uid) DO NOTHING",
+                    (sr_uid, job_id, study_uid, priority, json.dumps(bundle), now, now),
+                )
+                == 1
+            )
+        )
 
     def due(self, now: float, limit: int) -> list[EhrReport]:
         """Pending reports whose time has come, highest priority first."""
         with self._db.read() as tx:
-            rows = tx.all("SELECT * FROM ehr_reports WHERE state = 'pending' AND not_before <= ?"
-                          " ORDER BY priority DESC, item_id LIMIT ?", (now, limit))
+            rows = tx.all(
+                "SELECT * FROM ehr_reports WHERE state = 'pending' AND not_before <= ?"
+                " ORDER BY priority DESC, item_id LIMIT ?",
+                (now, limit),
+            )
         return [_report(r) for r in rows]
 
     def delivered(self, item_id: int, now: float) -> None:
         """The endpoint accepted the report."""
-        self._db.run(lambda tx: tx.execute(
-            "UPDATE ehr_reports SET state = 'delivered', delivered_at = ?, waits = 0,"
-            " last_error = '' WHERE item_id = ?", (now, item_id)))
+        self._db.run(
+            lambda tx: tx.execute(
+                "UPDATE ehr_reports SET state = 'delivered', delivered_at = ?, waits = 0,"
+                " last_error = '' WHERE item_id = ?",
+                (now, item_id),
+            )
+        )
 
-    def defer(self, item_id: int, not_before: float, error: str, *, spent: bool,
-              dead: bool = False) -> None:
+    def defer(self, item_id: int, not_before: float, error: str, *, spent: bool, dead: bool = False) -> None:
         """Try again at ``not_before``; ``spent`` counts an attempt, ``dead`` gives up."""
-        self._db.run(lambda tx: tx.execute(
-            "UPDATE ehr_reports SET not_before = ?, last_error = ?, attempts = attempts + ?,"
-            " waits = CASE WHEN ? = 1 THEN 0 ELSE waits + 1 END,"
-            " state = CASE WHEN ? = 1 THEN 'dead' ELSE state END WHERE item_id = ?",
-            (not_before, error[:1000], int(spent), int(spent), int(dead), item_id)))
+        self._db.run(
+            lambda tx: tx.execute(
+                "UPDATE ehr_reports SET not_before = ?, last_error = ?, attempts = attempts + ?,"
+                " waits = CASE WHEN ? = 1 THEN 0 ELSE waits + 1 END,"
+                " state = CASE WHEN ? = 1 THEN 'dead' ELSE state END WHERE item_id = ?",
+                (not_before, error[:1000], int(spent), int(spent), int(dead), item_id),
+            )
+        )
 
     def reports(self) -> list[EhrReport]:
         """Every report, oldest first (PHI: for status and tests)."""
@@ -104,6 +132,7 @@ class EhrOutbox:
     def counts(self) -> dict[str, int]:
         """Reports per state."""
         with self._db.read() as tx:
-            found = {r["state"]: int(r["n"]) for r in
-                     tx.all("SELECT state, COUNT(*) AS n FROM ehr_reports GROUP BY state")}
+            found = {
+                r["state"]: int(r["n"]) for r in tx.all("SELECT state, COUNT(*) AS n FROM ehr_reports GROUP BY state")
+            }
         return {s: found.get(s, 0) for s in ("pending", "delivered", "dead")}

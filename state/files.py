@@ -105,6 +105,4 @@ def check_free_space(path: Path, min_free_bytes: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(path).free
     if free < min_free_bytes:
-        raise OutOfResources(
-            f"spool disk has {free} bytes free; the configured floor is {min_free_bytes}"
-        )
+        raise OutOfResources(f"spool disk has {free} bytes free; the configured floor is {min_free_bytes}")

@@ -121,8 +121,12 @@ class PostgresDatabase:
         self._create_schema(timeout_s)
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             make_conninfo(dsn, options=f"-c search_path={schema}"),
-            min_size=1, max_size=max(1, pool_max), timeout=timeout_s, open=True,
-            kwargs={"autocommit": True, "row_factory": dict_row}, name=f"pacsai-{schema}",
+            min_size=1,
+            max_size=max(1, pool_max),
+            timeout=timeout_s,
+            open=True,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            name=f"pacsai-{schema}",
         )
         self._events: dict[str, threading.Event] = {}
         self._events_lock = threading.Lock()
@@ -139,10 +143,14 @@ class PostgresDatabase:
         auth = f"{user}:{parts['password']}@" if parts.get("password") else f"{user}@" if user else ""
         host = parts.get("host", "localhost")
         if host.startswith("/"):  # a Unix socket directory goes in the query string
-            return (f"postgresql+psycopg://{auth}/{parts.get('dbname', '')}?host={host}"
-                    f"&port={parts.get('port', 5432)}&schema={self.schema}")
-        return (f"postgresql+psycopg://{auth}{host}:{parts.get('port', 5432)}/"
-                f"{parts.get('dbname', '')}?schema={self.schema}")
+            return (
+                f"postgresql+psycopg://{auth}/{parts.get('dbname', '')}?host={host}"
+                f"&port={parts.get('port', 5432)}&schema={self.schema}"
+            )
+        return (
+            f"postgresql+psycopg://{auth}{host}:{parts.get('port', 5432)}/"
+            f"{parts.get('dbname', '')}?schema={self.schema}"
+        )
 
     def _create_schema(self, timeout_s: float) -> None:
         try:
@@ -180,8 +188,7 @@ class PostgresDatabase:
         """
         with self._events_lock:
             if self._submitted is None:
-                self._submitted = ThreadPoolExecutor(self._pool_max,
-                                                     thread_name_prefix=f"pg-{self.schema}")
+                self._submitted = ThreadPoolExecutor(self._pool_max, thread_name_prefix=f"pg-{self.schema}")
             return self._submitted.submit(self.run, fn)
 
     @contextmanager
@@ -231,8 +238,7 @@ class PostgresDatabase:
                             if event is not None:
                                 event.set()
             except psycopg.Error as exc:
-                logger.warning("LISTEN connection to %s lost (%s); reconnecting", self._where,
-                               type(exc).__name__)
+                logger.warning("LISTEN connection to %s lost (%s); reconnecting", self._where, type(exc).__name__)
                 self._closed.wait(1.0)
 
     def channel(self, topic: str) -> str:

@@ -58,9 +58,7 @@ def connect(path: Path, busy_timeout_s: float = 30.0) -> sqlite3.Connection:
     The connection is in autocommit mode (``isolation_level=None``): transactions are explicit.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
-    )
+    con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
     con.row_factory = _dict_row
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
@@ -156,7 +154,11 @@ class SqliteDatabase:
     notifies = False
 
     def __init__(
-        self, path: Path, busy_timeout_s: float = 30.0, *, autocheckpoint: bool = True,
+        self,
+        path: Path,
+        busy_timeout_s: float = 30.0,
+        *,
+        autocheckpoint: bool = True,
         group_max: int = 0,
     ) -> None:
         """Open (and create) the file.
@@ -264,8 +266,7 @@ class SqliteDatabase:
                 raise RuntimeError("the store is closed")
             self._queue.append(pending)
             if self._writer is None:
-                self._writer = threading.Thread(target=self._write, name="sqlite-writer",
-                                                daemon=True)
+                self._writer = threading.Thread(target=self._write, name="sqlite-writer", daemon=True)
                 self._writer.start()
             if self._leader is not None:
                 return future  # the leader hands the lead to the writer when it comes up

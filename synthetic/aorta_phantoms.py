@@ -138,8 +138,7 @@ def _aorta(k: int, y: np.ndarray, x: np.ndarray, v: _Vessels) -> list[np.ndarray
     if k < v.arch_slices:
         a, d = np.array(v.ascending), np.array(v.descending)
         direction = (d - a) / np.linalg.norm(d - a)
-        t = np.clip((x - a[0]) * direction[0] + (y - a[1]) * direction[1], 0,
-                    np.linalg.norm(d - a))
+        t = np.clip((x - a[0]) * direction[0] + (y - a[1]) * direction[1], 0, np.linalg.norm(d - a))
         dist = np.hypot(x - a[0] - t * direction[0], y - a[1] - t * direction[1])
         return [dist < (v.r_ascending + v.r_descending) / 2]
     return [_disc(y, x, v.ascending, v.r_ascending), _disc(y, x, v.descending, v.r_descending)]
@@ -167,8 +166,14 @@ def _dissection_plan(rng: np.random.Generator, n: int, v: _Vessels) -> _Plan:
         first = int(rng.integers(v.arch_slices, max(v.arch_slices + 1, n // 2)))
     length = int(rng.integers(max(4, n // 4), max(5, n - first + 1)))
     return _Plan(
-        first, min(n, first + length), kind, rng.uniform(0, np.pi), rng.uniform(-0.3, 0.3),
-        rng.uniform(0.45, 0.75), rng.uniform(2.5, 4.0), rng.uniform(60, 100),
+        first,
+        min(n, first + length),
+        kind,
+        rng.uniform(0, np.pi),
+        rng.uniform(-0.3, 0.3),
+        rng.uniform(0.45, 0.75),
+        rng.uniform(2.5, 4.0),
+        rng.uniform(60, 100),
     )
 
 
@@ -191,9 +196,7 @@ def _sections(
     return sections
 
 
-def _flap(
-    hu: np.ndarray, k: int, y: np.ndarray, x: np.ndarray, v: _Vessels, plan: _Plan
-) -> np.ndarray:
+def _flap(hu: np.ndarray, k: int, y: np.ndarray, x: np.ndarray, v: _Vessels, plan: _Plan) -> np.ndarray:
     """Draw the flap (and the dimmer false lumen) on one slice; return the flap mask."""
     flap = np.zeros(hu.shape, dtype=bool)
     for lumen, centre, radius, normal in _sections(k, y, x, v, plan):

@@ -46,16 +46,15 @@ class BrainVolume:
     centre_mm: tuple[float, float, float] | None
 
 
-def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray
-]:
+def _grid(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z, y, x) millimetres of every voxel centre, the volume centre at 0."""
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing, strict=True)]
     return axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
 
 
-def _ellipsoid(z: np.ndarray, y: np.ndarray, x: np.ndarray, c: tuple[float, ...],
-               r: tuple[float, ...]) -> np.ndarray:
+def _ellipsoid(z: np.ndarray, y: np.ndarray, x: np.ndarray, c: tuple[float, ...], r: tuple[float, ...]) -> np.ndarray:
     return np.sqrt(((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2)
 
 
@@ -98,8 +97,10 @@ def brain_volume(
         lesion, where = _tumour(rng, values, z, y, x, centre, head)
     values = _rician(rng, values * _bias(rng, z, y, x))
     return BrainVolume(
-        values.astype(np.float32), frozenset({"brain_tumour"}) if tumour else frozenset(),
-        lesion, where,
+        values.astype(np.float32),
+        frozenset({"brain_tumour"}) if tumour else frozenset(),
+        lesion,
+        where,
     )
 
 

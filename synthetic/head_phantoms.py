@@ -309,13 +309,10 @@ def head_slice(
 
 
 def _grown(bleed: Bleed) -> Bleed:
-    return Bleed(bleed.kind, bleed.angle, bleed.extent, bleed.depth, bleed.x, bleed.y,
-                 bleed.radius * 1.35, bleed.hu)
+    return Bleed(bleed.kind, bleed.angle, bleed.extent, bleed.depth, bleed.x, bleed.y, bleed.radius * 1.35, bleed.hu)
 
 
-def _calcifications(
-    a: HeadAnatomy, p: _Polar, hu: np.ndarray, level: float, rng: np.random.Generator
-) -> None:
+def _calcifications(a: HeadAnatomy, p: _Polar, hu: np.ndarray, level: float, rng: np.random.Generator) -> None:
     """Pineal (a bright dot behind the ventricles) and sometimes a falx plaque (in place)."""
     if abs(level) < 0.3 and rng.random() < 0.7:
         dot = np.hypot(p.u - a.cx, p.v - a.cy - 0.16 * p.b / a.ay) < 0.012 + 0.5 * p.px
@@ -346,7 +343,4 @@ def head_volume(
     """
     anatomy = sample_head(rng)
     steps = np.linspace(levels[0], levels[1], n_slices)
-    return [
-        head_slice(anatomy, float(level), size, bleeds_by_slice.get(k, ()), rng)
-        for k, level in enumerate(steps)
-    ]
+    return [head_slice(anatomy, float(level), size, bleeds_by_slice.get(k, ()), rng) for k, level in enumerate(steps)]

@@ -116,9 +116,7 @@ def limb_phantom(rng: np.random.Generator, size: int, fracture: bool) -> LimbIma
     return LimbImage(image, frozenset({"limb_fracture"}) if fracture else frozenset(), lesion)
 
 
-def _paint_bone(
-    img: np.ndarray, whole: np.ndarray, medulla: np.ndarray, texture: np.ndarray
-) -> np.ndarray:
+def _paint_bone(img: np.ndarray, whole: np.ndarray, medulla: np.ndarray, texture: np.ndarray) -> np.ndarray:
     cortex_value, marrow_value = 0.9, 0.56
     img = img * (1 - whole) + cortex_value * whole
     return img * (1 - medulla) + (marrow_value + texture) * medulla
@@ -160,9 +158,7 @@ def _nutrient_canal(
     return np.where(mask, img - 0.25, img)
 
 
-def _skin_folds(
-    rng: np.random.Generator, f: _Frame, img: np.ndarray, width: float, centres: list[float]
-) -> np.ndarray:
+def _skin_folds(rng: np.random.Generator, f: _Frame, img: np.ndarray, width: float, centres: list[float]) -> np.ndarray:
     """Zero to two lucent lines across the soft tissue, stopping short of the bones."""
     for _ in range(int(rng.integers(0, 3))):
         s0, psi = rng.uniform(-0.4, 0.4), rng.uniform(-0.6, 0.6)

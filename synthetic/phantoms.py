@@ -215,9 +215,7 @@ def chest_phantom(rng: np.random.Generator, size: int, findings: frozenset[str])
     """
     unknown = sorted(set(findings) - set(PHANTOM_FINDINGS))
     if unknown:
-        raise ValueError(
-            f"Got findings {unknown}; a phantom can show only {list(PHANTOM_FINDINGS)}"
-        )
+        raise ValueError(f"Got findings {unknown}; a phantom can show only {list(PHANTOM_FINDINGS)}")
     if size < 32:
         raise ValueError(f"Got size {size}; expected at least 32 pixels")
     shown = set(implied_findings(findings))
@@ -338,9 +336,11 @@ def _draw_mediastinum(g: _Grid, img: np.ndarray, a: _Anatomy) -> tuple[np.ndarra
     """Draw mediastinum, heart and spine over the lungs; return the image and their soft mask."""
     dx = np.abs(g.u - a.mediastinum_x)
     top = a.thorax.cy - a.thorax.ay * 1.2
-    column = _sigmoid((a.mediastinum_half_width - dx) / g.edge) * _sigmoid(
-        (g.v - top) / g.edge
-    ) * _sigmoid((a.heart.cy - g.v) / g.edge)
+    column = (
+        _sigmoid((a.mediastinum_half_width - dx) / g.edge)
+        * _sigmoid((g.v - top) / g.edge)
+        * _sigmoid((a.heart.cy - g.v) / g.edge)
+    )
     solid = np.maximum(column, a.heart.soft(g, 1.5 * g.edge))
     img = img * (1 - solid) + _MEDIASTINUM * solid
     spine = _sigmoid((0.03 - dx) / (2 * g.edge)) * a.body.soft(g)
@@ -363,9 +363,7 @@ def _draw_lesion(
     return img, mask
 
 
-def _point_in_lung(
-    rng: np.random.Generator, a: _Anatomy, radius: float, margin: float
-) -> tuple[float, float]:
+def _point_in_lung(rng: np.random.Generator, a: _Anatomy, radius: float, margin: float) -> tuple[float, float]:
     """A centre for a disc of ``radius`` that lies in a lung field, off mediastinum and heart."""
     circle = np.linspace(0.0, 2 * np.pi, 24, endpoint=False)
     reach = radius + margin

@@ -73,9 +73,7 @@ def _new_dataset(sop_class_uid: str, sop_instance_uid: str) -> FileDataset:
     return ds
 
 
-def _patient_and_study(
-    ds: Dataset, patient_id: str, patient_name: str, study_uid: str, accession: str
-) -> None:
+def _patient_and_study(ds: Dataset, patient_id: str, patient_name: str, study_uid: str, accession: str) -> None:
     """Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1)."""
     ds.PatientName = patient_name
     ds.PatientID = patient_id
@@ -90,9 +88,7 @@ def _patient_and_study(
     ds.StudyDescription = "SYNTHETIC PHANTOM STUDY"
 
 
-def _series_and_equipment(
-    ds: Dataset, modality: str, series_uid: str, series_number: int, description: str
-) -> None:
+def _series_and_equipment(ds: Dataset, modality: str, series_uid: str, series_number: int, description: str) -> None:
     """General Series and General Equipment modules (PS3.3 C.7.3.1, C.7.5.1)."""
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid

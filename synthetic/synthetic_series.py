@@ -188,9 +188,7 @@ def _mr_attributes(ds: Dataset, thickness: float) -> None:
     ds.WindowCenter, ds.WindowWidth = 600, 1200
 
 
-def to_enhanced(
-    datasets: Sequence[FileDataset], frame_order: Sequence[int] | None = None
-) -> FileDataset:
+def to_enhanced(datasets: Sequence[FileDataset], frame_order: Sequence[int] | None = None) -> FileDataset:
     """Convert a single-frame CT or MR series to one Legacy Converted Enhanced instance.
 
     Args:
@@ -206,9 +204,7 @@ def to_enhanced(
     """
     first = datasets[0]
     converter = (
-        hd.legacy.LegacyConvertedEnhancedCTImage
-        if first.Modality == "CT"
-        else hd.legacy.LegacyConvertedEnhancedMRImage
+        hd.legacy.LegacyConvertedEnhancedCTImage if first.Modality == "CT" else hd.legacy.LegacyConvertedEnhancedMRImage
     )
     uid = synthetic_uid(first.SeriesInstanceUID, "enhanced")
     enhanced = converter(

@@ -60,9 +60,11 @@ class SyntheticStudy:
 
 
 def _ids(seed: int, kind: str, ids: Mapping[str, str]) -> dict[str, str]:
-    return {"patient_id": ids.get("patient_id", f"{kind}{seed}"),
-            "accession": ids.get("accession", f"A{kind}{seed}"),
-            **({"study_uid": ids["study_uid"]} if "study_uid" in ids else {})}
+    return {
+        "patient_id": ids.get("patient_id", f"{kind}{seed}"),
+        "accession": ids.get("accession", f"A{kind}{seed}"),
+        **({"study_uid": ids["study_uid"]} if "study_uid" in ids else {}),
+    }
 
 
 def fracture_study(seed: int, fracture: bool, size: int = 256, **ids: str) -> SyntheticStudy:
@@ -70,8 +72,12 @@ def fracture_study(seed: int, fracture: bool, size: int = 256, **ids: str) -> Sy
     rng = np.random.default_rng(seed)
     phantom = limb_phantom(rng, size, fracture)
     datasets = make_radiograph_study(
-        [phantom.image], seed=seed, body_part="FOREARM", region=("14975008", "Forearm"),
-        comments="Fracture." if fracture else "No fracture.", **_ids(seed, "FX", ids),
+        [phantom.image],
+        seed=seed,
+        body_part="FOREARM",
+        region=("14975008", "Forearm"),
+        comments="Fracture." if fracture else "No fracture.",
+        **_ids(seed, "FX", ids),
     )
     return SyntheticStudy(datasets, phantom.findings, phantom.lesion_mask, phantom.image)
 
@@ -95,8 +101,13 @@ def head_ct_study(
     slices = head_volume(rng, n_slices, size, by_slice)
     values = np.stack([s.hu for s in slices])
     datasets = make_volume_series(
-        values, modality="CT", spacing=(HEAD_SPACING, 220.0 / size, 220.0 / size), seed=seed,
-        body_part="HEAD", series_description="CT HEAD WITHOUT CONTRAST", **_ids(seed, "H", ids),
+        values,
+        modality="CT",
+        spacing=(HEAD_SPACING, 220.0 / size, 220.0 / size),
+        seed=seed,
+        body_part="HEAD",
+        series_description="CT HEAD WITHOUT CONTRAST",
+        **_ids(seed, "H", ids),
     )
     findings = frozenset().union(*(s.findings for s in slices))
     return SyntheticStudy(datasets, findings, np.stack([s.lesion_mask for s in slices]), values)
@@ -112,8 +123,13 @@ def brain_mr_study(
     """A post-contrast T1 brain MR, with or without a tumour."""
     phantom = brain_volume(np.random.default_rng(seed), shape, spacing, tumour)
     datasets = make_volume_series(
-        phantom.values, modality="MR", spacing=spacing, seed=seed, body_part="BRAIN",
-        series_description="MR BRAIN T1 POST CONTRAST", **_ids(seed, "B", ids),
+        phantom.values,
+        modality="MR",
+        spacing=spacing,
+        seed=seed,
+        body_part="BRAIN",
+        series_description="MR BRAIN T1 POST CONTRAST",
+        **_ids(seed, "B", ids),
     )
     return SyntheticStudy(datasets, phantom.findings, phantom.lesion_mask, phantom.values)
 
@@ -128,7 +144,12 @@ def chest_cta_study(
     """A chest CT angiogram, with or without an aortic dissection."""
     phantom = chest_cta_volume(np.random.default_rng(seed), shape, spacing, dissection)
     datasets = make_volume_series(
-        phantom.hu, modality="CT", spacing=spacing, seed=seed, body_part="CHEST",
-        series_description="CTA CHEST AORTA", **_ids(seed, "C", ids),
+        phantom.hu,
+        modality="CT",
+        spacing=spacing,
+        seed=seed,
+        body_part="CHEST",
+        series_description="CTA CHEST AORTA",
+        **_ids(seed, "C", ids),
     )
     return SyntheticStudy(datasets, phantom.findings, phantom.lesion_mask, phantom.hu)

@@ -49,8 +49,7 @@ def cxr(seed: int, size: int = 64) -> FileDataset:
 
 def ct(seed: int, n: int = 5) -> list[FileDataset]:
     """A valid synthetic CT series of 32 x 32 slices, 1 mm apart."""
-    return make_ct_series(seed=seed, n_slices=n, rows=32, cols=32, patient_id=f"ZQ{seed}Z",
-                          accession=f"A{seed}")
+    return make_ct_series(seed=seed, n_slices=n, rows=32, cols=32, patient_id=f"ZQ{seed}Z", accession=f"A{seed}")
 
 
 def write(ds: Dataset, target: Path | BytesIO) -> None:
@@ -72,6 +71,7 @@ def _one(change: Callable[[FileDataset], object]) -> Callable[[int], list[FileDa
         with config.disable_value_validation():
             change(ds)
         return [ds]
+
     return build
 
 
@@ -81,6 +81,7 @@ def _series(change: Callable[[list[FileDataset]], object], n: int = 5) -> Callab
         with config.disable_value_validation():
             result = change(datasets)
         return list(result) if isinstance(result, list) else datasets
+
     return build
 
 
@@ -105,6 +106,7 @@ def _raw(tag: int, vr: str, value: object) -> Callable[[FileDataset], None]:
             ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)  # type: ignore[assignment]
         else:
             ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+
     return change
 
 
@@ -115,6 +117,7 @@ def _compressed(syntax: str, change: Callable[[FileDataset], None]) -> Callable[
         with config.disable_value_validation():
             change(ds)
         return [ds]
+
     return build
 
 
@@ -130,6 +133,7 @@ def _frames_missing(ds: FileDataset) -> None:
 def _study_tweak(keyword: str, value: str) -> Callable[[list[FileDataset]], None]:
     def change(datasets: list[FileDataset]) -> None:
         put(datasets[1], keyword, value)
+
     return change
 
 
@@ -152,8 +156,11 @@ def _tilted(datasets: list[FileDataset]) -> None:
 
 
 CORRUPTIONS: tuple[Corruption, ...] = (
-    Corruption("truncated_pixel_data", "pixel_length_mismatch",
-               _one(lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 2]))),
+    Corruption(
+        "truncated_pixel_data",
+        "pixel_length_mismatch",
+        _one(lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 2])),
+    ),
     Corruption("wrong_rows", "pixel_length_mismatch", _one(_set("Rows", 70))),
     Corruption("declared_frames_missing", "pixel_length_mismatch", _one(_set("NumberOfFrames", 3))),
     Corruption("zero_length_pixel_data", "pixel_data_missing", _one(_set("PixelData", b""))),
@@ -165,45 +172,63 @@ CORRUPTIONS: tuple[Corruption, ...] = (
     Corruption("missing_photometric", "missing_attribute", _one(_delete("PhotometricInterpretation"))),
     Corruption("invalid_uid_characters", "invalid_uid", _one(_set("SeriesInstanceUID", "1.2.03.abc"))),
     Corruption("uid_too_long", "invalid_uid", _one(_set("SeriesInstanceUID", "1." + "2" * 70))),
-    Corruption("series_uid_equals_study_uid", "invalid_value",
-               _one(lambda ds: setattr(ds, "SeriesInstanceUID", ds.StudyInstanceUID))),
+    Corruption(
+        "series_uid_equals_study_uid",
+        "invalid_value",
+        _one(lambda ds: setattr(ds, "SeriesInstanceUID", ds.StudyInstanceUID)),
+    ),
     Corruption("wrong_vr_rows_as_float", "invalid_vr", _one(_raw(0x00280010, "FL", 64.0))),
     Corruption("wrong_vr_patient_id_as_us", "invalid_vr", _one(_raw(0x00100020, "US", 7))),
     Corruption("modality_breaks_cs", "invalid_vr", _one(_set("Modality", "chest x-ray film"))),
     Corruption("number_of_frames_not_integer", "invalid_vr", _one(_raw(0x00280008, "IS", b"1A"))),
     Corruption("bits_stored_above_allocated", "pixel_attributes_inconsistent", _one(_set("BitsStored", 20))),
     Corruption("high_bit_wrong", "pixel_attributes_inconsistent", _one(_set("HighBit", 15))),
-    Corruption("monochrome_with_three_samples", "pixel_attributes_inconsistent",
-               _one(_set("SamplesPerPixel", 3))),
+    Corruption("monochrome_with_three_samples", "pixel_attributes_inconsistent", _one(_set("SamplesPerPixel", 3))),
     Corruption("bits_allocated_12", "invalid_value", _one(_set("BitsAllocated", 12))),
     Corruption("unknown_photometric", "invalid_value", _one(_set("PhotometricInterpretation", "MONOCHROME3"))),
     Corruption("pixel_representation_2", "invalid_value", _one(_set("PixelRepresentation", 2))),
     Corruption("zero_frames", "invalid_value", _one(_set("NumberOfFrames", 0))),
-    Corruption("sop_instance_uid_contradicts_meta", "meta_mismatch",
-               _one(lambda ds: put(ds.file_meta, "MediaStorageSOPInstanceUID", generate_uid()))),
-    Corruption("sop_class_contradicts_meta", "meta_mismatch",
-               _one(_set("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7"))),
-    Corruption("unknown_transfer_syntax", "unsupported_transfer_syntax",
-               _one(lambda ds: put(ds.file_meta, "TransferSyntaxUID", "1.3.6.1.4.1.9590.100.1.2.999")),
-               round_trips=False),
-    Corruption("malformed_transfer_syntax", "invalid_uid",
-               _one(lambda ds: put(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.x")),
-               round_trips=False),
+    Corruption(
+        "sop_instance_uid_contradicts_meta",
+        "meta_mismatch",
+        _one(lambda ds: put(ds.file_meta, "MediaStorageSOPInstanceUID", generate_uid())),
+    ),
+    Corruption("sop_class_contradicts_meta", "meta_mismatch", _one(_set("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7"))),
+    Corruption(
+        "unknown_transfer_syntax",
+        "unsupported_transfer_syntax",
+        _one(lambda ds: put(ds.file_meta, "TransferSyntaxUID", "1.3.6.1.4.1.9590.100.1.2.999")),
+        round_trips=False,
+    ),
+    Corruption(
+        "malformed_transfer_syntax",
+        "invalid_uid",
+        _one(lambda ds: put(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.x")),
+        round_trips=False,
+    ),
     Corruption("truncated_rle_stream", "pixel_data_undecodable", _compressed(RLELossless, _truncate_frame)),
     Corruption("truncated_jpeg_ls_stream", "pixel_data_undecodable", _compressed(JPEGLSLossless, _truncate_frame)),
-    Corruption("jpeg2000_rows_contradict_codestream", "pixel_attributes_inconsistent",
-               _compressed(JPEG2000Lossless, _set("Rows", 32))),
-    Corruption("encapsulated_frames_missing", "frame_count_mismatch",
-               _compressed(JPEG2000Lossless, _frames_missing)),
-    Corruption("ct_orientation_not_unit", "invalid_value",
-               _series(lambda ds: put(ds[0], "ImageOrientationPatient", [2, 0, 0, 0, 1, 0]), n=1)),
-    Corruption("ct_pixel_spacing_missing", "missing_attribute",
-               _series(lambda ds: delattr(ds[0], "PixelSpacing"), n=1)),
-    Corruption("ct_pixel_spacing_negative", "invalid_value",
-               _series(lambda ds: put(ds[0], "PixelSpacing", [-0.7, 0.7]), n=1)),
+    Corruption(
+        "jpeg2000_rows_contradict_codestream",
+        "pixel_attributes_inconsistent",
+        _compressed(JPEG2000Lossless, _set("Rows", 32)),
+    ),
+    Corruption("encapsulated_frames_missing", "frame_count_mismatch", _compressed(JPEG2000Lossless, _frames_missing)),
+    Corruption(
+        "ct_orientation_not_unit",
+        "invalid_value",
+        _series(lambda ds: put(ds[0], "ImageOrientationPatient", [2, 0, 0, 0, 1, 0]), n=1),
+    ),
+    Corruption(
+        "ct_pixel_spacing_missing", "missing_attribute", _series(lambda ds: delattr(ds[0], "PixelSpacing"), n=1)
+    ),
+    Corruption(
+        "ct_pixel_spacing_negative", "invalid_value", _series(lambda ds: put(ds[0], "PixelSpacing", [-0.7, 0.7]), n=1)
+    ),
     Corruption("mixed_patients_in_study", "patient_mismatch", _series(_study_tweak("PatientID", "OTHER"))),
-    Corruption("mixed_accession_in_study", "study_attribute_mismatch",
-               _series(_study_tweak("AccessionNumber", "OTHER"))),
+    Corruption(
+        "mixed_accession_in_study", "study_attribute_mismatch", _series(_study_tweak("AccessionNumber", "OTHER"))
+    ),
     Corruption("mixed_modality_in_series", "series_attribute_mismatch", _series(_study_tweak("Modality", "MR"))),
     Corruption("duplicate_slice_positions", "duplicate_position", _series(_duplicate_position)),
     Corruption("missing_slice_gap", "slice_gap", _series(_gap)),

@@ -44,10 +44,10 @@ class FakePacs:
         """STUDY level: match Patient ID, issuer (if both have one) and modalities."""
         self._answer(("studies", query))
         return [
-            s for s in self.studies
+            s
+            for s in self.studies
             if s.identity.patient_id == query.patient_id
-            and not (self.match_issuer and query.issuer and s.identity.issuer
-                     and query.issuer != s.identity.issuer)
+            and not (self.match_issuer and query.issuer and s.identity.issuer and query.issuer != s.identity.issuer)
             and (not query.modalities or set(query.modalities) & set(s.modalities))
         ]
 

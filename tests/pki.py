@@ -40,14 +40,20 @@ class Pki:
     def server(self, require_client_certificate: bool = True) -> TlsConfig:
         """The TLS config of a server endpoint (listener) that trusts this CA."""
         return TlsConfig(
-            certificate=str(self.server_cert), private_key=str(self.server_key),
-            ca_certificates=str(self.ca), require_client_certificate=require_client_certificate,
+            certificate=str(self.server_cert),
+            private_key=str(self.server_key),
+            ca_certificates=str(self.ca),
+            require_client_certificate=require_client_certificate,
         )
 
     def client(self) -> TlsConfig:
         """The TLS config of a client that presents the client certificate."""
-        return TlsConfig(certificate=str(self.client_cert), private_key=str(self.client_key),
-                         ca_certificates=str(self.ca), server_hostname="localhost")
+        return TlsConfig(
+            certificate=str(self.client_cert),
+            private_key=str(self.client_key),
+            ca_certificates=str(self.ca),
+            server_hostname="localhost",
+        )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -55,8 +61,11 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _certificate(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-    issuer_key: ec.EllipticCurvePrivateKey, ca: bool,
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: str,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    ca: bool,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -70,17 +79,18 @@ def _certificate(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     path.chmod(0o600)
 
 
@@ -102,5 +112,10 @@ def make_pki(directory: Path) -> Pki:
         cert = _certificate(who, key, "Test CA", ca_key, ca=False)
         (directory / f"{who}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(directory / f"{who}.key", key)
-    return Pki(directory / "ca.crt", directory / "server.crt", directory / "server.key",
-               directory / "client.crt", directory / "client.key")
+    return Pki(
+        directory / "ca.crt",
+        directory / "server.crt",
+        directory / "server.key",
+        directory / "client.crt",
+        directory / "client.key",
+    )

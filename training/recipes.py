@@ -87,8 +87,7 @@ def _head_batch(rng: np.random.Generator, entry: ModelEntry, size: int) -> Batch
         low = -0.4 if "intraventricular" in kinds else -0.85
         level = rng.uniform(low, -low)
         pixels = int(rng.choice([64, 96, 128]))
-        phantom = head_slice(sample_head(rng), level, pixels,
-                             [sample_bleed(rng, k) for k in kinds], rng)
+        phantom = head_slice(sample_head(rng), level, pixels, [sample_bleed(rng, k) for k in kinds], rng)
         maps = grid_maps(phantom.hu.shape, None, spatial, None)
         images[i, 0] = to_unit_range(resample(phantom.hu, maps), entry.input.window)
         labels[i] = _labels(entry, phantom.findings)
@@ -138,20 +137,31 @@ RECIPES: dict[str, Recipe] = {
     "bone_fracture": Recipe(
         _fracture_batch,
         lambda rng, i: fracture_study(int(rng.integers(2**31)), bool(i % 2)),
-        steps=200, batch_size=16, eval_size=48, learning_rate=2e-3,
+        steps=200,
+        batch_size=16,
+        eval_size=48,
+        learning_rate=2e-3,
     ),
     "brain_mri_tumour": Recipe(
         _volume_batch(_brain, BRAIN_SPACING),
         lambda rng, i: brain_mr_study(int(rng.integers(2**31)), bool(i % 2)),
-        steps=140, batch_size=8, eval_size=32,
+        steps=140,
+        batch_size=8,
+        eval_size=32,
     ),
     "chest_cta": Recipe(
         _volume_batch(_cta, CTA_SPACING),
         lambda rng, i: chest_cta_study(int(rng.integers(2**31)), bool(i % 2)),
-        steps=160, batch_size=8, eval_size=32,
+        steps=160,
+        batch_size=8,
+        eval_size=32,
     ),
     "head_ct_haemorrhage": Recipe(
-        _head_batch, _held_out_head, steps=240, batch_size=32, eval_size=60,
+        _head_batch,
+        _held_out_head,
+        steps=240,
+        batch_size=32,
+        eval_size=60,
     ),
 }
 """Family key -> its demo training recipe."""

@@ -168,15 +168,16 @@ def train_demo(
         network = network.to(memory_format=torch.channels_last)
     weights = torch.tensor([_LOSS_WEIGHTS.get(key, 1.0) for key in plan.keys])
     start = time.perf_counter()
-    losses = _fit(network, plan.draw, weights, np.random.default_rng(seed), steps, log, planar,
-                  plan.learning_rate)
+    losses = _fit(network, plan.draw, weights, np.random.default_rng(seed), steps, log, planar, plan.learning_rate)
     seconds = time.perf_counter() - start
     network.eval()
     digest = _save_atomically(network, out_path)
     evaluation = plan.evaluate(network, np.random.default_rng(seed + 1_000_003))
     for e in evaluation:
-        log(f"held-out {e.key}: AUC {e.auc:.3f}, mean p {e.mean_positive:.3f} (positive, "
-            f"n={e.n_positive}) vs {e.mean_negative:.3f} (negative, n={e.n_negative})")
+        log(
+            f"held-out {e.key}: AUC {e.auc:.3f}, mean p {e.mean_positive:.3f} (positive, "
+            f"n={e.n_positive}) vs {e.mean_negative:.3f} (negative, n={e.n_negative})"
+        )
     final_loss = float(np.mean(losses[-10:]))
     return TrainReport(family, out_path, digest, steps, batch_size, final_loss, seconds, evaluation)
 
@@ -199,7 +200,9 @@ def _plan(family: str, entry: ModelEntry, steps: int, batch_size: int, eval_size
         steps, batch_size = steps or DEFAULT_STEPS, batch_size or 16
         keys = _check_arguments(family, entry, steps, batch_size)
         return _Plan(
-            steps, batch_size, keys,
+            steps,
+            batch_size,
+            keys,
             lambda rng: _batch(rng, entry, keys, batch_size),
             lambda net, rng: _evaluate(net, entry, keys, rng, eval_size or 64),
             _LEARNING_RATE,
@@ -213,7 +216,10 @@ def _plan(family: str, entry: ModelEntry, steps: int, batch_size: int, eval_size
         return torch.from_numpy(images), torch.from_numpy(labels)
 
     return _Plan(
-        steps, batch_size, tuple(spec.key for spec in entry.findings), draw,
+        steps,
+        batch_size,
+        tuple(spec.key for spec in entry.findings),
+        draw,
         lambda net, rng: _evaluate_studies(net, family, entry, rng, eval_size or recipe.eval_size),
         recipe.learning_rate,
     )
@@ -247,10 +253,7 @@ def _fit(
             losses.append(_step(network, optimiser, images, labels, weights))
             schedule.step()
             if step == 1 or step % 10 == 0 or step == steps:
-                log(
-                    f"step {step}/{steps} loss {np.mean(losses[-10:]):.4f} "
-                    f"({time.perf_counter() - start:.0f} s)"
-                )
+                log(f"step {step}/{steps} loss {np.mean(losses[-10:]):.4f} ({time.perf_counter() - start:.0f} s)")
     return losses
 
 
@@ -270,15 +273,10 @@ def _step(
     return loss.item()
 
 
-def _check_arguments(
-    family: str, entry: ModelEntry, steps: int, batch_size: int
-) -> tuple[str, ...]:
+def _check_arguments(family: str, entry: ModelEntry, steps: int, batch_size: int) -> tuple[str, ...]:
     """Validate; return the entry's finding keys in output order."""
     if family != "chest_xray":
-        raise ModelError(
-            f'Got family "{family}" for demo training; expected one of '
-            f'{sorted(["chest_xray", *RECIPES])}'
-        )
+        raise ModelError(f'Got family "{family}" for demo training; expected one of {sorted(["chest_xray", *RECIPES])}')
     _check_steps(steps, batch_size)
     keys = tuple(spec.key for spec in entry.findings)
     if not set(keys) & set(PHANTOM_FINDINGS):

@@ -34,8 +34,9 @@ def study_date(instances: Sequence[InstanceMeta]) -> date | None:
     """Study Date (0008,0020) of the first instance that has a valid one."""
     for inst in instances[:3]:
         try:
-            value = str(dcmread(inst.path, stop_before_pixels=True, specific_tags=["StudyDate"])
-                        .get("StudyDate", "") or "")
+            value = str(
+                dcmread(inst.path, stop_before_pixels=True, specific_tags=["StudyDate"]).get("StudyDate", "") or ""
+            )
             return datetime.strptime(value[:8], "%Y%m%d").date()
         except (OSError, InvalidDicomError, ValueError):
             continue
@@ -45,9 +46,7 @@ def study_date(instances: Sequence[InstanceMeta]) -> date | None:
 class ContextJoin:
     """Finds the context of a job in the context store."""
 
-    def __init__(
-        self, reader: ContextReader, window_days: int, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, reader: ContextReader, window_days: int, clock: Callable[[], float] = time.time) -> None:
         """Args:
         reader: Read access to the context store.
         window_days: Patient ID + date join tolerance.
@@ -72,17 +71,14 @@ class ContextJoin:
         context = None
         if found is not None:
             today = datetime.fromtimestamp(self._clock(), UTC).date()
-            context = study_context(
-                found.match, found.patient, found.service_request, found.encounter, day or today
-            )
-        resources = (
-            [r for r in (context.service_request, context.patient, context.encounter) if r]
-            if context else []
-        )
+            context = study_context(found.match, found.patient, found.service_request, found.encounter, day or today)
+        resources = [r for r in (context.service_request, context.patient, context.encounter) if r] if context else []
         event = AuditEvent(
-            AuditEventType.CONTEXT_READ, actor, job.study_instance_uid, job_id=job.job_id,
-            detail={"purpose": purpose, "match": context.match if context else "none",
-                    "resources": resources},
+            AuditEventType.CONTEXT_READ,
+            actor,
+            job.study_instance_uid,
+            job_id=job.job_id,
+            detail={"purpose": purpose, "match": context.match if context else "none", "resources": resources},
         )
         logger.info("job %d: context %s", job.job_id, context.match if context else "not found")
         return context, event

@@ -147,11 +147,13 @@ class Listener:
         self._server = ae.start_server(
             (self._cfg.host, self._cfg.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self.handle_store),
-                          (evt.EVT_N_CREATE, self.evidence.handle_n_create),
-                          (evt.EVT_N_SET, self.evidence.handle_n_set),
-                          (evt.EVT_CONN_OPEN, self._bound_reads),
-                          (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, self.handle_store),
+                (evt.EVT_N_CREATE, self.evidence.handle_n_create),
+                (evt.EVT_N_SET, self.evidence.handle_n_set),
+                (evt.EVT_CONN_OPEN, self._bound_reads),
+                (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes),
+            ],
             ssl_context=ssl_ctx,
         )
         logger.info("listener %s on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
@@ -213,9 +215,7 @@ class Listener:
             self.failed += 1
         return status
 
-    def ingest(
-        self, sop_uid: str, sop_class: str, dataset: bytes, transfer_syntax: str, calling_ae: str
-    ) -> int:
+    def ingest(self, sop_uid: str, sop_class: str, dataset: bytes, transfer_syntax: str, calling_ae: str) -> int:
         """Make one received instance durable and record it; return the DIMSE status.
 
         The file (Part 10 header + the data set exactly as received) is written and fsynced
@@ -240,9 +240,7 @@ class Listener:
         duplicate = self._ledger.intake.has_instance(sop_uid)
         writing = None
         if not duplicate:
-            writing = self._writer.submit(
-                write_temp, self._spool / ".incoming", _safe_name(sop_uid), [header, dataset]
-            )
+            writing = self._writer.submit(write_temp, self._spool / ".incoming", _safe_name(sop_uid), [header, dataset])
         digest = hashlib.sha256(header)
         digest.update(dataset)
         try:
@@ -389,6 +387,8 @@ def storage_sop_classes() -> list[str]:
     accepted through ``UNRESTRICTED_STORAGE_SERVICE``."""
     uids = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     return uids + [u for u in sorted(NON_PATIENT_SOP_CLASSES) if u not in uids]
+
+
 def read_preamble_and_meta(fp: BytesIO) -> FileMetaDataset:
     """Read the preamble and File Meta Information; leave ``fp`` at the data set.
 
@@ -442,11 +442,20 @@ class DimsePacsClient:
                 ae.add_requested_context(str(ds.SOPClassUID), ts)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._cfg.timeout_s
         ae.connection_timeout = self._cfg.timeout_s
-        tls = (client_context(self._cfg.tls), self._cfg.tls.server_hostname or self._cfg.host) if self._cfg.tls else None
-        assoc = ae.associate(self._cfg.host, self._cfg.port, ae_title=self._cfg.ae_title, tls_args=tls,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
+        tls = (
+            (client_context(self._cfg.tls), self._cfg.tls.server_hostname or self._cfg.host) if self._cfg.tls else None
+        )
+        assoc = ae.associate(
+            self._cfg.host,
+            self._cfg.port,
+            ae_title=self._cfg.ae_title,
+            tls_args=tls,
+            evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)],
+        )
         if not assoc.is_established:
-            raise DependencyUnavailable("pacs", f"no association with {self._cfg.ae_title}@{self._cfg.host}:{self._cfg.port}")
+            raise DependencyUnavailable(
+                "pacs", f"no association with {self._cfg.ae_title}@{self._cfg.host}:{self._cfg.port}"
+            )
         try:
             return [self._send(assoc, ds) for ds in datasets]
         finally:

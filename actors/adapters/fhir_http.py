@@ -38,9 +38,7 @@ class FhirClient:
         if cfg.token_env:
             token = os.environ.get(cfg.token_env)
             if not token:
-                raise ConfigError(
-                    "environment", [f"{cfg.token_env}: not set; expected the FHIR bearer token"]
-                )
+                raise ConfigError("environment", [f"{cfg.token_env}: not set; expected the FHIR bearer token"])
             headers["Authorization"] = f"Bearer {token}"
         verify: Any = client_context(cfg.tls) if cfg.tls else True
         self._url = cfg.base_url.rstrip("/")

@@ -102,7 +102,10 @@ class Hl7Listener:
         self._ledger = ledger
         self._clock = clock
         self._mapper = V2FhirMapper(
-            hash_key, cfg.identifier_systems, cfg.accession_fields, cfg.validate_resources,
+            hash_key,
+            cfg.identifier_systems,
+            cfg.accession_fields,
+            cfg.validate_resources,
             cfg.default_assigning_authorities,
         )
         self._store = context
@@ -110,15 +113,18 @@ class Hl7Listener:
         self._reader = ContextReader(context)
         lst = cfg.listener
         self._server = MllpServer(
-            lst.host, lst.port, self.handle, max_message_bytes=lst.max_message_bytes,
-            idle_timeout_s=lst.idle_timeout_s, max_connections=lst.max_connections,
+            lst.host,
+            lst.port,
+            self.handle,
+            max_message_bytes=lst.max_message_bytes,
+            idle_timeout_s=lst.idle_timeout_s,
+            max_connections=lst.max_connections,
             ssl_context=server_context(lst.tls) if lst.tls else None,
         )
         self._ack_prefix = f"{os.getpid() % 100000:05d}{int(clock()) % 1000:03d}"
         self._ack_seq = 0
         self._audit_lock = threading.Lock()  # one audit pass at a time: no event twice
-        self._pump = (Loop("hl7-audit", self._audit_round, AUDIT_PERIOD_S)
-                      if ledger is not None else None)
+        self._pump = Loop("hl7-audit", self._audit_round, AUDIT_PERIOD_S) if ledger is not None else None
         self._checkpointer = Loop("context-checkpoint", context.checkpoint, CHECKPOINT_S)
         self.counts: dict[str, int] = {d.value: 0 for d in Disposition}
         self.last_received_at = 0.0
@@ -137,8 +143,9 @@ class Hl7Listener:
     def server_health(self) -> LoopHealth:
         """The MLLP server's thread, and the frames it answered."""
         failed = sum(self.counts[d.value] for d in (Disposition.REJECTED, Disposition.FAILED))
-        return LoopHealth("mllp-server", self._server.serving, self._server.frames, failed,
-                          last_work_at=self.last_received_at)
+        return LoopHealth(
+            "mllp-server", self._server.serving, self._server.frames, failed, last_work_at=self.last_received_at
+        )
 
     @staticmethod
     def tune_process() -> None:
@@ -175,8 +182,12 @@ class Hl7Listener:
         for code in ack_codes(header, disposition):
             self._ack_seq += 1
             text = build_ack(
-                code, header, application=self._cfg.application, facility=self._cfg.facility,
-                control_id=f"A{self._ack_prefix}{self._ack_seq}", at=at,
+                code,
+                header,
+                application=self._cfg.application,
+                facility=self._cfg.facility,
+                control_id=f"A{self._ack_prefix}{self._ack_seq}",
+                at=at,
                 error=_err_for(code, error),
             )
             replies.append(text.encode("utf-8"))
@@ -191,7 +202,9 @@ class Hl7Listener:
                 raise MessageRejected(
                     f"message: {received.size} bytes; expected at most "
                     f"{self._cfg.listener.max_message_bytes} (hl7.listener.max_message_bytes)",
-                    "", "102", "",
+                    "",
+                    "102",
+                    "",
                 )
             message = parse_message(received.payload)
             header = message.header
@@ -206,9 +219,7 @@ class Hl7Listener:
             return header, *(await self._rejected(received, peer, header, exc, now))
         except (TransientIOError, OSError) as exc:
             logger.error("HL7 message %s not stored: %s", header.control_id if header else "?", exc)
-            return header, Disposition.FAILED, AckError(
-                "207", "the message could not be stored; resend it later"
-            )
+            return header, Disposition.FAILED, AckError("207", "the message could not be stored; resend it later")
         except Exception:  # the one broad catch at the protocol boundary: log, answer AE
             logger.exception("HL7 handler failed for %s", header.control_id if header else "?")
             return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
@@ -223,13 +234,20 @@ class Hl7Listener:
             return None, AckError(exc.error_code, exc.reason, exc.location)
 
     async def _rejected(
-        self, received: Frame, peer: str, header: MessageHeader | None, exc: MessageRejected,
+        self,
+        received: Frame,
+        peer: str,
+        header: MessageHeader | None,
+        exc: MessageRejected,
         now: float,
     ) -> tuple[Disposition, AckError]:
         error = AckError(exc.error_code, exc.reason, exc.location)
         logger.warning(
             "HL7 message %s from %s rejected (AR %s at %s)",
-            header.control_id if header else "?", peer, exc.error_code, exc.location or "-",
+            header.control_id if header else "?",
+            peer,
+            exc.error_code,
+            exc.location or "-",
         )
         try:
             kept = self._writer.reject(received.payload, peer, header, error, now)
@@ -244,8 +262,12 @@ class Hl7Listener:
             logger.debug("HL7 %s %s: %s", header.message_type, header.control_id, disposition)
         else:
             logger.warning(
-                "HL7 %s %s: %s (ERR %s at %s)", header.message_type, header.control_id,
-                disposition, error.code, error.location or "-",
+                "HL7 %s %s: %s (ERR %s at %s)",
+                header.message_type,
+                header.control_id,
+                disposition,
+                error.code,
+                error.location or "-",
             )
 
     # --------------------------------------------------------- audit pump
@@ -276,9 +298,11 @@ class Hl7Listener:
         received, rejected, conflicts = self._reader.unaudited(limit)
         if not received and not rejected and not conflicts:
             return 0
-        events = [self._received_event(r) for r in received] + [
-            AuditEvent(AuditEventType.HL7_REJECTED, self._actor, detail=dict(r)) for r in rejected
-        ] + [self._conflict_event(r) for r in conflicts]
+        events = (
+            [self._received_event(r) for r in received]
+            + [AuditEvent(AuditEventType.HL7_REJECTED, self._actor, detail=dict(r)) for r in rejected]
+            + [self._conflict_event(r) for r in conflicts]
+        )
         # At least once: a crash between these two lines repeats events (same inbox seq).
         ledger.audit.append(events, self._clock())
         inbox = [(r["seq"], r["resends"]) for r in received]
@@ -290,22 +314,33 @@ class Hl7Listener:
     def _conflict_event(self, row: dict[str, Any]) -> AuditEvent:
         """A message stored for review: it reused an applied message's control ID."""
         detail = {
-            "conflict_seq": row["seq"], "inbox_seq": row["inbox_seq"],
-            "message_type": row["message_type"], "control_id": row["control_id"],
+            "conflict_seq": row["seq"],
+            "inbox_seq": row["inbox_seq"],
+            "message_type": row["message_type"],
+            "control_id": row["control_id"],
             "sending_application": row["sending_app"],
-            "sending_facility": row["sending_facility"], "status": "conflict",
-            "error_code": "205", "error_location": "MSH^1^10", "resends": row["resends"],
+            "sending_facility": row["sending_facility"],
+            "status": "conflict",
+            "error_code": "205",
+            "error_location": "MSH^1^10",
+            "resends": row["resends"],
             "peer": row["peer"],
         }
         return AuditEvent(AuditEventType.HL7_RECEIVED, self._actor, detail=detail)
 
     def _received_event(self, row: dict[str, Any]) -> AuditEvent:
         detail = {
-            "inbox_seq": row["seq"], "message_type": row["message_type"],
-            "control_id": row["control_id"], "sending_application": row["sending_app"],
-            "sending_facility": row["sending_facility"], "status": row["status"],
-            "error_code": row["error_code"], "error_location": row["error_location"],
-            "resends": row["resends"], "patient_key": row["patient_key"],
-            "accession_key": row["accession_key"], "peer": row["peer"],
+            "inbox_seq": row["seq"],
+            "message_type": row["message_type"],
+            "control_id": row["control_id"],
+            "sending_application": row["sending_app"],
+            "sending_facility": row["sending_facility"],
+            "status": row["status"],
+            "error_code": row["error_code"],
+            "error_location": row["error_location"],
+            "resends": row["resends"],
+            "patient_key": row["patient_key"],
+            "accession_key": row["accession_key"],
+            "peer": row["peer"],
         }
         return AuditEvent(AuditEventType.HL7_RECEIVED, self._actor, detail=detail)

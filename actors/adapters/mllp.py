@@ -173,8 +173,7 @@ class MllpServer:
     def serving(self) -> bool:
         """Whether the event loop's thread runs and the server accepts connections."""
         server, thread = self._server, self._thread
-        return (server is not None and thread is not None and thread.is_alive()
-                and server.is_serving())
+        return server is not None and thread is not None and thread.is_alive() and server.is_serving()
 
     def start(self) -> None:
         """Bind and serve on a daemon thread."""
@@ -227,9 +226,7 @@ class MllpServer:
             self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
-    async def _session(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> None:
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         framer = MllpFramer(self._max)
         while True:
             data = await asyncio.wait_for(reader.read(1 << 16), self._idle)
@@ -242,9 +239,7 @@ class MllpServer:
                     writer.write(frame(reply))
                 await writer.drain()
             if framer.dropped > self._max:
-                logger.warning(
-                    "MLLP peer %s sent %d bytes outside frames; closing", peer, framer.dropped
-                )
+                logger.warning("MLLP peer %s sent %d bytes outside frames; closing", peer, framer.dropped)
                 return
 
 

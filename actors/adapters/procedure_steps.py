@@ -67,14 +67,16 @@ class EvidenceScp:
     def handle_n_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         """EVT_N_CREATE: an MPPS step starting, or an IAN. Never raises."""
         request = event.request
-        return self._answer("N-CREATE", event, str(request.AffectedSOPClassUID or ""),
-                            str(request.AffectedSOPInstanceUID or ""))
+        return self._answer(
+            "N-CREATE", event, str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or "")
+        )
 
     def handle_n_set(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         """EVT_N_SET: an MPPS step changing (COMPLETED / DISCONTINUED). Never raises."""
         request = event.request
-        return self._answer("N-SET", event, str(request.RequestedSOPClassUID or ""),
-                            str(request.RequestedSOPInstanceUID or ""))
+        return self._answer(
+            "N-SET", event, str(request.RequestedSOPClassUID or ""), str(request.RequestedSOPInstanceUID or "")
+        )
 
     def _answer(self, kind: str, event: Any, sop_class: str, uid: str) -> tuple[int | Dataset, Dataset | None]:
         calling = str(event.assoc.requestor.ae_title).strip()
@@ -104,24 +106,38 @@ class EvidenceScp:
         if sop_class == MPPS_SOP_CLASS_UID and kind == "N-CREATE":
             ds = event.attribute_list
             self._ledger.evidence.record_step(
-                uid, lambda old: create_step(ds, uid, calling, now, old), self._actor, now)
+                uid, lambda old: create_step(ds, uid, calling, now, old), self._actor, now
+            )
         elif sop_class == MPPS_SOP_CLASS_UID:
             ds = event.modification_list
             self._ledger.evidence.record_step(uid, lambda old: set_step(old, ds, uid, now), self._actor, now)
         elif sop_class == IAN_SOP_CLASS_UID and kind == "N-CREATE":
             notice = notice_from_n_create(event.attribute_list, uid, calling, now)
             if not self._ledger.evidence.record_notice(notice, self._actor, now):
-                raise DimseRefused("Duplicate SOP Instance: the notification exists", uid,
-                                   NStatus.DUPLICATE_SOP_INSTANCE)
+                raise DimseRefused(
+                    "Duplicate SOP Instance: the notification exists", uid, NStatus.DUPLICATE_SOP_INSTANCE
+                )
         else:
-            raise DimseRefused(f"Got {kind} of SOP Class {sop_class}; expected MPPS N-CREATE / N-SET "
-                               "or IAN N-CREATE", uid, NO_SUCH_SOP_CLASS)
+            raise DimseRefused(
+                f"Got {kind} of SOP Class {sop_class}; expected MPPS N-CREATE / N-SET or IAN N-CREATE",
+                uid,
+                NO_SUCH_SOP_CLASS,
+            )
 
     def _audit_refusal(self, kind: str, sop_class: str, uid: str, calling: str, exc: DimseRefused) -> None:
-        event = AuditEvent(AuditEventType.EVIDENCE_REFUSED, self._actor, sop_instance_uid=uid,
-                           detail={"request": kind, "sop_class": sop_class, "calling_ae": calling,
-                                   "status": f"0x{exc.status:04X}", "error_id": f"0x{exc.error_id:04X}",
-                                   "error_comment": exc.error_comment})
+        event = AuditEvent(
+            AuditEventType.EVIDENCE_REFUSED,
+            self._actor,
+            sop_instance_uid=uid,
+            detail={
+                "request": kind,
+                "sop_class": sop_class,
+                "calling_ae": calling,
+                "status": f"0x{exc.status:04X}",
+                "error_id": f"0x{exc.error_id:04X}",
+                "error_comment": exc.error_comment,
+            },
+        )
         try:
             self._ledger.audit.append([event], self._clock.now())
         except Exception:  # the answer matters more than its audit line: log it

@@ -56,18 +56,37 @@ logger = logging.getLogger(__name__)
 
 _PENDING = (0xFF00, 0xFF01)
 _GET_STORAGE = (
-    "DigitalXRayImageStorageForPresentation", "DigitalXRayImageStorageForProcessing",
-    "ComputedRadiographyImageStorage", "CTImageStorage", "EnhancedCTImageStorage",
-    "MRImageStorage", "EnhancedMRImageStorage", "UltrasoundImageStorage",
-    "UltrasoundMultiFrameImageStorage", "DigitalMammographyXRayImageStorageForPresentation",
-    "NuclearMedicineImageStorage", "PositronEmissionTomographyImageStorage",
-    "XRayAngiographicImageStorage", "XRayRadiofluoroscopicImageStorage",
-    "SecondaryCaptureImageStorage", "Comprehensive3DSRStorage", "ComprehensiveSRStorage",
-    "EnhancedSRStorage", "BasicTextSRStorage", "SegmentationStorage", "ParametricMapStorage",
+    "DigitalXRayImageStorageForPresentation",
+    "DigitalXRayImageStorageForProcessing",
+    "ComputedRadiographyImageStorage",
+    "CTImageStorage",
+    "EnhancedCTImageStorage",
+    "MRImageStorage",
+    "EnhancedMRImageStorage",
+    "UltrasoundImageStorage",
+    "UltrasoundMultiFrameImageStorage",
+    "DigitalMammographyXRayImageStorageForPresentation",
+    "NuclearMedicineImageStorage",
+    "PositronEmissionTomographyImageStorage",
+    "XRayAngiographicImageStorage",
+    "XRayRadiofluoroscopicImageStorage",
+    "SecondaryCaptureImageStorage",
+    "Comprehensive3DSRStorage",
+    "ComprehensiveSRStorage",
+    "EnhancedSRStorage",
+    "BasicTextSRStorage",
+    "SegmentationStorage",
+    "ParametricMapStorage",
 )
 """Storage SOP classes we accept on a C-GET association (at most 127 contexts fit)."""
-_GET_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-                 JPEGLosslessSV1, JPEG2000Lossless, RLELossless]
+_GET_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    JPEG2000Lossless,
+    RLELossless,
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +154,20 @@ class DimseQueryRetrieve:
         Raises:
             DependencyUnavailable: The PACS cannot be reached, refuses, or answers a failure.
         """
-        q = _identifier("STUDY", StudyInstanceUID="", StudyDate=f"{query.date_from}-{query.date_to}",
-                        StudyTime="", AccessionNumber="", StudyDescription="",
-                        ModalitiesInStudy="\\".join(query.modalities),
-                        NumberOfStudyRelatedInstances="", PatientID=query.patient_id,
-                        IssuerOfPatientID=query.issuer, PatientName="", PatientBirthDate="")
+        q = _identifier(
+            "STUDY",
+            StudyInstanceUID="",
+            StudyDate=f"{query.date_from}-{query.date_to}",
+            StudyTime="",
+            AccessionNumber="",
+            StudyDescription="",
+            ModalitiesInStudy="\\".join(query.modalities),
+            NumberOfStudyRelatedInstances="",
+            PatientID=query.patient_id,
+            IssuerOfPatientID=query.issuer,
+            PatientName="",
+            PatientBirthDate="",
+        )
         return [_study(a) for a in self._find([q])[0] if a.get("StudyInstanceUID")]
 
     def find_series(self, study_uid: str) -> list[SeriesRecord]:
@@ -148,8 +176,7 @@ class DimseQueryRetrieve:
         Raises:
             DependencyUnavailable: The PACS cannot be reached, refuses, or answers a failure.
         """
-        return [_series(a, study_uid) for a in self._find([_series_query(study_uid)])[0]
-                if a.get("SeriesInstanceUID")]
+        return [_series(a, study_uid) for a in self._find([_series_query(study_uid)])[0] if a.get("SeriesInstanceUID")]
 
     def find_instances(self, study_uid: str, series_uid: str) -> list[InstanceRef]:
         """IMAGE-level C-FIND: the instances of one series.
@@ -157,11 +184,19 @@ class DimseQueryRetrieve:
         Raises:
             DependencyUnavailable: The PACS cannot be reached, refuses, or answers a failure.
         """
-        q = _identifier("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid,
-                        SOPInstanceUID="", SOPClassUID="", InstanceNumber="")
-        return [InstanceRef(study_uid, series_uid, str(a.get("SOPClassUID", "")),
-                            str(a.SOPInstanceUID))
-                for a in self._find([q])[0] if a.get("SOPInstanceUID")]
+        q = _identifier(
+            "IMAGE",
+            StudyInstanceUID=study_uid,
+            SeriesInstanceUID=series_uid,
+            SOPInstanceUID="",
+            SOPClassUID="",
+            InstanceNumber="",
+        )
+        return [
+            InstanceRef(study_uid, series_uid, str(a.get("SOPClassUID", "")), str(a.SOPInstanceUID))
+            for a in self._find([q])[0]
+            if a.get("SOPInstanceUID")
+        ]
 
     def study_counts(self, study_uid: str) -> PacsCounts:
         """Number of Study and Series Related Instances of one study, over one association.
@@ -174,8 +209,11 @@ class DimseQueryRetrieve:
         if not studies and not series:
             return PacsCounts(known=False)
         count = _int(studies[0].get("NumberOfStudyRelatedInstances")) if studies else None
-        per_series = {str(a.SeriesInstanceUID): _int(a.get("NumberOfSeriesRelatedInstances"))
-                      for a in series if a.get("SeriesInstanceUID")}
+        per_series = {
+            str(a.SeriesInstanceUID): _int(a.get("NumberOfSeriesRelatedInstances"))
+            for a in series
+            if a.get("SeriesInstanceUID")
+        }
         return PacsCounts(known=True, study_count=count, series=per_series)
 
     def _find(self, queries: list[Dataset]) -> list[list[Dataset]]:
@@ -237,7 +275,10 @@ class DimseQueryRetrieve:
 
     # ----------------------------------------------------------- association
     def _associate(
-        self, models: Sequence[str], timeout_s: float, storage: Sequence[str] = (),
+        self,
+        models: Sequence[str],
+        timeout_s: float,
+        storage: Sequence[str] = (),
         roles: Sequence[Any] = (),
     ) -> Any:
         ae = AE(ae_title=self._cfg.calling_ae_title)
@@ -253,8 +294,14 @@ class DimseQueryRetrieve:
         handlers: list[Any] = [(evt.EVT_CONN_OPEN, tcp_nodelay)]
         if storage and self._on_store:
             handlers.append((evt.EVT_C_STORE, self._on_store))
-        assoc = ae.associate(self._cfg.host, self._cfg.port, ae_title=self._cfg.ae_title,
-                             tls_args=tls, ext_neg=list(roles) or None, evt_handlers=handlers)
+        assoc = ae.associate(
+            self._cfg.host,
+            self._cfg.port,
+            ae_title=self._cfg.ae_title,
+            tls_args=tls,
+            ext_neg=list(roles) or None,
+            evt_handlers=handlers,
+        )
         if not assoc.is_established:
             raise DependencyUnavailable(
                 "pacs", f"no association with {self._cfg.ae_title}@{self._cfg.host}:{self._cfg.port}"
@@ -271,9 +318,16 @@ def _identifier(level: str, **keys: str) -> Dataset:
 
 
 def _series_query(study_uid: str) -> Dataset:
-    return _identifier("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID="", Modality="",
-                       BodyPartExamined="", SeriesDescription="", SeriesNumber="",
-                       NumberOfSeriesRelatedInstances="")
+    return _identifier(
+        "SERIES",
+        StudyInstanceUID=study_uid,
+        SeriesInstanceUID="",
+        Modality="",
+        BodyPartExamined="",
+        SeriesDescription="",
+        SeriesNumber="",
+        NumberOfSeriesRelatedInstances="",
+    )
 
 
 def _study(a: Dataset) -> StudyRecord:

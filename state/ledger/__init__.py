@@ -78,7 +78,11 @@ class Ledger:
 
 
 def open_database(
-    cfg: LedgerConfig, layout: VarLayout, store: str, *, wal_autocheckpoint: bool = True,
+    cfg: LedgerConfig,
+    layout: VarLayout,
+    store: str,
+    *,
+    wal_autocheckpoint: bool = True,
     group_max: int = 0,
 ) -> Database:
     """Open one store (``ledger``, ``context`` or ``ehr``) and apply its migrations.
@@ -101,8 +105,9 @@ def open_database(
 
         dsn = os.environ.get(cfg.dsn_env or "")
         if not dsn:
-            raise ConfigError("environment", [f"{cfg.dsn_env}: not set; expected the PostgreSQL DSN "
-                                              "(storage.ledger.dsn_env)"])
+            raise ConfigError(
+                "environment", [f"{cfg.dsn_env}: not set; expected the PostgreSQL DSN (storage.ledger.dsn_env)"]
+            )
         db = PostgresDatabase(dsn, f"{cfg.schema_prefix}_{store}", cfg.pool_max)
     else:
         files = {"ledger": layout.ledger, "context": layout.context, "ehr": layout.ehr_outbox}

@@ -21,9 +21,16 @@ _CHAIN_BATCH = 5000
 
 
 def _row(event: AuditEvent, now: float) -> tuple[object, ...]:
-    return (now, str(event.type), event.actor, event.study_uid, event.sop_instance_uid,
-            event.job_id, json.dumps(event.detail, sort_keys=True, default=str),
-            event.canonical(now))
+    return (
+        now,
+        str(event.type),
+        event.actor,
+        event.study_uid,
+        event.sop_instance_uid,
+        event.job_id,
+        json.dumps(event.detail, sort_keys=True, default=str),
+        event.canonical(now),
+    )
 
 
 def append_events(tx: Tx, events: Iterable[AuditEvent], now: float) -> None:
@@ -43,8 +50,7 @@ def append_events(tx: Tx, events: Iterable[AuditEvent], now: float) -> None:
         digest = chain_hash(prev, str(values[-1]))
         rows.append((seq, *values, prev, digest))
         prev = digest
-    tx.executemany(f"INSERT INTO audit (seq, {columns}, prev_hash, hash)"
-                   " VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+    tx.executemany(f"INSERT INTO audit (seq, {columns}, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
 
 def _chain(tx: Tx) -> int:
@@ -52,8 +58,9 @@ def _chain(tx: Tx) -> int:
     tx.lock_chain()
     last = tx.one("SELECT seq, hash FROM audit WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1")
     seq, prev = (int(last["seq"]), str(last["hash"])) if last else (0, GENESIS)
-    pending = tx.all("SELECT event_id, canonical FROM audit WHERE seq IS NULL ORDER BY event_id"
-                     " LIMIT ?", (_CHAIN_BATCH,))
+    pending = tx.all(
+        "SELECT event_id, canonical FROM audit WHERE seq IS NULL ORDER BY event_id LIMIT ?", (_CHAIN_BATCH,)
+    )
     links = []
     for row in pending:
         seq += 1
@@ -65,10 +72,16 @@ def _chain(tx: Tx) -> int:
 
 
 def _entry(row: Row) -> AuditEntry:
-    return AuditEntry(int(row["seq"]), float(row["at"]), row["type"], row["actor"],
-                      row["study_uid"], row["sop_instance_uid"],
-                      None if row["job_id"] is None else int(row["job_id"]),
-                      json.loads(row["detail"]))
+    return AuditEntry(
+        int(row["seq"]),
+        float(row["at"]),
+        row["type"],
+        row["actor"],
+        row["study_uid"],
+        row["sop_instance_uid"],
+        None if row["job_id"] is None else int(row["job_id"]),
+        json.loads(row["detail"]),
+    )
 
 
 class AuditLog:
@@ -98,12 +111,14 @@ class AuditLog:
     def events(self, study_uid: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         """Stored events in chain order, oldest first, optionally of one study."""
         self.chain()
-        where, args = ("WHERE study_uid = ? AND seq IS NOT NULL", [study_uid]) if study_uid else (
-            "WHERE seq IS NOT NULL", [])
+        where, args = (
+            ("WHERE study_uid = ? AND seq IS NOT NULL", [study_uid]) if study_uid else ("WHERE seq IS NOT NULL", [])
+        )
         with self._db.read() as tx:
             rows = tx.all(
                 "SELECT seq, at, type, actor, study_uid, sop_instance_uid, job_id, detail"
-                f" FROM audit {where} ORDER BY seq LIMIT ?", [*args, limit],
+                f" FROM audit {where} ORDER BY seq LIMIT ?",
+                [*args, limit],
             )
         return [_entry(r) for r in rows]
 
@@ -111,6 +126,5 @@ class AuditLog:
         """Chain what is pending, then check the whole hash chain; ``None`` when intact."""
         self.chain()
         with self._db.read() as tx:
-            rows = tx.all("SELECT seq, canonical, prev_hash, hash FROM audit"
-                          " WHERE seq IS NOT NULL ORDER BY seq")
+            rows = tx.all("SELECT seq, canonical, prev_hash, hash FROM audit WHERE seq IS NOT NULL ORDER BY seq")
         return verify_chain((int(r["seq"]), r["canonical"], r["prev_hash"], r["hash"]) for r in rows)

@@ -21,8 +21,15 @@ AiScope = ("study", "modality")
 
 def _stage(row: Row) -> StageRecord:
     loops = from_jsonable(tuple[LoopHealth, ...], json.loads(row["loops"] or "[]"), "stage_health")
-    health = ActorHealth(row["stage"], int(row["pid"]), int(row["processed"]),
-                         int(row["failures"]), int(row["in_flight"]), row["last_error"], loops)
+    health = ActorHealth(
+        row["stage"],
+        int(row["pid"]),
+        int(row["processed"]),
+        int(row["failures"]),
+        int(row["in_flight"]),
+        row["last_error"],
+        loops,
+    )
     try:
         status = HealthStatus(row["status"])
     except ValueError:
@@ -44,8 +51,7 @@ class Controls:
         modalities = {r["key"]: bool(r["enabled"]) for r in rows if r["scope"] == "modality"}
         return AiSwitches(studies, modalities)
 
-    def set_ai_switch(self, scope: str, key: str, enabled: bool, reason: str, actor: str,
-                      now: float) -> None:
+    def set_ai_switch(self, scope: str, key: str, enabled: bool, reason: str, actor: str, now: float) -> None:
         """Switch AI on or off for a study or a modality (effective at the next decision).
 
         Raises:
@@ -60,10 +66,15 @@ class Controls:
                 "INSERT INTO ai_switches (scope, key, enabled, reason, actor, at)"
                 " VALUES (?,?,?,?,?,?) ON CONFLICT (scope, key) DO UPDATE SET"
                 " enabled = excluded.enabled, reason = excluded.reason, actor = excluded.actor,"
-                " at = excluded.at", (scope, key, int(enabled), reason, actor, now))
+                " at = excluded.at",
+                (scope, key, int(enabled), reason, actor, now),
+            )
             detail = {"scope": scope, "key": key, "enabled": enabled, "reason": reason}
-            append_events(tx, [AuditEvent(AuditEventType.AI_SWITCH_CHANGED, actor,
-                                          key if scope == "study" else "", detail=detail)], now)
+            append_events(
+                tx,
+                [AuditEvent(AuditEventType.AI_SWITCH_CHANGED, actor, key if scope == "study" else "", detail=detail)],
+                now,
+            )
 
         self._db.run(switch)
 
@@ -71,16 +82,29 @@ class Controls:
         """Record what an actor reported (or that it did not answer)."""
         state = (status or health.status).value
         loops = json.dumps(to_jsonable(health.loops, tuple[LoopHealth, ...]))
-        self._db.run(lambda tx: tx.execute(
-            "INSERT INTO stage_health (stage, pid, heartbeat_at, processed, failures, in_flight,"
-            " last_error, status, last_work_at, loops) VALUES (?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (stage) DO UPDATE SET pid = excluded.pid,"
-            " heartbeat_at = excluded.heartbeat_at, processed = excluded.processed,"
-            " failures = excluded.failures, in_flight = excluded.in_flight,"
-            " last_error = excluded.last_error, status = excluded.status,"
-            " last_work_at = excluded.last_work_at, loops = excluded.loops",
-            (health.actor, health.pid, now, health.processed, health.failures, health.in_flight,
-             health.last_error[:500], state, health.last_work_at, loops)))
+        self._db.run(
+            lambda tx: tx.execute(
+                "INSERT INTO stage_health (stage, pid, heartbeat_at, processed, failures, in_flight,"
+                " last_error, status, last_work_at, loops) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (stage) DO UPDATE SET pid = excluded.pid,"
+                " heartbeat_at = excluded.heartbeat_at, processed = excluded.processed,"
+                " failures = excluded.failures, in_flight = excluded.in_flight,"
+                " last_error = excluded.last_error, status = excluded.status,"
+                " last_work_at = excluded.last_work_at, loops = excluded.loops",
+                (
+                    health.actor,
+                    health.pid,
+                    now,
+                    health.processed,
+                    health.failures,
+                    health.in_flight,
+                    health.last_error[:500],
+                    state,
+                    health.last_work_at,
+                    loops,
+                ),
+            )
+        )
 
     def stages(self) -> tuple[StageRecord, ...]:
         """Every actor's last recorded health."""

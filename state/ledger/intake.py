@@ -18,35 +18,55 @@ __all__ = ["Intake", "apply_cover_study", "apply_set_aside", "reopen_study"]
 
 _OURS = "SELECT 1 AS x FROM outbox WHERE sop_instance_uid = ?"
 _KNOWN = f"SELECT 1 AS x FROM instances WHERE sop_instance_uid = ? UNION ALL {_OURS}"
-_INSERT = (
-    f"INSERT INTO instances ({INSTANCE_COLUMNS}, job_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
+_INSERT = f"INSERT INTO instances ({INSTANCE_COLUMNS}, job_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 def _values(meta: InstanceMeta, job_id: int | None) -> tuple[Any, ...]:
-    return (meta.sop_instance_uid, meta.sop_class_uid, meta.study_instance_uid,
-            meta.series_instance_uid, meta.modality, meta.transfer_syntax_uid, meta.body_part,
-            meta.series_description, meta.patient_key, meta.calling_ae, meta.path, meta.sha256,
-            meta.size, meta.received_at, meta.accession_key, job_id)
+    return (
+        meta.sop_instance_uid,
+        meta.sop_class_uid,
+        meta.study_instance_uid,
+        meta.series_instance_uid,
+        meta.modality,
+        meta.transfer_syntax_uid,
+        meta.body_part,
+        meta.series_description,
+        meta.patient_key,
+        meta.calling_ae,
+        meta.path,
+        meta.sha256,
+        meta.size,
+        meta.received_at,
+        meta.accession_key,
+        job_id,
+    )
 
 
 def _receiving_job(tx: Tx, meta: InstanceMeta, now: float, complete_at: float, channel: str) -> int:
     """The study's receiving job (its quiet timer restarted), or a new version of it."""
     row = tx.one(
-        "SELECT job_id FROM jobs WHERE study_uid = ? AND state = ? ORDER BY version DESC LIMIT 1"
-        + tx.for_update,
+        "SELECT job_id FROM jobs WHERE study_uid = ? AND state = ? ORDER BY version DESC LIMIT 1" + tx.for_update,
         (meta.study_instance_uid, JobState.RECEIVING.value),
     )
     if row is not None:
-        tx.execute("UPDATE jobs SET last_instance_at = ?, not_before = ?, updated_at = ?"
-                   " WHERE job_id = ?", (meta.received_at, complete_at, now, row["job_id"]))
+        tx.execute(
+            "UPDATE jobs SET last_instance_at = ?, not_before = ?, updated_at = ? WHERE job_id = ?",
+            (meta.received_at, complete_at, now, row["job_id"]),
+        )
         return int(row["job_id"])
     created = tx.one(
         "INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
         " last_instance_at) SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?"
         " FROM jobs WHERE study_uid = ? RETURNING job_id",
-        (meta.study_instance_uid, JobState.RECEIVING.value, complete_at, now, now,
-         meta.received_at, meta.study_instance_uid),
+        (
+            meta.study_instance_uid,
+            JobState.RECEIVING.value,
+            complete_at,
+            now,
+            now,
+            meta.received_at,
+            meta.study_instance_uid,
+        ),
     )
     assert created is not None
     tx.notify(channel, "")
@@ -64,12 +84,17 @@ def apply_set_aside(tx: Tx, job_id: int, effect: SetAside) -> None:
 def apply_cover_study(tx: Tx, job_id: int, study_uid: str) -> None:
     """Make a completing job cover every instance of its study that is not discarded."""
     kept = "COALESCE(override, '') != 'discarded'"
-    tx.execute("INSERT INTO job_instances (job_id, sop_instance_uid) SELECT ?, sop_instance_uid"
-               f" FROM instances WHERE study_uid = ? AND {kept} ON CONFLICT DO NOTHING",
-               (job_id, study_uid))
+    tx.execute(
+        "INSERT INTO job_instances (job_id, sop_instance_uid) SELECT ?, sop_instance_uid"
+        f" FROM instances WHERE study_uid = ? AND {kept} ON CONFLICT DO NOTHING",
+        (job_id, study_uid),
+    )
     tx.execute(f"UPDATE instances SET job_id = ? WHERE study_uid = ? AND {kept}", (job_id, study_uid))
-    tx.execute("UPDATE instances SET override = NULL, reason = '' WHERE study_uid = ?"
-               " AND override IN ('quarantined', 'skipped')", (study_uid,))
+    tx.execute(
+        "UPDATE instances SET override = NULL, reason = '' WHERE study_uid = ?"
+        " AND override IN ('quarantined', 'skipped')",
+        (study_uid,),
+    )
 
 
 class Intake:
@@ -97,45 +122,56 @@ class Intake:
         """
         return self._db.run(lambda tx: self._record(tx, meta, now, complete_at, actor))
 
-    def _record(self, tx: Tx, meta: InstanceMeta, now: float, complete_at: float,
-                actor: str) -> RecordResult:
-        old = tx.one("SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
-                     (meta.sop_instance_uid,))
+    def _record(self, tx: Tx, meta: InstanceMeta, now: float, complete_at: float, actor: str) -> RecordResult:
+        old = tx.one("SELECT sha256 FROM instances WHERE sop_instance_uid = ?", (meta.sop_instance_uid,))
         detail: dict[str, Any] = {"calling_ae": meta.calling_ae}
         if old is None and tx.one(_OURS, (meta.sop_instance_uid,)) is not None:
             detail["origin"] = "own_result"  # our SR or map, forwarded back by the PACS
             old = {"sha256": ""}
         if old is not None:
             detail["same_bytes"] = old["sha256"] == meta.sha256
-            append_events(tx, [AuditEvent(AuditEventType.INSTANCE_DUPLICATE, actor,
-                                          meta.study_instance_uid, meta.sop_instance_uid,
-                                          detail=detail)], now)
+            append_events(
+                tx,
+                [
+                    AuditEvent(
+                        AuditEventType.INSTANCE_DUPLICATE,
+                        actor,
+                        meta.study_instance_uid,
+                        meta.sop_instance_uid,
+                        detail=detail,
+                    )
+                ],
+                now,
+            )
             return RecordResult.DUPLICATE
-        prior = tx.one("SELECT for_study_uid FROM prior_retrievals WHERE series_uid = ?",
-                       (meta.series_instance_uid,))
+        prior = tx.one("SELECT for_study_uid FROM prior_retrievals WHERE series_uid = ?", (meta.series_instance_uid,))
         job_id = None if prior else _receiving_job(tx, meta, now, complete_at, self._channel)
         tx.execute(_INSERT, _values(meta, job_id))
-        detail |= {"sha256": meta.sha256, "transfer_syntax": meta.transfer_syntax_uid,
-                   "patient_key": meta.patient_key}
+        detail |= {"sha256": meta.sha256, "transfer_syntax": meta.transfer_syntax_uid, "patient_key": meta.patient_key}
         if prior:
             why = f"retrieved as a prior for study {prior['for_study_uid']}; not reported"
-            tx.execute("UPDATE instances SET override = ?, reason = ? WHERE sop_instance_uid = ?",
-                       (Override.SKIPPED.value, why, meta.sop_instance_uid))
+            tx.execute(
+                "UPDATE instances SET override = ?, reason = ? WHERE sop_instance_uid = ?",
+                (Override.SKIPPED.value, why, meta.sop_instance_uid),
+            )
             detail["origin"] = "prior_retrieval"
-        event = AuditEvent(AuditEventType.INSTANCE_RECEIVED, actor, meta.study_instance_uid,
-                           meta.sop_instance_uid, job_id, detail)
+        event = AuditEvent(
+            AuditEventType.INSTANCE_RECEIVED, actor, meta.study_instance_uid, meta.sop_instance_uid, job_id, detail
+        )
         append_events(tx, [event], now)
         return RecordResult.NEW
 
-    def expect_prior_series(self, series_uid: str, study_uid: str, for_study_uid: str,
-                            job_id: int, now: float) -> None:
+    def expect_prior_series(self, series_uid: str, study_uid: str, for_study_uid: str, job_id: int, now: float) -> None:
         """Record, before asking the PACS to send it, that a series comes as a prior."""
-        self._db.run(lambda tx: tx.execute(
-            "INSERT INTO prior_retrievals (series_uid, study_uid, for_study_uid, job_id,"
-            " requested_at) VALUES (?,?,?,?,?) ON CONFLICT (series_uid) DO UPDATE SET"
-            " for_study_uid = excluded.for_study_uid, job_id = excluded.job_id,"
-            " requested_at = excluded.requested_at",
-            (series_uid, study_uid, for_study_uid, job_id, now)))
+        self._db.run(
+            lambda tx: tx.execute(
+                "INSERT INTO prior_retrievals (series_uid, study_uid, for_study_uid, job_id,"
+                " requested_at) VALUES (?,?,?,?,?) ON CONFLICT (series_uid) DO UPDATE SET"
+                " for_study_uid = excluded.for_study_uid, job_id = excluded.job_id,"
+                " requested_at = excluded.requested_at",
+                (series_uid, study_uid, for_study_uid, job_id, now),
+            )
+        )
 
     # ------------------------------------------------------------------ reads
     def job_instances(self, job_id: int, *, include_set_aside: bool = True) -> list[InstanceMeta]:
@@ -145,7 +181,9 @@ class Intake:
             rows = tx.all(
                 f"SELECT {instance_columns('i')} FROM instances i JOIN job_instances ji"
                 " ON ji.sop_instance_uid = i.sop_instance_uid WHERE ji.job_id = ?"
-                f"{where} ORDER BY i.received_at, i.sop_instance_uid", (job_id,))
+                f"{where} ORDER BY i.received_at, i.sop_instance_uid",
+                (job_id,),
+            )
         return [instance_of(r) for r in rows]
 
     def overrides(self, job_id: int) -> dict[str, Override]:
@@ -154,14 +192,18 @@ class Intake:
             rows = tx.all(
                 "SELECT i.sop_instance_uid, i.override FROM instances i JOIN job_instances ji"
                 " ON ji.sop_instance_uid = i.sop_instance_uid"
-                " WHERE ji.job_id = ? AND i.override IS NOT NULL", (job_id,))
+                " WHERE ji.job_id = ? AND i.override IS NOT NULL",
+                (job_id,),
+            )
         return {r["sop_instance_uid"]: Override(r["override"]) for r in rows}
 
     def series_instances(self, series_uid: str) -> list[InstanceMeta]:
         """Instances of a series that we hold (e.g. a retrieved prior), in arrival order."""
         with self._db.read() as tx:
-            rows = tx.all(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE series_uid = ?"
-                          " ORDER BY received_at, sop_instance_uid", (series_uid,))
+            rows = tx.all(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE series_uid = ? ORDER BY received_at, sop_instance_uid",
+                (series_uid,),
+            )
         return [instance_of(r) for r in rows]
 
     def instances(self, sop_instance_uids: Iterable[str]) -> list[InstanceMeta]:
@@ -170,8 +212,9 @@ class Intake:
         found: dict[str, InstanceMeta] = {}
         with self._db.read() as tx:
             for part in chunks(uids):
-                rows = tx.all(f"SELECT {INSTANCE_COLUMNS} FROM instances"
-                              f" WHERE sop_instance_uid IN ({marks(len(part))})", part)
+                rows = tx.all(
+                    f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE sop_instance_uid IN ({marks(len(part))})", part
+                )
                 found |= {r["sop_instance_uid"]: instance_of(r) for r in rows}
         return [found[u] for u in uids if u in found]
 
@@ -179,10 +222,12 @@ class Intake:
         """``{sop_instance_uid: user-visible state}``, optionally of one study."""
         where, args = ("WHERE i.study_uid = ?", [study_uid]) if study_uid else ("", [])
         with self._db.read() as tx:
-            rows = tx.all("SELECT i.sop_instance_uid, i.override, j.state FROM instances i"
-                          f" LEFT JOIN jobs j ON j.job_id = i.job_id {where}", args)
-        return {r["sop_instance_uid"]: instance_state(JobState(r["state"] or "receiving"),
-                                                      r["override"]) for r in rows}
+            rows = tx.all(
+                "SELECT i.sop_instance_uid, i.override, j.state FROM instances i"
+                f" LEFT JOIN jobs j ON j.job_id = i.job_id {where}",
+                args,
+            )
+        return {r["sop_instance_uid"]: instance_state(JobState(r["state"] or "receiving"), r["override"]) for r in rows}
 
     def receiving_studies(self, now: float, job_id: int | None = None) -> list[ReceivingStudy]:
         """Receiving jobs nobody leases now (or one given job), with what we hold per series,
@@ -200,16 +245,25 @@ class Intake:
                 f" WHERE j.state = ? AND {where} AND COALESCE(i.override, '') != 'discarded'"
                 " GROUP BY j.job_id, j.study_uid, j.version, j.created_at, j.last_instance_at,"
                 " i.series_uid ORDER BY j.job_id",
-                [JobState.RECEIVING.value, *args])
+                [JobState.RECEIVING.value, *args],
+            )
         out: dict[int, ReceivingStudy] = {}
         for r in rows:
             jid = int(r["job_id"])
             study = out.get(jid) or ReceivingStudy(
-                jid, r["study_uid"], r["ae"] or "", float(r["last_instance_at"]), {}, (), frozenset(),
-                int(r["version"]), float(r["created_at"]), r["accession_key"] or "")
+                jid,
+                r["study_uid"],
+                r["ae"] or "",
+                float(r["last_instance_at"]),
+                {},
+                (),
+                frozenset(),
+                int(r["version"]),
+                float(r["created_at"]),
+                r["accession_key"] or "",
+            )
             modalities = tuple(sorted({*study.modalities, *([r["modality"]] if r["modality"] else [])}))
-            out[jid] = replace(study, received={**study.received, r["series_uid"]: int(r["n"])},
-                               modalities=modalities)
+            out[jid] = replace(study, received={**study.received, r["series_uid"]: int(r["n"])}, modalities=modalities)
         return list(out.values())
 
     def held_uids(self, study_uids: Iterable[str]) -> dict[str, frozenset[str]]:
@@ -218,8 +272,11 @@ class Intake:
         found: dict[str, set[str]] = {u: set() for u in uids}
         with self._db.read() as tx:
             for part in chunks(uids):
-                rows = tx.all("SELECT study_uid, sop_instance_uid FROM instances WHERE study_uid IN"
-                              f" ({marks(len(part))}) AND COALESCE(override, '') != 'discarded'", part)
+                rows = tx.all(
+                    "SELECT study_uid, sop_instance_uid FROM instances WHERE study_uid IN"
+                    f" ({marks(len(part))}) AND COALESCE(override, '') != 'discarded'",
+                    part,
+                )
                 for r in rows:
                     found[r["study_uid"]].add(r["sop_instance_uid"])
         return {k: frozenset(v) for k, v in found.items()}
@@ -230,20 +287,25 @@ class Intake:
             rows = tx.all(
                 f"SELECT {instance_columns('i')} FROM jobs j JOIN instances i"
                 " ON i.study_uid = j.study_uid WHERE j.state = ? AND i.override IS NULL"
-                " ORDER BY i.received_at, i.sop_instance_uid", (JobState.RECEIVING.value,))
+                " ORDER BY i.received_at, i.sop_instance_uid",
+                (JobState.RECEIVING.value,),
+            )
         return [instance_of(r) for r in rows]
 
 
 def reopen_study(tx: Tx, study_uid: str, now: float, channel: str) -> int | None:
     """Open the next job version of a study in ``receiving`` unless one is receiving."""
-    if tx.one("SELECT 1 AS x FROM jobs WHERE study_uid = ? AND state = ?" + tx.for_update,
-              (study_uid, JobState.RECEIVING.value)):
+    if tx.one(
+        "SELECT 1 AS x FROM jobs WHERE study_uid = ? AND state = ?" + tx.for_update,
+        (study_uid, JobState.RECEIVING.value),
+    ):
         return None
     row = tx.one(
         "INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
         " last_instance_at) SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?,"
         " (SELECT COALESCE(MAX(received_at), 0) FROM instances WHERE study_uid = ?)"
         " FROM jobs WHERE study_uid = ? RETURNING job_id",
-        (study_uid, JobState.RECEIVING.value, now, now, now, study_uid, study_uid))
+        (study_uid, JobState.RECEIVING.value, now, now, now, study_uid, study_uid),
+    )
     tx.notify(channel, "")
     return None if row is None else int(row["job_id"])

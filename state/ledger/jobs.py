@@ -67,46 +67,60 @@ class Jobs:
                 " SELECT job_id FROM jobs WHERE state = ? AND +not_before <= ? AND leased_until <= ?"
                 f" ORDER BY priority DESC, created_at, job_id LIMIT ?{tx.skip_locked})"
                 f" RETURNING {_JOB_COLUMNS}",
-                (owner, now + lease_s, state.value, now, now, limit))
+                (owner, now + lease_s, state.value, now, now, limit),
+            )
 
         jobs = [job_of(r, self._codec) for r in self._db.run(take)]
         return sorted(jobs, key=lambda j: (-j.priority, j.created_at, j.job_id))
 
-    def lease_job(self, job_id: int, state: JobState, owner: str, lease_s: float,
-                  now: float) -> Job | None:
+    def lease_job(self, job_id: int, state: JobState, owner: str, lease_s: float, now: float) -> Job | None:
         """Lease one given job if it is in ``state`` and nobody holds it (else ``None``)."""
-        row = self._db.run(lambda tx: tx.one(
-            "UPDATE jobs SET lease_owner = ?, leased_until = ? WHERE job_id = ? AND state = ?"
-            f" AND leased_until <= ? RETURNING {_JOB_COLUMNS}",
-            (owner, now + lease_s, job_id, state.value, now)))
+        row = self._db.run(
+            lambda tx: tx.one(
+                "UPDATE jobs SET lease_owner = ?, leased_until = ? WHERE job_id = ? AND state = ?"
+                f" AND leased_until <= ? RETURNING {_JOB_COLUMNS}",
+                (owner, now + lease_s, job_id, state.value, now),
+            )
+        )
         return job_of(row, self._codec) if row is not None else None
 
     def renew(self, owner: str, job_ids: Sequence[int], until: float) -> None:
         """Extend the leases this owner holds on jobs still in flight."""
         if job_ids:
-            self._db.run(lambda tx: tx.execute(
-                f"UPDATE jobs SET leased_until = ? WHERE lease_owner = ? AND job_id IN"
-                f" ({marks(len(job_ids))})", (until, owner, *job_ids)))
+            self._db.run(
+                lambda tx: tx.execute(
+                    f"UPDATE jobs SET leased_until = ? WHERE lease_owner = ? AND job_id IN ({marks(len(job_ids))})",
+                    (until, owner, *job_ids),
+                )
+            )
 
     def postpone(self, job: Job, not_before: float) -> None:
         """Give a lease back and make the job due again only at ``not_before``."""
-        self._db.run(lambda tx: tx.execute(
-            "UPDATE jobs SET lease_owner = '', leased_until = 0, not_before = ?"
-            " WHERE job_id = ? AND lease_owner = ?", (not_before, job.job_id, job.lease_owner)))
+        self._db.run(
+            lambda tx: tx.execute(
+                "UPDATE jobs SET lease_owner = '', leased_until = 0, not_before = ?"
+                " WHERE job_id = ? AND lease_owner = ?",
+                (not_before, job.job_id, job.lease_owner),
+            )
+        )
 
     def release(self, job: Job) -> None:
         """Give a lease back without any change (e.g. on shutdown)."""
-        self._db.run(lambda tx: tx.execute(
-            "UPDATE jobs SET lease_owner = '', leased_until = 0 WHERE job_id = ? AND lease_owner = ?",
-            (job.job_id, job.lease_owner)))
+        self._db.run(
+            lambda tx: tx.execute(
+                "UPDATE jobs SET lease_owner = '', leased_until = 0 WHERE job_id = ? AND lease_owner = ?",
+                (job.job_id, job.lease_owner),
+            )
+        )
 
     def wait_for_work(self, state: JobState, max_wait_s: float, now: float) -> None:
         """Idle until work in ``state`` may be due: a notification, the next ``not_before``
         of a job in that state, or ``max_wait_s``, whichever comes first."""
         if self._db.notifies:
             with self._db.read() as tx:
-                row = tx.one("SELECT MIN(not_before) AS due FROM jobs WHERE state = ?"
-                             " AND not_before > ?", (state.value, now))
+                row = tx.one(
+                    "SELECT MIN(not_before) AS due FROM jobs WHERE state = ? AND not_before > ?", (state.value, now)
+                )
             if row is not None and row["due"] is not None:
                 max_wait_s = min(max_wait_s, max(0.0, float(row["due"]) - now))
         self._db.wait(self._channel(state), max_wait_s)
@@ -158,8 +172,20 @@ class Jobs:
                 " priority = CASE WHEN priority > ? THEN priority ELSE ? END,"
                 " dead_from = CASE WHEN ? = 'dead' THEN state ELSE dead_from END"
                 " WHERE job_id = ? AND state = ? AND lease_owner = ?",
-                (new_state.value, now, now if not_before is None else not_before, data, reason,
-                 floor, floor, new_state.value, job.job_id, job.state.value, job.lease_owner))
+                (
+                    new_state.value,
+                    now,
+                    now if not_before is None else not_before,
+                    data,
+                    reason,
+                    floor,
+                    floor,
+                    new_state.value,
+                    job.job_id,
+                    job.state.value,
+                    job.lease_owner,
+                ),
+            )
             if changed != 1:
                 raise LeaseLost(job.job_id, job.lease_owner)
             for effect in effects:
@@ -190,8 +216,9 @@ class Jobs:
         else:  # pragma: no cover - Effect is a closed union
             raise TypeError(f"effect: got {type(effect).__name__}; expected a core.ledger effect")
 
-    def defer(self, job: Job, now: float, policy: RetryPolicy, error: str, *, unavailable: bool,
-              actor: str) -> JobState:
+    def defer(
+        self, job: Job, now: float, policy: RetryPolicy, error: str, *, unavailable: bool, actor: str
+    ) -> JobState:
         """Put a leased job back to be retried later, or make it dead.
 
         Args:
@@ -210,13 +237,16 @@ class Jobs:
         """
         attempts = job.attempts + (0 if unavailable else 1)
         if not unavailable and policy.is_exhausted(attempts):
-            event = AuditEvent(AuditEventType.JOB_DEAD, actor, job.study_instance_uid,
-                               job_id=job.job_id,
-                               detail={"error": error, "attempts": attempts, "state": str(job.state)})
+            event = AuditEvent(
+                AuditEventType.JOB_DEAD,
+                actor,
+                job.study_instance_uid,
+                job_id=job.job_id,
+                detail={"error": error, "attempts": attempts, "state": str(job.state)},
+            )
             self._db.run(lambda tx: self._die(tx, job, attempts, error, event, now))
             return JobState.DEAD
-        self._db.run(lambda tx: self._retry_later(tx, job, attempts, error, unavailable, policy,
-                                                  actor, now))
+        self._db.run(lambda tx: self._retry_later(tx, job, attempts, error, unavailable, policy, actor, now))
         return job.state
 
     @staticmethod
@@ -225,28 +255,33 @@ class Jobs:
             "UPDATE jobs SET state = 'dead', dead_from = state, attempts = ?, reason = ?,"
             " lease_owner = '', leased_until = 0, updated_at = ?"
             " WHERE job_id = ? AND state = ? AND lease_owner = ?",
-            (attempts, error, now, job.job_id, job.state.value, job.lease_owner))
+            (attempts, error, now, job.job_id, job.state.value, job.lease_owner),
+        )
         if changed != 1:
             raise LeaseLost(job.job_id, job.lease_owner)
         append_events(tx, [event], now)
 
     @staticmethod
-    def _retry_later(tx: Tx, job: Job, attempts: int, error: str, unavailable: bool,
-                     policy: RetryPolicy, actor: str, now: float) -> None:
+    def _retry_later(
+        tx: Tx, job: Job, attempts: int, error: str, unavailable: bool, policy: RetryPolicy, actor: str, now: float
+    ) -> None:
         row = tx.one("SELECT waits FROM jobs WHERE job_id = ?", (job.job_id,))
         waits = (int(row["waits"]) + 1 if row else 1) if unavailable else 0
         delay = policy.unavailable_delay(waits) if unavailable else policy.delay_after(attempts)
         changed = tx.execute(
             "UPDATE jobs SET attempts = ?, waits = ?, not_before = ?, reason = ?, lease_owner = '',"
             " leased_until = 0, updated_at = ? WHERE job_id = ? AND state = ? AND lease_owner = ?",
-            (attempts, waits, now + delay, error, now, job.job_id, job.state.value, job.lease_owner))
+            (attempts, waits, now + delay, error, now, job.job_id, job.state.value, job.lease_owner),
+        )
         if changed != 1:
             raise LeaseLost(job.job_id, job.lease_owner)
         if not unavailable or waits == 1:  # one audit line per outage, not one per poll
-            detail = {"error": error, "attempts": attempts, "retry_in_s": round(delay, 3),
-                      "unavailable": unavailable}
-            append_events(tx, [AuditEvent(AuditEventType.JOB_RETRY, actor, job.study_instance_uid,
-                                          job_id=job.job_id, detail=detail)], now)
+            detail = {"error": error, "attempts": attempts, "retry_in_s": round(delay, 3), "unavailable": unavailable}
+            append_events(
+                tx,
+                [AuditEvent(AuditEventType.JOB_RETRY, actor, job.study_instance_uid, job_id=job.job_id, detail=detail)],
+                now,
+            )
 
     def replay(self, job_id: int, actor: str, now: float) -> JobState:
         """Put a dead job back into the state it died in, with a fresh retry budget.
@@ -254,19 +289,29 @@ class Jobs:
         Raises:
             RejectedInput: The job does not exist or is not dead.
         """
+
         def revive(tx: Tx) -> JobState:
-            row = tx.one("SELECT state, dead_from, study_uid FROM jobs WHERE job_id = ?"
-                         + tx.for_update, (job_id,))
+            row = tx.one("SELECT state, dead_from, study_uid FROM jobs WHERE job_id = ?" + tx.for_update, (job_id,))
             if row is None or row["state"] != JobState.DEAD.value or not row["dead_from"]:
                 got = "no such job" if row is None else f"state {row['state']}"
                 raise RejectedInput(f"job {job_id}: got {got}; expected a dead job", str(job_id))
             into = JobState(row["dead_from"])
-            tx.execute("UPDATE jobs SET state = ?, attempts = 0, waits = 0, not_before = ?,"
-                       " lease_owner = '', leased_until = 0, updated_at = ?, dead_from = ''"
-                       " WHERE job_id = ?", (into.value, now, now, job_id))
+            tx.execute(
+                "UPDATE jobs SET state = ?, attempts = 0, waits = 0, not_before = ?,"
+                " lease_owner = '', leased_until = 0, updated_at = ?, dead_from = ''"
+                " WHERE job_id = ?",
+                (into.value, now, now, job_id),
+            )
             tx.notify(self._channel(into), "")
-            append_events(tx, [AuditEvent(AuditEventType.JOB_REPLAYED, actor, row["study_uid"],
-                                          job_id=job_id, detail={"into": into.value})], now)
+            append_events(
+                tx,
+                [
+                    AuditEvent(
+                        AuditEventType.JOB_REPLAYED, actor, row["study_uid"], job_id=job_id, detail={"into": into.value}
+                    )
+                ],
+                now,
+            )
             return into
 
         return self._db.run(revive)
@@ -277,6 +322,7 @@ class Jobs:
         Returns:
             The new job's ID, or ``None`` when the study already had a receiving job.
         """
+
         def open_(tx: Tx) -> int | None:
             return reopen_study(tx, study_uid, now, self._channel(JobState.RECEIVING))
 
@@ -292,8 +338,7 @@ class Jobs:
     def for_study(self, study_uid: str) -> list[Job]:
         """Every job of a study, oldest version first."""
         with self._db.read() as tx:
-            rows = tx.all(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE study_uid = ? ORDER BY version",
-                          (study_uid,))
+            rows = tx.all(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE study_uid = ? ORDER BY version", (study_uid,))
         return [job_of(r, self._codec) for r in rows]
 
     def raw_record(self, job_id: int) -> str:
@@ -301,4 +346,3 @@ class Jobs:
         with self._db.read() as tx:
             row = tx.one("SELECT data FROM jobs WHERE job_id = ?", (job_id,))
         return "" if row is None else str(row["data"])
-

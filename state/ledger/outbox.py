@@ -25,24 +25,41 @@ def apply_queue(tx: Tx, job_id: int, effect: QueueOutbox, now: float) -> None:
         "INSERT INTO outbox (job_id, sop_instance_uid, sop_class_uid, kind, family, path,"
         " created_at, series_uid) VALUES (?,?,?,?,?,?,?,?)"
         " ON CONFLICT (job_id, sop_instance_uid) DO NOTHING",
-        [(job_id, i.sop_instance_uid, i.sop_class_uid, i.kind.value, i.family, i.path, now,
-          i.series_instance_uid) for i in effect.items],
+        [
+            (job_id, i.sop_instance_uid, i.sop_class_uid, i.kind.value, i.family, i.path, now, i.series_instance_uid)
+            for i in effect.items
+        ],
     )
 
 
 def apply_withdraw(tx: Tx, job_id: int, effect: WithdrawOutbox) -> None:
     """Mark the job's pending items of one family superseded: they are never sent."""
-    tx.execute("UPDATE outbox SET state = ? WHERE job_id = ? AND family = ? AND state = ?",
-               (DeliveryState.SUPERSEDED.value, job_id, effect.family, DeliveryState.PENDING.value))
+    tx.execute(
+        "UPDATE outbox SET state = ? WHERE job_id = ? AND family = ? AND state = ?",
+        (DeliveryState.SUPERSEDED.value, job_id, effect.family, DeliveryState.PENDING.value),
+    )
 
 
 def _entry(row: Row) -> OutboxEntry:
-    item = OutboxItem(row["sop_instance_uid"], row["sop_class_uid"], row["series_uid"],
-                      OutputKind(row["kind"]), row["family"], row["path"])
-    return OutboxEntry(int(row["item_id"]), int(row["job_id"]), item, DeliveryState(row["state"]),
-                       int(row["attempts"]), row["last_error"], float(row["created_at"]),
-                       None if row["delivered_at"] is None else float(row["delivered_at"]),
-                       int(row.get("priority") or 0))
+    item = OutboxItem(
+        row["sop_instance_uid"],
+        row["sop_class_uid"],
+        row["series_uid"],
+        OutputKind(row["kind"]),
+        row["family"],
+        row["path"],
+    )
+    return OutboxEntry(
+        int(row["item_id"]),
+        int(row["job_id"]),
+        item,
+        DeliveryState(row["state"]),
+        int(row["attempts"]),
+        row["last_error"],
+        float(row["created_at"]),
+        None if row["delivered_at"] is None else float(row["delivered_at"]),
+        int(row.get("priority") or 0),
+    )
 
 
 class Outbox:
@@ -62,21 +79,28 @@ class Outbox:
     def mark_delivered(self, item_id: int, now: float, event: AuditEvent) -> None:
         """Record that the PACS answered success for one item, with its audit event; an SR's
         version is then ``delivered`` (``core.versions``) in the same transaction."""
+
         def done(tx: Tx) -> None:
-            tx.execute("UPDATE outbox SET state = 'delivered', delivered_at = ?,"
-                       " attempts = attempts + 1 WHERE item_id = ?", (now, item_id))
-            tx.execute("UPDATE sr_results SET state = ?, updated_at = ? WHERE sop_instance_uid IN"
-                       " (SELECT sop_instance_uid FROM outbox WHERE item_id = ? AND kind = ?)",
-                       (VersionState.DELIVERED.value, now, item_id, OutputKind.SR.value))
+            tx.execute(
+                "UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1 WHERE item_id = ?",
+                (now, item_id),
+            )
+            tx.execute(
+                "UPDATE sr_results SET state = ?, updated_at = ? WHERE sop_instance_uid IN"
+                " (SELECT sop_instance_uid FROM outbox WHERE item_id = ? AND kind = ?)",
+                (VersionState.DELIVERED.value, now, item_id, OutputKind.SR.value),
+            )
             append_events(tx, [event], now)
 
         self._db.run(done)
 
     def note_failure(self, item_id: int, error: str) -> None:
         """Record a failed attempt for one item."""
-        self._db.run(lambda tx: tx.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE item_id = ?",
-            (error[:500], item_id)))
+        self._db.run(
+            lambda tx: tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE item_id = ?", (error[:500], item_id)
+            )
+        )
 
     def for_ehr(self, delivered_since: float, limit: int = 100) -> list[OutboxEntry]:
         """SRs the PACS accepted that are not yet queued for the EHR, urgent first."""
@@ -85,10 +109,12 @@ class Outbox:
                 f"SELECT {_COLUMNS}, j.priority FROM outbox o JOIN jobs j ON j.job_id = o.job_id"
                 " WHERE o.state = 'delivered' AND o.kind = 'sr' AND o.ehr_queued = 0"
                 " AND o.delivered_at >= ? ORDER BY j.priority DESC, o.delivered_at LIMIT ?",
-                (delivered_since, limit))
+                (delivered_since, limit),
+            )
         return [_entry(r) for r in rows]
 
     def mark_ehr_queued(self, item_ids: Sequence[int]) -> None:
         """Record that these SRs' FHIR reports are in the EHR outbox."""
-        self._db.run(lambda tx: tx.executemany(
-            "UPDATE outbox SET ehr_queued = 1 WHERE item_id = ?", [(i,) for i in item_ids]))
+        self._db.run(
+            lambda tx: tx.executemany("UPDATE outbox SET ehr_queued = 1 WHERE item_id = ?", [(i,) for i in item_ids])
+        )

@@ -47,34 +47,56 @@ def apply_hold(tx: Tx, job_id: int, effect: HoldInQuarantine, now: float) -> Non
     """Hold an instance: mark it quarantined and (re)open its quarantine entry."""
     reasons = issues_json(effect.issues)[:20000]
     codes = json.dumps(sorted({i.code for i in effect.issues}))
-    tx.execute("UPDATE instances SET override = ?, reason = ? WHERE sop_instance_uid = ?",
-               (Override.QUARANTINED.value, reasons, effect.sop_instance_uid))
+    tx.execute(
+        "UPDATE instances SET override = ?, reason = ? WHERE sop_instance_uid = ?",
+        (Override.QUARANTINED.value, reasons, effect.sop_instance_uid),
+    )
     tx.execute(_UPSERT, (job_id, codes, reasons, now, now, effect.sop_instance_uid))
 
 
 def _entry(row: Row) -> QuarantineEntry:
     reasons = tuple(
-        ValidationIssue(str(r.get("code", "")), str(r.get("message", "")), row["sop_instance_uid"],
-                        str(r.get("level", "instance")))
-        for r in json.loads(row["reasons"] or "[]") if isinstance(r, dict)
+        ValidationIssue(
+            str(r.get("code", "")), str(r.get("message", "")), row["sop_instance_uid"], str(r.get("level", "instance"))
+        )
+        for r in json.loads(row["reasons"] or "[]")
+        if isinstance(r, dict)
     )
     return QuarantineEntry(
-        qid=int(row["qid"]), sop_instance_uid=row["sop_instance_uid"], study_uid=row["study_uid"],
-        series_uid=row["series_uid"], job_id=None if row["job_id"] is None else int(row["job_id"]),
-        state=QuarantineState(row["state"]), codes=tuple(json.loads(row["codes"] or "[]")),
-        reasons=reasons, accepted_codes=tuple(json.loads(row["accepted_codes"] or "[]")),
-        created_at=float(row["created_at"]), updated_at=float(row["updated_at"]),
-        decided_by=row["decided_by"], decided_at=row["decided_at"],
-        decision_reason=row["decision_reason"], modality=row["modality"] or "",
-        sop_class_uid=row["sop_class_uid"] or "", transfer_syntax=row["transfer_syntax"] or "",
-        path=row["path"] or "", sha256=row["sha256"] or "", size=int(row["size"] or 0),
-        calling_ae=row["calling_ae"] or "", received_at=row["received_at"],
+        qid=int(row["qid"]),
+        sop_instance_uid=row["sop_instance_uid"],
+        study_uid=row["study_uid"],
+        series_uid=row["series_uid"],
+        job_id=None if row["job_id"] is None else int(row["job_id"]),
+        state=QuarantineState(row["state"]),
+        codes=tuple(json.loads(row["codes"] or "[]")),
+        reasons=reasons,
+        accepted_codes=tuple(json.loads(row["accepted_codes"] or "[]")),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        decided_by=row["decided_by"],
+        decided_at=row["decided_at"],
+        decision_reason=row["decision_reason"],
+        modality=row["modality"] or "",
+        sop_class_uid=row["sop_class_uid"] or "",
+        transfer_syntax=row["transfer_syntax"] or "",
+        path=row["path"] or "",
+        sha256=row["sha256"] or "",
+        size=int(row["size"] or 0),
+        calling_ae=row["calling_ae"] or "",
+        received_at=row["received_at"],
     )
 
 
 def _event(kind: AuditEventType, entry: QuarantineEntry, actor: str, reason: str) -> AuditEvent:
-    return AuditEvent(kind, actor, entry.study_uid, entry.sop_instance_uid, entry.job_id,
-                      {"quarantine_id": entry.id, "codes": list(entry.codes), "reason": reason})
+    return AuditEvent(
+        kind,
+        actor,
+        entry.study_uid,
+        entry.sop_instance_uid,
+        entry.job_id,
+        {"quarantine_id": entry.id, "codes": list(entry.codes), "reason": reason},
+    )
 
 
 class Quarantine:
@@ -90,15 +112,17 @@ class Quarantine:
         found: dict[str, frozenset[str]] = {}
         with self._db.read() as tx:
             for part in chunks(uids):
-                rows = tx.all("SELECT sop_instance_uid, accepted_codes FROM quarantine"
-                              f" WHERE state = 'released' AND sop_instance_uid IN ({marks(len(part))})",
-                              part)
-                found |= {r["sop_instance_uid"]: frozenset(json.loads(r["accepted_codes"]))
-                          for r in rows}
+                rows = tx.all(
+                    "SELECT sop_instance_uid, accepted_codes FROM quarantine"
+                    f" WHERE state = 'released' AND sop_instance_uid IN ({marks(len(part))})",
+                    part,
+                )
+                found |= {r["sop_instance_uid"]: frozenset(json.loads(r["accepted_codes"])) for r in rows}
         return found
 
-    def entries(self, state: QuarantineState | None = QuarantineState.HELD,
-                study_uid: str | None = None, limit: int = 200) -> list[QuarantineEntry]:
+    def entries(
+        self, state: QuarantineState | None = QuarantineState.HELD, study_uid: str | None = None, limit: int = 200
+    ) -> list[QuarantineEntry]:
         """Entries, newest first, optionally of one state and one study."""
         where, args = [], []
         if state is not None:
@@ -128,8 +152,9 @@ class Quarantine:
                         break
         if not rows:
             raise RejectedInput(
-                f"quarantine ID: got {reference!r}; expected an ID listed by `pacsai quarantine "
-                "list --state all`", reference)
+                f"quarantine ID: got {reference!r}; expected an ID listed by `pacsai quarantine list --state all`",
+                reference,
+            )
         return [_entry(r) for r in rows]
 
     def release(self, reference: str, actor: str, reason: str, now: float) -> list[QuarantineEntry]:
@@ -145,8 +170,7 @@ class Quarantine:
             self._decide(tx, held, QuarantineState.RELEASED, actor, reason, now)
             for uid in sorted({e.study_uid for e in held}):
                 reopen_study(tx, uid, now, self._channel)
-            append_events(tx, [_event(AuditEventType.QUARANTINE_RELEASED, e, actor, reason)
-                               for e in held], now)
+            append_events(tx, [_event(AuditEventType.QUARANTINE_RELEASED, e, actor, reason) for e in held], now)
 
         self._db.run(decide)
         return self.resolve(reference)
@@ -162,10 +186,11 @@ class Quarantine:
 
         def decide(tx: Tx) -> None:
             self._decide(tx, held, QuarantineState.DISCARDED, actor, reason, now)
-            tx.executemany("UPDATE instances SET override = ? WHERE sop_instance_uid = ?",
-                           [(Override.DISCARDED.value, e.sop_instance_uid) for e in held])
-            append_events(tx, [_event(AuditEventType.QUARANTINE_DISCARDED, e, actor, reason)
-                               for e in held], now)
+            tx.executemany(
+                "UPDATE instances SET override = ? WHERE sop_instance_uid = ?",
+                [(Override.DISCARDED.value, e.sop_instance_uid) for e in held],
+            )
+            append_events(tx, [_event(AuditEventType.QUARANTINE_DISCARDED, e, actor, reason) for e in held], now)
 
         self._db.run(decide)
         return self.resolve(reference)
@@ -175,18 +200,22 @@ class Quarantine:
         held = [e for e in entries if e.state is QuarantineState.HELD]
         if not held:
             states = sorted({e.state.value for e in entries})
-            raise RejectedInput(f"{reference}: got state {', '.join(states)}; expected a held "
-                                f"(quarantined) instance to {action}", reference)
+            raise RejectedInput(
+                f"{reference}: got state {', '.join(states)}; expected a held (quarantined) instance to {action}",
+                reference,
+            )
         return held
 
     @staticmethod
-    def _decide(tx: Tx, held: list[QuarantineEntry], state: QuarantineState, actor: str,
-                reason: str, now: float) -> None:
+    def _decide(
+        tx: Tx, held: list[QuarantineEntry], state: QuarantineState, actor: str, reason: str, now: float
+    ) -> None:
         accept = "codes" if state is QuarantineState.RELEASED else "accepted_codes"
         for entry in held:
             changed = tx.execute(
                 f"UPDATE quarantine SET state = ?, accepted_codes = {accept}, decided_by = ?,"
                 " decided_at = ?, decision_reason = ?, updated_at = ? WHERE qid = ? AND state = ?",
-                (state.value, actor, now, reason, now, entry.qid, QuarantineState.HELD.value))
+                (state.value, actor, now, reason, now, entry.qid, QuarantineState.HELD.value),
+            )
             if changed != 1:  # another operator decided meanwhile: roll everything back
                 raise RejectedInput(f"{entry.id}: changed meanwhile; expected it held", entry.id)

@@ -14,8 +14,10 @@ __all__ = ["Status"]
 
 
 def _instances(tx: Tx) -> dict[str, int]:
-    rows = tx.all("SELECT i.override, j.state, COUNT(*) AS n FROM instances i LEFT JOIN jobs j"
-                  " ON j.job_id = i.job_id GROUP BY i.override, j.state")
+    rows = tx.all(
+        "SELECT i.override, j.state, COUNT(*) AS n FROM instances i LEFT JOIN jobs j"
+        " ON j.job_id = i.job_id GROUP BY i.override, j.state"
+    )
     out = {s.value: 0 for s in InstanceState}
     for r in rows:
         out[instance_state(JobState(r["state"] or "receiving"), r["override"]).value] += int(r["n"])
@@ -24,23 +26,30 @@ def _instances(tx: Tx) -> dict[str, int]:
 
 def _oldest(tx: Tx, now: float) -> WaitingJob | None:
     working = [s.value for s in JobState if not s.is_terminal]
-    row = tx.one(f"SELECT job_id, study_uid, state, created_at, reason FROM jobs WHERE state IN"
-                 f" ({marks(len(working))}) ORDER BY created_at LIMIT 1", working)
+    row = tx.one(
+        f"SELECT job_id, study_uid, state, created_at, reason FROM jobs WHERE state IN"
+        f" ({marks(len(working))}) ORDER BY created_at LIMIT 1",
+        working,
+    )
     if row is None:
         return None
-    return WaitingJob(int(row["job_id"]), row["study_uid"], row["state"],
-                      round(now - float(row["created_at"]), 3), row["reason"])
+    return WaitingJob(
+        int(row["job_id"]), row["study_uid"], row["state"], round(now - float(row["created_at"]), 3), row["reason"]
+    )
 
 
 def _quarantine(tx: Tx) -> QuarantineCounts:
-    per_state = {r["state"]: int(r["n"])
-                 for r in tx.all("SELECT state, COUNT(*) AS n FROM quarantine GROUP BY state")}
+    per_state = {r["state"]: int(r["n"]) for r in tx.all("SELECT state, COUNT(*) AS n FROM quarantine GROUP BY state")}
     by_code: dict[str, int] = {}
     for r in tx.all("SELECT codes FROM quarantine WHERE state = 'held'"):
         for code in json.loads(r["codes"] or "[]"):
             by_code[code] = by_code.get(code, 0) + 1
-    return QuarantineCounts(per_state.get("held", 0), per_state.get("released", 0),
-                            per_state.get("discarded", 0), dict(sorted(by_code.items())))
+    return QuarantineCounts(
+        per_state.get("held", 0),
+        per_state.get("released", 0),
+        per_state.get("discarded", 0),
+        dict(sorted(by_code.items())),
+    )
 
 
 class Status:
@@ -53,16 +62,19 @@ class Status:
     def report(self, now: float) -> LedgerStatus:
         """The whole report, read in one pass."""
         with self._db.read() as tx:
-            jobs = {r["state"]: int(r["n"])
-                    for r in tx.all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+            jobs = {r["state"]: int(r["n"]) for r in tx.all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
             instances = _instances(tx)
             oldest = _oldest(tx, now)
             pending = tx.one("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")
-            flags = {r["kind"]: int(r["n"]) for r in tx.all(
-                "SELECT kind, COUNT(*) AS n FROM review_flags WHERE resolved = 0 GROUP BY kind")}
+            flags = {
+                r["kind"]: int(r["n"])
+                for r in tx.all("SELECT kind, COUNT(*) AS n FROM review_flags WHERE resolved = 0 GROUP BY kind")
+            }
             held = tx.one("SELECT COUNT(*) AS n FROM sr_results WHERE state = 'held'")
-            senders = {r["calling_ae"]: int(r["strictness"]) for r in tx.all(
-                "SELECT calling_ae, strictness FROM sender_standings WHERE strictness > 0")}
+            senders = {
+                r["calling_ae"]: int(r["strictness"])
+                for r in tx.all("SELECT calling_ae, strictness FROM sender_standings WHERE strictness > 0")
+            }
             quarantine = _quarantine(tx)
         working = [s.value for s in JobState if not s.is_terminal]
         return LedgerStatus(

@@ -45,8 +45,9 @@ class Bridge:
     def __init__(self, root: Path, routing: RoutingConfig | None = None) -> None:
         self.root = root
         self.ledger = open_ledger(StorageConfig(var_dir=str(root)))
-        self.listener = Listener(ListenerConfig(port=0, min_free_bytes=0), root / "spool",
-                                 root / "rejected", self.ledger, quiet_period_s=0.0)
+        self.listener = Listener(
+            ListenerConfig(port=0, min_free_bytes=0), root / "spool", root / "rejected", self.ledger, quiet_period_s=0.0
+        )
         self.listener.start()
         self.quarantine = self.ledger.quarantine
         routing = routing or parse_config(base_config()).routing
@@ -91,8 +92,7 @@ def _quiet_assembly(ledger: Ledger) -> Assembly:
     """Completion on a zero quiet period, no PACS to ask (issue #5's evidence left out); a
     sender that completes early is recorded but its quiet period stays zero (tighten_factor 1),
     so ``drain`` completes every study it is given."""
-    policy = CompletenessPolicy(AssemblyConfig(quiet_period_s=0.0, quiet_period_by_modality={},
-                                               tighten_factor=1.0))
+    policy = CompletenessPolicy(AssemblyConfig(quiet_period_s=0.0, quiet_period_by_modality={}, tighten_factor=1.0))
     return Assembly(ledger, Evidence(policy, None, ledger), "stage:assembler", SystemClock())
 
 

@@ -85,8 +85,9 @@ def make_pipeline(
     ``backend="postgresql"`` puts its ledger on the session's PostgreSQL server."""
     started: list[Pipeline] = []
 
-    def start(pacs: OrthancProcess | None = None, backend: str = "sqlite",
-              **overrides: Any) -> tuple[Pipeline, AppConfig]:
+    def start(
+        pacs: OrthancProcess | None = None, backend: str = "sqlite", **overrides: Any
+    ) -> tuple[Pipeline, AppConfig]:
         raw = base_config()
         raw["site_name"] = f"t{len(started)}-{int(time.time() * 1000) % 10**8}"
         raw["storage"] = storage_for(backend, tmp_path / "var").model_dump()
@@ -139,16 +140,20 @@ STORESCU_PROPOSE = {
 syntax), so that the file travels as stored instead of being converted by storescu."""
 
 
-def send_files(
-    files: list[Path], pipeline: Pipeline, cfg: AppConfig, *, own_syntax: str | bool = False
-) -> None:
+def send_files(files: list[Path], pipeline: Pipeline, cfg: AppConfig, *, own_syntax: str | bool = False) -> None:
     """storescu the files to the pipeline's listener. ``own_syntax``: propose only the contexts
     the files need (True), or that and this transfer syntax UID, in which the files are."""
     from demo.dcmtk import storescu
 
     extra = STORESCU_PROPOSE[own_syntax] if isinstance(own_syntax, str) else ()
-    res = storescu(files, "127.0.0.1", pipeline.listener_port(), cfg.listener.ae_title,
-                   propose_own_syntax=bool(own_syntax), extra=extra)
+    res = storescu(
+        files,
+        "127.0.0.1",
+        pipeline.listener_port(),
+        cfg.listener.ae_title,
+        propose_own_syntax=bool(own_syntax),
+        extra=extra,
+    )
     assert res.returncode == 0, res.stderr[-800:]
 
 

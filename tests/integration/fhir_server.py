@@ -56,8 +56,10 @@ class FhirTestServer:
 
     def accept(self, path: str, content_type: str, body: bytes) -> tuple[int, dict[str, Any]]:
         if self.force_status is not None:
-            return self.force_status, {"resourceType": "OperationOutcome", "issue": [
-                {"severity": "error", "code": "forbidden", "diagnostics": "forced by the test"}]}
+            return self.force_status, {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "forbidden", "diagnostics": "forced by the test"}],
+            }
         try:
             if path.rstrip("/") != "/fhir" or "application/fhir+json" not in content_type:
                 raise ValueError(f"POST {path} ({content_type}); expected /fhir, fhir+json")
@@ -72,14 +74,19 @@ class FhirTestServer:
                     raise ValueError(f"request {entry['request']}; expected a PUT to the id")
         except (ValueError, KeyError, ValidationError) as exc:
             self.errors.append(str(exc)[:500])
-            return 400, {"resourceType": "OperationOutcome",
-                         "issue": [{"severity": "error", "code": "invalid", "diagnostics": str(exc)[:300]}]}
+            return 400, {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "invalid", "diagnostics": str(exc)[:300]}],
+            }
         self.bundles.append(bundle)
         for entry in bundle["entry"]:
             res = entry["resource"]
             self.resources[f"{res['resourceType']}/{res['id']}"] = res
-        return 200, {"resourceType": "Bundle", "type": "transaction-response",
-                     "entry": [{"response": {"status": "200 OK"}} for _ in bundle["entry"]]}
+        return 200, {
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [{"response": {"status": "200 OK"}} for _ in bundle["entry"]],
+        }
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [r for key, r in self.resources.items() if key.startswith(f"{kind}/")]

@@ -16,10 +16,18 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 __all__ = ["IssuerBlindPacs"]
 
-_STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
-               "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate")
-_SERIES_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined",
-                "SeriesDescription")
+_STUDY_KEYS = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyDescription",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+)
+_SERIES_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined", "SeriesDescription")
 
 
 def _answer(source: Dataset, keys: Sequence[str], level: str) -> Dataset:
@@ -39,8 +47,7 @@ class IssuerBlindPacs:
         self._instances = [ds for study in studies for ds in study]
         ae = AE(ae_title=ae_title)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-        self._server = ae.start_server(("127.0.0.1", 0), block=False,
-                                       evt_handlers=[(evt.EVT_C_FIND, self._find)])
+        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, self._find)])
         self.port = int(self._server.server_address[1])
 
     def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:

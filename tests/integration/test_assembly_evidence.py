@@ -39,11 +39,11 @@ class Ris:
     def reports(self, status: str, at: float) -> None:
         """One ORM^O01 with ORC-5 ``status`` for the study's accession, received at ``at``."""
         self._sent += 1
-        raw = orm(f"EV{self._sent}", accession=ACCESSION, control_code="XO" if self._sent > 1 else "NW",
-                  status=status).encode()
+        raw = orm(
+            f"EV{self._sent}", accession=ACCESSION, control_code="XO" if self._sent > 1 else "NW", status=status
+        ).encode()
         message = parse_message(raw)
-        entry = InboxEntry(message.header, raw, "127.0.0.1:5000", at, self._mapper.map(message), None,
-                           message.digest)
+        entry = InboxEntry(message.header, raw, "127.0.0.1:5000", at, self._mapper.map(message), None, message.digest)
         ContextWriter(self._db).receive(entry).result()
 
     def close(self) -> None:
@@ -67,9 +67,23 @@ def assembly(tmp_path):
 
 
 def _receive(ledger, uid: str, at: float) -> None:
-    meta = InstanceMeta(uid, "1.2.840.10008.5.1.4.1.1.2", STUDY, STUDY + ".1", "CT", "1.2.840.10008.1.2.1",
-                        f"/spool/{uid}.dcm", "aa", 10, at, RIS_SENDER, "HEAD", "", "k",
-                        hash_identifier(ACCESSION, KEY))
+    meta = InstanceMeta(
+        uid,
+        "1.2.840.10008.5.1.4.1.1.2",
+        STUDY,
+        STUDY + ".1",
+        "CT",
+        "1.2.840.10008.1.2.1",
+        f"/spool/{uid}.dcm",
+        "aa",
+        10,
+        at,
+        RIS_SENDER,
+        "HEAD",
+        "",
+        "k",
+        hash_identifier(ACCESSION, KEY),
+    )
     ledger.intake.record(meta, at, at + 60.0, "t")
 
 

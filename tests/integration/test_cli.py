@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pacsai(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "actors.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_check_config_names_every_bad_field(tmp_path):
@@ -52,8 +58,14 @@ def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, RAY_ADDRESS="")  # a Ray of its own, like a fresh `pacsai up`
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "up", "--config", str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actors.cli", "up", "--config", str(path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         ready = ""
         deadline = time.monotonic() + 120
@@ -113,8 +125,14 @@ def test_review_flags_are_listed_shown_and_resolved_by_who_may_with_why(tmp_path
     from state.ledger import open_ledger
 
     path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump({"storage": {"var_dir": str(tmp_path / "var")},
-                                    "review": {"reviewers": {"rita": ["radiologist"], "ada": ["pacs_admin"]}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"var_dir": str(tmp_path / "var")},
+                "review": {"reviewers": {"rita": ["radiologist"], "ada": ["pacs_admin"]}},
+            }
+        )
+    )
     ledger = open_ledger(StorageConfig(var_dir=str(tmp_path / "var")))
     flag = RaiseReviewFlag(FlagKind.PRIOR_ISSUER_MISMATCH, "1.2.3", "1.2.0", {"differing": ["IssuerOfPatientID"]})
     ledger.reviews.raise_flag(None, flag, AuditEvent(AuditEventType.PRIOR_ISSUER_MISMATCH, "t", "1.2.3"), 100.0)
@@ -124,18 +142,56 @@ def test_review_flags_are_listed_shown_and_resolved_by_who_may_with_why(tmp_path
     shown = pacsai("review", "--config", str(path), "show", f"R{raised.flag_id}")
     assert "IssuerOfPatientID" in shown.stdout and "1.2.0" in shown.stdout
     # A radiologist may not declare a pair with another issuer the same patient ...
-    denied = pacsai("review", "--config", str(path), "resolve", str(raised.flag_id),
-                    "--resolution", "same_patient", "--reason", "looks alike", "--user", "rita")
+    denied = pacsai(
+        "review",
+        "--config",
+        str(path),
+        "resolve",
+        str(raised.flag_id),
+        "--resolution",
+        "same_patient",
+        "--reason",
+        "looks alike",
+        "--user",
+        "rita",
+    )
     assert denied.returncode == 1 and "AccessDenied" in denied.stderr
-    stranger = pacsai("review", "--config", str(path), "resolve", str(raised.flag_id),
-                      "--resolution", "acknowledged", "--reason", "seen", "--user", "mallory")
+    stranger = pacsai(
+        "review",
+        "--config",
+        str(path),
+        "resolve",
+        str(raised.flag_id),
+        "--resolution",
+        "acknowledged",
+        "--reason",
+        "seen",
+        "--user",
+        "mallory",
+    )
     assert stranger.returncode == 1 and "review.reviewers" in stranger.stderr
     # ... the PACS administrator may, and must say why.
-    done = pacsai("review", "--config", str(path), "resolve", str(raised.flag_id), "--json",
-                  "--resolution", "different_patient", "--reason", "issuer HOSP-B is the other site", "--user", "ada")
+    done = pacsai(
+        "review",
+        "--config",
+        str(path),
+        "resolve",
+        str(raised.flag_id),
+        "--json",
+        "--resolution",
+        "different_patient",
+        "--reason",
+        "issuer HOSP-B is the other site",
+        "--user",
+        "ada",
+    )
     assert done.returncode == 0, done.stderr
     [out] = json.loads(done.stdout)
-    assert (out["state"], out["resolved_by"], out["reason"]) == ("resolved", "user:ada", "issuer HOSP-B is the other site")
+    assert (out["state"], out["resolved_by"], out["reason"]) == (
+        "resolved",
+        "user:ada",
+        "issuer HOSP-B is the other site",
+    )
     assert pacsai("review", "--config", str(path), "list").stdout.strip() == "review: nothing"
     [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "review_flag_resolved"]
     assert event.actor == "user:ada" and event.detail["resolution"] == "different_patient"

@@ -53,7 +53,8 @@ def _two_bursts(tmp_path, make_pipeline, pacs, port, completion):
     files = save_study(study, tmp_path / "study")
     assert storescu(files, "127.0.0.1", pacs.dicom_port, pacs.aet, "MODALITY").returncode == 0
     pipeline, cfg = make_pipeline(
-        pacs, listener={"port": port},
+        pacs,
+        listener={"port": port},
         assembly={"quiet_period_s": 2.0, "sources": {FORWARDER: {"completion": completion}}},
     )
     ledger, uid = ledger_of(pipeline), str(study[0].StudyInstanceUID)

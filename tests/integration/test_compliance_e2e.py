@@ -30,10 +30,20 @@ from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 pytestmark = [pytest.mark.integration, needs_peers]
 
 REPRESENTATIVE = (
-    "truncated_pixel_data", "wrong_rows", "zero_length_pixel_data", "missing_sop_instance_uid",
-    "invalid_uid_characters", "wrong_vr_rows_as_float", "bits_stored_above_allocated",
-    "sop_instance_uid_contradicts_meta", "truncated_jpeg_ls_stream", "jpeg2000_rows_contradict_codestream",
-    "unknown_transfer_syntax", "mixed_patients_in_study", "duplicate_slice_positions", "missing_slice_gap",
+    "truncated_pixel_data",
+    "wrong_rows",
+    "zero_length_pixel_data",
+    "missing_sop_instance_uid",
+    "invalid_uid_characters",
+    "wrong_vr_rows_as_float",
+    "bits_stored_above_allocated",
+    "sop_instance_uid_contradicts_meta",
+    "truncated_jpeg_ls_stream",
+    "jpeg2000_rows_contradict_codestream",
+    "unknown_transfer_syntax",
+    "mixed_patients_in_study",
+    "duplicate_slice_positions",
+    "missing_slice_gap",
 )
 
 
@@ -58,8 +68,11 @@ def test_corruptions_end_quarantined_with_their_reason_codes(tmp_path, make_pipe
     assert wait_for_states(ledger, uids, {"quarantined", "skipped", "routed", "delivered"}, timeout_s=90)
     held = {e.sop_instance_uid: e for e in ledger.quarantine.entries(limit=1000)}
     for name, study in studies.items():
-        codes = {c for e in held.values() if e.study_uid == study for c in e.codes} if study else {
-            c for e in held.values() for c in e.codes if c == chosen[name].code}
+        codes = (
+            {c for e in held.values() if e.study_uid == study for c in e.codes}
+            if study
+            else {c for e in held.values() for c in e.codes if c == chosen[name].code}
+        )
         assert chosen[name].code in codes, (name, codes)
         if study:
             assert ledger.jobs.for_study(study)[-1].state.value == "quarantined", name
@@ -85,7 +98,8 @@ def _radiograph(tmp_path: Path, seed: int, syntax: str | None, **broken: object)
 
 
 def test_compressed_and_released_radiographs_come_back_as_srs_with_exact_attributes(
-        tmp_path, orthanc, make_pipeline, capsys):
+    tmp_path, orthanc, make_pipeline, capsys
+):
     pipeline, cfg = make_pipeline(orthanc)
     sent = [_radiograph(tmp_path, 200 + i, ts) for i, ts in enumerate((RLELossless, JPEGLSLossless, JPEG2000Lossless))]
     released_study, released_path = _radiograph(tmp_path, 210, None, HighBit=15)
@@ -98,8 +112,22 @@ def test_compressed_and_released_radiographs_come_back_as_srs_with_exact_attribu
     assert wait_for_states(ledger, [released_study], {"quarantined"}, timeout_s=60)
     config = tmp_path / "pacsai.yaml"
     config.write_text(f"storage: {{var_dir: {cfg.storage.var_dir}}}\n")
-    assert main(["quarantine", "release", released_study, "--reason", "HighBit checked with the vendor",
-                 "--user", "physicist", "--config", str(config)]) == 0
+    assert (
+        main(
+            [
+                "quarantine",
+                "release",
+                released_study,
+                "--reason",
+                "HighBit checked with the vendor",
+                "--user",
+                "physicist",
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
     studies = [s for s, _ in sent] + [released_study]
     assert wait_for_states(ledger, studies, {"delivered"}, timeout_s=150), ledger.status.report(time.time())
     for study, path in [*sent, (released_study, released_path)]:

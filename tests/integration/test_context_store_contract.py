@@ -38,8 +38,7 @@ T = TypeVar("T")
 def entry(raw: str, now: float = 100.0, peer: str = "127.0.0.1:5000") -> InboxEntry:
     """A message as the listener hands it to the store: parsed and mapped."""
     message = parse_message(raw.encode())
-    return InboxEntry(message.header, raw.encode(), peer, now, MAPPER.map(message), None,
-                      message.digest)
+    return InboxEntry(message.header, raw.encode(), peer, now, MAPPER.map(message), None, message.digest)
 
 
 @pytest.fixture
@@ -95,8 +94,10 @@ def test_an_existing_context_sqlite_is_adopted_as_it_is(tmp_path):
     path = tmp_path / "var" / "context.sqlite"
     con = connect(path)
     con.executescript((MIGRATIONS / "context/sqlite/0001_initial.sql").read_text())
-    con.execute("INSERT INTO resources (type, id, version, updated_at, json)"
-                " VALUES ('Patient', 'p1', 3, 1.0, '{\"id\": \"p1\"}')")
+    con.execute(
+        "INSERT INTO resources (type, id, version, updated_at, json)"
+        " VALUES ('Patient', 'p1', 3, 1.0, '{\"id\": \"p1\"}')"
+    )
     con.close()
     reader = ContextReader(open_context(StorageConfig(var_dir=str(tmp_path / "var"))))
     try:
@@ -111,8 +112,7 @@ def test_a_message_is_stored_raw_and_applied_and_the_join_finds_it(store):
     raw = orm("W1", accession="ACC-W1")
     assert writer.receive(entry(raw)).result() == (Disposition.APPLIED, None)
     [row] = reader.inbox()
-    assert (row["control_id"], row["status"], row["resends"], row["audited"]) == (
-        "W1", "applied", 0, 0)
+    assert (row["control_id"], row["status"], row["resends"], row["audited"]) == ("W1", "applied", 0, 0)
     [patient] = resources(reader, "Patient")
     assert patient["_version"] == 1 and patient["birthDate"] == "1970-06-15"
     found = reader.find("", [hash_identifier("ACC-W1", KEY)], [], None, 1)
@@ -192,14 +192,17 @@ def test_rejected_heads_and_audit_marks(store):
 # ------------------------------------------------------------- identities and merges
 def test_a40_moves_orders_and_encounters_to_the_survivor(store):
     writer, reader, _ = store
-    for raw in (adt("A04", "P1", mrn="MRN999"), orm("O1", mrn="MRN999", accession="ACCM"),
-                adt("A01", "P2", mrn="MRN123"), a40("M1", survivor="MRN123", prior="MRN999")):
+    for raw in (
+        adt("A04", "P1", mrn="MRN999"),
+        orm("O1", mrn="MRN999", accession="ACCM"),
+        adt("A01", "P2", mrn="MRN123"),
+        a40("M1", survivor="MRN123", prior="MRN999"),
+    ):
         assert writer.receive(entry(raw)).result()[0] is Disposition.APPLIED
     patients = {p["identifier"][0]["value"]: p for p in resources(reader, "Patient")}
     prior, survivor = patients["MRN999"], patients["MRN123"]
     assert prior["active"] is False and prior["_version"] == 3  # A04, ORM, A40
-    assert prior["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"},
-                              "type": "replaced-by"}]
+    assert prior["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
     assert {"other": {"reference": f"Patient/{prior['id']}"}, "type": "replaces"} in survivor["link"]
     found = reader.find("", [hash_identifier("ACCM", KEY)], [], None, 1)
     assert found.service_request["subject"] == {"reference": f"Patient/{survivor['id']}"}
@@ -211,9 +214,11 @@ def test_a40_moves_orders_and_encounters_to_the_survivor(store):
 
 def test_a_known_identity_rebinds_and_two_authorities_are_two_people(store):
     writer, reader, _ = store
-    for raw in (adt("A01", "ID1", pid3="4711^^^A^MR~X9^^^HOSP^PI", name="ALPHA^ANNA"),
-                orm("ID2", pid3="X9^^^HOSP^PI", name="ALPHA^ANNA", accession="ACC-A"),
-                adt("A01", "ID3", pid3="4711^^^B^MR", name="BRAVO^BERT", visit="V2^^^B^VN")):
+    for raw in (
+        adt("A01", "ID1", pid3="4711^^^A^MR~X9^^^HOSP^PI", name="ALPHA^ANNA"),
+        orm("ID2", pid3="X9^^^HOSP^PI", name="ALPHA^ANNA", accession="ACC-A"),
+        adt("A01", "ID3", pid3="4711^^^B^MR", name="BRAVO^BERT", visit="V2^^^B^VN"),
+    ):
         assert writer.receive(entry(raw)).result()[0] is Disposition.APPLIED
     patients = {p["name"][0]["family"]: p for p in resources(reader, "Patient")}
     assert set(patients) == {"ALPHA", "BRAVO"}
@@ -245,8 +250,7 @@ def test_the_order_status_is_the_latest_ris_report_of_the_study(store):
     writer.receive(entry(orm("S1", accession="ACC-ST"), now=100.0)).result()
     scheduled = reader.order_status("", acc)
     assert scheduled is not None and scheduled.progress is OrderProgress.IN_PROGRESS
-    writer.receive(entry(orm("S2", accession="ACC-ST", control_code="XO", status="CM"),
-                         now=200.0)).result()
+    writer.receive(entry(orm("S2", accession="ACC-ST", control_code="XO", status="CM"), now=200.0)).result()
     done = reader.order_status("9.9", acc)
     assert done is not None and (done.progress, done.at) == (OrderProgress.COMPLETED, 200.0)
     assert done.source == "ServiceRequest.status=completed"
@@ -272,9 +276,12 @@ def test_messages_creating_one_patient_at_once_lose_nothing(store):
     writer, reader, _ = store
     for i in range(12):
         mrn = f"NEW{i}"
-        at_once([lambda m=mrn, i=i: writer.receive(entry(adt("A08", f"NA{i}", mrn=m, birth=""))).result(),
-                 lambda m=mrn, i=i: writer.receive(entry(orm(f"NO{i}", mrn=m,
-                                                             accession=f"ACN{i}"))).result()])
+        at_once(
+            [
+                lambda m=mrn, i=i: writer.receive(entry(adt("A08", f"NA{i}", mrn=m, birth=""))).result(),
+                lambda m=mrn, i=i: writer.receive(entry(orm(f"NO{i}", mrn=m, accession=f"ACN{i}"))).result(),
+            ]
+        )
     patients = resources(reader, "Patient")
     assert len(patients) == 12
     assert all(p.get("birthDate") == "1970-06-15" and p["_version"] == 2 for p in patients)
@@ -287,8 +294,7 @@ def test_concurrent_messages_share_commits_on_sqlite(backend, store):
     writer, reader, db = store
     assert isinstance(db, SqliteDatabase)
     before = db.commits
-    results = at_once([lambda i=i: writer.receive(entry(adt("A01", f"G{i}", mrn=f"G{i}"))).result()
-                       for i in range(16)])
+    results = at_once([lambda i=i: writer.receive(entry(adt("A01", f"G{i}", mrn=f"G{i}"))).result() for i in range(16)])
     assert all(r[0] is Disposition.APPLIED for r in results), results
     assert db.items >= 16 and db.commits - before < 16  # fewer fsyncs than messages
     assert reader.count("hl7_inbox") == 16
@@ -298,8 +304,7 @@ def test_concurrent_messages_share_commits_on_sqlite(backend, store):
 def _fill(db: SqliteDatabase, pages: int) -> None:
     db.run(lambda tx: tx.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)"))
     for _ in range(pages // 50):
-        db.run(lambda tx: tx.executemany("INSERT INTO filler VALUES (?)",
-                                         [(b"x" * 4000,) for _ in range(50)]))
+        db.run(lambda tx: tx.executemany("INSERT INTO filler VALUES (?)", [(b"x" * 4000,) for _ in range(50)]))
 
 
 @pytest.mark.parametrize("autocheckpoint", [True, False])
@@ -336,11 +341,15 @@ def test_a_run_inside_a_run_is_refused_not_deadlocked(tmp_path: Path):
 def test_submitted_transactions_settle_with_their_result_or_their_error(store):
     """``Database.submit`` on both backends: a future per transaction, an error only its own."""
     _, reader, db = store
-    futures = [db.submit(lambda tx, i=i: tx.execute(
-        "INSERT INTO patient_keys (patient_key, patient_id) VALUES (?, ?)", (f"k{i}", "p")))
-        for i in range(20)]
-    failing = db.submit(lambda tx: tx.execute(
-        "INSERT INTO patient_keys (patient_key, patient_id) VALUES (NULL, 'p')"))
+    futures = [
+        db.submit(
+            lambda tx, i=i: tx.execute(
+                "INSERT INTO patient_keys (patient_key, patient_id) VALUES (?, ?)", (f"k{i}", "p")
+            )
+        )
+        for i in range(20)
+    ]
+    failing = db.submit(lambda tx: tx.execute("INSERT INTO patient_keys (patient_key, patient_id) VALUES (NULL, 'p')"))
     assert [f.result(30) for f in futures] == [1] * 20
     with pytest.raises(Exception) as info:
         failing.result(30)
@@ -357,10 +366,13 @@ def test_threads_and_submissions_share_group_commits_on_sqlite(tmp_path: Path, g
     try:
         db.run(lambda tx: tx.execute("CREATE TABLE t (v INTEGER)"))
         start = (db.commits, db.items)
-        submitted = [db.submit(lambda tx, v=v: tx.one(
-            "INSERT INTO t VALUES (?) RETURNING v", (v,))["v"]) for v in range(100, 130)]
-        threads = at_once([lambda v=v: db.run(lambda tx: tx.execute(
-            "INSERT INTO t VALUES (?)", (v,))) for v in range(12)])
+        submitted = [
+            db.submit(lambda tx, v=v: tx.one("INSERT INTO t VALUES (?) RETURNING v", (v,))["v"])
+            for v in range(100, 130)
+        ]
+        threads = at_once(
+            [lambda v=v: db.run(lambda tx: tx.execute("INSERT INTO t VALUES (?)", (v,))) for v in range(12)]
+        )
         assert threads == [1] * 12
         assert [f.result(30) for f in submitted] == list(range(100, 130))
         commits, items = db.commits - start[0], db.items - start[1]

@@ -40,26 +40,45 @@ from demo.dcmtk import PROPOSAL_OPTIONS
 from tests.integration.bridge import Bridge, dataset_bytes, query, send_raw
 from tests.integration.wire import RecordingRelay
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed"),
+]
 
 DATA = Path(pydicom.__file__).parent / "data"
-CORPUS = sorted(p for d in ("test_files", "charset_files", "palettes") for p in (DATA / d).rglob("*")
-                if p.is_file())
+CORPUS = sorted(p for d in ("test_files", "charset_files", "palettes") for p in (DATA / d).rglob("*") if p.is_file())
 
 NOT_DICOM = {
-    "test_files/README.txt", "test_files/dicomdirtests/README.txt", "test_files/dicomdirtests/TINY_ALPHA/README",
-    "test_files/test1.json", "test_files/test_PN.json", "test_files/zipMR.gz", "test_files/crayons.icc",
-    "test_files/rtplan.dump", "test_files/rtstruct.dump", "charset_files/FileInfo.txt", "palettes/README.md",
+    "test_files/README.txt",
+    "test_files/dicomdirtests/README.txt",
+    "test_files/dicomdirtests/TINY_ALPHA/README",
+    "test_files/test1.json",
+    "test_files/test_PN.json",
+    "test_files/zipMR.gz",
+    "test_files/crayons.icc",
+    "test_files/rtplan.dump",
+    "test_files/rtstruct.dump",
+    "charset_files/FileInfo.txt",
+    "palettes/README.md",
 }
 """Text, JSON, gzip, ICC profile and dcmdump listings that ship beside the DICOM files."""
 
 _DICOMDIR = "a DICOMDIR (Media Storage Directory) is a media file, not a network object: no SOP Instance UID"
 _NO_UIDS = "no SOP Class / SOP Instance UID in the data set (pydicom fixture of a partial data set)"
 STORESCU_REFUSES = {
-    **{f"test_files/dicomdirtests/{n}": _DICOMDIR for n in (
-        "DICOMDIR", "DICOMDIR-bigEnd", "DICOMDIR-empty.dcm", "DICOMDIR-implicit", "DICOMDIR-nooffset",
-        "DICOMDIR-nopatient", "DICOMDIR-reordered", "TINY_ALPHA/DICOMDIR")},
+    **{
+        f"test_files/dicomdirtests/{n}": _DICOMDIR
+        for n in (
+            "DICOMDIR",
+            "DICOMDIR-bigEnd",
+            "DICOMDIR-empty.dcm",
+            "DICOMDIR-implicit",
+            "DICOMDIR-nooffset",
+            "DICOMDIR-nopatient",
+            "DICOMDIR-reordered",
+            "TINY_ALPHA/DICOMDIR",
+        )
+    },
     "test_files/UN_sequence.dcm": _NO_UIDS,
     "test_files/empty_charset_LEI.dcm": _NO_UIDS,
     "test_files/nested_priv_SQ.dcm": _NO_UIDS,
@@ -79,13 +98,25 @@ STORESCU_REFUSES = {
 
 PROCESSED, QUARANTINED, SKIPPED = "processed", "quarantined", "skipped"
 REFUSED_AT_ASSOCIATION = "refused at association"
-PIXEL_CODES = {"pixel_data_undecodable", "pixel_length_mismatch", "pixel_data_missing",
-               "unsupported_transfer_syntax", "frame_count_mismatch"}
+PIXEL_CODES = {
+    "pixel_data_undecodable",
+    "pixel_length_mismatch",
+    "pixel_data_missing",
+    "unsupported_transfer_syntax",
+    "frame_count_mismatch",
+}
 DECODE_FINE = {
-    "test_files/MR_small_implicit.dcm", "test_files/MR_small.dcm", "test_files/MR_small_bigendian.dcm",
-    "test_files/image_dfl.dcm", "test_files/MR_small_RLE.dcm", "test_files/SC_rgb_jpeg_dcmtk.dcm",
-    "test_files/JPGExtended.dcm", "test_files/MR_small_jpeg_ls_lossless.dcm",
-    "test_files/MR_small_jp2klossless.dcm", "test_files/JPEG2000.dcm", "test_files/SC_rgb_rle_2frame.dcm",
+    "test_files/MR_small_implicit.dcm",
+    "test_files/MR_small.dcm",
+    "test_files/MR_small_bigendian.dcm",
+    "test_files/image_dfl.dcm",
+    "test_files/MR_small_RLE.dcm",
+    "test_files/SC_rgb_jpeg_dcmtk.dcm",
+    "test_files/JPGExtended.dcm",
+    "test_files/MR_small_jpeg_ls_lossless.dcm",
+    "test_files/MR_small_jp2klossless.dcm",
+    "test_files/JPEG2000.dcm",
+    "test_files/SC_rgb_rle_2frame.dcm",
     "test_files/liver_1frame.dcm",
 }
 """standards.md 5.2 / ts_matrix.py: these decode with the installed plugins."""
@@ -152,7 +183,9 @@ class Outcome:
         return f"{self.name}: {self.sent_by} {self.state} {self.codes or self.reason}"[:240]
 
 
-def _send_round(bridge: Bridge, relay: RecordingRelay, units: list[list[Path]], outcomes: dict[str, Outcome]) -> list[Path]:
+def _send_round(
+    bridge: Bridge, relay: RecordingRelay, units: list[list[Path]], outcomes: dict[str, Outcome]
+) -> list[Path]:
     """storescu every file of the round through the relay; return the files it refused."""
     refused = []
     for files in units:
@@ -179,8 +212,7 @@ def _storescu(path: Path, port: int) -> subprocess.CompletedProcess[str]:
 
 
 def _spooled(bridge: Bridge, path: Path) -> Path:
-    [row] = query(bridge.ledger, "SELECT path, sha256 FROM instances WHERE sop_instance_uid IN (?, ?)",
-                                _uids_of(path))
+    [row] = query(bridge.ledger, "SELECT path, sha256 FROM instances WHERE sop_instance_uid IN (?, ?)", _uids_of(path))
     spooled = Path(row["path"])
     assert row["sha256"] == hashlib.sha256(spooled.read_bytes()).hexdigest()  # recorded at receipt
     return spooled
@@ -188,11 +220,13 @@ def _spooled(bridge: Bridge, path: Path) -> Path:
 
 def _check_syntax_kept(bridge: Bridge, path: Path) -> None:
     """A file in a syntax storescu can propose travels and is stored in it: not transcoded."""
-    syntax = str(getattr(dcmread(path, stop_before_pixels=True, force=True), "file_meta", {}).get(
-        "TransferSyntaxUID", "") or "")
+    syntax = str(
+        getattr(dcmread(path, stop_before_pixels=True, force=True), "file_meta", {}).get("TransferSyntaxUID", "") or ""
+    )
     if syntax in PROPOSAL_OPTIONS:
-        [row] = query(bridge.ledger, "SELECT transfer_syntax FROM instances WHERE sop_instance_uid IN (?, ?)",
-                                    _uids_of(path))
+        [row] = query(
+            bridge.ledger, "SELECT transfer_syntax FROM instances WHERE sop_instance_uid IN (?, ?)", _uids_of(path)
+        )
         assert row["transfer_syntax"] == syntax, _name(path)
 
 
@@ -202,9 +236,10 @@ def _check_spooled_equals_wire(bridge: Bridge, path: Path, wire: bytes) -> None:
 
 def _settle(bridge: Bridge, outcomes: dict[str, Outcome], by_uid: dict[str, str]) -> None:
     bridge.drain()
-    for row in query(bridge.ledger,
+    for row in query(
+        bridge.ledger,
         "SELECT i.sop_instance_uid, i.override, i.reason, j.state, j.reason AS job_reason"
-        " FROM instances i JOIN jobs j ON j.job_id = i.job_id"
+        " FROM instances i JOIN jobs j ON j.job_id = i.job_id",
     ):
         name = by_uid.get(row["sop_instance_uid"])
         if name is None:
@@ -255,8 +290,7 @@ def corpus_outcomes(tmp_path_factory):
                 else:
                     assert status == 0x0000, (out.name, hex(status))
                     _check_spooled_equals_file(bridge, path)
-            by_uid = {u: _name(p) for files in units for p in files if outcomes[_name(p)].sent_by
-                      for u in _uids_of(p)}
+            by_uid = {u: _name(p) for files in units for p in files if outcomes[_name(p)].sent_by for u in _uids_of(p)}
             _settle(bridge, outcomes, by_uid)
         yield outcomes, bridges
     finally:
@@ -305,8 +339,9 @@ def test_the_listener_keeps_serving_after_the_corpus(corpus_outcomes):
     _, bridges = corpus_outcomes
     env = dict(os.environ, TCP_NODELAY="1")
     for bridge, _ in bridges[:: max(1, len(bridges) // 5)]:
-        echo = subprocess.run(["echoscu", "-aec", "PACSAI", "127.0.0.1", str(bridge.port)], env=env,
-                              capture_output=True, timeout=30)
+        echo = subprocess.run(
+            ["echoscu", "-aec", "PACSAI", "127.0.0.1", str(bridge.port)], env=env, capture_output=True, timeout=30
+        )
         assert echo.returncode == 0
     bridge = bridges[-1][0]
     assert send_raw([Path(pydicom.data.get_testdata_file("CT_small.dcm"))], bridge.port) == [0]

@@ -28,9 +28,7 @@ PREDICTION = Prediction(
 
 
 def bundle(base_url: str, sr_uid: str = "1.2.3.9") -> dict:
-    subject = ResultSubject(
-        "1.2.3", sr_uid, {"value": "P1"}, "ACC1", None, "2025-03-01T10:00:00+00:00"
-    )
+    subject = ResultSubject("1.2.3", sr_uid, {"value": "P1"}, "ACC1", None, "2025-03-01T10:00:00+00:00")
     return build_result_bundle(PREDICTION, subject, base_url, "PACS-AI Bridge")
 
 
@@ -46,8 +44,12 @@ def test_answers_map_to_delivered_unavailable_or_refused(server):
     try:
         assert client.transaction(bundle(server.base_url))["type"] == "transaction-response"
         assert len(server.of_type("Observation")) == 1
-        for status, error in ((503, DependencyUnavailable), (429, DependencyUnavailable),
-                              (400, RejectedInput), (403, RejectedInput)):
+        for status, error in (
+            (503, DependencyUnavailable),
+            (429, DependencyUnavailable),
+            (400, RejectedInput),
+            (403, RejectedInput),
+        ):
             server.force_status = status
             with pytest.raises(error) as info:
                 client.transaction(bundle(server.base_url))

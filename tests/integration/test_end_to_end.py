@@ -29,8 +29,15 @@ def send(files, pipeline, cfg):
 
 
 def study(tmp_path: Path, seed: int, findings=frozenset(), n=1, modality="DX", **kw):
-    datasets = make_cxr_study(seed=seed, findings=frozenset(findings), n_images=n, modality=modality,
-                              patient_id=f"P{seed}", accession=f"A{seed}", **kw)
+    datasets = make_cxr_study(
+        seed=seed,
+        findings=frozenset(findings),
+        n_images=n,
+        modality=modality,
+        patient_id=f"P{seed}",
+        accession=f"A{seed}",
+        **kw,
+    )
     return datasets, save_study(datasets, tmp_path / f"in{seed}")
 
 
@@ -65,13 +72,28 @@ def test_study_comes_back_as_a_valid_sr_in_the_pacs(tmp_path, orthanc, make_pipe
     assert differing_attributes(datasets[0], sr) == []
     groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
     assert len(groups) == 19
-    probs = {g.tracking_identifier.split(":")[1]: g.get_measurements(name=codes.DCM.Probability)[0].value for g in groups}
+    probs = {
+        g.tracking_identifier.split(":")[1]: g.get_measurements(name=codes.DCM.Probability)[0].value for g in groups
+    }
     assert all(0.0 <= p <= 1.0 for p in probs.values())
-    texts = {i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in groups[0][0].ContentSequence if i.ValueType == "TEXT"}
+    texts = {
+        i.ConceptNameCodeSequence[0].CodeValue: i.TextValue
+        for i in groups[0][0].ContentSequence
+        if i.ValueType == "TEXT"
+    }
     assert texts["111001"] == cfg.models["chest_xray"].name and texts["111003"] == cfg.models["chest_xray"].version
 
     path_types = [e.type for e in ledger.audit.events(study_uid)]
-    for expected in ("instance_received", "study_complete", "validated", "routed", "linked", "inferred", "sr_built", "sr_delivered"):
+    for expected in (
+        "instance_received",
+        "study_complete",
+        "validated",
+        "routed",
+        "linked",
+        "inferred",
+        "sr_built",
+        "sr_delivered",
+    ):
         assert expected in path_types, (expected, path_types)
     assert path_types.count("instance_received") == 2
     assert set(ledger.intake.states(study_uid).values()) == {"reported"}
@@ -89,7 +111,9 @@ def test_trained_demo_model_finds_the_phantom_lesion(tmp_path, orthanc, make_pip
 
     def effusion(uid):
         [m] = sr_instances(orthanc, uid)
-        groups = hd.sr.Comprehensive3DSR.from_dataset(dcmread(BytesIO(orthanc.file(m["ID"])))).content.get_image_measurement_groups()
+        groups = hd.sr.Comprehensive3DSR.from_dataset(
+            dcmread(BytesIO(orthanc.file(m["ID"])))
+        ).content.get_image_measurement_groups()
         [g] = [g for g in groups if g.tracking_identifier.endswith(":effusion")]
         return g.get_measurements(name=codes.DCM.Probability)[0].value
 
@@ -143,7 +167,9 @@ def test_unrouted_studies_and_ai_switches_end_skipped_with_reasons(tmp_path, ort
     ledger.controls.set_ai_switch("modality", "CR", False, "scanner QA", "user:rad", time.time())
     cr, cr_files = study(tmp_path, 51, modality="CR")
     other, other_files = study(tmp_path, 52)
-    ledger.controls.set_ai_switch("study", str(other[0].StudyInstanceUID), False, "patient request", "user:rad", time.time())
+    ledger.controls.set_ai_switch(
+        "study", str(other[0].StudyInstanceUID), False, "patient request", "user:rad", time.time()
+    )
     send(cr_files + other_files, pipeline, cfg)
     uids = [str(cr[0].StudyInstanceUID), str(other[0].StudyInstanceUID)]
     assert wait_for_states(ledger, uids, {"skipped"}, timeout_s=30)

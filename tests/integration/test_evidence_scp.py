@@ -17,8 +17,9 @@ from synthetic.synthetic_dicom import make_cxr_study
 @pytest.fixture
 def scp(tmp_path):
     ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
-    listener = Listener(ListenerConfig(port=0, min_free_bytes=0), tmp_path / "spool", tmp_path / "rejected",
-                        ledger, quiet_period_s=60.0)
+    listener = Listener(
+        ListenerConfig(port=0, min_free_bytes=0), tmp_path / "spool", tmp_path / "rejected", ledger, quiet_period_s=60.0
+    )
     listener.start()
     yield listener, ledger
     listener.stop()

@@ -86,8 +86,9 @@ def test_the_supervisor_survives_a_ledger_that_fails(tmp_path):
 
 def test_the_listener_reports_its_server_thread(tmp_path):
     ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
-    listener = Listener(ListenerConfig(port=0, min_free_bytes=0), tmp_path / "spool",
-                        tmp_path / "rejected", ledger, 1.0)
+    listener = Listener(
+        ListenerConfig(port=0, min_free_bytes=0), tmp_path / "spool", tmp_path / "rejected", ledger, 1.0
+    )
     listener.start()
     assert listener.serving
     server = listener._server
@@ -99,8 +100,7 @@ def test_the_listener_reports_its_server_thread(tmp_path):
     ledger.close()
 
 
-@pytest.mark.parametrize("alive,error,status", [(True, "", "ok"), (True, "x", "failing"),
-                                                (False, "", "down")])
+@pytest.mark.parametrize("alive,error,status", [(True, "", "ok"), (True, "x", "failing"), (False, "", "down")])
 def test_status_of_an_actor_follows_its_loops(alive, error, status):
     loops = (LoopHealth("a", True), LoopHealth("b", alive, last_error=error))
     assert ActorHealth("x", 1, loops=loops).status == status

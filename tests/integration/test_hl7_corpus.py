@@ -57,8 +57,7 @@ def _rows(reader: ContextReader, sql: str) -> list[dict[str, Any]]:
 
 
 def _state(reader: ContextReader) -> dict[str, int]:
-    out = {r["type"]: int(r["n"]) for r in
-           _rows(reader, "SELECT type, COUNT(*) AS n FROM resources GROUP BY type")}
+    out = {r["type"]: int(r["n"]) for r in _rows(reader, "SELECT type, COUNT(*) AS n FROM resources GROUP BY type")}
     [updated] = _rows(reader, "SELECT COALESCE(SUM(version - 1), 0) AS n FROM resources")
     out["updated"] = int(updated["n"])
     for table in ("hl7_inbox", "hl7_conflicts", "hl7_rejected"):
@@ -75,8 +74,7 @@ def _snapshot(reader: ContextReader) -> dict[str, list[Any]]:
         "patient_keys": "SELECT * FROM patient_keys ORDER BY patient_key, patient_id",
         "identities": "SELECT * FROM patient_identities ORDER BY identity_key, patient_id",
         "merges": "SELECT prior_id, survivor_id FROM patient_merges ORDER BY prior_id",
-        "inbox": "SELECT seq, control_id, status, error_code, error_location, sha256 FROM hl7_inbox"
-                 " ORDER BY seq",
+        "inbox": "SELECT seq, control_id, status, error_code, error_location, sha256 FROM hl7_inbox ORDER BY seq",
         "conflicts": "SELECT seq, control_id, sha256, inbox_seq FROM hl7_conflicts ORDER BY seq",
     }
     return {name: [tuple(r.values()) for r in _rows(reader, sql)] for name, sql in queries.items()}
@@ -98,14 +96,12 @@ def _err(message: hl7.Message) -> dict[str, str] | None:
     except KeyError:
         return None
     if len(seg) > 3 and str(seg(3)):  # v2.5+: ERR-2 location, ERR-3 code, ERR-4 severity
-        return {"code": str(seg(3)(1)(1)), "location": str(seg(2)),
-                "severity": str(seg(4)) if len(seg) > 4 else "E"}
+        return {"code": str(seg(3)(1)(1)), "location": str(seg(2)), "severity": str(seg(4)) if len(seg) > 4 else "E"}
     eld = str(seg(1)).split("^")  # before v2.5: ERR-1 = segment^sequence^field^code&text&table
     return {"code": eld[3].split("&")[0], "location": "^".join(eld[:3]), "severity": "E"}
 
 
-def _send_corpus(listener: Hl7Listener, client: MllpClient, reader: ContextReader,
-                 already: int) -> list[str]:
+def _send_corpus(listener: Hl7Listener, client: MllpClient, reader: ContextReader, already: int) -> list[str]:
     """Send every message once; return what differs from the manifest."""
     problems = []
     for n, m in enumerate(MANIFEST["messages"], start=already + 1):
@@ -121,8 +117,11 @@ def _send_corpus(listener: Hl7Listener, client: MllpClient, reader: ContextReade
         if got and (got[0][1] != m["msa2"] or got[0][2] != m["err"]):
             problems.append(f"{m['file']}: MSA-2/ERR {got[0][1:]}, expected {m['msa2']}, {m['err']}")
         after = _state(reader)
-        effect = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)
-                  if after.get(k, 0) != before.get(k, 0)}
+        effect = {
+            k: after.get(k, 0) - before.get(k, 0)
+            for k in set(after) | set(before)
+            if after.get(k, 0) != before.get(k, 0)
+        }
         if already == 0 and effect != m["effect"]:
             problems.append(f"{m['file']}: effect {effect}, expected {m['effect']}")
     return problems
@@ -130,8 +129,7 @@ def _send_corpus(listener: Hl7Listener, client: MllpClient, reader: ContextReade
 
 def _check_identities(reader: ContextReader) -> None:
     """What the corpus shows about identity (issue #16, 1 and 2)."""
-    patients = [json.loads(r["json"]) for r in
-                _rows(reader, "SELECT json FROM resources WHERE type = 'Patient'")]
+    patients = [json.loads(r["json"]) for r in _rows(reader, "SELECT json FROM resources WHERE type = 'Patient'")]
     systems = {i.get("system") for p in patients for i in p["identifier"]}
     assert "urn:oid:1.3.6.1.4.1.12559.11.1.4.1.2" in systems  # IHE PAM: DDS&<OID>&ISO
     # 123456789 is an SSN (authority USSSA) in one sample and a bare MRN of NINTENDO in

@@ -41,12 +41,11 @@ KEY = b"integration-key"
 MAX_BYTES = 64 * 1024
 
 
-def make_listener(
-    storage: StorageConfig, tls: TlsConfig | None = None
-) -> tuple[Hl7Listener, Ledger]:
+def make_listener(storage: StorageConfig, tls: TlsConfig | None = None) -> tuple[Hl7Listener, Ledger]:
     cfg = Hl7Config(
-        listener=MllpListenerConfig(port=0, max_message_bytes=MAX_BYTES, max_field_chars=4096,
-                                    idle_timeout_s=30, tls=tls),
+        listener=MllpListenerConfig(
+            port=0, max_message_bytes=MAX_BYTES, max_field_chars=4096, idle_timeout_s=30, tls=tls
+        ),
         identifier_systems={"HOSP": "http://hosp.example/mrn"},
     )
     ledger = open_ledger(storage)
@@ -105,7 +104,10 @@ def test_adt_and_orders_over_one_persistent_connection_become_fhir_r4(bridge):
 
     acks = asyncio.run(session())
     assert [(str(a.segment("MSA")(1)), str(a.segment("MSA")(2))) for a in acks] == [
-        ("AA", "ADT1"), ("AA", "ORM1"), ("AA", "ADT2")]
+        ("AA", "ADT1"),
+        ("AA", "ORM1"),
+        ("AA", "ADT2"),
+    ]
     assert listener._server.connections == 1  # one persistent connection, three messages
 
     patient = Patient.model_validate(the(reader, "Patient"))  # A08 updated it, no duplicate
@@ -206,7 +208,7 @@ def test_hostile_input_gets_clear_answers_and_the_listener_keeps_serving(bridge)
         client.send_raw(b"noise outside frames\r\n")
         framed = START + good.encode() + END
         for i in range(0, len(framed), 7):
-            client.send_raw(framed[i:i + 7])
+            client.send_raw(framed[i : i + 7])
             time.sleep(0.002)
         [reply] = client.receive()
         assert msa(reply) == ("AA", "OK1")
@@ -257,8 +259,12 @@ def test_a40_merge_moves_orders_to_the_surviving_patient(bridge):
     listener, _, reader = bridge
     client = MllpClient("127.0.0.1", listener.port)
     try:
-        for raw in (adt("A04", "P1", mrn="MRN999"), orm("O1", mrn="MRN999", accession="ACCM"),
-                    adt("A01", "P2", mrn="MRN123"), a40("M1", survivor="MRN123", prior="MRN999")):
+        for raw in (
+            adt("A04", "P1", mrn="MRN999"),
+            orm("O1", mrn="MRN999", accession="ACCM"),
+            adt("A01", "P2", mrn="MRN123"),
+            a40("M1", survivor="MRN123", prior="MRN999"),
+        ):
             assert msa(client.send(raw.encode())[0])[0] == "AA"
     finally:
         client.close()
@@ -271,8 +277,7 @@ def test_a40_merge_moves_orders_to_the_surviving_patient(bridge):
     assert found.service_request["subject"] == {"reference": f"Patient/{survivor['id']}"}
     assert found.patient["id"] == survivor["id"]
     # a study still filed under the old MRN joins the surviving patient by Patient ID + date
-    by_old_id = reader.find("", [], [hash_identifier("MRN999", KEY)],
-                            date(2025, 3, 1), 1)
+    by_old_id = reader.find("", [], [hash_identifier("MRN999", KEY)], date(2025, 3, 1), 1)
     assert by_old_id is not None and by_old_id.patient["id"] == survivor["id"]
 
 
@@ -379,16 +384,21 @@ def test_the_same_id_from_two_assigning_authorities_is_two_patients(bridge):
     listener, _, reader = bridge
     client = MllpClient("127.0.0.1", listener.port)
     try:
-        for raw in (adt("A01", "ID1", pid3="4711^^^A^MR", name="ALPHA^ANNA", visit="V1^^^A^VN"),
-                    adt("A01", "ID2", pid3="4711^^^B^MR", name="BRAVO^BERT", visit="V2^^^B^VN"),
-                    orm("ID3", pid3="4711^^^A^MR", name="ALPHA^ANNA", accession="ACC-A")):
+        for raw in (
+            adt("A01", "ID1", pid3="4711^^^A^MR", name="ALPHA^ANNA", visit="V1^^^A^VN"),
+            adt("A01", "ID2", pid3="4711^^^B^MR", name="BRAVO^BERT", visit="V2^^^B^VN"),
+            orm("ID3", pid3="4711^^^A^MR", name="ALPHA^ANNA", accession="ACC-A"),
+        ):
             assert msa(client.send(raw.encode())[0])[0] == "AA"
     finally:
         client.close()
     patients = patients_by_name(reader)
     assert set(patients) == {"ALPHA", "BRAVO"}  # nobody was renamed into somebody else
-    subjects = {e["identifier"][0]["value"]: e["subject"]["reference"]
-                for e in resources(reader, "Encounter") if "identifier" in e}
+    subjects = {
+        e["identifier"][0]["value"]: e["subject"]["reference"]
+        for e in resources(reader, "Encounter")
+        if "identifier" in e
+    }
     assert subjects["V1"] == f"Patient/{patients['ALPHA']['id']}"
     assert subjects["V2"] == f"Patient/{patients['BRAVO']['id']}"
     order = reader.find("", [hash_identifier("ACC-A", KEY)], [], None, 1)
@@ -401,9 +411,11 @@ def test_bare_ids_from_two_sending_facilities_are_never_matched(bridge):
     listener, _, reader = bridge
     client = MllpClient("127.0.0.1", listener.port)
     try:
-        for raw in (adt("A01", "F1", pid3="4711", name="NORTH^NINA", facility="NORTH"),
-                    adt("A01", "F2", pid3="4711", name="SOUTH^SAM", facility="SOUTH"),
-                    adt("A08", "F3", pid3="4711", name="NORTH^NINA", sex="M", facility="NORTH")):
+        for raw in (
+            adt("A01", "F1", pid3="4711", name="NORTH^NINA", facility="NORTH"),
+            adt("A01", "F2", pid3="4711", name="SOUTH^SAM", facility="SOUTH"),
+            adt("A08", "F3", pid3="4711", name="NORTH^NINA", sex="M", facility="NORTH"),
+        ):
             assert msa(client.send(raw.encode())[0])[0] == "AA"
     finally:
         client.close()
@@ -417,8 +429,11 @@ def test_lf_and_crlf_separated_messages_with_a_charset_are_applied(bridge):
     listener, _, reader = bridge
     client = MllpClient("127.0.0.1", listener.port)
     try:
-        for control, sep, label in (("LF1", "\n", "UTF-8"), ("CRLF1", "\r\n", "UNICODE"),
-                                    ("LF2", "\n", "UNICODE UTF-8")):
+        for control, sep, label in (
+            ("LF1", "\n", "UTF-8"),
+            ("CRLF1", "\r\n", "UNICODE"),
+            ("LF2", "\n", "UNICODE UTF-8"),
+        ):
             raw = adt("A01", control, name="MÜLLER^JÖRG", extra="||||||" + label)
             [reply] = client.send(raw.replace("\r", sep).encode("utf-8"))
             assert msa(reply) == ("AA", control), reply
@@ -450,8 +465,7 @@ def test_a_frame_ending_in_fs_without_cr_is_answered_on_the_fs(bridge):
         assert msa(client.receive()[0]) == ("AA", "FS1")  # before any further byte arrives
         client.send_raw(b"\r" + START + adt("A01", "FS2").encode() + END)
         assert msa(client.receive()[0]) == ("AA", "FS2")
-        client.send_raw(START + adt("A01", "FS3").encode() + b"\x1c"
-                        + START + adt("A01", "FS4").encode() + b"\x1c")
+        client.send_raw(START + adt("A01", "FS3").encode() + b"\x1c" + START + adt("A01", "FS4").encode() + b"\x1c")
         assert [msa(r) for r in client.receive(2)] == [("AA", "FS3"), ("AA", "FS4")]
     finally:
         client.close()
@@ -520,8 +534,9 @@ def test_health_reports_the_server_thread_and_both_loops(tmp_path):
         event_loop = listener._server._loop
         event_loop.call_soon_threadsafe(event_loop.stop)  # the server's thread ends
         assert wait_until(lambda: not listener.server_health().alive, 10)
-        health = ActorHealth("hl7_listener", 1, loops=(listener.server_health(),
-                                                      *(loop.health() for loop in listener.loops)))
+        health = ActorHealth(
+            "hl7_listener", 1, loops=(listener.server_health(), *(loop.health() for loop in listener.loops))
+        )
         assert health.status is HealthStatus.DOWN
         listener._server._thread = threading.Thread(target=event_loop.run_forever, daemon=True)
         listener._server._thread.start()  # back, so that stop() can close it

@@ -35,8 +35,13 @@ def ehr_section(server: FhirTestServer) -> dict:
 
 
 def send_study(tmp_path: Path, pipeline, cfg, seed: int, patient_id: str, accession: str):
-    datasets = make_cxr_study(seed=seed, findings=frozenset({"effusion"}), patient_id=patient_id,
-                              accession=accession, patient_name="SYNTHETIC^PATIENT")
+    datasets = make_cxr_study(
+        seed=seed,
+        findings=frozenset({"effusion"}),
+        patient_id=patient_id,
+        accession=accession,
+        patient_name="SYNTHETIC^PATIENT",
+    )
     files = save_study(datasets, tmp_path / f"in{seed}")
     res = storescu(files, "127.0.0.1", pipeline.listener_port(), cfg.listener.ae_title)
     assert res.returncode == 0, res.stderr[-500:]
@@ -53,8 +58,7 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         pipeline, cfg = make_pipeline(orthanc, backend=backend, hl7=HL7, ehr=ehr_section(fhir))
         client = MllpClient("127.0.0.1", pipeline.hl7_port())
         try:
-            [ack] = client.send(orm("STAT81", mrn="P81", accession="ACC81", priority="S",
-                                    patient_class="E").encode())
+            [ack] = client.send(orm("STAT81", mrn="P81", accession="ACC81", priority="S", patient_class="E").encode())
         finally:
             client.close()
         assert str(hl7.parse(ack.decode()).segment("MSA")(1)) == "AA"
@@ -103,8 +107,10 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         assert AIAST in report["meta"]["security"]
         assert len(report["result"]) == len(cfg.models["chest_xray"].findings)
         assert len(fhir.of_type("Observation")) == len(report["result"])
-        assert any(p.startswith("ehr report") for p in (
-            e.detail["purpose"] for e in ledger.audit.events(uid) if e.type == "context_read"))
+        assert any(
+            p.startswith("ehr report")
+            for p in (e.detail["purpose"] for e in ledger.audit.events(uid) if e.type == "context_read")
+        )
         if backend == "postgresql":  # nothing of the bridge went to a file under var/
             assert not (pipeline.layout.context).exists()
             assert not (pipeline.layout.ehr_outbox).exists()
@@ -112,9 +118,7 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         fhir.stop()
 
 
-def test_reports_wait_in_the_outbox_while_the_fhir_endpoint_is_down(
-    tmp_path, orthanc, make_pipeline
-):
+def test_reports_wait_in_the_outbox_while_the_fhir_endpoint_is_down(tmp_path, orthanc, make_pipeline):
     fhir = FhirTestServer(free_port())  # not started: the endpoint is down
     pipeline, cfg = make_pipeline(orthanc, ehr=ehr_section(fhir))
     uid = send_study(tmp_path, pipeline, cfg, 82, "P82", "ACC82")
@@ -140,8 +144,7 @@ def test_reports_wait_in_the_outbox_while_the_fhir_endpoint_is_down(
         assert report["subject"]["identifier"] == {"value": "P82"}  # no HL7 context: DICOM ID
         assert fhir.errors == []
         # the outbox row is marked delivered first, the audit event follows in the ledger
-        assert wait_until(lambda: [e.type for e in ledger.audit.events(uid)].count(
-            "ehr_report_delivered") == 1, 10)
+        assert wait_until(lambda: [e.type for e in ledger.audit.events(uid)].count("ehr_report_delivered") == 1, 10)
     finally:
         fhir.stop()
         outbox.close()

@@ -49,8 +49,22 @@ from synthetic.synthetic_dicom import make_cxr_study, save_study
 
 
 def meta(uid, study="1.2.3", series=None, t=100.0, ae="SCU", sha="aa"):
-    return InstanceMeta(uid, "1.2.840.10008.5.1.4.1.1.2", study, series or study + ".1", "CT",
-                        "1.2.840.10008.1.2.1", f"/spool/{uid}.dcm", sha, 10, t, ae, "CHEST", "", "k")
+    return InstanceMeta(
+        uid,
+        "1.2.840.10008.5.1.4.1.1.2",
+        study,
+        series or study + ".1",
+        "CT",
+        "1.2.840.10008.1.2.1",
+        f"/spool/{uid}.dcm",
+        sha,
+        10,
+        t,
+        ae,
+        "CHEST",
+        "",
+        "k",
+    )
 
 
 @pytest.fixture
@@ -124,7 +138,10 @@ def test_higher_priority_is_leased_first(ledger):
     ledger.intake.record(meta("2", study="1.2"), 100.0, 100.0, "t")
     for job in ledger.jobs.lease(JobState.RECEIVING, "w", 5, 10.0, now=101.0):
         ledger.jobs.transition(job, JobState.COMPLETE, 101.0, priority=5 if job.study_instance_uid == "1.2" else 0)
-    assert [j.study_instance_uid for j in ledger.jobs.lease(JobState.COMPLETE, "w", 5, 10.0, now=102.0)] == ["1.2", "1.1"]
+    assert [j.study_instance_uid for j in ledger.jobs.lease(JobState.COMPLETE, "w", 5, 10.0, now=102.0)] == [
+        "1.2",
+        "1.1",
+    ]
 
 
 def test_concurrent_workers_never_lease_the_same_job(ledger):
@@ -269,21 +286,49 @@ def _ct_400_record(study: str) -> JobRecord:
     frame = FrameRef(uids[200], ct)
     plane = PlaneGeometry((-120.0, -120.0, 35.5), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (0.4688, 0.4688), 1.25, _uid(3))
     findings = tuple(
-        Finding(f"finding_{k}", CodedTerm("1386000", "SCT", "Intracranial hemorrhage"), 0.93, 0.5, True, None, frame,
-                PlanarRegion(frame, ((10.5, 20.5), (90.5, 20.5), (90.5, 80.5), (10.5, 80.5), (10.5, 20.5)), (50.5, 50.5)))
-        for k in range(7))
+        Finding(
+            f"finding_{k}",
+            CodedTerm("1386000", "SCT", "Intracranial hemorrhage"),
+            0.93,
+            0.5,
+            True,
+            None,
+            frame,
+            PlanarRegion(frame, ((10.5, 20.5), (90.5, 20.5), (90.5, 80.5), (10.5, 80.5), (10.5, 20.5)), (50.5, 50.5)),
+        )
+        for k in range(7)
+    )
     heatmaps = tuple(
-        HeatmapRef(f.key, PlaneGrid(frame, 512, 512, AxisScale(8.0, 3.5), AxisScale(8.0, 3.5), plane), (64, 64),
-                   BlobRef(f"{k:064x}", 8192)) for k, f in enumerate(findings))
-    prediction = Prediction("head_ct", "pacsai-ich-densenet", "0.1.0", findings, uids,
-                            quality_flags=(QualityFlag("motion_artefact", _uid(4), 5.5, 4.0, "moved"),),
-                            heatmaps=heatmaps)
-    link = PriorLink(PriorStatus.FOUND, "prior study of 20240101 chosen of 3", PriorStudy(_uid(5), "20240101"),
-                     evidence=tuple(InstanceRef(_uid(5), _uid(6), ct, u) for u in prior),
-                     retrieved=RetrievedSeries(_uid(5), _uid(6), prior),
-                     results=(PriorResult.from_prediction(prediction, _uid(5), "20240101", "model"),))
-    return JobRecord(route=Route((ModelTask("head_ct", uids),), "routed to head_ct", 5), priors=link,
-                     inference=Inference((prediction,), (replace(prediction, source_uids=prior),), 1.0))
+        HeatmapRef(
+            f.key,
+            PlaneGrid(frame, 512, 512, AxisScale(8.0, 3.5), AxisScale(8.0, 3.5), plane),
+            (64, 64),
+            BlobRef(f"{k:064x}", 8192),
+        )
+        for k, f in enumerate(findings)
+    )
+    prediction = Prediction(
+        "head_ct",
+        "pacsai-ich-densenet",
+        "0.1.0",
+        findings,
+        uids,
+        quality_flags=(QualityFlag("motion_artefact", _uid(4), 5.5, 4.0, "moved"),),
+        heatmaps=heatmaps,
+    )
+    link = PriorLink(
+        PriorStatus.FOUND,
+        "prior study of 20240101 chosen of 3",
+        PriorStudy(_uid(5), "20240101"),
+        evidence=tuple(InstanceRef(_uid(5), _uid(6), ct, u) for u in prior),
+        retrieved=RetrievedSeries(_uid(5), _uid(6), prior),
+        results=(PriorResult.from_prediction(prediction, _uid(5), "20240101", "model"),),
+    )
+    return JobRecord(
+        route=Route((ModelTask("head_ct", uids),), "routed to head_ct", 5),
+        priors=link,
+        inference=Inference((prediction,), (replace(prediction, source_uids=prior),), 1.0),
+    )
 
 
 def test_the_row_of_a_400_slice_ct_with_7_heatmaps_stays_under_64_kb(ledger):
@@ -294,8 +339,19 @@ def test_the_row_of_a_400_slice_ct_with_7_heatmaps_stays_under_64_kb(ledger):
     row = ledger.jobs.raw_record(job.job_id)
     assert len(row.encode()) < 64 * 1024, len(row)
     assert ledger.jobs.get(job.job_id).record == record  # nothing lost on the way to blobs
-    version = SrVersion(_uid(7), "1.2.840.10008.5.1.4.1.1.88.34", _uid(8), _uid(0), job.job_id, 1, "head_ct",
-                        "m", "1", "", record.inference.predictions[0])
+    version = SrVersion(
+        _uid(7),
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        _uid(8),
+        _uid(0),
+        job.job_id,
+        1,
+        "head_ct",
+        "m",
+        "1",
+        "",
+        record.inference.predictions[0],
+    )
     [job] = ledger.jobs.lease(JobState.COMPLETE, "w", 1, 10.0, now=102.0)
     ledger.jobs.transition(job, JobState.VALIDATED, 102.0, effects=[RecordSrVersions((version,))])
     with ledger.db.read() as tx:
@@ -325,33 +381,53 @@ def test_effects_commit_with_the_transition_and_roll_back_with_it(ledger):
     assert ledger.quarantine.entries() == [] and ledger.intake.states()["2"] == "pending"
     ledger.jobs.transition(job, JobState.VALIDATED, 101.0, effects=[HoldInQuarantine("2", (issue,))])
     [held] = ledger.quarantine.entries()
-    assert (held.sop_instance_uid, held.codes, held.reasons[0].message) == ("2", ("pixel_data_length",), "Pixel Data: too short")
+    assert (held.sop_instance_uid, held.codes, held.reasons[0].message) == (
+        "2",
+        ("pixel_data_length",),
+        "Pixel Data: too short",
+    )
     assert ledger.intake.states() == {"1": "pending", "2": "quarantined"}
     [job] = ledger.jobs.lease(JobState.VALIDATED, "w", 1, 10.0, now=102.0)
-    ledger.jobs.transition(job, JobState.ROUTED, 102.0,
-                           effects=[SetAside(Override.SKIPPED, (("1", "no rule matched"),))])
+    ledger.jobs.transition(
+        job, JobState.ROUTED, 102.0, effects=[SetAside(Override.SKIPPED, (("1", "no rule matched"),))]
+    )
     assert ledger.intake.states()["1"] == "skipped"
 
 
 def test_sr_versions_outbox_and_review_flags(ledger):
     ledger.intake.record(meta("1"), 100.0, 100.0, "t")
     [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=101.0)
-    job = advance(ledger, job, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED,
-                                JobState.LINKED, JobState.INFERRED), 101.0)
+    job = advance(
+        ledger, job, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED, JobState.LINKED, JobState.INFERRED), 101.0
+    )
     flag = RaiseReviewFlag(FlagKind.PRIOR_IDENTITY_CONFLICT, "1.2.3", "7.7", {"differing": ["PatientName"]})
     ledger.jobs.transition(job, JobState.WRITTEN, 101.0, effects=[flag, flag])  # at most once per pair
     [job] = ledger.jobs.lease(JobState.WRITTEN, "w", 1, 10.0, now=101.0)
     ledger.jobs.transition(job, JobState.DELIVERED, 101.0)
     ledger.intake.record(meta("2", t=200.0), 200.0, 200.0, "t")  # late: version 2
     [late] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=201.0)
-    late = advance(ledger, late, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED,
-                                  JobState.LINKED, JobState.INFERRED), 201.0)
+    late = advance(
+        ledger,
+        late,
+        (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED, JobState.LINKED, JobState.INFERRED),
+        201.0,
+    )
     sr = OutboxItem("2.25.1", "1.2.840.10008.5.1.4.1.1.88.34", "2.25.9", OutputKind.SR, "chest_xray", "/o/1.dcm")
     pm = OutboxItem("2.25.2", "1.2.840.10008.5.1.4.1.1.30", "2.25.10", OutputKind.PM, "chest_xray", "/o/2.dcm")
-    version = SrVersion("2.25.1", sr.sop_class_uid, "2.25.9", "1.2.3", late.job_id, late.version,
-                        "chest_xray", "m", "1", "", _prediction(["1"]))
-    ledger.jobs.transition(late, JobState.WRITTEN, 201.0,
-                           effects=[QueueOutbox((sr, pm)), RecordSrVersions((version,))])
+    version = SrVersion(
+        "2.25.1",
+        sr.sop_class_uid,
+        "2.25.9",
+        "1.2.3",
+        late.job_id,
+        late.version,
+        "chest_xray",
+        "m",
+        "1",
+        "",
+        _prediction(["1"]),
+    )
+    ledger.jobs.transition(late, JobState.WRITTEN, 201.0, effects=[QueueOutbox((sr, pm)), RecordSrVersions((version,))])
     # The Parametric Map series is ours too: PACS counts must not wait for it (issue #3).
     assert ledger.results.own_series("1.2.3") == {"2.25.9", "2.25.10"}
     assert ledger.results.latest("1.2.3", "chest_xray").prediction == _prediction(["1"])
@@ -375,8 +451,9 @@ def test_release_reopens_the_study_and_discard_marks_the_instance(ledger):
     [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=100.0)
     job = advance(ledger, job, (JobState.COMPLETE,), 100.0)
     issue = ValidationIssue("slice_gap", "series 1.2.3.1: gap", "1")
-    ledger.jobs.transition(job, JobState.VALIDATED, 101.0,
-                           effects=[HoldInQuarantine("1", (issue,)), HoldInQuarantine("2", (issue,))])
+    ledger.jobs.transition(
+        job, JobState.VALIDATED, 101.0, effects=[HoldInQuarantine("1", (issue,)), HoldInQuarantine("2", (issue,))]
+    )
     with pytest.raises(RejectedInput, match="reason"):
         ledger.quarantine.release("Q1", "user:op", " ", 102.0)
     [released] = ledger.quarantine.release("1", "user:op", "gap is expected", 102.0)
@@ -466,15 +543,19 @@ def test_a_ledger_written_before_migrations_is_adopted(backend, tmp_path, storag
     path.parent.mkdir(parents=True)
     con = sqlite3.connect(path)
     con.executescript((MIGRATIONS / "ledger" / "sqlite" / "0001_initial.sql").read_text())
-    con.execute("INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
-                " last_instance_at) VALUES ('7.7', 1, 'receiving', 0, 0, 0, 0)")
+    con.execute(
+        "INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
+        " last_instance_at) VALUES ('7.7', 1, 'receiving', 0, 0, 0, 0)"
+    )
     con.commit()
     con.close()
     con = sqlite3.connect(path)  # what an issue-2 ledger held: quarantined, but no entry
-    con.execute("INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,"
-                " path, sha256, size, received_at, override, reason, job_id) VALUES"
-                " ('7.7.1.1', '1.2', '7.7', '7.7.1', '/x', 'aa', 1, 5.0, 'quarantined',"
-                " '[{\"code\": \"pixel_attributes_inconsistent\", \"message\": \"m\"}]', 1)")
+    con.execute(
+        "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid,"
+        " path, sha256, size, received_at, override, reason, job_id) VALUES"
+        " ('7.7.1.1', '1.2', '7.7', '7.7.1', '/x', 'aa', 1, 5.0, 'quarantined',"
+        ' \'[{"code": "pixel_attributes_inconsistent", "message": "m"}]\', 1)'
+    )
     con.commit()
     con.close()
     led = open_ledger(storage_for(backend, var_dir=tmp_path / "var"))
@@ -526,7 +607,6 @@ def test_instances_are_validated_while_the_study_is_receiving(ledger, tmp_path):
     listener.stop()
 
 
-
 # ------------------------------------------------------- issue 18: completion evidence
 def _step_uids(ds_list):
     return [str(d.SOPInstanceUID) for d in ds_list]
@@ -537,11 +617,13 @@ def test_mpps_steps_are_stored_whole_a_refusal_stores_nothing_and_a_step_wakes_i
     uid, step_uid = str(study[0].StudyInstanceUID), mpps_uid(study)
     ledger.intake.record(meta("i1", study=uid, t=100.0), 100.0, 500.0, "t")  # due only at 500
     created = ledger.evidence.record_step(
-        step_uid, lambda old: create_step(mpps_n_create(study), step_uid, "CT1", 101.0, old), "l", 101.0)
+        step_uid, lambda old: create_step(mpps_n_create(study), step_uid, "CT1", 101.0, old), "l", 101.0
+    )
     assert created.status is StepStatus.IN_PROGRESS
     with pytest.raises(DimseRefused) as refused:  # a second N-CREATE: 0111H, nothing changes
         ledger.evidence.record_step(
-            step_uid, lambda old: create_step(mpps_n_create(study), step_uid, "CT1", 102.0, old), "l", 102.0)
+            step_uid, lambda old: create_step(mpps_n_create(study), step_uid, "CT1", 102.0, old), "l", 102.0
+        )
     assert refused.value.status == 0x0111
     ledger.evidence.record_step(step_uid, lambda old: set_step(old, mpps_n_set(study), step_uid, 103.0), "l", 103.0)
     [step] = ledger.evidence.steps_for([uid, "9.9"])[uid]
@@ -591,12 +673,14 @@ def test_receiving_studies_know_modalities_version_and_what_is_held(ledger):
 def _written(ledger, uid, now, family="chest_xray"):
     """Take the receiving job of the study through to written with one SR version."""
     [job] = ledger.jobs.lease(JobState.RECEIVING, "w", 1, 10.0, now=now)
-    job = advance(ledger, job, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED,
-                                JobState.LINKED, JobState.INFERRED), now)
+    job = advance(
+        ledger, job, (JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED, JobState.LINKED, JobState.INFERRED), now
+    )
     sop = f"2.25.{job.version}"
     sr = OutboxItem(sop, "1.2.840.10008.5.1.4.1.1.88.34", "2.25.9", OutputKind.SR, family, f"/o/{sop}.dcm")
-    version = SrVersion(sop, sr.sop_class_uid, "2.25.9", uid, job.job_id, job.version, family, "m", "1", "",
-                        _prediction(["1"]))
+    version = SrVersion(
+        sop, sr.sop_class_uid, "2.25.9", uid, job.job_id, job.version, family, "m", "1", "", _prediction(["1"])
+    )
     ledger.jobs.transition(job, JobState.WRITTEN, now, effects=[QueueOutbox((sr,)), RecordSrVersions((version,))])
     [job] = ledger.jobs.lease(JobState.WRITTEN, "w", 1, 10.0, now=now)
     return job
@@ -624,8 +708,7 @@ def test_sr_versions_are_claimed_one_at_a_time_and_a_newer_one_supersedes_an_uns
     ledger.outbox.mark_delivered(item.item_id, 104.0, AuditEvent(AuditEventType.SR_DELIVERED, "d", "1.2.3"))
     assert ledger.results.version("2.25.2").state is VersionState.DELIVERED
     assert ledger.results.latest("1.2.3", "chest_xray").job_version == 2  # superseded: not a result
-    ledger.jobs.transition(first, JobState.SKIPPED, 105.0, reason="superseded",
-                           effects=[WithdrawOutbox("chest_xray")])
+    ledger.jobs.transition(first, JobState.SKIPPED, 105.0, reason="superseded", effects=[WithdrawOutbox("chest_xray")])
     assert [i.state for i in ledger.outbox.items(first.job_id)] == [DeliveryState.SUPERSEDED]
     superseded = [e for e in ledger.audit.events("1.2.3") if e.type == "sr_version_superseded"]
     assert [(e.detail["version"], e.detail["superseded_by"]) for e in superseded] == [(1, 2)]
@@ -643,13 +726,26 @@ def test_the_version_cap_holds_with_a_warning_until_a_reviewer_releases_it(ledge
     held = ledger.results.claim_delivery(second, "chest_xray", _plan("1.2.3", cap=1), "d", 101.0).plan
     assert held.action is DeliveryAction.HOLD and ledger.status.report(101.0).sr_versions_held == 1
     ledger.jobs.postpone(second, 10_000.0)
-    ledger.db.run(lambda tx: apply_flag(tx, second.job_id, RaiseReviewFlag(  # as delivery raises it
-        FlagKind.SR_VERSION_CAP, "1.2.3", "", held.cap.audit_detail(), "chest_xray:2"), 101.0))
+    ledger.db.run(
+        lambda tx: apply_flag(
+            tx,
+            second.job_id,
+            RaiseReviewFlag(  # as delivery raises it
+                FlagKind.SR_VERSION_CAP, "1.2.3", "", held.cap.audit_detail(), "chest_xray:2"
+            ),
+            101.0,
+        )
+    )
     [flag] = ledger.reviews.flags(kind=FlagKind.SR_VERSION_CAP)
     ops = Reviewer("user:otto", frozenset({ReviewRole.OPERATOR}))
     with pytest.raises(AccessDenied):
-        ledger.reviews.resolve(flag.flag_id, Reviewer("user:rita", frozenset({ReviewRole.RADIOLOGIST})),
-                               Resolution.RELEASED, "send it", 102.0)
+        ledger.reviews.resolve(
+            flag.flag_id,
+            Reviewer("user:rita", frozenset({ReviewRole.RADIOLOGIST})),
+            Resolution.RELEASED,
+            "send it",
+            102.0,
+        )
     done = ledger.reviews.resolve(flag.flag_id, ops, Resolution.RELEASED, "the later slices matter", 103.0)
     assert (done.resolved_by, done.reason, done.state) == ("user:otto", "the later slices matter", FlagState.RESOLVED)
     assert released_versions(ledger.reviews.flags(None, "1.2.3"), "1.2.3", "chest_xray") == {2}
@@ -657,7 +753,10 @@ def test_the_version_cap_holds_with_a_warning_until_a_reviewer_releases_it(ledge
     assert again.job_id == second.job_id
     [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "review_flag_resolved"]
     assert (event.actor, event.detail["resolution"], event.detail["reason"]) == (
-        "user:otto", "released", "the later slices matter")
+        "user:otto",
+        "released",
+        "the later slices matter",
+    )
     with pytest.raises(RejectedInput, match="resolved by user:otto"):
         ledger.reviews.resolve(flag.flag_id, ops, Resolution.ACKNOWLEDGED, "again", 104.0)
     with pytest.raises(RejectedInput, match="review flag 999"):

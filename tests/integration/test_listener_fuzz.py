@@ -35,8 +35,10 @@ from core.config import ListenerConfig, StorageConfig
 from demo.dcmtk import storescu
 from state.ledger import open_ledger
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed"),
+]
 
 TIMEOUT_S = 2.0
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -49,8 +51,9 @@ def _item(kind: int, body: bytes) -> bytes:
     return struct.pack(">BBH", kind, 0, len(body)) + body
 
 
-def associate_rq(called: str = "PACSAI", calling: str = "FUZZ", contexts=((1, CT, (EXPLICIT_LE,)),),
-                 max_pdu: int = 16384) -> bytes:
+def associate_rq(
+    called: str = "PACSAI", calling: str = "FUZZ", contexts=((1, CT, (EXPLICIT_LE,)),), max_pdu: int = 16384
+) -> bytes:
     """A-ASSOCIATE-RQ (PS3.8 9.3.2) with the given presentation contexts."""
     items = _item(0x10, b"1.2.840.10008.3.1.1.1")
     for cid, abstract, syntaxes in contexts:
@@ -85,8 +88,9 @@ def store_command(sop_instance_uid: str = "1.2.3.4.5.6.7.8") -> bytes:
 
 
 # --------------------------------------------------------------------------- peer
-def exchange(port: int, *chunks: bytes, pause_s: float = 0.05,
-             await_reply: bool = False) -> tuple[list[int], float, list[bytes]]:
+def exchange(
+    port: int, *chunks: bytes, pause_s: float = 0.05, await_reply: bool = False
+) -> tuple[list[int], float, list[bytes]]:
     """Send ``chunks`` (pausing between them), then stay silent, connected, reading until the
     listener closes: the listener must end a broken conversation by itself. With
     ``await_reply`` the peer waits for the answer to its first chunk (the A-ASSOCIATE-AC)
@@ -181,8 +185,7 @@ def test_malformed_pdus_are_answered_or_closed_and_the_listener_keeps_serving(li
     """All cases at once (each may take the network timeout), then a normal C-STORE."""
     lst, _ = listener
     with ThreadPoolExecutor(len(MALFORMED)) as pool:
-        results = dict(zip(MALFORMED, pool.map(lambda data: exchange(lst.port, data), MALFORMED.values()),
-                           strict=True))
+        results = dict(zip(MALFORMED, pool.map(lambda data: exchange(lst.port, data), MALFORMED.values()), strict=True))
     for name, (kinds, seconds, _) in results.items():
         assert seconds < TIMEOUT_S * 3, (name, seconds)
         assert set(kinds) <= {A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ABORT}, (name, kinds)
@@ -208,9 +211,11 @@ def test_random_bytes_and_mutated_requests_never_stop_the_listener(listener):
 
 def test_a_peer_that_stalls_mid_pdu_is_cut_off_and_others_are_served_meanwhile(listener):
     lst, _ = listener
-    stalls = [b"\x01\x00" + struct.pack(">L", 1000) + b"\x00\x01",  # announces 1000, sends 2
-              b"\x01\x00\xff\xff\xff\xff" + b"x" * 100,  # announces 4 GiB
-              associate_rq()[:3]]  # not even a whole PDU header
+    stalls = [
+        b"\x01\x00" + struct.pack(">L", 1000) + b"\x00\x01",  # announces 1000, sends 2
+        b"\x01\x00\xff\xff\xff\xff" + b"x" * 100,  # announces 4 GiB
+        associate_rq()[:3],
+    ]  # not even a whole PDU header
     with ThreadPoolExecutor(len(stalls)) as pool:
         pending = [pool.submit(exchange, lst.port, data) for data in stalls]
         time.sleep(0.2)
@@ -233,8 +238,13 @@ def test_abrupt_closes_and_broken_messages_inside_an_association(listener, tmp_p
         "data set before any command": [rq, p_data(1, 0x02, b"\x08\x00\x18\x00UI\x04\x001.2\x00")],
     }
     with ThreadPoolExecutor(len(cases)) as pool:
-        results = dict(zip(cases, pool.map(lambda chunks: exchange(lst.port, *chunks, await_reply=True),
-                                           cases.values()), strict=True))
+        results = dict(
+            zip(
+                cases,
+                pool.map(lambda chunks: exchange(lst.port, *chunks, await_reply=True), cases.values()),
+                strict=True,
+            )
+        )
     for name, chunks in cases.items():
         kinds, seconds, _ = results[name]
         assert seconds < TIMEOUT_S * 3, (name, seconds)
@@ -266,8 +276,14 @@ def test_p_data_pipelined_before_the_association_is_accepted_is_aborted(listener
 def test_an_unparseable_data_set_gets_a_failure_status_and_is_kept_aside(listener, tmp_path):
     lst, ledger = listener
     garbage = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + bytes(range(1, 9)) * 4
-    kinds, _, bodies = exchange(lst.port, associate_rq(), p_data(1, 0x03, store_command()),
-                                p_data(1, 0x02, garbage), _pdu(0x05, bytes(4)), await_reply=True)
+    kinds, _, bodies = exchange(
+        lst.port,
+        associate_rq(),
+        p_data(1, 0x03, store_command()),
+        p_data(1, 0x02, garbage),
+        _pdu(0x05, bytes(4)),
+        await_reply=True,
+    )
     assert kinds[0] == A_ASSOCIATE_AC
     [response] = [b for k, b in zip(kinds, bodies, strict=True) if k == P_DATA]
     command = decode(BytesIO(response[6:]), True, True)  # after the PDV header

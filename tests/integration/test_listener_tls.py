@@ -24,8 +24,13 @@ def _client_ctx(pki: Pki, with_cert: bool = True) -> ssl.SSLContext:
 def test_tls_listener_accepts_trusted_clients_only(tmp_path, pki):
     tls = pki.server()
     ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
-    listener = Listener(ListenerConfig(port=0, min_free_bytes=0, tls=tls, network_timeout_s=5),
-                        tmp_path / "spool", tmp_path / "rejected", ledger, 60.0)
+    listener = Listener(
+        ListenerConfig(port=0, min_free_bytes=0, tls=tls, network_timeout_s=5),
+        tmp_path / "spool",
+        tmp_path / "rejected",
+        ledger,
+        60.0,
+    )
     listener.start()
     try:
         ds = dcmread(get_testdata_file("CT_small.dcm"))

@@ -36,8 +36,7 @@ from tests.integration.conftest import (
 
 pytestmark = [pytest.mark.integration, needs_peers]
 
-BIG_BLEED = Bleed("intraparenchymal", angle=0.5, extent=0.0, depth=0.0, x=-0.35, y=0.1,
-                  radius=0.4, hu=76.0)
+BIG_BLEED = Bleed("intraparenchymal", angle=0.5, extent=0.0, depth=0.0, x=-0.35, y=0.1, radius=0.4, hu=76.0)
 """A large clot in the left hemisphere: obvious on its slice, absent on every other."""
 
 
@@ -63,8 +62,9 @@ def _save(datasets: list[Any], directory: Path) -> list[Path]:
 
 
 def _text_items(group: Any) -> dict[str, str]:
-    return {i.ConceptNameCodeSequence[0].CodeValue: i.TextValue
-            for i in group[0].ContentSequence if i.ValueType == "TEXT"}
+    return {
+        i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in group[0].ContentSequence if i.ValueType == "TEXT"
+    }
 
 
 def _valid(ds: Any, path: Path) -> None:
@@ -95,8 +95,10 @@ def test_each_family_reports_sr_and_heatmap_that_orthanc_accepts(tmp_path, ortha
         _valid(pm, tmp_path / f"pm{n}.dcm")
     entry = cfg.models[family]
     source_uids = {str(d.SOPInstanceUID) for d in study.datasets}
-    groups = {g.tracking_identifier: g for g in
-              hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()}
+    groups = {
+        g.tracking_identifier: g
+        for g in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
+    }
     finding = groups[f"{family}:{key}"]
     probability = finding.get_measurements(name=codes.DCM.Probability)[0].value
     threshold = next(f.threshold for f in entry.findings if f.key == key)
@@ -104,10 +106,14 @@ def test_each_family_reports_sr_and_heatmap_that_orthanc_accepts(tmp_path, ortha
     assert finding.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value == codes.SCT.Present
     assert _text_items(finding)["111003"] == entry.version and "DEMO" in sr.SeriesDescription
     [region] = [g for g in _region_groups(sr) if g.tracking_identifier == f"{family}:{key}:region"]
-    referenced = {r.ReferencedSOPInstanceUID for item in region[0].ContentSequence
-                  for r in item.get("ReferencedSOPSequence", [])} | {
-        r.ReferencedSOPInstanceUID for item in region[0].ContentSequence
-        for child in item.get("ContentSequence", []) for r in child.get("ReferencedSOPSequence", [])}
+    referenced = {
+        r.ReferencedSOPInstanceUID for item in region[0].ContentSequence for r in item.get("ReferencedSOPSequence", [])
+    } | {
+        r.ReferencedSOPInstanceUID
+        for item in region[0].ContentSequence
+        for child in item.get("ContentSequence", [])
+        for r in child.get("ReferencedSOPSequence", [])
+    }
     assert referenced and referenced <= source_uids
     [pm] = [m for m in maps if m.ContentDescription == f"Grad-CAM {key}"]
     pm_refs = {i.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
@@ -142,8 +148,7 @@ def test_lesion_in_slice_47_is_referenced_and_the_heatmap_peaks_inside_it(tmp_pa
 
     outputs = pacs_outputs(orthanc, study.study_uid)
     [sr] = outputs[Comprehensive3DSRStorage]
-    [region] = [g for g in _region_groups(sr)
-                if g.tracking_identifier == "head_ct_haemorrhage:any_haemorrhage:region"]
+    [region] = [g for g in _region_groups(sr) if g.tracking_identifier == "head_ct_haemorrhage:any_haemorrhage:region"]
     source = region.roi.ContentSequence[0]
     ref = source.ReferencedSOPSequence[0]
     if packaging == "shuffled_single_frames":

@@ -40,8 +40,9 @@ def _send(files, port, every_s=0.05):
 def test_mpps_completes_the_study_when_every_listed_instance_is_held_and_marks_a_discontinued_one(
     tmp_path, orthanc, make_pipeline
 ):
-    pipeline, _ = make_pipeline(orthanc, assembly={"sources": {MODALITY: {"completion": "quiet_period",
-                                                                          "quiet_period_s": 60}}})
+    pipeline, _ = make_pipeline(
+        orthanc, assembly={"sources": {MODALITY: {"completion": "quiet_period", "quiet_period_s": 60}}}
+    )
     ledger, port = ledger_of(pipeline), pipeline.listener_port()
     done = head_ct_study(1850, n_slices=20, patient_id="MPPS1", accession="M1").datasets
     half = head_ct_study(1851, n_slices=20, patient_id="MPPS2", accession="M2").datasets
@@ -66,14 +67,15 @@ def test_mpps_completes_the_study_when_every_listed_instance_is_held_and_marks_a
         keys = _quality_keys(dcmread(BytesIO(orthanc.file(meta["ID"]))))
         assert ("incomplete_series" in keys) is partial  # a partial result says so in its SR
     assert [e.detail["status"] for e in ledger.audit.events(uids[1]) if e.type == "mpps_received"] == [
-        "IN PROGRESS", "DISCONTINUED"]
+        "IN PROGRESS",
+        "DISCONTINUED",
+    ]
 
 
-def test_an_availability_notification_completes_the_study_when_we_hold_what_it_lists(
-    tmp_path, orthanc, make_pipeline
-):
-    pipeline, _ = make_pipeline(orthanc, assembly={"sources": {MODALITY: {"completion": "quiet_period",
-                                                                          "quiet_period_s": 60}}})
+def test_an_availability_notification_completes_the_study_when_we_hold_what_it_lists(tmp_path, orthanc, make_pipeline):
+    pipeline, _ = make_pipeline(
+        orthanc, assembly={"sources": {MODALITY: {"completion": "quiet_period", "quiet_period_s": 60}}}
+    )
     ledger, port = ledger_of(pipeline), pipeline.listener_port()
     study = head_ct_study(1852, n_slices=12, patient_id="IAN1", accession="I1").datasets
     _send(save_study(study, tmp_path / "ian"), port)

@@ -15,14 +15,22 @@ pytestmark = pytest.mark.integration
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 COMMON = {
-    "1.2.840.10008.1.2": "Implicit VR Little Endian", "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
-    "1.2.840.10008.1.2.2": "Explicit VR Big Endian", "1.2.840.10008.1.2.1.99": "Deflated Explicit VR LE",
-    "1.2.840.10008.1.2.5": "RLE Lossless", "1.2.840.10008.1.2.4.50": "JPEG Baseline",
-    "1.2.840.10008.1.2.4.51": "JPEG Extended (12-bit)", "1.2.840.10008.1.2.4.57": "JPEG Lossless P14",
-    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1", "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
-    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless", "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
-    "1.2.840.10008.1.2.4.91": "JPEG 2000", "1.2.840.10008.1.2.4.201": "HTJ2K Lossless",
-    "1.2.840.10008.1.2.4.202": "HTJ2K RPCL", "1.2.840.10008.1.2.4.203": "HTJ2K",
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR LE",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended (12-bit)",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless P14",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "HTJ2K Lossless",
+    "1.2.840.10008.1.2.4.202": "HTJ2K RPCL",
+    "1.2.840.10008.1.2.4.203": "HTJ2K",
 }
 """standards.md 5.1: what an SCP receiving from modalities and PACS should accept."""
 
@@ -87,7 +95,8 @@ def accepted_one_context(port: int, sop_class: str, syntaxes: list[str]) -> str 
 def test_a_decodable_syntax_is_chosen_over_one_the_requestor_lists_first(port):
     private, mpeg2 = "1.3.6.1.4.1.9590.100.1.2.999", "1.2.840.10008.1.2.4.100"
     assert accepted_one_context(port, CT, [private, mpeg2, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2"]) == (
-        "1.2.840.10008.1.2.4.80")
+        "1.2.840.10008.1.2.4.80"
+    )
     assert accepted_one_context(port, CT, [private, mpeg2]) == mpeg2  # known beats unknown
 
 

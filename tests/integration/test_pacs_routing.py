@@ -57,6 +57,7 @@ def _series_apart(*pauses: float) -> Callable[[OrthancProcess, Path, list], None
             if n:
                 time.sleep(pauses[n - 1])
             _at_once(pacs, root / f"series{n}", series)
+
     return send
 
 
@@ -70,8 +71,12 @@ ROWS = {
 
 def _pacs(tmp_path: Path, lua: str, **kw) -> tuple[OrthancProcess, int]:
     port = free_port()
-    pacs = OrthancProcess(tmp_path / "pacs", modalities={"pacsai": ("PACSAI", "127.0.0.1", port)},
-                          lua=(lua.format(modality="pacsai"),), **kw).start()
+    pacs = OrthancProcess(
+        tmp_path / "pacs",
+        modalities={"pacsai": ("PACSAI", "127.0.0.1", port)},
+        lua=(lua.format(modality="pacsai"),),
+        **kw,
+    ).start()
     return pacs, port
 
 
@@ -83,8 +88,7 @@ def _send_rows(tmp_path: Path, pacs: OrthancProcess, rows: dict) -> dict[str, st
     """Send every row's study to the PACS at once; return row -> Study Instance UID."""
     studies = {row: _study(seed) for row, (seed, _) in rows.items()}
     with ThreadPoolExecutor(len(rows)) as pool:
-        futures = [pool.submit(send, pacs, tmp_path / f"row{seed}", studies[row])
-                   for row, (seed, send) in rows.items()]
+        futures = [pool.submit(send, pacs, tmp_path / f"row{seed}", studies[row]) for row, (seed, send) in rows.items()]
         for f in futures:
             f.result()
     return {row: str(study[0].StudyInstanceUID) for row, study in studies.items()}
@@ -109,13 +113,18 @@ def test_forwarding_each_instance_gives_one_report_per_study_and_one_more_only_f
 ):
     pacs, port = _pacs(tmp_path, FORWARD_EACH_INSTANCE)
     try:
-        pipeline, _ = make_pipeline(pacs, listener={"port": port},
-                                    assembly={"completion": "pacs_counts", "max_settle_s": 8.0})
+        pipeline, _ = make_pipeline(
+            pacs, listener={"port": port}, assembly={"completion": "pacs_counts", "max_settle_s": 8.0}
+        )
         ledger = ledger_of(pipeline)
         uids = _send_rows(tmp_path, pacs, ROWS)
         _one_report_per_study(ledger, pacs, uids)
-        echoed = [e for uid in uids.values() for e in ledger.audit.events(uid)
-                  if e.type == "instance_duplicate" and e.detail.get("origin") == "own_result"]
+        echoed = [
+            e
+            for uid in uids.values()
+            for e in ledger.audit.events(uid)
+            if e.type == "instance_duplicate" and e.detail.get("origin") == "own_result"
+        ]
         assert echoed  # the PACS forwarded our SRs back; none opened a study version
         _one_more_for_a_late_instance(tmp_path, ledger, pacs, uids["all slices at once, one association"])
     finally:
@@ -132,8 +141,12 @@ def _one_more_for_a_late_instance(tmp_path: Path, ledger, pacs: OrthancProcess, 
 
     assert wait_until(second_delivered, 120, 0.2), ledger.status.report(time.time())
     assert [(j.version, j.state.value) for j in ledger.jobs.for_study(uid)] == [(1, "delivered"), (2, "delivered")]
-    first, second = sorted(_srs(pacs, uid), key=lambda d: len(d.CurrentRequestedProcedureEvidenceSequence[0]
-                                                             .ReferencedSeriesSequence[0].ReferencedSOPSequence))
+    first, second = sorted(
+        _srs(pacs, uid),
+        key=lambda d: len(
+            d.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+        ),
+    )
     [pred] = second.PredecessorDocumentsSequence
     assert pred.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
     versions = ledger.results.versions(uid, FAMILY)

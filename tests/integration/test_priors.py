@@ -32,8 +32,9 @@ def _days_ago(n: int) -> str:
 
 
 def cxr(seed, findings=(), n=1, when=0, birth=BIRTH, **patient):
-    datasets = make_cxr_study(seed=seed, findings=frozenset(findings), n_images=n,
-                              accession=f"ACC{seed}", **(PATIENT | patient))
+    datasets = make_cxr_study(
+        seed=seed, findings=frozenset(findings), n_images=n, accession=f"ACC{seed}", **(PATIENT | patient)
+    )
     for ds in datasets:
         ds.PatientBirthDate = birth
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = _days_ago(when)
@@ -74,8 +75,9 @@ def test_right_prior_is_found_retrieved_and_compared_another_patient_is_not(tmp_
         ds.PatientBirthDate, ds.StudyDate = BIRTH, _days_ago(100)
     current = cxr(204, ("effusion",), when=0)
     seed_pacs(pacs, tmp_path, prior, impostor, later_ct, current)
-    pipeline, cfg = make_pipeline(pacs, listener={"port": pacs.listener_port},
-                                  priors={"enabled": True, "compare_images": ["chest_xray"]})
+    pipeline, cfg = make_pipeline(
+        pacs, listener={"port": pacs.listener_port}, priors={"enabled": True, "compare_images": ["chest_xray"]}
+    )
     res = storescu(save_study(current, tmp_path / "now"), "127.0.0.1", pipeline.listener_port(), "PACSAI", "ORTHANC")
     assert res.returncode == 0, res.stderr[-500:]
     ledger = ledger_of(pipeline)
@@ -94,11 +96,14 @@ def test_right_prior_is_found_retrieved_and_compared_another_patient_is_not(tmp_
     [other] = sr.PertinentOtherEvidenceSequence
     assert other.StudyInstanceUID == prior_uid
     assert {s.ReferencedSOPInstanceUID for s in other.ReferencedSeriesSequence[0].ReferencedSOPSequence} == {
-        str(d.SOPInstanceUID) for d in prior}
+        str(d.SOPInstanceUID) for d in prior
+    }
 
     groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
     [effusion] = [g for g in groups if g.tracking_identifier.endswith(":effusion")]
-    change = effusion.get_qualitative_evaluations(name=hd.sr.CodedConcept("111424", "DCM", "Comparison to previous studies"))
+    change = effusion.get_qualitative_evaluations(
+        name=hd.sr.CodedConcept("111424", "DCM", "Comparison to previous studies")
+    )
     assert change[0].value.meaning == "New finding"
     assert effusion.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value == codes.SCT.Present
 
@@ -122,8 +127,9 @@ def test_right_prior_is_found_retrieved_and_compared_another_patient_is_not(tmp_
 
 
 def test_pacs_down_for_queries_results_still_come_saying_priors_unavailable(tmp_path, pacs, make_pipeline):
-    pipeline, cfg = make_pipeline(pacs, listener={"port": pacs.listener_port},
-                                  assembly={"completion": "pacs_counts"}, priors={"enabled": True})
+    pipeline, cfg = make_pipeline(
+        pacs, listener={"port": pacs.listener_port}, assembly={"completion": "pacs_counts"}, priors={"enabled": True}
+    )
     ledger = ledger_of(pipeline)
     pacs.stop()
     current = cxr(211, ("nodule",))
@@ -161,15 +167,27 @@ def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method, caplog):
     prior = cxr(221, n=2, when=400)
     seed_pacs(pacs, tmp_path, prior)
     ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
-    listener = Listener(ListenerConfig(port=pacs.listener_port, min_free_bytes=0), tmp_path / "spool",
-                        tmp_path / "rejected", ledger, 60.0)
+    listener = Listener(
+        ListenerConfig(port=pacs.listener_port, min_free_bytes=0),
+        tmp_path / "spool",
+        tmp_path / "rejected",
+        ledger,
+        60.0,
+    )
     listener.start()
     try:
-        qr = DimseQueryRetrieve(PacsConfig(ae_title=pacs.aet, host="127.0.0.1", port=pacs.dicom_port), 5,
-                                move_destination="PACSAI", on_store=listener.handle_store)
+        qr = DimseQueryRetrieve(
+            PacsConfig(ae_title=pacs.aet, host="127.0.0.1", port=pacs.dicom_port),
+            5,
+            move_destination="PACSAI",
+            on_store=listener.handle_store,
+        )
         [study] = qr.find_studies(StudyQuery("PRI-7", "", ("DX",), _days_ago(1000), _days_ago(0)))
         assert (study.study_uid, study.study_date, study.identity.birth_date) == (
-            str(prior[0].StudyInstanceUID), _days_ago(400), BIRTH)
+            str(prior[0].StudyInstanceUID),
+            _days_ago(400),
+            BIRTH,
+        )
         [series] = qr.find_series(study.study_uid)
         counts = qr.study_counts(study.study_uid)
         assert (counts.study_count, dict(counts.series)) == (2, {series.series_uid: 2})

@@ -38,8 +38,7 @@ def _day(days_ago: int) -> str:
 
 
 def cxr(seed, patient_id, days_ago, time="101500", name="ROE^RICHARD", birth=BIRTH, issuer=None):
-    datasets = make_cxr_study(seed=seed, n_images=1, patient_id=patient_id, patient_name=name,
-                              accession=f"E{seed}")
+    datasets = make_cxr_study(seed=seed, n_images=1, patient_id=patient_id, patient_name=name, accession=f"E{seed}")
     for ds in datasets:
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = _day(days_ago)
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
@@ -98,9 +97,7 @@ def test_a_study_arriving_late_is_compared_only_with_studies_truly_earlier(bridg
     assert afternoon.study.study_uid == str(same_day_earlier[0].StudyInstanceUID)  # the closest earlier
 
 
-def test_an_unidentified_emergency_registration_is_not_linked_until_a_reviewer_confirms_it(
-    bridge, orthanc, tmp_path
-):
+def test_an_unidentified_emergency_registration_is_not_linked_until_a_reviewer_confirms_it(bridge, orthanc, tmp_path):
     trauma = cxr(1820, "P-ER", 30, name="", birth="")  # registered before anyone knew who it was
     _store(orthanc, tmp_path, trauma)
     current = cxr(1821, "P-ER", 0)
@@ -138,5 +135,8 @@ def test_a_pacs_answer_with_another_issuer_is_refused_audited_and_flagged(bridge
     assert (refusal.kind, refusal.differing) == (RefusalKind.ISSUER_MISMATCH, ("IssuerOfPatientID",))
     [flag] = bridge.ledger.reviews.flags(kind=FlagKind.PRIOR_ISSUER_MISMATCH)
     assert flag.other_study_uid == str(other_site[0].StudyInstanceUID)
-    assert [e.type for e in bridge.ledger.audit.events(job.study_instance_uid)
-            if e.type.startswith("prior_") and e.type != "prior_query"] == ["prior_issuer_mismatch"]
+    assert [
+        e.type
+        for e in bridge.ledger.audit.events(job.study_instance_uid)
+        if e.type.startswith("prior_") and e.type != "prior_query"
+    ] == ["prior_issuer_mismatch"]

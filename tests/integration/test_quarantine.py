@@ -20,8 +20,10 @@ from core.quarantine import QuarantineState
 from tests.corruptions import cxr, put, write
 from tests.integration.bridge import Bridge, dataset_bytes
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed"),
+]
 
 
 @pytest.fixture
@@ -89,19 +91,30 @@ def test_bad_instance_is_held_and_the_rest_of_the_study_goes_on(tmp_path, bridge
 
 
 def test_release_reopens_the_study_and_processes_the_instance_with_its_accepted_issue(
-        tmp_path, bridge, config_file, capsys):
+    tmp_path, bridge, config_file, capsys
+):
     study, files = study_files(tmp_path, 2, 2, {1: ("HighBit", 15)})
     assert bridge.storescu(files) == 0
     bridge.drain()
     [entry] = bridge.quarantine.entries()
-    code, out = cli(config_file, "quarantine", "release", entry.sop_instance_uid, "--reason",
-                    "vendor writes HighBit 15 for 12-bit data; pixels verified", "--user", "alice", capsys=capsys)
+    code, out = cli(
+        config_file,
+        "quarantine",
+        "release",
+        entry.sop_instance_uid,
+        "--reason",
+        "vendor writes HighBit 15 for 12-bit data; pixels verified",
+        "--user",
+        "alice",
+        capsys=capsys,
+    )
     assert code == 0 and "released by user:alice" in out
     bridge.drain()
     jobs = bridge.ledger.jobs.for_study(study)
     assert [j.version for j in jobs] == [1, 2] and jobs[-1].state.value == "routed"
     assert set(jobs[-1].record.route.tasks[0].sop_instance_uids) == {
-        i.sop_instance_uid for i in bridge.ledger.intake.job_instances(jobs[-1].job_id)}
+        i.sop_instance_uid for i in bridge.ledger.intake.job_instances(jobs[-1].job_id)
+    }
     [accepted] = [a for a in jobs[-1].record.accepted if a.sop_instance_uid == entry.sop_instance_uid]
     assert [a.code for a in accepted.issues] == ["pixel_attributes_inconsistent"]
     [released] = bridge.quarantine.entries(QuarantineState.RELEASED)
@@ -137,8 +150,9 @@ def test_discard_needs_a_reason_and_the_instance_never_reaches_a_job_again(tmp_p
     with pytest.raises(SystemExit):  # argparse: --reason is required
         main(["quarantine", "discard", entry.id, "--config", str(config_file)])
     assert cli(config_file, "quarantine", "discard", entry.id, "--reason", " ", capsys=capsys)[0] == 1
-    code, out = cli(config_file, "quarantine", "discard", entry.id, "--reason", "empty image from a test shot",
-                    capsys=capsys)
+    code, out = cli(
+        config_file, "quarantine", "discard", entry.id, "--reason", "empty image from a test shot", capsys=capsys
+    )
     assert code == 0 and "discarded" in out
     assert bridge.ledger.intake.states(study) == {entry.sop_instance_uid: "discarded"}
     _, late = study_files(tmp_path, 4, 2, {})
@@ -147,7 +161,8 @@ def test_discard_needs_a_reason_and_the_instance_never_reaches_a_job_again(tmp_p
     job = bridge.latest_job(study)
     assert job.version == 2 and job.state.value == "routed"
     assert [i.sop_instance_uid for i in bridge.ledger.intake.job_instances(job.job_id)] == [
-        i for i in bridge.ledger.intake.states(study) if i != entry.sop_instance_uid]
+        i for i in bridge.ledger.intake.states(study) if i != entry.sop_instance_uid
+    ]
     assert Path(entry.path).exists()  # kept for retention, marked in the ledger
     assert bridge.ledger.status.report(time.time()).instances["discarded"] == 1
     with pytest.raises(RejectedInput, match="got state discarded; expected a held"):

@@ -31,16 +31,22 @@ def _replicas(family: str) -> list[str]:
     import ray
 
     prefix = f"SERVE_REPLICA::{app_name(family)}#"
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["name"].startswith(prefix))
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
 
 
 def _pacsai(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     import ray
 
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    return subprocess.run([sys.executable, "-m", "actors.cli", *args, "--config", "configs/test.yaml"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "actors.cli", *args, "--config", "configs/test.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_reported_once(
@@ -65,17 +71,25 @@ def test_replica_killed_mid_batch_its_requests_are_retried_and_each_study_report
         return any("model:head_ct_haemorrhage unavailable" in r["error"] and r["unavailable"] for r in retries)
 
     for round_ in range(3):
-        studies = [head_ct_study(500 + 10 * round_ + i, {60: ["intraventricular"]} if i % 2 else None,
-                                 n_slices=120, size=128) for i in range(4)]
+        studies = [
+            head_ct_study(500 + 10 * round_ + i, {60: ["intraventricular"]} if i % 2 else None, n_slices=120, size=128)
+            for i in range(4)
+        ]
         # one association: the studies complete close together and their requests overlap
-        send_files([p for n, study in enumerate(studies)
-                    for p in save_study(study.datasets, tmp_path / f"in{round_}-{n}")], pipeline, cfg)
+        send_files(
+            [p for n, study in enumerate(studies) for p in save_study(study.datasets, tmp_path / f"in{round_}-{n}")],
+            pipeline,
+            cfg,
+        )
         batch = [s.study_uid for s in studies]
         uids += batch
 
         def in_flight(batch: list[str] = batch) -> bool:  # the inference stage holds a job: its request is on its way
-            return any(j.state.value == "linked" and j.lease_owner.startswith("inference")
-                       for uid in batch for j in ledger.jobs.for_study(uid))
+            return any(
+                j.state.value == "linked" and j.lease_owner.startswith("inference")
+                for uid in batch
+                for j in ledger.jobs.for_study(uid)
+            )
 
         def past_inference(batch: list[str] = batch) -> bool:
             states = [j.state.value for uid in batch for j in ledger.jobs.for_study(uid)]

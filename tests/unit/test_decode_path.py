@@ -64,8 +64,14 @@ def test_serving_decodes_radiographs_and_volumes_through_it(decoded: list[str], 
     predictor = ChestXrayPredictor(entry, build_network("chest_xray", entry))
     predictor.prepare(InferenceRequest("1.2.3", "chest_xray", ((str(dx.SOPInstanceUID), _part10(dx)),)))
     radiograph_to_array(_part10(dx), (64, 64))
-    series = make_volume_series(np.zeros((3, 16, 16)), modality="CT", spacing=(2.0, 1.0, 1.0), seed=7,
-                                body_part="HEAD", series_description="unit")
+    series = make_volume_series(
+        np.zeros((3, 16, 16)),
+        modality="CT",
+        spacing=(2.0, 1.0, 1.0),
+        seed=7,
+        body_part="HEAD",
+        series_description="unit",
+    )
     assemble_volumes([dcmread(BytesIO(_part10(ds))) for ds in series])
     assert decoded == [str(dx.SOPInstanceUID)] * 2 + [str(ds.SOPInstanceUID) for ds in series]
 
@@ -78,8 +84,14 @@ def test_training_evaluates_held_out_radiographs_through_it(decoded: list[str], 
 
 def test_training_evaluates_held_out_volumes_through_it(decoded: list[str], tmp_path: Path) -> None:
     out = tmp_path / "brain.pt"
-    entry = ModelEntry(name="brain", version="0-test", weights=str(out), demo=True,
-                       input=ModelInputSpec(spatial_size=(16, 24, 24)), findings=(FindingSpec(key="brain_tumour"),))
+    entry = ModelEntry(
+        name="brain",
+        version="0-test",
+        weights=str(out),
+        demo=True,
+        input=ModelInputSpec(spatial_size=(16, 24, 24)),
+        findings=(FindingSpec(key="brain_tumour"),),
+    )
     torch.manual_seed(0)
     train_demo("brain_mri_tumour", entry, out, steps=1, batch_size=2, log=lambda _: None, eval_size=2)
     assert len(decoded) >= 2 and len(set(decoded)) == len(decoded)  # every slice of both studies, once

@@ -29,8 +29,9 @@ MODULES = _modules()
 def _run(module: ModuleType) -> doctest.TestResults:
     # numpy 2 prints scalars as ``np.float32(1.0)``; the examples show values as numpy 1 did.
     with np.printoptions(legacy="1.25"):
-        return doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-                               verbose=False, report=False)
+        return doctest.testmod(
+            module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False, report=False
+        )
 
 
 @pytest.mark.parametrize("name", MODULES)

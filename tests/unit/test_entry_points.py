@@ -47,9 +47,7 @@ def test_training_skips_families_whose_weights_and_sidecar_exist(
     assert lines == [f"{family}: {weights[family]} exists (use --force to retrain)" for family in families]
 
 
-def test_training_refuses_a_family_the_config_does_not_have(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_training_refuses_a_family_the_config_does_not_have(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config, _ = _config_with_weights(tmp_path, ())
     assert training_main.main(["--config", str(config), "--family", "no_such_family"]) == 2
     assert "family: got 'no_such_family'" in capsys.readouterr().err

@@ -12,9 +12,16 @@ def test_every_family_with_a_predictor_is_served() -> None:
 
 
 def test_gpu_replicas_autoscaling_and_queue_bounds_come_from_config() -> None:
-    cfg = ServeDeploymentConfig(num_cpus=0.25, num_gpus=0.5, min_replicas=1, max_replicas=4,
-                                target_ongoing_requests=6, max_ongoing_requests=24,
-                                max_queued_requests=100, health_check_period_s=5)
+    cfg = ServeDeploymentConfig(
+        num_cpus=0.25,
+        num_gpus=0.5,
+        min_replicas=1,
+        max_replicas=4,
+        target_ongoing_requests=6,
+        max_ongoing_requests=24,
+        max_queued_requests=100,
+        health_check_period_s=5,
+    )
     options = deployment_options(cfg)
     assert options["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.5}
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 6}

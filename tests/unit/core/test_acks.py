@@ -21,14 +21,18 @@ HEADER = parse_message(orm().encode()).header
 
 
 def ack(code, header=HEADER, error=None):
-    return build_ack(code, header, application="PACSAI", facility="HOSP", control_id="ACK1",
-                     at=AT, error=error)
+    return build_ack(code, header, application="PACSAI", facility="HOSP", control_id="ACK1", at=AT, error=error)
 
 
 @pytest.mark.parametrize(
     ("disposition", "expected"),
-    [(Disposition.APPLIED, "AA"), (Disposition.DUPLICATE, "AA"), (Disposition.INVALID, "AE"),
-     (Disposition.REJECTED, "AR"), (Disposition.FAILED, "AE")],
+    [
+        (Disposition.APPLIED, "AA"),
+        (Disposition.DUPLICATE, "AA"),
+        (Disposition.INVALID, "AE"),
+        (Disposition.REJECTED, "AR"),
+        (Disposition.FAILED, "AE"),
+    ],
 )
 def test_original_mode_sends_one_application_ack(disposition, expected):
     assert ack_codes(HEADER, disposition) == (expected,)
@@ -98,8 +102,7 @@ def test_values_from_the_request_are_escaped():
 
 
 def test_ar_for_an_unreadable_message_still_answers():
-    msg = hl7apy_parse(ack("AR", None, AckError("102", "character 0x00 at offset 0")),
-                       find_groups=False)
+    msg = hl7apy_parse(ack("AR", None, AckError("102", "character 0x00 at offset 0")), find_groups=False)
     assert msg.msa.msa_1.value == "AR" and msg.msa.msa_2.value == ""
 
 

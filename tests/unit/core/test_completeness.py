@@ -33,8 +33,7 @@ PACS_AE = "PACSFWD"
 
 
 def policy(**kw):
-    raw = dict(quiet_period_s=2.0, requery_s=5.0, max_wait_s=60.0,
-               sources={PACS_AE: {"completion": "pacs_counts"}})
+    raw = dict(quiet_period_s=2.0, requery_s=5.0, max_wait_s=60.0, sources={PACS_AE: {"completion": "pacs_counts"}})
     return CompletenessPolicy(AssemblyConfig.model_validate(raw | kw))
 
 
@@ -68,8 +67,10 @@ def test_judge_compares_our_counts_with_the_pacs(received, answer, own, scope, v
     assert judge(received, answer, own, scope) is verdict
 
 
-@given(st.dictionaries(st.sampled_from("abcd"), st.integers(1, 5), min_size=1),
-       st.dictionaries(st.sampled_from("abcd"), st.integers(1, 5), min_size=1))
+@given(
+    st.dictionaries(st.sampled_from("abcd"), st.integers(1, 5), min_size=1),
+    st.dictionaries(st.sampled_from("abcd"), st.integers(1, 5), min_size=1),
+)
 def test_match_only_when_every_series_count_is_equal(received, pacs):
     verdict = judge(received, PacsCounts(True, sum(pacs.values()), pacs), (), "study")
     assert (verdict is Verdict.MATCH) == (received == pacs)
@@ -217,7 +218,12 @@ def ev(study_, **kw):
 def test_mpps_completed_with_every_listed_instance_completes_at_once():
     d = decide(ev(held("i1", "i2"), steps=(step(StepStatus.COMPLETED, "i1", "i2"),)), policy(), T0)
     assert (d.outcome, d.rule, d.incomplete, d.query_pacs, d.not_before) == (
-        Outcome.COMPLETE, CompletionRule.MPPS, None, False, T0)
+        Outcome.COMPLETE,
+        CompletionRule.MPPS,
+        None,
+        False,
+        T0,
+    )
     assert json.loads(json.dumps(d.audit_detail()))["rule"] == "mpps"
 
 
@@ -277,7 +283,12 @@ def test_counts_settle_wait_and_more_expected():
     s = held("i1", "i2")
     fresh = CountObservation(T0, counts(s1=2), {"s1": 2})
     d = decide(ev(s, counts=(fresh,)), policy(), T0 + 1)
-    assert (d.outcome, d.not_before, d.evidence, d.query_pacs) == (Outcome.WAIT, T0 + 5, CompletionRule.PACS_COUNTS, False)
+    assert (d.outcome, d.not_before, d.evidence, d.query_pacs) == (
+        Outcome.WAIT,
+        T0 + 5,
+        CompletionRule.PACS_COUNTS,
+        False,
+    )
     confirm = CountObservation(T0 + 5, counts(s1=2), {"s1": 2})
     d = decide(ev(s, counts=(fresh, confirm)), policy(), T0 + 5)
     assert d.rule is CompletionRule.PACS_COUNTS and not d.query_pacs
@@ -310,8 +321,9 @@ def test_query_pacs_asks_first_then_at_a_lull_and_at_the_end_of_a_settle_window(
 
 
 def test_with_series_scope_mpps_expects_only_the_series_routed_to_us():
-    both = ProcedureStep("9.1", StepStatus.COMPLETED, ("st",),
-                         (PerformedSeries("s1", ("i1",)), PerformedSeries("s2", ("j1",))))
+    both = ProcedureStep(
+        "9.1", StepStatus.COMPLETED, ("st",), (PerformedSeries("s1", ("i1",)), PerformedSeries("s2", ("j1",)))
+    )
     scoped = policy(count_scope="series")
     assert decide(ev(held("i1"), steps=(both,)), scoped, T0).rule is CompletionRule.MPPS
     assert decide(ev(held("i1"), steps=(both,)), policy(), T0).outcome is Outcome.MORE_EXPECTED

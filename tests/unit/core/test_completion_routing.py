@@ -62,7 +62,9 @@ class Replay:
         decision = decide(self._evidence(held, last, observations, steps), self.policy, now)
         if decision.query_pacs:  # the PACS stored everything we hold, and nothing more
             received = {s: len(u) for s, u in held.items()}
-            observations.append(CountObservation(now, PacsCounts(True, sum(received.values()), dict(received)), received))
+            observations.append(
+                CountObservation(now, PacsCounts(True, sum(received.values()), dict(received)), received)
+            )
             self.queries += 1
             decision = decide(self._evidence(held, last, observations, steps), self.policy, now)
         if decision.complete:
@@ -89,8 +91,9 @@ ROWS = {
     "60 slices at once": slices(60, 0.001),
     "one slice every 0.1 s": slices(60, 0.1),
     "2 series in 2 associations, 2 s apart": slices(30, 0.01, "s1") + slices(30, 0.01, "s2", 0.3 + 2.0),
-    "3 series, 1 s and 3 s apart": (slices(20, 0.01, "s1") + slices(20, 0.01, "s2", 0.2 + 1.0)
-                                    + slices(20, 0.01, "s3", 1.4 + 3.0)),
+    "3 series, 1 s and 3 s apart": (
+        slices(20, 0.01, "s1") + slices(20, 0.01, "s2", 0.2 + 1.0) + slices(20, 0.01, "s3", 1.4 + 3.0)
+    ),
 }
 
 

@@ -89,16 +89,26 @@ def test_input_window_and_spacing_are_checked_against_the_network_size():
 
 
 def test_priors_and_per_sender_completion():
-    cfg = parse_config({
-        "models": {"chest_xray": MODEL},
-        "assembly": {"completion": "pacs_counts", "sources": {"CT_1": {"completion": "quiet_period", "quiet_period_s": 30}}},
-        "priors": {"enabled": True, "compare_images": ["chest_xray"], "retrieve": "c-get"},
-    })
+    cfg = parse_config(
+        {
+            "models": {"chest_xray": MODEL},
+            "assembly": {
+                "completion": "pacs_counts",
+                "sources": {"CT_1": {"completion": "quiet_period", "quiet_period_s": 30}},
+            },
+            "priors": {"enabled": True, "compare_images": ["chest_xray"], "retrieve": "c-get"},
+        }
+    )
     assert cfg.assembly.sources["CT_1"].quiet_period_s == 30 and cfg.priors.retrieve == "c-get"
     assert parse_config(None).priors.enabled is False and parse_config(None).assembly.completion == "quiet_period"
     with pytest.raises(ConfigError) as info:
-        parse_config({"models": {"chest_xray": MODEL}, "priors": {"compare_images": ["brain"], "retrieve": "ftp"},
-                      "assembly": {"completion": "psychic", "sources": {"BAD\\AE": {"completion": "pacs_counts"}}}})
+        parse_config(
+            {
+                "models": {"chest_xray": MODEL},
+                "priors": {"compare_images": ["brain"], "retrieve": "ftp"},
+                "assembly": {"completion": "psychic", "sources": {"BAD\\AE": {"completion": "pacs_counts"}}},
+            }
+        )
     text = str(info.value)
     assert "priors.retrieve: got 'ftp'" in text and "assembly.completion: got 'psychic'" in text
     assert "assembly.sources.BAD\\AE" in text
@@ -109,19 +119,26 @@ def test_priors_and_per_sender_completion():
 def test_hl7_bridge_and_ehr_are_off_by_default_and_parse_when_set():
     """Issue #6: the embedded default needs no HL7 or FHIR peer."""
     assert parse_config(None).hl7 is None and parse_config(None).ehr is None
-    cfg = parse_config({
-        "hl7": {"listener": {"port": 0}, "accession_fields": ["ORC-3"],
-                "identifier_systems": {"HOSP": "http://hosp.example/mrn"}},
-        "ehr": {"fhir": {"base_url": "https://ehr.example/fhir", "token_env": "EHR_TOKEN"}},
-    })
+    cfg = parse_config(
+        {
+            "hl7": {
+                "listener": {"port": 0},
+                "accession_fields": ["ORC-3"],
+                "identifier_systems": {"HOSP": "http://hosp.example/mrn"},
+            },
+            "ehr": {"fhir": {"base_url": "https://ehr.example/fhir", "token_env": "EHR_TOKEN"}},
+        }
+    )
     assert cfg.hl7.listener.port == 0 and cfg.hl7.accession_fields == ("ORC-3",)
     assert cfg.hl7.listener.max_message_bytes == 1 << 20
     assert cfg.ehr.fhir.base_url == "https://ehr.example/fhir"
 
 
 def test_bad_hl7_and_ehr_fields_are_named():
-    raw = {"hl7": {"listener": {"max_message_bytes": 10}, "accession_fields": ["PID-3"]},
-           "ehr": {"fhir": {"base_url": "ftp://x"}}}
+    raw = {
+        "hl7": {"listener": {"max_message_bytes": 10}, "accession_fields": ["PID-3"]},
+        "ehr": {"fhir": {"base_url": "ftp://x"}},
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(raw, "site.yaml")
     text = str(info.value)

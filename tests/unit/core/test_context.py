@@ -79,8 +79,11 @@ def order(day, status="active", rid="s"):
 
 
 def test_patient_and_date_join_picks_the_closest_live_order():
-    candidates = [(order("2025-03-03", rid="far"), 1.0), (order("2025-03-01", rid="near"), 1.0),
-                  (order("2025-03-01", "revoked", rid="cancelled"), 9.0)]
+    candidates = [
+        (order("2025-03-03", rid="far"), 1.0),
+        (order("2025-03-01", rid="near"), 1.0),
+        (order("2025-03-01", "revoked", rid="cancelled"), 9.0),
+    ]
     assert choose_order(candidates, date(2025, 3, 1), 2).service_request_id == "near"
     assert choose_order(candidates, date(2025, 3, 10), 2) is None
     assert choose_order(candidates, None, 2) is None
@@ -89,15 +92,27 @@ def test_patient_and_date_join_picks_the_closest_live_order():
 
 
 SR = {
-    "resourceType": "ServiceRequest", "id": "sr-1", "priority": "stat",
-    "code": {"coding": [{"system": "http://loinc.org", "code": "36554-4",
-                         "display": "XR Chest 2 Views"}], "text": "XR Chest 2 Views"},
-    "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "R07.4",
-                                "display": "Chest pain"}], "text": "Acute chest pain"}],
+    "resourceType": "ServiceRequest",
+    "id": "sr-1",
+    "priority": "stat",
+    "code": {
+        "coding": [{"system": "http://loinc.org", "code": "36554-4", "display": "XR Chest 2 Views"}],
+        "text": "XR Chest 2 Views",
+    },
+    "reasonCode": [
+        {
+            "coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "R07.4", "display": "Chest pain"}],
+            "text": "Acute chest pain",
+        }
+    ],
 }
 PATIENT = {"resourceType": "Patient", "id": "pat-1", "birthDate": "1970-06-15", "gender": "female"}
-ENCOUNTER = {"resourceType": "Encounter", "id": "enc-1", "class": {"code": "EMER"},
-             "location": [{"location": {"display": "ED BAY3"}}]}
+ENCOUNTER = {
+    "resourceType": "Encounter",
+    "id": "enc-1",
+    "class": {"code": "EMER"},
+    "location": [{"location": {"display": "ED BAY3"}}],
+}
 
 
 def test_study_context_carries_clinical_facts_and_no_identifiers():
@@ -112,13 +127,16 @@ def test_study_context_carries_clinical_facts_and_no_identifiers():
 
 @pytest.mark.parametrize(
     ("priority", "encounter_class", "lane"),
-    [("stat", "AMB", Priority.STAT), ("asap", "AMB", Priority.URGENT),
-     ("routine", "EMER", Priority.URGENT), ("stat", "EMER", Priority.STAT),
-     ("routine", "IMP", Priority.ROUTINE)],
+    [
+        ("stat", "AMB", Priority.STAT),
+        ("asap", "AMB", Priority.URGENT),
+        ("routine", "EMER", Priority.URGENT),
+        ("stat", "EMER", Priority.STAT),
+        ("routine", "IMP", Priority.ROUTINE),
+    ],
 )
 def test_stat_orders_and_the_ed_go_to_the_high_priority_lane(priority, encounter_class, lane):
-    ctx = StudyContext("accession", "ServiceRequest/s", "", priority=priority,
-                       encounter_class=encounter_class)
+    ctx = StudyContext("accession", "ServiceRequest/s", "", priority=priority, encounter_class=encounter_class)
     assert ctx.lane == lane
 
 

@@ -41,9 +41,15 @@ def test_corruption_is_flagged_with_its_reason_code(corruption):
     codes, messages = _codes_by_instance(corruption)
     flagged = [uid for uid, found in codes.items() if corruption.code in found]
     assert flagged, (corruption.code, codes)
-    if corruption.code in {"patient_mismatch", "study_attribute_mismatch", "series_attribute_mismatch",
-                           "duplicate_position", "slice_gap", "series_dimensions_mismatch",
-                           "series_orientation_mismatch"}:
+    if corruption.code in {
+        "patient_mismatch",
+        "study_attribute_mismatch",
+        "series_attribute_mismatch",
+        "duplicate_position",
+        "slice_gap",
+        "series_dimensions_mismatch",
+        "series_orientation_mismatch",
+    }:
         assert len(flagged) == len(codes)  # the whole series / study is set aside
     assert all(m.strip() for m in messages)
     assert not [m for m in messages if "ZQ3Z" in m or "OTHER" in m]  # never a patient ID

@@ -19,8 +19,9 @@ CASES = [
     errors.RecordError("JobRecord", "got schema 7; expected 1"),
     errors.MessageInvalid("PID-3: missing", "MSG1", "101", "PID^1^3"),
     errors.MessageRejected("MSH-9: got 'ORU^R01'", "MSG2", "200", "MSH^1^9"),
-    errors.DimseRefused("Performed Procedure Step Object may no longer be updated", "1.2.3",
-                        0x0110, (0x00400252,), 0xA710),
+    errors.DimseRefused(
+        "Performed Procedure Step Object may no longer be updated", "1.2.3", 0x0110, (0x00400252,), 0xA710
+    ),
 ]
 
 

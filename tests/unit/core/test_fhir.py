@@ -10,14 +10,20 @@ from core.findings import term_for
 from core.records import Finding, Prediction
 
 PREDICTION = Prediction(
-    "chest_xray", "pacsai-cxr", "0.1.0-demo",
-    (Finding("effusion", term_for("effusion"), 0.83, 0.5),
-     Finding("hernia", term_for("hernia"), 0.12, 0.5)),
-    ("1.2.3.4.1",), demo=True,
+    "chest_xray",
+    "pacsai-cxr",
+    "0.1.0-demo",
+    (Finding("effusion", term_for("effusion"), 0.83, 0.5), Finding("hernia", term_for("hernia"), 0.12, 0.5)),
+    ("1.2.3.4.1",),
+    demo=True,
 )
 SUBJECT = ResultSubject(
-    study_uid="1.2.3", sr_uid="1.2.3.9", patient={"system": "http://hosp.example/mrn", "value": "MRN123"},
-    accession="ACC3003", accession_system=None, issued="2025-03-01T10:40:00+00:00",
+    study_uid="1.2.3",
+    sr_uid="1.2.3.9",
+    patient={"system": "http://hosp.example/mrn", "value": "MRN123"},
+    accession="ACC3003",
+    accession_system=None,
+    issued="2025-03-01T10:40:00+00:00",
     effective="2025-03-01",
 )
 
@@ -44,22 +50,21 @@ def test_report_has_one_observation_per_finding_with_code_probability_device_and
     [report], [device], observations = res["DiagnosticReport"], res["Device"], res["Observation"]
     assert len(observations) == 2
     assert report["result"] == [{"reference": f"Observation/{o['id']}"} for o in observations]
-    study = {"type": "ImagingStudy",
-             "identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}}
+    study = {"type": "ImagingStudy", "identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}}
     assert report["imagingStudy"] == [study]
     assert report["subject"]["identifier"]["value"] == "MRN123"
     assert report["basedOn"][0]["identifier"]["value"] == "ACC3003"
     assert report["identifier"] == [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.9"}]
     assert report["status"] == "preliminary" and "DEMO" in report["conclusion"]
     effusion = observations[0]
-    assert effusion["code"]["coding"] == [{"system": "http://snomed.info/sct", "code": "60046008",
-                                           "display": "Pleural effusion"}]
+    assert effusion["code"]["coding"] == [
+        {"system": "http://snomed.info/sct", "code": "60046008", "display": "Pleural effusion"}
+    ]
     assert effusion["valueCodeableConcept"]["coding"][0]["display"] == "Present"
     assert observations[1]["valueCodeableConcept"]["coding"][0]["display"] == "Absent"
     [prob] = effusion["component"]
     assert prob["code"]["coding"][0]["code"] == "122157"
-    assert prob["valueQuantity"] == {"value": 0.83, "unit": "1", "system": "http://unitsofmeasure.org",
-                                     "code": "1"}
+    assert prob["valueQuantity"] == {"value": 0.83, "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"}
     assert effusion["device"] == {"reference": f"Device/{device['id']}"}
     assert effusion["derivedFrom"] == [study]
     assert device["deviceName"][0]["name"] == "pacsai-cxr"

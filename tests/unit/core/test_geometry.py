@@ -41,8 +41,7 @@ def test_echoes_at_the_same_positions_are_separate_stacks():
 
 
 def test_one_acquisition_number_per_slice_falls_back_to_one_stack():
-    slices = [Slice(f"1.2.{z}", 32, 32, AXIAL, (0.0, 0.0, float(z)), ("", "", "", str(z)))
-              for z in (0, 1, 1, 2)]
+    slices = [Slice(f"1.2.{z}", 32, 32, AXIAL, (0.0, 0.0, float(z)), ("", "", "", str(z))) for z in (0, 1, 1, 2)]
     assert codes(slices) == ["duplicate_position"]
 
 
@@ -68,14 +67,17 @@ def test_oblique_stack_uses_the_normal():
     assert codes(slices + [Slice("1.2.9", 32, 32, oblique, (0.0, -0.6 * 6, 0.8 * 6))]) == ["slice_gap"]
 
 
-@pytest.mark.parametrize("orientation, position, spacing, fragment", [
-    ((2, 0, 0, 0, 1, 0), None, None, "orthogonal unit vectors"),
-    ((1, 0, 0, 1, 0, 0), None, None, "orthogonal unit vectors"),
-    ((1, 0, 0), None, None, "expected 6"),
-    (None, (1.0, 2.0), None, "expected 3"),
-    (None, None, (0.5, 0.0), "two positive numbers"),
-    (None, None, (0.5,), "two positive numbers"),
-])
+@pytest.mark.parametrize(
+    "orientation, position, spacing, fragment",
+    [
+        ((2, 0, 0, 0, 1, 0), None, None, "orthogonal unit vectors"),
+        ((1, 0, 0, 1, 0, 0), None, None, "orthogonal unit vectors"),
+        ((1, 0, 0), None, None, "expected 6"),
+        (None, (1.0, 2.0), None, "expected 3"),
+        (None, None, (0.5, 0.0), "two positive numbers"),
+        (None, None, (0.5,), "two positive numbers"),
+    ],
+)
 def test_plane_attribute_values(orientation, position, spacing, fragment):
     [problem] = check_plane(orientation, position, spacing)
     assert problem.code == "invalid_value" and fragment in problem.message

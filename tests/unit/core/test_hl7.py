@@ -134,8 +134,9 @@ def test_subcomponents_survive_the_parser():
 # ------------------------------------------------- segment separators (issue #16, 3)
 @pytest.mark.parametrize("sep", ["\r", "\n", "\r\n"])
 def test_msh18_is_read_from_the_msh_segment_whatever_the_separator(sep):
-    raw = sep.join(["MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8",
-                    "PID|1||X1||MÜLLER^JÖRG", ""]).encode("utf-8")
+    raw = sep.join(["MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8", "PID|1||X1||MÜLLER^JÖRG", ""]).encode(
+        "utf-8"
+    )
     assert parse_message(raw).first("PID").get(5, 2) == "JÖRG"
 
 
@@ -146,12 +147,24 @@ def test_the_next_segment_is_never_taken_for_msh18():
 
 
 # ----------------------------------------------------------- character sets (issue #16, 4)
-@pytest.mark.parametrize(("label", "codec"), [
-    ("UNICODE UTF-8", "utf-8"), ("UTF-8", "utf-8"), ("UNICODE", "utf-8"), ("utf8", "utf-8"),
-    ("8859/1", "latin-1"), ("ISO-8859-1", "latin-1"), ("ISO_IR 100", "latin-1"),
-    ("ISO IR100", "latin-1"), ("Latin1", "latin-1"), ("8859/15", "iso8859-15"),
-    ("WINDOWS-1252", "cp1252"), ("8859/2", "iso8859-2"), ("ISO-8859-2", "iso8859-2"),
-])
+@pytest.mark.parametrize(
+    ("label", "codec"),
+    [
+        ("UNICODE UTF-8", "utf-8"),
+        ("UTF-8", "utf-8"),
+        ("UNICODE", "utf-8"),
+        ("utf8", "utf-8"),
+        ("8859/1", "latin-1"),
+        ("ISO-8859-1", "latin-1"),
+        ("ISO_IR 100", "latin-1"),
+        ("ISO IR100", "latin-1"),
+        ("Latin1", "latin-1"),
+        ("8859/15", "iso8859-15"),
+        ("WINDOWS-1252", "cp1252"),
+        ("8859/2", "iso8859-2"),
+        ("ISO-8859-2", "iso8859-2"),
+    ],
+)
 def test_common_character_set_labels_are_accepted(label, codec):
     name = "MÜLLER^JÖRG" if codec != "iso8859-2" else "NOWAK^ŁUKASZ"
     raw = (f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||{label}\rPID|1||X1||{name}\r").encode(codec)
@@ -213,12 +226,15 @@ def test_nothing_is_guessed_from_a_header_without_a_usable_field_separator():
 
 
 # ------------------------------------------------------- no PHI in logs (issue #16, 8)
-@pytest.mark.parametrize("address", [
-    "42 ELM STREET \\Q\\ FLAT 7^^SPRINGFIELD",  # an escape sequence nobody defined
-    "42 ELM STREET \\C2842\\ FLAT 7^^SPRINGFIELD",  # a character set switch we cannot do
-    "42 ELM STREET \\XZZ\\ FLAT 7^^SPRINGFIELD",  # hex that is not hex
-    "42 ELM STREET \\ FLAT 7^^SPRINGFIELD",  # a stray escape character, never closed
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "42 ELM STREET \\Q\\ FLAT 7^^SPRINGFIELD",  # an escape sequence nobody defined
+        "42 ELM STREET \\C2842\\ FLAT 7^^SPRINGFIELD",  # a character set switch we cannot do
+        "42 ELM STREET \\XZZ\\ FLAT 7^^SPRINGFIELD",  # hex that is not hex
+        "42 ELM STREET \\ FLAT 7^^SPRINGFIELD",  # a stray escape character, never closed
+    ],
+)
 def test_odd_escapes_keep_the_text_and_log_nothing_of_it(address, caplog):
     caplog.set_level(logging.DEBUG)  # the root logger: every library's records reach caplog
     raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||DOE||||||{address}\r"
@@ -228,10 +244,16 @@ def test_odd_escapes_keep_the_text_and_log_nothing_of_it(address, caplog):
     assert "ELM" not in caplog.text and "SPRINGFIELD" not in caplog.text
 
 
-@pytest.mark.parametrize(("escaped", "plain"), [
-    ("A\\X42\\C", "ABC"), ("LINE1\\.br\\LINE2", "LINE1\nLINE2"), ("C:\\E\\TEMP", "C:\\TEMP"),
-    ("\\X4DC39C\\LLER", "MÜLLER"), ("50\\T\\50", "50&50"),
-])
+@pytest.mark.parametrize(
+    ("escaped", "plain"),
+    [
+        ("A\\X42\\C", "ABC"),
+        ("LINE1\\.br\\LINE2", "LINE1\nLINE2"),
+        ("C:\\E\\TEMP", "C:\\TEMP"),
+        ("\\X4DC39C\\LLER", "MÜLLER"),
+        ("50\\T\\50", "50&50"),
+    ],
+)
 def test_escape_sequences_of_chapter_2_7(escaped, plain):
     raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
     assert parse_message(raw.encode()).first("PID").get(5) == plain

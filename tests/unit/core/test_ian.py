@@ -58,7 +58,12 @@ def notice_ds(*series_items, study=STUDY, steps=()):
 def test_a_notice_lists_the_instances_and_their_availability():
     ds = notice_ds(series(SE1, sop("1.2.3.1.1"), sop("1.2.3.1.2", "NEARLINE")), steps=("1.2.3.7",))
     notice = notice_from_n_create(ds, IAN, " PACS ", 5.0)
-    assert (notice.study_uid, notice.step_uids, notice.calling_ae, notice.received_at) == (STUDY, ("1.2.3.7",), "PACS", 5.0)
+    assert (notice.study_uid, notice.step_uids, notice.calling_ae, notice.received_at) == (
+        STUDY,
+        ("1.2.3.7",),
+        "PACS",
+        5.0,
+    )
     assert notice.instances[1] == AvailableInstance(SE1, "1.2.3.1.2", Availability.NEARLINE, CT)
     assert AvailabilityNotice.from_json(json.loads(json.dumps(notice.to_json()))) == notice
 
@@ -84,8 +89,9 @@ def notice(*instances, at=1.0, study=STUDY):
 
 
 def test_complete_when_every_retrievable_instance_is_held():
-    first = notice((SE1, "a", Availability.ONLINE), (SE1, "b", Availability.OFFLINE),
-                   (SE1, "gone", Availability.UNAVAILABLE))
+    first = notice(
+        (SE1, "a", Availability.ONLINE), (SE1, "b", Availability.OFFLINE), (SE1, "gone", Availability.UNAVAILABLE)
+    )
     verdict = judge_notices([first], STUDY, {"a"}, {SE1})
     assert (verdict.state, verdict.missing, verdict.missing_series) == (NoticesState.MISSING, {"b"}, (SE1,))
     assert judge_notices([first], STUDY, {"a", "b"}, {SE1}).state is NoticesState.COMPLETE

@@ -29,8 +29,15 @@ def pred(*findings, family="chest_xray"):
 
 
 def prior(*findings):
-    return PriorResult("old", "20240101", "chest_xray", "cxr-net", "0.9", "ledger",
-                       tuple(PriorFinding(k, p, p >= 0.5, size) for k, p, size in findings))
+    return PriorResult(
+        "old",
+        "20240101",
+        "chest_xray",
+        "cxr-net",
+        "0.9",
+        "ledger",
+        tuple(PriorFinding(k, p, p >= 0.5, size) for k, p, size in findings),
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,8 +58,9 @@ def test_interval_change_rules(now, before, change):
 
 
 def test_a_finding_missing_from_the_prior_is_not_assessed_and_text_names_values():
-    changes = interval_changes(pred(("nodule", 0.8, 14.0), ("mass", 0.1, None)),
-                               prior(("nodule", 0.2, 10.0)), 0.15, 2.0)
+    changes = interval_changes(
+        pred(("nodule", 0.8, 14.0), ("mass", 0.1, None)), prior(("nodule", 0.2, 10.0)), 0.15, 2.0
+    )
     assert [c.change for c in changes] == [IntervalChange.NEW, IntervalChange.NOT_ASSESSED]
     assert changes[0].describe() == "new: probability 0.20 -> 0.80 (+0.60); size 10.0 -> 14.0 mm (+4.0 mm)"
     assert changes[1].describe().startswith("not assessed")
@@ -99,15 +107,25 @@ def test_prior_result_from_the_ledger_or_from_the_model_on_prior_images():
 
 def test_prior_result_read_back_from_our_own_sr():
     source = dcmread(get_testdata_file("CT_small.dcm"))
-    p = Prediction("chest_xray", "cxr-net", "1.0",
-                   (Finding("nodule", term_for("nodule"), 0.81, 0.5), Finding("mass", term_for("mass"), 0.1, 0.5)),
-                   (str(source.SOPInstanceUID),))
+    p = Prediction(
+        "chest_xray",
+        "cxr-net",
+        "1.0",
+        (Finding("nodule", term_for("nodule"), 0.81, 0.5), Finding("mass", term_for("mass"), 0.1, 0.5)),
+        (str(source.SOPInstanceUID),),
+    )
     buf = BytesIO()
     SRBuilder(SRIdentity("X", 9900)).build([source], p).save_as(buf, enforce_file_format=True)
     result = PriorResult.from_sr(dcmread(BytesIO(buf.getvalue())), "chest_xray", "pacs")
     assert {f.key: (round(f.probability, 2), f.present) for f in result.findings} == {
-        "nodule": (0.81, True), "mass": (0.1, False)}
-    assert (result.model_name, result.model_version, result.study_uid) == ("cxr-net", "1.0", str(source.StudyInstanceUID))
+        "nodule": (0.81, True),
+        "mass": (0.1, False),
+    }
+    assert (result.model_name, result.model_version, result.study_uid) == (
+        "cxr-net",
+        "1.0",
+        str(source.StudyInstanceUID),
+    )
     assert result.sr is not None and result.sr.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.34"
     with pytest.raises(ValueError, match="family 'brain'"):
         PriorResult.from_sr(dcmread(BytesIO(buf.getvalue())), "brain", "pacs")
@@ -117,13 +135,16 @@ def test_a_linked_study_that_is_not_earlier_is_never_compared():
     """Issue 18: interval change was stated backwards when the 'prior' was the newer study."""
     sr = InstanceRef("old", "old.9", "1.2.840.10008.5.1.4.1.1.88.34", "old.9.1")
     linked = replace(FOUND, results=(replace(prior(("nodule", 0.2, None)), sr=sr),))
-    late = comparison_for(linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0,
-                          current_study_date="20231231", current_study_time="")
+    late = comparison_for(
+        linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0, current_study_date="20231231", current_study_time=""
+    )
     assert late.status is ComparisonStatus.NO_PRIOR and not late.done and late.changes == ()
     assert "not earlier than this study" in late.summary()
-    same_day = comparison_for(linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0,
-                              current_study_date="20240101", current_study_time="")
+    same_day = comparison_for(
+        linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0, current_study_date="20240101", current_study_time=""
+    )
     assert same_day.status is ComparisonStatus.NO_PRIOR  # same day, no times: not provably earlier
-    fine = comparison_for(linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0,
-                          current_study_date="20240102", current_study_time="")
+    fine = comparison_for(
+        linked, pred(("nodule", 0.8, None)), None, 0.15, 2.0, current_study_date="20240102", current_study_time=""
+    )
     assert fine.done

@@ -9,8 +9,14 @@ from core.types import InstanceState, JobState
 
 def test_happy_path_is_allowed_in_order():
     path = [
-        JobState.RECEIVING, JobState.COMPLETE, JobState.VALIDATED, JobState.ROUTED,
-        JobState.LINKED, JobState.INFERRED, JobState.WRITTEN, JobState.DELIVERED,
+        JobState.RECEIVING,
+        JobState.COMPLETE,
+        JobState.VALIDATED,
+        JobState.ROUTED,
+        JobState.LINKED,
+        JobState.INFERRED,
+        JobState.WRITTEN,
+        JobState.DELIVERED,
     ]
     for a, b in zip(path, path[1:], strict=False):
         assert can_transition(a, b), (a, b)

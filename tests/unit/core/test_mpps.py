@@ -92,7 +92,12 @@ def refused(call) -> DimseRefused:
 def test_n_create_keeps_uids_codes_and_aes_only():
     step = created(studies=(STUDY, STUDY), series=[performed("1.2.3.1", ["1.2.3.1.1"])])
     assert (step.status, step.study_uids, step.calling_ae, step.modality, step.station_ae) == (
-        StepStatus.IN_PROGRESS, (STUDY,), "CT_SCANNER_1", "CT", "CT_SCANNER_1")
+        StepStatus.IN_PROGRESS,
+        (STUDY,),
+        "CT_SCANNER_1",
+        "CT",
+        "CT_SCANNER_1",
+    )
     assert step.series == (PerformedSeries("1.2.3.1", ("1.2.3.1.1",), "PACS"),)
     text = json.dumps(step.to_json())
     assert "DOE" not in text and ProcedureStep.from_json(json.loads(text)) == step
@@ -121,7 +126,9 @@ def test_n_create_of_an_existing_step_is_a_duplicate_and_a_uid_is_required():
 
 
 def test_n_set_completes_with_the_performed_series_listing_images_and_non_images():
-    step = set_step(created(), n_set("COMPLETED", [performed("1.2.3.1", ["1.2.3.1.1", "1.2.3.1.2"], ["1.2.3.1.9"])]), STEP, 20.0)
+    step = set_step(
+        created(), n_set("COMPLETED", [performed("1.2.3.1", ["1.2.3.1.1", "1.2.3.1.2"], ["1.2.3.1.9"])]), STEP, 20.0
+    )
     assert step.status is StepStatus.COMPLETED and step.updated_at == 20.0 and step.created_at == 10.0
     assert step.expected == {"1.2.3.1.1", "1.2.3.1.2", "1.2.3.1.9"}
 
@@ -130,7 +137,11 @@ def test_n_set_completes_with_the_performed_series_listing_images_and_non_images
 def test_a_final_step_may_no_longer_be_updated(final):
     """PS3.4 F.7.2.2.3 and Table F.7.2-2: 0110H, Error ID A710H."""
     step = set_step(created(), n_set(final, [performed("1.2.3.1", ["1.2.3.1.1"])]), STEP, 20.0)
-    for attempt in (n_set("IN PROGRESS"), n_set("COMPLETED", [performed("1.2.3.1", ["1.2.3.1.1", "1.2.3.1.2"])]), n_set()):
+    for attempt in (
+        n_set("IN PROGRESS"),
+        n_set("COMPLETED", [performed("1.2.3.1", ["1.2.3.1.1", "1.2.3.1.2"])]),
+        n_set(),
+    ):
         err = refused(lambda a=attempt: set_step(step, a, STEP, 30.0))
         assert (err.status, err.error_id) == (NStatus.PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED)
         assert MAY_NO_LONGER_BE_UPDATED == 0xA710
@@ -155,14 +166,22 @@ def test_the_final_state_needs_a_performed_series():
     assert (err.status, err.offending) == (NStatus.MISSING_ATTRIBUTE, (0x00400340,))
     bad = performed("1.2.3.1", ["1.2.3.1.1"])
     bad.SeriesInstanceUID = ""
-    assert refused(lambda: set_step(created(), n_set("COMPLETED", [bad]), STEP, 2.0)).status == NStatus.MISSING_ATTRIBUTE_VALUE
+    assert (
+        refused(lambda: set_step(created(), n_set("COMPLETED", [bad]), STEP, 2.0)).status
+        == NStatus.MISSING_ATTRIBUTE_VALUE
+    )
     no_sop = performed("1.2.3.1")
     no_sop.ReferencedImageSequence = [Dataset()]
     assert refused(lambda: set_step(created(), n_set(series=[no_sop]), STEP, 2.0)).offending == (0x00081155,)
 
 
 def test_a_sequence_in_an_n_set_replaces_the_stored_one_whole():
-    step = set_step(created(series=[performed("1.2.3.1", ["1.2.3.1.1"])]), n_set(series=[performed("1.2.3.2", ["1.2.3.2.1"])]), STEP, 2.0)
+    step = set_step(
+        created(series=[performed("1.2.3.1", ["1.2.3.1.1"])]),
+        n_set(series=[performed("1.2.3.2", ["1.2.3.2.1"])]),
+        STEP,
+        2.0,
+    )
     assert [s.series_uid for s in step.series] == ["1.2.3.2"] and step.status is StepStatus.IN_PROGRESS
     kept = set_step(step, n_set(), STEP, 3.0)
     assert kept.series == step.series
@@ -170,9 +189,21 @@ def test_a_sequence_in_an_n_set_replaces_the_stored_one_whole():
 
 def test_discontinued_with_a_reason():
     reason = Dataset()
-    reason.CodeValue, reason.CodingSchemeDesignator, reason.CodeMeaning = "110514", "DCM", "Incorrect worklist entry selected"
-    step = set_step(created(), n_set("DISCONTINUED", [performed("1.2.3.1", ["1.2.3.1.1"])],
-                                     PerformedProcedureStepDiscontinuationReasonCodeSequence=[reason]), STEP, 5.0)
+    reason.CodeValue, reason.CodingSchemeDesignator, reason.CodeMeaning = (
+        "110514",
+        "DCM",
+        "Incorrect worklist entry selected",
+    )
+    step = set_step(
+        created(),
+        n_set(
+            "DISCONTINUED",
+            [performed("1.2.3.1", ["1.2.3.1.1"])],
+            PerformedProcedureStepDiscontinuationReasonCodeSequence=[reason],
+        ),
+        STEP,
+        5.0,
+    )
     assert step.discontinued_reason == "110514 (Incorrect worklist entry selected)"
 
 

@@ -10,11 +10,18 @@ from core.order_status import OrderProgress, OrderStatus, latest_order_status
 @pytest.mark.parametrize(
     ("value", "progress"),
     [
-        ("CM", OrderProgress.COMPLETED), (" cm ", OrderProgress.COMPLETED),
-        ("CA", OrderProgress.DISCONTINUED), ("DC", OrderProgress.DISCONTINUED),
-        ("IP", OrderProgress.IN_PROGRESS), ("A", OrderProgress.IN_PROGRESS), ("HD", OrderProgress.IN_PROGRESS),
-        ("SC", OrderProgress.SCHEDULED), ("ER", OrderProgress.UNKNOWN), ("RP", OrderProgress.UNKNOWN),
-        ("", OrderProgress.UNKNOWN), ("ZZ", OrderProgress.UNKNOWN),
+        ("CM", OrderProgress.COMPLETED),
+        (" cm ", OrderProgress.COMPLETED),
+        ("CA", OrderProgress.DISCONTINUED),
+        ("DC", OrderProgress.DISCONTINUED),
+        ("IP", OrderProgress.IN_PROGRESS),
+        ("A", OrderProgress.IN_PROGRESS),
+        ("HD", OrderProgress.IN_PROGRESS),
+        ("SC", OrderProgress.SCHEDULED),
+        ("ER", OrderProgress.UNKNOWN),
+        ("RP", OrderProgress.UNKNOWN),
+        ("", OrderProgress.UNKNOWN),
+        ("ZZ", OrderProgress.UNKNOWN),
     ],
 )
 def test_orc5_order_status_table_0038(value, progress):
@@ -25,10 +32,17 @@ def test_orc5_order_status_table_0038(value, progress):
 @pytest.mark.parametrize(
     ("value", "progress"),
     [
-        ("F", OrderProgress.COMPLETED), ("P", OrderProgress.COMPLETED), ("R", OrderProgress.COMPLETED),
-        ("C", OrderProgress.COMPLETED), ("X", OrderProgress.DISCONTINUED), ("I", OrderProgress.IN_PROGRESS),
-        ("A", OrderProgress.IN_PROGRESS), ("O", OrderProgress.SCHEDULED), ("S", OrderProgress.SCHEDULED),
-        ("Y", OrderProgress.UNKNOWN), ("Z", OrderProgress.UNKNOWN),
+        ("F", OrderProgress.COMPLETED),
+        ("P", OrderProgress.COMPLETED),
+        ("R", OrderProgress.COMPLETED),
+        ("C", OrderProgress.COMPLETED),
+        ("X", OrderProgress.DISCONTINUED),
+        ("I", OrderProgress.IN_PROGRESS),
+        ("A", OrderProgress.IN_PROGRESS),
+        ("O", OrderProgress.SCHEDULED),
+        ("S", OrderProgress.SCHEDULED),
+        ("Y", OrderProgress.UNKNOWN),
+        ("Z", OrderProgress.UNKNOWN),
     ],
 )
 def test_obr25_result_status_table_0123(value, progress):

@@ -32,8 +32,9 @@ IDENTITY = SRIdentity("PACS-AI Bridge", 9900)
 
 def _ct(n: int = 6) -> list:
     values = np.zeros((n, 32, 40))
-    return make_volume_series(values, modality="CT", spacing=(3.0, 0.5, 0.5), seed=3,
-                              body_part="HEAD", series_description="CT HEAD")
+    return make_volume_series(
+        values, modality="CT", spacing=(3.0, 0.5, 0.5), seed=3, body_part="HEAD", series_description="CT HEAD"
+    )
 
 
 BLOB = BlobRef("0" * 64, 0)
@@ -41,8 +42,9 @@ BLOB = BlobRef("0" * 64, 0)
 
 def _prediction(sources: list, key: str = "any_haemorrhage") -> Prediction:
     finding = Finding(key, term_for(key), 0.9, 0.5, critical=True)
-    return Prediction("head_ct_haemorrhage", "ich", "1-demo", (finding,),
-                      tuple(str(s.SOPInstanceUID) for s in sources), True)
+    return Prediction(
+        "head_ct_haemorrhage", "ich", "1-demo", (finding,), tuple(str(s.SOPInstanceUID) for s in sources), True
+    )
 
 
 def _frame(source: object) -> FrameRef:
@@ -76,8 +78,13 @@ def test_ct_slice_map_sits_at_that_slice_in_the_source_frame_of_reference() -> N
     target = sources[4]
     heat = np.zeros((16, 20))
     heat[8, 10] = 1.0
-    geometry = PlaneGeometry(tuple(float(v) for v in target.ImagePositionPatient),  # type: ignore[arg-type]
-                             (1.0, 0, 0, 0, 1.0, 0), (0.5, 0.5), 3.0, str(target.FrameOfReferenceUID))
+    geometry = PlaneGeometry(
+        tuple(float(v) for v in target.ImagePositionPatient),  # type: ignore[arg-type]
+        (1.0, 0, 0, 0, 1.0, 0),
+        (0.5, 0.5),
+        3.0,
+        str(target.FrameOfReferenceUID),
+    )
     grid = PlaneGrid(_frame(target), 32, 40, AxisScale(2.0, 0.5), AxisScale(2.0, 0.5), geometry)
     ref = HeatmapRef("any_haemorrhage", grid, heat.shape, BLOB)
     pm = _read(ParametricMapBuilder(IDENTITY).build(sources, _prediction(sources), ref, heat))
@@ -85,7 +92,8 @@ def test_ct_slice_map_sits_at_that_slice_in_the_source_frame_of_reference() -> N
     assert pm.FrameOfReferenceUID == target.FrameOfReferenceUID
     frame = pm.PerFrameFunctionalGroupsSequence[0]
     assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
-        [float(v) for v in target.ImagePositionPatient])
+        [float(v) for v in target.ImagePositionPatient]
+    )
     assert pm.StudyInstanceUID == target.StudyInstanceUID
     refs = {r.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
     assert refs == {target.SOPInstanceUID}
@@ -104,8 +112,9 @@ def test_volume_map_is_written_on_the_network_grid_with_its_affine() -> None:
 
 
 def test_projection_radiograph_map_gets_its_own_frame_of_reference() -> None:
-    [source] = make_radiograph_study([np.random.default_rng(2).random((48, 48))], seed=4,
-                                     body_part="FOREARM", region=("14975008", "Forearm"))
+    [source] = make_radiograph_study(
+        [np.random.default_rng(2).random((48, 48))], seed=4, body_part="FOREARM", region=("14975008", "Forearm")
+    )
     grid = PlaneGrid(_frame(source), 48, 48, AxisScale(1.0, 0.0), AxisScale(1.0, 0.0), None)
     heat = decode_levels(encode_levels(np.eye(48)), (48, 48))
     ref = HeatmapRef("limb_fracture", grid, (48, 48), BLOB)
@@ -128,8 +137,9 @@ def test_a_heatmap_of_an_unknown_instance_is_refused() -> None:
 
 
 def test_the_same_input_at_the_same_job_time_gives_a_byte_identical_map() -> None:
-    [source] = make_radiograph_study([np.random.default_rng(5).random((32, 32))], seed=6,
-                                     body_part="FOREARM", region=("14975008", "Forearm"))
+    [source] = make_radiograph_study(
+        [np.random.default_rng(5).random((32, 32))], seed=6, body_part="FOREARM", region=("14975008", "Forearm")
+    )
     grid = PlaneGrid(_frame(source), 32, 32, AxisScale(1.0, 0.0), AxisScale(1.0, 0.0), None)
     ref = HeatmapRef("a", grid, (32, 32), BLOB)
     heat = np.random.default_rng(7).random((32, 32)).astype(np.float32)

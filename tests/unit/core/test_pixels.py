@@ -14,11 +14,23 @@ from core.pixels import DecodeMode, check_pixels, decode_frames, decode_plugins
 from core.validation import ValidationPolicy, Validator
 
 DECODES = [
-    "MR_small_implicit.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm",
-    "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPGExtended.dcm", "MR_small_jpeg_ls_lossless.dcm",
-    "MR_small_jp2klossless.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm", "liver_1frame.dcm",
-    "SC_rgb_rle_32bit_2frame.dcm", "JPEGLSNearLossless_16.dcm", "SC_ybr_full_422_uncompressed.dcm",
-    "693_J2KI.dcm", "examples_jpeg2k.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "JPGExtended.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_jp2klossless.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "liver_1frame.dcm",
+    "SC_rgb_rle_32bit_2frame.dcm",
+    "JPEGLSNearLossless_16.dcm",
+    "SC_ybr_full_422_uncompressed.dcm",
+    "693_J2KI.dcm",
+    "examples_jpeg2k.dcm",
 ]
 """ts_matrix.py's fixtures plus more syntaxes and layouts: every one decodes."""
 
@@ -76,12 +88,15 @@ def test_codestream_headers_of_fixtures():
     assert [rle_segment_count(f) for f in frames] == [3, 3]
 
 
-@pytest.mark.parametrize("syntax, data", [
-    ("1.2.840.10008.1.2.4.50", b"not a jpeg"),
-    ("1.2.840.10008.1.2.4.50", b"\xff\xd8\xff\xda\x00\x02"),
-    ("1.2.840.10008.1.2.4.90", b"\xff\x4f\xff\x51\x00"),
-    ("1.2.840.10008.1.2.4.90", b"\x00\x00\x00\x0cjP  \r\n\x87\n\x00\x00\x00\x08ftyp"),
-])
+@pytest.mark.parametrize(
+    "syntax, data",
+    [
+        ("1.2.840.10008.1.2.4.50", b"not a jpeg"),
+        ("1.2.840.10008.1.2.4.50", b"\xff\xd8\xff\xda\x00\x02"),
+        ("1.2.840.10008.1.2.4.90", b"\xff\x4f\xff\x51\x00"),
+        ("1.2.840.10008.1.2.4.90", b"\x00\x00\x00\x0cjP  \r\n\x87\n\x00\x00\x00\x08ftyp"),
+    ],
+)
 def test_malformed_headers_raise_codestream_error(syntax, data):
     with pytest.raises(CodestreamError):
         read_header(syntax, data)

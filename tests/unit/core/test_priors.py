@@ -172,7 +172,10 @@ def test_a_different_issuer_returned_by_the_pacs_is_a_refusal_not_silence():
     assert search.status is PriorStatus.NONE_FOUND
     [refusal] = search.conflicts
     assert (refusal.study_uid, str(refusal.kind), refusal.differing) == (
-        "iss", "prior_issuer_mismatch", ("IssuerOfPatientID",))
+        "iss",
+        "prior_issuer_mismatch",
+        ("IssuerOfPatientID",),
+    )
 
 
 def test_an_issuer_the_pacs_does_not_return_is_unverified():
@@ -195,7 +198,8 @@ def test_unverified_studies_are_linked_only_when_configured_or_confirmed_by_a_re
 def test_a_confirmation_never_overrides_a_conflict():
     impostor = record("imp", "20260101", PatientIdentity("P1", "", "ROE^RICHARD", "19991231"))
     search = PriorFinder(PriorsConfig(link_unverified=True), pacs_with(impostor)).search(
-        current(), TODAY, confirmed={"imp"})
+        current(), TODAY, confirmed={"imp"}
+    )
     assert search.status is PriorStatus.NONE_FOUND and str(search.conflicts[0].kind) == "prior_identity_conflict"
 
 
@@ -217,8 +221,11 @@ def test_undated_studies_prove_nothing():
 
 
 def test_closest_earlier_full_match_wins_and_refusals_are_in_the_json():
-    pacs = pacs_with(record("far", "20220101"), record("near", "20260531"),
-                     record("er", "20260530", PatientIdentity("P1", "", "", "")))
+    pacs = pacs_with(
+        record("far", "20220101"),
+        record("near", "20260531"),
+        record("er", "20260530", PatientIdentity("P1", "", "", "")),
+    )
     search = PriorFinder(PriorsConfig(), pacs).search(current(), TODAY)
     assert search.study.study_uid == "near" and search.considered == 3
     [refused] = search.to_json()["conflicts"]

@@ -33,10 +33,15 @@ def test_instances_without_issues_are_neither_held_nor_accepted():
     assert list(verdict.held) == ["1.2.4"] and verdict.accepted == {}
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Q12", QuarantineRef(qid=12)), ("q7", QuarantineRef(qid=7)), ("42", QuarantineRef(qid=42)),
-    (" 1.2.840.10008.9 ", QuarantineRef(uid="1.2.840.10008.9")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Q12", QuarantineRef(qid=12)),
+        ("q7", QuarantineRef(qid=7)),
+        ("42", QuarantineRef(qid=42)),
+        (" 1.2.840.10008.9 ", QuarantineRef(uid="1.2.840.10008.9")),
+    ],
+)
 def test_references(text, expected):
     assert parse_reference(text) == expected
 

@@ -31,9 +31,18 @@ def flag(kind=FlagKind.PRIOR_UNVERIFIED, **kw):
 
 
 def test_a_refused_prior_raises_the_flag_of_its_kind():
-    f = flag_for_refusal(Conflict("1.2.0", ("IssuerOfPatientID",), "20250101", RefusalKind.ISSUER_MISMATCH),
-                         "1.2.1", {"patient_key": "k"}, 5.0)
-    assert (f.kind, f.other_study_uid, f.state, f.flag_id) == (FlagKind.PRIOR_ISSUER_MISMATCH, "1.2.0", FlagState.OPEN, 0)
+    f = flag_for_refusal(
+        Conflict("1.2.0", ("IssuerOfPatientID",), "20250101", RefusalKind.ISSUER_MISMATCH),
+        "1.2.1",
+        {"patient_key": "k"},
+        5.0,
+    )
+    assert (f.kind, f.other_study_uid, f.state, f.flag_id) == (
+        FlagKind.PRIOR_ISSUER_MISMATCH,
+        "1.2.0",
+        FlagState.OPEN,
+        0,
+    )
     assert f.detail == {"differing": ["IssuerOfPatientID"], "patient_key": "k"}
     assert {str(k) for k in RefusalKind} <= {str(k) for k in FlagKind}
 
@@ -41,9 +50,19 @@ def test_a_refused_prior_raises_the_flag_of_its_kind():
 def test_resolving_records_who_why_and_when_and_is_final():
     done = resolve(flag(), RAD, Resolution.SAME_PATIENT, "  same  face, same\nfracture plate ", 200.0)
     assert (done.state, done.resolution, done.resolved_by, done.resolved_at, done.reason) == (
-        FlagState.RESOLVED, Resolution.SAME_PATIENT, "user:rita", 200.0, "same face, same fracture plate")
-    assert done.audit_detail() == {"flag_id": 7, "kind": "prior_unverified", "other_study_uid": "1.2.0",
-                                   "resolution": "same_patient", "reason": "same face, same fracture plate"}
+        FlagState.RESOLVED,
+        Resolution.SAME_PATIENT,
+        "user:rita",
+        200.0,
+        "same face, same fracture plate",
+    )
+    assert done.audit_detail() == {
+        "flag_id": 7,
+        "kind": "prior_unverified",
+        "other_study_uid": "1.2.0",
+        "resolution": "same_patient",
+        "reason": "same face, same fracture plate",
+    }
     assert ReviewFlag.from_json(json.loads(json.dumps(done.to_json()))) == done
     with pytest.raises(RejectedInput, match="resolved by user:rita"):
         resolve(done, ADMIN, Resolution.DIFFERENT_PATIENT, "second thoughts", 300.0)

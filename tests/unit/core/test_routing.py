@@ -8,8 +8,20 @@ CXR = "1.2.840.10008.5.1.4.1.1.1.1"
 
 
 def inst(uid, series="s1", modality="DX", body="CHEST", desc="PA", sop_class=CXR):
-    return InstanceMeta(uid, sop_class, "study", series, modality, "1.2.840.10008.1.2.1", "/p", "h", 1, 0.0,
-                        body_part=body, series_description=desc)
+    return InstanceMeta(
+        uid,
+        sop_class,
+        "study",
+        series,
+        modality,
+        "1.2.840.10008.1.2.1",
+        "/p",
+        "h",
+        1,
+        0.0,
+        body_part=body,
+        series_description=desc,
+    )
 
 
 def router(disabled=(), rules=None):
@@ -21,7 +33,9 @@ def router(disabled=(), rules=None):
 
 
 def test_first_matching_rule_wins_per_series():
-    d = router().decide("study", [inst("1"), inst("2"), inst("3", series="s2", modality="CT", desc="Head w/o")], AiSwitches())
+    d = router().decide(
+        "study", [inst("1"), inst("2"), inst("3", series="s2", modality="CT", desc="Head w/o")], AiSwitches()
+    )
     assert {t.family: set(t.sop_instance_uids) for t in d.tasks} == {"chest_xray": {"1", "2"}, "head_ct": {"3"}}
     assert d.skipped == ()
     assert d.priority == 5

@@ -30,11 +30,17 @@ def test_quiet_period_by_modality_the_longest_applies_and_a_sender_override_wins
 
 
 def test_evidence_settle_and_scope_per_sender():
-    p = policy(completion="pacs_counts", sources={"MOD": {"completion": "quiet_period", "evidence": [],
-                                                         "settle_s": 1.0, "count_scope": "series"}})
+    p = policy(
+        completion="pacs_counts",
+        sources={"MOD": {"completion": "quiet_period", "evidence": [], "settle_s": 1.0, "count_scope": "series"}},
+    )
     default, mod = p.rule_for("PACS"), p.rule_for("MOD")
     assert (default.completion, default.evidence, default.settle_s, default.count_scope) == (
-        "pacs_counts", ("mpps", "ian", "order_status"), 5.0, "study")
+        "pacs_counts",
+        ("mpps", "ian", "order_status"),
+        5.0,
+        "study",
+    )
     assert (mod.completion, mod.evidence, mod.settle_s, mod.count_scope) == ("quiet_period", (), 1.0, "series")
     assert p.uses_pacs("PACS") and not p.uses_pacs("MOD") and p.max_wait_s == 600.0 and p.requery_s == 5.0
 
@@ -45,7 +51,12 @@ def test_evidence_settle_and_scope_per_sender():
 )
 def test_tightening_stretches_settle_quiet_and_order_settle_up_to_the_ceiling(strictness, settle, quiet, order):
     rule = policy().rule_for("PACS", ["CT"], SenderStanding("PACS", strictness))
-    assert (rule.settle_s, rule.quiet_period_s, rule.order_settle_s, rule.strictness) == (settle, quiet, order, strictness)
+    assert (rule.settle_s, rule.quiet_period_s, rule.order_settle_s, rule.strictness) == (
+        settle,
+        quiet,
+        order,
+        strictness,
+    )
 
 
 def test_tightening_never_shortens_and_lifts_a_disabled_settle_window():
@@ -60,8 +71,14 @@ def test_an_early_arrival_after_a_heuristic_rule_tightens_the_sender():
     assert (first.kind, first.standing, first.tightened) == (ArrivalKind.EARLY, SenderStanding("PACS", 0, 1), None)
     second = p.classify_arrival(done, 110.0, first.standing, ["CT"])
     assert second.standing == SenderStanding("PACS", 1, 0)
-    assert second.tightened.audit_detail() == {"calling_ae": "PACS", "rule": "pacs_counts", "after_s": 10.0,
-                                               "strictness": 1, "settle_s": 20.0, "quiet_period_s": 40.0}
+    assert second.tightened.audit_detail() == {
+        "calling_ae": "PACS",
+        "rule": "pacs_counts",
+        "after_s": 10.0,
+        "strictness": 1,
+        "settle_s": 20.0,
+        "quiet_period_s": 40.0,
+    }
     assert SenderStanding.from_json(json.loads(json.dumps(second.standing.to_json()))) == second.standing
 
 

@@ -62,7 +62,9 @@ def test_one_group_per_finding_with_presence_probability_algorithm(source):
     assert abs(ptx.get_measurements(name=codes.DCM.Probability)[0].value - 0.91) < 1e-6
     nod = by_key["chest_xray:nodule"]
     assert nod.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)[0].value == codes.SCT.Absent
-    texts = {i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in ptx[0].ContentSequence if i.ValueType == "TEXT"}
+    texts = {
+        i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in ptx[0].ContentSequence if i.ValueType == "TEXT"
+    }
     assert texts["111001"] == "cxr-net" and texts["111003"] == "1.0.0"
 
 
@@ -109,10 +111,13 @@ def test_empty_or_mixed_sources_are_refused(source):
 
 
 def _located(source, region=None, flags=()):
-    findings = (Finding("fracture", term_for("fracture"), 0.8, 0.5, region=region),
-                Finding("nodule", term_for("nodule"), 0.1, 0.5))
-    return Prediction("bone_fracture", "fx-net", "0.1-demo", findings, (str(source.SOPInstanceUID),), True,
-                      quality_flags=tuple(flags))
+    findings = (
+        Finding("fracture", term_for("fracture"), 0.8, 0.5, region=region),
+        Finding("nodule", term_for("nodule"), 0.1, 0.5),
+    )
+    return Prediction(
+        "bone_fracture", "fx-net", "0.1-demo", findings, (str(source.SOPInstanceUID),), True, quality_flags=tuple(flags)
+    )
 
 
 def _frame(source):
@@ -179,12 +184,18 @@ def test_comparison_names_the_prior_and_states_change_per_finding(source, tmp_pa
     assert items["122140"].ConceptCodeSequence[0].CodeValue == "373066001"  # Yes
     assert "Prior study 1.2.3.4 of 20240101" in items["121066"].TextValue
     assert ds.PertinentOtherEvidenceSequence[0].StudyInstanceUID == "1.2.3.4"
-    groups = {g.tracking_identifier: g for g in hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()}
+    groups = {
+        g.tracking_identifier: g
+        for g in hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()
+    }
     name = hd.sr.CodedConcept("111424", "DCM", "Comparison to previous studies")
     assert groups["chest_xray:pneumothorax"].get_qualitative_evaluations(name=name)[0].value.value == "129721008"
     assert groups["chest_xray:nodule"].get_qualitative_evaluations(name=name)[0].value.value == "413322009"
-    texts = [i.TextValue for i in groups["chest_xray:nodule"][0].ContentSequence if i.ValueType == "TEXT"
-             and i.ConceptNameCodeSequence[0].CodeValue == "111021"]
+    texts = [
+        i.TextValue
+        for i in groups["chest_xray:nodule"][0].ContentSequence
+        if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "111021"
+    ]
     assert texts == ["resolved: probability 0.90 -> 0.12 (-0.78)"]
     dciodvfy = pytest.importorskip("demo.dcmtk").dciodvfy
     path = tmp_path / "sr.dcm"
@@ -200,8 +211,9 @@ def test_unavailable_priors_are_stated_never_omitted(source):
     from core.job import PriorLink
     from core.priors import PriorStatus
 
-    comparison = comparison_for(PriorLink(PriorStatus.UNAVAILABLE, "pacs unavailable: refused"),
-                                prediction(source), None, 0.15, 2.0)
+    comparison = comparison_for(
+        PriorLink(PriorStatus.UNAVAILABLE, "pacs unavailable: refused"), prediction(source), None, 0.15, 2.0
+    )
     ds, _ = build_with(source, comparison=comparison)
     items = _items(ds)
     assert items["122140"].ConceptCodeSequence[0].CodeValue == "373067005"  # No
@@ -257,8 +269,11 @@ def test_sr_records_the_order_and_reason_it_fulfils(source):
 
 
 def _sources_of(group):
-    return [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in group[0].ContentSequence
-            if i.ValueType == "IMAGE" and i.ConceptNameCodeSequence[0].CodeValue == "121112"]  # Source of Measurement
+    return [
+        i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for i in group[0].ContentSequence
+        if i.ValueType == "IMAGE" and i.ConceptNameCodeSequence[0].CodeValue == "121112"
+    ]  # Source of Measurement
 
 
 def test_groups_list_their_sources_only_up_to_the_cap_the_evidence_always_all(source):
@@ -270,12 +285,22 @@ def test_groups_list_their_sources_only_up_to_the_cap_the_evidence_always_all(so
         ds = deepcopy(source)
         ds.SOPInstanceUID = f"{source.SOPInstanceUID}.{n + 1}"
         slices.append(ds)
-    pred = Prediction("chest_xray", "cxr-net", "1", prediction(source).findings,
-                      tuple(str(s.SOPInstanceUID) for s in slices), demo=True)
+    pred = Prediction(
+        "chest_xray",
+        "cxr-net",
+        "1",
+        prediction(source).findings,
+        tuple(str(s.SOPInstanceUID) for s in slices),
+        demo=True,
+    )
     for cap, listed in ((3, 3), (2, 0)):
         sr = SRBuilder(SRIdentity("PACS-AI Bridge", 9900, group_source_images_max=cap)).build(slices, pred)
         groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
         assert [len(_sources_of(g)) for g in groups] == [listed, listed]
-        evidence = {sop.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
-                    for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+        evidence = {
+            sop.ReferencedSOPInstanceUID
+            for study in sr.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for sop in series.ReferencedSOPSequence
+        }
         assert evidence == {str(s.SOPInstanceUID) for s in slices}

@@ -34,13 +34,15 @@ def test_pid_maps_to_patient():
     update, res = mapped(adt())
     [patient] = res["Patient"]
     # PID-3 -> identifier (CX[Identifier]: CX.1 value, CX.4 system via the site table, CX.5 type)
-    assert patient["identifier"] == [{
-        "value": "MRN123", "system": "http://hosp.example/mrn",
-        "type": {"coding": [{"system": f"{V2}0203", "code": "MR"}]},
-    }]
+    assert patient["identifier"] == [
+        {
+            "value": "MRN123",
+            "system": "http://hosp.example/mrn",
+            "type": {"coding": [{"system": f"{V2}0203", "code": "MR"}]},
+        }
+    ]
     # PID-5 -> name (XPN[HumanName]); PID-7 -> birthDate; PID-8 -> gender (AdministrativeSex)
-    assert patient["name"] == [{"family": "SYNTHETIC", "given": ["PATIENT", "A"], "prefix": ["DR"],
-                                "use": "official"}]
+    assert patient["name"] == [{"family": "SYNTHETIC", "given": ["PATIENT", "A"], "prefix": ["DR"], "use": "official"}]
     assert patient["birthDate"] == "1970-06-15" and patient["gender"] == "female"
     assert "address" not in patient and "telecom" not in patient  # minimum necessary
     assert update.patient_keys == ((hash_identifier("MRN123", KEY), patient["id"]),)
@@ -51,12 +53,16 @@ def test_pv1_maps_to_encounter_and_location():
     _, res = mapped(adt(patient_class="E"))
     [enc], [loc] = res["Encounter"], res["Location"]
     # PV1-2 -> class (PatientClass[EncounterClass]: E -> v3 ActCode EMER) and status
-    assert enc["class"] == {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                            "code": "EMER", "display": "emergency"}
+    assert enc["class"] == {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+        "code": "EMER",
+        "display": "emergency",
+    }
     assert enc["status"] == "in-progress"
     # PV1-3 -> location[1].location(Location), status active
-    assert enc["location"] == [{"location": {"reference": f"Location/{loc['id']}",
-                                             "display": "ED BAY3 BED2 (HOSP)"}, "status": "active"}]
+    assert enc["location"] == [
+        {"location": {"reference": f"Location/{loc['id']}", "display": "ED BAY3 BED2 (HOSP)"}, "status": "active"}
+    ]
     assert loc["name"] == "ED BAY3 BED2 (HOSP)" and loc["physicalType"]["coding"][0]["code"] == "bd"
     # PV1-7 -> participant ATND; PV1-19 -> identifier VN; PV1-44 -> period.start
     assert enc["participant"][0]["individual"]["display"] == "ANN SYNDOC"
@@ -66,9 +72,10 @@ def test_pv1_maps_to_encounter_and_location():
     assert enc["subject"] == {"reference": f"Patient/{res['Patient'][0]['id']}"}
 
 
-@pytest.mark.parametrize(("pv1_2", "code", "status"),
-                         [("I", "IMP", "in-progress"), ("O", "AMB", "in-progress"),
-                          ("P", "PRENC", "planned"), ("U", "U", "unknown")])
+@pytest.mark.parametrize(
+    ("pv1_2", "code", "status"),
+    [("I", "IMP", "in-progress"), ("O", "AMB", "in-progress"), ("P", "PRENC", "planned"), ("U", "U", "unknown")],
+)
 def test_patient_class_concept_maps(pv1_2, code, status):
     _, res = mapped(adt(patient_class=pv1_2))
     assert res["Encounter"][0]["class"]["code"] == code
@@ -82,14 +89,15 @@ def test_orc_and_obr_map_to_one_service_request():
     ids = {i["type"]["coding"][0]["code"]: i["value"] for i in sr["identifier"]}
     assert ids == {"PLAC": "PLC1001", "FILL": "FIL2002", "ACSN": "ACC3003"}  # ORC-2/-3, OBR-18
     # OBR-4 -> code (CWE[CodeableConcept])
-    assert sr["code"]["coding"] == [{"code": "36554-4", "display": "XR Chest 2 Views",
-                                     "system": "http://loinc.org"}]
+    assert sr["code"]["coding"] == [{"code": "36554-4", "display": "XR Chest 2 Views", "system": "http://loinc.org"}]
     assert sr["priority"] == "stat"  # OBR-27.6 / TQ1-9 (table 0485 S)
     # OBR-31 -> reasonCode, CWE.9 original text -> text
-    assert sr["reasonCode"] == [{
-        "coding": [{"code": "R07.4", "display": "Chest pain", "system": "http://hl7.org/fhir/sid/icd-10"}],
-        "text": "Acute chest pain, rule out pneumothorax",
-    }]
+    assert sr["reasonCode"] == [
+        {
+            "coding": [{"code": "R07.4", "display": "Chest pain", "system": "http://hl7.org/fhir/sid/icd-10"}],
+            "text": "Acute chest pain, rule out pneumothorax",
+        }
+    ]
     assert sr["authoredOn"] == "2025-03-01T10:29:00+01:00"  # ORC-9 when ORC-1 is NW
     assert sr["occurrenceDateTime"] == "2025-03-01T10:30:00+01:00"  # OBR-6
     assert sr["requester"]["display"] == "BOB SYNREF"  # ORC-12
@@ -103,8 +111,13 @@ def test_omi_takes_accession_and_study_uid_from_ipc_and_priority_from_tq1():
     update, res = mapped(omi(accession="ACC4004", study_uid="1.2.3.4", priority="A"))
     [sr] = res["ServiceRequest"]
     acsn = [i for i in sr["identifier"] if i["type"]["coding"][0]["code"] == "ACSN"]
-    assert acsn == [{"type": {"coding": [{"system": f"{V2}0203", "code": "ACSN"}]},
-                     "value": "ACC4004", "system": "http://hosp.example/mrn"}]
+    assert acsn == [
+        {
+            "type": {"coding": [{"system": f"{V2}0203", "code": "ACSN"}]},
+            "value": "ACC4004",
+            "system": "http://hosp.example/mrn",
+        }
+    ]
     assert sr["priority"] == "asap"
     assert sr["occurrenceTiming"] == {"repeat": {"boundsPeriod": {"start": "2025-03-02T09:00:00+01:00"}}}
     assert sr["reasonCode"] == [{"text": "Persistent cough"}]
@@ -157,10 +170,13 @@ def test_accession_fields_are_configurable():
 
 @pytest.mark.parametrize(
     ("dtm", "offset", "expected"),
-    [("20250301", None, "2025-03-01"), ("202503", None, "2025-03"),
-     ("20250301103000", "+0100", "2025-03-01T10:30:00+01:00"),
-     ("20250301103000.25-0500", None, "2025-03-01T10:30:00.25-05:00"),
-     ("2025030110", "+0000", "2025-03-01T10:00:00+00:00")],
+    [
+        ("20250301", None, "2025-03-01"),
+        ("202503", None, "2025-03"),
+        ("20250301103000", "+0100", "2025-03-01T10:30:00+01:00"),
+        ("20250301103000.25-0500", None, "2025-03-01T10:30:00.25-05:00"),
+        ("2025030110", "+0000", "2025-03-01T10:00:00+00:00"),
+    ],
 )
 def test_dtm_to_fhir_datetime(dtm, offset, expected):
     assert fhir_datetime(dtm, offset) == expected
@@ -196,8 +212,9 @@ def test_an_id_without_authority_is_scoped_by_the_sending_facility():
 
 
 def test_sending_facilities_can_name_the_authority_of_bare_ids():
-    mapper = V2FhirMapper(KEY, {"HOSP": "http://hosp.example/mrn"},
-                          default_authorities={"NORTH": "HOSP", "SOUTH": "HOSP"})
+    mapper = V2FhirMapper(
+        KEY, {"HOSP": "http://hosp.example/mrn"}, default_authorities={"NORTH": "HOSP", "SOUTH": "HOSP"}
+    )
     north = identity(adt(pid3="4711^^^^MR", facility="NORTH"), mapper)
     south = identity(adt(pid3="4711^^^^MR", facility="SOUTH"), mapper)
     explicit = identity(adt(pid3="4711^^^HOSP^MR", facility="WEST"), mapper)
@@ -205,12 +222,14 @@ def test_sending_facilities_can_name_the_authority_of_bare_ids():
     assert north[2]["identifier"][0]["system"] == "http://hosp.example/mrn"
 
 
-@pytest.mark.parametrize(("pid3", "system"), [
-    ("4711^^^NORTH&1.2.840.99&ISO^MR", "urn:oid:1.2.840.99"),
-    ("4711^^^&1.2.840.99&ISO^MR", "urn:oid:1.2.840.99"),
-    ("4711^^^&A1B2C3D4-0000-4000-8000-000000000001&UUID^MR",
-     "urn:uuid:a1b2c3d4-0000-4000-8000-000000000001"),
-])
+@pytest.mark.parametrize(
+    ("pid3", "system"),
+    [
+        ("4711^^^NORTH&1.2.840.99&ISO^MR", "urn:oid:1.2.840.99"),
+        ("4711^^^&1.2.840.99&ISO^MR", "urn:oid:1.2.840.99"),
+        ("4711^^^&A1B2C3D4-0000-4000-8000-000000000001&UUID^MR", "urn:uuid:a1b2c3d4-0000-4000-8000-000000000001"),
+    ],
+)
 def test_the_oid_of_an_assigning_authority_becomes_the_identifier_system(pid3, system):
     """Issue #16, 2: CX.4 ``&OID&ISO`` -> Identifier.system ``urn:oid:<OID>`` (IG CX[Identifier])."""
     _, _, patient = identity(adt(pid3=pid3))

@@ -66,8 +66,17 @@ def test_empty_pixel_data(ct):
 
 
 def test_non_image_objects_need_no_pixel_attributes(ct):
-    for kw in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel",
-               "PhotometricInterpretation", "PixelRepresentation", "HighBit"):
+    for kw in (
+        "PixelData",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "PixelRepresentation",
+        "HighBit",
+    ):
         if kw in ct:
             del ct[kw]
     assert codes(ct) == set()

@@ -18,8 +18,14 @@ from core.versions import (
     plan_write,
 )
 
-P, S, D, PL, H, AB = (VersionState.PENDING, VersionState.SENDING, VersionState.DELIVERED,
-                      VersionState.PLANNED, VersionState.HELD, VersionState.ABANDONED)
+P, S, D, PL, H, AB = (
+    VersionState.PENDING,
+    VersionState.SENDING,
+    VersionState.DELIVERED,
+    VersionState.PLANNED,
+    VersionState.HELD,
+    VersionState.ABANDONED,
+)
 
 
 def v(version, state, predecessor="", incomplete=False):
@@ -39,7 +45,12 @@ def test_one_version_in_flight_newer_ones_wait_and_the_stale_ones_are_superseded
 def test_a_newer_version_supersedes_one_not_yet_delivered():
     p = plan(v(1, P), v(2, P, ""))
     assert (p.action, p.version.version, p.supersede, p.predecessor_uid, p.rebuild) == (
-        DeliveryAction.SEND, 2, (1,), "", False)
+        DeliveryAction.SEND,
+        2,
+        (1,),
+        "",
+        False,
+    )
 
 
 def test_each_version_names_the_previous_delivered_one_chosen_when_sent():
@@ -109,8 +120,9 @@ def _apply(versions: dict[int, SRVersion], event: str, cap: int, log: list[tuple
         if planned:
             w = plan_write(versions.values(), planned[0].version)
             state = P if w.write else VersionState.SUPERSEDED
-            versions[planned[0].version] = SRVersion(planned[0].version, state, f"sr{planned[0].version}",
-                                                     w.predecessor_uid)
+            versions[planned[0].version] = SRVersion(
+                planned[0].version, state, f"sr{planned[0].version}", w.predecessor_uid
+            )
     else:
         sending = [x for x in versions.values() if x.state is S]
         if sending:

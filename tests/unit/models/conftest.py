@@ -18,10 +18,7 @@ SMALL_SIZE = (64, 64)
 
 def cxr_entry(weights: Path, sha256: str | None = None) -> ModelEntry:
     """A chest X-ray entry with all 19 outputs at the small size."""
-    findings = tuple(
-        FindingSpec(key=k, threshold=0.5, critical=k == "tension_pneumothorax")
-        for k in CXR_FINDINGS
-    )
+    findings = tuple(FindingSpec(key=k, threshold=0.5, critical=k == "tension_pneumothorax") for k in CXR_FINDINGS)
     return ModelEntry(
         name="cxr-unit",
         version="0.0-test",

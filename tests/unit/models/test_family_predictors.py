@@ -36,8 +36,9 @@ SPECS = {
 def _entry(family: str, threshold: float = 0.0) -> ModelEntry:
     spec, keys = SPECS[family]
     findings = tuple(FindingSpec(key=k, threshold=threshold) for k in keys)
-    return ModelEntry(name=f"{family}-unit", version="0-test", weights="unused.pt", demo=True,
-                      input=spec, findings=findings)
+    return ModelEntry(
+        name=f"{family}-unit", version="0-test", weights="unused.pt", demo=True, input=spec, findings=findings
+    )
 
 
 def _predictor(family: str, threshold: float = 0.0) -> object:
@@ -83,8 +84,7 @@ def test_positive_findings_are_localised_in_the_study(family: str) -> None:
         else:
             assert region.geometry is Geometry.PLANAR
             assert np.asarray(region.polyline).shape == (5, 2)
-    assert all(f.evidence is not None and f.evidence.sop_instance_uid in uids
-               for f in prediction.findings)
+    assert all(f.evidence is not None and f.evidence.sop_instance_uid in uids for f in prediction.findings)
     for heatmap in output.heatmaps:  # the grid matches the region's geometry: one vocabulary
         assert heatmap.grid.geometry is located[heatmap.finding].geometry
 
@@ -104,8 +104,9 @@ def test_slice_order_and_encoding_of_the_series_do_not_change_the_result() -> No
     shuffled = study.datasets[:]
     random.Random(3).shuffle(shuffled)
     enhanced = to_enhanced(study.datasets, frame_order=[3, 9, 0, 5, 1, 8, 2, 7, 4, 6])
-    results = [predictor.predict(_request("head_ct_haemorrhage", d)).prediction
-               for d in (study.datasets, shuffled, [enhanced])]
+    results = [
+        predictor.predict(_request("head_ct_haemorrhage", d)).prediction for d in (study.datasets, shuffled, [enhanced])
+    ]
     probs = np.array([[f.probability for f in r.findings] for r in results])
     assert np.abs(probs - probs[0]).max() < 1e-6
     # the evidence of the single-frame and the multi-frame runs is the same slice

@@ -29,8 +29,6 @@ def test_unknown_family_names_the_known_ones(tmp_path: Path) -> None:
 
 
 def test_3d_input_size_is_refused(tmp_path: Path) -> None:
-    entry = cxr_entry(tmp_path / "w.pt").model_copy(
-        update={"input": ModelInputSpec(spatial_size=(8, 64, 64))}
-    )
+    entry = cxr_entry(tmp_path / "w.pt").model_copy(update={"input": ModelInputSpec(spatial_size=(8, 64, 64))})
     with pytest.raises(ModelError, match=r"expected \(H, W\)"):
         build_network("chest_xray", entry)

@@ -24,9 +24,7 @@ def _request(n_images: int = 1, family: str = "chest_xray") -> InferenceRequest:
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         instances.append((str(ds.SOPInstanceUID), buffer.getvalue()))
-    return InferenceRequest(
-        study_uid="1.2.3", family=family, instances=tuple(instances), job_id=1
-    )
+    return InferenceRequest(study_uid="1.2.3", family=family, instances=tuple(instances), job_id=1)
 
 
 @pytest.fixture(scope="module")

@@ -98,9 +98,7 @@ def test_multiframe_uses_the_first_frame() -> None:
     frames = np.stack([first, np.full_like(first, 7)])
     multi = _with_pixels(ds, frames)
     multi.NumberOfFrames = 2
-    np.testing.assert_array_equal(
-        radiograph_to_array(_bytes(multi), SPATIAL), radiograph_to_array(_bytes(ds), SPATIAL)
-    )
+    np.testing.assert_array_equal(radiograph_to_array(_bytes(multi), SPATIAL), radiograph_to_array(_bytes(ds), SPATIAL))
 
 
 def test_not_dicom_is_a_model_error() -> None:
@@ -141,8 +139,7 @@ def test_blank_image_is_a_model_error() -> None:
 
 def test_normalise_intensity_is_shift_and_scale_invariant() -> None:
     values = np.random.default_rng(0).normal(size=(40, 40))
-    np.testing.assert_allclose(normalise_intensity(values), normalise_intensity(values * 3 + 9),
-                               atol=1e-6)
+    np.testing.assert_allclose(normalise_intensity(values), normalise_intensity(values * 3 + 9), atol=1e-6)
 
 
 def test_prepare_pixels_refuses_a_3d_size() -> None:

@@ -45,9 +45,7 @@ def test_sidecar_in_sha256sum_format_is_accepted(untrained_weights: Path, tmp_pa
 
 
 @pytest.mark.parametrize("where", ["entry", "sidecar"])
-def test_mismatch_names_file_expected_and_found(
-    where: str, untrained_weights: Path, tmp_path: Path
-) -> None:
+def test_mismatch_names_file_expected_and_found(where: str, untrained_weights: Path, tmp_path: Path) -> None:
     weights = tmp_path / "w.pt"
     shutil.copy(untrained_weights, weights)
     wrong = "0" * 64

@@ -24,8 +24,13 @@ def _values(n: int = 10) -> np.ndarray:
 
 def _series(values: np.ndarray, **kw: object) -> list[pydicom.Dataset]:
     return make_volume_series(
-        values, modality="CT", spacing=(2.5, 0.8, 0.9), seed=1, body_part="HEAD",
-        series_description="CT HEAD", **kw,  # type: ignore[arg-type]
+        values,
+        modality="CT",
+        spacing=(2.5, 0.8, 0.9),
+        seed=1,
+        body_part="HEAD",
+        series_description="CT HEAD",
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -91,8 +96,9 @@ def test_rescale_slope_intercept_and_monochrome1_are_applied() -> None:
 
 def test_two_series_give_two_volumes_and_colour_is_refused() -> None:
     first = _series(_values(3))
-    second = make_volume_series(_values(4), modality="CT", spacing=(5.0, 1.0, 1.0), seed=2,
-                                body_part="HEAD", series_description="CT HEAD BONE")
+    second = make_volume_series(
+        _values(4), modality="CT", spacing=(5.0, 1.0, 1.0), seed=2, body_part="HEAD", series_description="CT HEAD BONE"
+    )
     volumes = assemble_volumes(first + second)
     assert sorted(v.array.shape[0] for v in volumes) == [3, 4]
     colour = first[0]

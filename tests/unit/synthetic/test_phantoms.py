@@ -58,10 +58,9 @@ def test_focal_lesion_is_inside_a_lung_and_brighter(finding: str, seed: int) -> 
 
 def test_mass_is_larger_than_nodule() -> None:
     sizes = {
-        key: np.mean([
-            chest_phantom(np.random.default_rng(s), SIZE, frozenset({key})).lesion_mask.sum()
-            for s in range(8)
-        ])
+        key: np.mean(
+            [chest_phantom(np.random.default_rng(s), SIZE, frozenset({key})).lesion_mask.sum() for s in range(8)]
+        )
         for key in ("nodule", "mass")
     }
     assert sizes["mass"] > 2.5 * sizes["nodule"]

@@ -110,12 +110,8 @@ def test_save_study_writes_part10_files(tmp_path: Path) -> None:
         pytest.param(lambda: make_ct_series(3, 1, rows=64, cols=64), id="CT"),
     ],
 )
-def test_dciodvfy_reports_no_errors(
-    datasets: Callable[[], list[FileDataset]], tmp_path: Path
-) -> None:
+def test_dciodvfy_reports_no_errors(datasets: Callable[[], list[FileDataset]], tmp_path: Path) -> None:
     (path,) = save_study(datasets()[:1], tmp_path)
-    result = subprocess.run(
-        ["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60, check=False)
     output = result.stdout + result.stderr
     assert not [line for line in output.splitlines() if "Error" in line], output

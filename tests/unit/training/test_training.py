@@ -23,9 +23,7 @@ def test_smoke_training_writes_weights_and_matching_sidecar(tmp_path: Path) -> N
     out = tmp_path / "demo" / "cxr.pt"
     entry = cxr_entry(out)
     lines: list[str] = []
-    report = train_demo(
-        "chest_xray", entry, out, steps=3, batch_size=4, log=lines.append, eval_size=8
-    )
+    report = train_demo("chest_xray", entry, out, steps=3, batch_size=4, log=lines.append, eval_size=8)
     assert out.is_file() and sidecar_path(out).is_file()
     assert sidecar_path(out).read_text().split()[0] == file_sha256(out) == report.sha256
     assert resolve_weights(entry) == out
@@ -62,8 +60,14 @@ def test_recipe_families_train_and_evaluate_through_their_predictor(
     tmp_path: Path, family: str, spec: ModelInputSpec, keys: tuple[str, ...]
 ) -> None:
     out = tmp_path / f"{family}.pt"
-    entry = ModelEntry(name=family, version="0-test", weights=str(out), demo=True, input=spec,
-                       findings=tuple(FindingSpec(key=k) for k in keys))
+    entry = ModelEntry(
+        name=family,
+        version="0-test",
+        weights=str(out),
+        demo=True,
+        input=spec,
+        findings=tuple(FindingSpec(key=k) for k in keys),
+    )
     report = train_demo(family, entry, out, steps=2, batch_size=2, log=lambda _: None, eval_size=2)
     assert report.steps == 2 and report.batch_size == 2 and math.isfinite(report.final_loss)
     assert [e.key for e in report.evaluation] == list(keys)

@@ -28,8 +28,7 @@ def adopt(conn):
             "INSERT INTO quarantine (sop_instance_uid, study_uid, series_uid, job_id, codes,"
             " reasons, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)"
             " ON CONFLICT (sop_instance_uid) DO NOTHING",
-            (uid, study, series, job_id, json.dumps(codes), json.dumps(reasons), received_at,
-             received_at),
+            (uid, study, series, job_id, json.dumps(codes), json.dumps(reasons), received_at, received_at),
         )
 
 
