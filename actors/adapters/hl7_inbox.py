@@ -44,14 +44,8 @@ from core.config import Hl7Config
 from core.context import ContextUpdate
 from core.errors import MessageInvalid, MessageRejected, TransientIOError
 from core.health import LoopHealth
-from core.hl7 import (
-    Hl7Message,
-    MessageHeader,
-    check_field_sizes,
-    check_supported,
-    parse_message,
-    peek_header,
-)
+from core.hl7 import Hl7Message, MessageHeader, parse_message, peek_header
+from core.hl7_checks import check_field_sizes, check_supported
 from core.identifiers import DEFAULT_KEY
 from core.types import AuditEventType
 from core.v2fhir import V2FhirMapper

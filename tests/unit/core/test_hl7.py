@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from core.errors import MessageInvalid, MessageRejected
-from core.hl7 import check_field_sizes, check_supported, escape, parse_message, peek_header
+from core.hl7 import escape, parse_message, peek_header
+from core.hl7_checks import check_field_sizes, check_supported
 from tests.hl7_messages import adt, orm
 
 VERSIONS = ("2.3", "2.5.1")
