@@ -265,7 +265,7 @@ class EhrDeliveryActor(ActorShell):
         log_level: This process's log level.
         """
         ledger = self._open_ledger(storage, log_level)
-        outbox = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr"))
+        outbox = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr"), storage.cell)
         self._work = EhrDeliveryWork(
             ledger,
             outbox,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ray
 
+from actors.adapters.cells import read_spooled
 from actors.adapters.dimse import Listener
 from actors.stage import ActorShell
 from core.config import AssemblyConfig, ListenerConfig, StorageConfig
@@ -30,6 +31,7 @@ class ListenerActor(ActorShell):
     ) -> None:
         ledger = self._open_ledger(storage, log_level)
         layout = VarLayout.at(storage.var_dir)
+        self._spool = layout.spool
         self._listener = Listener(
             cfg,
             layout.spool,
@@ -46,6 +48,15 @@ class ListenerActor(ActorShell):
     def port(self) -> int:
         """Return the bound DIMSE port."""
         return self._listener.port
+
+    def read_spooled(self, paths: list[str]) -> list[bytes]:
+        """The bytes of spool files of this cell, for the cell that completes their study.
+
+        Raises:
+            PermissionError: A path is not in this cell's spool.
+            OSError: A file cannot be read.
+        """
+        return read_spooled(self._spool, paths)
 
     def health(self) -> ActorHealth:
         """The DICOM server's thread, and what it received."""

@@ -18,6 +18,7 @@ import yaml
 from ray import serve
 from ray.exceptions import ActorUnavailableError
 
+from actors.adapters.cells import CellSpools
 from actors.assembler import AssemblerActor
 from actors.auditor import AuditorActor
 from actors.delivery import DeliveryActor
@@ -30,10 +31,11 @@ from actors.router import RouterActor
 from actors.sr_writer import SRWriterActor
 from actors.stage import StageRuntime
 from actors.validator import ValidatorActor
-from core.config import AppConfig, StageConfig, app_name, parse_config
+from core.config import AppConfig, StageConfig, StorageConfig, app_name, parse_config
 from core.errors import ConfigError, DependencyUnavailable
 from core.health import ActorHealth
 from core.identifiers import DEFAULT_KEY
+from core.placement import actor_name, cell_resource, cell_resources
 from state.layout import VarLayout
 from state.ledger import open_database, open_ledger
 
@@ -176,10 +178,21 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.layout = VarLayout.at(self.cfg.storage.var_dir)
 
-    def runtime(self, stage: StageConfig) -> StageRuntime:
+    def cells(self) -> list[str]:
+        """The ingress cells: the configured ones on a cluster, else the one cell ``''``."""
+        return list(self.cfg.cluster.cells) if self.cfg.cluster is not None else [""]
+
+    def storage_of(self, cell: str) -> StorageConfig:
+        """Where one cell's files live and which jobs it leases (one machine: the config's)."""
+        if not cell:
+            return self.cfg.storage
+        var_dir = str(Path(self.cfg.storage.var_dir) / "cells" / cell)
+        return self.cfg.storage.model_copy(update={"var_dir": var_dir, "cell": cell})
+
+    def runtime(self, stage: StageConfig, cell: str = "") -> StageRuntime:
         """The runtime settings handed to one stage actor."""
         return StageRuntime(
-            storage=self.cfg.storage,
+            storage=self.storage_of(cell),
             stage=stage,
             lease_s=self.cfg.stages.lease_s,
             poll_interval_s=self.cfg.stages.poll_interval_s,
@@ -188,14 +201,16 @@ class Pipeline:
             notify_wait_s=self.cfg.stages.notify_wait_s,
         )
 
-    def _options(self, name: str, num_cpus: float) -> dict[str, Any]:
+    def _options(self, name: str, num_cpus: float, cell: str = "", index: int = 0) -> dict[str, Any]:
         options: dict[str, Any] = {
-            "name": f"{self.cfg.site_name}-{name}",
+            "name": actor_name(self.cfg.site_name, cell, name, index),
             "namespace": self.cfg.ray.namespace,
             "max_restarts": self.cfg.ray.actor_max_restarts,
             "num_cpus": num_cpus,
             "lifetime": None,
         }
+        if cell:
+            options["resources"] = cell_resources(cell)
         secrets = self._secret_env()
         if secrets:
             options["runtime_env"] = {"env_vars": secrets}
@@ -215,6 +230,10 @@ class Pipeline:
     def start(self, *, deploy: bool = True) -> Pipeline:
         """Start everything; return when every actor answered its first health check.
 
+        On a cluster each ingress cell gets its listeners and stage actors, placed on its node
+        by the cell's Ray resource; the wait covers the cells whose nodes are up (a cell whose
+        node joins later starts then: Ray places its actors when the resource appears).
+
         Args:
             deploy: Deploy the model applications too (tests may share one deployment).
         """
@@ -224,54 +243,100 @@ class Pipeline:
         self._migrate()
         if apps:
             deploy_models(self.cfg, apps=apps)
-        st = self.cfg.stages
         self.actors = {
-            "listener": ListenerActor.options(**self._options("listener", 0)).remote(
+            "auditor": AuditorActor.options(**self._options("auditor", 0)).remote(
+                self.cfg.storage, 30.0, self.cfg.logging.level
+            )
+        }
+        for cell in self.cells():
+            self.actors.update(self._cell_actors(cell, key))
+        live = [k for k in self.actors if _cell_of(k) in self._live_cells()]
+        timeout = self.cfg.cluster.start_timeout_s if self.cfg.cluster is not None else 120.0
+        ray.get([self.actors[k].health.remote() for k in live], timeout=timeout)
+        return self
+
+    def _live_cells(self) -> set[str]:
+        """Cells whose node is in the cluster now (one machine: the one cell)."""
+        if self.cfg.cluster is None:
+            return {""}
+        present = {r for node in ray.nodes() if node.get("Alive") for r in node.get("Resources", {})}
+        return {""} | {c for c in self.cells() if cell_resource(c) in present}
+
+    def _cell_actors(self, cell: str, key: bytes) -> dict[str, Any]:
+        """One cell's listeners and stage actors (``stage_actors`` of each CPU stage)."""
+        st = self.cfg.stages
+        storage = self.storage_of(cell)
+        layout = VarLayout.at(storage.var_dir)
+        spools = CellSpools(self.cfg.site_name, self.cfg.ray.namespace, layout.spool) if cell else None
+        per_stage = self.cfg.cluster.stage_actors if self.cfg.cluster is not None else 1
+        out: dict[str, Any] = {
+            _key(cell, "listener"): ListenerActor.options(
+                **self._options("listener", 0, cell), max_concurrency=4
+            ).remote(
                 self.cfg.listener,
-                self.cfg.storage,
+                storage,
                 self.cfg.assembly.quiet_period_s,
                 key,
                 self.cfg.logging.level,
                 self.cfg.assembly,
             ),
-            "assembler": AssemblerActor.options(**self._options("assembler", st.assembler.num_cpus)).remote(
-                self.runtime(st.assembler), self.cfg.assembly, self.cfg.pacs, self.cfg.hl7 is not None
+        }
+        stages: dict[str, tuple[Any, float, Any]] = {
+            "assembler": (
+                AssemblerActor,
+                st.assembler.num_cpus,
+                lambda: (self.runtime(st.assembler, cell), self.cfg.assembly, self.cfg.pacs, self.cfg.hl7 is not None),
             ),
-            "validator": ValidatorActor.options(**self._options("validator", st.validator.num_cpus)).remote(
-                self.runtime(st.validator), self.cfg.validation
+            "validator": (
+                ValidatorActor,
+                st.validator.num_cpus,
+                lambda: (self.runtime(st.validator, cell), self.cfg.validation, spools),
             ),
-            "router": RouterActor.options(**self._options("router", st.router.num_cpus)).remote(
-                self.runtime(st.router),
-                self.cfg.routing,
-                sorted(self.cfg.models),
-                self.cfg.hl7 is not None,
-                self.cfg.hl7.join_window_days if self.cfg.hl7 else 1,
+            "router": (
+                RouterActor,
+                st.router.num_cpus,
+                lambda: (
+                    self.runtime(st.router, cell),
+                    self.cfg.routing,
+                    sorted(self.cfg.models),
+                    self.cfg.hl7 is not None,
+                    self.cfg.hl7.join_window_days if self.cfg.hl7 else 1,
+                ),
             ),
-            "prior_linker": PriorLinkerActor.options(**self._options("prior_linker", st.prior_linker.num_cpus)).remote(
-                self.runtime(st.prior_linker),
-                self.cfg.priors,
-                self.cfg.pacs,
-                self.cfg.listener,
-                self.layout,
-                dict(self.cfg.models),
-                key,
+            "prior_linker": (
+                PriorLinkerActor,
+                st.prior_linker.num_cpus,
+                lambda: (
+                    self.runtime(st.prior_linker, cell),
+                    self.cfg.priors,
+                    self.cfg.pacs,
+                    self.cfg.listener,
+                    layout,
+                    dict(self.cfg.models),
+                    key,
+                ),
             ),
-            "inference": InferenceActor.options(**self._options("inference", st.inference.num_cpus)).remote(
-                self.runtime(st.inference), dict(self.cfg.models), self.cfg.routing, self.cfg.priors
+            "inference": (
+                InferenceActor,
+                st.inference.num_cpus,
+                lambda: (self.runtime(st.inference, cell), dict(self.cfg.models), self.cfg.routing, self.cfg.priors),
             ),
-            "sr_writer": SRWriterActor.options(**self._options("sr_writer", st.sr_writer.num_cpus)).remote(
-                self.runtime(st.sr_writer), self.layout, self.cfg.sr, self.cfg.priors
+            "sr_writer": (
+                SRWriterActor,
+                st.sr_writer.num_cpus,
+                lambda: (self.runtime(st.sr_writer, cell), layout, self.cfg.sr, self.cfg.priors),
             ),
-            "delivery": DeliveryActor.options(**self._options("delivery", st.delivery.num_cpus)).remote(
-                self.runtime(st.delivery), self.cfg.pacs, self.layout, self.cfg.sr, self.cfg.priors
-            ),
-            "auditor": AuditorActor.options(**self._options("auditor", 0)).remote(
-                self.cfg.storage, 30.0, self.cfg.logging.level
+            "delivery": (
+                DeliveryActor,
+                st.delivery.num_cpus,
+                lambda: (self.runtime(st.delivery, cell), self.cfg.pacs, layout, self.cfg.sr, self.cfg.priors),
             ),
         }
-        self.actors.update(self._bridge_actors(key))
-        ray.get([a.health.remote() for a in self.actors.values()], timeout=120)
-        return self
+        for role, (actor, cpus, args) in stages.items():
+            for index in range(per_stage):
+                out[_key(cell, role, index)] = actor.options(**self._options(role, cpus, cell, index)).remote(*args())
+        out.update(self._bridge_actors(cell, storage, key))
+        return out
 
     def _migrate(self) -> None:
         """Apply pending schema migrations of every store once, before any actor opens one."""
@@ -281,18 +346,18 @@ class Pipeline:
         if self.cfg.ehr is not None:
             open_database(self.cfg.storage.ledger, self.layout, "ehr").close()
 
-    def _bridge_actors(self, key: bytes) -> dict[str, Any]:
+    def _bridge_actors(self, cell: str, storage: StorageConfig, key: bytes) -> dict[str, Any]:
         """The HL7 listener and the EHR delivery, each only when its config section is set."""
         out: dict[str, Any] = {}
         level = self.cfg.logging.level
         if self.cfg.hl7 is not None:
-            out["hl7_listener"] = Hl7ListenerActor.options(**self._options("hl7", 0)).remote(
-                self.cfg.hl7, self.cfg.storage, key, level
+            out[_key(cell, "hl7_listener")] = Hl7ListenerActor.options(**self._options("hl7", 0, cell)).remote(
+                self.cfg.hl7, storage, key, level
             )
         if self.cfg.ehr is not None:
-            out["ehr_delivery"] = EhrDeliveryActor.options(**self._options("ehr", 0)).remote(
+            out[_key(cell, "ehr_delivery")] = EhrDeliveryActor.options(**self._options("ehr", 0, cell)).remote(
                 self.cfg.ehr,
-                self.cfg.storage,
+                storage,
                 self.cfg.retry,
                 self.cfg.sr.manufacturer,
                 self.cfg.hl7 is not None,
@@ -300,8 +365,9 @@ class Pipeline:
             )
         return out
 
-    def listener_port(self, timeout_s: float = 60.0) -> int:
-        """The listener's bound port; waits while Ray restarts a crashed listener.
+    def listener_port(self, timeout_s: float = 60.0, cell: str = "") -> int:
+        """The listener's bound port (of one cell, on a cluster); waits while Ray restarts a
+        crashed listener.
 
         Raises:
             TimeoutError: The listener did not answer within ``timeout_s``.
@@ -309,19 +375,19 @@ class Pipeline:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return int(ray.get(self.actors["listener"].port.remote(), timeout=timeout_s))
+                return int(ray.get(self.actors[_key(cell, "listener")].port.remote(), timeout=timeout_s))
             except ActorUnavailableError:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"listener did not come back within {timeout_s} s") from None
                 time.sleep(0.5)
 
-    def hl7_port(self) -> int:
-        """The HL7 MLLP listener's bound port.
+    def hl7_port(self, cell: str = "") -> int:
+        """The HL7 MLLP listener's bound port (of one cell, on a cluster).
 
         Raises:
             KeyError: The HL7 bridge is not configured (config section ``hl7``).
         """
-        return int(ray.get(self.actors["hl7_listener"].port.remote(), timeout=30))
+        return int(ray.get(self.actors[_key(cell, "hl7_listener")].port.remote(), timeout=30))
 
     def health(self, timeout_s: float = 5.0) -> dict[str, ActorHealth]:
         """Ask every actor for its health; an actor that does not answer is reported down."""
@@ -350,6 +416,17 @@ class Pipeline:
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         self.actors = {}
+
+
+def _key(cell: str, role: str, index: int = 0) -> str:
+    """The key of an actor in ``Pipeline.actors``: ``listener`` on one machine, ``a/listener``
+    and ``a/validator-1`` on a cluster."""
+    name = f"{role}-{index}" if index else role
+    return f"{cell}/{name}" if cell else name
+
+
+def _cell_of(key: str) -> str:
+    return key.split("/", 1)[0] if "/" in key else ""
 
 
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:

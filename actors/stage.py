@@ -209,6 +209,18 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
+def _ray_actor_name(cell: str) -> str:
+    """This actor's Ray name from its cell on (``a-validator-1``), or ``''`` outside an actor."""
+    import ray  # only actors call this, inside a Ray worker
+
+    try:
+        name = ray.get_runtime_context().get_actor_name() or ""
+    except RuntimeError:  # not in a Ray actor (unit tests of a shell)
+        return ""
+    marker = f"-{cell}-"
+    return name[name.index(marker) + 1 :] if marker in name else ""
+
+
 class ActorShell:
     """Base of every actor: its ledger, its loops, true health, a heartbeat in the ledger.
 
@@ -222,6 +234,8 @@ class ActorShell:
 
     def _open_ledger(self, storage: StorageConfig, log_level: str = "INFO") -> Ledger:
         configure_logging(log_level)
+        if storage.cell:  # a cluster runs one per cell (and per index): health rows apart
+            self.name = _ray_actor_name(storage.cell) or f"{storage.cell}-{self.name}"
         self._clock = SystemClock()
         self._loops: list[Loop] = []
         self._ledger = open_ledger(storage)

@@ -19,6 +19,7 @@ from dataclasses import replace
 import ray
 from pydicom import dcmread
 
+from actors.adapters.cells import CellSpools
 from actors.polling import Loop, SystemClock
 from actors.prevalidation import PreValidator, VerdictCache
 from actors.stage import StageRuntime, StageShell
@@ -48,6 +49,7 @@ class ValidationWork:
         actor: str,
         cache: VerdictCache | None = None,
         clock: Clock | None = None,
+        spools: CellSpools | None = None,
     ) -> None:
         """Args:
         ledger: The process's ledger.
@@ -55,7 +57,9 @@ class ValidationWork:
         actor: Audit-trail name of this stage.
         cache: Verdicts of instances checked while their study was receiving.
         clock: Wall clock.
+        spools: On a cluster: fetches the job's instances other cells received, first.
         """
+        self._spools = spools
         self._ledger = ledger
         self._validator = validator
         self._actor = actor
@@ -103,7 +107,16 @@ class ValidationWork:
         return issues, facts
 
     def __call__(self, job: Job) -> None:
-        """Validate and move the job to ``validated`` or ``quarantined``."""
+        """Validate and move the job to ``validated`` or ``quarantined``.
+
+        Raises:
+            DependencyUnavailable: Instances of the job are in another cell's spool and that
+                cell is down (the job waits without spending retries).
+        """
+        if self._spools is not None:
+            foreign = self._ledger.intake.foreign_instances(job.job_id)
+            if foreign:
+                self._ledger.intake.rehome(self._spools.gather(foreign))
         overrides = self._ledger.intake.overrides(job.job_id)  # once, not per instance
         instances = [
             i
@@ -173,11 +186,13 @@ class ValidatorActor(StageShell):
     name = "validator"
     state = JobState.COMPLETE
 
-    def __init__(self, runtime: StageRuntime, cfg: ValidationConfig | None = None) -> None:
+    def __init__(
+        self, runtime: StageRuntime, cfg: ValidationConfig | None = None, spools: CellSpools | None = None
+    ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
         cache = VerdictCache()
         policy = ValidationPolicy.from_config(cfg or ValidationConfig())
-        work = ValidationWork(ledger, Validator(policy), "stage:validator", cache, self._clock)
+        work = ValidationWork(ledger, Validator(policy), "stage:validator", cache, self._clock, spools)
         self._pre = PreValidator(ledger, work.check, cache)
         self._add_loop(Loop("pre-validator", self._pre.run_once, runtime.poll_interval_s, clock=self._clock))
         self._start(runtime, work)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
+from core.placement import CELL_PATTERN, ClusterConfig
 
 __all__ = [
     "AppConfig",
@@ -160,6 +161,12 @@ class StorageConfig(_Model):
         le=65536,
         description="A job record section longer than this (JSON bytes) is stored as a "
         "content-addressed blob under var/blobs and the ledger row keeps its reference",
+    )
+    cell: str = Field(
+        default="",
+        pattern=f"{CELL_PATTERN}|^$",
+        description="Set by the composition root, not in files: the ingress cell whose jobs this "
+        "process leases and whose files live under var_dir ('' on one machine)",
     )
 
 
@@ -381,6 +388,11 @@ class ServeDeploymentConfig(_Model):
 
     num_cpus: float = Field(default=0.5, ge=0, description="CPUs per replica (fractions allowed)")
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per replica, e.g. {model: 0.01} to place replicas on "
+        "the model nodes of a CPU-only cluster (GPU nodes: num_gpus)",
+    )
     torch_threads: int = Field(default=0, ge=0, description="torch threads per replica; 0 = auto")
     max_batch_size: int = Field(default=8, ge=1, description="@serve.batch max_batch_size")
     batch_wait_timeout_s: float = Field(default=0.02, ge=0, description="@serve.batch wait")
@@ -701,6 +713,25 @@ class AppConfig(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
     hl7: Hl7Config | None = Field(default=None, description="HL7 v2 bridge; off unless set")
     ehr: EhrConfig | None = Field(default=None, description="Results to the EHR; off unless set")
+    cluster: ClusterConfig | None = Field(
+        default=None, description="Ingress cells of a multi-node Ray cluster; unset: one machine"
+    )
+
+    @model_validator(mode="after")
+    def _cluster_needs_shared_state(self) -> AppConfig:
+        if self.cluster is not None and self.storage.ledger.backend != "postgresql":
+            raise ValueError(
+                "cluster: needs storage.ledger.backend postgresql (every node must see the same "
+                "ledger; a SQLite file belongs to one machine)"
+            )
+        if self.cluster is not None and self.priors.enabled and self.priors.retrieve != "c-get":
+            raise ValueError(
+                "cluster: needs priors.retrieve c-get (a C-MOVE lands on whichever ingress node "
+                "the PACS maps our AE title to, not on the cell that asked)"
+            )
+        if self.storage.cell:
+            raise ValueError("storage.cell: set per cell by the composition root; leave it out of the file")
+        return self
 
 
 def _known_fields(loc: tuple[Any, ...]) -> list[str]:

@@ -44,7 +44,11 @@ def deployment_options(cfg: ServeDeploymentConfig) -> dict[str, Any]:
         Keyword arguments for ``Deployment.options``.
     """
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "ray_actor_options": {
+            "num_cpus": cfg.num_cpus,
+            "num_gpus": cfg.num_gpus,
+            **({"resources": dict(cfg.resources)} if cfg.resources else {}),
+        },
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
         "health_check_period_s": cfg.health_check_period_s,

@@ -56,11 +56,14 @@ def _report(row: Row) -> EhrReport:
 class EhrOutbox:
     """Durable queue of report Bundles (the EHR delivery actor writes it)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cell: str = "") -> None:
         """Args:
         db: The EHR store (``state.ledger.open_database(..., "ehr")``).
+        cell: The ingress cell whose reports this process queues and sends (``''`` on one
+            machine): two cells' EHR deliveries never send the same report.
         """
         self._db = db
+        self._cell = cell
 
     def close(self) -> None:
         """Close the connection."""
@@ -86,8 +89,8 @@ class EhrOutbox:
             lambda tx: (
                 tx.execute(
                     "INSERT INTO ehr_reports (sr_uid, job_id, study_uid, priority, bundle, not_before,"
-                    " created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (sr_uid) DO NOTHING",
-                    (sr_uid, job_id, study_uid, priority, json.dumps(bundle), now, now),
+                    " created_at, cell) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (sr_uid) DO NOTHING",
+                    (sr_uid, job_id, study_uid, priority, json.dumps(bundle), now, now, self._cell),
                 )
                 == 1
             )
@@ -97,9 +100,9 @@ class EhrOutbox:
         """Pending reports whose time has come, highest priority first."""
         with self._db.read() as tx:
             rows = tx.all(
-                "SELECT * FROM ehr_reports WHERE state = 'pending' AND not_before <= ?"
+                "SELECT * FROM ehr_reports WHERE state = 'pending' AND not_before <= ? AND cell = ?"
                 " ORDER BY priority DESC, item_id LIMIT ?",
-                (now, limit),
+                (now, self._cell, limit),
             )
         return [_report(r) for r in rows]
 

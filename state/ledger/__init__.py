@@ -47,19 +47,22 @@ __all__ = ["Ledger", "open_database", "open_ledger"]
 class Ledger:
     """The ledger's repositories over one database (one per process)."""
 
-    def __init__(self, db: Database, blobs: BlobStore, inline_max: int = INLINE_MAX) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, inline_max: int = INLINE_MAX, cell: str = "") -> None:
         """Args:
         db: The ledger database (schema already migrated).
         blobs: Where large record sections go.
         inline_max: Largest record section kept in a row, in bytes of JSON.
+        cell: The ingress cell of this process (``core.placement``): new instances and jobs
+            belong to it and only its jobs are leased. ``''`` on one machine.
         """
         self.db = db
         self.blobs = blobs
+        self.cell = cell
         codec = RecordCodec(blobs, inline_max)
         self.audit = AuditLog(db)
-        self.intake = Intake(db)
-        self.jobs = Jobs(db, codec)
-        self.outbox = Outbox(db)
+        self.intake = Intake(db, cell)
+        self.jobs = Jobs(db, codec, cell)
+        self.outbox = Outbox(db, cell)
         self.results = Results(db, codec)
         self.evidence = CompletionEvidence(db)
         self.reviews = Reviews(db)
@@ -125,4 +128,4 @@ def open_ledger(storage: StorageConfig, layout: VarLayout | None = None) -> Ledg
     """
     layout = layout or VarLayout.at(storage.var_dir)
     db = open_database(storage.ledger, layout, "ledger")
-    return Ledger(db, BlobStore(layout.blobs), storage.inline_record_max_bytes)
+    return Ledger(db, BlobStore(layout.blobs), storage.inline_record_max_bytes, storage.cell)

@@ -18,10 +18,10 @@ __all__ = ["Intake", "apply_cover_study", "apply_set_aside", "reopen_study"]
 
 _OURS = "SELECT 1 AS x FROM outbox WHERE sop_instance_uid = ?"
 _KNOWN = f"SELECT 1 AS x FROM instances WHERE sop_instance_uid = ? UNION ALL {_OURS}"
-_INSERT = f"INSERT INTO instances ({INSTANCE_COLUMNS}, job_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT = f"INSERT INTO instances ({INSTANCE_COLUMNS}, job_id, cell) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
-def _values(meta: InstanceMeta, job_id: int | None) -> tuple[Any, ...]:
+def _values(meta: InstanceMeta, job_id: int | None, cell: str) -> tuple[Any, ...]:
     return (
         meta.sop_instance_uid,
         meta.sop_class_uid,
@@ -39,11 +39,16 @@ def _values(meta: InstanceMeta, job_id: int | None) -> tuple[Any, ...]:
         meta.received_at,
         meta.accession_key,
         job_id,
+        cell,
     )
 
 
-def _receiving_job(tx: Tx, meta: InstanceMeta, now: float, complete_at: float, channel: str) -> int:
-    """The study's receiving job (its quiet timer restarted), or a new version of it."""
+def _receiving_job(tx: Tx, meta: InstanceMeta, now: float, complete_at: float, channel: str, cell: str) -> int:
+    """The study's receiving job (its quiet timer restarted), or a new version of it in ``cell``.
+
+    A study whose receiving job belongs to another cell (its first instance came to another
+    ingress node) keeps that job: the instance joins it and is fetched to that cell's spool
+    when the job completes (``Intake.rehome``)."""
     row = tx.one(
         "SELECT job_id FROM jobs WHERE study_uid = ? AND state = ? ORDER BY version DESC LIMIT 1" + tx.for_update,
         (meta.study_instance_uid, JobState.RECEIVING.value),
@@ -56,7 +61,7 @@ def _receiving_job(tx: Tx, meta: InstanceMeta, now: float, complete_at: float, c
         return int(row["job_id"])
     created = tx.one(
         "INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
-        " last_instance_at) SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?"
+        " last_instance_at, cell) SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?, ?"
         " FROM jobs WHERE study_uid = ? RETURNING job_id",
         (
             meta.study_instance_uid,
@@ -65,6 +70,7 @@ def _receiving_job(tx: Tx, meta: InstanceMeta, now: float, complete_at: float, c
             now,
             now,
             meta.received_at,
+            cell,
             meta.study_instance_uid,
         ),
     )
@@ -100,8 +106,9 @@ def apply_cover_study(tx: Tx, job_id: int, study_uid: str) -> None:
 class Intake:
     """Instances as received, and the study jobs they open."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cell: str = "") -> None:
         self._db = db
+        self._cell = cell
         self._channel = db.channel(f"jobs_{JobState.RECEIVING.value}")
 
     def has_instance(self, sop_instance_uid: str) -> bool:
@@ -145,8 +152,8 @@ class Intake:
             )
             return RecordResult.DUPLICATE
         prior = tx.one("SELECT for_study_uid FROM prior_retrievals WHERE series_uid = ?", (meta.series_instance_uid,))
-        job_id = None if prior else _receiving_job(tx, meta, now, complete_at, self._channel)
-        tx.execute(_INSERT, _values(meta, job_id))
+        job_id = None if prior else _receiving_job(tx, meta, now, complete_at, self._channel, self._cell)
+        tx.execute(_INSERT, _values(meta, job_id, self._cell))
         detail |= {"sha256": meta.sha256, "transfer_syntax": meta.transfer_syntax_uid, "patient_key": meta.patient_key}
         if prior:
             why = f"retrieved as a prior for study {prior['for_study_uid']}; not reported"
@@ -233,6 +240,8 @@ class Intake:
         """Receiving jobs nobody leases now (or one given job), with what we hold per series,
         their modalities and the sender and accession key of the latest instance."""
         where, args = ("j.job_id = ?", [job_id]) if job_id is not None else ("j.leased_until <= ?", [now])
+        if self._cell:
+            where, args = f"{where} AND j.cell = ?", [*args, self._cell]
         with self._db.read() as tx:
             rows = tx.all(
                 "SELECT j.job_id, j.study_uid, j.version, j.created_at, j.last_instance_at,"
@@ -281,14 +290,37 @@ class Intake:
                     found[r["study_uid"]].add(r["sop_instance_uid"])
         return {k: frozenset(v) for k, v in found.items()}
 
+    def foreign_instances(self, job_id: int) -> dict[str, list[InstanceMeta]]:
+        """Instances a job covers (not discarded) whose files are in another cell's spool, by
+        cell (a sender's associations spread over several ingress nodes)."""
+        with self._db.read() as tx:
+            rows = tx.all(
+                f"SELECT {instance_columns('i')}, i.cell FROM instances i JOIN job_instances ji"
+                " ON ji.sop_instance_uid = i.sop_instance_uid WHERE ji.job_id = ? AND i.cell != ?"
+                " AND COALESCE(i.override, '') != 'discarded' ORDER BY i.received_at, i.sop_instance_uid",
+                (job_id, self._cell),
+            )
+        out: dict[str, list[InstanceMeta]] = {}
+        for r in rows:
+            out.setdefault(r["cell"], []).append(instance_of(r))
+        return out
+
+    def rehome(self, moved: Iterable[tuple[str, str]]) -> None:
+        """Record that instances ``(sop_instance_uid, path)`` now live in this cell's spool."""
+        rows = [(path, self._cell, uid) for uid, path in moved]
+        if rows:
+            self._db.run(
+                lambda tx: tx.executemany("UPDATE instances SET path = ?, cell = ? WHERE sop_instance_uid = ?", rows)
+            )
+
     def receiving_instances(self) -> list[InstanceMeta]:
         """Instances of studies whose latest job is still receiving (pre-validation)."""
         with self._db.read() as tx:
             rows = tx.all(
                 f"SELECT {instance_columns('i')} FROM jobs j JOIN instances i"
-                " ON i.study_uid = j.study_uid WHERE j.state = ? AND i.override IS NULL"
+                " ON i.study_uid = j.study_uid WHERE j.state = ? AND i.override IS NULL AND i.cell = ?"
                 " ORDER BY i.received_at, i.sop_instance_uid",
-                (JobState.RECEIVING.value,),
+                (JobState.RECEIVING.value, self._cell),
             )
         return [instance_of(r) for r in rows]
 
@@ -302,10 +334,11 @@ def reopen_study(tx: Tx, study_uid: str, now: float, channel: str) -> int | None
         return None
     row = tx.one(
         "INSERT INTO jobs (study_uid, version, state, not_before, created_at, updated_at,"
-        " last_instance_at) SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?,"
-        " (SELECT COALESCE(MAX(received_at), 0) FROM instances WHERE study_uid = ?)"
+        " last_instance_at, cell) SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?,"
+        " (SELECT COALESCE(MAX(received_at), 0) FROM instances WHERE study_uid = ?),"
+        " COALESCE((SELECT l.cell FROM jobs l WHERE l.study_uid = ? ORDER BY l.version DESC LIMIT 1), '')"
         " FROM jobs WHERE study_uid = ? RETURNING job_id",
-        (study_uid, JobState.RECEIVING.value, now, now, now, study_uid, study_uid),
+        (study_uid, JobState.RECEIVING.value, now, now, now, study_uid, study_uid, study_uid),
     )
     tx.notify(channel, "")
     return None if row is None else int(row["job_id"])

@@ -43,9 +43,12 @@ _JOB_COLUMNS = (
 class Jobs:
     """The job table: the durable queue every stage leases from."""
 
-    def __init__(self, db: Database, codec: RecordCodec) -> None:
+    def __init__(self, db: Database, codec: RecordCodec, cell: str = "") -> None:
         self._db = db
         self._codec = codec
+        # A cell's actors lease only its jobs (their files are on its node). One machine has
+        # the one cell '' and no filter, so its lease statement is unchanged.
+        self._in_cell, self._cell_args = (" AND cell = ?", (cell,)) if cell else ("", ())
 
     def _channel(self, state: JobState) -> str:
         return self._db.channel(f"jobs_{state.value}")
@@ -65,9 +68,9 @@ class Jobs:
             return tx.all(
                 f"UPDATE jobs SET lease_owner = ?, leased_until = ? WHERE job_id IN ("
                 " SELECT job_id FROM jobs WHERE state = ? AND +not_before <= ? AND leased_until <= ?"
-                f" ORDER BY priority DESC, created_at, job_id LIMIT ?{tx.skip_locked})"
+                f"{self._in_cell} ORDER BY priority DESC, created_at, job_id LIMIT ?{tx.skip_locked})"
                 f" RETURNING {_JOB_COLUMNS}",
-                (owner, now + lease_s, state.value, now, now, limit),
+                (owner, now + lease_s, state.value, now, now, *self._cell_args, limit),
             )
 
         jobs = [job_of(r, self._codec) for r in self._db.run(take)]
@@ -119,7 +122,8 @@ class Jobs:
         if self._db.notifies:
             with self._db.read() as tx:
                 row = tx.one(
-                    "SELECT MIN(not_before) AS due FROM jobs WHERE state = ? AND not_before > ?", (state.value, now)
+                    f"SELECT MIN(not_before) AS due FROM jobs WHERE state = ? AND not_before > ?{self._in_cell}",
+                    (state.value, now, *self._cell_args),
                 )
             if row is not None and row["due"] is not None:
                 max_wait_s = min(max_wait_s, max(0.0, float(row["due"]) - now))

@@ -65,8 +65,9 @@ def _entry(row: Row) -> OutboxEntry:
 class Outbox:
     """Result objects and their delivery state."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cell: str = "") -> None:
         self._db = db
+        self._cell = cell
 
     def items(self, job_id: int, state: DeliveryState | None = None) -> list[OutboxEntry]:
         """The job's outbox entries, optionally only those in ``state``."""
@@ -108,8 +109,8 @@ class Outbox:
             rows = tx.all(
                 f"SELECT {_COLUMNS}, j.priority FROM outbox o JOIN jobs j ON j.job_id = o.job_id"
                 " WHERE o.state = 'delivered' AND o.kind = 'sr' AND o.ehr_queued = 0"
-                " AND o.delivered_at >= ? ORDER BY j.priority DESC, o.delivered_at LIMIT ?",
-                (delivered_since, limit),
+                " AND o.delivered_at >= ? AND j.cell = ? ORDER BY j.priority DESC, o.delivered_at LIMIT ?",
+                (delivered_since, self._cell, limit),
             )
         return [_entry(r) for r in rows]
 

@@ -773,3 +773,38 @@ def test_our_own_result_forwarded_back_by_the_pacs_is_a_duplicate_and_opens_no_j
     assert [j.version for j in ledger.jobs.for_study("1.2.3")] == [1]
     [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "instance_duplicate"]
     assert event.detail["origin"] == "own_result"
+
+
+# ------------------------------------------------------------------------ ingress cells
+def test_each_cell_leases_only_its_jobs_and_a_split_study_stays_one_job(backend, storage_for, tmp_path):
+    base = storage_for(backend)
+    cell_a = open_ledger(base.model_copy(update={"cell": "a"}))
+    cell_b = Ledger(cell_a.db, cell_a.blobs, cell="b")  # the same shared database, another node
+    try:
+        cell_a.intake.record(meta("1", study="7.1"), 100.0, 102.0, "t")
+        cell_b.intake.record(meta("2", study="7.1", t=100.5), 100.5, 102.5, "t")  # the same study
+        cell_b.intake.record(meta("3", study="7.2"), 100.0, 102.0, "t")
+        assert [s.study_uid for s in cell_a.intake.receiving_studies(200.0)] == ["7.1"]
+        assert [s.study_uid for s in cell_b.intake.receiving_studies(200.0)] == ["7.2"]
+        assert len(cell_a.jobs.for_study("7.1")) == 1  # one job although two cells received it
+        [a_job] = cell_a.jobs.lease(JobState.RECEIVING, "wa", 5, 10.0, now=200.0)
+        [b_job] = cell_b.jobs.lease(JobState.RECEIVING, "wb", 5, 10.0, now=200.0)
+        assert (a_job.study_instance_uid, b_job.study_instance_uid) == ("7.1", "7.2")
+        cell_a.jobs.transition(a_job, JobState.COMPLETE, 201.0, effects=[CoverStudy()])
+        foreign = cell_a.intake.foreign_instances(a_job.job_id)
+        assert {c: [i.sop_instance_uid for i in v] for c, v in foreign.items()} == {"b": ["2"]}
+        cell_a.intake.rehome([("2", "/cells/a/spool/7.1/2.dcm")])
+        assert cell_a.intake.foreign_instances(a_job.job_id) == {}
+        [moved] = cell_a.intake.instances(["2"])
+        assert moved.path == "/cells/a/spool/7.1/2.dcm"
+        assert cell_b.jobs.lease(JobState.COMPLETE, "wb", 5, 10.0, now=202.0) == []  # not b's job
+        [done] = cell_a.jobs.lease(JobState.COMPLETE, "wa", 5, 10.0, now=202.0)
+        assert done.job_id == a_job.job_id
+    finally:
+        cell_a.close()
+
+
+def test_one_machine_cell_sees_every_job(ledger):
+    """The one-machine ledger (cell '') keeps its unfiltered behaviour."""
+    ledger.intake.record(meta("1", study="8.1"), 100.0, 102.0, "t")
+    assert [j.study_instance_uid for j in ledger.jobs.lease(JobState.RECEIVING, "w", 5, 10.0, now=103.0)] == ["8.1"]

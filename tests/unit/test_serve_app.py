@@ -33,3 +33,8 @@ def test_gpu_replicas_autoscaling_and_queue_bounds_come_from_config() -> None:
 def test_fixed_replicas_without_an_autoscaling_range() -> None:
     options = deployment_options(ServeDeploymentConfig(min_replicas=2, max_replicas=2))
     assert options["num_replicas"] == 2 and "autoscaling_config" not in options
+
+
+def test_custom_resources_place_replicas_on_model_nodes() -> None:
+    options = deployment_options(ServeDeploymentConfig(num_cpus=0.1, resources={"model": 0.01}))
+    assert options["ray_actor_options"] == {"num_cpus": 0.1, "num_gpus": 0.0, "resources": {"model": 0.01}}

@@ -145,3 +145,33 @@ def test_bad_hl7_and_ehr_fields_are_named():
     assert "hl7.listener.max_message_bytes: got 10" in text
     assert "hl7.accession_fields.0: got 'PID-3'" in text
     assert "ehr.fhir.base_url: got 'ftp://x'" in text
+
+
+def test_cluster_example_is_valid_and_names_its_cells():
+    with open("configs/cluster.example.yaml") as f:
+        cfg = parse_config(yaml.safe_load(f), "configs/cluster.example.yaml")
+    assert cfg.cluster is not None and cfg.cluster.cells == ("a", "b")
+    assert cfg.models["chest_xray"].serve.num_gpus == 1
+
+
+PG = {"storage": {"ledger": {"backend": "postgresql", "dsn_env": "PG_DSN"}}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"cluster": {"cells": ["a"]}}, "cluster: needs storage.ledger.backend postgresql"),
+        ({**PG, "cluster": {"cells": ["A-1"]}}, "cluster.cells: got list; expected cell names ['A-1'] must match"),
+        ({**PG, "cluster": {"cells": ["a", "a"]}}, "cell names repeat"),
+        ({**PG, "cluster": {"cells": []}}, "cluster.cells: got list; expected tuple should have at least 1 item"),
+        (
+            {**PG, "cluster": {"cells": ["a"]}, "priors": {"enabled": True, "retrieve": "c-move"}},
+            "cluster: needs priors.retrieve c-get",
+        ),
+        ({"storage": {"cell": "a"}}, "storage.cell: set per cell by the composition root"),
+    ],
+)
+def test_cluster_config_errors_name_the_field(raw, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "site.yaml")
+    assert expected in str(info.value)
