@@ -24,7 +24,7 @@ import os
 
 from core.config import LedgerConfig, StorageConfig
 from core.errors import ConfigError
-from state.blobs import BlobStore
+from state.blobs import Blobs, BlobStore, DatabaseBlobStore
 from state.db import Database
 from state.layout import VarLayout
 from state.ledger._codec import INLINE_MAX, RecordCodec
@@ -47,7 +47,7 @@ __all__ = ["Ledger", "open_database", "open_ledger"]
 class Ledger:
     """The ledger's repositories over one database (one per process)."""
 
-    def __init__(self, db: Database, blobs: BlobStore, inline_max: int = INLINE_MAX, cell: str = "") -> None:
+    def __init__(self, db: Database, blobs: Blobs, inline_max: int = INLINE_MAX, cell: str = "") -> None:
         """Args:
         db: The ledger database (schema already migrated).
         blobs: Where large record sections go.
@@ -128,4 +128,7 @@ def open_ledger(storage: StorageConfig, layout: VarLayout | None = None) -> Ledg
     """
     layout = layout or VarLayout.at(storage.var_dir)
     db = open_database(storage.ledger, layout, "ledger")
-    return Ledger(db, BlobStore(layout.blobs), storage.inline_record_max_bytes, storage.cell)
+    # A cluster's nodes share the PostgreSQL ledger, and its blobs with it; one machine keeps
+    # them as files beside the spool.
+    blobs = DatabaseBlobStore(db) if db.dialect == "postgresql" else BlobStore(layout.blobs)
+    return Ledger(db, blobs, storage.inline_record_max_bytes, storage.cell)

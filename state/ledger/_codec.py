@@ -19,7 +19,7 @@ from core.codec import SCHEMA_VERSION, check_envelope, from_jsonable, to_jsonabl
 from core.errors import RecordError
 from core.job import JobRecord
 from core.records import BlobRef, Prediction
-from state.blobs import BlobStore
+from state.blobs import Blobs
 
 __all__ = ["INLINE_MAX", "RecordCodec"]
 
@@ -39,7 +39,7 @@ def _hints(cls: type) -> dict[str, Any]:
 class RecordCodec:
     """Turns records into row text and back, spilling big sections to the blob store."""
 
-    def __init__(self, blobs: BlobStore, inline_max: int = INLINE_MAX) -> None:
+    def __init__(self, blobs: Blobs, inline_max: int = INLINE_MAX) -> None:
         """Args:
         blobs: Where big sections go.
         inline_max: Largest section kept in the row, in bytes of JSON.

@@ -167,6 +167,13 @@ class Jobs:
         if not can_transition(job.state, new_state):
             raise ValueError(f"job {job.job_id}: {job.state} -> {new_state} is not allowed")
         data = self._codec.dump_job(record if record is not None else job.record)
+        # Encoded before the transaction: a big section becomes a blob through its own write,
+        # never a second connection taken while this transaction holds one.
+        encoded = {
+            id(e): [self._codec.dump_prediction(v.prediction) for v in e.versions]
+            for e in effects
+            if isinstance(e, RecordSrVersions)
+        }
         floor = priority if priority is not None else 0
 
         def move(tx: Tx) -> None:
@@ -193,14 +200,14 @@ class Jobs:
             if changed != 1:
                 raise LeaseLost(job.job_id, job.lease_owner)
             for effect in effects:
-                self._apply(tx, job, effect, now)
+                self._apply(tx, job, effect, now, encoded.get(id(effect), []))
             if not new_state.is_terminal:
                 tx.notify(self._channel(new_state), "")
             append_events(tx, events, now)
 
         self._db.run(move)
 
-    def _apply(self, tx: Tx, job: Job, effect: Effect, now: float) -> None:
+    def _apply(self, tx: Tx, job: Job, effect: Effect, now: float, predictions: Sequence[str]) -> None:
         if isinstance(effect, SetAside):
             apply_set_aside(tx, job.job_id, effect)
         elif isinstance(effect, CoverStudy):
@@ -210,7 +217,7 @@ class Jobs:
         elif isinstance(effect, QueueOutbox):
             apply_queue(tx, job.job_id, effect, now)
         elif isinstance(effect, RecordSrVersions):
-            apply_versions(tx, effect, self._codec, now)
+            apply_versions(tx, effect, predictions, now)
         elif isinstance(effect, RaiseReviewFlag):
             apply_flag(tx, job.job_id, effect, now)
         elif isinstance(effect, MarkSrVersions):

@@ -8,7 +8,7 @@ so two delivery workers never both send a version of one study and family.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from core.audit import AuditEvent
 from core.job import Job
@@ -37,8 +37,9 @@ _ON_ITS_WAY = tuple(
 _NOT_RESULTS = (VersionState.SUPERSEDED.value, VersionState.ABANDONED.value)
 
 
-def apply_versions(tx: Tx, effect: RecordSrVersions, codec: RecordCodec, now: float) -> None:
-    """Record SR versions (once each; a rebuilt one keeps its row)."""
+def apply_versions(tx: Tx, effect: RecordSrVersions, predictions: Sequence[str], now: float) -> None:
+    """Record SR versions (once each; a rebuilt one keeps its row) with their predictions as
+    encoded by ``RecordCodec.dump_prediction``, in order."""
     tx.executemany(
         "INSERT INTO sr_results (sop_instance_uid, sop_class_uid, series_uid, study_uid, job_id,"
         " job_version, family, model_name, model_version, predecessor_uid, prediction,"
@@ -56,13 +57,13 @@ def apply_versions(tx: Tx, effect: RecordSrVersions, codec: RecordCodec, now: fl
                 v.model_name,
                 v.model_version,
                 v.predecessor_uid,
-                codec.dump_prediction(v.prediction),
+                prediction,
                 now,
                 v.state.value,
                 int(v.incomplete),
                 now,
             )
-            for v in effect.versions
+            for v, prediction in zip(effect.versions, predictions, strict=True)
         ],
     )
 

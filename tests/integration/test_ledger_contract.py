@@ -41,6 +41,7 @@ from core.sources import ArrivalKind, CompletionRule, LateArrival, SenderStandin
 from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import Validator
 from core.versions import DeliveryAction, VersionState, plan_delivery
+from state.blobs import BlobStore
 from state.ledger import Ledger, open_ledger
 from state.ledger.reviews import apply_flag
 from state.migrate import pending
@@ -529,7 +530,8 @@ def _same_database(ledger: Ledger) -> dict:
 
 def test_migrations_are_applied_once_and_recorded(ledger, backend, storage_for):
     assert pending(ledger.db.url, "ledger", ledger.backend) == []
-    again = open_ledger(storage_for(backend, var_dir=ledger.blobs.root.parent))
+    var_dir = ledger.blobs.root.parent if isinstance(ledger.blobs, BlobStore) else None
+    again = open_ledger(storage_for(backend, var_dir=var_dir))
     assert pending(again.db.url, "ledger", again.backend) == []
     again.close()
 
