@@ -401,6 +401,12 @@ class ServeDeploymentConfig(_Model):
     target_ongoing_requests: float = Field(
         default=8.0, gt=0, description="Autoscaling target of ongoing requests per replica"
     )
+    upscale_delay_s: float = Field(
+        default=30.0, ge=0, description="Autoscaling: load above target this long adds replicas"
+    )
+    downscale_delay_s: float = Field(
+        default=600.0, ge=0, description="Autoscaling: load below target this long removes replicas"
+    )
     max_ongoing_requests: int = Field(
         default=16, ge=1, description="Per replica; must exceed max_batch_size to fill batches"
     )

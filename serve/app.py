@@ -58,6 +58,8 @@ def deployment_options(cfg: ServeDeploymentConfig) -> dict[str, Any]:
             "min_replicas": cfg.min_replicas,
             "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s,
         }
     else:
         options["num_replicas"] = cfg.min_replicas

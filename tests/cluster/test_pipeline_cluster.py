@@ -64,7 +64,15 @@ def raw_config(
     raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
     chest = raw["models"]["chest_xray"]
     chest["weights"] = str(ROOT / chest["weights"])
-    chest["serve"].update(resources={"model": 0.01}, num_cpus=0.25)
+    chest["serve"].update(
+        resources={"model": 0.01},
+        num_cpus=0.25,
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=1,
+        upscale_delay_s=1,
+        downscale_delay_s=5,
+    )
     raw.update(
         site_name="cl",
         storage={
@@ -72,11 +80,12 @@ def raw_config(
             "ledger": {"backend": "postgresql", "dsn_env": PG_ENV, "schema_prefix": f"cl{int(time.time()) % 10**6}"},
         },
         ray={"address": cluster.address, "namespace": "pacsai-cluster"},
-        cluster={"cells": ["a", "b"], "start_timeout_s": 240},
+        cluster={"cells": ["a", "b"], "stage_actors": 2, "start_timeout_s": 240},
         models={"chest_xray": chest},
         routing={"rules": [r for r in raw["routing"]["rules"] if r["family"] == "chest_xray"]},
         stages={"lease_s": 8.0},
     )
+    raw["assembly"]["quiet_period_s"] = 3.0  # a study split over two storescu runs on a busy 2-core machine
     raw["pacs"].update(port=pacs.dicom_port, ae_title=pacs.aet)
     parse_config(raw)  # valid before any process starts
     return raw
@@ -103,6 +112,15 @@ class Up:
         return self.driver.eval(
             "{a['Name']: a['Address']['NodeID'] for a in __import__('ray')._private.state.actors().values()"
             " if a['State'] == 'ALIVE' and a['Name'].startswith('cl-')}"
+        )
+
+    def replicas(self) -> int:
+        """Running replicas of the chest model's deployment."""
+        return int(
+            self.driver.eval(
+                "sum(s.get('RUNNING', 0) for s in [d.replica_states for d in __import__('ray').serve.status()"
+                ".applications['model-chest_xray'].deployments.values()])"
+            )
         )
 
     def close(self) -> None:
@@ -177,7 +195,7 @@ def test_each_cell_runs_on_its_ingress_node_and_every_study_gives_one_sr(
             assert node == ids["ingress-a"], (name, node)
         elif name.startswith("cl-b-"):
             assert node == ids["ingress-b"], (name, node)
-    assert {"cl-a-listener", "cl-a-validator", "cl-b-listener", "cl-b-delivery"} <= set(placed)
+    assert {"cl-a-listener", "cl-a-validator", "cl-a-validator-1", "cl-b-listener", "cl-b-delivery-1"} <= set(placed)
 
     studies = _studies(tmp_path, 100, 5)
     port_a, port_b = up.port("a"), up.port("b")
@@ -232,6 +250,26 @@ def test_model_node_gone_jobs_wait_without_spending_retries_then_finish(
     cluster.restart_node("model-m")
     _assert_exactly_once(ledger, pacs, studies)
     assert all(j.attempts == 0 for u in uids for j in ledger.jobs.for_study(u))
+
+
+def test_model_replicas_scale_with_ongoing_requests_within_their_bounds(
+    cluster: LocalRayCluster, up: Up, ledger: Ledger, pacs: OrthancProcess, tmp_path: Path
+) -> None:
+    assert up.replicas() == 1
+    studies = _studies(tmp_path, 500, 8, images=3)
+    port_a, port_b = up.port("a"), up.port("b")
+    seen: list[int] = []
+    for i, (_, files) in enumerate(studies):
+        _send(files, port_a if i % 2 else port_b)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not all(
+        s in TERMINAL for s in _latest_states(ledger, [u for u, _ in studies]).values()
+    ):
+        seen.append(up.replicas())
+        time.sleep(0.5)
+    _assert_exactly_once(ledger, pacs, studies)
+    assert max(seen) == 2, seen  # scaled up under load, never past max_replicas
+    cluster.wait_for(lambda: up.replicas() == 1, timeout=120, what="scale back down to min_replicas")
 
 
 def test_head_restart_then_up_again_resumes_from_the_ledger(

@@ -24,7 +24,13 @@ def test_gpu_replicas_autoscaling_and_queue_bounds_come_from_config() -> None:
     )
     options = deployment_options(cfg)
     assert options["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.5}
-    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 6}
+    assert options["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 6,
+        "upscale_delay_s": 30.0,
+        "downscale_delay_s": 600.0,
+    }
     assert "num_replicas" not in options
     assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (24, 100)
     assert options["health_check_period_s"] == 5
