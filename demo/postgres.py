@@ -40,7 +40,8 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    """``initdb`` + ``pg_ctl start`` in a temp dir; ``stop()`` removes everything."""
+    """``initdb`` + ``pg_ctl start`` in a temp dir; ``stop()`` removes everything, and
+    ``stop(mode="immediate", remove=False)`` then ``start()`` is a server crash and restart."""
 
     def __init__(self, database: str = "pacsai", max_connections: int = 400) -> None:
         self.database = database
@@ -59,41 +60,54 @@ class PostgresServer:
         subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> PostgresServer:
-        """Create the cluster and the database, and start the server.
+        """Create the cluster and the database, and start the server; after
+        ``stop(remove=False)``, start the same cluster again on the same port (after an
+        immediate stop, the server recovers from its WAL first).
 
         Raises:
             RuntimeError: PostgreSQL is not installed.
         """
         if self._bindir is None:
             raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
+        if self.root is not None:  # stopped with its files kept: the same cluster again
+            self._pg_ctl_start()
+            return self
         self.root = Path(tempfile.mkdtemp(prefix="pacsai-pg-"))
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
-        data = self.root / "data"
+        data = self._data
         self._run(
             str(self._bindir / "initdb"), "-D", str(data), "-U", "pacsai", "-A", "trust", "-E", "UTF8", "--no-sync"
         )
         self.port = _free_port()
+        self._pg_ctl_start()
+        self._create_database()
+        return self
+
+    @property
+    def _data(self) -> Path:
+        assert self.root is not None
+        return self.root / "data"
+
+    def _pg_ctl_start(self) -> None:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections={self._max_connections}"
         )
         self._run(
             str(self._bindir / "pg_ctl"),
             "-D",
-            str(data),
+            str(self._data),
             "-o",
             options,
             "-l",
-            str(self.root / "server.log"),
+            str(self._data.parent / "server.log"),
             "-w",
             "-t",
             "60",
             "start",
         )
-        self._create_database()
-        return self
 
     def _create_database(self) -> None:
         import psycopg
@@ -111,12 +125,25 @@ class PostgresServer:
                     raise
                 time.sleep(0.2)
 
-    def stop(self) -> None:
-        """Stop the server and delete its files."""
+    def stop(self, mode: str = "fast", *, remove: bool = True) -> None:
+        """Stop the server and delete its files, or keep them for ``start()`` (``remove=False``).
+
+        Args:
+            mode: ``pg_ctl stop -m``: ``smart``, ``fast``, or ``immediate`` (every server
+                process quits at once, as in a crash: no checkpoint, clients cut off).
+            remove: Delete the cluster too (a server that is not running is not an error then).
+
+        Raises:
+            subprocess.CalledProcessError: ``pg_ctl`` failed and the files are kept.
+        """
         if self.root is None:
             return
         try:
-            self._run(str(self._bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+            self._run(str(self._bindir / "pg_ctl"), "-D", str(self._data), "-m", mode, "-w", "stop")
+        except subprocess.CalledProcessError:
+            if not remove:
+                raise
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+            if remove:
+                shutil.rmtree(self.root, ignore_errors=True)
+                self.root = None
