@@ -7,6 +7,14 @@ do waits on ``LISTEN`` and is woken by the ``NOTIFY`` of the commit that made wo
 
 The DSN comes from an environment variable named in the config and is never logged: errors
 name the host and database only.
+
+The server may restart under us. Every checkout sends an empty query first, so a connection
+the server dropped is discarded and replaced before a transaction uses it. Once a connection
+cannot be had, the store is *unreachable*: checkouts wait at most ``OUTAGE_CHECKOUT_S`` and
+fail with ``DependencyUnavailable`` (a C-STORE is refused at once instead of hanging), and the
+pool retries each lost connection for ``RECONNECT_S`` before it gives the slot up, so the next
+checkout connects afresh instead of waiting out psycopg_pool's back-off of up to minutes. The
+first connection that answers ends the outage.
 """
 
 from __future__ import annotations
@@ -40,6 +48,13 @@ _AUDIT_LOCK = 0x50414353  # "PACS": one advisory lock key for the audit chain's 
 _RETRIED = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.UniqueViolation)
 _ATTEMPTS = 5
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+CONNECT_TIMEOUT_S = 5
+"""libpq ``connect_timeout`` of every connection: a host that does not answer fails, not hangs."""
+OUTAGE_CHECKOUT_S = 2.0
+"""Longest a checkout waits while the server is unreachable (the pool's own timeout otherwise)."""
+RECONNECT_S = 2.0
+"""How long the pool retries one lost connection (about every second) before giving up its slot."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -124,10 +139,14 @@ class PostgresDatabase:
             min_size=1,
             max_size=max(1, pool_max),
             timeout=timeout_s,
+            reconnect_timeout=RECONNECT_S,
             open=True,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT_S},
             name=f"pacsai-{schema}",
         )
+        self._timeout = timeout_s
+        self._unreachable_since: float | None = None  # monotonic time of the outage's start
+        self._outage_lock = threading.Lock()
         self._events: dict[str, threading.Event] = {}
         self._events_lock = threading.Lock()
         self._listener: threading.Thread | None = None
@@ -154,7 +173,7 @@ class PostgresDatabase:
 
     def _create_schema(self, timeout_s: float) -> None:
         try:
-            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=int(timeout_s)) as conn:
+            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, int(timeout_s))) as conn:
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
         except pg_errors.UniqueViolation:
             pass  # another process created it at the same moment
@@ -163,15 +182,77 @@ class PostgresDatabase:
                 "postgresql", f"cannot connect to {self._where}: {type(exc).__name__}"
             ) from None
 
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection that has just answered an empty query.
+
+        A connection the server dropped (it restarted) fails that check and goes back to the
+        pool, which discards it and connects a new one; the next pooled connection is tried.
+
+        Raises:
+            DependencyUnavailable: No connection answers (the server is down or unreachable).
+        """
+        error: Exception | None = None
+        for _ in range(self._pool_max + 1):
+            timeout = self._timeout if self._unreachable_since is None else min(self._timeout, OUTAGE_CHECKOUT_S)
+            try:
+                conn = self._pool.getconn(timeout)
+            except psycopg.OperationalError as exc:  # PoolTimeout: nothing could connect in time
+                self._unreachable(exc)
+                raise self._unavailable(exc) from None
+            try:
+                ConnectionPool.check_connection(conn)
+            except psycopg.Error as exc:
+                self._pool.putconn(conn)
+                error = exc
+                self._unreachable(exc)
+                continue
+            self._reachable()
+            try:
+                yield conn
+            finally:
+                if conn.broken:  # lost in use: the next checkout will say whether it is back
+                    self._unreachable(psycopg.OperationalError("connection lost"))
+                self._pool.putconn(conn)
+            return
+        raise self._unavailable(error)
+
+    def _unavailable(self, exc: Exception | None) -> DependencyUnavailable:
+        return DependencyUnavailable("postgresql", f"{self._where}: {type(exc).__name__}: {exc}"[:500])
+
+    def _unreachable(self, exc: Exception) -> None:
+        with self._outage_lock:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+                logger.warning(
+                    "PostgreSQL at %s unreachable (%s); failing fast until it answers", self._where, type(exc).__name__
+                )
+
+    def _reachable(self) -> None:
+        if self._unreachable_since is None:
+            return
+        with self._outage_lock:
+            if self._unreachable_since is not None:
+                logger.warning(
+                    "PostgreSQL at %s answers again after %.1f s",
+                    self._where,
+                    time.monotonic() - self._unreachable_since,
+                )
+                self._unreachable_since = None
+
     def run(self, fn: Callable[[PostgresTx], T]) -> T:
         """Run ``fn`` in a transaction; retry on deadlock, serialisation or insert races.
 
+        A transaction cut off by a lost connection is not retried: whether its commit happened
+        is unknown, and the caller decides (the listener answers a failure status and the
+        sender's re-send finds the instance, or not; a stage's transition finds its lease).
+
         Raises:
-            DependencyUnavailable: The server cannot be reached.
+            DependencyUnavailable: The server cannot be reached, or the connection was lost.
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                with self._pool.connection() as conn, conn.transaction():
+                with self._connection() as conn, conn.transaction():
                     return fn(PostgresTx(conn))
             except _RETRIED as exc:
                 if attempt == _ATTEMPTS:
@@ -179,12 +260,13 @@ class PostgresDatabase:
                 logger.info("transaction retried after %s (attempt %d)", type(exc).__name__, attempt)
                 time.sleep(0.005 * attempt)
             except psycopg.OperationalError as exc:
-                raise DependencyUnavailable("postgresql", f"{self._where}: {exc}") from None
+                raise self._unavailable(exc) from None
         raise AssertionError("unreachable")
 
     def submit(self, fn: Callable[[PostgresTx], T]) -> Future[T]:
         """Run ``fn`` as ``run`` does, on one of ``pool_max`` threads, and return at once:
         transactions submitted together run side by side and the server groups their commits.
+        The future fails as ``run`` raises.
         """
         with self._events_lock:
             if self._submitted is None:
@@ -193,12 +275,16 @@ class PostgresDatabase:
 
     @contextmanager
     def read(self) -> Iterator[PostgresTx]:
-        """A pooled autocommit connection (each statement sees committed data)."""
+        """A pooled autocommit connection (each statement sees committed data).
+
+        Raises:
+            DependencyUnavailable: The server cannot be reached, or the connection was lost.
+        """
         try:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 yield PostgresTx(conn)
         except psycopg.OperationalError as exc:
-            raise DependencyUnavailable("postgresql", f"{self._where}: {exc}") from None
+            raise self._unavailable(exc) from None
 
     # ------------------------------------------------------------ LISTEN / NOTIFY
     def wait(self, channel: str, timeout_s: float) -> bool:
@@ -221,10 +307,15 @@ class PostgresDatabase:
         event.set()
 
     def _listen(self) -> None:
-        """Keep one connection listening on every channel asked for; reconnect on failure."""
+        """Keep one connection listening on every channel asked for; reconnect on failure.
+
+        A ``NOTIFY`` sent while no connection listened is lost, so every waiter is woken once
+        after a reconnection and looks at the ledger itself.
+        """
+        lost = False
         while not self._closed.is_set():
             try:
-                with psycopg.connect(self._dsn, autocommit=True) as conn:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
                     conn.execute(f"SET search_path TO {self.schema}")
                     listening: set[str] = set()
                     while not self._closed.is_set():
@@ -233,12 +324,20 @@ class PostgresDatabase:
                         for channel in sorted(wanted):
                             conn.execute(f'LISTEN "{channel}"')
                             listening.add(channel)
+                        if lost:
+                            lost = False
+                            logger.warning("LISTEN connection to %s is back", self._where)
+                            with self._events_lock:
+                                for event in self._events.values():
+                                    event.set()
                         for note in conn.notifies(timeout=0.5):
                             event = self._events.get(note.channel)
                             if event is not None:
                                 event.set()
             except psycopg.Error as exc:
-                logger.warning("LISTEN connection to %s lost (%s); reconnecting", self._where, type(exc).__name__)
+                if not lost:
+                    logger.warning("LISTEN connection to %s lost (%s); reconnecting", self._where, type(exc).__name__)
+                lost = True
                 self._closed.wait(1.0)
 
     def channel(self, topic: str) -> str:
