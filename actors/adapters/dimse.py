@@ -7,8 +7,10 @@ The SCP answers success (0x0000) only after the instance is durable: bytes writt
 atomic rename, directory fsync, ledger row committed (DESIGN.md, "Durability"). A handler never
 raises; every failure becomes an explicit DIMSE status (PS3.4 Annex B.2.3):
 
-- 0xA700 Refused, out of resources: our disk is below its floor or an I/O error happened; the
-  sender keeps the data and retries.
+- 0xA700 Refused, out of resources: our disk is below its floor, an I/O error happened, or the
+  ledger cannot commit (PostgreSQL down); the sender keeps the data and retries. A file already
+  moved into the spool when the ledger failed is left there: a lost connection may have hidden
+  a commit that happened, and a re-send writes the same path again (or is a duplicate).
 - 0xC000 Cannot understand: the data set cannot be parsed; an audit event records it.
 - 0xC211 for anything unexpected (pynetdicom's own default for a failing handler).
 """
@@ -205,6 +207,9 @@ class Listener:
         except OSError as exc:
             logger.error("C-STORE failed writing to disk: %s", exc)
             status = STATUS_OUT_OF_RESOURCES
+        except DependencyUnavailable as exc:  # the ledger cannot commit: never success
+            logger.warning("C-STORE refused, the ledger is unavailable: %s", exc)
+            status = STATUS_OUT_OF_RESOURCES
         except Exception:  # the one broad catch at the protocol boundary: log and answer
             logger.exception("C-STORE handler failed unexpectedly")
             status = STATUS_UNEXPECTED
@@ -233,6 +238,7 @@ class Listener:
         Raises:
             OutOfResources: The spool disk is below its floor or full.
             RejectedInput: The data set cannot be parsed (audited, bytes kept aside).
+            DependencyUnavailable: The ledger cannot be read or cannot commit the record.
         """
         now = self._clock.now()
         check_free_space(self._spool, self._cfg.min_free_bytes)
