@@ -4,7 +4,9 @@ A ``Loop`` calls ``round()`` in a daemon thread until stopped. A round returns h
 handled; after a busy round the loop goes again at once when ``eager`` (a stage with a queue),
 otherwise it waits its period. A round that raises is logged (the traceback once per distinct
 error, then one line per failure), counted, and the loop waits ``max(period, 1 s)`` before the
-next round: a ledger or PACS that is down never ends the thread, and never spins it either.
+next round: a ledger or PACS that is down never ends the thread, and never spins it either. The
+idle wait between rounds may read the ledger too (a stage on PostgreSQL); its failure is
+recorded the same way, without counting a round.
 ``health()`` says whether the thread really runs and when a round last did work.
 """
 
@@ -110,19 +112,19 @@ class Loop:
                 self._last_work_at = now
         return done
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, *, in_round: bool = True) -> None:
         error = f"{type(exc).__name__}: {exc}"[:500]
         with self._lock:
-            self._rounds += 1
+            self._rounds += int(in_round)
             self._failures += 1
             self._last_round_at = self._clock.now()
             self._last_error = error
         kind = type(exc).__name__
         if kind not in self._logged:
             self._logged.add(kind)
-            logger.exception("%s: round failed; retrying", self.name)
+            logger.exception("%s: %s failed; retrying", self.name, "round" if in_round else "idle wait")
         else:
-            logger.warning("%s: round failed again: %s", self.name, error[:200])
+            logger.warning("%s: %s failed again: %s", self.name, "round" if in_round else "idle wait", error[:200])
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -136,6 +138,10 @@ class Loop:
                 continue
             wait = max(0.0, self._period - (time.monotonic() - started))
             if self._idle is not None and not self._stop.is_set():
-                self._idle(wait)
+                try:
+                    self._idle(wait)
+                except Exception as exc:  # noqa: BLE001 - e.g. the ledger went down: record, wait, go on
+                    self._failed(exc, in_round=False)
+                    self._stop.wait(max(wait, ERROR_WAIT_S))
             else:
                 self._stop.wait(wait)

@@ -63,6 +63,26 @@ def test_an_eager_loop_runs_again_at_once_while_there_is_work():
         loop.stop()
 
 
+def test_a_failing_idle_wait_never_ends_the_loop():
+    """A stage's idle wait reads the ledger (PostgreSQL: the next job's ``not_before``); the
+    ledger going down between a round and that read must not end the thread."""
+    waits: list[float] = []
+
+    def idle(wait_s: float) -> None:
+        waits.append(wait_s)
+        if len(waits) <= 2:
+            raise ConnectionError("ledger unreachable")
+        time.sleep(wait_s)
+
+    loop = Loop("idle", lambda: 0, 0.01, idle=idle).start()
+    try:
+        assert wait_until(lambda: len(waits) >= 4, 10)
+        health = loop.health()
+        assert health.alive and health.failures == 2 and health.rounds >= 4
+    finally:
+        loop.stop()
+
+
 def test_the_supervisor_survives_a_ledger_that_fails(tmp_path):
     ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
 
