@@ -53,7 +53,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the service in the foreground until SIGTERM / SIGINT."""
     from actors.pipeline import Pipeline
-    from actors.polling import Loop
     from actors.supervisor import Supervisor
 
     cfg = _config(args)
@@ -69,7 +68,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if cfg.hl7 is not None:
         print(f"pacsai up: HL7 MLLP on {cfg.hl7.listener.host}:{pipeline.hl7_port()}", flush=True)
-    supervision = Loop("supervisor", Supervisor(pipeline, _ledger(cfg)).run_once, 2.0).start()
+    supervision = Supervisor(pipeline, _ledger(cfg)).start()
     try:
         while not stop.is_set():
             stop.wait(1.0)

@@ -13,13 +13,17 @@ import logging
 from typing import Any
 
 from actors.adapters.clock import SystemClock
+from actors.polling import Loop
 from core.health import ActorHealth, HealthStatus
 from core.ports import Clock
 from state.ledger import Ledger
 
-__all__ = ["Supervisor"]
+__all__ = ["SUPERVISE_S", "Supervisor"]
 
 logger = logging.getLogger(__name__)
+
+SUPERVISE_S = 2.0
+"""Period of the supervision loop of ``pacsai up``."""
 
 
 class Supervisor:
@@ -43,11 +47,12 @@ class Supervisor:
             status = h.status
             if self._last.get(name) != status:
                 log = logger.info if status is HealthStatus.OK else logger.error
+                error = h.last_error or next((f"{lp.name}: {lp.last_error}" for lp in h.loops if lp.last_error), "")
                 log(
                     "actor %s is %s%s",
                     name,
                     status.value,
-                    f": {h.last_error}" if status is not HealthStatus.OK and h.last_error else "",
+                    f": {error}" if status is not HealthStatus.OK and error else "",
                 )
             self._last[name] = status
             if h.pid == 0:  # did not answer: nobody else will record it
@@ -58,3 +63,8 @@ class Supervisor:
         """One supervision round (``actors.polling.Loop``)."""
         self.check()
         return 0
+
+    def start(self, period_s: float = SUPERVISE_S) -> Loop:
+        """Run ``check`` every ``period_s`` in a loop of its own, as ``pacsai up`` does: a round
+        that fails (the ledger is down) is logged and retried, and never ends the loop."""
+        return Loop("supervisor", self.run_once, period_s, clock=self._clock).start()
