@@ -7,6 +7,7 @@ product. So every script imports ``_common`` before any of the project's package
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -23,8 +24,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@functools.cache
 def commit() -> str:
-    """The current git commit (short), or ``unknown``."""
+    """The git commit (short) when this process first asked, or ``unknown``: every line of one
+    run names the same commit even if the tree moves on meanwhile."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
         return out.stdout.strip() or "unknown"
