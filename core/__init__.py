@@ -30,6 +30,7 @@ __all__ = [
     "parametric_maps",
     "part10",
     "pixels",
+    "placement",
     "ports",
     "priors",
     "quarantine",

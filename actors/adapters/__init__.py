@@ -5,6 +5,7 @@ dcmtk wrappers live in the ``demo``
 package, outside the product."""
 
 __all__ = [
+    "cells",
     "clock",
     "context_join",
     "dimse",
