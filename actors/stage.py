@@ -260,7 +260,10 @@ class ActorShell:
     def health(self) -> ActorHealth:
         """What every loop is doing (the supervisor calls this)."""
         processed, failures, in_flight, last_error = self._counters()
-        loops = tuple(loop.health() for loop in self._loops)
+        heartbeat = getattr(self, "_heartbeat", None)
+        # The heartbeat is a loop like the others: a ledger it cannot write to makes the actor
+        # "failing" (the listener's only other loop is its DICOM server, which keeps serving).
+        loops = tuple(loop.health() for loop in (*self._loops, *([heartbeat] if heartbeat else [])))
         return ActorHealth(self.name, os.getpid(), processed, failures, in_flight, last_error, loops)
 
     def stop(self) -> None:

@@ -221,6 +221,7 @@ def test_the_pipeline_survives_a_postgres_restart(pg, tmp_path, orthanc, make_pi
             assert h.pid == pids[name] and h.alive, (name, h)
         stages = ("assembler", "validator", "router", "prior_linker", "inference", "sr_writer", "delivery")
         assert all(during[name].status is HealthStatus.FAILING for name in stages), during  # the ledger is down
+        assert during["listener"].status is HealthStatus.FAILING, during["listener"]  # its heartbeat says so
         assert supervision.health().alive
 
         up = restart(pg)
