@@ -48,6 +48,7 @@ __all__ = [
     "ensure_ray",
     "hash_key",
     "load_config",
+    "ray_security_env",
     "remove_models",
     "wait_until",
 ]
@@ -87,10 +88,37 @@ def hash_key(cfg: AppConfig) -> bytes:
     return value.encode()
 
 
+def ray_security_env(cfg: AppConfig) -> dict[str, str]:
+    """The environment that turns on Ray's token authentication and TLS for this process, from
+    ``ray.auth_token_file`` and ``ray.tls`` (Ray reads them from the environment only).
+
+    >>> from core.config import parse_config
+    >>> ray_security_env(parse_config({"ray": {"auth_token_file": "/etc/pacsai/ray.token"}}))
+    {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN_PATH': '/etc/pacsai/ray.token'}
+    """
+    env: dict[str, str] = {}
+    if cfg.ray.auth_token_file:
+        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": cfg.ray.auth_token_file}
+    if cfg.ray.tls is not None:
+        env |= {
+            "RAY_USE_TLS": "1",
+            "RAY_TLS_SERVER_CERT": cfg.ray.tls.certificate,
+            "RAY_TLS_SERVER_KEY": cfg.ray.tls.private_key,
+            "RAY_TLS_CA_CERT": cfg.ray.tls.ca_certificates,
+        }
+    return env
+
+
+def _secure(cfg: AppConfig) -> None:
+    """Apply ``ray_security_env`` to this process before it talks to Ray."""
+    os.environ.update(ray_security_env(cfg))
+
+
 def ensure_ray(cfg: AppConfig) -> None:
     """Connect to (or start) Ray as configured, unless this process already did."""
     if ray.is_initialized():
         return
+    _secure(cfg)
     ray.init(
         address=cfg.ray.address,
         num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
@@ -161,6 +189,7 @@ def connect_ray(cfg: AppConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
+    _secure(cfg)
     try:
         ray.init(address=address, namespace=cfg.ray.namespace, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as exc:

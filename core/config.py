@@ -31,6 +31,7 @@ __all__ = [
     "PacsConfig",
     "PriorsConfig",
     "RayConfig",
+    "RayTlsConfig",
     "RetryConfig",
     "ReviewConfig",
     "RoutingConfig",
@@ -78,6 +79,14 @@ class TlsConfig(_Model):
     server_hostname: str | None = Field(
         default=None, description="Client side: the name to verify in the server certificate"
     )
+
+
+class RayTlsConfig(_Model):
+    """Ray's own mutual TLS on every gRPC channel between nodes and drivers."""
+
+    certificate: str = Field(description="PEM certificate, valid as server and client for every node address")
+    private_key: str = Field(description="PEM private key of the certificate")
+    ca_certificates: str = Field(description="PEM file of the CA that signed every node's certificate")
 
 
 class ListenerConfig(_Model):
@@ -495,6 +504,17 @@ class RayConfig(_Model):
     num_cpus: int | None = Field(default=None, ge=1, description="Local Ray only: CPUs to offer")
     namespace: str = Field(default="pacsai", description="Ray namespace of our named actors")
     actor_max_restarts: int = Field(default=-1, ge=-1, description="-1 restarts forever")
+    auth_token_file: str | None = Field(
+        default=None,
+        description="Ray token authentication: the file holding the cluster's token (0600); sets "
+        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH for `pacsai up`. Every `ray start` of the "
+        "cluster needs the same settings",
+    )
+    tls: RayTlsConfig | None = Field(
+        default=None,
+        description="Ray's mutual TLS between nodes (RAY_USE_TLS and RAY_TLS_*); every node of "
+        "the cluster must be started with the same",
+    )
 
 
 class PriorsConfig(_Model):

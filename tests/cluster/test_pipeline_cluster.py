@@ -79,7 +79,8 @@ def raw_config(
             "var_dir": str(tmp_path_factory.mktemp("var")),
             "ledger": {"backend": "postgresql", "dsn_env": PG_ENV, "schema_prefix": f"cl{int(time.time()) % 10**6}"},
         },
-        ray={"address": cluster.address, "namespace": "pacsai-cluster"},
+        # the config, not the driver's environment, turns on Ray's token authentication
+        ray={"address": cluster.address, "namespace": "pacsai-cluster", "auth_token_file": str(cluster.token_file)},
         cluster={"cells": ["a", "b"], "stage_actors": 2, "start_timeout_s": 240},
         models={"chest_xray": chest},
         routing={"rules": [r for r in raw["routing"]["rules"] if r["family"] == "chest_xray"]},
@@ -95,7 +96,7 @@ class Up:
     """``pacsai up`` in a driver process on the cluster (the test process holds no Ray)."""
 
     def __init__(self, cluster: LocalRayCluster, raw: dict[str, Any], dsn: str) -> None:
-        self.driver = cluster.driver()
+        self.driver = cluster.driver(token=None)  # no token in its environment: the config has it
         self.driver.exec(
             f"import os, sys\nos.chdir({str(ROOT)!r})\nsys.path.insert(0, {str(ROOT)!r})\n"
             f"os.environ[{PG_ENV!r}] = {dsn!r}\n"
@@ -180,6 +181,9 @@ def _assert_exactly_once(ledger: Ledger, pacs: OrthancProcess, studies: list[tup
         states = ledger.intake.states(uid)
         assert len(states) == len(files), (uid, states)  # every acknowledged instance is held once
         assert {s.value for s in states.values()} == {"reported"}, (uid, states)
+        kinds = [e.type for e in ledger.audit.events(uid)]
+        # a study never runs twice, even with two actors of every stage leasing in each cell
+        assert (kinds.count("inferred"), kinds.count("sr_built"), kinds.count("sr_delivered")) == (1, 1, 1), kinds
         srs = [m["ID"] for m in pacs.instances_of_study(uid, modality="SR")]
         assert len(srs) == 1, (uid, srs)  # the PACS holds exactly one SR of the study
         assert str(dcmread(BytesIO(pacs.file(srs[0]))).SOPClassUID) == SR_CLASS
