@@ -208,11 +208,17 @@ class _Node:
     extra_env: dict[str, str | None] = field(default_factory=dict)
 
 
+def _roots(nodes: Iterable[_Node]) -> list[int]:
+    """PIDs of the nodes' ``ray start`` processes that are not reaped yet (alive or zombie), so that
+    none of them can have been reused by an unrelated process."""
+    return [node.process.pid for node in nodes if node.process is not None and node.process.returncode is None]
+
+
 class _PortAllocator:
     """Free TCP ports, never the same one twice within a cluster.
 
-    Single ports come from the kernel (bind to port 0); worker port ranges are picked below the
-    kernel's ephemeral range so outgoing connections never take them.
+    All are picked below the kernel's ephemeral range: a node restarts on its old ports, and a port
+    in that range may meanwhile have become the local end of some outgoing connection.
     """
 
     def __init__(self) -> None:
@@ -228,13 +234,7 @@ class _PortAllocator:
         return True
 
     def one(self) -> int:
-        while True:
-            with socket.socket() as s:
-                s.bind(("", 0))
-                port = int(s.getsockname()[1])
-            if port not in self._taken:
-                self._taken.add(port)
-                return port
+        return self.span(1)[0]
 
     def span(self, count: int) -> tuple[int, int]:
         low, high = 12000, _ephemeral_low() - count
@@ -430,7 +430,7 @@ class DriverProcess:
         try:
             line = self._replies.get(timeout=timeout)
         except queue.Empty:
-            self.close()
+            self.close(timeout=1)
             raise TimeoutError(f"the driver did not answer within {timeout} s:\n{code}\n{_tail(self.log)}") from None
         if not line:
             self._process.wait(timeout=30)
@@ -551,6 +551,7 @@ class LocalRayCluster:
         for index, spec in enumerate(specs):
             self._nodes[spec.name] = self._new_node(spec, head=index == 0, index=index)
         self._head_name = head.name
+        self._drivers: list[DriverProcess] = []
         self.timings: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------ addresses and environments
@@ -639,6 +640,10 @@ class LocalRayCluster:
         env.update(self._auth_env(node.token))
         if node.tls and self.tls is not None:
             env.update(self.tls.env())
+        if not node.head:
+            # Seconds (1 s a try) `ray start --address` waits for the GCS (Ray: 20): workers start
+            # with the head, and rejoin a restarting head.
+            env["RAY_gcs_server_port_wait_time_s"] = str(int(self._startup_timeout))
         if self.gcs_fault_tolerance:
             env["RAY_gcs_storage"] = "rocksdb"
             env["RAY_gcs_storage_path"] = str(self.root / "gcs")
@@ -726,12 +731,26 @@ class LocalRayCluster:
                 break
             if node.process.poll() is not None:
                 raise ClusterError(
-                    f"node {node.spec.name}: `ray start` exited with {node.process.returncode}:\n{_tail(node.log)}"
+                    f"node {node.spec.name}: `ray start` exited with {node.process.returncode}:\n{self._diagnose(node)}"
                 )
             if time.monotonic() > deadline:
-                raise ClusterError(f"node {node.spec.name} did not start in time:\n{_tail(node.log)}")
+                raise ClusterError(f"node {node.spec.name} did not start in time:\n{self._diagnose(node)}")
             time.sleep(0.05)
         node.node_id = self._read_node_id(node)
+
+    def _diagnose(self, node: _Node) -> str:
+        """The tail of a node's ``ray start`` output, then the errors its GCS and raylet logged."""
+        parts = [_tail(node.log)]
+        logs = node.temp_dir / "session_latest" / "logs"
+        for name in ("gcs_server.err", "gcs_server.out", "raylet.err", "raylet.out"):
+            path = logs / name
+            if path.exists():
+                errors = [
+                    line for line in path.read_text(errors="replace").splitlines() if " E " in line or " C " in line
+                ]
+                if errors:
+                    parts.append(f"--- {path}\n" + "\n".join(errors[-10:]))
+        return "\n".join(parts)
 
     def _read_node_id(self, node: _Node) -> str:
         raylet = self.raylet_pid(node.spec.name)
@@ -741,27 +760,16 @@ class LocalRayCluster:
                 return arg.split(b"=", 1)[1].decode()
         raise ClusterError(f"node {node.spec.name}: the raylet's command line has no --node_id")
 
-    def _wait_gcs_port(self, deadline: float) -> None:
-        head = self._nodes[self._head_name]
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.gcs_port), timeout=0.5):
-                return
-            if head.process is not None and head.process.poll() is not None:
-                raise ClusterError(f"the head exited with {head.process.returncode}:\n{_tail(head.log)}")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"the GCS did not listen on {self.gcs_port} in time:\n{_tail(head.log)}")
-            time.sleep(0.05)
-
     def _start_nodes(self, names: list[str]) -> None:
-        """Start the named nodes; the head (if named) first, workers as soon as its GCS listens."""
-        started = time.monotonic()
-        deadline = started + self._startup_timeout
+        """Start the named nodes all at once (a worker waits for the GCS, up to ``startup_timeout``)
+        and wait until each is registered.
+
+        Raises:
+            ClusterError: A node did not start; the named nodes are killed.
+        """
+        deadline = time.monotonic() + self._startup_timeout
         try:
-            if self._head_name in names:
-                self._spawn(self._nodes[self._head_name])
-                self._wait_gcs_port(deadline)
-            workers = [name for name in names if name != self._head_name]
-            for name in workers:
+            for name in names:
                 self._spawn(self._nodes[name])
             for name in names:
                 self._wait_started(self._nodes[name], deadline)
@@ -769,9 +777,6 @@ class LocalRayCluster:
             for name in names:
                 self._kill(self._nodes[name])
             raise
-        self._time(
-            "start " + ",".join(names) if len(names) < len(self._nodes) else "start cluster", time.monotonic() - started
-        )
 
     def start(self) -> LocalRayCluster:
         """Start every node and wait until each is registered with the GCS.
@@ -786,11 +791,13 @@ class LocalRayCluster:
             fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(self.auth_token)
+        started = time.monotonic()
         try:
             self._start_nodes(self.names)
         except BaseException:
             self.stop(keep_files=True)
             raise
+        self._time("start", time.monotonic() - started)
         return self
 
     # ------------------------------------------------------------ node ids and processes
@@ -849,8 +856,7 @@ class LocalRayCluster:
         """Live processes of one node (or of the whole cluster): ``ray start``, GCS, raylet, agents,
         workers."""
         nodes = [self._nodes[name]] if name is not None else list(self._nodes.values())
-        roots = [node.process.pid for node in nodes if node.process is not None]
-        return _processes(self._marker(name), roots)
+        return _processes(self._marker(name), _roots(nodes))
 
     def raylet_pid(self, name: str) -> int:
         """PID of a node's raylet (the ``raylet`` child of its ``ray start``).
@@ -866,8 +872,7 @@ class LocalRayCluster:
 
     # ------------------------------------------------------------ failures
     def _kill(self, node: _Node) -> None:
-        roots = [node.process.pid] if node.process is not None else []
-        _kill_all(self._marker(node.spec.name), roots)
+        _kill_all(self._marker(node.spec.name), _roots([node]))
         if node.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 node.process.wait(timeout=10)
@@ -894,12 +899,16 @@ class LocalRayCluster:
             KeyError: No such node.
             ClusterError: It is still running, or did not start.
         """
+        started = time.monotonic()
+        node_id = self._restart(name)
+        self._time("restart node", time.monotonic() - started)
+        return node_id
+
+    def _restart(self, name: str) -> str:
         node = self._nodes[name]
         if node.process is not None and node.process.poll() is None:
             raise ClusterError(f"node {name} is running; kill_node() it first")
-        started = time.monotonic()
         self._start_nodes([name])
-        self._time("restart node", time.monotonic() - started)
         return self.node_id(name)
 
     def add_node(
@@ -972,7 +981,10 @@ class LocalRayCluster:
         Raises:
             ClusterError: It is running, or did not start.
         """
-        return self.restart_node(self._head_name)
+        started = time.monotonic()
+        node_id = self._restart(self._head_name)
+        self._time("start head", time.monotonic() - started)
+        return node_id
 
     def restart_head(self) -> None:
         """Restart the head. With ``gcs_fault_tolerance`` only the head restarts and the workers
@@ -984,8 +996,8 @@ class LocalRayCluster:
         """
         started = time.monotonic()
         if self.gcs_fault_tolerance:
-            self.stop_head()
-            self.start_head()
+            self._kill(self._nodes[self._head_name])
+            self._restart(self._head_name)
         else:
             self._kill_everything()
             self._start_nodes(self.names)
@@ -1032,7 +1044,9 @@ class LocalRayCluster:
         """A :class:`DriverProcess` with this cluster's environment (``RAY_ADDRESS`` set, so
         ``ray.init()`` connects here); see :meth:`driver_env` for the arguments."""
         log = self.root / f"driver-{secrets.token_hex(3)}.log"
-        return DriverProcess(self.driver_env(token, tls), log)
+        driver = DriverProcess(self.driver_env(token, tls), log)
+        self._drivers.append(driver)
+        return driver
 
     def run_driver(
         self,
@@ -1055,8 +1069,7 @@ class LocalRayCluster:
 
     # ------------------------------------------------------------ stopping
     def _kill_everything(self) -> None:
-        roots = [node.process.pid for node in self._nodes.values() if node.process is not None]
-        _kill_all(self._marker(), roots)
+        _kill_all(self._marker(), _roots(self._nodes.values()))
         for node in self._nodes.values():
             if node.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -1064,14 +1077,17 @@ class LocalRayCluster:
             node.node_id = None
 
     def stop(self, keep_files: bool = False) -> None:
-        """SIGKILL every process of this cluster (found by marker and parentage, never by name),
-        check that none is left, and delete the cluster's directory (unless ``keep_files``, or the
+        """End the drivers :meth:`driver` started, SIGKILL every process of this cluster (found by
+        marker and parentage, never by name), check that none is left, and delete the cluster's directory (unless ``keep_files``, or the
         caller gave ``root``).
 
         Raises:
             ClusterError: A process survived.
         """
         started = time.monotonic()
+        for driver in self._drivers:
+            driver.close(timeout=10)
+        self._drivers.clear()
         self._kill_everything()
         left = self.pids()
         if left:
