@@ -217,8 +217,9 @@ def _roots(nodes: Iterable[_Node]) -> list[int]:
 class _PortAllocator:
     """Free TCP ports, never the same one twice within a cluster.
 
-    All are picked below the kernel's ephemeral range: a node restarts on its old ports, and a port
-    in that range may meanwhile have become the local end of some outgoing connection.
+    All are picked between 20000 and the kernel's ephemeral range: a node restarts on its old ports,
+    and a port in that range may meanwhile have become the local end of some outgoing connection;
+    below 20000 lies ``ray start``'s default worker port range (10002-19999) of other clusters.
     """
 
     def __init__(self) -> None:
@@ -237,7 +238,7 @@ class _PortAllocator:
         return self.span(1)[0]
 
     def span(self, count: int) -> tuple[int, int]:
-        low, high = 12000, _ephemeral_low() - count
+        low, high = 20000, _ephemeral_low() - count
         for _ in range(200):
             first = secrets.randbelow(high - low) + low
             ports = range(first, first + count)
@@ -547,6 +548,8 @@ class LocalRayCluster:
         self.gcs_port = self._ports.one()
         self.client_server_port = self._ports.one()
         self.dashboard_port = self._ports.one()
+        self.dashboard_metrics_port = self._ports.one()
+        self.autoscaler_metrics_port = self._ports.one()
         self._nodes: dict[str, _Node] = {}
         for index, spec in enumerate(specs):
             self._nodes[spec.name] = self._new_node(spec, head=index == 0, index=index)
@@ -640,7 +643,12 @@ class LocalRayCluster:
         env.update(self._auth_env(node.token))
         if node.tls and self.tls is not None:
             env.update(self.tls.env())
-        if not node.head:
+        if node.head:
+            # Prometheus ports of the head's dashboard and autoscaler processes (Ray: fixed 44227
+            # and 44217, which a second head on the same machine could not bind).
+            env["DASHBOARD_METRIC_PORT"] = str(self.dashboard_metrics_port)
+            env["AUTOSCALER_METRIC_PORT"] = str(self.autoscaler_metrics_port)
+        else:
             # Seconds (1 s a try) `ray start --address` waits for the GCS (Ray: 20): workers start
             # with the head, and rejoin a restarting head.
             env["RAY_gcs_server_port_wait_time_s"] = str(int(self._startup_timeout))
@@ -829,7 +837,8 @@ class LocalRayCluster:
 
     def ports(self, name: str) -> dict[str, int]:
         """The TCP ports a node listens on (worker ports: the first and last of its range); the head
-        adds ``gcs``, ``ray_client_server`` and ``dashboard`` (the dashboard is not started).
+        adds ``gcs``, ``ray_client_server``, ``dashboard`` (not listening: the dashboard UI is off)
+        and the Prometheus ports ``dashboard_metrics`` and ``autoscaler_metrics``.
 
         Raises:
             KeyError: No such node.
@@ -846,7 +855,13 @@ class LocalRayCluster:
             "max_worker": node.ports.max_worker,
         }
         if node.head:
-            ports.update(gcs=self.gcs_port, ray_client_server=self.client_server_port, dashboard=self.dashboard_port)
+            ports.update(
+                gcs=self.gcs_port,
+                ray_client_server=self.client_server_port,
+                dashboard=self.dashboard_port,
+                dashboard_metrics=self.dashboard_metrics_port,
+                autoscaler_metrics=self.autoscaler_metrics_port,
+            )
         return ports
 
     def _marker(self, name: str | None = None) -> str:
