@@ -7,8 +7,8 @@ directory is ``<its temp dir>/<the head's session name>``), its own ports and it
 (the node IP Ray picks, not a shared socket), and :meth:`LocalRayCluster.kill_node` takes a node down
 the way a power cut does (``SIGKILL`` to its raylet, agents and workers at once).
 
-Every process a node starts carries the environment variable ``PACSAI_RAYCLUSTER=<cluster>:<node>:``
-(workers inherit the raylet's environment). Kill and stop find a node's processes by it and by
+Every process a node starts carries the environment variable
+``PACSAI_RAYCLUSTER=<cluster>:<node>:<incarnation>`` (workers inherit the raylet's environment). Kill and stop find a node's processes by it and by
 parentage, never by name, so another Ray on the same machine (a test session's ``ray.init()``) is
 never touched; a global ``ray stop`` would kill it.
 
@@ -73,8 +73,8 @@ FAST_FAILURE_DETECTION: Mapping[str, str] = {
     "RAY_health_check_timeout_ms": "3000",
     "RAY_health_check_failure_threshold": "3",
 }
-"""GCS settings that mark a killed node dead in about 3 s instead of Ray's default ~15-30 s
-(period 3 s, threshold 5). The timeout stays generous so a node slowed by a busy CPU is not declared
+"""GCS settings that mark a killed node dead in about 3 s instead of ~15 s (Ray's defaults: a health
+check every 3 s, dead after 5 failures). The timeout stays generous so a node slowed by a busy CPU is not declared
 dead by mistake."""
 
 FAIL_FAST_CONNECT: Mapping[str, str] = {
