@@ -110,8 +110,19 @@ def ray_security_env(cfg: AppConfig) -> dict[str, str]:
 
 
 def _secure(cfg: AppConfig) -> None:
-    """Apply ``ray_security_env`` to this process before it talks to Ray."""
-    os.environ.update(ray_security_env(cfg))
+    """Apply ``ray_security_env`` to this process before it talks to Ray.
+
+    Ray reads its settings into a cached config when it is imported, so they are refreshed here,
+    as Ray's own ``_enable_token_auth`` does, and the token cache is reset.
+    """
+    env = ray_security_env(cfg)
+    if not env:
+        return
+    os.environ.update(env)
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def ensure_ray(cfg: AppConfig) -> None:

@@ -22,7 +22,7 @@ from demo.raycluster import LocalRayCluster
 from tests.cluster.harness import DEFAULT_WORKERS, require_ray_cli, worker_specs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(request: pytest.FixtureRequest) -> Iterator[LocalRayCluster]:
     """A head (2 logical CPUs, no custom resources) and the worker nodes of
     :data:`~tests.cluster.harness.DEFAULT_WORKERS` (or of ``request.param``), token auth on.
