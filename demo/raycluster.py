@@ -49,11 +49,11 @@ from typing import Any
 
 __all__ = [
     "CLUSTER_TOKEN",
-    "FAIL_FAST_CONNECT",
-    "FAST_FAILURE_DETECTION",
     "ClusterError",
     "DriverError",
     "DriverProcess",
+    "FAIL_FAST_CONNECT",
+    "FAST_FAILURE_DETECTION",
     "LocalRayCluster",
     "NodeSpec",
     "RayTls",
