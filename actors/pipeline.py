@@ -310,8 +310,8 @@ class Pipeline:
         spools = CellSpools(self.cfg.site_name, self.cfg.ray.namespace, layout.spool) if cell else None
         per_stage = self.cfg.cluster.stage_actors if self.cfg.cluster is not None else 1
         out: dict[str, Any] = {
-            _key(cell, "listener"): ListenerActor.options(
-                **self._options("listener", 0, cell), max_concurrency=4
+            _key(cell, "listener", index): ListenerActor.options(
+                **self._options("listener", 0, cell, index), max_concurrency=4
             ).remote(
                 self.cfg.listener,
                 storage,
@@ -319,7 +319,8 @@ class Pipeline:
                 key,
                 self.cfg.logging.level,
                 self.cfg.assembly,
-            ),
+            )
+            for index in range(self.cfg.listener.instances)
         }
         stages: dict[str, tuple[Any, float, Any]] = {
             "assembler": (

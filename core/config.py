@@ -107,7 +107,20 @@ class ListenerConfig(_Model):
     max_pdu_size: int = Field(default=0, ge=0, description="Maximum PDU we receive; 0 means unlimited (fastest)")
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout")
     max_associations: int = Field(default=16, ge=1, description="Concurrent associations")
+    instances: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Listener actors on each ingress node sharing the port (SO_REUSEPORT: the "
+        "kernel spreads associations over them); more than 1 needs a fixed port",
+    )
     tls: TlsConfig | None = Field(default=None, description="Accept only TLS if set")
+
+    @model_validator(mode="after")
+    def _shared_port_is_fixed(self) -> ListenerConfig:
+        if self.instances > 1 and self.port == 0:
+            raise ValueError(f"instances {self.instances} share one port: set a fixed port, not 0")
+        return self
 
 
 class PacsConfig(_Model):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import socket
+import threading
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +36,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from actors.adapters.clock import SystemClock
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
@@ -76,6 +79,23 @@ STATUS_UNEXPECTED = 0xC211
 def _safe_name(uid: str) -> str:
     """A file-system-safe name for a UID (hash anything that is not a plain UID)."""
     return uid if _UID.match(uid) and ".." not in uid else "x-" + hashlib.sha1(uid.encode()).hexdigest()
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """An association server whose socket shares its port with the other listener processes of
+    this node (``SO_REUSEPORT``): the kernel spreads new associations over them."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def _serve_sharing_port(ae: AE, address: tuple[str, int], handlers: list[Any], ssl_ctx: Any) -> Any:
+    """``AE.start_server(block=False)`` with a ``SO_REUSEPORT`` socket (pynetdicom's own
+    ``make_server`` with our server class, served on a daemon thread as it does)."""
+    server = ae.make_server(address, evt_handlers=handlers, ssl_context=ssl_ctx, server_class=_SharedPortServer)
+    threading.Thread(target=server.serve_forever, name="AcceptorServer-shared", daemon=True).start()
+    return server
 
 
 class Listener:
@@ -146,18 +166,18 @@ class Listener:
         ae.require_called_aet = self._cfg.check_called_ae_title
         ae.require_calling_aet = list(self._cfg.allowed_calling_ae_titles)
         ssl_ctx = server_context(self._cfg.tls) if self._cfg.tls else None
-        self._server = ae.start_server(
-            (self._cfg.host, self._cfg.port),
-            block=False,
-            evt_handlers=[
-                (evt.EVT_C_STORE, self.handle_store),
-                (evt.EVT_N_CREATE, self.evidence.handle_n_create),
-                (evt.EVT_N_SET, self.evidence.handle_n_set),
-                (evt.EVT_CONN_OPEN, self._bound_reads),
-                (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes),
-            ],
-            ssl_context=ssl_ctx,
-        )
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_N_CREATE, self.evidence.handle_n_create),
+            (evt.EVT_N_SET, self.evidence.handle_n_set),
+            (evt.EVT_CONN_OPEN, self._bound_reads),
+            (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes),
+        ]
+        address = (self._cfg.host, self._cfg.port)
+        if self._cfg.instances > 1:  # several listener processes share the port
+            self._server = _serve_sharing_port(ae, address, handlers, ssl_ctx)
+        else:
+            self._server = ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=ssl_ctx)
         logger.info("listener %s on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
 
     def _bound_reads(self, event: Any) -> None:

@@ -175,3 +175,10 @@ def test_cluster_config_errors_name_the_field(raw, expected):
     with pytest.raises(ConfigError) as info:
         parse_config(raw, "site.yaml")
     assert expected in str(info.value)
+
+
+def test_listeners_sharing_a_port_need_a_fixed_port():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"listener": {"instances": 2, "port": 0}}, "site.yaml")
+    assert "listener: got dict; expected instances 2 share one port: set a fixed port, not 0" in str(info.value)
+    assert parse_config({"listener": {"instances": 2, "port": 11112}}).listener.instances == 2
