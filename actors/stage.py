@@ -210,7 +210,8 @@ def configure_logging(level: str) -> None:
 
 
 def _ray_actor_name(cell: str) -> str:
-    """This actor's Ray name from its cell on (``a-validator-1``), or ``''`` outside an actor."""
+    """This actor's name as the pipeline and the supervisor know it (``a/validator-1`` for the
+    Ray actor ``<site>-a-validator-1``), or ``''`` outside an actor."""
     import ray  # only actors call this, inside a Ray worker
 
     try:
@@ -218,7 +219,7 @@ def _ray_actor_name(cell: str) -> str:
     except RuntimeError:  # not in a Ray actor (unit tests of a shell)
         return ""
     marker = f"-{cell}-"
-    return name[name.index(marker) + 1 :] if marker in name else ""
+    return f"{cell}/{name[name.index(marker) + len(marker) :]}" if marker in name else ""
 
 
 class ActorShell:
@@ -235,7 +236,7 @@ class ActorShell:
     def _open_ledger(self, storage: StorageConfig, log_level: str = "INFO") -> Ledger:
         configure_logging(log_level)
         if storage.cell:  # a cluster runs one per cell (and per index): health rows apart
-            self.name = _ray_actor_name(storage.cell) or f"{storage.cell}-{self.name}"
+            self.name = _ray_actor_name(storage.cell) or f"{storage.cell}/{self.name}"
         self._clock = SystemClock()
         self._loops: list[Loop] = []
         self._ledger = open_ledger(storage)

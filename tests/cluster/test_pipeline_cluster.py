@@ -200,6 +200,8 @@ def test_each_cell_runs_on_its_ingress_node_and_every_study_gives_one_sr(
         elif name.startswith("cl-b-"):
             assert node == ids["ingress-b"], (name, node)
     assert {"cl-a-listener", "cl-a-validator", "cl-a-validator-1", "cl-b-listener", "cl-b-delivery-1"} <= set(placed)
+    names = up.driver.eval("[(k, h.actor) for k, h in pipeline.health().items()]")
+    assert all(key == actor for key, actor in names), names  # health rows name actors as the pipeline does
 
     studies = _studies(tmp_path, 100, 5)
     port_a, port_b = up.port("a"), up.port("b")
