@@ -226,11 +226,13 @@ def test_the_pipeline_survives_a_postgres_restart(pg, tmp_path, orthanc, make_pi
 
         up = restart(pg)
         acked: list[float] = []
+        partial = False  # an attempt taken in part while the server came back
         while not acked and time.monotonic() - up < 60:
             statuses, _ = timed_send(two_files, pipeline.listener_port())
             if statuses == [0x0000] * len(two_files):
                 acked.append(time.monotonic() - up)
             else:  # a sender retries what was refused
+                partial = partial or 0x0000 in statuses
                 time.sleep(0.5)
         assert acked, statuses
         assert wait_for_delivered(ledger, [uid1, uid2], 180), ledger.status.report(time.time())
@@ -248,7 +250,10 @@ def test_the_pipeline_survives_a_postgres_restart(pg, tmp_path, orthanc, make_pi
         time.sleep(2.0)
         for uid, datasets in ((uid1, one), (uid2, two)):
             jobs = ledger.jobs.for_study(uid)
-            assert [j.state.value for j in jobs] == ["delivered"], (uid, jobs)
+            # A study taken in part may have been completed on its first instances; the rest then
+            # opened a newer version and superseded it, never two reports.
+            superseded = ["skipped"] * (len(jobs) - 1) if uid == uid2 and partial else []
+            assert [j.state.value for j in jobs] == [*superseded, "delivered"], (uid, partial, jobs)
             states = ledger.intake.states(uid)
             assert states == {str(d.SOPInstanceUID): "reported" for d in datasets}
             events = Counter(e.type for e in ledger.audit.events(uid))
