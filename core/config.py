@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.api_config import ApiConfig, DicomwebDestinationConfig
 from core.errors import ConfigError
 from core.placement import CELL_PATTERN, ClusterConfig
 
@@ -132,6 +133,18 @@ class PacsConfig(_Model):
     calling_ae_title: str = Field(default="PACSAI", pattern=AE_TITLE, description="Our AE title when we call the PACS")
     timeout_s: float = Field(default=30.0, gt=0, description="Connect and DIMSE timeout")
     tls: TlsConfig | None = Field(default=None, description="Use TLS to the PACS if set")
+    deliver_by: Literal["dimse", "dicomweb"] = Field(
+        default="dimse", description="How results reach the PACS: C-STORE, or STOW-RS to `dicomweb`"
+    )
+    dicomweb: DicomwebDestinationConfig | None = Field(
+        default=None, description="The PACS's DICOMweb service (STOW-RS delivery)"
+    )
+
+    @model_validator(mode="after")
+    def _dicomweb_needs_its_url(self) -> PacsConfig:
+        if self.deliver_by == "dicomweb" and self.dicomweb is None:
+            raise ValueError("pacs.dicomweb: missing; expected the DICOMweb URL when deliver_by is dicomweb")
+        return self
 
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -754,6 +767,9 @@ class AppConfig(_Model):
     ehr: EhrConfig | None = Field(default=None, description="Results to the EHR; off unless set")
     cluster: ClusterConfig | None = Field(
         default=None, description="Ingress cells of a multi-node Ray cluster; unset: one machine"
+    )
+    api: ApiConfig | None = Field(
+        default=None, description="HTTPS REST and DICOMweb API (Ray Serve ingress); off unless set"
     )
 
     @model_validator(mode="after")

@@ -161,6 +161,12 @@ class AuditEventType(enum.StrEnum):
     """The FHIR endpoint accepted a DiagnosticReport."""
     EHR_REPORT_FAILED = "ehr_report_failed"
     """The FHIR endpoint refused a DiagnosticReport (retried, or dead when retries ran out)."""
+    API_REQUEST = "api_request"
+    """An HTTP request to the API: who (the subject, never the token), what, and its status."""
+    API_TOKEN_CREATED = "api_token_created"
+    """An API token was issued: its id, subject, scopes and expiry (never the secret)."""
+    API_TOKEN_REVOKED = "api_token_revoked"
+    """An API token was revoked."""
 
 
 @dataclass(frozen=True, slots=True)

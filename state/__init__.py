@@ -8,6 +8,7 @@
 - ``ledger``: the ledger's repositories (``open_ledger``).
 - ``context_store``: the HL7 bridge's context store (inbox, FHIR resources; PHI).
 - ``ehr_outbox``: FHIR report Bundles waiting for the EHR (PHI).
+- ``spool``: the durable intake (C-STORE and STOW-RS): spool file + ledger record.
 
 Depends on ``core`` only (an import-linter contract): no Ray, no sockets, no actors.
 """
@@ -24,5 +25,6 @@ __all__ = [
     "ledger",
     "migrate",
     "postgres",
+    "spool",
     "sqlite",
 ]

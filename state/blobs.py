@@ -26,7 +26,7 @@ from core.records import BlobRef
 from state.db import Database
 from state.files import durable_write
 
-__all__ = ["BlobStore", "DatabaseBlobStore", "Blobs"]
+__all__ = ["BlobStore", "Blobs", "DatabaseBlobStore"]
 
 JSON = "application/json"
 

@@ -17,23 +17,15 @@ raises; every failure becomes an explicit DIMSE status (PS3.4 Annex B.2.3):
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import socket
 import threading
-import zlib
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import read_dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -42,19 +34,13 @@ from actors.adapters.clock import SystemClock
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
 from actors.adapters.query_retrieve import tcp_nodelay
 from actors.adapters.tls import client_context, server_context
-from core.audit import AuditEvent
-from core.completeness import CompletenessPolicy
 from core.config import AssemblyConfig, ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
-from core.identifiers import hash_identifier
-from core.ledger import RecordResult
-from core.part10 import part10_header
 from core.pixels import NATIVE_SYNTAXES, decode_plugins
 from core.ports import Clock
-from core.types import AuditEventType, InstanceMeta
-from core.validation import NON_PATIENT_SOP_CLASSES, attribute_text
-from state.files import check_free_space, durable_write, publish, write_temp
+from core.validation import NON_PATIENT_SOP_CLASSES
 from state.ledger import Ledger
+from state.spool import SpoolIntake, read_preamble_and_meta
 
 __all__ = [
     "DimsePacsClient",
@@ -67,18 +53,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UID = re.compile(r"^[0-9.]{1,64}$")
-_LAST_RECORDED_TAG = 0x0020000E
-"""Series Instance UID: every attribute the ledger records comes before it."""
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_UNEXPECTED = 0xC211
-
-
-def _safe_name(uid: str) -> str:
-    """A file-system-safe name for a UID (hash anything that is not a plain UID)."""
-    return uid if _UID.match(uid) and ".." not in uid else "x-" + hashlib.sha1(uid.encode()).hexdigest()
 
 
 class _SharedPortServer(ThreadedAssociationServer):
@@ -126,19 +104,24 @@ class Listener:
                 schedules the assembler instead of ``quiet_period_s``.
         """
         self._cfg = cfg
-        self._spool = spool_dir
-        self._rejected = rejected_dir
-        self._ledger = ledger
-        self._quiet = quiet_period_s
         self._clock = clock or SystemClock()
-        self._hash_key = hash_key
-        self._policy = CompletenessPolicy(assembly) if assembly is not None else None
         self._server: Any = None
         self._actor = f"listener:{cfg.ae_title}"
         self.received = 0
         self.failed = 0
         self.last_received_at = 0.0
-        self._writer = ThreadPoolExecutor(max_workers=cfg.max_associations, thread_name_prefix="spool")
+        self.intake = SpoolIntake(
+            spool_dir,
+            rejected_dir,
+            ledger,
+            quiet_period_s,
+            self._clock,
+            hash_key,
+            actor=self._actor,
+            min_free_bytes=cfg.min_free_bytes,
+            workers=cfg.max_associations,
+            assembly=assembly,
+        )
         self.evidence = EvidenceScp(ledger, self._actor, self._clock)
 
     @property
@@ -206,18 +189,19 @@ class Listener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        self._writer.shutdown(wait=True)
+        self.intake.close()
 
     def handle_store(self, event: Any) -> int:
         """EVT_C_STORE handler: make the instance durable, then answer. Never raises."""
         try:
-            status = self.ingest(
+            self.intake.ingest(
                 sop_uid=str(event.request.AffectedSOPInstanceUID or ""),
                 sop_class=str(event.request.AffectedSOPClassUID or ""),
                 dataset=event.encoded_dataset(include_meta=False),
                 transfer_syntax=str(event.context.transfer_syntax),
                 calling_ae=str(event.assoc.requestor.ae_title).strip(),
             )
+            status = STATUS_SUCCESS
         except OutOfResources as exc:
             logger.warning("C-STORE refused, out of resources: %s", exc)
             status = STATUS_OUT_OF_RESOURCES
@@ -240,143 +224,15 @@ class Listener:
             self.failed += 1
         return status
 
-    def ingest(self, sop_uid: str, sop_class: str, dataset: bytes, transfer_syntax: str, calling_ae: str) -> int:
-        """Make one received instance durable and record it; return the DIMSE status.
-
-        The file (Part 10 header + the data set exactly as received) is written and fsynced
-        in a worker thread while this thread hashes and parses it; the OS calls and hashlib
-        release the GIL, so the work overlaps. Success is returned only after the rename,
-        the directory fsync and the ledger commit.
-
-        Args:
-            sop_uid: Affected SOP Instance UID from the C-STORE request.
-            sop_class: Affected SOP Class UID from the C-STORE request.
-            dataset: The data set as received (no file meta).
-            transfer_syntax: The presentation context's transfer syntax.
-            calling_ae: The sender's AE title.
-
-        Raises:
-            OutOfResources: The spool disk is below its floor or full.
-            RejectedInput: The data set cannot be parsed (audited, bytes kept aside).
-            DependencyUnavailable: The ledger cannot be read or cannot commit the record.
-        """
-        now = self._clock.now()
-        check_free_space(self._spool, self._cfg.min_free_bytes)
-        header = part10_header(sop_class, sop_uid, transfer_syntax, calling_ae)
-        duplicate = self._ledger.intake.has_instance(sop_uid)
-        writing = None
-        if not duplicate:
-            writing = self._writer.submit(write_temp, self._spool / ".incoming", _safe_name(sop_uid), [header, dataset])
-        digest = hashlib.sha256(header)
-        digest.update(dataset)
-        try:
-            ds = self._parse_header(dataset, transfer_syntax, sop_uid)
-        except RejectedInput as exc:
-            self._reject(writing, header, dataset, digest.hexdigest(), sop_uid, calling_ae, now, exc.reason)
-            raise
-        size = len(header) + len(dataset)
-        meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
-        if writing is not None:
-            publish(writing.result(), Path(meta.path))
-        quiet = self._policy.quiet_period_for(calling_ae, [meta.modality]) if self._policy else self._quiet
-        result = self._ledger.intake.record(meta, now, now + quiet, self._actor)
-        if result is RecordResult.DUPLICATE:
-            logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
-        return STATUS_SUCCESS
-
     def ingest_file(self, raw: bytes, calling_ae: str) -> int:
-        """Ingest a whole DICOM Part 10 file (e.g. from STOW-RS or a test) as if C-STOREd.
+        """Ingest a whole DICOM Part 10 file (e.g. from a test) as if C-STOREd; the status.
 
         Raises:
             OutOfResources: The spool disk is below its floor or full.
             RejectedInput: The file meta or the data set cannot be parsed.
         """
-        try:
-            fp = BytesIO(raw)
-            meta = read_preamble_and_meta(fp)
-        except Exception as exc:  # an unreadable header is "cannot understand"
-            raise RejectedInput(f"file meta cannot be parsed: {type(exc).__name__}: {exc}") from exc
-        return self.ingest(
-            str(meta.get("MediaStorageSOPInstanceUID", "")),
-            str(meta.get("MediaStorageSOPClassUID", "")),
-            raw[fp.tell() :],
-            str(meta.get("TransferSyntaxUID", "")),
-            calling_ae,
-        )
-
-    @staticmethod
-    def _parse_header(dataset: bytes, transfer_syntax: str, sop_uid: str) -> Dataset:
-        """Parse the data set up to the attributes the ledger records (Series Instance UID)."""
-        try:
-            if transfer_syntax == DeflatedExplicitVRLittleEndian:
-                dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
-            return read_dataset(
-                BytesIO(dataset),
-                is_implicit_VR=transfer_syntax == ImplicitVRLittleEndian,
-                is_little_endian=transfer_syntax != ExplicitVRBigEndian,
-                stop_when=lambda tag, _vr, _length: tag > _LAST_RECORDED_TAG,
-            )
-        except Exception as exc:  # any parser failure means "cannot understand"
-            reason = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"
-            raise RejectedInput(reason, sop_uid) from exc
-
-    def _reject(
-        self,
-        writing: Future[Path] | None,
-        header: bytes,
-        dataset: bytes,
-        digest: str,
-        sop_uid: str,
-        calling_ae: str,
-        now: float,
-        reason: str,
-    ) -> None:
-        """Keep unparseable data aside for inspection and audit the rejection."""
-        kept = self._rejected / f"{digest}.dcm"
-        if writing is not None:
-            publish(writing.result(), kept)
-        else:
-            durable_write(kept, header + dataset)
-        event = AuditEvent(
-            AuditEventType.INSTANCE_REJECTED,
-            self._actor,
-            sop_instance_uid=sop_uid,
-            detail={"reason": reason, "calling_ae": calling_ae, "sha256": digest},
-        )
-        self._ledger.audit.append([event], now)
-
-    def _meta(
-        self,
-        ds: Dataset,
-        sop_uid: str,
-        sop_class: str,
-        transfer_syntax: str,
-        digest: str,
-        size: int,
-        calling_ae: str,
-        now: float,
-    ) -> InstanceMeta:
-        # attribute_text never raises: invalid values are filed here and flagged by the validator.
-        study = attribute_text(ds, "StudyInstanceUID") or f"unknown-study:{sop_uid}"
-        series = attribute_text(ds, "SeriesInstanceUID") or f"unknown-series:{sop_uid}"
-        path = self._spool / _safe_name(study) / f"{_safe_name(sop_uid)}.dcm"
-        return InstanceMeta(
-            sop_instance_uid=sop_uid,
-            sop_class_uid=sop_class,
-            study_instance_uid=study,
-            series_instance_uid=series,
-            modality=attribute_text(ds, "Modality"),
-            transfer_syntax_uid=transfer_syntax,
-            path=str(path),
-            sha256=digest,
-            size=size,
-            received_at=now,
-            calling_ae=calling_ae,
-            body_part=attribute_text(ds, "BodyPartExamined"),
-            series_description=attribute_text(ds, "SeriesDescription"),
-            patient_key=hash_identifier(attribute_text(ds, "PatientID"), self._hash_key),
-            accession_key=hash_identifier(attribute_text(ds, "AccessionNumber"), self._hash_key),
-        )
+        self.intake.ingest_file(raw, calling_ae)
+        return STATUS_SUCCESS
 
 
 def _syntax_rank(uid: str) -> int:
@@ -413,20 +269,6 @@ def storage_sop_classes() -> list[str]:
     accepted through ``UNRESTRICTED_STORAGE_SERVICE``."""
     uids = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     return uids + [u for u in sorted(NON_PATIENT_SOP_CLASSES) if u not in uids]
-
-
-def read_preamble_and_meta(fp: BytesIO) -> FileMetaDataset:
-    """Read the preamble and File Meta Information; leave ``fp`` at the data set.
-
-    Raises:
-        ValueError: The file has no Part 10 header (PS3.10 7.1).
-    """
-    meta = dcmread(fp, stop_before_pixels=True, specific_tags=[]).file_meta
-    length = meta.get("FileMetaInformationGroupLength")
-    if length is None:
-        raise ValueError("no File Meta Information Group Length (0002,0000)")
-    fp.seek(128 + 4 + 12 + int(length))  # preamble, "DICM", the group length element
-    return meta
 
 
 @dataclass(frozen=True, slots=True)

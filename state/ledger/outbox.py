@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from core.audit import AuditEvent
 from core.ledger import QueueOutbox, WithdrawOutbox
@@ -11,7 +12,7 @@ from core.versions import VersionState
 from state.db import Database, Row, Tx
 from state.ledger.audit import append_events
 
-__all__ = ["Outbox", "apply_queue", "apply_withdraw"]
+__all__ = ["Outbox", "PublishedResult", "apply_queue", "apply_withdraw"]
 
 _COLUMNS = (
     "o.item_id, o.job_id, o.sop_instance_uid, o.sop_class_uid, o.series_uid, o.kind, o.family,"
@@ -38,6 +39,19 @@ def apply_withdraw(tx: Tx, job_id: int, effect: WithdrawOutbox) -> None:
         "UPDATE outbox SET state = ? WHERE job_id = ? AND family = ? AND state = ?",
         (DeliveryState.SUPERSEDED.value, job_id, effect.family, DeliveryState.PENDING.value),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedResult:
+    """A result object of ours that DICOMweb clients may find and read (QIDO-RS / WADO-RS)."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    kind: OutputKind
+    path: str
+    created_at: float
 
 
 def _entry(row: Row) -> OutboxEntry:
@@ -76,6 +90,48 @@ class Outbox:
             sql, args = sql + " AND o.state = ?", [*args, state.value]
         with self._db.read() as tx:
             return [_entry(r) for r in tx.all(sql + " ORDER BY o.item_id", args)]
+
+    def published(
+        self,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        kind: OutputKind | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[PublishedResult]:
+        """Our result objects, newest study first: every written SR and Parametric Map that was
+        not superseded (pending or delivered), narrowed by the UIDs given."""
+        where, args = ["o.state != ?"], [DeliveryState.SUPERSEDED.value]
+        for column, value in (
+            ("j.study_uid", study_uid),
+            ("o.series_uid", series_uid),
+            ("o.sop_instance_uid", sop_instance_uid),
+            ("o.kind", kind.value if kind is not None else None),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = (
+            "SELECT j.study_uid, o.series_uid, o.sop_instance_uid, o.sop_class_uid, o.kind, o.path,"
+            " o.created_at FROM outbox o JOIN jobs j ON j.job_id = o.job_id WHERE "
+            + " AND ".join(where)
+            + " ORDER BY o.created_at DESC, o.item_id DESC LIMIT ? OFFSET ?"
+        )
+        with self._db.read() as tx:
+            rows = tx.all(sql, [*args, limit, offset])
+        return [
+            PublishedResult(
+                r["study_uid"],
+                r["series_uid"],
+                r["sop_instance_uid"],
+                r["sop_class_uid"],
+                OutputKind(r["kind"]),
+                r["path"],
+                float(r["created_at"]),
+            )
+            for r in rows
+        ]
 
     def mark_delivered(self, item_id: int, now: float, event: AuditEvent) -> None:
         """Record that the PACS answered success for one item, with its audit event; an SR's

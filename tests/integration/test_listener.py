@@ -70,13 +70,13 @@ def test_echo_and_store_are_durable_and_byte_identical(listener):
     assert res.returncode == 0, res.stderr
     ds = dcmread(src)
     assert ledger.intake.has_instance(ds.SOPInstanceUID)
-    [spooled] = (Path(lst._spool) / ds.StudyInstanceUID).glob("*.dcm")
+    [spooled] = (lst.intake.spool_dir / ds.StudyInstanceUID).glob("*.dcm")
     # storescu sends the file's data set as stored, except that dcmtk drops the trailing
     # (FFFC,FFFC) Data Set Trailing Padding this test file ends with.
     sent = _dataset_bytes(src.read_bytes())
     sent = sent[: sent.rfind(b"\xfc\xff\xfc\xff")] if b"\xfc\xff\xfc\xff" in sent[-200:] else sent
     assert _dataset_bytes(spooled.read_bytes()) == sent
-    assert not list(Path(lst._spool).rglob("*.part"))  # no temp file left behind
+    assert not list(lst.intake.spool_dir.rglob("*.part"))  # no temp file left behind
 
 
 def test_resent_instance_is_acknowledged_once(listener):

@@ -1,0 +1,294 @@
+"""The durable intake: one received instance made durable in the spool and recorded in the ledger.
+
+Both doors use it: the C-STORE SCP (``actors.adapters.dimse.Listener``) and STOW-RS
+(``api.dicomweb``). The contract is the same for both (DESIGN.md, "Durability"): success only
+after the bytes are written, fsynced, renamed into place, the directory fsynced and the ledger
+row committed; a SOP Instance UID already held is acknowledged and not processed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from core.audit import AuditEvent
+from core.completeness import CompletenessPolicy
+from core.config import AssemblyConfig
+from core.errors import RejectedInput
+from core.identifiers import hash_identifier
+from core.ledger import RecordResult
+from core.part10 import part10_header
+from core.ports import Clock
+from core.types import AuditEventType, InstanceMeta
+from core.validation import attribute_text
+from state.files import check_free_space, durable_write, publish, write_temp
+from state.ledger import Ledger
+
+__all__ = ["Ingested", "SpoolIntake", "StudyMismatch", "read_preamble_and_meta", "safe_name"]
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9.]{1,64}$")
+_LAST_RECORDED_TAG = 0x0020000E
+"""Series Instance UID: every attribute the ledger records comes before it."""
+
+
+def safe_name(uid: str) -> str:
+    """A file-system-safe name for a UID (hash anything that is not a plain UID).
+
+    >>> safe_name("1.2.3"), safe_name("../etc")[:2]
+    ('1.2.3', 'x-')
+    """
+    return uid if _UID.match(uid) and ".." not in uid else "x-" + hashlib.sha1(uid.encode()).hexdigest()
+
+
+class StudyMismatch(RejectedInput):
+    """A STOW-RS instance posted to ``/studies/{study}`` belongs to another study (PS3.18
+    10.5.3: Failure Reason 0xA900); nothing was stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What the intake did with one instance."""
+
+    meta: InstanceMeta
+    duplicate: bool
+    """The SOP Instance UID was already held: acknowledged, not processed again."""
+
+
+def read_preamble_and_meta(fp: BytesIO) -> FileMetaDataset:
+    """Read the preamble and File Meta Information; leave ``fp`` at the data set.
+
+    Raises:
+        ValueError: The file has no Part 10 header (PS3.10 7.1).
+    """
+    meta = dcmread(fp, stop_before_pixels=True, specific_tags=[]).file_meta
+    length = meta.get("FileMetaInformationGroupLength")
+    if length is None:
+        raise ValueError("no File Meta Information Group Length (0002,0000)")
+    fp.seek(128 + 4 + 12 + int(length))  # preamble, "DICM", the group length element
+    return meta
+
+
+class SpoolIntake:
+    """Writes received instances into one cell's spool and records them in its ledger."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        rejected_dir: Path,
+        ledger: Ledger,
+        quiet_period_s: float,
+        clock: Clock,
+        hash_key: bytes,
+        *,
+        actor: str,
+        min_free_bytes: int,
+        workers: int = 4,
+        assembly: AssemblyConfig | None = None,
+    ) -> None:
+        """Prepare the intake.
+
+        Args:
+            spool_dir: Where received instances are kept.
+            rejected_dir: Where unparseable data is kept for inspection.
+            ledger: The ledger of this process.
+            quiet_period_s: Study quiet period, to schedule the assembler.
+            clock: Wall clock.
+            hash_key: Key for hashed patient identifiers.
+            actor: Who records (audit): ``listener:<AE>`` or ``stow-rs``.
+            min_free_bytes: Below this much free space on the spool disk, refuse (0xA700).
+            workers: Threads writing files while the caller parses.
+            assembly: Per-sender completion rules; when given, a sender's own quiet period
+                schedules the assembler instead of ``quiet_period_s``.
+        """
+        self._spool = spool_dir
+        self._rejected = rejected_dir
+        self._ledger = ledger
+        self._quiet = quiet_period_s
+        self._clock = clock
+        self._hash_key = hash_key
+        self._actor = actor
+        self._min_free = min_free_bytes
+        self._policy = CompletenessPolicy(assembly) if assembly is not None else None
+        self._writer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spool")
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where received instances are kept."""
+        return self._spool
+
+    def close(self) -> None:
+        """Wait for the file writes in progress."""
+        self._writer.shutdown(wait=True)
+
+    def ingest(
+        self,
+        sop_uid: str,
+        sop_class: str,
+        dataset: bytes,
+        transfer_syntax: str,
+        calling_ae: str,
+        expected_study: str | None = None,
+        actor: str | None = None,
+    ) -> Ingested:
+        """Make one received instance durable and record it.
+
+        The file (Part 10 header + the data set exactly as received) is written and fsynced
+        in a worker thread while this thread hashes and parses it; the OS calls and hashlib
+        release the GIL, so the work overlaps. It returns only after the rename, the directory
+        fsync and the ledger commit.
+
+        Args:
+            sop_uid: Affected SOP Instance UID (C-STORE request, or the file meta).
+            sop_class: Affected SOP Class UID.
+            dataset: The data set as received (no file meta).
+            transfer_syntax: Its transfer syntax.
+            calling_ae: The sender (AE title, or ``stow:<subject>``).
+            expected_study: STOW-RS to ``/studies/{study}``: the study it must belong to.
+            actor: Who sent it, for the audit (default: this intake's actor).
+
+        Raises:
+            OutOfResources: The spool disk is below its floor or full.
+            RejectedInput: The data set cannot be parsed (audited, bytes kept aside).
+            StudyMismatch: ``expected_study`` is given and differs (nothing stored).
+            DependencyUnavailable: The ledger cannot be read or cannot commit the record.
+        """
+        now = self._clock.now()
+        check_free_space(self._spool, self._min_free)
+        header = part10_header(sop_class, sop_uid, transfer_syntax, calling_ae)
+        duplicate = self._ledger.intake.has_instance(sop_uid)
+        writing = None
+        if not duplicate:
+            writing = self._writer.submit(write_temp, self._spool / ".incoming", safe_name(sop_uid), [header, dataset])
+        digest = hashlib.sha256(header)
+        digest.update(dataset)
+        try:
+            ds = self._parse_header(dataset, transfer_syntax, sop_uid)
+        except RejectedInput as exc:
+            self._reject(writing, header, dataset, digest.hexdigest(), sop_uid, calling_ae, now, exc.reason)
+            raise
+        size = len(header) + len(dataset)
+        meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
+        if expected_study is not None and meta.study_instance_uid != expected_study:
+            if writing is not None:
+                writing.result().unlink(missing_ok=True)
+            raise StudyMismatch(f"instance belongs to study {meta.study_instance_uid}, not {expected_study}", sop_uid)
+        if writing is not None:
+            publish(writing.result(), Path(meta.path))
+        quiet = self._policy.quiet_period_for(calling_ae, [meta.modality]) if self._policy else self._quiet
+        result = self._ledger.intake.record(meta, now, now + quiet, actor or self._actor)
+        if result is RecordResult.DUPLICATE:
+            logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
+        return Ingested(meta, result is RecordResult.DUPLICATE)
+
+    def ingest_file(
+        self, raw: bytes, calling_ae: str, expected_study: str | None = None, actor: str | None = None
+    ) -> Ingested:
+        """Ingest a whole DICOM Part 10 file (STOW-RS, or a test) as if C-STOREd.
+
+        Raises:
+            OutOfResources: The spool disk is below its floor or full.
+            RejectedInput: The file meta or the data set cannot be parsed.
+            StudyMismatch: ``expected_study`` is given and differs.
+            DependencyUnavailable: The ledger cannot commit.
+        """
+        try:
+            fp = BytesIO(raw)
+            meta = read_preamble_and_meta(fp)
+        except Exception as exc:  # an unreadable header is "cannot understand"
+            raise RejectedInput(f"file meta cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return self.ingest(
+            str(meta.get("MediaStorageSOPInstanceUID", "")),
+            str(meta.get("MediaStorageSOPClassUID", "")),
+            raw[fp.tell() :],
+            str(meta.get("TransferSyntaxUID", "")),
+            calling_ae,
+            expected_study,
+            actor,
+        )
+
+    @staticmethod
+    def _parse_header(dataset: bytes, transfer_syntax: str, sop_uid: str) -> Dataset:
+        """Parse the data set up to the attributes the ledger records (Series Instance UID)."""
+        try:
+            if transfer_syntax == DeflatedExplicitVRLittleEndian:
+                dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
+            return read_dataset(
+                BytesIO(dataset),
+                is_implicit_VR=transfer_syntax == ImplicitVRLittleEndian,
+                is_little_endian=transfer_syntax != ExplicitVRBigEndian,
+                stop_when=lambda tag, _vr, _length: tag > _LAST_RECORDED_TAG,
+            )
+        except Exception as exc:  # any parser failure means "cannot understand"
+            reason = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"
+            raise RejectedInput(reason, sop_uid) from exc
+
+    def _reject(
+        self,
+        writing: Future[Path] | None,
+        header: bytes,
+        dataset: bytes,
+        digest: str,
+        sop_uid: str,
+        calling_ae: str,
+        now: float,
+        reason: str,
+    ) -> None:
+        """Keep unparseable data aside for inspection and audit the rejection."""
+        kept = self._rejected / f"{digest}.dcm"
+        if writing is not None:
+            publish(writing.result(), kept)
+        else:
+            durable_write(kept, header + dataset)
+        event = AuditEvent(
+            AuditEventType.INSTANCE_REJECTED,
+            self._actor,
+            sop_instance_uid=sop_uid,
+            detail={"reason": reason, "calling_ae": calling_ae, "sha256": digest},
+        )
+        self._ledger.audit.append([event], now)
+
+    def _meta(
+        self,
+        ds: Dataset,
+        sop_uid: str,
+        sop_class: str,
+        transfer_syntax: str,
+        digest: str,
+        size: int,
+        calling_ae: str,
+        now: float,
+    ) -> InstanceMeta:
+        # attribute_text never raises: invalid values are filed here and flagged by the validator.
+        study = attribute_text(ds, "StudyInstanceUID") or f"unknown-study:{sop_uid}"
+        series = attribute_text(ds, "SeriesInstanceUID") or f"unknown-series:{sop_uid}"
+        path = self._spool / safe_name(study) / f"{safe_name(sop_uid)}.dcm"
+        return InstanceMeta(
+            sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class,
+            study_instance_uid=study,
+            series_instance_uid=series,
+            modality=attribute_text(ds, "Modality"),
+            transfer_syntax_uid=transfer_syntax,
+            path=str(path),
+            sha256=digest,
+            size=size,
+            received_at=now,
+            calling_ae=calling_ae,
+            body_part=attribute_text(ds, "BodyPartExamined"),
+            series_description=attribute_text(ds, "SeriesDescription"),
+            patient_key=hash_identifier(attribute_text(ds, "PatientID"), self._hash_key),
+            accession_key=hash_identifier(attribute_text(ds, "AccessionNumber"), self._hash_key),
+        )
