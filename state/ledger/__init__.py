@@ -12,6 +12,7 @@ no SQL leaves this package:
 - ``quarantine``: held instances and operators' decisions.
 - ``audit``: the hash-chained audit trail (appended inside each transaction).
 - ``controls``: AI switches and recorded actor health.
+- ``tokens``: the HTTPS API's tokens (hashes of their secrets only), issued and revoked.
 - ``status``: the report behind ``pacsai status``.
 
 ``open_ledger`` picks the backend from the config (SQLite file under ``var/``, or PostgreSQL
@@ -38,6 +39,7 @@ from state.ledger.quarantine import Quarantine
 from state.ledger.results import Results
 from state.ledger.reviews import Reviews
 from state.ledger.status import Status
+from state.ledger.tokens import ApiTokens
 from state.migrate import migrate
 from state.sqlite import SqliteDatabase
 
@@ -69,6 +71,7 @@ class Ledger:
         self.quarantine = Quarantine(db)
         self.controls = Controls(db)
         self.status = Status(db, self.controls)
+        self.tokens = ApiTokens(db)
 
     @property
     def backend(self) -> str:
