@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
 
 __all__ = [
@@ -24,7 +25,9 @@ __all__ = [
     "OUT_OF_RESOURCES",
     "PROCESSING_FAILURE",
     "STUDY_MISMATCH",
+    "UNSUPPORTED_SOP_CLASS",
     "StowOutcome",
+    "storable",
     "stow_response",
     "stow_status",
 ]
@@ -37,6 +40,30 @@ CANNOT_UNDERSTAND = 0xC000
 """Error: cannot understand (no Part 10 header, unparseable data set, not application/dicom)."""
 PROCESSING_FAILURE = 0x0110
 """Processing failure: anything unexpected."""
+UNSUPPORTED_SOP_CLASS = 0x0122
+"""Referenced SOP Class not supported: not a storage SOP class (a DICOMDIR, a query model);
+C-STORE refuses these at association."""
+
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+"""Media Storage Directory Storage (DICOMDIR): a media file, never a network object."""
+
+
+def storable(sop_class_uid: str) -> bool:
+    """Whether STOW-RS takes instances of this SOP class: any storage class, private and
+    unknown ones included, as C-STORE does; not DICOMDIR or a registered non-storage class.
+
+    >>> storable("1.2.840.10008.5.1.4.1.1.7"), storable("1.2.840.10008.1.3.10"), storable("1.2.3.4")
+    (True, False, True)
+    >>> storable("1.2.840.10008.5.1.4.1.2.1.1")  # Patient Root Query/Retrieve - FIND
+    False
+    """
+    if sop_class_uid == _MEDIA_DIRECTORY:
+        return False
+    entry = UID_dictionary.get(sop_class_uid)
+    if entry is None:
+        return True
+    name, kind = entry[0], entry[1]
+    return kind != "SOP Class" or "Storage" in name
 
 
 @dataclass(frozen=True, slots=True)

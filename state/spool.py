@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from core.audit import AuditEvent
@@ -70,14 +69,18 @@ class Ingested:
 def read_preamble_and_meta(fp: BytesIO) -> FileMetaDataset:
     """Read the preamble and File Meta Information; leave ``fp`` at the data set.
 
+    The group is read element by element (pydicom's own File Meta reader), so a file whose
+    sender left out the group length (0002,0000) reads as it does in every viewer.
+
     Raises:
-        ValueError: The file has no Part 10 header (PS3.10 7.1).
+        ValueError: The file has no Part 10 preamble and ``DICM`` prefix (PS3.10 7.1), or no
+            Transfer Syntax UID.
     """
-    meta = dcmread(fp, stop_before_pixels=True, specific_tags=[]).file_meta
-    length = meta.get("FileMetaInformationGroupLength")
-    if length is None:
-        raise ValueError("no File Meta Information Group Length (0002,0000)")
-    fp.seek(128 + 4 + 12 + int(length))  # preamble, "DICM", the group length element
+    if read_preamble(fp, False) is None:
+        raise ValueError("no DICM prefix")
+    meta = _read_file_meta_info(fp)
+    if not meta.get("TransferSyntaxUID"):
+        raise ValueError("no Transfer Syntax UID (0002,0010) in the File Meta Information")
     return meta
 
 
@@ -209,6 +212,9 @@ class SpoolIntake:
             meta = read_preamble_and_meta(fp)
         except Exception as exc:  # an unreadable header is "cannot understand"
             raise RejectedInput(f"file meta cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        missing = [k for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID") if not meta.get(k)]
+        if missing:  # what a C-STORE request always names; a sender cannot leave it out
+            raise RejectedInput(f"file meta has no {' and no '.join(missing)}")
         return self.ingest(
             str(meta.get("MediaStorageSOPInstanceUID", "")),
             str(meta.get("MediaStorageSOPClassUID", "")),
