@@ -1,6 +1,8 @@
-"""The ``pacsai`` command: up, status, check-config, models, ai, replay, audit, quarantine, review.
+"""The ``pacsai`` command: up, status, check-config, models, ai, replay, audit, quarantine, review, tokens.
 
-Demo weights and the demo run from the repository root: ``python -m training`` and
+The IT operations (status, replay, quarantine, AI switches, models, audit) go through
+``api.operations.Operations``, the service layer the REST API calls too, so both check the same
+arguments and audit the same way. Demo weights and the demo run from the repository root: ``python -m training`` and
 ``python -m demo`` (they are not part of the installed product).
 """
 
@@ -16,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+from api.operations import LIMIT_MAX, InvalidArgument, NotFound, Operations, RayModelControl
 from core.codec import to_jsonable
 from core.config import AppConfig
 from core.errors import AccessDenied, ConfigError, PacsAIError
@@ -38,6 +41,11 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 def _ledger(cfg: AppConfig) -> Ledger:
     return open_ledger(cfg.storage)
+
+
+def _operations(args: argparse.Namespace) -> Operations:
+    cfg = _config(args)
+    return Operations(cfg, _ledger(cfg), RayModelControl(cfg))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -131,8 +139,7 @@ def _format_status(report: LedgerStatus) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print jobs per state, per-stage health, queue depth and the oldest waiting job."""
-    cfg = _config(args)
-    report = _ledger(cfg).status.report(time.time())
+    report = _operations(args).status()
     print(json.dumps(to_jsonable(report), indent=2) if args.json else _format_status(report))
     return 0
 
@@ -164,17 +171,17 @@ def _entry_json(e: QuarantineEntry) -> dict[str, Any]:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """List, show, release or discard quarantined instances (core.quarantine has the rules)."""
-    store = _ledger(_config(args)).quarantine
+    ops = _operations(args)
     actor = f"user:{args.user}" if hasattr(args, "user") else ""
     if args.quarantine_command == "list":
         state = None if args.state == "all" else QuarantineState(args.state)
-        entries = store.entries(state, args.study, args.limit)
+        entries = ops.quarantine_list(state, args.study, args.limit)
     elif args.quarantine_command == "show":
-        entries = store.resolve(args.id)
+        entries = ops.quarantine_show(args.id)
     elif args.quarantine_command == "release":
-        entries = store.release(args.id, actor, args.reason, time.time())
+        entries = ops.quarantine_release(args.id, actor, args.reason)
     else:
-        entries = store.discard(args.id, actor, args.reason, time.time())
+        entries = ops.quarantine_discard(args.id, actor, args.reason)
     if args.json:
         print(json.dumps([_entry_json(e) for e in entries], indent=2, default=str))
     else:
@@ -242,64 +249,119 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_models_deploy(args: argparse.Namespace) -> int:
     """Deploy (or update) one family's Serve application on the running Ray; others keep running."""
-    from actors.pipeline import connect_ray, deploy_models
-
-    cfg = _config(args)
-    if args.family not in cfg.models:
-        raise ConfigError(args.config, [f"family: got {args.family!r}; expected one of {sorted(cfg.models)}"])
-    connect_ray(cfg)
-    print(f"deployed {', '.join(deploy_models(cfg, [args.family]))}")
+    try:
+        deployed = _operations(args).models_deploy(args.family, f"user:{getpass.getuser()}")
+    except (NotFound, InvalidArgument) as exc:  # a family the config does not have: the config is what to fix
+        raise ConfigError(args.config, [exc.reason]) from exc
+    print(f"deployed {', '.join(deployed)}")
     return 0
 
 
 def cmd_models_remove(args: argparse.Namespace) -> int:
     """Remove one family's Serve application; its jobs wait (visibly) until it is deployed again."""
-    from actors.pipeline import connect_ray, remove_models
-
-    connect_ray(_config(args))
-    print(f"removed {', '.join(remove_models([args.family]))}")
+    removed = _operations(args).models_remove(args.family, f"user:{getpass.getuser()}")
+    print(f"removed {', '.join(removed)}")
     return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     """Print the deployed model applications and their status."""
-    from actors.pipeline import connect_ray, deployed_models
-
-    connect_ray(_config(args))
-    for name, status in sorted(deployed_models().items()):
+    for name, status in sorted(_operations(args).models_list().items()):
         print(f"{name:<32} {status}")
     return 0
 
 
 def cmd_ai(args: argparse.Namespace) -> int:
     """Switch AI on or off for a study or a modality (effective without restart)."""
-    cfg = _config(args)
     scope, key = ("study", args.study) if args.study else ("modality", args.modality)
-    _ledger(cfg).controls.set_ai_switch(
-        scope, key, args.state == "on", args.reason or "", f"user:{args.user}", time.time()
-    )
-    print(f"AI {args.state} for {scope} {key}")
+    setting = _operations(args).set_ai_switch(scope, key, args.state == "on", args.reason or "", f"user:{args.user}")
+    print(f"AI {args.state} for {scope} {setting.key}")
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Put a dead job back into the state it died in, with a fresh retry budget."""
-    cfg = _config(args)
-    state = _ledger(cfg).jobs.replay(args.job_id, f"user:{args.user}", time.time())
+    state = _operations(args).replay(args.job_id, f"user:{args.user}")
     print(f"job {args.job_id} replayed into {state}")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Verify the audit chain or show events."""
-    ledger = _ledger(_config(args))
+    ops = _operations(args)
     if args.action == "verify":
-        broken = ledger.audit.verify()
+        broken = ops.audit_verify()
         print("audit chain intact" if broken is None else f"audit chain BROKEN at seq {broken.seq}: {broken.reason}")
         return 0 if broken is None else 1
-    for e in ledger.audit.events(args.study, args.limit):
-        print(json.dumps(to_jsonable(e), default=str))
+    left, after = args.limit, 0
+    while left > 0:  # page through: one listing returns at most LIMIT_MAX events
+        page = ops.audit_events(args.study, min(left, LIMIT_MAX), after)
+        for e in page:
+            print(json.dumps(to_jsonable(e), default=str))
+        if len(page) < min(left, LIMIT_MAX):
+            break
+        left, after = left - len(page), page[-1].seq
     return 0
+
+
+def _when(epoch: float | None) -> str:
+    return "never" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """Issue, list or revoke API tokens (the ledger keeps only the hash of a token's secret)."""
+    from api.auth import issue_token
+
+    tokens = _ledger(_config(args)).tokens
+    now = time.time()
+    actor = f"user:{getattr(args, 'user', '')}"
+    if args.tokens_command == "create":
+        expires = None if args.expires_in_days is None else now + args.expires_in_days * 86400
+        try:
+            text, token = issue_token(tokens, args.name, args.scope, expires, actor, now)
+        except ValueError as exc:
+            raise ConfigError("arguments", [str(exc)]) from None
+        scopes = ", ".join(sorted(token.scopes))
+        print(f"token {token.token_id} for {token.name} ({scopes}; expires {_when(token.expires_at)}):")
+        print(text)
+        print("store it now: only its hash is kept, it is not shown again", file=sys.stderr)
+        return 0
+    if args.tokens_command == "revoke":
+        try:
+            token = tokens.revoke(args.id, actor, now)
+        except KeyError:
+            raise NotFound(
+                f"token id: got {args.id[:40]!r}; expected an id listed by `pacsai tokens list`", ""
+            ) from None
+        print(f"token {token.token_id} ({token.name}) revoked")
+        return 0
+    listed = tokens.list(include_revoked=args.all)
+    for t in listed:
+        print(
+            f"{t.token_id}  {t.state(now):<7} {t.name:<24} {','.join(sorted(t.scopes)):<20} "
+            f"expires {_when(t.expires_at)}  by {t.created_by}"
+        )
+    if not listed:
+        print("tokens: none")
+    return 0
+
+
+def _tokens_parser(t: argparse.ArgumentParser) -> None:
+    tsub = t.add_subparsers(dest="tokens_command", required=True)
+    create = tsub.add_parser("create", help="issue a token (printed once)")
+    create.add_argument("name", help="who or what holds it (audited as token:<name>)")
+    create.add_argument(
+        "--scope", action="append", required=True, choices=["ingest", "read", "operate", "admin"], help="repeatable"
+    )
+    create.add_argument("--expires-in-days", type=float, help="default: until revoked")
+    ls = tsub.add_parser("list", help="issued tokens (never their secrets)")
+    ls.add_argument("--all", action="store_true", help="revoked ones too")
+    revoke = tsub.add_parser("revoke", help="revoke a token (other API replicas follow within their cache time)")
+    revoke.add_argument("id", help="the token id (pab_<id>_...)")
+    for sp in (create, revoke):
+        sp.add_argument("--user", default=getpass.getuser(), help="who issues or revokes (audited)")
+    for sp in (create, ls, revoke):
+        sp.add_argument("--config", default=argparse.SUPPRESS, help="config YAML file")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -336,6 +398,7 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--limit", type=int, default=200)
     _quarantine_parser(add("quarantine", cmd_quarantine, "quarantined instances: list, show, release, discard"))
     _review_parser(add("review", cmd_review, "review flags: list, show, resolve (who, why, audited)"))
+    _tokens_parser(add("tokens", cmd_tokens, "API tokens: create, list, revoke"))
     return p
 
 

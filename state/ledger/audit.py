@@ -108,16 +108,28 @@ class AuditLog:
             if linked < _CHAIN_BATCH:
                 return done
 
-    def events(self, study_uid: str | None = None, limit: int = 1000) -> list[AuditEntry]:
-        """Stored events in chain order, oldest first, optionally of one study."""
+    def events(
+        self, study_uid: str | None = None, limit: int = 1000, *, job_id: int | None = None, after: int = 0
+    ) -> list[AuditEntry]:
+        """Stored events in chain order, oldest first.
+
+        Args:
+            study_uid: Only events of this study.
+            limit: At most this many.
+            job_id: Only events of this job (give its study too: that column is indexed).
+            after: Only events after this sequence number (the next page: the last one shown).
+        """
         self.chain()
-        where, args = (
-            ("WHERE study_uid = ? AND seq IS NOT NULL", [study_uid]) if study_uid else ("WHERE seq IS NOT NULL", [])
-        )
+        where: list[str] = ["seq IS NOT NULL"]
+        args: list[object] = []
+        for clause, value in (("study_uid = ?", study_uid or None), ("job_id = ?", job_id), ("seq > ?", after or None)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
         with self._db.read() as tx:
             rows = tx.all(
                 "SELECT seq, at, type, actor, study_uid, sop_instance_uid, job_id, detail"
-                f" FROM audit {where} ORDER BY seq LIMIT ?",
+                f" FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
                 [*args, limit],
             )
         return [_entry(r) for r in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from core.audit import AuditEvent
 from core.codec import from_jsonable, to_jsonable
@@ -13,10 +14,30 @@ from core.types import AuditEventType
 from state.db import Database, Row, Tx
 from state.ledger.audit import append_events
 
-__all__ = ["AiScope", "Controls"]
+__all__ = ["AiScope", "AiSwitchSetting", "Controls"]
 
 AiScope = ("study", "modality")
 """What an AI switch applies to."""
+
+
+@dataclass(frozen=True, slots=True)
+class AiSwitchSetting:
+    """One AI switch as set: what it applies to, on or off, who set it, when and why."""
+
+    scope: str
+    """``study`` or ``modality``."""
+    key: str
+    """The Study Instance UID, or the modality (upper case)."""
+    enabled: bool
+    reason: str
+    actor: str
+    at: float
+
+
+def _setting(row: Row) -> AiSwitchSetting:
+    return AiSwitchSetting(
+        row["scope"], row["key"], bool(row["enabled"]), row["reason"], row["actor"], float(row["at"])
+    )
 
 
 def _stage(row: Row) -> StageRecord:
@@ -50,6 +71,12 @@ class Controls:
         studies = frozenset(r["key"] for r in rows if r["scope"] == "study" and not r["enabled"])
         modalities = {r["key"]: bool(r["enabled"]) for r in rows if r["scope"] == "modality"}
         return AiSwitches(studies, modalities)
+
+    def switch_settings(self) -> list[AiSwitchSetting]:
+        """Every AI switch set so far, by scope and key."""
+        with self._db.read() as tx:
+            rows = tx.all("SELECT scope, key, enabled, reason, actor, at FROM ai_switches ORDER BY scope, key")
+        return [_setting(r) for r in rows]
 
     def set_ai_switch(self, scope: str, key: str, enabled: bool, reason: str, actor: str, now: float) -> None:
         """Switch AI on or off for a study or a modality (effective at the next decision).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from core.audit import AuditEvent
@@ -22,7 +23,7 @@ from core.ledger import (
     can_transition,
 )
 from core.types import AuditEventType, JobState
-from state.db import Database, Tx, marks
+from state.db import Database, Row, Tx, marks
 from state.ledger._codec import RecordCodec
 from state.ledger._rows import job_of
 from state.ledger.audit import append_events
@@ -32,12 +33,53 @@ from state.ledger.quarantine import apply_hold
 from state.ledger.results import apply_mark, apply_versions
 from state.ledger.reviews import apply_flag
 
-__all__ = ["Jobs"]
+__all__ = ["JobSummary", "Jobs"]
 
 _JOB_COLUMNS = (
     "job_id, study_uid, version, state, priority, attempts, not_before, created_at, updated_at,"
     " last_instance_at, reason, lease_owner, leased_until, data"
 )
+_SUMMARY_COLUMNS = _JOB_COLUMNS.replace(", data", ", dead_from")
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job as operators list it: its row without the record (which may be large), and the
+    state a dead job died in (where a replay puts it)."""
+
+    job_id: int
+    study_uid: str
+    version: int
+    state: JobState
+    priority: int
+    attempts: int
+    not_before: float
+    created_at: float
+    updated_at: float
+    last_instance_at: float
+    reason: str
+    lease_owner: str
+    leased_until: float
+    dead_from: JobState | None
+
+
+def _summary(row: Row) -> JobSummary:
+    return JobSummary(
+        int(row["job_id"]),
+        row["study_uid"],
+        int(row["version"]),
+        JobState(row["state"]),
+        int(row["priority"]),
+        int(row["attempts"]),
+        float(row["not_before"]),
+        float(row["created_at"]),
+        float(row["updated_at"]),
+        float(row["last_instance_at"]),
+        row["reason"],
+        row["lease_owner"],
+        float(row["leased_until"]),
+        JobState(row["dead_from"]) if row["dead_from"] else None,
+    )
 
 
 class Jobs:
@@ -351,6 +393,38 @@ class Jobs:
         with self._db.read() as tx:
             rows = tx.all(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE study_uid = ? ORDER BY version", (study_uid,))
         return [job_of(r, self._codec) for r in rows]
+
+    def summaries(
+        self,
+        state: JobState | None = None,
+        study_uid: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[JobSummary]:
+        """Jobs of every cell, newest first, optionally of one state and one study.
+
+        Args:
+            state: Only jobs in this state.
+            study_uid: Only jobs of this study.
+            limit: At most this many.
+            before: Only jobs with a lower ID (the next page: the last ID of this one).
+        """
+        where: list[str] = []
+        args: list[object] = []
+        for clause, value in (("state = ?", state), ("study_uid = ?", study_uid), ("job_id < ?", before)):
+            if value is not None:
+                where.append(clause)
+                args.append(value.value if isinstance(value, JobState) else value)
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._db.read() as tx:
+            rows = tx.all(sql + " ORDER BY job_id DESC LIMIT ?", [*args, limit])
+        return [_summary(r) for r in rows]
+
+    def summary(self, job_id: int) -> JobSummary | None:
+        """One job's summary (``None``: no such job)."""
+        with self._db.read() as tx:
+            row = tx.one(f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        return _summary(row) if row is not None else None
 
     def raw_record(self, job_id: int) -> str:
         """The stored text of a job's record (tests check its size)."""
