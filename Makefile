@@ -16,6 +16,7 @@ setup: system-packages $(STAMP)
 system-packages:
 	@missing=""; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \

@@ -1,5 +1,8 @@
 """Delivery actor: stores outbox objects to the PACS; ``delivered`` only after PACS success.
 
+By C-STORE (``pacs.deliver_by: dimse``, the default) or by STOW-RS to the PACS's DICOMweb
+service (``dicomweb``, ``actors.adapters.dicomweb``); both clients answer one outcome per object.
+
 SR versions (issue 18, ``core.versions.plan_delivery``), per study and model family: at most
 one version is in flight; a newer version supersedes one not yet sent (it is withdrawn, never
 sent) and an older one waits while a newer job version of the study is on its way; versions
@@ -17,6 +20,7 @@ import enum
 import ray
 from pydicom import dcmread
 
+from actors.adapters.dicomweb import DicomwebPacsClient
 from actors.adapters.dimse import DimsePacsClient
 from actors.polling import SystemClock
 from actors.sr_writer import SRWriteWork
@@ -36,7 +40,20 @@ from core.versions import DeliveryPlan, VersionState, plan_delivery
 from state.layout import VarLayout
 from state.ledger import Ledger
 
-__all__ = ["DeliveryActor", "DeliveryWork", "FamilyOutcome"]
+__all__ = ["DeliveryActor", "DeliveryWork", "FamilyOutcome", "pacs_client"]
+
+
+def pacs_client(cfg: PacsConfig | None) -> DimsePacsClient | DicomwebPacsClient | None:
+    """The client ``pacs.deliver_by`` names (``None``: no PACS configured).
+
+    Raises:
+        ConfigError: The DICOMweb bearer token's environment variable is not set.
+    """
+    if cfg is None:
+        return None
+    if cfg.deliver_by == "dicomweb" and cfg.dicomweb is not None:
+        return DicomwebPacsClient(cfg.dicomweb)
+    return DimsePacsClient(cfg)
 
 
 class FamilyOutcome(enum.StrEnum):
@@ -58,7 +75,7 @@ class DeliveryWork:
     def __init__(
         self,
         ledger: Ledger,
-        pacs: DimsePacsClient | None,
+        pacs: DimsePacsClient | DicomwebPacsClient | None,
         actor: str,
         clock: Clock | None = None,
         writer: SRWriteWork | None = None,
@@ -68,7 +85,7 @@ class DeliveryWork:
     ) -> None:
         """Args:
         ledger: This process's ledger.
-        pacs: C-STORE SCU (``None``: no PACS configured; jobs wait).
+        pacs: C-STORE SCU or STOW-RS client (``None``: no PACS configured; jobs wait).
         actor: Audit name.
         clock: Wall clock.
         writer: Rebuilds an SR version that must name another predecessor or be marked partial.
@@ -177,7 +194,7 @@ class DeliveryWork:
         )
 
     def _send(self, job: Job, entries: list[OutboxEntry]) -> None:
-        """C-STORE the objects over one association; each success is recorded with its event.
+        """Store the objects (one association, or one STOW-RS request); record each success with its event.
 
         Raises:
             DependencyUnavailable: No PACS, or it cannot be reached.
@@ -229,7 +246,7 @@ class DeliveryActor(StageShell):
         priors: PriorsConfig | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
-        client = DimsePacsClient(pacs) if pacs is not None else None
+        client = pacs_client(pacs)
         sr = sr or SRConfig()
         writer = None
         if layout is not None:

@@ -3,6 +3,10 @@
 Each instance gets its own temporary config, storage and free ports, and runs with
 ``TCP_NODELAY=1`` (dcmtk, which Orthanc uses for DICOM, otherwise stalls ~44 ms per instance
 against delayed ACK; see ``shared/reference/baselines.md``).
+
+With ``dicomweb=True`` it loads Orthanc's DICOMweb plugin (Debian ``orthanc-dicomweb``):
+QIDO-RS / WADO-RS / STOW-RS under ``dicomweb_url``, and STOW-RS *to* the servers named in
+``dicomweb_servers`` (``stow_to``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,18 @@ from typing import Any
 
 import httpx
 
-__all__ = ["FORWARD_EACH_INSTANCE", "FORWARD_STABLE_STUDY", "OrthancProcess", "free_port", "orthanc_binary"]
+__all__ = [
+    "DICOMWEB_PLUGIN",
+    "FORWARD_EACH_INSTANCE",
+    "FORWARD_STABLE_STUDY",
+    "OrthancProcess",
+    "dicomweb_plugin",
+    "free_port",
+    "orthanc_binary",
+]
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+"""Where Debian's ``orthanc-dicomweb`` puts the plugin."""
 
 FORWARD_EACH_INSTANCE = """
 function OnStoredInstance(instanceId, tags, metadata, origin)
@@ -53,6 +68,11 @@ def orthanc_binary() -> str | None:
     return shutil.which("Orthanc") or shutil.which("orthanc")
 
 
+def dicomweb_plugin() -> Path | None:
+    """Return Orthanc's DICOMweb plugin, if installed."""
+    return DICOMWEB_PLUGIN if DICOMWEB_PLUGIN.is_file() else None
+
+
 @dataclass
 class OrthancProcess:
     """Start, stop and query a private Orthanc.
@@ -67,6 +87,10 @@ class OrthancProcess:
             (``FORWARD_EACH_INSTANCE``, ``FORWARD_STABLE_STUDY``).
         stable_age: Seconds without a new instance before Orthanc calls a study stable
             (``OnStableStudy``).
+        dicomweb: Load the DICOMweb plugin (its REST root is ``dicomweb_url``).
+        dicomweb_servers: ``{name: url}`` or ``{name: {"Url": url, "HttpHeaders": {...}, ...}}``:
+            the DICOMweb servers Orthanc may send to by STOW-RS (the plugin's ``Servers``;
+            needs ``dicomweb``).
         options: More Orthanc configuration options (they override the defaults here).
     """
 
@@ -77,6 +101,8 @@ class OrthancProcess:
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     lua: tuple[str, ...] = ()
     stable_age: int = 1
+    dicomweb: bool = False
+    dicomweb_servers: dict[str, str | dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
 
@@ -84,11 +110,18 @@ class OrthancProcess:
         self.dicom_port = self.dicom_port or free_port()
         self.http_port = self.http_port or free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.dicomweb_servers and not self.dicomweb:
+            raise ValueError("dicomweb_servers: got servers without dicomweb=True; expected the plugin loaded")
 
     @property
     def url(self) -> str:
         """Base URL of the REST API."""
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """Base URL of the DICOMweb service (QIDO-RS, WADO-RS, STOW-RS: ``.../studies``)."""
+        return f"{self.url}/dicom-web"
 
     def _write_config(self) -> Path:
         config = {
@@ -109,11 +142,36 @@ class OrthancProcess:
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
             "HttpTimeout": 30,
             "LuaScripts": self._lua_files(),
+            **self._dicomweb_config(),
             **self.options,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
         return path
+
+    def _dicomweb_config(self) -> dict[str, Any]:
+        """The plugin and its settings, when ``dicomweb`` is set.
+
+        Raises:
+            RuntimeError: The plugin is not installed.
+        """
+        if not self.dicomweb:
+            return {}
+        plugin = dicomweb_plugin()
+        if plugin is None:
+            raise RuntimeError(
+                f"Orthanc's DICOMweb plugin is not installed ({DICOMWEB_PLUGIN}; Debian 'orthanc-dicomweb')"
+            )
+        servers = {k: v if isinstance(v, dict) else {"Url": v} for k, v in self.dicomweb_servers.items()}
+        return {
+            "Plugins": [str(plugin)],
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": False,
+                "Servers": servers,
+            },
+        }
 
     def _lua_files(self) -> list[str]:
         paths = []
@@ -196,6 +254,26 @@ class OrthancProcess:
         r = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=60)
         r.raise_for_status()
         return r.content
+
+    def stow_to(self, server: str, resource_ids: list[str]) -> httpx.Response:
+        """Have Orthanc send resources to one of ``dicomweb_servers`` by STOW-RS, and wait.
+
+        ``POST /dicom-web/servers/{server}/stow`` with ``{"Resources": [...], "Synchronous":
+        true}``: Orthanc answers once its STOW-RS request is done (2xx), or with its error
+        (e.g. 500 when the server refused the instances or cannot be reached).
+
+        Args:
+            server: A name in ``dicomweb_servers``.
+            resource_ids: Orthanc IDs of patients, studies, series or instances.
+
+        Returns:
+            Orthanc's answer, as it came (not raised for its status).
+        """
+        return httpx.post(
+            f"{self.dicomweb_url}/servers/{server}/stow",
+            json={"Resources": list(resource_ids), "Synchronous": True},
+            timeout=120,
+        )
 
     def statistics(self) -> dict[str, Any]:
         """``/statistics``: counts of stored resources."""
