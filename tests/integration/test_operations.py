@@ -326,3 +326,47 @@ def test_operation_errors_survive_pickling_and_are_rejected_input():
         assert type(back) is type(exc) and back.args == exc.args and str(back) == str(exc)
         assert isinstance(back, RejectedInput)
     assert InvalidArgument("limit: got 0", "limit").field == "limit"
+
+
+def test_the_cli_is_a_client_of_the_same_operations(tmp_path, capsys):
+    from actors.cli import main
+    from api.auth import Authenticator
+
+    config = tmp_path / "pacsai.yaml"
+    config.write_text(f"storage: {{var_dir: {tmp_path / 'var'}}}\n")
+    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path / "var")))
+    try:
+        dead = dead_job(ledger, "1.2.3")
+        entry = held_entry(ledger, "1.2.4")
+
+        def cli(*args: str) -> tuple[int, str, str]:
+            code = main([*args, "--config", str(config)])
+            out = capsys.readouterr()
+            return code, out.out, out.err
+
+        assert cli("replay", str(dead), "--user", "ann")[:2] == (0, f"job {dead} replayed into complete\n")
+        code, _, err = cli("replay", str(dead))
+        assert code == 1 and "expected a dead job" in err
+        assert cli("replay", "0")[0] == 1  # refused by the service layer, as over REST
+        assert cli("quarantine", "discard", entry, "--reason", " ")[0] == 1
+        assert cli("ai", "off", "--modality", "cr", "--user", "ann")[1] == "AI off for modality CR\n"
+        assert cli("ai", "off", "--modality", "C R")[0] == 1
+        code, out, _ = cli("audit", "show", "--limit", "1500")
+        assert code == 0 and len(out.splitlines()) == len(ledger.audit.events(limit=5000))
+        code, out, _ = cli(
+            "tokens", "create", "gateway", "--scope", "ingest", "--expires-in-days", "1", "--user", "ann"
+        )
+        text = out.splitlines()[-1]
+        principal = Authenticator(ledger.tokens, None, cache_s=0).authenticate(f"Bearer {text}")
+        assert (code, principal.subject, principal.scopes) == (0, "token:gateway", frozenset({"ingest"}))
+        token_id = text.split("_")[1]
+        assert token_id in cli("tokens", "list")[1]
+        assert cli("tokens", "revoke", token_id, "--user", "ann")[:2] == (0, f"token {token_id} (gateway) revoked\n")
+        assert cli("tokens", "list")[1] == "tokens: none\n"
+        assert cli("tokens", "revoke", "f" * 16)[0] == 1
+        assert cli("tokens", "create", "bad name", "--scope", "read")[0] == 2
+        actors = {e.type: e.actor for e in ledger.audit.events(limit=5000)}
+        assert actors[AuditEventType.JOB_REPLAYED] == actors[AuditEventType.AI_SWITCH_CHANGED] == "user:ann"
+        assert actors[AuditEventType.API_TOKEN_REVOKED] == "user:ann"
+    finally:
+        ledger.close()
