@@ -50,6 +50,7 @@ __all__ = [
     "load_config",
     "ray_security_env",
     "remove_models",
+    "start_serve",
     "wait_until",
 ]
 
@@ -162,10 +163,25 @@ def deploy_models(cfg: AppConfig, families: list[str] | None = None, apps: dict[
         ModelWeightsError: A weights file is missing or does not match its sha256.
     """
     apps = apps if apps is not None else build_model_apps(cfg, families)
-    serve.start(proxy_location="Disabled")  # no HTTP proxy until the REST API is deployed
+    start_serve(cfg)
     for family, app in apps.items():
         serve.run(app, name=app_name(family), route_prefix=None)
     return [app_name(f) for f in apps]
+
+
+def start_serve(cfg: AppConfig) -> None:
+    """Start Ray Serve once: with its HTTPS proxy when the API is configured (``api``: bind
+    address, port, TLS; on every node of a cluster), else with no HTTP proxy at all.
+
+    Serve takes its HTTP options when it first starts; on a Ray where Serve already runs they
+    are kept as they are (Serve warns when they differ).
+    """
+    if cfg.api is None:
+        serve.start(proxy_location="Disabled")
+        return
+    from api.deployment import http_options  # the composition root is the one place that knows api
+
+    serve.start(proxy_location="EveryNode" if cfg.cluster is not None else "HeadOnly", http_options=http_options(cfg))
 
 
 def remove_models(families: list[str]) -> list[str]:
@@ -264,6 +280,7 @@ class Pipeline:
         names = [
             self.cfg.storage.ledger.dsn_env if self.cfg.storage.ledger.backend == "postgresql" else None,
             self.cfg.ehr.fhir.token_env if self.cfg.ehr else None,
+            self.cfg.pacs.dicomweb.token_env if self.cfg.pacs and self.cfg.pacs.dicomweb else None,
         ]
         return {n: os.environ[n] for n in names if n and n in os.environ}
 
@@ -290,10 +307,35 @@ class Pipeline:
         }
         for cell in self.cells():
             self.actors.update(self._cell_actors(cell, key))
+        if self.cfg.api is not None:
+            self._deploy_api(key)
         live = [k for k in self.actors if _cell_of(k) in self._live_cells()]
         timeout = self.cfg.cluster.start_timeout_s if self.cfg.cluster is not None else 120.0
         ray.get([self.actors[k].health.remote() for k in live], timeout=timeout)
         return self
+
+    def _deploy_api(self, key: bytes) -> None:
+        """Deploy the HTTPS API (REST and DICOMweb) as the Serve ingress at ``/``. Its STOW-RS
+        intake writes into the first cell's spool (one machine: the one spool); on a cluster
+        its replicas run on that cell's node."""
+        from api.deployment import API_APP, build_api_app
+
+        start_serve(self.cfg)
+        storage = self.storage_of(self.cells()[0])
+        serve.run(build_api_app(self.cfg, storage, key, self._secret_env()), name=API_APP, route_prefix="/")
+        logger.info("API at %s", self.api_url())
+
+    def api_url(self) -> str:
+        """The API's base URL (``https://host:port``, or ``http://`` with allow_plaintext).
+
+        Raises:
+            KeyError: The API is not configured (config section ``api``).
+        """
+        api = self.cfg.api
+        if api is None:
+            raise KeyError("api")
+        host = "127.0.0.1" if api.host in ("0.0.0.0", "::") else api.host
+        return f"{'https' if api.tls is not None else 'http'}://{host}:{api.port}"
 
     def _live_cells(self) -> set[str]:
         """Cells whose node is in the cluster now (one machine: the one cell)."""
@@ -457,6 +499,13 @@ class Pipeline:
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         self.actors = {}
+        if self.cfg.api is not None:
+            from api.deployment import API_APP
+
+            try:
+                serve.delete(API_APP)
+            except Exception as exc:  # best effort: Serve may already be gone
+                logger.warning("API application not deleted: %s", exc)
 
 
 def _key(cell: str, role: str, index: int = 0) -> str:

@@ -9,4 +9,22 @@
 - ``ops.py``: the REST routes of the operations
 - ``dicomweb.py``: STOW-RS in, QIDO-RS / WADO-RS of our results
 - ``deployment.py``: the Ray Serve deployment (built by the composition root)
+- ``audit.py``: every request audited with its subject; ``limits.py``: the body-size gate;
+  ``multipart.py``: streaming multipart/related; ``tokens.py``: the token routes
 """
+
+__all__ = [
+    "app",
+    "audit",
+    "auth",
+    "context",
+    "deployment",
+    "dicomweb",
+    "limits",
+    "multipart",
+    "operations",
+    "ops",
+    "problems",
+    "security",
+    "tokens",
+]

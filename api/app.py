@@ -7,14 +7,16 @@ made it (``api.audit``); every error is an RFC 9457 problem detail (``api.proble
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from api import dicomweb, ops, tokens
+from api.audit import AuditMiddleware
 from api.context import ApiContext
+from api.limits import BodyLimit
 from api.problems import install_problem_handlers, problem_response
 
 __all__ = ["API_VERSION", "create_app"]
@@ -34,21 +36,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.api = ctx
     install_problem_handlers(app)
-
-    @app.middleware("http")
-    async def audit_requests(request: Request, call_next: Any) -> Response:
-        started = time.monotonic()
-        response: Response = await call_next(request)
-        principal = getattr(request.state, "principal", None)
-        if request.url.path not in ("/healthz", "/readyz"):
-            ctx.audit.record(
-                principal.subject if principal is not None else "anonymous",
-                request.method,
-                request.url.path,
-                response.status_code,
-                time.monotonic() - started,
-            )
-        return response
+    assert ctx.cfg.api is not None
+    app.add_middleware(AuditMiddleware, audit=ctx.audit)
+    app.add_middleware(BodyLimit, max_bytes=ctx.cfg.api.max_request_bytes)  # outermost: nothing read
 
     @app.get("/healthz", tags=["health"], summary="The API process answers (no credentials)")
     def healthz() -> dict[str, str]:
@@ -69,4 +59,51 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(ops.router, prefix="/api/v1")
     app.include_router(tokens.router, prefix="/api/v1/tokens", tags=["tokens"])
     app.include_router(dicomweb.router, prefix="/dicomweb", tags=["dicomweb"])
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI 3.1 document, made true to what the API answers: bearer
+    authentication on every operation but the health checks, and every error (FastAPI's own
+    422 included) as ``application/problem+json``."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (pab_...) or an OIDC JWT"}
+    }
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            if path not in ("/healthz", "/readyz"):
+                operation["security"] = [{"bearer": []}]
+                for status, why in (("401", "No valid credentials"), ("403", "The credential lacks the scope")):
+                    operation.setdefault("responses", {}).setdefault(status, {"description": why})
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content")
+                if status[0] in "45" and (
+                    not content or set(content) <= {"application/json", "application/problem+json"}
+                ):
+                    response["content"] = problem
+    for name in ("HTTPValidationError", "ValidationError"):
+        components["schemas"].pop(name, None)
+    app.openapi_schema = schema
+    return schema

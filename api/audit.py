@@ -14,12 +14,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+from anyio import to_thread
 
 from core.audit import AuditEvent
 from core.types import AuditEventType
 from state.ledger.audit import AuditLog
 
-__all__ = ["RequestAudit"]
+__all__ = ["AuditMiddleware", "RequestAudit"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +96,37 @@ def _study_of(path: str) -> str:
         if i + 1 < len(parts):
             return parts[i + 1][:64]
     return ""
+
+
+class AuditMiddleware:
+    """Pure ASGI middleware: audit every request but the health checks, after its response
+    started, with the principal the route's dependency authenticated (``anonymous`` when
+    none did: a 401, or a path that does not exist)."""
+
+    def __init__(self, app: Any, audit: RequestAudit) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("path") in ("/healthz", "/readyz"):
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            principal = (scope.get("state") or {}).get("principal")
+            subject = principal.subject if principal is not None else "anonymous"
+            args = (subject, scope.get("method", ""), scope.get("path", ""), status, time.monotonic() - started)
+            if scope.get("method") in _READS:
+                self.audit.record(*args)  # queued in memory: no I/O here
+            else:
+                await to_thread.run_sync(lambda: self.audit.record(*args))

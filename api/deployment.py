@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from typing import Any
 
 from ray import serve
@@ -67,10 +68,20 @@ def build_context(
         cfg=cfg,
         ledger=ledger,
         intake=intake,
-        auth=Authenticator(ledger.tokens, cfg.api.oidc),
+        auth=Authenticator(ledger.tokens, cfg.api.oidc, jwks_ssl_context=_jwks_trust(cfg)),
         operations=Operations(cfg, ledger, models),
         audit=RequestAudit(ledger.audit, cfg.api.audit_reads_every_s),
     )
+
+
+def _jwks_trust(cfg: AppConfig) -> ssl.SSLContext | None:
+    """Trust for the OIDC JWKS URL: the configured CAs, else the system's (``None``)."""
+    oidc = cfg.api.oidc if cfg.api is not None else None
+    if oidc is None or not oidc.ca_certificates:
+        return None
+    context = ssl.create_default_context(cafile=oidc.ca_certificates)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 @serve.deployment(name="api")

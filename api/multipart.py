@@ -53,8 +53,9 @@ class RelatedParts:
     """Feed body chunks in; complete parts come out."""
 
     def __init__(self, boundary: str, max_part_bytes: int) -> None:
-        if not boundary or len(boundary) > 70:
-            raise MultipartError("Content-Type: a boundary of 1 to 70 characters is required (RFC 2046)")
+        # RFC 2046 allows 70 characters; Orthanc's STOW-RS client sends 73. Be lenient, bounded.
+        if not boundary or len(boundary) > 256:
+            raise MultipartError("Content-Type: a boundary of 1 to 256 characters is required")
         self._max = max_part_bytes
         self._done: list[Part] = []
         self._part: Part | None = None

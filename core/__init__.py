@@ -2,8 +2,10 @@
 
 __all__ = [
     "acks",
+    "api_config",
     "assembly",
     "audit",
+    "auth",
     "charsets",
     "codec",
     "codestreams",
@@ -33,6 +35,7 @@ __all__ = [
     "placement",
     "ports",
     "priors",
+    "qido",
     "quarantine",
     "reasons",
     "records",
@@ -42,6 +45,8 @@ __all__ = [
     "sources",
     "sr",
     "status",
+    "stow_receipts",
+    "stow_rs",
     "types",
     "uids",
     "v2fhir",

@@ -48,6 +48,7 @@ class OidcConfig(_Model):
     audience: str = Field(min_length=1, description="The expected `aud` claim (this API)")
     jwks_file: str | None = Field(default=None, description="A JWKS JSON file (offline sites)")
     jwks_url: str | None = Field(default=None, description="The issuer's JWKS URL (https)")
+    ca_certificates: str | None = Field(default=None, description="PEM CAs trusted for jwks_url (else the system's)")
     algorithms: tuple[str, ...] = Field(
         default=("RS256", "ES256", "PS256"), min_length=1, description="Signature algorithms accepted"
     )
@@ -84,10 +85,12 @@ class ApiConfig(_Model):
     num_cpus: float = Field(default=0.1, ge=0, description="CPUs reserved per API replica")
     max_ongoing_requests: int = Field(default=64, ge=1, description="Concurrent requests per replica")
     max_request_bytes: int = Field(
-        default=4 << 30, ge=1 << 20, description="Largest request body taken (STOW-RS); larger declared -> 413"
+        default=1 << 30,
+        ge=1 << 20,
+        description="Largest request body taken (STOW-RS); a larger one declared is answered 413 before it is read",
     )
     max_instance_bytes: int = Field(
-        default=2 << 30, ge=1 << 16, description="Largest single instance in a STOW-RS body; larger -> 413"
+        default=1 << 30, ge=1 << 16, description="Largest single instance in a STOW-RS body; larger -> 413"
     )
     qido_limit: int = Field(default=1000, ge=1, description="Most matches a QIDO-RS query returns per page")
     audit_reads_every_s: float = Field(

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 __all__ = [
-    "TOKEN_ID_HEX",
-    "TOKEN_PREFIX",
-    "TOKEN_SECRET_BYTES",
     "ApiToken",
     "AuthError",
     "Principal",
     "Scope",
+    "TOKEN_ID_HEX",
+    "TOKEN_PREFIX",
+    "TOKEN_SECRET_BYTES",
     "check_token",
     "format_token",
     "hash_secret",

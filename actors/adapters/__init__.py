@@ -1,4 +1,5 @@
-"""Real I/O behind core's ports: DIMSE (store, MPPS / IAN, query/retrieve), MLLP, FHIR HTTP,
+"""Real I/O behind core's ports: DIMSE (store, MPPS / IAN, query/retrieve), DICOMweb (STOW-RS
+delivery), MLLP, FHIR HTTP,
 TLS, the wall clock, the HL7 listener and the join to its context. The ledger, the HL7 context
 store and the other durable stores are the ``state`` package; the demo's Orthanc runner and the
 dcmtk wrappers live in the ``demo``
@@ -8,6 +9,7 @@ __all__ = [
     "cells",
     "clock",
     "context_join",
+    "dicomweb",
     "dimse",
     "fhir_http",
     "hl7_inbox",

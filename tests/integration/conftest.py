@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from actors.pipeline import Pipeline, deploy_models, wait_until
+from actors.pipeline import Pipeline, deploy_models, start_serve, wait_until
 from core.config import AppConfig, parse_config
 from demo.orthanc import OrthancProcess, free_port, orthanc_binary
 from state.ledger import Ledger, open_ledger
@@ -62,9 +62,32 @@ def ray_session() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def model_app(ray_session: None, demo_weights: dict[str, Path]) -> AppConfig:
-    """Every family's deployment (a fraction of a CPU each), shared by every test."""
-    cfg = parse_config(base_config())
+def api_section(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The ``api`` config section every API test uses: Serve's HTTPS proxy is started once per
+    Ray (its port and certificate are fixed then), on a free port with a throwaway CA."""
+    from tests.pki import make_pki
+
+    pki = make_pki(Path(tmp_path_factory.mktemp("api-pki")))
+    return {
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "tls": {"certificate": str(pki.server_cert), "private_key": str(pki.server_key)},
+        "ca_for_clients": str(pki.ca),
+    }
+
+
+def api_config(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``api`` section without the test-only CA path."""
+    return {k: v for k, v in section.items() if k != "ca_for_clients"}
+
+
+@pytest.fixture(scope="session")
+def model_app(ray_session: None, demo_weights: dict[str, Path], api_section: dict[str, Any]) -> AppConfig:
+    """Every family's deployment (a fraction of a CPU each), shared by every test; Serve's
+    HTTPS proxy is started first, for the tests that deploy the API."""
+    raw = base_config()
+    start_serve(parse_config({**raw, "api": api_config(api_section)}))
+    cfg = parse_config(raw)
     deploy_models(cfg)
     return cfg
 

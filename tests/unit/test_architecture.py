@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ["core", "models", "serve", "actors"]
-"""The installed product. ``state`` joins it when the ledger package lands (issue 9)."""
+PRODUCT = ["core", "models", "serve", "actors", "state", "api"]
+"""The installed product."""
 TOOLING = ["synthetic", "training", "demo"]
 """Test data, demo training and the demo: run from the repository root, never installed."""
 PACKAGES = PRODUCT + TOOLING
@@ -52,7 +52,7 @@ def test_every_public_module_has_a_sorted_all(package):
 
 def test_only_the_product_is_installed():
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    assert sorted(pattern.rstrip("*") for pattern in find["include"]) == sorted([*PRODUCT, "state"])
+    assert sorted(pattern.rstrip("*") for pattern in find["include"]) == sorted(PRODUCT)
 
 
 def test_every_package_is_in_the_import_contracts():
