@@ -79,22 +79,18 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's OpenAPI 3.1 document, made true to what the API answers: bearer
-    authentication on every operation but the health checks, and every error (FastAPI's own
-    422 included) as ``application/problem+json``."""
+    """FastAPI's OpenAPI 3.1 document, made true to what the API answers: every operation with
+    a security requirement (the bearer scheme and the scope it needs) documents 401 and 403,
+    and every error (FastAPI's own 422 included) is ``application/problem+json``."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
-    components["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (pab_...) or an OIDC JWT"}
-    }
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    for path, operations in schema.get("paths", {}).items():
+    for operations in schema.get("paths", {}).values():
         for operation in operations.values():
-            if path not in ("/healthz", "/readyz"):
-                operation["security"] = [{"bearer": []}]
+            if operation.get("security"):
                 for status, why in (("401", "No valid credentials"), ("403", "The credential lacks the scope")):
                     operation.setdefault("responses", {}).setdefault(status, {"description": why})
             for status, response in operation.get("responses", {}).items():

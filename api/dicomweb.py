@@ -60,21 +60,45 @@ STOW_CALLING_AE = "STOW-RS"
 
 router = APIRouter()
 
+
+class DicomJSONResponse(JSONResponse):
+    """A PS3.18 F.2 DICOM JSON answer."""
+
+    media_type = DICOM_JSON
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No valid credentials", "content": {"application/problem+json": {}}},
     403: {"description": "The credential lacks the scope", "content": {"application/problem+json": {}}},
 }
+_STOW_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "DICOM Part 10 instances, one per part (PS3.18 10.5)",
+        "content": {'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Every instance stored", "content": {DICOM_JSON: {}}},
-    202: {"description": "Some instances failed (FailedSOPSequence)", "content": {DICOM_JSON: {}}},
+    200: {"description": "Every instance stored", "content": {DICOM_JSON: {"schema": {"type": "object"}}}},
+    202: {
+        "description": "Some instances failed (FailedSOPSequence)",
+        "content": {DICOM_JSON: {"schema": {"type": "object"}}},
+    },
     400: {"description": "Malformed multipart body", "content": {"application/problem+json": {}}},
-    409: {"description": "No instance stored (FailedSOPSequence)", "content": {DICOM_JSON: {}}},
+    409: {
+        "description": "No instance stored (FailedSOPSequence)",
+        "content": {DICOM_JSON: {"schema": {"type": "object"}}},
+    },
     413: {"description": "Body or part too large", "content": {"application/problem+json": {}}},
     415: {"description": "Not multipart/related; type=application/dicom", "content": {"application/problem+json": {}}},
     422: {"description": "Invalid Study Instance UID in the path", "content": {"application/problem+json": {}}},
     **_ERRORS,
 }
 _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "DICOM JSON (PS3.18 F.2)",
+        "content": {DICOM_JSON: {"schema": {"type": "array", "items": {"type": "object"}}}},
+    },
     400: {"description": "Unusable query key", "content": {"application/problem+json": {}}},
     404: {"description": "No such result object", "content": {"application/problem+json": {}}},
     406: {
@@ -91,7 +115,8 @@ _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     "/studies",
     summary="STOW-RS: store instances (multipart/related; type=application/dicom)",
     responses=_STOW_RESPONSES,
-    response_class=Response,
+    response_class=DicomJSONResponse,
+    openapi_extra=_STOW_BODY,
 )
 async def stow(request: Request, principal: Ingester) -> Response:
     return await _stow(request, principal, None)
@@ -101,7 +126,8 @@ async def stow(request: Request, principal: Ingester) -> Response:
     "/studies/{study}",
     summary="STOW-RS: store instances of one study (others fail with 0xA900)",
     responses=_STOW_RESPONSES,
-    response_class=Response,
+    response_class=DicomJSONResponse,
+    openapi_extra=_STOW_BODY,
 )
 async def stow_study(request: Request, study: StudyUID, principal: Ingester) -> Response:
     return await _stow(request, principal, study)
@@ -255,27 +281,46 @@ def _accept_json(request: Request) -> None:
         raise Problem(406, f"QIDO-RS answers {DICOM_JSON}", "not-acceptable")
 
 
-@router.get("/studies", summary="QIDO-RS: studies with results of ours", responses=_READ_RESPONSES)
+@router.get(
+    "/studies",
+    summary="QIDO-RS: studies with results of ours",
+    responses=_READ_RESPONSES,
+    response_class=DicomJSONResponse,
+)
 def search_studies(request: Request, _: Reader) -> JSONResponse:
     return _search(request, Level.STUDY, _query(request))
 
 
-@router.get("/series", summary="QIDO-RS: our result series", responses=_READ_RESPONSES)
+@router.get(
+    "/series", summary="QIDO-RS: our result series", responses=_READ_RESPONSES, response_class=DicomJSONResponse
+)
 def search_series(request: Request, _: Reader) -> JSONResponse:
     return _search(request, Level.SERIES, _query(request))
 
 
-@router.get("/instances", summary="QIDO-RS: our result instances", responses=_READ_RESPONSES)
+@router.get(
+    "/instances", summary="QIDO-RS: our result instances", responses=_READ_RESPONSES, response_class=DicomJSONResponse
+)
 def search_instances(request: Request, _: Reader) -> JSONResponse:
     return _search(request, Level.INSTANCE, _query(request))
 
 
-@router.get("/studies/{study}/series", summary="QIDO-RS: our result series of a study", responses=_READ_RESPONSES)
+@router.get(
+    "/studies/{study}/series",
+    summary="QIDO-RS: our result series of a study",
+    responses=_READ_RESPONSES,
+    response_class=DicomJSONResponse,
+)
 def search_study_series(request: Request, study: StudyUID, _: Reader) -> JSONResponse:
     return _search(request, Level.SERIES, _query(request), study_uid=study)
 
 
-@router.get("/studies/{study}/instances", summary="QIDO-RS: our result instances of a study", responses=_READ_RESPONSES)
+@router.get(
+    "/studies/{study}/instances",
+    summary="QIDO-RS: our result instances of a study",
+    responses=_READ_RESPONSES,
+    response_class=DicomJSONResponse,
+)
 def search_study_instances(request: Request, study: StudyUID, _: Reader) -> JSONResponse:
     return _search(request, Level.INSTANCE, _query(request), study_uid=study)
 
@@ -284,6 +329,7 @@ def search_study_instances(request: Request, study: StudyUID, _: Reader) -> JSON
     "/studies/{study}/series/{series}/instances",
     summary="QIDO-RS: our result instances of a series",
     responses=_READ_RESPONSES,
+    response_class=DicomJSONResponse,
 )
 def search_series_instances(request: Request, study: StudyUID, series: SeriesUID, _: Reader) -> JSONResponse:
     return _search(request, Level.INSTANCE, _query(request), study_uid=study, series_uid=series)
@@ -335,8 +381,8 @@ def _metadata(request: Request, **uids: str | None) -> JSONResponse:
 
 
 _WADO_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The instances", "content": {"multipart/related": {}}},
     **_READ_RESPONSES,
+    200: {"description": "The instances", "content": {"multipart/related": {}}},
 }
 
 
@@ -377,7 +423,10 @@ def retrieve_instance(
 
 
 @router.get(
-    "/studies/{study}/metadata", summary="WADO-RS: metadata of a study's result objects", responses=_READ_RESPONSES
+    "/studies/{study}/metadata",
+    summary="WADO-RS: metadata of a study's result objects",
+    responses=_READ_RESPONSES,
+    response_class=DicomJSONResponse,
 )
 def study_metadata(request: Request, study: StudyUID, _: Reader) -> JSONResponse:
     return _metadata(request, study_uid=study)
@@ -387,6 +436,7 @@ def study_metadata(request: Request, study: StudyUID, _: Reader) -> JSONResponse
     "/studies/{study}/series/{series}/metadata",
     summary="WADO-RS: metadata of a result series",
     responses=_READ_RESPONSES,
+    response_class=DicomJSONResponse,
 )
 def series_metadata(request: Request, study: StudyUID, series: SeriesUID, _: Reader) -> JSONResponse:
     return _metadata(request, study_uid=study, series_uid=series)
@@ -396,6 +446,7 @@ def series_metadata(request: Request, study: StudyUID, series: SeriesUID, _: Rea
     "/studies/{study}/series/{series}/instances/{instance}/metadata",
     summary="WADO-RS: metadata of one result object",
     responses=_READ_RESPONSES,
+    response_class=DicomJSONResponse,
 )
 def instance_metadata(
     request: Request,

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.context import ApiContext
 from core.auth import AuthError, Principal, Scope
@@ -23,10 +24,22 @@ def context_of(request: Request) -> ApiContext:
     return ctx
 
 
-def requires(scope: Scope) -> Callable[..., Any]:
-    """A dependency that answers 401 without valid credentials and 403 without ``scope``."""
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An API token (pab_...) or an OIDC JWT; each operation lists the scope it needs",
+)
+"""The security scheme in the OpenAPI document (authentication itself is ``ctx.auth``)."""
 
-    def dependency(request: Request) -> Principal:
+
+def requires(scope: Scope) -> Callable[..., Any]:
+    """A dependency that answers 401 without valid credentials and 403 without ``scope``; the
+    OpenAPI document lists the scope as the operation's security requirement."""
+
+    def dependency(
+        request: Request,
+        _documented: HTTPAuthorizationCredentials | None = Security(_BEARER, scopes=[scope.value]),  # noqa: B008
+    ) -> Principal:
         ctx = context_of(request)
         principal = ctx.auth.authenticate(request.headers.get("authorization"))
         request.state.principal = principal
@@ -35,7 +48,6 @@ def requires(scope: Scope) -> Callable[..., Any]:
         return principal
 
     dependency.__name__ = f"requires_{scope.value}"
-    dependency.scope = scope  # type: ignore[attr-defined]  # read by the OpenAPI description
     return dependency
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, Self
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import issue_token
 from api.problems import Problem
@@ -44,7 +44,11 @@ class TokenState(enum.StrEnum):
 
 
 class TokenRequest(BaseModel):
-    """A token to issue. Give ``expires_in_s`` or ``expires_at``, or neither: until revoked."""
+    """A token to issue: for ``expires_in_s`` seconds, or until revoked when it is left out.
+
+    A relative expiry only: an absolute time would be a second way to say the same thing, and
+    one that can already be in the past.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,21 +58,15 @@ class TokenRequest(BaseModel):
     )
     scopes: list[Scope] = Field(min_length=1, description="What it may do; admin implies all, operate implies read")
     expires_in_s: float | None = Field(
-        default=None, gt=0, le=100 * 365 * 86400, description="Seconds from now until it stops working (<= 100 years)"
+        default=None,
+        ge=1,
+        le=100 * 365 * 86400,
+        description="Seconds from now until it stops working (1 s to 100 years)",
     )
-    expires_at: AwareDatetime | None = Field(default=None, description="When it stops working (with a time zone)")
-
-    @model_validator(mode="after")
-    def _one_expiry(self) -> Self:
-        if self.expires_in_s is not None and self.expires_at is not None:
-            raise ValueError("give expires_in_s or expires_at, not both")
-        return self
 
     def expiry(self, now: float) -> float | None:
         """The expiry in epoch seconds, or ``None``."""
-        if self.expires_in_s is not None:
-            return now + self.expires_in_s
-        return None if self.expires_at is None else self.expires_at.timestamp()
+        return None if self.expires_in_s is None else now + self.expires_in_s
 
 
 def _at(epoch: float | None) -> datetime | None:
