@@ -148,4 +148,7 @@ def build_api_app(cfg: AppConfig, storage: StorageConfig, key: bytes, secrets: d
         num_replicas=cfg.api.replicas,
         max_ongoing_requests=cfg.api.max_ongoing_requests,
         ray_actor_options=actor_options,
+        # Our own request audit records every request (who, what, status); Serve's access log
+        # line per request would only repeat it, at a file stat and write each time.
+        logging_config={"enable_access_log": False},
     ).bind(cfg, storage, key, cfg.logging.level)
