@@ -176,6 +176,13 @@ def test_the_door_is_locked_and_keeps_serving(tmp_path, make_pipeline, api_secti
             head = tls.recv(4096).decode("latin-1")
             assert head.startswith("HTTP/1.1 413"), head[:200]
 
+    admin, _ = issue_token(ledger.tokens, "it-admin", ["admin"], None, "test", time.time())
+    with httpx.Client(verify=ca, timeout=120) as http:  # models deployed from inside a replica
+        listed = http.get(f"{base}/api/v1/models", headers={"Authorization": f"Bearer {reader}"})
+        assert listed.status_code == 200 and "model-chest_xray" in listed.text, listed.text
+        redeployed = http.put(f"{base}/api/v1/models/chest_xray", headers={"Authorization": f"Bearer {admin}"})
+        assert redeployed.status_code == 200 and "model-chest_xray" in redeployed.text, redeployed.text
+
     with httpx.Client(verify=ca, timeout=30) as http:
         auth = {"Authorization": f"Bearer {reader}"}
         assert http.get(f"{base}/api/v1/status", headers=auth).status_code == 200
