@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -56,9 +57,30 @@ seconds of silence). (Lua's ``SendToModality`` takes instances only in Orthanc 1
 logger = logging.getLogger(__name__)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port that is free on localhost now."""
-    with socket.socket() as s:
+    """Return a TCP port that is free on localhost now, for a server to bind a moment later.
+
+    Drawn from 12000-19999, below the kernel's ephemeral range (32768-60999 here) and below
+    the ports ``demo.raycluster`` draws (20000 up): a port the kernel handed out with
+    ``bind(0)`` is an ephemeral one, which any outgoing connection (Ray opens many) may take
+    before the server binds it ("Address already in use", seen in CI). A port is not handed
+    out twice by this process.
+    """
+    for _ in range(500):
+        port = 12000 + secrets.randbelow(8000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # that range is full: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -12,11 +12,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from demo.orthanc import free_port
 
 __all__ = ["PostgresServer", "postgres_bindir"]
 
@@ -34,9 +35,7 @@ def postgres_bindir() -> Path | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()  # one way to pick a port: outside the kernel's ephemeral range
 
 
 class PostgresServer:
