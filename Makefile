@@ -11,8 +11,8 @@ setup: system-packages $(STAMP)
 
 # Debian packages: the PACS (Orthanc), the reference DICOM clients (dcmtk), the IOD checker
 # (dicom3tools' dciodvfy) and PostgreSQL (the shared ledger backend; its tests start a private
-# server with initdb/pg_ctl, so the package's own cluster is never used). Installed only when
-# missing, and only as root.
+# server with initdb/pg_ctl, so the package's own cluster is never used) and Prometheus (the
+# metrics tests scrape the pipeline with a private one). Installed only when missing, and only as root.
 system-packages:
 	@missing=""; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
@@ -20,6 +20,7 @@ system-packages:
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -26,6 +26,7 @@ __all__ = [
     "Hl7Config",
     "ListenerConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "MllpListenerConfig",
     "ModelEntry",
     "ModelInputSpec",
@@ -43,6 +44,7 @@ __all__ = [
     "StageConfig",
     "StagesConfig",
     "StorageConfig",
+    "TracingConfig",
     "TlsConfig",
     "ValidationConfig",
     "app_name",
@@ -650,6 +652,51 @@ class LoggingConfig(_Model):
     log_identifiers: bool = Field(
         default=False, description="Log DICOM identifiers of requests (pynetdicom); never PHI"
     )
+    dir: str | None = Field(
+        default=None, description="Where log files go (rotated); unset: <storage.var_dir>/logs"
+    )
+    max_bytes: int = Field(default=10 << 20, ge=4096, description="Rotate a log file at this size")
+    backups: int = Field(default=5, ge=0, description="Rotated log files kept per process")
+    json_lines: bool = Field(default=False, description="Write log files as JSON lines (for log shippers)")
+    console_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="What reaches the console (pacsai --verbose: INFO)"
+    )
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics, recorded with Ray's metrics API (core.metrics has the catalogue)."""
+
+    enabled: bool = Field(default=True, description="Record the pipeline's metrics")
+    export_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Ray's Prometheus endpoint on each node (ray.init's metrics export port); unset: Ray picks",
+    )
+    report_interval_ms: int = Field(
+        default=10000, ge=100, description="How often each Ray worker reports its metrics to its node's endpoint"
+    )
+    ledger_period_s: float = Field(
+        default=5.0, gt=0, description="How often the ledger's gauges (jobs per state, queues) are published"
+    )
+
+
+class TracingConfig(_Model):
+    """OpenTelemetry tracing of each study across the actors; off unless set."""
+
+    exporter: Literal["file", "otlp"] = Field(default="file", description="Where spans go")
+    file: str | None = Field(
+        default=None, description="Span file (JSON lines) for exporter file; unset: <storage.var_dir>/traces/spans.jsonl"
+    )
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces endpoint for exporter otlp, e.g. https://collector:4318/v1/traces"
+    )
+
+    @model_validator(mode="after")
+    def _otlp_needs_endpoint(self) -> TracingConfig:
+        if self.exporter == "otlp" and not self.otlp_endpoint:
+            raise ValueError("otlp_endpoint: required when exporter is otlp")
+        return self
 
 
 class MllpListenerConfig(_Model):
@@ -763,6 +810,8 @@ class AppConfig(_Model):
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Review flags")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Validation of received data")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")
+    tracing: TracingConfig | None = Field(default=None, description="OpenTelemetry tracing; off unless set")
     hl7: Hl7Config | None = Field(default=None, description="HL7 v2 bridge; off unless set")
     ehr: EhrConfig | None = Field(default=None, description="Results to the EHR; off unless set")
     cluster: ClusterConfig | None = Field(
