@@ -4,20 +4,35 @@ The IT operations (status, replay, quarantine, AI switches, models, audit) go th
 ``api.operations.Operations``, the service layer the REST API calls too, so both check the same
 arguments and audit the same way. Demo weights and the demo run from the repository root: ``python -m training`` and
 ``python -m demo`` (they are not part of the installed product).
+
+Other packages add sub-commands through the entry-point group ``pacsai.commands``: each entry
+point is ``register(subparsers) -> None``, which adds its parser with ``set_defaults(func=...)``
+(``func(args) -> int``). A plugin that fails to load is named in a warning and left out.
+
+Logs go to rotated files under ``logging.dir`` (``<storage.var_dir>/logs``); the console shows
+WARNING and up, INFO with ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import importlib.metadata
 import json
 import logging
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from actors.adapters.logs import LogSettings, export_for_workers, install
 from api.operations import LIMIT_MAX, InvalidArgument, NotFound, Operations, RayModelControl
 from core.codec import to_jsonable
 from core.config import AppConfig
@@ -33,10 +48,21 @@ logger = logging.getLogger("pacsai")
 DEFAULT_CONFIG = "configs/default.yaml"
 
 
+def _console() -> Console:
+    """stdout as rich sees it: colours and live displays on a terminal, plain text (120 wide) else."""
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
 def _config(args: argparse.Namespace) -> AppConfig:
+    """Load ``--config``, and from then on log to files under its log dir."""
     from actors.pipeline import load_config
 
-    return load_config(args.config)
+    cfg = load_config(args.config)
+    settings = LogSettings.from_config(cfg.logging, cfg.storage, verbose=getattr(args, "verbose", False))
+    install(settings)
+    if getattr(args, "func", None) is cmd_up:  # the actors Ray starts now inherit the driver's log settings
+        export_for_workers(settings)
+    return cfg
 
 
 def _ledger(cfg: AppConfig) -> Ledger:
@@ -65,13 +91,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     stop = threading.Event()
-    pipeline = Pipeline(cfg).start(deploy=not args.no_deploy)
+    t0 = time.monotonic()
+    with _console().status("pacsai up: starting the pipeline (Ray, actors, models) ...", spinner="dots"):
+        pipeline = Pipeline(cfg).start(deploy=not args.no_deploy)
     # After ray.init: Ray installs its own SIGTERM handler, which would kill us mid-shutdown.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(
         f"pacsai up: listener {cfg.listener.ae_title} on {cfg.listener.host}:"
-        f"{pipeline.listener_port()}, var {pipeline.layout.root}",
+        f"{pipeline.listener_port()}, var {pipeline.layout.root} (up in {time.monotonic() - t0:.0f} s)",
         flush=True,
     )
     if cfg.hl7 is not None:
@@ -90,15 +118,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_status(report: LedgerStatus) -> str:
-    lines = ["jobs:"]
-    lines += [f"  {state:<12} {n}" for state, n in report.jobs.items()]
-    lines.append("instances:")
-    lines += [f"  {state:<12} {n}" for state, n in report.instances.items()]
-    lines.append(f"queue depth: {report.queue_depth}   outbox pending: {report.outbox_pending}")
+def _counts_table(title: str, counts: dict[str, int] | Any) -> Table:
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+    t.add_column("state")
+    t.add_column("n", justify="right")
+    for state, n in counts.items():
+        t.add_row(state, str(n), style=None if n else "dim")
+    return t
+
+
+def _summary(report: LedgerStatus) -> Iterator[str]:
+    """The one-line facts under the tables (plain text: scripts and tests grep them)."""
+    yield f"queue depth: {report.queue_depth}   outbox pending: {report.outbox_pending}"
     q = report.quarantine
     codes = ", ".join(f"{c} {n}" for c, n in q.held_by_code.items())
-    lines.append(
+    yield (
         f"quarantine: held {q.held}"
         + (f" ({codes})" if codes else "")
         + f", released {q.released}, discarded {q.discarded}"
@@ -106,41 +140,66 @@ def _format_status(report: LedgerStatus) -> str:
     )
     if report.review_flags_open:
         kinds = ", ".join(f"{k} {n}" for k, n in report.review_flags_by_kind.items())
-        lines.append(f"for review: {report.review_flags_open} ({kinds})   -> pacsai review list")
+        yield f"for review: {report.review_flags_open} ({kinds})   -> pacsai review list"
     if report.sr_versions_held:
-        lines.append(
+        yield (
             f"WARNING: {report.sr_versions_held} SR version(s) held at sr.max_versions; "
             "release or acknowledge with pacsai review resolve"
         )
     if report.senders_tightened:
         tightened = ", ".join(f"{ae} (strictness {n})" for ae, n in report.senders_tightened.items())
-        lines.append(f"senders completing studies early, rules tightened: {tightened}")
+        yield f"senders completing studies early, rules tightened: {tightened}"
     oldest = report.oldest_waiting
     if oldest:
-        lines.append(
+        yield (
             f"oldest waiting: job {oldest.job_id} ({oldest.state}, {oldest.age_s:.1f} s)"
             + (f": {oldest.reason}" if oldest.reason else "")
         )
-    lines.append("stages:")
-    now = time.time()
+
+
+def _stages_table(report: LedgerStatus, now: float) -> Table:
+    t = Table(title="stages", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+    for name, justify in (("stage", "left"), ("health", "left"), ("processed", "right"), ("failures", "right")):
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name in ("in flight", "last work"):
+        t.add_column(name, justify="right")
+    t.add_column("notes", overflow="fold")
     for s in report.stages:
         h, age = s.health, now - s.heartbeat_at
         health = s.status.value if age < 10 else f"STALE ({age:.0f} s)"
-        idle = f"  last work {now - h.last_work_at:.0f} s ago" if h.last_work_at else ""
-        err = f"  last error: {h.last_error}" if h.last_error else ""
+        style = "green" if health == "ok" else "red"
         dead = [loop.name for loop in h.loops if not loop.alive]
-        down = f"  stopped: {', '.join(dead)}" if dead else ""
-        lines.append(
-            f"  {h.actor:<13} {health:<10} processed {h.processed:<6} failures "
-            f"{h.failures:<4} in flight {h.in_flight}{idle}{down}{err}"
+        notes = "; ".join(
+            ([f"stopped: {', '.join(dead)}"] if dead else [])
+            + ([f"last error: {h.last_error}"] if h.last_error else [])
         )
-    return "\n".join(lines)
+        t.add_row(
+            h.actor,
+            Text(health, style=style),
+            str(h.processed),
+            str(h.failures),
+            str(h.in_flight),
+            f"{now - h.last_work_at:.0f} s ago" if h.last_work_at else "-",
+            Text(notes),
+        )
+    return t
+
+
+def _render_status(report: LedgerStatus, now: float) -> RenderableType:
+    """``pacsai status`` as tables: jobs and instances per state, the facts, the stages."""
+    counts = Table.grid(padding=(0, 4))
+    counts.add_row(_counts_table("jobs", report.jobs), _counts_table("instances", report.instances))
+    facts = [Text(line, style="bold red" if line.startswith("WARNING") else "") for line in _summary(report)]
+    return Group(counts, *facts, Text(""), _stages_table(report, now))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print jobs per state, per-stage health, queue depth and the oldest waiting job."""
     report = _operations(args).status()
-    print(json.dumps(to_jsonable(report), indent=2) if args.json else _format_status(report))
+    if args.json:
+        print(json.dumps(to_jsonable(report), indent=2))
+    else:
+        _console().print(_render_status(report, time.time()), soft_wrap=False)
     return 0
 
 
@@ -364,8 +423,69 @@ def _tokens_parser(t: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", default=argparse.SUPPRESS, help="config YAML file")
 
 
+EXAMPLES: dict[str, str] = {
+    "pacsai": "pacsai status --config configs/default.yaml\n  pacsai --verbose up --config configs/default.yaml",
+    "pacsai up": "pacsai up --config configs/default.yaml",
+    "pacsai status": "pacsai status --config configs/default.yaml\n  pacsai status --json | jq .queue_depth",
+    "pacsai check-config": "pacsai check-config configs/prod.yaml",
+    "pacsai models": "pacsai models list --config configs/default.yaml",
+    "pacsai models deploy": "pacsai models deploy chest_xray --config configs/default.yaml",
+    "pacsai models remove": "pacsai models remove chest_xray --config configs/default.yaml",
+    "pacsai models list": "pacsai models list --config configs/default.yaml",
+    "pacsai ai": "pacsai ai off --modality CT --reason 'scanner recalibration' --user ann",
+    "pacsai replay": "pacsai replay 42 --user ann",
+    "pacsai audit": "pacsai audit verify\n  pacsai audit show --study 1.2.840.99.1 --limit 50",
+    "pacsai quarantine": "pacsai quarantine list",
+    "pacsai quarantine list": "pacsai quarantine list --state all --limit 20",
+    "pacsai quarantine show": "pacsai quarantine show Q7 --json",
+    "pacsai quarantine release": "pacsai quarantine release Q7 --reason 'HighBit checked with the vendor'",
+    "pacsai quarantine discard": "pacsai quarantine discard Q7 --reason 'empty test shot'",
+    "pacsai review": "pacsai review list",
+    "pacsai review list": "pacsai review list --kind prior_issuer_mismatch",
+    "pacsai review show": "pacsai review show R3",
+    "pacsai review resolve": "pacsai review resolve R3 --resolution acknowledged --reason 'seen' --user rita",
+    "pacsai tokens": "pacsai tokens list",
+    "pacsai tokens create": "pacsai tokens create ris-gateway --scope ingest --expires-in-days 90",
+    "pacsai tokens list": "pacsai tokens list --all",
+    "pacsai tokens revoke": "pacsai tokens revoke pab_1a2b3c4d",
+}
+"""One example per command (``--help`` shows it); plugins bring their own epilog."""
+
+
+def _sub_parsers(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``p`` and every sub-command parser under it, depth first."""
+    yield p
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from _sub_parsers(child)
+
+
+def _finish(p: argparse.ArgumentParser) -> None:
+    """Give every parser its example and ``-v`` (so ``pacsai status -v`` works too)."""
+    for sp in _sub_parsers(p):
+        example = EXAMPLES.get(sp.prog)
+        if example and not sp.epilog:
+            sp.epilog = f"Example:\n  {example}"
+        if sp.epilog:
+            sp.formatter_class = argparse.RawDescriptionHelpFormatter
+        if sp is not p and "--verbose" not in sp._option_string_actions:
+            flags = ["-v", "--verbose"] if "-v" not in sp._option_string_actions else ["--verbose"]
+            sp.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help="log INFO to the console")
+
+
+def _plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Let each ``pacsai.commands`` entry point add its sub-command; a broken one is skipped."""
+    for ep in importlib.metadata.entry_points(group="pacsai.commands"):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plugin must not take pacsai down: name it, go on
+            logger.warning("plugin %s (%s) not loaded: %s: %s", ep.name, ep.value, type(exc).__name__, exc)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pacsai", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log INFO to the console (files always get it)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
@@ -399,6 +519,8 @@ def _parser() -> argparse.ArgumentParser:
     _quarantine_parser(add("quarantine", cmd_quarantine, "quarantined instances: list, show, release, discard"))
     _review_parser(add("review", cmd_review, "review flags: list, show, resolve (who, why, audited)"))
     _tokens_parser(add("tokens", cmd_tokens, "API tokens: create, list, revoke"))
+    _plugins(sub)
+    _finish(p)
     return p
 
 
@@ -460,8 +582,10 @@ def _quarantine_parser(q: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pacsai``; returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install(LogSettings(directory=None))  # the console only, until a command loads its config
     args = _parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        install(LogSettings(console_level="INFO", directory=None))
     try:
         return int(args.func(args))
     except ConfigError as exc:

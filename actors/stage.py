@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from actors.polling import Loop, SystemClock
 from core.config import RetryConfig, StageConfig, StorageConfig
@@ -201,12 +202,38 @@ class StageRunner:
             logger.error("stage %s: job %d is dead: %s", self.name, job.job_id, error[:200])
 
 
-def configure_logging(level: str) -> None:
-    """Configure this process's root logger once (each Ray actor is its own process)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root.setLevel(level)
+def configure_logging(
+    level: str,
+    *,
+    log_dir: str | os.PathLike[str] | None = None,
+    name: str = "actor",
+    console_level: str | None = None,
+    json_lines: bool | None = None,
+) -> None:
+    """Configure this process's logging (each Ray actor is its own process).
+
+    The file ``<log_dir>/<name>-<pid>.log`` (rotated) gets ``level``; stderr, which Ray copies to
+    the driver's console, gets WARNING and up. Settings the driver exported
+    (``actors.adapters.logs.export_for_workers``: the log dir, console level, JSON lines,
+    rotation) win over ``log_dir``; ``console_level`` and ``json_lines``, when given, over both.
+
+    Args:
+        level: What the file gets (``logging.level``).
+        log_dir: Where the file goes unless the driver said otherwise; ``None``: no file.
+        name: The actor's name (the file's stem, JSON lines' ``actor``).
+        console_level: What stderr gets.
+        json_lines: Write the file as JSON lines.
+    """
+    from dataclasses import replace
+
+    from actors.adapters.logs import LogSettings, install
+
+    settings = LogSettings.from_environment(level, None if log_dir is None else Path(log_dir), name)
+    if console_level is not None:
+        settings = replace(settings, console_level=console_level)
+    if json_lines is not None:
+        settings = replace(settings, json_lines=json_lines)
+    install(settings)
 
 
 def _ray_actor_name(cell: str) -> str:
@@ -234,7 +261,7 @@ class ActorShell:
     _clock: Clock
 
     def _open_ledger(self, storage: StorageConfig, log_level: str = "INFO") -> Ledger:
-        configure_logging(log_level)
+        configure_logging(log_level, log_dir=Path(storage.var_dir) / "logs", name=self.name)
         if storage.cell:  # a cluster runs one per cell (and per index): health rows apart
             self.name = _ray_actor_name(storage.cell) or f"{storage.cell}/{self.name}"
         self._clock = SystemClock()
