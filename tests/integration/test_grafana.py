@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -245,3 +246,70 @@ def test_a_bad_query_raises_with_prometheus_message(prometheus: PrometheusProces
     with pytest.raises(PrometheusError, match="bad_data: .*parse error"):
         prometheus.query("sum by (stage (ray_pacsai_jobs)")
     assert prometheus.query("1 + 1")[0]["value"][1] == "2"
+
+
+RAY_LABELS = 'NodeAddress="127.0.0.1",WorkerId="w1",SessionName="s1",Component="core_worker"'
+SERVE_LABELS = 'application="model-chest",deployment="ModelDeployment",replica="r1",route="/"'
+
+
+def _ray_shaped_exposition(n: int) -> str:
+    """Every catalogue metric and the dashboards' Serve metrics as Ray's exporter shows them,
+    counters and histograms grown by ``n`` (the scrape number), so rates are positive."""
+    from core.metrics import METRICS, MetricKind, prometheus_name
+
+    lines = []
+    for name, spec in METRICS.items():
+        labels = ",".join([RAY_LABELS] + [f'{key}="demo"' for key in spec.labels])
+        series = prometheus_name(name)
+        if spec.kind is MetricKind.HISTOGRAM:
+            lines += [f'{series}_bucket{{{labels},le="{b}"}} {n}' for b in (*spec.buckets, "+Inf")]
+            lines += [f"{series}_sum{{{labels}}} {n * 0.004}", f"{series}_count{{{labels}}} {n}"]
+        else:
+            lines.append(f"{series}{{{labels}}} {n}")
+    serve = f"{RAY_LABELS},{SERVE_LABELS}"
+    lines += [f"ray_serve_deployment_request_counter_total{{{serve}}} {n}"]
+    lines += [f'ray_serve_deployment_processing_latency_ms_bucket{{{serve},le="{b}"}} {n}' for b in (10, 100, "+Inf")]
+    lines += [
+        f"ray_serve_deployment_replica_healthy{{{serve}}} 1",
+        f"ray_serve_replica_processing_queries{{{serve}}} 1",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def ray_shaped_exporter() -> Iterator[str]:
+    scrapes = iter(range(1, 1_000_000))
+
+    class Exporter(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = _ray_shaped_exposition(next(scrapes)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Exporter)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@needs_prometheus
+def test_every_panel_query_returns_data_from_ray_shaped_series(ray_shaped_exporter: str) -> None:
+    """The series names and label matchers match what Ray exports (the live pipeline's test
+    checks real values; this one runs in seconds on synthetic series; the unit test checks the
+    ``by (...)`` labels)."""
+    with PrometheusProcess(targets=[ray_shaped_exporter]) as prom:
+        prom.wait_for_targets_up(timeout_s=20)
+        deadline = time.monotonic() + 10
+        while not prom.query("count_over_time(ray_pacsai_stage_jobs_total[5m]) >= 2") and time.monotonic() < deadline:
+            time.sleep(0.1)  # rate() needs two scrapes
+        empty = [f"{q.dashboard_uid} / {q.panel_title}: {q.expr}" for q in panel_queries() if not prom.query(q.expr)]
+    assert not empty, empty

@@ -59,6 +59,30 @@ def test_every_panel_query_names_only_catalogue_or_serve_metrics() -> None:
     assert shown == set(METRICS)
 
 
+SERVE_LABELS = {"application", "deployment", "replica", "route"}
+"""The tags Ray Serve puts on its replica and controller metrics."""
+
+
+def _labels_of(series: str) -> set[str]:
+    if series in SERVE_METRICS:
+        return SERVE_LABELS | ({"le"} if series.endswith("_bucket") else set())
+    for name, spec in METRICS.items():
+        if series == prometheus_name(name):
+            return set(spec.labels)
+        if series.startswith(prometheus_name(name) + "_"):
+            return set(spec.labels) | ({"le"} if series.endswith("_bucket") else set())
+    raise AssertionError(f"{series}: not in the catalogue")
+
+
+def test_every_grouping_and_matcher_uses_labels_the_metrics_have() -> None:
+    for q in panel_queries():
+        metrics = set(re.findall(r"\b(ray_[a-zA-Z0-9_]+)", q.expr))
+        have = set.intersection(*(_labels_of(m) for m in metrics))
+        grouped = {label.strip() for group in re.findall(r"by \(([^)]*)\)", q.expr) for label in group.split(",")}
+        matched = set(re.findall(r"[{,]\s*([a-zA-Z_]+)\s*[=!]~?", q.expr))
+        assert grouped | matched <= have, f"{q.dashboard_uid} / {q.panel_title}: {sorted((grouped | matched) - have)}"
+
+
 def test_serve_metrics_exist_in_ray_serve_source() -> None:
     spec = importlib.util.find_spec("ray")
     assert spec is not None and spec.submodule_search_locations
