@@ -138,6 +138,7 @@ def train_demo(
     batch_size: int = 0,
     log: Callable[[str], None] = print,
     eval_size: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TrainReport:
     """Train the family's network briefly on CPU on phantoms; write weights and sidecar.
 
@@ -151,6 +152,8 @@ def train_demo(
         log: Receives progress lines.
         eval_size: Held-out phantoms or studies for the evaluation (synthetic DICOM through the
             same preprocessing as inference); 0 means the family's default.
+        progress: Called as ``progress(step, steps)`` after every optimiser step (a progress bar;
+            the held-out evaluation follows the last step).
 
     Returns:
         The report, with the held-out evaluation of every phantom finding the model outputs.
@@ -168,7 +171,9 @@ def train_demo(
         network = network.to(memory_format=torch.channels_last)
     weights = torch.tensor([_LOSS_WEIGHTS.get(key, 1.0) for key in plan.keys])
     start = time.perf_counter()
-    losses = _fit(network, plan.draw, weights, np.random.default_rng(seed), steps, log, planar, plan.learning_rate)
+    losses = _fit(
+        network, plan.draw, weights, np.random.default_rng(seed), steps, log, planar, plan.learning_rate, progress
+    )
     seconds = time.perf_counter() - start
     network.eval()
     digest = _save_atomically(network, out_path)
@@ -234,6 +239,7 @@ def _fit(
     log: Callable[[str], None],
     channels_last: bool,
     learning_rate: float = _LEARNING_RATE,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[float]:
     """AdamW with warm-up and cosine decay, one fresh batch per step; return the losses."""
     optimiser = torch.optim.AdamW(network.parameters(), learning_rate, weight_decay=_WEIGHT_DECAY)
@@ -252,6 +258,8 @@ def _fit(
                 images = images.contiguous(memory_format=torch.channels_last)
             losses.append(_step(network, optimiser, images, labels, weights))
             schedule.step()
+            if progress is not None:
+                progress(step, steps)
             if step == 1 or step % 10 == 0 or step == steps:
                 log(f"step {step}/{steps} loss {np.mean(losses[-10:]):.4f} ({time.perf_counter() - start:.0f} s)")
     return losses
