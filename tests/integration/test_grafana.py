@@ -11,7 +11,9 @@ It records what it receives.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from demo.orthanc import free_port
 from demo.prometheus import PrometheusError, PrometheusProcess, prometheus_binary
 from ops.cli import register
 from ops.dashboards import DASHBOARD_TITLES, panel_queries
+from tests.pki import Pki, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -109,17 +112,30 @@ def _handler(grafana: FakeGrafana) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def grafana() -> Iterator[FakeGrafana]:
-    fake = FakeGrafana(TOKEN)
+@contextlib.contextmanager
+def _serving(fake: FakeGrafana, pki: Pki | None = None) -> Iterator[FakeGrafana]:
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _handler(fake))
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    if pki is None:
+        fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    else:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server_cert, pki.server_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        fake.url = f"https://localhost:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def grafana() -> Iterator[FakeGrafana]:
+    with _serving(FakeGrafana(TOKEN)) as fake:
+        yield fake
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -196,6 +212,18 @@ def test_an_unreachable_grafana_is_a_clear_error(
     monkeypatch.setenv(ENV, TOKEN)
     assert _run("grafana", "provision", "--url", f"http://127.0.0.1:{free_port()}", "--token-env", ENV) == 1
     assert "cannot reach Grafana" in capsys.readouterr().err
+
+
+def test_a_grafana_behind_a_private_ca_needs_its_ca_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    monkeypatch.setenv(ENV, TOKEN)
+    with _serving(FakeGrafana(TOKEN), pki) as fake:
+        assert _provision(fake) == 1  # the private CA is not in the system's trust store
+        assert "cannot reach Grafana" in capsys.readouterr().err
+        assert _provision(fake, "--ca-file", str(pki.ca)) == 0
+        assert set(fake.dashboards) == set(DASHBOARD_TITLES)
 
 
 def test_export_writes_the_provisioning_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
