@@ -182,6 +182,30 @@ def _file_handler(settings: LogSettings) -> logging.Handler | None:
     return handler
 
 
+def _adopt_serve_logger(handlers: list[logging.Handler], level: int) -> None:
+    """Give the ``ray.serve`` logger our handlers, where Serve gave it only stderr.
+
+    Importing ``ray.serve`` gives that logger its own stderr handler at INFO, cut off from the
+    root logger (and Ray's ``ray`` logger has its own handler), in every process that imports
+    it: the driver and actors holding handles. Its INFO lines ("Application ... is ready",
+    "Started <router>") then reach the console, through Ray's copy of actor stderr too. Serve's
+    replicas and controller, which also log to Serve's files, are left alone
+    (``RAY_SERVE_LOG_TO_STDERR=0`` quiets them).
+    """
+    if "ray.serve" not in sys.modules:
+        return
+    serve = logging.getLogger("ray.serve")
+    ours = getattr(serve, _MARK, False)
+    if not ours and (serve.propagate or any(type(h) is not logging.StreamHandler for h in serve.handlers)):
+        return
+    for h in list(serve.handlers):
+        serve.removeHandler(h)
+    for h in handlers:
+        serve.addHandler(h)
+    serve.setLevel(level)
+    setattr(serve, _MARK, True)
+
+
 def install(settings: LogSettings) -> Path | None:
     """Route this process's records as ``settings`` say; return the log file, if any.
 
@@ -203,14 +227,14 @@ def install(settings: LogSettings) -> Path | None:
     console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
     setattr(console, _MARK, True)
     root.addHandler(console)
-    levels = (logging.getLevelName(settings.level), logging.getLevelName(settings.console_level))
-    root.setLevel(min(levels))
+    level = min(logging.getLevelName(settings.level), logging.getLevelName(settings.console_level))
+    root.setLevel(level)
     file = _file_handler(settings)  # after the console: it says so if the file cannot be written
-    if file is None:
-        return None
-    setattr(file, _MARK, True)
-    root.addHandler(file)
-    return settings.file
+    if file is not None:
+        setattr(file, _MARK, True)
+        root.addHandler(file)
+    _adopt_serve_logger([console] if file is None else [console, file], level)
+    return None if file is None else settings.file
 
 
 def export_for_workers(settings: LogSettings) -> None:

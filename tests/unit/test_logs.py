@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +151,21 @@ def test_verbose_after_the_sub_command_too(tmp_path: Path, capsys: pytest.Captur
     assert cli.main(["tokens", "list", "--config", str(_config(tmp_path)), "-v"]) == 0
     logging.getLogger("actors.test").info("an INFO line")
     assert "an INFO line" in capsys.readouterr().err
+
+
+def test_ray_serves_own_stderr_logger_is_routed_through_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Importing ray.serve gives its logger a stderr handler at INFO, cut off from the root."""
+    serve = logging.getLogger("ray.serve")
+    monkeypatch.setattr(serve, "handlers", [logging.StreamHandler()])
+    monkeypatch.setattr(serve, "propagate", False)
+    monkeypatch.setattr(serve, "level", logging.INFO)
+    monkeypatch.setattr(serve, "_pacsai_handler", False, raising=False)
+    monkeypatch.setitem(sys.modules, "ray.serve", types.ModuleType("ray.serve"))
+    path = install(LogSettings(directory=tmp_path, name="driver"))
+    serve.info("Application 'model-chest_xray' is ready.")
+    serve.warning("Deployment is unhealthy")
+    err = capsys.readouterr().err
+    assert "is ready" not in err and "WARNING ray.serve: Deployment is unhealthy" in err
+    assert path is not None and "is ready" in path.read_text()
