@@ -102,7 +102,7 @@ def _table(results: list[DemoStudy]) -> Table:
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     t.add_column("study")
     t.add_column("truth (phantom)")
-    t.add_column("AI findings (p >= threshold; else the top 3)", overflow="fold")
+    t.add_column("AI findings (else: top 3)", overflow="fold")
     t.add_column("agree")
     t.add_column("SR UID")
     t.add_column("s", justify="right")
