@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from _common import emit  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import emit, percentile  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 START, END = b"\x0b", b"\x1c\x0d"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -167,8 +167,7 @@ async def _drive(port: int, msgs: list[bytes], connections: int) -> tuple[list[f
 
 
 def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return percentile(values, 100 * q, "rounded")
 
 
 def run_variant(variant: str, msgs: list[bytes], connections: int, warmup: list[bytes]) -> dict[str, Any]:

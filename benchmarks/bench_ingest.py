@@ -12,55 +12,15 @@ Prints one JSON line per round and receiver, then a summary line with the median
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-from _common import emit  # benchmarks/ is on sys.path when run as a script
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from _common import emit  # benchmarks/ is on sys.path when run as a script; puts the root there
 
-from actors.adapters.dimse import Listener
-from core.config import ListenerConfig, StorageConfig
-from demo.dcmtk import storescu
-from state.ledger import open_ledger
+from benchmarks.harness.baselines import bare_scp, standalone_listener
+from benchmarks.harness.load import send_storescu
 from synthetic.synthetic_dicom import make_ct_series, save_study
-
-
-class BareScp:
-    """The baseline: write the received bytes to a file and fsync; nothing else."""
-
-    def __init__(self, directory: Path) -> None:
-        self._dir = directory
-        self._dir.mkdir(parents=True, exist_ok=True)
-        ae = AE(ae_title="PACSAI")
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.maximum_pdu_size = 0
-        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
-        self.port = int(self._server.server_address[1])
-
-    def _store(self, event: Any) -> int:
-        path = self._dir / f"{event.request.AffectedSOPInstanceUID}.dcm"
-        with path.open("wb") as f:
-            f.write(event.encoded_dataset())
-            f.flush()
-            os.fsync(f.fileno())
-        return 0x0000
-
-    def stop(self) -> None:
-        self._server.shutdown()
-
-
-def _run(files: list[Path], port: int) -> float:
-    started = time.perf_counter()
-    res = storescu(files, "127.0.0.1", port, "PACSAI")
-    seconds = time.perf_counter() - started
-    if res.returncode != 0:
-        raise RuntimeError(f"storescu failed: {res.stderr[-500:]}")
-    return seconds
 
 
 def main() -> None:
@@ -110,22 +70,9 @@ def main() -> None:
 
 def _measure(name: str, files: list[Path], workdir: Path) -> float:
     """Seconds for storescu to send ``files`` into a fresh receiver of kind ``name``."""
-    if name == "bare_scp":
-        bare = BareScp(workdir)
-        try:
-            return _run(files, bare.port)
-        finally:
-            bare.stop()
-    ledger = open_ledger(StorageConfig(var_dir=str(workdir)))
-    ours = Listener(
-        ListenerConfig(port=0, min_free_bytes=0), workdir / "spool", workdir / "rejected", ledger, quiet_period_s=2.0
-    )
-    ours.start()
-    try:
-        return _run(files, ours.port)
-    finally:
-        ours.stop()
-        ledger.close()
+    receiver = bare_scp(workdir) if name == "bare_scp" else standalone_listener(workdir)
+    with receiver as server:
+        return send_storescu(files, server.port)
 
 
 if __name__ == "__main__":

@@ -45,17 +45,17 @@ timers (CT quiet period 10 s, settle 5 s, lull 1 s):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from _common import emit  # benchmarks/ is on sys.path when run as a script
+from _common import emit  # benchmarks/ is on sys.path when run as a script; puts the root there
 
 from actors.pipeline import Pipeline, wait_until
+from benchmarks.harness.record import percentile
+from benchmarks.harness.stack import aim, load_raw, running
 from core.config import AppConfig, parse_config
 from demo.dcmtk import storescu
 from demo.modality import send_mpps_create, send_mpps_set, send_paced
@@ -65,17 +65,11 @@ from synthetic.procedure_steps import mpps_n_create, mpps_n_set, mpps_uid
 from synthetic.synthetic_dicom import make_ct_series, make_cxr_study, save_study
 from synthetic.synthetic_studies import head_ct_study
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"pacs_counts": "EVIDENCE", "quiet_period": "QUIET"}
 
 
 def config(var: Path, port: int, orthanc: OrthancProcess, quiet: float) -> AppConfig:
-    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
-    raw["models"]["chest_xray"]["weights"] = str(ROOT / raw["models"]["chest_xray"]["weights"])
-    raw["site_name"] = f"bench-latency-{int(time.time()) % 100000}"
-    raw["storage"]["var_dir"] = str(var)
-    raw["listener"]["port"] = port
-    raw["pacs"].update(port=orthanc.dicom_port, ae_title=orthanc.aet)
+    raw = aim(load_raw(), var, port, orthanc, site="bench-latency")
     raw["assembly"] = {"quiet_period_s": quiet, "sources": {ae: {"completion": c} for c, ae in VARIANTS.items()}}
     raw["priors"] = {"enabled": True}
     raw["routing"]["rules"].append({"name": "bench-ct-load", "family": "chest_xray", "modalities": ["CT"]})
@@ -121,13 +115,6 @@ def run_one(
     }
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
-
-
 def summarise(size: int, variant: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": "latency",
@@ -143,8 +130,9 @@ def summarise(size: int, variant: str, runs: list[dict[str, Any]]) -> dict[str, 
     return out
 
 
-def bench(pipeline: Pipeline, orthanc: OrthancProcess, work: Path, sizes: list[int], reps: list[int]) -> None:
-    ledger = open_ledger(pipeline.cfg.storage, pipeline.layout)
+def bench(
+    pipeline: Pipeline, orthanc: OrthancProcess, ledger: Ledger, work: Path, sizes: list[int], reps: list[int]
+) -> None:
     seed = 5000
     warm = make_study(1, seed)  # warm-up: first model call, first associations
     seed_files = save_study(warm, work / "warm")
@@ -203,15 +191,9 @@ def main() -> None:
 def bench_counts(sizes: list[int], reps: list[int], quiet: float) -> None:
     """The scenario of issue 5: each study stored in Orthanc, then sent to us by storescu."""
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        work, port = Path(tmp), free_port()
-        orthanc = OrthancProcess(work / "pacs", modalities={"pacsai": ("PACSAI", "127.0.0.1", port)}).start()
-        pipeline = Pipeline(config(work / "var", port, orthanc, quiet))
-        try:
-            pipeline.start()
-            bench(pipeline, orthanc, work, sizes, reps)
-        finally:
-            pipeline.stop()
-            orthanc.stop()
+        work = Path(tmp)
+        with running(work, lambda port, orthanc: config(work / "var", port, orthanc, quiet)) as stack:
+            bench(stack.pipeline, stack.orthanc, stack.ledger, work, sizes, reps)
 
 
 # ------------------------------------------------------------------ issue 18: routing and MPPS
@@ -223,13 +205,7 @@ ROUTING_SLICES = 60
 
 def routing_config(var: Path, port: int, pacs: OrthancProcess) -> AppConfig:
     """Default assembly timers; per-rule forwarding Orthancs; an MPPS modality on a 60 s quiet."""
-    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
-    for entry in raw["models"].values():
-        entry["weights"] = str(ROOT / entry["weights"])
-    raw["site_name"] = f"bench-routing-{int(time.time()) % 100000}"
-    raw["storage"]["var_dir"] = str(var)
-    raw["listener"]["port"] = port
-    raw["pacs"].update(port=pacs.dicom_port, ae_title=pacs.aet)
+    raw = aim(load_raw(), var, port, pacs, site="bench-routing")
     sources = {ae: {"completion": rule} for rule, ae in ROUTE_RULES.items()}
     raw["assembly"] = {"sources": sources | {MPPS_AE: {"completion": "quiet_period", "quiet_period_s": 60}}}
     raw["priors"] = {"enabled": True}

@@ -60,7 +60,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +68,12 @@ from typing import Any
 import httpx
 from _common import ROOT, emit  # benchmarks/ is on sys.path when run as a script; puts the root there
 
-from actors.adapters.dimse import Listener
-from core.config import AppConfig, ListenerConfig, StorageConfig, parse_config
+from benchmarks.harness.baselines import standalone_listener
+from benchmarks.harness.load import multipart, send_storescu
+from benchmarks.harness.record import percentile
+from core.config import AppConfig, StorageConfig, parse_config
 from core.identifiers import DEFAULT_KEY
 from core.types import JobState
-from demo.dcmtk import storescu
 from demo.orthanc import free_port
 from state.ledger import Ledger, open_ledger
 from synthetic.synthetic_dicom import make_ct_series, save_study
@@ -226,14 +226,6 @@ def where_time_goes(phase: str, before: dict[str, float], after: dict[str, float
 
 
 # ---------------------------------------------------------------- stow
-def multipart(parts: list[bytes]) -> tuple[bytes, str]:
-    """A multipart/related body of DICOM parts and its Content-Type (as ``tests/integration/test_stow.py``)."""
-    boundary = uuid.uuid4().hex
-    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    body = b"".join(head + p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
-
-
 def ct_studies(root: Path, first_seed: int, instances: int, study_size: int) -> list[list[Path]]:
     """``instances`` CT slices of 512x512 as studies of ``study_size``, files on disk."""
     out = []
@@ -298,20 +290,9 @@ def asgi_app(cfg: AppConfig, var: Path | None = None) -> Iterator[tuple[Any, dic
 
 def cstore(files: list[Path], warm: list[Path], var: Path) -> float:
     """Seconds for storescu to send ``files`` into a fresh listener (after ``warm``, untimed)."""
-    ledger = open_ledger(StorageConfig(var_dir=str(var)))
-    listener = Listener(ListenerConfig(port=0, min_free_bytes=0), var / "spool", var / "rejected", ledger, 2.0)
-    listener.start()
-    try:
-        for batch in (warm, files):
-            started = time.perf_counter()
-            res = storescu(batch, "127.0.0.1", listener.port, "PACSAI")
-            seconds = time.perf_counter() - started
-            if res.returncode != 0:
-                raise RuntimeError(f"storescu failed: {res.stderr[-500:]}")
-        return seconds
-    finally:
-        listener.stop()
-        ledger.close()
+    with standalone_listener(var) as listener:
+        send_storescu(warm, listener.port)
+        return send_storescu(files, listener.port)
 
 
 def timed(phase: str, run: Any, reports: list[dict[str, Any]], bare_pid: int | None = None) -> float:
@@ -494,8 +475,7 @@ def bare_server(svc: Service, body: bytes) -> Iterator[tuple[str, int]]:
 
 
 def _ms(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+    return round(1000 * percentile(values, 100 * q, "nearest"), 2)
 
 
 def serve_bare(svc: Service, data: Any) -> str:

@@ -51,7 +51,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +58,10 @@ from typing import Any
 import yaml
 from _common import ROOT, emit  # benchmarks/ is on sys.path when run as a script
 
+from benchmarks.harness.load import send_storescu_all
+from benchmarks.harness.stack import load_raw
 from core.config import parse_config
 from core.types import JobState
-from demo.dcmtk import storescu
 from demo.orthanc import OrthancProcess
 from demo.postgres import PostgresServer
 from demo.raycluster import LocalRayCluster, NodeSpec
@@ -82,9 +82,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------- configuration
 def base_config(cluster: LocalRayCluster, pacs: OrthancProcess | None) -> dict[str, Any]:
     """``configs/test.yaml`` on the cluster: the chest model on the model node, its rule only."""
-    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    raw = load_raw()
     chest = raw["models"][FAMILY]
-    chest["weights"] = str(ROOT / chest["weights"])
     chest["serve"].update(resources={"model": 0.01}, num_cpus=0.25, torch_threads=1, min_replicas=1, max_replicas=1)
     raw.update(
         ray={"address": cluster.address, "namespace": NAMESPACE},
@@ -370,25 +369,6 @@ class Point:
         }
 
 
-def _send_all(jobs: list[tuple[list[Path], int]], senders: int) -> list[float]:
-    """Run ``storescu`` for each ``(files, port)``, ``senders`` at once; each one's wall seconds.
-
-    Raises:
-        RuntimeError: A storescu failed (not every instance was acknowledged).
-    """
-
-    def one(job: tuple[list[Path], int]) -> float:
-        files, port = job
-        started = time.perf_counter()
-        res = storescu(files, "127.0.0.1", port, CALLED_AE, timeout_s=900)
-        if res.returncode != 0:
-            raise RuntimeError(f"storescu to port {port} failed ({res.returncode}): {res.stderr[-600:]}")
-        return time.perf_counter() - started
-
-    with ThreadPoolExecutor(max_workers=senders) as pool:
-        return list(pool.map(one, jobs))
-
-
 def ingest_point(
     ctx: Context,
     n: int,
@@ -405,12 +385,12 @@ def ingest_point(
     with pipeline_up(ctx.cluster, raw, ctx.dsn) as up:
         ctx.account.drivers.add(up.driver.pid)
         ports = [up.port(c) for c in cells]
-        _send_all([(files, port) for (_, files), port in zip(warm, ports, strict=False)], n)
+        send_storescu_all([(files, port) for (_, files), port in zip(warm, ports, strict=False)], n)
         time.sleep(ctx.settle_s)
         load = os.getloadavg()[0]
         before = ctx.account.snapshot() if profile else None
         started = time.perf_counter()
-        each = _send_all([(files, ports[i % n]) for i, (_, files) in enumerate(series)], senders)
+        each = send_storescu_all([(files, ports[i % n]) for i, (_, files) in enumerate(series)], senders)
         seconds = time.perf_counter() - started
         after = ctx.account.snapshot() if profile else None
         with ledger_of(raw) as ledger:
@@ -593,14 +573,14 @@ def pipeline_point(
         ports = [up.port(c) for c in cells]
         warm = warm[:n]
         warm_started = time.perf_counter()
-        _send_all([(files, port) for (_, files), port in zip(warm, ports, strict=True)], n)
+        send_storescu_all([(files, port) for (_, files), port in zip(warm, ports, strict=True)], n)
         warm_states = _wait_terminal(ledger, [u for u, _ in warm], ctx.timeout_s)
         warm_s = time.perf_counter() - warm_started
         time.sleep(ctx.settle_s)
         load = os.getloadavg()[0]
         before = ctx.account.snapshot() if profile else None
         started = time.perf_counter()
-        _send_all([(files, ports[i % n]) for i, (_, files) in enumerate(studies)], senders)
+        send_storescu_all([(files, ports[i % n]) for i, (_, files) in enumerate(studies)], senders)
         sent_s = time.perf_counter() - started
         states = _wait_terminal(ledger, uids, ctx.timeout_s)
         seconds = time.perf_counter() - started

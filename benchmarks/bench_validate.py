@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import emit  # benchmarks/ is on sys.path when run as a script
+from _common import emit, percentile  # benchmarks/ is on sys.path when run as a script
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
@@ -84,7 +84,7 @@ def _measure(path: Path, validator: Validator, n: int, decode_baseline: bool) ->
 
 
 def _ms(values: list[float], q: float) -> float:
-    return round(statistics.quantiles(values, n=100)[int(q) - 1] * 1000, 4) if len(values) > 1 else 0.0
+    return round(percentile(values, q, "exclusive") * 1000, 4) if len(values) > 1 else 0.0
 
 
 def main() -> None:
