@@ -28,10 +28,10 @@ from typing import TextIO
 from core.config import LoggingConfig, StorageConfig
 
 __all__ = [
-    "OUR_LOGGERS",
     "ConsoleFilter",
     "JsonLinesFormatter",
     "LogSettings",
+    "OUR_LOGGERS",
     "export_for_workers",
     "install",
     "log_dir",
