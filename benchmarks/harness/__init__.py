@@ -14,4 +14,4 @@ Submodules are imported where used (the package import stays light: no Ray, no p
 
 from __future__ import annotations
 
-__all__: list[str] = []
+__all__ = ["baselines", "cli", "load", "record", "report", "sampler", "spans", "stack"]

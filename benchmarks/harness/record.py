@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ROOT", "Method", "cdf", "commit", "device", "emit", "percentile", "percentiles"]
+__all__ = ["Method", "ROOT", "cdf", "commit", "device", "emit", "percentile", "percentiles"]
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root."""

@@ -37,10 +37,10 @@ import pyarrow.parquet as pq
 
 __all__ = [
     "ARCHIVE_TO_SR",
+    "JobTrail",
     "SCHEMA",
     "SEND",
     "STAGES",
-    "JobTrail",
     "Span",
     "read_trails",
     "send_spans",
