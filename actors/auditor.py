@@ -1,5 +1,7 @@
 """Auditor actor: chains new audit events (PostgreSQL), keeps checking that the trail's hash
-chain is intact, and answers queries. Events themselves are appended by each stage in the same
+chain is intact, answers queries, and publishes the ledger's gauges (jobs per state, each
+stage's queue and oldest wait, outbox backlog, held quarantine, model replicas: ``core.metrics``),
+once per site. Events themselves are appended by each stage in the same
 transaction as the state change they describe, so the trail can never disagree with the
 ledger."""
 
@@ -10,10 +12,12 @@ from typing import Any
 
 import ray
 
+from actors.adapters.metrics import recorder
 from actors.polling import Loop
 from actors.stage import ActorShell
 from core.audit import AuditEntry
-from core.config import StorageConfig
+from core.config import StorageConfig, app_name
+from core.metrics import STAGE_OF_STATE
 
 __all__ = ["AuditorActor"]
 
@@ -23,18 +27,69 @@ CHAIN_S = 0.5
 """How often events appended unchained (PostgreSQL) are linked into the chain."""
 
 
+def model_replicas() -> dict[str, int]:
+    """Running replicas per model family, from Serve's status (empty while Serve is not up)."""
+    from ray import serve
+
+    prefix = app_name("")
+    try:
+        applications = serve.status().applications
+    except Exception:  # Serve not started (yet): no replicas to report
+        return {}
+    return {
+        name[len(prefix) :]: sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+        for name, app in applications.items()
+        if name.startswith(prefix)
+    }
+
+
 @ray.remote
 class AuditorActor(ActorShell):
     """Verifies the audit chain periodically; serves audit queries."""
 
     name = "auditor"
 
-    def __init__(self, storage: StorageConfig, period_s: float = 30.0, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        storage: StorageConfig,
+        period_s: float = 30.0,
+        log_level: str = "INFO",
+        metrics_period_s: float | None = None,
+    ) -> None:
+        """Args:
+        storage: The site's storage (its ledger).
+        period_s: How often the whole chain is verified.
+        log_level: This process's log level.
+        metrics_period_s: How often the ledger's gauges are published (``core.metrics``);
+            ``None``: not at all. One auditor per site publishes them, so they are counted once.
+        """
         self._open_ledger(storage, log_level)
         self._last: dict[str, Any] = {"intact": None, "checked_at": None}
+        self._held_codes: set[str] = set()
         self._add_loop(Loop("audit-chain", self._ledger.audit.chain, CHAIN_S, clock=self._clock))
         self._add_loop(Loop("audit-verify", self._round, period_s, clock=self._clock))
+        if metrics_period_s is not None:
+            self._add_loop(Loop("metrics", self._publish, metrics_period_s, eager=True, clock=self._clock))
         self._start_heartbeat()
+
+    def _publish(self) -> int:
+        """Publish the ledger's gauges and the model replicas (``core.metrics``)."""
+        g = self._ledger.status.gauges(self._clock.now())
+        for state, n in g.jobs.items():
+            recorder.set("pacsai_jobs", n, state=state)
+        for state, n in g.waiting.items():
+            stage = STAGE_OF_STATE.get(state, state)
+            recorder.set("pacsai_queue_depth", n, stage=stage)
+            recorder.set("pacsai_oldest_waiting_seconds", g.oldest_waiting_s[state], stage=stage)
+        recorder.set("pacsai_outbox_backlog", g.outbox_pending)
+        for code, n in g.quarantine_held.items():
+            recorder.set("pacsai_quarantine_held", n, code=code)
+        for code in self._held_codes - set(g.quarantine_held):
+            recorder.set("pacsai_quarantine_held", 0, code=code)
+        self._held_codes = set(g.quarantine_held)
+        for family, n in model_replicas().items():
+            recorder.set("pacsai_model_replicas", n, family=family)
+        return 0
 
     def _round(self) -> int:
         self.verify()

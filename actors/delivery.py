@@ -22,6 +22,7 @@ from pydicom import dcmread
 
 from actors.adapters.dicomweb import DicomwebPacsClient
 from actors.adapters.dimse import DimsePacsClient
+from actors.adapters.metrics import recorder
 from actors.polling import SystemClock
 from actors.sr_writer import SRWriteWork
 from actors.stage import StageRuntime, StageShell
@@ -221,7 +222,15 @@ class DeliveryWork:
                         "version": job.version,
                     },
                 )
-                outbox.mark_delivered(entry.item_id, self._clock.now(), event)
+                now = self._clock.now()
+                outbox.mark_delivered(entry.item_id, now, event)
+                if item.kind is OutputKind.SR:
+                    recorder.observe(
+                        "pacsai_archive_to_sr_seconds",
+                        max(0.0, now - job.last_instance_at),
+                        family=item.family,
+                        priority=str(job.priority),
+                    )
             else:
                 error = f"PACS answered 0x{outcome.status:04X} for {item.sop_instance_uid}"
                 outbox.note_failure(entry.item_id, error)

@@ -22,6 +22,7 @@ import ray
 from pydicom import dcmread
 
 from actors.adapters.fhir_http import FhirClient
+from actors.adapters.metrics import recorder
 from actors.polling import Loop, SystemClock
 from actors.stage import ActorShell
 from core.audit import AuditEvent
@@ -241,6 +242,10 @@ class EhrDeliveryWork:
         self._ledger.audit.append([event], self._clock.now())
 
 
+METRICS_PERIOD_S = 5.0
+"""How often the EHR backlog gauge is published."""
+
+
 @ray.remote
 class EhrDeliveryActor(ActorShell):
     """Ray shell: runs ``EhrDeliveryWork`` rounds in its loop until stopped."""
@@ -277,7 +282,14 @@ class EhrDeliveryActor(ActorShell):
             self._clock,
         )
         self._add_loop(Loop("ehr-delivery", self._work.run_once, cfg.poll_interval_s, eager=True, clock=self._clock))
+        self._outbox = outbox
+        self._add_loop(Loop("ehr-metrics", self._publish, METRICS_PERIOD_S, eager=True, clock=self._clock))
         self._start_heartbeat()
+
+    def _publish(self) -> int:
+        """Publish the EHR backlog (``pacsai_ehr_backlog``; the outbox is site-wide)."""
+        recorder.set("pacsai_ehr_backlog", self._outbox.counts()["pending"])
+        return 0
 
     def _counters(self) -> tuple[int, int, int, str]:
         return self._work.sent, self._work.failures, 0, self._work.last_error

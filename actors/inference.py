@@ -17,6 +17,7 @@ from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.serve.exceptions import BackPressureError, RayServeException
 
+from actors.adapters.metrics import recorder
 from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
@@ -122,6 +123,12 @@ class InferenceWork:
         events: list[AuditEvent] = []
         for task in self._affected(job, tasks, events):
             started = self._clock.now()
+            recorder.observe(
+                "pacsai_archive_to_inference_start_seconds",
+                max(0.0, started - job.last_instance_at),
+                family=task.family,
+                priority=str(job.priority),
+            )
             pred = self.infer(job, task)
             predictions.append(pred)
             events.append(self._inferred(job, pred, started))

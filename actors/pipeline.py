@@ -19,6 +19,8 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError
 
 from actors.adapters.cells import CellSpools
+from actors.adapters.metrics import ENV as METRICS_ENV
+from actors.adapters.tracing import tracing_env
 from actors.assembler import AssemblerActor
 from actors.auditor import AuditorActor
 from actors.delivery import DeliveryActor
@@ -131,12 +133,23 @@ def ensure_ray(cfg: AppConfig) -> None:
     if ray.is_initialized():
         return
     _secure(cfg)
+    local = cfg.ray.address is None
     ray.init(
         address=cfg.ray.address,
-        num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
+        num_cpus=cfg.ray.num_cpus if local else None,
         namespace=cfg.ray.namespace,
         include_dashboard=False,
         logging_level=logging.WARNING,
+        # Ray's Prometheus endpoint (one per node) and how often workers report to it: only a
+        # Ray this process starts takes them; a cluster's come from its `ray start`.
+        **(
+            {
+                "_metrics_export_port": cfg.metrics.export_port,
+                "_system_config": {"metrics_report_interval_ms": cfg.metrics.report_interval_ms},
+            }
+            if local
+            else {}
+        ),
     )
 
 
@@ -267,10 +280,25 @@ class Pipeline:
         }
         if cell:
             options["resources"] = cell_resources(cell)
-        secrets = self._secret_env()
-        if secrets:
-            options["runtime_env"] = {"env_vars": secrets}
+        env = self._secret_env() | self.observability_env()
+        if env:
+            options["runtime_env"] = {"env_vars": env}
         return options
+
+    def observability_env(self) -> dict[str, str]:
+        """What an actor's process gets in its environment besides secrets: the log settings,
+        metrics switched off (``metrics.enabled: false``; on by default) and tracing switched on
+        (``tracing``; off by default)."""
+        # The log settings `pacsai up` exported (actors.adapters.logs): a local Ray's workers
+        # inherit them, a cluster's workers on other machines get them here.
+        env = {k: v for k, v in os.environ.items() if k.startswith("PACSAI_LOG_") or k == "RAY_SERVE_LOG_TO_STDERR"}
+        if not self.cfg.metrics.enabled:
+            env[METRICS_ENV] = "0"
+        tracing = self.cfg.tracing
+        if tracing is not None:
+            file = str(Path(tracing.file).resolve()) if tracing.file else str(self.layout.traces_file.resolve())
+            env |= tracing_env(tracing.exporter, file, tracing.otlp_endpoint)
+        return env
 
     def _secret_env(self) -> dict[str, str]:
         """The secrets the actors read from their environment (the PostgreSQL DSN, the FHIR
@@ -302,7 +330,10 @@ class Pipeline:
             deploy_models(self.cfg, apps=apps)
         self.actors = {
             "auditor": AuditorActor.options(**self._options("auditor", 0)).remote(
-                self.cfg.storage, 30.0, self.cfg.logging.level
+                self.cfg.storage,
+                30.0,
+                self.cfg.logging.level,
+                self.cfg.metrics.ledger_period_s if self.cfg.metrics.enabled else None,
             )
         }
         for cell in self.cells():

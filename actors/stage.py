@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.adapters.metrics import recorder
+from actors.adapters.tracing import study_span
 from actors.polling import Loop, SystemClock
 from core.config import RetryConfig, StageConfig, StorageConfig
 from core.errors import DependencyUnavailable, LeaseLost, ModelError, TransientIOError
@@ -33,7 +36,7 @@ from core.ports import Clock
 from core.types import JobState
 from state.ledger import Ledger, open_ledger
 
-__all__ = ["ActorShell", "StageRunner", "StageRuntime", "StageShell", "configure_logging"]
+__all__ = ["ActorShell", "StageRunner", "StageRuntime", "StageShell", "configure_logging", "stage_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,17 @@ class StageRuntime:
     retry: RetryConfig
     log_level: str = "INFO"
     notify_wait_s: float = 1.0
+
+
+def stage_label(name: str) -> str:
+    """A stage's metric label: its role, without the cell and the index of a cluster's actor.
+
+    >>> stage_label("a/validator-2"), stage_label("router")
+    ('validator', 'router')
+    """
+    role = name.rsplit("/", 1)[-1]
+    head, _, tail = role.rpartition("-")
+    return head if head and tail.isdigit() else role
 
 
 class StageRunner:
@@ -75,6 +89,7 @@ class StageRunner:
         """
         self.name = name
         self.state = state
+        self._label = stage_label(name)
         self._rt = runtime
         self._ledger = ledger
         self._work = work
@@ -166,18 +181,26 @@ class StageRunner:
             self._ledger.jobs.renew(self._owner, ids, self._clock.now() + self._rt.lease_s)
 
     def _run(self, job: Job) -> None:
+        started = time.perf_counter()
+        outcome = "ok"
         try:
-            self._work(job)
+            with study_span(self.actor, job.study_instance_uid, job_id=job.job_id, version=job.version):
+                self._work(job)
             self.processed += 1
         except LeaseLost:
+            outcome = "lease_lost"
             logger.warning("stage %s: lost the lease of job %d", self.name, job.job_id)
         except DependencyUnavailable as exc:
+            outcome = "unavailable"
             self._retry(job, str(exc), unavailable=True)
         except (TransientIOError, OSError) as exc:
+            outcome = self._failed(exc)
             self._retry(job, f"{type(exc).__name__}: {exc}", unavailable=False)
         except ModelError as exc:
+            outcome = self._failed(exc)
             self._retry(job, f"ModelError: {exc.reason}", unavailable=False)
         except Exception as exc:  # the broad catch at the stage boundary: count it, retry
+            outcome = self._failed(exc)
             logger.exception("stage %s: job %d failed", self.name, job.job_id)
             self._retry(job, f"{type(exc).__name__}: {exc}", unavailable=False)
         finally:
@@ -185,6 +208,12 @@ class StageRunner:
                 self._in_flight.pop(job.job_id, None)
                 self._running -= 1
             self._ledger.jobs.wake(self.state)
+            recorder.observe("pacsai_stage_latency_seconds", time.perf_counter() - started, stage=self._label)
+            recorder.inc("pacsai_stage_jobs_total", stage=self._label, outcome=outcome)
+
+    def _failed(self, exc: BaseException) -> str:
+        recorder.inc("pacsai_errors_total", where=self.actor, kind=type(exc).__name__)
+        return "retry"
 
     def _retry(self, job: Job, error: str, *, unavailable: bool) -> None:
         self.failures += 0 if unavailable else 1

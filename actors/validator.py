@@ -20,6 +20,7 @@ import ray
 from pydicom import dcmread
 
 from actors.adapters.cells import CellSpools
+from actors.adapters.metrics import recorder
 from actors.polling import Loop, SystemClock
 from actors.prevalidation import PreValidator, VerdictCache
 from actors.stage import StageRuntime, StageShell
@@ -149,6 +150,9 @@ class ValidationWork:
             reason=reason,
             effects=holds,
         )
+        for found in verdict.held.values():
+            for code in sorted({i.code for i in found}):
+                recorder.inc("pacsai_instances_quarantined_total", code=code)
 
     def _events(self, job: Job, verdict: Verdict, good: int) -> list[AuditEvent]:
         events = [

@@ -26,6 +26,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 
+from actors.adapters.metrics import recorder
 from api.multipart import MultipartError, Part, PartTooLarge, RelatedParts, boundary_of, related_chunks
 from api.problems import Problem
 from api.security import Ingester, Reader, context_of
@@ -216,6 +217,7 @@ def _ingest_part(ctx: Any, part: Part, study: str | None, actor: str, base: str)
     except Exception:  # the one broad catch at the protocol boundary: log and answer
         logger.exception("STOW-RS part failed unexpectedly")
         return StowOutcome(*_uids_of(raw), PROCESSING_FAILURE)
+    recorder.inc("pacsai_instances_received_total", transport="stowrs")
     m = done.meta
     url = (
         f"{base}/dicomweb/studies/{m.study_instance_uid}/series/{m.series_instance_uid}/instances/{m.sop_instance_uid}"

@@ -26,6 +26,7 @@ __all__ = [
     "interval",
     "job",
     "ledger",
+    "metrics",
     "mpps",
     "order_status",
     "pacs_counts",

@@ -44,8 +44,8 @@ __all__ = [
     "StageConfig",
     "StagesConfig",
     "StorageConfig",
-    "TracingConfig",
     "TlsConfig",
+    "TracingConfig",
     "ValidationConfig",
     "app_name",
     "parse_config",
@@ -652,9 +652,7 @@ class LoggingConfig(_Model):
     log_identifiers: bool = Field(
         default=False, description="Log DICOM identifiers of requests (pynetdicom); never PHI"
     )
-    dir: str | None = Field(
-        default=None, description="Where log files go (rotated); unset: <storage.var_dir>/logs"
-    )
+    dir: str | None = Field(default=None, description="Where log files go (rotated); unset: <storage.var_dir>/logs")
     max_bytes: int = Field(default=10 << 20, ge=4096, description="Rotate a log file at this size")
     backups: int = Field(default=5, ge=0, description="Rotated log files kept per process")
     json_lines: bool = Field(default=False, description="Write log files as JSON lines (for log shippers)")
@@ -686,7 +684,8 @@ class TracingConfig(_Model):
 
     exporter: Literal["file", "otlp"] = Field(default="file", description="Where spans go")
     file: str | None = Field(
-        default=None, description="Span file (JSON lines) for exporter file; unset: <storage.var_dir>/traces/spans.jsonl"
+        default=None,
+        description="Span file (JSON lines) for exporter file; unset: <storage.var_dir>/traces/spans.jsonl",
     )
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP traces endpoint for exporter otlp, e.g. https://collector:4318/v1/traces"

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "BATCH_BUCKETS",
     "LATENCY_BUCKETS_S",
     "METRICS",
-    "RAY_PREFIX",
-    "STUDY_BUCKETS_S",
-    "BATCH_BUCKETS",
     "MetricKind",
     "MetricSpec",
+    "RAY_PREFIX",
+    "STAGE_OF_STATE",
+    "STUDY_BUCKETS_S",
     "prometheus_name",
 ]
 
@@ -44,6 +45,19 @@ STUDY_BUCKETS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600
 
 BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 """Histogram boundaries for inference batch sizes."""
+
+
+STAGE_OF_STATE = {
+    "receiving": "assembler",
+    "complete": "validator",
+    "validated": "router",
+    "routed": "prior_linker",
+    "linked": "inference",
+    "inferred": "sr_writer",
+    "written": "delivery",
+}
+"""The stage that takes a job from each working state (the ``state`` of each stage actor): the
+``stage`` label of the queue gauges."""
 
 
 class MetricKind(StrEnum):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from core.health import ActorHealth, HealthStatus
 
-__all__ = ["LedgerStatus", "QuarantineCounts", "StageRecord", "WaitingJob"]
+__all__ = ["LedgerGauges", "LedgerStatus", "QuarantineCounts", "StageRecord", "WaitingJob"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +75,23 @@ class LedgerStatus:
     review_flags_by_kind: Mapping[str, int] = field(default_factory=dict)
     sr_versions_held: int = 0
     senders_tightened: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerGauges:
+    """The ledger's numbers that the metrics publish (``core.metrics``), read in one pass.
+
+    Attributes:
+        jobs: Jobs per state (every state listed).
+        waiting: Per working state, jobs due and not leased (a stage's queue).
+        oldest_waiting_s: Per working state, how long its oldest unleased job has waited there
+            (0 when none).
+        outbox_pending: Result objects not yet delivered.
+        quarantine_held: Held quarantine entries per reason code.
+    """
+
+    jobs: Mapping[str, int]
+    waiting: Mapping[str, int]
+    oldest_waiting_s: Mapping[str, float]
+    outbox_pending: int
+    quarantine_held: Mapping[str, int]

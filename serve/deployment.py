@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import numpy as np
 from ray import serve
+from ray.util import metrics
 
 from core.config import ModelEntry
+from core.metrics import METRICS
 from core.records import InferenceRequest, ModelOutput
 from models.families import load_predictor
 
@@ -51,6 +54,14 @@ def _log_through_serve() -> None:
         ours.propagate = False
 
 
+def _batch_size_histogram() -> metrics.Histogram | None:
+    """The replica's ``pacsai_inference_batch_size`` (``core.metrics``); none with ``PACSAI_METRICS=0``."""
+    if os.environ.get("PACSAI_METRICS", "1") == "0":
+        return None
+    spec = METRICS["pacsai_inference_batch_size"]
+    return metrics.Histogram(spec.name, spec.help, boundaries=list(spec.buckets), tag_keys=spec.labels)
+
+
 @serve.deployment
 class ModelDeployment:
     """One replica of one model family. Resources and limits come from ``build_app``.
@@ -68,6 +79,7 @@ class ModelDeployment:
         _log_through_serve()
         self._family = family
         self._predictor = load_predictor(family, entry)
+        self._batch_sizes = _batch_size_histogram()
         self._forward_batch.set_max_batch_size(entry.serve.max_batch_size)
         self._forward_batch.set_batch_wait_timeout_s(entry.serve.batch_wait_timeout_s)
         logger.info(
@@ -132,6 +144,8 @@ class ModelDeployment:
     async def _forward_batch(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run one network pass over inputs of concurrent requests (sizes set in ``__init__``)."""
         logger.debug("%s: forward batch of %d", self._family, len(inputs))
+        if self._batch_sizes is not None:
+            self._batch_sizes.observe(len(inputs), tags={"family": self._family})
         probs = await asyncio.to_thread(self._predictor.forward, np.stack(inputs))
         return list(probs)
 

@@ -63,3 +63,8 @@ class VarLayout:
     def logs(self) -> Path:
         """Log files of ``pacsai up``."""
         return self.root / "logs"
+
+    @property
+    def traces_file(self) -> Path:
+        """OpenTelemetry spans (JSON lines) when ``tracing.exporter`` is ``file`` without a path."""
+        return self.root / "traces" / "spans.jsonl"

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from actors.adapters.clock import SystemClock
+from actors.adapters.metrics import recorder
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
 from actors.adapters.query_retrieve import tcp_nodelay
 from actors.adapters.tls import client_context, server_context
@@ -220,8 +221,10 @@ class Listener:
         if status == STATUS_SUCCESS:
             self.received += 1
             self.last_received_at = self._clock.now()
+            recorder.inc("pacsai_instances_received_total", transport="dimse")
         else:
             self.failed += 1
+            recorder.inc("pacsai_errors_total", where="listener", kind=f"c-store 0x{status:04X}")
         return status
 
     def ingest_file(self, raw: bytes, calling_ae: str) -> int:

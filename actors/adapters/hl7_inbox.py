@@ -35,6 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from actors.adapters.metrics import recorder
 from actors.adapters.mllp import Frame, MllpServer
 from actors.adapters.tls import server_context
 from actors.polling import Loop
@@ -62,6 +63,16 @@ AUDIT_CHUNK = 64
 """Audit events per ledger transaction: small, so the pump never holds the GIL for long."""
 CHECKPOINT_S = 1.0
 """Period of the context store's WAL checkpoint (SQLite)."""
+
+
+def _message_type(header: MessageHeader | None) -> str:
+    """The metric label of a message's type: ``ADT^A01``; ``other`` for anything that is not
+    two short codes (a label must never take whatever a peer sends)."""
+    if header is None:
+        return "unparsed"
+    code, trigger = header.message_code, header.trigger_event
+    ok = all(len(x) == 3 and x.isascii() and x.isalnum() for x in (code, trigger))
+    return f"{code.upper()}^{trigger.upper()}" if ok else "other"
 
 
 def _err_for(code: str, error: AckError | None) -> AckError | None:
@@ -173,7 +184,9 @@ class Hl7Listener:
         self.counts[disposition.value] += 1
         at = datetime.fromtimestamp(now, UTC)
         replies = []
+        kind = _message_type(header)
         for code in ack_codes(header, disposition):
+            recorder.inc("pacsai_hl7_messages_total", ack_code=str(code), message_type=kind)
             self._ack_seq += 1
             text = build_ack(
                 code,

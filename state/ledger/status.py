@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from core.ledger import instance_state
-from core.status import LedgerStatus, QuarantineCounts, WaitingJob
+from core.status import LedgerGauges, LedgerStatus, QuarantineCounts, WaitingJob
 from core.types import InstanceState, JobState
 from state.db import Database, Tx, marks
 from state.ledger.controls import Controls
@@ -89,4 +89,27 @@ class Status:
             review_flags_by_kind=dict(sorted(flags.items())),
             sr_versions_held=int(held["n"]) if held else 0,
             senders_tightened=dict(sorted(senders.items())),
+        )
+
+    def gauges(self, now: float) -> LedgerGauges:
+        """Jobs per state, each working state's queue and its oldest wait, the outbox backlog
+        and held quarantine codes: what the metrics publish every few seconds."""
+        working = [s.value for s in JobState if not s.is_terminal]
+        with self._db.read() as tx:
+            jobs = {r["state"]: int(r["n"]) for r in tx.all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+            rows = tx.all(
+                f"SELECT state, COUNT(*) AS n, MIN(updated_at) AS since FROM jobs WHERE state IN"
+                f" ({marks(len(working))}) AND not_before <= ? AND (lease_owner = '' OR leased_until < ?)"
+                " GROUP BY state",
+                [*working, now, now],
+            )
+            pending = tx.one("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")
+            quarantine = _quarantine(tx)
+        found = {r["state"]: (int(r["n"]), float(r["since"])) for r in rows}
+        return LedgerGauges(
+            jobs={s.value: jobs.get(s.value, 0) for s in JobState},
+            waiting={s: found.get(s, (0, now))[0] for s in working},
+            oldest_waiting_s={s: round(max(0.0, now - found.get(s, (0, now))[1]), 3) for s in working},
+            outbox_pending=int(pending["n"]) if pending else 0,
+            quarantine_held=dict(quarantine.held_by_code),
         )
