@@ -56,7 +56,14 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole session."""
     import ray
 
-    ray.init(num_cpus=2, namespace="pacsai-test", include_dashboard=False, logging_level="WARNING")
+    # Workers report metrics every second (not Ray's 10 s), so the metrics tests see them move.
+    ray.init(
+        num_cpus=2,
+        namespace="pacsai-test",
+        include_dashboard=False,
+        logging_level="WARNING",
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
     yield
     ray.shutdown()
 
