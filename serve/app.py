@@ -91,8 +91,10 @@ def build_app(family: str, entry: ModelEntry) -> Application:
     resolve_weights(entry)
     cfg = entry.serve
     if cfg.max_ongoing_requests < cfg.max_batch_size:
-        logger.warning(
-            "%s: max_ongoing_requests %d < max_batch_size %d: batches never fill",
+        # Not a warning: a study request sends all its slices at once, so one request can fill
+        # a batch; only one-input requests (radiographs) are capped by max_ongoing_requests.
+        logger.info(
+            "%s: max_ongoing_requests %d < max_batch_size %d: batches of one-input requests never fill",
             family,
             cfg.max_ongoing_requests,
             cfg.max_batch_size,

@@ -17,8 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ["core", "models", "serve", "actors", "state", "api"]
 """The installed product."""
 TOOLING = ["synthetic", "training", "demo"]
-"""Test data, demo training and the demo: run from the repository root, never installed."""
-PACKAGES = PRODUCT + TOOLING
+"""Test data, demo training and the demo: the product never imports them."""
+OPERATOR_TOOLS = ["ops", "benchmarks"]
+"""Grafana dashboards and ``pacsai bench``: outer layers the product never imports, plugged into
+``pacsai`` through the ``pacsai.commands`` entry points."""
+INSTALLED = PRODUCT + OPERATOR_TOOLS + ["synthetic", "demo"]
+"""What the wheel ships: the product, the operator tools and what ``pacsai bench`` needs (its
+synthetic studies and the Orthanc runner); demo training stays in the repository."""
+PACKAGES = [*PRODUCT, "ops", "benchmarks.harness", *TOOLING]
+"""Packages whose modules follow the house rules (``benchmarks/bench_*.py`` are scripts)."""
 
 
 def test_import_contracts_hold():
@@ -50,14 +57,24 @@ def test_every_public_module_has_a_sorted_all(package):
         assert list(exported) == sorted(exported), info.name
 
 
-def test_only_the_product_is_installed():
+def test_only_the_product_and_its_tools_are_installed():
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    assert sorted(pattern.rstrip("*") for pattern in find["include"]) == sorted(PRODUCT)
+    assert sorted(pattern.rstrip("*") for pattern in find["include"]) == sorted(INSTALLED)
+
+
+def test_the_tools_are_plugins_the_product_never_imports():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    commands = project["entry-points"]["pacsai.commands"]
+    assert {target.split(".")[0] for target in commands.values()} == set(OPERATOR_TOOLS)
+    linter = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for tool in OPERATOR_TOOLS:
+        [contract] = [c for c in linter["contracts"] if c.get("forbidden_modules") == [tool]]
+        assert set(contract["source_modules"]) >= set(PRODUCT)
 
 
 def test_every_package_is_in_the_import_contracts():
     linter = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    assert set(PACKAGES) <= set(linter["root_packages"])
+    assert {p.split(".")[0] for p in PACKAGES} <= set(linter["root_packages"])
     [product] = [c for c in linter["contracts"] if set(c.get("forbidden_modules", ())) == set(TOOLING)]
     assert set(product["source_modules"]) >= set(PRODUCT)
 

@@ -11,7 +11,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-PACKAGES = ("core", "models", "state", "synthetic", "training")
+PACKAGES = ("core", "models", "state", "synthetic", "training", "ops", "benchmarks.harness")
 
 
 def _modules() -> list[str]:
