@@ -134,6 +134,24 @@ def test_lease_respects_not_before_priority_and_expiry(ledger):
     assert [i.sop_instance_uid for i in ledger.intake.job_instances(job.job_id)] == ["1"]
 
 
+def test_metric_gauges_count_queues_and_their_oldest_wait(ledger):
+    """What the auditor publishes (``core.metrics``): due, unleased jobs per working state."""
+    ledger.intake.record(meta("1"), 100.0, 102.0, "t")
+    ledger.intake.record(meta("2", study="4.5.6", t=104.0), 104.0, 106.0, "t")
+    early = ledger.status.gauges(101.0)  # neither is due yet: nothing waits
+    assert early.jobs["receiving"] == 2 and early.waiting["receiving"] == 0
+    due = ledger.status.gauges(110.0)
+    assert due.waiting["receiving"] == 2 and due.oldest_waiting_s["receiving"] > 0
+    assert due.waiting["complete"] == 0 and due.oldest_waiting_s["complete"] == 0
+    [job] = ledger.jobs.lease(JobState.RECEIVING, "w1", 1, 10.0, now=110.0)
+    assert ledger.status.gauges(110.0).waiting["receiving"] == 1  # a leased job is not waiting
+    ledger.jobs.transition(job, JobState.COMPLETE, 111.0, effects=[CoverStudy()])
+    later = ledger.status.gauges(112.0)
+    assert later.waiting["complete"] == 1 and later.oldest_waiting_s["complete"] == pytest.approx(1.0)
+    assert later.outbox_pending == 0 and later.quarantine_held == {}
+    assert set(later.waiting) == {s.value for s in JobState if not s.is_terminal}
+
+
 def test_higher_priority_is_leased_first(ledger):
     ledger.intake.record(meta("1", study="1.1"), 100.0, 100.0, "t")
     ledger.intake.record(meta("2", study="1.2"), 100.0, 100.0, "t")
