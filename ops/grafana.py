@@ -163,7 +163,7 @@ def provision(
     except GrafanaException as exc:  # status 0: a timeout or transport error, wrapped by grafana-client
         what = f"Grafana failed ({exc.status_code})" if exc.status_code else "cannot reach Grafana"
         raise ProvisionError(url, f"{what}: {_message(exc.response) if exc.response else exc}") from exc
-    except OSError as exc:  # niquests' connection and TLS errors are OSErrors
+    except OSError as exc:  # requests' connection and TLS errors are OSErrors
         raise ProvisionError(url, f"cannot reach Grafana: {type(exc).__name__}: {exc}") from exc
     return Provisioned(folder_uid, tuple(spec.uid for spec in specs))
 

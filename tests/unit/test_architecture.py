@@ -99,3 +99,15 @@ def test_every_pinned_dependency_is_in_the_lock_at_the_same_version():
     lock = (ROOT / "requirements.lock").read_text().splitlines()
     locked = _pins([line for line in lock if "==" in line and not line.lstrip().startswith("#")])
     assert {name: locked.get(name) for name in pinned} == pinned
+
+
+def test_urllib3_is_not_replaced_by_urllib3_future():
+    """grafana-client 4+ pulls niquests and urllib3-future, which installs itself as ``urllib3``
+    and broke requests (schemathesis) for the whole environment: pinned to 3.x, and checked."""
+    import importlib.metadata
+
+    import urllib3
+
+    names = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
+    assert "urllib3-future" not in names
+    assert urllib3.__version__ == importlib.metadata.version("urllib3")
