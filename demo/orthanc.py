@@ -33,6 +33,7 @@ __all__ = [
     "dicomweb_plugin",
     "free_port",
     "orthanc_binary",
+    "wait_until_ready",
 ]
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -83,6 +84,25 @@ def free_port() -> int:
     with socket.socket() as s:  # that range is full: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log: Path) -> bool:
+    """Poll ``url`` until it answers 200 (True) or ``timeout_s`` passes (False).
+
+    Raises:
+        RuntimeError: The process exited meanwhile (its log is named).
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{Path(proc.args[0]).name} exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return False
 
 
 def orthanc_binary() -> str | None:
@@ -222,18 +242,10 @@ class OrthancProcess:
             env=env,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self._proc.returncode}; see {self.workdir}/orthanc.log")
-            try:
-                if httpx.get(f"{self.url}/system", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Orthanc did not answer on {self.url} within {timeout_s} s")
+        if not wait_until_ready(self._proc, f"{self.url}/system", timeout_s, self.workdir / "orthanc.log"):
+            self.stop()
+            raise RuntimeError(f"Orthanc did not answer on {self.url} within {timeout_s} s")
+        return self
 
     def stop(self) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL)."""

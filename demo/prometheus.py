@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import yaml
 
-from demo.orthanc import free_port
+from demo.orthanc import free_port, wait_until_ready
 
 __all__ = ["PrometheusError", "PrometheusProcess", "prometheus_binary"]
 
@@ -98,18 +98,10 @@ class PrometheusProcess:
         ]
         log = (self.workdir / "prometheus.log").open("ab")
         self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"Prometheus exited with {self._proc.returncode}; see {self.workdir}/prometheus.log")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"Prometheus was not ready on {self.url} within {timeout_s} s")
+        if not wait_until_ready(self._proc, f"{self.url}/-/ready", timeout_s, self.workdir / "prometheus.log"):
+            self.stop()
+            raise RuntimeError(f"Prometheus was not ready on {self.url} within {timeout_s} s")
+        return self
 
     def stop(self) -> None:
         """Stop Prometheus (SIGTERM, then SIGKILL) and remove a temporary workdir."""
