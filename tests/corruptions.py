@@ -20,14 +20,14 @@ from pathlib import Path
 from pydicom import config, dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.filewriter import dcmwrite
+from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from synthetic.synthetic_dicom import make_ct_series, make_cxr_study
 
-__all__ = ["CORRUPTIONS", "Corruption", "ct", "cxr", "put", "reread", "write"]
+__all__ = ["CORRUPTIONS", "Corruption", "ct", "cxr", "put", "reread", "unparseable_part10", "write"]
 
 
 @dataclass(frozen=True)
@@ -236,3 +236,19 @@ CORRUPTIONS: tuple[Corruption, ...] = (
     Corruption("mixed_slice_orientation", "series_orientation_mismatch", _series(_tilted)),
 )
 """Every generated corruption kind."""
+
+
+def unparseable_part10(path: Path, sop_instance_uid: str = "1.2.3.4.5.6.7") -> Path:
+    """A Part 10 file with a valid header whose data set pydicom cannot parse: a sequence of
+    undefined length whose items are garbage (the listener answers 0xC000). Send it raw
+    (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buf = BytesIO()
+    buf.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    buf.write(b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + bytes(range(1, 9)) * 4)
+    path.write_bytes(buf.getvalue())
+    return path

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE
 
 from actors.adapters.dimse import Listener
 from core.config import ListenerConfig, StorageConfig
 from demo.dcmtk import storescu
 from state.ledger import open_ledger
+from tests.corruptions import unparseable_part10
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")
 
@@ -102,17 +101,7 @@ def test_unparseable_data_set_fails_is_audited_and_the_listener_keeps_serving(li
 
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the file's bytes raw
     lst, ledger = listener()
-    bad = tmp_path / "bad.dcm"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
-    buf = BytesIO()
-    buf.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    # A sequence of undefined length whose items are garbage: pydicom cannot parse it.
-    buf.write(b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + bytes(range(1, 9)) * 4)
-    bad.write_bytes(buf.getvalue())
+    bad = unparseable_part10(tmp_path / "bad.dcm")
 
     ae = AE(ae_title="FUZZ")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")

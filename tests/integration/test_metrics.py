@@ -27,6 +27,7 @@ from demo.dcmtk import storescu
 from demo.orthanc import free_port
 from demo.prometheus import PrometheusProcess
 from ops.dashboards import panel_queries
+from tests.corruptions import unparseable_part10
 from tests.hl7_messages import orm
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 from tests.integration.test_quarantine import study_files
@@ -58,22 +59,9 @@ def _labels(prom: PrometheusProcess, expr: str, label: str) -> set[str]:
 
 def _send_unparseable(port: int, ae_title: str, tmp_path: Path) -> int:
     """A C-STORE whose data set pydicom cannot parse: the listener answers 0xC000."""
-    from io import BytesIO
-
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.filewriter import write_file_meta_info
     from pynetdicom import AE, _config
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7.15"
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
-    buf = BytesIO()
-    buf.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    buf.write(b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + bytes(range(1, 9)) * 4)
-    bad = tmp_path / "bad.dcm"
-    bad.write_bytes(buf.getvalue())
+    bad = unparseable_part10(tmp_path / "bad.dcm", "1.2.3.4.5.6.7.15")
     chunked = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
