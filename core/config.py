@@ -22,12 +22,14 @@ __all__ = [
     "AssemblyConfig",
     "EhrConfig",
     "FhirEndpointConfig",
+    "FindingCode",
     "FindingSpec",
     "Hl7Config",
     "ListenerConfig",
     "LoggingConfig",
     "MetricsConfig",
     "MllpListenerConfig",
+    "ModelCard",
     "ModelEntry",
     "ModelInputSpec",
     "PacsConfig",
@@ -46,6 +48,7 @@ __all__ = [
     "StorageConfig",
     "TlsConfig",
     "TracingConfig",
+    "TrafficConfig",
     "ValidationConfig",
     "app_name",
     "parse_config",
@@ -57,13 +60,18 @@ UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 """PS3.5 9.1: dotted numeric components without leading zeros."""
 
 
-def app_name(family: str) -> str:
+def app_name(family: str, version: str | None = None) -> str:
     """The Ray Serve application name of a model family (shared by actors and serve).
+
+    The family entry's own version is ``model-<family>``; another version of it deployed beside
+    it (``ModelEntry.versions``) is ``model-<family>--<version>``.
 
     >>> app_name("chest_xray")
     'model-chest_xray'
+    >>> app_name("chest_xray", "2.0.0")
+    'model-chest_xray--2.0.0'
     """
-    return f"model-{family}"
+    return f"model-{family}" if version is None else f"model-{family}--{version}"
 
 
 class _Model(BaseModel):
@@ -382,12 +390,27 @@ class RoutingConfig(_Model):
     )
 
 
+class FindingCode(_Model):
+    """A finding's coded concept as a model declares it (SNOMED CT, RadLex or a local scheme)."""
+
+    scheme: str = Field(
+        pattern=r"^[A-Za-z0-9_.\-]{1,16}$", description="Coding Scheme Designator, e.g. SCT, RADLEX, 99LOCAL"
+    )
+    value: str = Field(min_length=1, max_length=64, description="Code Value")
+    meaning: str = Field(min_length=1, max_length=64, description="Code Meaning")
+
+
 class FindingSpec(_Model):
     """One output of a model and how to read it."""
 
     key: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Finding key, e.g. pneumothorax")
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Present at or above this")
     critical: bool = Field(default=False, description="A positive result is a critical finding")
+    code: FindingCode | None = Field(
+        default=None,
+        description="The finding's code; required for bundle and exported-network families, else "
+        "the built-in catalogue (core.findings) names it",
+    )
 
 
 class ModelInputSpec(_Model):
@@ -460,8 +483,53 @@ class ServeDeploymentConfig(_Model):
         return self
 
 
+class ModelCard(_Model):
+    """What a model's publisher declares about it (from a bundle's metadata or a spec file)."""
+
+    description: str = Field(default="", description="What the network does")
+    intended_use: str = Field(default="", description="Intended use, as declared")
+    training_data: str = Field(default="", description="Training data description (bundle: data_source)")
+    performance: str = Field(default="", description="Performance claims (bundle: eval_metrics)")
+    license: str = Field(default="", description="Licence (bundle: license, else LICENSE's first line)")
+    authors: str = Field(default="", description="Authors")
+    references: tuple[str, ...] = Field(default=(), description="Publications")
+
+
+class TrafficConfig(_Model):
+    """Which studies a version that is not the live one sees (issue 17).
+
+    ``off``: none (deployed, ready for a promote or a rollback). ``canary``: ``percent`` of the
+    studies, chosen by a keyed hash of the Study Instance UID, so a study always meets the same
+    version. ``rule``: the studies of the listed modalities and / or sending AE titles (sites).
+    ``shadow``: every study, beside the live version; its results are stored and compared but never
+    sent to the PACS or shown to readers.
+    """
+
+    mode: Literal["off", "canary", "rule", "shadow"] = Field(default="off", description="How it gets studies")
+    percent: float = Field(default=0.0, ge=0.0, le=100.0, description="canary: share of studies, in %")
+    modalities: tuple[str, ...] = Field(default=(), description="rule: studies of these modalities")
+    calling_aes: tuple[str, ...] = Field(default=(), description="rule: studies sent by these AE titles (sites)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> TrafficConfig:
+        if self.mode == "canary" and not 0 < self.percent < 100:
+            raise ValueError(f"canary percent {self.percent}; expected more than 0 and less than 100")
+        if self.mode == "rule" and not (self.modalities or self.calling_aes):
+            raise ValueError("rule: no modalities and no calling_aes; expected at least one")
+        return self
+
+
 class ModelEntry(_Model):
-    """One model in the registry: which weights, which outputs, how it is served."""
+    """One model in the registry: which weights, which outputs, how it is served.
+
+    A built-in family (``models.families``) names its weights, input and findings here. A family
+    from a MONAI bundle (``bundle``) or from an exported ONNX / TorchScript network (``weights`` +
+    ``spec``) needs no code: ``core.bundles.expand_models`` fills name, version, weights, input,
+    findings, kind and card from the bundle's ``configs/metadata.json`` or the spec file before
+    this schema sees the entry (``actors.pipeline.load_config`` reads the files). Other versions of
+    the family deploy beside this one (``versions``); which one is live is runtime state
+    (``pacsai models promote|rollback``).
+    """
 
     name: str = Field(min_length=1, description="Algorithm name (TID 4019 Algorithm Name)")
     version: str = Field(min_length=1, description="Algorithm version (TID 4019)")
@@ -480,6 +548,82 @@ class ModelEntry(_Model):
     )
     findings: tuple[FindingSpec, ...] = Field(min_length=1, description="Outputs, in order")
     serve: ServeDeploymentConfig = Field(default_factory=ServeDeploymentConfig, description="Ray Serve options")
+    bundle: str | None = Field(
+        default=None, description="MONAI bundle directory (configs/metadata.json, models/model.ts|.onnx|.pt)"
+    )
+    spec: str | None = Field(
+        default=None,
+        description="YAML file saying what a bundle's metadata would, for a bare ONNX / TorchScript `weights` file",
+    )
+    kind: Literal["planar", "slices", "volume"] | None = Field(
+        default=None,
+        description="Bundle and exported families: one input per 2D frame (planar), per CT slice "
+        "(slices) or per 3D series (volume); None: a built-in family's own predictor",
+    )
+    output_activation: Literal["sigmoid", "softmax", "none"] = Field(
+        default="sigmoid", description="Turns the network's outputs into probabilities (none: they already are)"
+    )
+    preprocessing: Literal["declared", "bundle"] = Field(
+        default="declared",
+        description="declared: input.window / percentile range; bundle: the bundle's own "
+        "inference.json `preprocessing` transforms (MONAI bundle API), after resampling",
+    )
+    modalities: tuple[str, ...] = Field(
+        default=(), description="Modalities the model serves; routing rules to it must stay within them"
+    )
+    body_parts: tuple[str, ...] = Field(default=(), description="Body parts the model serves")
+    card: ModelCard = Field(default_factory=ModelCard, description="Declared model card")
+    traffic: TrafficConfig = Field(
+        default_factory=TrafficConfig, description="Studies this version sees while another is live"
+    )
+    versions: dict[str, ModelEntry] = Field(
+        default_factory=dict,
+        description="Other versions of this family, deployed side by side; each names what differs "
+        "from this entry (weights, sha256, bundle, traffic, ...)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: Any) -> Any:
+        """A version inherits the family entry's fields it does not name; a version from its
+        own bundle or spec inherits only ``serve``. Its key is its version."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("versions"), Mapping):
+            return data
+        parent = {k: v for k, v in data.items() if k not in ("versions", "traffic")}
+        versions = {}
+        for key, child in data["versions"].items():
+            if not isinstance(child, Mapping):
+                versions[key] = child
+                continue
+            if "bundle" in child or "spec" in child:
+                base = {"serve": parent["serve"]} if "serve" in parent else {}
+            else:
+                base = dict(parent)
+                if "weights" in child and "sha256" not in child:
+                    base.pop("sha256", None)  # other weights: their own sha256 or sidecar
+            versions[key] = {**base, **child, "version": child.get("version", str(key))}
+        return {**data, "versions": versions}
+
+    @model_validator(mode="after")
+    def _versions(self) -> ModelEntry:
+        for key, child in self.versions.items():
+            if child.version != key:
+                raise ValueError(f"versions.{key}: its model says version {child.version!r}; expected {key!r}")
+            if child.versions:
+                raise ValueError(f"versions.{key}: has versions of its own; expected them all under the family")
+        if self.version in self.versions:
+            raise ValueError(f"versions.{self.version}: the family entry is already version {self.version}")
+        if self.bundle is not None or self.spec is not None:
+            missing = [f"findings.{i}.code" for i, f in enumerate(self.findings) if f.code is None]
+            if missing:
+                raise ValueError(f"{', '.join(missing)}: missing; expected a code for every finding of a bundle model")
+            if self.kind is None:
+                raise ValueError("kind: missing; expected planar, slices or volume for a bundle model")
+        return self
+
+    def all_versions(self) -> dict[str, ModelEntry]:
+        """This entry and its other versions, by version."""
+        return {self.version: self, **self.versions}
 
 
 class StageConfig(_Model):
@@ -891,6 +1035,41 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{where}: got {shown}; expected {_expected(error)}"
 
 
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "RF", "XA", "IO", "PX"})
+"""Projection radiography: one 2D image per view, never a volume to feed a 3D network."""
+
+
+def _route_problems(cfg: AppConfig) -> list[str]:
+    """Issue 17: a routing rule must not send a model what it cannot take: modalities outside
+    those it declares, or radiographs to a slice-wise or volumetric network."""
+    problems = []
+    for i, rule in enumerate(cfg.routing.rules):
+        entry = cfg.models.get(rule.family)
+        if entry is None:
+            continue
+        for version, e in entry.all_versions().items():
+            where = f"routing.rules.{i}.modalities"
+            if e.modalities and not rule.modalities:
+                problems.append(
+                    f"{where}: empty (any modality); expected a subset of {list(e.modalities)}, the "
+                    f"modalities model {rule.family} {version} declares"
+                )
+            outside = [m for m in rule.modalities if e.modalities and m not in e.modalities]
+            if outside:
+                problems.append(
+                    f"{where}: got {outside}; expected only {list(e.modalities)}, the modalities "
+                    f"model {rule.family} {version} declares"
+                )
+            flat = [m for m in rule.modalities if m in PROJECTION_MODALITIES]
+            if e.kind in ("slices", "volume") and flat:
+                problems.append(
+                    f"{where}: got radiograph modalities {flat} for model {rule.family} {version} "
+                    f"of kind {e.kind} (input.spatial_size {list(e.input.spatial_size)}); expected "
+                    "cross-sectional modalities (CT, MR, PT, ...) for a slice-wise or volumetric network"
+                )
+    return problems
+
+
 def parse_config(raw: Mapping[str, Any] | None, source: str = "<mapping>") -> AppConfig:
     """Validate a raw mapping (e.g. parsed YAML) into an ``AppConfig``.
 
@@ -915,6 +1094,7 @@ def parse_config(raw: Mapping[str, Any] | None, source: str = "<mapping>") -> Ap
         for i, rule in enumerate(cfg.routing.rules)
         if rule.family not in cfg.models
     ]
+    problems += _route_problems(cfg)
     problems += [
         f"priors.compare_images.{i}: got {family!r}; expected one of the model families {sorted(cfg.models)}"
         for i, family in enumerate(cfg.priors.compare_images)
