@@ -18,8 +18,18 @@ Ray would otherwise give the replica one thread per CPU it reserves.
 Inputs per second, p50/p95 latency (raw: per batch call; serve: per request, submit to
 result) and the ratio serve / raw are printed as JSON lines. It never asserts.
 
+Then (``--bundle on``, the default; ``only`` skips the families above) the cost of serving a
+family from a MONAI bundle (issue 17): one seeded network, the built-in ``bone_fracture``
+architecture with two outputs, written once as a bundle (``monai.bundle.init_bundle``, TorchScript
+by ``monai.bundle.ckpt_export``) and once as a built-in family's state_dict, both deployed in this
+run and measured alternately (``--bundle-repeats`` rounds, median) through both Serve paths at each
+batch size, and in a plain torch loop in this process. The line ``{"what": "bundle", "ratio":
+bundle / built-in Serve throughput, "ratio_grouped": the same for grouped requests, "ratio_raw":
+the same for the torch loop, ...}`` has the goal ratio >= 0.95.
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_inference.py [--n 64] [--batches 1 8 32]
         [--families bone_fracture chest_cta ...] [--config configs/default.yaml] [--threads 2]
+        [--bundle on|off|only] [--bundle-repeats 3]
 """
 
 from __future__ import annotations
@@ -27,20 +37,27 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
+from functools import partial
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
+import torch
 from _common import emit, percentile  # benchmarks/ is on sys.path when run as a script
+from monai.bundle import ConfigParser, ckpt_export, init_bundle
 from ray import serve
 
 from actors.pipeline import load_config
-from core.config import app_name
+from core.bundles import expand_models
+from core.config import FindingSpec, ModelEntry, ModelInputSpec, ServeDeploymentConfig, app_name
 from core.records import InferenceRequest
 from models.families import load_predictor
 from serve.app import build_app
+from synthetic.bundles import RADIOGRAPH_BUNDLE, write_bundle_configs, write_sidecar
 from synthetic.synthetic_dicom import make_cxr_study
 from synthetic.synthetic_studies import (
     brain_mr_study,
@@ -136,6 +153,98 @@ def _deploy(family: str, entry: Any, batch: int) -> Any:
     return serve.get_app_handle(name)
 
 
+BUNDLE_FAMILY = "bundle_radiograph"
+"""The family key the bundle is deployed under (not a built-in one: it needs its ``kind``)."""
+BUILTIN_FAMILY = "bone_fracture"
+"""The built-in family whose architecture the bundle's network has."""
+
+
+def bundle_pair(directory: Path, serve_cfg: ServeDeploymentConfig) -> tuple[ModelEntry, ModelEntry]:
+    """Write one seeded network as a MONAI bundle (TorchScript) and as a built-in state_dict.
+
+    Returns:
+        The bundle family's entry and the built-in family's entry, both with ``serve_cfg``.
+    """
+    design = RADIOGRAPH_BUNDLE
+    torch.manual_seed(design.seed)
+    network = ConfigParser({"network_def": design.network_def()}).get_parsed_content("network_def").eval()
+    init_bundle(str(directory / "bundle"), network=network)
+    write_bundle_configs(directory / "bundle", design)
+    models = directory / "bundle" / "models"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(models / "model.ts"),
+        ckpt_file=str(models / "model.pt"),
+        config_file=str(directory / "bundle" / "configs" / "inference.json"),
+    )
+    write_sidecar(models / "model.ts")
+    torch.save(network.state_dict(), directory / "builtin.pt")
+    write_sidecar(directory / "builtin.pt")
+    raw = {"bundle": str(directory / "bundle"), "serve": serve_cfg.model_dump()}
+    expanded = expand_models({"models": {BUNDLE_FAMILY: raw}}, lambda f: Path(f).read_text(), os.path.isfile, "bench")
+    bundle = ModelEntry.model_validate(expanded["models"][BUNDLE_FAMILY])
+    builtin = ModelEntry(
+        name="builtin-radiograph",
+        version=design.version,
+        weights=str(directory / "builtin.pt"),
+        input=ModelInputSpec(spatial_size=design.spatial_shape),
+        findings=tuple(FindingSpec(key=f["key"]) for f in design.findings),
+        heatmaps=False,
+        serve=serve_cfg,
+    )
+    return bundle, builtin
+
+
+def _rate(measure: Any, target: Any, inputs: np.ndarray, batch: int) -> float:
+    return float(measure(target, inputs, batch)["items_per_s"])
+
+
+def _alternate(measures: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Run every measurement (a callable giving items per second) ``repeats`` times, taking
+    turns so that drift on a shared machine hits all alike; return the median of each."""
+    rates: dict[str, list[float]] = {key: [] for key in measures}
+    for _ in range(repeats):
+        for key, measure in measures.items():
+            rates[key].append(measure())
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
+def _bundle_comparison(args: argparse.Namespace, cfg: Any) -> None:
+    """Throughput of the bundle family over the built-in family, same network, same run."""
+    serve_cfg = cfg.models[BUILTIN_FAMILY].serve.model_copy(update={"torch_threads": args.threads})
+    with tempfile.TemporaryDirectory(prefix="bench-bundle-") as tmp:
+        entries = dict(zip(("bundle", "builtin"), bundle_pair(Path(tmp), serve_cfg), strict=True))
+        families = {"bundle": BUNDLE_FAMILY, "builtin": BUILTIN_FAMILY}
+        predictors = {side: load_predictor(families[side], entries[side]) for side in entries}
+        inputs = _inputs(BUILTIN_FAMILY, predictors["builtin"], args.n)
+        for batch in args.batches:
+            handles = {side: _deploy(families[side], entries[side], batch) for side in entries}
+            measures = {}
+            for side in entries:
+                measures[f"{side}_raw"] = partial(_rate, _raw, predictors[side], inputs, batch)
+                measures[f"{side}_serve"] = partial(_rate, _serve, handles[side], inputs, batch)
+                measures[f"{side}_grouped"] = partial(_rate, _serve_grouped, handles[side], inputs, batch)
+            rate = _alternate(measures, args.bundle_repeats)
+            emit(
+                {
+                    "name": "inference",
+                    "what": "bundle",
+                    "batch_size": batch,
+                    "n": args.n,
+                    "repeats": args.bundle_repeats,
+                    "input_shape": list(inputs.shape[1:]),
+                    "builtin_items_per_s": round(rate["builtin_serve"], 2),
+                    "bundle_items_per_s": round(rate["bundle_serve"], 2),
+                    "ratio": round(rate["bundle_serve"] / rate["builtin_serve"], 3),
+                    "ratio_grouped": round(rate["bundle_grouped"] / rate["builtin_grouped"], 3),
+                    "ratio_raw": round(rate["bundle_raw"] / rate["builtin_raw"], 3),
+                    "goal": "ratio >= 0.95",
+                }
+            )
+            for family in families.values():
+                serve.delete(app_name(family))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/default.yaml")
@@ -148,12 +257,14 @@ def main() -> None:
         default=os.cpu_count() or 1,
         help="torch threads for both the raw loop and the replica (same device)",
     )
+    parser.add_argument("--bundle", choices=["on", "off", "only"], default="on", help="the bundle comparison")
+    parser.add_argument("--bundle-repeats", type=int, default=3, help="alternating rounds of the bundle comparison")
     args = parser.parse_args()
     cfg = load_config(args.config)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench")
     serve.start(proxy_location="Disabled")
     try:
-        for family in args.families:
+        for family in args.families if args.bundle != "only" else []:
             entry = cfg.models[family]
             # Same compute for both sides: Ray would give the replica one thread per CPU it asks.
             entry = entry.model_copy(update={"serve": entry.serve.model_copy(update={"torch_threads": args.threads})})
@@ -188,6 +299,8 @@ def main() -> None:
                     }
                 )
             serve.delete(app_name(family))
+        if args.bundle != "off":
+            _bundle_comparison(args, cfg)
     finally:
         serve.shutdown()
         ray.shutdown()

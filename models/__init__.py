@@ -14,11 +14,14 @@ Serve deployments. Phantoms and synthetic DICOM live in ``synthetic/``, demo-wei
 - ``gradcam``: MONAI Grad-CAM heatmaps and the region they point at.
 - ``predictor``, ``volume_predictor``: radiograph, slice-wise and volumetric predictors
   (prepare, forward, finish, self_test); ``families``: which predictor serves each family.
+- ``bundles``: what families from MONAI bundles and exported networks need at run time: ONNX
+  networks (onnxruntime), a bundle's ``network_def`` and its own preprocessing transforms.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "bundles",
     "families",
     "gradcam",
     "networks",

@@ -2,7 +2,8 @@
 
 Adding a family is one entry in ``_BUILDERS``: a function from the registry entry to an
 untrained ``torch.nn.Module`` whose output has one channel per finding of the entry, and one in
-``GRADCAM_LAYERS``: the layer whose activations localise a finding.
+``GRADCAM_LAYERS``: the layer whose activations localise a finding. A family from a MONAI bundle
+(an entry with ``kind`` set) needs neither: its network is the bundle's ``network_def``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from monai.networks.nets import DenseNet, DenseNet121
 
 from core.config import ModelEntry
 from core.errors import ModelError
+from models.bundles import network_from_bundle
 
 __all__ = ["FAMILIES", "GRADCAM_LAYERS", "build_network"]
 
@@ -79,6 +81,9 @@ FAMILIES: tuple[str, ...] = tuple(sorted(_BUILDERS))
 def build_network(family: str, entry: ModelEntry) -> torch.nn.Module:
     """Build the untrained network of a model family for a registry entry.
 
+    An entry with ``kind`` set (a bundle or exported family) gets its bundle's ``network_def``,
+    whatever the family key.
+
     Args:
         family: Model family key, e.g. ``"chest_xray"``.
         entry: The registry entry (input spec and findings).
@@ -87,8 +92,11 @@ def build_network(family: str, entry: ModelEntry) -> torch.nn.Module:
         The network, in training mode, on the CPU.
 
     Raises:
-        ModelError: If the family is unknown or the entry does not fit its network.
+        ModelError: If the family is unknown or the entry does not fit its network, or a bundle's
+            ``network_def`` cannot be built.
     """
+    if entry.kind is not None:
+        return network_from_bundle(entry)
     builder = _BUILDERS.get(family)
     if builder is None:
         raise ModelError(f'Got model family "{family}"; expected one of {list(FAMILIES)}')

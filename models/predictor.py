@@ -11,6 +11,12 @@ to the source (``_localise``): radiograph frames here, CT slices and 3D volumes 
 :mod:`models.volume_predictor`. A finding's probability is its maximum over the inputs of the
 task (a finding seen on any view, slice or series is reported), and the input that gave it is
 the finding's evidence.
+
+The generic ``RadiographPredictor`` (and ``SlicePredictor`` / ``VolumePredictor``) serve families
+from MONAI bundles and exported networks too (``entry.kind``, :mod:`models.families`): their
+outputs become probabilities by ``entry.output_activation``, their findings carry the codes the
+bundle declares, and with ``preprocessing: bundle`` the bundle's own transforms
+(:class:`models.bundles.BundlePreprocessing`) replace the window after resampling.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from core.config import ModelEntry
+from core.config import FindingSpec, ModelEntry
 from core.errors import ModelError
 from core.findings import term_for
 from core.parametric_maps import encode_levels
@@ -44,11 +50,13 @@ from core.records import (
     QualityFlag,
     Region,
 )
+from core.types import CodedTerm
+from models.bundles import BundlePreprocessing
 from models.gradcam import GradCamMaker, region_of
 from models.networks import GRADCAM_LAYERS
-from models.preprocessing import prepare_pixels
+from models.preprocessing import prepare_pixels, resize
 from models.registry import load_network
-from models.resampling import AxisMap
+from models.resampling import AxisMap, to_unit_range
 from models.volumes import FrameRef, planes_of
 
 __all__ = [
@@ -58,6 +66,7 @@ __all__ = [
     "Predictor",
     "Prepared",
     "RadiographPredictor",
+    "finding_term",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +109,20 @@ class Prepared:
     quality_flags: tuple[QualityFlag, ...] = field(default=())
 
 
+def finding_term(spec: FindingSpec) -> CodedTerm:
+    """The coded concept of a finding: the code its model declares, else the built-in catalogue's.
+
+    >>> from core.config import FindingCode
+    >>> finding_term(FindingSpec(key="opacity", code=FindingCode(scheme="SCT", value="263716002", meaning="Opacity")))
+    CodedTerm(value='263716002', scheme='SCT', meaning='Opacity')
+    >>> finding_term(FindingSpec(key="pneumothorax")).scheme
+    'SCT'
+    """
+    if spec.code is not None:
+        return CodedTerm(spec.code.value, spec.code.scheme, spec.code.meaning)
+    return term_for(spec.key)
+
+
 def decode_instance(uid: str, data: bytes) -> Dataset:
     """Parse one instance's bytes.
 
@@ -123,6 +146,9 @@ class Predictor:
         network: The network, in eval mode, with one output per finding of ``entry``.
         family: Model family key reported in predictions (default: the class's family).
         device: Torch device of ``network``.
+
+    Raises:
+        ModelError: If the entry asks for its bundle's preprocessing and that cannot be loaded.
     """
 
     default_family = ""
@@ -140,6 +166,7 @@ class Predictor:
         self._device = torch.device(device)
         self._spatial_size = tuple(entry.input.spatial_size)
         self._gradcam: GradCamMaker | None = None
+        self._bundle_transforms = BundlePreprocessing(entry) if entry.preprocessing == "bundle" else None
 
     @classmethod
     def load(cls, entry: ModelEntry, family: str | None = None) -> Predictor:
@@ -183,13 +210,13 @@ class Predictor:
         datasets = [decode_instance(uid, data) for uid, data in request.instances]
         inputs, items, flags = self._inputs(datasets)
         batch = np.stack(inputs).astype(np.float32, copy=False)
-        if self.entry.input.channels > 1:
+        if self.entry.input.channels > 1 and batch.shape[1] == 1:
             batch = np.repeat(batch, self.entry.input.channels, axis=1)
         uids = tuple(uid for uid, _ in request.instances)
         return Prepared(batch, tuple(items), uids, tuple(flags))
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Run the network on a batch and return sigmoid probabilities.
+        """Run the network on a batch and return probabilities (``entry.output_activation``).
 
         Args:
             batch: float32 ``(N, C, *spatial)``.
@@ -205,8 +232,12 @@ class Predictor:
             raise ModelError(f"Got a batch of shape {batch.shape}; expected (N, {expected})")
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            logits = self._network(tensor.to(self._device))
-            probs = torch.sigmoid(logits.float()).cpu().numpy()
+            logits = self._network(tensor.to(self._device)).float()
+            if self.entry.output_activation == "sigmoid":
+                logits = torch.sigmoid(logits)
+            elif self.entry.output_activation == "softmax":
+                logits = torch.softmax(logits, dim=1)
+            probs = logits.cpu().numpy()
         if probs.shape != (batch.shape[0], len(self.entry.findings)):
             raise ModelError(
                 f"Network returned shape {probs.shape}; expected ({batch.shape[0]}, {len(self.entry.findings)})"
@@ -235,7 +266,7 @@ class Predictor:
         findings = tuple(
             Finding(
                 key=spec.key,
-                term=term_for(spec.key),
+                term=finding_term(spec),
                 probability=float(probs[best[k], k]),
                 threshold=spec.threshold,
                 critical=spec.critical,
@@ -312,6 +343,17 @@ class Predictor:
                 f"{probs.ravel()[:5]}...; expected finite probabilities in [0, 1]"
             )
 
+    def _to_input(self, resampled: np.ndarray) -> np.ndarray:
+        """Turn an image resampled onto the network grid (modality units) into one input
+        ``(C, *spatial)``: the bundle's transforms, else the declared window or percentiles.
+
+        Raises:
+            ModelError: If the image has no contrast or the bundle's transforms fail.
+        """
+        if self._bundle_transforms is not None:
+            return self._bundle_transforms(resampled[None])
+        return to_unit_range(resampled, self.entry.input.window)[None]
+
     def _heatmap(self, item: np.ndarray, class_index: int) -> np.ndarray | None:
         """Grad-CAM of one input, or None where the network cannot be hooked."""
         if self._gradcam is None:
@@ -360,7 +402,12 @@ def plane_location(item: PlaneItem, heat: np.ndarray) -> tuple[PlanarRegion, Pla
 
 
 class RadiographPredictor(Predictor):
-    """Projection radiographs: every frame of every instance is one input."""
+    """Projection radiographs: every frame of every instance is one input.
+
+    Frames are resized to ``input.spatial_size`` and mapped to [0, 1] by their robust percentile
+    range, or by ``input.window`` where the entry sets one; with ``preprocessing: bundle`` the
+    resized frame goes through the bundle's transforms instead.
+    """
 
     def _inputs(self, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[Any], list[QualityFlag]]:
         inputs, items = [], []
@@ -369,12 +416,19 @@ class RadiographPredictor(Predictor):
             try:
                 for plane in planes_of(ds):
                     rows, cols = plane.pixels.shape
-                    inputs.append(prepare_pixels(plane.pixels, self._spatial_size))
+                    inputs.append(self._planar_input(plane.pixels))
                     maps = (AxisMap.fit(rows, self._spatial_size[0]), AxisMap.fit(cols, self._spatial_size[1]))
                     items.append(PlaneItem(plane.ref, rows, cols, maps))
             except ModelError as exc:
                 raise ModelError(f"SOP Instance {uid}: {exc.reason}") from exc
         return inputs, items, []
+
+    def _planar_input(self, pixels: np.ndarray) -> np.ndarray:
+        if self._bundle_transforms is None and self.entry.input.window is None:
+            return prepare_pixels(pixels, self._spatial_size)
+        if len(self._spatial_size) != 2:
+            raise ModelError(f"Got spatial_size {self._spatial_size}; expected (H, W) for 2D images")
+        return self._to_input(resize(pixels, (self._spatial_size[0], self._spatial_size[1])))
 
     def _localise(self, item: Any, heat: np.ndarray) -> tuple[Region, HeatmapGrid] | None:
         return plane_location(item, heat)

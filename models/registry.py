@@ -5,9 +5,12 @@ the registry entry, with its sha256 either in the entry or in a sidecar ``<weigh
 written next to it (``sha256sum`` format, as ``train_demo`` writes it). A missing or mismatched
 file stops the replica with a ``ModelWeightsError`` naming the file, the expected and the found.
 
-Two formats load: TorchScript archives (``torch.jit.save``; the archive holds
-``constants.pkl`` and ``code/``) and ``state_dict`` files (``torch.save``), read with
-``weights_only=True`` so that a weights file cannot run code. State dicts load strictly.
+Three formats load: TorchScript archives (``torch.jit.save``; the archive holds
+``constants.pkl`` and ``code/``), ONNX files (``.onnx``, run by onnxruntime:
+:class:`models.bundles.OnnxNetwork`) and ``state_dict`` files (``torch.save``), read with
+``weights_only=True`` so that a weights file cannot run code. State dicts load strictly, into the
+family's network, or for a bundle family into the bundle's ``network_def``
+(:func:`models.networks.build_network`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 from core.config import ModelEntry
 from core.errors import ModelWeightsError
+from models.bundles import OnnxNetwork
 from models.networks import build_network
 
 __all__ = ["SIDECAR_SUFFIX", "file_sha256", "load_network", "resolve_weights", "sidecar_path"]
@@ -66,7 +70,7 @@ def resolve_weights(entry: ModelEntry) -> Path:
     if not path.is_file():
         raise ModelWeightsError(
             f"Weights file {path} of model {entry.name} {entry.version} not found "
-            f"(resolved to {path.absolute()}); expected a state_dict or TorchScript file "
+            f"(resolved to {path.absolute()}); expected a state_dict, TorchScript or ONNX file "
             "(run `make weights` or `python -m training` for demo weights)"
         )
     expected = entry.sha256 or _sidecar_sha256(path)
@@ -105,20 +109,23 @@ def load_network(family: str, entry: ModelEntry, map_location: str = "cpu") -> t
     Args:
         family: Model family key (selects the architecture for a state_dict).
         entry: The registry entry.
-        map_location: Device to load the tensors onto.
+        map_location: Device to load the tensors onto (an ONNX network runs on the CPU).
 
     Returns:
-        The network in eval mode (a ``ScriptModule`` for TorchScript files).
+        The network in eval mode (a ``ScriptModule`` for TorchScript files, an ``OnnxNetwork``
+        for ``.onnx`` files).
 
     Raises:
         ModelWeightsError: If the file is missing, mismatched or unreadable, or its state_dict does
-            not fit the family's network exactly.
-        ModelError: If the family is unknown.
+            not fit the family's network (or the bundle's ``network_def``) exactly.
+        ModelError: If the family is unknown, or a bundle's ``network_def`` cannot be built.
     """
     path = resolve_weights(entry)
-    if _is_torchscript(path):
+    if path.suffix.lower() == ".onnx":
+        network: torch.nn.Module = OnnxNetwork(path, threads=entry.serve.torch_threads)
+    elif _is_torchscript(path):
         try:
-            network: torch.nn.Module = torch.jit.load(str(path), map_location=map_location)
+            network = torch.jit.load(str(path), map_location=map_location)
         except RuntimeError as exc:
             raise ModelWeightsError(f"Cannot load TorchScript weights file {path}: {exc}") from exc
     else:

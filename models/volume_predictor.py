@@ -3,7 +3,8 @@
 Both start from :func:`models.volumes.assemble_volumes` (every frame of every instance, ordered
 by position along the slice normal) and report the image-quality flags of each volume.
 
-- ``SlicePredictor``: every present slice is one 2D input (resampled in-plane, windowed); the
+- ``SlicePredictor``: every present slice is one 2D input (resampled in-plane, then windowed,
+  or sent through a bundle's transforms: ``Predictor._to_input``); the
   study's probability of a finding is its maximum over slices, and its heatmap and region are
   on the slice that gave it: a TID 1410 region on that exact instance and frame.
 - ``VolumePredictor``: each volume is one 3D input on the network grid; a finding's region is
@@ -32,7 +33,7 @@ from core.records import (
 from models.gradcam import region_of
 from models.predictor import PlaneItem, Predictor, plane_location
 from models.quality import volume_flags
-from models.resampling import AxisMap, grid_maps, resample, to_unit_range
+from models.resampling import AxisMap, grid_maps, resample
 from models.volumes import FrameRef, Volume, assemble_volumes
 
 __all__ = [
@@ -69,7 +70,7 @@ class SlicePredictor(Predictor):
                 if ref is None:
                     continue  # a missing slice: flagged, not invented
                 plane = resample(volume.array[k], maps)
-                inputs.append(to_unit_range(plane, self.entry.input.window)[None])
+                inputs.append(self._to_input(plane))
                 items.append(PlaneItem(ref, rows, cols, maps, _plane_geometry(volume, k)))
         if not inputs:
             raise ModelError("Got no slices; expected at least one image")
@@ -130,7 +131,7 @@ class VolumePredictor(Predictor):
             flags += volume_flags(volume)
             maps = grid_maps(volume.array.shape, volume.spacing, self._spatial_size, self.entry.input.spacing_mm)
             grid = resample(volume.array, maps)
-            inputs.append(to_unit_range(grid, self.entry.input.window)[None])
+            inputs.append(self._to_input(grid))
             items.append(VolumeItem(volume, maps))  # type: ignore[arg-type]
         return inputs, items, flags
 

@@ -6,7 +6,11 @@ requests, ``max_ongoing_requests`` / ``max_queued_requests`` (backpressure) and 
 period. Nothing is hard-coded here (on a 2-core machine the default of 1 CPU per replica starves
 the other deployments; see the baselines). Every family is the same ``ModelDeployment`` over
 its own predictor, so a new family needs no code here: only a predictor in
-``models.families``.
+``models.families``, or none at all for a family from a MONAI bundle or an exported network
+(an entry with ``kind`` set, issue 17). Such a network comes from outside, so ``build_app`` runs it
+once on the CPU before anything is deployed (``models.families.deploy_problems``) and refuses
+it with a ``ConfigError`` naming the field it contradicts: the input size, the finding count,
+the output activation, the bundle's preprocessing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ray.serve.deployment import Deployment
 
 from core.config import ModelEntry, ServeDeploymentConfig
 from core.errors import ConfigError
-from models.families import PREDICTORS
+from models.families import PREDICTORS, deploy_problems
 from models.registry import resolve_weights
 from serve.deployment import ModelDeployment
 
@@ -28,7 +32,9 @@ __all__ = ["FAMILIES", "build_app", "deployment_options"]
 logger = logging.getLogger(__name__)
 
 FAMILIES: dict[str, Deployment] = {family: ModelDeployment for family in sorted(PREDICTORS)}
-"""Model family key -> its Serve deployment (a class decorated with ``@serve.deployment``)."""
+"""Built-in model family key -> its Serve deployment (a class decorated with ``@serve.deployment``).
+A family whose entry sets ``kind`` (a bundle or an exported network) is served by
+``ModelDeployment`` too, under any key."""
 
 
 def deployment_options(cfg: ServeDeploymentConfig) -> dict[str, Any]:
@@ -79,16 +85,26 @@ def build_app(family: str, entry: ModelEntry) -> Application:
         The application, not yet running.
 
     Raises:
-        ConfigError: If no deployment exists for ``family``.
+        ConfigError: If no deployment exists for ``family`` (a family that is not built in and
+            whose entry sets no ``kind``), or a bundle or exported network does not fit its entry
+            (one problem per field, ``models.<family>.<field>: ...``).
         ModelWeightsError: The weights file is missing or does not match its sha256; checked
             here, before anything is deployed, so startup stops with the file named.
     """
-    deployment = FAMILIES.get(family)
+    deployment = ModelDeployment if entry.kind is not None else FAMILIES.get(family)
     if deployment is None:
         raise ConfigError(
-            f"models.{family}", [f"models.{family}: got family {family!r}; expected one of {sorted(FAMILIES)}"]
+            f"models.{family}",
+            [
+                f"models.{family}: got family {family!r}; expected one of {sorted(FAMILIES)}, or an entry "
+                "with kind (a MONAI bundle or an exported network)"
+            ],
         )
     resolve_weights(entry)
+    if entry.kind is not None:
+        problems = deploy_problems(family, entry)
+        if problems:
+            raise ConfigError(f"models.{family}", problems)
     cfg = entry.serve
     if cfg.max_ongoing_requests < cfg.max_batch_size:
         # Not a warning: a study request sends all its slices at once, so one request can fill

@@ -9,6 +9,8 @@ Submodules are imported explicitly; none of them imports torch.
   synthetic images and volumes with known lesions (numpy only).
 - ``synthetic_dicom``, ``synthetic_series``, ``synthetic_studies``: valid DICOM (radiographs,
   CT/MR series, enhanced multi-frame) built from phantoms, with their ground truth.
+- ``bundles``: the files of MONAI bundles and exported networks with known findings (metadata,
+  inference config, spec YAML, sha256 sidecar); callers that may import torch make the networks.
 - ``procedure_steps``: what a modality and a PACS say about such a study (MPPS N-CREATE /
   N-SET, IAN), and a series split as a scanner sends several reconstructions.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "aorta_phantoms",
     "brain_phantoms",
+    "bundles",
     "head_phantoms",
     "limb_phantoms",
     "phantoms",
