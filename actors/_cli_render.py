@@ -1,5 +1,6 @@
-"""How ``pacsai`` shows things: the status tables, quarantine entries, review flags, times,
-and the example at the end of each command's ``--help`` (kept apart from the commands)."""
+"""How ``pacsai`` shows things: the status tables, quarantine entries, review flags, model
+cards and rollout changes, times, and the example at the end of each command's ``--help`` (kept
+apart from the commands)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,19 @@ from rich.text import Text
 from core.codec import to_jsonable
 from core.quarantine import QuarantineEntry
 from core.review import FlagState, ReviewFlag
+from core.rollout import ModelCardReport, RolloutState, VersionCard
 from core.status import LedgerStatus
 
-__all__ = ["EXAMPLES", "entry_json", "format_entry", "format_flag", "render_status", "when"]
+__all__ = [
+    "EXAMPLES",
+    "entry_json",
+    "format_entry",
+    "format_flag",
+    "format_rollout",
+    "render_card",
+    "render_status",
+    "when",
+]
 
 EXAMPLES: dict[str, str] = {
     "pacsai": "pacsai status --config configs/default.yaml\n  pacsai --verbose up --config configs/default.yaml",
@@ -28,6 +39,9 @@ EXAMPLES: dict[str, str] = {
     "pacsai models deploy": "pacsai models deploy chest_xray --config configs/default.yaml",
     "pacsai models remove": "pacsai models remove chest_xray --config configs/default.yaml",
     "pacsai models list": "pacsai models list --config configs/default.yaml",
+    "pacsai models show": "pacsai models show chest_xray\n  pacsai models show chest_xray --json | jq .live",
+    "pacsai models promote": "pacsai models promote chest_xray 2.0.0 --reason 'canary agreed for 4 weeks'",
+    "pacsai models rollback": "pacsai models rollback chest_xray 1.4.0 --reason 'false positives on portable films'",
     "pacsai ai": "pacsai ai off --modality CT --reason 'scanner recalibration' --user ann",
     "pacsai replay": "pacsai replay 42 --user ann",
     "pacsai audit": "pacsai audit verify\n  pacsai audit show --study 1.2.840.99.1 --limit 50",
@@ -168,3 +182,89 @@ def format_flag(f: ReviewFlag, verbose: bool = False) -> str:
 
 def when(epoch: float | None) -> str:
     return "never" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def format_rollout(state: RolloutState, action: str) -> str:
+    """A promote or rollback as done: the live version, who, and what is halted now."""
+    live = state.live
+    lines = [
+        f"{state.family}: {live.version} is live ({action} by {live.actor})" if live else f"{state.family}: {action}"
+    ]
+    lines += [
+        f"  halted {h.version} ({h.cause.value} by {h.actor}{': ' + h.reason if h.reason else ''})"
+        for h in state.halted
+    ]
+    return "\n".join(lines)
+
+
+def _versions_table(card: ModelCardReport) -> Table:
+    t = Table(title=f"{card.family} versions", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+    for name in ("version", "name", "traffic now", "deployed", "application"):
+        t.add_column(name, overflow="fold")
+    for name in ("studies", "positive", "shadow n", "shadow agreement"):
+        t.add_column(name, justify="right")
+    for v in card.versions:
+        deployed = "?" if v.deployed is None else ("yes" if v.deployed else "NO")
+        shadow = v.observed.shadow
+        t.add_row(
+            Text(v.version, style="bold green" if v.live else ""),
+            v.name,
+            Text(v.traffic_now, style="red" if v.halted else ""),
+            Text(deployed, style="red" if v.deployed is False else ""),
+            v.application,
+            str(v.observed.studies),
+            _rate(v.observed.positive_rate),
+            str(shadow.n) if shadow else "-",
+            _rate(shadow.agreement_rate) if shadow else "-",
+        )
+    return t
+
+
+def _version_lines(v: VersionCard) -> Iterator[str]:
+    """One version's declared card and what the site observed (plain text: scripts grep it)."""
+    yield f"{v.version}{' (live)' if v.live else ''}: {v.name}"
+    c = v.card
+    for label, value in (
+        ("description", c.description),
+        ("intended use", c.intended_use),
+        ("training data", c.training_data),
+        ("performance claims", c.performance),
+        ("licence", c.license),
+        ("authors", c.authors),
+        ("references", "; ".join(c.references)),
+    ):
+        yield f"  {label}: {value or 'not declared'}"
+    t = v.traffic
+    yield f"  traffic when not live: {t.mode}" + (f" {t.percent:g}%" if t.mode == "canary" else "")
+    if v.halted is not None:
+        h = v.halted
+        yield f"  halted: {h.cause.value} by {h.actor} at {when(h.at)}" + (f": {h.reason}" if h.reason else "")
+    o = v.observed
+    yield f"  observed: {o.studies} studies, {o.results} results, positive {_rate(o.positive_rate)}"
+    if o.positive_rate_by_finding:
+        yield "  positive by finding: " + ", ".join(f"{k} {_rate(r)}" for k, r in o.positive_rate_by_finding.items())
+    if o.shadow is not None:
+        s = o.shadow
+        yield (
+            f"  shadow: {s.n} studies against {', '.join(s.live_versions) or '-'}, agreement "
+            f"{_rate(s.agreement_rate)}, mean |delta| {'-' if s.mean_abs_delta is None else f'{s.mean_abs_delta:.3f}'}"
+        )
+        for f in s.findings:
+            yield f"    {f.key}: agreement {_rate(f.agreement_rate)}, mean |delta| {f.mean_abs_delta:.3f} (n {f.n})"
+    yield f"  agreement with readers: {_rate(o.reader_agreement) if o.reader_agreement is not None else o.reader_agreement_note}"
+
+
+def render_card(card: ModelCardReport) -> RenderableType:
+    """``pacsai models show``: who made which version live, the versions, each one's card."""
+    live = card.live_set
+    head = f"{card.family}: live {card.live}" + (
+        f" (set by {live.actor} at {when(live.at)}{': ' + live.reason if live.reason else ''})"
+        if live
+        else " (the configured version)"
+    )
+    lines = [line for v in card.versions for line in (*_version_lines(v), "")]
+    return Group(Text(head, style="bold"), _versions_table(card), *(Text(line) for line in lines))

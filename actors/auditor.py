@@ -28,7 +28,11 @@ CHAIN_S = 0.5
 
 
 def model_replicas() -> dict[str, int]:
-    """Running replicas per model family, from Serve's status (empty while Serve is not up)."""
+    """Running replicas per model family, from Serve's status (empty while Serve is not up).
+
+    The replicas of every version of a family deployed side by side (``model-<family>`` and
+    ``model-<family>--<version>``) count for the family: the label stays a closed vocabulary.
+    """
     from ray import serve
 
     prefix = app_name("")
@@ -36,11 +40,13 @@ def model_replicas() -> dict[str, int]:
         applications = serve.status().applications
     except Exception:  # Serve not started (yet): no replicas to report
         return {}
-    return {
-        name[len(prefix) :]: sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
-        for name, app in applications.items()
-        if name.startswith(prefix)
-    }
+    replicas: dict[str, int] = {}
+    for name, app in applications.items():
+        if name.startswith(prefix):
+            family = name[len(prefix) :].partition("--")[0]
+            running = sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+            replicas[family] = replicas.get(family, 0) + running
+    return replicas
 
 
 @ray.remote

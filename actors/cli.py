@@ -29,7 +29,16 @@ from typing import Any
 
 from rich.console import Console
 
-from actors._cli_render import EXAMPLES, entry_json, format_entry, format_flag, render_status, when
+from actors._cli_render import (
+    EXAMPLES,
+    entry_json,
+    format_entry,
+    format_flag,
+    format_rollout,
+    render_card,
+    render_status,
+    when,
+)
 from actors.adapters.logs import LogSettings, export_for_workers, install
 from api.operations import LIMIT_MAX, InvalidArgument, NotFound, Operations, RayModelControl
 from core.codec import to_jsonable
@@ -208,6 +217,30 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_show(args: argparse.Namespace) -> int:
+    """Print a family's model card: versions, live and halted, traffic, declared and observed."""
+    card = _operations(args).models_show(args.family)
+    if args.json:
+        print(json.dumps(to_jsonable(card), indent=2))
+    else:
+        _console().print(render_card(card), soft_wrap=False)
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    """Make a configured version live (audited); the one live until now gets no studies."""
+    state = _operations(args).models_promote(args.family, args.version, f"user:{args.user}", args.reason)
+    print(format_rollout(state, "promoted"))
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    """Go back to a version (audited); the versions rolled back from are halted."""
+    state = _operations(args).models_rollback(args.family, args.version, f"user:{args.user}", args.reason)
+    print(format_rollout(state, "rolled back"))
+    return 0
+
+
 def cmd_ai(args: argparse.Namespace) -> int:
     """Switch AI on or off for a study or a modality (effective without restart)."""
     scope, key = ("study", args.study) if args.study else ("modality", args.modality)
@@ -349,7 +382,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     cc = add("check-config", cmd_check_config, "validate a config file")
     cc.add_argument("file")
-    _models_parser(add("models", None, "model applications on the running Ray: deploy, remove, list"))
+    _models_parser(add("models", None, "model families: deploy, remove, list, show (card), promote, rollback"))
     ai = add("ai", cmd_ai, "switch AI on/off per study or modality")
     ai.add_argument("state", choices=["on", "off"])
     grp = ai.add_mutually_exclusive_group(required=True)
@@ -404,6 +437,22 @@ def _models_parser(models: argparse.ArgumentParser) -> None:
     ls = msub.add_parser("list", help="deployed model applications")
     ls.set_defaults(func=cmd_models_list)
     ls.add_argument("--config", default=DEFAULT_CONFIG)
+    show = msub.add_parser("show", help="a family's model card: versions, traffic, declared and observed")
+    show.set_defaults(func=cmd_models_show)
+    show.add_argument("family")
+    show.add_argument("--config", default=DEFAULT_CONFIG)
+    show.add_argument("--json", action="store_true")
+    for name, func, help_ in (
+        ("promote", cmd_models_promote, "make a configured version live (its application must be deployed)"),
+        ("rollback", cmd_models_rollback, "go back to a version; the versions rolled back from are halted"),
+    ):
+        sp = msub.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
+        sp.add_argument("family")
+        sp.add_argument("version", help="the family's own version or a key of its versions")
+        sp.add_argument("--reason", default="", help="why (audited)")
+        sp.add_argument("--user", default=getpass.getuser(), help="who (audited)")
+        sp.add_argument("--config", default=DEFAULT_CONFIG)
 
 
 def _quarantine_parser(q: argparse.ArgumentParser) -> None:

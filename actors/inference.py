@@ -3,12 +3,21 @@
 The deployment being down (not deployed, no healthy replica, queue full) is a peer outage: the
 job waits in the ledger without spending its retry budget, and C-STOREs keep succeeding. A
 ``ModelError`` (the model cannot read this input) spends the budget and ends ``dead``.
+
+**Versions side by side** (issue 17): for a family with ``versions``, each job reads the
+family's rollout state afresh (as it reads the AI switches) and ``core.rollout.assign`` says
+which version's result is the result (the live one, or a canary or rule candidate) and which
+versions run beside it in shadow. A shadow's prediction is only stored and compared
+(``Ledger.models.record_shadow``; its heatmaps are not kept): it never enters the job's
+record, so it never reaches the SR, the PACS or the EHR, and its failure or absence is an
+``inference_failed`` audit event with ``shadow: true``, never a retry of the job. A family
+without ``versions`` runs as before, without reading the rollout state.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +30,37 @@ from actors.adapters.metrics import recorder
 from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
-from core.config import ModelEntry, PriorsConfig, RoutingConfig, app_name
+from core.config import ModelEntry, PriorsConfig, RoutingConfig
 from core.errors import DependencyUnavailable, ModelError
 from core.job import Inference, Job
 from core.ports import Clock
 from core.records import InferenceRequest, ModelOutput, ModelTask, Prediction
+from core.rollout import Assignment, StudyFacts, assign, compare, version_app
 from core.routing import Router
-from core.types import AuditEventType, JobState
+from core.types import AuditEventType, InstanceMeta, JobState
 from state.ledger import Ledger
 
-__all__ = ["InferenceActor", "InferenceWork"]
+__all__ = ["InferenceActor", "InferenceWork", "TaskRun"]
 
 logger = logging.getLogger(__name__)
+
+_UNAVAILABLE = (BackPressureError, RayServeException, RayActorError, GetTimeoutError, TimeoutError)
+"""What a Serve call raises when the application cannot answer now (a peer outage)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRun:
+    """One task run: the prediction used, the versions met, the shadows whose answers were stored."""
+
+    prediction: Prediction
+    assignment: Assignment
+    shadows: tuple[str, ...] = ()
+
+
+def _peer(app: str) -> str:
+    """The peer an outage names: ``model:<family>`` (``model:<family>--<version>`` for another
+    version)."""
+    return "model:" + app.removeprefix("model-")
 
 
 class InferenceWork:
@@ -55,14 +83,14 @@ class InferenceWork:
         self._clock = clock or SystemClock()
         self._handles: dict[str, Any] = {}
 
-    def _handle(self, family: str) -> Any:
-        handle = self._handles.get(family)
+    def _handle(self, app: str) -> Any:
+        handle = self._handles.get(app)
         if handle is None:
             try:
-                handle = serve.get_app_handle(app_name(family))
+                handle = serve.get_app_handle(app)
             except RayServeException as exc:
-                raise DependencyUnavailable(f"model:{family}", str(exc)) from exc
-            self._handles[family] = handle
+                raise DependencyUnavailable(_peer(app), str(exc)) from exc
+            self._handles[app] = handle
         return handle
 
     def _switched_off(self, job: Job, task: ModelTask) -> str:
@@ -74,34 +102,147 @@ class InferenceWork:
         off = [m for m in modalities if not self._router.ai_enabled_for_modality(m, switches)]
         return f"AI switched off for modality {', '.join(sorted(off))}" if off else ""
 
-    def infer(self, job: Job, task: ModelTask) -> Prediction:
-        """Run one task on its deployment; store its heatmaps as blobs.
+    def _assign(self, job: Job, task: ModelTask, instances: list[InstanceMeta]) -> Assignment:
+        """The versions this task meets (the family entry alone when it has no others)."""
+        entry = self._models[task.family]
+        if not entry.versions:
+            return Assignment(task.family, entry.version, entry.version)
+        wanted = set(task.sop_instance_uids)
+        mine = [i for i in instances if i.sop_instance_uid in wanted]
+        study = StudyFacts(
+            job.study_instance_uid, frozenset(i.modality for i in mine), frozenset(i.calling_ae for i in mine)
+        )
+        return assign(task.family, entry, self._ledger.models.rollout(task.family), study)
+
+    def infer(self, job: Job, task: ModelTask, events: list[AuditEvent] | None = None) -> TaskRun:
+        """Run one task on the version it meets (and its shadows); store its heatmaps as blobs.
+
+        Args:
+            job: The job.
+            task: One family's task.
+            events: Where a shadow's failure is noted (``None``: run no shadows).
+
+        Returns:
+            The prediction of the version whose result is used, the assignment, the shadows run.
 
         Raises:
             DependencyUnavailable: The deployment cannot take the request now.
             ModelError: The model failed on this input.
         """
-        paths = {i.sop_instance_uid: i.path for i in self._ledger.intake.job_instances(job.job_id)}
-        return self._request(job, job.study_instance_uid, task, paths)
+        instances = self._ledger.intake.job_instances(job.job_id)
+        paths = {i.sop_instance_uid: i.path for i in instances}
+        assignment = self._assign(job, task, instances)
+        prediction, shadows = self._request(job, job.study_instance_uid, task, paths, assignment, events)
+        return TaskRun(prediction, assignment, shadows)
 
-    def _request(self, job: Job, study_uid: str, task: ModelTask, paths: dict[str, str]) -> Prediction:
+    def _call(self, family: str, version: str, request: InferenceRequest) -> Any:
+        """Send ``request`` to one version's application; the response to wait for."""
+        app = version_app(family, self._models[family], version)
+        try:
+            return self._handle(app).remote(request)
+        except _UNAVAILABLE as exc:
+            self._handles.pop(app, None)
+            raise DependencyUnavailable(_peer(app), f"{type(exc).__name__}: {exc}") from exc
+
+    def _output(self, family: str, version: str, response: Any) -> ModelOutput:
+        """Wait for one version's answer (its own ``serve.request_timeout_s``)."""
+        entry = self._models[family]
+        app = version_app(family, entry, version)
+        label = family if version == entry.version else f"{family} {version}"
+        try:
+            output: ModelOutput = response.result(timeout_s=entry.all_versions()[version].serve.request_timeout_s)
+        except ModelError as exc:  # Ray wraps it (RayTaskError subclassing ModelError)
+            cause = getattr(exc, "cause", exc)
+            raise ModelError(f"{label}: {getattr(cause, 'reason', cause)}") from None
+        except _UNAVAILABLE as exc:
+            self._handles.pop(app, None)
+            raise DependencyUnavailable(_peer(app), f"{type(exc).__name__}: {exc}") from exc
+        return output
+
+    def _request(
+        self,
+        job: Job,
+        study_uid: str,
+        task: ModelTask,
+        paths: dict[str, str],
+        assignment: Assignment,
+        events: list[AuditEvent] | None = None,
+    ) -> tuple[Prediction, tuple[str, ...]]:
+        """The prediction of the assigned version, and the shadow versions whose answers were
+        stored (shadows run only where ``events`` is given)."""
         request = InferenceRequest(
             study_uid=study_uid,
             family=task.family,
             instances=tuple((uid, Path(paths[uid]).read_bytes()) for uid in task.sop_instance_uids),
             job_id=job.job_id,
         )
-        timeout = self._models[task.family].serve.request_timeout_s
+        response = self._call(task.family, assignment.version, request)
+        shadows = self._send_shadows(job, assignment, request, events) if events is not None else []
         try:
-            output: ModelOutput = self._handle(task.family).remote(request).result(timeout_s=timeout)
-        except ModelError as exc:  # Ray wraps it (RayTaskError subclassing ModelError)
-            cause = getattr(exc, "cause", exc)
-            raise ModelError(f"{task.family}: {getattr(cause, 'reason', cause)}") from None
-        except (BackPressureError, RayServeException, RayActorError, GetTimeoutError, TimeoutError) as exc:
-            self._handles.pop(task.family, None)
-            raise DependencyUnavailable(f"model:{task.family}", f"{type(exc).__name__}: {exc}") from exc
+            output = self._output(task.family, assignment.version, response)
+        except BaseException:
+            for _, pending in shadows:  # the job waits or fails: its shadows are not needed
+                pending.cancel()
+            raise
         blobs = self._ledger.blobs
-        return output.with_stored(tuple(h.stored_as(blobs.put(h.levels)) for h in output.heatmaps))
+        prediction = output.with_stored(tuple(h.stored_as(blobs.put(h.levels)) for h in output.heatmaps))
+        noted = events if events is not None else []
+        ran = tuple(v for v, pending in shadows if self._shadow(job, assignment, v, pending, prediction, noted))
+        return prediction, ran
+
+    def _send_shadows(
+        self, job: Job, assignment: Assignment, request: InferenceRequest, events: list[AuditEvent]
+    ) -> list[tuple[str, Any]]:
+        sent = []
+        for version in assignment.shadows:
+            try:
+                sent.append((version, self._call(assignment.family, version, request)))
+            except DependencyUnavailable as exc:
+                events.append(self._shadow_failed(job, assignment.family, version, exc))
+        return sent
+
+    def _shadow(
+        self,
+        job: Job,
+        assignment: Assignment,
+        version: str,
+        pending: Any,
+        used: Prediction,
+        events: list[AuditEvent],
+    ) -> bool:
+        """Store one shadow's answer beside the result used; whether it could be."""
+        family = assignment.family
+        try:
+            shadow = self._output(family, version, pending).prediction
+            self._ledger.models.record_shadow(
+                job.job_id,
+                job.study_instance_uid,
+                family,
+                assignment.version,
+                version,
+                shadow,
+                compare(used, shadow),
+                self._clock.now(),
+            )
+        except Exception as exc:  # a shadow never fails or retries the job: it leaves an audit event
+            logger.warning("shadow %s %s failed for job %s: %s", family, version, job.job_id, type(exc).__name__)
+            events.append(self._shadow_failed(job, family, version, exc))
+            return False
+        return True
+
+    def _shadow_failed(self, job: Job, family: str, version: str, exc: Exception) -> AuditEvent:
+        return AuditEvent(
+            AuditEventType.INFERENCE_FAILED,
+            self._actor,
+            job.study_instance_uid,
+            job_id=job.job_id,
+            detail={
+                "family": family,
+                "version": version,
+                "shadow": True,
+                "error": f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"[:500],
+            },
+        )
 
     def __call__(self, job: Job) -> None:
         """Infer every task; move the job to ``inferred`` (or ``skipped`` if AI was switched off)."""
@@ -121,6 +262,7 @@ class InferenceWork:
                 return
         predictions: list[Prediction] = []
         events: list[AuditEvent] = []
+        assignments: dict[str, Assignment] = {}
         for task in self._affected(job, tasks, events):
             started = self._clock.now()
             recorder.observe(
@@ -129,31 +271,34 @@ class InferenceWork:
                 family=task.family,
                 priority=str(job.priority),
             )
-            pred = self.infer(job, task)
-            predictions.append(pred)
-            events.append(self._inferred(job, pred, started))
-        prior = self._prior_predictions(job, tasks, predictions, events)
+            run = self.infer(job, task, events)
+            predictions.append(run.prediction)
+            assignments[task.family] = run.assignment
+            events.append(self._inferred(job, run, started))
+        prior = self._prior_predictions(job, tasks, assignments, events)
         inference = Inference(tuple(predictions), prior, self._clock.now())
         self._ledger.jobs.transition(
             job, JobState.INFERRED, self._clock.now(), events=events, record=replace(job.record, inference=inference)
         )
 
-    def _inferred(self, job: Job, pred: Prediction, started: float) -> AuditEvent:
+    def _inferred(self, job: Job, run: TaskRun, started: float) -> AuditEvent:
+        """The ``inferred`` event: the version actually used; for a family with versions also why
+        it was used (``traffic``) and the shadow versions whose answers were stored."""
+        pred = run.prediction
+        detail = {
+            "family": pred.family,
+            "model": pred.model_name,
+            "version": pred.model_version,
+            "positive": [f.key for f in pred.findings if f.present],
+            "critical": [f.key for f in pred.findings if f.present and f.critical],
+            "quality_flags": [q.key for q in pred.quality_flags],
+            "seconds": round(self._clock.now() - started, 3),
+            "started_at": round(started, 6),
+        }
+        if self._models[pred.family].versions:
+            detail.update(traffic=run.assignment.reason.value, shadow=list(run.shadows))
         return AuditEvent(
-            AuditEventType.INFERRED,
-            self._actor,
-            job.study_instance_uid,
-            job_id=job.job_id,
-            detail={
-                "family": pred.family,
-                "model": pred.model_name,
-                "version": pred.model_version,
-                "positive": [f.key for f in pred.findings if f.present],
-                "critical": [f.key for f in pred.findings if f.present and f.critical],
-                "quality_flags": [q.key for q in pred.quality_flags],
-                "seconds": round(self._clock.now() - started, 3),
-                "started_at": round(started, 6),
-            },
+            AuditEventType.INFERRED, self._actor, job.study_instance_uid, job_id=job.job_id, detail=detail
         )
 
     def _affected(self, job: Job, tasks: list[ModelTask], events: list[AuditEvent]) -> list[ModelTask]:
@@ -185,24 +330,24 @@ class InferenceWork:
         self,
         job: Job,
         tasks: list[ModelTask],
-        predictions: list[Prediction],
+        assignments: dict[str, Assignment],
         events: list[AuditEvent],
     ) -> tuple[Prediction, ...]:
-        """Run families that compare images on the retrieved prior series too (issue #5)."""
+        """Run families that compare images on the retrieved prior series too (issue #5), on the
+        version the current study met (no shadows)."""
         priors = job.record.priors
         retrieved = priors.retrieved if priors is not None else None
         if retrieved is None:
             return ()
         uids = list(retrieved.sop_instance_uids)
         paths = {i.sop_instance_uid: i.path for i in self._ledger.intake.instances(uids)}
-        ran = {p.family for p in predictions}
         out = []
         for task in tasks:
-            if task.family not in self._compare or task.family not in ran or not paths:
+            if task.family not in self._compare or task.family not in assignments or not paths:
                 continue
             prior_task = ModelTask(task.family, tuple(u for u in uids if u in paths))
             try:
-                out.append(self._request(job, retrieved.study_uid, prior_task, paths))
+                out.append(self._request(job, retrieved.study_uid, prior_task, paths, assignments[task.family])[0])
             except ModelError as exc:  # the prior is unreadable for the model: compare without it
                 events.append(
                     AuditEvent(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,13 @@ from actors.router import RouterActor
 from actors.sr_writer import SRWriterActor
 from actors.stage import StageRuntime
 from actors.validator import ValidatorActor
+from core.bundles import expand_models
 from core.config import AppConfig, StageConfig, StorageConfig, app_name, parse_config
 from core.errors import ConfigError, DependencyUnavailable
 from core.health import ActorHealth
 from core.identifiers import DEFAULT_KEY
 from core.placement import actor_name, cell_resource, cell_resources
+from core.rollout import version_app
 from state.layout import VarLayout
 from state.ledger import open_database, open_ledger
 
@@ -74,6 +77,8 @@ def load_config(path: str | Path) -> AppConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(str(p), [f"<file>: not valid YAML ({exc})"]) from None
+    if isinstance(raw, dict):  # bundle and spec entries: what their files declare (issue 17)
+        raw = expand_models(raw, lambda f: Path(f).read_text(encoding="utf-8"), lambda f: Path(f).is_file(), str(p))
     return parse_config(raw, str(p))
 
 
@@ -154,7 +159,9 @@ def ensure_ray(cfg: AppConfig) -> None:
 
 
 def build_model_apps(cfg: AppConfig, families: list[str] | None = None) -> dict[str, Any]:
-    """Build (not deploy) one Serve application per model family; needs no running Ray.
+    """Build (not deploy) one Serve application per version of each model family, by
+    application name (``model-<family>`` for the family entry's own version,
+    ``model-<family>--<version>`` for each of its ``versions``); needs no running Ray.
 
     Raises:
         ModelWeightsError: A weights file is missing or does not match its sha256 (the file
@@ -163,11 +170,20 @@ def build_model_apps(cfg: AppConfig, families: list[str] | None = None) -> dict[
     from serve.app import build_app  # the composition root is the one place that knows serve
 
     chosen = sorted(cfg.models) if families is None else families
-    return {family: build_app(family, cfg.models[family]) for family in chosen}
+    return {
+        version_app(family, cfg.models[family], version): build_app(family, entry)
+        for family in chosen
+        for version, entry in cfg.models[family].all_versions().items()
+    }
 
 
 def deploy_models(cfg: AppConfig, families: list[str] | None = None, apps: dict[str, Any] | None = None) -> list[str]:
-    """Deploy (or update) one Serve application per model family.
+    """Deploy (or update) one Serve application per version of each model family.
+
+    Args:
+        cfg: The config (its ``models``).
+        families: Only these families (every version of each); ``None``: all.
+        apps: Applications already built by ``build_model_apps``, by application name.
 
     Returns:
         The deployed application names.
@@ -177,9 +193,9 @@ def deploy_models(cfg: AppConfig, families: list[str] | None = None, apps: dict[
     """
     apps = apps if apps is not None else build_model_apps(cfg, families)
     start_serve(cfg)
-    for family, app in apps.items():
-        serve.run(app, name=app_name(family), route_prefix=None)
-    return [app_name(f) for f in apps]
+    for name, app in apps.items():
+        serve.run(app, name=name, route_prefix=None)
+    return list(apps)
 
 
 def start_serve(cfg: AppConfig) -> None:
@@ -197,8 +213,15 @@ def start_serve(cfg: AppConfig) -> None:
     serve.start(proxy_location="EveryNode" if cfg.cluster is not None else "HeadOnly", http_options=http_options(cfg))
 
 
+def _family_apps(family: str, names: Iterable[str]) -> list[str]:
+    """The applications among ``names`` of one family: its own and every other version's."""
+    own, versions = app_name(family), app_name(family, "")
+    return sorted(n for n in names if n == own or n.startswith(versions))
+
+
 def remove_models(families: list[str]) -> list[str]:
-    """Delete the Serve applications of ``families``; every other family keeps serving.
+    """Delete every Serve application of ``families`` (every version deployed, configured or
+    not); every other family keeps serving.
 
     Jobs routed to a removed family wait in the ledger (``linked``, reason
     ``model:<family> unavailable``) without spending retries, as in any AI outage, until the
@@ -207,7 +230,8 @@ def remove_models(families: list[str]) -> list[str]:
     Returns:
         The deleted application names.
     """
-    names = [app_name(f) for f in families]
+    deployed = deployed_models()
+    names = [n for family in families for n in _family_apps(family, deployed)]
     for name in names:
         serve.delete(name)
         logger.info("removed Serve application %s", name)
@@ -215,7 +239,8 @@ def remove_models(families: list[str]) -> list[str]:
 
 
 def deployed_models() -> dict[str, str]:
-    """Return ``{application name: status}`` of the Serve applications of model families."""
+    """Return ``{application name: status}`` of the Serve applications of model families (every
+    version: ``model-<family>`` and ``model-<family>--<version>``)."""
     applications = serve.status().applications
     return {name: str(app.status) for name, app in applications.items() if name.startswith(app_name(""))}
 

@@ -5,7 +5,8 @@
 - ``problems.py``: RFC 9457 problem details for every error
 - ``security.py``: the FastAPI dependencies that authenticate and check scopes
 - ``auth.py``: API tokens and OIDC bearer JWTs
-- ``operations.py``: the IT operations service layer shared with the ``pacsai`` CLI
+- ``operations.py``: the IT operations service layer shared with the ``pacsai`` CLI; its model
+  half is ``model_operations.py`` and what both refuse is ``refusals.py``
 - ``ops.py``: the REST routes of the operations
 - ``dicomweb.py``: STOW-RS in, QIDO-RS / WADO-RS of our results
 - ``deployment.py``: the Ray Serve deployment (built by the composition root)
@@ -21,10 +22,12 @@ __all__ = [
     "deployment",
     "dicomweb",
     "limits",
+    "model_operations",
     "multipart",
     "operations",
     "ops",
     "problems",
+    "refusals",
     "security",
     "tokens",
 ]

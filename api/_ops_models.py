@@ -13,8 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from api.operations import REASON_MAX, JobDetail
 from core.audit import AuditEntry
+from core.config import ModelCard, TrafficConfig
 from core.health import HealthStatus
 from core.quarantine import QuarantineEntry, QuarantineState
+from core.rollout import HaltCause, ModelCardReport, RolloutState
 from core.types import JobState
 from state.ledger.jobs import JobSummary
 
@@ -25,16 +27,20 @@ __all__ = [
     "AuditPage",
     "AuditVerdict",
     "DecisionRequest",
+    "HaltOut",
     "JobDetailOut",
     "JobOut",
     "JobPage",
     "ModelApp",
     "ModelApps",
+    "ModelCardOut",
     "ModelChange",
     "QuarantineEntries",
     "QuarantineEntryOut",
     "REASON_PATTERN",
     "ReplayOut",
+    "RolloutOut",
+    "RolloutRequest",
     "StatusOut",
 ]
 
@@ -286,6 +292,109 @@ class ModelChange(BaseModel):
 
     family: str
     applications: list[str]
+
+
+# ---------------------------------------------------------------- model versions
+class RolloutRequest(BaseModel):
+    """Why an operator promotes or rolls back (optional; audited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=REASON_MAX, pattern=_OPTIONAL_REASON, description="Why (audited)")
+
+
+class LiveSettingOut(_Out):
+    """The live version as an operator last set it."""
+
+    version: str
+    actor: str = Field(description="Who promoted or rolled back")
+    at: float = Field(description="When (epoch seconds)")
+    reason: str
+
+
+class HaltOut(_Out):
+    """A halted version: it gets no studies until made live again."""
+
+    version: str
+    cause: HaltCause = Field(description="rolled_back, or superseded by a promotion")
+    actor: str
+    at: float
+    reason: str
+
+
+class RolloutOut(BaseModel):
+    """A family's rollout state after a promote or a rollback."""
+
+    family: str
+    live: LiveSettingOut | None = Field(description="The live version as set (null: never set)")
+    halted: list[HaltOut]
+
+    @classmethod
+    def of(cls, state: RolloutState) -> RolloutOut:
+        """The body of ``state``."""
+        live = None if state.live is None else LiveSettingOut.model_validate(state.live)
+        return cls(family=state.family, live=live, halted=[HaltOut.model_validate(h) for h in state.halted])
+
+
+class FindingAgreementOut(_Out):
+    """One finding of a shadow version against the live one."""
+
+    key: str
+    n: int
+    agreement_rate: float = Field(description="Share of studies where both said present, or both absent")
+    mean_abs_delta: float = Field(description="Mean absolute probability difference")
+
+
+class ShadowSummaryOut(_Out):
+    """A shadow version against the live one, over the studies it ran on."""
+
+    n: int = Field(description="Studies compared")
+    findings: list[FindingAgreementOut]
+    agreement_rate: float | None
+    mean_abs_delta: float | None
+    live_versions: list[str] = Field(description="The versions it was compared against")
+
+
+class ObservedOut(_Out):
+    """What this site observed of a version."""
+
+    studies: int = Field(description="Studies with a result of this version")
+    results: int
+    positive_rate: float | None = Field(description="Share of results with a finding present (null: none)")
+    positive_rate_by_finding: dict[str, float]
+    shadow: ShadowSummaryOut | None = Field(description="Agreement with the live version in shadow (null: never)")
+    reader_agreement: float | None = Field(description="Agreement with readers (null: not available)")
+    reader_agreement_note: str
+
+
+class VersionCardOut(_Out):
+    """One version of a family on its model card."""
+
+    version: str
+    name: str
+    application: str = Field(description="Its Serve application")
+    own: bool = Field(description="The family entry's own version (live unless another was promoted)")
+    live: bool
+    traffic: TrafficConfig = Field(description="What its config gives it while not live")
+    traffic_now: str = Field(description="What studies it gets now, in words")
+    halted: HaltOut | None
+    deployed: bool | None = Field(description="Whether its application is deployed (null: Ray not reachable)")
+    card: ModelCard = Field(description="What its publisher declares")
+    observed: ObservedOut
+
+
+class ModelCardOut(_Out):
+    """A model family's card: each version, which one is live and who made it so."""
+
+    family: str
+    live: str = Field(description="The live version")
+    live_set: LiveSettingOut | None = Field(description="The promote or rollback that made it live (null: config)")
+    versions: list[VersionCardOut]
+
+    @classmethod
+    def of(cls, card: ModelCardReport) -> ModelCardOut:
+        """The body of ``card``."""
+        return cls.model_validate(card)
 
 
 # ------------------------------------------------------------------------- audit

@@ -6,25 +6,37 @@ transaction as the change. Arguments are checked here, once for both callers, an
 ``RejectedInput``s (so ``pacsai`` answers them as before, exit 1) of three kinds the API answers
 with their own status:
 
-- ``NotFound`` (404): no such job, quarantine entry or deployed model family.
+- ``NotFound`` (404): no such job, quarantine entry, deployed or configured model family, or
+  configured version of one.
 - ``Conflict`` (409): the thing is not in a state that allows it (a job not dead, an entry not
-  held), or it changed meanwhile.
+  held, a version already live or not deployed), or it changed meanwhile.
 - ``InvalidArgument`` (422): a bad argument; ``field`` names it.
+
+The refusals and the shared argument checks are ``api.refusals``; the model operations (deploy,
+remove, show, promote, rollback) are ``api.model_operations.ModelOperations``, its base class.
 """
 
 from __future__ import annotations
 
-import builtins
 import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
+from api.model_operations import ModelControl, ModelOperations, RayModelControl
+from api.refusals import (
+    HISTORY_MAX,
+    LIMIT_MAX,
+    REASON_MAX,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    check_reason,
+)
 from core.audit import AuditEntry, ChainBreak
-from core.config import AppConfig, app_name
-from core.errors import DependencyUnavailable, RejectedInput
+from core.config import AppConfig
+from core.errors import RejectedInput
 from core.quarantine import QuarantineEntry, QuarantineState, parse_reference
 from core.status import LedgerStatus
 from core.types import JobState
@@ -47,51 +59,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LIMIT_MAX = 1000
-"""Most items one listing returns."""
-HISTORY_MAX = 1000
-"""Most audit events one job's history shows."""
-REASON_MAX = 2000
-"""Longest reason an operator may give (it is stored with the decision and audited)."""
 _ID_MAX = 2**63 - 1  # both backends store IDs as signed 64-bit integers
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # PS3.5 9.1, at most 64 characters
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")  # PS3.5 6.2 CS value of Modality (0008,0060)
-_FAMILY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # PostgreSQL text refuses NUL; none belong in a reason
-
-
-class NotFound(RejectedInput):
-    """No such job, quarantine entry or deployed model family (REST 404).
-
-    Args:
-        reason: What was asked for and what exists, naming the field.
-        subject: The identifier asked for.
-    """
-
-
-class Conflict(RejectedInput):
-    """The thing exists but its state does not allow the operation (REST 409).
-
-    Args:
-        reason: Its state and the state expected.
-        subject: Its identifier.
-    """
-
-
-class InvalidArgument(RejectedInput):
-    """An argument is malformed or out of range (REST 422).
-
-    Args:
-        reason: What was received and what was expected.
-        field: The argument (``limit``, ``study``, ``family``...).
-    """
-
-    def __init__(self, reason: str, field: str) -> None:
-        super().__init__(reason, field)
-        self.field = field
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,75 +72,7 @@ class JobDetail:
     history: tuple[AuditEntry, ...]
 
 
-class ModelControl(Protocol):
-    """The model families' Serve applications on the running Ray."""
-
-    def list(self) -> dict[str, str]:
-        """``{application name: status}`` of the deployed families."""
-        ...
-
-    def deploy(self, family: str) -> builtins.list[str]:
-        """Deploy (or update) one family; return the application names deployed."""
-        ...
-
-    def remove(self, family: str) -> builtins.list[str]:
-        """Remove one family; return the application names removed (empty: none was deployed)."""
-        ...
-
-
-class RayModelControl:
-    """``ModelControl`` on the installation's Ray, through ``actors.pipeline``.
-
-    ``actors.pipeline`` (and Ray with it) is imported only when a model operation runs, so the
-    other operations never load Ray.
-    """
-
-    def __init__(self, cfg: AppConfig) -> None:
-        self._cfg = cfg
-
-    def _connect(self) -> None:
-        from actors.pipeline import connect_ray
-
-        connect_ray(self._cfg)
-
-    def list(self) -> dict[str, str]:
-        """``{application name: status}`` of the deployed families.
-
-        Raises:
-            DependencyUnavailable: No Ray is running.
-        """
-        from actors.pipeline import deployed_models
-
-        self._connect()
-        return deployed_models()
-
-    def deploy(self, family: str) -> builtins.list[str]:
-        """Deploy (or update) one family's application; the others keep serving.
-
-        Raises:
-            DependencyUnavailable: No Ray is running.
-            ModelWeightsError: Its weights file is missing or does not match its sha256.
-        """
-        from actors.pipeline import deploy_models
-
-        self._connect()
-        return deploy_models(self._cfg, [family])
-
-    def remove(self, family: str) -> builtins.list[str]:
-        """Remove one family's application if it is deployed.
-
-        Raises:
-            DependencyUnavailable: No Ray is running.
-        """
-        from actors.pipeline import deployed_models, remove_models
-
-        self._connect()
-        if app_name(family) not in deployed_models():
-            return []
-        return remove_models([family])
-
-
-class Operations:
+class Operations(ModelOperations):
     """The IT operations over one ledger (and, for models, one ``ModelControl``).
 
     Args:
@@ -308,7 +210,7 @@ class Operations:
             Conflict: None of them is held (or one was decided meanwhile).
             InvalidArgument: A malformed reference, or no reason.
         """
-        text = _reason(reason, "release", required=True)
+        text = check_reason(reason, "release", required=True)
         self._held(reference, "release")
         try:
             return self._ledger.quarantine.release(reference, actor, text, self._now())
@@ -323,7 +225,7 @@ class Operations:
             Conflict: None of them is held (or one was decided meanwhile).
             InvalidArgument: A malformed reference, or no reason.
         """
-        text = _reason(reason, "discard", required=True)
+        text = check_reason(reason, "discard", required=True)
         self._held(reference, "discard")
         try:
             return self._ledger.quarantine.discard(reference, actor, text, self._now())
@@ -352,54 +254,9 @@ class Operations:
         key = (_uid("key", key) or "") if scope == "study" else _modality(key)
         if not key:
             raise InvalidArgument("key: got nothing; expected a Study Instance UID", "key")
-        setting = AiSwitchSetting(scope, key, on, _reason(reason, "switch AI", required=False), actor, self._now())
+        setting = AiSwitchSetting(scope, key, on, check_reason(reason, "switch AI", required=False), actor, self._now())
         self._ledger.controls.set_ai_switch(scope, key, on, setting.reason, actor, setting.at)
         return setting
-
-    # ------------------------------------------------------------------ models
-    def models_list(self) -> dict[str, str]:
-        """``{application name: status}`` of the deployed model families.
-
-        Raises:
-            DependencyUnavailable: No Ray is reachable from here.
-        """
-        return self._control().list()
-
-    def models_deploy(self, family: str, actor: str) -> list[str]:
-        """Deploy (or update) one configured family; the others keep serving.
-
-        Raises:
-            NotFound: The family is not in the config's ``models`` (there is nothing to deploy).
-            InvalidArgument: The family name is malformed.
-            DependencyUnavailable: No Ray is reachable from here.
-            ModelWeightsError: Its weights file is missing or does not match its sha256.
-        """
-        _family(family)
-        if family not in self._cfg.models:
-            raise NotFound(f"family: got {family!r}; expected one of {sorted(self._cfg.models)}", family)
-        deployed = self._control().deploy(family)
-        logger.info("model family %s deployed by %s", family, actor)
-        return deployed
-
-    def models_remove(self, family: str, actor: str) -> list[str]:
-        """Remove one family's application; its jobs wait (visibly) until it is deployed again.
-
-        Raises:
-            NotFound: No application of that family is deployed.
-            InvalidArgument: The family name is malformed.
-            DependencyUnavailable: No Ray is reachable from here.
-        """
-        _family(family)
-        removed = self._control().remove(family)
-        if not removed:
-            raise NotFound(f"family: got {family!r}; expected a deployed family (the model list names them)", family)
-        logger.info("model family %s removed by %s", family, actor)
-        return removed
-
-    def _control(self) -> ModelControl:
-        if self._models is None:
-            raise DependencyUnavailable("ray", "model operations are not available in this process")
-        return self._models
 
     # ------------------------------------------------------------------- audit
     def audit_events(self, study_uid: str | None = None, limit: int = 200, after: int = 0) -> list[AuditEntry]:
@@ -438,11 +295,6 @@ def _uid(field: str, value: str | None) -> str | None:
     return value
 
 
-def _family(value: str) -> None:
-    if not _FAMILY.match(value):
-        raise InvalidArgument(f"family: got {value[:70]!r}; expected 1-64 letters, digits, '_' or '-'", "family")
-
-
 def _modality(value: str) -> str:
     key = value.upper()
     if not _MODALITY.match(key):
@@ -450,17 +302,6 @@ def _modality(value: str) -> str:
             f"key: got {value[:20]!r}; expected a modality (at most 16 letters, digits or '_', e.g. CR)", "key"
         )
     return key
-
-
-def _reason(reason: str | None, action: str, required: bool) -> str:
-    text = (reason or "").strip()
-    if required and not text:
-        raise InvalidArgument(f"reason: got nothing; expected why you {action} it (it is audited)", "reason")
-    if len(text) > REASON_MAX or _CONTROL.search(text):
-        raise InvalidArgument(
-            f"reason: got {len(text)} characters; expected at most {REASON_MAX}, no control characters", "reason"
-        )
-    return text
 
 
 def _job_state(state: JobState | str | None) -> JobState | None:

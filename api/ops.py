@@ -1,8 +1,9 @@
 """REST routes of the IT operations (mounted at ``/api/v1``), over ``api.operations.Operations``.
 
 The same operations as ``pacsai``: status, jobs and their history, dead jobs and replay,
-quarantine, AI switches, models, the audit trail. Reads need the ``read`` scope, changes to
-the pipeline ``operate``, model deployment ``admin``. Each change is audited by the ledger
+quarantine, AI switches, models (their cards, and which version is live: promote, rollback),
+the audit trail. Reads need the ``read`` scope, changes to the pipeline ``operate`` (promote and
+rollback included), model deployment ``admin``. Each change is audited by the ledger
 with the caller's subject (``token:<name>`` or ``oidc:<sub>``); every request is audited by
 ``api.app``. Refusals are problem details: 404 for an unknown id, 409 for a state that does not
 allow the change, 422 naming the bad field.
@@ -27,9 +28,12 @@ from api._ops_models import (
     JobDetailOut,
     JobPage,
     ModelApps,
+    ModelCardOut,
     ModelChange,
     QuarantineEntries,
     ReplayOut,
+    RolloutOut,
+    RolloutRequest,
     StatusOut,
 )
 from api.operations import LIMIT_MAX, Conflict, InvalidArgument, NotFound, Operations
@@ -64,6 +68,15 @@ _Reference = Annotated[
 ]
 _Family = Annotated[
     str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="The model family (a key of `models`)")
+]
+_Version = Annotated[
+    str,
+    Path(
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$",
+        description="A configured version of the family (its own `version`, or a key of its `versions`); "
+        "a version with other characters is promoted with `pacsai models`",
+    ),
 ]
 
 
@@ -357,6 +370,61 @@ def remove_model(family: _Family, request: Request, principal: _ADMIN) -> ModelC
     """Its jobs wait (visibly, without spending retries) until it is deployed again."""
     with _answering():
         return ModelChange(family=family, applications=_ops(request).models_remove(family, principal.subject))
+
+
+@router.get(
+    "/models/{family}",
+    response_model=ModelCardOut,
+    tags=["models"],
+    summary="A model family's card",
+    responses=_problems(404),
+)
+def show_model(family: _Family, request: Request, principal: _READ) -> ModelCardOut:
+    """Per version: what its publisher declares, its traffic, live or halted, deployed, and what
+    this site observed (studies, positive rates, shadow agreement)."""
+    with _answering():
+        return ModelCardOut.of(_ops(request).models_show(family))
+
+
+@router.post(
+    "/models/{family}/versions/{version}/promote",
+    response_model=RolloutOut,
+    tags=["models"],
+    summary="Make a model version live",
+    responses=_problems(400, 404, 409, 503),
+)
+def promote_model(
+    family: _Family,
+    version: _Version,
+    request: Request,
+    principal: _OPERATE,
+    body: Annotated[RolloutRequest | None, Body()] = None,
+) -> RolloutOut:
+    """The version becomes live; the one live until now gets no studies until made live again (audited)."""
+    reason = body.reason if body is not None else ""
+    with _answering():
+        return RolloutOut.of(_ops(request).models_promote(family, version, principal.subject, reason))
+
+
+@router.post(
+    "/models/{family}/versions/{version}/rollback",
+    response_model=RolloutOut,
+    tags=["models"],
+    summary="Roll a model family back to a version",
+    responses=_problems(400, 404, 409, 503),
+)
+def rollback_model(
+    family: _Family,
+    version: _Version,
+    request: Request,
+    principal: _OPERATE,
+    body: Annotated[RolloutRequest | None, Body()] = None,
+) -> RolloutOut:
+    """The version becomes live and the versions rolled back from are halted: their canary, rule
+    or shadow traffic stops (audited). Rolling back to the live version halts its canaries."""
+    reason = body.reason if body is not None else ""
+    with _answering():
+        return RolloutOut.of(_ops(request).models_rollback(family, version, principal.subject, reason))
 
 
 # ------------------------------------------------------------------------- audit

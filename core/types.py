@@ -167,6 +167,10 @@ class AuditEventType(enum.StrEnum):
     """An API token was issued: its id, subject, scopes and expiry (never the secret)."""
     API_TOKEN_REVOKED = "api_token_revoked"
     """An API token was revoked."""
+    MODEL_PROMOTED = "model_promoted"
+    """An operator made a model version live: the family, the version, the one it replaced, why."""
+    MODEL_ROLLED_BACK = "model_rolled_back"
+    """An operator rolled a family back to a version: the versions rolled back from are halted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ no SQL leaves this package:
 - ``audit``: the hash-chained audit trail (appended inside each transaction).
 - ``controls``: AI switches and recorded actor health.
 - ``tokens``: the HTTPS API's tokens (hashes of their secrets only), issued and revoked.
+- ``models``: model versions at runtime: the live one per family, halted ones, shadow results
+  and what the site observed of each version (issue 17).
 - ``status``: the report behind ``pacsai status``.
 
 ``open_ledger`` picks the backend from the config (SQLite file under ``var/``, or PostgreSQL
@@ -34,6 +36,7 @@ from state.ledger.controls import Controls
 from state.ledger.evidence import CompletionEvidence
 from state.ledger.intake import Intake
 from state.ledger.jobs import Jobs
+from state.ledger.models import ModelVersions
 from state.ledger.outbox import Outbox
 from state.ledger.quarantine import Quarantine
 from state.ledger.results import Results
@@ -72,6 +75,7 @@ class Ledger:
         self.controls = Controls(db)
         self.status = Status(db, self.controls)
         self.tokens = ApiTokens(db)
+        self.models = ModelVersions(db, codec)
 
     @property
     def backend(self) -> str:
