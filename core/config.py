@@ -467,6 +467,11 @@ class ServeDeploymentConfig(_Model):
     downscale_delay_s: float = Field(
         default=600.0, ge=0, description="Autoscaling: load below target this long removes replicas"
     )
+    look_back_period_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Autoscaling: ongoing requests are averaged over this window (Serve's look_back_period_s)",
+    )
     max_ongoing_requests: int = Field(
         default=16, ge=1, description="Per replica; must exceed max_batch_size to fill batches"
     )

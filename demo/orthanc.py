@@ -248,7 +248,7 @@ class OrthancProcess:
         return self
 
     def stop(self) -> None:
-        """Stop Orthanc (SIGTERM, then SIGKILL)."""
+        """Stop Orthanc (SIGTERM, then SIGKILL); its storage can be started again."""
         if self._proc is None:
             return
         self._proc.terminate()
@@ -257,6 +257,18 @@ class OrthancProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(5)
+        self._proc = None
+
+    def discard(self) -> None:
+        """Kill a throwaway Orthanc at once (SIGKILL): what it stored is not wanted again.
+
+        A graceful stop takes about 3.5 s on a 2-core machine (Orthanc joins its HTTP and
+        background threads), paid by every test that starts a private PACS.
+        """
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait(5)
         self._proc = None
 
     @property

@@ -66,6 +66,7 @@ def deployment_options(cfg: ServeDeploymentConfig) -> dict[str, Any]:
             "target_ongoing_requests": cfg.target_ongoing_requests,
             "upscale_delay_s": cfg.upscale_delay_s,
             "downscale_delay_s": cfg.downscale_delay_s,
+            "look_back_period_s": cfg.look_back_period_s,
         }
     else:
         options["num_replicas"] = cfg.min_replicas

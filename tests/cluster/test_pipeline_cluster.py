@@ -53,7 +53,7 @@ def cluster() -> Iterator[LocalRayCluster]:
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
     orthanc = OrthancProcess(tmp_path_factory.mktemp("orthanc")).start()
     yield orthanc
-    orthanc.stop()
+    orthanc.discard()
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,7 @@ def raw_config(
         target_ongoing_requests=0.5,
         upscale_delay_s=1,
         downscale_delay_s=5,
+        look_back_period_s=3,  # Serve's 30 s average would hold the load long after it stops
     )
     raw.update(
         site_name="cl",

@@ -104,7 +104,7 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
     """A private Orthanc as the PACS."""
     pacs = OrthancProcess(tmp_path / "orthanc").start()
     yield pacs
-    pacs.stop()
+    pacs.discard()
 
 
 @pytest.fixture

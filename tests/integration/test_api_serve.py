@@ -75,7 +75,7 @@ def pacs_with_dicomweb(tmp_path: Path, api_section):
 
     yield start
     if "pacs" in holder:
-        holder["pacs"].stop()
+        holder["pacs"].discard()
 
 
 def test_stow_qido_wado_over_https_through_serve(tmp_path, make_pipeline, orthanc, api_section):

@@ -45,7 +45,7 @@ def test_two_bursts_ten_seconds_apart(tmp_path, make_pipeline, completion):
     try:
         _two_bursts(tmp_path, make_pipeline, pacs, port, completion)
     finally:
-        pacs.stop()
+        pacs.discard()
 
 
 def _two_bursts(tmp_path, make_pipeline, pacs, port, completion):

@@ -40,7 +40,7 @@ def orthanc_web(tmp_path: Path) -> Iterator[OrthancProcess]:
     """A private Orthanc with its DICOMweb plugin: the PACS takes our results by STOW-RS."""
     pacs = OrthancProcess(tmp_path / "orthanc-web", dicomweb=True).start()
     yield pacs
-    pacs.stop()
+    pacs.discard()
 
 
 @pytest.fixture
@@ -266,7 +266,7 @@ def test_orthanc_takes_dicomweb_servers_and_sends_to_them(tmp_path, orthanc_web)
         ] == [str(ds.SOPInstanceUID)]
         assert sender.stow_to("closed", [stored["ID"]]).status_code >= 400
     finally:
-        sender.stop()
+        sender.discard()
 
 
 def test_dicomweb_servers_need_the_plugin(tmp_path):

@@ -135,7 +135,7 @@ def test_ai_outage_queues_durably_and_every_study_is_reported_once(tmp_path, ort
         assert status.jobs["linked"] == 3 and status.jobs["dead"] == 0
         assert "model:chest_xray unavailable" in status.oldest_waiting.reason
     finally:
-        deploy_models(model_app)
+        deploy_models(model_app, ["chest_xray"])  # only what the test removed
     assert wait_for_states(ledger, uids, {"delivered"}, timeout_s=120)
     for uid in uids:
         assert len(sr_instances(orthanc, uid)) == 1
@@ -212,7 +212,7 @@ def test_a_stopped_pipeline_resumes_its_work_on_the_next_start(tmp_path, orthanc
         assert wait_for_states(ledger, [uid], {"linked"}, timeout_s=30)
         pipeline.stop()
     finally:
-        deploy_models(model_app)
+        deploy_models(model_app, ["chest_xray"])  # only what the test removed
     restarted = type(pipeline)(cfg).start(deploy=False)
     try:
         assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=90)

@@ -128,7 +128,7 @@ def test_forwarding_each_instance_gives_one_report_per_study_and_one_more_only_f
         assert echoed  # the PACS forwarded our SRs back; none opened a study version
         _one_more_for_a_late_instance(tmp_path, ledger, pacs, uids["all slices at once, one association"])
     finally:
-        pacs.stop()
+        pacs.discard()
 
 
 def _one_more_for_a_late_instance(tmp_path: Path, ledger, pacs: OrthancProcess, uid: str) -> None:
@@ -169,4 +169,4 @@ def test_forwarding_the_stable_study_gives_one_report_per_study(tmp_path, make_p
         # times out); both rules see every slice, and one report per study is what counts.
         _one_report_per_study(ledger_of(pipeline), pacs, uids, rules=("pacs_counts", "quiet_period"))
     finally:
-        pacs.stop()
+        pacs.discard()

@@ -54,7 +54,7 @@ def pacs(tmp_path):
     orthanc = OrthancProcess(tmp_path / "pacs", modalities={"pacsai": ("PACSAI", "127.0.0.1", port)}).start()
     orthanc.listener_port = port
     yield orthanc
-    orthanc.stop()
+    orthanc.discard()
 
 
 def the_sr(orthanc, study_uid):

@@ -59,7 +59,7 @@ def bridge(tmp_path):
 def orthanc(tmp_path):
     pacs = OrthancProcess(tmp_path / "pacs", modalities={"pacsai": ("PACSAI", "127.0.0.1", 1)}).start()
     yield pacs
-    pacs.stop()
+    pacs.discard()
 
 
 def _store(pacs, tmp_path, *studies):

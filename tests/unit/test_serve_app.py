@@ -30,6 +30,7 @@ def test_gpu_replicas_autoscaling_and_queue_bounds_come_from_config() -> None:
         "target_ongoing_requests": 6,
         "upscale_delay_s": 30.0,
         "downscale_delay_s": 600.0,
+        "look_back_period_s": 30.0,
     }
     assert "num_replicas" not in options
     assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (24, 100)
