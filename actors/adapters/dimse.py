@@ -188,7 +188,10 @@ class Listener:
     def stop(self) -> None:
         """Stop accepting and close open associations."""
         if self._server is not None:
-            self._server.shutdown()
+            try:
+                self._server.shutdown()
+            except ValueError:  # pynetdicom's own list no longer holds it (the AE shut its servers
+                pass  # down first); its socket is closed by then (ThreadedAssociationServer.shutdown)
             self._server = None
         self.intake.close()
 
