@@ -49,7 +49,6 @@ import numpy as np
 import ray
 import torch
 from _common import emit, percentile  # benchmarks/ is on sys.path when run as a script
-from monai.bundle import ConfigParser, ckpt_export, init_bundle
 from ray import serve
 
 from actors.pipeline import load_config
@@ -58,7 +57,7 @@ from core.config import FindingSpec, ModelEntry, ModelInputSpec, ServeDeployment
 from core.records import InferenceRequest
 from models.families import load_predictor
 from serve.app import build_app
-from synthetic.bundles import RADIOGRAPH_BUNDLE, write_bundle_configs, write_sidecar
+from synthetic.bundles import RADIOGRAPH_BUNDLE, write_sidecar
 from synthetic.synthetic_dicom import make_cxr_study
 from synthetic.synthetic_studies import (
     brain_mr_study,
@@ -66,6 +65,7 @@ from synthetic.synthetic_studies import (
     fracture_study,
     head_ct_study,
 )
+from training.bundles import build_network, make_bundle
 
 STUDIES = {
     "chest_xray": lambda: make_cxr_study(1, frozenset({"effusion"})),
@@ -167,18 +167,8 @@ def bundle_pair(directory: Path, serve_cfg: ServeDeploymentConfig) -> tuple[Mode
         The bundle family's entry and the built-in family's entry, both with ``serve_cfg``.
     """
     design = RADIOGRAPH_BUNDLE
-    torch.manual_seed(design.seed)
-    network = ConfigParser({"network_def": design.network_def()}).get_parsed_content("network_def").eval()
-    init_bundle(str(directory / "bundle"), network=network)
-    write_bundle_configs(directory / "bundle", design)
-    models = directory / "bundle" / "models"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(models / "model.ts"),
-        ckpt_file=str(models / "model.pt"),
-        config_file=str(directory / "bundle" / "configs" / "inference.json"),
-    )
-    write_sidecar(models / "model.ts")
+    network = build_network(design)  # seeded: the same weights make_bundle exports
+    make_bundle(directory / "bundle", design, "ts")
     torch.save(network.state_dict(), directory / "builtin.pt")
     write_sidecar(directory / "builtin.pt")
     raw = {"bundle": str(directory / "bundle"), "serve": serve_cfg.model_dump()}

@@ -200,7 +200,7 @@ def test_query_retrieve_adapter_against_orthanc(tmp_path, pacs, method, caplog):
         logged = "\n".join(r.getMessage() for r in caplog.records)
         assert "Find SCP Result" in logged or "C-FIND" in logged  # pynetdicom did log the exchange
         assert "PRI-7" not in logged and str(prior[0].PatientName) not in logged
-        pacs.stop()
+        pacs.discard()  # down for good: a killed PACS refuses the association as a stopped one does
         with pytest.raises(DependencyUnavailable):
             qr.find_series(study.study_uid)
     finally:
