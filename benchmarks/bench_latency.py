@@ -9,9 +9,15 @@ listener by dcmtk ``storescu`` (TCP_NODELAY=1) under one of two calling AE title
 - ``QUIET``: ``quiet_period``: complete after ``--quiet`` seconds without an instance (the
   baseline every peer uses).
 
-Studies of 1 instance (DX radiograph, 256x256) and of 100 and 400 instances (CT-like series of
-64x64 slices, routed to the chest X-ray demo model for this benchmark only: its output is
-meaningless, it is there to make the job run the whole pipeline). Studies run one at a time.
+Studies of 1 instance (DX radiograph, 256x256) and of 100 and 400 instances (non-contrast head
+CTs of 512x512 slices, as a scanner writes them, on the head CT haemorrhage model: every slice
+decoded, resampled and classified). Studies run one at a time.
+
+Issue 14's goal, ``to_sr_stored_p50_ms`` <= 4000 for the 400-slice CT, is read on the
+``pacs_counts`` row. ``--settle`` sets that sender's settle window (``settle_s``; the bench's PACS
+stored each study before it is sent to us, so the default is 0, one fresh matching answer, and
+the JSON line says which was used); the site default of 5 s adds those 5 s by design (issue 18:
+a PACS forwarding each instance as stored matches after every slice).
 
 Measured per study, from the ledger's audit trail (wall clock, same machine):
 
@@ -62,24 +68,25 @@ from demo.modality import send_mpps_create, send_mpps_set, send_paced
 from demo.orthanc import FORWARD_EACH_INSTANCE, OrthancProcess, free_port
 from state.ledger import Ledger, open_ledger
 from synthetic.procedure_steps import mpps_n_create, mpps_n_set, mpps_uid
-from synthetic.synthetic_dicom import make_ct_series, make_cxr_study, save_study
+from synthetic.synthetic_dicom import make_cxr_study, save_study
 from synthetic.synthetic_studies import head_ct_study
 
 VARIANTS = {"pacs_counts": "EVIDENCE", "quiet_period": "QUIET"}
 
 
-def config(var: Path, port: int, orthanc: OrthancProcess, quiet: float) -> AppConfig:
+def config(var: Path, port: int, orthanc: OrthancProcess, quiet: float, settle: float = 0.0) -> AppConfig:
     raw = aim(load_raw(), var, port, orthanc, site="bench-latency")
-    raw["assembly"] = {"quiet_period_s": quiet, "sources": {ae: {"completion": c} for c, ae in VARIANTS.items()}}
+    sources = {ae: {"completion": c} for c, ae in VARIANTS.items()}
+    sources[VARIANTS["pacs_counts"]]["settle_s"] = settle
+    raw["assembly"] = {"quiet_period_s": quiet, "sources": sources}
     raw["priors"] = {"enabled": True}
-    raw["routing"]["rules"].append({"name": "bench-ct-load", "family": "chest_xray", "modalities": ["CT"]})
     return parse_config(raw)
 
 
 def make_study(size: int, seed: int) -> list[Any]:
     if size == 1:
         return make_cxr_study(seed=seed, n_images=1, patient_id=f"LAT{seed}", accession=f"L{seed}")
-    return make_ct_series(seed=seed, n_slices=size, rows=64, cols=64, patient_id=f"LAT{seed}", accession=f"L{seed}")
+    return head_ct_study(seed, n_slices=size, size=512, patient_id=f"LAT{seed}", accession=f"L{seed}").datasets
 
 
 def run_one(
@@ -150,7 +157,9 @@ def bench(
                     run_one(pipeline, orthanc, ledger, files, str(study[0].StudyInstanceUID), ae, 300)
                 )
         for variant, runs in results.items():
-            emit(summarise(size, variant, runs) | {"quiet_period_s": pipeline.cfg.assembly.quiet_period_s})
+            rule = pipeline.cfg.assembly.sources[VARIANTS[variant]]
+            timers = {"quiet_period_s": pipeline.cfg.assembly.quiet_period_s, "settle_s": rule.settle_s}
+            emit(summarise(size, variant, runs) | timers)
         ev, qt = (summarise(size, v, results[v]) for v in VARIANTS)
         emit(
             {
@@ -176,6 +185,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,100,400")
     parser.add_argument("--reps", default="6,3,2", help="studies per size and variant")
     parser.add_argument("--quiet", type=float, default=2.0, help="quiet period of the baseline, s")
+    parser.add_argument("--settle", type=float, default=0.0, help="counts: settle_s of the pacs_counts sender, s")
     parser.add_argument("--routing-reps", type=int, default=3, help="routing: studies per rule")
     parser.add_argument("--mpps-reps", type=int, default=10, help="mpps: studies")
     args = parser.parse_args()
@@ -185,14 +195,15 @@ def main() -> None:
             args.routing_reps if "routing" in scenarios else 0, args.mpps_reps if "mpps" in scenarios else 0
         )
     if "counts" in scenarios:
-        bench_counts([int(s) for s in args.sizes.split(",")], [int(r) for r in args.reps.split(",")], args.quiet)
+        sizes, reps = [int(s) for s in args.sizes.split(",")], [int(r) for r in args.reps.split(",")]
+        bench_counts(sizes, reps, args.quiet, args.settle)
 
 
-def bench_counts(sizes: list[int], reps: list[int], quiet: float) -> None:
+def bench_counts(sizes: list[int], reps: list[int], quiet: float, settle: float) -> None:
     """The scenario of issue 5: each study stored in Orthanc, then sent to us by storescu."""
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         work = Path(tmp)
-        with running(work, lambda port, orthanc: config(work / "var", port, orthanc, quiet)) as stack:
+        with running(work, lambda port, orthanc: config(work / "var", port, orthanc, quiet, settle)) as stack:
             bench(stack.pipeline, stack.orthanc, stack.ledger, work, sizes, reps)
 
 

@@ -6,7 +6,7 @@
   patient differ by noise and slow anatomical change; a move makes one step differ far more than
   its neighbours. The score is the largest ratio of a step's mean absolute difference to the
   median of the steps around it (values clipped to the 1-99 % range, so metal does not
-  dominate); a slow trend (the skull narrowing towards the vertex) does not count.
+  dominate), read on a lattice of at most 128 x 128 pixels per slice; a slow trend (the skull narrowing towards the vertex) does not count.
 
 A flag is a plain dict (``key``, ``series_instance_uid``, ``score``, ``threshold``, ``detail``)
 that travels in ``Prediction.quality_flags`` into the SR and the audit trail.
@@ -32,6 +32,9 @@ _MIN_SLICES = 5
 """Below this many slices there is no median to compare a step with."""
 _NEIGHBOURS = 3
 """Steps on each side that a step is compared with."""
+_SAMPLED = 128
+"""Rows and columns of each slice the score reads (every ``stride``-th pixel): a step's mean
+difference over a 128 x 128 lattice estimates the full slice's, at 1/16 of a 512 x 512 CT's work."""
 
 
 def motion_score(volume: Volume) -> float:
@@ -40,8 +43,10 @@ def motion_score(volume: Volume) -> float:
     present = [k for k, frame in enumerate(volume.frames) if frame is not None]
     if len(present) < _MIN_SLICES:
         return 1.0
-    low, high = np.percentile(volume.array[present], (1.0, 99.0))
-    values = np.clip(volume.array[present], low, max(high, low + 1e-6))
+    stride = max(1, -(-max(volume.array.shape[1:]) // _SAMPLED))
+    sampled = volume.array[:, ::stride, ::stride][present]
+    low, high = np.percentile(sampled, (1.0, 99.0))
+    values = np.clip(sampled, low, max(high, low + 1e-6))
     steps = np.abs(np.diff(values, axis=0)).mean(axis=(1, 2))
     steps = steps[np.diff(present) == 1]
     if steps.size < _MIN_SLICES - 1:

@@ -25,7 +25,7 @@ import numpy as np
 
 from core.errors import ModelError
 
-__all__ = ["AxisMap", "grid_maps", "resample", "to_unit_range"]
+__all__ = ["AxisMap", "grid_maps", "resample", "resample_planes", "to_unit_range"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,32 @@ def resample(array: np.ndarray, maps: Sequence[AxisMap]) -> np.ndarray:
         shape[axis] = axis_map.size_out
         coverage = coverage * operator.sum(axis=1).reshape(shape)
     return (values + (1.0 - coverage) * pad).astype(np.float32)
+
+
+def resample_planes(stack: np.ndarray, maps: Sequence[AxisMap]) -> np.ndarray:
+    """Resample every plane of ``stack`` in-plane with the same two maps: ``resample`` of each
+    plane (each padded with its own minimum), as two batched matrix products.
+
+    A 400-slice CT is one call instead of 400 (issue 14): the operators are built once and
+    the products run in float32 BLAS over the whole stack.
+
+    Args:
+        stack: ``(planes, rows, columns)`` values.
+        maps: The row and column maps.
+
+    Returns:
+        float32 ``(planes, maps[0].size_out, maps[1].size_out)``.
+    """
+    row_map, col_map = maps
+    rows = row_map.matrix().astype(np.float32)
+    cols = col_map.matrix().astype(np.float32)
+    values = np.asarray(stack, dtype=np.float32)
+    out = np.matmul(np.matmul(rows, values), cols.T)
+    coverage = np.outer(rows.sum(axis=1), cols.sum(axis=1))
+    if np.all(coverage >= 1.0 - 1e-6):
+        return np.ascontiguousarray(out, dtype=np.float32)
+    pad = values.reshape(values.shape[0], -1).min(axis=1)
+    return (out + (1.0 - coverage)[None] * pad[:, None, None]).astype(np.float32)
 
 
 def to_unit_range(values: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:

@@ -33,7 +33,7 @@ from core.records import (
 from models.gradcam import region_of
 from models.predictor import PlaneItem, Predictor, plane_location
 from models.quality import volume_flags
-from models.resampling import AxisMap, grid_maps, resample
+from models.resampling import AxisMap, grid_maps, resample, resample_planes, to_unit_range
 from models.volumes import FrameRef, Volume, assemble_volumes
 
 __all__ = [
@@ -66,15 +66,19 @@ class SlicePredictor(Predictor):
             flags += volume_flags(volume)
             rows, cols = volume.array.shape[1:]
             maps = grid_maps((rows, cols), volume.spacing[1:], self._spatial_size, spacing_mm)
-            for k, ref in enumerate(volume.frames):
-                if ref is None:
-                    continue  # a missing slice: flagged, not invented
-                plane = resample(volume.array[k], maps)
-                inputs.append(self._to_input(plane))
-                items.append(PlaneItem(ref, rows, cols, maps, _plane_geometry(volume, k)))
+            present = [k for k, ref in enumerate(volume.frames) if ref is not None]  # missing: flagged, not invented
+            inputs += self._slice_inputs(resample_planes(volume.array, maps)[present])
+            items += [PlaneItem(volume.frames[k], rows, cols, maps, _plane_geometry(volume, k)) for k in present]  # type: ignore[arg-type]
         if not inputs:
             raise ModelError("Got no slices; expected at least one image")
         return inputs, items, flags
+
+    def _slice_inputs(self, planes: np.ndarray) -> list[np.ndarray]:
+        """The network inputs of resampled slices ``(n, H, W)``: a fixed window maps the whole
+        stack at once; percentiles and bundle transforms go slice by slice."""
+        if self._bundle_transforms is None and self.entry.input.window is not None:
+            return list(to_unit_range(planes, self.entry.input.window)[:, None])
+        return [self._to_input(plane) for plane in planes]
 
     def _localise(self, item: Any, heat: np.ndarray) -> tuple[Region, HeatmapGrid] | None:
         return plane_location(item, heat)

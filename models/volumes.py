@@ -48,7 +48,7 @@ class Plane:
 
     Attributes:
         ref: Where it came from.
-        pixels: float64 ``(rows, columns)`` modality values, bright = dense.
+        pixels: float32 ``(rows, columns)`` modality values, bright = dense.
         position: Image Position (Patient) of its first pixel, mm; None for projection images.
         orientation: Image Orientation (Patient) (row then column direction cosines) or None.
         pixel_spacing: (row spacing, column spacing) in mm, or None if unknown.
@@ -203,16 +203,16 @@ def planes_of(ds: Dataset) -> list[Plane]:
         position, orientation, spacing = _frame_geometry(ds, index, multiframe)
         slope, intercept = _rescale(ds, index, multiframe)
         if multiframe or "ModalityLUTSequence" not in ds:
-            values = stored[index].astype(np.float64) * slope + intercept
+            values = stored[index].astype(np.float32) * np.float32(slope) + np.float32(intercept)
         else:  # a single frame with a Modality LUT Sequence: pydicom applies it
             from pydicom.pixels import apply_modality_lut
 
-            values = np.asarray(apply_modality_lut(stored[index], ds), dtype=np.float64)
+            values = np.asarray(apply_modality_lut(stored[index], ds), dtype=np.float32)
         ref = FrameRef(str(ds.SOPInstanceUID), str(ds.SOPClassUID), index + 1 if multiframe else None)
         planes.append(
             Plane(
                 ref=ref,
-                pixels=sign * values,
+                pixels=values if sign > 0 else -values,
                 position=position,  # type: ignore[arg-type]
                 orientation=orientation,
                 pixel_spacing=spacing,  # type: ignore[arg-type]

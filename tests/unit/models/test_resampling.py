@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import ModelError
-from models.resampling import AxisMap, grid_maps, resample, to_unit_range
+from models.resampling import AxisMap, grid_maps, resample, resample_planes, to_unit_range
 
 
 def test_shrinking_by_an_integer_factor_is_block_averaging() -> None:
@@ -53,3 +53,21 @@ def test_window_and_percentiles_map_to_the_unit_range() -> None:
     assert np.allclose(scaled, to_unit_range(ramp, None))  # shift and scale do not matter
     with pytest.raises(ModelError, match="contrast"):
         to_unit_range(np.ones((4, 4)), None)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "target", "target_mm"),
+    [(None, (16, 12), None), ((0.5, 0.5), (40, 40), (1.0, 1.0)), ((2.0, 1.0), (8, 30), (1.5, 0.7))],
+    ids=["fit", "spacing-padded", "spacing-grown"],
+)
+def test_a_stack_resampled_at_once_equals_each_plane_resampled_alone(spacing, target, target_mm) -> None:
+    """``resample_planes`` (the slice models' batched path) is ``resample`` of each plane,
+    each padded with its own minimum."""
+    rng = np.random.default_rng(4)
+    stack = rng.normal(40.0, 300.0, size=(5, 32, 24)).astype(np.float32)
+    stack[2] -= 2000.0  # another minimum: its own padding
+    maps = grid_maps(stack.shape[1:], spacing, target, target_mm)
+    expected = np.stack([resample(plane, maps) for plane in stack])
+    got = resample_planes(stack, maps)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-2)
