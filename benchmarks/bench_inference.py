@@ -8,9 +8,15 @@ this machine and in this run:
 - serve: the family's ``ModelDeployment`` (one replica, ``max_batch_size`` = batch), sent one
   input per request with ``2 x batch`` requests in flight, so that ``@serve.batch`` forms the
   batches: the cost of one Serve request per input.
-- serve grouped: the same replica, sent requests of ``batch`` inputs each (``forward_many``),
-  two in flight: the shape of the pipeline's requests, one per study task, whose inputs
-  ``__call__`` feeds to ``@serve.batch`` the same way.
+- serve grouped: the same replica, sent requests of a study's worth of inputs each
+  (``forward_many``; ``--study-inputs``, default 32, at least the batch size), two in flight: the
+  shape of the pipeline's requests, one per study task, whose whole batches ``__call__`` runs as
+  they are (the remainder joins ``@serve.batch``).
+
+The summary line per family and batch size has ``ratio_serve_over_raw``,
+``ratio_grouped_over_raw`` (issue 14's goal: >= 0.9 at batch >= 8), and the Serve path's cost
+per request measured apart from the network: ``request_overhead_p50_ms`` (a grouped request with
+no input) next to ``network_p50_ms`` (one raw pass of the batch).
 
 Both sides use the same number of torch threads (``--threads``, default: every core), since
 Ray would otherwise give the replica one thread per CPU it reserves.
@@ -121,12 +127,27 @@ def _serve(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
     return _windowed(handle.forward, [ray.put(item) for item in inputs], 2 * batch, len(inputs))
 
 
-def _serve_grouped(handle: Any, inputs: np.ndarray, batch: int) -> dict[str, float]:
-    """Requests of ``batch`` inputs each (a study's slices or frames), two in flight: the
-    shape of the pipeline's own requests (``__call__`` batches a study's inputs the same way)."""
-    handle.forward_many.remote(inputs[:batch]).result()  # warm-up
-    chunks = [ray.put(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
+def _serve_grouped(handle: Any, inputs: np.ndarray, batch: int, study: int = 0) -> dict[str, float]:
+    """Requests of a study's worth of inputs each (``study``, at least ``batch``: a CT series'
+    slices), two in flight: the shape of the pipeline's own requests, one per study task, which
+    the replica runs as whole batches of ``batch``."""
+    size = max(batch, study)
+    handle.forward_many.remote(inputs[:size]).result()  # warm-up
+    chunks = [ray.put(inputs[i : i + size]) for i in range(0, len(inputs), size)]
     return _windowed(handle.forward_many, chunks, 2, len(inputs))
+
+
+def _overhead(handle: Any, inputs: np.ndarray, requests: int = 50) -> float:
+    """p50 ms of a grouped request that carries no input: the Serve path's own cost per
+    request (handle, router, replica queue, event loop), apart from any network pass."""
+    empty = ray.put(inputs[:0])
+    handle.forward_many.remote(empty).result()
+    latencies = []
+    for _ in range(requests):
+        t = time.perf_counter()
+        handle.forward_many.remote(empty).result()
+        latencies.append(time.perf_counter() - t)
+    return round(1000 * statistics.median(latencies), 2)
 
 
 def _summary(n: int, seconds: float, latencies: list[float]) -> dict[str, float]:
@@ -245,7 +266,10 @@ def _bundle_comparison(args: argparse.Namespace, cfg: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--n", type=int, default=64, help="inputs per measurement")
+    parser.add_argument("--n", type=int, default=128, help="inputs per measurement")
+    parser.add_argument(
+        "--study-inputs", type=int, default=32, help="grouped: inputs per request (a study's worth; at least the batch)"
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--families", nargs="+", default=sorted(STUDIES))
     parser.add_argument(
@@ -271,7 +295,7 @@ def main() -> None:
                 handle = _deploy(family, entry, batch)
                 raw = _raw(predictor, inputs, batch)
                 served = _serve(handle, inputs, batch)
-                grouped = _serve_grouped(handle, inputs, batch)
+                grouped = _serve_grouped(handle, inputs, batch, args.study_inputs)
                 for mode, result in (("raw_torch", raw), ("ray_serve", served), ("ray_serve_grouped", grouped)):
                     emit(
                         {
@@ -292,6 +316,8 @@ def main() -> None:
                         "batch_size": batch,
                         "ratio_serve_over_raw": round(served["items_per_s"] / raw["items_per_s"], 3),
                         "ratio_grouped_over_raw": round(grouped["items_per_s"] / raw["items_per_s"], 3),
+                        "request_overhead_p50_ms": _overhead(handle, inputs),
+                        "network_p50_ms": raw["p50_ms"],
                         "goal": ">= 0.9 at batch 8 and above",
                     }
                 )

@@ -1,11 +1,14 @@
 """The Ray Serve deployment of every model family: a thin shell over a Ray-free predictor.
 
 A request is one study task (``InferenceRequest``). The replica prepares it in a worker thread
-(decode, volume assembly, resampling), sends each of its network inputs (a radiograph frame, a
-CT slice or a whole volume) through ``_forward_batch`` (``@serve.batch``), which stacks the
-inputs of concurrent requests into one network pass, and finishes it in a worker thread
-(study-level aggregation, Grad-CAM heatmaps and regions of positive findings). The event loop
-never runs torch or pydicom itself, so requests keep arriving while a batch runs.
+(decode, volume assembly, resampling: the replica is where a study's pixels are decoded, once),
+then classifies its network inputs (radiograph frames, CT slices or whole volumes): whole
+batches of them (``serve.max_batch_size``) go to the network as they are, and the remainder joins
+``_forward_batch`` (``@serve.batch``), which stacks the inputs of concurrent requests into one
+network pass. It finishes in a worker thread (study-level aggregation, Grad-CAM heatmaps and
+regions of positive findings). The event loop never runs torch or pydicom itself, so requests
+keep arriving while a batch runs; network passes run one at a time (a lock), so the CPU's
+threads are not split between two passes.
 
 Batch size and wait come from the registry entry (``serve.max_batch_size``,
 ``serve.batch_wait_timeout_s``); resources, replicas, autoscaling and queue bounds are applied by
@@ -80,6 +83,8 @@ class ModelDeployment:
         self._family = family
         self._predictor = load_predictor(family, entry)
         self._batch_sizes = _batch_size_histogram()
+        self._max_batch = entry.serve.max_batch_size
+        self._network = asyncio.Lock()  # one network pass at a time: CPU threads are not oversubscribed
         self._forward_batch.set_max_batch_size(entry.serve.max_batch_size)
         self._forward_batch.set_batch_wait_timeout_s(entry.serve.batch_wait_timeout_s)
         logger.info(
@@ -104,8 +109,33 @@ class ModelDeployment:
             ModelError: If an instance cannot be turned into network input.
         """
         prepared = await asyncio.to_thread(self._predictor.prepare, request)
-        probs = await asyncio.gather(*(self._forward_batch(item) for item in prepared.inputs))
-        return await asyncio.to_thread(self._predictor.finish, prepared, np.stack(probs))
+        probs = await self._forward_grouped(prepared.inputs)
+        return await asyncio.to_thread(self._predictor.finish, prepared, probs)
+
+    async def _forward_grouped(self, items: np.ndarray) -> np.ndarray:
+        """Classify one request's inputs ``(N, C, *spatial)``: whole batches of them go to the
+        network as they are, only the remainder joins the cross-request batcher.
+
+        A study is usually its own full batches (a 400-slice CT is 12 passes of 32), so it pays
+        one network pass per batch, not one batcher future per slice (issue 14); a radiograph's
+        one or two inputs still share passes with concurrent requests.
+        """
+        size = max(1, self._max_batch)
+        whole = (len(items) // size) * size
+        parts = [self._forward_direct(items[i : i + size]) for i in range(0, whole, size)]
+        tail = asyncio.gather(*(self._forward_batch(item) for item in items[whole:]))
+        done = await asyncio.gather(*parts, tail)
+        chunks = [np.asarray(p) for p in done[:-1]]
+        if done[-1]:
+            chunks.append(np.stack(done[-1]))
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self._predictor.entry.findings)), np.float32)
+
+    async def _forward_direct(self, batch: np.ndarray) -> np.ndarray:
+        """One network pass over a whole batch of one request's inputs."""
+        if self._batch_sizes is not None:
+            self._batch_sizes.observe(len(batch), tags={"family": self._family})
+        async with self._network:
+            return await asyncio.to_thread(self._predictor.forward, batch)
 
     async def forward(self, item: np.ndarray) -> np.ndarray:
         """Classify one prepared network input (``(C, *spatial)``) through the batcher.
@@ -120,13 +150,13 @@ class ModelDeployment:
     async def forward_many(self, items: np.ndarray) -> np.ndarray:
         """Classify a stack of prepared inputs (``(N, C, *spatial)``) through the batcher.
 
-        The path of ``__call__`` without the DICOM preparation: each input joins a batch on
-        its own, so inputs of concurrent requests share network passes.
+        The path of ``__call__`` without the DICOM preparation: whole batches of the stack run
+        as they are, the remainder shares passes with concurrent requests.
 
         Returns:
             float32 ``(N, K)`` probabilities.
         """
-        return np.stack(await asyncio.gather(*(self._forward_batch(item) for item in items)))
+        return await self._forward_grouped(np.asarray(items))
 
     def reconfigure(self, config: dict[str, float]) -> None:
         """Apply live batching knobs from Serve's ``user_config`` without a restart.
@@ -135,7 +165,8 @@ class ModelDeployment:
             config: ``max_batch_size`` and / or ``batch_wait_timeout_s``.
         """
         if "max_batch_size" in config:
-            self._forward_batch.set_max_batch_size(int(config["max_batch_size"]))
+            self._max_batch = int(config["max_batch_size"])
+            self._forward_batch.set_max_batch_size(self._max_batch)
         if "batch_wait_timeout_s" in config:
             self._forward_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
         logger.info("%s: batching reconfigured to %s", self._family, config)
@@ -146,7 +177,8 @@ class ModelDeployment:
         logger.debug("%s: forward batch of %d", self._family, len(inputs))
         if self._batch_sizes is not None:
             self._batch_sizes.observe(len(inputs), tags={"family": self._family})
-        probs = await asyncio.to_thread(self._predictor.forward, np.stack(inputs))
+        async with self._network:
+            probs = await asyncio.to_thread(self._predictor.forward, np.stack(inputs))
         return list(probs)
 
     async def check_health(self) -> None:
