@@ -31,13 +31,15 @@ from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
 from core.config import ModelEntry, PriorsConfig, RoutingConfig
-from core.errors import DependencyUnavailable, ModelError
+from core.errors import DependencyUnavailable, ModelError, UndecodablePixels
 from core.job import Inference, Job
+from core.ledger import HoldInQuarantine
 from core.ports import Clock
+from core.reasons import ReasonCode
 from core.records import InferenceRequest, ModelOutput, ModelTask, Prediction
 from core.rollout import Assignment, StudyFacts, assign, compare, version_app
 from core.routing import Router
-from core.types import AuditEventType, InstanceMeta, JobState
+from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from state.ledger import Ledger
 
 __all__ = ["InferenceActor", "InferenceWork", "TaskRun"]
@@ -114,16 +116,26 @@ class InferenceWork:
         )
         return assign(task.family, entry, self._ledger.models.rollout(task.family), study)
 
-    def infer(self, job: Job, task: ModelTask, events: list[AuditEvent] | None = None) -> TaskRun:
+    def infer(
+        self,
+        job: Job,
+        task: ModelTask,
+        events: list[AuditEvent] | None = None,
+        holds: list[HoldInQuarantine] | None = None,
+    ) -> TaskRun | None:
         """Run one task on the version it meets (and its shadows); store its heatmaps as blobs.
 
         Args:
             job: The job.
             task: One family's task.
-            events: Where a shadow's failure is noted (``None``: run no shadows).
+            events: Where a shadow's failure and a quarantined instance are noted (``None``:
+                run no shadows).
+            holds: Where an instance the replica cannot decode is put to be held in quarantine
+                (then the task runs again without it); ``None``: such an instance fails the task.
 
         Returns:
-            The prediction of the version whose result is used, the assignment, the shadows run.
+            The prediction of the version whose result is used, the assignment, the shadows
+            run; ``None`` when no instance of the task could be decoded (all held).
 
         Raises:
             DependencyUnavailable: The deployment cannot take the request now.
@@ -132,8 +144,35 @@ class InferenceWork:
         instances = self._ledger.intake.job_instances(job.job_id)
         paths = {i.sop_instance_uid: i.path for i in instances}
         assignment = self._assign(job, task, instances)
-        prediction, shadows = self._request(job, job.study_instance_uid, task, paths, assignment, events)
-        return TaskRun(prediction, assignment, shadows)
+        while task.sop_instance_uids:
+            try:
+                prediction, shadows = self._request(job, job.study_instance_uid, task, paths, assignment, events)
+                return TaskRun(prediction, assignment, shadows)
+            except UndecodablePixels as exc:
+                if holds is None or exc.sop_instance_uid not in task.sop_instance_uids:
+                    raise
+                holds.append(self._hold(job, exc, events if events is not None else []))
+                task = replace(
+                    task, sop_instance_uids=tuple(u for u in task.sop_instance_uids if u != exc.sop_instance_uid)
+                )
+        return None
+
+    def _hold(self, job: Job, exc: UndecodablePixels, events: list[AuditEvent]) -> HoldInQuarantine:
+        """Quarantine an instance the replica cannot decode, as the validator would have."""
+        code = str(ReasonCode.PIXEL_DATA_UNDECODABLE)
+        uid = exc.sop_instance_uid
+        events.append(
+            AuditEvent(
+                AuditEventType.QUARANTINED,
+                self._actor,
+                job.study_instance_uid,
+                uid,
+                job.job_id,
+                {"codes": [code], "messages": [exc.reason], "found_by": "model replica"},
+            )
+        )
+        recorder.inc("pacsai_instances_quarantined_total", code=code)
+        return HoldInQuarantine(uid, (ValidationIssue(code, exc.reason, uid),))
 
     def _call(self, family: str, version: str, request: InferenceRequest) -> Any:
         """Send ``request`` to one version's application; the response to wait for."""
@@ -153,6 +192,8 @@ class InferenceWork:
             output: ModelOutput = response.result(timeout_s=entry.all_versions()[version].serve.request_timeout_s)
         except ModelError as exc:  # Ray wraps it (RayTaskError subclassing ModelError)
             cause = getattr(exc, "cause", exc)
+            if isinstance(cause, UndecodablePixels):
+                raise UndecodablePixels(f"{label}: {cause.reason}", cause.sop_instance_uid) from None
             raise ModelError(f"{label}: {getattr(cause, 'reason', cause)}") from None
         except _UNAVAILABLE as exc:
             self._handles.pop(app, None)
@@ -262,6 +303,7 @@ class InferenceWork:
                 return
         predictions: list[Prediction] = []
         events: list[AuditEvent] = []
+        holds: list[HoldInQuarantine] = []
         assignments: dict[str, Assignment] = {}
         for task in self._affected(job, tasks, events):
             started = self._clock.now()
@@ -271,14 +313,25 @@ class InferenceWork:
                 family=task.family,
                 priority=str(job.priority),
             )
-            run = self.infer(job, task, events)
+            run = self.infer(job, task, events, holds)
+            if run is None:
+                continue  # every instance of the task is held: no result of this family
             predictions.append(run.prediction)
             assignments[task.family] = run.assignment
             events.append(self._inferred(job, run, started))
         prior = self._prior_predictions(job, tasks, assignments, events)
         inference = Inference(tuple(predictions), prior, self._clock.now())
+        state, reason = JobState.INFERRED, None
+        if holds and not predictions:
+            state, reason = JobState.QUARANTINED, f"{len(holds)} instance(s) a model reads cannot be decoded"
         self._ledger.jobs.transition(
-            job, JobState.INFERRED, self._clock.now(), events=events, record=replace(job.record, inference=inference)
+            job,
+            state,
+            self._clock.now(),
+            events=events,
+            record=replace(job.record, inference=inference),
+            reason=reason,
+            effects=holds,
         )
 
     def _inferred(self, job: Job, run: TaskRun, started: float) -> AuditEvent:

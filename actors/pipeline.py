@@ -429,7 +429,13 @@ class Pipeline:
             "validator": (
                 ValidatorActor,
                 st.validator.num_cpus,
-                lambda: (self.runtime(st.validator, cell), self.cfg.validation, spools),
+                lambda: (
+                    self.runtime(st.validator, cell),
+                    self.cfg.validation,
+                    spools,
+                    self.cfg.routing,
+                    sorted(self.cfg.models),
+                ),
             ),
             "router": (
                 RouterActor,

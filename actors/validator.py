@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 
 import ray
@@ -25,11 +26,13 @@ from actors.polling import Loop, SystemClock
 from actors.prevalidation import PreValidator, VerdictCache
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
-from core.config import ValidationConfig
+from core.config import RoutingConfig, ValidationConfig
 from core.job import AcceptedIssues, Job
 from core.ledger import HoldInQuarantine, Override
+from core.pixels import DecodeMode
 from core.ports import Clock
 from core.quarantine import Verdict, decide
+from core.routing import Router
 from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import InstanceFacts, ReasonCode, ValidationPolicy, Validator
 from state.ledger import Ledger
@@ -51,6 +54,7 @@ class ValidationWork:
         cache: VerdictCache | None = None,
         clock: Clock | None = None,
         spools: CellSpools | None = None,
+        model_reads: Callable[[InstanceMeta], bool] | None = None,
     ) -> None:
         """Args:
         ledger: The process's ledger.
@@ -59,10 +63,14 @@ class ValidationWork:
         cache: Verdicts of instances checked while their study was receiving.
         clock: Wall clock.
         spools: On a cluster: fetches the job's instances other cells received, first.
+        model_reads: Whether a model will read (and so decode) an instance: its Pixel Data is
+            then checked to the frame headers only (``validation.model_decodes``).
         """
         self._spools = spools
         self._ledger = ledger
         self._validator = validator
+        self._headers_only = Validator(replace(validator.policy, decode=DecodeMode.HEADERS))
+        self._model_reads = model_reads
         self._actor = actor
         self._cache = cache
         self._clock = clock or SystemClock()
@@ -100,7 +108,10 @@ class ValidationWork:
             # failure is a finding about them, not a failure of this stage
             message = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:300]}"
             return [ValidationIssue(str(ReasonCode.UNREADABLE), message, inst.sop_instance_uid)], None
-        issues, facts = self._validator.inspect(ds, inst.transfer_syntax_uid, inst.sop_instance_uid)
+        # Pixels are decoded once on the way to a model (issue 14): by its replica, not here too.
+        routed = self._model_reads is not None and self._model_reads(inst)
+        validator = self._headers_only if routed else self._validator
+        issues, facts = validator.inspect(ds, inst.transfer_syntax_uid, inst.sop_instance_uid)
         with self._facts_lock:
             self._facts[(inst.sop_instance_uid, inst.sha256)] = facts
             while len(self._facts) > _FACTS_KEPT:
@@ -183,6 +194,17 @@ class ValidationWork:
         return events
 
 
+def model_reads(router: Router) -> Callable[[InstanceMeta], bool]:
+    """Whether a routing rule sends an instance's series to a deployed family (AI switches
+    aside: an instance of a switched-off modality is then checked to its frame headers only)."""
+
+    def reads(inst: InstanceMeta) -> bool:
+        rule = router.match(inst)
+        return rule is not None and rule.family in router.families
+
+    return reads
+
+
 @ray.remote
 class ValidatorActor(StageShell):
     """Ray shell around ``ValidationWork``, with pre-validation of receiving studies."""
@@ -191,12 +213,19 @@ class ValidatorActor(StageShell):
     state = JobState.COMPLETE
 
     def __init__(
-        self, runtime: StageRuntime, cfg: ValidationConfig | None = None, spools: CellSpools | None = None
+        self,
+        runtime: StageRuntime,
+        cfg: ValidationConfig | None = None,
+        spools: CellSpools | None = None,
+        routing: RoutingConfig | None = None,
+        families: list[str] | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
         cache = VerdictCache()
-        policy = ValidationPolicy.from_config(cfg or ValidationConfig())
-        work = ValidationWork(ledger, Validator(policy), "stage:validator", cache, self._clock, spools)
+        cfg = cfg or ValidationConfig()
+        policy = ValidationPolicy.from_config(cfg)
+        reads = model_reads(Router(routing, families or [])) if routing is not None and cfg.model_decodes else None
+        work = ValidationWork(ledger, Validator(policy), "stage:validator", cache, self._clock, spools, reads)
         self._pre = PreValidator(ledger, work.check, cache)
         self._add_loop(Loop("pre-validator", self._pre.run_once, runtime.poll_interval_s, clock=self._clock))
         self._start(runtime, work)

@@ -777,6 +777,12 @@ class ValidationConfig(_Model):
         description="Encapsulated Pixel Data: decode every frame, only the first (headers of the "
         "rest), or check frame headers only",
     )
+    model_decodes: bool = Field(
+        default=True,
+        description="Instances a routing rule sends to a model: check only their frame headers "
+        "here and let the model's replica decode them (once); one it cannot decode is quarantined "
+        "by the inference stage (pixel_data_undecodable). false: `decode` applies to them too",
+    )
     pixel_spacing_modalities: tuple[str, ...] = Field(
         default=("CT", "MR", "PT"),
         description="Modalities whose models measure: Pixel Spacing (0028,0030) is required",

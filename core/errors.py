@@ -14,6 +14,8 @@
     reached now. Work waits without spending its retry budget.
 - ``ModelError``: the model could not produce a result for this input (audit it, no SR).
   - ``ModelWeightsError``: a weights file is missing or its sha256 does not match.
+  - ``UndecodablePixels``: one instance's Pixel Data cannot be decoded where the model reads
+    it (the inference stage quarantines that instance and goes on without it).
 - ``AccessDenied``: the principal may not do this.
 - ``LeaseLost``: another worker owns the job now; drop the result, the ledger is right.
 - ``RecordError``: a stored record cannot be read (unknown schema version, wrong type, or
@@ -40,6 +42,7 @@ __all__ = [
     "RecordError",
     "RejectedInput",
     "TransientIOError",
+    "UndecodablePixels",
 ]
 
 
@@ -182,6 +185,25 @@ class ModelError(PacsAIError):
 
 class ModelWeightsError(ModelError):
     """A weights file is missing, unreadable or does not match its sha256."""
+
+
+class UndecodablePixels(ModelError):
+    """The Pixel Data of one instance cannot be decoded where the model reads it.
+
+    The model's replica is the one decoder of what a model reads (issue 14): the validator
+    checked only the frame headers of such an instance. The inference stage holds the instance
+    in quarantine (``pixel_data_undecodable``, as the validator would have) and runs the task on
+    the rest of the study.
+
+    Args:
+        reason: What failed, naming the instance.
+        sop_instance_uid: The instance.
+    """
+
+    def __init__(self, reason: str, sop_instance_uid: str) -> None:
+        super().__init__(reason)
+        self.args = (reason, sop_instance_uid)  # pickled across Ray as cls(*args)
+        self.sop_instance_uid = sop_instance_uid
 
 
 class AccessDenied(PacsAIError):

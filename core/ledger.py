@@ -147,7 +147,7 @@ NEXT_STATES: dict[JobState, frozenset[JobState]] = {
     JobState.COMPLETE: frozenset({JobState.VALIDATED, JobState.QUARANTINED}),
     JobState.VALIDATED: frozenset({JobState.ROUTED, JobState.SKIPPED}),
     JobState.ROUTED: frozenset({JobState.LINKED, JobState.SKIPPED}),
-    JobState.LINKED: frozenset({JobState.INFERRED, JobState.SKIPPED}),
+    JobState.LINKED: frozenset({JobState.INFERRED, JobState.SKIPPED, JobState.QUARANTINED}),  # undecodable
     JobState.INFERRED: frozenset({JobState.WRITTEN, JobState.SKIPPED}),  # superseded, unwritten
     JobState.WRITTEN: frozenset({JobState.DELIVERED, JobState.SKIPPED}),  # superseded, unsent
     JobState.QUARANTINED: frozenset({JobState.COMPLETE}),  # operator release re-runs it

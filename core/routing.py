@@ -79,6 +79,11 @@ class Router:
         self._disabled = frozenset(m.upper() for m in cfg.ai_disabled_modalities)
         self._families = frozenset(available_families)
 
+    @property
+    def families(self) -> frozenset[str]:
+        """The families in the model registry."""
+        return self._families
+
     def ai_enabled_for_modality(self, modality: str, switches: AiSwitches) -> bool:
         """Whether AI is on for a modality: runtime switch first, then config."""
         mod = modality.upper()

@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from core.config import FindingSpec, ModelEntry
-from core.errors import ModelError
+from core.errors import ModelError, UndecodablePixels
 from core.findings import term_for
 from core.parametric_maps import encode_levels
 from core.records import (
@@ -419,6 +419,8 @@ class RadiographPredictor(Predictor):
                     inputs.append(self._planar_input(plane.pixels))
                     maps = (AxisMap.fit(rows, self._spatial_size[0]), AxisMap.fit(cols, self._spatial_size[1]))
                     items.append(PlaneItem(plane.ref, rows, cols, maps))
+            except UndecodablePixels:
+                raise  # names its instance already; the inference stage quarantines it
             except ModelError as exc:
                 raise ModelError(f"SOP Instance {uid}: {exc.reason}") from exc
         return inputs, items, []

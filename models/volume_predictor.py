@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from core.errors import ModelError
+from core.errors import ModelError, UndecodablePixels
 from core.records import (
     HeatmapGrid,
     PlaneGeometry,
@@ -52,6 +52,8 @@ def _volumes(datasets: list[Dataset]) -> list[Volume]:
     series = sorted({str(ds.get("SeriesInstanceUID", "?")) for ds in datasets})
     try:
         return assemble_volumes(datasets)
+    except UndecodablePixels:
+        raise  # names its instance already; the inference stage quarantines it
     except ModelError as exc:
         raise ModelError(f"Series {', '.join(series)}: {exc.reason}") from exc
 

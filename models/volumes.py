@@ -29,7 +29,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 import core.pixels
-from core.errors import ModelError, RejectedInput
+from core.errors import ModelError, RejectedInput, UndecodablePixels
 from core.records import FrameRef
 
 __all__ = ["FrameRef", "Plane", "Volume", "assemble_volumes", "planes_of"]
@@ -159,12 +159,11 @@ def _decoded(ds: Dataset) -> np.ndarray:
     The validator accepted the instance with the same function and plugin order; pydicom's own
     default order could pick another plugin (GDCM, Pillow) that the validator never tried.
     """
+    uid = str(ds.get("SOPInstanceUID", "?"))
     try:
         stored = core.pixels.decode_frames(ds)
     except RejectedInput as exc:
-        raise ModelError(
-            f"Cannot decode Pixel Data of SOP Instance {ds.get('SOPInstanceUID', '?')}: {exc.reason}"
-        ) from exc
+        raise UndecodablePixels(f"Cannot decode Pixel Data of SOP Instance {uid}: {exc.reason}", uid) from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if stored.ndim != 3 or stored.shape[0] != frames:
         raise ModelError(

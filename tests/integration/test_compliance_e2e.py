@@ -1,7 +1,9 @@
 """Issue #4 through the Ray pipeline: real listener, stage actors, model deployment, Orthanc.
 
 - A representative set of generated corruptions, sent as their bytes are, ends quarantined
-  with the expected reason codes; a few corpus files of other syntaxes end skipped or
+  with the expected reason codes (a broken codestream of an instance a model reads is found by
+  the model's replica, the one decoder on that path, and quarantined by the inference stage);
+  a few corpus files of other syntaxes end skipped or
   quarantined as in ``test_corpus``.
 - Chest radiographs compressed with RLE, JPEG-LS and JPEG 2000 travel in their own syntax,
   decode in the model replica and come back as SRs; an instance an operator released after
@@ -66,6 +68,10 @@ def test_corruptions_end_quarantined_with_their_reason_codes(tmp_path, make_pipe
     ledger = ledger_of(pipeline)
     uids = [u for u in studies.values() if u] + [str(dcmread(lossy, stop_before_pixels=True).StudyInstanceUID)]
     assert wait_for_states(ledger, uids, {"quarantined", "skipped", "routed", "delivered"}, timeout_s=90)
+    # A radiograph a model reads is decoded by the model's replica only (issue 14): its broken
+    # codestream is quarantined by the inference stage, with the validator's reason code.
+    decoded_by_model = [studies["truncated_jpeg_ls_stream"], uids[-1]]
+    assert wait_for_states(ledger, decoded_by_model, {"quarantined"}, timeout_s=90)
     held = {e.sop_instance_uid: e for e in ledger.quarantine.entries(limit=1000)}
     for name, study in studies.items():
         codes = (

@@ -14,6 +14,7 @@ CASES = [
     errors.DependencyUnavailable("pacs", "refused"),
     errors.ModelError("nan"),
     errors.ModelWeightsError("missing w.pt"),
+    errors.UndecodablePixels("Cannot decode Pixel Data of SOP Instance 1.2.3: truncated", "1.2.3"),
     errors.AccessDenied("alice", "override"),
     errors.LeaseLost(3, "owner"),
     errors.RecordError("JobRecord", "got schema 7; expected 1"),
@@ -38,6 +39,7 @@ def test_error_tree_groups_by_caller_action():
     assert issubclass(errors.OutOfResources, errors.TransientIOError)
     assert issubclass(errors.DependencyUnavailable, errors.TransientIOError)
     assert issubclass(errors.ModelWeightsError, errors.ModelError)
+    assert issubclass(errors.UndecodablePixels, errors.ModelError)
     assert issubclass(errors.MessageRejected, errors.MessageInvalid)
     assert issubclass(errors.MessageInvalid, errors.RejectedInput)
     assert issubclass(errors.DimseRefused, errors.RejectedInput)
