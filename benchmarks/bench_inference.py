@@ -21,8 +21,10 @@ no input) next to ``network_p50_ms`` (one raw pass of the batch).
 Both sides use the same number of torch threads (``--threads``, default: every core), since
 Ray would otherwise give the replica one thread per CPU it reserves.
 
-Inputs per second, p50/p95 latency (raw: per batch call; serve: per request, submit to
-result) and the ratio serve / raw are printed as JSON lines. It never asserts.
+The three take turns ``--repeats`` times (default 3) and each reports its run of median
+throughput, so that load from elsewhere hits all alike. Inputs per second, p50/p95 latency (raw:
+per batch call; serve: per request, submit to result) and the ratio serve / raw are printed as
+JSON lines. It never asserts.
 
 Then (``--bundle on``, the default; ``only`` skips the families above) the cost of serving a
 family from a MONAI bundle (issue 17): one seeded network, the built-in ``bone_fracture``
@@ -211,6 +213,16 @@ def _rate(measure: Any, target: Any, inputs: np.ndarray, batch: int) -> float:
     return float(measure(target, inputs, batch)["items_per_s"])
 
 
+def _taking_turns(measures: tuple[Any, ...], repeats: int) -> list[dict[str, float]]:
+    """Run each measurement ``repeats`` times, taking turns, so that load from elsewhere on a
+    shared machine hits all alike; per measurement, the run of median throughput."""
+    runs: list[list[dict[str, float]]] = [[] for _ in measures]
+    for _ in range(repeats):
+        for done, measure in zip(runs, measures, strict=True):
+            done.append(measure())
+    return [sorted(done, key=lambda r: r["items_per_s"])[len(done) // 2] for done in runs]
+
+
 def _alternate(measures: dict[str, Any], repeats: int) -> dict[str, float]:
     """Run every measurement (a callable giving items per second) ``repeats`` times, taking
     turns so that drift on a shared machine hits all alike; return the median of each."""
@@ -267,6 +279,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--n", type=int, default=128, help="inputs per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of raw / serve / grouped, taking turns")
     parser.add_argument(
         "--study-inputs", type=int, default=32, help="grouped: inputs per request (a study's worth; at least the batch)"
     )
@@ -293,9 +306,14 @@ def main() -> None:
             inputs = _inputs(family, predictor, args.n)
             for batch in args.batches:
                 handle = _deploy(family, entry, batch)
-                raw = _raw(predictor, inputs, batch)
-                served = _serve(handle, inputs, batch)
-                grouped = _serve_grouped(handle, inputs, batch, args.study_inputs)
+                raw, served, grouped = _taking_turns(
+                    (
+                        partial(_raw, predictor, inputs, batch),
+                        partial(_serve, handle, inputs, batch),
+                        partial(_serve_grouped, handle, inputs, batch, args.study_inputs),
+                    ),
+                    args.repeats,
+                )
                 for mode, result in (("raw_torch", raw), ("ray_serve", served), ("ray_serve_grouped", grouped)):
                     emit(
                         {
