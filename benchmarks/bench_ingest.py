@@ -1,18 +1,33 @@
-"""C-STORE ingest: our durable listener vs a bare pynetdicom SCP that only writes and fsyncs.
+"""C-STORE ingest: our durable listener vs a bare fsync pynetdicom SCP and dcmtk's storescp.
 
-dcmtk ``storescu`` (TCP_NODELAY=1) sends N CT instances of 512x512 over one association to each
-receiver in turn, several rounds alternating, on this machine. Our listener does the whole
-durability contract (write, fsync, atomic rename, directory fsync, SQLite commit with
-synchronous=FULL, sha256, header parse, audit row); the baseline does write + fsync only.
-Prints one JSON line per round and receiver, then a summary line with the median ratio.
+N CT instances of 512x512 (one study) go from ``--senders`` dcmtk ``storescu`` processes at once
+(TCP_NODELAY=1; each sends every ``senders``-th file over one association of its own) to each
+receiver in turn, several rounds, the order rotated each round; every receiver gets the same
+senders and files, after one untimed instance of another study (one-time costs untimed). Each receiver runs in processes of its own
+(``benchmarks.harness.baselines.receiver_processes``):
 
-Metrics cost: the process joins a local Ray (so Ray's metrics API records for real, as in an
-actor) and our listener runs twice per round, with recording on and off
-(``actors.adapters.metrics``); the summary's ``metrics_overhead`` is 1 - the median over rounds
-of (throughput with) / (throughput without) in the same round (goal < 0.03), and
-``metrics_overhead_of_medians`` the same from the medians of each. ``--no-metrics-cost`` skips it.
+- ``bare_scp``: a pynetdicom SCP that writes each instance and fsyncs it, nothing else;
+- ``pacsai_listener``: our listener, the whole durability contract (write, fsync, atomic rename,
+  directory fsync, SQLite commit with synchronous=FULL, sha256, header parse, audit row), with
+  concurrent instances group-committed (``listener.group_commit_max``);
+- ``pacsai_listener_x<P>``: ``--listener-processes`` listener processes sharing the port
+  (``SO_REUSEPORT``, as ``listener.instances``), one spool and one SQLite ledger;
+- ``dcmtk_storescp``: dcmtk's C++ receiver (``storescp --fork +B``), which has no fsync
+  option: it leaves its files in the page cache (``"dcmtk_fsync": false``).
 
-    .venv/bin/python benchmarks/bench_ingest.py [--n 500] [--rounds 3] [--no-metrics-cost]
+Prints one JSON line per round, then a summary: ``ratio`` is our listener (one process) over
+the bare SCP (medians; goal >= 1.0), ``ratio_vs_dcmtk`` our ``P`` listener processes over
+storescp (goal >= 0.6); ``paired_*`` are the medians of the per-round ratios, and
+``*_mean_group`` the instances per group commit.
+
+Metrics cost: the listener processes join a local Ray (so Ray's metrics API records for real,
+as in an actor), and our one-process listener runs a second time per round with recording off;
+``metrics_overhead`` is 1 - the median over rounds of (throughput with) / (throughput without)
+(goal < 0.03), ``metrics_overhead_of_medians`` the same from the medians of each.
+``--no-metrics-cost`` skips it (and Ray).
+
+    .venv/bin/python benchmarks/bench_ingest.py [--n 500] [--rounds 3] [--senders 4]
+        [--listener-processes 2] [--no-metrics-cost] [--no-dcmtk] [--py-spy DIR]
 """
 
 from __future__ import annotations
@@ -20,97 +35,146 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from _common import emit  # benchmarks/ is on sys.path when run as a script; puts the root there
 
-from actors.adapters.metrics import recorder
-from benchmarks.harness.baselines import bare_scp, standalone_listener
-from benchmarks.harness.load import send_storescu
+from benchmarks.harness.baselines import STORESCP_OPTIONS, ReceiverRun, receiver_processes
+from benchmarks.harness.load import send_storescu, send_storescu_all
 from synthetic.synthetic_dicom import make_ct_series, save_study
+
+BARE, OURS, OFF, DCMTK = "bare_scp", "pacsai_listener", "pacsai_listener_no_metrics", "dcmtk_storescp"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=500)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500, help="CT instances (512x512) per receiver and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--senders", type=int, default=4, help="concurrent storescu processes (associations)")
+    parser.add_argument("--listener-processes", type=int, default=2, help="listener processes on one port")
     parser.add_argument("--no-metrics-cost", dest="metrics_cost", action="store_false")
+    parser.add_argument("--no-dcmtk", dest="dcmtk", action="store_false", help="skip storescp")
+    parser.add_argument(
+        "--py-spy", type=Path, default=None, help="profile the one-process listener (py-spy, GIL holders) into DIR"
+    )
     args = parser.parse_args()
-    names = ["bare_scp", "pacsai_listener"] + (["pacsai_listener_no_metrics"] if args.metrics_cost else [])
+    many = f"{OURS}_x{args.listener_processes}"
+    names = [BARE, OURS] + ([OFF] if args.metrics_cost else []) + [many] + ([DCMTK] if args.dcmtk else [])
+    ray_address = None
     if args.metrics_cost:
         import ray
 
         ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+        ray_address = ray.get_runtime_context().gcs_address
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
         files = save_study(make_ct_series(seed=7, n_slices=args.n, rows=512, cols=512), root / "src")
+        warm = save_study(make_ct_series(seed=8, n_slices=1, rows=512, cols=512), root / "warm")
         rates: dict[str, list[float]] = {name: [] for name in names}
+        groups: dict[str, list[float]] = {OURS: [], many: []}
+        cpu_ms: dict[str, list[float]] = {}  # receiver CPU per instance, all its processes
         for rnd in range(args.rounds):
             # Rotate which receiver goes first, so drift on a shared machine hits each.
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
             for name in order:
-                rates[name].append(args.n / _measure(name, files, root / f"{name}{rnd}"))
-            ratio = rates["pacsai_listener"][-1] / rates["bare_scp"][-1]
-            emit(
-                {
-                    "name": "ingest",
-                    "variant": "round",
-                    "round": rnd,
-                    "n": args.n,
-                    **{f"{name}_inst_per_s": round(rates[name][-1], 1) for name in names},
-                    "ratio": round(ratio, 3),
-                }
-            )
-        bare_med = statistics.median(rates["bare_scp"])
-        ours_med = statistics.median(rates["pacsai_listener"])
-        paired = [o / b for o, b in zip(rates["pacsai_listener"], rates["bare_scp"], strict=True)]
-        emit(
-            {
-                "name": "ingest",
-                "variant": "summary",
-                "n": args.n,
-                "rounds": args.rounds,
-                "bare_scp_inst_per_s": round(bare_med, 1),
-                "pacsai_listener_inst_per_s": round(ours_med, 1),
-                "ratio": round(ours_med / bare_med, 3),
-                "paired_ratio_median": round(statistics.median(paired), 3),
-                "p50_ms": round(1000 / ours_med, 2),
-                "goal": ">= 0.9",
-                **(
-                    {
-                        "pacsai_listener_no_metrics_inst_per_s": round(
-                            statistics.median(rates["pacsai_listener_no_metrics"]), 1
-                        ),
-                        # Paired within each round (as paired_ratio_median): drift between
-                        # rounds on a shared machine is larger than the effect measured.
-                        "metrics_overhead": round(
-                            1
-                            - statistics.median(
-                                o / n
-                                for o, n in zip(
-                                    rates["pacsai_listener"], rates["pacsai_listener_no_metrics"], strict=True
-                                )
-                            ),
-                            4,
-                        ),
-                        "metrics_overhead_of_medians": round(
-                            1 - ours_med / statistics.median(rates["pacsai_listener_no_metrics"]), 4
-                        ),
-                        "metrics_goal": "< 0.03",
-                    }
-                    if args.metrics_cost
-                    else {}
-                ),
-            }
-        )
+                profile = args.py_spy / f"listener-round{rnd}.txt" if args.py_spy and name == OURS else None
+                seconds, run = _measure(name, args, (warm, files), root / f"{name}{rnd}", ray_address, profile)
+                rates[name].append(args.n / seconds)
+                if (group := run.mean_group()) is not None and name in groups:
+                    groups[name].append(group)
+                if (cpu := run.cpu_s()) is not None:
+                    cpu_ms.setdefault(name, []).append(1000 * cpu / args.n)
+            emit(_round_line(rnd, args, names, rates, many))
+        summary = _summary_line(args, names, rates, groups, many)
+        summary |= {f"{name}_cpu_ms_per_inst": round(statistics.median(v), 3) for name, v in cpu_ms.items()}
+        emit(summary)
 
 
-def _measure(name: str, files: list[Path], workdir: Path) -> float:
-    """Seconds for storescu to send ``files`` into a fresh receiver of kind ``name``."""
-    receiver = bare_scp(workdir) if name == "bare_scp" else standalone_listener(workdir)
-    recorder.switch(name != "pacsai_listener_no_metrics")
-    with receiver as server:
-        return send_storescu(files, server.port)
+def _measure(
+    name: str,
+    args: argparse.Namespace,
+    sent: tuple[list[Path], list[Path]],
+    workdir: Path,
+    ray: str | None,
+    profile: Path | None,
+) -> tuple[float, ReceiverRun]:
+    """Seconds for the senders to store the files into a fresh receiver ``name`` (after one
+    untimed instance of another study, so no receiver's one-time costs - imports, first
+    statements - are timed), and the receiver's run (CPU time, group commit sizes)."""
+    warm, files = sent
+    kind = OURS if name.startswith(OURS) else name
+    processes = args.listener_processes if name.endswith(f"_x{args.listener_processes}") else 1
+    parts = [files[k :: args.senders] for k in range(args.senders)]
+    spy = None
+    metrics, address = name != OFF, ray if kind == OURS else None
+    with receiver_processes(kind, workdir, processes, metrics=metrics, ray_address=address) as run:
+        send_storescu(warm, run.port)
+        if profile is not None:
+            profile.parent.mkdir(parents=True, exist_ok=True)
+            spy = run.profile(profile)
+        started = time.perf_counter()
+        send_storescu_all([(part, run.port) for part in parts], args.senders)
+        seconds = time.perf_counter() - started
+    if spy is not None:
+        spy.wait(60)
+    return seconds, run
+
+
+def _round_line(
+    rnd: int, args: argparse.Namespace, names: list[str], rates: dict[str, list[float]], many: str
+) -> dict[str, Any]:
+    line: dict[str, Any] = {"name": "ingest", "variant": "round", "round": rnd, "n": args.n, "senders": args.senders}
+    line |= {f"{name}_inst_per_s": round(rates[name][-1], 1) for name in names}
+    line["ratio"] = round(rates[OURS][-1] / rates[BARE][-1], 3)
+    if DCMTK in rates:
+        line["ratio_vs_dcmtk"] = round(rates[many][-1] / rates[DCMTK][-1], 3)
+    return line
+
+
+def _paired(a: list[float], b: list[float]) -> float:
+    return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 3)
+
+
+def _summary_line(
+    args: argparse.Namespace,
+    names: list[str],
+    rates: dict[str, list[float]],
+    groups: dict[str, list[float]],
+    many: str,
+) -> dict[str, Any]:
+    med = {name: statistics.median(rates[name]) for name in names}
+    line: dict[str, Any] = {"name": "ingest", "variant": "summary", "n": args.n, "rounds": args.rounds}
+    line |= {"senders": args.senders, "listener_processes": args.listener_processes}
+    line |= {f"{name}_inst_per_s": round(med[name], 1) for name in names}
+    line |= {
+        "ratio": round(med[OURS] / med[BARE], 3),
+        "paired_ratio_median": _paired(rates[OURS], rates[BARE]),
+        "p50_ms": round(1000 / med[OURS], 2),
+        "goal": ">= 1.0",
+        f"{many}_to_bare_ratio": round(med[many] / med[BARE], 3),
+    }
+    line |= {f"{name}_mean_group": round(statistics.median(g), 2) for name, g in groups.items() if g}
+    if DCMTK in med:
+        line |= {
+            "ratio_vs_dcmtk": round(med[many] / med[DCMTK], 3),
+            "paired_ratio_vs_dcmtk_median": _paired(rates[many], rates[DCMTK]),
+            "goal_vs_dcmtk": ">= 0.6",
+            "dcmtk_fsync": False,
+            "dcmtk_options": " ".join(STORESCP_OPTIONS),
+        }
+    if OFF in med:
+        line |= {
+            # Paired within each round (as paired_ratio_median): drift between rounds on a
+            # shared machine is larger than the effect measured.
+            "metrics_overhead": round(
+                1 - statistics.median(o / n for o, n in zip(rates[OURS], rates[OFF], strict=True)), 4
+            ),
+            "metrics_overhead_of_medians": round(1 - med[OURS] / med[OFF], 4),
+            "metrics_goal": "< 0.03",
+        }
+    return line
 
 
 if __name__ == "__main__":

@@ -118,6 +118,13 @@ class ListenerConfig(_Model):
     max_pdu_size: int = Field(default=0, ge=0, description="Maximum PDU we receive; 0 means unlimited (fastest)")
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout")
     max_associations: int = Field(default=16, ge=1, description="Concurrent associations")
+    group_commit_max: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Most instances one group commit makes durable together (one directory fsync "
+        "per spool directory, one ledger transaction); 1 commits each instance alone",
+    )
     instances: int = Field(
         default=1,
         ge=1,

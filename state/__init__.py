@@ -9,6 +9,7 @@
 - ``context_store``: the HL7 bridge's context store (inbox, FHIR resources; PHI).
 - ``ehr_outbox``: FHIR report Bundles waiting for the EHR (PHI).
 - ``spool``: the durable intake (C-STORE and STOW-RS): spool file + ledger record.
+- ``group_commit``: leader/follower group commit (the intake's one commit for many instances).
 
 Depends on ``core`` only (an import-linter contract): no Ray, no sockets, no actors.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "db",
     "ehr_outbox",
     "files",
+    "group_commit",
     "layout",
     "ledger",
     "migrate",

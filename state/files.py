@@ -11,12 +11,12 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from core.errors import OutOfResources
 
-__all__ = ["check_free_space", "durable_write", "fsync_dir", "publish", "write_temp"]
+__all__ = ["check_free_space", "durable_write", "fsync_dir", "fsync_dirs", "publish", "rename_many", "write_temp"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,44 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def rename_many(moves: Sequence[tuple[Path, Path]]) -> list[OSError | None]:
+    """Rename each ``(temporary, final)`` pair (atomic each); ``fsync_dirs`` makes them durable.
+
+    A group of files renamed together costs one directory fsync per directory instead of one
+    per file: every rename is made first, so one fsync covers every entry of its directory.
+
+    Returns:
+        Per pair, ``None`` (renamed) or the ``OSError`` that stopped it; a temporary file that
+        was not renamed is removed.
+    """
+    errors: list[OSError | None] = []
+    for tmp, final in moves:
+        try:
+            _ensure_dir(final.parent)
+            os.replace(tmp, final)
+            errors.append(None)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            errors.append(exc)
+    return errors
+
+
+def fsync_dirs(directories: Iterable[Path]) -> None:
+    """fsync each directory once (``rename_many``'s entries survive a crash once it returns).
+
+    Raises:
+        OSError: A directory could not be synced (the others were).
+    """
+    failed: OSError | None = None
+    for directory in dict.fromkeys(directories):
+        try:
+            fsync_dir(directory)
+        except OSError as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
+
+
 def durable_write(final: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``final`` so that it is on disk when this returns.
 
@@ -102,7 +140,10 @@ def durable_write(final: Path, data: bytes | memoryview) -> None:
 
 def check_free_space(path: Path, min_free_bytes: int) -> None:
     """Raise ``OutOfResources`` when the filesystem holding ``path`` is below its floor."""
-    path.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(path).free
+    try:
+        free = shutil.disk_usage(path).free
+    except FileNotFoundError:  # a new spool: created once, not looked up on every call
+        path.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(path).free
     if free < min_free_bytes:
         raise OutOfResources(f"spool disk has {free} bytes free; the configured floor is {min_free_bytes}")

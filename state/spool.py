@@ -31,8 +31,10 @@ from core.part10 import part10_header
 from core.ports import Clock
 from core.types import AuditEventType, InstanceMeta
 from core.validation import attribute_text
-from state.files import check_free_space, durable_write, publish, write_temp
+from state.files import check_free_space, durable_write, fsync_dirs, publish, rename_many, write_temp
+from state.group_commit import GroupCommit
 from state.ledger import Ledger
+from state.ledger.intake import Arrival
 
 __all__ = ["Ingested", "SpoolIntake", "StudyMismatch", "read_preamble_and_meta", "safe_name"]
 
@@ -64,6 +66,14 @@ class Ingested:
     meta: InstanceMeta
     duplicate: bool
     """The SOP Instance UID was already held: acknowledged, not processed again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """An instance written and fsynced under a temporary name, waiting for its group."""
+
+    arrival: Arrival
+    temp: Path
 
 
 def read_preamble_and_meta(fp: BytesIO) -> FileMetaDataset:
@@ -100,6 +110,7 @@ class SpoolIntake:
         min_free_bytes: int,
         workers: int = 4,
         assembly: AssemblyConfig | None = None,
+        group_max: int = 32,
     ) -> None:
         """Prepare the intake.
 
@@ -115,6 +126,7 @@ class SpoolIntake:
             workers: Threads writing files while the caller parses.
             assembly: Per-sender completion rules; when given, a sender's own quiet period
                 schedules the assembler instead of ``quiet_period_s``.
+            group_max: Most instances made durable by one group commit (1: each alone).
         """
         self._spool = spool_dir
         self._rejected = rejected_dir
@@ -126,6 +138,10 @@ class SpoolIntake:
         self._min_free = min_free_bytes
         self._policy = CompletenessPolicy(assembly) if assembly is not None else None
         self._writer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spool")
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-sync")  # one group at a time
+        self._incoming = spool_dir / ".incoming"
+        self.groups: GroupCommit[_Staged, RecordResult] = GroupCommit(self._commit, group_max)
+        """The group commit of this process's intake (``commits``, ``items``: group sizes)."""
 
     @property
     def spool_dir(self) -> Path:
@@ -135,6 +151,7 @@ class SpoolIntake:
     def close(self) -> None:
         """Wait for the file writes in progress."""
         self._writer.shutdown(wait=True)
+        self._syncer.shutdown(wait=True)
 
     def ingest(
         self,
@@ -150,8 +167,11 @@ class SpoolIntake:
 
         The file (Part 10 header + the data set exactly as received) is written and fsynced
         in a worker thread while this thread hashes and parses it; the OS calls and hashlib
-        release the GIL, so the work overlaps. It returns only after the rename, the directory
-        fsync and the ledger commit.
+        release the GIL, so the work overlaps. Then the instance joins a group commit
+        (``state.group_commit``) with whatever else this process received meanwhile: one
+        duplicate check, the renames, one fsync per spool directory and one ledger transaction
+        for all of them. It returns only after the rename, the directory fsync and the ledger
+        commit of its own instance.
 
         Args:
             sop_uid: Affected SOP Instance UID (C-STORE request, or the file meta).
@@ -168,13 +188,27 @@ class SpoolIntake:
             StudyMismatch: ``expected_study`` is given and differs (nothing stored).
             DependencyUnavailable: The ledger cannot be read or cannot commit the record.
         """
+        staged = self._stage(sop_uid, sop_class, dataset, transfer_syntax, calling_ae, expected_study, actor)
+        result = self.groups.submit(staged)
+        if result is RecordResult.DUPLICATE:
+            logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
+        return Ingested(staged.arrival.meta, result is RecordResult.DUPLICATE)
+
+    def _stage(
+        self,
+        sop_uid: str,
+        sop_class: str,
+        dataset: bytes,
+        transfer_syntax: str,
+        calling_ae: str,
+        expected_study: str | None,
+        actor: str | None,
+    ) -> _Staged:
+        """Write and fsync the instance under a temporary name; parse what the ledger records."""
         now = self._clock.now()
         check_free_space(self._spool, self._min_free)
         header = part10_header(sop_class, sop_uid, transfer_syntax, calling_ae)
-        duplicate = self._ledger.intake.has_instance(sop_uid)
-        writing = None
-        if not duplicate:
-            writing = self._writer.submit(write_temp, self._spool / ".incoming", safe_name(sop_uid), [header, dataset])
+        writing = self._writer.submit(write_temp, self._incoming, safe_name(sop_uid), [header, dataset])
         digest = hashlib.sha256(header)
         digest.update(dataset)
         try:
@@ -185,16 +219,47 @@ class SpoolIntake:
         size = len(header) + len(dataset)
         meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
         if expected_study is not None and meta.study_instance_uid != expected_study:
-            if writing is not None:
-                writing.result().unlink(missing_ok=True)
+            writing.result().unlink(missing_ok=True)
             raise StudyMismatch(f"instance belongs to study {meta.study_instance_uid}, not {expected_study}", sop_uid)
-        if writing is not None:
-            publish(writing.result(), Path(meta.path))
         quiet = self._policy.quiet_period_for(calling_ae, [meta.modality]) if self._policy else self._quiet
-        result = self._ledger.intake.record(meta, now, now + quiet, actor or self._actor)
-        if result is RecordResult.DUPLICATE:
-            logger.info("duplicate SOP Instance UID %s acknowledged, not reprocessed", sop_uid)
-        return Ingested(meta, result is RecordResult.DUPLICATE)
+        return _Staged(Arrival(meta, now, now + quiet, actor or self._actor), writing.result())
+
+    def _commit(self, group: list[_Staged]) -> list[RecordResult | BaseException]:
+        """Make a group durable: skip what is held, rename the rest into the spool, fsync each
+        directory once, record every instance in one transaction (committed after the fsyncs).
+
+        An instance already held (or a second copy in the group) keeps the file it has: its
+        temporary file is removed and the ledger audits the duplicate. While the ledger cannot
+        be read nothing is moved into the spool; if the commit fails, the files moved stay (a
+        lost connection may hide a commit that happened; a re-send writes the same path).
+        """
+        try:
+            held = self._ledger.intake.held([s.arrival.meta.sop_instance_uid for s in group])
+        except BaseException:
+            for staged in group:
+                staged.temp.unlink(missing_ok=True)
+            raise
+        moving: dict[str, int] = {}  # SOP Instance UID -> the group's item that brings its file
+        for k, staged in enumerate(group):
+            uid = staged.arrival.meta.sop_instance_uid
+            if uid in held or uid in moving:
+                staged.temp.unlink(missing_ok=True)
+            else:
+                moving[uid] = k
+        moves = [(group[k].temp, Path(group[k].arrival.meta.path)) for k in moving.values()]
+        errors = rename_many(moves)
+        failed = {uid: e for uid, e in zip(moving, errors, strict=True) if e is not None}
+        # The directories are fsynced while the ledger runs the group's statements; the commit
+        # waits for them (before_commit), so no row is durable before its file's entry.
+        syncing = self._syncer.submit(fsync_dirs, [f.parent for (_, f), e in zip(moves, errors, strict=True) if not e])
+        outcomes: list[RecordResult | BaseException] = [
+            failed.get(s.arrival.meta.sop_instance_uid) or RecordResult.NEW for s in group
+        ]
+        recording = [k for k, o in enumerate(outcomes) if not isinstance(o, BaseException)]
+        results = self._ledger.intake.record_many([group[k].arrival for k in recording], syncing.result)
+        for k, result in zip(recording, results, strict=True):
+            outcomes[k] = result
+        return outcomes
 
     def ingest_file(
         self, raw: bytes, calling_ae: str, expected_study: str | None = None, actor: str | None = None

@@ -4,6 +4,9 @@
   else (``bench_ingest.py``'s baseline): the floor of a durable C-STORE receiver here.
 - :func:`standalone_listener`: our C-STORE listener on its own (no Ray, no stages), with the
   whole durability contract (write, fsync, rename, directory fsync, ledger commit, audit row).
+- :func:`receiver_processes`: either of them, or dcmtk's ``storescp``, in processes of their
+  own (``python -m benchmarks.harness.baselines``); several listener processes share one port
+  as ``listener.instances`` does (``SO_REUSEPORT``).
 
 :func:`ingest_baselines` sends a run's own studies with the run's own load generator settings to
 each, so the pipeline's ingest rate compares like with like.
@@ -11,10 +14,18 @@ each, so the pipeline's ingest rate compares like with like.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
+import resource
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +33,42 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
 from actors.adapters.dimse import Listener
 from benchmarks.harness.load import LoadGenerator, SendRecord, Study
+from benchmarks.harness.record import ROOT
 from core.config import ListenerConfig, StorageConfig
+from demo.orthanc import free_port
 from state.ledger import open_ledger
 
-__all__ = ["BareScp", "bare_scp", "ingest_baselines", "instances_per_s", "standalone_listener"]
+__all__ = [
+    "BareScp",
+    "RECEIVERS",
+    "ReceiverRun",
+    "STORESCP_OPTIONS",
+    "bare_scp",
+    "ingest_baselines",
+    "instances_per_s",
+    "receiver_processes",
+    "standalone_listener",
+]
+
+RECEIVERS = ("bare_scp", "pacsai_listener", "dcmtk_storescp")
+"""What :func:`receiver_processes` runs."""
+STORESCP_OPTIONS = ("--fork", "+B")
+"""dcmtk ``storescp``: a process per association (else it serves one association at a time) and
+bit-preserving writes (the data set as received, as we keep it). It has no fsync option."""
+_READY, _STATS = "RECEIVER-READY", "RECEIVER-STATS "
 
 
 class BareScp:
     """The baseline: write the received bytes to a file and fsync; nothing else."""
 
-    def __init__(self, directory: Path, ae_title: str = "PACSAI") -> None:
+    def __init__(self, directory: Path, ae_title: str = "PACSAI", port: int = 0) -> None:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=ae_title)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.maximum_pdu_size = 0
-        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self._server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = int(self._server.server_address[1])
 
     def _store(self, event: Any) -> int:
@@ -65,12 +95,14 @@ def bare_scp(directory: Path) -> Iterator[BareScp]:
 
 
 @contextlib.contextmanager
-def standalone_listener(workdir: Path, quiet_period_s: float = 2.0) -> Iterator[Listener]:
-    """Our durable C-STORE listener alone, over a fresh SQLite ledger in ``workdir``."""
+def standalone_listener(
+    workdir: Path, quiet_period_s: float = 2.0, *, port: int = 0, instances: int = 1
+) -> Iterator[Listener]:
+    """Our durable C-STORE listener alone, over a (fresh) SQLite ledger in ``workdir``;
+    ``instances`` > 1: one of that many processes sharing ``port`` and ``workdir``."""
     ledger = open_ledger(StorageConfig(var_dir=str(workdir)))
-    listener = Listener(
-        ListenerConfig(port=0, min_free_bytes=0), workdir / "spool", workdir / "rejected", ledger, quiet_period_s
-    )
+    cfg = ListenerConfig(port=port, min_free_bytes=0, instances=instances)
+    listener = Listener(cfg, workdir / "spool", workdir / "rejected", ledger, quiet_period_s)
     listener.start()
     try:
         yield listener
@@ -113,3 +145,184 @@ def ingest_baselines(studies: Sequence[Study], associations: int, rate: float | 
         f"{associations} at once), to each receiver alone before the pipeline starts"
     )
     return out
+
+
+@dataclass
+class ReceiverRun:
+    """Receiver processes serving one port; ``stats`` holds what each said when it stopped."""
+
+    kind: str
+    port: int
+    processes: int
+    pids: list[int] = field(default_factory=list)
+    """The receiver processes (storescp: its parent, which forks one per association)."""
+    stats: list[dict[str, Any]] = field(default_factory=list)
+
+    def profile(self, out: Path, rate: int = 100) -> subprocess.Popen[bytes]:
+        """Attach ``py-spy record`` (raw stacks into ``out``) to the first process, from now
+        until it ends: only the threads holding the GIL (``--gil``: what a Python receiver's
+        throughput is made of), sampled without stopping the process (``--nonblocking``)."""
+        spy = str(Path(sys.executable).parent / "py-spy")
+        argv = [spy, "record", "--pid", str(self.pids[0]), "-r", str(rate), "--gil", "--nonblocking"]
+        argv += ["-f", "raw", "-o", str(out)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached before the caller's clock starts
+        return proc
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds the receiver processes spent while serving (``None``: storescp)."""
+        spent = [s["cpu_s"] for s in self.stats if "cpu_s" in s]
+        return round(sum(spent), 3) if spent else None
+
+    def mean_group(self) -> float | None:
+        """Instances per group commit over the listener processes (``None``: not a listener)."""
+        commits = sum(s.get("group_commits", 0) for s in self.stats)
+        return round(sum(s.get("group_items", 0) for s in self.stats) / commits, 2) if commits else None
+
+
+@contextlib.contextmanager
+def receiver_processes(
+    kind: str,
+    workdir: Path,
+    processes: int = 1,
+    *,
+    metrics: bool = True,
+    ray_address: str | None = None,
+) -> Iterator[ReceiverRun]:
+    """Run a receiver of ``kind`` (:data:`RECEIVERS`) in processes of its own on a fresh port.
+
+    Each returns once it serves. Listener processes share ``workdir`` (one spool, one SQLite
+    ledger) and the port, as the listener actors of one node do. ``metrics``: the listener
+    records its metrics (``ray_address``: into that Ray cluster, joined before it serves).
+
+    Raises:
+        RuntimeError: A receiver did not come up.
+    """
+    if kind not in RECEIVERS or (processes > 1 and kind != "pacsai_listener"):
+        raise ValueError(f"Got receiver {kind!r} x{processes}; expected one of {RECEIVERS} (only listeners x N)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = ReceiverRun(kind, free_port(), processes)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        if kind == "dcmtk_storescp":
+            procs.append(_storescp(workdir, run.port))
+            _wait_port(run.port, procs[0])
+        for k in range(processes if kind != "dcmtk_storescp" else 0):
+            argv = _child_argv(kind, workdir, run.port, processes, metrics, ray_address)
+            procs.append(_spawn(argv, workdir / f"{kind}-{k}.log"))
+            _wait_ready(procs[-1])  # one after the other: the first migrates the fresh ledger
+        run.pids = [p.pid for p in procs]
+        yield run
+    finally:
+        run.stats = [s for s in (_stop(p) for p in procs) if s]
+
+
+def _child_argv(kind: str, workdir: Path, port: int, processes: int, metrics: bool, ray: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "benchmarks.harness.baselines", kind, str(workdir), str(port)]
+    argv += ["--processes", str(processes), "--metrics", "1" if metrics else "0"]
+    return argv + (["--ray-address", ray] if ray else [])
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TCP_NODELAY="1")
+    with log.open("w") as err:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+
+
+def _storescp(workdir: Path, port: int) -> subprocess.Popen[str]:
+    argv = ["storescp", *STORESCP_OPTIONS, "-aet", "PACSAI", "-od", str(workdir), str(port)]
+    env = dict(os.environ, TCP_NODELAY="1")
+    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, text=True)
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(_READY):
+            return
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"receiver {proc.args!r} did not come up (exit {proc.poll()}; its log is in its workdir)")
+
+
+def _wait_port(port: int, proc: subprocess.Popen[str], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"storescp on port {port} did not come up (exit {proc.poll()})")
+
+
+def _stop(proc: subprocess.Popen[str]) -> dict[str, Any] | None:
+    """Stop one receiver: EOF on a Python child's stdin (it answers with its stats), SIGTERM
+    to storescp."""
+    if proc.stdin is None:
+        proc.terminate()
+        proc.wait(30)
+        return None
+    try:
+        out, _ = proc.communicate("", timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None
+    stats = [line[len(_STATS) :] for line in out.splitlines() if line.startswith(_STATS)]
+    return json.loads(stats[-1]) if stats else None
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """A receiver process: serve until stdin closes, then print what it did."""
+    from actors.adapters.metrics import recorder
+
+    workdir = Path(args.workdir)
+    recorder.switch(args.metrics == "1")
+    if args.ray_address:
+        import ray
+
+        ray.init(address=args.ray_address, logging_level="WARNING", log_to_driver=False)
+    if args.kind == "bare_scp":
+        scp = BareScp(workdir, port=args.port)
+        print(_READY, flush=True)
+        cpu = _cpu_s()
+        sys.stdin.read()
+        scp.stop()
+        print(_STATS + json.dumps({"pid": os.getpid(), "cpu_s": round(_cpu_s() - cpu, 3)}), flush=True)
+        return
+    with standalone_listener(workdir, port=args.port, instances=args.processes) as listener:
+        print(_READY, flush=True)
+        cpu = _cpu_s()
+        sys.stdin.read()
+        stats = {"pid": os.getpid(), "received": listener.received, "failed": listener.failed}
+        stats["cpu_s"] = round(_cpu_s() - cpu, 3)
+        groups = getattr(listener.intake, "groups", None)  # absent before group commit (a baseline run)
+        if groups is not None:
+            stats |= {"group_commits": groups.commits, "group_items": groups.items}
+    print(_STATS + json.dumps(stats), flush=True)
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.harness.baselines KIND WORKDIR PORT``: one receiver process."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("kind", choices=["bare_scp", "pacsai_listener"])
+    parser.add_argument("workdir")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--metrics", choices=["0", "1"], default="1")
+    parser.add_argument("--ray-address", default="")
+    _serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.audit import AuditEvent
@@ -14,7 +14,7 @@ from state.db import Database, Tx, chunks, marks
 from state.ledger._rows import INSTANCE_COLUMNS, instance_columns, instance_of
 from state.ledger.audit import append_events
 
-__all__ = ["Intake", "apply_cover_study", "apply_set_aside", "reopen_study"]
+__all__ = ["Arrival", "Intake", "apply_cover_study", "apply_set_aside", "reopen_study"]
 
 _OURS = "SELECT 1 AS x FROM outbox WHERE sop_instance_uid = ?"
 _KNOWN = f"SELECT 1 AS x FROM instances WHERE sop_instance_uid = ? UNION ALL {_OURS}"
@@ -103,6 +103,74 @@ def apply_cover_study(tx: Tx, job_id: int, study_uid: str) -> None:
     )
 
 
+def _held(tx: Tx, uids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{uid: (sha256, origin)}`` of these that are held: recorded (origin ``''``), or one of
+    our own results (origin ``own_result``: a PACS routing rule forwards our SRs back)."""
+    found: dict[str, tuple[str, str]] = {}
+    for part in chunks(list(dict.fromkeys(uids))):
+        args = marks(len(part))
+        rows = tx.all(
+            f"SELECT sop_instance_uid, sha256, '' AS origin FROM instances WHERE sop_instance_uid IN ({args})"
+            " UNION ALL SELECT sop_instance_uid, '' AS sha256, 'own_result' AS origin FROM outbox"
+            f" WHERE sop_instance_uid IN ({args})",
+            [*part, *part],
+        )
+        for r in sorted(rows, key=lambda r: r["origin"]):  # a recorded instance wins over our own
+            found.setdefault(r["sop_instance_uid"], (str(r["sha256"]), str(r["origin"])))
+    return found
+
+
+def _priors(tx: Tx, series_uids: Sequence[str]) -> dict[str, str]:
+    """``{series_uid: for_study_uid}`` of these series that we asked the PACS for as priors."""
+    found: dict[str, str] = {}
+    for part in chunks(list(dict.fromkeys(series_uids))):
+        rows = tx.all(
+            f"SELECT series_uid, for_study_uid FROM prior_retrievals WHERE series_uid IN ({marks(len(part))})", part
+        )
+        found |= {r["series_uid"]: str(r["for_study_uid"]) for r in rows}
+    return found
+
+
+def _prior_reason(priors: dict[str, str], arrival: Arrival) -> str:
+    return f"retrieved as a prior for study {priors[arrival.meta.series_instance_uid]}; not reported"
+
+
+def _event(arrival: Arrival, old: tuple[str, str] | None, priors: dict[str, str], job_id: int | None) -> AuditEvent:
+    """``instance_received`` of a new instance, or ``instance_duplicate`` of a copy of ``old``."""
+    meta = arrival.meta
+    detail: dict[str, Any] = {"calling_ae": meta.calling_ae}
+    if old is not None:
+        sha, origin = old
+        detail |= {"origin": origin} if origin else {}
+        detail["same_bytes"] = sha == meta.sha256
+        return AuditEvent(
+            AuditEventType.INSTANCE_DUPLICATE,
+            arrival.actor,
+            meta.study_instance_uid,
+            meta.sop_instance_uid,
+            detail=detail,
+        )
+    detail |= {"sha256": meta.sha256, "transfer_syntax": meta.transfer_syntax_uid, "patient_key": meta.patient_key}
+    if meta.series_instance_uid in priors:
+        detail["origin"] = "prior_retrieval"
+    return AuditEvent(
+        AuditEventType.INSTANCE_RECEIVED, arrival.actor, meta.study_instance_uid, meta.sop_instance_uid, job_id, detail
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One durable instance to record (``Intake.record_many``)."""
+
+    meta: InstanceMeta
+    now: float
+    """When it was received (the audit event's time)."""
+    complete_at: float
+    """When its study's quiet period ends if nothing else arrives."""
+    actor: str
+    """Who received it, for the audit."""
+
+
 class Intake:
     """Instances as received, and the study jobs they open."""
 
@@ -117,6 +185,12 @@ class Intake:
         with self._db.read() as tx:
             return tx.one(_KNOWN, (sop_instance_uid, sop_instance_uid)) is not None
 
+    def held(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """Which of these SOP Instance UIDs are recorded, or are our own results: one read for
+        a whole group of arrivals (``has_instance`` of each)."""
+        with self._db.read() as tx:
+            return set(_held(tx, sop_instance_uids))
+
     def record(self, meta: InstanceMeta, now: float, complete_at: float, actor: str) -> RecordResult:
         """Record a durable instance and attach it to its study's receiving job.
 
@@ -127,46 +201,63 @@ class Intake:
         Returns:
             ``NEW``, or ``DUPLICATE`` for a SOP Instance UID already held (audited).
         """
-        return self._db.run(lambda tx: self._record(tx, meta, now, complete_at, actor))
+        return self.record_many([Arrival(meta, now, complete_at, actor)])[0]
 
-    def _record(self, tx: Tx, meta: InstanceMeta, now: float, complete_at: float, actor: str) -> RecordResult:
-        old = tx.one("SELECT sha256 FROM instances WHERE sop_instance_uid = ?", (meta.sop_instance_uid,))
-        detail: dict[str, Any] = {"calling_ae": meta.calling_ae}
-        if old is None and tx.one(_OURS, (meta.sop_instance_uid,)) is not None:
-            detail["origin"] = "own_result"  # our SR or map, forwarded back by the PACS
-            old = {"sha256": ""}
-        if old is not None:
-            detail["same_bytes"] = old["sha256"] == meta.sha256
-            append_events(
-                tx,
-                [
-                    AuditEvent(
-                        AuditEventType.INSTANCE_DUPLICATE,
-                        actor,
-                        meta.study_instance_uid,
-                        meta.sop_instance_uid,
-                        detail=detail,
-                    )
-                ],
-                now,
-            )
-            return RecordResult.DUPLICATE
-        prior = tx.one("SELECT for_study_uid FROM prior_retrievals WHERE series_uid = ?", (meta.series_instance_uid,))
-        job_id = None if prior else _receiving_job(tx, meta, now, complete_at, self._channel, self._cell)
-        tx.execute(_INSERT, _values(meta, job_id, self._cell))
-        detail |= {"sha256": meta.sha256, "transfer_syntax": meta.transfer_syntax_uid, "patient_key": meta.patient_key}
-        if prior:
-            why = f"retrieved as a prior for study {prior['for_study_uid']}; not reported"
-            tx.execute(
+    def record_many(
+        self, arrivals: Sequence[Arrival], before_commit: Callable[[], object] | None = None
+    ) -> list[RecordResult]:
+        """Record durable instances in one transaction (one commit for the listener's group).
+
+        Each is recorded as ``record`` would, in order: an instance already held, or a second
+        arrival of one SOP Instance UID in the same call, is a ``DUPLICATE`` (audited). The
+        instances of one study look their receiving job up once; its last arrival restarts
+        the study's quiet timer, as it would have done last. The audit events are appended
+        together, at the time of the latest arrival (each instance's own time is its row's
+        ``received_at``).
+
+        Args:
+            arrivals: The instances, in the order they arrived.
+            before_commit: Called inside the transaction after its last statement, before the
+                commit (the listener waits there for its directory fsyncs, which ran meanwhile);
+                if it raises, nothing is committed.
+
+        Returns:
+            One result per arrival, in order.
+        """
+        if not arrivals:
+            return []
+
+        def transaction(tx: Tx) -> list[RecordResult]:
+            results = self._record_many(tx, arrivals)
+            if before_commit is not None:
+                before_commit()
+            return results
+
+        return self._db.run(transaction)
+
+    def _record_many(self, tx: Tx, arrivals: Sequence[Arrival]) -> list[RecordResult]:
+        held = _held(tx, [a.meta.sop_instance_uid for a in arrivals])
+        priors = _priors(tx, [a.meta.series_instance_uid for a in arrivals])
+        fresh: list[Arrival] = []
+        olds: list[tuple[str, str] | None] = []  # per arrival: what a duplicate duplicates
+        for a in arrivals:
+            olds.append(held.get(a.meta.sop_instance_uid))
+            if olds[-1] is None:
+                held[a.meta.sop_instance_uid] = (a.meta.sha256, "")  # a later copy in this call repeats it
+                fresh.append(a)
+        last = {a.meta.study_instance_uid: a for a in fresh if a.meta.series_instance_uid not in priors}
+        jobs = {s: _receiving_job(tx, a.meta, a.now, a.complete_at, self._channel, self._cell) for s, a in last.items()}
+        job_ids = [None if a.meta.series_instance_uid in priors else jobs[a.meta.study_instance_uid] for a in fresh]
+        tx.executemany(_INSERT, [_values(a.meta, j, self._cell) for a, j in zip(fresh, job_ids, strict=True)])
+        if aside := [a for a in fresh if a.meta.series_instance_uid in priors]:
+            tx.executemany(
                 "UPDATE instances SET override = ?, reason = ? WHERE sop_instance_uid = ?",
-                (Override.SKIPPED.value, why, meta.sop_instance_uid),
+                [(Override.SKIPPED.value, _prior_reason(priors, a), a.meta.sop_instance_uid) for a in aside],
             )
-            detail["origin"] = "prior_retrieval"
-        event = AuditEvent(
-            AuditEventType.INSTANCE_RECEIVED, actor, meta.study_instance_uid, meta.sop_instance_uid, job_id, detail
-        )
-        append_events(tx, [event], now)
-        return RecordResult.NEW
+        job_of = {id(a): j for a, j in zip(fresh, job_ids, strict=True)}
+        events = [_event(a, old, priors, job_of.get(id(a))) for a, old in zip(arrivals, olds, strict=True)]
+        append_events(tx, events, max(a.now for a in arrivals))  # one append: the group's time
+        return [RecordResult.NEW if old is None else RecordResult.DUPLICATE for old in olds]
 
     def expect_prior_series(self, series_uid: str, study_uid: str, for_study_uid: str, job_id: int, now: float) -> None:
         """Record, before asking the PACS to send it, that a series comes as a prior."""

@@ -43,6 +43,7 @@ from core.validation import Validator
 from core.versions import DeliveryAction, VersionState, plan_delivery
 from state.blobs import BlobStore
 from state.ledger import Ledger, open_ledger
+from state.ledger.intake import Arrival
 from state.ledger.reviews import apply_flag
 from state.migrate import pending
 from synthetic.procedure_steps import ian_notice, mpps_n_create, mpps_n_set, mpps_uid
@@ -119,6 +120,37 @@ def test_resent_instance_is_a_duplicate_and_audited(ledger):
     events = ledger.audit.events("1.2.3")
     assert [e.type for e in events] == ["instance_received", "instance_duplicate"]
     assert events[1].detail["same_bytes"] is False
+
+
+def test_a_group_of_arrivals_commits_at_once_and_each_is_recorded_as_it_would_be_alone(ledger):
+    """``record_many`` (the listener's group commit): duplicates held before or earlier in the
+    same group, a prior series set aside, one job per study whose last arrival sets its timer."""
+    ledger.intake.record(meta("held"), 99.0, 101.0, "t")
+    ledger.intake.expect_prior_series("9.9.1", "9.9", "1.2.3", 1, 99.0)
+    arrivals = [
+        Arrival(meta("a", t=100.0), 100.0, 102.0, "t"),
+        Arrival(meta("b", study="4.5.6", t=100.1), 100.1, 102.1, "t"),
+        Arrival(meta("a", sha="bb", t=100.2), 100.2, 102.2, "t"),  # sent twice in one group
+        Arrival(meta("held", t=100.3), 100.3, 102.3, "t"),
+        Arrival(meta("c", t=100.4), 100.4, 105.0, "t"),
+        Arrival(meta("p", study="9.9", series="9.9.1", t=100.5), 100.5, 102.5, "t"),
+    ]
+    new, dup = RecordResult.NEW, RecordResult.DUPLICATE
+    assert ledger.intake.record_many(arrivals) == [new, new, dup, dup, new, new]
+    assert ledger.intake.record_many([]) == []
+    [job] = ledger.jobs.for_study("1.2.3")
+    assert job.not_before == 105.0 and len(ledger.jobs.for_study("4.5.6")) == 1
+    assert ledger.jobs.for_study("9.9") == [] and ledger.intake.states("9.9") == {"p": "skipped"}
+    events = [(e.type, e.sop_instance_uid, e.detail.get("same_bytes")) for e in ledger.audit.events("1.2.3")]
+    assert events == [
+        ("instance_received", "held", None),
+        ("instance_received", "a", None),
+        ("instance_duplicate", "a", False),
+        ("instance_duplicate", "held", True),
+        ("instance_received", "c", None),
+    ]
+    assert ledger.intake.held(["a", "held", "p", "nope"]) == {"a", "held", "p"}
+    assert ledger.audit.verify() is None
 
 
 def test_lease_respects_not_before_priority_and_expiry(ledger):

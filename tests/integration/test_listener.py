@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from actors.adapters.dimse import Listener
 from core.config import ListenerConfig, StorageConfig
 from demo.dcmtk import storescu
 from state.ledger import open_ledger
+from synthetic.synthetic_dicom import make_ct_series, save_study
 from tests.corruptions import unparseable_part10
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")
@@ -86,6 +88,26 @@ def test_resent_instance_is_acknowledged_once(listener):
     assert ledger.status.report(time.time()).jobs["receiving"] == 1
     types = [e.type for e in ledger.audit.events()]
     assert types.count("instance_received") == 1 and types.count("instance_duplicate") == 2
+
+
+def test_concurrent_associations_are_group_committed_and_each_instance_is_durable(listener, tmp_path):
+    """Four senders at once: every instance is answered success only once it is spooled and
+    recorded; the intake's group commits hold them all (``commits <= items``)."""
+    lst, ledger = listener()
+    datasets = make_ct_series(seed=5, n_slices=16, rows=32, cols=32)
+    files = save_study(datasets, tmp_path / "src")
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda k: storescu(files[k::4], "127.0.0.1", lst.port, "PACSAI"), range(4)))
+    assert [r.returncode for r in runs] == [0, 0, 0, 0], [r.stderr[-300:] for r in runs]
+    study = str(datasets[0].StudyInstanceUID)
+    uids = {str(d.SOPInstanceUID) for d in datasets}
+    assert set(ledger.intake.states(study)) == uids
+    assert {p.stem for p in (lst.intake.spool_dir / study).glob("*.dcm")} == uids
+    assert not list(lst.intake.spool_dir.rglob("*.part"))
+    assert [e.type for e in ledger.audit.events(study)].count("instance_received") == 16
+    groups = lst.intake.groups
+    assert groups.items == 16 and 1 <= groups.commits <= 16
+    assert ledger.status.report(time.time()).jobs["receiving"] == 1
 
 
 def test_disk_below_floor_answers_out_of_resources(listener):
