@@ -13,6 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from actors.deployer import MODELS, ModelDeployer
 from core.codec import to_jsonable
 from core.quarantine import QuarantineEntry
 from core.review import FlagState, ReviewFlag
@@ -112,8 +113,12 @@ def _stages_table(report: LedgerStatus, now: float) -> Table:
         health = s.status.value if age < 10 else f"STALE ({age:.0f} s)"
         style = "green" if health == "ok" else "red"
         dead = [loop.name for loop in h.loops if not loop.alive]
+        deploying = ModelDeployer.deploying(h) if h.actor == MODELS else []
+        failed = [f"{lp.name}: {lp.last_error}" for lp in h.loops if lp.last_error] if h.actor == MODELS else []
         notes = "; ".join(
             ([f"stopped: {', '.join(dead)}"] if dead else [])
+            + ([f"deploying: {', '.join(deploying)}"] if deploying else [])
+            + failed
             + ([f"last error: {h.last_error}"] if h.last_error else [])
         )
         t.add_row(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib
 import importlib.metadata
 import json
 import logging
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rich.console import Console
@@ -61,7 +63,7 @@ def _console() -> Console:
 
 def _config(args: argparse.Namespace) -> AppConfig:
     """Load ``--config``, and from then on log to files under its log dir."""
-    from actors.pipeline import load_config
+    from actors.config_file import load_config
 
     cfg = load_config(args.config)
     settings = LogSettings.from_config(cfg.logging, cfg.storage, verbose=getattr(args, "verbose", False))
@@ -82,7 +84,7 @@ def _operations(args: argparse.Namespace) -> Operations:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file; print every bad field."""
-    from actors.pipeline import load_config
+    from actors.config_file import load_config
 
     cfg = load_config(args.file)
     bridge = f"HL7 bridge {'on' if cfg.hl7 else 'off'}, EHR results {'on' if cfg.ehr else 'off'}"
@@ -91,29 +93,39 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Run the service in the foreground until SIGTERM / SIGINT."""
-    from actors.pipeline import Pipeline
+    """Run the service in the foreground until SIGTERM / SIGINT.
+
+    The listener and the stages come up first and C-STORE is accepted from then on; the model
+    applications deploy in the background (their readiness is printed, and ``pacsai status``
+    shows the row ``models``), and studies that arrive meanwhile wait for them in the ledger.
+    """
     from actors.supervisor import Supervisor
 
     cfg = _config(args)
     stop = threading.Event()
     t0 = time.monotonic()
-    with _console().status("pacsai up: starting the pipeline (Ray, actors, models) ...", spinner="dots"):
-        pipeline = Pipeline(cfg).start(deploy=not args.no_deploy)
+    with _console().status("pacsai up: starting Ray, the listener and the stages ...", spinner="dots"):
+        pipeline = _start_pipeline(cfg, deploy=not args.no_deploy)
     # After ray.init: Ray installs its own SIGTERM handler, which would kill us mid-shutdown.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(
         f"pacsai up: listener {cfg.listener.ae_title} on {cfg.listener.host}:"
-        f"{pipeline.listener_port()}, var {pipeline.layout.root} (up in {time.monotonic() - t0:.0f} s)",
+        f"{pipeline.listener_port()}, var {pipeline.layout.root} (up in {time.monotonic() - t0:.1f} s)",
         flush=True,
     )
     if cfg.hl7 is not None:
         print(f"pacsai up: HL7 MLLP on {cfg.hl7.listener.host}:{pipeline.hl7_port()}", flush=True)
+    models = pipeline.models
+    if models is not None:
+        print(f"pacsai up: models deploying: {', '.join(models.names)} (studies wait for them)", flush=True)
     supervision = Supervisor(pipeline, _ledger(cfg)).start()
     try:
         while not stop.is_set():
             stop.wait(1.0)
+            if models is not None and models.done:
+                _models_done(models, time.monotonic() - t0)
+                models = None
     finally:
         supervision.stop()
         print("pacsai up: stopping (work in flight stays in the ledger)", flush=True)
@@ -122,6 +134,36 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         ray.shutdown()
     return 0
+
+
+def _start_pipeline(cfg: AppConfig, *, deploy: bool) -> Any:
+    """Start Ray while the pipeline's modules import and its run opens (each takes seconds,
+    and the listener needs both), then the pipeline, without waiting for the models."""
+    from actors.ray_session import ensure_ray
+
+    def prepare() -> Any:
+        pipeline = importlib.import_module("actors.pipeline").Pipeline(cfg)
+        pipeline.open_run()  # migrations and the crashed run's leases: no Ray needed
+        return pipeline
+
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare-pipeline") as pool:
+        preparing = pool.submit(prepare)
+        ensure_ray(cfg)  # in the main thread: Ray installs signal handlers
+        pipeline = preparing.result()
+    return pipeline.start(deploy=deploy, wait_models=False)
+
+
+def _models_done(models: Any, elapsed_s: float) -> None:
+    """Say once that the model applications run, or why they do not (the listener goes on)."""
+    if models.error:
+        print(
+            f"pacsai up: model applications NOT all deployed: {models.error}; studies wait in the ledger "
+            "(`pacsai status`, `pacsai models deploy FAMILY`)",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        print(f"pacsai up: models ready in {elapsed_s:.1f} s ({len(models.names)} applications)", flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -364,7 +406,9 @@ def _plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             logger.warning("plugin %s (%s) not loaded: %s: %s", ep.name, ep.value, type(exc).__name__, exc)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """Every sub-command; without ``plugins``, only the built-in ones (the plugins' imports
+    cost most of a second, which ``pacsai up`` would spend before starting Ray)."""
     p = argparse.ArgumentParser(prog="pacsai", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log INFO to the console (files always get it)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -400,7 +444,8 @@ def _parser() -> argparse.ArgumentParser:
     _quarantine_parser(add("quarantine", cmd_quarantine, "quarantined instances: list, show, release, discard"))
     _review_parser(add("review", cmd_review, "review flags: list, show, resolve (who, why, audited)"))
     _tokens_parser(add("tokens", cmd_tokens, "API tokens: create, list, revoke"))
-    _plugins(sub)
+    if plugins:
+        _plugins(sub)
     _finish(p)
     return p
 
@@ -477,10 +522,20 @@ def _quarantine_parser(q: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true")
 
 
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    """The sub-command names of ``parser``."""
+    return {name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pacsai``; returns the exit status."""
     install(LogSettings(directory=None))  # the console only, until a command loads its config
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser(plugins=False)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in _commands(parser):  # a plugin's command, or help that lists them all
+        parser = _parser()
+    args = parser.parse_args(argv)
     if getattr(args, "verbose", False):
         install(LogSettings(console_level="INFO", directory=None))
     try:

@@ -1,7 +1,10 @@
-"""Composition root: load the config once, start Ray, deploy models, create the actors.
+"""Composition root: load the config once, start Ray, create the actors, deploy models.
 
 ``Pipeline`` is what ``pacsai up`` runs and what the integration tests start. It is the only
-module that knows every actor and the Serve application builder.
+module that knows every actor and the Serve application builder. Each start is a run of its
+own (``core.leases``): the leases an earlier, crashed run left are taken back at once. The
+listeners and the stages start before the model applications, which deploy in the background
+(``actors.deployer``), so C-STORE is accepted within seconds of ``pacsai up``.
 """
 
 from __future__ import annotations
@@ -9,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
 from ray import serve
 from ray.exceptions import ActorUnavailableError
 
@@ -24,23 +27,25 @@ from actors.adapters.metrics import ENV as METRICS_ENV
 from actors.adapters.tracing import tracing_env
 from actors.assembler import AssemblerActor
 from actors.auditor import AuditorActor
+from actors.config_file import hash_key, load_config
 from actors.delivery import DeliveryActor
+from actors.deployer import ModelDeployer, deployed_models, remove_models
 from actors.ehr_delivery import EhrDeliveryActor
 from actors.hl7_listener import Hl7ListenerActor
 from actors.inference import InferenceActor
 from actors.listener import ListenerActor
 from actors.prior_linker import PriorLinkerActor
+from actors.ray_session import connect_ray, ensure_ray, ray_security_env, worker_env
 from actors.router import RouterActor
 from actors.sr_writer import SRWriterActor
 from actors.stage import StageRuntime
 from actors.validator import ValidatorActor
-from core.bundles import expand_models
-from core.config import AppConfig, StageConfig, StorageConfig, app_name, parse_config
-from core.errors import ConfigError, DependencyUnavailable
+from core.config import AppConfig, StageConfig, StorageConfig
 from core.health import ActorHealth
-from core.identifiers import DEFAULT_KEY
+from core.leases import stale_owners
 from core.placement import actor_name, cell_resource, cell_resources
 from core.rollout import version_app
+from core.types import JobState
 from state.layout import VarLayout
 from state.ledger import open_database, open_ledger
 
@@ -60,102 +65,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def load_config(path: str | Path) -> AppConfig:
-    """Read and validate a YAML config file.
-
-    Raises:
-        ConfigError: The file cannot be read, is not YAML, or has invalid fields (all listed).
-    """
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(str(p), [f"<file>: cannot read ({exc.strerror})"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(p), [f"<file>: not valid YAML ({exc})"]) from None
-    if isinstance(raw, dict):  # bundle and spec entries: what their files declare (issue 17)
-        raw = expand_models(raw, lambda f: Path(f).read_text(encoding="utf-8"), lambda f: Path(f).is_file(), str(p))
-    return parse_config(raw, str(p))
-
-
-def hash_key(cfg: AppConfig) -> bytes:
-    """Return the key for hashed identifiers (from the configured env var, else the default).
-
-    Raises:
-        ConfigError: ``hash_key_env`` names a variable that is not set.
-    """
-    if cfg.hash_key_env is None:
-        return DEFAULT_KEY
-    value = os.environ.get(cfg.hash_key_env)
-    if not value:
-        raise ConfigError("environment", [f"{cfg.hash_key_env}: not set; expected the identifier hash key"])
-    return value.encode()
-
-
-def ray_security_env(cfg: AppConfig) -> dict[str, str]:
-    """The environment that turns on Ray's token authentication and TLS for this process, from
-    ``ray.auth_token_file`` and ``ray.tls`` (Ray reads them from the environment only).
-
-    >>> from core.config import parse_config
-    >>> ray_security_env(parse_config({"ray": {"auth_token_file": "/etc/pacsai/ray.token"}}))
-    {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN_PATH': '/etc/pacsai/ray.token'}
-    """
-    env: dict[str, str] = {}
-    if cfg.ray.auth_token_file:
-        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": cfg.ray.auth_token_file}
-    if cfg.ray.tls is not None:
-        env |= {
-            "RAY_USE_TLS": "1",
-            "RAY_TLS_SERVER_CERT": cfg.ray.tls.certificate,
-            "RAY_TLS_SERVER_KEY": cfg.ray.tls.private_key,
-            "RAY_TLS_CA_CERT": cfg.ray.tls.ca_certificates,
-        }
-    return env
-
-
-def _secure(cfg: AppConfig) -> None:
-    """Apply ``ray_security_env`` to this process before it talks to Ray.
-
-    Ray reads its settings into a cached config when it is imported, so they are refreshed here,
-    as Ray's own ``_enable_token_auth`` does, and the token cache is reset.
-    """
-    env = ray_security_env(cfg)
-    if not env:
-        return
-    os.environ.update(env)
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-def ensure_ray(cfg: AppConfig) -> None:
-    """Connect to (or start) Ray as configured, unless this process already did."""
-    if ray.is_initialized():
-        return
-    _secure(cfg)
-    local = cfg.ray.address is None
-    ray.init(
-        address=cfg.ray.address,
-        num_cpus=cfg.ray.num_cpus if local else None,
-        namespace=cfg.ray.namespace,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        # Ray's Prometheus endpoint (one per node) and how often workers report to it: only a
-        # Ray this process starts takes them; a cluster's come from its `ray start`.
-        **(
-            {
-                "_metrics_export_port": cfg.metrics.export_port,
-                "_system_config": {"metrics_report_interval_ms": cfg.metrics.report_interval_ms},
-            }
-            if local
-            else {}
-        ),
-    )
 
 
 def build_model_apps(cfg: AppConfig, families: list[str] | None = None) -> dict[str, Any]:
@@ -213,54 +122,6 @@ def start_serve(cfg: AppConfig) -> None:
     serve.start(proxy_location="EveryNode" if cfg.cluster is not None else "HeadOnly", http_options=http_options(cfg))
 
 
-def _family_apps(family: str, names: Iterable[str]) -> list[str]:
-    """The applications among ``names`` of one family: its own and every other version's."""
-    own, versions = app_name(family), app_name(family, "")
-    return sorted(n for n in names if n == own or n.startswith(versions))
-
-
-def remove_models(families: list[str]) -> list[str]:
-    """Delete every Serve application of ``families`` (every version deployed, configured or
-    not); every other family keeps serving.
-
-    Jobs routed to a removed family wait in the ledger (``linked``, reason
-    ``model:<family> unavailable``) without spending retries, as in any AI outage, until the
-    family is deployed again.
-
-    Returns:
-        The deleted application names.
-    """
-    deployed = deployed_models()
-    names = [n for family in families for n in _family_apps(family, deployed)]
-    for name in names:
-        serve.delete(name)
-        logger.info("removed Serve application %s", name)
-    return names
-
-
-def deployed_models() -> dict[str, str]:
-    """Return ``{application name: status}`` of the Serve applications of model families (every
-    version: ``model-<family>`` and ``model-<family>--<version>``)."""
-    applications = serve.status().applications
-    return {name: str(app.status) for name, app in applications.items() if name.startswith(app_name(""))}
-
-
-def connect_ray(cfg: AppConfig) -> None:
-    """Join the running Ray of an installation (config address, else RAY_ADDRESS, else auto).
-
-    Raises:
-        DependencyUnavailable: No Ray is running there (``pacsai up`` starts one).
-    """
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
-    _secure(cfg)
-    try:
-        ray.init(address=address, namespace=cfg.ray.namespace, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError) as exc:
-        raise DependencyUnavailable("ray", f"no running Ray at {address!r} ({exc}); start `pacsai up` first") from exc
-
-
 @dataclass
 class Pipeline:
     """The running pipeline: actor handles and how to stop them."""
@@ -268,6 +129,10 @@ class Pipeline:
     cfg: AppConfig
     layout: VarLayout = field(init=False)
     actors: dict[str, Any] = field(default_factory=dict)
+    run_id: str = field(init=False, default="")
+    """This run (``core.leases``): in every lease its stage actors hold; set by ``start``."""
+    models: ModelDeployer | None = field(init=False, default=None)
+    """The background deployment of the model applications (``None``: this start deploys none)."""
 
     def __post_init__(self) -> None:
         self.layout = VarLayout.at(self.cfg.storage.var_dir)
@@ -293,6 +158,7 @@ class Pipeline:
             retry=self.cfg.retry,
             log_level=self.cfg.logging.level,
             notify_wait_s=self.cfg.stages.notify_wait_s,
+            run_id=self.run_id,
         )
 
     def _options(self, name: str, num_cpus: float, cell: str = "", index: int = 0) -> dict[str, Any]:
@@ -305,7 +171,7 @@ class Pipeline:
         }
         if cell:
             options["resources"] = cell_resources(cell)
-        env = self._secret_env() | self.observability_env()
+        env = worker_env(self._secret_env() | self.observability_env())
         if env:
             options["runtime_env"] = {"env_vars": env}
         return options
@@ -337,38 +203,142 @@ class Pipeline:
         ]
         return {n: os.environ[n] for n in names if n and n in os.environ}
 
-    def start(self, *, deploy: bool = True) -> Pipeline:
-        """Start everything; return when every actor answered its first health check.
+    def start(self, *, deploy: bool = True, wait_models: bool = True) -> Pipeline:
+        """Start everything; return when every actor answered its first health check (and,
+        with ``wait_models``, every model application runs).
 
-        On a cluster each ingress cell gets its listeners and stage actors, placed on its node
-        by the cell's Ray resource; the wait covers the cells whose nodes are up (a cell whose
-        node joins later starts then: Ray places its actors when the resource appears).
+        The order keeps a cold start short: Ray, the ledger (migrations, then this run takes
+        back the leases a crashed run left), the listeners (they accept C-STORE as soon as
+        they answer), the other actors, and last the model applications, deployed in the
+        background (``actors.deployer``): studies that arrive first wait for their model in
+        the ledger without spending retries. On a cluster each ingress cell gets its listeners
+        and stage actors, placed on its node by the cell's Ray resource; the wait covers the
+        cells whose nodes are up (a cell whose node joins later starts then: Ray places its
+        actors when the resource appears).
 
         Args:
             deploy: Deploy the model applications too (tests may share one deployment).
+            wait_models: Return only once they run; otherwise ``wait_models`` waits later.
+
+        Raises:
+            ModelWeightsError: A weights file is missing or wrong (no actor but the listeners
+                started; they are stopped again).
+            Exception: With ``wait_models``, what deploying the model applications raised.
         """
         key = hash_key(self.cfg)
-        apps = build_model_apps(self.cfg) if deploy and self.cfg.models else {}
-        ensure_ray(self.cfg)
-        self._migrate()
-        if apps:
-            deploy_models(self.cfg, apps=apps)
-        self.actors = {
-            "auditor": AuditorActor.options(**self._options("auditor", 0)).remote(
-                self.cfg.storage,
-                30.0,
-                self.cfg.logging.level,
-                self.cfg.metrics.ledger_period_s if self.cfg.metrics.enabled else None,
-            )
-        }
+        with ThreadPoolExecutor(1, thread_name_prefix="build-models") as pool:
+            # Building the applications imports torch and Serve and checks every weights file:
+            # seconds, spent while Ray and the listeners start. A bad file stops the start before
+            # any other actor (a study the listener took meanwhile waits durably in the ledger).
+            building: Future[dict[str, Any]] | None = None
+            if deploy and self.cfg.models:
+                building = pool.submit(build_model_apps, self.cfg, self._deploy_order())
+            if not self.run_id:
+                self.open_run()
+            ensure_ray(self.cfg)
+            self.actors = {}
+            for cell in self.cells():
+                self.actors.update(self._cell_listeners(cell, key))
+            self._await_health(list(self.actors))  # C-STORE is accepted from here on
+            apps = self._built(building)
+        self.actors["auditor"] = AuditorActor.options(**self._options("auditor", 0)).remote(
+            self.cfg.storage,
+            30.0,
+            self.cfg.logging.level,
+            self.cfg.metrics.ledger_period_s if self.cfg.metrics.enabled else None,
+        )
         for cell in self.cells():
             self.actors.update(self._cell_actors(cell, key))
         if self.cfg.api is not None:
-            self._deploy_api(key)
-        live = [k for k in self.actors if _cell_of(k) in self._live_cells()]
+            self._deploy_api(key)  # starts Serve (with its proxy) before the deployer would
+        if apps:
+            self.models = self._deployer(apps).start()
+        self._await_health(list(self.actors))
+        if wait_models:
+            self.wait_models()
+        return self
+
+    def _built(self, building: Future[dict[str, Any]] | None) -> dict[str, Any]:
+        """The applications built meanwhile; on a build error the listeners stop first.
+
+        Raises:
+            ModelWeightsError: A weights file is missing or wrong.
+            ConfigError: A bundle or exported network does not fit its entry.
+        """
+        try:
+            return building.result() if building is not None else {}
+        except Exception:
+            self.stop()
+            raise
+
+    def _await_health(self, keys: list[str]) -> None:
+        """Wait for the first health answer of these actors (of the cells whose node is up)."""
+        live = [k for k in keys if _cell_of(k) in self._live_cells()]
         timeout = self.cfg.cluster.start_timeout_s if self.cfg.cluster is not None else 120.0
         ray.get([self.actors[k].health.remote() for k in live], timeout=timeout)
-        return self
+
+    def open_run(self) -> None:
+        """Open this run (``start`` does, unless it was done): apply pending migrations of every
+        store once, before any actor opens one, and take back every lease another run holds.
+        Two pipelines never share a ledger but as the cells of one run, so another run's leases
+        are a crashed run's, and without this its jobs would wait for the leases to expire
+        (``stages.lease_s``). Needs no Ray."""
+        self.run_id = uuid.uuid4().hex[:12]
+        ledger = open_ledger(self.cfg.storage, self.layout)
+        try:
+            now = time.time()
+            owners = stale_owners(ledger.jobs.lease_owners(now), self.run_id)
+            taken = ledger.jobs.take_back(owners, f"run:{self.run_id}", now)
+        finally:
+            ledger.close()
+        if taken:
+            logger.warning(
+                "run %s: took back %d lease(s) of an earlier run (%s)", self.run_id, taken, ", ".join(owners)
+            )
+        if self.cfg.hl7 is not None:
+            open_database(self.cfg.storage.ledger, self.layout, "context").close()
+        if self.cfg.ehr is not None:
+            open_database(self.cfg.storage.ledger, self.layout, "ehr").close()
+
+    def _deploy_order(self) -> list[str]:
+        """The model families, those the routing rules name first (in their order), then the
+        rest: on a small machine the first ones run well before the last."""
+        named = [r.family for r in self.cfg.routing.rules if r.family in self.cfg.models]
+        return list(dict.fromkeys([*named, *sorted(self.cfg.models)]))
+
+    def _deployer(self, apps: dict[str, Any]) -> ModelDeployer:
+        """The background deployment of the model applications; each one that comes up makes
+        the jobs waiting for a model due at once, not at their next back-off."""
+        return ModelDeployer(
+            apps,
+            lambda name, app: serve.run(app, name=name, route_prefix=None),
+            prepare=lambda: start_serve(self.cfg),
+            on_ready=lambda _name: self._wake_waiting(JobState.LINKED),
+        )
+
+    def _wake_waiting(self, state: JobState) -> None:
+        ledger = open_ledger(self.cfg.storage, self.layout)
+        try:
+            ledger.jobs.wake_waiting(state, time.time())
+        finally:
+            ledger.close()
+
+    def wait_models(self, timeout_s: float = 600.0) -> None:
+        """Return once every model application this pipeline deploys runs (at once when it
+        deploys none).
+
+        Raises:
+            TimeoutError: They did not all run within ``timeout_s``.
+            Exception: What deploying them raised.
+        """
+        if self.models is not None:
+            self.models.wait(timeout_s)
+
+    def models_health(self) -> ActorHealth | None:
+        """The model applications this pipeline deploys, as a health row (``None``: none)."""
+        if self.models is None:
+            return None
+        return self.models.health(deployed_models(), os.getpid())
 
     def _deploy_api(self, key: bytes) -> None:
         """Deploy the HTTPS API (REST and DICOMweb) as the Serve ingress at ``/``. Its STOW-RS
@@ -400,19 +370,14 @@ class Pipeline:
         present = {r for node in ray.nodes() if node.get("Alive") for r in node.get("Resources", {})}
         return {""} | {c for c in self.cells() if cell_resource(c) in present}
 
-    def _cell_actors(self, cell: str, key: bytes) -> dict[str, Any]:
-        """One cell's listeners and stage actors (``stage_actors`` of each CPU stage)."""
-        st = self.cfg.stages
-        storage = self.storage_of(cell)
-        layout = VarLayout.at(storage.var_dir)
-        spools = CellSpools(self.cfg.site_name, self.cfg.ray.namespace, layout.spool) if cell else None
-        per_stage = self.cfg.cluster.stage_actors if self.cfg.cluster is not None else 1
-        out: dict[str, Any] = {
+    def _cell_listeners(self, cell: str, key: bytes) -> dict[str, Any]:
+        """One cell's DICOM listeners (``listener.instances`` sharing the port)."""
+        return {
             _key(cell, "listener", index): ListenerActor.options(
                 **self._options("listener", 0, cell, index), max_concurrency=4
             ).remote(
                 self.cfg.listener,
-                storage,
+                self.storage_of(cell),
                 self.cfg.assembly.quiet_period_s,
                 key,
                 self.cfg.logging.level,
@@ -420,6 +385,15 @@ class Pipeline:
             )
             for index in range(self.cfg.listener.instances)
         }
+
+    def _cell_actors(self, cell: str, key: bytes) -> dict[str, Any]:
+        """One cell's stage actors (``stage_actors`` of each CPU stage) and bridge actors."""
+        st = self.cfg.stages
+        storage = self.storage_of(cell)
+        layout = VarLayout.at(storage.var_dir)
+        spools = CellSpools(self.cfg.site_name, self.cfg.ray.namespace, layout.spool) if cell else None
+        per_stage = self.cfg.cluster.stage_actors if self.cfg.cluster is not None else 1
+        out: dict[str, Any] = {}
         stages: dict[str, tuple[Any, float, Any]] = {
             "assembler": (
                 AssemblerActor,
@@ -483,14 +457,6 @@ class Pipeline:
         out.update(self._bridge_actors(cell, storage, key))
         return out
 
-    def _migrate(self) -> None:
-        """Apply pending schema migrations of every store once, before any actor opens one."""
-        open_ledger(self.cfg.storage, self.layout).close()
-        if self.cfg.hl7 is not None:
-            open_database(self.cfg.storage.ledger, self.layout, "context").close()
-        if self.cfg.ehr is not None:
-            open_database(self.cfg.storage.ledger, self.layout, "ehr").close()
-
     def _bridge_actors(self, cell: str, storage: StorageConfig, key: bytes) -> dict[str, Any]:
         """The HL7 listener and the EHR delivery, each only when its config section is set."""
         out: dict[str, Any] = {}
@@ -548,6 +514,8 @@ class Pipeline:
     def stop(self, *, timeout_s: float = 30.0) -> None:
         """Stop taking work, give back leases, and end the actors. In-flight work stays in
         the ledger and resumes on the next start."""
+        if self.models is not None:
+            self.models.cancel()
         refs = []
         for name, actor in self.actors.items():
             try:

@@ -31,6 +31,7 @@ from core.config import RetryConfig, StageConfig, StorageConfig
 from core.errors import DependencyUnavailable, LeaseLost, ModelError, TransientIOError
 from core.health import ActorHealth
 from core.job import Job
+from core.leases import LeaseOwner, earlier_incarnations
 from core.ledger import RetryPolicy
 from core.ports import Clock
 from core.types import JobState
@@ -54,6 +55,8 @@ class StageRuntime:
     retry: RetryConfig
     log_level: str = "INFO"
     notify_wait_s: float = 1.0
+    run_id: str = ""
+    """The pipeline run (``core.leases``); ``''`` outside a pipeline: a run of this runner alone."""
 
 
 def stage_label(name: str) -> str:
@@ -95,7 +98,13 @@ class StageRunner:
         self._work = work
         self._clock = clock or SystemClock()
         self._policy = RetryPolicy.from_config(runtime.retry)
-        self._owner = f"{name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # run|actor|incarnation: a new run, or this actor restarted by Ray (a new process, so a
+        # new incarnation), takes these leases back at once instead of waiting for them to
+        # expire (core.leases).
+        incarnation = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self.owner = LeaseOwner(runtime.run_id or f"solo-{uuid.uuid4().hex[:8]}", name, incarnation)
+        self._owner = str(self.owner)
+        self._taken_back = not runtime.run_id
         self._pool = ThreadPoolExecutor(max_workers=runtime.stage.concurrency, thread_name_prefix=f"{name}-work")
         self._in_flight: dict[int, Job] = {}  # leased: running, or waiting in the backlog
         self._backlog: deque[Job] = deque()
@@ -153,6 +162,8 @@ class StageRunner:
         leases are renewed with the running ones, and a higher-priority job that arrives
         waits behind at most ``concurrency`` leased ones.
         """
+        if not self._taken_back:  # first round: before leasing anything, free what we held before
+            self._take_back_earlier()
         concurrency = self._rt.stage.concurrency
         with self._lock:
             held = len(self._in_flight)
@@ -172,6 +183,16 @@ class StageRunner:
         for job in start:
             self._pool.submit(self._run, job)
         return len(leased) + len(start)
+
+    def _take_back_earlier(self) -> None:
+        """Release the leases this actor's earlier incarnations held in this run (its process
+        before Ray restarted it): they are dead, and the jobs need not wait for the leases to
+        expire. A ledger error fails the round, which the loop retries."""
+        owners = earlier_incarnations(self._ledger.jobs.lease_owners(self._clock.now()), self.owner)
+        taken = self._ledger.jobs.take_back(owners, self.actor, self._clock.now())
+        if taken:
+            logger.warning("stage %s: took back %d lease(s) of its previous process", self.name, taken)
+        self._taken_back = True
 
     def renew(self) -> None:
         """Extend the leases of the jobs in flight (the heartbeat calls this)."""

@@ -3,8 +3,10 @@
 Ray restarts dead actors (``max_restarts=-1``); jobs whose worker died are taken again when
 their lease expires. The supervisor makes both visible: each actor records its own health every
 second, and an actor that does not answer here is recorded as ``down`` (shown by ``pacsai
-status``) and logged once per change. A round that fails (the ledger is unreachable) is logged
-and tried again by the loop: it never ends ``pacsai up``.
+status``) and logged once per change. The model applications that ``pacsai up`` deploys in the
+background are recorded here too, as the row ``models`` (each application running, deploying
+or failed). A round that fails (the ledger is unreachable) is logged and tried again by the
+loop: it never ends ``pacsai up``.
 """
 
 from __future__ import annotations
@@ -41,8 +43,14 @@ class Supervisor:
         self._last: dict[str, HealthStatus] = {}
 
     def check(self) -> dict[str, ActorHealth]:
-        """Ask every actor; log changes; record the ones that did not answer."""
+        """Ask every actor; log changes; record the ones that did not answer, and the model
+        applications."""
         health = self._pipeline.health()
+        models_health = getattr(self._pipeline, "models_health", None)  # a pipeline deploying no models may lack it
+        models = models_health() if models_health is not None else None
+        if models is not None:
+            self._ledger.controls.record_health(models, self._clock.now())
+            health = {**health, models.actor: models}
         for name, h in health.items():
             status = h.status
             if self._last.get(name) != status:

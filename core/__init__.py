@@ -26,6 +26,7 @@ __all__ = [
     "instance_checks",
     "interval",
     "job",
+    "leases",
     "ledger",
     "metrics",
     "mpps",

@@ -141,6 +141,9 @@ class AuditEventType(enum.StrEnum):
     """A job exhausted its retries."""
     JOB_REPLAYED = "job_replayed"
     """An operator replayed a dead job."""
+    LEASE_TAKEN_BACK = "lease_taken_back"
+    """A lease held by a dead holder (an earlier run, or a stage actor's process before Ray
+    restarted it) was taken back at start, before it expired (``core.leases``)."""
     REVIEW_FLAG_RESOLVED = "review_flag_resolved"
     """A reviewer resolved a review flag: who, how and why."""
     AI_SWITCH_CHANGED = "ai_switch_changed"

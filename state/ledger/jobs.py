@@ -82,6 +82,13 @@ def _summary(row: Row) -> JobSummary:
     )
 
 
+def _taken_back(row: Row, actor: str, now: float) -> AuditEvent:
+    detail = {"owner": row["lease_owner"], "state": row["state"], "expires_in_s": round(row["leased_until"] - now, 3)}
+    return AuditEvent(
+        AuditEventType.LEASE_TAKEN_BACK, actor, row["study_uid"], job_id=int(row["job_id"]), detail=detail
+    )
+
+
 class Jobs:
     """The job table: the durable queue every stage leases from."""
 
@@ -157,6 +164,66 @@ class Jobs:
                 (job.job_id, job.lease_owner),
             )
         )
+
+    def lease_owners(self, now: float) -> dict[str, int]:
+        """Who holds leases at ``now``: owner -> jobs it holds (expired leases left out)."""
+        working = [s.value for s in JobState if not s.is_terminal]  # a finished job holds no lease
+        with self._db.read() as tx:
+            rows = tx.all(
+                f"SELECT lease_owner, COUNT(*) AS n FROM jobs WHERE state IN ({marks(len(working))})"
+                " AND lease_owner <> '' AND leased_until > ? GROUP BY lease_owner",
+                (*working, now),
+            )
+        return {r["lease_owner"]: int(r["n"]) for r in rows}
+
+    def take_back(self, owners: Sequence[str], actor: str, now: float) -> int:
+        """Release every lease these (dead) owners hold, with one audit event per job, before
+        the leases expire (``core.leases`` decides who is dead).
+
+        Args:
+            owners: The owners whose leases go.
+            actor: Who takes them back, for the audit trail.
+            now: Current time.
+
+        Returns:
+            How many leases were taken back.
+        """
+        if not owners:
+            return 0
+
+        def take(tx: Tx) -> int:
+            rows = tx.all(
+                "SELECT job_id, study_uid, state, lease_owner, leased_until FROM jobs"
+                f" WHERE lease_owner IN ({marks(len(owners))}) AND leased_until > ?{tx.for_update}",
+                (*owners, now),
+            )
+            for r in rows:
+                tx.execute(
+                    "UPDATE jobs SET lease_owner = '', leased_until = 0 WHERE job_id = ? AND lease_owner = ?",
+                    (r["job_id"], r["lease_owner"]),
+                )
+            for state in sorted({r["state"] for r in rows}):
+                tx.notify(self._channel(JobState(state)), "")
+            append_events(tx, [_taken_back(r, actor, now) for r in rows], now)
+            return len(rows)
+
+        return self._db.run(take)
+
+    def wake_waiting(self, state: JobState, now: float) -> int:
+        """Make the jobs in ``state`` that wait out a peer's outage due now (the peer is back,
+        e.g. the model applications finished deploying); return how many."""
+
+        def wake(tx: Tx) -> int:
+            woken = tx.execute(
+                "UPDATE jobs SET not_before = ? WHERE state = ? AND waits > 0 AND not_before > ?"
+                f" AND lease_owner = ''{self._in_cell}",
+                (now, state.value, now, *self._cell_args),
+            )
+            if woken:
+                tx.notify(self._channel(state), "")
+            return woken
+
+        return self._db.run(wake)
 
     def wait_for_work(self, state: JobState, max_wait_s: float, now: float) -> None:
         """Idle until work in ``state`` may be due: a notification, the next ``not_before``

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from ray import serve
 
 from actors.pipeline import deploy_models, wait_until
 from core.config import app_name
+from core.leases import LeaseOwner
 from core.results import DeliveryState
 from core.sr import differing_attributes
 from demo.dcmtk import dciodvfy, storescu
@@ -43,6 +47,29 @@ def study(tmp_path: Path, seed: int, findings=frozenset(), n=1, modality="DX", *
 
 def sr_instances(orthanc, study_uid):
     return orthanc.instances_of_study(study_uid, modality="SR")
+
+
+@contextmanager
+def pacs_frozen(orthanc):
+    """SIGSTOP the PACS: the kernel still accepts connections, nobody answers, so a delivery
+    hangs, holding its job's lease, for the PACS timeout (5 s in the test config) each time."""
+    pid = orthanc._proc.pid  # demo.orthanc keeps the process; no other handle on it
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_leased(ledger, study_uid, state, timeout_s=60.0):
+    """The study's job once a stage holds it leased in ``state``."""
+
+    def leased():
+        jobs = ledger.jobs.for_study(study_uid)
+        return jobs and jobs[-1].state.value == state and jobs[-1].lease_owner and jobs[-1]
+
+    assert wait_until(leased, timeout_s, 0.05), ledger.jobs.for_study(study_uid)
+    return leased()
 
 
 def test_study_comes_back_as_a_valid_sr_in_the_pacs(tmp_path, orthanc, make_pipeline, backend):
@@ -201,24 +228,40 @@ def test_invalid_instance_is_quarantined_never_processed(tmp_path, orthanc, make
     assert sr_instances(orthanc, uid) == []
 
 
-def test_a_stopped_pipeline_resumes_its_work_on_the_next_start(tmp_path, orthanc, make_pipeline, model_app):
-    pipeline, cfg = make_pipeline(orthanc)
-    serve.delete(app_name("chest_xray"))
-    try:
-        datasets, files = study(tmp_path, 71)
-        uid = str(datasets[0].StudyInstanceUID)
-        send(files, pipeline, cfg)
-        ledger = ledger_of(pipeline)
-        assert wait_for_states(ledger, [uid], {"linked"}, timeout_s=30)
-        pipeline.stop()
-    finally:
-        deploy_models(model_app, ["chest_xray"])  # only what the test removed
+def test_a_crashed_pipeline_resumes_on_the_next_start_which_takes_its_leases_back(
+    tmp_path, orthanc, make_pipeline, model_app
+):
+    """Every actor killed (SIGKILL, no stop) while one study is being delivered (its lease
+    held, for 600 s) and another waits for its model: the next start is a new run, takes the
+    dead run's lease back at once, and both studies are reported once."""
+    import ray
+
+    pipeline, cfg = make_pipeline(orthanc, stages={"lease_s": 600})
+    ledger = ledger_of(pipeline)
+    (held, held_files), (waiting, waiting_files) = study(tmp_path, 72), study(tmp_path, 71)
+    uids = [str(held[0].StudyInstanceUID), str(waiting[0].StudyInstanceUID)]
+    with pacs_frozen(orthanc):
+        send(held_files, pipeline, cfg)
+        job = wait_leased(ledger, uids[0], "written")
+        serve.delete(app_name("chest_xray"))
+        try:
+            send(waiting_files, pipeline, cfg)
+            assert wait_for_states(ledger, uids[1:], {"linked"}, timeout_s=30)
+            for actor in pipeline.actors.values():
+                ray.kill(actor, no_restart=True)  # the crash: nothing gives a lease back
+        finally:
+            deploy_models(model_app, ["chest_xray"])  # only what the test removed
+    assert ledger.jobs.get(job.job_id).lease_owner == job.lease_owner  # still held by the dead run
     restarted = type(pipeline)(cfg).start(deploy=False)
     try:
-        assert wait_for_states(ledger, [uid], {"delivered"}, timeout_s=90)
+        assert wait_for_states(ledger, uids, {"delivered"}, timeout_s=90)
     finally:
         restarted.stop()
-    assert len(sr_instances(orthanc, uid)) == 1
+    for uid in uids:
+        assert len(sr_instances(orthanc, uid)) == 1
+    [taken] = [e for e in ledger.audit.events(uids[0]) if e.type == "lease_taken_back"]
+    assert taken.actor == f"run:{restarted.run_id}" and taken.detail["owner"] == job.lease_owner
+    assert LeaseOwner.parse(job.lease_owner).run == pipeline.run_id != restarted.run_id
 
 
 def test_model_error_spends_the_retry_budget_then_the_job_is_dead_and_replayable(tmp_path, orthanc, make_pipeline):
@@ -247,12 +290,20 @@ def test_model_error_spends_the_retry_budget_then_the_job_is_dead_and_replayable
 
 
 def test_killed_actors_are_restarted_and_work_resumes(tmp_path, orthanc, make_pipeline):
+    """Ray restarts crashed actors; the delivery stage, killed while its C-STORE hangs (its
+    lease held for 600 s), takes that lease back as soon as it is restarted."""
     import ray
 
-    pipeline, cfg = make_pipeline(orthanc)
+    pipeline, cfg = make_pipeline(orthanc, stages={"lease_s": 600})
     port = pipeline.listener_port()
-    for name in ("listener", "validator", "sr_writer"):
-        ray.kill(pipeline.actors[name], no_restart=False)  # a crash: Ray restarts it
+    ledger = ledger_of(pipeline)
+    held, held_files = study(tmp_path, 92)
+    held_uid = str(held[0].StudyInstanceUID)
+    with pacs_frozen(orthanc):
+        send(held_files, pipeline, cfg)
+        job = wait_leased(ledger, held_uid, "written")
+        for name in ("listener", "validator", "sr_writer", "delivery"):
+            ray.kill(pipeline.actors[name], no_restart=False)  # a crash: Ray restarts it
 
     def listener_back() -> bool:
         try:
@@ -263,6 +314,9 @@ def test_killed_actors_are_restarted_and_work_resumes(tmp_path, orthanc, make_pi
     assert wait_until(listener_back, 120, 0.5)  # a restart is slow on a loaded 2-core box
     datasets, files = study(tmp_path, 91)
     send(files, pipeline, cfg)
-    ledger = ledger_of(pipeline)
-    assert wait_for_states(ledger, [str(datasets[0].StudyInstanceUID)], {"delivered"}, timeout_s=180)
+    uids = [held_uid, str(datasets[0].StudyInstanceUID)]
+    assert wait_for_states(ledger, uids, {"delivered"}, timeout_s=180)
     assert wait_until(lambda: all(h.alive for h in pipeline.health().values()), 60, 1.0)
+    [taken] = [e for e in ledger.audit.events(held_uid) if e.type == "lease_taken_back"]
+    assert taken.actor == "stage:delivery" and taken.detail["owner"] == job.lease_owner
+    assert len(sr_instances(orthanc, held_uid)) == 1
