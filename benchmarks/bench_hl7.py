@@ -9,14 +9,17 @@ as interface engines do). Per message we measure send -> ACK received.
   no parsing beyond python-hl7's, no storage: the floor.
 - ``python_hl7_echo_fsync``: the same, but each message is appended to a file and fsynced
   before its ACK (one fsync per message, no group commit): the durability floor of this disk.
-- ``pacsai``: our listener: parse, check, map to FHIR R4 (validated), store the raw message
-  and the resources in the SQLite context store (WAL, synchronous=FULL: fsync before every
-  ACK), submitted without blocking the event loop, so messages that arrive together share one
-  commit (``SqliteDatabase``'s group commit), ACK; plus the audit pump writing to a real
-  ledger and the background WAL checkpoint.
+- ``pacsai``: our listener as configured by default: the event loop frames and acknowledges;
+  ``hl7.parse_workers`` processes parse, check, map to FHIR R4 (validated) and store the raw
+  message and the resources in the SQLite context store (WAL, synchronous=FULL: fsync before
+  every ACK), the frames that reach a worker together in one commit (at most
+  ``hl7.batch_max``); plus the audit pump writing to a real ledger and the background WAL
+  checkpoint.
 - ``pacsai_no_validation``: the same without the fhir.resources check of each resource.
 - ``pacsai_no_group_commit``: the same with ``hl7.batch_max: 1``: every message is committed
   alone (one fsync each).
+- ``pacsai_inline``: the same with ``hl7.parse_workers: 0``: the event loop parses and maps,
+  and the store's writer thread commits (``SqliteDatabase``'s group commit), as before issue 14.
 
 Prints one JSON line per (variant, connections) and a summary with the ratios.
 
@@ -48,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pacsai": {},  # the defaults: group commit, FHIR validation on
     "pacsai_no_validation": {"validate_resources": False},
     "pacsai_no_group_commit": {"batch_max": 1},
+    "pacsai_inline": {"parse_workers": 0},
 }
 """Variant -> Hl7Config overrides of our listener (the echo server is python-hl7's)."""
 
@@ -127,13 +131,8 @@ def _pacsai_server(port_q: Any, stop: Any, root: str, overrides: dict[str, Any],
     listener.start()
     port_q.put((listener.port, {}))
     stop.wait()
-    stats_q.put(
-        {
-            "commits": getattr(context, "commits", 0),
-            "items": getattr(context, "items", 0),
-            "counts": dict(listener.counts),
-        }
-    )
+    commits, items = listener.commit_stats()  # the listener's and its parse workers'
+    stats_q.put({"commits": commits, "items": items, "counts": dict(listener.counts)})
     listener.stop()
 
 

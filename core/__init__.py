@@ -54,6 +54,7 @@ __all__ = [
     "types",
     "uids",
     "v2fhir",
+    "v2intake",
     "v2orders",
     "v2types",
     "validation",

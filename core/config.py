@@ -918,6 +918,13 @@ class Hl7Config(_Model):
         description="SQLite: most messages committed (one fsync) in one group commit; 1 "
         "commits every message alone (PostgreSQL groups concurrent commits in the server)",
     )
+    parse_workers: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description="Processes that parse, check, map (FHIR validation included) and, on "
+        "SQLite, store messages, off the MLLP event loop's GIL; 0 does it all in the listener",
+    )
     validate_resources: bool = Field(
         default=True,
         description="Validate every mapped FHIR resource against the R4 structures before "

@@ -63,6 +63,8 @@ _ENCOUNTER_STATUS = {"P": "planned", "U": "unknown"}
 _NO_AUTHORITY = HD()
 _GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
 """IG concept map AdministrativeSex: PID-8 -> Patient.gender."""
+VALIDATED_MAX = 4096
+"""Resources a mapper remembers as valid (a few MB), oldest forgotten first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class V2FhirMapper:
         """
         self._key = key
         self._validate = validate_resources
+        self._valid: dict[str, None] = {}
+        """``repr`` of resources that validated (insertion order: oldest first; bounded)."""
         self._ids = IdentifierMapper(identifier_systems or {}, default_authorities)
         self._order_mapper = OrderMapper(self._hash, self._ids, accession_fields)
 
@@ -118,11 +122,26 @@ class V2FhirMapper:
         else:
             update = self._orders(message)
         for resource in update.resources if self._validate else ():
-            try:
-                validate(resource)
-            except ValueError as exc:
-                raise MessageInvalid(f"mapped {exc}", h.control_id, "207") from None
+            self._check(resource, h.control_id)
         return update
+
+    def _check(self, resource: dict[str, Any], control_id: str) -> None:
+        """Validate a mapped resource, unless the very same one validated before.
+
+        Sites send the same Location, and the same Patient in every A08 and order, again and
+        again; fhir.resources takes 0.1-0.4 ms a resource. ``repr`` is the key: equal only
+        for equal content of equal JSON types, so a resource that passed would pass again.
+        """
+        key = repr(resource)
+        if key in self._valid:
+            return
+        try:
+            validate(resource)
+        except ValueError as exc:
+            raise MessageInvalid(f"mapped {exc}", control_id, "207") from None
+        if len(self._valid) >= VALIDATED_MAX:
+            del self._valid[next(iter(self._valid))]
+        self._valid[key] = None
 
     # ------------------------------------------------------------ helpers
     def _hash(self, value: str) -> str:

@@ -3,11 +3,13 @@
 A store of its own, apart from the ledger: it is the PHI vault. ``storage.ledger`` picks its
 backend as for every store (``open_context``): ``var/context.sqlite``, or the schema
 ``<prefix>_context`` on PostgreSQL, so every node of a cluster sees the same context. The HL7
-listener is its only writer: the raw message, its idempotency row and the resources it changes
+listener is its only writer (with its parse workers, each on a connection of its own:
+``open_context_file``): the raw message, its idempotency row and the resources it changes
 commit in one transaction (``Database.run``), and the ACK goes out after that commit. Messages
-that arrive together share a commit (SQLite group-commits the threads of one process; the
-PostgreSQL server groups concurrent commits). Other processes (the router, EHR delivery) read
-it for the join; every such read is audited in the ledger by the caller.
+that arrive together share a commit (a worker's ``store_batch``; SQLite group-commits the
+threads of one process; the PostgreSQL server groups concurrent commits). Other processes (the
+router, EHR delivery) read it for the join; every such read is audited in the ledger by the
+caller.
 
 Patients are found again by their identities (ID, assigning authority, type:
 ``patient_identities``); ``patient_keys`` holds the bare IDs only for the join of a study whose
@@ -32,6 +34,7 @@ import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.acks import AckError, Disposition, conflict_error
 from core.config import StorageConfig
@@ -49,8 +52,21 @@ from state._context_read import ContextMatch, ContextReader, Resource, load, sur
 from state.db import Database, Tx, marks
 from state.layout import VarLayout
 from state.ledger import open_database
+from state.sqlite import SqliteDatabase
 
-__all__ = ["ContextMatch", "ContextReader", "ContextWriter", "InboxEntry", "open_context"]
+__all__ = [
+    "ContextMatch",
+    "ContextReader",
+    "ContextWriter",
+    "InboxEntry",
+    "Rejection",
+    "context_file",
+    "open_context",
+    "open_context_file",
+]
+
+Outcome = tuple[Disposition, AckError | None]
+"""What became of one message in the store, and the ERR its ACK carries."""
 
 
 def open_context(storage: StorageConfig, *, writer: bool = False, group_max: int = 0) -> Database:
@@ -68,6 +84,33 @@ def open_context(storage: StorageConfig, *, writer: bool = False, group_max: int
     """
     layout = VarLayout.at(storage.var_dir)
     return open_database(storage.ledger, layout, "context", wal_autocheckpoint=not writer, group_max=group_max)
+
+
+def context_file(db: Database) -> Path | None:
+    """The SQLite file behind a context store handle, for a process that opens a connection
+    of its own to it (the HL7 listener's parse workers); ``None`` on PostgreSQL."""
+    path = getattr(db, "path", None)
+    return Path(path) if db.dialect == "sqlite" and path is not None else None
+
+
+def open_context_file(path: Path) -> Database:
+    """Open a context store file that ``open_context`` created and migrated already (a parse
+    worker's own connection); like the listener's, its commits never checkpoint the WAL.
+
+    Writers of the file in several processes queue on its advisory lock (``state.sqlite``).
+    """
+    return SqliteDatabase(path, autocheckpoint=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """The head of a message answered AR, kept for inspection and the audit trail."""
+
+    raw: bytes
+    peer: str
+    header: MessageHeader | None
+    error: AckError
+    received_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,23 +232,57 @@ class ContextWriter:
 
     def reject(self, raw: bytes, peer: str, header: MessageHeader | None, error: AckError, now: float) -> Future[int]:
         """Keep the head of a message answered AR, for inspection and the audit trail."""
-        return self._db.submit(
-            lambda tx: tx.execute(
-                "INSERT INTO hl7_rejected (received_at, peer, control_id, message_type, size,"
-                " sha256, head, error_code, error_location, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    now,
-                    peer,
-                    header.control_id if header else "",
-                    header.message_type if header else "",
-                    len(raw),
-                    hashlib.sha256(raw).hexdigest(),
-                    raw[:4096],
-                    error.code,
-                    error.location,
-                    error.text[:2000],
-                ),
-            )
+        return self._db.submit(lambda tx: self._reject(tx, Rejection(raw, peer, header, error, now)))
+
+    def store_batch(self, items: Sequence[InboxEntry | Rejection]) -> list[Outcome | Exception]:
+        """Store several messages in one transaction: one commit (one fsync) for all of them.
+
+        Each message runs in a savepoint of its own, as in ``SqliteDatabase``'s group commit:
+        one that fails rolls back only itself and comes back as its exception. Blocks until
+        the commit is durable (a parse worker's way in; it has no event loop to keep free).
+
+        Raises:
+            TransientIOError: The store cannot be reached (PostgreSQL).
+            sqlite3.Error: The commit failed: nothing of the batch is stored.
+        """
+
+        def work(tx: Tx) -> list[Outcome | Exception]:
+            out: list[Outcome | Exception] = []
+            for item in items:
+                tx.execute("SAVEPOINT message")
+                try:
+                    if isinstance(item, InboxEntry):
+                        out.append(self._receive(tx, item))
+                    else:
+                        self._reject(tx, item)
+                        out.append((Disposition.REJECTED, item.error))
+                    tx.execute("RELEASE SAVEPOINT message")
+                except Exception as exc:  # noqa: BLE001 - only this message is undone
+                    tx.execute("ROLLBACK TO SAVEPOINT message")
+                    tx.execute("RELEASE SAVEPOINT message")
+                    out.append(exc)
+            return out
+
+        return self._db.run(work)
+
+    @staticmethod
+    def _reject(tx: Tx, item: Rejection) -> int:
+        h, error = item.header, item.error
+        return tx.execute(
+            "INSERT INTO hl7_rejected (received_at, peer, control_id, message_type, size,"
+            " sha256, head, error_code, error_location, error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                item.received_at,
+                item.peer,
+                h.control_id if h else "",
+                h.message_type if h else "",
+                len(item.raw),
+                hashlib.sha256(item.raw).hexdigest(),
+                item.raw[:4096],
+                error.code,
+                error.location,
+                error.text[:2000],
+            ),
         )
 
     def mark_audited(

@@ -14,6 +14,7 @@ __all__ = [
     "dimse",
     "fhir_http",
     "hl7_inbox",
+    "hl7_workers",
     "logs",
     "metrics",
     "mllp",

@@ -1,16 +1,19 @@
 """The HL7 v2 listener: MLLP in, durable inbox, FHIR context, ACK out.
 
-For every frame: parse and check it (``core.hl7``), map it to FHIR (``core.v2fhir``), store the
-raw message and apply the change in one transaction (``ContextWriter``), and only then answer
+For every frame: parse and check it, map it to FHIR (``core.v2intake``), store the raw message
+and apply the change in one transaction (``ContextWriter``), and only then answer
 (``core.acks``). The handler never raises: every failure becomes an ACK code.
 
-The event loop submits each message's transaction to the store without blocking
-(``Database.submit``) and answers when its future settles: messages that arrive together share
-one commit, so one fsync (SQLite's group commit, at most ``hl7.batch_max`` messages; on
-PostgreSQL they run side by side and the server groups their commits). Two background loops
-(``actors.polling.Loop``) keep other work off the ACK path: the audit pump, which turns stored
-messages into ledger audit events, and the WAL checkpoint of the SQLite context store (its
-commits never checkpoint themselves).
+Where that runs (issue 14): with ``hl7.parse_workers`` > 0, in worker processes
+(``actors.adapters.hl7_workers``): on SQLite a worker decides and stores the frames that reach
+it together in one commit (one fsync, at most ``hl7.batch_max`` messages) and answers each
+after it; on PostgreSQL it decides, and the event loop submits the transaction to the store
+(``Database.submit``; the pool's transactions run side by side and the server groups their
+commits). With no workers the event loop decides and submits, and on SQLite the store's writer
+thread group-commits. Either way the event loop only waits: it frames, dispatches, and
+acknowledges. Two background loops (``actors.polling.Loop``) keep other work off the ACK path:
+the audit pump, which turns stored messages into ledger audit events, and the WAL checkpoint of
+the SQLite context store (its commits never checkpoint themselves).
 
 - ``AA`` / ``CA``: stored (and applied, or already applied before: not applied twice); an AA
   may carry an ERR of severity W naming an optional field that was ignored.
@@ -32,9 +35,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from actors.adapters.hl7_workers import ParsePool, Stored, WorkerFailed
 from actors.adapters.metrics import recorder
 from actors.adapters.mllp import Frame, MllpServer
 from actors.adapters.tls import server_context
@@ -42,15 +47,13 @@ from actors.polling import Loop
 from core.acks import AckError, Disposition, ack_codes, build_ack
 from core.audit import AuditEvent
 from core.config import Hl7Config
-from core.context import ContextUpdate
-from core.errors import MessageInvalid, MessageRejected, TransientIOError
+from core.errors import TransientIOError
 from core.health import LoopHealth
-from core.hl7 import Hl7Message, MessageHeader, parse_message, peek_header
-from core.hl7_checks import check_field_sizes, check_supported
+from core.hl7 import MessageHeader, peek_header
 from core.identifiers import DEFAULT_KEY
 from core.types import AuditEventType
-from core.v2fhir import V2FhirMapper
-from state.context_store import ContextReader, ContextWriter, InboxEntry
+from core.v2intake import Intake, IntakeRules, intake_of
+from state.context_store import ContextReader, ContextWriter, InboxEntry, context_file
 from state.db import Database
 from state.ledger import Ledger
 
@@ -63,6 +66,48 @@ AUDIT_CHUNK = 64
 """Audit events per ledger transaction: small, so the pump never holds the GIL for long."""
 CHECKPOINT_S = 1.0
 """Period of the context store's WAL checkpoint (SQLite)."""
+
+
+T = TypeVar("T")
+
+
+class _Settler:
+    """Hands the store's results to the event loop: one wake-up per group commit.
+
+    ``asyncio.wrap_future`` wakes the loop once per future (a ``call_soon_threadsafe``, a
+    write to its self-pipe, from the store's writer thread); a group commit settles its
+    messages one after another, so here the first one wakes the loop and the rest join it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[Any], Future[Any]]] = []
+
+    def wrap(self, done: Future[T]) -> asyncio.Future[T]:
+        """An asyncio future of the loop that settles like ``done``."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        done.add_done_callback(lambda f: self._settled(future, f))
+        return future
+
+    def _settled(self, future: asyncio.Future[Any], done: Future[Any]) -> None:  # any thread
+        with self._lock:
+            self._ready.append((future, done))
+            first = len(self._ready) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future, done in ready:
+            if future.cancelled():
+                continue
+            exc = done.exception()
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(done.result())
 
 
 def _message_type(header: MessageHeader | None) -> str:
@@ -106,17 +151,27 @@ class Hl7Listener:
         self._cfg = cfg
         self._ledger = ledger
         self._clock = clock
-        self._mapper = V2FhirMapper(
+        lst = cfg.listener
+        self._rules = IntakeRules(
             hash_key,
+            cfg.versions,
+            cfg.processing_ids,
+            lst.max_message_bytes,
+            lst.max_field_chars,
             cfg.identifier_systems,
             cfg.accession_fields,
             cfg.validate_resources,
             cfg.default_assigning_authorities,
         )
+        self._mapper = self._rules.mapper()
+        self._pool = (
+            ParsePool(self._rules, cfg.parse_workers, context_file(context), cfg.batch_max)
+            if cfg.parse_workers
+            else None
+        )
         self._store = context
         self._writer = ContextWriter(context)
         self._reader = ContextReader(context)
-        lst = cfg.listener
         self._server = MllpServer(
             lst.host,
             lst.port,
@@ -125,13 +180,17 @@ class Hl7Listener:
             idle_timeout_s=lst.idle_timeout_s,
             max_connections=lst.max_connections,
             ssl_context=server_context(lst.tls) if lst.tls else None,
+            on_start=self._pool.start if self._pool else None,
+            on_stop=self._pool.stop if self._pool else None,
         )
         self._ack_prefix = f"{os.getpid() % 100000:05d}{int(clock()) % 1000:03d}"
         self._ack_seq = 0
+        self._settler: _Settler | None = None
         self._audit_lock = threading.Lock()  # one audit pass at a time: no event twice
         self._pump = Loop("hl7-audit", self._audit_round, AUDIT_PERIOD_S) if ledger is not None else None
         self._checkpointer = Loop("context-checkpoint", context.checkpoint, CHECKPOINT_S)
         self.counts: dict[str, int] = {d.value: 0 for d in Disposition}
+        self._worker_commits = [0, 0]  # commits, messages committed: by the parse workers
         self.last_received_at = 0.0
         self._actor = f"hl7:{cfg.application}"
 
@@ -205,60 +264,87 @@ class Hl7Listener:
     ) -> tuple[MessageHeader | None, Disposition, AckError | None]:
         header: MessageHeader | None = None
         try:
-            if received.oversized:
-                raise MessageRejected(
-                    f"message: {received.size} bytes; expected at most "
-                    f"{self._cfg.listener.max_message_bytes} (hl7.listener.max_message_bytes)",
-                    "",
-                    "102",
-                    "",
-                )
-            message = parse_message(received.payload)
-            header = message.header
-            check_supported(header, self._cfg.versions, self._cfg.processing_ids)
-            update, error = self._map(message)
-            entry = InboxEntry(header, received.payload, peer, now, update, error, message.digest)
-            disposition, error = await asyncio.wrap_future(self._writer.receive(entry))
+            answer = await self._decide(received, peer, now)
+            if isinstance(answer, Stored):  # a worker decided and stored it
+                return self._stored(answer, peer)
+            header = answer.header
+            if answer.rejected:
+                assert answer.error is not None
+                return header, *(await self._rejected(received, peer, header, answer.error, now))
+            assert header is not None
+            entry = InboxEntry(header, received.payload, peer, now, answer.update, answer.error, answer.digest)
+            disposition, error = await self._settle(self._writer.receive(entry))
             self._log(header, disposition, error)
             return header, disposition, error
-        except MessageRejected as exc:
-            header = header or peek_header(received.payload)
-            return header, *(await self._rejected(received, peer, header, exc, now))
         except (TransientIOError, OSError) as exc:
             logger.error("HL7 message %s not stored: %s", header.control_id if header else "?", exc)
             return header, Disposition.FAILED, AckError("207", "the message could not be stored; resend it later")
+        except WorkerFailed as exc:  # the sender still gets an ACK naming its message
+            header = peek_header(received.payload)
+            logger.error("HL7 message %s not processed: %s", header.control_id if header else "?", exc)
+            return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
         except Exception:  # the one broad catch at the protocol boundary: log, answer AE
             logger.exception("HL7 handler failed for %s", header.control_id if header else "?")
             return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
 
-    def _map(self, message: Hl7Message) -> tuple[ContextUpdate | None, AckError | None]:
-        if message.problem is not None:  # bytes that did not decode: store, answer AE
-            return None, AckError.of(message.problem)
-        try:
-            check_field_sizes(message, self._cfg.listener.max_field_chars)
-            return self._mapper.map(message), None
-        except MessageInvalid as exc:
-            return None, AckError(exc.error_code, exc.reason, exc.location)
+    async def _decide(self, received: Frame, peer: str, now: float) -> Intake | Stored:
+        """Parse, check and map the frame (and store it, on SQLite) in a parse worker; here
+        when there is none (``hl7.parse_workers: 0``, or while a dead one is replaced)."""
+        if self._pool is not None and self._pool.alive:
+            return await self._pool.process(received.payload, received.size, received.oversized, now, peer)
+        return intake_of(received.payload, received.size, received.oversized, self._rules, self._mapper)
+
+    def _stored(self, answer: Stored, peer: str) -> tuple[MessageHeader | None, Disposition, AckError | None]:
+        """Log what a worker did with a frame, as if it had been done here."""
+        header, disposition, error = answer.header, answer.disposition, answer.error
+        control_id = header.control_id if header else "?"
+        if answer.commit:
+            self._worker_commits[0] += 1
+            self._worker_commits[1] += answer.commit
+        if disposition is Disposition.REJECTED:
+            assert error is not None
+            logger.warning(
+                "HL7 message %s from %s rejected (AR %s at %s)", control_id, peer, error.code, error.location or "-"
+            )
+            if answer.problem:
+                logger.error("%s", answer.problem)
+        elif disposition is Disposition.FAILED:
+            logger.error("HL7 message %s %s", control_id, answer.problem)
+        else:
+            assert header is not None
+            self._log(header, disposition, error)
+        return header, disposition, error
+
+    def commit_stats(self) -> tuple[int, int]:
+        """Commits of the context store and the transactions they held, this listener's and
+        its workers' (for benchmarks: the size of the group commits)."""
+        commits, items = self._worker_commits
+        return commits + int(getattr(self._store, "commits", 0)), items + int(getattr(self._store, "items", 0))
+
+    def _settle(self, done: Future[T]) -> asyncio.Future[T]:
+        """``done`` (the store's future) as a future of the MLLP event loop."""
+        if self._settler is None:
+            self._settler = _Settler(asyncio.get_running_loop())
+        return self._settler.wrap(done)
 
     async def _rejected(
         self,
         received: Frame,
         peer: str,
         header: MessageHeader | None,
-        exc: MessageRejected,
+        error: AckError,
         now: float,
     ) -> tuple[Disposition, AckError]:
-        error = AckError(exc.error_code, exc.reason, exc.location)
         logger.warning(
             "HL7 message %s from %s rejected (AR %s at %s)",
             header.control_id if header else "?",
             peer,
-            exc.error_code,
-            exc.location or "-",
+            error.code,
+            error.location or "-",
         )
         try:
             kept = self._writer.reject(received.payload, peer, header, error, now)
-            await asyncio.wrap_future(kept)
+            await self._settle(kept)
         except Exception as store_exc:  # noqa: BLE001 - answering AR does not depend on keeping it
             logger.error("rejected message not kept: %s", type(store_exc).__name__)
         return Disposition.REJECTED, error

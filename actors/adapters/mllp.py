@@ -129,6 +129,38 @@ class MllpFramer:
 Handler = Callable[[Frame, str], Awaitable[list[bytes]]]
 
 
+class _Watchdog:
+    """Closes a connection that sent nothing for ``timeout_s`` while none of its frames was
+    being answered.
+
+    One timer per connection that re-arms itself when it finds the connection was active,
+    instead of a timeout around every read (``asyncio.wait_for`` makes a task per read).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float, writer: asyncio.StreamWriter) -> None:
+        self._loop, self._timeout, self._writer = loop, timeout_s, writer
+        self._last = loop.time()
+        self.busy = False
+        self.expired = False
+        self._timer = loop.call_later(timeout_s, self._check)
+
+    def touch(self) -> None:
+        """Activity now."""
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        left = self._last + self._timeout - self._loop.time()
+        if self.busy or left > 0:
+            self._timer = self._loop.call_later(self._timeout if self.busy else left, self._check)
+            return
+        self.expired = True
+        self._writer.close()  # the session's read sees the end of the stream
+
+    def cancel(self) -> None:
+        """The session ended."""
+        self._timer.cancel()
+
+
 class MllpServer:
     """An asyncio MLLP server on its own thread; ``handler(frame, peer)`` returns the replies."""
 
@@ -142,10 +174,18 @@ class MllpServer:
         idle_timeout_s: float = 600.0,
         max_connections: int = 64,
         ssl_context: ssl.SSLContext | None = None,
+        on_start: Callable[[], Awaitable[None]] | None = None,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Prepare the server; ``start()`` binds the port."""
+        """Prepare the server; ``start()`` binds the port.
+
+        ``on_start`` runs on the server's event loop before it accepts connections,
+        ``on_stop`` after the last connection closed (the handler's own resources: the HL7
+        listener's parse workers).
+        """
         self._host, self._port = host, port
         self._handler = handler
+        self._on_start, self._on_stop = on_start, on_stop
         self._max = max_message_bytes
         self._idle = idle_timeout_s
         self._max_conn = max_connections
@@ -177,6 +217,8 @@ class MllpServer:
 
     def start(self) -> None:
         """Bind and serve on a daemon thread."""
+        if self._on_start is not None:
+            self._loop.run_until_complete(self._on_start())
         self._server = self._loop.run_until_complete(
             asyncio.start_server(self._serve, self._host, self._port, ssl=self._ssl, limit=1 << 16)
         )
@@ -196,6 +238,8 @@ class MllpServer:
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=timeout_s / 2)
             await self._server.wait_closed()
+            if self._on_stop is not None:
+                await self._on_stop()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -228,19 +272,29 @@ class MllpServer:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         framer = MllpFramer(self._max)
-        while True:
-            data = await asyncio.wait_for(reader.read(1 << 16), self._idle)
-            if not data:
-                return
-            for received in framer.feed(data):
-                self.frames += 1
-                replies = await self._handler(received, peer)
-                for reply in replies:
-                    writer.write(frame(reply))
-                await writer.drain()
-            if framer.dropped > self._max:
-                logger.warning("MLLP peer %s sent %d bytes outside frames; closing", peer, framer.dropped)
-                return
+        watchdog = _Watchdog(asyncio.get_running_loop(), self._idle, writer)
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    if watchdog.expired:
+                        raise TimeoutError(f"nothing received for {self._idle} s")
+                    return
+                watchdog.touch()
+                watchdog.busy = True
+                for received in framer.feed(data):
+                    self.frames += 1
+                    replies = await self._handler(received, peer)
+                    for reply in replies:
+                        writer.write(frame(reply))
+                    await writer.drain()
+                watchdog.busy = False
+                watchdog.touch()
+                if framer.dropped > self._max:
+                    logger.warning("MLLP peer %s sent %d bytes outside frames; closing", peer, framer.dropped)
+                    return
+        finally:
+            watchdog.cancel()
 
 
 class MllpClient:

@@ -22,7 +22,7 @@ from core.identifiers import hash_identifier
 from core.order_status import OrderProgress
 from core.ports import OrderStatusSource
 from core.v2fhir import V2FhirMapper
-from state.context_store import ContextReader, ContextWriter, InboxEntry, open_context
+from state.context_store import ContextReader, ContextWriter, InboxEntry, Rejection, open_context
 from state.db import Database
 from state.migrate import pending
 from state.sqlite import SqliteDatabase
@@ -132,6 +132,31 @@ def test_a_resend_is_a_duplicate_and_changes_nothing(store):
     assert [r["_version"] for r in resources(reader, "ServiceRequest")] == [1]
     [row] = reader.inbox()
     assert (row["status"], row["resends"]) == ("applied", 1)
+
+
+def test_a_batch_is_one_commit_and_each_message_sees_the_ones_before_it(store):
+    """A parse worker's batch (``store_batch``): one transaction, each message in a savepoint
+    of its own, so a re-send and a conflict inside the batch are told apart as across
+    batches, and a message that fails alone leaves the others stored."""
+    writer, reader, _ = store
+    broken = replace(entry(adt("A01", "B9")), header=None)  # fails inside its savepoint
+    rejected = Rejection(b"garbage", "127.0.0.1:5000", None, AckError("100", "not HL7"), 100.0)
+    out = writer.store_batch(
+        [
+            entry(orm("B1", priority="S")),
+            entry(orm("B1", priority="S")),
+            broken,
+            entry(orm("B1", priority="R")),
+            rejected,
+        ]
+    )
+    assert out[:2] == [(Disposition.APPLIED, None), (Disposition.DUPLICATE, None)]
+    assert isinstance(out[2], AttributeError)
+    assert out[3][0] is Disposition.CONFLICT and out[4] == (Disposition.REJECTED, rejected.error)
+    [row] = reader.inbox()
+    assert (row["control_id"], row["status"], row["resends"]) == ("B1", "applied", 1)
+    assert [c["control_id"] for c in reader.conflicts()] == ["B1"]
+    assert reader.count("hl7_rejected") == 1 and reader.count("orders") == 1
 
 
 def test_other_content_under_a_used_control_id_is_a_conflict(store):

@@ -41,12 +41,15 @@ KEY = b"integration-key"
 MAX_BYTES = 64 * 1024
 
 
-def make_listener(storage: StorageConfig, tls: TlsConfig | None = None) -> tuple[Hl7Listener, Ledger]:
+def make_listener(
+    storage: StorageConfig, tls: TlsConfig | None = None, workers: int | None = None
+) -> tuple[Hl7Listener, Ledger]:
     cfg = Hl7Config(
         listener=MllpListenerConfig(
             port=0, max_message_bytes=MAX_BYTES, max_field_chars=4096, idle_timeout_s=30, tls=tls
         ),
         identifier_systems={"HOSP": "http://hosp.example/mrn"},
+        **({} if workers is None else {"parse_workers": workers}),
     )
     ledger = open_ledger(storage)
     listener = Hl7Listener(cfg, open_context(storage, writer=True), ledger, KEY)
@@ -234,6 +237,68 @@ def test_a_peer_that_does_not_speak_mllp_is_closed_cleanly(bridge):
         assert msa(client.send(adt().encode())[0]) == ("AA", "ADT0001")
     finally:
         client.close()
+
+
+def test_a_parse_worker_that_dies_loses_nothing_and_is_replaced(tmp_path):
+    """Issue 14: the workers decide and store (SQLite). A worker killed with a frame in
+    flight: that frame is answered AE 207 (the sender resends it), another worker starts, and
+    what was acknowledged stays stored, applied once."""
+    import os
+    import signal
+
+    listener, ledger = make_listener(StorageConfig(var_dir=str(tmp_path)), workers=1)
+    reader = ContextReader(open_context(StorageConfig(var_dir=str(tmp_path))))
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        pool = listener._pool
+        assert pool is not None and pool.stores and pool.alive == 1
+        assert msa(client.send(orm("W1").encode())[0]) == ("AA", "W1")
+        [channel] = pool._channels
+        os.kill(channel.process.pid, signal.SIGSTOP)  # busy: the next frame waits in it
+        client.send_raw(START + orm("W2", accession="ACC-W2").encode() + END)
+        os.kill(channel.process.pid, signal.SIGKILL)
+        [reply] = client.receive()
+        assert msa(reply) == ("AE", "W2") and err(reply)[1] == "207"
+        assert wait_until(lambda: pool.restarts == 1 and pool.alive == 1, 10)
+        for message in (orm("W2", accession="ACC-W2"), orm("W1")):  # the resend, and a resend of an acknowledged one
+            control_id = message.split("|")[9]
+            assert msa(client.send(message.encode())[0]) == ("AA", control_id)
+        rows = {r["control_id"]: (r["status"], r["resends"]) for r in reader.inbox()}
+        assert rows == {"W1": ("applied", 1), "W2": ("applied", 0)}
+        assert [r["_version"] for r in resources(reader, "ServiceRequest")] == [1, 1]
+    finally:
+        client.close()
+        listener.stop()
+        reader.close()
+        ledger.close()
+
+
+def test_a_silent_connection_is_closed_after_the_idle_timeout():
+    """``listener.idle_timeout_s``: silence closes a connection; one that keeps sending, or
+    waits for its answer, stays open."""
+    from actors.adapters.mllp import MllpServer
+
+    async def slow(received, peer):
+        await asyncio.sleep(0.5)  # longer than the idle timeout: waiting for us is not silence
+        return [b"MSA|AA|" + received.payload[-2:]]
+
+    server = MllpServer("127.0.0.1", 0, slow, idle_timeout_s=0.3)
+    server.start()
+    try:
+        quiet = socket.create_connection(("127.0.0.1", server.port))
+        quiet.settimeout(5)
+        busy = MllpClient("127.0.0.1", server.port, timeout_s=5)
+        started = time.monotonic()
+        assert busy.send(b"MSH|01") == [b"MSA|AA|01"]
+        assert quiet.recv(10) == b""  # closed
+        assert 0.3 <= time.monotonic() - started < 3
+        for n in range(2, 5):
+            time.sleep(0.15)
+            assert busy.send(b"MSH|0%d" % n) == [b"MSA|AA|0%d" % n]
+        busy.close()
+        quiet.close()
+    finally:
+        server.stop()
 
 
 def test_enhanced_mode_acks_follow_msh_15_and_16(bridge):

@@ -1,0 +1,214 @@
+"""The parse worker process of the HL7 listener (``actors.adapters.hl7_workers`` runs it).
+
+A worker answers the frames its socket brings, in order. It decides each one
+(``core.v2intake``) and, where the listener gave it the context store's file (SQLite), stores
+the whole batch that arrived together in one transaction (``ContextWriter.store_batch``: one
+fsync, each message in a savepoint of its own) before it answers any of them: an answer that
+says a message was stored comes after its commit. Without the file (PostgreSQL) it answers
+with the decision and the listener stores.
+
+It is single-threaded on purpose: nothing competes with it for its GIL, so its SQL runs
+without the thread switches that slowed the listener's writer thread. It logs nothing (its
+answers say what the listener logs) and exits when the listener's end of the socket closes.
+
+Wire format: a request is ``!IIBdH`` (payload length, frame size, oversized, received at,
+peer length), the peer (UTF-8) and the payload; an answer is ``!I`` (length) and a pickle of
+``Intake`` (decided only), ``Stored`` (decided and stored) or the name of an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+import socket
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.acks import AckError, Disposition
+from core.context import ContextUpdate, OrderIndex, PatientMerge
+from core.errors import TransientIOError
+from core.hl7 import Issue, MessageHeader
+from core.v2fhir import V2FhirMapper
+from core.v2intake import Intake, IntakeRules, intake_of
+from state.context_store import ContextWriter, InboxEntry, Rejection, open_context_file
+from state.db import Database
+
+__all__ = ["ANSWER", "REQUEST", "Request", "Stored", "dumps", "loads", "serve"]
+
+REQUEST = struct.Struct("!IIBdH")
+ANSWER = struct.Struct("!I")
+_NOT_STORED = "the message could not be stored; resend it later"
+_INTERNAL = "internal error; resend it later"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One frame to decide (and store), as the listener received it."""
+
+    payload: bytes
+    size: int
+    oversized: bool
+    received_at: float
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What became of a frame a worker decided and stored.
+
+    Attributes:
+        header: Its MSH, if one could be read.
+        disposition: Applied, duplicate, invalid, conflict, rejected or failed.
+        error: The ERR of its ACK (or a warning), if any.
+        problem: Why storing failed, for the listener's log (no message content).
+        commit: The number of messages in its commit, on the first of them (else 0).
+    """
+
+    header: MessageHeader | None
+    disposition: Disposition
+    error: AckError | None
+    problem: str = ""
+    commit: int = 0
+
+
+_BY_FIELDS = {
+    cls: tuple(f.name for f in dataclasses.fields(cls))
+    for cls in (Intake, Stored, MessageHeader, ContextUpdate, OrderIndex, PatientMerge, AckError, Issue)
+}
+"""The frozen dataclasses of an answer, and their fields in constructor order."""
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles the answers' dataclasses as constructor calls.
+
+    A frozen dataclass with slots unpickles through ``dataclasses._dataclass_setstate``,
+    which looks its fields up again for every object; the listener unpickles on its event
+    loop, where a call of the class is cheaper.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        names = _BY_FIELDS.get(type(obj))
+        if names is None:
+            return NotImplemented
+        return type(obj), tuple(getattr(obj, n) for n in names)
+
+
+def dumps(answer: object) -> bytes:
+    """An answer as its wire bytes (length first)."""
+    buffer = io.BytesIO()
+    buffer.write(b"\0" * ANSWER.size)
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(answer)
+    data = buffer.getbuffer()
+    ANSWER.pack_into(data, 0, len(data) - ANSWER.size)
+    out = bytes(data)
+    data.release()
+    return out
+
+
+def loads(data: memoryview) -> Any:
+    """An answer from its pickle (without the length)."""
+    return pickle.loads(data)  # noqa: S301 - our own worker process
+
+
+def _requests(buffer: bytearray) -> Iterator[Request]:
+    """The complete requests at the head of ``buffer`` (taken out of it)."""
+    start = 0
+    while len(buffer) - start >= REQUEST.size:
+        length, size, oversized, at, peer_len = REQUEST.unpack_from(buffer, start)
+        body = start + REQUEST.size
+        end = body + peer_len + length
+        if len(buffer) < end:
+            break
+        peer = bytes(buffer[body : body + peer_len]).decode("utf-8", "replace")
+        yield Request(bytes(buffer[body + peer_len : end]), size, bool(oversized), at, peer)
+        start = end
+    del buffer[:start]
+
+
+def serve(sock: socket.socket, rules: IntakeRules, store: Path | None, batch_max: int) -> None:
+    """The worker: answer batches of requests until the listener's end closes."""
+    mapper = rules.mapper()
+    db = open_context_file(store) if store is not None else None
+    buffer = bytearray()
+    try:
+        with sock:
+            while True:
+                batch = list(_requests(buffer))
+                if not batch:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                    continue
+                answers = _answer(batch, rules, mapper, db, batch_max)
+                try:
+                    sock.sendall(b"".join(dumps(a) for a in answers))
+                except OSError:  # the listener went away: what was committed is resent to it
+                    return
+    finally:
+        if db is not None:
+            db.close()
+
+
+def _answer(
+    batch: Sequence[Request], rules: IntakeRules, mapper: V2FhirMapper, db: Database | None, batch_max: int
+) -> list[object]:
+    decided: list[Intake | str] = []
+    for r in batch:
+        try:
+            decided.append(intake_of(r.payload, r.size, r.oversized, rules, mapper))
+        except Exception as exc:  # noqa: BLE001 - a bug in the mapping: the listener answers AE
+            decided.append(type(exc).__name__)
+    if db is None:
+        return list(decided)
+    out: list[object] = []
+    for first in range(0, len(batch), batch_max):
+        out += _store(db, batch[first : first + batch_max], decided[first : first + batch_max])
+    return out
+
+
+def _store(db: Database, batch: Sequence[Request], decided: Sequence[Intake | str]) -> list[Stored]:
+    """Store what can be stored in one commit; answer the rest as failed."""
+    items: list[InboxEntry | Rejection] = []
+    where: list[int] = []
+    out = [
+        Stored(None, Disposition.FAILED, AckError("207", _INTERNAL), f"failed: the mapping raised {d}")
+        if isinstance(d, str)
+        else Stored(d.header, Disposition.FAILED, None)
+        for d in decided
+    ]
+    for i, (r, d) in enumerate(zip(batch, decided, strict=True)):
+        if isinstance(d, str):
+            continue
+        if d.rejected:
+            assert d.error is not None
+            items.append(Rejection(r.payload, r.peer, d.header, d.error, r.received_at))
+        else:
+            assert d.header is not None
+            items.append(InboxEntry(d.header, r.payload, r.peer, r.received_at, d.update, d.error, d.digest))
+        where.append(i)
+    try:
+        results: Sequence[object] = ContextWriter(db).store_batch(items) if items else []
+    except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the batch is stored
+        results = [exc] * len(items)
+    for n, (i, item, result) in enumerate(zip(where, items, results, strict=True)):
+        out[i] = _stored(item, result, len(items) if n == 0 else 0)
+    return out
+
+
+def _stored(item: InboxEntry | Rejection, result: object, commit: int) -> Stored:
+    if isinstance(item, Rejection):  # answered AR whether or not its head could be kept
+        problem = "" if not isinstance(result, Exception) else f"rejected message not kept: {type(result).__name__}"
+        return Stored(item.header, Disposition.REJECTED, item.error, problem, commit)
+    if isinstance(result, (TransientIOError, OSError)):
+        return Stored(item.header, Disposition.FAILED, AckError("207", _NOT_STORED), f"not stored: {result}")
+    if isinstance(result, Exception):
+        return Stored(
+            item.header, Disposition.FAILED, AckError("207", _INTERNAL), f"not stored: {type(result).__name__}"
+        )
+    disposition, error = result  # type: ignore[misc]
+    return Stored(item.header, disposition, error, "", commit)

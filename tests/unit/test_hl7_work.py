@@ -1,0 +1,70 @@
+"""actors.adapters._hl7_work: the parse worker's framing, its answers, and what it answers when
+its commit fails (a fake store; the real one is in tests/integration/test_hl7_listener.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from actors.adapters._hl7_work import ANSWER, REQUEST, Request, Stored, _answer, _requests, dumps, loads
+from core.acks import AckError, Disposition
+from core.errors import TransientIOError
+from core.v2intake import Intake, IntakeRules
+from tests.hl7_messages import adt, orm
+
+RULES = IntakeRules(b"test-key", ("2.5.1",), ("P",), 4096, 4096)
+MAPPER = RULES.mapper()
+
+
+def wire(payload: bytes, peer: str = "10.0.0.1:2575", at: float = 5.0) -> bytes:
+    who = peer.encode()
+    return REQUEST.pack(len(payload), len(payload), 0, at, len(who)) + who + payload
+
+
+def request(raw: str) -> Request:
+    return Request(raw.encode(), len(raw), False, 5.0, "10.0.0.1:2575")
+
+
+class DownStore:
+    """A context store whose commits fail."""
+
+    dialect = "sqlite"
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        raise TransientIOError("context store unreachable")
+
+
+def test_requests_come_out_whole_however_the_bytes_arrive():
+    data = wire(b"MSH|first") + wire(b"MSH|second", peer="h:1", at=7.5)
+    buffer = bytearray()
+    got: list[Request] = []
+    for i in range(0, len(data), 7):  # seven bytes at a time
+        buffer += data[i : i + 7]
+        got += list(_requests(buffer))
+    assert [(r.payload, r.peer, r.received_at) for r in got] == [
+        (b"MSH|first", "10.0.0.1:2575", 5.0),
+        (b"MSH|second", "h:1", 7.5),
+    ]
+    assert buffer == bytearray()
+
+
+def test_answers_survive_the_wire():
+    intake = _answer([request(orm("W1"))], RULES, MAPPER, None, 8)[0]
+    assert isinstance(intake, Intake) and intake.update is not None
+    stored = Stored(intake.header, Disposition.APPLIED, AckError("103", "odd", "PV1^1^2", "W"), "", 3)
+    for answer in (intake, stored):
+        data = dumps(answer)
+        (length,) = ANSWER.unpack_from(data)
+        assert length == len(data) - ANSWER.size
+        assert loads(memoryview(data)[ANSWER.size :]) == answer
+
+
+def test_a_failed_commit_answers_ae_207_and_rejects_stay_rejects():
+    batch = [request(adt("A01", "S1")), request("GARBAGE"), request(orm("S2"))]
+    answers = _answer(batch, RULES, MAPPER, DownStore(), 256)  # type: ignore[arg-type]
+    assert [a.disposition for a in answers] == [Disposition.FAILED, Disposition.REJECTED, Disposition.FAILED]  # type: ignore[attr-defined]
+    failed = answers[0]
+    assert isinstance(failed, Stored) and failed.error is not None
+    assert (failed.error.code, failed.commit) == ("207", 0)
+    assert "resend" in failed.error.text and failed.problem.startswith("not stored")
+    assert answers[2].header.control_id == "S2"  # type: ignore[attr-defined]
