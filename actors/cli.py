@@ -21,12 +21,9 @@ import importlib
 import importlib.metadata
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rich.console import Console
@@ -41,6 +38,7 @@ from actors._cli_render import (
     render_status,
     when,
 )
+from actors._cli_up import cmd_up
 from actors.adapters.logs import LogSettings, export_for_workers, install
 from api.operations import LIMIT_MAX, InvalidArgument, NotFound, Operations, RayModelControl
 from core.codec import to_jsonable
@@ -90,80 +88,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     bridge = f"HL7 bridge {'on' if cfg.hl7 else 'off'}, EHR results {'on' if cfg.ehr else 'off'}"
     print(f"{args.file}: OK ({len(cfg.models)} model(s), {len(cfg.routing.rules)} routing rule(s), {bridge})")
     return 0
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    """Run the service in the foreground until SIGTERM / SIGINT.
-
-    The listener and the stages come up first and C-STORE is accepted from then on; the model
-    applications deploy in the background (their readiness is printed, and ``pacsai status``
-    shows the row ``models``), and studies that arrive meanwhile wait for them in the ledger.
-    """
-    from actors.supervisor import Supervisor
-
-    cfg = _config(args)
-    stop = threading.Event()
-    t0 = time.monotonic()
-    with _console().status("pacsai up: starting Ray, the listener and the stages ...", spinner="dots"):
-        pipeline = _start_pipeline(cfg, deploy=not args.no_deploy)
-    # After ray.init: Ray installs its own SIGTERM handler, which would kill us mid-shutdown.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    print(
-        f"pacsai up: listener {cfg.listener.ae_title} on {cfg.listener.host}:"
-        f"{pipeline.listener_port()}, var {pipeline.layout.root} (up in {time.monotonic() - t0:.1f} s)",
-        flush=True,
-    )
-    if cfg.hl7 is not None:
-        print(f"pacsai up: HL7 MLLP on {cfg.hl7.listener.host}:{pipeline.hl7_port()}", flush=True)
-    models = pipeline.models
-    if models is not None:
-        print(f"pacsai up: models deploying: {', '.join(models.names)} (studies wait for them)", flush=True)
-    supervision = Supervisor(pipeline, _ledger(cfg)).start()
-    try:
-        while not stop.is_set():
-            stop.wait(1.0)
-            if models is not None and models.done:
-                _models_done(models, time.monotonic() - t0)
-                models = None
-    finally:
-        supervision.stop()
-        print("pacsai up: stopping (work in flight stays in the ledger)", flush=True)
-        pipeline.stop()
-        import ray
-
-        ray.shutdown()
-    return 0
-
-
-def _start_pipeline(cfg: AppConfig, *, deploy: bool) -> Any:
-    """Start Ray while the pipeline's modules import and its run opens (each takes seconds,
-    and the listener needs both), then the pipeline, without waiting for the models."""
-    from actors.ray_session import ensure_ray
-
-    def prepare() -> Any:
-        pipeline = importlib.import_module("actors.pipeline").Pipeline(cfg)
-        pipeline.open_run()  # migrations and the crashed run's leases: no Ray needed
-        return pipeline
-
-    with ThreadPoolExecutor(1, thread_name_prefix="prepare-pipeline") as pool:
-        preparing = pool.submit(prepare)
-        ensure_ray(cfg)  # in the main thread: Ray installs signal handlers
-        pipeline = preparing.result()
-    return pipeline.start(deploy=deploy, wait_models=False)
-
-
-def _models_done(models: Any, elapsed_s: float) -> None:
-    """Say once that the model applications run, or why they do not (the listener goes on)."""
-    if models.error:
-        print(
-            f"pacsai up: model applications NOT all deployed: {models.error}; studies wait in the ledger "
-            "(`pacsai status`, `pacsai models deploy FAMILY`)",
-            file=sys.stderr,
-            flush=True,
-        )
-    else:
-        print(f"pacsai up: models ready in {elapsed_s:.1f} s ({len(models.names)} applications)", flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -13,7 +13,8 @@ import logging
 import os
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,8 @@ class Pipeline:
     """This run (``core.leases``): in every lease its stage actors hold; set by ``start``."""
     models: ModelDeployer | None = field(init=False, default=None)
     """The background deployment of the model applications (``None``: this start deploys none)."""
+    _prepared: bool = field(init=False, default=False, repr=False)
+    _apps: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.layout = VarLayout.at(self.cfg.storage.var_dir)
@@ -203,44 +206,61 @@ class Pipeline:
         ]
         return {n: os.environ[n] for n in names if n and n in os.environ}
 
-    def start(self, *, deploy: bool = True, wait_models: bool = True) -> Pipeline:
+    def prepare(self, *, deploy: bool = True) -> Pipeline:
+        """Do, once, what needs no Ray: open the run (``open_run``) and build the model
+        applications (torch and Serve imported, every weights file checked). ``start`` does it
+        in a thread while Ray starts, unless it was done (``pacsai up`` does it while its
+        own modules import).
+
+        Args:
+            deploy: Build the model applications (``start`` deploys them).
+
+        Raises:
+            ModelWeightsError: A weights file is missing or wrong: nothing has started.
+            ConfigError: A bundle or exported network does not fit its entry.
+        """
+        if not self._prepared:
+            self.open_run()
+            self._apps = build_model_apps(self.cfg, self._deploy_order()) if deploy and self.cfg.models else {}
+            self._prepared = True
+        return self
+
+    def start(
+        self, *, deploy: bool = True, wait_models: bool = True, on_listening: Callable[[Pipeline], None] | None = None
+    ) -> Pipeline:
         """Start everything; return when every actor answered its first health check (and,
         with ``wait_models``, every model application runs).
 
-        The order keeps a cold start short: Ray, the ledger (migrations, then this run takes
-        back the leases a crashed run left), the listeners (they accept C-STORE as soon as
-        they answer), the other actors, and last the model applications, deployed in the
-        background (``actors.deployer``): studies that arrive first wait for their model in
-        the ledger without spending retries. On a cluster each ingress cell gets its listeners
-        and stage actors, placed on its node by the cell's Ray resource; the wait covers the
-        cells whose nodes are up (a cell whose node joins later starts then: Ray places its
-        actors when the resource appears).
+        The order keeps a cold start short: Ray, while the run opens (migrations, then the
+        leases a crashed run left taken back) and the model applications are built; the
+        listeners (they accept C-STORE as soon as they answer); the other actors; and last the
+        model applications, deployed in the background (``actors.deployer``): studies that
+        arrive first wait for their model in the ledger without spending retries. On a cluster
+        each ingress cell gets its listeners and stage actors, placed on its node by the cell's
+        Ray resource; the wait covers the cells whose nodes are up (a cell whose node joins
+        later starts then: Ray places its actors when the resource appears).
 
         Args:
             deploy: Deploy the model applications too (tests may share one deployment).
             wait_models: Return only once they run; otherwise ``wait_models`` waits later.
+            on_listening: Called once the listeners answer (``pacsai up`` says so at once).
 
         Raises:
-            ModelWeightsError: A weights file is missing or wrong (no actor but the listeners
-                started; they are stopped again).
-            Exception: With ``wait_models``, what deploying the model applications raised.
+            ModelWeightsError: A weights file is missing or wrong (before any actor starts).
+            Exception: With ``wait_models``, what deploying the model applications raised
+                (the pipeline is stopped again).
         """
         key = hash_key(self.cfg)
-        with ThreadPoolExecutor(1, thread_name_prefix="build-models") as pool:
-            # Building the applications imports torch and Serve and checks every weights file:
-            # seconds, spent while Ray and the listeners start. A bad file stops the start before
-            # any other actor (a study the listener took meanwhile waits durably in the ledger).
-            building: Future[dict[str, Any]] | None = None
-            if deploy and self.cfg.models:
-                building = pool.submit(build_model_apps, self.cfg, self._deploy_order())
-            if not self.run_id:
-                self.open_run()
+        with ThreadPoolExecutor(1, thread_name_prefix="prepare-pipeline") as pool:
+            preparing = pool.submit(self.prepare, deploy=deploy)  # seconds: spent while Ray starts
             ensure_ray(self.cfg)
-            self.actors = {}
-            for cell in self.cells():
-                self.actors.update(self._cell_listeners(cell, key))
-            self._await_health(list(self.actors))  # C-STORE is accepted from here on
-            apps = self._built(building)
+            preparing.result()
+        self.actors = {}
+        for cell in self.cells():
+            self.actors.update(self._cell_listeners(cell, key))
+        self._await_health(list(self.actors))  # C-STORE is accepted from here on
+        if on_listening is not None:
+            on_listening(self)
         self.actors["auditor"] = AuditorActor.options(**self._options("auditor", 0)).remote(
             self.cfg.storage,
             30.0,
@@ -251,25 +271,16 @@ class Pipeline:
             self.actors.update(self._cell_actors(cell, key))
         if self.cfg.api is not None:
             self._deploy_api(key)  # starts Serve (with its proxy) before the deployer would
-        if apps:
-            self.models = self._deployer(apps).start()
+        if self._apps:
+            self.models = self._deployer(self._apps).start()
         self._await_health(list(self.actors))
         if wait_models:
-            self.wait_models()
+            try:
+                self.wait_models()
+            except BaseException:
+                self.stop()
+                raise
         return self
-
-    def _built(self, building: Future[dict[str, Any]] | None) -> dict[str, Any]:
-        """The applications built meanwhile; on a build error the listeners stop first.
-
-        Raises:
-            ModelWeightsError: A weights file is missing or wrong.
-            ConfigError: A bundle or exported network does not fit its entry.
-        """
-        try:
-            return building.result() if building is not None else {}
-        except Exception:
-            self.stop()
-            raise
 
     def _await_health(self, keys: list[str]) -> None:
         """Wait for the first health answer of these actors (of the cells whose node is up)."""
@@ -278,7 +289,7 @@ class Pipeline:
         ray.get([self.actors[k].health.remote() for k in live], timeout=timeout)
 
     def open_run(self) -> None:
-        """Open this run (``start`` does, unless it was done): apply pending migrations of every
+        """Open this run (``prepare`` does): apply pending migrations of every
         store once, before any actor opens one, and take back every lease another run holds.
         Two pipelines never share a ledger but as the cells of one run, so another run's leases
         are a crashed run's, and without this its jobs would wait for the leases to expire

@@ -15,7 +15,8 @@ CPUs, short assembly timers; the default ``stages.lease_s`` of 60 s unless ``--l
   ``resume_s`` is the time from that start to every one of those studies having its SR in
   Orthanc (goal: below ``first_sr_s + 10``; a lease waited out would take ``lease_s``).
   ``taken_back`` counts the ``lease_taken_back`` audit events of the restart, ``srs_max`` the
-  most SRs one study got in Orthanc (goal 1).
+  most SRs one study got in Orthanc (goal 1), ``first_attempts`` / ``resumed_attempts`` the
+  retries the studies spent (waiting for the models to deploy spends none: goal 0).
 
 Same-run baseline: ``ray_init_s``, a bare ``ray.init`` of a local Ray in a fresh interpreter,
 the floor under any start of a Ray pipeline on this machine.
@@ -77,8 +78,7 @@ class Up:
 
     def kill_tree(self) -> int:
         """SIGKILL the CLI and every process under it (Ray's GCS, raylet, workers); return how many."""
-        import psutil
-        import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path)
+        import psutil  # Ray's vendored copy: importing Ray (the harness) put it on sys.path
 
         root = psutil.Process(self.proc.pid)
         procs = [root, *root.children(recursive=True)]
@@ -163,6 +163,15 @@ def wait_in_flight(cfg: Any, uids: list[str], timeout_s: float) -> tuple[int, st
         ledger.close()
 
 
+def attempts(cfg: Any, uids: list[str]) -> int:
+    """The most retries any of these studies' jobs spent (waiting for a model spends none)."""
+    ledger = open_ledger(cfg.storage)
+    try:
+        return max(j.attempts for u in uids for j in ledger.jobs.for_study(u))
+    finally:
+        ledger.close()
+
+
 def taken_back(cfg: Any, uids: list[str]) -> int:
     """``lease_taken_back`` audit events of these studies (leases of a dead run taken at start)."""
     ledger = open_ledger(cfg.storage)
@@ -191,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             up = Up(config)
             store_s = first_store(up, first_files, port, args.timeout_s)
             sr_s = wait_srs(pacs, [first_uid], up.t0, args.timeout_s)
+            spent = attempts(cfg, [first_uid])
             models_s = wait_line(up, r"models ready|models .*NOT", 300)
             uids = [u for u, _ in batch]
             for _, files in batch:
@@ -213,6 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "models_line_s": _round(models_s),
                 "resume_s": round(resume_s, 2),
                 "lease_s": args.lease_s,
+                "first_attempts": spent,
+                "resumed_attempts": attempts(cfg, uids),
                 "in_flight_at_kill": in_flight,
                 "killed_in": leased_state,
                 "processes_killed": killed,

@@ -122,3 +122,21 @@ def test_jobs_waiting_out_an_outage_are_made_due_when_the_peer_is_back(ledger):
     assert ledger.jobs.wake_waiting(JobState.RECEIVING, 102.0) == 1
     [due] = ledger.jobs.lease(JobState.RECEIVING, "w", 2, LEASE_S, now=102.0)
     assert due.job_id == waiting.job_id and due.attempts == 0  # the outage spent no retry
+
+
+def test_the_audit_chain_is_verified_a_page_at_a_time_across_pages(ledger, monkeypatch):
+    """The auditor verifies every 30 s; reading the whole trail at once held memory at its size
+    (bench_soak). A break in a later page is still found, and a gap between pages too."""
+    from core.audit import AuditEvent
+    from core.types import AuditEventType
+    from state.ledger import audit
+    from tests.integration.test_ledger_contract import raw_execute
+
+    monkeypatch.setattr(audit, "_VERIFY_PAGE", 10)
+    ledger.audit.append([AuditEvent(AuditEventType.JOB_RETRY, "w", f"1.{i}") for i in range(35)], 100.0)
+    assert ledger.audit.verify() is None
+    raw_execute(ledger, "UPDATE audit SET canonical = replace(canonical, '1.27', '1.72') WHERE seq = 28")
+    assert ledger.audit.verify().seq == 28
+    raw_execute(ledger, "DELETE FROM audit WHERE seq = 21")  # the first row of the third page
+    broken = ledger.audit.verify()
+    assert broken.seq == 22 and "jumps from 20 to 22" in broken.reason

@@ -1,0 +1,108 @@
+"""``pacsai up``: the pipeline in the foreground, accepting C-STORE within seconds, until SIGTERM.
+
+Ray starts in the main thread while, in another, the pipeline's modules import, its run opens
+and the model applications are built (``Pipeline.prepare``). The listener's line is printed
+as soon as it accepts, the stages' when they are up, and the model applications' when they
+run: they deploy in the background (``actors.deployer``). Kept apart from ``actors.cli``,
+which dispatches to ``cmd_up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from core.config import AppConfig
+
+__all__ = ["cmd_up"]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the service in the foreground until SIGTERM / SIGINT.
+
+    The listener comes up first and C-STORE is accepted from then on; the model applications
+    deploy in the background (their readiness is printed, and ``pacsai status`` shows the row
+    ``models``), and studies that arrive meanwhile wait for them in the ledger.
+    """
+    from actors.cli import _config, _console, _ledger
+    from actors.supervisor import Supervisor
+
+    cfg = _config(args)
+    stop = threading.Event()
+    t0 = time.monotonic()
+    listen = f"listener {cfg.listener.ae_title} on {cfg.listener.host}"
+    with _console().status("pacsai up: starting Ray, the listener and the stages ...", spinner="dots"):
+        pipeline = _start_pipeline(
+            cfg,
+            deploy=not args.no_deploy,
+            on_listening=lambda p: _say(
+                f"{listen}:{p.listener_port()} (accepting after {time.monotonic() - t0:.1f} s)"
+            ),
+        )
+    # After ray.init: Ray installs its own SIGTERM handler, which would kill us mid-shutdown.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    _say(f"every stage up, var {pipeline.layout.root} (up in {time.monotonic() - t0:.1f} s)")
+    if cfg.hl7 is not None:
+        _say(f"HL7 MLLP on {cfg.hl7.listener.host}:{pipeline.hl7_port()}")
+    models = pipeline.models
+    if models is not None:
+        _say(f"models deploying: {', '.join(models.names)} (studies wait for them)")
+    supervision = Supervisor(pipeline, _ledger(cfg)).start()
+    try:
+        while not stop.is_set():
+            stop.wait(1.0)
+            if models is not None and models.done:
+                _models_done(models, time.monotonic() - t0)
+                models = None
+    finally:
+        supervision.stop()
+        _say("stopping (work in flight stays in the ledger)")
+        pipeline.stop()
+        import ray
+
+        ray.shutdown()
+    return 0
+
+
+def _say(line: str) -> None:
+    print(f"pacsai up: {line}", flush=True)
+
+
+def _start_pipeline(cfg: AppConfig, *, deploy: bool, on_listening: Any) -> Any:
+    """Start Ray while the pipeline's modules import, its run opens and its model applications
+    are built (each takes seconds, and the listener needs them all), then the pipeline,
+    without waiting for the models.
+
+    Raises:
+        ModelWeightsError: A weights file is missing or wrong (Ray started, no actor).
+    """
+    from actors.ray_session import ensure_ray
+
+    def prepare() -> Any:
+        return importlib.import_module("actors.pipeline").Pipeline(cfg).prepare(deploy=deploy)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare-pipeline") as pool:
+        preparing = pool.submit(prepare)
+        ensure_ray(cfg)  # in the main thread: Ray installs signal handlers
+        pipeline = preparing.result()
+    return pipeline.start(deploy=deploy, wait_models=False, on_listening=on_listening)
+
+
+def _models_done(models: Any, elapsed_s: float) -> None:
+    """Say once that the model applications run, or why they do not (the listener goes on)."""
+    if models.error:
+        print(
+            f"pacsai up: model applications NOT all deployed: {models.error}; studies wait in the ledger "
+            "(`pacsai status`, `pacsai models deploy FAMILY`)",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        _say(f"models ready in {elapsed_s:.1f} s ({len(models.names)} applications)")
