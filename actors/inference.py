@@ -196,7 +196,8 @@ class InferenceWork:
                 raise UndecodablePixels(f"{label}: {cause.reason}", cause.sop_instance_uid) from None
             raise ModelError(f"{label}: {getattr(cause, 'reason', cause)}") from None
         except _UNAVAILABLE as exc:
-            self._handles.pop(app, None)
+            if not isinstance(exc, (TimeoutError, GetTimeoutError)):  # a timeout: the application is there, slow
+                self._handles.pop(app, None)
             raise DependencyUnavailable(_peer(app), f"{type(exc).__name__}: {exc}") from exc
         return output
 
@@ -211,6 +212,9 @@ class InferenceWork:
     ) -> tuple[Prediction, tuple[str, ...]]:
         """The prediction of the assigned version, and the shadow versions whose answers were
         stored (shadows run only where ``events`` is given)."""
+        # No application (an AI outage): wait without reading the study (a CT is ~200 MB,
+        # read again at every retry of a long outage).
+        self._handle(version_app(task.family, self._models[task.family], assignment.version))
         request = InferenceRequest(
             study_uid=study_uid,
             family=task.family,
@@ -222,7 +226,10 @@ class InferenceWork:
         try:
             output = self._output(task.family, assignment.version, response)
         except BaseException:
-            for _, pending in shadows:  # the job waits or fails: its shadows are not needed
+            # A request that timed out still waits in Serve's queue, holding the study's bytes,
+            # until a replica takes it (never, while none can start): drop it and the shadows.
+            response.cancel()
+            for _, pending in shadows:
                 pending.cancel()
             raise
         blobs = self._ledger.blobs
