@@ -1,9 +1,10 @@
 """``pacsai up``: the pipeline in the foreground, accepting C-STORE within seconds, until SIGTERM.
 
-Ray starts in the main thread while, in another, the pipeline's modules import, its run opens
-and the model applications are built (``Pipeline.prepare``). The listener's line is printed
-as soon as it accepts, the stages' when they are up, and the model applications' when they
-run: they deploy in the background (``actors.deployer``). Kept apart from ``actors.cli``,
+Ray starts in the main thread while, in another, the pipeline's modules import and its run
+opens (``Pipeline.prepare``). The listener's line is printed as soon as it accepts, the
+stages' when they are up (the model applications are built first: torch, Serve, every
+weights file checked), and the model applications' when they run: they deploy in the
+background (``actors.deployer``). Kept apart from ``actors.cli``,
 which dispatches to ``cmd_up``.
 """
 
@@ -40,14 +41,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     with _console().status("pacsai up: starting Ray, the listener and the stages ...", spinner="dots"):
         pipeline = _start_pipeline(
             cfg,
+            stop,
             deploy=not args.no_deploy,
             on_listening=lambda p: _say(
                 f"{listen}:{p.listener_port()} (accepting after {time.monotonic() - t0:.1f} s)"
             ),
         )
-    # After ray.init: Ray installs its own SIGTERM handler, which would kill us mid-shutdown.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     _say(f"every stage up, var {pipeline.layout.root} (up in {time.monotonic() - t0:.1f} s)")
     if cfg.hl7 is not None:
         _say(f"HL7 MLLP on {cfg.hl7.listener.host}:{pipeline.hl7_port()}")
@@ -75,22 +74,27 @@ def _say(line: str) -> None:
     print(f"pacsai up: {line}", flush=True)
 
 
-def _start_pipeline(cfg: AppConfig, *, deploy: bool, on_listening: Any) -> Any:
-    """Start Ray while the pipeline's modules import, its run opens and its model applications
-    are built (each takes seconds, and the listener needs them all), then the pipeline,
-    without waiting for the models.
+def _start_pipeline(cfg: AppConfig, stop: threading.Event, *, deploy: bool, on_listening: Any) -> Any:
+    """Start Ray while the pipeline's modules import and its run opens (each takes seconds, and
+    the listener needs both), then the pipeline, without waiting for the models. From the
+    moment Ray is up, SIGTERM / SIGINT set ``stop``: one that comes while the stages start
+    (the listener already accepts) stops the pipeline cleanly once they are up.
 
     Raises:
-        ModelWeightsError: A weights file is missing or wrong (Ray started, no actor).
+        ModelWeightsError: A weights file is missing or wrong (Ray and the listeners started;
+            the listeners are stopped again).
     """
     from actors.ray_session import ensure_ray
 
     def prepare() -> Any:
-        return importlib.import_module("actors.pipeline").Pipeline(cfg).prepare(deploy=deploy)
+        return importlib.import_module("actors.pipeline").Pipeline(cfg).prepare()
 
     with ThreadPoolExecutor(1, thread_name_prefix="prepare-pipeline") as pool:
         preparing = pool.submit(prepare)
         ensure_ray(cfg)  # in the main thread: Ray installs signal handlers
+        # Ours replace Ray's SIGTERM handler, which would kill us mid-start or mid-shutdown.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         pipeline = preparing.result()
     return pipeline.start(deploy=deploy, wait_models=False, on_listening=on_listening)
 

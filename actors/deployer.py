@@ -10,8 +10,10 @@ for their model, which costs no retry: an application that does not exist yet is
 queue until its replica is up. When an application is up, ``on_ready`` runs (the pipeline makes
 the jobs that wait out the outage due at once, instead of at their next back-off).
 
-The weights were checked before anything started (``build_model_apps``); a deployment that
-fails later is reported (``health``, ``pacsai status``), and the listener goes on accepting.
+The applications are built (``build_model_apps``: torch and Serve imported, every weights file
+checked) once the listeners answer, before the stage actors start, and a bad weights file
+stops the start; a deployment that fails later is reported (``health``, ``pacsai status``),
+and the listener goes on accepting.
 """
 
 from __future__ import annotations

@@ -135,7 +135,6 @@ class Pipeline:
     models: ModelDeployer | None = field(init=False, default=None)
     """The background deployment of the model applications (``None``: this start deploys none)."""
     _prepared: bool = field(init=False, default=False, repr=False)
-    _apps: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.layout = VarLayout.at(self.cfg.storage.var_dir)
@@ -206,22 +205,15 @@ class Pipeline:
         ]
         return {n: os.environ[n] for n in names if n and n in os.environ}
 
-    def prepare(self, *, deploy: bool = True) -> Pipeline:
-        """Do, once, what needs no Ray: open the run (``open_run``) and build the model
-        applications (torch and Serve imported, every weights file checked). ``start`` does it
-        in a thread while Ray starts, unless it was done (``pacsai up`` does it while its
-        own modules import).
-
-        Args:
-            deploy: Build the model applications (``start`` deploys them).
-
-        Raises:
-            ModelWeightsError: A weights file is missing or wrong: nothing has started.
-            ConfigError: A bundle or exported network does not fit its entry.
+    def prepare(self) -> Pipeline:
+        """Do, once, what needs no Ray and must precede every actor: open the run
+        (``open_run``: migrations, then a dead run's leases taken back). ``start`` does it in a
+        thread while Ray starts, unless it was done (``pacsai up`` does it while its own
+        modules import). The model applications are built later (``start``), once the
+        listeners answer: torch and Serve cost seconds of the two cores the listener needs.
         """
         if not self._prepared:
             self.open_run()
-            self._apps = build_model_apps(self.cfg, self._deploy_order()) if deploy and self.cfg.models else {}
             self._prepared = True
         return self
 
@@ -232,8 +224,9 @@ class Pipeline:
         with ``wait_models``, every model application runs).
 
         The order keeps a cold start short: Ray, while the run opens (migrations, then the
-        leases a crashed run left taken back) and the model applications are built; the
-        listeners (they accept C-STORE as soon as they answer); the other actors; and last the
+        leases a crashed run left taken back); the listeners (they accept C-STORE as soon as
+        they answer); the model applications built (torch, Serve, every weights file checked:
+        seconds of CPU the listener's start no longer shares); the other actors; and last the
         model applications, deployed in the background (``actors.deployer``): studies that
         arrive first wait for their model in the ledger without spending retries. On a cluster
         each ingress cell gets its listeners and stage actors, placed on its node by the cell's
@@ -246,13 +239,14 @@ class Pipeline:
             on_listening: Called once the listeners answer (``pacsai up`` says so at once).
 
         Raises:
-            ModelWeightsError: A weights file is missing or wrong (before any actor starts).
+            ModelWeightsError: A weights file is missing or wrong (the listeners, started
+                first, are stopped again; a study they took meanwhile waits in the ledger).
             Exception: With ``wait_models``, what deploying the model applications raised
                 (the pipeline is stopped again).
         """
         key = hash_key(self.cfg)
         with ThreadPoolExecutor(1, thread_name_prefix="prepare-pipeline") as pool:
-            preparing = pool.submit(self.prepare, deploy=deploy)  # seconds: spent while Ray starts
+            preparing = pool.submit(self.prepare)  # seconds: spent while Ray starts
             ensure_ray(self.cfg)
             preparing.result()
         self.actors = {}
@@ -261,6 +255,31 @@ class Pipeline:
         self._await_health(list(self.actors))  # C-STORE is accepted from here on
         if on_listening is not None:
             on_listening(self)
+        self._start_stages(key, deploy)
+        self._await_health(list(self.actors))
+        if wait_models:
+            try:
+                self.wait_models()
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def _start_stages(self, key: bytes, deploy: bool) -> None:
+        """Build the model applications (torch and Serve imported, every weights file checked),
+        now that the listeners accept; then start the auditor, the stage and bridge actors and
+        the API, and the models' background deployment.
+
+        Raises:
+            ModelWeightsError: A weights file is missing or wrong (the listeners are stopped again).
+            ConfigError: A bundle or exported network does not fit its entry (likewise).
+        """
+        families = self._deploy_order() if deploy and self.cfg.models else []
+        try:
+            apps = build_model_apps(self.cfg, families) if families else {}
+        except BaseException:
+            self.stop()
+            raise
         self.actors["auditor"] = AuditorActor.options(**self._options("auditor", 0)).remote(
             self.cfg.storage,
             30.0,
@@ -271,16 +290,8 @@ class Pipeline:
             self.actors.update(self._cell_actors(cell, key))
         if self.cfg.api is not None:
             self._deploy_api(key)  # starts Serve (with its proxy) before the deployer would
-        if self._apps:
-            self.models = self._deployer(self._apps).start()
-        self._await_health(list(self.actors))
-        if wait_models:
-            try:
-                self.wait_models()
-            except BaseException:
-                self.stop()
-                raise
-        return self
+        if apps:
+            self.models = self._deployer(apps).start()
 
     def _await_health(self, keys: list[str]) -> None:
         """Wait for the first health answer of these actors (of the cells whose node is up)."""

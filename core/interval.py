@@ -20,9 +20,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from core.priors import InstanceRef, PriorStatus, is_earlier
 from core.records import Prediction
@@ -114,6 +112,11 @@ class PriorResult:
         Raises:
             ValueError: The SR has no measurement group of ``family``.
         """
+        # Imported here: highdicom and pydicom's code dictionary cost a quarter second of every
+        # stage actor's start (core.job imports this module), and only the prior linker reads SRs.
+        import highdicom as hd
+        from pydicom.sr.codedict import codes
+
         groups = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()
         findings, name, version = [], "", ""
         for g in groups:
