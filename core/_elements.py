@@ -12,6 +12,7 @@ attribute, what was found and what was expected.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ from pydicom.tag import BaseTag
 
 from core.reasons import Problem, ReasonCode
 
-__all__ = ["Attributes", "Element", "ElementError", "describe", "read"]
+__all__ = ["Attributes", "Element", "ElementError", "LookupTag", "describe", "read"]
 
 _BINARY = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "AT": "HH"}
 _TEXT = frozenset(
@@ -69,6 +70,7 @@ class Element(NamedTuple):
         return not self.expected_vr or self.vr == "UN" or self.vr in _spec(self.keyword)[2]
 
 
+@functools.lru_cache(maxsize=1024)
 def describe(keyword: str) -> str:
     """Return ``"Keyword (gggg,eeee)"`` for messages.
 
@@ -77,6 +79,20 @@ def describe(keyword: str) -> str:
     """
     tag = tag_for_keyword(keyword)
     return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else keyword
+
+
+class LookupTag(BaseTag):
+    """A tag to look elements up with: ``int`` equality, no Python-level ``__eq__``.
+
+    A dict lookup that finds a key compares the stored key with the one looked up; pydicom's
+    ``BaseTag.__eq__`` is Python code (about a microsecond). Python tries the subclass's
+    (reflected) comparison first, so a ``LookupTag`` compares as a plain int does.
+    """
+
+    __slots__ = ()
+    __eq__ = int.__eq__
+    __ne__ = int.__ne__
+    __hash__ = int.__hash__
 
 
 _SPECS: dict[str, tuple[int, str, frozenset[str]]] = {}
@@ -93,8 +109,8 @@ def _spec(keyword: str) -> tuple[int, str, frozenset[str]]:
             expected = str(dictionary_VR(tag))
         except KeyError:
             expected = ""
-        # A BaseTag key saves pydicom's Tag() conversion on every get_item.
-        found = (BaseTag(tag), expected, frozenset(v.strip() for v in expected.split(" or ")))
+        # A LookupTag key saves pydicom's Tag() conversion and BaseTag.__eq__ on every read.
+        found = (LookupTag(tag), expected, frozenset(v.strip() for v in expected.split(" or ")))
         _SPECS[keyword] = found
     return found
 
@@ -148,6 +164,35 @@ def _from_raw(keyword: str, raw: RawDataElement, expected: str) -> Element:
     return Element(keyword, int(raw.tag), encoded, expected, values, data, len(data))
 
 
+_MEMO: dict[tuple[Any, ...], Element | str] = {}
+_MEMO_SIZE = 8192
+_MEMO_BYTES = 256
+_NUMBERS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+"""Numbers of DS / IS values already converted (orientation, spacing...), by kind and values."""
+
+
+def _from_raw_cached(keyword: str, raw: RawDataElement, expected: str) -> Element:
+    """:func:`_from_raw`, remembered for short values: the slices of a series repeat most of
+    their attributes byte for byte, so each distinct (keyword, VR, bytes, byte order) is decoded
+    once. The key holds everything ``_from_raw`` reads; an ``ElementError`` is remembered too."""
+    data = raw.value
+    if data.__class__ is not bytes or len(data) > _MEMO_BYTES:
+        return _from_raw(keyword, raw, expected)
+    key = (keyword, raw.VR, data, raw.is_little_endian, raw.tag.real)  # .real: a plain int, cheap to compare
+    found = _MEMO.get(key)
+    if found is None:
+        try:
+            found = _from_raw(keyword, raw, expected)
+        except ElementError as exc:
+            found = str(exc)
+        if len(_MEMO) >= _MEMO_SIZE:
+            _MEMO.clear()  # bounded: values come from the network
+        _MEMO[key] = found
+    if found.__class__ is str:
+        raise ElementError(found)
+    return found  # type: ignore[return-value]
+
+
 _STRUCTS: dict[tuple[bool, str, int], struct.Struct] = {}
 _STRIPPED = frozenset({"DS", "IS", "UI"})
 
@@ -183,6 +228,11 @@ class Attributes:
         ds: The dataset to read.
         """
         self.ds = ds
+        # get_item(tag, keep_deferred=True) is _dict.get(Tag(tag)): read the dict directly when
+        # the class does not change that (it costs a third of a read otherwise).
+        self._items: dict[Any, Any] | None = (
+            ds._dict if type(ds).get_item is Dataset.get_item and isinstance(getattr(ds, "_dict", None), dict) else None
+        )
         self.problems: list[Problem] = []
         self._cache: dict[str, Element | None] = {}
         self._bad: set[str] = set()
@@ -196,18 +246,37 @@ class Attributes:
             self._meta.problems = self.problems  # one list: meta VR problems are reported too
         return self._meta.text(keyword)
 
+    def item(self, tag: int) -> Any:
+        """The element at ``tag`` as stored: raw (unconverted) or a DataElement; ``None`` if absent.
+
+        The same as ``ds.get_item(tag, keep_deferred=True)``, straight from the data set's dict
+        when it is a plain pydicom Dataset (``get_item`` converts its key with ``Tag()`` first).
+        """
+        items = self._items
+        return items.get(tag) if items is not None else self.ds.get_item(tag, keep_deferred=True)
+
+    @property
+    def raw_items(self) -> dict[Any, Any] | None:
+        """The data set's own element dict (``None`` for a Dataset class that reads otherwise)."""
+        return self._items
+
+    def decoded(self, keyword: str) -> bool:
+        """Whether ``keyword`` was read (decoded as its VR) by :meth:`get`."""
+        return keyword in self._cache
+
     def get(self, keyword: str) -> Element | None:
         """Return the element (``None`` if absent or unreadable as its VR)."""
         cache = self._cache
         if keyword in cache:
             return cache[keyword]
         tag, expected, allowed = _spec(keyword)  # read(), inlined: this runs ~40 times per instance
-        item = self.ds.get_item(tag, keep_deferred=True)
+        items = self._items
+        item = items.get(tag) if items is not None else self.ds.get_item(tag, keep_deferred=True)
         elem = None
         if item is not None:
             try:
                 elem = (
-                    _from_raw(keyword, item, expected)
+                    _from_raw_cached(keyword, item, expected)
                     if isinstance(item, RawDataElement)
                     else _from_element(keyword, item, expected)
                 )
@@ -231,7 +300,7 @@ class Attributes:
         if keyword in self._cache:
             elem = self._cache[keyword]
             return "\\".join(map(str, elem.values)).strip() if elem is not None else ""
-        item = self.ds.get_item(_spec(keyword)[0], keep_deferred=True)
+        item = self.item(_spec(keyword)[0])
         if item is None:
             return ""
         value = item.value
@@ -265,8 +334,17 @@ class Attributes:
         values = elem.values
         if kind is int and all(type(v) is int for v in values):
             return values  # binary VRs (US, UL...) decode to ints already
+        key = (kind, elem.vr, values)  # text VRs only: their values are str (-0.0 == 0.0 would alias)
+        found = _NUMBERS.get(key) if elem.vr in _TEXT else None
+        if found is not None:
+            return found
         try:
-            return tuple(_number(v, kind) for v in values)
+            found = tuple(_number(v, kind) for v in values)
+            if elem.vr in _TEXT:
+                if len(_NUMBERS) >= _MEMO_SIZE:
+                    _NUMBERS.clear()
+                _NUMBERS[key] = found
+            return found
         except (TypeError, ValueError, OverflowError):
             shown = "\\".join(str(v) for v in elem.values)[:40]
             self._flag(

@@ -84,7 +84,23 @@ def check_plane(
     return problems
 
 
+_VALID_ORIENTATIONS: set[tuple[float, ...]] = set()
+"""Orientations found valid (every slice of a series repeats its own). Only valid ones are kept:
+a message shows the values, and -0.0 == 0.0 would alias two of them."""
+
+
 def _orientation_problem(cosines: Sequence[float]) -> str:
+    if cosines.__class__ is tuple and cosines in _VALID_ORIENTATIONS:
+        return ""
+    problem = _cosines_problem(cosines)
+    if not problem and cosines.__class__ is tuple:
+        if len(_VALID_ORIENTATIONS) >= 1024:
+            _VALID_ORIENTATIONS.clear()  # bounded: values come from the network
+        _VALID_ORIENTATIONS.add(cosines)  # type: ignore[arg-type]
+    return problem
+
+
+def _cosines_problem(cosines: Sequence[float]) -> str:
     if len(cosines) != 6:
         return f"got {len(cosines)} values; expected 6 direction cosines"
     row, col = cosines[:3], cosines[3:]

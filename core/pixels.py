@@ -20,18 +20,18 @@ decoded it when the validator accepted it.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames, parse_basic_offsets, parse_fragments
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from core._elements import Attributes, describe
-from core.codestreams import RLE_SYNTAX, CodestreamError, read_header, rle_segment_count
+from core._pixel_frames import header_problems, split_frames
 from core.errors import RejectedInput
 from core.reasons import Problem, ReasonCode
 
@@ -40,9 +40,11 @@ __all__ = [
     "NATIVE_SYNTAXES",
     "PREFERRED_PLUGINS",
     "PixelDescription",
+    "check_pixel_data",
     "check_pixels",
     "decode_frames",
     "decode_plugins",
+    "describe_pixels",
 ]
 
 NATIVE_SYNTAXES = frozenset(
@@ -76,7 +78,6 @@ _INTEGER_DESCRIPTION = (
 )
 _FLOAT_DESCRIPTION = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_ITEM_TAG = b"\xfe\xff\x00\xe0"
 
 
 class DecodeMode(enum.StrEnum):
@@ -104,8 +105,12 @@ class PixelDescription:
     frames: int
 
 
+@functools.lru_cache(maxsize=64)
 def decode_plugins(transfer_syntax_uid: str) -> tuple[str, ...]:
     """Return the installed plugins that decode this syntax, in the order they are tried.
+
+    Remembered per syntax: the installed plugins do not change while the process runs, and
+    asking pydicom costs more than a frame-header check.
 
     Returns:
         Empty when pydicom has no decoder for it or no plugin for it is installed.
@@ -174,10 +179,19 @@ def decode_frames(
         try:
             frames = decoder.iter_array(ds, indices=indices, raw=raw, decoding_plugin=plugin)
             return _stacked(frames, count)
-        except Exception as exc:  # noqa: BLE001 - a plugin failing is a finding; try the next
+        except BaseException as exc:  # noqa: BLE001 - a plugin failing is a finding; try the next
+            if not _plugin_failure(exc):
+                raise
             detail = (str(exc).strip().splitlines() or [""])[-1][:160]
             errors.append(f"{plugin or 'native'}: {type(exc).__name__}: {detail}")
     raise RejectedInput(f"{describe('PixelData')}: does not decode as {uid.name} ({'; '.join(errors)})", subject)
+
+
+def _plugin_failure(exc: BaseException) -> bool:
+    """Whether a decoding plugin failed on the data: any Exception, and a panic of a Rust plugin
+    (pyo3's ``PanicException`` derives from BaseException: pylibjpeg-rle panics on an RLE frame
+    with fewer Columns than its segments hold). Interrupts and exits are not failures."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _stacked(frames: Iterator[tuple[np.ndarray, Any]], count: int) -> np.ndarray:
@@ -205,27 +219,55 @@ def check_pixels(attrs: Attributes, transfer_syntax_uid: str, mode: DecodeMode) 
         transfer_syntax_uid: The transfer syntax the data set is encoded in.
         mode: How much encapsulated Pixel Data to decode.
     """
+    keyword, desc, problems = describe_pixels(attrs)
+    if keyword is None or desc is None:
+        return problems
+    return check_pixel_data(attrs, keyword, desc, transfer_syntax_uid, mode)
+
+
+def describe_pixels(attrs: Attributes) -> tuple[str | None, PixelDescription | None, list[Problem]]:
+    """Return ``(pixel keyword, description, problems)``: the part of :func:`check_pixels` that
+    reads only the Image Pixel description (the same for every slice of a series, so the
+    validator may remember it). Keyword and description are ``None`` for a non-image or when
+    there are problems."""
     keyword = next((k for k in _PIXEL_KEYWORDS if attrs.present(k)), None)
     described = any(attrs.present(k) for k in (*_INTEGER_DESCRIPTION, "PhotometricInterpretation"))
     if keyword is None and not described:
-        return []  # not an image (SR, KOS, waveform...): nothing to check here
+        return None, None, []  # not an image (SR, KOS, waveform...): nothing to check here
     desc, problems = _description(attrs, float_pixels=keyword not in (None, "PixelData"))
     if problems or desc is None:
-        return problems
+        return None, None, problems
     if keyword is None:
-        return [
-            Problem(
-                ReasonCode.PIXEL_DATA_MISSING,
-                f"{describe('PixelData')}: missing; expected the image data that Rows, "
-                "Columns and the other Image Pixel attributes describe",
-            )
-        ]
+        return (
+            None,
+            None,
+            [
+                Problem(
+                    ReasonCode.PIXEL_DATA_MISSING,
+                    f"{describe('PixelData')}: missing; expected the image data that Rows, "
+                    "Columns and the other Image Pixel attributes describe",
+                )
+            ],
+        )
+    return keyword, desc, []
+
+
+def check_pixel_data(
+    attrs: Attributes, keyword: str, desc: PixelDescription, transfer_syntax_uid: str, mode: DecodeMode
+) -> list[Problem]:
+    """Return the problems of the Pixel Data itself (length, frames, frame headers, decoding)
+    against a coherent description: the part of :func:`check_pixels` that differs per instance."""
     ts = str(transfer_syntax_uid)
     if keyword != "PixelData" or not ts or ts in NATIVE_SYNTAXES:  # no syntax known: as native
         return _native_length(attrs, keyword, desc)
-    if not UID(ts).is_transfer_syntax or not UID(ts).is_encapsulated:
+    if not _is_encapsulated_syntax(ts):
         return []  # unknown syntax: the transfer syntax check reports it
     return _encapsulated(attrs.ds, ts, desc, mode)
+
+
+@functools.lru_cache(maxsize=64)
+def _is_encapsulated_syntax(ts: str) -> bool:
+    return bool(UID(ts).is_transfer_syntax and UID(ts).is_encapsulated)
 
 
 def _description(attrs: Attributes, *, float_pixels: bool) -> tuple[PixelDescription | None, list[Problem]]:
@@ -354,109 +396,13 @@ def _encapsulated(ds: Dataset, ts: str, desc: PixelDescription, mode: DecodeMode
                 "decoder; the pixels cannot reach a model",
             )
         ]
-    frames, problems = _frames(ds, ts, desc)
+    frames, problems = split_frames(ds, ts, desc)
     if problems:
         return problems
-    problems = _headers(ts, frames, desc)
+    problems = header_problems(ts, frames, desc)
     if problems or mode is DecodeMode.HEADERS:
         return problems
     return _decode(ds, ts, desc, None if mode is DecodeMode.ALL_FRAMES else [0])
-
-
-def _frames(ds: Dataset, ts: str, desc: PixelDescription) -> tuple[list[bytes], list[Problem]]:
-    """Split encapsulated Pixel Data into frames (PS3.5 A.4), checking the frame count."""
-    where = describe("PixelData")
-    data = ds.get_item(0x7FE00010, keep_deferred=True).value
-    if not isinstance(data, bytes | bytearray | memoryview) or not data:
-        return [], [Problem(ReasonCode.PIXEL_DATA_MISSING, f"{where}: empty; expected fragments")]
-    data = bytes(data)
-    if data[:4] != _ITEM_TAG:
-        return [], [
-            Problem(
-                ReasonCode.PIXEL_DATA_UNDECODABLE,
-                f"{where}: not encapsulated; expected an item sequence (PS3.5 A.4) for {UID(ts).name}",
-            )
-        ]
-    try:
-        offsets = parse_basic_offsets(data)
-        count, _ = parse_fragments(data)
-    except (ValueError, EOFError) as exc:
-        return [], [
-            Problem(
-                ReasonCode.PIXEL_DATA_UNDECODABLE,
-                f"{where}: fragments cannot be read ({exc}); expected PS3.5 A.4 items",
-            )
-        ]
-    declared = desc.frames
-    if (offsets and len(offsets) != declared) or count < declared:
-        found = len(offsets) if offsets else count
-        what = "Basic Offset Table entries" if offsets else "fragments"
-        return [], [
-            Problem(
-                ReasonCode.FRAME_COUNT_MISMATCH,
-                f"{describe('NumberOfFrames')}: got {declared}; the Pixel Data has {found} {what}",
-            )
-        ]
-    try:
-        frames = list(generate_frames(data, number_of_frames=declared))
-    except (ValueError, EOFError, IndexError) as exc:
-        return [], [
-            Problem(ReasonCode.FRAME_COUNT_MISMATCH, f"{where}: cannot be split into {declared} frame(s): {exc}")
-        ]
-    if len(frames) != declared:
-        return [], [
-            Problem(
-                ReasonCode.FRAME_COUNT_MISMATCH,
-                f"{describe('NumberOfFrames')}: got {declared}; found {len(frames)} frames",
-            )
-        ]
-    return frames, []
-
-
-def _headers(ts: str, frames: list[bytes], desc: PixelDescription) -> list[Problem]:
-    where = describe("PixelData")
-    for index, frame in enumerate(frames, start=1):
-        try:
-            problem = _header_problem(ts, frame, desc)
-        except CodestreamError as exc:
-            return [Problem(ReasonCode.PIXEL_DATA_UNDECODABLE, f"{where}: frame {index} header: {exc}")]
-        if problem:
-            code = (
-                ReasonCode.PIXEL_DATA_UNDECODABLE
-                if problem.startswith("truncated")
-                else ReasonCode.PIXEL_ATTRIBUTES_INCONSISTENT
-            )
-            return [Problem(code, f"{where}: frame {index}: {problem}")]
-    return []
-
-
-def _header_problem(ts: str, frame: bytes, desc: PixelDescription) -> str:
-    if ts == RLE_SYNTAX:
-        segments = rle_segment_count(frame)
-        expected = desc.samples * max(1, desc.bits_allocated // 8)
-        if segments != expected:
-            return (
-                f"RLE header has {segments} segments; SamplesPerPixel {desc.samples} x "
-                f"BitsAllocated {desc.bits_allocated} / 8 needs {expected}"
-            )
-        return ""
-    header = read_header(ts, frame)
-    if header is None:
-        return ""
-    if (header.rows, header.columns, header.samples) != (desc.rows, desc.columns, desc.samples):
-        return (
-            f"the codestream holds {header.rows} x {header.columns} x {header.samples} "
-            f"samples; Rows x Columns x SamplesPerPixel say {desc.rows} x {desc.columns} x "
-            f"{desc.samples}"
-        )
-    if header.signed is not None and header.signed != bool(desc.pixel_representation):
-        return (
-            f"the JPEG 2000 codestream is {'signed' if header.signed else 'unsigned'}; "
-            f"PixelRepresentation (0028,0103) says {desc.pixel_representation}"
-        )
-    if not header.complete:
-        return "truncated: the codestream has no end-of-image marker"
-    return ""
 
 
 def _decode(ds: Dataset, ts: str, desc: PixelDescription, indices: Sequence[int] | None) -> list[Problem]:

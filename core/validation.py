@@ -28,6 +28,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from core._elements import Attributes, ElementError, describe, read
+from core._verdicts import UID_SYNTAX as _UID
+from core._verdicts import Verdict as _Verdict
+from core._verdicts import verdict_key
 from core.config import ValidationConfig
 from core.geometry import GeometryPolicy, Slice, check_plane, check_stack
 from core.instance_checks import (
@@ -38,7 +41,7 @@ from core.instance_checks import (
     check_meta,
     check_transfer_syntax,
 )
-from core.pixels import DecodeMode, check_pixels
+from core.pixels import DecodeMode, check_pixel_data, check_pixels, describe_pixels
 from core.reasons import Level, Problem, ReasonCode
 from core.types import ValidationIssue
 
@@ -52,8 +55,11 @@ __all__ = [
 ]
 
 _PATIENT = ("PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+_VERDICTS_KEPT = 512
 _STUDY = ("AccessionNumber", "StudyDate")
 _STACK = ("EchoNumbers", "TemporalPositionIdentifier", "TriggerTime", "AcquisitionNumber")
+_FACT_TEXTS = ("FrameOfReferenceUID", *_PATIENT, *_STUDY, *_STACK)
+"""Read with ``quick_text``, whose result depends on whether a check decoded them first."""
 _PLANE_SOP_CLASSES = frozenset(
     {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"}
 )
@@ -121,6 +127,7 @@ class Validator:
         policy: Demands and tolerances (defaults: decode every frame).
         """
         self.policy = policy or ValidationPolicy()
+        self._verdicts: dict[bytes, _Verdict] = {}
 
     def check_instance(
         self, ds: Dataset, transfer_syntax_uid: str = "", expected_sop_instance_uid: str = ""
@@ -147,6 +154,24 @@ class Validator:
         Returns:
             ``(issues, facts)``; never raises.
         """
+        try:
+            known, key = self._known_clean(ds, transfer_syntax_uid, expected_sop_instance_uid)
+        except Exception:  # noqa: BLE001 - the shortcut only ever answers "clean"; the full
+            known, key = None, None  # checks below find and word whatever broke it
+        if known is not None:
+            return [], known
+        issues, facts, verdict = self._inspect(ds, transfer_syntax_uid, expected_sop_instance_uid, key is not None)
+        if key is not None and verdict is not None:
+            if len(self._verdicts) >= _VERDICTS_KEPT:
+                self._verdicts.clear()  # bounded; a clear (not LRU) is safe under threads
+            self._verdicts[key] = verdict
+        return issues, facts
+
+    def _inspect(
+        self, ds: Dataset, transfer_syntax_uid: str, expected_sop_instance_uid: str, keyed: bool = False
+    ) -> tuple[list[ValidationIssue], InstanceFacts, _Verdict | None]:
+        """Every check, in order; also, for a clean keyed instance, what its series shares (see
+        ``core._verdicts``)."""
         attrs = Attributes(ds)
         sop = expected_sop_instance_uid or _safe_text(attrs, "SOPInstanceUID")
         problems: list[Problem] = []
@@ -160,7 +185,60 @@ class Validator:
                 )
         problems += [p for p in attrs.problems if p not in problems]
         issues = [ValidationIssue(str(p.code), p.message, sop, str(p.level)) for p in problems]
-        return issues, self._facts(attrs, sop)
+        replay = tuple(k for k in _FACT_TEXTS if attrs.decoded(k))
+        facts = self._facts(attrs, sop)
+        return issues, facts, (self._verdict(ds, attrs, replay) if keyed and not issues else None)
+
+    @staticmethod
+    def _verdict(ds: Dataset, attrs: Attributes, replay: tuple[str, ...]) -> _Verdict | None:
+        try:
+            shared, plane = _shared_facts(attrs), _plane(attrs)
+        except Exception:  # noqa: BLE001 - facts that fall back are not remembered
+            return None
+        keyword, desc, problems = describe_pixels(Attributes(ds))
+        return None if problems else _Verdict(keyword, desc, replay, shared, plane)
+
+    def _known_clean(
+        self, ds: Dataset, ts: str, expected_sop: str
+    ) -> tuple[InstanceFacts | None, bytes | None]:
+        """The facts of an instance whose series-invariant attributes are byte for byte those of
+        an instance found clean before, and whose own attributes pass; else ``None`` (then the
+        full checks run). Also the verdict key (``None``: not rememberable)."""
+        attrs = Attributes(ds)
+        key = verdict_key(attrs, ts)
+        verdict = self._verdicts.get(key) if key is not None else None
+        if verdict is None or not self._own_attributes_clean(attrs, ts, expected_sop, verdict):
+            return None, key
+        for keyword in verdict.replay:  # decode what the full checks decode, so that the facts
+            attrs.get(keyword)  # compare values read the same way
+        if attrs.problems:
+            return None, None
+        sop = expected_sop or _safe_text(attrs, "SOPInstanceUID")
+        series, study, modality, frame_of_reference, patient, study_facts = verdict.shared
+        placed = _placed(attrs, sop, verdict.plane, attrs.numbers("ImagePositionPatient"))
+        facts = InstanceFacts(sop, series, study, modality, frame_of_reference, placed, patient, study_facts)
+        return facts, key
+
+    def _own_attributes_clean(self, attrs: Attributes, ts: str, expected_sop: str, verdict: _Verdict) -> bool:
+        """Whether the checks of what differs between the slices of a series find nothing: the
+        end of the file, the SOP Instance UID, File Meta and C-STORE agreement, Image Position
+        (Patient), the Pixel Data itself. Stricter than the full checks: anything unusual is
+        left to them."""
+        if check_complete(attrs, ts, expected_sop) or check_meta(attrs, ts, expected_sop):
+            return False
+        sop = attrs.text("SOPInstanceUID")
+        if not sop or len(sop) > 64 or not _UID.match(sop):
+            return False
+        if sop in (attrs.text("StudyInstanceUID"), attrs.text("SeriesInstanceUID")):
+            return False
+        position = attrs.numbers("ImagePositionPatient")
+        if position is not None and len(position) != 3:
+            return False
+        if verdict.keyword is not None and verdict.desc is not None:
+            syntax = _syntax(attrs, ts)
+            if check_pixel_data(attrs, verdict.keyword, verdict.desc, syntax, self.policy.decode):
+                return False
+        return not attrs.problems
 
     def _checks(self) -> tuple[_Check, ...]:
         return (
@@ -202,15 +280,9 @@ class Validator:
 
     def _facts(self, attrs: Attributes, sop: str) -> InstanceFacts:
         try:
+            series, study, modality, frame_of_reference, patient, study_facts = _shared_facts(attrs)
             return InstanceFacts(
-                sop_instance_uid=sop,
-                series_instance_uid=_safe_text(attrs, "SeriesInstanceUID"),
-                study_instance_uid=_safe_text(attrs, "StudyInstanceUID"),
-                modality=_safe_text(attrs, "Modality").upper(),
-                frame_of_reference_uid=attrs.quick_text("FrameOfReferenceUID"),
-                slice=_slice(attrs, sop),
-                patient=tuple(_fingerprint(attrs.quick_text(k)) for k in _PATIENT),
-                study=tuple(_fingerprint(attrs.quick_text(k)) for k in _STUDY),
+                sop, series, study, modality, frame_of_reference, _slice(attrs, sop), patient, study_facts
             )
         except Exception:  # noqa: BLE001 - facts of an unreadable dataset are just its UID
             return InstanceFacts(sop, "", "")
@@ -329,6 +401,19 @@ def _fingerprint(value: str) -> str:
     return format(hash(("pacsai-facts", value)) & 0xFFFFFFFFFFFFFFFF, "016x") if value else ""
 
 
+def _shared_facts(attrs: Attributes) -> tuple[str, str, str, str, tuple[str, ...], tuple[str, ...]]:
+    """The facts every instance of a series shares: Series and Study UIDs, Modality, Frame of
+    Reference, hashed patient and study attributes (``core._verdicts`` keys all they read)."""
+    return (
+        _safe_text(attrs, "SeriesInstanceUID"),
+        _safe_text(attrs, "StudyInstanceUID"),
+        _safe_text(attrs, "Modality").upper(),
+        attrs.quick_text("FrameOfReferenceUID"),
+        tuple(_fingerprint(attrs.quick_text(k)) for k in _PATIENT),
+        tuple(_fingerprint(attrs.quick_text(k)) for k in _STUDY),
+    )
+
+
 def _safe_text(attrs: Attributes, keyword: str) -> str:
     elem = attrs.get(keyword)
     first = elem.first if elem is not None else None
@@ -357,18 +442,25 @@ def _shared_spacing(attrs: Attributes) -> bool:
 
 
 def _slice(attrs: Attributes, sop: str) -> Slice | None:
+    return _placed(attrs, sop, _plane(attrs), attrs.numbers("ImagePositionPatient"))
+
+
+_Plane = tuple[tuple[float, ...], int, int]
+
+
+def _plane(attrs: Attributes) -> _Plane | None:
+    """Orientation, Rows and Columns of a single-frame image with a valid orientation (what its
+    series shares of a slice); ``None`` otherwise."""
     orientation = attrs.numbers("ImageOrientationPatient")
-    position = attrs.numbers("ImagePositionPatient")
     frames = attrs.integer("NumberOfFrames") if attrs.present("NumberOfFrames") else 1
     rows, columns = attrs.integer("Rows"), attrs.integer("Columns")
-    if (
-        orientation is None
-        or position is None
-        or frames != 1
-        or rows is None
-        or columns is None
-        or check_plane(orientation, position, None)
-    ):
+    if orientation is None or frames != 1 or rows is None or columns is None or check_plane(orientation, None, None):
+        return None
+    return tuple(orientation), rows, columns
+
+
+def _placed(attrs: Attributes, sop: str, plane: _Plane | None, position: tuple[float, ...] | None) -> Slice | None:
+    if plane is None or position is None or len(position) != 3:
         return None
     stack = tuple(attrs.quick_text(k) for k in _STACK)
-    return Slice(sop, rows, columns, tuple(orientation), tuple(position), stack)
+    return Slice(sop, plane[1], plane[2], plane[0], tuple(position), stack)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import RLELossless
 
 from core._elements import Attributes
 from core.codestreams import CodestreamError, read_header, rle_segment_count
 from core.errors import RejectedInput
 from core.pixels import DecodeMode, check_pixels, decode_frames, decode_plugins
 from core.validation import ValidationPolicy, Validator
+from tests.corruptions import ct, put, write
 
 DECODES = [
     "MR_small_implicit.dcm",
@@ -154,3 +158,19 @@ def test_decode_frames_refuses_a_missing_or_undecodable_syntax():
         decode_frames(ds)
     with pytest.raises(RejectedInput, match="has no installed decoder"):
         decode_frames(ds, transfer_syntax_uid="1.2.840.10008.1.2.4.100")  # MPEG-2
+
+
+def test_a_decoder_panic_is_a_plugin_failure_not_a_crash() -> None:
+    """pylibjpeg-rle panics (pyo3 ``PanicException``, a BaseException) on an RLE frame whose
+    Columns are fewer than its segments hold; found by fuzzing the validator (issue 14). The
+    panic is that plugin's failure: the next one (pydicom's) is tried, and nothing escapes."""
+    ds = ct(seed=3, n=1)[0]
+    ds.compress(RLELossless)
+    put(ds, "Columns", 2)
+    buffer = BytesIO()
+    write(ds, buffer)
+    ds = dcmread(BytesIO(buffer.getvalue()))
+    with pytest.warns(UserWarning, match="non-conformant padding"):  # pydicom's RLE decoder
+        frames = decode_frames(ds, transfer_syntax_uid=RLELossless)
+    assert frames.shape == (1, 32, 2)
+    assert Validator().check_instance(ds, str(ds.file_meta.TransferSyntaxUID)) == []
