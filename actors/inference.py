@@ -59,6 +59,16 @@ class TaskRun:
     shadows: tuple[str, ...] = ()
 
 
+def _cancel(response: Any) -> None:
+    """Cancel a Serve request, best effort: one that already failed re-raises its error from
+    ``cancel`` (Serve fetches the result first), and that must not replace the error being
+    handled (a ``DeploymentUnavailableError`` would spend a retry)."""
+    try:
+        response.cancel()
+    except Exception:  # noqa: BLE001 - it is over either way
+        logger.debug("cancelling a Serve request raised; it had ended", exc_info=True)
+
+
 def _peer(app: str) -> str:
     """The peer an outage names: ``model:<family>`` (``model:<family>--<version>`` for another
     version)."""
@@ -228,9 +238,8 @@ class InferenceWork:
         except BaseException:
             # A request that timed out still waits in Serve's queue, holding the study's bytes,
             # until a replica takes it (never, while none can start): drop it and the shadows.
-            response.cancel()
-            for _, pending in shadows:
-                pending.cancel()
+            for pending in (response, *(p for _, p in shadows)):
+                _cancel(pending)
             raise
         blobs = self._ledger.blobs
         prediction = output.with_stored(tuple(h.stored_as(blobs.put(h.levels)) for h in output.heatmaps))
