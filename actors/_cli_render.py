@@ -45,7 +45,7 @@ EXAMPLES: dict[str, str] = {
     "pacsai models rollback": "pacsai models rollback chest_xray 1.4.0 --reason 'false positives on portable films'",
     "pacsai ai": "pacsai ai off --modality CT --reason 'scanner recalibration' --user ann",
     "pacsai replay": "pacsai replay 42 --user ann",
-    "pacsai audit": "pacsai audit verify\n  pacsai audit show --study 1.2.840.99.1 --limit 50",
+    "pacsai audit": "pacsai audit verify\n  pacsai audit verify --head /mnt/audit-heads/chain-head.json\n  pacsai audit show --study 1.2.840.99.1 --limit 50\n  pacsai audit keygen --out /etc/pacsai/audit-key.pem",
     "pacsai quarantine": "pacsai quarantine list",
     "pacsai quarantine list": "pacsai quarantine list --state all --limit 20",
     "pacsai quarantine show": "pacsai quarantine show Q7 --json",

@@ -1,5 +1,6 @@
-"""Auditor actor: chains new audit events (PostgreSQL), keeps checking that the trail's hash
-chain is intact, answers queries, and publishes the ledger's gauges (jobs per state, each
+"""Auditor actor: chains and signs new audit events (PostgreSQL), keeps checking that the
+trail's signed hash chain is intact and exports its head after each intact check and on stop
+(``AuditLog.export_head``: a file out of the ledger, syslog), answers queries, and publishes the ledger's gauges (jobs per state, each
 stage's queue and oldest wait, outbox backlog, held quarantine, model replicas: ``core.metrics``),
 once per site. Events themselves are appended by each stage in the same
 transaction as the state change they describe, so the trail can never disagree with the
@@ -98,12 +99,18 @@ class AuditorActor(ActorShell):
         return 0
 
     def _round(self) -> int:
-        self.verify()
+        self.verify(full=False)
         return 1
 
-    def verify(self) -> dict[str, Any]:
-        """Check the chain now; return ``{"intact": bool, "break": ..., "checked_at": t}``."""
-        broken = self._ledger.audit.verify()
+    def verify(self, full: bool = True) -> dict[str, Any]:
+        """Check the chain now; return ``{"intact": bool, "break": ..., "checked_at": t}``.
+
+        ``full=False`` (the periodic round) checks signatures only of entries added since the
+        last check, the older ones by hash. An intact chain's head is exported; a broken one's
+        is not (that would vouch for the tampered tail).
+        """
+        report = self._ledger.audit.check(full=full)
+        broken = report.broken
         self._last = {
             "intact": broken is None,
             "break": None if broken is None else {"seq": broken.seq, "reason": broken.reason},
@@ -111,7 +118,17 @@ class AuditorActor(ActorShell):
         }
         if broken is not None:
             logger.error("audit chain broken at seq %d: %s", broken.seq, broken.reason)
+        else:
+            self._ledger.audit.export_head(self._clock.now(), upto=report.last_seq)
         return self._last
+
+    def stop(self) -> None:
+        """Stop the loops, then chain, check and export the head a last time."""
+        super().stop()
+        try:
+            self.verify(full=False)
+        except Exception:  # the ledger may be gone already: the last periodic head stands
+            logger.exception("audit head not exported at stop")
 
     def events(self, study_uid: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         """Stored audit events, optionally of one study."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
+from actors._cli_audit import audit_keygen, audit_verify
 from actors._cli_render import (
     EXAMPLES,
     entry_json,
@@ -223,12 +224,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """Verify the audit chain or show events."""
-    ops = _operations(args)
+    """Verify the signed audit chain (against the exported head), show events, or make a key."""
+    if args.action == "keygen":
+        return audit_keygen(args.out or "audit-signing-key.pem")
     if args.action == "verify":
-        broken = ops.audit_verify()
-        print("audit chain intact" if broken is None else f"audit chain BROKEN at seq {broken.seq}: {broken.reason}")
-        return 0 if broken is None else 1
+        try:
+            return audit_verify(_ledger(_config(args)), args.head)
+        except ValueError as exc:
+            raise ConfigError("arguments", [str(exc)]) from None
+    ops = _operations(args)
     left, after = args.limit, 0
     while left > 0:  # page through: one listing returns at most LIMIT_MAX events
         page = ops.audit_events(args.study, min(left, LIMIT_MAX), after)
@@ -362,9 +366,11 @@ def _parser(plugins: bool = True) -> argparse.ArgumentParser:
     rp.add_argument("job_id", type=int)
     rp.add_argument("--user", default="operator")
     au = add("audit", cmd_audit, "verify or show the audit trail")
-    au.add_argument("action", choices=["verify", "show"])
+    au.add_argument("action", choices=["verify", "show", "keygen"])
     au.add_argument("--study")
     au.add_argument("--limit", type=int, default=200)
+    au.add_argument("--head", help="verify: the exported chain head to check against (default: the head file)")
+    au.add_argument("--out", help="keygen: where to write the new private key (mode 0600)")
     _quarantine_parser(add("quarantine", cmd_quarantine, "quarantined instances: list, show, release, discard"))
     _review_parser(add("review", cmd_review, "review flags: list, show, resolve (who, why, audited)"))
     _tokens_parser(add("tokens", cmd_tokens, "API tokens: create, list, revoke"))

@@ -447,11 +447,13 @@ def list_audit(
     "/audit/verify",
     response_model=AuditVerdict,
     tags=["audit"],
-    summary="Verify the audit hash chain",
+    summary="Verify the signed audit chain",
     responses=_problems(),
 )
 def verify_audit(request: Request, principal: _READ) -> AuditVerdict:
-    """Whether every event still matches its hash and links to the one before."""
+    """Whether every event still matches its hash, links to the one before, equals its columns
+    and carries a signature of a trusted key, and whether the chain reaches the exported head
+    (``core.audit.check_chain``); else the first bad entry."""
     broken = _ops(request).audit_verify()
     if broken is None:
         return AuditVerdict(intact=True, broken_at_seq=None, reason="")

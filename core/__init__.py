@@ -5,6 +5,7 @@ __all__ = [
     "api_config",
     "assembly",
     "audit",
+    "audit_seal",
     "auth",
     "bundles",
     "charsets",

@@ -199,6 +199,45 @@ class LedgerConfig(_Model):
         return self
 
 
+class AuditConfig(_Model):
+    """The audit trail's signing key and where its chain head is exported (``core.audit_seal``)."""
+
+    key_file: str | None = Field(
+        default=None,
+        description="PEM (PKCS#8) file of the Ed25519 private key that signs audit entries "
+        "(openssl genpkey -algorithm ed25519, or pacsai audit keygen); keep it apart from the "
+        "ledger, readable by the service account only",
+    )
+    key_env: str | None = Field(
+        default=None,
+        pattern=ENV_NAME,
+        description="Environment variable holding the signing key (PEM, or base64 of the 32-byte "
+        "seed); used when key_file is unset",
+    )
+    demo_key: bool = Field(
+        default=True,
+        description="With neither key_file nor key_env: true generates a key under "
+        "<var_dir>/audit (logged as a warning: not for production); false refuses to start",
+    )
+    trusted_public_keys: list[str] = Field(
+        default_factory=list,
+        description="Public keys (base64 of the 32 raw bytes) of earlier, rotated signing keys "
+        "whose entries must still verify; the current key is always trusted",
+    )
+    head_dir: str | None = Field(
+        default=None,
+        description="Where the newest chain head is exported (chain-head.json), so deleting the "
+        "newest entries is detected; unset: <var_dir>/audit. Production: a directory the "
+        "ledger's host cannot rewrite (another machine's mount)",
+    )
+    syslog_address: str | None = Field(
+        default=None,
+        pattern=r"^(/\S+|[A-Za-z0-9.\-\[\]:]+:\d{1,5})$",
+        description="Where each exported head is also sent as an RFC 5424 syslog line: host:port "
+        "(UDP) or a socket path (/dev/log); unset: not sent",
+    )
+
+
 class StorageConfig(_Model):
     """Where durable state lives on this machine."""
 
@@ -206,6 +245,10 @@ class StorageConfig(_Model):
     ledger: LedgerConfig = Field(
         default_factory=lambda: LedgerConfig(),
         description="Where the ledger, the HL7 context store and the EHR outbox live",
+    )
+    audit: AuditConfig = Field(
+        default_factory=lambda: AuditConfig(),
+        description="The audit trail's signing key and chain head export",
     )
     inline_record_max_bytes: int = Field(
         default=4096,

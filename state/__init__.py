@@ -6,6 +6,7 @@
 - ``db``, ``sqlite``, ``postgres``: one database contract, two backends.
 - ``migrate``: versioned schemas applied at start (yoyo-migrations).
 - ``ledger``: the ledger's repositories (``open_ledger``).
+- ``audit_seal``: the audit trail's signing key (from a file or the environment) and its exported chain head.
 - ``context_store``: the HL7 bridge's context store (inbox, FHIR resources; PHI).
 - ``ehr_outbox``: FHIR report Bundles waiting for the EHR (PHI).
 - ``spool``: the durable intake (C-STORE and STOW-RS): spool file + ledger record.
@@ -17,6 +18,7 @@ Depends on ``core`` only (an import-linter contract): no Ray, no sockets, no act
 from __future__ import annotations
 
 __all__ = [
+    "audit_seal",
     "blobs",
     "context_store",
     "db",

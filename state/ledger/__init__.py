@@ -27,6 +27,7 @@ import os
 
 from core.config import LedgerConfig, StorageConfig
 from core.errors import ConfigError
+from state.audit_seal import AuditSeal, open_seal
 from state.blobs import Blobs, BlobStore, DatabaseBlobStore
 from state.db import Database
 from state.layout import VarLayout
@@ -52,19 +53,23 @@ __all__ = ["Ledger", "open_database", "open_ledger"]
 class Ledger:
     """The ledger's repositories over one database (one per process)."""
 
-    def __init__(self, db: Database, blobs: Blobs, inline_max: int = INLINE_MAX, cell: str = "") -> None:
+    def __init__(
+        self, db: Database, blobs: Blobs, inline_max: int = INLINE_MAX, cell: str = "", seal: AuditSeal | None = None
+    ) -> None:
         """Args:
         db: The ledger database (schema already migrated).
         blobs: Where large record sections go.
         inline_max: Largest record section kept in a row, in bytes of JSON.
         cell: The ingress cell of this process (``core.placement``): new instances and jobs
             belong to it and only its jobs are leased. ``''`` on one machine.
+        seal: The audit signing key and head export (``state.audit_seal``); ``None``: the one
+            this process installed when it opened its ledger.
         """
         self.db = db
         self.blobs = blobs
         self.cell = cell
         codec = RecordCodec(blobs, inline_max)
-        self.audit = AuditLog(db)
+        self.audit = AuditLog(db, seal)
         self.intake = Intake(db, cell)
         self.jobs = Jobs(db, codec, cell)
         self.outbox = Outbox(db, cell)
@@ -130,7 +135,8 @@ def open_ledger(storage: StorageConfig, layout: VarLayout | None = None) -> Ledg
     """Open the configured ledger (migrated) with its blob store.
 
     Raises:
-        ConfigError: PostgreSQL is configured but its DSN variable is not set.
+        ConfigError: PostgreSQL is configured but its DSN variable is not set; no audit
+            signing key (``storage.audit``).
         DependencyUnavailable: The PostgreSQL server cannot be reached.
     """
     layout = layout or VarLayout.at(storage.var_dir)
@@ -138,4 +144,5 @@ def open_ledger(storage: StorageConfig, layout: VarLayout | None = None) -> Ledg
     # A cluster's nodes share the PostgreSQL ledger, and its blobs with it; one machine keeps
     # them as files beside the spool.
     blobs = DatabaseBlobStore(db) if db.dialect == "postgresql" else BlobStore(layout.blobs)
-    return Ledger(db, blobs, storage.inline_record_max_bytes, storage.cell)
+    seal = open_seal(storage.audit, layout.root)
+    return Ledger(db, blobs, storage.inline_record_max_bytes, storage.cell, seal)

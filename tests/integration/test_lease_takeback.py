@@ -130,11 +130,12 @@ def test_the_audit_chain_is_verified_a_page_at_a_time_across_pages(ledger, monke
     from core.audit import AuditEvent
     from core.types import AuditEventType
     from state.ledger import audit
-    from tests.integration.test_ledger_contract import raw_execute
+    from tests.integration.test_ledger_contract import drop_audit_guards, raw_execute
 
     monkeypatch.setattr(audit, "_VERIFY_PAGE", 10)
     ledger.audit.append([AuditEvent(AuditEventType.JOB_RETRY, "w", f"1.{i}") for i in range(35)], 100.0)
     assert ledger.audit.verify() is None
+    drop_audit_guards(ledger)  # the trail is append-only: an attacker who owns the database first
     raw_execute(ledger, "UPDATE audit SET canonical = replace(canonical, '1.27', '1.72') WHERE seq = 28")
     assert ledger.audit.verify().seq == 28
     raw_execute(ledger, "DELETE FROM audit WHERE seq = 21")  # the first row of the third page

@@ -14,7 +14,7 @@ import pytest
 from actors.adapters.dimse import Listener
 from actors.prevalidation import PreValidator, VerdictCache
 from actors.validator import ValidationWork
-from core.audit import AuditEvent
+from core.audit import AuditEvent, ChainBreak
 from core.config import ListenerConfig, RetryConfig
 from core.errors import AccessDenied, DimseRefused, LeaseLost, RecordError, RejectedInput
 from core.health import ActorHealth, HealthStatus, LoopHealth
@@ -80,11 +80,23 @@ def raw_execute(ledger: Ledger, sql: str) -> None:
     """Change the database behind the ledger's back (tampering, legacy rows)."""
     if ledger.backend == "sqlite":
         con = sqlite3.connect(ledger.db.path)  # type: ignore[attr-defined]
-        con.execute(sql)
-        con.commit()
-        con.close()
+        try:  # a statement the database refuses must not leave the file locked
+            con.execute(sql)
+            con.commit()
+        finally:
+            con.close()
     else:
         ledger.db.run(lambda tx: tx.execute(sql))
+
+
+def drop_audit_guards(ledger: Ledger) -> None:
+    """What an attacker with the database owner's rights can do: remove the triggers that make
+    the audit trail append-only (migration 0011), to tamper with it."""
+    if ledger.backend == "sqlite":
+        raw_execute(ledger, "DROP TRIGGER audit_no_update")
+        raw_execute(ledger, "DROP TRIGGER audit_no_delete")
+    else:
+        raw_execute(ledger, "DROP TRIGGER audit_append_only ON audit")
 
 
 def advance(ledger: Ledger, job, states, now):
@@ -544,9 +556,90 @@ def test_audit_chain_detects_tampering_in_the_database(ledger):
     ledger.intake.record(meta("1"), 100.0, 102.0, "t")
     ledger.audit.append([AuditEvent(AuditEventType.JOB_REPLAYED, "user:x", "1.2.3")], 101.0)
     assert ledger.audit.verify() is None
+    drop_audit_guards(ledger)
     raw_execute(ledger, "UPDATE audit SET canonical = replace(canonical, 'user:x', 'user:y') WHERE seq = 2")
     broken = ledger.audit.verify()
     assert broken is not None and broken.seq == 2
+
+
+def test_the_database_refuses_to_change_or_delete_audit_entries(ledger):
+    """Migration 0011: UPDATE, DELETE (and TRUNCATE on PostgreSQL) of the trail are refused by
+    the database itself, and so is moving the mark of where signing started."""
+    ledger.audit.append([AuditEvent(AuditEventType.JOB_REPLAYED, "user:x", "1.2.3")], 101.0)
+    ledger.audit.chain()  # PostgreSQL: seq 1 exists once chained
+    refused = [
+        "UPDATE audit SET actor = 'someone-else' WHERE seq = 1",
+        "DELETE FROM audit WHERE seq = 1",
+        "UPDATE audit_legacy SET until_seq = 99",
+        "DELETE FROM audit_legacy",
+        "INSERT INTO audit_legacy (until_seq) VALUES (99)",
+    ]
+    if ledger.backend == "postgresql":
+        refused += ["TRUNCATE audit", "TRUNCATE audit_legacy"]
+    for sql in refused:
+        with pytest.raises(Exception, match="append-only"):
+            raw_execute(ledger, sql)
+    [entry] = ledger.audit.events()
+    assert entry.actor == "user:x" and ledger.audit.legacy_until() == 0 and ledger.audit.verify() is None
+    if ledger.backend == "postgresql":  # the chainer's UPDATE may place an entry, not change it
+        ledger.audit.append([AuditEvent(AuditEventType.JOB_REPLAYED, "user:y", "1.2.3")], 102.0)
+        for sql in (
+            "UPDATE audit SET actor = 'z' WHERE seq IS NULL",
+            "UPDATE audit SET seq = 9, actor = 'z' WHERE seq IS NULL",
+        ):
+            with pytest.raises(Exception, match="append-only"):
+                raw_execute(ledger, sql)
+        raw_execute(
+            ledger, "UPDATE audit SET seq = 9, prev_hash = 'x', hash = 'y' WHERE seq IS NULL"
+        )  # placing: allowed
+        assert ledger.audit.verify() == ChainBreak(9, "sequence jumps from 1 to 9")
+
+
+def test_a_changed_audit_column_is_neither_shown_nor_verified(ledger):
+    """The reviewer's finding: ``UPDATE audit SET actor = ...`` used to verify and be shown."""
+    ledger.audit.append([AuditEvent(AuditEventType.JOB_REPLAYED, f"user:{u}", "1.2.3") for u in "abc"], 101.0)
+    ledger.audit.chain()
+    drop_audit_guards(ledger)
+    raw_execute(ledger, "UPDATE audit SET actor = 'someone-else' WHERE seq = 2")
+    assert [e.actor for e in ledger.audit.events()] == ["user:a", "user:b", "user:c"]  # the signed JSON
+    broken = ledger.audit.verify()
+    assert (broken.seq, broken.reason) == (2, "column actor differs from the signed event")
+
+
+def test_deleting_the_newest_audit_entries_is_found_against_the_exported_head(ledger):
+    ledger.audit.append([AuditEvent(AuditEventType.JOB_RETRY, "w", f"1.{i}") for i in range(6)], 101.0)
+    head = ledger.audit.export_head(102.0)
+    assert head.seq == 6 and ledger.audit.seal.head_file.exists()
+    drop_audit_guards(ledger)
+    raw_execute(ledger, "DELETE FROM audit WHERE seq >= 5")
+    broken = ledger.audit.verify()  # finds the exported head in its file
+    assert broken.seq == 5 and "5 to 6 are missing" in broken.reason
+
+
+def test_a_history_rewritten_and_resigned_without_the_key_is_found(ledger):
+    """An attacker with the database (not the key) rewrites entry 2 and recomputes every later
+    hash and signature with a key of their own."""
+    from core.audit import chain_hash
+    from core.audit_seal import AuditSigner
+
+    ledger.audit.append([AuditEvent(AuditEventType.JOB_RETRY, "w", f"1.{i}") for i in range(4)], 101.0)
+    drop_audit_guards(ledger)
+    attacker = AuditSigner.generate()
+    rows = [
+        (e.seq, AuditEvent(AuditEventType.JOB_RETRY, "w", e.study_uid).canonical(e.at)) for e in ledger.audit.events()
+    ]
+    rows[1] = (2, rows[1][1].replace('"w"', '"intruder"'))
+    with ledger.db.read() as tx:
+        prev = tx.one("SELECT hash FROM audit WHERE seq = 1")["hash"]
+    for seq, canonical in rows[1:]:
+        digest = chain_hash(prev, canonical)
+        sql = "UPDATE audit SET canonical = ?, actor = ?, prev_hash = ?, hash = ?, key_id = ?, sig = ? WHERE seq = ?"
+        actor = "intruder" if seq == 2 else "w"
+        args = (canonical, actor, prev, digest, attacker.key_id, attacker.sign(seq, digest), seq)
+        ledger.db.run(lambda tx, sql=sql, args=args: tx.execute(sql, args))
+        prev = digest
+    broken = ledger.audit.verify()
+    assert broken.seq == 2 and "not a trusted key" in broken.reason
 
 
 def test_concurrent_appends_keep_one_unbroken_chain(ledger):
@@ -560,6 +653,45 @@ def test_concurrent_appends_keep_one_unbroken_chain(ledger):
     for t in threads:
         t.join(60)
     assert len(ledger.audit.events()) == 40 and ledger.audit.verify() is None
+
+
+def test_a_trail_from_before_signing_verifies_as_legacy_up_to_where_signing_started(tmp_path, storage_for):
+    """A ledger migrated up to 0010 holds an unsigned, hash-chained trail; 0011 marks its last
+    entry, entries appended after it are signed, and stripping their signatures is found."""
+    from yoyo import get_backend, read_migrations
+
+    from core.audit import GENESIS, chain_hash
+    from state.migrate import MIGRATIONS
+
+    storage = storage_for("sqlite")
+    path = tmp_path / "var" / "ledger.sqlite"
+    path.parent.mkdir(parents=True)
+    backend = get_backend(f"sqlite:///{path}")
+    with backend.lock():
+        todo = backend.to_apply(read_migrations(str(MIGRATIONS / "ledger" / "sqlite")))
+        backend.apply_migrations(todo.filter(lambda m: m.id < "0011"))
+    backend.connection.close()
+    con, prev = sqlite3.connect(path), GENESIS
+    for seq in (1, 2, 3):
+        event = AuditEvent(AuditEventType.JOB_RETRY, "w", f"1.{seq}")
+        canonical = event.canonical(100.0)
+        digest = chain_hash(prev, canonical)
+        con.execute(
+            "INSERT INTO audit (seq, at, type, actor, study_uid, detail, canonical, prev_hash, hash)"
+            " VALUES (?, 100.0, 'job_retry', 'w', ?, '{}', ?, ?, ?)",
+            (seq, f"1.{seq}", canonical, prev, digest),
+        )
+        prev = digest
+    con.commit()
+    con.close()
+    led = open_ledger(storage)  # applies 0011
+    led.audit.append([AuditEvent(AuditEventType.JOB_REPLAYED, "user:x", "1.4")], 101.0)
+    report = led.audit.check()
+    assert led.audit.legacy_until() == 3 and report.broken is None and (report.entries, report.signed) == (4, 1)
+    drop_audit_guards(led)
+    raw_execute(led, "UPDATE audit SET key_id = NULL, sig = NULL WHERE seq = 4")
+    assert led.audit.verify() == ChainBreak(4, "unsigned entry after signing started")
+    led.close()
 
 
 # --------------------------------------------------------------- processes and schema
