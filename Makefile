@@ -44,7 +44,7 @@ weights: setup
 	$(PY) -m training --config $(CONFIG)
 
 test: setup weights lint
-	$(PY) -m pytest -q --timeout=600
+	$(PY) -m pytest -q --timeout=600 --durations=30
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
