@@ -198,9 +198,7 @@ class Validator:
         keyword, desc, problems = describe_pixels(Attributes(ds))
         return None if problems else _Verdict(keyword, desc, replay, shared, plane)
 
-    def _known_clean(
-        self, ds: Dataset, ts: str, expected_sop: str
-    ) -> tuple[InstanceFacts | None, bytes | None]:
+    def _known_clean(self, ds: Dataset, ts: str, expected_sop: str) -> tuple[InstanceFacts | None, bytes | None]:
         """The facts of an instance whose series-invariant attributes are byte for byte those of
         an instance found clean before, and whose own attributes pass; else ``None`` (then the
         full checks run). Also the verdict key (``None``: not rememberable)."""
