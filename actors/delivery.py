@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 
 import ray
-from pydicom import dcmread
 
 from actors.adapters.dicomweb import DicomwebPacsClient
 from actors.adapters.dimse import DimsePacsClient
@@ -40,6 +39,7 @@ from core.types import AuditEventType, JobState
 from core.versions import DeliveryPlan, VersionState, plan_delivery
 from state.layout import VarLayout
 from state.ledger import Ledger
+from state.sealed_files import dcmread_plain
 
 __all__ = ["DeliveryActor", "DeliveryWork", "FamilyOutcome", "pacs_client"]
 
@@ -204,7 +204,7 @@ class DeliveryWork:
         if self._pacs is None:
             raise DependencyUnavailable("pacs", "no PACS is configured (config key 'pacs')")
         outbox = self._ledger.outbox
-        outcomes = self._pacs.store([dcmread(entry.item.path) for entry in entries])
+        outcomes = self._pacs.store([dcmread_plain(entry.item.path, self._ledger.keyring) for entry in entries])
         refused = []
         for entry, outcome in zip(entries, outcomes, strict=True):
             item = entry.item

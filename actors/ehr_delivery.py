@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import ray
-from pydicom import dcmread
 
 from actors.adapters.fhir_http import FhirClient
 from actors.adapters.metrics import recorder
@@ -38,6 +37,7 @@ from state.context_store import ContextReader, open_context
 from state.ehr_outbox import EhrOutbox, EhrReport
 from state.layout import VarLayout
 from state.ledger import Ledger, open_database
+from state.sealed_files import dcmread_plain
 
 __all__ = ["EhrDeliveryActor", "EhrDeliveryWork"]
 
@@ -122,7 +122,7 @@ class EhrDeliveryWork:
     def _subject(
         self, entry: OutboxEntry, job_id: int, context: StudyContext | None
     ) -> tuple[ResultSubject, list[AuditEvent]]:
-        sr = dcmread(entry.item.path, stop_before_pixels=True)
+        sr = dcmread_plain(entry.item.path, self._ledger.keyring, stop_before_pixels=True)
         patient_id = str(sr.get("PatientID", "") or "")
         accession = str(sr.get("AccessionNumber", "") or "")
         identifier: dict[str, Any] | None = None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -41,6 +40,7 @@ from core.rollout import Assignment, StudyFacts, assign, compare, version_app
 from core.routing import Router
 from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from state.ledger import Ledger
+from state.sealed_files import read_plain
 
 __all__ = ["InferenceActor", "InferenceWork", "TaskRun"]
 
@@ -228,7 +228,7 @@ class InferenceWork:
         request = InferenceRequest(
             study_uid=study_uid,
             family=task.family,
-            instances=tuple((uid, Path(paths[uid]).read_bytes()) for uid in task.sop_instance_uids),
+            instances=tuple((uid, read_plain(paths[uid], self._ledger.keyring)) for uid in task.sop_instance_uids),
             job_id=job.job_id,
         )
         response = self._call(task.family, assignment.version, request)

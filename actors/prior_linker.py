@@ -30,7 +30,6 @@ from datetime import date
 from typing import Any
 
 import ray
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from actors.adapters.dimse import Listener
@@ -61,6 +60,7 @@ from core.sr import describes_our_sr
 from core.types import AuditEventType, InstanceMeta, JobState
 from state.layout import VarLayout
 from state.ledger import Ledger
+from state.sealed_files import dcmread_plain
 
 __all__ = ["PriorLinkWork", "PriorLinkerActor"]
 
@@ -191,7 +191,7 @@ class PriorLinkWork:
         ]
         if not instances:
             instances = intake.job_instances(job.job_id)
-        header = dcmread(instances[0].path, stop_before_pixels=True)
+        header = dcmread_plain(instances[0].path, self._ledger.keyring, stop_before_pixels=True)
         study = CurrentStudy(
             study_uid=job.study_instance_uid,
             identity=PatientIdentity.from_dataset(header),
@@ -233,7 +233,7 @@ class PriorLinkWork:
             return replace(
                 link, reason=f"{link.reason}; prior images could not be retrieved", evidence=self._evidence_refs(search)
             ), None
-        header = dcmread(held[0].path, stop_before_pixels=True)
+        header = dcmread_plain(held[0].path, self._ledger.keyring, stop_before_pixels=True)
         differing = current.identity.disagreements(PatientIdentity.from_dataset(header))
         if differing:  # the PACS's C-FIND answer and the stored headers disagree: trust neither
             return link, Conflict(series.study_uid, differing, search.study.study_date if search.study else "")
@@ -305,7 +305,7 @@ class PriorLinkWork:
                 )
                 self._pacs.retrieve_series(study_uid, s.series_uid, self._cfg.retrieve)
                 held = intake.series_instances(s.series_uid)
-            datasets += [dcmread(i.path) for i in held]
+            datasets += [dcmread_plain(i.path, self._ledger.keyring) for i in held]
         newest = _newest_version(datasets)
         return PriorResult.from_sr(newest, family, "pacs") if newest is not None else None
 

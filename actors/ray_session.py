@@ -15,6 +15,7 @@ import ray
 
 from core.config import AppConfig
 from core.errors import DependencyUnavailable
+from state.files import private_umask
 
 __all__ = ["connect_ray", "ensure_ray", "ray_security_env", "worker_env"]
 
@@ -77,6 +78,7 @@ def ensure_ray(cfg: AppConfig) -> None:
     """Connect to (or start) Ray as configured, unless this process already did."""
     if ray.is_initialized():
         return
+    private_umask()  # before Ray starts: the raylet and every worker inherit it (PHI files 0600)
     _secure(cfg)
     local = cfg.ray.address is None
     global _INHERITED

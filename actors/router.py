@@ -112,6 +112,10 @@ class RouterActor(StageShell):
         join_window_days: Patient ID + date join tolerance.
         """
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
-        join = ContextJoin(ContextReader(open_context(runtime.storage)), join_window_days) if hl7_context else None
+        join = (
+            ContextJoin(ContextReader(open_context(runtime.storage)), join_window_days, keyring=ledger.keyring)
+            if hl7_context
+            else None
+        )
         work = RoutingWork(ledger, Router(cfg, families), "stage:router", join, self._clock)
         self._start(runtime, work)

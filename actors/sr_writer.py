@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from actors.polling import SystemClock
@@ -35,9 +34,9 @@ from core.results import OutboxItem, OutputKind, SrVersion
 from core.sr import ReferencedRequest, SRBuilder, SRIdentity
 from core.types import AuditEventType, JobState
 from core.versions import Incompleteness, plan_write
-from state.files import durable_write
 from state.layout import VarLayout
 from state.ledger import Ledger
+from state.sealed_files import dcmread_plain, write_sealed_final
 
 __all__ = ["SRWriteWork", "SRWriterActor"]
 
@@ -72,7 +71,7 @@ class SRWriteWork:
 
     def _sources(self, job: Job, uids: list[str]) -> list[Dataset]:
         paths = {i.sop_instance_uid: i.path for i in self._ledger.intake.job_instances(job.job_id)}
-        return [dcmread(paths[u], stop_before_pixels=True) for u in uids if u in paths]
+        return [dcmread_plain(paths[u], self._ledger.keyring, stop_before_pixels=True) for u in uids if u in paths]
 
     def _predecessor(self, study_uid: str, sop_uid: str) -> list[Dataset]:
         """The Predecessor Documents reference of an SR version (empty: none)."""
@@ -155,7 +154,7 @@ class SRWriteWork:
         buf = BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         path = self._outbox / f"{ds.SOPInstanceUID}.dcm"
-        durable_write(path, buf.getvalue())
+        write_sealed_final(path, buf.getbuffer(), self._ledger.keyring)
         return OutboxItem(
             str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID), kind, family, str(path)
         )

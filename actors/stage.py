@@ -35,6 +35,7 @@ from core.leases import LeaseOwner, earlier_incarnations
 from core.ledger import RetryPolicy
 from core.ports import Clock
 from core.types import JobState
+from state.files import private_umask
 from state.ledger import Ledger, open_ledger
 
 __all__ = ["ActorShell", "StageRunner", "StageRuntime", "StageShell", "configure_logging", "stage_label"]
@@ -311,6 +312,7 @@ class ActorShell:
     _clock: Clock
 
     def _open_ledger(self, storage: StorageConfig, log_level: str = "INFO") -> Ledger:
+        private_umask()  # an actor on a Ray this process did not start (a cluster node) too
         configure_logging(log_level, log_dir=Path(storage.var_dir) / "logs", name=self.name)
         if storage.cell:  # a cluster runs one per cell (and per index): health rows apart
             self.name = _ray_actor_name(storage.cell) or f"{storage.cell}/{self.name}"

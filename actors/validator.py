@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import ray
-from pydicom import dcmread
 
 from actors.adapters.cells import CellSpools
 from actors.adapters.metrics import recorder
@@ -36,6 +35,7 @@ from core.routing import Router
 from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import InstanceFacts, ReasonCode, ValidationPolicy, Validator
 from state.ledger import Ledger
+from state.sealed_files import dcmread_plain
 
 __all__ = ["ValidationWork", "ValidatorActor"]
 
@@ -101,7 +101,7 @@ class ValidationWork:
             OSError: The spooled file cannot be read (retried by the stage, then dead).
         """
         try:
-            ds = dcmread(inst.path)
+            ds = dcmread_plain(inst.path, self._ledger.keyring)
         except OSError:
             raise
         except Exception as exc:  # noqa: BLE001 - the bytes came from a peer: any parser
@@ -128,7 +128,7 @@ class ValidationWork:
         if self._spools is not None:
             foreign = self._ledger.intake.foreign_instances(job.job_id)
             if foreign:
-                self._ledger.intake.rehome(self._spools.gather(foreign))
+                self._ledger.intake.rehome(self._spools.gather(foreign, self._ledger.keyring))
         overrides = self._ledger.intake.overrides(job.job_id)  # once, not per instance
         instances = [
             i

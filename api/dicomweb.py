@@ -22,7 +22,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 
@@ -31,6 +30,7 @@ from api.multipart import MultipartError, Part, PartTooLarge, RelatedParts, boun
 from api.problems import Problem
 from api.security import Ingester, Reader, context_of
 from core.auth import Principal
+from core.envelope import Keyring
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
 from core.qido import Level, Query, QueryError, matches, parse_query, summarise
 from core.stow_rs import (
@@ -45,6 +45,7 @@ from core.stow_rs import (
     stow_status,
 )
 from state.ledger.outbox import PublishedResult
+from state.sealed_files import dcmread_plain, read_plain
 from state.spool import StudyMismatch, read_preamble_and_meta
 
 __all__ = ["DICOM_JSON", "router"]
@@ -227,9 +228,9 @@ def _ingest_part(ctx: Any, part: Part, study: str | None, actor: str, base: str)
 
 # ----------------------------------------------------------------------------------- QIDO-RS
 @lru_cache(maxsize=4096)
-def _header(path: str) -> Dataset:
+def _header(path: str, keyring: Keyring | None) -> Dataset:
     """A result file's attributes (no pixel data); the files never change once written."""
-    return dcmread(path, stop_before_pixels=True)
+    return dcmread_plain(path, keyring, stop_before_pixels=True)
 
 
 def _query(request: Request) -> Query:
@@ -247,7 +248,7 @@ def _results(request: Request, **uids: str | None) -> list[tuple[PublishedResult
     out = []
     for r in ctx.ledger.outbox.published(**uids, limit=100_000):
         try:
-            out.append((r, _header(r.path)))
+            out.append((r, _header(r.path, ctx.ledger.keyring)))
         except OSError:
             logger.warning("result file of %s unreadable", r.sop_instance_uid)
     return out
@@ -351,17 +352,16 @@ def _wado(request: Request, **uids: str | None) -> Response:
     if not found:
         raise Problem(404, "no result object of ours matches", "not-found")
     if wanted != "*":
-        syntaxes = {str(_header(r.path).file_meta.TransferSyntaxUID) for r in found}
+        syntaxes = {str(_header(r.path, ctx.ledger.keyring).file_meta.TransferSyntaxUID) for r in found}
         if syntaxes != {wanted}:
             raise Problem(406, f"stored as {sorted(syntaxes)}; transcoding is not offered", "not-acceptable")
     boundary = uuid.uuid4().hex
-    paths = [r.path for r in found]
+    paths, ring = [r.path for r in found], ctx.ledger.keyring
 
     def body() -> Iterator[bytes]:
         def files() -> Iterator[tuple[str, bytes]]:
             for p in paths:
-                with open(p, "rb") as f:
-                    yield "application/dicom", f.read()
+                yield "application/dicom", read_plain(p, ring)
 
         yield from related_chunks(boundary, files())
 
@@ -377,7 +377,7 @@ def _metadata(request: Request, **uids: str | None) -> JSONResponse:
         raise Problem(404, "no result object of ours matches", "not-found")
     out = []
     for r in found:
-        ds = _header(r.path)
+        ds = _header(r.path, ctx.ledger.keyring)
         out.append(ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda _e: ""))
     return JSONResponse(out, media_type=DICOM_JSON)
 

@@ -14,7 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.api_config import ApiConfig, DicomwebDestinationConfig
+from core.audit_export_config import AuditCollectorConfig
 from core.errors import ConfigError
+from core.export_config import ExportConfig
+from core.exposure import exposure_problems
+from core.limits_config import DimseLimitsConfig
 from core.placement import CELL_PATTERN, ClusterConfig
 
 __all__ = [
@@ -108,14 +112,35 @@ class ListenerConfig(_Model):
     port: int = Field(default=11112, ge=0, le=65535, description="DIMSE port; 0 picks a free one")
     check_called_ae_title: bool = Field(default=True, description="Reject associations not addressed to ae_title")
     allowed_calling_ae_titles: tuple[str, ...] = Field(
-        default=(), description="If not empty, only these calling AE titles may associate"
+        default=(),
+        description="If not empty, only these calling AE titles may associate; required on a "
+        "non-loopback bind (core.exposure)",
+    )
+    calling_ae_subjects: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="With tls (client certificates): calling AE title -> the certificate subject "
+        "CNs that may call as it; every allowed calling AE title needs an entry",
+    )
+    allow_plaintext: bool = Field(
+        default=False,
+        description="Accept DICOM without TLS on a non-loopback host (logged loudly at start); "
+        "unset, such a bind is a config error",
     )
     min_free_bytes: int = Field(
         default=1 << 30,
         ge=0,
         description="Below this much free space on the spool disk, C-STORE answers 0xA700",
     )
-    max_pdu_size: int = Field(default=0, ge=0, description="Maximum PDU we receive; 0 means unlimited (fastest)")
+    max_pdu_size: int = Field(
+        default=256 << 10,
+        ge=0,
+        description="Maximum PDU we receive (announced; a longer PDU closes the association); 0 means unlimited",
+    )
+    limits: DimseLimitsConfig = Field(
+        default_factory=DimseLimitsConfig,
+        description="Hostile-input bounds: data set size, inflate cap, association deadline, "
+        "per-peer associations, rejected/ quota",
+    )
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle association timeout")
     max_associations: int = Field(default=16, ge=1, description="Concurrent associations")
     group_commit_max: int = Field(
@@ -236,6 +261,53 @@ class AuditConfig(_Model):
         description="Where each exported head is also sent as an RFC 5424 syslog line: host:port "
         "(UDP) or a socket path (/dev/log); unset: not sent",
     )
+    collector: AuditCollectorConfig | None = Field(
+        default=None,
+        description="Audit record repository: every entry sent as a DICOM audit message (PS3.15 A.5) "
+        "over syslog/TLS (RFC 5424/5425); unset: not sent",
+    )
+
+
+class EncryptionConfig(_Model):
+    """Data at rest sealed with AES-256-GCM (``core.envelope``) under versioned data keys."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Seal PHI-bearing files and columns at rest; false stores them in clear (logged as a warning)",
+    )
+    key_file: str | None = Field(
+        default=None,
+        description='JSON file {"current": id, "keys": {id: base64 of 32 bytes}} holding the '
+        "data keys (pacsai keys rotate adds one); keep it apart from var_dir, mode 0600",
+    )
+    key_env: str | None = Field(
+        default=None,
+        pattern=ENV_NAME,
+        description="Environment variable holding the same JSON as key_file; used when key_file is unset",
+    )
+    demo_key: bool = Field(
+        default=True,
+        description="With neither key_file nor key_env: true generates a key file under "
+        "<var_dir>/keys (logged as a warning: not for production); false refuses to start",
+    )
+
+
+class RetentionConfig(_Model):
+    """How long stored data is kept (``core.retention``); ``null`` keeps it forever."""
+
+    spool_after_delivery_days: float | None = Field(
+        default=None, ge=0, description="Days a spool file is kept after its study's results were delivered"
+    )
+    quarantine_days: float | None = Field(
+        default=None, ge=0, description="Days a held or discarded quarantined instance is kept after its hold"
+    )
+    rejected_days: float | None = Field(
+        default=None, ge=0, description="Days rejected data (files under rejected/, HL7 rejects) is kept"
+    )
+    hl7_raw_days: float | None = Field(
+        default=None, ge=0, description="Days a raw HL7 message is kept after it was audited (its digest stays)"
+    )
+    period_s: float = Field(default=3600.0, gt=0, description="How often the auditor's purge loop runs")
 
 
 class StorageConfig(_Model):
@@ -249,6 +321,14 @@ class StorageConfig(_Model):
     audit: AuditConfig = Field(
         default_factory=lambda: AuditConfig(),
         description="The audit trail's signing key and chain head export",
+    )
+    encryption: EncryptionConfig = Field(
+        default_factory=lambda: EncryptionConfig(),
+        description="AES-256-GCM sealing of PHI at rest and where its data keys come from",
+    )
+    retention: RetentionConfig = Field(
+        default_factory=lambda: RetentionConfig(),
+        description="How long the spool, quarantine, rejected data and raw HL7 are kept; each purge is audited",
     )
     inline_record_max_bytes: int = Field(
         default=4096,
@@ -592,7 +672,8 @@ class ModelEntry(_Model):
     sha256: str | None = Field(
         default=None,
         pattern=r"^[0-9a-f]{64}$",
-        description="Expected sha256; if absent, the sidecar '<weights>.sha256' must hold it",
+        description="Expected sha256 of the weights, pinned here; required unless demo (then the "
+        "sidecar '<weights>.sha256' may hold it); a sidecar beside pinned weights must agree",
     )
     demo: bool = Field(default=False, description="Trained on synthetic phantoms; not clinical")
     manufacturer: str = Field(default="PACS-AI Bridge", description="Algorithm manufacturer")
@@ -837,6 +918,12 @@ class ValidationConfig(_Model):
         default=("CT", "MR", "PT"),
         description="Modalities whose models measure: Pixel Spacing (0028,0030) is required",
     )
+    max_pixels: int = Field(
+        default=1 << 31,
+        ge=1,
+        description="Ceiling on Rows x Columns x Frames x Samples per Pixel, checked before any "
+        "decode; a larger declaration is quarantined (pixel bomb)",
+    )
     orientation_tolerance: float = Field(
         default=1e-3, gt=0, description="Largest direction-cosine difference inside one series"
     )
@@ -909,6 +996,11 @@ class MllpListenerConfig(_Model):
     host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 for all")
     port: int = Field(default=2575, ge=0, le=65535, description="MLLP port; 0 picks a free one")
     tls: TlsConfig | None = Field(default=None, description="Accept only TLS 1.2+ if set")
+    allow_plaintext: bool = Field(
+        default=False,
+        description="Accept MLLP without TLS on a non-loopback host (logged loudly at start); "
+        "unset, such a bind is a config error",
+    )
     max_message_bytes: int = Field(
         default=1 << 20,
         ge=1024,
@@ -919,14 +1011,60 @@ class MllpListenerConfig(_Model):
         default=600.0, gt=0, description="Close a connection that sends nothing for this long"
     )
     max_connections: int = Field(default=64, ge=1, description="Concurrent connections")
+    max_connections_per_peer: int = Field(
+        default=8, ge=1, description="Concurrent connections from one IP address; more are closed at once"
+    )
+    rejected_max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Quota of the HL7 reject store (the 4 KiB heads of messages answered AR, kept "
+        "for inspection): past it a rejected message is still answered AR but not kept (logged)",
+    )
+    frame_deadline_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Most time one frame may take from its start block to its end block (a slow "
+        "drip that beats idle_timeout_s); then the connection is closed",
+    )
+
+
+class Hl7SenderConfig(_Model):
+    """One system allowed to send us HL7: where it connects from and what its MSH says."""
+
+    address: str | None = Field(
+        default=None, description="Peer IP address or network (CIDR) it connects from; unset: any address"
+    )
+    subject: str | None = Field(
+        default=None, description="Its TLS client certificate's subject CN; unset: any (needs hl7.listener.tls)"
+    )
+    application: str = Field(min_length=1, description="MSH-3 Sending Application (namespace ID) it sends as")
+    facility: str = Field(min_length=1, description="MSH-4 Sending Facility (namespace ID) it sends as")
+
+    @model_validator(mode="after")
+    def _identified(self) -> Hl7SenderConfig:
+        if self.address is None and self.subject is None:
+            raise ValueError("address, subject: both unset; expected the peer's address or certificate subject")
+        return self
 
 
 class Hl7Config(_Model):
     """The HL7 v2 bridge: patient and order context from the RIS / EHR (off unless set)."""
 
     listener: MllpListenerConfig = Field(default_factory=MllpListenerConfig, description="The MLLP listener")
-    application: str = Field(default="PACSAI", min_length=1, description="MSH-3 Sending Application of our ACKs")
-    facility: str = Field(default="", description="MSH-4 Sending Facility of our ACKs")
+    application: str = Field(
+        default="PACSAI",
+        min_length=1,
+        description="MSH-3 Sending Application of our ACKs; with senders, MSH-5 of every message must name it",
+    )
+    facility: str = Field(
+        default="",
+        description="MSH-4 Sending Facility of our ACKs; with senders and when set, MSH-6 must name it",
+    )
+    senders: tuple[Hl7SenderConfig, ...] = Field(
+        default=(),
+        description="Who may send: peer address or certificate subject, MSH-3 and MSH-4; others "
+        "get AR and an audit event. Required on a non-loopback bind; empty (loopback only): anyone",
+    )
     processing_ids: tuple[str, ...] = Field(
         default=("P",), min_length=1, description="Accepted MSH-11 values; others get AR"
     )
@@ -979,7 +1117,10 @@ class Hl7Config(_Model):
 class FhirEndpointConfig(_Model):
     """A FHIR R4 server that takes transaction Bundles."""
 
-    base_url: str = Field(pattern=r"^https?://\S+$", description="FHIR base URL")
+    base_url: str = Field(pattern=r"^https?://\S+$", description="FHIR base URL (https unless allow_plaintext)")
+    allow_plaintext: bool = Field(
+        default=False, description="Allow an http:// base_url (a test server on loopback); logged loudly"
+    )
     timeout_s: float = Field(default=10.0, gt=0, description="Connect and read timeout")
     token_env: str | None = Field(default=None, description="Env var holding a bearer token (never stored in YAML)")
     tls: TlsConfig | None = Field(
@@ -1005,7 +1146,8 @@ class AppConfig(_Model):
     site_name: str = Field(default="pacsai", min_length=1, description="Installation name")
     hash_key_env: str | None = Field(
         default=None,
-        description="Env var holding the key for hashed patient identifiers (else a built-in)",
+        description="Env var holding the key for hashed patient identifiers; required unless every "
+        "bind is loopback (demo mode: a demo key, logged as a warning)",
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Durable state")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray")
@@ -1025,6 +1167,9 @@ class AppConfig(_Model):
     tracing: TracingConfig | None = Field(default=None, description="OpenTelemetry tracing; off unless set")
     hl7: Hl7Config | None = Field(default=None, description="HL7 v2 bridge; off unless set")
     ehr: EhrConfig | None = Field(default=None, description="Results to the EHR; off unless set")
+    export: ExportConfig = Field(
+        default_factory=ExportConfig, description="De-identified research export (pacsai export deid)"
+    )
     cluster: ClusterConfig | None = Field(
         default=None, description="Ingress cells of a multi-node Ray cluster; unset: one machine"
     )
@@ -1163,6 +1308,7 @@ def parse_config(raw: Mapping[str, Any] | None, source: str = "<mapping>") -> Ap
         if rule.family not in cfg.models
     ]
     problems += _route_problems(cfg)
+    problems += exposure_problems(cfg)
     problems += [
         f"priors.compare_images.{i}: got {family!r}; expected one of the model families {sorted(cfg.models)}"
         for i, family in enumerate(cfg.priors.compare_images)

@@ -174,6 +174,19 @@ class AuditEventType(enum.StrEnum):
     """An operator made a model version live: the family, the version, the one it replaced, why."""
     MODEL_ROLLED_BACK = "model_rolled_back"
     """An operator rolled a family back to a version: the versions rolled back from are halted."""
+    ASSOCIATION_REFUSED = "association_refused"
+    """A DICOM association was refused (A-ASSOCIATE-RJ): calling AE title not allowed or not
+    bound to the peer's certificate subject, called AE title wrong (issue 13)."""
+    HL7_PEER_REFUSED = "hl7_peer_refused"
+    """An HL7 message was refused (AR) because its peer or MSH-3..6 is not an allowed sender."""
+    DATA_PURGED = "data_purged"
+    """Retention purged stored data past its retention (``core.retention``): counts per store."""
+    DATA_KEYS_ROTATED = "data_keys_rotated"
+    """The data keys were rotated (``pacsai keys rotate``): the new key's id, what was re-sealed,
+    or which retired keys were dropped (ids only; never key material)."""
+    RESEARCH_EXPORTED = "research_exported"
+    """A study's instances were exported de-identified (``pacsai export deid``): project and
+    counts, never the pseudonyms (the audit trail must not hold the key to them)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@
 - ``audit_seal``: the audit trail's signing key (from a file or the environment) and its exported chain head.
 - ``context_store``: the HL7 bridge's context store (inbox, FHIR resources; PHI).
 - ``ehr_outbox``: FHIR report Bundles waiting for the EHR (PHI).
+- ``column_seal``: PHI-bearing columns sealed at rest; ``data_keys_db`` re-seals them on rotation.
+- ``retention_purge``: the purge loop's work (``core.retention`` decides what goes).
 - ``spool``: the durable intake (C-STORE and STOW-RS): spool file + ledger record.
 - ``group_commit``: leader/follower group commit (the intake's one commit for many instances).
 
@@ -20,7 +22,10 @@ from __future__ import annotations
 __all__ = [
     "audit_seal",
     "blobs",
+    "column_seal",
     "context_store",
+    "data_keys",
+    "data_keys_db",
     "db",
     "ehr_outbox",
     "files",
@@ -29,6 +34,9 @@ __all__ = [
     "ledger",
     "migrate",
     "postgres",
+    "retention_purge",
+    "sealed_files",
+    "spill",
     "spool",
     "sqlite",
 ]

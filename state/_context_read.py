@@ -14,6 +14,7 @@ from typing import Any
 
 from core.context import OrderIndex, choose_order
 from core.order_status import OrderStatus, from_service_request, latest_order_status
+from state.column_seal import ColumnSealer, sealer_of
 from state.db import Database, Row, Tx, marks
 
 __all__ = ["ContextMatch", "ContextReader", "Resource", "TABLES", "load", "survivor"]
@@ -35,10 +36,10 @@ class ContextMatch:
     encounter: Resource | None
 
 
-def load(tx: Tx, kind: str, rid: str, *, lock: bool = False) -> Resource | None:
-    """One stored resource; ``lock``: hold its row until the transaction ends."""
+def load(tx: Tx, seal: ColumnSealer, kind: str, rid: str, *, lock: bool = False) -> Resource | None:
+    """One stored resource (opened); ``lock``: hold its row until the transaction ends."""
     row = tx.one("SELECT json FROM resources WHERE type = ? AND id = ?" + (tx.for_update if lock else ""), (kind, rid))
-    return json.loads(row["json"]) if row else None
+    return json.loads(seal.open_text(row["json"])) if row else None
 
 
 def survivor(tx: Tx, patient_id: str) -> str:
@@ -55,11 +56,13 @@ def survivor(tx: Tx, patient_id: str) -> str:
 class ContextReader:
     """Read side for the join (router) and the EHR reports; the caller audits each read."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, sealer: ColumnSealer | None = None) -> None:
         """Args:
         db: The context store (``open_context(storage)``); ``close`` closes it.
+        sealer: Opens the sealed columns; default: the keys bound to ``db``.
         """
         self.db = db
+        self._seal = sealer or sealer_of(db)
 
     def close(self) -> None:
         """Close the store."""
@@ -68,7 +71,7 @@ class ContextReader:
     def resource(self, kind: str, rid: str) -> Resource | None:
         """One stored resource by type and id."""
         with self.db.read() as tx:
-            return load(tx, kind, rid)
+            return load(tx, self._seal, kind, rid)
 
     def count(self, table: str) -> int:
         """Rows in one of the store's tables (for status and tests).
@@ -85,23 +88,25 @@ class ContextReader:
     def inbox(self, limit: int = 1000) -> list[Row]:
         """Inbox rows without the raw bytes, oldest first (PHI: callers audit)."""
         with self.db.read() as tx:
-            return tx.all(
+            rows = tx.all(
                 "SELECT seq, sending_app, sending_facility, control_id, message_type, status,"
                 " error_code, error_location, error, resends, audited FROM hl7_inbox"
                 " ORDER BY seq LIMIT ?",
                 (limit,),
             )
+        return [{**r, "error": self._seal.open_text(r["error"])} for r in rows]
 
     def conflicts(self, limit: int = 1000) -> list[Row]:
         """Messages that reused an applied message's control ID, with their raw bytes, oldest
         first (PHI: for review; callers audit)."""
         with self.db.read() as tx:
-            return tx.all(
+            rows = tx.all(
                 "SELECT seq, received_at, peer, sending_app, sending_facility, control_id,"
                 " message_type, sha256, raw, inbox_seq, resends, audited FROM hl7_conflicts"
                 " ORDER BY seq LIMIT ?",
                 (limit,),
             )
+        return [{**r, "raw": self._seal.open_blob(r["raw"])} for r in rows]
 
     def find(
         self,
@@ -124,11 +129,13 @@ class ContextReader:
                 order = self._by_patient_and_date(tx, patient_keys, study_date, window_days)
             if order is None:
                 return None
-            request = load(tx, "ServiceRequest", order.service_request_id)
+            request = load(tx, self._seal, "ServiceRequest", order.service_request_id)
             if request is None:
                 return None
             patient_id = survivor(tx, order.patient_id)
-            return ContextMatch(how, request, load(tx, "Patient", patient_id), self._encounter(tx, order, patient_id))
+            return ContextMatch(
+                how, request, load(tx, self._seal, "Patient", patient_id), self._encounter(tx, order, patient_id)
+            )
 
     def order_status(self, study_uid: str, accession_key: str) -> OrderStatus | None:
         """The RIS's latest status of a study's order (``core.ports.OrderStatusSource``).
@@ -198,16 +205,15 @@ class ContextReader:
         ids = {r["patient_id"] for r in tx.all("SELECT patient_id FROM patient_keys WHERE patient_key = ?", (key,))}
         return ids | {survivor(tx, p) for p in ids}
 
-    @staticmethod
-    def _encounter(tx: Tx, order: OrderIndex, patient_id: str) -> Resource | None:
+    def _encounter(self, tx: Tx, order: OrderIndex, patient_id: str) -> Resource | None:
         if order.encounter_id:
-            found = load(tx, "Encounter", order.encounter_id)
+            found = load(tx, self._seal, "Encounter", order.encounter_id)
             if found is not None:
                 return found
         row = tx.one(
             "SELECT encounter_id FROM encounters WHERE patient_id = ? ORDER BY updated_at DESC LIMIT 1", (patient_id,)
         )
-        return load(tx, "Encounter", row["encounter_id"]) if row else None
+        return load(tx, self._seal, "Encounter", row["encounter_id"]) if row else None
 
     # ------------------------------------------------------------- audit pump
     def unaudited(self, limit: int = 500) -> tuple[list[Row], list[Row], list[Row]]:

@@ -21,10 +21,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from core.envelope import EnvelopeError, Keyring
 from core.errors import RecordError
 from core.records import BlobRef
+from state.column_seal import sealer_of
 from state.db import Database
-from state.files import durable_write
+from state.sealed_files import read_plain, write_sealed_final
 
 __all__ = ["BlobStore", "Blobs", "DatabaseBlobStore"]
 
@@ -71,6 +73,7 @@ class DatabaseBlobStore(_JsonBlobs):
         db: The ledger database (migration 0008 made its ``blobs`` table).
         """
         self._db = db
+        self._seal = sealer_of(db)  # record sections may carry the study context: sealed at rest
 
     def put(self, data: bytes, media_type: str = "application/octet-stream") -> BlobRef:
         """Store ``data`` (once; committed when this returns) and return its reference."""
@@ -78,7 +81,7 @@ class DatabaseBlobStore(_JsonBlobs):
         self._db.run(
             lambda tx: tx.execute(
                 "INSERT INTO blobs (sha256, size, data) VALUES (?,?,?) ON CONFLICT (sha256) DO NOTHING",
-                (digest, len(data), data),
+                (digest, len(data), self._seal.blob(data)),
             )
         )
         return BlobRef(digest, len(data), media_type)
@@ -93,7 +96,7 @@ class DatabaseBlobStore(_JsonBlobs):
             row = tx.one("SELECT data FROM blobs WHERE sha256 = ?", (ref.sha256,))
         if row is None:
             raise RecordError("BlobRef", f"blob {ref.sha256} is missing from the ledger")
-        return _check(ref, bytes(row["data"]))
+        return _check(ref, self._seal.open_blob(row["data"]))
 
     def count(self) -> int:
         """How many blobs are stored (for tests and status)."""
@@ -105,11 +108,13 @@ class DatabaseBlobStore(_JsonBlobs):
 class BlobStore(_JsonBlobs):
     """Durable, content-addressed files under one directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keyring: Keyring | None = None) -> None:
         """Args:
         root: The blob directory (``VarLayout.blobs``).
+        keyring: Seals the files at rest (``storage.encryption``); ``None``: in clear.
         """
         self.root = root
+        self._ring = keyring
 
     def path(self, sha256: str) -> Path:
         """Where the blob with this digest lives."""
@@ -126,8 +131,8 @@ class BlobStore(_JsonBlobs):
         """
         digest = hashlib.sha256(data).hexdigest()
         path = self.path(digest)
-        if not path.exists():
-            durable_write(path, data)
+        if not path.exists():  # named by the plaintext's digest: sealed or not, written once
+            write_sealed_final(path, data, self._ring)
         return BlobRef(digest, len(data), media_type)
 
     def get(self, ref: BlobRef) -> bytes:
@@ -137,9 +142,11 @@ class BlobStore(_JsonBlobs):
             RecordError: The blob is missing or its bytes do not match its name.
         """
         try:
-            data = self.path(ref.sha256).read_bytes()
+            data = read_plain(self.path(ref.sha256), self._ring)
         except FileNotFoundError:
             raise RecordError("BlobRef", f"blob {ref.sha256} is missing under {self.root}") from None
+        except EnvelopeError as exc:
+            raise RecordError("BlobRef", f"blob {ref.sha256} cannot be opened: {exc}") from None
         return _check(ref, data)
 
     def count(self) -> int:

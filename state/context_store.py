@@ -7,9 +7,8 @@ listener is its only writer (with its parse workers, each on a connection of its
 ``open_context_file``): the raw message, its idempotency row and the resources it changes
 commit in one transaction (``Database.run``), and the ACK goes out after that commit. Messages
 that arrive together share a commit (a worker's ``store_batch``; SQLite group-commits the
-threads of one process; the PostgreSQL server groups concurrent commits). Other processes (the
-router, EHR delivery) read it for the join; every such read is audited in the ledger by the
-caller.
+threads of one process; PostgreSQL groups concurrent commits). Other processes read it for
+the join, each read audited by the caller. PHI columns are sealed (``state.column_seal``).
 
 Patients are found again by their identities (ID, assigning authority, type:
 ``patient_identities``); ``patient_keys`` holds the bare IDs only for the join of a study whose
@@ -21,10 +20,9 @@ acknowledged and not applied again; one with other content under that control ID
 conflict: kept whole in ``hl7_conflicts`` for review, audited, answered AE (issue #16). A
 message whose first copy broke a rule is evaluated afresh (nothing of it was applied).
 
-Writers that run at once (PostgreSQL; SQLite runs one at a time): a resource is read ``FOR
-UPDATE`` before it is merged, a resource two messages create at once ends as the merge of
-both, and of two copies of one control ID racing each other one is applied and the other, its
-insert refused, is retried and found to be a re-send.
+Writers at once (PostgreSQL): a resource is read ``FOR UPDATE`` before it is merged; of two
+copies of one control ID racing, one is applied and the other is found to be a re-send. The
+reject store has a quota (``hl7.listener.rejected_max_rows``): past it, AR but not kept.
 """
 
 from __future__ import annotations
@@ -47,8 +45,11 @@ from core.context import (
     rebind_patient,
     relink_subject,
 )
+from core.errors import OutOfResources
 from core.hl7 import MessageHeader
 from state._context_read import ContextMatch, ContextReader, Resource, load, survivor
+from state.column_seal import ColumnSealer, bind, keyed_path, path_keys, sealer_of
+from state.data_keys import load_keyring
 from state.db import Database, Tx, marks
 from state.layout import VarLayout
 from state.ledger import open_database
@@ -67,6 +68,7 @@ __all__ = [
 
 Outcome = tuple[Disposition, AckError | None]
 """What became of one message in the store, and the ERR its ACK carries."""
+_Change = Callable[[Resource | None], Resource | None]
 
 
 def open_context(storage: StorageConfig, *, writer: bool = False, group_max: int = 0) -> Database:
@@ -83,14 +85,19 @@ def open_context(storage: StorageConfig, *, writer: bool = False, group_max: int
         DependencyUnavailable: The PostgreSQL server cannot be reached.
     """
     layout = VarLayout.at(storage.var_dir)
-    return open_database(storage.ledger, layout, "context", wal_autocheckpoint=not writer, group_max=group_max)
+    db = open_database(storage.ledger, layout, "context", wal_autocheckpoint=not writer, group_max=group_max)
+    bind(db, load_keyring(storage.encryption, layout.root))  # raw HL7 and resources are sealed
+    return db
 
 
 def context_file(db: Database) -> Path | None:
     """The SQLite file behind a context store handle, for a process that opens a connection
-    of its own to it (the HL7 listener's parse workers); ``None`` on PostgreSQL."""
+    of its own to it (the HL7 listener's parse workers); ``None`` on PostgreSQL. The path
+    carries the store's data keys, so a worker seals as the listener does."""
     path = getattr(db, "path", None)
-    return Path(path) if db.dialect == "sqlite" and path is not None else None
+    if db.dialect != "sqlite" or path is None:
+        return None
+    return keyed_path(path, sealer_of(db).ring)
 
 
 def open_context_file(path: Path) -> Database:
@@ -99,7 +106,11 @@ def open_context_file(path: Path) -> Database:
 
     Writers of the file in several processes queue on its advisory lock (``state.sqlite``).
     """
-    return SqliteDatabase(path, autocheckpoint=False)
+    db = SqliteDatabase(path, autocheckpoint=False)
+    ring = path_keys(path)
+    if ring is not None:
+        bind(db, ring)
+    return db
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +143,14 @@ class InboxEntry:
         return self.digest or hashlib.sha256(self.raw).hexdigest()
 
 
-def _write(tx: Tx, kind: str, rid: str, change: Callable[[Resource | None], Resource | None], now: float) -> None:
+def _write(tx: Tx, seal: ColumnSealer, kind: str, rid: str, change: _Change, now: float) -> None:
     """Change one resource under its row lock and store it: version 1 when new, else + 1.
 
     ``change`` gets the stored resource (``None``: none yet) and returns the new one (``None``:
     leave it). When another transaction created the resource meanwhile (PostgreSQL), the
     insert finds its row: that row, committed by then, is read and changed instead.
     """
-    stored = load(tx, kind, rid, lock=True)
+    stored = load(tx, seal, kind, rid, lock=True)
     if stored is None:
         new = change(None)
         if (
@@ -147,17 +158,17 @@ def _write(tx: Tx, kind: str, rid: str, change: Callable[[Resource | None], Reso
             or tx.execute(
                 "INSERT INTO resources (type, id, version, updated_at, json) VALUES (?,?,1,?,?)"
                 " ON CONFLICT (type, id) DO NOTHING",
-                (kind, rid, now, _dump(new)),
+                (kind, rid, now, seal.text(_dump(new))),
             )
             == 1
         ):
             return
-        stored = load(tx, kind, rid, lock=True)
+        stored = load(tx, seal, kind, rid, lock=True)
     new = change(stored)
     if new is not None:
         tx.execute(
             "UPDATE resources SET version = version + 1, updated_at = ?, json = ? WHERE type = ? AND id = ?",
-            (now, _dump(new), kind, rid),
+            (now, seal.text(_dump(new)), kind, rid),
         )
 
 
@@ -207,17 +218,18 @@ def _index_patient(
 
 
 class ContextWriter:
-    """The HL7 listener's side: durable inbox plus the resources, one transaction a message.
+    """The HL7 listener's side: durable inbox plus the resources, one transaction a message;
+    each method's future settles once the commit is durable (messages together share commits)."""
 
-    Every method returns at once with a future that settles when the commit is durable
-    (``Database.submit``): messages submitted together share commits.
-    """
-
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, sealer: ColumnSealer | None = None, rejected_max_rows: int = 100_000) -> None:
         """Args:
         db: The context store (``open_context(storage, writer=True)``).
+        sealer: Seals the PHI columns; default: the keys bound to ``db`` (``open_context``).
+        rejected_max_rows: Quota of the reject store (``OutOfResources`` past it: answered AR, not kept).
         """
         self._db = db
+        self._seal = sealer or sealer_of(db)
+        self._quota = rejected_max_rows
 
     def receive(self, entry: InboxEntry) -> Future[tuple[Disposition, AckError | None]]:
         """Store a parsed message durably and apply it.
@@ -265,8 +277,10 @@ class ContextWriter:
 
         return self._db.run(work)
 
-    @staticmethod
-    def _reject(tx: Tx, item: Rejection) -> int:
+    def _reject(self, tx: Tx, item: Rejection) -> int:
+        held = tx.one("SELECT COUNT(*) AS n FROM hl7_rejected")
+        if held is not None and int(held["n"]) >= self._quota:
+            raise OutOfResources(f"HL7 reject store holds {held['n']} rows (hl7.listener.rejected_max_rows)")
         h, error = item.header, item.error
         return tx.execute(
             "INSERT INTO hl7_rejected (received_at, peer, control_id, message_type, size,"
@@ -278,10 +292,10 @@ class ContextWriter:
                 h.message_type if h else "",
                 len(item.raw),
                 hashlib.sha256(item.raw).hexdigest(),
-                item.raw[:4096],
+                self._seal.blob(item.raw[:4096]),
                 error.code,
                 error.location,
-                error.text[:2000],
+                self._seal.text(error.text[:2000]),
             ),
         )
 
@@ -337,8 +351,7 @@ class ContextWriter:
         self._inbox_row(tx, entry, row["seq"] if row else None, status, noted)
         return (Disposition.INVALID, error) if error else (Disposition.APPLIED, noted)
 
-    @staticmethod
-    def _conflict(tx: Tx, entry: InboxEntry, inbox_seq: int) -> tuple[Disposition, AckError]:
+    def _conflict(self, tx: Tx, entry: InboxEntry, inbox_seq: int) -> tuple[Disposition, AckError]:
         """Keep a message that reuses an applied message's control ID, for review."""
         h = entry.header
         tx.execute(
@@ -355,25 +368,24 @@ class ContextWriter:
                 h.control_id,
                 h.message_type,
                 entry.content,
-                entry.raw,
+                self._seal.blob(entry.raw),
                 inbox_seq,
             ),
         )
         return Disposition.CONFLICT, conflict_error(h.control_id)
 
-    @staticmethod
-    def _inbox_row(tx: Tx, entry: InboxEntry, seq: int | None, status: str, error: AckError | None) -> None:
+    def _inbox_row(self, tx: Tx, entry: InboxEntry, seq: int | None, status: str, error: AckError | None) -> None:
         h, u = entry.header, entry.update
         values = (
             h.message_type,
             entry.received_at,
             entry.peer,
             entry.content,
-            entry.raw,
+            self._seal.blob(entry.raw),
             status,
             error.code if error else "",
             error.location if error else "",
-            error.text[:2000] if error else "",
+            self._seal.text(error.text[:2000]) if error else "",
             u.patient_key if u else "",
             u.accession_key if u else "",
         )
@@ -404,6 +416,7 @@ class ContextWriter:
         for resource in update.resources:
             _write(
                 tx,
+                self._seal,
                 resource["resourceType"],
                 resource["id"],
                 lambda stored, new=resource: merge_resource(stored, new),
@@ -445,17 +458,17 @@ class ContextWriter:
             ),
         )
 
-    @staticmethod
-    def _merge(tx: Tx, merge: PatientMerge, now: float) -> None:
+    def _merge(self, tx: Tx, merge: PatientMerge, now: float) -> None:
         """A40: the prior patient's keys, orders and encounters move to the survivor."""
         survivor_id = survivor(tx, merge.survivor_id)
         prior_id = _known_patient(tx, merge.prior_identity_keys)[0] or merge.prior_id
         if prior_id == survivor_id:
             return
         # merge_patients changes each side from that side alone: prior, then survivor
-        _write(tx, "Patient", prior_id, lambda prior: merge_patients(prior, {}, merge)[0], now)
+        _write(tx, self._seal, "Patient", prior_id, lambda prior: merge_patients(prior, {}, merge)[0], now)
         _write(
             tx,
+            self._seal,
             "Patient",
             survivor_id,
             lambda stored: merge_patients(None, stored or {"resourceType": "Patient", "id": survivor_id}, merge)[1],
@@ -478,6 +491,7 @@ class ContextWriter:
             for row in rows:
                 _write(
                     tx,
+                    self._seal,
                     kind,
                     row["rid"],
                     lambda old: None if old is None else relink_subject(old, prior_id, survivor_id),

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from state.column_seal import ColumnSealer, sealer_of
 from state.db import Database, Row, Tx
 
 __all__ = ["EhrOutbox", "EhrReport"]
@@ -35,14 +36,14 @@ class EhrReport:
     delivered_at: float | None
 
 
-def _report(row: Row) -> EhrReport:
+def _report(row: Row, seal: ColumnSealer) -> EhrReport:
     return EhrReport(
         int(row["item_id"]),
         row["sr_uid"],
         int(row["job_id"]),
         row["study_uid"],
         int(row["priority"]),
-        json.loads(row["bundle"]),
+        json.loads(seal.open_text(row["bundle"])),
         row["state"],
         int(row["attempts"]),
         int(row["waits"]),
@@ -64,6 +65,7 @@ class EhrOutbox:
         """
         self._db = db
         self._cell = cell
+        self._seal = sealer_of(db)  # the Bundle names the patient: sealed (``state.column_seal``)
 
     def close(self) -> None:
         """Close the connection."""
@@ -90,7 +92,7 @@ class EhrOutbox:
                 tx.execute(
                     "INSERT INTO ehr_reports (sr_uid, job_id, study_uid, priority, bundle, not_before,"
                     " created_at, cell) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (sr_uid) DO NOTHING",
-                    (sr_uid, job_id, study_uid, priority, json.dumps(bundle), now, now, self._cell),
+                    (sr_uid, job_id, study_uid, priority, self._seal.text(json.dumps(bundle)), now, now, self._cell),
                 )
                 == 1
             )
@@ -104,7 +106,7 @@ class EhrOutbox:
                 " ORDER BY priority DESC, item_id LIMIT ?",
                 (now, self._cell, limit),
             )
-        return [_report(r) for r in rows]
+        return [_report(r, self._seal) for r in rows]
 
     def delivered(self, item_id: int, now: float) -> None:
         """The endpoint accepted the report."""
@@ -130,7 +132,7 @@ class EhrOutbox:
     def reports(self) -> list[EhrReport]:
         """Every report, oldest first (PHI: for status and tests)."""
         with self._db.read() as tx:
-            return [_report(r) for r in tx.all("SELECT * FROM ehr_reports ORDER BY item_id")]
+            return [_report(r, self._seal) for r in tx.all("SELECT * FROM ehr_reports ORDER BY item_id")]
 
     def counts(self) -> dict[str, int]:
         """Reports per state."""

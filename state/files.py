@@ -16,9 +16,34 @@ from pathlib import Path
 
 from core.errors import OutOfResources
 
-__all__ = ["check_free_space", "durable_write", "fsync_dir", "fsync_dirs", "publish", "rename_many", "write_temp"]
+__all__ = [
+    "PRIVATE_UMASK",
+    "check_free_space",
+    "durable_write",
+    "ensure_dir",
+    "fsync_dir",
+    "fsync_dirs",
+    "private_umask",
+    "publish",
+    "rename_many",
+    "write_all",
+    "write_temp",
+]
 
 logger = logging.getLogger(__name__)
+
+PRIVATE_UMASK = 0o077
+"""Files 0600 and directories 0700 whoever creates them (SQLite, logs, Ray's own files too)."""
+
+
+def private_umask() -> None:
+    """Set this process's umask to ``PRIVATE_UMASK`` (idempotent; children inherit it).
+
+    Called where processes start: the composition root before it starts Ray (so the raylet
+    and every worker it forks inherit it), each actor when it opens its ledger, and
+    ``open_ledger`` for the API replicas and command-line tools.
+    """
+    os.umask(PRIVATE_UMASK)
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,13 +55,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _ensure_dir(path: Path) -> None:
-    """Create ``path`` (and parents) durably: each new directory entry is fsynced."""
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` (and parents) durably, each 0700: each new directory entry is fsynced."""
     if path.is_dir():
         return
-    _ensure_dir(path.parent)
+    ensure_dir(path.parent)
     try:
-        path.mkdir()
+        path.mkdir(mode=0o700)  # PHI lives below: owner only, whatever the umask
     except FileExistsError:
         return
     fsync_dir(path.parent)
@@ -52,13 +77,13 @@ def write_temp(directory: Path, name: str, parts: Sequence[bytes | memoryview]) 
         OutOfResources: The disk is full (ENOSPC / EDQUOT).
         OSError: Any other I/O failure; the temporary file is removed.
     """
-    _ensure_dir(directory)
+    ensure_dir(directory)
     # One writer thread owns each temp name, so no random name (mkstemp) is needed.
     tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner only: PHI
         try:
-            _write_all(fd, [memoryview(p) for p in parts])
+            write_all(fd, [memoryview(p) for p in parts])
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -70,7 +95,8 @@ def write_temp(directory: Path, name: str, parts: Sequence[bytes | memoryview]) 
     return tmp
 
 
-def _write_all(fd: int, views: list[memoryview]) -> None:
+def write_all(fd: int, views: list[memoryview]) -> None:
+    """Write every byte of ``views`` to ``fd`` with as few ``writev`` calls as the OS allows."""
     while views:
         written = os.writev(fd, views)
         while views and written >= len(views[0]):
@@ -82,7 +108,7 @@ def _write_all(fd: int, views: list[memoryview]) -> None:
 
 def publish(tmp: Path, final: Path) -> None:
     """Rename a written temporary file to its final name (atomic) and fsync the directory."""
-    _ensure_dir(final.parent)
+    ensure_dir(final.parent)
     os.replace(tmp, final)
     fsync_dir(final.parent)
 
@@ -100,7 +126,7 @@ def rename_many(moves: Sequence[tuple[Path, Path]]) -> list[OSError | None]:
     errors: list[OSError | None] = []
     for tmp, final in moves:
         try:
-            _ensure_dir(final.parent)
+            ensure_dir(final.parent)
             os.replace(tmp, final)
             errors.append(None)
         except OSError as exc:
@@ -143,7 +169,7 @@ def check_free_space(path: Path, min_free_bytes: int) -> None:
     try:
         free = shutil.disk_usage(path).free
     except FileNotFoundError:  # a new spool: created once, not looked up on every call
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         free = shutil.disk_usage(path).free
     if free < min_free_bytes:
         raise OutOfResources(f"spool disk has {free} bytes free; the configured floor is {min_free_bytes}")

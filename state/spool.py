@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import zlib
+import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
@@ -24,17 +25,20 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from core.audit import AuditEvent
 from core.completeness import CompletenessPolicy
 from core.config import AssemblyConfig
-from core.errors import RejectedInput
+from core.errors import OutOfResources, RejectedInput
 from core.identifiers import hash_identifier
 from core.ledger import RecordResult
+from core.limits import InflateCapExceeded, Quota, inflate_capped
 from core.part10 import part10_header
 from core.ports import Clock
 from core.types import AuditEventType, InstanceMeta
 from core.validation import attribute_text
-from state.files import check_free_space, durable_write, fsync_dirs, publish, rename_many, write_temp
+from state.files import check_free_space, fsync_dirs, publish, rename_many
 from state.group_commit import GroupCommit
 from state.ledger import Ledger
 from state.ledger.intake import Arrival
+from state.sealed_files import copy_sealed, write_sealed
+from state.spill import directory_usage, read_blocks, read_head
 
 __all__ = ["Ingested", "SpoolIntake", "StudyMismatch", "read_preamble_and_meta", "safe_name"]
 
@@ -43,6 +47,8 @@ logger = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9.]{1,64}$")
 _LAST_RECORDED_TAG = 0x0020000E
 """Series Instance UID: every attribute the ledger records comes before it."""
+_PARSE_HEAD = 16 << 20
+"""Most bytes of a data set (inflated, if deflated) read to parse what the ledger records."""
 
 
 def safe_name(uid: str) -> str:
@@ -111,6 +117,8 @@ class SpoolIntake:
         workers: int = 4,
         assembly: AssemblyConfig | None = None,
         group_max: int = 32,
+        max_inflated_bytes: int = 1 << 30,
+        rejected_quota: tuple[int, int] = (8 << 30, 10_000),
     ) -> None:
         """Prepare the intake.
 
@@ -127,10 +135,14 @@ class SpoolIntake:
             assembly: Per-sender completion rules; when given, a sender's own quiet period
                 schedules the assembler instead of ``quiet_period_s``.
             group_max: Most instances made durable by one group commit (1: each alone).
+            max_inflated_bytes: Most bytes a deflated data set may inflate to (0xA700 beyond).
+            rejected_quota: ``(bytes, files)`` that ``rejected_dir`` may hold; over it,
+                unparseable data is answered 0xA700 and not kept.
         """
         self._spool = spool_dir
         self._rejected = rejected_dir
         self._ledger = ledger
+        self._ring = getattr(ledger, "keyring", None)  # seals the files at rest (state.sealed_files)
         self._quiet = quiet_period_s
         self._clock = clock
         self._hash_key = hash_key
@@ -140,6 +152,10 @@ class SpoolIntake:
         self._writer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spool")
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-sync")  # one group at a time
         self._incoming = spool_dir / ".incoming"
+        self._inflate_cap = max_inflated_bytes
+        used_bytes, used_files = directory_usage(rejected_dir)
+        self._rejected_quota = Quota(rejected_quota[0], rejected_quota[1], used_bytes, used_files)
+        self._quota_lock = threading.Lock()
         self.groups: GroupCommit[_Staged, RecordResult] = GroupCommit(self._commit, group_max)
         """The group commit of this process's intake (``commits``, ``items``: group sizes)."""
 
@@ -157,7 +173,7 @@ class SpoolIntake:
         self,
         sop_uid: str,
         sop_class: str,
-        dataset: bytes,
+        dataset: bytes | Path,
         transfer_syntax: str,
         calling_ae: str,
         expected_study: str | None = None,
@@ -176,14 +192,16 @@ class SpoolIntake:
         Args:
             sop_uid: Affected SOP Instance UID (C-STORE request, or the file meta).
             sop_class: Affected SOP Class UID.
-            dataset: The data set as received (no file meta).
+            dataset: The data set as received (no file meta), or the file it was received
+                to (a large one: it is copied and read in blocks, never held in memory).
             transfer_syntax: Its transfer syntax.
             calling_ae: The sender (AE title, or ``stow:<subject>``).
             expected_study: STOW-RS to ``/studies/{study}``: the study it must belong to.
             actor: Who sent it, for the audit (default: this intake's actor).
 
         Raises:
-            OutOfResources: The spool disk is below its floor or full.
+            OutOfResources: The spool disk is below its floor or full, a deflated data set
+                inflates past ``max_inflated_bytes``, or ``rejected/`` is over its quota.
             RejectedInput: The data set cannot be parsed (audited, bytes kept aside).
             StudyMismatch: ``expected_study`` is given and differs (nothing stored).
             DependencyUnavailable: The ledger cannot be read or cannot commit the record.
@@ -198,7 +216,7 @@ class SpoolIntake:
         self,
         sop_uid: str,
         sop_class: str,
-        dataset: bytes,
+        dataset: bytes | Path,
         transfer_syntax: str,
         calling_ae: str,
         expected_study: str | None,
@@ -208,21 +226,31 @@ class SpoolIntake:
         now = self._clock.now()
         check_free_space(self._spool, self._min_free)
         header = part10_header(sop_class, sop_uid, transfer_syntax, calling_ae)
-        writing = self._writer.submit(write_temp, self._incoming, safe_name(sop_uid), [header, dataset])
+        writing = self._start_write(safe_name(sop_uid), header, dataset)
         digest = hashlib.sha256(header)
-        digest.update(dataset)
+        for block in read_blocks(dataset) if isinstance(dataset, Path) else (dataset,):
+            digest.update(block)
         try:
-            ds = self._parse_header(dataset, transfer_syntax, sop_uid)
-        except RejectedInput as exc:
-            self._reject(writing, header, dataset, digest.hexdigest(), sop_uid, calling_ae, now, exc.reason)
+            ds = self._parse_header(dataset, transfer_syntax, sop_uid, self._inflate_cap)
+        except InflateCapExceeded:
+            writing.result().unlink(missing_ok=True)
             raise
-        size = len(header) + len(dataset)
+        except RejectedInput as exc:
+            self._reject(writing, header, _size(dataset), digest.hexdigest(), sop_uid, calling_ae, now, exc.reason)
+            raise
+        size = len(header) + _size(dataset)
         meta = self._meta(ds, sop_uid, sop_class, transfer_syntax, digest.hexdigest(), size, calling_ae, now)
         if expected_study is not None and meta.study_instance_uid != expected_study:
             writing.result().unlink(missing_ok=True)
             raise StudyMismatch(f"instance belongs to study {meta.study_instance_uid}, not {expected_study}", sop_uid)
         quiet = self._policy.quiet_period_for(calling_ae, [meta.modality]) if self._policy else self._quiet
         return _Staged(Arrival(meta, now, now + quiet, actor or self._actor), writing.result())
+
+    def _start_write(self, name: str, header: bytes, dataset: bytes | Path) -> Future[Path]:
+        """Write the Part 10 file under a temporary name in a worker thread."""
+        if isinstance(dataset, Path):
+            return self._writer.submit(copy_sealed, self._incoming, name, header, dataset, self._ring)
+        return self._writer.submit(write_sealed, self._incoming, name, [header, dataset], self._ring)
 
     def _commit(self, group: list[_Staged]) -> list[RecordResult | BaseException]:
         """Make a group durable: skip what is held, rename the rest into the spool, fsync each
@@ -291,38 +319,61 @@ class SpoolIntake:
         )
 
     @staticmethod
-    def _parse_header(dataset: bytes, transfer_syntax: str, sop_uid: str) -> Dataset:
-        """Parse the data set up to the attributes the ledger records (Series Instance UID)."""
+    def _parse_header(dataset: bytes | Path, transfer_syntax: str, sop_uid: str, inflate_cap: int) -> Dataset:
+        """Parse the data set up to the attributes the ledger records (Series Instance UID).
+
+        Only its head is read (``_PARSE_HEAD``); a deflated one is inflated in bounded steps,
+        all of it (to know it stays under ``inflate_cap``: every later reader inflates it
+        whole), keeping only the head.
+
+        Raises:
+            InflateCapExceeded: A deflated data set inflates past ``inflate_cap``.
+            RejectedInput: The data set cannot be parsed.
+        """
         try:
             if transfer_syntax == DeflatedExplicitVRLittleEndian:
-                dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
+                chunks: Iterable[bytes] = read_blocks(dataset) if isinstance(dataset, Path) else (dataset,)
+                head, _ = inflate_capped(chunks, inflate_cap, _PARSE_HEAD)
+            else:
+                head = read_head(dataset, _PARSE_HEAD) if isinstance(dataset, Path) else dataset
             return read_dataset(
-                BytesIO(dataset),
+                BytesIO(head),
                 is_implicit_VR=transfer_syntax == ImplicitVRLittleEndian,
                 is_little_endian=transfer_syntax != ExplicitVRBigEndian,
                 stop_when=lambda tag, _vr, _length: tag > _LAST_RECORDED_TAG,
             )
+        except InflateCapExceeded:
+            raise
         except Exception as exc:  # any parser failure means "cannot understand"
             reason = f"data set cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"
             raise RejectedInput(reason, sop_uid) from exc
 
     def _reject(
         self,
-        writing: Future[Path] | None,
+        writing: Future[Path],
         header: bytes,
-        dataset: bytes,
+        size: int,
         digest: str,
         sop_uid: str,
         calling_ae: str,
         now: float,
         reason: str,
     ) -> None:
-        """Keep unparseable data aside for inspection and audit the rejection."""
+        """Keep unparseable data aside for inspection and audit the rejection.
+
+        Raises:
+            OutOfResources: ``rejected/`` is over its quota: nothing is kept (logged, audited).
+        """
         kept = self._rejected / f"{digest}.dcm"
-        if writing is not None:
-            publish(writing.result(), kept)
+        with self._quota_lock:
+            fits = self._rejected_quota.take(len(header) + size)
+            usage = self._rejected_quota.describe()
+        if not fits:
+            writing.result().unlink(missing_ok=True)
+            logger.warning("rejected/ over quota (%s): data set sha256 %s not kept", usage, digest)
+            reason = f"{reason}; not kept: rejected/ over quota"
         else:
-            durable_write(kept, header + dataset)
+            publish(writing.result(), kept)
         event = AuditEvent(
             AuditEventType.INSTANCE_REJECTED,
             self._actor,
@@ -330,6 +381,8 @@ class SpoolIntake:
             detail={"reason": reason, "calling_ae": calling_ae, "sha256": digest},
         )
         self._ledger.audit.append([event], now)
+        if not fits:
+            raise OutOfResources(f"unparseable data set not kept: rejected/ over quota ({usage})")
 
     def _meta(
         self,
@@ -363,3 +416,7 @@ class SpoolIntake:
             patient_key=hash_identifier(attribute_text(ds, "PatientID"), self._hash_key),
             accession_key=hash_identifier(attribute_text(ds, "AccessionNumber"), self._hash_key),
         )
+
+
+def _size(dataset: bytes | Path) -> int:
+    return dataset.stat().st_size if isinstance(dataset, Path) else len(dataset)

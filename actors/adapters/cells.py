@@ -16,16 +16,18 @@ from pathlib import Path
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
+from core.envelope import Keyring
 from core.errors import DependencyUnavailable, TransientIOError
 from core.placement import actor_name
 from core.types import InstanceMeta
-from state.files import durable_write
+from state.sealed_files import read_plain, write_sealed_final
 
 __all__ = ["CellSpools", "read_spooled"]
 
 
-def read_spooled(spool: Path, paths: Sequence[str]) -> list[bytes]:
-    """Read spool files for another cell; a path outside ``spool`` is refused.
+def read_spooled(spool: Path, paths: Sequence[str], keyring: Keyring | None = None) -> list[bytes]:
+    """Read spool files for another cell (their plaintext: each node has its own data keys);
+    a path outside ``spool`` is refused.
 
     Raises:
         PermissionError: A path resolves outside the spool directory.
@@ -37,7 +39,7 @@ def read_spooled(spool: Path, paths: Sequence[str]) -> list[bytes]:
         path = Path(p).resolve()
         if not path.is_relative_to(root):
             raise PermissionError(f"{p}: not in this cell's spool")
-        out.append(path.read_bytes())
+        out.append(read_plain(path, keyring))
     return out
 
 
@@ -56,8 +58,10 @@ class CellSpools:
         self._spool = spool
         self._timeout_s = timeout_s
 
-    def gather(self, foreign: Mapping[str, Sequence[InstanceMeta]]) -> list[tuple[str, str]]:
-        """Fetch every listed instance and write it into this cell's spool.
+    def gather(
+        self, foreign: Mapping[str, Sequence[InstanceMeta]], keyring: Keyring | None = None
+    ) -> list[tuple[str, str]]:
+        """Fetch every listed instance and write it into this cell's spool (sealed with ``keyring``).
 
         Returns:
             ``(sop_instance_uid, new path)`` of every instance moved.
@@ -80,6 +84,6 @@ class CellSpools:
                     raise TransientIOError(f"cell {cell}: {inst.sop_instance_uid} does not match its sha256")
                 source = Path(inst.path)
                 target = self._spool / source.parent.name / source.name
-                durable_write(target, data)
+                write_sealed_final(target, data, keyring)
                 moved.append((inst.sop_instance_uid, str(target)))
         return moved

@@ -16,29 +16,29 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from core.audit import AuditEvent
 from core.context import StudyContext, study_context
+from core.envelope import Keyring
 from core.job import Job
 from core.types import AuditEventType, InstanceMeta
 from state.context_store import ContextReader
+from state.sealed_files import dcmread_plain
 
 __all__ = ["ContextJoin"]
 
 logger = logging.getLogger(__name__)
 
 
-def study_date(instances: Sequence[InstanceMeta]) -> date | None:
+def study_date(instances: Sequence[InstanceMeta], keyring: Keyring | None = None) -> date | None:
     """Study Date (0008,0020) of the first instance that has a valid one."""
     for inst in instances[:3]:
         try:
-            value = str(
-                dcmread(inst.path, stop_before_pixels=True, specific_tags=["StudyDate"]).get("StudyDate", "") or ""
-            )
+            ds = dcmread_plain(inst.path, keyring, stop_before_pixels=True, specific_tags=["StudyDate"])
+            value = str(ds.get("StudyDate", "") or "")
             return datetime.strptime(value[:8], "%Y%m%d").date()
-        except (OSError, InvalidDicomError, ValueError):
+        except (OSError, InvalidDicomError, ValueError):  # EnvelopeError is a ValueError
             continue
     return None
 
@@ -46,21 +46,29 @@ def study_date(instances: Sequence[InstanceMeta]) -> date | None:
 class ContextJoin:
     """Finds the context of a job in the context store."""
 
-    def __init__(self, reader: ContextReader, window_days: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        reader: ContextReader,
+        window_days: int,
+        clock: Callable[[], float] = time.time,
+        keyring: Keyring | None = None,
+    ) -> None:
         """Args:
         reader: Read access to the context store.
         window_days: Patient ID + date join tolerance.
         clock: Wall clock (the age reference when a study has no date).
+        keyring: Opens sealed spool files (``Ledger.keyring``).
         """
         self._reader = reader
         self._window = window_days
         self._clock = clock
+        self._ring = keyring
 
     def lookup(
         self, job: Job, instances: Sequence[InstanceMeta], actor: str, purpose: str
     ) -> tuple[StudyContext | None, AuditEvent]:
         """Return the job's context (or ``None``) and the audit event of the read."""
-        day = study_date(instances)
+        day = study_date(instances, self._ring)
         found = self._reader.find(
             job.study_instance_uid,
             sorted({i.accession_key for i in instances if i.accession_key}),

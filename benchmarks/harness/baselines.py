@@ -34,7 +34,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from actors.adapters.dimse import Listener
 from benchmarks.harness.load import LoadGenerator, SendRecord, Study
 from benchmarks.harness.record import ROOT
-from core.config import ListenerConfig, StorageConfig
+from core.config import EncryptionConfig, ListenerConfig, StorageConfig
 from demo.orthanc import free_port
 from state.ledger import open_ledger
 
@@ -96,11 +96,13 @@ def bare_scp(directory: Path) -> Iterator[BareScp]:
 
 @contextlib.contextmanager
 def standalone_listener(
-    workdir: Path, quiet_period_s: float = 2.0, *, port: int = 0, instances: int = 1
+    workdir: Path, quiet_period_s: float = 2.0, *, port: int = 0, instances: int = 1, encryption: bool = True
 ) -> Iterator[Listener]:
     """Our durable C-STORE listener alone, over a (fresh) SQLite ledger in ``workdir``;
-    ``instances`` > 1: one of that many processes sharing ``port`` and ``workdir``."""
-    ledger = open_ledger(StorageConfig(var_dir=str(workdir)))
+    ``instances`` > 1: one of that many processes sharing ``port`` and ``workdir``;
+    ``encryption``: files sealed at rest (``storage.encryption.enabled``, the default)."""
+    storage = StorageConfig(var_dir=str(workdir), encryption=EncryptionConfig(enabled=encryption))
+    ledger = open_ledger(storage)
     cfg = ListenerConfig(port=port, min_free_bytes=0, instances=instances)
     listener = Listener(cfg, workdir / "spool", workdir / "rejected", ledger, quiet_period_s)
     listener.start()
@@ -188,12 +190,14 @@ def receiver_processes(
     *,
     metrics: bool = True,
     ray_address: str | None = None,
+    encryption: bool = True,
 ) -> Iterator[ReceiverRun]:
     """Run a receiver of ``kind`` (:data:`RECEIVERS`) in processes of its own on a fresh port.
 
     Each returns once it serves. Listener processes share ``workdir`` (one spool, one SQLite
     ledger) and the port, as the listener actors of one node do. ``metrics``: the listener
-    records its metrics (``ray_address``: into that Ray cluster, joined before it serves).
+    records its metrics (``ray_address``: into that Ray cluster, joined before it serves);
+    ``encryption``: the listener seals its files at rest.
 
     Raises:
         RuntimeError: A receiver did not come up.
@@ -209,6 +213,7 @@ def receiver_processes(
             _wait_port(run.port, procs[0])
         for k in range(processes if kind != "dcmtk_storescp" else 0):
             argv = _child_argv(kind, workdir, run.port, processes, metrics, ray_address)
+            argv += [] if encryption else ["--no-encryption"]
             procs.append(_spawn(argv, workdir / f"{kind}-{k}.log"))
             _wait_ready(procs[-1])  # one after the other: the first migrates the fresh ledger
         run.pids = [p.pid for p in procs]
@@ -294,7 +299,7 @@ def _serve(args: argparse.Namespace) -> None:
         scp.stop()
         print(_STATS + json.dumps({"pid": os.getpid(), "cpu_s": round(_cpu_s() - cpu, 3)}), flush=True)
         return
-    with standalone_listener(workdir, port=args.port, instances=args.processes) as listener:
+    with standalone_listener(workdir, port=args.port, instances=args.processes, encryption=args.encryption) as listener:
         print(_READY, flush=True)
         cpu = _cpu_s()
         sys.stdin.read()
@@ -321,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--metrics", choices=["0", "1"], default="1")
     parser.add_argument("--ray-address", default="")
+    parser.add_argument("--no-encryption", dest="encryption", action="store_false", help="files in clear")
     _serve(parser.parse_args(argv))
 
 

@@ -16,6 +16,7 @@ no SQL leaves this package:
 - ``models``: model versions at runtime: the live one per family, halted ones, shadow results
   and what the site observed of each version (issue 17).
 - ``status``: the report behind ``pacsai status``.
+- ``retention``: what the purge loop may delete of the spool, and the record that it did.
 
 ``open_ledger`` picks the backend from the config (SQLite file under ``var/``, or PostgreSQL
 from the DSN in the named environment variable) and applies pending migrations.
@@ -26,10 +27,14 @@ from __future__ import annotations
 import os
 
 from core.config import LedgerConfig, StorageConfig
+from core.envelope import Keyring
 from core.errors import ConfigError
 from state.audit_seal import AuditSeal, open_seal
 from state.blobs import Blobs, BlobStore, DatabaseBlobStore
+from state.column_seal import bind, sealer_of
+from state.data_keys import load_keyring
 from state.db import Database
+from state.files import private_umask
 from state.layout import VarLayout
 from state.ledger._codec import INLINE_MAX, RecordCodec
 from state.ledger.audit import AuditLog
@@ -41,10 +46,11 @@ from state.ledger.models import ModelVersions
 from state.ledger.outbox import Outbox
 from state.ledger.quarantine import Quarantine
 from state.ledger.results import Results
+from state.ledger.retention import Retention
 from state.ledger.reviews import Reviews
 from state.ledger.status import Status
 from state.ledger.tokens import ApiTokens
-from state.migrate import migrate
+from state.migrate import migrate_store
 from state.sqlite import SqliteDatabase
 
 __all__ = ["Ledger", "open_database", "open_ledger"]
@@ -54,7 +60,13 @@ class Ledger:
     """The ledger's repositories over one database (one per process)."""
 
     def __init__(
-        self, db: Database, blobs: Blobs, inline_max: int = INLINE_MAX, cell: str = "", seal: AuditSeal | None = None
+        self,
+        db: Database,
+        blobs: Blobs,
+        inline_max: int = INLINE_MAX,
+        cell: str = "",
+        seal: AuditSeal | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         """Args:
         db: The ledger database (schema already migrated).
@@ -64,11 +76,14 @@ class Ledger:
             belong to it and only its jobs are leased. ``''`` on one machine.
         seal: The audit signing key and head export (``state.audit_seal``); ``None``: the one
             this process installed when it opened its ledger.
+        keyring: The data keys that seal PHI at rest (``state.data_keys``); ``None``: off.
         """
         self.db = db
+        self.keyring = keyring
+        """Seals and opens this process's PHI-bearing files (``state.sealed_files``)."""
         self.blobs = blobs
         self.cell = cell
-        codec = RecordCodec(blobs, inline_max)
+        codec = RecordCodec(blobs, inline_max, sealer_of(db))
         self.audit = AuditLog(db, seal)
         self.intake = Intake(db, cell)
         self.jobs = Jobs(db, codec, cell)
@@ -81,6 +96,7 @@ class Ledger:
         self.status = Status(db, self.controls)
         self.tokens = ApiTokens(db)
         self.models = ModelVersions(db, codec)
+        self.retention = Retention(db, cell)
 
     @property
     def backend(self) -> str:
@@ -127,7 +143,7 @@ def open_database(
     else:
         files = {"ledger": layout.ledger, "context": layout.context, "ehr": layout.ehr_outbox}
         db = SqliteDatabase(files[store], autocheckpoint=wal_autocheckpoint, group_max=group_max)
-    migrate(db.url, store, db.dialect)  # type: ignore[attr-defined]
+    migrate_store(db, store)
     return db
 
 
@@ -140,9 +156,12 @@ def open_ledger(storage: StorageConfig, layout: VarLayout | None = None) -> Ledg
         DependencyUnavailable: The PostgreSQL server cannot be reached.
     """
     layout = layout or VarLayout.at(storage.var_dir)
+    private_umask()  # every process that writes under var_dir opens its ledger first
     db = open_database(storage.ledger, layout, "ledger")
     # A cluster's nodes share the PostgreSQL ledger, and its blobs with it; one machine keeps
     # them as files beside the spool.
-    blobs = DatabaseBlobStore(db) if db.dialect == "postgresql" else BlobStore(layout.blobs)
+    ring = load_keyring(storage.encryption, layout.root)
+    bind(db, ring)  # job rows carry the HL7 study context: sealed (``state.column_seal``)
+    blobs = DatabaseBlobStore(db) if db.dialect == "postgresql" else BlobStore(layout.blobs, ring)
     seal = open_seal(storage.audit, layout.root)
-    return Ledger(db, blobs, storage.inline_record_max_bytes, storage.cell, seal)
+    return Ledger(db, blobs, storage.inline_record_max_bytes, storage.cell, seal, ring)

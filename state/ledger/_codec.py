@@ -20,6 +20,7 @@ from core.errors import RecordError
 from core.job import JobRecord
 from core.records import BlobRef, Prediction
 from state.blobs import Blobs
+from state.column_seal import ColumnSealer
 
 __all__ = ["INLINE_MAX", "RecordCodec"]
 
@@ -39,13 +40,16 @@ def _hints(cls: type) -> dict[str, Any]:
 class RecordCodec:
     """Turns records into row text and back, spilling big sections to the blob store."""
 
-    def __init__(self, blobs: Blobs, inline_max: int = INLINE_MAX) -> None:
+    def __init__(self, blobs: Blobs, inline_max: int = INLINE_MAX, sealer: ColumnSealer | None = None) -> None:
         """Args:
         blobs: Where big sections go.
         inline_max: Largest section kept in the row, in bytes of JSON.
+        sealer: Seals job rows (the HL7 study context names the indication in words);
+            ``None``: kept in clear.
         """
         self.blobs = blobs
         self._inline_max = inline_max
+        self.seal = sealer or ColumnSealer(None)
 
     # --------------------------------------------------------------- generic
     def _dump(self, cls: type, value: Any) -> str:
@@ -88,8 +92,8 @@ class RecordCodec:
 
     # -------------------------------------------------------------- job data
     def dump_job(self, record: JobRecord) -> str:
-        """Row text of a job record."""
-        return self._dump(JobRecord, record)
+        """Row text of a job record (sealed)."""
+        return self.seal.text(self._dump(JobRecord, record))
 
     def load_job(self, text: str) -> JobRecord:
         """The job record of a row (``'{}'``: a job no stage wrote to yet).
@@ -97,6 +101,7 @@ class RecordCodec:
         Raises:
             RecordError: Another schema version, or invalid or missing content.
         """
+        text = self.seal.open_text(text)
         if text in ("", "{}"):
             return JobRecord()
         record: JobRecord = self._load(JobRecord, text)

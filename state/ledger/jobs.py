@@ -497,4 +497,4 @@ class Jobs:
         """The stored text of a job's record (tests check its size)."""
         with self._db.read() as tx:
             row = tx.one("SELECT data FROM jobs WHERE job_id = ?", (job_id,))
-        return "" if row is None else str(row["data"])
+        return "" if row is None else self._codec.seal.open_text(str(row["data"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
@@ -22,12 +23,15 @@ from actors.router import RoutingWork
 from actors.validator import ValidationWork
 from core.completeness import CompletenessPolicy
 from core.config import AssemblyConfig, ListenerConfig, RoutingConfig, StorageConfig, parse_config
+from core.envelope import Keyring, is_sealed
 from core.job import Job
 from core.routing import Router
 from core.types import JobState
 from core.validation import Validator
 from demo.dcmtk import storescu
 from state.ledger import Ledger, open_ledger
+from state.sealed_files import read_plain
+from state.spool import read_preamble_and_meta
 from tests.integration.conftest import base_config
 
 __all__ = ["Bridge", "dataset_bytes", "query", "send_raw"]
@@ -126,8 +130,15 @@ def send_raw(paths: Iterable[Path], port: int, *, ae_title: str = "RAWSCU") -> l
     return statuses
 
 
-def dataset_bytes(path: Path) -> bytes:
+def dataset_bytes(path: Path, keyring: Keyring | None = None) -> bytes:
     """The data set part of a Part 10 file: after the preamble and the group 0002 elements
-    (found by parsing them, as pynetdicom's sender does, not by trusting the group length)."""
-    _, offset = split_dataset(path)
-    return path.read_bytes()[offset:]
+    (found by parsing them, as pynetdicom's sender does, not by trusting the group length);
+    a spool file sealed at rest is opened with ``keyring`` (the ledger's) first."""
+    with path.open("rb") as f:
+        sealed = is_sealed(f.read(5))
+    if not sealed:
+        _, offset = split_dataset(path)
+        return path.read_bytes()[offset:]
+    fp = BytesIO(read_plain(path, keyring))
+    read_preamble_and_meta(fp)
+    return fp.getvalue()[fp.tell() :]

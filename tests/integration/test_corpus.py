@@ -37,6 +37,7 @@ import pytest
 from pydicom import config, dcmread
 
 from demo.dcmtk import PROPOSAL_OPTIONS
+from state.sealed_files import read_plain
 from tests.integration.bridge import Bridge, dataset_bytes, query, send_raw
 from tests.integration.wire import RecordingRelay
 
@@ -214,7 +215,7 @@ def _storescu(path: Path, port: int) -> subprocess.CompletedProcess[str]:
 def _spooled(bridge: Bridge, path: Path) -> Path:
     [row] = query(bridge.ledger, "SELECT path, sha256 FROM instances WHERE sop_instance_uid IN (?, ?)", _uids_of(path))
     spooled = Path(row["path"])
-    assert row["sha256"] == hashlib.sha256(spooled.read_bytes()).hexdigest()  # recorded at receipt
+    assert row["sha256"] == hashlib.sha256(read_plain(spooled, bridge.ledger.keyring)).hexdigest()  # at receipt
     return spooled
 
 
@@ -231,7 +232,7 @@ def _check_syntax_kept(bridge: Bridge, path: Path) -> None:
 
 
 def _check_spooled_equals_wire(bridge: Bridge, path: Path, wire: bytes) -> None:
-    assert dataset_bytes(_spooled(bridge, path)) == wire, f"{_name(path)}: spool != wire"
+    assert dataset_bytes(_spooled(bridge, path), bridge.ledger.keyring) == wire, f"{_name(path)}: spool != wire"
 
 
 def _settle(bridge: Bridge, outcomes: dict[str, Outcome], by_uid: dict[str, str]) -> None:
@@ -307,7 +308,7 @@ def _sendable_raw(path: Path) -> bool:
 
 
 def _check_spooled_equals_file(bridge: Bridge, path: Path) -> None:
-    assert dataset_bytes(_spooled(bridge, path)) == dataset_bytes(path), _name(path)
+    assert dataset_bytes(_spooled(bridge, path), bridge.ledger.keyring) == dataset_bytes(path), _name(path)
 
 
 def test_every_corpus_file_is_accounted_for(corpus_outcomes):

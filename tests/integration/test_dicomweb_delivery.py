@@ -24,6 +24,7 @@ from core.api_config import DicomwebDestinationConfig
 from core.errors import ConfigError, DependencyUnavailable
 from core.results import DeliveryState
 from demo.orthanc import OrthancProcess, dicomweb_plugin, free_port
+from state.sealed_files import dcmread_plain
 from synthetic.synthetic_dicom import make_cxr_study, save_study
 from tests.integration import conftest
 from tests.integration.conftest import ledger_of, needs_peers, pacs_outputs, send_files, wait_for_states
@@ -103,7 +104,7 @@ def test_sr_and_parametric_maps_reach_the_pacs_by_stow_rs_audited_once(tmp_path,
     assert {str(ds.SOPInstanceUID) for v in outputs.values() for ds in v} == {i.item.sop_instance_uid for i in items}
     for ds in (d for v in outputs.values() for d in v):  # byte for byte what we wrote, data set included
         [item] = [i.item for i in items if i.item.sop_instance_uid == str(ds.SOPInstanceUID)]
-        assert ds == dcmread(item.path)
+        assert ds == dcmread_plain(item.path, ledger.keyring)
     assert _origins(orthanc_web, study_uid) == {"Plugins"}  # STOW-RS, not C-STORE
     statuses = {e.detail["status"] for e in ledger.audit.events(study_uid) if e.type == "sr_delivered"}
     assert statuses == {"0x0000"}

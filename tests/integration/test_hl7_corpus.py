@@ -26,6 +26,7 @@ from actors.adapters.hl7_inbox import Hl7Listener
 from actors.adapters.mllp import END, START, MllpClient
 from core.config import Hl7Config, MllpListenerConfig
 from core.identifiers import hash_identifier
+from state.column_seal import sealer_of
 from state.context_store import ContextReader, open_context
 from state.ledger import open_ledger
 from tests.hl7_messages import adt
@@ -129,7 +130,8 @@ def _send_corpus(listener: Hl7Listener, client: MllpClient, reader: ContextReade
 
 def _check_identities(reader: ContextReader) -> None:
     """What the corpus shows about identity (issue #16, 1 and 2)."""
-    patients = [json.loads(r["json"]) for r in _rows(reader, "SELECT json FROM resources WHERE type = 'Patient'")]
+    rows = _rows(reader, "SELECT json FROM resources WHERE type = 'Patient'")
+    patients = [json.loads(sealer_of(reader.db).open_text(r["json"])) for r in rows]  # sealed at rest
     systems = {i.get("system") for p in patients for i in p["identifier"]}
     assert "urn:oid:1.3.6.1.4.1.12559.11.1.4.1.2" in systems  # IHE PAM: DDS&<OID>&ISO
     # 123456789 is an SSN (authority USSSA) in one sample and a bare MRN of NINTENDO in

@@ -24,24 +24,27 @@ from synthetic.synthetic_dicom import make_cxr_study, save_study
 from tests.hl7_messages import orm
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
 from tests.integration.fhir_server import FhirTestServer
+from tests.integration.phi_grep import loose_modes, phi_hits
 
 pytestmark = [pytest.mark.integration, needs_peers]
 
+MRN, NAME, BIRTH = "ZQXMRN81", "ZQXFAMILY^ZQXGIVEN", "19700615"
+"""Long enough not to turn up by chance in sealed (random-looking) bytes."""
 HL7 = {"listener": {"port": 0}, "identifier_systems": {"HOSP": "http://hosp.example/mrn"}}
 
 
 def ehr_section(server: FhirTestServer) -> dict:
-    return {"fhir": {"base_url": server.base_url, "timeout_s": 2}, "poll_interval_s": 0.2}
+    return {"fhir": {"base_url": server.base_url, "timeout_s": 2, "allow_plaintext": True}, "poll_interval_s": 0.2}
 
 
-def send_study(tmp_path: Path, pipeline, cfg, seed: int, patient_id: str, accession: str):
+def send_study(
+    tmp_path: Path, pipeline, cfg, seed: int, patient_id: str, accession: str, name="SYNTHETIC^PATIENT", birth=""
+):
     datasets = make_cxr_study(
-        seed=seed,
-        findings=frozenset({"effusion"}),
-        patient_id=patient_id,
-        accession=accession,
-        patient_name="SYNTHETIC^PATIENT",
+        seed=seed, findings=frozenset({"effusion"}), patient_id=patient_id, accession=accession, patient_name=name
     )
+    for ds in datasets:
+        ds.PatientBirthDate = birth
     files = save_study(datasets, tmp_path / f"in{seed}")
     res = storescu(files, "127.0.0.1", pipeline.listener_port(), cfg.listener.ae_title)
     assert res.returncode == 0, res.stderr[-500:]
@@ -58,11 +61,12 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         pipeline, cfg = make_pipeline(orthanc, backend=backend, hl7=HL7, ehr=ehr_section(fhir))
         client = MllpClient("127.0.0.1", pipeline.hl7_port())
         try:
-            [ack] = client.send(orm("STAT81", mrn="P81", accession="ACC81", priority="S", patient_class="E").encode())
+            order = orm("STAT81", mrn=MRN, accession="ACC81", priority="S", patient_class="E", name=f"{NAME}^A^^DR^^L")
+            [ack] = client.send(order.encode())
         finally:
             client.close()
         assert str(hl7.parse(ack.decode()).segment("MSA")(1)) == "AA"
-        uid = send_study(tmp_path, pipeline, cfg, 81, "P81", "ACC81")
+        uid = send_study(tmp_path, pipeline, cfg, 81, MRN, "ACC81", NAME, BIRTH)
         ledger = ledger_of(pipeline)
         assert wait_for_states(ledger, [uid], {"delivered"}), ledger.status.report(time.time())
 
@@ -75,7 +79,7 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         assert ctx.indication == "Acute chest pain, rule out pneumothorax"
         assert ctx.location == "ED BAY3 BED2 (HOSP)"
         stored = ledger.jobs.raw_record(job.job_id)
-        assert not any(s in stored for s in ("P81", "ACC81", "SYNTHETIC"))
+        assert not any(s in stored for s in (MRN, "ACC81", "ZQXFAMILY"))
 
         # The SR names the order it fulfils and the reason for the study; dciodvfy is clean.
         [meta] = orthanc.instances_of_study(uid, modality="SR")
@@ -101,7 +105,7 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         [report] = fhir.of_type("DiagnosticReport")
         DiagnosticReport.model_validate(report)
         assert report["identifier"][0]["value"] == f"urn:oid:{sr_uid}"
-        assert report["subject"]["identifier"]["value"] == "P81"
+        assert report["subject"]["identifier"]["value"] == MRN
         assert report["subject"]["identifier"]["system"] == "http://hosp.example/mrn"
         assert report["basedOn"][0]["identifier"]["value"] == "ACC81"
         assert AIAST in report["meta"]["security"]
@@ -114,6 +118,13 @@ def test_stat_ed_order_puts_the_study_first_and_its_reason_in_the_sr_and_the_ehr
         if backend == "postgresql":  # nothing of the bridge went to a file under var/
             assert not (pipeline.layout.context).exists()
             assert not (pipeline.layout.ehr_outbox).exists()
+
+        # Encryption at rest (issue 13): no byte of the patient's name, ID or birth date under
+        # var/, compressed files inflated, databases included; the source files do hold them.
+        needles = [NAME, "ZQXFAMILY", "ZQXGIVEN", MRN, BIRTH, "1970-06-15"]
+        assert len(phi_hits(tmp_path / "in81", needles)) >= 4
+        assert phi_hits(pipeline.layout.root, needles) == []
+        assert loose_modes(pipeline.layout.root) == []  # files 0600, directories 0700
     finally:
         fhir.stop()
 

@@ -42,6 +42,7 @@ from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import Validator
 from core.versions import DeliveryAction, VersionState, plan_delivery
 from state.blobs import BlobStore
+from state.column_seal import TEXT_MARK
 from state.ledger import Ledger, open_ledger
 from state.ledger.intake import Arrival
 from state.ledger.reviews import apply_flag
@@ -316,6 +317,10 @@ def test_records_round_trip_and_big_sections_go_to_blobs(ledger):
     stored = ledger.jobs.get(job.job_id)
     assert stored.record == record
     assert len(ledger.jobs.raw_record(job.job_id)) < 1000 and ledger.blobs.count() == 1
+    with ledger.db.read() as tx:  # the row as the driver reads it: sealed at rest (state.column_seal)
+        data = tx.one("SELECT data FROM jobs WHERE job_id = ?", (job.job_id,))["data"]
+        blobs = [bytes(r["data"]) for r in tx.all("SELECT data FROM blobs")]  # PostgreSQL's blob store
+    assert data.startswith(TEXT_MARK) and "head_ct" not in data and not any(b"head_ct" in b for b in blobs)
 
 
 def _uid(*parts: int) -> str:

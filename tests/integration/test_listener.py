@@ -19,6 +19,7 @@ from actors.adapters.dimse import Listener
 from core.config import ListenerConfig, StorageConfig
 from demo.dcmtk import storescu
 from state.ledger import open_ledger
+from state.sealed_files import read_plain
 from synthetic.synthetic_dicom import make_ct_series, save_study
 from tests.corruptions import unparseable_part10
 
@@ -76,7 +77,7 @@ def test_echo_and_store_are_durable_and_byte_identical(listener):
     # (FFFC,FFFC) Data Set Trailing Padding this test file ends with.
     sent = _dataset_bytes(src.read_bytes())
     sent = sent[: sent.rfind(b"\xfc\xff\xfc\xff")] if b"\xfc\xff\xfc\xff" in sent[-200:] else sent
-    assert _dataset_bytes(spooled.read_bytes()) == sent
+    assert _dataset_bytes(read_plain(spooled, ledger.keyring)) == sent  # sealed at rest: opened first
     assert not list(lst.intake.spool_dir.rglob("*.part"))  # no temp file left behind
 
 

@@ -79,7 +79,7 @@ def test_bad_instance_is_held_and_the_rest_of_the_study_goes_on(tmp_path, bridge
     [entry] = bridge.quarantine.entries()
     assert entry.codes == ("pixel_attributes_inconsistent",) and entry.state == "held"
     assert "HighBit (0028,0102): got 15; expected BitsStored - 1 (11" in entry.reasons[0].message
-    assert dataset_bytes(Path(entry.path)) == dataset_bytes(files[1])  # kept as sent
+    assert dataset_bytes(Path(entry.path), bridge.ledger.keyring) == dataset_bytes(files[1])  # kept as sent
     [task] = job.record.route.tasks
     assert list(task.sop_instance_uids) == [bridge.ledger.intake.job_instances(job.job_id)[0].sop_instance_uid]
     code, out = cli(config_file, "quarantine", "list", capsys=capsys)

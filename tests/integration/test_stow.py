@@ -21,6 +21,7 @@ from pydicom import config, dcmread
 from core.config import StorageConfig
 from core.stow_rs import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_MISMATCH, UNSUPPORTED_SOP_CLASS
 from core.types import AuditEventType
+from state.sealed_files import dcmread_plain, read_plain
 from synthetic.synthetic_dicom import make_cxr_study
 from tests.corruptions import CORRUPTIONS, write
 from tests.integration.api_harness import ApiHarness, make_harness
@@ -91,8 +92,8 @@ def test_a_study_is_stored_durably_once_and_a_resend_is_not_processed_twice(door
     assert r.json()["00081190"]["Value"][0].endswith(f"/dicomweb/studies/{study}")
     for d, raw in zip(datasets, parts, strict=True):  # spooled byte for byte (Part 10 as sent)
         [row] = query(bridge.ledger, "SELECT path FROM instances WHERE sop_instance_uid = ?", [str(d.SOPInstanceUID)])
-        assert dcmread(row["path"]).PixelData == d.PixelData
-        assert Path(row["path"]).read_bytes()[-len(d.PixelData) :] == raw[-len(d.PixelData) :]
+        assert dcmread_plain(row["path"], bridge.ledger.keyring).PixelData == d.PixelData
+        assert read_plain(row["path"], bridge.ledger.keyring)[-len(d.PixelData) :] == raw[-len(d.PixelData) :]
     again = stow(h, parts, study)
     assert again.status_code == 200 and sorted(stored(again)) == sorted(stored(r))
     bridge.drain()
