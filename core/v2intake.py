@@ -47,6 +47,7 @@ class IntakeRules:
         accession_fields: Where orders carry the accession number.
         validate_resources: Validate every mapped resource (fhir.resources, R4).
         default_authorities: Sending facility -> assigning authority of bare IDs.
+        rejected_max_rows: Quota of the reject store (heads of messages answered AR).
     """
 
     hash_key: bytes
@@ -58,6 +59,8 @@ class IntakeRules:
     accession_fields: tuple[str, ...] = ("IPC-1", "OBR-18")
     validate_resources: bool = True
     default_authorities: Mapping[str, str] = field(default_factory=dict)
+    rejected_max_rows: int = 100_000
+    """Quota of the reject store: a rejection past it is answered AR but not kept."""
 
     def mapper(self) -> V2FhirMapper:
         """The FHIR mapper these rules configure."""

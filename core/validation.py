@@ -41,6 +41,7 @@ from core.instance_checks import (
     check_meta,
     check_transfer_syntax,
 )
+from core.limits import pixel_count_problem
 from core.pixels import DecodeMode, check_pixel_data, check_pixels, describe_pixels
 from core.reasons import Level, Problem, ReasonCode
 from core.types import ValidationIssue
@@ -78,11 +79,13 @@ class ValidationPolicy:
         decode: How much encapsulated Pixel Data is decoded.
         pixel_spacing_modalities: Modalities whose models measure: Pixel Spacing is required.
         geometry: Tolerances of the series geometry checks.
+        max_pixels: Ceiling on Rows x Columns x Frames x Samples, checked before any decode.
     """
 
     decode: DecodeMode = DecodeMode.ALL_FRAMES
     pixel_spacing_modalities: frozenset[str] = frozenset({"CT", "MR", "PT"})
     geometry: GeometryPolicy = field(default_factory=GeometryPolicy)
+    max_pixels: int = 1 << 31
 
     @classmethod
     def from_config(cls, cfg: ValidationConfig) -> ValidationPolicy:
@@ -91,6 +94,7 @@ class ValidationPolicy:
             DecodeMode(cfg.decode),
             frozenset(m.upper() for m in cfg.pixel_spacing_modalities),
             GeometryPolicy(cfg.orientation_tolerance, cfg.position_tolerance_mm, cfg.gap_tolerance),
+            max_pixels=cfg.max_pixels,
         )
 
 
@@ -232,6 +236,8 @@ class Validator:
         position = attrs.numbers("ImagePositionPatient")
         if position is not None and len(position) != 3:
             return False
+        if self._pixel_ceiling(attrs):
+            return False
         if verdict.keyword is not None and verdict.desc is not None:
             syntax = _syntax(attrs, ts)
             if check_pixel_data(attrs, verdict.keyword, verdict.desc, syntax, self.policy.decode):
@@ -250,7 +256,16 @@ class Validator:
         )
 
     def _check_pixels(self, attrs: Attributes, ts: str, _sop: str) -> list[Problem]:
-        return check_pixels(attrs, _syntax(attrs, ts), self.policy.decode)
+        return self._pixel_ceiling(attrs) or check_pixels(attrs, _syntax(attrs, ts), self.policy.decode)
+
+    def _pixel_ceiling(self, attrs: Attributes) -> list[Problem]:
+        """A declared image larger than ``max_pixels`` (a pixel bomb), found before any decode."""
+        rows, columns = attrs.integer("Rows"), attrs.integer("Columns")
+        if not rows or not columns:
+            return []  # not an image, or the pixel description checks say what is wrong
+        frames, samples = attrs.integer("NumberOfFrames") or 1, attrs.integer("SamplesPerPixel") or 1
+        found = pixel_count_problem(rows, columns, frames, samples, self.policy.max_pixels)
+        return [Problem(ReasonCode.INVALID_VALUE, found)] if found else []
 
     def _check_plane(self, attrs: Attributes, _ts: str, _sop: str) -> list[Problem]:
         orientation = attrs.numbers("ImageOrientationPatient")

@@ -167,11 +167,11 @@ def _answer(
         return list(decided)
     out: list[object] = []
     for first in range(0, len(batch), batch_max):
-        out += _store(db, batch[first : first + batch_max], decided[first : first + batch_max])
+        out += _store(db, batch[first : first + batch_max], decided[first : first + batch_max], rules.rejected_max_rows)
     return out
 
 
-def _store(db: Database, batch: Sequence[Request], decided: Sequence[Intake | str]) -> list[Stored]:
+def _store(db: Database, batch: Sequence[Request], decided: Sequence[Intake | str], quota: int) -> list[Stored]:
     """Store what can be stored in one commit; answer the rest as failed."""
     items: list[InboxEntry | Rejection] = []
     where: list[int] = []
@@ -192,7 +192,7 @@ def _store(db: Database, batch: Sequence[Request], decided: Sequence[Intake | st
             items.append(InboxEntry(d.header, r.payload, r.peer, r.received_at, d.update, d.error, d.digest))
         where.append(i)
     try:
-        results: Sequence[object] = ContextWriter(db).store_batch(items) if items else []
+        results: Sequence[object] = ContextWriter(db, rejected_max_rows=quota).store_batch(items) if items else []
     except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the batch is stored
         results = [exc] * len(items)
     for n, (i, item, result) in enumerate(zip(where, items, results, strict=True)):

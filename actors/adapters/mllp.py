@@ -14,7 +14,10 @@ reader, which leaves no room to answer garbage with an AR). Hostile input is bou
   comes after the FS (in the same read or the next) is taken as the frame's end, not as a
   stray byte (issue #16: waiting for the CR left FS-only senders without an ACK);
 - a connection silent for ``idle_timeout_s`` is closed; beyond ``max_connections`` new
-  connections are closed at once.
+  connections are closed at once, and so are those beyond ``max_connections_per_peer`` from
+  one IP address;
+- a frame still incomplete ``frame_deadline_s`` after its start block closes the connection
+  (a peer dripping a byte just inside the idle timeout holds nothing for long).
 
 TLS (TLS 1.2+, ``actors.adapters.tls.server_context``) is the asyncio server's ``ssl``.
 """
@@ -28,6 +31,9 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from actors.adapters.tls import peer_label
+from core.limits import PeerSlots
 
 __all__ = ["END", "Frame", "MllpClient", "MllpFramer", "MllpServer", "START", "frame"]
 
@@ -67,6 +73,13 @@ class MllpFramer:
         self._after_fs = False
         self.dropped = 0
         """Bytes outside frames dropped since the last frame started."""
+        self.opened = 0
+        """Frames started so far (a change means a new frame began)."""
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame has started and not ended."""
+        return self._in_frame
 
     def feed(self, data: bytes) -> list[Frame]:
         """Consume received bytes; return the frames they completed."""
@@ -91,6 +104,7 @@ class MllpFramer:
 
     def _open(self) -> None:
         self._in_frame, self._size, self._after_fs = True, 0, False
+        self.opened += 1
         self._buf.clear()
         self.dropped = 0
 
@@ -173,6 +187,8 @@ class MllpServer:
         max_message_bytes: int = 1 << 20,
         idle_timeout_s: float = 600.0,
         max_connections: int = 64,
+        max_connections_per_peer: int = 64,
+        frame_deadline_s: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
         on_start: Callable[[], Awaitable[None]] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
@@ -189,6 +205,8 @@ class MllpServer:
         self._max = max_message_bytes
         self._idle = idle_timeout_s
         self._max_conn = max_connections
+        self._slots = PeerSlots(max_connections_per_peer, max_connections)
+        self._frame_deadline = frame_deadline_s
         self._ssl = ssl_context
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -197,6 +215,8 @@ class MllpServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
         self.frames = 0
+        self.refused = 0
+        """Connections closed as they opened (over ``max_connections`` or the per-peer cap)."""
 
     @property
     def port(self) -> int:
@@ -248,9 +268,11 @@ class MllpServer:
         self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = ":".join(str(p) for p in (writer.get_extra_info("peername") or ("?",))[:2])
-        if len(self._writers) >= self._max_conn:
-            logger.warning("MLLP connection from %s refused: %d open", peer, len(self._writers))
+        peer = peer_label(writer.get_extra_info("peername"), writer.get_extra_info("ssl_object"))
+        address = str((writer.get_extra_info("peername") or ("?",))[0])
+        if not self._slots.acquire(address):  # issue 13: per-peer and total connection caps
+            logger.warning("MLLP connection from %s refused: %d open", peer, self._slots.open)
+            self.refused += 1
             writer.close()
             return
         self._writers.add(writer)
@@ -266,16 +288,21 @@ class MllpServer:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError) as exc:
             logger.info("MLLP connection %s ended: %s", peer, type(exc).__name__)
         finally:
+            self._slots.release(address)
             self._writers.discard(writer)
             self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         framer = MllpFramer(self._max)
-        watchdog = _Watchdog(asyncio.get_running_loop(), self._idle, writer)
+        loop = asyncio.get_running_loop()
+        watchdog = _Watchdog(loop, self._idle, writer)
+        frame_due, opened = 0.0, 0  # when the frame being received must be complete
         try:
             while True:
-                data = await reader.read(1 << 16)
+                if framer.in_frame and framer.opened != opened:
+                    frame_due, opened = loop.time() + self._frame_deadline, framer.opened
+                data = await _read(reader, frame_due if framer.in_frame else None, self._frame_deadline)
                 if not data:
                     if watchdog.expired:
                         raise TimeoutError(f"nothing received for {self._idle} s")
@@ -295,6 +322,21 @@ class MllpServer:
                     return
         finally:
             watchdog.cancel()
+
+
+async def _read(reader: asyncio.StreamReader, due: float | None, deadline_s: float) -> bytes:
+    """The next bytes; inside a frame, no later than ``due`` (loop time).
+
+    Raises:
+        TimeoutError: The frame was not complete by ``due``.
+    """
+    if due is None:
+        return await reader.read(1 << 16)
+    try:
+        async with asyncio.timeout_at(due):
+            return await reader.read(1 << 16)
+    except TimeoutError:
+        raise TimeoutError(f"frame not complete {deadline_s} s after its start block") from None
 
 
 class MllpClient:

@@ -8,9 +8,10 @@ association thread is left behind.
 
 Found and fixed here: the accepted socket had no timeout, so a peer that stopped in the middle
 of a PDU (or announced more bytes than it sent) held an association slot and a thread forever.
-Not fixed (pynetdicom's DUL reads a whole PDU into memory before parsing it): a peer that
-announces a huge PDU and really streams that many bytes makes the listener buffer them. That
-needs a reverse proxy or TLS with client certificates in front (config ``listener.tls``).
+Fixed since (issue 13): pynetdicom's DUL reads a whole PDU into memory before parsing it, so
+a peer that announced a huge PDU and streamed it made the listener buffer it; the association
+socket now refuses a PDU announcing more than ``listener.max_pdu_size`` allows
+(``tests/integration/test_hostile_input.py``).
 """
 
 from __future__ import annotations
