@@ -6,6 +6,7 @@ the pipeline's modules load; ``actors.pipeline`` re-exports both.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,9 +15,12 @@ import yaml
 from core.bundles import expand_models
 from core.config import AppConfig, parse_config
 from core.errors import ConfigError
-from core.identifiers import DEFAULT_KEY
+from core.exposure import demo_mode, exposure_warnings
+from core.identifiers import DEMO_KEY
 
-__all__ = ["hash_key", "load_config"]
+__all__ = ["hash_key", "load_config", "warn_exposure"]
+
+logger = logging.getLogger(__name__)
 
 
 def load_config(path: str | Path) -> AppConfig:
@@ -40,14 +44,26 @@ def load_config(path: str | Path) -> AppConfig:
 
 
 def hash_key(cfg: AppConfig) -> bytes:
-    """Return the key for hashed identifiers (from the configured env var, else the default).
+    """Return the key for hashed identifiers: the configured env var's, else (demo mode
+    only, ``core.exposure``) the public demo key.
 
     Raises:
-        ConfigError: ``hash_key_env`` names a variable that is not set.
+        ConfigError: ``hash_key_env`` names a variable that is not set, or is unset outside demo mode.
     """
     if cfg.hash_key_env is None:
-        return DEFAULT_KEY
+        if not demo_mode(cfg):
+            raise ConfigError(
+                "config", ["hash_key_env: missing; expected the site's identifier hash key outside demo mode"]
+            )
+        return DEMO_KEY
     value = os.environ.get(cfg.hash_key_env)
     if not value:
         raise ConfigError("environment", [f"{cfg.hash_key_env}: not set; expected the identifier hash key"])
     return value.encode()
+
+
+def warn_exposure(cfg: AppConfig) -> None:
+    """Log, loudly, every open door the config asked for by name (``allow_plaintext``, the
+    demo hash key, demo weights trusted from their sidecar): once, at start."""
+    for line in exposure_warnings(cfg):
+        logger.warning("NOT LOCKED DOWN: %s", line)

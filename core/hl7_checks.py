@@ -2,17 +2,25 @@
 
 ``check_supported`` rejects (AR) a message we do not take: MSH-9, MSH-10, MSH-11 or MSH-12
 missing or unsupported. ``check_field_sizes`` answers AE for an oversized field, naming it.
-Parsing itself is ``core.hl7``.
+``check_sender`` rejects (AR) a message from a peer not on ``hl7.senders`` or not addressed to
+us (issue 13: a stranger must not merge patients, order STAT studies or take a real message's
+control ID first). Parsing itself is ``core.hl7``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from ipaddress import ip_address, ip_network
 
+from core.config import Hl7Config, Hl7SenderConfig
 from core.errors import MessageInvalid, MessageRejected
 from core.hl7 import Hl7Message, MessageHeader
 
-__all__ = ["SUPPORTED_EVENTS", "check_field_sizes", "check_supported"]
+__all__ = ["SUPPORTED_EVENTS", "check_field_sizes", "check_sender", "check_supported"]
+
+SENDER_REFUSED = "207"
+"""ERR-3 of a refused sender: table 0357 has no "not authorised", and 207 (application
+internal error) is what receivers use for a site rule; the ERR text says which rule."""
 
 SUPPORTED_EVENTS = frozenset(
     {("ADT", "A01"), ("ADT", "A04"), ("ADT", "A08"), ("ADT", "A40"), ("ORM", "O01"), ("OMI", "O23")}
@@ -76,3 +84,56 @@ def check_field_sizes(message: Hl7Message, max_chars: int) -> None:
                     "102",
                     seg.loc(n),
                 )
+
+
+def _hd_matches(value: str, expected: str) -> bool:
+    """An HD field (``NS^UID^ISO``) names ``expected`` as a whole or by its namespace ID."""
+    return value == expected or value.split("^", 1)[0] == expected
+
+
+def _address_matches(host: str, wanted: str) -> bool:
+    try:
+        return ip_address(host) in ip_network(wanted, strict=False)
+    except ValueError:
+        return host == wanted
+
+
+def _sender_matches(sender: Hl7SenderConfig, host: str, subject: str | None) -> bool:
+    if sender.address is not None and not _address_matches(host, sender.address):
+        return False
+    return sender.subject is None or sender.subject == subject
+
+
+def check_sender(header: MessageHeader, host: str, subject: str | None, cfg: Hl7Config) -> None:
+    """Refuse (AR) a message whose peer and MSH-3/4 are not one of ``hl7.senders``, or whose
+    MSH-5/6 do not name us (``hl7.application`` / ``hl7.facility``). No senders: anyone (demo
+    mode only; ``core.exposure`` refuses that on a non-loopback bind).
+
+    Args:
+        header: The message's MSH.
+        host: The peer's IP address.
+        subject: The peer certificate's subject CN; ``None`` without TLS.
+        cfg: The ``hl7`` config.
+
+    Raises:
+        MessageRejected: The peer or the MSH is not allowed; the reason names the field.
+    """
+    if not cfg.senders:
+        return
+    sid = header.control_id
+    peers = [s for s in cfg.senders if _sender_matches(s, host, subject)]
+    if not peers:
+        raise _reject(f"peer {host} (subject {subject!r}): not in hl7.senders", SENDER_REFUSED, "", sid)
+    app, fac = header.sending_application, header.sending_facility
+    if not any(_hd_matches(app, s.application) and _hd_matches(fac, s.facility) for s in peers):
+        raise _reject(
+            f"MSH-3/MSH-4: got {app!r}/{fac!r}; not an hl7.senders entry for this peer", SENDER_REFUSED, "MSH^1^3", sid
+        )
+    if not _hd_matches(header.receiving_application, cfg.application):
+        raise _reject(
+            f"MSH-5: got {header.receiving_application!r}; expected {cfg.application!r}", SENDER_REFUSED, "MSH^1^5", sid
+        )
+    if cfg.facility and not _hd_matches(header.receiving_facility, cfg.facility):
+        raise _reject(
+            f"MSH-6: got {header.receiving_facility!r}; expected {cfg.facility!r}", SENDER_REFUSED, "MSH^1^6", sid
+        )

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import hmac
 
-__all__ = ["DEFAULT_KEY", "hash_identifier"]
+__all__ = ["DEFAULT_KEY", "DEMO_KEY", "hash_identifier"]
 
-DEFAULT_KEY = b"pacsai-default-identifier-key"
-"""Used when no site key is configured; a site sets its own (``hash_key_env``)."""
+DEMO_KEY = b"pacsai-default-identifier-key"
+"""The demo key: public (it is in this file), so its hashes protect nothing. Only demo mode
+(every bind on loopback, ``core.exposure.demo_mode``) may use it, with a warning; anywhere
+else the config must name the site's key (``hash_key_env``) or the bridge does not start."""
+
+DEFAULT_KEY = DEMO_KEY
+"""The old name of ``DEMO_KEY`` (tests and benchmarks)."""
 
 
-def hash_identifier(value: str, key: bytes = DEFAULT_KEY) -> str:
+def hash_identifier(value: str, key: bytes) -> str:
     """Return a short keyed hash (HMAC-SHA256, 16 hex digits) of an identifier.
 
-    >>> hash_identifier("12345") == hash_identifier("12345")
+    There is no default key: every caller passes the site's (``actors.config_file.hash_key``).
+
+    >>> hash_identifier("12345", DEMO_KEY) == hash_identifier("12345", DEMO_KEY)
     True
-    >>> hash_identifier("") == ""
+    >>> hash_identifier("", DEMO_KEY) == ""
     True
     """
     if not value:

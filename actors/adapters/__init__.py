@@ -7,11 +7,14 @@ dcmtk wrappers live in the ``demo``
 package, outside the product."""
 
 __all__ = [
+    "association_gate",
+    "audit_syslog",
     "cells",
     "clock",
     "context_join",
     "dicomweb",
     "dimse",
+    "dimse_limits",
     "fhir_http",
     "hl7_inbox",
     "hl7_workers",

@@ -42,14 +42,15 @@ from typing import Any, TypeVar
 from actors.adapters.hl7_workers import ParsePool, Stored, WorkerFailed
 from actors.adapters.metrics import recorder
 from actors.adapters.mllp import Frame, MllpServer
-from actors.adapters.tls import server_context
+from actors.adapters.tls import server_context, split_peer_label
 from actors.polling import Loop
 from core.acks import AckError, Disposition, ack_codes, build_ack
 from core.audit import AuditEvent
 from core.config import Hl7Config
-from core.errors import TransientIOError
+from core.errors import MessageRejected, TransientIOError
 from core.health import LoopHealth
 from core.hl7 import MessageHeader, peek_header
+from core.hl7_checks import check_sender
 from core.identifiers import DEFAULT_KEY
 from core.types import AuditEventType
 from core.v2intake import Intake, IntakeRules, intake_of
@@ -162,6 +163,7 @@ class Hl7Listener:
             cfg.accession_fields,
             cfg.validate_resources,
             cfg.default_assigning_authorities,
+            lst.rejected_max_rows,
         )
         self._mapper = self._rules.mapper()
         self._pool = (
@@ -170,7 +172,7 @@ class Hl7Listener:
             else None
         )
         self._store = context
-        self._writer = ContextWriter(context)
+        self._writer = ContextWriter(context, rejected_max_rows=lst.rejected_max_rows)
         self._reader = ContextReader(context)
         self._server = MllpServer(
             lst.host,
@@ -179,6 +181,8 @@ class Hl7Listener:
             max_message_bytes=lst.max_message_bytes,
             idle_timeout_s=lst.idle_timeout_s,
             max_connections=lst.max_connections,
+            max_connections_per_peer=lst.max_connections_per_peer,
+            frame_deadline_s=lst.frame_deadline_s,
             ssl_context=server_context(lst.tls) if lst.tls else None,
             on_start=self._pool.start if self._pool else None,
             on_stop=self._pool.stop if self._pool else None,
@@ -264,6 +268,9 @@ class Hl7Listener:
     ) -> tuple[MessageHeader | None, Disposition, AckError | None]:
         header: MessageHeader | None = None
         try:
+            refused = await self._refused(received, peer, now) if self._cfg.senders else None
+            if refused is not None:
+                return refused
             answer = await self._decide(received, peer, now)
             if isinstance(answer, Stored):  # a worker decided and stored it
                 return self._stored(answer, peer)
@@ -286,6 +293,41 @@ class Hl7Listener:
         except Exception:  # the one broad catch at the protocol boundary: log, answer AE
             logger.exception("HL7 handler failed for %s", header.control_id if header else "?")
             return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
+
+    async def _refused(
+        self, received: Frame, peer: str, now: float
+    ) -> tuple[MessageHeader | None, Disposition, AckError] | None:
+        """Issue 13: AR and an ``hl7_peer_refused`` audit event for a frame whose peer or MSH-3..6
+        is not an allowed sender (``core.hl7_checks.check_sender``); it is neither parsed further
+        nor stored. ``None``: allowed, or no MSH to judge (the intake answers AR for that)."""
+        header = peek_header(received.payload)
+        if header is None:
+            return None
+        host, subject = split_peer_label(peer)
+        try:
+            check_sender(header, host, subject, self._cfg)
+            return None
+        except MessageRejected as exc:
+            error = AckError(exc.error_code, exc.reason, exc.location)
+        logger.warning(
+            "HL7 message %s from %s refused: not an allowed sender (%s)",
+            header.control_id,
+            peer,
+            error.location or "peer",
+        )
+        detail = {
+            "peer": peer,
+            "control_id": header.control_id,
+            "message_type": _message_type(header),
+            "sending_application": header.sending_application,
+            "sending_facility": header.sending_facility,
+            "error_code": error.code,
+            "error_location": error.location,
+        }
+        if self._ledger is not None:
+            event = AuditEvent(AuditEventType.HL7_PEER_REFUSED, self._actor, detail=detail)
+            await asyncio.to_thread(self._ledger.audit.append, [event], now)
+        return header, Disposition.REJECTED, error
 
     async def _decide(self, received: Frame, peer: str, now: float) -> Intake | Stored:
         """Parse, check and map the frame (and store it, on SQLite) in a parse worker; here

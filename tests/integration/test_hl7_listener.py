@@ -31,6 +31,7 @@ from actors.adapters.tls import client_context
 from actors.pipeline import wait_until
 from core.config import Hl7Config, MllpListenerConfig, StorageConfig, TlsConfig
 from core.identifiers import hash_identifier
+from state.column_seal import sealer_of
 from state.context_store import ContextReader, open_context
 from state.ledger import Ledger, open_ledger
 from tests.hl7_messages import a40, adt, omi, orm
@@ -42,13 +43,14 @@ MAX_BYTES = 64 * 1024
 
 
 def make_listener(
-    storage: StorageConfig, tls: TlsConfig | None = None, workers: int | None = None
+    storage: StorageConfig, tls: TlsConfig | None = None, workers: int | None = None, senders: tuple = ()
 ) -> tuple[Hl7Listener, Ledger]:
     cfg = Hl7Config(
         listener=MllpListenerConfig(
             port=0, max_message_bytes=MAX_BYTES, max_field_chars=4096, idle_timeout_s=30, tls=tls
         ),
         identifier_systems={"HOSP": "http://hosp.example/mrn"},
+        senders=senders,
         **({} if workers is None else {"parse_workers": workers}),
     )
     ledger = open_ledger(storage)
@@ -72,7 +74,8 @@ def resources(reader: ContextReader, kind: str) -> list[dict]:
     """Every stored resource of one type, with its version (``_version``)."""
     with reader.db.read() as tx:
         rows = tx.all("SELECT version, json FROM resources WHERE type = ? ORDER BY id", (kind,))
-    return [{**json.loads(r["json"]), "_version": r["version"]} for r in rows]
+    seal = sealer_of(reader.db)  # sealed at rest (state.column_seal)
+    return [{**json.loads(seal.open_text(r["json"])), "_version": r["version"]} for r in rows]
 
 
 def msa(reply: bytes) -> tuple[str, str]:
@@ -364,15 +367,22 @@ def test_join_prefers_study_uid_then_accession_then_patient_and_date(bridge):
 
 
 def test_mllp_over_tls(tmp_path, pki):
-    listener, _ = make_listener(StorageConfig(var_dir=str(tmp_path)), pki.server())
+    """Only the senders named in hl7.senders (here: certificate subject "client" as ADT/HOSP)
+    get through; another MSH-3 on the same certificate is refused (AR) and audited (issue 13)."""
+    senders = ({"subject": "client", "application": "ADT", "facility": "HOSP"},)
+    listener, ledger = make_listener(StorageConfig(var_dir=str(tmp_path)), pki.server(), senders=senders)
     try:
         ctx = client_context(pki.client())
         client = MllpClient("127.0.0.1", listener.port, ssl_context=ctx, server_hostname="localhost")
         try:
             assert client._sock.version() in ("TLSv1.2", "TLSv1.3")
             assert msa(client.send(adt().encode())[0]) == ("AA", "ADT0001")
+            refused = client.send(orm("STAT1").encode())[0]  # MSH-3 RIS: not this peer's
+            assert msa(refused) == ("AR", "STAT1") and err(refused) == ("MSH^1^3", "207")
         finally:
             client.close()
+        [event] = [e for e in ledger.audit.events() if e.type == "hl7_peer_refused"]
+        assert event.detail["control_id"] == "STAT1" and event.detail["peer"].endswith(" cn=client")
         plain = socket.create_connection(("127.0.0.1", listener.port), timeout=10)
         try:
             plain.sendall(START + adt("A01", "PLAIN").encode() + END)
@@ -384,6 +394,7 @@ def test_mllp_over_tls(tmp_path, pki):
             plain.close()
     finally:
         listener.stop()
+        ledger.close()
 
 
 def test_every_message_is_audited_without_phi(bridge):

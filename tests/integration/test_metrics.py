@@ -79,7 +79,9 @@ def _send_unparseable(port: int, ae_title: str, tmp_path: Path) -> int:
 @pytest.fixture
 def flowing(tmp_path: Path, orthanc: Any, make_pipeline: Any) -> Iterator[dict[str, Any]]:
     """The pipeline, Prometheus scraping it, and the traffic of the module docstring."""
-    unreachable_ehr = {"fhir": {"base_url": f"http://127.0.0.1:{free_port()}/fhir", "timeout_s": 1}}
+    unreachable_ehr = {
+        "fhir": {"base_url": f"http://127.0.0.1:{free_port()}/fhir", "timeout_s": 1, "allow_plaintext": True}
+    }
     spans = tmp_path / "spans.jsonl"
     pipeline, cfg = make_pipeline(
         orthanc,

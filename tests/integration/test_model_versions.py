@@ -51,8 +51,9 @@ def bundle_models(tmp_path_factory: pytest.TempPathFactory, model_app: AppConfig
     onnx, spec = make_exported(root / "onnx", V2_DESIGN, "onnx")
     item = {
         "bundle": str(bundle),
+        "demo": True,  # synthetic networks, no sha256 pinned (issue 13): their sidecars are trusted
         "serve": {"num_cpus": 0.1, "max_batch_size": 4, "batch_wait_timeout_s": 0.01},
-        "versions": {V2: {"weights": str(onnx), "spec": str(spec)}},
+        "versions": {V2: {"weights": str(onnx), "spec": str(spec), "demo": True}},
     }
     cfg = _config(item, "off")
     deploy_models(cfg, [FAMILY])

@@ -198,7 +198,7 @@ def _config_problems(raw: dict[str, Any]) -> list[str]:
 
 
 def test_a_version_inherits_the_family_entry_but_not_its_sha256_for_other_weights():
-    cfg = parse_config({"models": {"x": {**MODEL, "versions": {"2.0.0": {"weights": "v2.pt"}}}}})
+    cfg = parse_config({"models": {"x": {**MODEL, "versions": {"2.0.0": {"weights": "v2.pt", "demo": True}}}}})
     child = cfg.models["x"].versions["2.0.0"]
     assert (child.version, child.weights, child.sha256, child.input) == ("2.0.0", "v2.pt", None, cfg.models["x"].input)
     same = parse_config({"models": {"x": {**MODEL, "versions": {"2.0.0": {"demo": True}}}}})

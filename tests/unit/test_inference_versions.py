@@ -79,6 +79,7 @@ def models(versions: dict[str, Any] | None = None) -> dict:
         "name": "cxr",
         "version": "1.0",
         "weights": "w.pt",
+        "demo": True,  # no sha256 pinned (issue 13)
         "input": {"spatial_size": [8, 8], "channels": 1},
         "findings": [{"key": "edema"}],
         "serve": {"request_timeout_s": 30},

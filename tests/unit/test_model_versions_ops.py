@@ -61,6 +61,7 @@ def raw_config(tmp_path, **extra: Any) -> dict[str, Any]:
         "name": "cxr",
         "version": "1.0",
         "weights": "w.pt",
+        "demo": True,  # no sha256 pinned (issue 13)
         "input": {"spatial_size": [8, 8], "channels": 1},
         "findings": [{"key": "edema"}],
         "card": {"description": "chest radiograph triage", "intended_use": "worklist priority"},

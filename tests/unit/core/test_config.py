@@ -10,6 +10,7 @@ MODEL = {
     "name": "m",
     "version": "1",
     "weights": "w.pt",
+    "demo": True,  # no sha256 pinned: demo weights (issue 13)
     "input": {"spatial_size": [64, 64]},
     "findings": [{"key": "nodule"}],
 }

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 
-from core.identifiers import hash_identifier
+from core.identifiers import DEMO_KEY, hash_identifier
 from core.uids import output_uid, uid_from_parts
 
 UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -28,6 +28,6 @@ def test_parts_cannot_be_confused_by_concatenation():
 
 
 def test_hash_identifier_is_keyed_and_hides_the_value():
-    h = hash_identifier("PAT123")
+    h = hash_identifier("PAT123", DEMO_KEY)
     assert h != "PAT123" and len(h) == 16 and "PAT123" not in h
     assert hash_identifier("PAT123", b"other-key") != h

@@ -142,6 +142,7 @@ def test_built_in_families_build_without_the_bundle_check(tmp_path):
         name="fx",
         version="1",
         weights=str(tmp_path / "fx.pt"),
+        demo=True,  # its sha256 from the sidecar (issue 13: demo weights only)
         input=ModelInputSpec(spatial_size=(64, 64)),
         findings=(FindingSpec(key="limb_fracture"),),
     )

@@ -92,3 +92,24 @@ def test_pickled_object_is_refused_without_running_it(tmp_path: Path) -> None:
 def test_unknown_family_is_a_model_error(untrained_entry: object) -> None:
     with pytest.raises(ModelError, match="brain_mri"):
         load_network("brain_mri", untrained_entry)  # type: ignore[arg-type]
+
+
+def test_a_clinical_model_needs_its_sha256_pinned_in_the_entry(untrained_weights: Path, tmp_path: Path) -> None:
+    """Issue 13: whoever can write the weights can write a sidecar; only demo weights trust one."""
+    weights = tmp_path / "w.pt"
+    shutil.copy(untrained_weights, weights)
+    sidecar_path(weights).write_text(file_sha256(weights))
+    entry = cxr_entry(weights).model_copy(update={"demo": False})
+    with pytest.raises(ModelWeightsError, match="no sha256 in its registry entry"):
+        resolve_weights(entry)
+
+
+def test_a_sidecar_may_only_confirm_the_pinned_sha256(untrained_weights: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    shutil.copy(untrained_weights, weights)
+    pinned = file_sha256(weights)
+    sidecar_path(weights).write_text(pinned)
+    assert resolve_weights(cxr_entry(weights, sha256=pinned)) == weights
+    sidecar_path(weights).write_text("f" * 64)
+    with pytest.raises(ModelWeightsError, match="disagrees with the sha256 pinned"):
+        resolve_weights(cxr_entry(weights, sha256=pinned))
