@@ -18,7 +18,8 @@ setup: system-packages $(STAMP)
 # Debian packages: the PACS (Orthanc), the reference DICOM clients (dcmtk), the IOD checker
 # (dicom3tools' dciodvfy) and PostgreSQL (the shared ledger backend; its tests start a private
 # server with initdb/pg_ctl, so the package's own cluster is never used) and Prometheus (the
-# metrics tests scrape the pipeline with a private one). Installed only when missing, and only as root.
+# metrics tests scrape the pipeline with a private one) and rsyslog with its OpenSSL driver (the
+# audit export test runs a private TLS syslog collector). Installed only when missing, and only as root.
 system-packages:
 	@missing=""; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
@@ -27,6 +28,8 @@ system-packages:
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v rsyslogd >/dev/null || missing="$$missing rsyslog"; \
+	ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || missing="$$missing rsyslog-openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -1,6 +1,8 @@
 """Auditor actor: chains and signs new audit events (PostgreSQL), keeps checking that the
 trail's signed hash chain is intact and exports its head after each intact check and on stop
-(``AuditLog.export_head``: a file out of the ledger, syslog), answers queries, and publishes the ledger's gauges (jobs per state, each
+(``AuditLog.export_head``: a file out of the ledger, syslog), sends every entry to the audit
+record repository as a DICOM audit message over syslog/TLS (``storage.audit.collector``,
+``actors.adapters.audit_syslog``), answers queries, and publishes the ledger's gauges (jobs per state, each
 stage's queue and oldest wait, outbox backlog, held quarantine, model replicas: ``core.metrics``),
 once per site. Events themselves are appended by each stage in the same
 transaction as the state change they describe, so the trail can never disagree with the
@@ -9,16 +11,19 @@ ledger."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import ray
 
+from actors.adapters.audit_syslog import AuditExporter, cursor_path
 from actors.adapters.metrics import recorder
 from actors.polling import Loop
 from actors.stage import ActorShell
 from core.audit import AuditEntry
 from core.config import StorageConfig, app_name
 from core.metrics import STAGE_OF_STATE
+from state.retention_purge import Purger, context_opener
 
 __all__ = ["AuditorActor"]
 
@@ -77,7 +82,25 @@ class AuditorActor(ActorShell):
         self._add_loop(Loop("audit-verify", self._round, period_s, clock=self._clock))
         if metrics_period_s is not None:
             self._add_loop(Loop("metrics", self._publish, metrics_period_s, eager=True, clock=self._clock))
+        self._exporter = self._start_export(storage)
+        self._purger = Purger(storage, self._ledger, context_opener(storage))
+        if self._purger.active:  # storage.retention (core.retention): each round is audited
+            purge = self._purger.round
+            self._add_loop(
+                Loop("retention", lambda: purge(self._clock.now()), storage.retention.period_s, clock=self._clock)
+            )
         self._start_heartbeat()
+
+    def _start_export(self, storage: StorageConfig) -> AuditExporter | None:
+        """Send the trail to the audit record repository (``storage.audit.collector``) in a
+        loop of its own: a collector that is down or slow holds up nothing else."""
+        cfg = storage.audit.collector
+        if cfg is None or not cfg.enabled:
+            return None
+        cursor = cursor_path(Path(storage.var_dir) / "audit", cfg)
+        exporter = AuditExporter(cfg, self._ledger.audit, cursor)
+        self._add_loop(Loop("audit-export", exporter.round, cfg.period_s, eager=True, clock=self._clock))
+        return exporter
 
     def _publish(self) -> int:
         """Publish the ledger's gauges and the model replicas (``core.metrics``)."""
@@ -129,6 +152,8 @@ class AuditorActor(ActorShell):
             self.verify(full=False)
         except Exception:  # the ledger may be gone already: the last periodic head stands
             logger.exception("audit head not exported at stop")
+        if self._exporter is not None:
+            self._exporter.close()
 
     def events(self, study_uid: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         """Stored audit events, optionally of one study."""
@@ -136,4 +161,5 @@ class AuditorActor(ActorShell):
 
     def _counters(self) -> tuple[int, int, int, str]:
         broken = self._last.get("intact") is False
-        return 0, int(broken), 0, "audit chain broken" if broken else ""
+        outage = self._exporter.outage if self._exporter is not None else ""
+        return 0, int(broken), 0, "audit chain broken" if broken else outage
