@@ -29,6 +29,8 @@ from typing import Any
 from rich.console import Console
 
 from actors._cli_audit import audit_keygen, audit_verify
+from actors._cli_export import export_parser
+from actors._cli_keys import keys_rotate, register_keys
 from actors._cli_render import (
     EXAMPLES,
     entry_json,
@@ -282,6 +284,11 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Rotate the data keys that seal PHI at rest (``actors._cli_keys``)."""
+    return keys_rotate(_config(args), args.key_id, args.drop_old)
+
+
 def _tokens_parser(t: argparse.ArgumentParser) -> None:
     tsub = t.add_subparsers(dest="tokens_command", required=True)
     create = tsub.add_parser("create", help="issue a token (printed once)")
@@ -374,6 +381,8 @@ def _parser(plugins: bool = True) -> argparse.ArgumentParser:
     _quarantine_parser(add("quarantine", cmd_quarantine, "quarantined instances: list, show, release, discard"))
     _review_parser(add("review", cmd_review, "review flags: list, show, resolve (who, why, audited)"))
     _tokens_parser(add("tokens", cmd_tokens, "API tokens: create, list, revoke"))
+    register_keys(add("keys", cmd_keys, "data keys at rest: rotate (re-seals files and columns)"))
+    export_parser(sub.add_parser("export", help="research export: de-identified copies (export deid)"))
     if plugins:
         _plugins(sub)
     _finish(p)
