@@ -75,19 +75,37 @@ def _say(line: str) -> None:
 
 
 def _start_pipeline(cfg: AppConfig, stop: threading.Event, *, deploy: bool, on_listening: Any) -> Any:
-    """Start Ray while the pipeline's modules import and its run opens (each takes seconds, and
-    the listener needs both), then the pipeline, without waiting for the models. From the
-    moment Ray is up, SIGTERM / SIGINT set ``stop``: one that comes while the stages start
-    (the listener already accepts) stops the pipeline cleanly once they are up.
+    """Start Ray while, in another thread, the early listener starts (``actors._cli_bootstrap``:
+    C-STORE accepted within seconds, before any actor exists), the pipeline's modules import and
+    its run opens; then the pipeline, without waiting for the models. The listener actors take
+    the port over from the early listener as soon as they answer. From the moment Ray is up,
+    SIGTERM / SIGINT set ``stop``: one that comes while the stages start (the listener already
+    accepts) stops the pipeline cleanly once they are up.
 
     Raises:
-        ModelWeightsError: A weights file is missing or wrong (Ray and the listeners started;
-            the listeners are stopped again).
+        ConfigError: The listener's port is held by another process (before Ray starts).
+        ModelWeightsError: A weights file is missing or wrong (before Ray starts).
     """
+    from actors._cli_bootstrap import EarlyListener, port_in_use
+    from actors.config_file import hash_key
     from actors.ray_session import ensure_ray
 
-    def prepare() -> Any:
-        return importlib.import_module("actors.pipeline").Pipeline(cfg).prepare()
+    t0 = time.monotonic()
+    port_in_use(cfg)  # raises before Ray starts, as does a missing or wrong weights file:
+    if deploy:
+        from serve.weights import check_weights
+
+        check_weights(cfg)
+
+    def prepare() -> tuple[Any, Any]:
+        early = EarlyListener.start(cfg, hash_key(cfg))
+        if early is not None:
+            _say(
+                f"listener {cfg.listener.ae_title} on {cfg.listener.host}:{cfg.listener.port} (accepting "
+                f"after {time.monotonic() - t0:.1f} s, before Ray: the listener actors take over)"
+            )
+        pipeline = importlib.import_module("actors.pipeline").Pipeline(cfg, share_port=early is not None)
+        return pipeline.prepare(), early
 
     with ThreadPoolExecutor(1, thread_name_prefix="prepare-pipeline") as pool:
         preparing = pool.submit(prepare)
@@ -95,8 +113,24 @@ def _start_pipeline(cfg: AppConfig, stop: threading.Event, *, deploy: bool, on_l
         # Ours replace Ray's SIGTERM handler, which would kill us mid-start or mid-shutdown.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        pipeline = preparing.result()
-    return pipeline.start(deploy=deploy, wait_models=False, on_listening=on_listening)
+        pipeline, early = preparing.result()
+
+    def listening(p: Any) -> None:
+        if early is None:
+            on_listening(p)
+            return
+        cut = early.hand_over()
+        _say(
+            f"listener actors took the port over after {time.monotonic() - t0:.1f} s ({early.received} "
+            f"instances came in before them; {cut} associations cut off)"
+        )
+
+    try:
+        return pipeline.start(deploy=deploy, wait_models=False, on_listening=listening)
+    except BaseException:
+        if early is not None and early.listener.serving:
+            early.hand_over(0.0)
+        raise
 
 
 def _models_done(models: Any, elapsed_s: float) -> None:

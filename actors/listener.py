@@ -28,6 +28,7 @@ class ListenerActor(ActorShell):
         hash_key: bytes,
         log_level: str = "INFO",
         assembly: AssemblyConfig | None = None,
+        share_port: bool = False,
     ) -> None:
         ledger = self._open_ledger(storage, log_level)
         layout = VarLayout.at(storage.var_dir)
@@ -42,7 +43,7 @@ class ListenerActor(ActorShell):
             hash_key=hash_key,
             assembly=assembly,
         )
-        self._listener.start()
+        self._listener.start(shared=share_port)  # pacsai up's early listener may hold the port
         self._start_heartbeat()
 
     def port(self) -> int:
@@ -56,7 +57,7 @@ class ListenerActor(ActorShell):
             PermissionError: A path is not in this cell's spool.
             OSError: A file cannot be read.
         """
-        return read_spooled(self._spool, paths)
+        return read_spooled(self._spool, paths, self._ledger.keyring)
 
     def health(self) -> ActorHealth:
         """The DICOM server's thread, and what it received."""

@@ -28,7 +28,7 @@ from actors.adapters.metrics import ENV as METRICS_ENV
 from actors.adapters.tracing import tracing_env
 from actors.assembler import AssemblerActor
 from actors.auditor import AuditorActor
-from actors.config_file import hash_key, load_config
+from actors.config_file import hash_key, load_config, warn_exposure
 from actors.delivery import DeliveryActor
 from actors.deployer import ModelDeployer, deployed_models, remove_models
 from actors.ehr_delivery import EhrDeliveryActor
@@ -134,6 +134,9 @@ class Pipeline:
     """This run (``core.leases``): in every lease its stage actors hold; set by ``start``."""
     models: ModelDeployer | None = field(init=False, default=None)
     """The background deployment of the model applications (``None``: this start deploys none)."""
+    share_port: bool = False
+    """Listeners bind with ``SO_REUSEPORT`` even alone: ``pacsai up``'s early listener holds
+    the port until they answer (``actors._cli_bootstrap``)."""
     _prepared: bool = field(init=False, default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -244,6 +247,7 @@ class Pipeline:
             Exception: With ``wait_models``, what deploying the model applications raised
                 (the pipeline is stopped again).
         """
+        warn_exposure(self.cfg)
         key = hash_key(self.cfg)
         with ThreadPoolExecutor(1, thread_name_prefix="prepare-pipeline") as pool:
             preparing = pool.submit(self.prepare)  # seconds: spent while Ray starts
@@ -404,6 +408,7 @@ class Pipeline:
                 key,
                 self.cfg.logging.level,
                 self.cfg.assembly,
+                self.share_port,
             )
             for index in range(self.cfg.listener.instances)
         }

@@ -10,7 +10,8 @@ Serve deployments. Phantoms and synthetic DICOM live in ``synthetic/``, demo-wei
 - ``resampling``: exact, invertible resampling onto the network grid; intensity windows.
 - ``quality``: image-quality flags (motion, incomplete series) from measurements.
 - ``networks``: ``build_network(family, entry)`` and each family's Grad-CAM layer.
-- ``registry``: weights files checked against their sha256, then loaded.
+- ``registry``: weights files checked against their sha256, then loaded; ``weights``: the check
+  alone, without torch (``pacsai up`` runs it before Ray starts).
 - ``gradcam``: MONAI Grad-CAM heatmaps and the region they point at.
 - ``predictor``, ``volume_predictor``: radiograph, slice-wise and volumetric predictors
   (prepare, forward, finish, self_test); ``families``: which predictor serves each family.
@@ -32,4 +33,5 @@ __all__ = [
     "resampling",
     "volume_predictor",
     "volumes",
+    "weights",
 ]

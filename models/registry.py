@@ -1,9 +1,9 @@
 """Model weights: find the file, check its sha256, load it into the family's network.
 
 No model hub can be reached (DESIGN.md, "Where the models come from"): a weights file is named in
-the registry entry, with its sha256 either in the entry or in a sidecar ``<weights>.sha256``
-written next to it (``sha256sum`` format, as ``train_demo`` writes it). A missing or mismatched
-file stops the replica with a ``ModelWeightsError`` naming the file, the expected and the found.
+the registry entry with its sha256 pinned there; a sidecar ``<weights>.sha256`` next to it
+(``sha256sum`` format, as ``train_demo`` writes it) may only confirm it, or, for demo weights
+(``demo: true``) only, supply it (issue 13). A missing or mismatched file stops the replica with a ``ModelWeightsError`` naming the file, the expected and the found.
 
 Three formats load: TorchScript archives (``torch.jit.save``; the archive holds
 ``constants.pkl`` and ``code/``), ONNX files (``.onnx``, run by onnxruntime:
@@ -15,7 +15,6 @@ family's network, or for a bundle family into the bundle's ``network_def``
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import zipfile
@@ -28,79 +27,11 @@ from core.config import ModelEntry
 from core.errors import ModelWeightsError
 from models.bundles import OnnxNetwork
 from models.networks import build_network
+from models.weights import SIDECAR_SUFFIX, file_sha256, resolve_weights, sidecar_path
 
 __all__ = ["SIDECAR_SUFFIX", "file_sha256", "load_network", "resolve_weights", "sidecar_path"]
 
 logger = logging.getLogger(__name__)
-
-SIDECAR_SUFFIX = ".sha256"
-"""Appended to the weights file name to get the sidecar holding its expected sha256."""
-
-_HEX_DIGITS = frozenset("0123456789abcdef")
-
-
-def sidecar_path(weights: Path) -> Path:
-    """Return ``<weights>.sha256``."""
-    return weights.with_name(weights.name + SIDECAR_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    """Return the lowercase hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def resolve_weights(entry: ModelEntry) -> Path:
-    """Return the weights file of ``entry`` after checking it against its expected sha256.
-
-    Args:
-        entry: The registry entry; ``entry.weights`` is relative to the working directory.
-
-    Returns:
-        The weights path.
-
-    Raises:
-        ModelWeightsError: If the file or its sidecar is missing or unreadable, the sidecar holds
-            no sha256, or the file's sha256 differs from the expected one.
-    """
-    path = Path(entry.weights)
-    if not path.is_file():
-        raise ModelWeightsError(
-            f"Weights file {path} of model {entry.name} {entry.version} not found "
-            f"(resolved to {path.absolute()}); expected a state_dict, TorchScript or ONNX file "
-            "(run `make weights` or `python -m training` for demo weights)"
-        )
-    expected = entry.sha256 or _sidecar_sha256(path)
-    try:
-        found = file_sha256(path)
-    except OSError as exc:
-        raise ModelWeightsError(f"Cannot read weights file {path}: {exc}") from exc
-    if found != expected:
-        source = "the registry entry" if entry.sha256 else f"sidecar {sidecar_path(path)}"
-        raise ModelWeightsError(f"Weights file {path} has sha256 {found}; expected {expected} (from {source})")
-    return path
-
-
-def _sidecar_sha256(weights: Path) -> str:
-    """Read the expected sha256 from ``<weights>.sha256`` (first token, ``sha256sum`` format)."""
-    sidecar = sidecar_path(weights)
-    try:
-        text = sidecar.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelWeightsError(
-            f"Weights file {weights} has no sha256 in its registry entry and its sidecar "
-            f"{sidecar} cannot be read ({type(exc).__name__}); expected the entry's sha256 or a "
-            "sidecar holding 64 hex digits"
-        ) from exc
-    token = text.split()[0].lower() if text.split() else ""
-    if len(token) != 64 or not set(token) <= _HEX_DIGITS:
-        raise ModelWeightsError(
-            f"Sidecar {sidecar} of weights file {weights} holds {token[:80]!r}; expected a sha256 of 64 hex digits"
-        )
-    return token
 
 
 def load_network(family: str, entry: ModelEntry, map_location: str = "cpu") -> torch.nn.Module:

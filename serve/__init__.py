@@ -4,6 +4,7 @@
   replicas or autoscaling); ``FAMILIES`` maps a family key to its deployment.
 - ``deployment``: ``ModelDeployment``, the one deployment class of every family (cross-request
   ``@serve.batch`` of network inputs: radiograph frames, CT slices or volumes; Grad-CAM after).
+- ``weights``: ``check_weights(cfg)``, every weights file checked before Ray starts (no torch).
 
 ``serve`` may import ``core`` and ``models``, never ``actors``: the pipeline reaches a deployment
 through its Serve handle (application ``app_name(family)``).
@@ -11,4 +12,4 @@ through its Serve handle (application ``app_name(family)``).
 
 from __future__ import annotations
 
-__all__ = ["app", "deployment"]
+__all__ = ["app", "deployment", "weights"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,9 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
+from actors.adapters.association_gate import AssociationGate
 from actors.adapters.clock import SystemClock
+from actors.adapters.dimse_limits import AssociationGuard, SpillBuffer, SpillingDimse, spill_into
 from actors.adapters.metrics import recorder
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
 from actors.adapters.query_retrieve import tcp_nodelay
@@ -61,7 +64,18 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_UNEXPECTED = 0xC211
 
 
-class _SharedPortServer(ThreadedAssociationServer):
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded association server with a deep accept queue.
+
+    ``socketserver``'s default backlog is 5: under a burst of connections (a thousand at once)
+    the kernel drops the SYNs past it and the peers retry after 1, 3, 7... seconds, so the
+    refusals of the per-peer cap come late and honest peers wait behind the flood.
+    """
+
+    request_queue_size = 1024
+
+
+class _SharedPortServer(_Server):
     """An association server whose socket shares its port with the other listener processes of
     this node (``SO_REUSEPORT``): the kernel spreads new associations over them."""
 
@@ -73,7 +87,7 @@ class _SharedPortServer(ThreadedAssociationServer):
 def _serve(ae: AE, address: tuple[str, int], handlers: list[Any], ssl_ctx: Any, *, shared: bool) -> Any:
     """``AE.start_server(block=False)``, optionally with a ``SO_REUSEPORT`` socket: pynetdicom's
     own ``make_server`` with our server class, served on a daemon thread as it does."""
-    server_class = _SharedPortServer if shared else ThreadedAssociationServer
+    server_class = _SharedPortServer if shared else _Server
     server = ae.make_server(address, evt_handlers=handlers, ssl_context=ssl_ctx, server_class=server_class)
     threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
     ae._servers.append(server)  # as start_server does: AE.shutdown and server.shutdown find it
@@ -85,6 +99,10 @@ _READ_MAX = 1 << 20
 arrives (a peer may announce 4 GiB and send 10 bytes)."""
 
 
+class PduTooLong(ConnectionAbortedError):
+    """A peer announced a PDU longer than we accept: the association is closed (Evt17)."""
+
+
 class _BulkReadSocket(AssociationSocket):
     """pynetdicom's association socket, reading each PDU with as few ``recv`` calls as the
     kernel's buffer allows.
@@ -93,13 +111,23 @@ class _BulkReadSocket(AssociationSocket):
     slice (four 128 KiB PDUs from dcmtk) took some 130 Python-level reads, a seventh of the
     listener's CPU samples (py-spy under bench_ingest). Same contract: the bytes asked for, or
     fewer if the peer closed the connection; a timeout or an ``OSError`` is raised as before;
-    memory grows only with the bytes that arrived.
+    memory grows only with the bytes that arrived. A PDU announcing more than ``pdu_cap``
+    bytes is not read at all: the read fails and the DUL closes the association.
     """
 
+    pdu_cap = 1 << 32
+    """Most bytes one read may ask for (set per association from ``max_pdu_size``)."""
+
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` from the socket (fewer only if the connection was closed)."""
+        """Read ``nr_bytes`` from the socket (fewer only if the connection was closed).
+
+        Raises:
+            PduTooLong: ``nr_bytes`` is more than ``pdu_cap``.
+        """
         sock = self.socket
         assert sock is not None
+        if nr_bytes > self.pdu_cap:
+            raise PduTooLong(f"PDU of {nr_bytes} bytes announced; at most {self.pdu_cap} accepted (max_pdu_size)")
         buffer = bytearray()
         while len(buffer) < nr_bytes:
             chunk = sock.recv(min(nr_bytes - len(buffer), _READ_MAX))
@@ -155,8 +183,12 @@ class Listener:
             workers=cfg.max_associations,
             assembly=assembly,
             group_max=cfg.group_commit_max,
+            max_inflated_bytes=cfg.limits.max_inflated_bytes,
+            rejected_quota=(cfg.limits.rejected_max_bytes, cfg.limits.rejected_max_files),
         )
+        self.guard = AssociationGuard(cfg.limits.max_associations_per_peer, cfg.limits.max_association_s)
         self.evidence = EvidenceScp(ledger, self._actor, self._clock)
+        self.gate = AssociationGate(cfg, ledger, self._actor, self._clock)
 
     @property
     def port(self) -> int:
@@ -165,8 +197,9 @@ class Listener:
             raise RuntimeError("listener is not started")
         return int(self._server.server_address[1])
 
-    def start(self) -> None:
-        """Open the port and serve in background threads."""
+    def start(self, shared: bool = False) -> None:
+        """Open the port and serve in background threads; ``shared``: with ``SO_REUSEPORT``
+        even as the only listener (``pacsai up``'s early listener hands the port over to us)."""
         _config.UNRESTRICTED_STORAGE_SERVICE = True  # private and new storage SOP classes too
         _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers stay out of logs (PHI)
         ae = AE(ae_title=self._cfg.ae_title)
@@ -188,11 +221,15 @@ class Listener:
             (evt.EVT_N_CREATE, self.evidence.handle_n_create),
             (evt.EVT_N_SET, self.evidence.handle_n_set),
             (evt.EVT_CONN_OPEN, self._bound_reads),
+            (evt.EVT_CONN_CLOSE, _discard_partial),
             (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes),
+            (evt.EVT_REQUESTED, self.gate.on_requested),  # issue 13: AE title bound to cert subject
+            (evt.EVT_REJECTED, self.gate.on_rejected),
         ]
         address = (self._cfg.host, self._cfg.port)
         # instances > 1: several listener processes share the port
-        self._server = _serve(ae, address, handlers, ssl_ctx, shared=self._cfg.instances > 1)
+        self._server = _serve(ae, address, handlers, ssl_ctx, shared=shared or self._cfg.instances > 1)
+        self.guard.start()
         logger.info("listener %s on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
 
     def _bound_reads(self, event: Any) -> None:
@@ -211,6 +248,9 @@ class Listener:
             sock.settimeout(self._cfg.network_timeout_s)
         if type(wrapper) is AssociationSocket:
             wrapper.__class__ = _BulkReadSocket
+            wrapper.pdu_cap = _pdu_cap(self._cfg.max_pdu_size)
+        if self.guard.admit(event.assoc, str(event.address[0])):  # issue 13: per-peer cap, deadline
+            spill_into(event.assoc, self.intake.spool_dir / ".incoming", self._cfg.limits)
 
     @property
     def serving(self) -> bool:
@@ -223,6 +263,7 @@ class Listener:
 
     def stop(self) -> None:
         """Stop accepting and close open associations."""
+        self.guard.stop()
         if self._server is not None:
             try:
                 self._server.shutdown()
@@ -231,13 +272,37 @@ class Listener:
             self._server = None
         self.intake.close()
 
+    def drain(self, timeout_s: float) -> int:
+        """Stop accepting, let the open associations finish (up to ``timeout_s``), then stop.
+
+        For a hand-over of a shared port: the other listeners take the new associations. A
+        connection the kernel had queued on this socket but not yet handed to us is reset
+        when it closes; its sender retries (nothing was acknowledged on it).
+
+        Returns:
+            How many associations were still open at the deadline (aborted by ``stop``).
+        """
+        server = self._server
+        if server is None:
+            return 0
+        server.shutdown()  # the listening socket closes; running associations go on
+        deadline = time.monotonic() + timeout_s
+        while (left := server.active_associations) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in left:
+            assoc.abort()
+        self._server = None
+        self.stop()
+        return len(left)
+
     def handle_store(self, event: Any) -> int:
         """EVT_C_STORE handler: make the instance durable, then answer. Never raises."""
+        received = event.request.DataSet
         try:
             self.intake.ingest(
                 sop_uid=str(event.request.AffectedSOPInstanceUID or ""),
                 sop_class=str(event.request.AffectedSOPClassUID or ""),
-                dataset=event.encoded_dataset(include_meta=False),
+                dataset=_received(received, self._cfg.limits.max_dataset_bytes),
                 transfer_syntax=str(event.context.transfer_syntax),
                 calling_ae=str(event.assoc.requestor.ae_title).strip(),
             )
@@ -257,6 +322,9 @@ class Listener:
         except Exception:  # the one broad catch at the protocol boundary: log and answer
             logger.exception("C-STORE handler failed unexpectedly")
             status = STATUS_UNEXPECTED
+        finally:
+            if isinstance(received, SpillBuffer):
+                received.discard()  # the spool holds its own copy now
         if status == STATUS_SUCCESS:
             self.received += 1
             self.last_received_at = self._clock.now()
@@ -275,6 +343,36 @@ class Listener:
         """
         self.intake.ingest_file(raw, calling_ae)
         return STATUS_SUCCESS
+
+
+def _pdu_cap(max_pdu_size: int) -> int:
+    """Most bytes a received PDU may announce: our maximum PDU (a P-DATA-TF's PDV list) plus
+    room for an A-ASSOCIATE-RQ with many contexts; no cap for ``max_pdu_size`` 0."""
+    return max(max_pdu_size + 64, 1 << 20) if max_pdu_size else 1 << 32
+
+
+def _received(data: Any, cap: int) -> bytes | Path:
+    """A C-STORE data set as the intake takes it: the bytes, or the file it was received to.
+
+    Raises:
+        OutOfResources: It was longer than ``cap`` (its excess was dropped unread), or its
+            file could not be written.
+    """
+    if not isinstance(data, SpillBuffer):
+        return bytes(data.getvalue())
+    if data.oversized:
+        raise OutOfResources(f"data set of {data.size} bytes is longer than max_dataset_bytes ({cap})")
+    if data.error is not None:
+        raise OutOfResources(f"data set could not be received to disk: {data.error}")
+    path = data.finish()
+    return data.getvalue() if path is None else path
+
+
+def _discard_partial(event: Any) -> None:
+    """EVT_CONN_CLOSE: remove the file of a data set whose association ended mid-transfer."""
+    dimse = getattr(event.assoc, "dimse", None)
+    if isinstance(dimse, SpillingDimse):
+        dimse.discard_partial()
 
 
 def _syntax_rank(uid: str) -> int:

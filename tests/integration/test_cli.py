@@ -75,8 +75,18 @@ def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
                 break
             ready += line
         assert "pacsai up: listener" in ready, ready[-2000:]
+        # the early listener (before Ray) makes it durable; the listener actors take the port over
         files = save_study(make_cxr_study(seed=5), tmp_path / "in")
         assert storescu(files, "127.0.0.1", port, "PACSAI").returncode == 0
+        while "took the port over" not in ready and time.monotonic() < deadline:
+            ready += proc.stdout.readline()
+        assert "took the port over" in ready, ready[-2000:]
+        later = save_study(make_cxr_study(seed=6), tmp_path / "in2")
+        assert storescu(later, "127.0.0.1", port, "PACSAI").returncode == 0
+        second = pacsai("up", "--config", str(path))  # the port is held: refused before Ray starts
+        assert second.returncode == 2 and f"127.0.0.1:{port} is in use" in second.stderr, second.stderr[
+            -800:
+        ]  # a config error
 
         def status():
             res = pacsai("status", "--config", str(path), "--json")
@@ -84,10 +94,10 @@ def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
             return json.loads(res.stdout)
 
         deadline = time.monotonic() + 30
-        while status()["instances"]["skipped"] != 1 and time.monotonic() < deadline:
+        while status()["instances"]["skipped"] != 2 and time.monotonic() < deadline:
             time.sleep(0.5)
         report = status()
-        assert report["instances"]["skipped"] == 1  # no model configured: skipped, with a reason
+        assert report["instances"]["skipped"] == 2  # no model configured: skipped, with a reason
         assert {s["health"]["actor"] for s in report["stages"]} >= {"listener", "validator", "router"}
         assert all(s["status"] == "ok" for s in report["stages"])  # every loop's thread runs
         text = pacsai("status", "--config", str(path)).stdout
