@@ -65,6 +65,7 @@ from core.types import JobState
 from demo.orthanc import OrthancProcess
 from demo.postgres import PostgresServer
 from demo.raycluster import LocalRayCluster, NodeSpec
+from state.data_keys import rotated, write_key_file
 from state.ledger import Ledger, open_ledger
 from synthetic.synthetic_dicom import make_ct_series, make_cxr_study, save_study
 
@@ -101,6 +102,9 @@ def point_config(
     """A fresh site name, var dir and ledger schema for one point; ``models=False`` drops the
     models and the routing rules (ingest, assembly and validation only)."""
     raw = copy.deepcopy(base)
+    keys = var_root / "data-keys.json"
+    if not keys.exists():  # one key file every node reads: the shared ledger's sealed columns
+        write_key_file(keys, rotated(None))
     raw.update(
         site_name=f"bs{tag}",
         storage={
@@ -110,6 +114,7 @@ def point_config(
                 "dsn_env": PG_ENV,
                 "schema_prefix": f"bs{tag}_{int(time.time()) % 10**6}",
             },
+            "encryption": {"key_file": str(keys)},
         },
         cluster={"cells": cells, "stage_actors": 1, "start_timeout_s": 300},
     )

@@ -67,6 +67,12 @@ def exposure_problems(cfg: AppConfig) -> list[str]:
             "hash_key_env: missing; expected the environment variable holding the site's identifier "
             "hash key (only demo mode, every bind on loopback, may use the demo key)"
         )
+    enc = cfg.storage.encryption
+    if cfg.cluster is not None and enc.enabled and not (enc.key_file or enc.key_env):
+        problems.append(
+            "storage.encryption.key_file: missing on a cluster; expected the data keys every node "
+            "reads (a demo key is per node, and the shared ledger's sealed columns need one key)"
+        )
     problems += [
         f"{where}.sha256: missing; expected the weights' sha256 pinned in the config (a sidecar "
         "file may only confirm it; demo weights from `pacsai models train-demo`: demo: true)"

@@ -24,6 +24,7 @@ from core.config import parse_config
 from core.types import JobState
 from demo.orthanc import OrthancProcess, orthanc_binary
 from demo.raycluster import LocalRayCluster, NodeSpec, ray_cli
+from state.data_keys import rotated, write_key_file
 from state.ledger import Ledger, open_ledger
 from synthetic.synthetic_dicom import make_cxr_study, save_study
 
@@ -74,11 +75,14 @@ def raw_config(
         downscale_delay_s=5,
         look_back_period_s=3,  # Serve's 30 s average would hold the load long after it stops
     )
+    keys = tmp_path_factory.mktemp("keys") / "data-keys.json"
+    write_key_file(keys, rotated(None))  # every node seals the shared ledger's columns with one key
     raw.update(
         site_name="cl",
         storage={
             "var_dir": str(tmp_path_factory.mktemp("var")),
             "ledger": {"backend": "postgresql", "dsn_env": PG_ENV, "schema_prefix": f"cl{int(time.time()) % 10**6}"},
+            "encryption": {"key_file": str(keys)},
         },
         # the config, not the driver's environment, turns on Ray's token authentication
         ray={"address": cluster.address, "namespace": "pacsai-cluster", "auth_token_file": str(cluster.token_file)},

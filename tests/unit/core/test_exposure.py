@@ -128,6 +128,14 @@ def test_outside_demo_mode_the_site_hash_key_is_required():
         hash_key(cfg)
 
 
+def test_a_cluster_needs_one_data_key_file_for_every_node():
+    pg = {"ledger": {"backend": "postgresql", "dsn_env": "PG_DSN"}}
+    raw = _site(storage=pg, cluster={"cells": ["a"]})
+    assert "storage.encryption.key_file: missing on a cluster" in _text(raw)
+    parse_config(_site(storage={**pg, "encryption": {"key_file": "/etc/pacsai/keys.json"}}, cluster={"cells": ["a"]}))
+    parse_config(_site(storage={**pg, "encryption": {"enabled": False}}, cluster={"cells": ["a"]}))
+
+
 def test_model_sha256_is_pinned_in_the_config_unless_demo():
     model = {
         "name": "m",
