@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from core.errors import OutOfResources
@@ -28,6 +28,7 @@ __all__ = [
     "rename_many",
     "write_all",
     "write_temp",
+    "write_temp_with",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,13 +78,25 @@ def write_temp(directory: Path, name: str, parts: Sequence[bytes | memoryview]) 
         OutOfResources: The disk is full (ENOSPC / EDQUOT).
         OSError: Any other I/O failure; the temporary file is removed.
     """
+    return write_temp_with(directory, name, lambda fd: write_all(fd, [memoryview(p) for p in parts]))
+
+
+def write_temp_with(directory: Path, name: str, write: Callable[[int], None]) -> Path:
+    """The temporary-file protocol every writer of a durable file shares (plain, sealed,
+    copied from a spilled data set): ``write(fd)`` fills an owner-only temporary file in
+    ``directory`` (0700), which is then fsynced; ``publish`` makes it visible.
+
+    Raises:
+        OutOfResources: The disk is full (ENOSPC / EDQUOT).
+        OSError: Any other I/O failure; the temporary file is removed.
+    """
     ensure_dir(directory)
     # One writer thread owns each temp name, so no random name (mkstemp) is needed.
     tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner only: PHI
         try:
-            write_all(fd, [memoryview(p) for p in parts])
+            write(fd)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -25,8 +25,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from core.envelope import MAGIC, EnvelopeError, Keyring, Scratch, is_sealed
-from core.errors import OutOfResources
-from state.files import durable_write, ensure_dir, publish, write_all, write_temp
+from state.files import durable_write, publish, write_all, write_temp, write_temp_with
 from state.layout import VarLayout
 from state.spill import copy_temp, read_blocks
 
@@ -68,27 +67,17 @@ def _write_stream(directory: Path, name: str, chunks: Iterable[bytes | memoryvie
         OutOfResources: The disk is full.
         OSError: Any other I/O failure; the temporary file is removed.
     """
-    ensure_dir(directory)
-    tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            held: list[memoryview] = []
-            for chunk in chunks:  # the header goes with the first segment: one aligned writev
-                held.append(memoryview(chunk))
-                if not isinstance(chunk, bytes):  # a scratch view: valid until the next chunk
-                    write_all(fd, held)
-                    held = []
-            write_all(fd, held)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise OutOfResources(f"disk full writing {name}: {exc}") from exc
-        raise
-    return tmp
+
+    def write(fd: int) -> None:
+        held: list[memoryview] = []
+        for chunk in chunks:  # the header goes with the first segment: one aligned writev
+            held.append(memoryview(chunk))
+            if not isinstance(chunk, bytes):  # a scratch view: valid until the next chunk
+                write_all(fd, held)
+                held = []
+        write_all(fd, held)
+
+    return write_temp_with(directory, name, write)
 
 
 def write_sealed(directory: Path, name: str, parts: Sequence[bytes | memoryview], ring: Keyring | None) -> Path:

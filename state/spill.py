@@ -9,11 +9,10 @@ Part 10 header, into the temporary file it publishes, hashing and parsing it in 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import OutOfResources
+from state.files import write_all, write_temp_with
 
 __all__ = ["BLOCK", "copy_temp", "directory_usage", "read_blocks", "read_head"]
 
@@ -42,21 +41,13 @@ def copy_temp(directory: Path, name: str, header: bytes, src: Path) -> Path:
         OutOfResources: The disk is full (ENOSPC / EDQUOT).
         OSError: Any other I/O failure; the temporary file is removed.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
-    try:
-        with tmp.open("wb") as out:
-            out.write(header)
-            for block in read_blocks(src):
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise OutOfResources(f"disk full writing {name}: {exc}") from exc
-        raise
-    return tmp
+
+    def write(fd: int) -> None:
+        write_all(fd, [memoryview(header)])
+        for block in read_blocks(src):
+            write_all(fd, [memoryview(block)])
+
+    return write_temp_with(directory, name, write)  # owner-only file in a 0700 directory
 
 
 def directory_usage(path: Path) -> tuple[int, int]:

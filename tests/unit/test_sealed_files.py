@@ -174,3 +174,23 @@ def test_sealing_into_scratch_buffers_matches_sealing_whole(ring: Keyring, size:
     sealed = b"".join(bytes(c) for c in ring.seal_stream(chunks, scratch=Scratch()))  # each copied before the next
     assert ring.open(sealed) == b"PART10-HEADER" + data
     assert len(sealed) == len(ring.seal(b"PART10-HEADER" + data))
+
+
+def test_every_temporary_writer_makes_owner_only_files_whatever_the_umask(tmp_path: Path, ring: Keyring) -> None:
+    from state.spill import copy_temp
+
+    src = tmp_path / "spilled.bin"
+    src.write_bytes(b"DATASET" * 1000)
+    old = os.umask(0o022)  # a process that never set the private umask
+    try:
+        made = [
+            copy_temp(tmp_path / "a", "x.dcm", b"HEADER", src),
+            copy_sealed(tmp_path / "b", "x.dcm", b"HEADER", src, ring),
+            write_sealed(tmp_path / "c", "x.dcm", [b"HEADER", b"DATA"], ring),
+        ]
+    finally:
+        os.umask(old)
+    for path in made:
+        assert _mode(path) == 0o600 and _mode(path.parent) == 0o700, path
+    assert made[0].read_bytes() == b"HEADER" + b"DATASET" * 1000
+    assert read_plain(made[1], ring) == b"HEADER" + b"DATASET" * 1000
