@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -143,33 +144,87 @@ class InboxEntry:
         return self.digest or hashlib.sha256(self.raw).hexdigest()
 
 
-def _write(tx: Tx, seal: ColumnSealer, kind: str, rid: str, change: _Change, now: float) -> None:
+def _write(
+    tx: Tx, seal: ColumnSealer, kind: str, rid: str, change: _Change, now: float, opened: _Opened | None = None
+) -> None:
     """Change one resource under its row lock and store it: version 1 when new, else + 1.
 
     ``change`` gets the stored resource (``None``: none yet) and returns the new one (``None``:
     leave it). When another transaction created the resource meanwhile (PostgreSQL), the
-    insert finds its row: that row, committed by then, is read and changed instead.
+    insert finds its row: that row, committed by then, is read and changed instead. A change
+    that leaves the resource as it was counts a version and keeps the sealed JSON as stored.
+
+    ``opened``: stored values this writer opened or sealed before (for a ``change`` that does
+    not alter its argument): a value read again is not decrypted and parsed again.
     """
-    stored = load(tx, seal, kind, rid, lock=True)
+    stored = _load(tx, seal, kind, rid, opened)
     if stored is None:
         new = change(None)
+        if new is None:
+            return
+        sealed = seal.text(_dump(new))
         if (
-            new is None
-            or tx.execute(
+            tx.execute(
                 "INSERT INTO resources (type, id, version, updated_at, json) VALUES (?,?,1,?,?)"
                 " ON CONFLICT (type, id) DO NOTHING",
-                (kind, rid, now, seal.text(_dump(new))),
+                (kind, rid, now, sealed),
             )
             == 1
         ):
+            if opened is not None:
+                opened.keep(sealed, new)
             return
         stored = load(tx, seal, kind, rid, lock=True)
     new = change(stored)
-    if new is not None:
+    if new is None:
+        return
+    if new == stored:  # nothing new (a Location, a Patient re-sent unchanged)
         tx.execute(
-            "UPDATE resources SET version = version + 1, updated_at = ?, json = ? WHERE type = ? AND id = ?",
-            (now, seal.text(_dump(new)), kind, rid),
+            "UPDATE resources SET version = version + 1, updated_at = ? WHERE type = ? AND id = ?", (now, kind, rid)
         )
+        return
+    sealed = seal.text(_dump(new))
+    tx.execute(
+        "UPDATE resources SET version = version + 1, updated_at = ?, json = ? WHERE type = ? AND id = ?",
+        (now, sealed, kind, rid),
+    )
+    if opened is not None:
+        opened.keep(sealed, new)
+
+
+def _load(tx: Tx, seal: ColumnSealer, kind: str, rid: str, opened: _Opened | None) -> Resource | None:
+    """``load(lock=True)``, through ``opened`` when given."""
+    if opened is None:
+        return load(tx, seal, kind, rid, lock=True)
+    row = tx.one("SELECT json FROM resources WHERE type = ? AND id = ?" + tx.for_update, (kind, rid))
+    if row is None:
+        return None
+    stored = opened.get(row["json"])
+    if stored is None:
+        stored = json.loads(seal.open_text(row["json"]))
+        opened.keep(row["json"], stored)
+    return stored
+
+
+class _Opened:
+    """Stored resources by their stored (sealed) text, as this writer last read or wrote them:
+    the same sealed text is the same resource, so it is not opened and parsed again. Bounded,
+    oldest forgotten first; the resources are shared, so only for changes that copy."""
+
+    __slots__ = ("_by_text",)
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self._by_text: OrderedDict[str, Resource] = OrderedDict()
+
+    def get(self, text: str) -> Resource | None:
+        return self._by_text.get(text)
+
+    def keep(self, text: str, resource: Resource) -> None:
+        if len(self._by_text) >= self.MAX:
+            self._by_text.popitem(last=False)  # O(1); a dict's first key is not, after many deletions
+        self._by_text[text] = resource
 
 
 def _dump(resource: Resource) -> str:
@@ -230,6 +285,7 @@ class ContextWriter:
         self._db = db
         self._seal = sealer or sealer_of(db)
         self._quota = rejected_max_rows
+        self._opened = _Opened()
 
     def receive(self, entry: InboxEntry) -> Future[tuple[Disposition, AckError | None]]:
         """Store a parsed message durably and apply it.
@@ -419,8 +475,9 @@ class ContextWriter:
                 self._seal,
                 resource["resourceType"],
                 resource["id"],
-                lambda stored, new=resource: merge_resource(stored, new),
+                lambda stored, new=resource: merge_resource(stored, new),  # copies: ``_Opened`` may share
                 now,
+                self._opened,
             )
         _index_patient(tx, update.patient_keys, update.identity_keys, stored_identities)
         if update.encounters:

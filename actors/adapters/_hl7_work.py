@@ -19,10 +19,12 @@ peer length), the peer (UTF-8) and the payload; an answer is ``!I`` (length) and
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import pickle
 import socket
 import struct
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ REQUEST = struct.Struct("!IIBdH")
 ANSWER = struct.Struct("!I")
 _NOT_STORED = "the message could not be stored; resend it later"
 _INTERNAL = "internal error; resend it later"
+_WRITERS: weakref.WeakKeyDictionary[Database, ContextWriter] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +133,20 @@ def _requests(buffer: bytearray) -> Iterator[Request]:
 
 
 def serve(sock: socket.socket, rules: IntakeRules, store: Path | None, batch_max: int) -> None:
-    """The worker: answer batches of requests until the listener's end closes."""
+    """The worker: answer batches of requests until the listener's end closes.
+
+    A batch is what has arrived when the worker is free, joined by what arrives while it is
+    decided (before the commit takes the store's lock): a frame that came in meanwhile shares
+    this commit instead of waiting for the next one.
+    """
     mapper = rules.mapper()
     db = open_context_file(store) if store is not None else None
+    gc.freeze()  # the imported modules' objects (fhir.resources: ~90k) leave the full collections
     buffer = bytearray()
     try:
         with sock:
-            while True:
+            open_ = True
+            while open_:
                 batch = list(_requests(buffer))
                 if not batch:
                     chunk = sock.recv(1 << 20)
@@ -144,7 +154,14 @@ def serve(sock: socket.socket, rules: IntakeRules, store: Path | None, batch_max
                         return
                     buffer += chunk
                     continue
-                answers = _answer(batch, rules, mapper, db, batch_max)
+                decided = [_decide(r, rules, mapper) for r in batch]
+                while db is not None and len(batch) < batch_max:
+                    open_, more = _late(sock, buffer)
+                    if not more:
+                        break
+                    batch += more
+                    decided += [_decide(r, rules, mapper) for r in more]
+                answers = _settle(batch, decided, db, batch_max, rules.rejected_max_rows)
                 try:
                     sock.sendall(b"".join(dumps(a) for a in answers))
                 except OSError:  # the listener went away: what was committed is resent to it
@@ -154,20 +171,41 @@ def serve(sock: socket.socket, rules: IntakeRules, store: Path | None, batch_max
             db.close()
 
 
+def _late(sock: socket.socket, buffer: bytearray) -> tuple[bool, list[Request]]:
+    """Whether the socket is still open, and the requests that arrived by now (no waiting)."""
+    try:
+        chunk = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return True, []
+    if not chunk:
+        return False, []
+    buffer += chunk
+    return True, list(_requests(buffer))
+
+
+def _decide(r: Request, rules: IntakeRules, mapper: V2FhirMapper) -> Intake | str:
+    try:
+        return intake_of(r.payload, r.size, r.oversized, rules, mapper)
+    except Exception as exc:  # noqa: BLE001 - a bug in the mapping: the listener answers AE
+        return type(exc).__name__
+
+
 def _answer(
     batch: Sequence[Request], rules: IntakeRules, mapper: V2FhirMapper, db: Database | None, batch_max: int
 ) -> list[object]:
-    decided: list[Intake | str] = []
-    for r in batch:
-        try:
-            decided.append(intake_of(r.payload, r.size, r.oversized, rules, mapper))
-        except Exception as exc:  # noqa: BLE001 - a bug in the mapping: the listener answers AE
-            decided.append(type(exc).__name__)
+    decided = [_decide(r, rules, mapper) for r in batch]
+    return _settle(batch, decided, db, batch_max, rules.rejected_max_rows)
+
+
+def _settle(
+    batch: Sequence[Request], decided: Sequence[Intake | str], db: Database | None, batch_max: int, quota: int
+) -> list[object]:
+    """The answers: the decisions (no store: PostgreSQL), or what storing them did."""
     if db is None:
         return list(decided)
     out: list[object] = []
     for first in range(0, len(batch), batch_max):
-        out += _store(db, batch[first : first + batch_max], decided[first : first + batch_max], rules.rejected_max_rows)
+        out += _store(db, batch[first : first + batch_max], decided[first : first + batch_max], quota)
     return out
 
 
@@ -192,12 +230,20 @@ def _store(db: Database, batch: Sequence[Request], decided: Sequence[Intake | st
             items.append(InboxEntry(d.header, r.payload, r.peer, r.received_at, d.update, d.error, d.digest))
         where.append(i)
     try:
-        results: Sequence[object] = ContextWriter(db, rejected_max_rows=quota).store_batch(items) if items else []
+        results: Sequence[object] = _writer(db, quota).store_batch(items) if items else []
     except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the batch is stored
         results = [exc] * len(items)
     for n, (i, item, result) in enumerate(zip(where, items, results, strict=True)):
         out[i] = _stored(item, result, len(items) if n == 0 else 0)
     return out
+
+
+def _writer(db: Database, quota: int) -> ContextWriter:
+    """The worker's one writer of ``db`` (it remembers the resources it opened)."""
+    writer = _WRITERS.get(db)
+    if writer is None:
+        writer = _WRITERS[db] = ContextWriter(db, rejected_max_rows=quota)
+    return writer
 
 
 def _stored(item: InboxEntry | Rejection, result: object, commit: int) -> Stored:

@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from actors.adapters._hl7_work import ANSWER, REQUEST, Request, Stored, _answer, _requests, dumps, loads
 from core.acks import AckError, Disposition
-from core.errors import TransientIOError
+from core.errors import MessageInvalid, TransientIOError
+from core.v2fhir import V2FhirMapper
 from core.v2intake import Intake, IntakeRules
 from tests.hl7_messages import adt, orm
 
@@ -68,3 +71,26 @@ def test_a_failed_commit_answers_ae_207_and_rejects_stay_rejects():
     assert (failed.error.code, failed.commit) == ("207", 0)
     assert "resend" in failed.error.text and failed.problem.startswith("not stored")
     assert answers[2].header.control_id == "S2"  # type: ignore[attr-defined]
+
+
+def test_remembered_elements_never_let_an_invalid_resource_through():
+    """The mapper validates a new resource with the elements it saw before taken as valid
+    (core.v2fhir ``_validate_parts``); a bad element still fails, with the error naming it."""
+    mapper = V2FhirMapper(b"test-key")
+    good = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "identifier": [{"value": "4711", "type": {"coding": [{"code": "MR"}]}}],
+        "name": [{"family": "DOE"}],
+    }
+    mapper._check(good, "C1")
+    mapper._check({**good, "id": "p2"}, "C2")  # same elements, remembered
+    assert len(mapper._elements) == 2
+    bad_code = {**good, "id": "p3", "identifier": [{"value": "4711", "type": {"coding": [{"code": 5}]}}]}
+    bad_date = {**good, "id": "p4", "birthDate": "1970-13-45"}
+    for bad, where in ((bad_code, "Patient.identifier.0.type.coding.0.code"), (bad_date, "Patient.birthDate")):
+        with pytest.raises(MessageInvalid) as caught:
+            mapper._check(bad, "C3")
+        assert where in str(caught.value) and caught.value.error_code == "207"
+    with pytest.raises(MessageInvalid):  # an element repeated in a list that forbids it stays wrong
+        mapper._check({**good, "id": "p5", "name": [None]}, "C4")

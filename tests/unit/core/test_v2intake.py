@@ -5,6 +5,7 @@ and the mapper's memory of resources that validated."""
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 
 import pytest
 
@@ -81,6 +82,6 @@ def test_the_mapper_remembers_valid_resources_but_never_an_invalid_one():
 
 def test_the_mapper_forgets_the_oldest_valid_resource_first():
     mapper = V2FhirMapper(b"k")
-    mapper._valid = {f"r{i}": None for i in range(VALIDATED_MAX)}
+    mapper._valid = OrderedDict((f"r{i}", None) for i in range(VALIDATED_MAX))
     mapper._check({"resourceType": "Location", "id": "loc-9"}, "C9")
     assert len(mapper._valid) == VALIDATED_MAX and "r0" not in mapper._valid and "r1" in mapper._valid
