@@ -164,7 +164,7 @@ class OidcVerifier:
             scopes = parse_scopes([g for g in granted if isinstance(g, str)], strict=False)
         else:
             scopes = parse_scopes(granted if isinstance(granted, str) else "", strict=False)
-        return Principal(f"oidc:{subject}", scopes, "oidc")
+        return Principal(f"oidc:{subject}", scopes, "oidc", claims=dict(claims))
 
     def _key(self, kid: object) -> PyJWK:
         """The signing key a JWT names by ``kid`` (or the only one, when it names none)."""

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from api.auth import Authenticator
     from api.operations import Operations
     from state.ledger import Ledger
+    from state.policy_file import PolicyHolder
     from state.spool import SpoolIntake
 
 __all__ = ["ApiContext"]
@@ -27,6 +28,8 @@ class ApiContext:
     auth: Authenticator
     operations: Operations
     audit: RequestAudit
+    policy: PolicyHolder | None = None
+    """The alert policy (``state.policy_file``); ``None`` where ``clinical.policy_file`` is unset."""
 
     def close(self) -> None:
         """Flush the request audit and close the ledger."""

@@ -22,10 +22,12 @@ from api.audit import RequestAudit
 from api.auth import Authenticator
 from api.context import ApiContext
 from api.operations import ModelControl, Operations, RayModelControl
+from core.clinical import model_findings
 from core.config import AppConfig, StorageConfig
 from core.placement import cell_resources
 from state.layout import VarLayout
 from state.ledger import open_ledger
+from state.policy_file import PolicyHolder
 from state.spool import SpoolIntake
 
 __all__ = ["API_APP", "ApiDeployment", "build_api_app", "build_context", "http_options"]
@@ -46,6 +48,9 @@ def build_context(
         key: The identifier hash key (the listener's).
         storage: The cell whose spool STOW-RS writes into (default: the config's storage).
         models: Model control for the model routes (default: none; they answer 503).
+
+    Raises:
+        ConfigError: The alert policy file (``clinical.policy_file``) is refused.
     """
     if cfg.api is None:
         raise ValueError("api: the config has no api section")
@@ -64,6 +69,12 @@ def build_context(
         workers=4,
         assembly=cfg.assembly,
     )
+    clinical = cfg.clinical
+    policy = (
+        PolicyHolder(clinical.policy_file, clinical.policy_reload_s, model_findings(cfg), ledger.clinical)
+        if clinical.policy_file
+        else None
+    )
     return ApiContext(
         cfg=cfg,
         ledger=ledger,
@@ -71,6 +82,7 @@ def build_context(
         auth=Authenticator(ledger.tokens, cfg.api.oidc, jwks_ssl_context=_jwks_trust(cfg)),
         operations=Operations(cfg, ledger, models),
         audit=RequestAudit(ledger.audit, cfg.api.audit_reads_every_s),
+        policy=policy,
     )
 
 

@@ -15,9 +15,10 @@ import enum
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 __all__ = [
     "ApiToken",
@@ -37,7 +38,8 @@ __all__ = [
 
 
 class Scope(enum.StrEnum):
-    """What a credential may do. ``admin`` implies every scope; ``operate`` implies ``read``."""
+    """What a credential may do. ``admin`` implies every scope; ``operate`` and ``review`` imply
+    ``read``."""
 
     INGEST = "ingest"
     """Send studies (STOW-RS)."""
@@ -47,12 +49,15 @@ class Scope(enum.StrEnum):
     """Act on the pipeline: quarantine release/discard, replay, AI switches, models."""
     ADMIN = "admin"
     """Everything, including issuing and revoking API tokens."""
+    REVIEW = "review"
+    """Review AI results as a reader: agree, disagree, override (issue 12); implies ``read``."""
 
 
 _IMPLIES: dict[Scope, frozenset[Scope]] = {
     Scope.INGEST: frozenset({Scope.INGEST}),
     Scope.READ: frozenset({Scope.READ}),
     Scope.OPERATE: frozenset({Scope.OPERATE, Scope.READ}),
+    Scope.REVIEW: frozenset({Scope.REVIEW, Scope.READ}),
     Scope.ADMIN: frozenset(Scope),
 }
 
@@ -94,7 +99,7 @@ def parse_scopes(values: str | Iterable[str], strict: bool) -> frozenset[Scope]:
     >>> parse_scopes(["read", "root"], strict=True)
     Traceback (most recent call last):
     ...
-    ValueError: scopes: got unknown 'root'; expected some of ingest, read, operate, admin
+    ValueError: scopes: got unknown 'root'; expected some of ingest, read, operate, admin, review
     """
     names = values.split() if isinstance(values, str) else [str(v) for v in values]
     known = {s.value: s for s in Scope}
@@ -116,6 +121,8 @@ class Principal:
     """``token`` or ``oidc``."""
     credential_id: str = ""
     """The API token's id (public, for the audit: two tokens may share a name); ``''`` for OIDC."""
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """The verified JWT's claims (OIDC: the alert policy reads roles from them); ``{}`` for tokens."""
 
     def may(self, scope: Scope) -> bool:
         """Whether this principal holds ``scope`` (directly or implied)."""

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.api_config import ApiConfig, DicomwebDestinationConfig
 from core.audit_export_config import AuditCollectorConfig
+from core.clinical_config import ClinicalConfig, WebhookConfig
 from core.errors import ConfigError
 from core.export_config import ExportConfig
 from core.exposure import exposure_problems
@@ -24,6 +25,7 @@ from core.placement import CELL_PATTERN, ClusterConfig
 __all__ = [
     "AppConfig",
     "AssemblyConfig",
+    "ClinicalConfig",
     "EhrConfig",
     "FhirEndpointConfig",
     "FindingCode",
@@ -54,6 +56,7 @@ __all__ = [
     "TracingConfig",
     "TrafficConfig",
     "ValidationConfig",
+    "WebhookConfig",
     "app_name",
     "parse_config",
 ]
@@ -1161,6 +1164,9 @@ class AppConfig(_Model):
     sr: SRConfig = Field(default_factory=SRConfig, description="Result objects")
     priors: PriorsConfig = Field(default_factory=PriorsConfig, description="Prior studies")
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Review flags")
+    clinical: ClinicalConfig = Field(
+        default_factory=ClinicalConfig, description="Alerts by role, reader review, key images (issue 12)"
+    )
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Validation of received data")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")

@@ -118,6 +118,14 @@ EVENTS: MappingProxyType[str, EventSpec] = MappingProxyType(
         "association_refused": _spec(SECURITY, "E", "4"),  # a peer not allowed (node authentication)
         "hl7_peer_refused": _spec(SECURITY, "E", "4"),
         "data_purged": _spec(ACTIVITY, "D"),  # retention (core.retention): counts per store, no PHI
+        T.ALERT_POLICY_CHANGED: _spec(SECURITY, "U"),  # who sees which alerts changed
+        T.ALERT_POLICY_REJECTED: _spec(SECURITY, "U", "4"),
+        T.RESULT_VIEWED: _spec(ACCESSED, "R"),
+        T.FINDING_REVIEWED: _spec(ACCESSED, "U"),
+        T.VERIFIED_SR_DELIVERED: _spec(TRANSFERRED, "R"),
+        T.ALERT_PUSHED: _spec(EXPORT, "R"),
+        T.AGREEMENT_BELOW_FLOOR: _spec(ACTIVITY, "E", "4"),
+        T.METRICS_EXPORTED: _spec(EXPORT, "R"),
     }
 )
 """Our event types and the DICOM events they are reported as (unknown: Application Activity)."""

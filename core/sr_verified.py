@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from core.findings import LOCAL_SCHEME
+from core.review_submissions import verified_series_uid
 from core.sr import stamp_times
 from core.types import CodedTerm
 from core.uids import uid_from_parts
@@ -225,7 +226,7 @@ def verified_sr(
     ds = copy.deepcopy(ai_sr)
     parts = ("verified", str(ai_sr.SOPInstanceUID), reader.user_id, str(review_version))
     ds.SOPInstanceUID = uid_from_parts(*parts)
-    ds.SeriesInstanceUID = uid_from_parts("verified-series", str(ai_sr.SeriesInstanceUID))
+    ds.SeriesInstanceUID = verified_series_uid(str(ai_sr.SeriesInstanceUID))
     ds.SeriesDescription = f"AI result reviewed: {str(ai_sr.get('SeriesDescription', ''))}"[:64]
     if getattr(ds, "file_meta", None) is not None and "MediaStorageSOPInstanceUID" in ds.file_meta:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

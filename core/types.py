@@ -187,6 +187,25 @@ class AuditEventType(enum.StrEnum):
     RESEARCH_EXPORTED = "research_exported"
     """A study's instances were exported de-identified (``pacsai export deid``): project and
     counts, never the pseudonyms (the audit trail must not hold the key to them)."""
+    ALERT_POLICY_CHANGED = "alert_policy_changed"
+    """The alert policy (``clinical.policy_file``) was loaded with changes: its digest and what
+    changed (``core.alert_policy.policy_changes``; role names and rule fields, no patient data)."""
+    ALERT_POLICY_REJECTED = "alert_policy_rejected"
+    """A changed alert policy file failed validation and was not taken: the one in force stays."""
+    RESULT_VIEWED = "result_viewed"
+    """A reader opened an AI result (or its heatmap) on the review page or through the API."""
+    FINDING_REVIEWED = "finding_reviewed"
+    """A reader decided on an AI finding: the AI SR and its version, the finding, agree /
+    disagree / override, the final determination, whether the heatmap was viewed."""
+    VERIFIED_SR_DELIVERED = "verified_sr_delivered"
+    """A reader's verified SR (Verification Flag VERIFIED) was stored in the PACS."""
+    ALERT_PUSHED = "alert_pushed"
+    """A critical finding was delivered to a role's paging webhook (or given up on)."""
+    AGREEMENT_BELOW_FLOOR = "agreement_below_floor"
+    """A model version's monthly agreement rate with its readers fell below
+    ``clinical.agreement_floor`` (``core.success_metrics.agreement_alerts``)."""
+    METRICS_EXPORTED = "metrics_exported"
+    """The success measures were exported (``pacsai metrics export``): months and row counts."""
 
 
 @dataclass(frozen=True, slots=True)

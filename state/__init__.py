@@ -13,6 +13,8 @@
 - ``retention_purge``: the purge loop's work (``core.retention`` decides what goes).
 - ``spool``: the durable intake (C-STORE and STOW-RS): spool file + ledger record.
 - ``group_commit``: leader/follower group commit (the intake's one commit for many instances).
+- ``policy_file``: the alert policy a process holds (API replicas, the webhook loop), reloaded
+  and audited once per change.
 
 Depends on ``core`` only (an import-linter contract): no Ray, no sockets, no actors.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "layout",
     "ledger",
     "migrate",
+    "policy_file",
     "postgres",
     "retention_purge",
     "sealed_files",

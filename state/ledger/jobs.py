@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.audit import AuditEvent
+from core.clinical import order_priority_of
 from core.errors import LeaseLost, RejectedInput
 from core.job import Job, JobRecord
 from core.ledger import (
@@ -326,7 +327,7 @@ class Jobs:
         elif isinstance(effect, QueueOutbox):
             apply_queue(tx, job.job_id, effect, now)
         elif isinstance(effect, RecordSrVersions):
-            apply_versions(tx, effect, predictions, now)
+            apply_versions(tx, effect, predictions, now, order_priority_of(job.record.context))
         elif isinstance(effect, RaiseReviewFlag):
             apply_flag(tx, job.job_id, effect, now)
         elif isinstance(effect, MarkSrVersions):

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from core.alert_policy import OrderPriority
 from core.audit import AuditEvent
 from core.job import Job
 from core.ledger import MarkSrVersions, RecordSrVersions
 from core.results import DeliveryClaim, SrVersion
+from core.review_submissions import verified_series_uid
 from core.types import AuditEventType, JobState
 from core.versions import DeliveryAction, DeliveryPlan, SRVersion, VersionState
 from state.db import Database, Row, Tx, marks
 from state.ledger._codec import RecordCodec
 from state.ledger.audit import append_events
+from state.ledger.clinical import apply_alert_items
 
 __all__ = ["Results", "apply_mark", "apply_versions"]
 
@@ -37,9 +40,16 @@ _ON_ITS_WAY = tuple(
 _NOT_RESULTS = (VersionState.SUPERSEDED.value, VersionState.ABANDONED.value)
 
 
-def apply_versions(tx: Tx, effect: RecordSrVersions, predictions: Sequence[str], now: float) -> None:
+def apply_versions(
+    tx: Tx,
+    effect: RecordSrVersions,
+    predictions: Sequence[str],
+    now: float,
+    order_priority: OrderPriority | None = None,
+) -> None:
     """Record SR versions (once each; a rebuilt one keeps its row) with their predictions as
-    encoded by ``RecordCodec.dump_prediction``, in order."""
+    encoded by ``RecordCodec.dump_prediction``, in order, and their alert items (readers'
+    worklists and pushes, issue 12) with the order's priority (``core.clinical.order_priority_of``)."""
     tx.executemany(
         "INSERT INTO sr_results (sop_instance_uid, sop_class_uid, series_uid, study_uid, job_id,"
         " job_version, family, model_name, model_version, predecessor_uid, prediction,"
@@ -66,6 +76,7 @@ def apply_versions(tx: Tx, effect: RecordSrVersions, predictions: Sequence[str],
             for v, prediction in zip(effect.versions, predictions, strict=True)
         ],
     )
+    apply_alert_items(tx, effect.versions, order_priority, now)
 
 
 def apply_mark(tx: Tx, effect: MarkSrVersions, now: float) -> None:
@@ -244,12 +255,15 @@ class Results:
         return int(row["n"]) if row else 0
 
     def own_series(self, study_uid: str) -> set[str]:
-        """Series of the study that hold our own results (SRs and Parametric Maps)."""
+        """Series of the study that hold our own results (SRs, Parametric Maps, key images, and
+        the readers' verified SRs, whose series derives from the AI SR's)."""
         with self._db.read() as tx:
+            ai = {
+                r["series_uid"] for r in tx.all("SELECT series_uid FROM sr_results WHERE study_uid = ?", (study_uid,))
+            }
             rows = tx.all(
-                "SELECT series_uid FROM sr_results WHERE study_uid = ?"
-                " UNION SELECT o.series_uid FROM outbox o JOIN jobs j ON j.job_id = o.job_id"
+                "SELECT o.series_uid FROM outbox o JOIN jobs j ON j.job_id = o.job_id"
                 " WHERE j.study_uid = ? AND o.series_uid != ''",
-                (study_uid, study_uid),
+                (study_uid,),
             )
-        return {r["series_uid"] for r in rows}
+        return ai | {r["series_uid"] for r in rows} | {verified_series_uid(s) for s in ai}

@@ -279,6 +279,7 @@ def test_scopes_may_come_as_a_list_in_a_claim_of_the_sites_choice(sqlite_ledger:
     auth = Authenticator(sqlite_ledger.tokens, cfg)
     token = idp.sign(roles=["operate", "offline_access", 7], preferred_username="dr.bob")
     assert auth.authenticate(bearer(token)) == Principal("oidc:dr.bob", frozenset({Scope.OPERATE}), "oidc")
+    assert auth.authenticate(bearer(token)).claims["roles"] == ["operate", "offline_access", 7]  # for the alert policy
     assert "'preferred_username'" in refused(auth, bearer(idp.sign(roles=["read"])))
 
 

@@ -496,8 +496,11 @@ def test_sr_versions_outbox_and_review_flags(ledger):
         _prediction(["1"]),
     )
     ledger.jobs.transition(late, JobState.WRITTEN, 201.0, effects=[QueueOutbox((sr, pm)), RecordSrVersions((version,))])
-    # The Parametric Map series is ours too: PACS counts must not wait for it (issue #3).
-    assert ledger.results.own_series("1.2.3") == {"2.25.9", "2.25.10"}
+    # The Parametric Map series is ours too: PACS counts must not wait for it (issue #3); so is
+    # the series readers' verified SRs of that SR series go to (issue 12).
+    from core.review_submissions import verified_series_uid
+
+    assert ledger.results.own_series("1.2.3") == {"2.25.9", "2.25.10", verified_series_uid("2.25.9")}
     assert ledger.results.latest("1.2.3", "chest_xray").prediction == _prediction(["1"])
     assert ledger.results.latest("1.2.3", "chest_xray", before_version=2) is None
     [flagged] = ledger.reviews.flags()
