@@ -110,8 +110,19 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if await _client_gone(request):  # e.g. a reader closed the event stream: nothing failed
+            logger.info("%s %s: the client went away (%s)", request.method, request.url.path, type(exc).__name__)
+            return problem_response(499, "the client closed the request", "client-closed", request.url.path)
         logger.exception("%s %s failed unexpectedly", request.method, request.url.path)
         return problem_response(500, f"internal error ({type(exc).__name__})", "internal", request.url.path)
+
+
+async def _client_gone(request: Request) -> bool:
+    """Whether the client disconnected (a long-lived response it stopped reading ends in an error)."""
+    try:
+        return await request.is_disconnected()
+    except Exception:  # the server gave no way to tell
+        return False
 
 
 def _status_of(exc: PacsAIError) -> tuple[int, str]:

@@ -25,4 +25,5 @@ __all__ = [
     "query_retrieve",
     "tls",
     "tracing",
+    "webhook",
 ]
