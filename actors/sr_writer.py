@@ -1,5 +1,9 @@
 """SR writer actor: builds the TID 1500 SR per model result, and a Parametric Map per heatmap
 (Grad-CAM of each positive finding), and puts them in the durable outbox (kinds 'sr', 'pm').
+With ``clinical.key_images`` (issue 12) it also writes, per positive finding with a heatmap or a
+region, a Secondary Capture key image of its frame with both burned in, and one Key Object
+Selection per result pointing at them (kinds 'key_image', 'kos'): same family as the SR, so they
+go out with it and are withdrawn with it (``actors.delivery``).
 
 Each SR states the comparison with prior studies that are truly earlier (or why there was
 none). SR versions (issue 18, ``core.versions.plan_write``): a job version whose family a newer
@@ -16,20 +20,22 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from pydicom.dataset import Dataset
 
 from actors.polling import SystemClock
 from actors.stage import StageRuntime, StageShell
 from core.audit import AuditEvent
-from core.config import PriorsConfig, SRConfig
+from core.config import ClinicalConfig, PriorsConfig, SRConfig
 from core.interval import Comparison, comparison_for
 from core.job import Job
+from core.key_images import KeyImageFinding, KeyImagePlan, key_image, key_object_selection, plan_key_images
 from core.ledger import QueueOutbox, RecordSrVersions
-from core.parametric_maps import ParametricMapBuilder, decode_levels
+from core.parametric_maps import ParametricMapBuilder, decode_levels, plane_on_source
 from core.ports import Clock
 from core.priors import InstanceRef
-from core.records import Prediction
+from core.records import PlaneGrid, Prediction
 from core.results import OutboxItem, OutputKind, SrVersion
 from core.sr import ReferencedRequest, SRBuilder, SRIdentity
 from core.types import AuditEventType, JobState
@@ -60,7 +66,19 @@ class SRWriteWork:
         priors: PriorsConfig | None = None,
         pm_builder: ParametricMapBuilder | None = None,
         clock: Clock | None = None,
+        key_images: SRIdentity | None = None,
     ) -> None:
+        """Args:
+        ledger: This process's ledger.
+        outbox: Where the result files are written (sealed).
+        builder: Builds the SRs.
+        actor: Audit name.
+        priors: Interval-change thresholds.
+        pm_builder: Builds the Parametric Maps (``None``: none written).
+        clock: Wall clock.
+        key_images: Equipment identity of the key images (series ``series_number + 2``, their
+            KOS ``+ 3``); ``None``: none written (``clinical.key_images`` off).
+        """
         self._ledger = ledger
         self._outbox = outbox
         self._builder = builder
@@ -68,6 +86,7 @@ class SRWriteWork:
         self._priors = priors or PriorsConfig()
         self._pm_builder = pm_builder
         self._clock = clock or SystemClock()
+        self._key_images = key_images
 
     def _sources(self, job: Job, uids: list[str]) -> list[Dataset]:
         paths = {i.sop_instance_uid: i.path for i in self._ledger.intake.job_instances(job.job_id)}
@@ -150,6 +169,48 @@ class SRWriteWork:
             items.append(self._write(pm, OutputKind.PM, prediction.family))
         return items
 
+    def write_key_images(self, job: Job, prediction: Prediction) -> list[OutboxItem]:
+        """Build and durably write a key image per positive finding with a heatmap or a region,
+        and one KOS pointing at them (none when ``clinical.key_images`` is off or nothing is
+        positive). Deterministic UIDs and content time: a rewrite replaces the same objects."""
+        plans = plan_key_images(prediction) if self._key_images is not None else []
+        if not plans or self._key_images is None:
+            return []
+        identity = self._key_images
+        paths = {i.sop_instance_uid: i.path for i in self._ledger.intake.job_instances(job.job_id)}
+        when = _written_at(job)
+        model = f"{prediction.model_name} {prediction.model_version}"
+        images: list[Dataset] = []
+        for plan in plans:
+            path = paths.get(plan.frame.sop_instance_uid)
+            if path is None:
+                continue  # the frame's instance is not the job's (cannot happen for its own results)
+            source = dcmread_plain(path, self._ledger.keyring)
+            finding = KeyImageFinding(
+                plan.finding.key,
+                plan.finding.term.meaning,
+                plan.finding.probability,
+                model,
+                plan.frame.frame_number,
+                self._heat_on_frame(plan),
+                plan.outline,
+                tuple(prediction.source_uids),
+            )
+            images.append(key_image(source, finding, identity.manufacturer, identity.series_number + 2, when))
+        if not images:
+            return []
+        kos = key_object_selection(images, model, identity.manufacturer, identity.series_number + 3, when)
+        items = [self._write(ds, OutputKind.KEY_IMAGE, prediction.family) for ds in images]
+        return [*items, self._write(kos, OutputKind.KOS, prediction.family)]
+
+    def _heat_on_frame(self, plan: KeyImagePlan) -> np.ndarray | None:
+        """The plan's heatmap resampled onto its frame's pixel grid (``None``: no heatmap)."""
+        heatmap = plan.heatmap
+        if heatmap is None or not isinstance(heatmap.grid, PlaneGrid):
+            return None
+        heat = decode_levels(self._ledger.blobs.get(heatmap.blob), heatmap.shape)
+        return plane_on_source(heatmap.grid, heat.reshape(heat.shape[-2:]))
+
     def _write(self, ds: Dataset, kind: OutputKind, family: str) -> OutboxItem:
         buf = BytesIO()
         ds.save_as(buf, enforce_file_format=True)
@@ -191,9 +252,9 @@ class SRWriteWork:
                     },
                 )
             )
-            for pm in self.write_maps(job, prediction):
-                items.append(pm)
-                events.append(self._built(job, pm, prediction, {}))
+            for extra in [*self.write_maps(job, prediction), *self.write_key_images(job, prediction)]:
+                items.append(extra)
+                events.append(self._built(job, extra, prediction, {}))
         now = self._clock.now()
         if not items and inference is not None and inference.predictions:
             self._ledger.jobs.transition(
@@ -299,6 +360,7 @@ class SRWriterActor(StageShell):
         layout: VarLayout,
         cfg: SRConfig,
         priors: PriorsConfig | None = None,
+        clinical: ClinicalConfig | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
         identity = SRIdentity(cfg.manufacturer, cfg.series_number, cfg.institution_name, cfg.group_source_images_max)
@@ -310,5 +372,6 @@ class SRWriterActor(StageShell):
             priors,
             ParametricMapBuilder(identity),
             self._clock,
+            key_images=identity if clinical is not None and clinical.key_images else None,
         )
         self._start(runtime, work)

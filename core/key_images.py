@@ -27,10 +27,19 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from core.records import Finding, FrameRef, HeatmapRef, PlanarRegion, PlaneGrid, Prediction
 from core.sr import stamp_times
 from core.uids import uid_from_parts
 
-__all__ = ["BANNER", "KeyImageFinding", "key_image", "key_object_selection", "render_overlay"]
+__all__ = [
+    "BANNER",
+    "KeyImageFinding",
+    "KeyImagePlan",
+    "key_image",
+    "key_object_selection",
+    "plan_key_images",
+    "render_overlay",
+]
 
 BANNER = "AI RESULT - NOT FOR DIAGNOSIS"
 """Burned into every key image: a secondary capture must never be read as the source image."""
@@ -49,6 +58,8 @@ class KeyImageFinding:
         frame_number: The source frame (1-based) of a multi-frame instance; ``None``: single frame.
         heat: The heatmap on the source frame's pixel grid, values in [0, 1]; ``None``: none.
         outline: The region's closed polyline in (column, row) image coordinates, if localised.
+        inputs: The SOP Instance UIDs the result was computed from (in the UID, like the
+            Parametric Map's: a later version of the study on more instances is a new object).
     """
 
     key: str
@@ -58,6 +69,64 @@ class KeyImageFinding:
     frame_number: int | None = None
     heat: np.ndarray | None = None
     outline: tuple[tuple[float, float], ...] = ()
+    inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyImagePlan:
+    """Which frame one positive finding's key image shows, and what is drawn on it.
+
+    Attributes:
+        finding: The positive finding.
+        frame: The source frame: the region's, else the plane heatmap's, else the evidence frame.
+        heatmap: The stored heatmap when it lies on exactly that frame (a plane map); ``None``:
+            no heatmap is blended (a volume map is not resampled onto one frame).
+        outline: The planar region's polyline when it is drawn on that frame; else empty.
+    """
+
+    finding: Finding
+    frame: FrameRef
+    heatmap: HeatmapRef | None = None
+    outline: tuple[tuple[float, float], ...] = ()
+
+
+def _same_frame(a: FrameRef, b: FrameRef) -> bool:
+    return a.sop_instance_uid == b.sop_instance_uid and (a.frame_number or 1) == (b.frame_number or 1)
+
+
+def plan_key_images(prediction: Prediction) -> list[KeyImagePlan]:
+    """One plan per positive finding that has a heatmap or a region, in the findings' order.
+
+    A positive finding with neither (nothing to show beyond the SR's words) gets no key image.
+
+    >>> from core.types import CodedTerm
+    >>> frame = FrameRef("1.2.3", "1.2.840.10008.5.1.4.1.1.1.1")
+    >>> region = PlanarRegion(frame, ((1.0, 1.0), (2.0, 1.0), (1.0, 1.0)), (1.5, 1.0))
+    >>> found = Finding("nodule", CodedTerm("1", "99PACSAI", "Nodule"), 0.9, 0.5, region=region)
+    >>> absent = Finding("mass", CodedTerm("2", "99PACSAI", "Mass"), 0.1, 0.5, evidence=frame)
+    >>> [(p.finding.key, p.frame.sop_instance_uid, len(p.outline)) for p in plan_key_images(
+    ...     Prediction("cxr", "m", "1", (found, absent), ("1.2.3",)))]
+    [('nodule', '1.2.3', 3)]
+    """
+    plans = []
+    for finding in prediction.findings:
+        heatmap = prediction.heatmap(finding.key)
+        if not finding.present or (heatmap is None and finding.region is None):
+            continue
+        grid = heatmap.grid if heatmap is not None and isinstance(heatmap.grid, PlaneGrid) else None
+        if finding.region is not None:
+            frame = finding.region.frame
+        elif grid is not None:
+            frame = grid.frame
+        elif finding.evidence is not None:
+            frame = finding.evidence
+        else:
+            continue  # a volume heatmap and no evidence frame: nothing to put on one image
+        region = finding.region
+        outline = region.polyline if isinstance(region, PlanarRegion) and _same_frame(region.frame, frame) else ()
+        on_frame = heatmap if grid is not None and _same_frame(grid.frame, frame) else None
+        plans.append(KeyImagePlan(finding, frame, on_frame, outline))
+    return plans
 
 
 def _grey(source: Dataset, frame_number: int | None) -> np.ndarray:
@@ -124,7 +193,9 @@ def key_image(
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=uid_from_parts("key-images", str(source.StudyInstanceUID), finding.model),
         series_number=series_number,
-        sop_instance_uid=uid_from_parts("key-image", str(source.SOPInstanceUID), frame, finding.model, finding.key),
+        sop_instance_uid=uid_from_parts(
+            "key-image", str(source.SOPInstanceUID), frame, finding.model, finding.key, *sorted(finding.inputs)
+        ),
         instance_number=1,
         manufacturer=manufacturer,
         patient_orientation=("L", "P"),

@@ -21,6 +21,10 @@ class OutputKind(enum.StrEnum):
     """A TID 1500 Comprehensive 3D SR."""
     PM = "pm"
     """A Parametric Map (a Grad-CAM heatmap)."""
+    KEY_IMAGE = "key_image"
+    """A Secondary Capture key image: a positive finding's heatmap and region burned in (issue 12)."""
+    KOS = "kos"
+    """A Key Object Selection document pointing at one result's key images (issue 12)."""
 
 
 class DeliveryState(enum.StrEnum):

@@ -100,8 +100,8 @@ class Outbox:
         limit: int = 1000,
         offset: int = 0,
     ) -> list[PublishedResult]:
-        """Our result objects, newest study first: every written SR and Parametric Map that was
-        not superseded (pending or delivered), narrowed by the UIDs given."""
+        """Our result objects, newest study first: every written SR, Parametric Map, key image
+        and KOS that was not superseded (pending or delivered), narrowed by the UIDs given."""
         where, args = ["o.state != ?"], [DeliveryState.SUPERSEDED.value]
         for column, value in (
             ("j.study_uid", study_uid),
