@@ -4,7 +4,8 @@ trail's signed hash chain is intact and exports its head after each intact check
 record repository as a DICOM audit message over syslog/TLS (``storage.audit.collector``,
 ``actors.adapters.audit_syslog``), answers queries, and publishes the ledger's gauges (jobs per state, each
 stage's queue and oldest wait, outbox backlog, held quarantine, model replicas: ``core.metrics``),
-once per site. Events themselves are appended by each stage in the same
+once per site, and watches the readers' agreement with each model version (``actors.agreement``).
+Events themselves are appended by each stage in the same
 transaction as the state change they describe, so the trail can never disagree with the
 ledger."""
 
@@ -18,10 +19,11 @@ import ray
 
 from actors.adapters.audit_syslog import AuditExporter, cursor_path
 from actors.adapters.metrics import recorder
+from actors.agreement import AGREEMENT_PERIOD_S, AgreementWatch
 from actors.polling import Loop
 from actors.stage import ActorShell
 from core.audit import AuditEntry
-from core.config import StorageConfig, app_name
+from core.config import ClinicalConfig, StorageConfig, app_name
 from core.metrics import STAGE_OF_STATE
 from state.retention_purge import Purger, context_opener
 
@@ -67,6 +69,8 @@ class AuditorActor(ActorShell):
         period_s: float = 30.0,
         log_level: str = "INFO",
         metrics_period_s: float | None = None,
+        clinical: ClinicalConfig | None = None,
+        agreement_period_s: float = AGREEMENT_PERIOD_S,
     ) -> None:
         """Args:
         storage: The site's storage (its ledger).
@@ -74,6 +78,9 @@ class AuditorActor(ActorShell):
         log_level: This process's log level.
         metrics_period_s: How often the ledger's gauges are published (``core.metrics``);
             ``None``: not at all. One auditor per site publishes them, so they are counted once.
+        clinical: The readers' settings: the agreement floor (``actors.agreement``); ``None``:
+            no agreement monitoring.
+        agreement_period_s: How often the agreement rates are computed and alerted on.
         """
         self._open_ledger(storage, log_level)
         self._last: dict[str, Any] = {"intact": None, "checked_at": None}
@@ -82,6 +89,9 @@ class AuditorActor(ActorShell):
         self._add_loop(Loop("audit-verify", self._round, period_s, clock=self._clock))
         if metrics_period_s is not None:
             self._add_loop(Loop("metrics", self._publish, metrics_period_s, eager=True, clock=self._clock))
+        if clinical is not None:
+            watch = AgreementWatch(self._ledger, clinical, self._clock)
+            self._add_loop(Loop("agreement", watch.round, agreement_period_s, clock=self._clock))
         self._exporter = self._start_export(storage)
         self._purger = Purger(storage, self._ledger, context_opener(storage))
         if self._purger.active:  # storage.retention (core.retention): each round is audited

@@ -31,6 +31,7 @@ from rich.console import Console
 from actors._cli_audit import audit_keygen, audit_verify
 from actors._cli_export import export_parser
 from actors._cli_keys import keys_rotate, register_keys
+from actors._cli_metrics import metrics_parser
 from actors._cli_render import (
     EXAMPLES,
     entry_json,
@@ -383,6 +384,7 @@ def _parser(plugins: bool = True) -> argparse.ArgumentParser:
     _tokens_parser(add("tokens", cmd_tokens, "API tokens: create, list, revoke"))
     register_keys(add("keys", cmd_keys, "data keys at rest: rotate (re-seals files and columns)"))
     export_parser(sub.add_parser("export", help="research export: de-identified copies (export deid)"))
+    metrics_parser(sub.add_parser("metrics", help="success measures per model version and month (metrics export)"))
     if plugins:
         _plugins(sub)
     _finish(p)

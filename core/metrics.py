@@ -113,6 +113,13 @@ METRICS: dict[str, MetricSpec] = dict(
         _spec("pacsai_ehr_backlog", G, "FHIR results not yet delivered to the EHR.", source="auditor"),
         _spec("pacsai_quarantine_held", G, "Quarantined instances held, per reason code.", ("code",), source="auditor"),
         _spec("pacsai_model_replicas", G, "Running Serve replicas per model family.", ("family",), source="auditor"),
+        _spec(
+            "pacsai_model_agreement_rate",
+            G,
+            "Share of reviewed findings readers agreed with in the latest month with reviews, per model version.",
+            ("model_version",),
+            source="auditor",
+        ),
         # Stages.
         _spec(
             "pacsai_stage_latency_seconds",

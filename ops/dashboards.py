@@ -248,6 +248,12 @@ MODELS = DashboardSpec(
             (Query(_gauge("pacsai_model_replicas", "family"), "{{family}}"),),
         ),
         PanelSpec(
+            "Reader agreement rate per model version (this month)",
+            METRICS["pacsai_model_agreement_rate"].help,
+            (Query(_gauge("pacsai_model_agreement_rate", "model_version"), "{{model_version}}"),),
+            unit="percentunit",
+        ),
+        PanelSpec(
             "Inference batch size p50 and p95",
             METRICS["pacsai_inference_batch_size"].help,
             (_p(0.5, "pacsai_inference_batch_size", "family"), _p(0.95, "pacsai_inference_batch_size", "family")),

@@ -81,3 +81,23 @@ def test_bench_writes_spans_report_and_summary(tmp_path: Path, demo_weights: dic
     assert set(summary["archive_to_sr_s"]) == {"p50", "p95", "p99"}
     assert summary["stages"]["infer"]["n"] == kinds.count("cxr")
     assert summary["baselines"]["bare_scp_inst_per_s"] > 0 and summary["baselines"]["listener_inst_per_s"] > 0
+
+
+def test_bench_review_quick_measures_worklists_and_pushes() -> None:
+    """``benchmarks/bench_review.py --quick``: both lines, every request answered, every push received."""
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench_review.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    lines = {r["what"]: r for r in (json.loads(x) for x in run.stdout.splitlines() if x.startswith("{"))}
+    worklist, push = lines["worklist"], lines["push"]
+    assert "error" not in worklist and "error" not in push, (worklist, push)
+    assert worklist["errors"] == 0 and worklist["requests"] > 0
+    assert 0 < worklist["p99_ms"] and 0 < worklist["unfiltered_p99_ms"] and worklist["ratio"] > 0
+    assert 0 < worklist["junior_total"] < worklist["unfiltered_total"] <= worklist["studies"]
+    assert push["received"] == push["pushes"] and 0 < push["p95_ms"] < 5000
