@@ -19,7 +19,9 @@ setup: system-packages $(STAMP)
 # (dicom3tools' dciodvfy) and PostgreSQL (the shared ledger backend; its tests start a private
 # server with initdb/pg_ctl, so the package's own cluster is never used) and Prometheus (the
 # metrics tests scrape the pipeline with a private one) and rsyslog with its OpenSSL driver (the
-# audit export test runs a private TLS syslog collector). Installed only when missing, and only as root.
+# audit export test runs a private TLS syslog collector) and Chromium (the review page test drives
+# Debian's browser with Playwright: `executable_path`, so `playwright install` never downloads one).
+# Installed only when missing, and only as root.
 system-packages:
 	@missing=""; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
@@ -30,6 +32,7 @@ system-packages:
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v rsyslogd >/dev/null || missing="$$missing rsyslog"; \
 	ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || missing="$$missing rsyslog-openssl"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
