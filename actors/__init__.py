@@ -2,6 +2,8 @@
 
 __all__ = [
     "adapters",
+    "agreement",
+    "alert_pusher",
     "assembler",
     "auditor",
     "cli",
@@ -22,4 +24,5 @@ __all__ = [
     "stage",
     "supervisor",
     "validator",
+    "verified_delivery",
 ]

@@ -83,7 +83,8 @@ def _start_pipeline(cfg: AppConfig, stop: threading.Event, *, deploy: bool, on_l
     accepts) stops the pipeline cleanly once they are up.
 
     Raises:
-        ConfigError: The listener's port is held by another process (before Ray starts).
+        ConfigError: The listener's port is held by another process, or the alert policy file
+            (``clinical.policy_file``) is not valid for the configured models (before Ray starts).
         ModelWeightsError: A weights file is missing or wrong (before Ray starts).
     """
     from actors._cli_bootstrap import EarlyListener, port_in_use
@@ -91,7 +92,12 @@ def _start_pipeline(cfg: AppConfig, stop: threading.Event, *, deploy: bool, on_l
     from actors.ray_session import ensure_ray
 
     t0 = time.monotonic()
-    port_in_use(cfg)  # raises before Ray starts, as does a missing or wrong weights file:
+    port_in_use(cfg)  # raises before Ray starts, as do a bad alert policy and a missing or wrong weights file:
+    if cfg.clinical.policy_file:
+        from core.clinical import model_findings
+        from state.policy_file import PolicyHolder
+
+        PolicyHolder(cfg.clinical.policy_file, cfg.clinical.policy_reload_s, model_findings(cfg))
     if deploy:
         from serve.weights import check_weights
 

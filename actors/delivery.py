@@ -11,6 +11,11 @@ rebuilt when it was built naming another, or must be marked partial); beyond
 ``sr.max_versions`` a version is held with a review flag and an audit event until an operator
 releases it (``pacsai review resolve ID --resolution released``). The plan is made and applied
 under a lock in the ledger (``results.claim_delivery``).
+
+Key images and their KOS (issue 12, ``clinical.key_images``) are outbox items of the SR's
+family: they go out with its version and are withdrawn with it. The actor also hosts the
+verified-SR loop (``actors.verified_delivery``): readers' reviews back to the PACS, and the
+paging webhooks' loop (``actors.alert_pusher``): critical findings to the roles' webhooks.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import ray
 from actors.adapters.dicomweb import DicomwebPacsClient
 from actors.adapters.dimse import DimsePacsClient
 from actors.adapters.metrics import recorder
+from actors.alert_pusher import alert_pusher_loop
 from actors.polling import SystemClock
 from actors.sr_writer import SRWriteWork
 from actors.stage import StageRuntime, StageShell
+from actors.verified_delivery import verified_sr_loop
 from core.audit import AuditEvent
-from core.config import PacsConfig, PriorsConfig, SRConfig
+from core.config import ClinicalConfig, PacsConfig, PriorsConfig, SRConfig
 from core.errors import DependencyUnavailable, TransientIOError
 from core.job import Job
 from core.ledger import RaiseReviewFlag, WithdrawOutbox
@@ -253,8 +260,14 @@ class DeliveryActor(StageShell):
         layout: VarLayout | None = None,
         sr: SRConfig | None = None,
         priors: PriorsConfig | None = None,
+        clinical: ClinicalConfig | None = None,
+        families: dict[str, list[str]] | None = None,
     ) -> None:
         ledger = self._open_ledger(runtime.storage, runtime.log_level)
+        if clinical is not None:  # critical findings paged to the roles' webhooks (issue 12)
+            pusher = alert_pusher_loop(ledger, clinical, self._clock, self.name, families)
+            if pusher is not None:
+                self._add_loop(pusher)
         client = pacs_client(pacs)
         sr = sr or SRConfig()
         writer = None
@@ -279,3 +292,10 @@ class DeliveryActor(StageShell):
             wait_s=max(runtime.poll_interval_s, 0.2),
         )
         self._start(runtime, work)
+        if layout is not None:  # readers' reviews back to the PACS as verified SRs (issue 12)
+            organization = sr.institution_name or "Unknown institution"
+            self._add_loop(
+                verified_sr_loop(
+                    ledger, client, layout.outbox, organization, runtime.retry.max_attempts, self._clock, self.name
+                )
+            )

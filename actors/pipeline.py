@@ -41,6 +41,7 @@ from actors.router import RouterActor
 from actors.sr_writer import SRWriterActor
 from actors.stage import StageRuntime
 from actors.validator import ValidatorActor
+from core.clinical import model_findings
 from core.config import AppConfig, StageConfig, StorageConfig
 from core.health import ActorHealth
 from core.leases import stale_owners
@@ -289,6 +290,7 @@ class Pipeline:
             30.0,
             self.cfg.logging.level,
             self.cfg.metrics.ledger_period_s if self.cfg.metrics.enabled else None,
+            clinical=self.cfg.clinical,
         )
         for cell in self.cells():
             self.actors.update(self._cell_actors(cell, key))
@@ -470,12 +472,20 @@ class Pipeline:
             "sr_writer": (
                 SRWriterActor,
                 st.sr_writer.num_cpus,
-                lambda: (self.runtime(st.sr_writer, cell), layout, self.cfg.sr, self.cfg.priors),
+                lambda: (self.runtime(st.sr_writer, cell), layout, self.cfg.sr, self.cfg.priors, self.cfg.clinical),
             ),
             "delivery": (
                 DeliveryActor,
                 st.delivery.num_cpus,
-                lambda: (self.runtime(st.delivery, cell), self.cfg.pacs, layout, self.cfg.sr, self.cfg.priors),
+                lambda: (
+                    self.runtime(st.delivery, cell),
+                    self.cfg.pacs,
+                    layout,
+                    self.cfg.sr,
+                    self.cfg.priors,
+                    self.cfg.clinical,
+                    model_findings(self.cfg),
+                ),
             ),
         }
         for role, (actor, cpus, args) in stages.items():

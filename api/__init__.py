@@ -12,22 +12,30 @@
 - ``deployment.py``: the Ray Serve deployment (built by the composition root)
 - ``audit.py``: every request audited with its subject; ``limits.py``: the body-size gate;
   ``multipart.py``: streaming multipart/related; ``tokens.py``: the token routes
+- ``clinical.py``: readers' routes (issue 12): worklist by role, a result, its heatmap image, reviews
+- ``events.py``: critical findings as server-sent events to readers' pages (issue 12)
+- ``page.py``: the review page at ``/review/`` (static files in ``static/review/``; issue 12)
+- ``success.py``: the success measures per model version and month, and agreement alerts (issue 12)
 """
 
 __all__ = [
     "app",
     "audit",
     "auth",
+    "clinical",
     "context",
     "deployment",
     "dicomweb",
+    "events",
     "limits",
     "model_operations",
     "multipart",
     "operations",
     "ops",
+    "page",
     "problems",
     "refusals",
     "security",
+    "success",
     "tokens",
 ]

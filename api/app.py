@@ -1,8 +1,9 @@
 """The FastAPI application: health checks, REST operations, DICOMweb; OpenAPI 3.1.
 
-``create_app(ctx)`` builds it over one replica's ``ApiContext``. Everything but ``/healthz`` and
-``/readyz`` needs credentials (``api.security.requires``); every request is audited with who
-made it (``api.audit``); every error is an RFC 9457 problem detail (``api.problems``).
+``create_app(ctx)`` builds it over one replica's ``ApiContext``. Everything but ``/healthz``,
+``/readyz`` and the review page's static files (``/review/``, ``api.page``) needs credentials
+(``api.security.requires``); every request is audited with who made it (``api.audit``); every
+error is an RFC 9457 problem detail (``api.problems``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from api import dicomweb, ops, tokens
+from api import clinical, dicomweb, events, ops, tokens
 from api.audit import AuditMiddleware
 from api.context import ApiContext
 from api.limits import BodyLimit
+from api.page import router as page_router
 from api.problems import install_problem_handlers, problem_response
+from api.success import router as success_router
 
 __all__ = ["API_VERSION", "create_app"]
 
@@ -59,6 +62,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(ops.router, prefix="/api/v1")
     app.include_router(tokens.router, prefix="/api/v1/tokens", tags=["tokens"])
     app.include_router(dicomweb.router, prefix="/dicomweb", tags=["dicomweb"])
+    app.include_router(clinical.router, prefix="/api/v1/clinical")
+    app.include_router(
+        events.router,
+        prefix="/api/v1/clinical",
+        responses={404: {"description": "Clinical results are not configured (clinical.policy_file)"}},
+    )
+    app.include_router(page_router)  # /review/: the readers' page (static, public; issue 12)
+    app.include_router(success_router, prefix="/api/v1/clinical", tags=["clinical"])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

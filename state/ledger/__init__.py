@@ -17,6 +17,9 @@ no SQL leaves this package:
   and what the site observed of each version (issue 17).
 - ``status``: the report behind ``pacsai status``.
 - ``retention``: what the purge loop may delete of the spool, and the record that it did.
+- ``clinical``: AI results for readers (issue 12): alert items, worklists, reviews, views, alert policies.
+- ``pushes``: critical findings paged to roles' webhooks (outbox, cursor) and read in order.
+- ``success``: the records of the success measures (issue 12) and the agreement alerts raised.
 
 ``open_ledger`` picks the backend from the config (SQLite file under ``var/``, or PostgreSQL
 from the DSN in the named environment variable) and applies pending migrations.
@@ -38,17 +41,20 @@ from state.files import private_umask
 from state.layout import VarLayout
 from state.ledger._codec import INLINE_MAX, RecordCodec
 from state.ledger.audit import AuditLog
+from state.ledger.clinical import Clinical
 from state.ledger.controls import Controls
 from state.ledger.evidence import CompletionEvidence
 from state.ledger.intake import Intake
 from state.ledger.jobs import Jobs
 from state.ledger.models import ModelVersions
 from state.ledger.outbox import Outbox
+from state.ledger.pushes import Pushes
 from state.ledger.quarantine import Quarantine
 from state.ledger.results import Results
 from state.ledger.retention import Retention
 from state.ledger.reviews import Reviews
 from state.ledger.status import Status
+from state.ledger.success import SuccessReads
 from state.ledger.tokens import ApiTokens
 from state.migrate import migrate_store
 from state.sqlite import SqliteDatabase
@@ -97,6 +103,9 @@ class Ledger:
         self.tokens = ApiTokens(db)
         self.models = ModelVersions(db, codec)
         self.retention = Retention(db, cell)
+        self.clinical = Clinical(db)
+        self.pushes = Pushes(db)
+        self.success = SuccessReads(db)
 
     @property
     def backend(self) -> str:

@@ -126,6 +126,19 @@ def test_up_refuses_to_start_with_missing_or_wrong_weights(tmp_path):
     assert res.returncode == 1 and "wrong.pt" in res.stderr and "0" * 64 in res.stderr
 
 
+def test_up_refuses_an_alert_policy_naming_a_finding_no_model_has_before_ray(tmp_path):
+    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    raw["storage"]["var_dir"] = str(tmp_path / "var")
+    policy = tmp_path / "roles.yaml"
+    policy.write_text(yaml.safe_dump({"roles": {"er": {"critical_only": True, "critical_findings": ["pnuemothorax"]}}}))
+    raw["clinical"] = {"policy_file": str(policy)}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = pacsai("up", "--config", str(path))
+    assert res.returncode != 0 and "pnuemothorax" in res.stderr and "roles.er" in res.stderr, res.stderr[-2000:]
+    assert "Ray" not in res.stdout  # refused before Ray started
+
+
 def test_review_flags_are_listed_shown_and_resolved_by_who_may_with_why(tmp_path):
     from core.audit import AuditEvent
     from core.config import StorageConfig
