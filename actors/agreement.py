@@ -20,12 +20,10 @@ from core.success_metrics import agreement_alerts
 from state.ledger import Ledger
 from state.ledger.success import months_back
 
-__all__ = ["AGREEMENT_PERIOD_S", "AgreementWatch", "RECENT_MONTHS"]
+__all__ = ["AgreementWatch", "RECENT_MONTHS"]
 
 logger = logging.getLogger(__name__)
 
-AGREEMENT_PERIOD_S = 600.0
-"""How often the agreement rates are computed (reviews arrive at a reader's pace)."""
 RECENT_MONTHS = 3
 """Months each round looks at, this one included: late reviews can still move a recent month."""
 

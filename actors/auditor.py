@@ -19,7 +19,7 @@ import ray
 
 from actors.adapters.audit_syslog import AuditExporter, cursor_path
 from actors.adapters.metrics import recorder
-from actors.agreement import AGREEMENT_PERIOD_S, AgreementWatch
+from actors.agreement import AgreementWatch
 from actors.polling import Loop
 from actors.stage import ActorShell
 from core.audit import AuditEntry
@@ -70,7 +70,6 @@ class AuditorActor(ActorShell):
         log_level: str = "INFO",
         metrics_period_s: float | None = None,
         clinical: ClinicalConfig | None = None,
-        agreement_period_s: float = AGREEMENT_PERIOD_S,
     ) -> None:
         """Args:
         storage: The site's storage (its ledger).
@@ -78,9 +77,8 @@ class AuditorActor(ActorShell):
         log_level: This process's log level.
         metrics_period_s: How often the ledger's gauges are published (``core.metrics``);
             ``None``: not at all. One auditor per site publishes them, so they are counted once.
-        clinical: The readers' settings: the agreement floor (``actors.agreement``); ``None``:
-            no agreement monitoring.
-        agreement_period_s: How often the agreement rates are computed and alerted on.
+        clinical: The readers' settings: the agreement floor and how often it is checked
+            (``actors.agreement``); ``None``: no agreement monitoring.
         """
         self._open_ledger(storage, log_level)
         self._last: dict[str, Any] = {"intact": None, "checked_at": None}
@@ -91,7 +89,7 @@ class AuditorActor(ActorShell):
             self._add_loop(Loop("metrics", self._publish, metrics_period_s, eager=True, clock=self._clock))
         if clinical is not None:
             watch = AgreementWatch(self._ledger, clinical, self._clock)
-            self._add_loop(Loop("agreement", watch.round, agreement_period_s, clock=self._clock))
+            self._add_loop(Loop("agreement", watch.round, clinical.agreement_period_s, clock=self._clock))
         self._exporter = self._start_export(storage)
         self._purger = Purger(storage, self._ledger, context_opener(storage))
         if self._purger.active:  # storage.retention (core.retention): each round is audited

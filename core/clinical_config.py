@@ -45,4 +45,7 @@ class ClinicalConfig(_Model):
         default=0.8, ge=0, le=1, description="Alert when a model version's monthly agreement rate falls below"
     )
     agreement_min_reviews: int = Field(default=20, ge=1, description="Reviews a month needs before it can alert")
+    agreement_period_s: float = Field(
+        default=600.0, gt=0, description="How often the auditor computes the agreement rates and alerts on them"
+    )
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Paging webhooks")

@@ -22,11 +22,13 @@ import ray
 from actors.adapters.mllp import MllpClient
 from actors.adapters.tracing import study_trace_id
 from actors.pipeline import wait_until
+from core.clinical import FindingDecision, ReviewRequest
 from core.metrics import METRICS, STAGE_OF_STATE, MetricKind, prometheus_name
 from demo.dcmtk import storescu
 from demo.orthanc import free_port
 from demo.prometheus import PrometheusProcess
 from ops.dashboards import panel_queries
+from state.ledger import Ledger
 from tests.corruptions import unparseable_part10
 from tests.hl7_messages import orm
 from tests.integration.conftest import ledger_of, needs_peers, wait_for_states
@@ -88,6 +90,7 @@ def flowing(tmp_path: Path, orthanc: Any, make_pipeline: Any) -> Iterator[dict[s
         hl7=HL7,
         ehr={**unreachable_ehr, "poll_interval_s": 0.2},
         tracing={"exporter": "file", "file": str(spans)},
+        clinical={"agreement_period_s": 1.0},  # the auditor's agreement watch publishes its gauge
     )
     prom = PrometheusProcess(tmp_path / "prometheus", targets=[f"127.0.0.1:{_metrics_port()}"]).start()
     try:
@@ -108,9 +111,20 @@ def flowing(tmp_path: Path, orthanc: Any, make_pipeline: Any) -> Iterator[dict[s
             client.close()
         assert b"MSA|AA" in ok and b"MSA|AA" not in bad
         assert wait_for_states(ledger, [good, mixed], {"delivered"}), ledger.status.report(time.time())
+        _review(ledger, good)  # a reader agrees with the AI: pacsai_model_agreement_rate has a value
         yield {"prom": prom, "pipeline": pipeline, "cfg": cfg, "studies": [good, mixed], "spans": spans}
     finally:
         prom.stop()
+
+
+def _review(ledger: Ledger, study_uid: str) -> None:
+    """A reader's review of the study's first finding, as the review route records it."""
+    [version] = ledger.results.versions(study_uid)
+    items = {i.key: i for i in ledger.clinical.items_of(version.sop_instance_uid) if not i.quality_flag}
+    first = next(iter(items.values()))
+    decision = FindingDecision(first.key, "agree", first.present)
+    request = ReviewRequest("Reader^Rita", (decision,))
+    ledger.clinical.record_review(version, "rita", request, items, "token:rita", time.time())
 
 
 def test_each_metric_moves_as_studies_and_messages_flow_and_every_panel_has_data(flowing: dict[str, Any]) -> None:
