@@ -317,7 +317,7 @@ def test_hostile_barrage_is_refused_and_the_service_keeps_serving(service, tmp_p
 
     # 1,000 concurrent connections, each asking for an association.
     started = time.monotonic()
-    counts = thousand_associations(service.dimse)
+    counts = thousand_associations(service.dimse, seconds=30.0)  # a loaded 2-core runner needed > 12 s once
     counts["seconds"] = round(time.monotonic() - started, 1)
     assert "no answer" not in counts, counts  # each one answered or closed
     # Past the per-peer cap a connection is closed as it opens, past max_associations it gets an
