@@ -13,8 +13,13 @@ Then ``--rate`` one-image chest radiographs a second arrive by C-STORE (one asso
 pynetdicom; each study built just before it is sent) for ``--minutes``. Every ``--sample-s``
 the resident memory (RSS, psutil) of every actor process (pids from the actors' own health) is
 sampled. ``rss_growth`` per actor: the median of the last window over the median of the first
-window, minus 1 (windows: the first and the last fifth of the samples after the first tenth;
-goal < 0.05 for every actor). Afterwards the model is deployed again, and the run waits until
+window, minus 1 (windows: the first and the last fifth of the samples after the warm-up;
+goal < 0.05 for every actor). The warm-up is the first ``--warmup-s`` (90 s) of arrivals, or
+the first tenth of the samples if that is longer: every actor's RSS rises in its first minutes
+of work and then levels off, in native memory (tracemalloc inside the actors saw their Python
+allocations flat meanwhile: allocator arenas, SQLite's page cache, Ray's buffers). A window
+that began inside them measured the warm-up, not the outage (a 4-minute run's first
+window was 24-72 s). Afterwards the model is deployed again, and the run waits until
 every study is delivered: ``srs_once`` (every study has exactly one SR in Orthanc),
 ``attempts_max`` (retries spent by any job: the outage should spend none), ``drain_s``.
 
@@ -22,12 +27,13 @@ Same-run baseline: the listener's RSS growth over the same windows is the pipeli
 ingest path without the backlog (the listener holds no backlog), next to the stages that wait.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_soak.py [--minutes 10] [--rate 5]
-        [--outage undeployed|unplaceable] [--sample-s 5]
+        [--outage undeployed|unplaceable] [--sample-s 5] [--warmup-s 90]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import threading
@@ -83,9 +89,10 @@ def sample_rss(pipeline: Pipeline, samples: dict[str, list[float]], anon: dict[s
         anon.setdefault(name, []).append(kib / 1024)
 
 
-def growth(values: list[float]) -> tuple[float, float, float]:
-    """(first-window median, last-window median, last / first - 1) after a tenth of warm-up."""
-    rest = values[max(1, len(values) // 10) :] or values
+def growth(values: list[float], warmup: int = 0) -> tuple[float, float, float]:
+    """(first-window median, last-window median, last / first - 1) after ``warmup`` samples
+    (at least a tenth)."""
+    rest = values[max(1, warmup, len(values) // 10) :] or values
     window = max(1, len(rest) // 5)
     first, last = statistics.median(rest[:window]), statistics.median(rest[-window:])
     return round(first, 1), round(last, 1), round(last / first - 1, 4)
@@ -145,7 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         backlog = stack.ledger.status.report(time.time()).jobs
         bring_back(stack.cfg)
         drain_s, attempts, once = drain(stack, sent, args.drain_timeout_s)
-        per_actor = {name: growth(values) for name, values in sorted(samples.items())}
+        warmup = math.ceil(args.warmup_s / args.sample_s)
+        per_actor = {name: growth(values, warmup) for name, values in sorted(samples.items())}
         return {
             "name": "soak",
             "outage": args.outage,
@@ -153,10 +161,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rate": args.rate,
             "sent": len(sent),
             "samples": min(len(v) for v in samples.values()),
+            "warmup_s": args.warmup_s,
             "rss_growth": {name: g for name, (_, _, g) in per_actor.items()},
             "rss_mb": {name: [a, b] for name, (a, b, _) in per_actor.items()},
             "max_growth": max(g for _, _, g in per_actor.values()),
-            "anon_growth": {name: growth(values)[2] for name, values in sorted(anon.items())},
+            "anon_growth": {name: growth(values, warmup)[2] for name, values in sorted(anon.items())},
             "backlog_at_end": {k: v for k, v in backlog.items() if v},
             "drain_s": round(drain_s, 1),
             "attempts_max": attempts,
@@ -173,6 +182,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=5.0, help="studies per second")
     p.add_argument("--outage", choices=["undeployed", "unplaceable"], default="undeployed")
     p.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period")
+    p.add_argument("--warmup-s", type=float, default=90.0, help="samples of the first seconds left out of the windows")
     p.add_argument("--series", action="store_true", help="print every RSS sample too")
     p.add_argument("--drain-timeout-s", type=float, default=1800.0, help="give up draining after this long")
     emit(run(p.parse_args()))

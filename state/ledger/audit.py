@@ -40,7 +40,10 @@ from state.db import Database, Row, Tx
 __all__ = ["AuditLog", "append_events", "use_seal"]
 
 _CHAIN_BATCH = 5000
-_VERIFY_PAGE = 2000
+_VERIFY_PAGE = 250
+"""Entries a check reads at a time. The auditor reads the whole trail every round; its memory
+follows the biggest transient, so a page is small (bench_soak: 2,000 entries, two pages alive
+while the next was fetched, grew the auditor's RSS by ~18 MB over its first minutes)."""
 _seal_lock = threading.Lock()
 _process_seal: list[AuditSeal] = []
 
@@ -241,7 +244,10 @@ class AuditLog:
                     " sop_instance_uid, job_id, detail, at FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
                     (after, _VERIFY_PAGE),
                 )
-            yield from (_stored(r) for r in rows)
-            if len(rows) < _VERIFY_PAGE:
+            full = len(rows) == _VERIFY_PAGE
+            after = int(rows[-1]["seq"]) if rows else after
+            rows.reverse()
+            while rows:  # hand each entry on and drop it: one page alive, not two
+                yield _stored(rows.pop())
+            if not full:
                 return
-            after = int(rows[-1]["seq"])
