@@ -44,6 +44,13 @@ class VerdictCache:
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
+    def discard(self, instances: list[InstanceMeta]) -> None:
+        """Forget the verdicts of instances whose study has been validated (a later version of
+        the study checks them again: rare, and only a re-read)."""
+        with self._lock:
+            for inst in instances:
+                self._items.pop((inst.sop_instance_uid, inst.sha256), None)
+
     def __contains__(self, inst: InstanceMeta) -> bool:
         with self._lock:
             return (inst.sop_instance_uid, inst.sha256) in self._items

@@ -164,6 +164,17 @@ class ValidationWork:
         for found in verdict.held.values():
             for code in sorted({i.code for i in found}):
                 recorder.inc("pacsai_instances_quarantined_total", code=code)
+        self._forget(instances)
+
+    def _forget(self, instances: list[InstanceMeta]) -> None:
+        """Drop what was kept of a validated job's instances: the caches hold the studies still
+        receiving, not every study since the start (bench_soak: ~1.7 kB an instance, which
+        grew to the 100,000-entry caps over hours of an AI outage)."""
+        if self._cache is not None:
+            self._cache.discard(instances)
+        with self._facts_lock:
+            for inst in instances:
+                self._facts.pop((inst.sop_instance_uid, inst.sha256), None)
 
     def _events(self, job: Job, verdict: Verdict, good: int) -> list[AuditEvent]:
         events = [

@@ -794,6 +794,9 @@ def test_instances_are_validated_while_the_study_is_receiving(ledger, tmp_path):
     [job] = ledger.jobs.lease(JobState.COMPLETE, "w", 1, 10.0, now=time.time())
     work(job)
     assert cache.hits == 2  # nothing re-read at completion
+    held = ledger.intake.job_instances(job.job_id)
+    assert len(held) == 2 and not any(i in cache for i in held)  # a validated study's verdicts are let go
+    assert work.checked(held[0])[1] is not None  # read again if a later version asks
     states = ledger.intake.states(str(good.StudyInstanceUID))
     assert states == {str(good.SOPInstanceUID): "pending", str(bad.SOPInstanceUID): "quarantined"}
     listener.stop()
