@@ -55,8 +55,12 @@ $(STAMP): pyproject.toml requirements.lock
 weights: setup
 	$(PY) -m training --config $(CONFIG)
 
+# Unit tests share nothing (no Ray, no ports, no peers): both cores at once (pytest-xdist). The
+# integration and cluster tests start Ray, Orthanc and PostgreSQL and measure waits, so they run
+# one at a time.
 test: setup weights lint
-	$(PY) -m pytest -q --timeout=600 --durations=30
+	$(PY) -m pytest -q -n 2 --timeout=600 --durations=10 tests/unit
+	$(PY) -m pytest -q --timeout=600 --durations=30 tests/integration tests/cluster
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
