@@ -17,6 +17,7 @@ without ``versions`` runs as before, without reading the rollout state.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,6 +70,13 @@ def _cancel(response: Any) -> None:
         logger.debug("cancelling a Serve request raised; it had ended", exc_info=True)
 
 
+ABSENT_RECHECK_S = 1.0
+"""How long an application Serve said it does not have is taken as absent before Serve is asked
+again. During an AI outage every due job asked the Serve controller (bench_soak: the inference
+actor at ~40 % CPU and the controller at ~25 % for the whole outage); a study waits at most this
+much longer once its model is back."""
+
+
 def _peer(app: str) -> str:
     """The peer an outage names: ``model:<family>`` (``model:<family>--<version>`` for another
     version)."""
@@ -94,14 +102,21 @@ class InferenceWork:
         self._compare = compare_images
         self._clock = clock or SystemClock()
         self._handles: dict[str, Any] = {}
+        self._absent: dict[str, tuple[float, str]] = {}
+        """Applications Serve said it does not have: until when (monotonic) to believe it, and what it said."""
 
     def _handle(self, app: str) -> Any:
         handle = self._handles.get(app)
         if handle is None:
+            absent = self._absent.get(app)
+            if absent is not None and time.monotonic() < absent[0]:
+                raise DependencyUnavailable(_peer(app), absent[1])
             try:
                 handle = serve.get_app_handle(app)
             except RayServeException as exc:
+                self._absent[app] = (time.monotonic() + ABSENT_RECHECK_S, str(exc))
                 raise DependencyUnavailable(_peer(app), str(exc)) from exc
+            self._absent.pop(app, None)
             self._handles[app] = handle
         return handle
 

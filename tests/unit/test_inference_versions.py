@@ -217,3 +217,36 @@ def test_rule_and_canary_candidates_give_the_result_and_a_halt_stops_them(ledger
     again = next(f"1.3.{n}" for n in range(100, 200) if canary_bucket(FAMILY, f"1.3.{n}") < 50)
     done = run(ledger, cfg_models, apps, linked_job(ledger, tmp_path, again))
     assert done.record.inference.predictions[0].model_version == "1.0"
+
+
+def test_an_absent_application_is_not_asked_for_again_within_the_recheck_window(ledger, monkeypatch):
+    """An AI outage: Serve says the application is absent once per window, not once per due job."""
+    from ray.serve.exceptions import RayServeException
+
+    import actors.inference as inference
+
+    asked: list[str] = []
+    now = [100.0]
+
+    def get_app_handle(app: str) -> Any:
+        asked.append(app)
+        if now[0] < 200.0:
+            raise RayServeException(f"Application '{app}' does not exist.")
+        return FakeApp("1.0", 0.9)
+
+    monkeypatch.setattr(inference.serve, "get_app_handle", get_app_handle)
+    monkeypatch.setattr(inference.time, "monotonic", lambda: now[0])
+    cfg_models = models()
+    work = InferenceWork(ledger, cfg_models, Router(RoutingConfig(), list(cfg_models)), "stage:inference")
+    for step in (0.0, 0.3, 0.6):  # three due jobs within one window: Serve asked once
+        now[0] = 100.0 + step
+        with pytest.raises(DependencyUnavailable, match="does not exist"):
+            work._handle("model-chest_xray")
+    assert asked == ["model-chest_xray"]
+    now[0] = 100.0 + inference.ABSENT_RECHECK_S + 0.01  # the window is over: asked again
+    with pytest.raises(DependencyUnavailable):
+        work._handle("model-chest_xray")
+    now[0] = 200.0  # deployed again: the handle is taken and kept
+    assert isinstance(work._handle("model-chest_xray"), FakeApp)
+    assert work._handle("model-chest_xray") is work._handle("model-chest_xray")
+    assert len(asked) == 3
