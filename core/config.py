@@ -1106,8 +1106,9 @@ class Hl7Config(_Model):
         default=2,
         ge=0,
         le=16,
-        description="Processes that parse, check, map (FHIR validation included) and, on "
-        "SQLite, store messages, off the MLLP event loop's GIL; 0 does it all in the listener",
+        description="Processes that parse, check and map messages (FHIR validation included), "
+        "off the MLLP event loop's GIL; on SQLite one more process stores them (one commit "
+        "for what is decided together); 0 does it all in the listener",
     )
     validate_resources: bool = Field(
         default=True,

@@ -57,6 +57,7 @@ from state.ledger import open_database
 from state.sqlite import SqliteDatabase
 
 __all__ = [
+    "AuditMarks",
     "ContextMatch",
     "ContextReader",
     "ContextWriter",
@@ -144,6 +145,16 @@ class InboxEntry:
         return self.digest or hashlib.sha256(self.raw).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class AuditMarks:
+    """Rows whose audit events are in the ledger (``ContextWriter.mark_audited``), as an
+    item of ``store_batch``: the listener's marks join the committer's next commit."""
+
+    inbox: tuple[tuple[int, int], ...]
+    rejected: tuple[int, ...]
+    conflicts: tuple[tuple[int, int], ...] = ()
+
+
 def _write(
     tx: Tx, seal: ColumnSealer, kind: str, rid: str, change: _Change, now: float, opened: _Opened | None = None
 ) -> None:
@@ -227,6 +238,14 @@ class _Opened:
         self._by_text[text] = resource
 
 
+def _mark(tx: Tx, marks: AuditMarks) -> None:
+    for table, rows in (("hl7_inbox", marks.inbox), ("hl7_conflicts", marks.conflicts)):
+        if rows:  # a row re-sent since it was read stays unaudited
+            tx.executemany(f"UPDATE {table} SET audited = 1 WHERE seq = ? AND resends = ?", list(rows))
+    if marks.rejected:
+        tx.executemany("UPDATE hl7_rejected SET audited = 1 WHERE seq = ?", [(s,) for s in marks.rejected])
+
+
 def _dump(resource: Resource) -> str:
     return json.dumps(resource, sort_keys=True)
 
@@ -302,12 +321,14 @@ class ContextWriter:
         """Keep the head of a message answered AR, for inspection and the audit trail."""
         return self._db.submit(lambda tx: self._reject(tx, Rejection(raw, peer, header, error, now)))
 
-    def store_batch(self, items: Sequence[InboxEntry | Rejection]) -> list[Outcome | Exception]:
+    def store_batch(self, items: Sequence[InboxEntry | Rejection | AuditMarks]) -> list[Outcome | Exception]:
         """Store several messages in one transaction: one commit (one fsync) for all of them.
 
         Each message runs in a savepoint of its own, as in ``SqliteDatabase``'s group commit:
-        one that fails rolls back only itself and comes back as its exception. Blocks until
-        the commit is durable (a parse worker's way in; it has no event loop to keep free).
+        one that fails rolls back only itself and comes back as its exception. ``AuditMarks``
+        (the audit pump's, through the HL7 committer) are recorded as ``mark_audited`` does
+        and come back as ``(APPLIED, None)``. Blocks until the commit is durable (the HL7
+        committer's way in; it has no event loop to keep free).
 
         Raises:
             TransientIOError: The store cannot be reached (PostgreSQL).
@@ -321,6 +342,9 @@ class ContextWriter:
                 try:
                     if isinstance(item, InboxEntry):
                         out.append(self._receive(tx, item))
+                    elif isinstance(item, AuditMarks):
+                        _mark(tx, item)
+                        out.append((Disposition.APPLIED, None))
                     else:
                         self._reject(tx, item)
                         out.append((Disposition.REJECTED, item.error))
@@ -369,14 +393,8 @@ class ContextWriter:
             conflicts: ``(seq, resends)`` of conflict rows, as audited.
         """
 
-        def work(tx: Tx) -> None:
-            for table, rows in (("hl7_inbox", list(inbox)), ("hl7_conflicts", list(conflicts))):
-                if rows:  # a row re-sent since it was read stays unaudited
-                    tx.executemany(f"UPDATE {table} SET audited = 1 WHERE seq = ? AND resends = ?", rows)
-            if rejected:
-                tx.executemany("UPDATE hl7_rejected SET audited = 1 WHERE seq = ?", [(s,) for s in rejected])
-
-        return self._db.submit(work)
+        marks = AuditMarks(tuple(inbox), tuple(rejected), tuple(conflicts))
+        return self._db.submit(lambda tx: _mark(tx, marks))
 
     def _receive(self, tx: Tx, entry: InboxEntry) -> tuple[Disposition, AckError | None]:
         h = entry.header

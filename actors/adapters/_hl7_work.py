@@ -1,19 +1,25 @@
-"""The parse worker process of the HL7 listener (``actors.adapters.hl7_workers`` runs it).
+"""The parse worker processes of the HL7 listener (``actors.adapters.hl7_workers`` runs them).
 
-A worker answers the frames its socket brings, in order. It decides each one
-(``core.v2intake``) and, where the listener gave it the context store's file (SQLite), stores
-the whole batch that arrived together in one transaction (``ContextWriter.store_batch``: one
-fsync, each message in a savepoint of its own) before it answers any of them: an answer that
-says a message was stored comes after its commit. Without the file (PostgreSQL) it answers
-with the decision and the listener stores.
+A worker answers the frames its socket brings, in order. It has one of two parts:
 
-It is single-threaded on purpose: nothing competes with it for its GIL, so its SQL runs
-without the thread switches that slowed the listener's writer thread. It logs nothing (its
-answers say what the listener logs) and exits when the listener's end of the socket closes.
+- A decider (no store file) decides each frame (``core.v2intake``) and answers at once with
+  the decision: parsing, the checks, the FHIR mapping and its validation, all pure CPU.
+- The committer (the context store's file, SQLite: there is one) stores what the deciders
+  decided: all the frames that reached it together in one transaction
+  (``ContextWriter.store_batch``: one fsync, each message in a savepoint of its own) before it
+  answers any of them: an answer that says a message was stored comes after its commit. It is
+  the store's only writer while it runs, so no commit waits for another process's lock, and
+  the deciders go on deciding while it writes and fsyncs.
 
-Wire format: a request is ``!IIBdH`` (payload length, frame size, oversized, received at,
-peer length), the peer (UTF-8) and the payload; an answer is ``!I`` (length) and a pickle of
-``Intake`` (decided only), ``Stored`` (decided and stored) or the name of an exception.
+Both are single-threaded on purpose: nothing competes with them for their GIL. They log
+nothing (their answers say what the listener logs) and exit when the listener's end of the
+socket closes.
+
+Wire format: a request is ``!IIBdHI`` (payload length, frame size, oversized, received at,
+peer length, decision length), the peer (UTF-8), the payload and, for the committer, the
+decider's answer as it came (the listener does not open it); an answer is ``!I`` (length)
+and a pickle of ``Intake`` (decided), ``Stored`` (decided and stored) or the name of an
+exception.
 """
 
 from __future__ import annotations
@@ -36,12 +42,12 @@ from core.errors import TransientIOError
 from core.hl7 import Issue, MessageHeader
 from core.v2fhir import V2FhirMapper
 from core.v2intake import Intake, IntakeRules, intake_of
-from state.context_store import ContextWriter, InboxEntry, Rejection, open_context_file
+from state.context_store import AuditMarks, ContextWriter, InboxEntry, Rejection, open_context_file
 from state.db import Database
 
 __all__ = ["ANSWER", "REQUEST", "Request", "Stored", "dumps", "loads", "serve"]
 
-REQUEST = struct.Struct("!IIBdH")
+REQUEST = struct.Struct("!IIBdHI")
 ANSWER = struct.Struct("!I")
 _NOT_STORED = "the message could not be stored; resend it later"
 _INTERNAL = "internal error; resend it later"
@@ -57,6 +63,8 @@ class Request:
     oversized: bool
     received_at: float
     peer: str
+    decided: bytes = b""
+    """A decider's answer (a pickle, for the committer); empty: decide it here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,23 +129,26 @@ def _requests(buffer: bytearray) -> Iterator[Request]:
     """The complete requests at the head of ``buffer`` (taken out of it)."""
     start = 0
     while len(buffer) - start >= REQUEST.size:
-        length, size, oversized, at, peer_len = REQUEST.unpack_from(buffer, start)
+        length, size, oversized, at, peer_len, decided_len = REQUEST.unpack_from(buffer, start)
         body = start + REQUEST.size
-        end = body + peer_len + length
+        payload = body + peer_len
+        end = payload + length + decided_len
         if len(buffer) < end:
             break
-        peer = bytes(buffer[body : body + peer_len]).decode("utf-8", "replace")
-        yield Request(bytes(buffer[body + peer_len : end]), size, bool(oversized), at, peer)
+        peer = bytes(buffer[body:payload]).decode("utf-8", "replace")
+        decided = bytes(buffer[payload + length : end])
+        yield Request(bytes(buffer[payload : payload + length]), size, bool(oversized), at, peer, decided)
         start = end
     del buffer[:start]
 
 
 def serve(sock: socket.socket, rules: IntakeRules, store: Path | None, batch_max: int) -> None:
-    """The worker: answer batches of requests until the listener's end closes.
+    """The worker: answer requests until the listener's end closes.
 
-    A batch is what has arrived when the worker is free, joined by what arrives while it is
-    decided (before the commit takes the store's lock): a frame that came in meanwhile shares
-    this commit instead of waiting for the next one.
+    Without ``store`` (a decider) each frame is answered as soon as it is decided. With it
+    (the committer) a batch is what has arrived when the worker is free, joined by what
+    arrives while it is read (before the commit takes the store's lock): a frame that came in
+    meanwhile shares this commit instead of waiting for the next one.
     """
     mapper = rules.mapper()
     db = open_context_file(store) if store is not None else None
@@ -154,21 +165,32 @@ def serve(sock: socket.socket, rules: IntakeRules, store: Path | None, batch_max
                         return
                     buffer += chunk
                     continue
+                if db is None:
+                    for r in batch:  # each answer goes out as soon as it is decided
+                        if not _send(sock, [_decide(r, rules, mapper)]):
+                            return
+                    continue
                 decided = [_decide(r, rules, mapper) for r in batch]
-                while db is not None and len(batch) < batch_max:
+                while len(batch) < batch_max:
                     open_, more = _late(sock, buffer)
                     if not more:
                         break
                     batch += more
                     decided += [_decide(r, rules, mapper) for r in more]
-                answers = _settle(batch, decided, db, batch_max, rules.rejected_max_rows)
-                try:
-                    sock.sendall(b"".join(dumps(a) for a in answers))
-                except OSError:  # the listener went away: what was committed is resent to it
+                if not _send(sock, _settle(batch, decided, db, batch_max, rules.rejected_max_rows)):
                     return
     finally:
         if db is not None:
             db.close()
+
+
+def _send(sock: socket.socket, answers: Sequence[object]) -> bool:
+    """Send answers; ``False``: the listener went away (what was committed is resent to it)."""
+    try:
+        sock.sendall(b"".join(dumps(a) for a in answers))
+    except OSError:
+        return False
+    return True
 
 
 def _late(sock: socket.socket, buffer: bytearray) -> tuple[bool, list[Request]]:
@@ -183,7 +205,12 @@ def _late(sock: socket.socket, buffer: bytearray) -> tuple[bool, list[Request]]:
     return True, list(_requests(buffer))
 
 
-def _decide(r: Request, rules: IntakeRules, mapper: V2FhirMapper) -> Intake | str:
+def _decide(r: Request, rules: IntakeRules, mapper: V2FhirMapper) -> Intake | str | AuditMarks:
+    """The decision on a frame: a decider's (``r.decided``), else made here; or the audit
+    pump's marks (the listener's, for the committer's next commit)."""
+    if r.decided:
+        decision: Intake | str | AuditMarks = pickle.loads(r.decided)  # noqa: S301 - our own processes
+        return decision
     try:
         return intake_of(r.payload, r.size, r.oversized, rules, mapper)
     except Exception as exc:  # noqa: BLE001 - a bug in the mapping: the listener answers AE
@@ -198,7 +225,11 @@ def _answer(
 
 
 def _settle(
-    batch: Sequence[Request], decided: Sequence[Intake | str], db: Database | None, batch_max: int, quota: int
+    batch: Sequence[Request],
+    decided: Sequence[Intake | str | AuditMarks],
+    db: Database | None,
+    batch_max: int,
+    quota: int,
 ) -> list[object]:
     """The answers: the decisions (no store: PostgreSQL), or what storing them did."""
     if db is None:
@@ -209,20 +240,24 @@ def _settle(
     return out
 
 
-def _store(db: Database, batch: Sequence[Request], decided: Sequence[Intake | str], quota: int) -> list[Stored]:
+def _store(
+    db: Database, batch: Sequence[Request], decided: Sequence[Intake | str | AuditMarks], quota: int
+) -> list[Stored]:
     """Store what can be stored in one commit; answer the rest as failed."""
-    items: list[InboxEntry | Rejection] = []
+    items: list[InboxEntry | Rejection | AuditMarks] = []
     where: list[int] = []
     out = [
         Stored(None, Disposition.FAILED, AckError("207", _INTERNAL), f"failed: the mapping raised {d}")
         if isinstance(d, str)
-        else Stored(d.header, Disposition.FAILED, None)
+        else Stored(None if isinstance(d, AuditMarks) else d.header, Disposition.FAILED, None)
         for d in decided
     ]
     for i, (r, d) in enumerate(zip(batch, decided, strict=True)):
         if isinstance(d, str):
             continue
-        if d.rejected:
+        if isinstance(d, AuditMarks):
+            items.append(d)
+        elif d.rejected:
             assert d.error is not None
             items.append(Rejection(r.payload, r.peer, d.header, d.error, r.received_at))
         else:
@@ -246,7 +281,11 @@ def _writer(db: Database, quota: int) -> ContextWriter:
     return writer
 
 
-def _stored(item: InboxEntry | Rejection, result: object, commit: int) -> Stored:
+def _stored(item: InboxEntry | Rejection | AuditMarks, result: object, commit: int) -> Stored:
+    if isinstance(item, AuditMarks):
+        failed = isinstance(result, Exception)
+        problem = f"audit marks not stored: {type(result).__name__}" if failed else ""
+        return Stored(None, Disposition.FAILED if failed else Disposition.APPLIED, None, problem, commit)
     if isinstance(item, Rejection):  # answered AR whether or not its head could be kept
         problem = "" if not isinstance(result, Exception) else f"rejected message not kept: {type(result).__name__}"
         return Stored(item.header, Disposition.REJECTED, item.error, problem, commit)

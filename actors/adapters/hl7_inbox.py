@@ -5,15 +5,17 @@ and apply the change in one transaction (``ContextWriter``), and only then answe
 (``core.acks``). The handler never raises: every failure becomes an ACK code.
 
 Where that runs (issue 14): with ``hl7.parse_workers`` > 0, in worker processes
-(``actors.adapters.hl7_workers``): on SQLite a worker decides and stores the frames that reach
-it together in one commit (one fsync, at most ``hl7.batch_max`` messages) and answers each
-after it; on PostgreSQL it decides, and the event loop submits the transaction to the store
-(``Database.submit``; the pool's transactions run side by side and the server groups their
-commits). With no workers the event loop decides and submits, and on SQLite the store's writer
-thread group-commits. Either way the event loop only waits: it frames, dispatches, and
-acknowledges. Two background loops (``actors.polling.Loop``) keep other work off the ACK path:
-the audit pump, which turns stored messages into ledger audit events, and the WAL checkpoint of
-the SQLite context store (its commits never checkpoint themselves).
+(``actors.adapters.hl7_workers``): that many deciders parse, check and map; on SQLite one
+committer stores the decisions that reach it together in one commit (one fsync, at most
+``hl7.batch_max`` messages) and answers each after it, and it also records the audit pump's
+marks, so the listener's own connection does not take the store's write lock from it; on
+PostgreSQL the event loop submits the transaction to the store (``Database.submit``; the
+pool's transactions run side by side and the server groups their commits). With no workers
+the event loop decides and submits, and on SQLite the store's writer thread group-commits.
+Either way the event loop only waits: it frames, dispatches, and acknowledges. Two background
+loops (``actors.polling.Loop``) keep other work off the ACK path: the audit pump, which turns
+stored messages into ledger audit events, and the WAL checkpoint of the SQLite context store
+(its commits never checkpoint themselves).
 
 - ``AA`` / ``CA``: stored (and applied, or already applied before: not applied twice); an AA
   may carry an ERR of severity W naming an optional field that was ignored.
@@ -29,6 +31,7 @@ values, i.e. PHI) go only to the sender and to the PHI vault.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 import os
@@ -55,7 +58,7 @@ from core.hl7_checks import check_sender
 from core.identifiers import DEFAULT_KEY
 from core.types import AuditEventType
 from core.v2intake import Intake, IntakeRules, intake_of
-from state.context_store import ContextReader, ContextWriter, InboxEntry, context_file
+from state.context_store import AuditMarks, ContextReader, ContextWriter, InboxEntry, context_file
 from state.db import Database
 from state.ledger import Ledger
 
@@ -66,6 +69,8 @@ logger = logging.getLogger(__name__)
 AUDIT_PERIOD_S = 0.2
 AUDIT_CHUNK = 64
 """Audit events per ledger transaction: small, so the pump never holds the GIL for long."""
+METRICS_FLUSH_S = 0.2
+"""Longest an ACK waits to be counted in ``pacsai_hl7_messages_total``."""
 CHECKPOINT_S = 1.0
 """Period of the context store's WAL checkpoint (SQLite)."""
 
@@ -190,6 +195,7 @@ class Hl7Listener:
         )
         self._ack_prefix = f"{os.getpid() % 100000:05d}{int(clock()) % 1000:03d}"
         self._ack_seq = 0
+        self._acked: collections.Counter[tuple[str, str]] = collections.Counter()
         self._settler: _Settler | None = None
         self._audit_lock = threading.Lock()  # one audit pass at a time: no event twice
         self._pump = Loop("hl7-audit", self._audit_round, AUDIT_PERIOD_S) if ledger is not None else None
@@ -237,10 +243,13 @@ class Hl7Listener:
         logger.info("HL7 MLLP listener on %s:%d", self._cfg.listener.host, self.port)
 
     def stop(self) -> None:
-        """Close the port, audit what is left, close the store (commits in flight finish)."""
-        self._server.stop()
+        """Stop the loops, close the port, audit what is left, close the store (commits in
+        flight finish). The audit pump stops first: its marks may be waiting for the committer,
+        which stops with the port."""
         for loop in self.loops:
             loop.stop()
+        self._server.stop()
+        self._record_counts()  # what the event loop had not recorded yet
         if self._ledger is not None:
             self.audit_once()
         self._store.close()
@@ -256,7 +265,7 @@ class Hl7Listener:
         replies = []
         kind = _message_type(header)
         for code in ack_codes(header, disposition):
-            recorder.inc("pacsai_hl7_messages_total", ack_code=str(code), message_type=kind)
+            self._count(str(code), kind)
             self._ack_seq += 1
             text = build_ack(
                 code,
@@ -269,6 +278,18 @@ class Hl7Listener:
             )
             replies.append(text.encode("utf-8"))
         return replies
+
+    def _count(self, code: str, kind: str) -> None:
+        """Count an ACK for ``pacsai_hl7_messages_total``: added up here and recorded at most
+        every ``METRICS_FLUSH_S`` (a recording costs ~30 us of the event loop's time)."""
+        if not self._acked:
+            asyncio.get_running_loop().call_later(METRICS_FLUSH_S, self._record_counts)
+        self._acked[(code, kind)] += 1
+
+    def _record_counts(self) -> None:
+        acked, self._acked = self._acked, collections.Counter()
+        for (code, kind), n in acked.items():
+            recorder.inc("pacsai_hl7_messages_total", n, ack_code=code, message_type=kind)
 
     async def _process(
         self, received: Frame, peer: str, now: float
@@ -447,10 +468,19 @@ class Hl7Listener:
         )
         # At least once: a crash between these two lines repeats events (same inbox seq).
         ledger.audit.append(events, self._clock())
-        inbox = [(r["seq"], r["resends"]) for r in received]
-        self._writer.mark_audited(
-            inbox, [r["seq"] for r in rejected], [(r["seq"], r["resends"]) for r in conflicts]
-        ).result(30)
+        marks = AuditMarks(
+            tuple((r["seq"], r["resends"]) for r in received),
+            tuple(r["seq"] for r in rejected),
+            tuple((r["seq"], r["resends"]) for r in conflicts),
+        )
+        by_committer = self._pool.mark_audited(marks) if self._pool is not None else None
+        if by_committer is None:
+            self._writer.mark_audited(marks.inbox, marks.rejected, marks.conflicts).result(30)
+        elif (stored := by_committer.result(30)).disposition is Disposition.FAILED:
+            raise TransientIOError(stored.problem)
+        elif stored.commit:  # the first of its commit: counted as the event loop counts them
+            self._worker_commits[0] += 1
+            self._worker_commits[1] += stored.commit
         return len(events)
 
     def _conflict_event(self, row: dict[str, Any]) -> AuditEvent:

@@ -243,9 +243,10 @@ def test_a_peer_that_does_not_speak_mllp_is_closed_cleanly(bridge):
 
 
 def test_a_parse_worker_that_dies_loses_nothing_and_is_replaced(tmp_path):
-    """Issue 14: the workers decide and store (SQLite). A worker killed with a frame in
-    flight: that frame is answered AE 207 (the sender resends it), another worker starts, and
-    what was acknowledged stays stored, applied once."""
+    """Issue 14: deciders decide, one committer stores (SQLite). The committer, then the
+    decider, killed with a frame in flight: that frame is answered AE 207 (the sender resends
+    it), another worker of the same part starts, and what was acknowledged stays stored,
+    applied once."""
     import os
     import signal
 
@@ -254,21 +255,24 @@ def test_a_parse_worker_that_dies_loses_nothing_and_is_replaced(tmp_path):
     client = MllpClient("127.0.0.1", listener.port)
     try:
         pool = listener._pool
-        assert pool is not None and pool.stores and pool.alive == 1
+        assert pool is not None and pool.stores and pool.committing and pool.alive == 1
         assert msa(client.send(orm("W1").encode())[0]) == ("AA", "W1")
-        [channel] = pool._channels
-        os.kill(channel.process.pid, signal.SIGSTOP)  # busy: the next frame waits in it
-        client.send_raw(START + orm("W2", accession="ACC-W2").encode() + END)
-        os.kill(channel.process.pid, signal.SIGKILL)
-        [reply] = client.receive()
-        assert msa(reply) == ("AE", "W2") and err(reply)[1] == "207"
-        assert wait_until(lambda: pool.restarts == 1 and pool.alive == 1, 10)
-        for message in (orm("W2", accession="ACC-W2"), orm("W1")):  # the resend, and a resend of an acknowledged one
-            control_id = message.split("|")[9]
+        for n, part in enumerate((True, False), start=1):  # the committer, then the decider
+            [channel] = [c for c in pool._channels if c.committer is part]
+            os.kill(channel.process.pid, signal.SIGSTOP)  # busy: the next frame waits in it
+            client.send_raw(START + orm(f"K{n}", accession=f"ACC-K{n}").encode() + END)
+            time.sleep(0.2)  # decided, and at the stopped committer
+            os.kill(channel.process.pid, signal.SIGKILL)
+            [reply] = client.receive()
+            assert msa(reply) == ("AE", f"K{n}") and err(reply)[1] == "207"
+            assert wait_until(lambda n=n: pool.restarts == n and pool.alive == 1 and pool.committing, 10)
+        for message in (orm("K1", accession="ACC-K1"), orm("K2", accession="ACC-K2"), orm("W1")):
+            control_id = message.split("|")[9]  # the resends, and a resend of an acknowledged one
             assert msa(client.send(message.encode())[0]) == ("AA", control_id)
         rows = {r["control_id"]: (r["status"], r["resends"]) for r in reader.inbox()}
-        assert rows == {"W1": ("applied", 1), "W2": ("applied", 0)}
-        assert [r["_version"] for r in resources(reader, "ServiceRequest")] == [1, 1]
+        assert rows == {"W1": ("applied", 1), "K1": ("applied", 0), "K2": ("applied", 0)}
+        assert [r["_version"] for r in resources(reader, "ServiceRequest")] == [1, 1, 1]
+        assert listener._worker_commits[0] >= 4  # the committer stored them, not the listener
     finally:
         client.close()
         listener.stop()

@@ -3,6 +3,7 @@ its commit fails (a fake store; the real one is in tests/integration/test_hl7_li
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -13,15 +14,16 @@ from core.acks import AckError, Disposition
 from core.errors import MessageInvalid, TransientIOError
 from core.v2fhir import V2FhirMapper
 from core.v2intake import Intake, IntakeRules
+from state.context_store import AuditMarks
 from tests.hl7_messages import adt, orm
 
 RULES = IntakeRules(b"test-key", ("2.5.1",), ("P",), 4096, 4096)
 MAPPER = RULES.mapper()
 
 
-def wire(payload: bytes, peer: str = "10.0.0.1:2575", at: float = 5.0) -> bytes:
+def wire(payload: bytes, peer: str = "10.0.0.1:2575", at: float = 5.0, decided: bytes = b"") -> bytes:
     who = peer.encode()
-    return REQUEST.pack(len(payload), len(payload), 0, at, len(who)) + who + payload
+    return REQUEST.pack(len(payload), len(payload), 0, at, len(who), len(decided)) + who + payload + decided
 
 
 def request(raw: str) -> Request:
@@ -94,3 +96,20 @@ def test_remembered_elements_never_let_an_invalid_resource_through():
         assert where in str(caught.value) and caught.value.error_code == "207"
     with pytest.raises(MessageInvalid):  # an element repeated in a list that forbids it stays wrong
         mapper._check({**good, "id": "p5", "name": [None]}, "C4")
+
+
+def test_the_committer_takes_a_deciders_answer_unopened_and_the_audit_marks():
+    """The listener hands the committer a decider's answer as it came (``Request.decided``)
+    and the audit pump's marks: the committer stores that decision (it does not decide the
+    frame again), and a failed commit answers each as not stored."""
+    decided = dumps(_answer([request(orm("C1"))], RULES, MAPPER, None, 8)[0])[ANSWER.size :]
+    marks = pickle.dumps(AuditMarks(((1, 0),), (2,)))
+    buffer = bytearray(wire(b"GARBAGE", decided=decided) + wire(b"", decided=marks))
+    frame, mark = list(_requests(buffer))
+    assert (frame.payload, frame.decided, mark.decided) == (b"GARBAGE", decided, marks)
+    stored = _answer([frame, mark], RULES, MAPPER, DownStore(), 256)  # type: ignore[arg-type]
+    assert [(s.header and s.header.control_id, s.disposition) for s in stored] == [  # type: ignore[attr-defined]
+        ("C1", Disposition.FAILED),  # the decider's decision (GARBAGE alone would be AR)
+        (None, Disposition.FAILED),
+    ]
+    assert stored[1].problem == "audit marks not stored: TransientIOError"  # type: ignore[attr-defined]
