@@ -13,12 +13,25 @@ senders and files, after one untimed instance of another study (one-time costs u
 - ``pacsai_listener_x<P>``: ``--listener-processes`` listener processes sharing the port
   (``SO_REUSEPORT``, as ``listener.instances``), one spool and one SQLite ledger;
 - ``dcmtk_storescp``: dcmtk's C++ receiver (``storescp --fork +B``), which has no fsync
-  option: it leaves its files in the page cache (``"dcmtk_fsync": false``).
+  option: it leaves its files in the page cache (``"dcmtk_fsync": false``);
+- ``dcmtk_storescp_fsync``: the same storescp running ``sync FILE`` (an fsync of the file) on
+  each file before it answers (``--exec-on-reception ... --exec-sync``): its nearest durable
+  configuration, a fairer peer for a receiver that answers only once the instance is durable
+  (``ratio_vs_dcmtk_fsync``; ``bare_to_dcmtk_ratio``: how far even the bare fsync SCP is from
+  storescp without fsync in the same run).
 
 Prints one JSON line per round, then a summary: ``ratio`` is our listener (one process) over
 the bare SCP (medians; goal >= 1.0), ``ratio_vs_dcmtk`` our ``P`` listener processes over
 storescp (goal >= 0.6); ``paired_*`` are the medians of the per-round ratios, and
-``*_mean_group`` the instances per group commit.
+``*_mean_group`` the instances per group commit. ``*_cpu_ms_per_inst``: CPU per instance of
+each receiver (all its processes; none for storescp) and of its senders (``*_senders_*``: the
+storescu processes, from this process's ``RUSAGE_CHILDREN``). ``pacsai_listener_x<P>_split``:
+instances each listener process took in that round; the kernel hashes each association to one
+``SO_REUSEPORT`` socket, so four senders land 2:2 on two processes in only 3 rounds of 8.
+
+``--py-spy DIR``: ``py-spy record`` on every process of both listener variants, one raw stack
+file each: the threads holding the GIL (CPU), or with ``--py-spy-idle`` every thread, waiting
+ones too (where an association's wall time goes: fsyncs, group commits, the network).
 
 Metrics cost: the listener processes join a local Ray (so Ray's metrics API records for real,
 as in an actor), and our one-process listener runs a second time per round with recording off;
@@ -33,12 +46,13 @@ on by default, as measured above); it runs once more per round with encryption o
 ``encryption_cost_of_medians`` the same from the medians. ``--no-encryption-cost`` skips it.
 
     .venv/bin/python benchmarks/bench_ingest.py [--n 500] [--rounds 3] [--senders 4]
-        [--listener-processes 2] [--no-metrics-cost] [--no-encryption-cost] [--no-dcmtk] [--py-spy DIR]
+        [--listener-processes 2] [--no-metrics-cost] [--no-encryption-cost] [--no-dcmtk] [--py-spy DIR [--py-spy-idle]]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
@@ -47,12 +61,13 @@ from typing import Any
 
 from _common import emit  # benchmarks/ is on sys.path when run as a script; puts the root there
 
-from benchmarks.harness.baselines import STORESCP_OPTIONS, ReceiverRun, receiver_processes
+from benchmarks.harness.baselines import STORESCP_FSYNC_OPTIONS, STORESCP_OPTIONS, ReceiverRun, receiver_processes
 from benchmarks.harness.load import send_storescu, send_storescu_all
 from synthetic.synthetic_dicom import make_ct_series, save_study
 
 BARE, OURS, OFF, DCMTK = "bare_scp", "pacsai_listener", "pacsai_listener_no_metrics", "dcmtk_storescp"
 CLEAR = "pacsai_listener_no_encryption"
+DCMTK_FSYNC = "dcmtk_storescp_fsync"
 
 
 def main() -> None:
@@ -65,12 +80,18 @@ def main() -> None:
     parser.add_argument("--no-encryption-cost", dest="encryption_cost", action="store_false")
     parser.add_argument("--no-dcmtk", dest="dcmtk", action="store_false", help="skip storescp")
     parser.add_argument(
-        "--py-spy", type=Path, default=None, help="profile the one-process listener (py-spy, GIL holders) into DIR"
+        "--py-spy",
+        type=Path,
+        default=None,
+        help="profile every listener process (one-process and x P variants; py-spy) into DIR",
+    )
+    parser.add_argument(
+        "--py-spy-idle", action="store_true", help="with --py-spy: every thread, idle ones too (not only GIL holders)"
     )
     args = parser.parse_args()
     many = f"{OURS}_x{args.listener_processes}"
     names = [BARE, OURS] + ([OFF] if args.metrics_cost else []) + ([CLEAR] if args.encryption_cost else [])
-    names += [many] + ([DCMTK] if args.dcmtk else [])
+    names += [many] + ([DCMTK, DCMTK_FSYNC] if args.dcmtk else [])
     ray_address = None
     if args.metrics_cost:
         import ray
@@ -83,21 +104,26 @@ def main() -> None:
         warm = save_study(make_ct_series(seed=8, n_slices=1, rows=512, cols=512), root / "warm")
         rates: dict[str, list[float]] = {name: [] for name in names}
         groups: dict[str, list[float]] = {OURS: [], many: []}
+        splits: list[list[int]] = []  # instances per listener process of the x P variant, per round
         cpu_ms: dict[str, list[float]] = {}  # receiver CPU per instance, all its processes
         for rnd in range(args.rounds):
             # Rotate which receiver goes first, so drift on a shared machine hits each.
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
             for name in order:
-                profile = args.py_spy / f"listener-round{rnd}.txt" if args.py_spy and name == OURS else None
+                profile = args.py_spy / f"{name}-round{rnd}.txt" if args.py_spy and name in (OURS, many) else None
                 seconds, run = _measure(name, args, (warm, files), root / f"{name}{rnd}", ray_address, profile)
                 rates[name].append(args.n / seconds)
                 if (group := run.mean_group()) is not None and name in groups:
                     groups[name].append(group)
+                if name == many:
+                    splits.append(run.split())
                 if (cpu := run.cpu_s()) is not None:
                     cpu_ms.setdefault(name, []).append(1000 * cpu / args.n)
-            emit(_round_line(rnd, args, names, rates, many))
+                cpu_ms.setdefault(f"{name}_senders", []).append(1000 * run.senders_cpu_s / args.n)
+            emit(_round_line(rnd, args, names, rates, many) | {f"{many}_split": splits[-1]})
         summary = _summary_line(args, names, rates, groups, many)
         summary |= {f"{name}_cpu_ms_per_inst": round(statistics.median(v), 3) for name, v in cpu_ms.items()}
+        summary[f"{many}_splits"] = splits
         emit(summary)
 
 
@@ -116,18 +142,21 @@ def _measure(
     kind = OURS if name.startswith(OURS) else name
     processes = args.listener_processes if name.endswith(f"_x{args.listener_processes}") else 1
     parts = [files[k :: args.senders] for k in range(args.senders)]
-    spy = None
+    spies: list[Any] = []
     metrics, address = name != OFF, ray if kind == OURS else None
     sealed = name != CLEAR
     with receiver_processes(kind, workdir, processes, metrics=metrics, ray_address=address, encryption=sealed) as run:
         send_storescu(warm, run.port)
         if profile is not None:
             profile.parent.mkdir(parents=True, exist_ok=True)
-            spy = run.profile(profile)
+            spies = run.profile(profile, gil=not args.py_spy_idle)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         send_storescu_all([(part, run.port) for part in parts], args.senders)
         seconds = time.perf_counter() - started
-    if spy is not None:
+        spent = resource.getrusage(resource.RUSAGE_CHILDREN)  # only the storescu senders ended meanwhile
+        run.senders_cpu_s = spent.ru_utime + spent.ru_stime - children.ru_utime - children.ru_stime
+    for spy in spies:
         spy.wait(60)
     return seconds, run
 
@@ -140,6 +169,7 @@ def _round_line(
     line["ratio"] = round(rates[OURS][-1] / rates[BARE][-1], 3)
     if DCMTK in rates:
         line["ratio_vs_dcmtk"] = round(rates[many][-1] / rates[DCMTK][-1], 3)
+        line["ratio_vs_dcmtk_fsync"] = round(rates[many][-1] / rates[DCMTK_FSYNC][-1], 3)
     return line
 
 
@@ -171,8 +201,11 @@ def _summary_line(
             "ratio_vs_dcmtk": round(med[many] / med[DCMTK], 3),
             "paired_ratio_vs_dcmtk_median": _paired(rates[many], rates[DCMTK]),
             "goal_vs_dcmtk": ">= 0.6",
+            "ratio_vs_dcmtk_fsync": round(med[many] / med[DCMTK_FSYNC], 3),
+            "bare_to_dcmtk_ratio": round(med[BARE] / med[DCMTK], 3),
             "dcmtk_fsync": False,
             "dcmtk_options": " ".join(STORESCP_OPTIONS),
+            "dcmtk_fsync_options": " ".join(STORESCP_OPTIONS + STORESCP_FSYNC_OPTIONS),
         }
     return line | _costs(med, rates)
 

@@ -36,6 +36,7 @@ from actors.adapters.association_gate import AssociationGate
 from actors.adapters.clock import SystemClock
 from actors.adapters.dimse_limits import AssociationGuard, SpillBuffer, SpillingDimse, spill_into
 from actors.adapters.metrics import recorder
+from actors.adapters.port_sharing import PortSharing
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
 from actors.adapters.query_retrieve import tcp_nodelay
 from actors.adapters.tls import client_context, server_context
@@ -77,11 +78,27 @@ class _Server(ThreadedAssociationServer):
 
 class _SharedPortServer(_Server):
     """An association server whose socket shares its port with the other listener processes of
-    this node (``SO_REUSEPORT``): the kernel spreads new associations over them."""
+    this node (``SO_REUSEPORT``): the kernel spreads new associations over them, and with
+    ``sharing`` (``actors.adapters.port_sharing``) a connection accepted while a sibling is less
+    busy is passed to it."""
+
+    sharing: PortSharing | None = None
 
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve an accepted connection here, or pass it to a less busy sibling."""
+        sharing = self.sharing
+        if sharing is not None and type(request) is socket.socket and sharing.place(request):
+            request.close()  # the sibling holds its own descriptor of the connection
+            return
+        super().process_request(request, client_address)
+
+    def serve_passed(self, request: socket.socket, client_address: Any) -> None:
+        """Serve a connection a sibling passed to us (never passed on again)."""
+        super().process_request(request, client_address)
 
 
 def _serve(ae: AE, address: tuple[str, int], handlers: list[Any], ssl_ctx: Any, *, shared: bool) -> Any:
@@ -189,6 +206,9 @@ class Listener:
         self.guard = AssociationGuard(cfg.limits.max_associations_per_peer, cfg.limits.max_association_s)
         self.evidence = EvidenceScp(ledger, self._actor, self._clock)
         self.gate = AssociationGate(cfg, ledger, self._actor, self._clock)
+        self.sharing: PortSharing | None = None
+        """The hand-over of connections between the listener processes of the port
+        (``instances`` > 1, plain DICOM: ``actors.adapters.port_sharing``)."""
 
     @property
     def port(self) -> int:
@@ -221,7 +241,7 @@ class Listener:
             (evt.EVT_N_CREATE, self.evidence.handle_n_create),
             (evt.EVT_N_SET, self.evidence.handle_n_set),
             (evt.EVT_CONN_OPEN, self._bound_reads),
-            (evt.EVT_CONN_CLOSE, _discard_partial),
+            (evt.EVT_CONN_CLOSE, self._closed),
             (evt.EVT_ACSE_RECV, prefer_decodable_syntaxes),
             (evt.EVT_REQUESTED, self.gate.on_requested),  # issue 13: AE title bound to cert subject
             (evt.EVT_REJECTED, self.gate.on_rejected),
@@ -229,6 +249,11 @@ class Listener:
         address = (self._cfg.host, self._cfg.port)
         # instances > 1: several listener processes share the port
         self._server = _serve(ae, address, handlers, ssl_ctx, shared=shared or self._cfg.instances > 1)
+        if self._cfg.instances > 1 and ssl_ctx is None:  # even the siblings' loads out
+            # beside the spool, not in it: nothing there is PHI (pacsai keys rotate re-seals the spool)
+            rendezvous = self.intake.spool_dir.parent / "listeners"
+            self.sharing = PortSharing(rendezvous, self.port, self._server.serve_passed)
+            self._server.sharing = self.sharing
         self.guard.start()
         logger.info("listener %s on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
 
@@ -261,8 +286,23 @@ class Listener:
         stopped = getattr(server, "_BaseServer__is_shut_down", None)  # socketserver's flag
         return server.socket.fileno() != -1 and not (stopped is not None and stopped.is_set())
 
+    def _closed(self, event: Any) -> None:
+        """EVT_CONN_CLOSE: drop a partly received data set; uncount the association."""
+        _discard_partial(event)
+        if self.sharing is not None:
+            self.sharing.closed()
+
+    def _leave_port(self) -> None:
+        """Take no more connections from siblings (before the listening socket closes)."""
+        if self.sharing is not None:
+            if self._server is not None:
+                self._server.sharing = None  # what it accepts from now on stays here
+            self.sharing.close()
+            self.sharing = None
+
     def stop(self) -> None:
         """Stop accepting and close open associations."""
+        self._leave_port()
         self.guard.stop()
         if self._server is not None:
             try:
@@ -285,6 +325,7 @@ class Listener:
         server = self._server
         if server is None:
             return 0
+        self._leave_port()
         server.shutdown()  # the listening socket closes; running associations go on
         deadline = time.monotonic() + timeout_s
         while (left := server.active_associations) and time.monotonic() < deadline:

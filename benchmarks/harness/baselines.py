@@ -42,6 +42,7 @@ __all__ = [
     "BareScp",
     "RECEIVERS",
     "ReceiverRun",
+    "STORESCP_FSYNC_OPTIONS",
     "STORESCP_OPTIONS",
     "bare_scp",
     "ingest_baselines",
@@ -50,11 +51,15 @@ __all__ = [
     "standalone_listener",
 ]
 
-RECEIVERS = ("bare_scp", "pacsai_listener", "dcmtk_storescp")
+RECEIVERS = ("bare_scp", "pacsai_listener", "dcmtk_storescp", "dcmtk_storescp_fsync")
 """What :func:`receiver_processes` runs."""
 STORESCP_OPTIONS = ("--fork", "+B")
 """dcmtk ``storescp``: a process per association (else it serves one association at a time) and
 bit-preserving writes (the data set as received, as we keep it). It has no fsync option."""
+STORESCP_FSYNC_OPTIONS = ("--exec-on-reception", "sync #p/#f", "--exec-sync")
+"""``dcmtk_storescp_fsync``: storescp that runs coreutils ``sync FILE`` (an fsync of the file)
+on each received file and waits for it before it answers: its nearest durable configuration
+(no directory fsync; a fork and exec per instance)."""
 _READY, _STATS = "RECEIVER-READY", "RECEIVER-STATS "
 
 
@@ -159,22 +164,34 @@ class ReceiverRun:
     pids: list[int] = field(default_factory=list)
     """The receiver processes (storescp: its parent, which forks one per association)."""
     stats: list[dict[str, Any]] = field(default_factory=list)
+    senders_cpu_s = 0.0
+    """CPU seconds the senders spent (set by the caller that measured them)."""
 
-    def profile(self, out: Path, rate: int = 100) -> subprocess.Popen[bytes]:
-        """Attach ``py-spy record`` (raw stacks into ``out``) to the first process, from now
-        until it ends: only the threads holding the GIL (``--gil``: what a Python receiver's
-        throughput is made of), sampled without stopping the process (``--nonblocking``)."""
+    def profile(self, out: Path, rate: int = 100, *, gil: bool = True) -> list[subprocess.Popen[bytes]]:
+        """Attach ``py-spy record`` (raw stacks) to each receiver process, from now until it
+        ends, sampled without stopping it (``--nonblocking``). ``gil``: only the threads holding
+        the GIL (what a Python receiver's CPU time is made of); else every thread, idle ones
+        too (``--idle``: where each association's wall time goes, waits for fsyncs included).
+        Process ``k`` writes ``out`` with ``-<k>`` before its suffix when there are several."""
         spy = str(Path(sys.executable).parent / "py-spy")
-        argv = [spy, "record", "--pid", str(self.pids[0]), "-r", str(rate), "--gil", "--nonblocking"]
-        argv += ["-f", "raw", "-o", str(out)]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs = []
+        for k, pid in enumerate(self.pids):
+            target = out if len(self.pids) == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
+            argv = [spy, "record", "--pid", str(pid), "-r", str(rate), "--nonblocking", "-f", "raw", "-o", str(target)]
+            argv += ["--gil"] if gil else ["--idle", "--threads"]
+            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.5)  # attached before the caller's clock starts
-        return proc
+        return procs
 
     def cpu_s(self) -> float | None:
         """CPU seconds the receiver processes spent while serving (``None``: storescp)."""
         spent = [s["cpu_s"] for s in self.stats if "cpu_s" in s]
         return round(sum(spent), 3) if spent else None
+
+    def split(self) -> list[int]:
+        """Instances each listener process received (``SO_REUSEPORT`` hashes each new
+        association to one of them: four senders often land 3:1 or 4:0 on two processes)."""
+        return [int(s.get("received", 0)) for s in self.stats if "received" in s]
 
     def mean_group(self) -> float | None:
         """Instances per group commit over the listener processes (``None``: not a listener)."""
@@ -208,10 +225,10 @@ def receiver_processes(
     run = ReceiverRun(kind, free_port(), processes)
     procs: list[subprocess.Popen[str]] = []
     try:
-        if kind == "dcmtk_storescp":
-            procs.append(_storescp(workdir, run.port))
+        if kind.startswith("dcmtk_storescp"):
+            procs.append(_storescp(workdir, run.port, fsync=kind.endswith("_fsync")))
             _wait_port(run.port, procs[0])
-        for k in range(processes if kind != "dcmtk_storescp" else 0):
+        for k in range(processes if not kind.startswith("dcmtk_storescp") else 0):
             argv = _child_argv(kind, workdir, run.port, processes, metrics, ray_address)
             argv += [] if encryption else ["--no-encryption"]
             procs.append(_spawn(argv, workdir / f"{kind}-{k}.log"))
@@ -236,8 +253,9 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[str]:
         )
 
 
-def _storescp(workdir: Path, port: int) -> subprocess.Popen[str]:
-    argv = ["storescp", *STORESCP_OPTIONS, "-aet", "PACSAI", "-od", str(workdir), str(port)]
+def _storescp(workdir: Path, port: int, *, fsync: bool = False) -> subprocess.Popen[str]:
+    argv = ["storescp", *STORESCP_OPTIONS, *(STORESCP_FSYNC_OPTIONS if fsync else ()), "-aet", "PACSAI"]
+    argv += ["-od", str(workdir), str(port)]
     env = dict(os.environ, TCP_NODELAY="1")
     return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, text=True)
 

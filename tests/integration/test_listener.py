@@ -144,3 +144,41 @@ def test_wrong_called_ae_title_is_refused(listener):
     lst, _ = listener()
     res = storescu([Path(get_testdata_file("CT_small.dcm"))], "127.0.0.1", lst.port, "NOT_US")
     assert res.returncode != 0
+
+
+def test_listener_processes_of_one_port_even_their_associations_out(tmp_path):
+    """Two listeners sharing a port (``instances`` 2, as two processes do). The first holds
+    four associations before the second starts; of the next four, whichever the kernel hands
+    each to, the busier passes it to the idler (``actors.adapters.port_sharing``): 4:4 held
+    (without it, 4:4 only if the kernel sent all four to the second, 1 in 16). Every instance
+    sent over them is answered, durable and recorded once."""
+    from demo.orthanc import free_port
+
+    port = free_port()
+    ledger = open_ledger(StorageConfig(var_dir=str(tmp_path)))
+    cfg = ListenerConfig(port=port, min_free_bytes=0, instances=2)
+    pair = [Listener(cfg, tmp_path / "spool", tmp_path / "rejected", ledger, quiet_period_s=60.0) for _ in range(2)]
+    datasets = make_ct_series(seed=6, n_slices=16, rows=32, cols=32)
+    files = save_study(datasets, tmp_path / "src")
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    assocs = []
+    try:
+        for lst in pair:
+            lst.start()
+            for _ in range(4):  # held open together: the split is of live associations
+                assocs.append(ae.associate("127.0.0.1", port, ae_title="PACSAI"))
+                assert assocs[-1].is_established
+        for k, path in enumerate(files):
+            assert assocs[k % 8].send_c_store(path).Status == 0x0000
+        assert [lst.received for lst in pair] == [8, 8]
+        assert [lst.sharing.passed if lst.sharing else -1 for lst in pair] == [pair[1].sharing.taken, 0]
+    finally:
+        for assoc in assocs:
+            assoc.release()
+        for lst in pair:
+            lst.stop()
+    study = str(datasets[0].StudyInstanceUID)
+    assert set(ledger.intake.states(study)) == {str(d.SOPInstanceUID) for d in datasets}
+    assert [e.type for e in ledger.audit.events(study)].count("instance_received") == 16
+    ledger.close()
