@@ -119,23 +119,37 @@ class ModelDeployment:
         A study is usually its own full batches (a 400-slice CT is 12 passes of 32), so it pays
         one network pass per batch, not one batcher future per slice (issue 14); a radiograph's
         one or two inputs still share passes with concurrent requests.
+
+        The whole batches of one request run back to back in one worker thread under one hold of
+        the network lock, not interleaved with another request's: with two requests in flight,
+        the first then finishes after its own passes and its caller's next request arrives while
+        the second runs, so the network never waits for a round trip (interleaved, both finished
+        together and the replica sat idle until the next two came: 0.76 of a plain torch loop at
+        batch 8 on the 2-core CPU, bone fracture).
         """
         size = max(1, self._max_batch)
         whole = (len(items) // size) * size
-        parts = [self._forward_direct(items[i : i + size]) for i in range(0, whole, size)]
         tail = asyncio.gather(*(self._forward_batch(item) for item in items[whole:]))
-        done = await asyncio.gather(*parts, tail)
-        chunks = [np.asarray(p) for p in done[:-1]]
-        if done[-1]:
-            chunks.append(np.stack(done[-1]))
+        head = await self._forward_direct(items[:whole], size) if whole else None
+        rest = await tail
+        chunks = [] if head is None else [head]
+        if rest:
+            chunks.append(np.stack(rest))
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self._predictor.entry.findings)), np.float32)
 
-    async def _forward_direct(self, batch: np.ndarray) -> np.ndarray:
-        """One network pass over a whole batch of one request's inputs."""
+    async def _forward_direct(self, items: np.ndarray, size: int) -> np.ndarray:
+        """Network passes over one request's whole batches of ``size``, back to back."""
         if self._batch_sizes is not None:
-            self._batch_sizes.observe(len(batch), tags={"family": self._family})
+            for _ in range(len(items) // size):
+                self._batch_sizes.observe(size, tags={"family": self._family})
         async with self._network:
-            return await asyncio.to_thread(self._predictor.forward, batch)
+            return await asyncio.to_thread(self._passes, items, size)
+
+    def _passes(self, items: np.ndarray, size: int) -> np.ndarray:
+        """Worker thread: ``forward`` over ``items`` in slices of ``size``."""
+        return np.concatenate(
+            [np.asarray(self._predictor.forward(items[i : i + size])) for i in range(0, len(items), size)]
+        )
 
     async def forward(self, item: np.ndarray) -> np.ndarray:
         """Classify one prepared network input (``(C, *spatial)``) through the batcher.
