@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from ray import serve as ray_serve
 
+import serve.deployment
 from core.config import ModelEntry
 from serve.deployment import ModelDeployment
 
@@ -21,6 +22,8 @@ def test_whole_batches_and_the_remainder_come_back_in_input_order(
     # @serve.batch asks its replica's context for max_ongoing_requests; there is no Ray here.
     context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=16))
     monkeypatch.setattr(ray_serve, "get_replica_context", lambda: context)
+    # nor a replica's logging: its set-up would leave this process's loggers not propagating
+    monkeypatch.setattr(serve.deployment, "_log_through_serve", lambda: None)
     entry = untrained_entry.model_copy(
         update={"serve": untrained_entry.serve.model_copy(update={"max_batch_size": 4, "batch_wait_timeout_s": 0.0})}
     )
