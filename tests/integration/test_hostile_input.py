@@ -258,11 +258,14 @@ def thousand_associations(port: int, count: int = 1000, seconds: float = 12.0) -
     return counts
 
 
-def slow_drip(port: int, first: bytes, drip: bytes, every_s: float) -> float:
-    """Send ``first``, then ``drip`` a byte every ``every_s``; seconds until the peer closed."""
+def slow_drip(port: int, first: bytes, drip: bytes, every_s: float, sent: threading.Event | None = None) -> float:
+    """Send ``first`` (then set ``sent``), then ``drip`` a byte every ``every_s``; seconds until
+    the peer closed."""
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
         sock.sendall(first)
+        if sent is not None:
+            sent.set()
         for byte in drip:
             try:
                 sock.sendall(bytes([byte]))
@@ -304,16 +307,25 @@ def test_hostile_barrage_is_refused_and_the_service_keeps_serving(service, tmp_p
 
     # Slow drips first, in the background: each beats the idle timeouts and hits a deadline.
     drips: dict[str, float] = {}
+    opened = [threading.Event(), threading.Event()]
     dripping = [
         threading.Thread(
-            target=lambda: drips.__setitem__("dimse", slow_drip(service.dimse, associate_rq()[:10], bytes(40), 0.5))
+            target=lambda: drips.__setitem__(
+                "dimse", slow_drip(service.dimse, associate_rq()[:10], bytes(40), 0.5, opened[0])
+            )
         ),
         threading.Thread(
-            target=lambda: drips.__setitem__("mllp", slow_drip(service.hl7, b"\x0bMSH|^~\\&|", b"X" * 40, 0.3))
+            target=lambda: drips.__setitem__(
+                "mllp", slow_drip(service.hl7, b"\x0bMSH|^~\\&|", b"X" * 40, 0.3, opened[1])
+            )
         ),
     ]
     for t in dripping:
         t.start()
+    # The drips hold their connections before the barrage: one that came after it would be past
+    # the per-peer cap and closed as it opened (a loaded suite run once started it 0.5 s late).
+    assert all(e.wait(10) for e in opened)
+    time.sleep(0.3)  # and the listener has taken them from its accept queue
 
     # 1,000 concurrent connections, each asking for an association.
     started = time.monotonic()
