@@ -41,7 +41,16 @@ _RECORD = re.compile(
 
 class Collector:
     """rsyslogd as a child process: TLS syslog on a free loopback port, client certificate
-    required, every message written as one line (MSGID, APP-NAME, structured data, MSG)."""
+    required, every message written as one line (MSGID, APP-NAME, structured data, MSG).
+
+    rsyslog before 8.2512 closes an ended TLS session's socket twice (rsyslog/rsyslog#6375):
+    when omfile opens its file between the two closes, the second close takes the file's
+    descriptor, the next session reuses the number, and omfile writes the next messages into
+    that client's socket instead of the file (our sender then reads plain text where TLS
+    should be). Debian bookworm ships 8.2302, so the collector logs its own start message
+    (``processInternalMessages``) and ``start`` waits until the file is open: omfile then
+    never opens it while sessions end.
+    """
 
     def __init__(self, directory: Path, pki: Pki) -> None:
         self.dir, self.out = directory, directory / "received.log"
@@ -50,7 +59,7 @@ class Collector:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         (directory / "rsyslog.conf").write_text(
-            f'global(workDirectory="{directory / "work"}" defaultNetstreamDriver="ossl"\n'
+            f'global(workDirectory="{directory / "work"}" defaultNetstreamDriver="ossl" processInternalMessages="on"\n'
             f'  defaultNetstreamDriverCAFile="{pki.ca}" defaultNetstreamDriverCertFile="{pki.server_cert}"\n'
             f'  defaultNetstreamDriverKeyFile="{pki.server_key}")\n'
             'module(load="imtcp" streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")\n'
@@ -64,6 +73,13 @@ class Collector:
         conf, pid = self.dir / "rsyslog.conf", self.dir / "rsyslog.pid"
         self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(pid)], stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = self.out.read_text(encoding="utf-8", errors="replace") if self.out.exists() else ""
+            if f'x-pid="{self.proc.pid}"' in text:
+                break  # this rsyslogd's start message is written: its file is open for good
+            time.sleep(0.05)
+        else:
+            raise AssertionError("rsyslogd did not write its start message")
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
