@@ -96,13 +96,14 @@ LOCAL_RAY_FILES = frozenset(
         "test_cli.py",  # `pacsai up` starts a Ray
         "test_hl7_listener.py",  # bounds a slow peer's cut-off
         "test_hostile_input.py",  # bounds the drips' cut-off
+        "test_lease_takeback.py",
         "test_listener_fuzz.py",
     }
 )
 """Integration files run one after the other on one worker, never beside each other."""
 
 
-def work_unit(nodeid: str) -> str:
+def test_group(nodeid: str) -> str:
     """The work unit of a test under ``make test``'s two workers: ``cluster`` (the multi-node
     tests: their own ``ray start`` nodes, ports and temp dirs, so they run beside the local Ray),
     ``local-ray`` (:data:`LOCAL_RAY_FILES`: a second local Ray would deploy every model twice on
@@ -114,8 +115,11 @@ def work_unit(nodeid: str) -> str:
     return "local-ray" if Path(path).name in LOCAL_RAY_FILES else path
 
 
+test_group.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """``--dist loadgroup`` schedules by :func:`work_unit`. (xdist's own loadgroup reads
+    """``--dist loadgroup`` schedules by :func:`test_group`. (xdist's own loadgroup reads
     ``xdist_group`` marks by rewriting ``item._nodeid``, which pytest 9.2 no longer reads: its
     groups silently became single tests.)"""
     if config.getoption("dist") != "loadgroup":
@@ -124,7 +128,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
     class PeerGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return work_unit(nodeid)
+            return test_group(nodeid)
 
     return PeerGroups(config, log)
 
@@ -141,7 +145,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.stash[_STRAY] = {
         item.nodeid
         for item in items
-        if "ray_session" in getattr(item, "fixturenames", ()) and work_unit(item.nodeid) != "local-ray"
+        if "ray_session" in getattr(item, "fixturenames", ()) and test_group(item.nodeid) != "local-ray"
     }
 
 
