@@ -43,7 +43,8 @@ class Collector:
     """rsyslogd as a child process: TLS syslog on a free loopback port, client certificate
     required, every message written as one line (MSGID, APP-NAME, structured data, MSG).
 
-    rsyslog before 8.2512 closes an ended TLS session's socket twice (rsyslog/rsyslog#6375):
+    rsyslog without the fix of rsyslog/rsyslog#6375 (merged December 2025) closes an ended TLS
+    session's socket twice:
     when omfile opens its file between the two closes, the second close takes the file's
     descriptor, the next session reuses the number, and omfile writes the next messages into
     that client's socket instead of the file (our sender then reads plain text where TLS
