@@ -56,11 +56,12 @@ weights: setup
 	$(PY) -m training --config $(CONFIG)
 
 # Unit tests share nothing (no Ray, no ports, no peers): both cores at once (pytest-xdist). The
-# integration and cluster tests start Ray, Orthanc and PostgreSQL and measure waits, so they run
-# one at a time.
+# integration and cluster tests run on two workers in groups (tests/conftest.py): one worker runs
+# everything on the session's local Ray in turn, the other the multi-node cluster tests (their own
+# Ray nodes), then the files that start no Ray.
 test: setup weights lint
 	$(PY) -m pytest -q -n 2 --timeout=600 --durations=10 tests/unit
-	$(PY) -m pytest -q --timeout=600 --durations=30 tests/integration tests/cluster
+	$(PY) -m pytest -q -n 2 --dist loadgroup --timeout=600 --durations=30 tests/integration tests/cluster
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -3,8 +3,8 @@
 Nothing here runs Ray in pytest's own process: every driver is a subprocess
 (``LocalRayCluster.driver()`` / ``run_driver()``), and the cluster's processes are found and killed
 by their own marker, never by name. So these tests do not disturb a local Ray that the same process
-or machine holds (``tests/integration`` keeps one for its session). They still want the CPU to
-themselves, which is why ``make`` runs them as a pytest invocation of their own.
+or machine holds (``tests/integration`` keeps one for its session): ``make test`` runs them on one
+xdist worker while the other runs the local-Ray tests (groups in ``tests/conftest.py``).
 
 Change the nodes in one place: :data:`tests.cluster.harness.DEFAULT_WORKERS`, or per module with
 ``@pytest.mark.parametrize("ray_cluster", [{"name": {"resource": 1}, ...}], indirect=True)`` (one
