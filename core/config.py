@@ -945,7 +945,9 @@ class LoggingConfig(_Model):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Root log level")
     log_identifiers: bool = Field(
-        default=False, description="Log DICOM identifiers of requests (pynetdicom); never PHI"
+        default=False,
+        description="Kept for older configs; only false is accepted: pynetdicom's identifier "
+        "logging (C-FIND / C-MOVE keys hold Patient ID and name) is off in every process",
     )
     dir: str | None = Field(default=None, description="Where log files go (rotated); unset: <storage.var_dir>/logs")
     max_bytes: int = Field(default=10 << 20, ge=4096, description="Rotate a log file at this size")
@@ -954,6 +956,16 @@ class LoggingConfig(_Model):
     console_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="What reaches the console (pacsai --verbose: INFO)"
     )
+
+    @field_validator("log_identifiers")
+    @classmethod
+    def _never_identifiers(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "false; true would put patient identifiers (Patient ID, name: C-FIND / C-MOVE keys)"
+                " in the logs, which nothing here allows (UIDs and keyed hashes only)"
+            )
+        return value
 
 
 class MetricsConfig(_Model):

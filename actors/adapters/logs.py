@@ -9,7 +9,8 @@ own packages reach it, never the INFO chatter of highdicom, httpx, pynetdicom or
 Ray actors inherit the driver's environment at ``ray.init`` (a local Ray), so the driver
 exports its settings (``export_for_workers``) and each actor's ``configure_logging`` reads
 them back (``LogSettings.from_environment``). What is logged is unchanged: UIDs and hashed
-accessions, never names or patient IDs (``logging.log_identifiers`` gates pynetdicom's).
+accessions, never names or patient IDs (pynetdicom's identifier logging is off everywhere;
+``logging.log_identifiers: true`` is refused by the config).
 """
 
 from __future__ import annotations

@@ -117,6 +117,12 @@ def test_priors_and_per_sender_completion():
         parse_config({"models": {"chest_xray": MODEL}, "priors": {"compare_images": ["brain"]}})
 
 
+def test_identifier_logging_is_refused_naming_the_field():
+    assert parse_config({"logging": {"log_identifiers": False}}).logging.log_identifiers is False
+    with pytest.raises(ConfigError, match=r"logging.log_identifiers: .*patient identifiers"):
+        parse_config({"logging": {"log_identifiers": True}})
+
+
 def test_hl7_bridge_and_ehr_are_off_by_default_and_parse_when_set():
     """Issue #6: the embedded default needs no HL7 or FHIR peer."""
     assert parse_config(None).hl7 is None and parse_config(None).ehr is None
