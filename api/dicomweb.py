@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 
 from actors.adapters.metrics import recorder
+from api.context import ApiContext
 from api.multipart import MultipartError, Part, PartTooLarge, RelatedParts, boundary_of, related_chunks
 from api.problems import Problem
 from api.security import Ingester, Reader, context_of
@@ -242,11 +243,19 @@ def _query(request: Request) -> Query:
         raise Problem(400, str(exc), "invalid-query") from None
 
 
+def _published(ctx: ApiContext, **uids: str | None) -> list[PublishedResult]:
+    """Our result objects narrowed by UIDs, newest first: the outbox's SRs, Parametric Maps,
+    key images and KOS, and the readers' verified SRs."""
+    found = ctx.ledger.outbox.published(**uids, limit=100_000)
+    found += ctx.ledger.clinical.published_verified(**uids, limit=100_000)
+    return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+
 def _results(request: Request, **uids: str | None) -> list[tuple[PublishedResult, Dataset]]:
     """Our result objects narrowed by UIDs, with their attributes (unreadable files skipped)."""
     ctx = context_of(request)
     out = []
-    for r in ctx.ledger.outbox.published(**uids, limit=100_000):
+    for r in _published(ctx, **uids):
         try:
             out.append((r, _header(r.path, ctx.ledger.keyring)))
         except OSError:
@@ -348,7 +357,7 @@ def _wado(request: Request, **uids: str | None) -> Response:
     else:
         wanted = "*"
     ctx = context_of(request)
-    found = ctx.ledger.outbox.published(**uids, limit=100_000)
+    found = _published(ctx, **uids)
     if not found:
         raise Problem(404, "no result object of ours matches", "not-found")
     if wanted != "*":
@@ -372,7 +381,7 @@ def _wado(request: Request, **uids: str | None) -> Response:
 def _metadata(request: Request, **uids: str | None) -> JSONResponse:
     _accept_json(request)
     ctx = context_of(request)
-    found = ctx.ledger.outbox.published(**uids, limit=100_000)
+    found = _published(ctx, **uids)
     if not found:
         raise Problem(404, "no result object of ours matches", "not-found")
     out = []

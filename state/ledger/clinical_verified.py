@@ -10,10 +10,18 @@ comments are sealed columns (``state.column_seal``): opened here, never logged.
 from __future__ import annotations
 
 from core.audit import AuditEvent
-from core.review_submissions import ReviewDecision, ReviewSubmission, SubmissionState, newest_per_reader
+from core.results import OutputKind
+from core.review_submissions import (
+    ReviewDecision,
+    ReviewSubmission,
+    SubmissionState,
+    newest_per_reader,
+    verified_series_uid,
+)
 from state.column_seal import ColumnSealer, sealer_of
 from state.db import Database, Row, Tx
 from state.ledger.audit import append_events
+from state.ledger.outbox import PublishedResult
 
 __all__ = ["VerifiedSubmissions"]
 
@@ -96,6 +104,48 @@ class VerifiedSubmissions:
             row["verified_path"],
             row["last_error"],
         )
+
+    def published_verified(
+        self,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        limit: int = 1000,
+    ) -> list[PublishedResult]:
+        """The verified SRs DICOMweb clients may find and read beside the outbox's results
+        (``Outbox.published``): built and pending or delivered, newest first, narrowed by the
+        UIDs given. One never sent (superseded by the same reader's newer review) or given up
+        (``dead``) is not listed: the PACS does not hold it either. Its series is derived from
+        the AI SR's (``verified_series_uid``), its SOP class is the AI SR's (a verified SR is a
+        copy of it), its time the review's submission.
+        """
+        where = ["r.verified_uid != ''", "r.verified_path != ''", "r.state IN (?, ?)"]
+        args: list[object] = [_PENDING, SubmissionState.DELIVERED.value]
+        for column, value in (("r.study_uid", study_uid), ("r.verified_uid", sop_instance_uid)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = (
+            "SELECT r.study_uid, r.verified_uid, r.verified_path, r.submitted_at, o.series_uid, o.sop_class_uid"
+            " FROM review_submissions r JOIN outbox o ON o.item_id ="
+            " (SELECT MIN(x.item_id) FROM outbox x WHERE x.sop_instance_uid = r.sr_uid)"
+            " WHERE " + " AND ".join(where) + " ORDER BY r.submitted_at DESC, r.submission_id DESC"
+        )
+        with self._db.read() as tx:
+            rows = tx.all(sql, args)
+        found = [
+            PublishedResult(
+                r["study_uid"],
+                verified_series_uid(r["series_uid"]),
+                r["verified_uid"],
+                r["sop_class_uid"],
+                OutputKind.SR,
+                r["verified_path"],
+                float(r["submitted_at"]),
+            )
+            for r in rows
+        ]
+        return [r for r in found if series_uid is None or r.series_uid == series_uid][:limit]
 
     def mark_verified_built(self, submission_id: int, sop_uid: str, path: str) -> None:
         """Record the verified SR's UID and its file in the outbox directory."""

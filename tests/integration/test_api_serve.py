@@ -26,6 +26,7 @@ from api.auth import issue_token
 from demo.orthanc import OrthancProcess, dicomweb_plugin
 from synthetic.synthetic_dicom import make_cxr_study, save_study
 from tests.integration.conftest import api_config, ledger_of, needs_peers, wait_for_states
+from tests.integration.test_results_to_pacs import _submit
 
 pytestmark = [
     pytest.mark.integration,
@@ -119,6 +120,21 @@ def test_stow_qido_wado_over_https_through_serve(tmp_path, make_pipeline, orthan
     [sr] = [o for o in objects if str(o.SOPClassUID) == SR_CLASS]
     one = client.retrieve_instance(study, str(sr.SeriesInstanceUID), str(sr.SOPInstanceUID))
     assert one.SOPInstanceUID == sr.SOPInstanceUID
+
+    # A reader's verified SR is one of ours too: found and read beside the AI's, in its own series.
+    submission = _submit(ledger, str(sr.SOPInstanceUID), "rita")
+    delivered = lambda: ledger.clinical.verified_submission(submission).state.value == "delivered"  # noqa: E731
+    assert _wait(delivered, 60)
+    verified_uid = ledger.clinical.verified_submission(submission).verified_uid
+    assert verified_uid in {i["00080018"]["Value"][0] for i in client.search_for_instances(study)}
+    [verified] = [o for o in client.retrieve_study(study) if str(o.SOPInstanceUID) == verified_uid]
+    assert verified.VerificationFlag == "VERIFIED" and verified.SOPClassUID == sr.SOPClassUID
+    assert verified.SeriesInstanceUID != sr.SeriesInstanceUID
+    assert str(verified.SeriesInstanceUID) in {s["0020000E"]["Value"][0] for s in client.search_for_series(study)}
+    again = client.retrieve_instance(study, str(verified.SeriesInstanceUID), verified_uid)
+    assert again.SOPInstanceUID == verified_uid
+    meta = client.retrieve_instance_metadata(study, str(verified.SeriesInstanceUID), verified_uid)
+    assert meta["0040A493"]["Value"] == ["VERIFIED"]  # Verification Flag
     assert _wait(lambda: len(_requests(ledger, study)) >= 3, 10)  # reads are audited in batches
     events = _requests(ledger, study)
     assert {e.actor for e in events} == {"token:viewer"}  # who, never the token

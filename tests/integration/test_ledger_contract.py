@@ -15,6 +15,7 @@ from actors.adapters.dimse import Listener
 from actors.prevalidation import PreValidator, VerdictCache
 from actors.validator import ValidationWork
 from core.audit import AuditEvent, ChainBreak
+from core.clinical import FindingDecision, ReviewRequest
 from core.config import ListenerConfig, RetryConfig
 from core.errors import AccessDenied, DimseRefused, LeaseLost, RecordError, RejectedInput
 from core.health import ActorHealth, HealthStatus, LoopHealth
@@ -37,6 +38,7 @@ from core.quarantine import QuarantineState
 from core.records import ModelTask, Prediction, Route
 from core.results import DeliveryState, OutboxItem, OutputKind, SrVersion
 from core.review import FlagKind, FlagState, Resolution, Reviewer, ReviewRole, released_versions
+from core.review_submissions import verified_series_uid
 from core.sources import ArrivalKind, CompletionRule, LateArrival, SenderStanding, SenderTightened
 from core.types import AuditEventType, InstanceMeta, JobState, ValidationIssue
 from core.validation import Validator
@@ -879,6 +881,39 @@ def _written(ledger, uid, now, family="chest_xray"):
     ledger.jobs.transition(job, JobState.WRITTEN, now, effects=[QueueOutbox((sr,)), RecordSrVersions((version,))])
     [job] = ledger.jobs.lease(JobState.WRITTEN, "w", 1, 10.0, now=now)
     return job
+
+
+def _review(ledger, sr_uid, reader, now):
+    """A reader's review of an AI SR version, as the review API records it."""
+    request = ReviewRequest(f"{reader}^Dr", (FindingDecision("1", "agree", True, ""),), "", heatmap_viewed=False)
+    return ledger.clinical.record_review(ledger.results.version(sr_uid), reader, request, {}, reader, now).submission_id
+
+
+def test_verified_srs_are_published_once_built_while_pending_or_delivered(ledger):
+    ledger.intake.record(meta("1"), 100.0, 100.0, "t")
+    _written(ledger, "1.2.3", 100.0)  # AI SR 2.25.1, series 2.25.9
+    listed = lambda **uids: [r.sop_instance_uid for r in ledger.clinical.published_verified(**uids)]  # noqa: E731
+    rita, omar = _review(ledger, "2.25.1", "rita", 101.0), _review(ledger, "2.25.1", "omar", 102.0)
+    assert listed() == []  # not built yet: nothing the PACS could hold
+    ledger.clinical.mark_verified_built(rita, "2.25.71", "/o/2.25.71.dcm")
+    ledger.clinical.mark_verified_built(omar, "2.25.72", "/o/2.25.72.dcm")
+    [r] = ledger.clinical.published_verified(sop_instance_uid="2.25.71")
+    assert (r.study_uid, r.series_uid, r.sop_class_uid, r.kind, r.path, r.created_at) == (
+        "1.2.3", verified_series_uid("2.25.9"), "1.2.840.10008.5.1.4.1.1.88.34", OutputKind.SR, "/o/2.25.71.dcm", 101.0
+    )  # fmt: skip
+    assert listed() == listed(study_uid="1.2.3") == ["2.25.72", "2.25.71"]  # newest first
+    assert listed(series_uid=verified_series_uid("2.25.9")) == ["2.25.72", "2.25.71"]
+    assert listed(series_uid="2.25.9") == listed(study_uid="9.9") == [] and listed(limit=1) == ["2.25.72"]
+    event = AuditEvent(AuditEventType.VERIFIED_SR_DELIVERED, "d", "1.2.3", "2.25.71")
+    assert ledger.clinical.mark_verified_delivered(rita, 103.0, event)
+    ledger.clinical.note_verified_failure(omar, "0xA700", dead=True)  # refused to the end
+    assert listed() == ["2.25.71"]
+    newer = _review(ledger, "2.25.1", "rita", 104.0)
+    ledger.clinical.mark_verified_built(newer, "2.25.73", "/o/2.25.73.dcm")
+    assert listed() == ["2.25.73", "2.25.71"]  # delivered stays listed; the newer is pending
+    again = _review(ledger, "2.25.1", "rita", 105.0)
+    assert [s.submission_id for s in ledger.clinical.pending_verified()] == [again]  # supersedes 2.25.73
+    assert listed() == ["2.25.71"]  # superseded before it was sent: the PACS never gets it
 
 
 def _plan(study_uid, cap=5):

@@ -163,6 +163,14 @@ def test_key_images_go_with_the_sr_and_a_review_comes_back_verified_after_a_pacs
     assert ParametricMapStorage in pacs_outputs(orthanc, study_uid)
     events = [e for e in ledger.audit.events(study_uid) if e.type == AuditEventType.VERIFIED_SR_DELIVERED]
     assert [(e.sop_instance_uid, e.detail["review_version"]) for e in events] == [(str(verified.SOPInstanceUID), 2)]
+    # DICOMweb lists the delivered one with the AI SR's class, in its own series; the first, built
+    # while the PACS was down and superseded before it was sent, is not listed (the PACS lacks it).
+    listed = [
+        (r.sop_instance_uid, r.series_uid, r.sop_class_uid) for r in ledger.clinical.published_verified(study_uid)
+    ]
+    assert listed == [(str(verified.SOPInstanceUID), str(verified.SeriesInstanceUID), str(ai_sr.SOPClassUID))]
+    assert ledger.clinical.verified_submission(first).verified_path  # built, then superseded
+    assert ledger.clinical.published_verified(series_uid=str(ai_sr.SeriesInstanceUID)) == []
 
     # A PACS that refuses: one attempt per refusal, dead at retry.max_attempts.
     pipeline.stop()
@@ -177,6 +185,9 @@ def test_key_images_go_with_the_sr_and_a_review_comes_back_verified_after_a_pacs
         assert work() == 0 and refuser.calls == 2
     finally:
         refuser.stop()
+    dead = ledger.clinical.verified_submission(other)
+    assert dead is not None and dead.verified_path  # built, refused to the end: not one of ours to list
+    assert [r.sop_instance_uid for r in ledger.clinical.published_verified(study_uid)] == [str(verified.SOPInstanceUID)]
     assert dcmread_plain(ledger.clinical.verified_submission(second).verified_path, ledger.keyring) == verified
 
 
