@@ -32,6 +32,7 @@ from actors._cli_audit import audit_keygen, audit_verify
 from actors._cli_export import export_parser
 from actors._cli_keys import keys_rotate, register_keys
 from actors._cli_metrics import metrics_parser
+from actors._cli_purge import preview, print_preview, refuse_without_dry_run, register_purge
 from actors._cli_render import (
     EXAMPLES,
     entry_json,
@@ -342,6 +343,15 @@ def _plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             logger.warning("plugin %s (%s) not loaded: %s: %s", ep.name, ep.value, type(exc).__name__, exc)
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Show what retention would delete now (``--dry-run``; ``actors._cli_purge``)."""
+    if not args.dry_run:
+        return refuse_without_dry_run()
+    cfg = _config(args)
+    print_preview(preview(cfg, _ledger(cfg)), args.json)
+    return 0
+
+
 def _parser(plugins: bool = True) -> argparse.ArgumentParser:
     """Every sub-command; without ``plugins``, only the built-in ones (the plugins' imports
     cost most of a second, which ``pacsai up`` would spend before starting Ray)."""
@@ -383,6 +393,7 @@ def _parser(plugins: bool = True) -> argparse.ArgumentParser:
     _review_parser(add("review", cmd_review, "review flags: list, show, resolve (who, why, audited)"))
     _tokens_parser(add("tokens", cmd_tokens, "API tokens: create, list, revoke"))
     register_keys(add("keys", cmd_keys, "data keys at rest: rotate (re-seals files and columns)"))
+    register_purge(add("purge", cmd_purge, "retention: what the next purge would delete (--dry-run)"))
     export_parser(sub.add_parser("export", help="research export: de-identified copies (export deid)"))
     metrics_parser(sub.add_parser("metrics", help="success measures per model version and month (metrics export)"))
     if plugins:

@@ -14,6 +14,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import StorageConfig
@@ -23,7 +24,7 @@ from state.layout import VarLayout
 from state.ledger import Ledger
 from state.ledger.retention import RETENTION_ACTOR, SpoolItem
 
-__all__ = ["Purger", "context_opener", "policy_of", "purge_context"]
+__all__ = ["Purger", "RetentionPreview", "context_due", "context_opener", "policy_of", "purge_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,40 @@ def purge_context(db: Database, raw_before: float | None, rejected_before: float
         return out
 
     return db.run(work)
+
+
+def context_due(db: Database, raw_before: float | None, rejected_before: float | None) -> dict[str, int]:
+    """What ``purge_context`` with these cutoffs would change, per store, changing nothing."""
+    out = {"hl7_raw": 0, "rejected": 0}
+    with db.read() as tx:
+        if raw_before is not None:
+            for sql in (
+                "SELECT COUNT(*) AS n FROM hl7_inbox WHERE audited = 1 AND received_at <= ? AND length(raw) > 0",
+                "SELECT COUNT(*) AS n FROM hl7_conflicts WHERE audited = 1 AND received_at <= ?",
+            ):
+                out["hl7_raw"] += int(tx.one(sql, (raw_before,))["n"])
+        if rejected_before is not None:
+            row = tx.one(
+                "SELECT COUNT(*) AS n FROM hl7_rejected WHERE audited = 1 AND received_at <= ?", (rejected_before,)
+            )
+            out["rejected"] = int(row["n"])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPreview:
+    """What a purge round would delete now (``pacsai purge --dry-run``); nothing names a patient.
+
+    Attributes:
+        counts: Items per store (``spool``, ``quarantine``, ``rejected``: files and HL7 heads,
+            ``hl7_raw``: raw HL7 messages and conflict copies), as the round's audit event counts them.
+        file_bytes: Bytes of the files among them (on disk, sealed).
+        purging: The stores that purge at all (``storage.retention``).
+    """
+
+    counts: dict[str, int]
+    file_bytes: int
+    purging: tuple[str, ...]
 
 
 def context_opener(storage: StorageConfig) -> Callable[[], Database | None]:
@@ -107,6 +142,19 @@ class Purger:
             logger.info("retention purged %s (failed %d)", dict(done), failed)
         return sum(done.values())
 
+    def preview(self, now: float) -> RetentionPreview:
+        """What ``round(now)`` would delete, found the same way, with nothing deleted or recorded."""
+        files = [(c, Path(item.path)) for c, item in self._spool(now)] + self._rejected_due(now)
+        done = counts(c for c, _ in files) + Counter(self._context_rows(now, dry_run=True))
+        size = 0
+        for _, path in files:
+            try:
+                size += path.stat().st_size
+            except OSError:  # gone already: the round would only record it
+                pass
+        purging = tuple(sorted(str(s) for s in self._policy.active))
+        return RetentionPreview({k: n for k, n in sorted(done.items()) if n}, size, purging)
+
     def _spool(self, now: float) -> list[tuple[Candidate, SpoolItem]]:
         """Spool files of delivered studies and quarantined instances that are due."""
         out: list[tuple[Candidate, SpoolItem]] = []
@@ -132,6 +180,10 @@ class Purger:
         return gone, failed
 
     def _rejected_files(self, now: float) -> list[Candidate]:
+        """Delete the files under ``rejected/`` past ``rejected_days``; return those that went."""
+        return self._delete(self._rejected_due(now))[0]
+
+    def _rejected_due(self, now: float) -> list[tuple[Candidate, Path]]:
         """Files under ``rejected/`` past ``rejected_days`` by their modification time."""
         if self._policy.cutoff(Store.REJECTED, now) is None or not self._layout.rejected.is_dir():
             return []
@@ -140,16 +192,18 @@ class Purger:
             if entry.is_file(follow_symlinks=False):
                 found.append((Candidate(Store.REJECTED, entry.name, entry.stat().st_mtime), Path(entry.path)))
         keep = {id(c) for c in due([c for c, _ in found], self._policy, now)}
-        return self._delete([(c, p) for c, p in found if id(c) in keep])[0]
+        return [(c, p) for c, p in found if id(c) in keep]
 
-    def _context_rows(self, now: float) -> dict[str, int]:
+    def _context_rows(self, now: float, dry_run: bool = False) -> dict[str, int]:
         raw = self._policy.cutoff(Store.HL7_RAW, now)
         rejected = self._policy.cutoff(Store.REJECTED, now)
         if (raw is None and rejected is None) or self._open_context is None:
             return {}
         if self._context is None:
             self._context = self._open_context()
-        return {} if self._context is None else purge_context(self._context, raw, rejected)
+        if self._context is None:
+            return {}
+        return (context_due if dry_run else purge_context)(self._context, raw, rejected)
 
     def close(self) -> None:
         """Close the context store handle, if one was opened."""

@@ -219,3 +219,33 @@ def test_review_flags_are_listed_shown_and_resolved_by_who_may_with_why(tmp_path
     [event] = [e for e in ledger.audit.events("1.2.3") if e.type == "review_flag_resolved"]
     assert event.actor == "user:ada" and event.detail["resolution"] == "different_patient"
     ledger.close()
+
+
+def test_purge_dry_run_shows_what_retention_would_delete_and_deletes_nothing(tmp_path):
+    from state.ledger import open_ledger
+    from tests.unit.test_retention_purge import _instance
+
+    var = tmp_path / "var"
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump({"storage": {"var_dir": str(var), "retention": {"spool_after_delivery_days": 1}}}))
+    ledger = open_ledger(parse_storage(config))
+    now = time.time()
+    old = ledger.db.run(lambda tx: _instance(tx, var, "1.1", "delivered", now - 2 * 86400))
+    young = ledger.db.run(lambda tx: _instance(tx, var, "1.2", "delivered", now - 3600))
+    ledger.close()
+
+    shown = pacsai("purge", "--dry-run", "--json", "--config", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"counts": {"spool": 1}, "file_bytes": 4, "purging": ["spool"]}
+    text = pacsai("purge", "--dry-run", "--config", str(config))
+    assert text.returncode == 0 and "spool       1" in text.stdout and "nothing was deleted" in text.stdout
+    assert old.exists() and young.exists()  # a dry run
+    refused = pacsai("purge", "--config", str(config))
+    assert refused.returncode == 2 and "only --dry-run" in refused.stderr and "auditor" in refused.stderr
+    assert old.exists()
+
+
+def parse_storage(config: Path):
+    from core.config import parse_config
+
+    return parse_config(yaml.safe_load(config.read_text())).storage

@@ -66,6 +66,12 @@ def test_a_round_purges_only_what_is_due_and_settled_and_audits_it(tmp_path):
     writer.mark_audited([(inbox[0]["seq"], 0)], [r["seq"] for r in rejected]).result()  # R2 not yet audited
 
     purger = Purger(storage, ledger, context_opener(storage))
+    preview = purger.preview(NOW)  # what the round will take, found the same way, nothing touched
+    assert preview.counts == {"hl7_raw": 1, "rejected": 2, "spool": 1} and preview.file_bytes == 4 + 1
+    assert preview.purging == ("hl7_raw", "rejected", "spool")
+    assert all(p.exists() for p in paths.values()) and len(list((var / "rejected").iterdir())) == 2
+    with context.read() as tx:
+        assert tx.one("SELECT COUNT(*) AS n FROM hl7_inbox WHERE length(raw) > 0")["n"] == 2
     assert purger.active and purger.round(NOW) == 4  # spool 1, rejected file 1 + row 1, hl7 raw 1
     assert [k for k, p in paths.items() if not p.exists()] == ["old-delivered"]
     assert sorted(p.name for p in (var / "rejected").iterdir()) == ["young.dcm"]
@@ -78,8 +84,10 @@ def test_a_round_purges_only_what_is_due_and_settled_and_audits_it(tmp_path):
         marked = tx.all("SELECT sop_instance_uid, override FROM instances WHERE purged_at IS NOT NULL")
     assert [(e["actor"], e["study_uid"], e["sop_instance_uid"]) for e in events] == [("system:retention", "", "")]
     assert json.loads(events[0]["detail"]) == {"kind": "retention", "counts": {"hl7_raw": 1, "rejected": 2, "spool": 1}}
+    assert purger.preview(NOW).counts == {}  # nothing left that is due
     assert [(m["sop_instance_uid"], m["override"]) for m in marked] == [("1.1", "discarded")]
     assert purger.round(NOW) == 0  # nothing more is due: no second event
+    assert purger.preview(NOW + DAY_S).counts == {"rejected": 1, "spool": 1}
     assert purger.round(NOW + DAY_S) == 2  # a day later: the young delivered study and rejected file
     purger.close()
     context.close()

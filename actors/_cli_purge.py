@@ -1,0 +1,64 @@
+"""``pacsai purge --dry-run``: what retention would delete now, deleting nothing.
+
+The purging itself is the auditor's loop (``state.retention_purge.Purger.round``, every
+``storage.retention.period_s`` while the service runs); this asks the same ``Purger`` what its
+next round would take (``Purger.preview``), so an operator can check a retention setting
+before a round acts on it. Counts per store and the bytes of the files: nothing that names a
+patient. Only this cell's instances are considered, as by the auditor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from core.config import AppConfig
+from state.ledger import Ledger
+from state.retention_purge import Purger, RetentionPreview, context_opener
+
+__all__ = ["preview", "print_preview", "refuse_without_dry_run", "register_purge"]
+
+NOT_OFFERED = (
+    "pacsai purge: only --dry-run is offered; the auditor purges what is due every "
+    "storage.retention.period_s while the service runs"
+)
+
+
+def preview(cfg: AppConfig, ledger: Ledger, now: float | None = None) -> RetentionPreview:
+    """What the next purge round would delete (the ledger is closed afterwards)."""
+    purger = Purger(cfg.storage, ledger, context_opener(cfg.storage))
+    try:
+        return purger.preview(time.time() if now is None else now)
+    finally:
+        purger.close()
+        ledger.close()
+
+
+def print_preview(found: RetentionPreview, as_json: bool) -> None:
+    """Print a preview as text (or one JSON object)."""
+    if as_json:
+        print(json.dumps({"counts": found.counts, "file_bytes": found.file_bytes, "purging": list(found.purging)}))
+        return
+    if not found.purging:
+        print("storage.retention: no store purges (every *_days is null): nothing would be deleted")
+        return
+    print(f"retention would delete now (stores that purge: {', '.join(found.purging)}):")
+    for store in sorted(set(found.purging) | set(found.counts)):
+        print(f"  {store:<11} {found.counts.get(store, 0)}")
+    print(f"  files       {found.file_bytes / 1e6:.1f} MB")
+    print("nothing was deleted (--dry-run)")
+
+
+def register_purge(add: argparse.ArgumentParser) -> None:
+    """The options of ``pacsai purge``."""
+    add.epilog = "Example:\n  pacsai purge --dry-run --config configs/prod.yaml"
+    add.add_argument("--dry-run", action="store_true", help="show what would be deleted; delete nothing")
+    add.add_argument("--json", action="store_true", help="one JSON object: counts per store, file bytes")
+
+
+def refuse_without_dry_run() -> int:
+    """``pacsai purge`` without ``--dry-run``: say where the purging happens (exit 2)."""
+    print(NOT_OFFERED, file=sys.stderr)
+    return 2
