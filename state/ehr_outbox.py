@@ -48,7 +48,7 @@ def _report(row: Row, seal: ColumnSealer) -> EhrReport:
         int(row["attempts"]),
         int(row["waits"]),
         float(row["not_before"]),
-        row["last_error"],
+        seal.open_text(row["last_error"]),
         float(row["created_at"]),
         None if row["delivered_at"] is None else float(row["delivered_at"]),
     )
@@ -125,7 +125,7 @@ class EhrOutbox:
                 "UPDATE ehr_reports SET not_before = ?, last_error = ?, attempts = attempts + ?,"
                 " waits = CASE WHEN ? = 1 THEN 0 ELSE waits + 1 END,"
                 " state = CASE WHEN ? = 1 THEN 'dead' ELSE state END WHERE item_id = ?",
-                (not_before, error[:1000], int(spent), int(spent), int(dead), item_id),
+                (not_before, self._seal.text(error[:1000]), int(spent), int(spent), int(dead), item_id),
             )
         )
 

@@ -44,6 +44,8 @@ def fill(storage: StorageConfig) -> None:
     db.close()
     ehr = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr"))
     ehr.enqueue("1.2.3.4", 1, "1.2.3", 0, {"subject": {"display": "SYNTHETIC^PATIENT", "id": "MRN123"}}, 100.0)
+    [queued] = ehr.reports()  # an EHR's refusal may quote the patient: its text is sealed too
+    ehr.defer(queued.item_id, 101.0, "HTTP 422: no patient MRN123 (SYNTHETIC^PATIENT)", spent=True)
     ehr.close()
     ledger = open_ledger(storage)
     ledger.db.run(
@@ -109,6 +111,7 @@ def test_no_store_file_holds_the_patient_in_clear_and_every_value_reads_back(sto
     db.close()
     [report] = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr")).reports()
     assert report.bundle["subject"]["display"] == "SYNTHETIC^PATIENT"
+    assert report.last_error == "HTTP 422: no patient MRN123 (SYNTHETIC^PATIENT)"
 
 
 def _ids(db, kind: str) -> list[str]:
@@ -127,7 +130,7 @@ def test_rotation_reseals_every_value_under_the_new_key(storage, tmp_path):
     counts = reseal_counts(cfg, new)
     assert before == sum(counts.values()) and counts["context.resources"] >= 3
     assert counts["context.hl7_inbox"] == counts["context.hl7_conflicts"] == 1  # raw (no error: applied)
-    assert counts["ledger.jobs"] == 1 and counts["ehr.ehr_reports"] == 1 and counts["context.hl7_rejected"] == 2
+    assert counts["ledger.jobs"] == 1 and counts["ehr.ehr_reports"] == 2 and counts["context.hl7_rejected"] == 2
     assert count_unsealed_current(cfg, new) == 0 and reseal_databases(cfg, new) == 0  # idempotent
     write_key_file(key_file, Keyring({"k2": new.keys["k2"]}, "k2"))  # the retired key dropped
     db = open_context(storage)
