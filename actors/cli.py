@@ -29,6 +29,7 @@ from typing import Any
 from rich.console import Console
 
 from actors._cli_audit import audit_keygen, audit_verify
+from actors._cli_ehr import ehr_list, ehr_replay, register_ehr
 from actors._cli_export import export_parser
 from actors._cli_keys import keys_rotate, register_keys
 from actors._cli_metrics import metrics_parser
@@ -343,6 +344,15 @@ def _plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             logger.warning("plugin %s (%s) not loaded: %s: %s", ep.name, ep.value, type(exc).__name__, exc)
 
 
+def cmd_ehr(args: argparse.Namespace) -> int:
+    """The EHR outbox: list reports, replay dead ones (``actors._cli_ehr``)."""
+    cfg = _config(args)
+    ledger = _ledger(cfg)  # first: it loads the data keys the EHR store's columns are sealed with
+    if args.ehr_command == "list":
+        return ehr_list(cfg, ledger, args.state, args.limit, args.json)
+    return ehr_replay(cfg, ledger, args.items, args.all_dead, args.user, args.reason)
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     """Show what retention would delete now (``--dry-run``; ``actors._cli_purge``)."""
     if not args.dry_run:
@@ -393,6 +403,7 @@ def _parser(plugins: bool = True) -> argparse.ArgumentParser:
     _review_parser(add("review", cmd_review, "review flags: list, show, resolve (who, why, audited)"))
     _tokens_parser(add("tokens", cmd_tokens, "API tokens: create, list, revoke"))
     register_keys(add("keys", cmd_keys, "data keys at rest: rotate (re-seals files and columns)"))
+    register_ehr(add("ehr", cmd_ehr, "EHR outbox: list reports, replay dead ones (audited)"))
     register_purge(add("purge", cmd_purge, "retention: what the next purge would delete (--dry-run)"))
     export_parser(sub.add_parser("export", help="research export: de-identified copies (export deid)"))
     metrics_parser(sub.add_parser("metrics", help="success measures per model version and month (metrics export)"))

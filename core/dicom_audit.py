@@ -110,6 +110,7 @@ EVENTS: MappingProxyType[str, EventSpec] = MappingProxyType(
         T.RESEARCH_EXPORTED: _spec(EXPORT, "R"),
         T.DATA_KEYS_ROTATED: _spec(SECURITY, "U"),
         T.EHR_REPORT_FAILED: _spec(EXPORT, "R", "4"),
+        T.EHR_REPORT_REPLAYED: _spec(ACTIVITY, "E"),
         T.API_REQUEST: _spec(ACTIVITY, "E"),
         T.API_TOKEN_CREATED: _spec(SECURITY, "C"),
         T.API_TOKEN_REVOKED: _spec(SECURITY, "D"),

@@ -164,6 +164,8 @@ class AuditEventType(enum.StrEnum):
     """The FHIR endpoint accepted a DiagnosticReport."""
     EHR_REPORT_FAILED = "ehr_report_failed"
     """The FHIR endpoint refused a DiagnosticReport (retried, or dead when retries ran out)."""
+    EHR_REPORT_REPLAYED = "ehr_report_replayed"
+    """An operator put a dead DiagnosticReport back in the EHR outbox with a fresh retry budget."""
     API_REQUEST = "api_request"
     """An HTTP request to the API: who (the subject, never the token), what, and its status."""
     API_TOKEN_CREATED = "api_token_created"

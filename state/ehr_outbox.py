@@ -8,6 +8,7 @@ Instance UID is unique), so queueing twice is harmless.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +129,48 @@ class EhrOutbox:
                 (not_before, self._seal.text(error[:1000]), int(spent), int(spent), int(dead), item_id),
             )
         )
+
+    def replay(self, item_ids: Sequence[int], now: float) -> list[EhrReport]:
+        """Put these dead reports back: pending, due now, a fresh retry budget (attempts and
+        waits 0; the last error stays until the next try). Reports that are not dead are left
+        as they are. Returns the reports replayed, as they were (dead), for the audit trail."""
+
+        def run(tx: Tx) -> list[EhrReport]:
+            out = []
+            for item_id in dict.fromkeys(item_ids):
+                row = tx.one(
+                    "SELECT * FROM ehr_reports WHERE item_id = ? AND state = 'dead'" + tx.for_update, (item_id,)
+                )
+                if row is None:
+                    continue
+                tx.execute(
+                    "UPDATE ehr_reports SET state = 'pending', attempts = 0, waits = 0, not_before = ?"
+                    " WHERE item_id = ? AND state = 'dead'",
+                    (now, item_id),
+                )
+                out.append(_report(row, self._seal))
+            return out
+
+        return self._db.run(run)
+
+    def listing(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Reports for operators, newest first, without PHI: item, SR and study UIDs, state,
+        attempts, when queued and delivered, and of the last error only what precedes its first
+        ``:`` (``HTTP 422``; the endpoint's own text may quote the patient, as the audit trail
+        leaves it out too)."""
+        where, args = ("WHERE state = ?", [state]) if state else ("", [])
+        with self._db.read() as tx:
+            rows = tx.all(
+                "SELECT item_id, sr_uid, study_uid, job_id, state, attempts, waits, not_before, last_error,"
+                f" created_at, delivered_at, cell FROM ehr_reports {where} ORDER BY item_id DESC LIMIT ?",
+                [*args, limit],
+            )
+        out = []
+        for r in rows:
+            row = {k: v for k, v in r.items() if k != "last_error"}
+            row["error"] = self._seal.open_text(r["last_error"]).split(":")[0]
+            out.append(row)
+        return out
 
     def reports(self) -> list[EhrReport]:
         """Every report, oldest first (PHI: for status and tests)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+import yaml
 
 from actors.adapters.fhir_http import FhirClient
 from actors.ehr_delivery import EhrDeliveryWork
@@ -19,6 +21,7 @@ from state.ehr_outbox import EhrOutbox
 from state.layout import VarLayout
 from state.ledger import open_database, open_ledger
 from tests.integration.fhir_server import FhirTestServer
+from tests.integration.test_cli import pacsai
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +71,7 @@ def test_answers_map_to_delivered_unavailable_or_refused(server):
     down.close()
 
 
-def test_a_refused_report_is_retried_then_dead_and_audited(server, backend, storage_for):
+def test_a_refused_report_is_retried_then_dead_audited_and_replayed(server, backend, storage_for, tmp_path):
     storage = storage_for(backend)  # the EHR outbox follows the ledger's backend
     ledger = open_ledger(storage)
     outbox = EhrOutbox(open_database(storage.ledger, VarLayout.at(storage.var_dir), "ehr"))
@@ -91,6 +94,36 @@ def test_a_refused_report_is_retried_then_dead_and_audited(server, backend, stor
         failed = [e for e in ledger.audit.events() if e.type == "ehr_report_failed"]
         assert [e.detail["dead"] for e in failed] == [False, True]
         assert failed[0].detail["error"] == "HTTP 422"  # no server text (may quote PHI)
+
+        # The cause is mended at the EHR: the operator finds the dead report and sends it again.
+        server.force_status = None
+        config = tmp_path / "site.yaml"
+        config.write_text(yaml.safe_dump({"storage": storage.model_dump(mode="json")}))
+        listed = pacsai("ehr", "list", "--json", "--config", str(config))
+        assert listed.returncode == 0, listed.stderr
+        shown = json.loads(listed.stdout)
+        assert shown["counts"] == {"pending": 0, "delivered": 0, "dead": 1}
+        [dead] = shown["reports"]
+        assert (dead["sr_uid"], dead["attempts"], dead["error"]) == ("1.2.3.9", 2, "HTTP 422")  # not the server's text
+        assert "P1" not in listed.stdout and "forced" not in listed.stdout  # no Bundle, no endpoint text
+        replay = pacsai(
+            "ehr", "replay", f"E{dead['item_id']}", "--user", "rita", "--reason", "fixed", "--config", str(config)
+        )
+        assert replay.returncode == 0 and "replayed" in replay.stdout, replay.stderr
+        [row] = outbox.reports()
+        assert (row.state, row.attempts, row.waits) == ("pending", 0, 0)
+        work.send_round()
+        assert [r.state for r in outbox.reports()] == ["delivered"]
+        [event] = [e for e in ledger.audit.events() if e.type == "ehr_report_replayed"]
+        assert (event.actor, event.study_uid, event.sop_instance_uid, event.job_id) == (
+            "user:rita",
+            "1.2.3",
+            "1.2.3.9",
+            7,
+        )
+        assert event.detail == {"item_id": dead["item_id"], "attempts": 2, "reason": "fixed"}
+        again = pacsai("ehr", "replay", f"E{dead['item_id']}", "--config", str(config))
+        assert again.returncode == 1 and "not dead" in again.stdout  # delivered: left as it is
     finally:
         client.close()
         outbox.close()
