@@ -42,9 +42,8 @@ SEALED = (
     SealedTable("context", "hl7_rejected", ("seq",), ("head",), ("error",)),
     SealedTable("context", "hl7_conflicts", ("seq",), ("raw",)),
     SealedTable("context", "resources", ("type", "id"), (), ("json",)),
-    SealedTable(
-        "ehr", "ehr_reports", ("item_id",), (), ("bundle", "last_error")
-    ),  # an EHR's refusal may quote the patient
+    # the report Bundles, and the EHR's refusals, which may quote the patient
+    SealedTable("ehr", "ehr_reports", ("item_id",), (), ("bundle", "last_error")),
     SealedTable("ledger", "jobs", ("job_id",), (), ("data",)),
     SealedTable("ledger", "blobs", ("sha256",), ("data",)),  # PostgreSQL's blob store (heatmaps, big sections)
 )
