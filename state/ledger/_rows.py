@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from core.job import Job
 from core.types import InstanceMeta, JobState
 from state.db import Row
 from state.ledger._codec import RecordCodec
 
-__all__ = ["INSTANCE_COLUMNS", "instance_columns", "instance_of", "job_of"]
+__all__ = ["INSTANCE_COLUMNS", "equal_to", "instance_columns", "instance_of", "job_of"]
 
 INSTANCE_COLUMNS = (
     "sop_instance_uid, sop_class_uid, study_uid, series_uid, modality, transfer_syntax,"
@@ -15,6 +17,17 @@ INSTANCE_COLUMNS = (
     " accession_key"
 )
 """The columns ``instance_of`` reads (``i.``-prefixed where joined: use ``instance_columns``)."""
+
+
+def equal_to(pairs: Iterable[tuple[str, object | None]]) -> tuple[list[str], list[object]]:
+    """``column = ?`` clauses and their arguments for the pairs whose value is given
+    (``None``: not narrowed by that column).
+
+    >>> equal_to([("o.kind", "sr"), ("j.study_uid", None)])
+    (['o.kind = ?'], ['sr'])
+    """
+    given = [(c, v) for c, v in pairs if v is not None]
+    return [f"{c} = ?" for c, _ in given], [v for _, v in given]
 
 
 def instance_columns(alias: str) -> str:

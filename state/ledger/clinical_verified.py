@@ -20,6 +20,7 @@ from core.review_submissions import (
 )
 from state.column_seal import ColumnSealer, sealer_of
 from state.db import Database, Row, Tx
+from state.ledger._rows import equal_to
 from state.ledger.audit import append_events
 from state.ledger.outbox import PublishedResult
 
@@ -119,12 +120,9 @@ class VerifiedSubmissions:
         the AI SR's (``verified_series_uid``), its SOP class is the AI SR's (a verified SR is a
         copy of it), its time the review's submission.
         """
-        where = ["r.verified_uid != ''", "r.verified_path != ''", "r.state IN (?, ?)"]
-        args: list[object] = [_PENDING, SubmissionState.DELIVERED.value]
-        for column, value in (("r.study_uid", study_uid), ("r.verified_uid", sop_instance_uid)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
+        narrowed, given = equal_to((("r.study_uid", study_uid), ("r.verified_uid", sop_instance_uid)))
+        where = ["r.verified_uid != ''", "r.verified_path != ''", "r.state IN (?, ?)", *narrowed]
+        args = [_PENDING, SubmissionState.DELIVERED.value, *given]
         sql = (
             "SELECT r.study_uid, r.verified_uid, r.verified_path, r.submitted_at, o.series_uid, o.sop_class_uid"
             " FROM review_submissions r JOIN outbox o ON o.item_id ="

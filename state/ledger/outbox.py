@@ -10,6 +10,7 @@ from core.ledger import QueueOutbox, WithdrawOutbox
 from core.results import DeliveryState, OutboxEntry, OutboxItem, OutputKind
 from core.versions import VersionState
 from state.db import Database, Row, Tx
+from state.ledger._rows import equal_to
 from state.ledger.audit import append_events
 
 __all__ = ["Outbox", "PublishedResult", "apply_queue", "apply_withdraw"]
@@ -102,16 +103,15 @@ class Outbox:
     ) -> list[PublishedResult]:
         """Our result objects, newest study first: every written SR, Parametric Map, key image
         and KOS that was not superseded (pending or delivered), narrowed by the UIDs given."""
-        where, args = ["o.state != ?"], [DeliveryState.SUPERSEDED.value]
-        for column, value in (
-            ("j.study_uid", study_uid),
-            ("o.series_uid", series_uid),
-            ("o.sop_instance_uid", sop_instance_uid),
-            ("o.kind", kind.value if kind is not None else None),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
+        narrowed, given = equal_to(
+            (
+                ("j.study_uid", study_uid),
+                ("o.series_uid", series_uid),
+                ("o.sop_instance_uid", sop_instance_uid),
+                ("o.kind", kind.value if kind is not None else None),
+            )
+        )
+        where, args = ["o.state != ?", *narrowed], [DeliveryState.SUPERSEDED.value, *given]
         sql = (
             "SELECT j.study_uid, o.series_uid, o.sop_instance_uid, o.sop_class_uid, o.kind, o.path,"
             " o.created_at FROM outbox o JOIN jobs j ON j.job_id = o.job_id WHERE "
