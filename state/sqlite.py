@@ -52,14 +52,18 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
-def connect(path: Path, busy_timeout_s: float = 30.0) -> sqlite3.Connection:
+def connect(path: Path, busy_timeout_s: float = 30.0, page_size: int | None = None) -> sqlite3.Connection:
     """Open a store file: WAL, ``synchronous=FULL``, a busy timeout, rows as dicts.
 
     The connection is in autocommit mode (``isolation_level=None``): transactions are explicit.
+    ``page_size`` applies to a file this call creates (SQLite's default, 4096, when ``None``);
+    a file that exists keeps the page size it was created with.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
     con.row_factory = _dict_row
+    if page_size is not None:  # before WAL mode: the file's first write fixes it
+        con.execute(f"PRAGMA page_size={int(page_size)}")
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
     con.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
@@ -160,6 +164,7 @@ class SqliteDatabase:
         *,
         autocheckpoint: bool = True,
         group_max: int = 0,
+        page_size: int | None = None,
     ) -> None:
         """Open (and create) the file.
 
@@ -169,6 +174,7 @@ class SqliteDatabase:
             autocheckpoint: Let commits checkpoint the WAL (SQLite's default); ``False``: the
                 owner calls ``checkpoint()`` in the background (module docstring).
             group_max: Most transactions in one commit (0: no limit).
+            page_size: The page size of a file created here (``connect``).
         """
         self.path = path
         self._lock = threading.RLock()
@@ -181,7 +187,7 @@ class SqliteDatabase:
         self._writer_wake = threading.Event()
         self._closing = False
         self._busy_timeout_s = busy_timeout_s
-        self._con = connect(path, busy_timeout_s)
+        self._con = connect(path, busy_timeout_s, page_size)
         self._con.execute("PRAGMA busy_timeout=0")  # writers wait in _begin; readers never block
         self._writer_lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._events: dict[str, threading.Event] = {}

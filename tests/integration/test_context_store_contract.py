@@ -108,6 +108,35 @@ def test_an_existing_context_sqlite_is_adopted_as_it_is(tmp_path):
         reader.close()
 
 
+def test_a_new_context_file_has_small_pages_and_an_old_one_keeps_its_own(tmp_path):
+    """Issue 14: the context store is created with 1 KB pages (each HL7 commit writes a third
+    of the WAL bytes it wrote at 4 KB); the ledger keeps SQLite's 4 KB; a context file created
+    before keeps 4 KB, still written and read."""
+    from state.ledger import open_ledger
+    from state.sqlite import connect
+
+    storage = StorageConfig(var_dir=str(tmp_path / "new"))
+    context, ledger = open_context(storage, writer=True), open_ledger(storage)
+    try:
+        for db, size in ((context, 1024), (ledger.db, 4096)):
+            with db.read() as tx:
+                assert tx.one("PRAGMA page_size") == {"page_size": size}
+        assert ContextWriter(context).receive(entry(adt("A01", "PG1"))).result()[0] is Disposition.APPLIED
+    finally:
+        context.close()
+        ledger.close()
+    old = tmp_path / "old" / "var"
+    connect(old / "context.sqlite").close()  # created as before: SQLite's page size
+    db = open_context(StorageConfig(var_dir=str(old)), writer=True)
+    try:
+        assert ContextWriter(db).receive(entry(adt("A01", "PG2"))).result()[0] is Disposition.APPLIED
+        with db.read() as tx:
+            assert tx.one("PRAGMA page_size") == {"page_size": 4096}
+        assert [r["control_id"] for r in ContextReader(db).inbox()] == ["PG2"]
+    finally:
+        db.close()
+
+
 # ---------------------------------------------------------------- write and read back
 def test_a_message_is_stored_raw_and_applied_and_the_join_finds_it(store):
     writer, reader, _ = store
