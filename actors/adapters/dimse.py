@@ -66,6 +66,21 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_UNEXPECTED = 0xC211
 
 
+_FROZEN: list[bool] = []
+"""Whether this process froze its start-up objects (``_freeze_once``)."""
+
+
+def _freeze_once() -> None:
+    """Move what the process holds by now (modules, config, the stores: ~115k objects in a
+    listener process) out of the garbage collector's reach, once per process: a full
+    collection of it took 57-74 ms under load, a stall of every association (the HL7 listener
+    does the same). Once: a process that starts listeners again and again (a test session)
+    would freeze whatever garbage it had each time."""
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN.append(True)
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's threaded association server with a deep accept queue.
 
@@ -256,10 +271,7 @@ class Listener:
             self.sharing = PortSharing(rendezvous, self.port, self._server.serve_passed)
             self._server.sharing = self.sharing
         self.guard.start()
-        # What the process holds by now (modules, config, the stores: ~115k objects) leaves
-        # the collector's reach: a full collection of it took 57-74 ms under load, a stall of
-        # every association (as the HL7 listener does).
-        gc.freeze()
+        _freeze_once()
         logger.info("listener %s on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
 
     def _bound_reads(self, event: Any) -> None:
