@@ -253,41 +253,51 @@ class SpoolIntake:
         return self._writer.submit(write_sealed, self._incoming, name, [header, dataset], self._ring)
 
     def _commit(self, group: list[_Staged]) -> list[RecordResult | BaseException]:
-        """Make a group durable: skip what is held, rename the rest into the spool, fsync each
-        directory once, record every instance in one transaction (committed after the fsyncs).
+        """Make a group durable in one ledger transaction: learn what is held, rename the rest
+        into the spool, fsync each directory once, record every instance (committed after the
+        fsyncs).
 
         An instance already held (or a second copy in the group) keeps the file it has: its
         temporary file is removed and the ledger audits the duplicate. While the ledger cannot
         be read nothing is moved into the spool; if the commit fails, the files moved stay (a
         lost connection may hide a commit that happened; a re-send writes the same path).
+
+        The held check is the transaction's own first read (``record_many(place=...)``), not a
+        read of its own before it: one query less per group, on the path every association of
+        a busy listener waits behind (it took 0.6-0.9 ms a group of the ~4.8 under load).
         """
+        placed: list[dict[str, BaseException]] = []  # once placed, the same answer (a retried transaction)
+        syncing: list[Future[None]] = []
+
+        def place(held: set[str]) -> set[str]:
+            if placed:
+                return set(placed[0])
+            moving: dict[str, int] = {}  # SOP Instance UID -> the group's item that brings its file
+            for k, staged in enumerate(group):
+                uid = staged.arrival.meta.sop_instance_uid
+                if uid in held or uid in moving:
+                    staged.temp.unlink(missing_ok=True)
+                else:
+                    moving[uid] = k
+            moves = [(group[k].temp, Path(group[k].arrival.meta.path)) for k in moving.values()]
+            errors = rename_many(moves)
+            placed.append({uid: e for uid, e in zip(moving, errors, strict=True) if e is not None})
+            # The directories are fsynced while the ledger runs the group's statements; the
+            # commit waits for them (before_commit), so no row is durable before its file's entry.
+            dirs = [f.parent for (_, f), e in zip(moves, errors, strict=True) if not e]
+            syncing.append(self._syncer.submit(fsync_dirs, dirs))
+            return set(placed[0])
+
+        arrivals = [s.arrival for s in group]
         try:
-            held = self._ledger.intake.held([s.arrival.meta.sop_instance_uid for s in group])
+            results = iter(self._ledger.intake.record_many(arrivals, lambda: syncing[0].result(), place))
         except BaseException:
-            for staged in group:
-                staged.temp.unlink(missing_ok=True)
+            if not placed:  # the ledger could not be read: nothing was moved into the spool
+                for staged in group:
+                    staged.temp.unlink(missing_ok=True)
             raise
-        moving: dict[str, int] = {}  # SOP Instance UID -> the group's item that brings its file
-        for k, staged in enumerate(group):
-            uid = staged.arrival.meta.sop_instance_uid
-            if uid in held or uid in moving:
-                staged.temp.unlink(missing_ok=True)
-            else:
-                moving[uid] = k
-        moves = [(group[k].temp, Path(group[k].arrival.meta.path)) for k in moving.values()]
-        errors = rename_many(moves)
-        failed = {uid: e for uid, e in zip(moving, errors, strict=True) if e is not None}
-        # The directories are fsynced while the ledger runs the group's statements; the commit
-        # waits for them (before_commit), so no row is durable before its file's entry.
-        syncing = self._syncer.submit(fsync_dirs, [f.parent for (_, f), e in zip(moves, errors, strict=True) if not e])
-        outcomes: list[RecordResult | BaseException] = [
-            failed.get(s.arrival.meta.sop_instance_uid) or RecordResult.NEW for s in group
-        ]
-        recording = [k for k, o in enumerate(outcomes) if not isinstance(o, BaseException)]
-        results = self._ledger.intake.record_many([group[k].arrival for k in recording], syncing.result)
-        for k, result in zip(recording, results, strict=True):
-            outcomes[k] = result
-        return outcomes
+        failed = placed[0]
+        return [failed.get(s.arrival.meta.sop_instance_uid) or next(results) for s in group]
 
     def ingest_file(
         self, raw: bytes, calling_ae: str, expected_study: str | None = None, actor: str | None = None

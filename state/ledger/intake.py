@@ -204,7 +204,10 @@ class Intake:
         return self.record_many([Arrival(meta, now, complete_at, actor)])[0]
 
     def record_many(
-        self, arrivals: Sequence[Arrival], before_commit: Callable[[], object] | None = None
+        self,
+        arrivals: Sequence[Arrival],
+        before_commit: Callable[[], object] | None = None,
+        place: Callable[[set[str]], set[str]] | None = None,
     ) -> list[RecordResult]:
         """Record durable instances in one transaction (one commit for the listener's group).
 
@@ -220,23 +223,34 @@ class Intake:
             before_commit: Called inside the transaction after its last statement, before the
                 commit (the listener waits there for its directory fsyncs, which ran meanwhile);
                 if it raises, nothing is committed.
+            place: Called inside the transaction first, with the SOP Instance UIDs of
+                ``arrivals`` that are held already (the listener moves the others' files into
+                the spool then, with no read of its own before); returns the UIDs whose files
+                could not be placed: those arrivals are not recorded. A transaction that is
+                run again (PostgreSQL: a deadlock or an insert race) calls it again: it must
+                give the same answer without placing twice.
 
         Returns:
-            One result per arrival, in order.
+            One result per arrival recorded, in order (every arrival without ``place``).
         """
         if not arrivals:
             return []
 
         def transaction(tx: Tx) -> list[RecordResult]:
-            results = self._record_many(tx, arrivals)
+            held = _held(tx, [a.meta.sop_instance_uid for a in arrivals])
+            recorded = arrivals
+            if place is not None:
+                failed = place(set(held))
+                recorded = [a for a in arrivals if a.meta.sop_instance_uid not in failed]
+            results = self._record_many(tx, recorded, dict(held)) if recorded else []
             if before_commit is not None:
                 before_commit()
             return results
 
         return self._db.run(transaction)
 
-    def _record_many(self, tx: Tx, arrivals: Sequence[Arrival]) -> list[RecordResult]:
-        held = _held(tx, [a.meta.sop_instance_uid for a in arrivals])
+    def _record_many(self, tx: Tx, arrivals: Sequence[Arrival], held: dict[str, tuple[str, str]]) -> list[RecordResult]:
+        """``held``: ``_held`` of the arrivals, read in this transaction (updated here)."""
         priors = _priors(tx, [a.meta.series_instance_uid for a in arrivals])
         fresh: list[Arrival] = []
         olds: list[tuple[str, str] | None] = []  # per arrival: what a duplicate duplicates

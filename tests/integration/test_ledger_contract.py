@@ -168,6 +168,31 @@ def test_a_group_of_arrivals_commits_at_once_and_each_is_recorded_as_it_would_be
     assert ledger.audit.verify() is None
 
 
+def test_a_group_learns_what_is_held_inside_its_own_transaction_and_leaves_out_what_it_could_not_place(ledger):
+    """``record_many(place=...)`` (the listener's group commit, issue 14): the held check is the
+    transaction's first read, handed to ``place`` (where the listener moves files); what
+    ``place`` could not place is not recorded, the rest is as without it."""
+    ledger.intake.record(meta("held"), 99.0, 101.0, "t")
+    asked: list[set[str]] = []
+
+    def place(held: set[str]) -> set[str]:
+        asked.append(held)
+        return {"lost"}  # its file could not be renamed into the spool
+
+    arrivals = [
+        Arrival(meta("held", t=100.0), 100.0, 102.0, "t"),
+        Arrival(meta("lost", t=100.1), 100.1, 102.1, "t"),
+        Arrival(meta("new", t=100.2), 100.2, 102.2, "t"),
+    ]
+    results = ledger.intake.record_many(arrivals, place=place)
+    assert results == [RecordResult.DUPLICATE, RecordResult.NEW]  # for "held" and "new"
+    assert asked == [{"held"}]
+    assert set(ledger.intake.states("1.2.3")) == {"held", "new"}
+    assert ledger.intake.held(["lost"]) == set()
+    events = [(e.type, e.sop_instance_uid) for e in ledger.audit.events("1.2.3")]
+    assert events[1:] == [("instance_duplicate", "held"), ("instance_received", "new")]
+
+
 def test_lease_respects_not_before_priority_and_expiry(ledger):
     ledger.intake.record(meta("1"), 100.0, 102.0, "t")
     assert ledger.jobs.lease(JobState.RECEIVING, "w1", 5, 10.0, now=101.0) == []
