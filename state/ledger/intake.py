@@ -185,12 +185,6 @@ class Intake:
         with self._db.read() as tx:
             return tx.one(_KNOWN, (sop_instance_uid, sop_instance_uid)) is not None
 
-    def held(self, sop_instance_uids: Sequence[str]) -> set[str]:
-        """Which of these SOP Instance UIDs are recorded, or are our own results: one read for
-        a whole group of arrivals (``has_instance`` of each)."""
-        with self._db.read() as tx:
-            return set(_held(tx, sop_instance_uids))
-
     def record(self, meta: InstanceMeta, now: float, complete_at: float, actor: str) -> RecordResult:
         """Record a durable instance and attach it to its study's receiving job.
 
