@@ -17,7 +17,6 @@ raises; every failure becomes an explicit DIMSE status (PS3.4 Annex B.2.3):
 
 from __future__ import annotations
 
-import gc
 import logging
 import socket
 import threading
@@ -40,6 +39,7 @@ from actors.adapters.metrics import recorder
 from actors.adapters.port_sharing import PortSharing
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
 from actors.adapters.query_retrieve import tcp_nodelay
+from actors.adapters.startup_gc import freeze_startup
 from actors.adapters.tls import client_context, server_context
 from core.config import AssemblyConfig, ListenerConfig, PacsConfig
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
@@ -64,21 +64,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_UNEXPECTED = 0xC211
-
-
-_FROZEN: list[bool] = []
-"""Whether this process froze its start-up objects (``_freeze_once``)."""
-
-
-def _freeze_once() -> None:
-    """Move what the process holds by now (modules, config, the stores: ~115k objects in a
-    listener process) out of the garbage collector's reach, once per process: a full
-    collection of it took 57-74 ms under load, a stall of every association (the HL7 listener
-    does the same). Once: a process that starts listeners again and again (a test session)
-    would freeze whatever garbage it had each time."""
-    if not _FROZEN:
-        gc.freeze()
-        _FROZEN.append(True)
 
 
 class _Server(ThreadedAssociationServer):
@@ -271,7 +256,7 @@ class Listener:
             self.sharing = PortSharing(rendezvous, self.port, self._server.serve_passed)
             self._server.sharing = self.sharing
         self.guard.start()
-        _freeze_once()
+        freeze_startup()  # one full collection of it took 57-74 ms under load
         logger.info("listener %s on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
 
     def _bound_reads(self, event: Any) -> None:

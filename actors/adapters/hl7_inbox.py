@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import gc
 import logging
 import os
 import sys
@@ -46,6 +45,7 @@ from typing import Any, TypeVar
 from actors.adapters.hl7_workers import ParsePool, Stored, WorkerFailed
 from actors.adapters.metrics import recorder
 from actors.adapters.mllp import Frame, MllpServer
+from actors.adapters.startup_gc import freeze_startup
 from actors.adapters.tls import server_context, split_peer_label
 from actors.polling import Loop
 from core.acks import AckError, Disposition, ack_codes, build_ack
@@ -233,10 +233,10 @@ class Hl7Listener:
         """Open the port and start the loops.
 
         What the process holds by now (modules, config, the stores) is moved out of the
-        garbage collector's reach (``gc.freeze``): a full collection of it took ~100 ms, a
-        stall of every connection's ACK.
+        garbage collector's reach, once per process (``startup_gc.freeze_startup``): a full
+        collection of it took ~100 ms, a stall of every connection's ACK.
         """
-        gc.freeze()
+        freeze_startup()
         self._server.start()
         for loop in self.loops:
             loop.start()

@@ -118,9 +118,9 @@ def test_what_the_listener_holds_once_started_is_out_of_the_collectors_reach(lis
     per process: a second listener freezes nothing more."""
     import gc
 
-    from actors.adapters import dimse
+    from actors.adapters import startup_gc
 
-    monkeypatch.setattr(dimse, "_FROZEN", [])  # as in a fresh process
+    monkeypatch.setattr(startup_gc, "_done", [])  # as in a fresh process
     gc.unfreeze()  # what other tests in this process froze
     assert gc.get_freeze_count() == 0
     lst, _ = listener()
