@@ -93,7 +93,17 @@ def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
             assert res.returncode == 0, res.stderr
             return json.loads(res.stdout)
 
-        deadline = time.monotonic() + 30
+        # The stages start after the listener actors took the port over; on a loaded machine (CI
+        # with two test workers) that took 20 s and more, which the old 30 s budget for the
+        # whole wait did not always cover: wait for the stages' line, then for the two studies.
+        deadline = time.monotonic() + 120
+        while "every stage up" not in ready and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            ready += line
+        assert "every stage up" in ready, ready[-2000:]
+        deadline = time.monotonic() + 60
         while status()["instances"]["skipped"] != 2 and time.monotonic() < deadline:
             time.sleep(0.5)
         report = status()
