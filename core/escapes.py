@@ -10,7 +10,11 @@ logged, and no text is lost:
 - highlighting (``\\H\\`` ... ``\\N\\``) is dropped and the highlighted text kept;
 - ``\\Xhh..\\`` becomes those bytes, read in the message's character set;
 - formatting commands (``\\.br\\``, ``\\.sp\\``, ``\\.ce\\``: a line break; ``\\.sk\\``: a
-  blank; ``\\.fi\\ \\.nf\\ \\.in\\ \\.ti\\``: nothing);
+  blank; ``\\.fi\\ \\.nf\\ \\.in\\ \\.ti\\``: nothing); the count of ``\\.sp<n>\\`` and
+  ``\\.sk<n>\\`` is honoured up to the sequence's own length, so that no value grows when
+  its escapes are resolved (``\\.sk999999999\\``, 14 characters, made a gigabyte of blanks
+  in the process deciding the message, again at every resend; FHIR strings carry no layout),
+  and a number that is not ASCII digits leaves the sequence as received;
 - character set switches (``\\C..\\``, ``\\M..\\``) are dropped: we cannot switch;
 - anything else, and an escape character that is never closed, stays as it was received.
 
@@ -19,12 +23,16 @@ Pure: strings in, strings out.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["Delimiters", "escape", "unescape"]
 
 _FORMATTING = {".br": "\n", ".sp": "\n", ".ce": "\n", ".sk": " ", ".fi": "", ".nf": "", ".in": "", ".ti": ""}
 """HL7 v2.5 2.7.6 formatting commands -> plain text (FHIR strings carry no layout)."""
+_ARGUMENT = re.compile(r"[+-]?[0-9]+")
+"""A formatting command's number: ASCII digits (``str.isdigit`` also takes ``²``, which
+``int`` refuses), signed for ``.in`` and ``.ti``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +78,12 @@ def _sequence(body: str, d: Delimiters, codec: str) -> str | None:
     }
     if body in simple:
         return simple[body]
-    if body[:3] in _FORMATTING and (len(body) == 3 or body[3:].lstrip("+-").isdigit()):
-        count = int(body[3:]) if body[3:].isdigit() else 1
-        return _FORMATTING[body[:3]] * (count if body[:3] in (".sp", ".sk") else 1)
+    command, argument = body[:3], body[3:]
+    if command in _FORMATTING and (not argument or _ARGUMENT.fullmatch(argument)):
+        count = 1
+        if command in (".sp", ".sk") and argument[:1].isdigit():  # never longer than the sequence itself
+            count = min(int(argument.lstrip("0")[:9] or "0"), len(body) + 2)
+        return _FORMATTING[command] * count
     if body[:1] == "X" and len(body) > 1:
         return _hex(body[1:], codec)
     if body[:1] in ("C", "M") and len(body) in (5, 7):

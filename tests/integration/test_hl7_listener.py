@@ -230,6 +230,29 @@ def test_hostile_input_gets_clear_answers_and_the_listener_keeps_serving(bridge)
     assert reader.count("orders") == 1  # nothing of the bad messages was applied
 
 
+def test_formatting_escapes_that_once_raised_or_grew_get_clear_answers(bridge):
+    """``\\.sp²\\`` and a 5,000-digit count made the deciding worker raise (AE 207, "internal
+    error", at every resend); ``\\.sk99999999\\`` made 100 MB of blanks there."""
+    listener, _, reader = bridge
+    client = MllpClient("127.0.0.1", listener.port)
+    cases = [
+        ("ESC1", "Acute\\.sp\u00b2\\chest pain", "AA", "Acute\\.sp\u00b2\\chest pain"),  # kept as received
+        ("ESC2", "Acute\\.sk" + "9" * 5000 + "\\pain", "AE", ("OBR^1^31", "102")),  # > 4,096: named
+        ("ESC3", "Acute\\.sk99999999\\pain", "AA", "Acute" + " " * 13 + "pain"),
+    ]
+    try:
+        for control_id, reason, code, expected in cases:
+            [reply] = client.send(orm(control_id).replace("Acute chest pain", reason).encode())
+            assert msa(reply) == (code, control_id), reply
+            if code == "AE":
+                assert err(reply) == expected, reply
+                continue
+            [order] = resources(reader, "ServiceRequest")  # one order, updated by each message
+            assert order["reasonCode"][0]["text"].startswith(expected), order["reasonCode"]
+    finally:
+        client.close()
+
+
 def test_a_peer_that_does_not_speak_mllp_is_closed_cleanly(bridge):
     listener, _, _ = bridge
     sock = socket.create_connection(("127.0.0.1", listener.port))

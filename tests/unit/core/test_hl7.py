@@ -272,3 +272,28 @@ def test_a_second_msh_in_one_frame_is_rejected():
         parse_message(two)
     assert (err.value.error_code, err.value.location) == ("100", "MSH^2")
     assert "one message per MLLP frame" in err.value.reason
+
+
+# ------------------------------------------- formatting counts (a value never grows, stop 31)
+@pytest.mark.parametrize(
+    ("escaped", "plain"),
+    [
+        ("A\\.sk3\\B", "A   B"),  # honoured: no longer than the sequence
+        ("A\\.sp2\\B", "A\n\nB"),
+        ("A\\.sk50\\B", "A" + " " * 7 + "B"),  # cut to the sequence's own 7 characters
+        ("A\\.sk99999999\\B", "A" + " " * 13 + "B"),  # was 100 MB of blanks
+        ("A\\.sp\u00b2\\B", "A\\.sp\u00b2\\B"),  # not ASCII digits (int() refused it): kept as received
+        ("A\\.sp-2\\B", "A\nB"),
+        ("A\\.in+4\\B", "AB"),
+    ],
+)
+def test_a_formatting_count_makes_no_value_longer_than_it_was_received(escaped, plain):
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
+    assert parse_message(raw.encode()).first("PID").get(5) == plain
+
+
+def test_a_count_of_thousands_of_digits_is_read_not_raised():
+    escaped = "A\\.sk" + "9" * 5000 + "\\B"  # int() refuses strings of over 4,300 digits
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
+    value = parse_message(raw.encode()).first("PID").get(5)
+    assert value == "A" + " " * (len(escaped) - 2) + "B"
