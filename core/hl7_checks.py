@@ -65,12 +65,22 @@ def check_supported(header: MessageHeader, versions: Iterable[str], processing_i
         )
 
 
-def check_field_sizes(message: Hl7Message, max_chars: int) -> None:
+def check_field_sizes(message: Hl7Message, max_chars: int, size: int | None = None) -> None:
     """Reject (AE) a message with an oversized field, naming it.
+
+    Args:
+        message: The parsed message.
+        max_chars: The field limit.
+        size: The message's size in bytes, if known. No field has more characters than
+            that (decoding makes no more characters than bytes, resolving escapes makes no
+            value longer: ``core.escapes``), so a message no larger than the limit is not
+            read field by field (17 µs of the ~0.7 ms that deciding one takes).
 
     Raises:
         MessageInvalid: A field is longer than ``max_chars`` characters.
     """
+    if size is not None and size <= max_chars:
+        return
     for seg in message.segments:
         for n, field in enumerate(seg.fields[1:], start=1):
             if len(field) == 1 and len(field[0]) == 1 and len(field[0][0]) == 1:

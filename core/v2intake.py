@@ -123,15 +123,17 @@ def intake_of(payload: bytes, size: int, oversized: bool, rules: IntakeRules, ma
         check_supported(header, rules.versions, rules.processing_ids)
     except MessageRejected as exc:
         return Intake(header or peek_header(payload), True, None, _ack_error(exc))
-    update, error = _map(message, rules, mapper)
+    update, error = _map(message, len(payload), rules, mapper)
     return Intake(header, False, update, error, message.digest)
 
 
-def _map(message: Hl7Message, rules: IntakeRules, mapper: V2FhirMapper) -> tuple[ContextUpdate | None, AckError | None]:
+def _map(
+    message: Hl7Message, size: int, rules: IntakeRules, mapper: V2FhirMapper
+) -> tuple[ContextUpdate | None, AckError | None]:
     if message.problem is not None:  # bytes that did not decode: store, answer AE
         return None, AckError.of(message.problem)
     try:
-        check_field_sizes(message, rules.max_field_chars)
+        check_field_sizes(message, rules.max_field_chars, size)
         return mapper.map(message), None
     except MessageInvalid as exc:
         return None, _ack_error(exc)

@@ -297,3 +297,17 @@ def test_a_count_of_thousands_of_digits_is_read_not_raised():
     raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
     value = parse_message(raw.encode()).first("PID").get(5)
     assert value == "A" + " " * (len(escaped) - 2) + "B"
+
+
+def test_no_field_has_more_characters_than_the_message_has_bytes():
+    """What lets ``check_field_sizes`` skip a message no larger than the limit: with every
+    kind of escape at its longest, the field-by-field check passes at a limit of the
+    message's size, and the skip answers the same as the full check either side of it."""
+    busy = "\\.sk999\\\\.sp12\\\\X4DC39C\\\\F\\\\.br\\\\H\\x\\N\\" * 40
+    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{busy}^{busy}~{busy}\r".encode()
+    message = parse_message(raw)
+    check_field_sizes(message, len(raw))  # read field by field: nothing over the size
+    field = sum(len(s) for rep in message.first("PID").fields[5] for comp in rep for s in comp)
+    check_field_sizes(message, field, len(raw) + 1)  # over the limit by size: read, and it fits
+    with pytest.raises(MessageInvalid):
+        check_field_sizes(message, field - 1, len(raw))
