@@ -18,6 +18,7 @@ import time
 
 from core.audit import AuditEvent
 from core.config import AppConfig
+from core.numbers import ascii_int
 from core.types import AuditEventType
 from state.ehr_outbox import EhrOutbox
 from state.layout import VarLayout
@@ -89,10 +90,10 @@ def ehr_replay(cfg: AppConfig, ledger: Ledger, items: list[int], all_dead: bool,
 
 
 def _item(text: str) -> int:
-    value = text[1:] if text[:1] in ("E", "e") else text
-    if not value.isdigit():
+    value = ascii_int(text[1:] if text[:1] in ("E", "e") else text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"got {text!r}; expected a report ID such as E12 (pacsai ehr list)")
-    return int(value)
+    return value
 
 
 def register_ehr(add: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ from api.security import Ingester, Reader, context_of
 from core.auth import Principal
 from core.envelope import Keyring
 from core.errors import DependencyUnavailable, OutOfResources, RejectedInput
+from core.numbers import ascii_int
 from core.qido import Level, Query, QueryError, matches, parse_query, summarise
 from core.stow_rs import (
     CANNOT_UNDERSTAND,
@@ -146,7 +147,8 @@ async def _stow(request: Request, principal: Principal, study: str | None) -> Re
             415, 'expected Content-Type multipart/related; type="application/dicom"', "unsupported-media-type"
         )
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cfg.max_request_bytes:
+    size = ascii_int(declared, 32) if declared is not None else None
+    if size is not None and size > cfg.max_request_bytes:
         raise Problem(413, f"body of {declared} bytes declared; the limit is {cfg.max_request_bytes}", "too-large")
     try:
         parts = RelatedParts(boundary, cfg.max_instance_bytes)

@@ -44,6 +44,7 @@ from api.security import _BEARER, context_of
 from core.alert_policy import AlertPolicy
 from core.auth import AuthError, Principal, Scope
 from core.clinical import reader_of
+from core.numbers import ascii_int
 from core.pushes import PushItem, event_allowed, event_data, settled
 from state.ledger.pushes import Pushes
 
@@ -258,7 +259,7 @@ async def clinical_events(
     user, claims = reader_of(principal.subject), principal.claims
     if not (await to_thread.run_sync(policy)).roles_of(user, claims):
         raise AuthError(403, f"user {user!r} has no role in the alert policy")
-    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
+    after = ascii_int(last_event_id.strip()) if last_event_id else None
     listener = _Listener(user, claims, policy, _still_valid(request, _credential(request)))
     return StreamingResponse(
         _stream(_hub(request), listener, after),

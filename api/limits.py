@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from core.numbers import ascii_int
+
 __all__ = ["BodyLimit"]
 
 
@@ -22,14 +24,14 @@ class BodyLimit:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
-            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.max_bytes:
+            size = ascii_int(dict(scope.get("headers") or []).get(b"content-length", b""), 32)
+            if size is not None and size > self.max_bytes:
                 body = json.dumps(
                     {
                         "type": "urn:pacsai:problem:too-large",
                         "title": "Content Too Large",
                         "status": 413,
-                        "detail": f"body of {int(declared)} bytes declared; the limit is {self.max_bytes}",
+                        "detail": f"body of {size} bytes declared; the limit is {self.max_bytes}",
                         "instance": scope.get("path", ""),
                     }
                 ).encode()

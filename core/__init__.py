@@ -44,6 +44,7 @@ __all__ = [
     "limits_config",
     "metrics",
     "mpps",
+    "numbers",
     "order_status",
     "pacs_counts",
     "parametric_maps",

@@ -24,6 +24,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from core.numbers import ascii_digits
 from core.records import Finding, Prediction
 from core.types import CodedTerm
 
@@ -77,7 +78,7 @@ def system_for_v2(name: str) -> str | None:
     'http://terminology.hl7.org/CodeSystem/v2-0203'
     """
     key = name.strip().upper()
-    if key.startswith("HL7") and key[3:].isdigit():
+    if key.startswith("HL7") and ascii_digits(key[3:]):
         return f"{_V2_TABLE}{key[3:].zfill(4)}"
     return _BY_V2.get(key)
 

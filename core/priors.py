@@ -43,6 +43,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from core.config import PriorsConfig
+from core.numbers import ascii_digits
 from core.ports import PacsQuery
 
 __all__ = [
@@ -86,7 +87,7 @@ def _tm(value: str) -> str | None:
     """A TM value as ``HHMMSS.FFFFFF`` (PS3.5 6.2: ``HH``, ``HHMM``, ``HHMMSS[.F{1,6}]``)."""
     text = str(value or "").strip().replace(":", "")
     whole, _, fraction = text.partition(".")
-    if len(whole) not in (2, 4, 6) or not whole.isdigit() or (fraction and not fraction.isdigit()):
+    if len(whole) not in (2, 4, 6) or not ascii_digits(whole) or (fraction and not ascii_digits(fraction)):
         return None
     hhmmss = whole.ljust(6, "0")
     if int(hhmmss[:2]) > 23 or int(hhmmss[2:4]) > 59 or int(hhmmss[4:]) > 60:  # 60: leap second

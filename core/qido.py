@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
+from core.numbers import ascii_int
+
 __all__ = ["LEVEL_ATTRIBUTES", "Level", "Query", "QueryError", "matches", "parse_query", "summarise"]
 
 
@@ -89,12 +91,13 @@ def parse_query(params: Iterable[tuple[str, str]], max_limit: int = 1000) -> Que
     for name, value in params:
         if name in _CONTROL:
             if name in ("limit", "offset"):
-                if not value.isdigit():
-                    raise QueryError(f"{name}: got {value[:20]!r}; expected a non-negative integer")
+                number = ascii_int(value)
+                if number is None:
+                    raise QueryError(f"{name}: got {value[:20]!r}; expected a non-negative integer (0-9, at most 18)")
                 if name == "limit":
-                    limit = max(1, min(int(value), max_limit))
+                    limit = max(1, min(number, max_limit))
                 else:
-                    offset = int(value)
+                    offset = number
             elif name == "includefield":
                 for item in value.split(","):
                     if item == "all":

@@ -448,6 +448,14 @@ def test_each_reader_gets_the_critical_findings_of_their_roles_as_server_sent_ev
         assert _wait(lambda: len(resumed.events) >= 4)
         assert [e[0] for e in resumed.events] == [ids[2], late, ahead, missed]
         assert _wait(lambda: ": keepalive" in resumed.comments, 3)  # the heartbeat between events
+        # A Last-Event-ID that is not ASCII digits is ignored like any other that is not an id
+        # (``²`` passes str.isdigit and then made int() raise: an HTTP 500).
+        for odd_id in ("\u00b2".encode("latin-1"), b"9" * 5000):
+            odd = Stream(url, headers={"Authorization": f"Bearer {er}", "Last-Event-ID": odd_id})
+            streams[f"odd{len(odd_id)}"] = odd
+            assert odd.connected.wait(5) and odd.status == 200 and not odd.events, odd.status
+            assert ": connected" in odd.comments
+            odd.close()
 
         # A revoked token's open stream ends at its next heartbeat.
         token_id = issued["dr-er"][1].token_id

@@ -157,6 +157,20 @@ def test_junk_parameters_are_422_naming_the_field(api, path):
     assert body["errors"] and all(e["field"] for e in body["errors"])
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=%C2%B2",  # "²": str.isdigit says yes, int() said ValueError (a 500)
+        "offset=%D9%A3",  # an Arabic-Indic three
+        "limit=" + "9" * 5000,  # int() refuses over 4,300 digits
+        "offset=-1",
+    ],
+)
+def test_qido_paging_that_is_not_ascii_digits_is_400_naming_the_parameter(api, query):
+    body = problem(api.client.get(f"/dicomweb/studies?{query}", headers=api.headers(Scope.READ)), 400)
+    assert body["detail"].startswith(query.split("=")[0] + ": got ")
+
+
 def test_replay_is_audited_with_the_callers_subject(api):
     dead = dead_job(api.ctx.ledger, "1.2.3")
     operate = api.headers(Scope.OPERATE)

@@ -245,6 +245,8 @@ def test_closest_earlier_full_match_wins_and_refusals_are_in_the_json():
         (("2026xx01", ""), ("20260601", ""), False),
         (("20260601", "1160"), ("20260601", "12"), False),  # no 60th minute
         (("20260601", "2400"), ("20260602", "00"), True),  # a bad time matters only on the same day
+        (("20260601", "1\u00b2"), ("20260601", "13"), False),  # "²" passes str.isdigit; int() raised
+        (("20260601", "07"), ("20260601", "08.\u0663"), False),  # an Arabic-Indic digit in the fraction
     ],
 )
 def test_is_earlier(candidate, current_, earlier):
