@@ -40,7 +40,7 @@ __all__ = [
 
 V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-"
 """Prefix of the HL7 v2 table code systems (``v2-0203`` identifier types, ...)."""
-DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$", re.ASCII)
 """HL7 DTM: ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``; group 8 is the offset."""
 _NAME_USE = {
     "L": "official",

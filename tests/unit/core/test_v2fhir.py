@@ -144,6 +144,8 @@ def test_a40_names_the_prior_patient_merged_into_the_survivor():
     [
         (adt().replace("MRN123^^^HOSP^MR", ""), "101", "PID^1^3", "PID-3: missing"),
         (adt().replace("|19700615|", "|19701345|"), "102", "PID^1^7", "PID-7: got '19701345'"),
+        # Arabic-Indic digits matched \d and reached FHIR validation: AE 207 naming no field
+        (adt().replace("|19700615|", "|\u0661\u0669\u0667\u0660\u0660\u0661\u0660\u0661|"), "102", "PID^1^7", "PID-7"),
         (adt().replace("|19700615|F", "|19700615|Q"), "103", "PID^1^8", "PID-8: got 'Q'"),
         (adt().replace("PV1|1|E|", "PV1|1|Z|"), "103", "PV1^1^2", "table 0004"),
         (adt().split("PV1")[0], "100", "PV1", "PV1: segment missing"),
