@@ -91,6 +91,8 @@ def read_stow_response(body: bytes | str) -> Dataset | None:
 
     >>> read_stow_response(b"") is None, read_stow_response(b"<xml/>") is None
     (True, True)
+    >>> read_stow_response(b'{"a":' * 100_000) is None  # too deep for json: not a receipt, not a raise
+    True
     >>> len(read_stow_response(b'{"00081199": {"vr": "SQ"}}').ReferencedSOPSequence)
     0
     """
@@ -103,7 +105,7 @@ def read_stow_response(body: bytes | str) -> Dataset | None:
         response = Dataset.from_json(raw)
         for sequence, reason in (("ReferencedSOPSequence", "WarningReason"), ("FailedSOPSequence", "FailureReason")):
             _items(response, sequence, reason)  # read now: pydicom converts elements lazily
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
     return response
 

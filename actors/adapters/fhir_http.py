@@ -66,16 +66,23 @@ class FhirClient:
             raise DependencyUnavailable("fhir", f"HTTP {status} from {self._url}")
         if not 200 <= status < 300:
             raise RejectedInput(f"HTTP {status}: {_diagnostics(response)}", subject)
-        try:
-            return dict(response.json())
-        except ValueError:
-            return {}
+        body = _json(response)
+        return body if isinstance(body, dict) else {}  # delivered, whatever the body says
+
+
+def _json(response: httpx.Response) -> Any:
+    """The body as JSON, or ``None`` when it is not JSON (or nested too deep to read)."""
+    try:
+        return response.json()
+    except (ValueError, RecursionError):
+        return None
 
 
 def _diagnostics(response: httpx.Response) -> str:
     """The OperationOutcome's first diagnostics, else the start of the body."""
-    try:
-        issues = response.json().get("issue", [])
-        return str(issues[0].get("diagnostics") or issues[0].get("code"))[:300] if issues else ""
-    except (ValueError, AttributeError, IndexError):
-        return response.text[:300]
+    body = _json(response)
+    issues = body.get("issue") if isinstance(body, dict) else None
+    first = issues[0] if isinstance(issues, list) and issues else None
+    if isinstance(first, dict):
+        return str(first.get("diagnostics") or first.get("code"))[:300]
+    return "" if isinstance(body, dict) and not issues else response.text[:300]

@@ -25,6 +25,8 @@ class FhirTestServer:
         self.errors: list[str] = []
         self.force_status: int | None = None
         """Answer every request with this status (and an OperationOutcome) when set."""
+        self.force_body: bytes | None = None
+        """Answer every request with these bytes as the body when set (with ``force_status``, else 200)."""
         self._httpd: ThreadingHTTPServer | None = None
 
     def start(self) -> FhirTestServer:
@@ -34,7 +36,7 @@ class FhirTestServer:
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 status, answer = server.accept(self.path, self.headers.get("Content-Type", ""), body)
-                data = json.dumps(answer).encode()
+                data = json.dumps(answer).encode() if server.force_body is None else server.force_body
                 self.send_response(status)
                 self.send_header("Content-Type", "application/fhir+json")
                 self.send_header("Content-Length", str(len(data)))

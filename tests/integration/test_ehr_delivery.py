@@ -64,6 +64,23 @@ def test_answers_map_to_delivered_unavailable_or_refused(server):
             client.transaction(broken)
     finally:
         client.close()
+    # A 2xx is delivered whatever its body (``null``, a list, nesting json cannot read): the
+    # body was read with dict(), and TypeError / RecursionError made the delivery loop send
+    # the same report again at every round. A refusal's odd body is quoted, not raised.
+    client = FhirClient(FhirEndpointConfig(base_url=server.base_url, timeout_s=2))
+    try:
+        for body in (b"null", b"[1]", b'"ok"', b"[" * 100_000, b"not json"):
+            server.force_body = body
+            assert client.transaction(bundle(server.base_url)) == {}, body[:10]
+        server.force_status = 400
+        for body, quoted in ((b'{"issue": 5}', '{"issue": 5}'), (b"[" * 100_000, "[[[[")):
+            server.force_body = body
+            with pytest.raises(RejectedInput, match=r"HTTP 400: ") as info:
+                client.transaction(bundle(server.base_url))
+            assert quoted in str(info.value)
+    finally:
+        server.force_status = server.force_body = None
+        client.close()
     nobody = f"http://127.0.0.1:{free_port()}/fhir"
     down = FhirClient(FhirEndpointConfig(base_url=nobody, timeout_s=2))
     with pytest.raises(DependencyUnavailable):
