@@ -114,6 +114,21 @@ def _sender_matches(sender: Hl7SenderConfig, host: str, subject: str | None) -> 
     return sender.subject is None or sender.subject == subject
 
 
+def peer_refusal(host: str, subject: str | None, cfg: Hl7Config) -> str | None:
+    """Why no ``hl7.senders`` entry names this peer (its address, its certificate's subject
+    CN): the listener closes such a connection as it opens. ``None``: one does, or there are
+    no senders (demo mode only).
+
+    >>> from core.config import Hl7Config
+    >>> cfg = Hl7Config(senders=({"address": "10.0.0.0/24", "application": "RIS", "facility": "H"},))
+    >>> peer_refusal("10.0.0.7", None, cfg) is None, peer_refusal("10.9.9.9", None, cfg)
+    (True, 'peer 10.9.9.9 (subject None): not in hl7.senders')
+    """
+    if not cfg.senders or any(_sender_matches(s, host, subject) for s in cfg.senders):
+        return None
+    return f"peer {host} (subject {subject!r}): not in hl7.senders"
+
+
 def check_sender(header: MessageHeader, host: str, subject: str | None, cfg: Hl7Config) -> None:
     """Refuse (AR) a message whose peer and MSH-3/4 are not one of ``hl7.senders``, or whose
     MSH-5/6 do not name us (``hl7.application`` / ``hl7.facility``). No senders: anyone (demo
@@ -132,7 +147,7 @@ def check_sender(header: MessageHeader, host: str, subject: str | None, cfg: Hl7
         return
     sid = header.control_id
     peers = [s for s in cfg.senders if _sender_matches(s, host, subject)]
-    if not peers:
+    if not peers:  # the listener closed such a peer's connection already (``peer_refusal``)
         raise _reject(f"peer {host} (subject {subject!r}): not in hl7.senders", SENDER_REFUSED, "", sid)
     app, fac = header.sending_application, header.sending_facility
     if not any(_hd_matches(app, s.application) and _hd_matches(fac, s.facility) for s in peers):

@@ -180,7 +180,9 @@ class AuditEventType(enum.StrEnum):
     """A DICOM association was refused (A-ASSOCIATE-RJ): calling AE title not allowed or not
     bound to the peer's certificate subject, called AE title wrong (issue 13)."""
     HL7_PEER_REFUSED = "hl7_peer_refused"
-    """An HL7 message was refused (AR) because its peer or MSH-3..6 is not an allowed sender."""
+    """An HL7 peer was refused: its connection closed as it opened (no ``hl7.senders`` entry
+    names its address or certificate subject), or its message answered AR (MSH-3..6 not one of
+    the peer's entries)."""
     DATA_PURGED = "data_purged"
     """Retention purged stored data past its retention (``core.retention``): counts per store."""
     DATA_KEYS_ROTATED = "data_keys_rotated"

@@ -54,7 +54,7 @@ from core.config import Hl7Config
 from core.errors import MessageRejected, TransientIOError
 from core.health import LoopHealth
 from core.hl7 import MessageHeader, peek_header
-from core.hl7_checks import check_sender
+from core.hl7_checks import SENDER_REFUSED, check_sender, peer_refusal
 from core.identifiers import DEFAULT_KEY
 from core.types import AuditEventType
 from core.v2intake import Intake, IntakeRules, intake_of
@@ -192,6 +192,7 @@ class Hl7Listener:
             ssl_context=server_context(lst.tls) if lst.tls else None,
             on_start=self._pool.start if self._pool else None,
             on_stop=self._pool.stop if self._pool else None,
+            admit=self._admit if cfg.senders else None,
         )
         self._ack_prefix = f"{os.getpid() % 100000:05d}{int(clock()) % 1000:03d}"
         self._ack_seq = 0
@@ -321,6 +322,26 @@ class Hl7Listener:
         except Exception:  # the one broad catch at the protocol boundary: log, answer AE
             logger.exception("HL7 handler failed for %s", header.control_id if header else "?")
             return header, Disposition.FAILED, AckError("207", "internal error; resend it later")
+
+    async def _admit(self, peer: str) -> bool:
+        """A connection from a peer no ``hl7.senders`` entry names (its address, its
+        certificate's subject) is closed as it opens, with one ``hl7_peer_refused`` audit
+        event: it never gets a message parsed, nor one audit event per message it sends
+        (that was the way until stop 31: AR per message). A named peer's messages are still
+        checked against MSH-3..6 (``_refused``)."""
+        host, subject = split_peer_label(peer)
+        reason = peer_refusal(host, subject, self._cfg)
+        if reason is None:
+            return True
+        logger.warning("HL7 connection from %s refused: not an allowed sender", peer)
+        detail = {"peer": peer, "reason": reason, "error_code": SENDER_REFUSED, "error_location": ""}
+        if self._ledger is not None:
+            event = AuditEvent(AuditEventType.HL7_PEER_REFUSED, self._actor, detail=detail)
+            try:
+                await asyncio.to_thread(self._ledger.audit.append, [event], self._clock())
+            except Exception:  # noqa: BLE001 - the refusal stands whether or not its audit is stored
+                logger.exception("hl7_peer_refused audit event not stored")
+        return False
 
     async def _refused(
         self, received: Frame, peer: str, now: float

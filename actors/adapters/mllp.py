@@ -192,8 +192,12 @@ class MllpServer:
         ssl_context: ssl.SSLContext | None = None,
         on_start: Callable[[], Awaitable[None]] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        admit: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         """Prepare the server; ``start()`` binds the port.
+
+        ``admit(peer)`` runs as a connection opens (after the TLS handshake, so the peer's
+        label names its certificate's subject): ``False`` closes it before a byte is read.
 
         ``on_start`` runs on the server's event loop before it accepts connections,
         ``on_stop`` after the last connection closed (the handler's own resources: the HL7
@@ -202,6 +206,7 @@ class MllpServer:
         self._host, self._port = host, port
         self._handler = handler
         self._on_start, self._on_stop = on_start, on_stop
+        self._admit = admit
         self._max = max_message_bytes
         self._idle = idle_timeout_s
         self._max_conn = max_connections
@@ -216,7 +221,8 @@ class MllpServer:
         self.connections = 0
         self.frames = 0
         self.refused = 0
-        """Connections closed as they opened (over ``max_connections`` or the per-peer cap)."""
+        """Connections closed as they opened (over ``max_connections`` or the per-peer cap, or
+        not admitted)."""
 
     @property
     def port(self) -> int:
@@ -272,6 +278,11 @@ class MllpServer:
         address = str((writer.get_extra_info("peername") or ("?",))[0])
         if not self._slots.acquire(address):  # issue 13: per-peer and total connection caps
             logger.warning("MLLP connection from %s refused: %d open", peer, self._slots.open)
+            self.refused += 1
+            writer.close()
+            return
+        if self._admit is not None and not await self._admit(peer):
+            self._slots.release(address)
             self.refused += 1
             writer.close()
             return

@@ -428,6 +428,44 @@ def test_mllp_over_tls(tmp_path, pki):
         ledger.close()
 
 
+def test_a_peer_no_sender_entry_names_is_closed_as_it_connects_and_audited_once(tmp_path):
+    """Until stop 31 such a peer got an AR, and an audit event, for every message it sent."""
+    senders = ({"address": "10.0.0.0/24", "application": "RIS", "facility": "HOSP"},)  # not loopback
+    listener, ledger = make_listener(StorageConfig(var_dir=str(tmp_path)), senders=senders)
+    try:
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", listener.port), timeout=10)
+            try:
+                sock.sendall(START + orm("NOPE1").encode() + END)
+                assert sock.recv(100) == b""  # closed, nothing answered
+            except ConnectionResetError:
+                pass  # closed while our bytes were in flight: refused all the same
+            finally:
+                sock.close()
+        assert wait_until(lambda: len(refusals(ledger)) == 2, 10)
+        assert all(e.detail["peer"].startswith("127.0.0.1:") for e in refusals(ledger))
+        assert all("not in hl7.senders" in e.detail["reason"] for e in refusals(ledger))
+        assert sum(listener.counts.values()) == 0  # no message reached the intake
+    finally:
+        listener.stop()
+        ledger.close()
+    allowed = ({"address": "127.0.0.1", "application": "RIS", "facility": "HOSP"},)
+    listener, ledger = make_listener(StorageConfig(var_dir=str(tmp_path / "b")), senders=allowed)
+    client = MllpClient("127.0.0.1", listener.port)
+    try:
+        assert msa(client.send(orm("YES1").encode())[0]) == ("AA", "YES1")
+        assert msa(client.send(adt().encode())[0])[0] == "AR"  # MSH-3 ADT: not this peer's entry
+        assert [e.detail["control_id"] for e in refusals(ledger)] == ["ADT0001"]
+    finally:
+        client.close()
+        listener.stop()
+        ledger.close()
+
+
+def refusals(ledger: Ledger) -> list:
+    return [e for e in ledger.audit.events() if e.type == "hl7_peer_refused"]
+
+
 def test_every_message_is_audited_without_phi(bridge):
     listener, ledger, _ = bridge
     client = MllpClient("127.0.0.1", listener.port)
