@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["EnvelopeError", "Keyring", "MAGIC", "Scratch", "is_sealed"]
+__all__ = ["EnvelopeError", "Keyring", "MAGIC", "Scratch", "SegmentReader", "is_sealed"]
 
 MAGIC = b"PAIE"
 VERSION = 1
@@ -253,6 +253,60 @@ class Keyring:
                 raise EnvelopeError(f"sealed segment {index} fails authentication (altered or truncated)") from None
         return bytes(out)
 
+    def segments(self, head: bytes | memoryview, sealed_size: int) -> SegmentReader:
+        """What opening a sealed blob of ``sealed_size`` bytes one segment at a time needs,
+        from its first bytes (at least its header: 6 + 255 + 12 bytes, or the whole blob).
+
+        Raises:
+            EnvelopeError: The header is malformed, names a key this keyring lacks, or the
+                size cannot be a whole envelope (truncated).
+        """
+        header = _Header.parse(head)
+        body = sealed_size - len(header.raw)
+        step = header.segment + TAG
+        count = max(1, -(-body // step))
+        if body < (count - 1) * step + TAG:
+            raise EnvelopeError("sealed envelope is truncated")
+        return SegmentReader(self._cipher(header.key_id), header, count, body - count * TAG)
+
     def key_id_of(self, data: bytes | memoryview) -> str:
         """The id of the key ``data`` was sealed with (for rotation: which files to re-seal)."""
         return _Header.parse(data).key_id
+
+
+@dataclass(frozen=True)
+class SegmentReader:
+    """Random access to a sealed blob's plaintext, one segment at a time (``Keyring.segments``):
+    a reader of the header of a 2 GB multi-frame decrypts its first segment, not 2 GB. Each
+    segment is authenticated as it is opened (its index and whether it is the last are in its
+    associated data, so a segment moved or a blob cut short still fails); segments never
+    opened are not checked, which is what a header read asks for.
+
+    Attributes:
+        count: Segments in the blob.
+        size: Plaintext bytes in all.
+    """
+
+    _aead: AESGCM
+    _header: _Header
+    count: int
+    size: int
+
+    @property
+    def segment(self) -> int:
+        """Plaintext bytes per segment (the last may hold fewer)."""
+        return self._header.segment
+
+    def span(self, index: int) -> tuple[int, int]:
+        """Where segment ``index`` lies in the sealed blob: offset and length."""
+        step = self._header.segment + TAG
+        start = len(self._header.raw) + index * step
+        return start, (self.size - index * self._header.segment + TAG) if index == self.count - 1 else step
+
+    def open(self, index: int, sealed: bytes | memoryview) -> bytes:
+        """The plaintext of segment ``index`` from its sealed bytes (``span``).
+
+        Raises:
+            EnvelopeError: It fails authentication (altered, moved, or the blob truncated).
+        """
+        return Keyring._open_one(self._aead, self._header, index, sealed, final=index == self.count - 1)

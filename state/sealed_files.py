@@ -13,6 +13,7 @@ encryption is off: files are written in clear, and a sealed file cannot be read.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import threading
@@ -24,7 +25,7 @@ from typing import Any, BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from core.envelope import MAGIC, EnvelopeError, Keyring, Scratch, is_sealed
+from core.envelope import MAGIC, EnvelopeError, Keyring, Scratch, SegmentReader, is_sealed
 from state.files import durable_write, publish, write_all, write_temp, write_temp_with
 from state.layout import VarLayout
 from state.spill import copy_temp, read_blocks
@@ -132,22 +133,119 @@ def read_plain(path: Path | str, ring: Keyring | None) -> bytes:
     return ring.open(data)
 
 
+class _SealedFile(io.RawIOBase):
+    """The plaintext of a sealed file, decrypted one segment (1 MiB) at a time as it is read:
+    a reader that stops early (a header, ``stop_before_pixels``) decrypts only the segments it
+    reached, and the file is never held whole. Seekable; the last segment opened is kept."""
+
+    def __init__(self, path: Path | str, ring: Keyring) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            head = self._file.read(6 + 255 + 12)
+            self._segments: SegmentReader = ring.segments(head, os.fstat(self._file.fileno()).st_size)
+        except BaseException:
+            self._file.close()
+            raise
+        self._pos = 0
+        self._kept: tuple[int, bytes] = (-1, b"")
+
+    @property
+    def segments(self) -> int:
+        """How many segments the file has."""
+        return self._segments.count
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._segments.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative), across segments: short only
+        at the end (``RawIOBase.read`` stops at a segment's end, which pydicom takes for EOF)."""
+        left = self._segments.size - self._pos
+        want = left if size is None or size < 0 else min(size, left)
+        out = bytearray(max(want, 0))
+        done = 0
+        while done < want:
+            n = self.readinto(memoryview(out)[done:])
+            if not n:
+                break
+            done += n
+        return bytes(out[:done])
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        segments = self._segments
+        if self._pos >= segments.size:
+            return 0
+        index, start = divmod(self._pos, segments.segment)
+        if self._kept[0] != index:
+            offset, length = segments.span(index)
+            self._file.seek(offset)
+            sealed = self._file.read(length)
+            if len(sealed) != length:
+                raise EnvelopeError(f"sealed segment {index} is truncated")
+            self._kept = (index, segments.open(index, sealed))
+        plain = self._kept[1]
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(plain) - start)
+        view[:n] = plain[start : start + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        self._kept = (-1, b"")
+        super().close()
+
+
 def open_plain(path: Path | str, ring: Keyring | None) -> BinaryIO:
     """A binary file object over the plaintext of ``path`` (for ``pydicom.dcmread``).
 
-    A plaintext file is opened as a file (pydicom reads only what it needs, e.g. with
-    ``stop_before_pixels``); a sealed one is opened whole into memory.
+    A plaintext file is opened as a file; a sealed one of several segments is decrypted a
+    segment at a time as it is read (``_SealedFile``), one of a single segment at once. Either
+    way pydicom reads only what it needs (e.g. with ``stop_before_pixels``).
+
+    Raises:
+        EnvelopeError: The file is sealed and ``ring`` is ``None``, lacks its key, or its
+            header or size is not an envelope's (a segment that fails authentication raises
+            when it is read).
+        OSError: The file cannot be read.
     """
     f = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     if not is_sealed(f.read(5)):
         f.seek(0)
         return f
     f.close()
-    return BytesIO(read_plain(path, ring))
+    if ring is None:
+        raise EnvelopeError(f"{Path(path).name} is sealed but encryption is off (storage.encryption)")
+    sealed = _SealedFile(path, ring)
+    if sealed.segments > 1:
+        return sealed  # type: ignore[return-value]  # not a BufferedReader: pydicom would take its name
+    with sealed:  # one segment (most instances): in memory, where pydicom's many small reads are cheap
+        return BytesIO(sealed.read())
 
 
 def dcmread_plain(path: Path | str, ring: Keyring | None, **kwargs: Any) -> Dataset:
     """``pydicom.dcmread`` of a file sealed or not (``kwargs``: ``stop_before_pixels`` ...).
+
+    A sealed file read in part (``stop_before_pixels`` or ``specific_tags``) is decrypted
+    only as far as pydicom reads (a 2 GB multi-frame's header: its first segment, not 2 GB);
+    read whole, it is opened in one piece as before.
 
     Raises:
         EnvelopeError: The file is sealed and cannot be opened (see ``read_plain``).
@@ -157,7 +255,12 @@ def dcmread_plain(path: Path | str, ring: Keyring | None, **kwargs: Any) -> Data
         sealed = is_sealed(f.read(5))
     if not sealed:  # by name, as before: pydicom then keeps no buffer (a dataset deep-copies)
         return dcmread(path, **kwargs)
-    return dcmread(BytesIO(read_plain(path, ring)), **kwargs)  # left open: copies read it
+    if not (kwargs.get("stop_before_pixels") or kwargs.get("specific_tags")):
+        return dcmread(BytesIO(read_plain(path, ring)), **kwargs)  # left open: copies read it
+    with open_plain(path, ring) as f:
+        ds = dcmread(f, **kwargs)
+    ds.buffer = None  # closed: nothing is read from it later (no deferred elements)
+    return ds
 
 
 def sealed_under(path: Path, ring: Keyring) -> bool:

@@ -194,3 +194,71 @@ def test_every_temporary_writer_makes_owner_only_files_whatever_the_umask(tmp_pa
         assert _mode(path) == 0o600 and _mode(path.parent) == 0o700, path
     assert made[0].read_bytes() == b"HEADER" + b"DATASET" * 1000
     assert read_plain(made[1], ring) == b"HEADER" + b"DATASET" * 1000
+
+
+def _big_sealed_instance(tmp_path: Path, ring: Keyring) -> tuple[Path, bytes]:
+    """A sealed instance of 3.1 MiB: four segments, its header in the first."""
+    ds = make_cxr_study(seed=77, n_images=1)[0]
+    ds.Rows = ds.Columns = 1280
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = os.urandom(1280 * 1280 * 2)
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    final = tmp_path / "spool" / "big.dcm"
+    publish(write_sealed(final.parent, final.name, [buf.getvalue()], ring), final)
+    return final, buf.getvalue()
+
+
+def test_a_header_read_of_a_sealed_file_decrypts_only_the_segments_it_reaches(tmp_path: Path, ring: Keyring) -> None:
+    """Until stop 31 a header read (``stop_before_pixels``) decrypted the whole file: 2 GB for
+    a 2 GB multi-frame. The proof it no longer does: a segment past the header is altered,
+    and the header still reads (the same as from the clear bytes) while a whole read refuses."""
+    final, plain = _big_sealed_instance(tmp_path, ring)
+    sealed = bytearray(final.read_bytes())
+    segments = ring.segments(bytes(sealed[:300]), len(sealed))
+    assert segments.count == 4 and segments.size == len(plain)
+    offset, _ = segments.span(2)
+    sealed[offset + 100] ^= 0xFF
+    final.write_bytes(bytes(sealed))
+    header = dcmread_plain(final, ring, stop_before_pixels=True)
+    expected = dcmread_plain_clear(plain)
+    assert header.SOPInstanceUID == expected.SOPInstanceUID and header.Rows == 1280 and "PixelData" not in header
+    assert dcmread_plain(final, ring, specific_tags=["StudyDate"]).StudyDate == expected.StudyDate
+    with pytest.raises(EnvelopeError, match="segment 2 fails authentication"):
+        dcmread_plain(final, ring)
+    with open_plain(final, ring) as f, pytest.raises(EnvelopeError, match="segment 2"):
+        f.read()
+
+
+def dcmread_plain_clear(plain: bytes):
+    from pydicom import dcmread
+
+    return dcmread(BytesIO(plain), stop_before_pixels=True)
+
+
+@pytest.mark.parametrize("chunk", [4095, SEGMENT - 1, SEGMENT + 3, 3 * SEGMENT])
+def test_a_sealed_file_reads_and_seeks_across_segments_like_its_plaintext(
+    tmp_path: Path, ring: Keyring, chunk: int
+) -> None:
+    final, plain = _big_sealed_instance(tmp_path, ring)
+    with open_plain(final, ring) as f:
+        got = bytearray()
+        while piece := f.read(chunk):
+            got += piece
+        assert bytes(got) == plain and f.read(10) == b""
+        for at in (0, SEGMENT - 2, SEGMENT, 2 * SEGMENT + 5, len(plain) - 3):
+            assert f.seek(at) == at and f.read(7) == plain[at : at + 7] and f.tell() == min(at + 7, len(plain))
+        assert f.seek(-4, os.SEEK_END) == len(plain) - 4 and f.read() == plain[-4:]
+
+
+def test_a_sealed_file_cut_short_is_refused_as_it_opens(tmp_path: Path, ring: Keyring) -> None:
+    final, _ = _big_sealed_instance(tmp_path, ring)
+    sealed = final.read_bytes()
+    segments = ring.segments(sealed[:300], len(sealed))
+    final.write_bytes(sealed[: segments.span(2)[0]])  # cut at a segment boundary: the last is not final
+    with open_plain(final, ring) as f, pytest.raises(EnvelopeError, match="segment 1 fails authentication"):
+        f.seek(SEGMENT + 10)
+        f.read(1)
+    final.write_bytes(sealed[: segments.span(2)[0] + 10])  # inside a segment's tag: not an envelope's size
+    with pytest.raises(EnvelopeError, match="truncated"):
+        open_plain(final, ring)
