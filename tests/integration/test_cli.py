@@ -33,6 +33,18 @@ def pacsai(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+def read_until(proc: subprocess.Popen[str], seen: str, text: str, timeout_s: float) -> str:
+    """``seen`` and what ``proc`` prints after it, up to the line with ``text`` (asserted)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in seen and time.monotonic() < deadline:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+    assert text in seen, seen[-2000:]
+    return seen
+
+
 def test_check_config_names_every_bad_field(tmp_path):
     good = pacsai("check-config", "configs/default.yaml")
     assert good.returncode == 0 and "OK" in good.stdout
@@ -67,20 +79,11 @@ def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
         env=env,
     )
     try:
-        ready = ""
-        deadline = time.monotonic() + 120
-        while "pacsai up: listener" not in ready and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            ready += line
-        assert "pacsai up: listener" in ready, ready[-2000:]
+        ready = read_until(proc, "", "pacsai up: listener", 120)
         # the early listener (before Ray) makes it durable; the listener actors take the port over
         files = save_study(make_cxr_study(seed=5), tmp_path / "in")
         assert storescu(files, "127.0.0.1", port, "PACSAI").returncode == 0
-        while "took the port over" not in ready and time.monotonic() < deadline:
-            ready += proc.stdout.readline()
-        assert "took the port over" in ready, ready[-2000:]
+        ready = read_until(proc, ready, "took the port over", 120)
         later = save_study(make_cxr_study(seed=6), tmp_path / "in2")
         assert storescu(later, "127.0.0.1", port, "PACSAI").returncode == 0
         second = pacsai("up", "--config", str(path))  # the port is held: refused before Ray starts
@@ -96,13 +99,7 @@ def test_up_serves_until_sigterm_and_status_reports_the_ledger(tmp_path):
         # The stages start after the listener actors took the port over; on a loaded machine (CI
         # with two test workers) that took 20 s and more, which the old 30 s budget for the
         # whole wait did not always cover: wait for the stages' line, then for the two studies.
-        deadline = time.monotonic() + 120
-        while "every stage up" not in ready and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            ready += line
-        assert "every stage up" in ready, ready[-2000:]
+        ready = read_until(proc, ready, "every stage up", 120)
         deadline = time.monotonic() + 60
         while status()["instances"]["skipped"] != 2 and time.monotonic() < deadline:
             time.sleep(0.5)
