@@ -253,6 +253,14 @@ def test_odd_escapes_keep_the_text_and_log_nothing_of_it(address, caplog):
         ("C:\\E\\TEMP", "C:\\TEMP"),
         ("\\X4DC39C\\LLER", "MÜLLER"),
         ("50\\T\\50", "50&50"),
+        # formatting counts make no value longer than it was received (stop 31)
+        ("A\\.sk3\\B", "A   B"),  # honoured: no longer than the sequence
+        ("A\\.sp2\\B", "A\n\nB"),
+        ("A\\.sk50\\B", "A" + " " * 7 + "B"),  # cut to the sequence's own 7 characters
+        ("A\\.sk99999999\\B", "A" + " " * 13 + "B"),  # was 100 MB of blanks
+        ("A\\.sp\u00b2\\B", "A\\.sp\u00b2\\B"),  # not ASCII digits (int() refused it): kept as received
+        ("A\\.sp-2\\B", "A\nB"),
+        ("A\\.in+4\\B", "AB"),
     ],
 )
 def test_escape_sequences_of_chapter_2_7(escaped, plain):
@@ -275,23 +283,6 @@ def test_a_second_msh_in_one_frame_is_rejected():
 
 
 # ------------------------------------------- formatting counts (a value never grows, stop 31)
-@pytest.mark.parametrize(
-    ("escaped", "plain"),
-    [
-        ("A\\.sk3\\B", "A   B"),  # honoured: no longer than the sequence
-        ("A\\.sp2\\B", "A\n\nB"),
-        ("A\\.sk50\\B", "A" + " " * 7 + "B"),  # cut to the sequence's own 7 characters
-        ("A\\.sk99999999\\B", "A" + " " * 13 + "B"),  # was 100 MB of blanks
-        ("A\\.sp\u00b2\\B", "A\\.sp\u00b2\\B"),  # not ASCII digits (int() refused it): kept as received
-        ("A\\.sp-2\\B", "A\nB"),
-        ("A\\.in+4\\B", "AB"),
-    ],
-)
-def test_a_formatting_count_makes_no_value_longer_than_it_was_received(escaped, plain):
-    raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
-    assert parse_message(raw.encode()).first("PID").get(5) == plain
-
-
 def test_a_count_of_thousands_of_digits_is_read_not_raised():
     escaped = "A\\.sk" + "9" * 5000 + "\\B"  # int() refuses strings of over 4,300 digits
     raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||X1||{escaped}\r"
