@@ -146,9 +146,10 @@ def check_sender(header: MessageHeader, host: str, subject: str | None, cfg: Hl7
     if not cfg.senders:
         return
     sid = header.control_id
+    refusal = peer_refusal(host, subject, cfg)  # the listener closed such a peer's connection already
+    if refusal is not None:
+        raise _reject(refusal, SENDER_REFUSED, "", sid)
     peers = [s for s in cfg.senders if _sender_matches(s, host, subject)]
-    if not peers:  # the listener closed such a peer's connection already (``peer_refusal``)
-        raise _reject(f"peer {host} (subject {subject!r}): not in hl7.senders", SENDER_REFUSED, "", sid)
     app, fac = header.sending_application, header.sending_facility
     if not any(_hd_matches(app, s.application) and _hd_matches(fac, s.facility) for s in peers):
         raise _reject(
