@@ -27,7 +27,6 @@ from core.records import Prediction
 
 __all__ = [
     "ASSESSMENTS",
-    "AlertRow",
     "COMMENT_MAX",
     "FINAL_DIAGNOSIS_MAX",
     "FindingDecision",
@@ -106,29 +105,6 @@ def reader_of(subject: str) -> str:
         if subject.startswith(prefix):
             return subject[len(prefix) :]
     return subject
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRow:
-    """A stored alert item with where it comes from (server-sent events and webhooks read these).
-
-    Attributes:
-        item_id: Its row id: the order of pushes (a cursor).
-        sr_uid: The SR version it belongs to.
-        study_uid: The study.
-        family: The SR's model family (a quality flag's item says ``quality``).
-        model_version: The model's version (``sr_results.model_version``).
-        item: What the policy judges.
-        created_at: When the SR version was recorded.
-    """
-
-    item_id: int
-    sr_uid: str
-    study_uid: str
-    family: str
-    model_version: str
-    item: AlertItem
-    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,6 @@ from core.audit import AuditEvent
 from core.clinical import (
     ORDER_RANK,
     QUALITY_FAMILY,
-    AlertRow,
     ReviewRequest,
     StoredReview,
     WorklistEntry,
@@ -49,7 +48,7 @@ from state.ledger.clinical_verified import VerifiedSubmissions
 __all__ = ["Clinical", "ReviewReceipt", "apply_alert_items", "policy_sql"]
 
 _NOT_RESULTS = (VersionState.SUPERSEDED.value, VersionState.ABANDONED.value)
-_ITEM_COLUMNS = (
+ITEM_COLUMNS = (  # the alert item's columns, table alias ``a`` (``alert_item``)
     "a.item_id, a.sr_uid, a.study_uid, a.family, a.finding, a.probability, a.present, a.critical,"
     " a.quality_flag, a.order_priority, a.created_at"
 )
@@ -97,7 +96,8 @@ def apply_alert_items(tx: Tx, versions: Iterable[SrVersion], order_priority: Ord
         )
 
 
-def _item(row: Row) -> AlertItem:
+def alert_item(row: Row) -> AlertItem:
+    """An ``alert_items`` row (``ITEM_COLUMNS``) as the policy judges it (the pushes read it too)."""
     return AlertItem(
         QUALITY_FAMILY if int(row["quality_flag"]) else row["family"],
         row["finding"],
@@ -105,7 +105,7 @@ def _item(row: Row) -> AlertItem:
         bool(int(row["present"])),
         bool(int(row["critical"])),
         bool(int(row["quality_flag"])),
-        row["order_priority"],
+        row["order_priority"] or None,
     )
 
 
@@ -135,39 +135,11 @@ class Clinical(VerifiedSubmissions):
 
     # Alert items ------------------------------------------------------------------------------
 
-    def items_after(self, item_id: int, limit: int) -> list[AlertRow]:
-        """Alert items recorded after ``item_id``, oldest first (server-sent events, webhooks)."""
-        with self._db.read() as tx:
-            rows = tx.all(
-                f"SELECT {_ITEM_COLUMNS}, r.model_version FROM alert_items a"
-                " LEFT JOIN sr_results r ON r.sop_instance_uid = a.sr_uid"
-                " WHERE a.item_id > ? ORDER BY a.item_id LIMIT ?",
-                (item_id, limit),
-            )
-        return [
-            AlertRow(
-                int(r["item_id"]),
-                r["sr_uid"],
-                r["study_uid"],
-                r["family"],
-                r["model_version"] or "",
-                _item(r),
-                float(r["created_at"]),
-            )
-            for r in rows
-        ]
-
-    def last_item_id(self) -> int:
-        """The newest alert item's id (0: none): where a new listener starts."""
-        with self._db.read() as tx:
-            row = tx.one("SELECT MAX(item_id) AS n FROM alert_items")
-        return int(row["n"]) if row and row["n"] is not None else 0
-
     def items_of(self, sr_uid: str) -> list[AlertItem]:
         """Every alert item of one SR version (present or not), in the model's order."""
         with self._db.read() as tx:
-            rows = tx.all(f"SELECT {_ITEM_COLUMNS} FROM alert_items a WHERE a.sr_uid = ? ORDER BY a.item_id", (sr_uid,))
-        return [_item(r) for r in rows]
+            rows = tx.all(f"SELECT {ITEM_COLUMNS} FROM alert_items a WHERE a.sr_uid = ? ORDER BY a.item_id", (sr_uid,))
+        return [alert_item(r) for r in rows]
 
     # Worklist ---------------------------------------------------------------------------------
 
@@ -240,12 +212,12 @@ class Clinical(VerifiedSubmissions):
         found: dict[str, list[AlertItem]] = {}
         if sr_uids:
             rows = tx.all(
-                f"SELECT {_ITEM_COLUMNS} FROM alert_items a WHERE a.sr_uid IN ({marks(len(sr_uids))})"
+                f"SELECT {ITEM_COLUMNS} FROM alert_items a WHERE a.sr_uid IN ({marks(len(sr_uids))})"
                 " ORDER BY a.item_id",
                 list(sr_uids),
             )
             for r in rows:
-                found.setdefault(r["sr_uid"], []).append(_item(r))
+                found.setdefault(r["sr_uid"], []).append(alert_item(r))
         return found
 
     @staticmethod

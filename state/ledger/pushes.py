@@ -18,21 +18,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.alert_policy import AlertItem
 from core.audit import AuditEvent
 from core.pushes import PushItem
 from state.db import Database, Row, Tx, marks
 from state.ledger.audit import append_events
+from state.ledger.clinical import ITEM_COLUMNS, alert_item
 
 __all__ = ["DuePush", "PushRecord", "Pushes"]
 
 WEBHOOKS = "webhooks"
 """The webhook dispatcher's cursor."""
-
-_ITEM_COLUMNS = (
-    "i.item_id, i.sr_uid, i.study_uid, i.family, i.finding, i.probability, i.present, i.critical,"
-    " i.quality_flag, i.order_priority, i.created_at"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +61,7 @@ class PushRecord:
 
 
 def _item(row: Row) -> PushItem:
-    flag = bool(row["quality_flag"])
-    alert = AlertItem(
-        "quality" if flag else row["family"],  # the policy judges image-quality flags as family "quality"
-        row["finding"],
-        float(row["probability"]),
-        bool(row["present"]),
-        bool(row["critical"]),
-        flag,
-        row["order_priority"] or None,
-    )
-    return PushItem(int(row["item_id"]), row["sr_uid"], row["study_uid"], alert, float(row["created_at"]))
+    return PushItem(int(row["item_id"]), row["sr_uid"], row["study_uid"], alert_item(row), float(row["created_at"]))
 
 
 class Pushes:
@@ -87,12 +72,12 @@ class Pushes:
 
     def items_after(self, item_id: int, limit: int = 500, *, critical_only: bool = False) -> list[PushItem]:
         """Alert items after ``item_id``, in order (``critical_only``: present critical findings)."""
-        where = "i.item_id > ?"
+        where = "a.item_id > ?"
         if critical_only:
-            where += " AND i.critical = 1 AND i.present = 1 AND i.quality_flag = 0"
+            where += " AND a.critical = 1 AND a.present = 1 AND a.quality_flag = 0"
         with self._db.read() as tx:
             rows = tx.all(
-                f"SELECT {_ITEM_COLUMNS} FROM alert_items i WHERE {where} ORDER BY i.item_id LIMIT ?", (item_id, limit)
+                f"SELECT {ITEM_COLUMNS} FROM alert_items a WHERE {where} ORDER BY a.item_id LIMIT ?", (item_id, limit)
             )
         return [_item(r) for r in rows]
 
@@ -147,8 +132,8 @@ class Pushes:
                 return []
             wanted = sorted(int(r["push_id"]) for r in ids)
             rows = tx.all(
-                f"SELECT p.push_id, p.role, p.attempts, {_ITEM_COLUMNS} FROM alert_pushes p"
-                f" JOIN alert_items i ON i.item_id = p.item_id WHERE p.push_id IN ({marks(len(wanted))})"
+                f"SELECT p.push_id, p.role, p.attempts, {ITEM_COLUMNS} FROM alert_pushes p"
+                f" JOIN alert_items a ON a.item_id = p.item_id WHERE p.push_id IN ({marks(len(wanted))})"
                 " ORDER BY p.push_id",
                 wanted,
             )

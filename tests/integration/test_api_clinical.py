@@ -322,7 +322,7 @@ def test_no_answer_carries_a_finding_outside_the_callers_policy(shared, policy_s
     _write(api.ctx.policy._path, policy_spec)
     api.ctx.policy.reload()
     policy: AlertPolicy = api.ctx.policy.current()
-    every = {r.sr_uid for r in ledger.clinical.items_after(0, 100_000)}  # one version per study: all latest
+    every = {r.sr_uid for r in ledger.pushes.items_after(0, 100_000)}  # one version per study: all latest
     for user in [*USERS, "ghost"]:
         roles = policy.roles_of(user)
         res = c.get(f"{BASE}/worklist?limit=200", headers=token(user, "read"))

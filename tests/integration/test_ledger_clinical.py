@@ -111,18 +111,19 @@ def test_alert_items_worklists_reviews_and_policy_versions(ledger):
         AlertItem("chest_xray", "pneumothorax", 0.3, False, True, False, "asap"),
         AlertItem("quality", "motion_artefact", 1.0, True, False, True, "asap"),
     ]
-    rows = ledger.clinical.items_after(0, 100)
+    rows = ledger.pushes.items_after(0, 100)  # the one reader of items in order (events, webhooks)
     assert [r.sr_uid for r in rows] == [a.sop_instance_uid] * 3 + [b.sop_instance_uid] + [
         c1.sop_instance_uid,
         c2.sop_instance_uid,
     ]
-    assert rows[3].item.order_priority is None and rows[3].model_version == "1.0" and rows[3].family == b.family
-    assert [r.item_id for r in ledger.clinical.items_after(rows[2].item_id, 2)] == [rows[3].item_id, rows[4].item_id]
-    assert ledger.clinical.last_item_id() == rows[-1].item_id
+    assert rows[3].alert.order_priority is None and rows[3].alert.family == b.family
+    assert [r.item_id for r in ledger.pushes.items_after(rows[2].item_id, 2)] == [rows[3].item_id, rows[4].item_id]
+    assert ledger.pushes.last_item_id() == rows[-1].item_id
 
     # Operators: every latest result with an alert; critical first, then priority, newest first.
     everything = ledger.clinical.worklist(None, [], "op", limit=10)
     assert [e.sr_uid for e in everything.entries] == [b.sop_instance_uid, a.sop_instance_uid, c2.sop_instance_uid]
+    assert everything.entries[0].model_version == "1.0"  # b's, from sr_results
     assert everything.total == 3 and list(everything.entries) == sorted(everything.entries, key=worklist_key)
     page = ledger.clinical.worklist(None, [], "op", limit=1, offset=1)
     assert [e.sr_uid for e in page.entries] == [a.sop_instance_uid] and page.total == 3
@@ -223,7 +224,7 @@ def test_the_compiled_policy_selects_exactly_what_the_policy_shows(ledger):
             ledger, f"3.{n}", family, said, 100.0 + 10 * n, rnd.choice([None, "stat", "asap", "routine"]), flags
         )
     store_result(ledger, "3.99", "chest_xray", [_finding("nodule", 0.92), _finding("pneumothorax", 0.5, True)], 300.0)
-    stored = [(r.sr_uid, r.item) for r in ledger.clinical.items_after(0, 1000)]
+    stored = [(r.sr_uid, r.alert) for r in ledger.pushes.items_after(0, 1000)]
 
     def compare(policy: AlertPolicy, held: list[str]) -> None:
         where, args = policy_sql(policy, held)
