@@ -35,6 +35,7 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from actors.adapters.association_gate import AssociationGate
 from actors.adapters.clock import SystemClock
 from actors.adapters.dimse_limits import AssociationGuard, SpillBuffer, SpillingDimse, spill_into
+from actors.adapters.dimse_wakeups import connection_closed, wait_for_work
 from actors.adapters.metrics import recorder
 from actors.adapters.port_sharing import PortSharing
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
@@ -278,6 +279,7 @@ class Listener:
             wrapper.pdu_cap = _pdu_cap(self._cfg.max_pdu_size)
         if self.guard.admit(event.assoc, str(event.address[0])):  # issue 13: per-peer cap, deadline
             spill_into(event.assoc, self.intake.spool_dir / ".incoming", self._cfg.limits)
+            wait_for_work(event.assoc)
 
     @property
     def serving(self) -> bool:
@@ -289,8 +291,10 @@ class Listener:
         return server.socket.fileno() != -1 and not (stopped is not None and stopped.is_set())
 
     def _closed(self, event: Any) -> None:
-        """EVT_CONN_CLOSE: drop a partly received data set; uncount the association."""
+        """EVT_CONN_CLOSE: drop a partly received data set; uncount the association; end its
+        waits for work."""
         _discard_partial(event)
+        connection_closed(event.assoc)
         if self.sharing is not None:
             self.sharing.closed()
 

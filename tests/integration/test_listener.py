@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -14,7 +16,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
+from actors.adapters import dimse_wakeups
 from actors.adapters.dimse import Listener
 from core.config import ListenerConfig, StorageConfig
 from demo.dcmtk import storescu
@@ -202,3 +206,82 @@ def test_listener_processes_of_one_port_even_their_associations_out(tmp_path):
     assert set(ledger.intake.states(study)) == {str(d.SOPInstanceUID) for d in datasets}
     assert [e.type for e in ledger.audit.events(study)].count("instance_received") == 16
     ledger.close()
+
+
+def _acceptor_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("AcceptorThread")]
+
+
+def _until(done, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_an_idle_association_waits_for_work_instead_of_polling(listener, monkeypatch):
+    """Issue 14: pynetdicom's two loops per association slept 1 ms a pass, ~2,000 wakes a second
+    each taking the GIL from the instances being made durable. Our listener's loops wait for
+    work (``actors.adapters.dimse_wakeups``): idle, each wakes about once per ``IDLE_S``; the
+    association still answers at once, and ends with its connection."""
+    waits = {"dul": 0, "association": 0}
+
+    def counted(name: str, wait):
+        def counting(*args):
+            waits[name] += 1
+            return wait(*args)
+
+        return counting
+
+    monkeypatch.setattr(dimse_wakeups, "_dul_idle", counted("dul", dimse_wakeups._dul_idle))
+    monkeypatch.setattr(dimse_wakeups, "_association_idle", counted("association", dimse_wakeups._association_idle))
+    lst, ledger = listener()
+    src = Path(get_testdata_file("CT_small.dcm"))
+    ds = dcmread(src)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", lst.port, ae_title="PACSAI")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0
+        before = dict(waits)
+        time.sleep(1.0)
+        idle = {k: waits[k] - before[k] for k in waits}
+        most = 2 / dimse_wakeups.IDLE_S  # pynetdicom's own loops: ~1,000 each in that second
+        assert all(1 <= n <= most for n in idle.values()), idle
+        assert assoc.send_c_store(src).Status == 0
+        assert ledger.intake.has_instance(ds.SOPInstanceUID)
+    finally:
+        assoc.release()
+    assert _until(lambda: not _acceptor_threads())
+
+
+def test_released_aborted_dropped_and_timed_out_associations_all_end_and_leave_no_descriptor(listener):
+    """Every way an association ends still ends the listener's threads for it, and the eventfd
+    each one waited on is closed with its connection (before the close at EVT_CONN_CLOSE, a
+    third of aborted associations left theirs open until the collector ran)."""
+    lst, _ = listener(network_timeout_s=0.5)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(Verification)
+
+    def associate():
+        assoc = ae.associate("127.0.0.1", lst.port, ae_title="PACSAI")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        return assoc
+
+    associate().release()
+    assert _until(lambda: not _acceptor_threads())
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for k in range(20):
+        assoc = associate()
+        assoc.release() if k % 2 else assoc.abort()
+    with socket.create_connection(("127.0.0.1", lst.port)):
+        pass  # dropped before it associated
+    idle = associate()  # the listener's network timeout (0.5 s) ends it
+    assert _until(lambda: not idle.is_alive())
+    assert idle.is_aborted or idle.is_released
+    assert _until(lambda: not _acceptor_threads())
+    assert len(os.listdir("/proc/self/fd")) <= descriptors + 2
