@@ -1,10 +1,11 @@
 """``pacsai purge --dry-run``: what retention would delete now, deleting nothing.
 
-The purging itself is the auditor's loop (``state.retention_purge.Purger.round``, every
-``storage.retention.period_s`` while the service runs); this asks the same ``Purger`` what its
-next round would take (``Purger.preview``), so an operator can check a retention setting
-before a round acts on it. Counts per store and the bytes of the files: nothing that names a
-patient. Only this cell's instances are considered, as by the auditor.
+The purging itself is each cell's loop, in its first listener actor
+(``state.retention_purge.Purger.round``, every ``storage.retention.period_s`` while the service
+runs); this asks the same ``Purger`` what its next round would take (``Purger.preview``), so an
+operator can check a retention setting before a round acts on it. Counts per store and the
+bytes of the files: nothing that names a patient. Only the config's cell is considered (one
+machine: the one cell).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from state.retention_purge import Purger, RetentionPreview, context_opener
 __all__ = ["preview", "print_preview", "refuse_without_dry_run", "register_purge"]
 
 NOT_OFFERED = (
-    "pacsai purge: only --dry-run is offered; the auditor purges what is due every "
+    "pacsai purge: only --dry-run is offered; each cell's first listener purges what is due every "
     "storage.retention.period_s while the service runs"
 )
 

@@ -25,7 +25,6 @@ from actors.stage import ActorShell
 from core.audit import AuditEntry
 from core.config import ClinicalConfig, StorageConfig, app_name
 from core.metrics import STAGE_OF_STATE
-from state.retention_purge import Purger, context_opener
 
 __all__ = ["AuditorActor"]
 
@@ -91,12 +90,6 @@ class AuditorActor(ActorShell):
             watch = AgreementWatch(self._ledger, clinical, self._clock)
             self._add_loop(Loop("agreement", watch.round, clinical.agreement_period_s, clock=self._clock))
         self._exporter = self._start_export(storage)
-        self._purger = Purger(storage, self._ledger, context_opener(storage))
-        if self._purger.active:  # storage.retention (core.retention): each round is audited
-            purge = self._purger.round
-            self._add_loop(
-                Loop("retention", lambda: purge(self._clock.now()), storage.retention.period_s, clock=self._clock)
-            )
         self._start_heartbeat()
 
     def _start_export(self, storage: StorageConfig) -> AuditExporter | None:

@@ -6,17 +6,24 @@ import ray
 
 from actors.adapters.cells import read_spooled
 from actors.adapters.dimse import Listener
+from actors.polling import Loop
 from actors.stage import ActorShell
 from core.config import AssemblyConfig, ListenerConfig, StorageConfig
 from core.health import ActorHealth, LoopHealth
 from state.layout import VarLayout
+from state.retention_purge import Purger, context_opener
 
 __all__ = ["ListenerActor"]
 
 
 @ray.remote
 class ListenerActor(ActorShell):
-    """Ray shell around ``Listener``; Ray restarts it (and so rebinds the port) if it dies."""
+    """Ray shell around ``Listener``; Ray restarts it (and so rebinds the port) if it dies.
+
+    The first listener of each cell (``purges``) also runs the cell's retention loop
+    (``state.retention_purge``): the cell's files are on its node, in its var dir, and only
+    its instances are considered (``instances.cell``); one machine is the one cell.
+    """
 
     name = "listener"
 
@@ -29,6 +36,7 @@ class ListenerActor(ActorShell):
         log_level: str = "INFO",
         assembly: AssemblyConfig | None = None,
         share_port: bool = False,
+        purges: bool = False,
     ) -> None:
         ledger = self._open_ledger(storage, log_level)
         layout = VarLayout.at(storage.var_dir)
@@ -44,7 +52,18 @@ class ListenerActor(ActorShell):
             assembly=assembly,
         )
         self._listener.start(shared=share_port)  # pacsai up's early listener may hold the port
+        if purges:
+            self._start_retention(storage)
         self._start_heartbeat()
+
+    def _start_retention(self, storage: StorageConfig) -> None:
+        """This cell's purge rounds (``storage.retention``), each audited, when any store purges."""
+        purger = Purger(storage, self._ledger, context_opener(storage))
+        if purger.active:
+            purge = purger.round
+            self._add_loop(
+                Loop("retention", lambda: purge(self._clock.now()), storage.retention.period_s, clock=self._clock)
+            )
 
     def port(self) -> int:
         """Return the bound DIMSE port."""

@@ -411,6 +411,7 @@ class Pipeline:
                 self.cfg.logging.level,
                 self.cfg.assembly,
                 self.share_port,
+                purges=index == 0,  # the cell's retention runs where its files are, once
             )
             for index in range(self.cfg.listener.instances)
         }

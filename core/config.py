@@ -310,7 +310,9 @@ class RetentionConfig(_Model):
     hl7_raw_days: float | None = Field(
         default=None, ge=0, description="Days a raw HL7 message is kept after it was audited (its digest stays)"
     )
-    period_s: float = Field(default=3600.0, gt=0, description="How often the auditor's purge loop runs")
+    period_s: float = Field(
+        default=3600.0, gt=0, description="How often each cell's purge loop runs (in the cell's first listener)"
+    )
 
 
 class StorageConfig(_Model):

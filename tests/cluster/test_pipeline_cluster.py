@@ -9,6 +9,7 @@ one terminal state and the PACS holds exactly one SR per study.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -83,6 +84,8 @@ def raw_config(
             "var_dir": str(tmp_path_factory.mktemp("var")),
             "ledger": {"backend": "postgresql", "dsn_env": PG_ENV, "schema_prefix": f"cl{int(time.time()) % 10**6}"},
             "encryption": {"key_file": str(keys)},
+            # each cell's first listener purges its own rejected/ on its node (planted files below)
+            "retention": {"rejected_days": 30, "period_s": 1.0},
         },
         # the config, not the driver's environment, turns on Ray's token authentication
         ray={"address": cluster.address, "namespace": "pacsai-cluster", "auth_token_file": str(cluster.token_file)},
@@ -195,8 +198,16 @@ def _assert_exactly_once(ledger: Ledger, pacs: OrthancProcess, studies: list[tup
 
 
 def test_each_cell_runs_on_its_ingress_node_and_every_study_gives_one_sr(
-    cluster: LocalRayCluster, up: Up, ledger: Ledger, pacs: OrthancProcess, tmp_path: Path
+    cluster: LocalRayCluster, up: Up, ledger: Ledger, pacs: OrthancProcess, tmp_path: Path, raw_config: dict[str, Any]
 ) -> None:
+    stale = time.time() - 40 * 86400  # older than rejected_days: each cell's retention takes its own
+    planted = []
+    for cell in ("a", "b"):
+        rejected = Path(raw_config["storage"]["var_dir"]) / "cells" / cell / "rejected"
+        rejected.mkdir(parents=True, exist_ok=True)
+        planted.append(rejected / f"stale-{cell}.dcm")
+        planted[-1].write_bytes(b"rejected long ago")
+        os.utime(planted[-1], (stale, stale))
     ids = cluster.node_ids()
     placed = up.nodes_of_actors()
     for name, node in placed.items():
@@ -220,6 +231,14 @@ def test_each_cell_runs_on_its_ingress_node_and_every_study_gives_one_sr(
     _assert_exactly_once(ledger, pacs, studies)
     jobs = ledger.jobs.for_study(split_uid)
     assert len(jobs) == 1, [j.state for j in jobs]  # one job, not one per node
+    loops = up.driver.eval("{k: [loop.name for loop in h.loops] for k, h in pipeline.health().items()}")
+    assert "retention" in loops["a/listener"] and "retention" in loops["b/listener"], loops
+    assert "retention" not in loops["auditor"], loops  # it saw no cell's instances on a cluster
+    deadline = time.monotonic() + 60
+    while any(f.exists() for f in planted) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(f.exists() for f in planted), planted
+    assert "data_purged" in [e.type for e in ledger.audit.events()]
 
 
 def test_a_dead_ingress_node_loses_and_doubles_nothing_and_the_other_goes_on(

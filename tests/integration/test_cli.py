@@ -248,7 +248,7 @@ def test_purge_dry_run_shows_what_retention_would_delete_and_deletes_nothing(tmp
     assert text.returncode == 0 and "spool       1" in text.stdout and "nothing was deleted" in text.stdout
     assert old.exists() and young.exists()  # a dry run
     refused = pacsai("purge", "--config", str(config))
-    assert refused.returncode == 2 and "only --dry-run" in refused.stderr and "auditor" in refused.stderr
+    assert refused.returncode == 2 and "only --dry-run" in refused.stderr and "first listener" in refused.stderr
     assert old.exists()
 
 

@@ -134,6 +134,35 @@ def test_study_comes_back_as_a_valid_sr_in_the_pacs(tmp_path, orthanc, make_pipe
     assert report.broken is None and report.head_checked and report.signed == report.entries > 0
 
 
+def test_a_cells_first_listener_purges_its_delivered_studies_past_retention(tmp_path, orthanc, make_pipeline):
+    """Retention runs where a cell's files are: in its first listener actor (on a cluster, on
+    the cell's node; ``tests/cluster`` checks both cells), no longer in the auditor, which on a
+    cluster saw no cell's instances at all. A delivered study past ``spool_after_delivery_days``
+    loses its spool files, its instances are marked purged, and the round is audited."""
+    import ray
+
+    pipeline, cfg = make_pipeline(orthanc, storage={"retention": {"spool_after_delivery_days": 0, "period_s": 0.5}})
+
+    def loops(key: str) -> set[str]:
+        return {loop.name for loop in ray.get(pipeline.actors[key].health.remote(), timeout=60).loops}
+
+    assert "retention" in loops("listener") and "retention" not in loops("auditor")
+    datasets, files = study(tmp_path, 12, n=2)
+    study_uid = str(datasets[0].StudyInstanceUID)
+    send(files, pipeline, cfg)
+    ledger = ledger_of(pipeline)
+    assert wait_for_states(ledger, [study_uid], {"delivered"}), ledger.status.report(time.time())
+    assert len(sr_instances(orthanc, study_uid)) == 1
+
+    def purged() -> list[dict]:
+        with ledger.db.read() as tx:
+            return tx.all("SELECT path FROM instances WHERE study_uid = ? AND purged_at IS NOT NULL", (study_uid,))
+
+    assert wait_until(lambda: len(purged()) == 2, 60), purged()
+    assert not any(Path(row["path"]).exists() for row in purged())
+    assert "data_purged" in [e.type for e in ledger.audit.events()]
+
+
 def test_trained_demo_model_finds_the_phantom_lesion(tmp_path, orthanc, make_pipeline):
     pipeline, cfg = make_pipeline(orthanc)
     pos, pos_files = study(tmp_path, 21, {"effusion"})
