@@ -28,6 +28,12 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
@@ -120,6 +126,28 @@ arrives (a peer may announce 4 GiB and send 10 bytes)."""
 
 class PduTooLong(ConnectionAbortedError):
     """A peer announced a PDU longer than we accept: the association is closed (Evt17)."""
+
+
+_STANDARD_LOGGING = (
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+)
+
+
+def _unbind_standard_logging(assoc: Any) -> None:
+    """Unbind pynetdicom's standard logging handlers from one of our associations.
+
+    pynetdicom binds them to every association (``_config.LOG_HANDLER_LEVEL``, process-wide):
+    per PDU an ``Event``, per PDU sent the AE-wide lock; per C-STORE request a copy of the
+    whole data set (``getvalue()``, only to say whether there is one) and a dozen formatted
+    lines for its DEBUG log; per response the message dump: ~45 µs of the GIL per instance,
+    and nothing we log: our own log names UIDs only, and the audit
+    trail records what arrived.
+    """
+    for event, handler in _STANDARD_LOGGING:
+        assoc.unbind(event, handler)
 
 
 class _BulkReadSocket(AssociationSocket):
@@ -280,6 +308,7 @@ class Listener:
         if self.guard.admit(event.assoc, str(event.address[0])):  # issue 13: per-peer cap, deadline
             spill_into(event.assoc, self.intake.spool_dir / ".incoming", self._cfg.limits)
             wait_for_work(event.assoc)
+            _unbind_standard_logging(event.assoc)
 
     @property
     def serving(self) -> bool:

@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 
+from actors.adapters.store_response import c_store_rsp_pdata
 from core.limits_config import DimseLimitsConfig
 
 __all__ = ["AssociationGuard", "SpillBuffer", "SpillingDimse", "spill_into"]
@@ -127,6 +129,17 @@ class SpillingDimse(DIMSEServiceProvider):
             self.message = DIMSEMessage()
             self.message.data_set = SpillBuffer(*self.spill)
         super().receive_primitive(primitive)
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """As pynetdicom's; a C-STORE response is encoded in one pass
+        (``actors.adapters.store_response``) unless a handler wants the ``EVT_DIMSE_SENT``
+        message object pynetdicom would build for it."""
+        if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            pdata = c_store_rsp_pdata(primitive, context_id, self.maximum_pdu_size)
+            if pdata is not None:
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
 
     def discard_partial(self) -> None:
         """The association ended mid-message: remove its partly received file."""

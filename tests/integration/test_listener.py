@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from actors.adapters import dimse_wakeups
+from actors.adapters import dimse_limits, dimse_wakeups, store_response
 from actors.adapters.dimse import Listener
 from core.config import ListenerConfig, StorageConfig
 from demo.dcmtk import storescu
@@ -225,7 +225,8 @@ def test_an_idle_association_waits_for_work_instead_of_polling(listener, monkeyp
     """Issue 14: pynetdicom's two loops per association slept 1 ms a pass, ~2,000 wakes a second
     each taking the GIL from the instances being made durable. Our listener's loops wait for
     work (``actors.adapters.dimse_wakeups``): idle, each wakes about once per ``IDLE_S``; the
-    association still answers at once, and ends with its connection."""
+    association still answers at once (its C-STORE response encoded in one pass, without
+    pynetdicom's logging handlers), and ends with its connection."""
     waits = {"dul": 0, "association": 0}
 
     def counted(name: str, wait):
@@ -237,6 +238,14 @@ def test_an_idle_association_waits_for_work_instead_of_polling(listener, monkeyp
 
     monkeypatch.setattr(dimse_wakeups, "_dul_idle", counted("dul", dimse_wakeups._dul_idle))
     monkeypatch.setattr(dimse_wakeups, "_association_idle", counted("association", dimse_wakeups._association_idle))
+    answered: list[tuple[str, bool]] = []  # (response, encoded in one pass: actors.adapters.store_response)
+
+    def one_pass(primitive, context_id, max_pdu):
+        pdata = store_response.c_store_rsp_pdata(primitive, context_id, max_pdu)
+        answered.append((type(primitive).__name__, pdata is not None))
+        return pdata
+
+    monkeypatch.setattr(dimse_limits, "c_store_rsp_pdata", one_pass)
     lst, ledger = listener()
     src = Path(get_testdata_file("CT_small.dcm"))
     ds = dcmread(src)
@@ -254,6 +263,9 @@ def test_an_idle_association_waits_for_work_instead_of_polling(listener, monkeyp
         assert all(1 <= n <= most for n in idle.values()), idle
         assert assoc.send_c_store(src).Status == 0
         assert ledger.intake.has_instance(ds.SOPInstanceUID)
+        assert answered == [("C_ECHO", False), ("C_STORE", True)]
+        [ours] = lst._server.active_associations  # pynetdicom's logging handlers are not bound to it
+        assert not ours.get_handlers(evt.EVT_DIMSE_RECV) and not ours.get_handlers(evt.EVT_PDU_SENT)
     finally:
         assoc.release()
     assert _until(lambda: not _acceptor_threads())
