@@ -4,8 +4,10 @@ The purging itself is each cell's loop, in its first listener actor
 (``state.retention_purge.Purger.round``, every ``storage.retention.period_s`` while the service
 runs); this asks the same ``Purger`` what its next round would take (``Purger.preview``), so an
 operator can check a retention setting before a round acts on it. Counts per store and the
-bytes of the files: nothing that names a patient. Only the config's cell is considered (one
-machine: the one cell).
+bytes of the files: nothing that names a patient. Only one cell's instances and files are
+considered: the config's own storage (one machine: the one cell), or ``--cell NAME`` (one of
+``cluster.cells``: its files under ``<var_dir>/cells/NAME``, as its listener sees them; run it
+on that cell's node, where they are).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 import time
 
-from core.config import AppConfig
+from core.config import StorageConfig
 from state.ledger import Ledger
 from state.retention_purge import Purger, RetentionPreview, context_opener
 
@@ -27,9 +29,10 @@ NOT_OFFERED = (
 )
 
 
-def preview(cfg: AppConfig, ledger: Ledger, now: float | None = None) -> RetentionPreview:
-    """What the next purge round would delete (the ledger is closed afterwards)."""
-    purger = Purger(cfg.storage, ledger, context_opener(cfg.storage))
+def preview(storage: StorageConfig, ledger: Ledger, now: float | None = None) -> RetentionPreview:
+    """What the next purge round of one cell (``storage``) would delete (the ledger is closed
+    afterwards)."""
+    purger = Purger(storage, ledger, context_opener(storage))
     try:
         return purger.preview(time.time() if now is None else now)
     finally:
@@ -54,9 +57,15 @@ def print_preview(found: RetentionPreview, as_json: bool) -> None:
 
 def register_purge(add: argparse.ArgumentParser) -> None:
     """The options of ``pacsai purge``."""
-    add.epilog = "Example:\n  pacsai purge --dry-run --config configs/prod.yaml"
+    add.epilog = (
+        "Examples:\n  pacsai purge --dry-run --config configs/prod.yaml\n"
+        "  pacsai purge --dry-run --cell a --config configs/cluster.yaml   (on cell a's node)"
+    )
     add.add_argument("--dry-run", action="store_true", help="show what would be deleted; delete nothing")
     add.add_argument("--json", action="store_true", help="one JSON object: counts per store, file bytes")
+    add.add_argument(
+        "--cell", default="", help="an ingress cell of cluster.cells (default: the one cell of one machine)"
+    )
 
 
 def refuse_without_dry_run() -> int:

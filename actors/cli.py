@@ -48,7 +48,7 @@ from actors._cli_up import cmd_up
 from actors.adapters.logs import LogSettings, export_for_workers, install
 from api.operations import LIMIT_MAX, InvalidArgument, NotFound, Operations, RayModelControl
 from core.codec import to_jsonable
-from core.config import AppConfig
+from core.config import AppConfig, cell_storage
 from core.errors import AccessDenied, ConfigError, PacsAIError
 from core.quarantine import QuarantineState
 from core.review import FlagKind, FlagState, Resolution, Reviewer, ReviewRole
@@ -358,7 +358,12 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if not args.dry_run:
         return refuse_without_dry_run()
     cfg = _config(args)
-    print_preview(preview(cfg, _ledger(cfg)), args.json)
+    try:
+        storage = cell_storage(cfg, args.cell)
+    except ConfigError as exc:
+        print(f"pacsai purge: --cell {args.cell}: {'; '.join(exc.problems)}", file=sys.stderr)
+        return 2
+    print_preview(preview(storage, open_ledger(storage)), args.json)
     return 0
 
 

@@ -42,7 +42,7 @@ from actors.sr_writer import SRWriterActor
 from actors.stage import StageRuntime
 from actors.validator import ValidatorActor
 from core.clinical import model_findings
-from core.config import AppConfig, StageConfig, StorageConfig
+from core.config import AppConfig, StageConfig, StorageConfig, cell_storage
 from core.health import ActorHealth
 from core.leases import stale_owners
 from core.placement import actor_name, cell_resource, cell_resources
@@ -149,10 +149,7 @@ class Pipeline:
 
     def storage_of(self, cell: str) -> StorageConfig:
         """Where one cell's files live and which jobs it leases (one machine: the config's)."""
-        if not cell:
-            return self.cfg.storage
-        var_dir = str(Path(self.cfg.storage.var_dir) / "cells" / cell)
-        return self.cfg.storage.model_copy(update={"var_dir": var_dir, "cell": cell})
+        return cell_storage(self.cfg, cell)
 
     def runtime(self, stage: StageConfig, cell: str = "") -> StageRuntime:
         """The runtime settings handed to one stage actor."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,6 +59,7 @@ __all__ = [
     "ValidationConfig",
     "WebhookConfig",
     "app_name",
+    "cell_storage",
     "parse_config",
 ]
 
@@ -1302,6 +1304,23 @@ def _route_problems(cfg: AppConfig) -> list[str]:
                     "cross-sectional modalities (CT, MR, PT, ...) for a slice-wise or volumetric network"
                 )
     return problems
+
+
+def cell_storage(cfg: AppConfig, cell: str) -> StorageConfig:
+    """Where one ingress cell's files live and which instances and jobs it holds: on a cluster
+    ``<var_dir>/cells/<cell>`` with ``storage.cell``; ``""`` is the config's own storage (one
+    machine: the one cell).
+
+    Raises:
+        ConfigError: ``cell`` is not one of ``cluster.cells``.
+    """
+    if not cell:
+        return cfg.storage
+    cells = list(cfg.cluster.cells) if cfg.cluster is not None else []
+    if cell not in cells:
+        raise ConfigError("cell", [f"cluster.cells: got no cell {cell!r}; expected one of {cells}"])
+    var_dir = str(PurePath(cfg.storage.var_dir) / "cells" / cell)
+    return cfg.storage.model_copy(update={"var_dir": var_dir, "cell": cell})
 
 
 def parse_config(raw: Mapping[str, Any] | None, source: str = "<mapping>") -> AppConfig:

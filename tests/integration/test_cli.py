@@ -252,6 +252,42 @@ def test_purge_dry_run_shows_what_retention_would_delete_and_deletes_nothing(tmp
     assert old.exists()
 
 
+def test_purge_dry_run_of_a_cluster_cell_sees_that_cells_instances_and_files(tmp_path, storage_for):
+    """On a cluster each cell's first listener purges the cell's own instances and files
+    (``<var_dir>/cells/<cell>``); ``--cell`` previews that cell's round. The config's own
+    storage is the cell ``''``, which holds nothing on a cluster; an unknown cell is refused
+    naming ``cluster.cells``."""
+    from core.config import cell_storage, parse_config
+    from state.data_keys import rotated, write_key_file
+    from state.ledger import open_ledger
+    from tests.unit.test_retention_purge import _instance
+
+    var = tmp_path / "var"
+    storage = storage_for("postgresql", var).model_dump(mode="json")
+    storage["retention"] = {"spool_after_delivery_days": 1}
+    write_key_file(tmp_path / "data-keys.json", rotated(None))  # one key for every node (a cluster's rule)
+    storage["encryption"]["key_file"] = str(tmp_path / "data-keys.json")
+    raw = {"storage": storage, "cluster": {"cells": ["a", "b"]}}
+    config = tmp_path / "cluster.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cell_a = cell_storage(parse_config(raw), "a")
+    ledger = open_ledger(cell_a)
+    old = ledger.db.run(lambda tx: _instance(tx, Path(cell_a.var_dir), "2.1", "delivered", time.time() - 2 * 86400))
+    ledger.db.run(lambda tx: tx.execute("UPDATE instances SET cell = 'a' WHERE sop_instance_uid = '2.1'"))
+    ledger.close()
+
+    def dry_run(*cell: str) -> dict:
+        shown = pacsai("purge", "--dry-run", "--json", *cell, "--config", str(config))
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)["counts"]
+
+    assert dry_run("--cell", "a") == {"spool": 1}
+    assert dry_run("--cell", "b") == {} and dry_run() == {}
+    unknown = pacsai("purge", "--dry-run", "--cell", "c", "--config", str(config))
+    assert unknown.returncode == 2 and "cluster.cells" in unknown.stderr and "'c'" in unknown.stderr
+    assert old.exists()
+
+
 def parse_storage(config: Path):
     from core.config import parse_config
 
