@@ -1,6 +1,6 @@
 """Retention: which stored data is past its keeping time, and may go (issue 13).
 
-Pure decision logic: the purge loop (``state.retention_purge``, run by the auditor) lists what
+Pure decision logic: the purge loop (``state.retention_purge``, run by each cell's first listener) lists what
 each store holds, with when it was stored and whether it is *settled*, and this decides what
 goes. Settled is the store's own precondition, never waived by age:
 
