@@ -143,8 +143,7 @@ def _unbind_standard_logging(assoc: Any) -> None:
     per PDU an ``Event``, per PDU sent the AE-wide lock; per C-STORE request a copy of the
     whole data set (``getvalue()``, only to say whether there is one) and a dozen formatted
     lines for its DEBUG log; per response the message dump: ~45 µs of the GIL per instance,
-    and nothing we log: our own log names UIDs only, and the audit
-    trail records what arrived.
+    and nothing we log: our own log names UIDs only, and the audit trail records what arrived.
     """
     for event, handler in _STANDARD_LOGGING:
         assoc.unbind(event, handler)
