@@ -61,9 +61,13 @@ class ListenerActor(ActorShell):
         purger = Purger(storage, self._ledger, context_opener(storage))
         if purger.active:
             purge = purger.round
-            self._add_loop(
-                Loop("retention", lambda: purge(self._clock.now()), storage.retention.period_s, clock=self._clock)
+            loop = Loop(
+                "retention",
+                lambda: purge(self._clock.now(), stopping=lambda: loop.stopping),
+                storage.retention.period_s,
+                clock=self._clock,
             )
+            self._add_loop(loop)
 
     def port(self) -> int:
         """Return the bound DIMSE port."""

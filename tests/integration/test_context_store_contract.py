@@ -254,6 +254,33 @@ def test_rejected_heads_and_audit_marks(store):
         reader.count("jobs")
 
 
+def test_retention_purges_audited_raw_messages_and_rejected_heads_a_page_at_a_time(store):
+    """``state.retention_purge.purge_context``: pages of ``seq`` after the last, on both
+    backends; only audited rows at or before the cutoff; an inbox row keeps its digest."""
+    from state.retention_purge import context_due, purge_context
+
+    writer, reader, db = store
+    for n in range(5):
+        writer.receive(entry(orm(f"R{n}"), now=100.0 + n)).result()
+        writer.reject(b"MSH|garbage", "peer", None, AckError("100", "no"), 100.0 + n).result()
+    writer.receive(entry(orm("LATE"), now=500.0)).result()
+    inbox, rejected, _ = reader.unaudited()
+    writer.mark_audited(
+        [(r["seq"], 0) for r in inbox if r["control_id"] != "R4"], [r["seq"] for r in rejected]
+    ).result()
+    assert context_due(db, 400.0, 400.0) == {"hl7_raw": 4, "rejected": 5}
+    pages = []
+    assert purge_context(db, 400.0, 400.0, page=2, between=lambda: pages.append(1) or True) == {
+        "hl7_raw": 4,
+        "rejected": 5,
+    }
+    assert len(pages) == 4  # after each full page: raw 2 + 2 (then an empty one), rejected heads 2 + 2 (then 1)
+    with db.read() as tx:
+        rows = tx.all("SELECT control_id, length(raw) AS n, sha256 FROM hl7_inbox ORDER BY seq")
+    assert {r["control_id"]: r["n"] > 0 for r in rows} == {f"R{n}": n == 4 for n in range(5)} | {"LATE": True}
+    assert all(r["sha256"] for r in rows) and context_due(db, 400.0, 400.0) == {"hl7_raw": 0, "rejected": 0}
+
+
 # ------------------------------------------------------------- identities and merges
 def test_a40_moves_orders_and_encounters_to_the_survivor(store):
     writer, reader, _ = store

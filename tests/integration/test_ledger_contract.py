@@ -729,6 +729,47 @@ def test_a_trail_from_before_signing_verifies_as_legacy_up_to_where_signing_star
     led.close()
 
 
+# ------------------------------------------------------------------------------ retention
+def test_retention_pages_take_every_due_instance_once_oldest_first(ledger, tmp_path):
+    """The purge round's pages (``state.ledger.retention``): delivered jobs by (delivery time,
+    job id), ties across a page boundary included, each job's unpurged instances of this cell;
+    quarantined instances by (hold time, UID). Both dialects take the row-value page keys."""
+    from tests.unit.test_retention_purge import _study
+
+    var = tmp_path / "var"
+    for n in range(5):  # five studies delivered at the same time
+        ledger.db.run(lambda tx, n=n: _study(tx, var, f"8.{n}", 2, 1000.0))
+    ledger.db.run(lambda tx: _study(tx, var, "8.0old", 1, 900.0))
+    ledger.db.run(lambda tx: _study(tx, var, "8.late", 1, 2000.0))  # after the cutoff
+    ledger.db.run(lambda tx: _study(tx, var, "8.work", 1, 900.0, job_state="routed"))  # not delivered
+    ledger.retention.mark_purged(["8.1.0"], [], 1500.0)  # purged already: not offered again
+    seen, after = [], None
+    while True:
+        items, after = ledger.retention.delivered(1500.0, after, jobs=2)
+        if after is None:
+            break
+        seen += [(i.sop_instance_uid, i.since) for i in items]
+    uids = [u for u, _ in seen]
+    expected = sorted(f"8.{n}.{k}" for n in range(5) for k in (0, 1) if (n, k) != (1, 0))
+    assert uids[0] == "8.0old.0" and sorted(uids[1:]) == expected and len(set(uids)) == 10
+    for uid, when in (("q.1", 50.0), ("q.2", 50.0), ("q.3", 60.0), ("q.4", 5000.0)):
+        ledger.db.run(lambda tx, uid=uid, when=when: _study(tx, var, uid, 1, 1.0, job_state="routed"))
+        ledger.db.run(
+            lambda tx, uid=uid, when=when: tx.execute(
+                "INSERT INTO quarantine (sop_instance_uid, study_uid, series_uid, state, created_at, updated_at)"
+                " VALUES (?, ?, 's', 'held', ?, ?)",
+                (f"{uid}.0", uid, when, when),
+            )
+        )
+    held, after = [], None
+    while True:
+        items, after = ledger.retention.quarantined(1500.0, after, limit=1)
+        if after is None:
+            break
+        held += [i.sop_instance_uid for i in items]
+    assert held == ["q.1.0", "q.2.0", "q.3.0"]
+
+
 # --------------------------------------------------------------- processes and schema
 def test_a_second_process_connection_sees_committed_rows(ledger, backend, storage_for):
     ledger.intake.record(meta("1"), 100.0, 102.0, "t")
