@@ -21,7 +21,13 @@ as interface engines do). Per message we measure send -> ACK received.
 - ``pacsai_inline``: the same with ``hl7.parse_workers: 0``: the event loop parses and maps,
   and the store's writer thread commits (``SqliteDatabase``'s group commit), as before issue 14.
 
-Prints one JSON line per (variant, connections) and a summary with the ratios.
+Prints one JSON line per (variant, connections) and a summary with the ratios. Each line
+carries ``cpu_ms_per_msg``: the CPU time (user + system, from ``/proc``) each part spent over the
+measured messages, divided by their number: ``client`` (this process), ``listener`` (the
+server's own process: its event loop, the audit pump, the checkpoint), ``deciders`` and
+``committer`` (the parse workers, all of each part together); and ``cores_busy``: all of it over
+the wall time. On two cores a closed loop of 8 connections is CPU-bound when ``cores_busy``
+nears 2: then p50 is about 8 / throughput, and the way to a lower p99 is less CPU a message.
 
     .venv/bin/python benchmarks/bench_hl7.py [--n 10000] [--variants ...]
 """
@@ -43,6 +49,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from _common import emit, percentile  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+from benchmarks.harness.record import process_cpu_s  # noqa: E402
 
 START, END = b"\x0b", b"\x1c\x0d"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -108,7 +116,7 @@ def _echo_server(port_q: Any, stop: Any, journal: str | None) -> None:
 
     async def main() -> None:
         server = await hl7.mllp.start_hl7_server(process, host="127.0.0.1", port=0)
-        port_q.put((server.sockets[0].getsockname()[1], {}))
+        port_q.put((server.sockets[0].getsockname()[1], {"listener": [os.getpid()]}))
         while not stop.is_set():
             await asyncio.sleep(0.1)
         server.close()
@@ -129,7 +137,7 @@ def _pacsai_server(port_q: Any, stop: Any, root: str, overrides: dict[str, Any],
     context = open_context(storage, writer=True, group_max=cfg.batch_max)  # as the actor does
     listener = Hl7Listener(cfg, context, ledger)
     listener.start()
-    port_q.put((listener.port, {}))
+    port_q.put((listener.port, {"listener": [os.getpid()], **listener.worker_pids()}))
     stop.wait()
     commits, items = listener.commit_stats()  # the listener's and its parse workers'
     stats_q.put({"commits": commits, "items": items, "counts": dict(listener.counts)})
@@ -165,6 +173,18 @@ async def _drive(port: int, msgs: list[bytes], connections: int) -> tuple[list[f
     return latencies, time.perf_counter() - started, sum(bad)
 
 
+def _cpu_by_part(parts: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of this process (``client``) and of each part's processes together
+    (a part with a process gone is left out: a worker was replaced meanwhile)."""
+    own = os.times()
+    out = {"client": own.user + own.system}
+    for part, pids in parts.items():
+        spent = [process_cpu_s(pid) for pid in pids]
+        if pids and None not in spent:
+            out[part] = sum(s for s in spent if s is not None)
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     return percentile(values, 100 * q, "rounded")
 
@@ -179,9 +199,11 @@ def run_variant(variant: str, msgs: list[bytes], connections: int, warmup: list[
         else:
             proc = ctx.Process(target=_pacsai_server, args=(port_q, stop, root, VARIANTS[variant], stats_q))
         proc.start()
-        port, _ = port_q.get(timeout=120)
+        port, parts = port_q.get(timeout=120)
         asyncio.run(_drive(port, warmup, connections))  # imports, caches, first pages
+        before = _cpu_by_part(parts)
         latencies, seconds, bad = asyncio.run(_drive(port, msgs, connections))
+        after = _cpu_by_part(parts)
         stop.set()
         stats = stats_q.get(timeout=60) if variant.startswith("pacsai") else {}
         proc.join(60)
@@ -198,6 +220,9 @@ def run_variant(variant: str, msgs: list[bytes], connections: int, warmup: list[
         "not_aa": bad,
         "load_avg_1m": round(os.getloadavg()[0], 2),  # others share this machine's 2 cores
     }
+    spent = {part: after[part] - before[part] for part in before if part in after}
+    record["cpu_ms_per_msg"] = {part: round(1000.0 * s / len(msgs), 3) for part, s in spent.items()}
+    record["cores_busy"] = round(sum(spent.values()) / seconds, 2)
     if stats:  # group commit at work (items include the audit pump's marks and the warmup)
         record["commits"] = stats["commits"]
         record["mean_batch"] = round(stats["items"] / max(1, stats["commits"]), 2)

@@ -59,6 +59,7 @@ import yaml
 from _common import ROOT, emit  # benchmarks/ is on sys.path when run as a script
 
 from benchmarks.harness.load import send_storescu_all
+from benchmarks.harness.record import process_cpu_s
 from benchmarks.harness.stack import load_raw
 from core.config import parse_config
 from core.types import JobState
@@ -226,7 +227,7 @@ class CpuAccount:
             kinds[pid] = ("drivers", "")
         processes = {}
         for pid, (kind, node) in kinds.items():
-            seconds = _cpu_seconds(pid)
+            seconds = process_cpu_s(pid)
             if seconds is not None:
                 processes[pid] = (kind, node, seconds)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -311,15 +312,6 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def _children(parent: int) -> set[int]:

@@ -406,6 +406,11 @@ class Hl7Listener:
             self._log(header, disposition, error)
         return header, disposition, error
 
+    def worker_pids(self) -> dict[str, list[int]]:
+        """Process IDs of the parse workers by part (``deciders``, ``committer``; empty lists
+        with ``hl7.parse_workers: 0``): for benchmarks that account CPU per process."""
+        return self._pool.pids() if self._pool is not None else {"deciders": [], "committer": []}
+
     def commit_stats(self) -> tuple[int, int]:
         """Commits of the context store and the transactions they held, this listener's and
         its workers' (for benchmarks: the size of the group commits)."""

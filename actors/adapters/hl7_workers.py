@@ -152,6 +152,15 @@ class ParsePool:
         """Whether the committer runs (SQLite; else the listener stores the decisions)."""
         return self._committer() is not None
 
+    def pids(self) -> dict[str, list[int]]:
+        """Process IDs of the running workers by part (``deciders``, ``committer``): for
+        benchmarks that account CPU per process."""
+        out: dict[str, list[int]] = {"deciders": [], "committer": []}
+        for c in self._channels:
+            if c.alive and c.process.pid is not None:
+                out["committer" if c.committer else "deciders"].append(c.process.pid)
+        return out
+
     def _committer(self) -> _Channel | None:
         return next((c for c in self._channels if c.committer and c.alive), None)
 

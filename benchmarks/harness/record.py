@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Method", "ROOT", "cdf", "commit", "device", "emit", "percentile", "percentiles"]
+__all__ = ["Method", "ROOT", "cdf", "commit", "device", "emit", "percentile", "percentiles", "process_cpu_s"]
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root."""
@@ -57,6 +57,17 @@ def device() -> str:
     except ImportError:
         pass
     return f"cpu:{os.cpu_count()}x {platform.processor() or platform.machine()}"
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has spent so far; ``None``: gone, or no
+    ``/proc`` (Linux only)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def emit(record: dict[str, Any]) -> None:

@@ -284,8 +284,11 @@ def test_a_parse_worker_that_dies_loses_nothing_and_is_replaced(tmp_path):
         pool = listener._pool
         assert pool is not None and pool.stores and pool.committing and pool.alive == 1
         assert msa(client.send(orm("W1").encode())[0]) == ("AA", "W1")
+        first = listener.worker_pids()  # what bench_hl7.py accounts CPU by
+        assert len(first["deciders"]) == 1 and len(first["committer"]) == 1
         for n, part in enumerate((True, False), start=1):  # the committer, then the decider
             [channel] = [c for c in pool._channels if c.committer is part]
+            assert [channel.process.pid] == first["committer" if part else "deciders"]
             os.kill(channel.process.pid, signal.SIGSTOP)  # busy: the next frame waits in it
             client.send_raw(START + orm(f"K{n}", accession=f"ACC-K{n}").encode() + END)
             time.sleep(0.2)  # decided, and at the stopped committer
@@ -293,6 +296,10 @@ def test_a_parse_worker_that_dies_loses_nothing_and_is_replaced(tmp_path):
             [reply] = client.receive()
             assert msa(reply) == ("AE", f"K{n}") and err(reply)[1] == "207"
             assert wait_until(lambda n=n: pool.restarts == n and pool.alive == 1 and pool.committing, 10)
+        now = listener.worker_pids()
+        assert len(now["deciders"]) == len(now["committer"]) == 1 and not set(sum(now.values(), [])) & set(
+            sum(first.values(), [])
+        )
         for message in (orm("K1", accession="ACC-K1"), orm("K2", accession="ACC-K2"), orm("W1")):
             control_id = message.split("|")[9]  # the resends, and a resend of an acknowledged one
             assert msa(client.send(message.encode())[0]) == ("AA", control_id)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,7 +15,7 @@ import pytest
 
 from benchmarks.harness.cli import EXAMPLE, build_parser
 from benchmarks.harness.load import KINDS, MixEntry, SendRecord, parse_mix, plan
-from benchmarks.harness.record import cdf, percentile, percentiles
+from benchmarks.harness.record import cdf, percentile, percentiles, process_cpu_s
 from benchmarks.harness.report import plot, stage_stats, summarise, write_summary
 from benchmarks.harness.sampler import Sample, Sampler
 from benchmarks.harness.spans import (
@@ -227,3 +231,24 @@ def test_cli_arguments_and_example() -> None:
     assert (args.studies, args.out, args.rate, args.transport, args.associations) == (6, Path("x"), 2.0, "stowrs", 4)
     assert EXAMPLE.startswith("Example: pacsai bench --studies 200 --out ")
     assert callable(args.func)
+
+
+def test_process_cpu_s_reads_a_process_cpu_time_and_none_for_one_gone() -> None:
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ninput()",
+        ],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while (spent := process_cpu_s(busy.pid)) is not None and spent < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spent is not None and spent >= 0.3  # its own loop's CPU, counted in clock ticks
+        own = os.times()
+        assert abs(process_cpu_s(os.getpid()) - (own.user + own.system)) < 0.1
+    finally:
+        busy.communicate(b"\n", timeout=30)
+    assert process_cpu_s(busy.pid) is None  # reaped: no /proc entry
