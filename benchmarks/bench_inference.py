@@ -38,7 +38,11 @@ the same for the torch loop, "serve_over_raw_ratio": the bundle's Serve/raw over
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_inference.py [--n 64] [--batches 1 8 32]
         [--families bone_fracture chest_cta ...] [--config configs/default.yaml] [--threads 2]
-        [--bundle on|off|only] [--bundle-repeats 3]
+        [--bundle on|off|only] [--bundle-repeats 3] [--gpus 1]
+
+``--gpus`` (GPUs per replica; 0, the default, keeps both sides on the CPU) puts the replicas and
+the raw loop on the GPU that Ray sees, for the goal's "where a GPU is lent, the same on it". Not
+yet run on a GPU: no session has been lent one, and Ray is not in the lent machine's image.
 """
 
 from __future__ import annotations
@@ -235,7 +239,7 @@ def _alternate(measures: dict[str, Any], repeats: int) -> dict[str, float]:
 
 def _bundle_comparison(args: argparse.Namespace, cfg: Any) -> None:
     """Throughput of the bundle family over the built-in family, same network, same run."""
-    serve_cfg = cfg.models[BUILTIN_FAMILY].serve.model_copy(update={"torch_threads": args.threads})
+    serve_cfg = cfg.models[BUILTIN_FAMILY].serve.model_copy(update=_device_update(args))
     with tempfile.TemporaryDirectory(prefix="bench-bundle-") as tmp:
         entries = dict(zip(("bundle", "builtin"), bundle_pair(Path(tmp), serve_cfg), strict=True))
         families = {"bundle": BUNDLE_FAMILY, "builtin": BUILTIN_FAMILY}
@@ -275,6 +279,12 @@ def _bundle_comparison(args: argparse.Namespace, cfg: Any) -> None:
                 serve.delete(app_name(family))
 
 
+def _device_update(args: argparse.Namespace) -> dict[str, Any]:
+    """The serve settings both sides share: torch threads, and GPUs per replica (``num_gpus``
+    > 0 also puts the raw loop's predictor on the GPU: ``load_predictor`` reads it)."""
+    return {"torch_threads": args.threads, "num_gpus": args.gpus}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/default.yaml")
@@ -291,17 +301,26 @@ def main() -> None:
         default=os.cpu_count() or 1,
         help="torch threads for both the raw loop and the replica (same device)",
     )
+    parser.add_argument(
+        "--gpus",
+        type=float,
+        default=0.0,
+        help="GPUs per replica, and the raw loop on the GPU too (0: both on the CPU); needs a GPU that Ray sees",
+    )
     parser.add_argument("--bundle", choices=["on", "off", "only"], default="on", help="the bundle comparison")
     parser.add_argument("--bundle-repeats", type=int, default=3, help="alternating rounds of the bundle comparison")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench")
+    gpus = 1 if args.gpus > 0 else 0
+    ray.init(
+        num_cpus=os.cpu_count() or 2, num_gpus=gpus, include_dashboard=False, logging_level="ERROR", namespace="bench"
+    )
     serve.start(proxy_location="Disabled")
     try:
         for family in args.families if args.bundle != "only" else []:
             entry = cfg.models[family]
             # Same compute for both sides: Ray would give the replica one thread per CPU it asks.
-            entry = entry.model_copy(update={"serve": entry.serve.model_copy(update={"torch_threads": args.threads})})
+            entry = entry.model_copy(update={"serve": entry.serve.model_copy(update=_device_update(args))})
             predictor = load_predictor(family, entry)
             inputs = _inputs(family, predictor, args.n)
             for batch in args.batches:
