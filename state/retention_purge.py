@@ -87,19 +87,19 @@ def purge_context(
 
     ``page`` rows per transaction, in ``seq`` order (index ``(audited, seq)``, each page after
     the last): the HL7 committer waits for the store's write lock one page at most, however
-    long a backlog a first round finds. ``between`` is called between pages; ``False`` stops.
+    long a backlog a first round finds. ``between`` is called before each page; ``False`` stops.
     """
     out = {"hl7_raw": 0, "rejected": 0}
     cutoffs = {"hl7_raw": raw_before, "rejected": rejected_before}
     for store, table, due_too, change, args in _CONTEXT_STEPS:
         cutoff, after = cutoffs[store], 0
         while cutoff is not None:
+            if not between():
+                return out
             seqs = db.run(partial(_context_page, table, due_too, (change, args), cutoff, after, page))
             out[store] += len(seqs)
             if len(seqs) < page:
                 break
-            if not between():
-                return out
             after = seqs[-1]
     return out
 
@@ -166,6 +166,24 @@ def context_opener(storage: StorageConfig) -> Callable[[], Database | None]:
     return open_
 
 
+class _Pace:
+    """The steps of one round: ``next`` before each, pausing before all but the first, and
+    ``False`` (for good) once ``stopping`` says so."""
+
+    def __init__(self, pause_s: float, stopping: Callable[[], bool]) -> None:
+        self._pause_s, self._stopping = pause_s, stopping
+        self._steps = 0
+        self.stopped = False
+
+    def next(self) -> bool:
+        """Whether to take another step (after the pause, when it is not the first)."""
+        if not self.stopped and self._steps and self._pause_s > 0:
+            time.sleep(self._pause_s)
+        self._steps += 1
+        self.stopped = self.stopped or self._stopping()
+        return not self.stopped
+
+
 class Purger:
     """One cell's purge rounds; the cell's first listener runs ``round`` in a loop.
 
@@ -211,36 +229,28 @@ class Purger:
 
         Rejected files and context rows go first; their counts are audited with the first
         step of spool files (or alone, if there is none), so a small round is one audit event.
-        ``stopping`` is asked between steps: what is left waits for the next round.
+        ``stopping`` is asked before each step: what is left waits for the next round.
         """
-
-        def between() -> bool:
-            if stopping():
-                return False
-            time.sleep(self._pause_s)
-            return not stopping()
-
+        pace = _Pace(self._pause_s, stopping)
         pending: Counter[str] = Counter()
         failed = 0
-        going = True
         for part in chunks(self._rejected_due(now), self._page):
+            if not pace.next():
+                break
             gone, missed = self._delete(part)
             pending += counts(gone)
             failed += missed
-            if not between():
-                going = False
-                break
-        if going:
-            pending += Counter(self._context_rows(now, between=between))
+        if not pace.stopped:
+            pending += Counter(self._context_rows(now, between=pace.next))
         total = 0
-        for step in self._spool_steps(now) if going and not stopping() else ():
+        for step in () if pace.stopped else self._spool_steps(now):
+            if not pace.next():
+                break
             gone, missed = self._delete([(c, Path(item.path)) for c, item in step])
             by_key = {c.key: item for c, item in step}
             self._record([by_key[c.key].sop_instance_uid for c in gone], pending + counts(gone), failed + missed, now)
             total += sum(pending.values()) + len(gone)
             pending, failed = Counter(), 0
-            if not between():
-                break
         if pending or failed:
             self._record([], pending, failed, now)
             total += sum(pending.values())

@@ -274,7 +274,7 @@ def test_retention_purges_audited_raw_messages_and_rejected_heads_a_page_at_a_ti
         "hl7_raw": 4,
         "rejected": 5,
     }
-    assert len(pages) == 4  # after each full page: raw 2 + 2 (then an empty one), rejected heads 2 + 2 (then 1)
+    assert len(pages) == 7  # before each page: raw 2, 2, 0; conflict copies 0; rejected heads 2, 2, 1
     with db.read() as tx:
         rows = tx.all("SELECT control_id, length(raw) AS n, sha256 FROM hl7_inbox ORDER BY seq")
     assert {r["control_id"]: r["n"] > 0 for r in rows} == {f"R{n}": n == 4 for n in range(5)} | {"LATE": True}

@@ -218,14 +218,17 @@ def test_context_rows_are_purged_a_page_at_a_time_until_none_is_due(tmp_path):
         writer.reject(b"MSH|garbage", "p", None, AckError("100", "no"), 10.0).result()
     inbox, rejected, _ = ContextReader(context).unaudited()
     writer.mark_audited([(r["seq"], 0) for r in inbox], [r["seq"] for r in rejected]).result()
-    pauses = []
+    asked = []
     purger = Purger(storage, ledger, context_opener(storage), page=2, pause_s=0)
-    assert purger.round(NOW, stopping=lambda: pauses.append(1) and False) == 10
-    assert len(pauses) >= 4  # asked between the pages: 3 of raw (2, 2, 1), 3 of rejected heads
+    assert purger.round(NOW, stopping=lambda: asked.append(1) or len(asked) > 2) == 4  # two pages, then stop
+    assert [e["counts"] for e in _purge_events(ledger)] == [{"hl7_raw": 4}]  # what went is audited
+    asked.clear()
+    assert purger.round(NOW, stopping=lambda: asked.append(1) and False) == 6  # the rest, next round
+    assert len(asked) == 5  # before each page: raw 1; conflict copies 0; rejected heads 2, 2, 1
     with context.read() as tx:
         assert tx.one("SELECT COUNT(*) AS n FROM hl7_inbox WHERE length(raw) > 0")["n"] == 0
         assert tx.one("SELECT COUNT(*) AS n FROM hl7_rejected")["n"] == 0
-    assert [e["counts"] for e in _purge_events(ledger)] == [{"hl7_raw": 5, "rejected": 5}]
+    assert [e["counts"] for e in _purge_events(ledger)] == [{"hl7_raw": 4}, {"hl7_raw": 1, "rejected": 5}]
     purger.close()
     context.close()
     ledger.close()
