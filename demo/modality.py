@@ -9,7 +9,6 @@ Nagle is off everywhere.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +17,10 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import InstanceAvailabilityNotification, ModalityPerformedProcedureStep
+
+from actors.adapters.query_retrieve import SCU_HANDLERS  # Nagle off, responses to the caller
 
 __all__ = ["NAnswer", "send_ian", "send_mpps_create", "send_mpps_set", "send_paced"]
 
@@ -38,17 +39,11 @@ class NAnswer:
         return self.status == 0x0000
 
 
-def _nodelay(event: Any) -> None:
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _send(sop_class: Any, port: int, called: str, calling: str, request: Any, host: str = "127.0.0.1") -> NAnswer:
     ae = AE(ae_title=calling)
     ae.add_requested_context(sop_class)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    assoc = ae.associate(host, port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    assoc = ae.associate(host, port, ae_title=called, evt_handlers=list(SCU_HANDLERS))
     if not assoc.is_established:
         return NAnswer(-1, "no association")
     try:
@@ -105,7 +100,7 @@ def send_paced(
     for sop_class, syntax in sorted({(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}):
         ae.add_requested_context(sop_class, syntax)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    assoc = ae.associate(host, port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    assoc = ae.associate(host, port, ae_title=called, evt_handlers=list(SCU_HANDLERS))
     if not assoc.is_established:
         return [-1] * len(datasets)
     statuses = []

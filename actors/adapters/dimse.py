@@ -45,7 +45,7 @@ from actors.adapters.dimse_wakeups import connection_closed, wait_for_work
 from actors.adapters.metrics import recorder
 from actors.adapters.port_sharing import PortSharing
 from actors.adapters.procedure_steps import EVIDENCE_SOP_CLASSES, EvidenceScp
-from actors.adapters.query_retrieve import tcp_nodelay
+from actors.adapters.query_retrieve import SCU_HANDLERS
 from actors.adapters.startup_gc import freeze_startup
 from actors.adapters.tls import client_context, server_context
 from core.config import AssemblyConfig, ListenerConfig, PacsConfig
@@ -546,7 +546,7 @@ class DimsePacsClient:
             self._cfg.port,
             ae_title=self._cfg.ae_title,
             tls_args=tls,
-            evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)],
+            evt_handlers=list(SCU_HANDLERS),
         )
         if not assoc.is_established:
             raise DependencyUnavailable(

@@ -50,7 +50,7 @@ from core.priors import InstanceRef, PatientIdentity, SeriesRecord, StudyQuery, 
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
-__all__ = ["DimseQueryRetrieve", "RetrieveOutcome", "tcp_nodelay"]
+__all__ = ["DimseQueryRetrieve", "RetrieveOutcome", "SCU_HANDLERS", "responses_to_the_caller", "tcp_nodelay"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,36 @@ def tcp_nodelay(event: Any) -> None:
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def responses_to_the_caller(event: Any) -> None:
+    """EVT_CONN_OPEN handler of an SCU association: its responses go only to the caller that
+    waits for them, never to the association's reactor.
+
+    pynetdicom's reactor thread takes DIMSE messages off the association's queue (non-blocking)
+    to serve requests from the peer. The ``send_*`` methods pause it at a checkpoint first, but a
+    reactor that passed the checkpoint just before (descheduled on a busy machine) still takes
+    the next message: a C-FIND or C-STORE *response*, dropped with "Received unexpected C-FIND
+    service message", while the caller waits for it until the DIMSE timeout (a count query lost
+    so, and the quiet period completed a study that ``pacs_counts`` should have: a fresh-clone
+    CI run; pynetdicom issues 435 and 875). Our SCU associations serve no requests (C-GET's
+    C-STORE sub-operations come to the caller's loop too), so the reactor's non-blocking read
+    finds nothing; the caller's blocking reads are unchanged. Bound before the reactor starts.
+    """
+    dimse = event.assoc.dimse
+    take = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        return take(block) if block else (None, None)
+
+    dimse.get_msg = get_msg
+
+
+SCU_HANDLERS: list[tuple[Any, Callable[[Any], None]]] = [
+    (evt.EVT_CONN_OPEN, tcp_nodelay),
+    (evt.EVT_CONN_OPEN, responses_to_the_caller),
+]
+"""The event handlers every association we request binds."""
 
 
 def _int(value: Any) -> int | None:
@@ -291,7 +321,7 @@ class DimseQueryRetrieve:
         tls = None
         if self._cfg.tls:
             tls = (client_context(self._cfg.tls), self._cfg.tls.server_hostname or self._cfg.host)
-        handlers: list[Any] = [(evt.EVT_CONN_OPEN, tcp_nodelay)]
+        handlers: list[Any] = list(SCU_HANDLERS)
         if storage and self._on_store:
             handlers.append((evt.EVT_C_STORE, self._on_store))
         assoc = ae.associate(
